@@ -1,0 +1,137 @@
+"""Building and checking the header fields every Command and Relay carries.
+
+These are the checks that do not need state: identifiers, validity window and clock skew.
+The nonce check needs a store and lives with each server (``spoke/nonces.py``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import re
+import secrets
+import uuid
+from dataclasses import dataclass
+from typing import TypeVar
+
+from google.protobuf import timestamp_pb2
+from google.protobuf.message import DecodeError, Message
+
+from . import envelope, errors
+from .gen.federation.v1 import command_pb2
+from .keys import SigningKey
+
+COMMAND_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+NONCE_MIN, NONCE_MAX = 16, 64
+DEFAULT_VALIDITY = dt.timedelta(minutes=5)
+_M = TypeVar("_M", bound=Message)
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """How a receiver judges issue and expire times."""
+
+    max_skew: dt.timedelta = dt.timedelta(seconds=30)
+    """How far a sender's clock may run ahead of ours."""
+    max_validity: dt.timedelta = dt.timedelta(hours=1)
+    """The longest expire - issue span accepted; nonces are kept at least this long."""
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def to_timestamp(t: dt.datetime) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(t)
+    return ts
+
+
+def from_timestamp(ts: timestamp_pb2.Timestamp) -> dt.datetime:
+    return ts.ToDatetime(tzinfo=dt.UTC)
+
+
+def new_command_id() -> str:
+    return str(uuid.uuid4())
+
+
+def check_command_id(command_id: str) -> None:
+    if not COMMAND_ID_RE.fullmatch(command_id):
+        raise errors.InvalidCommandError(
+            "command_id must be 1-128 characters of A-Z a-z 0-9 . _ : - and start alphanumeric"
+        )
+
+
+def check_window(
+    issue: timestamp_pb2.Timestamp,
+    expire: timestamp_pb2.Timestamp,
+    nonce: bytes,
+    window: Window,
+    at: dt.datetime | None = None,
+) -> dt.datetime:
+    """Validate issue/expire times and the nonce's size; return the expiry instant."""
+    if not (NONCE_MIN <= len(nonce) <= NONCE_MAX):
+        raise errors.InvalidCommandError(f"nonce must be {NONCE_MIN}-{NONCE_MAX} bytes")
+    if not issue.seconds or not expire.seconds:
+        raise errors.InvalidCommandError("issue_time and expire_time are required")
+    at = at or now()
+    issued, expires = from_timestamp(issue), from_timestamp(expire)
+    if expires <= issued:
+        raise errors.InvalidCommandError("expire_time must be after issue_time")
+    if expires - issued > window.max_validity:
+        raise errors.InvalidCommandError(
+            f"validity window longer than {int(window.max_validity.total_seconds())} s"
+        )
+    if issued - at > window.max_skew:
+        raise errors.CommandExpiredError("issue_time is in the future beyond the allowed skew")
+    if at >= expires + window.max_skew:
+        raise errors.CommandExpiredError("command expired")
+    return expires
+
+
+def digest(payload: bytes) -> bytes:
+    return hashlib.sha256(payload).digest()
+
+
+def build_command(
+    *,
+    issuer: str,
+    audience: str,
+    command_id: str | None = None,
+    validity: dt.timedelta = DEFAULT_VALIDITY,
+    at: dt.datetime | None = None,
+) -> command_pb2.Command:
+    """A Command with a fresh header; the caller sets exactly one body."""
+    at = at or now()
+    return command_pb2.Command(
+        command_id=command_id or new_command_id(),
+        issuer=issuer,
+        audience=audience,
+        issue_time=to_timestamp(at),
+        expire_time=to_timestamp(at + validity),
+        nonce=secrets.token_bytes(24),
+    )
+
+
+def sign_command(cmd: command_pb2.Command, key: SigningKey) -> command_pb2.SignedEnvelope:
+    return envelope.sign(cmd.SerializeToString(), envelope.PAYLOAD_TYPE_COMMAND, key)
+
+
+def _parse(cls: type[_M], payload: bytes, what: str) -> _M:
+    try:
+        return cls.FromString(payload)
+    except DecodeError as exc:
+        raise errors.InvalidCommandError(f"payload is not a valid {what}") from exc
+
+
+def parse_command(payload: bytes) -> command_pb2.Command:
+    """Parse verified bytes as a Command (never re-serialize it)."""
+    return _parse(command_pb2.Command, payload, "Command")
+
+
+def parse_relay(payload: bytes) -> command_pb2.Relay:
+    return _parse(command_pb2.Relay, payload, "Relay")
+
+
+def parse_reply(payload: bytes) -> command_pb2.Reply:
+    return _parse(command_pb2.Reply, payload, "Reply")

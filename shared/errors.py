@@ -1,0 +1,116 @@
+"""Domain errors that cross the wire, each with its gRPC status code and reason.
+
+Hierarchy::
+
+    CommandError                      (INTERNAL, INTERNAL)
+    ├── InvalidCommandError           (INVALID_ARGUMENT, INVALID_COMMAND)
+    │   └── UnknownProfileError       (INVALID_ARGUMENT, UNKNOWN_PROFILE)
+    ├── SignatureInvalidError         (UNAUTHENTICATED, SIGNATURE_INVALID)
+    ├── CommandExpiredError           (UNAUTHENTICATED, COMMAND_EXPIRED)
+    ├── NonceReusedError              (UNAUTHENTICATED, NONCE_REUSED)
+    ├── KeyNotAuthorizedError         (PERMISSION_DENIED, KEY_NOT_AUTHORIZED)
+    ├── WrongAudienceError            (PERMISSION_DENIED, WRONG_SPOKE)
+    ├── AgentNotFoundError            (NOT_FOUND, AGENT_NOT_FOUND)
+    ├── SpokeNotFoundError            (NOT_FOUND, SPOKE_NOT_FOUND)
+    ├── CommandIdReusedError          (ALREADY_EXISTS, COMMAND_ID_REUSED)
+    ├── AgentNotRunningError          (FAILED_PRECONDITION, AGENT_NOT_RUNNING)
+    ├── ConcurrentModificationError   (ABORTED, CONCURRENT_MODIFICATION)
+    ├── CapacityExceededError         (RESOURCE_EXHAUSTED, CAPACITY_EXCEEDED)
+    ├── BackendUnavailableError       (UNAVAILABLE, BACKEND_UNAVAILABLE)
+    └── SpokeUnavailableError         (UNAVAILABLE, SPOKE_UNAVAILABLE)
+
+Servers raise these; ``shared.grpc.status`` turns them into a ``google.rpc.Status``
+with an ``ErrorInfo`` at exactly one place, the handler boundary.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import grpc
+
+
+class CommandError(Exception):
+    """Base of every error a peer may see. Messages must never contain secrets or payloads."""
+
+    code: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
+    reason: ClassVar[str] = "INTERNAL"
+
+    def __init__(self, message: str, **metadata: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.metadata: dict[str, str] = dict(metadata)
+
+
+class InvalidCommandError(CommandError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = "INVALID_COMMAND"
+
+
+class UnknownProfileError(InvalidCommandError):
+    reason = "UNKNOWN_PROFILE"
+
+
+class SignatureInvalidError(CommandError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+    reason = "SIGNATURE_INVALID"
+
+
+class CommandExpiredError(CommandError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+    reason = "COMMAND_EXPIRED"
+
+
+class NonceReusedError(CommandError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+    reason = "NONCE_REUSED"
+
+
+class KeyNotAuthorizedError(CommandError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+    reason = "KEY_NOT_AUTHORIZED"
+
+
+class WrongAudienceError(CommandError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+    reason = "WRONG_SPOKE"
+
+
+class AgentNotFoundError(CommandError):
+    code = grpc.StatusCode.NOT_FOUND
+    reason = "AGENT_NOT_FOUND"
+
+
+class SpokeNotFoundError(CommandError):
+    code = grpc.StatusCode.NOT_FOUND
+    reason = "SPOKE_NOT_FOUND"
+
+
+class CommandIdReusedError(CommandError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+    reason = "COMMAND_ID_REUSED"
+
+
+class AgentNotRunningError(CommandError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "AGENT_NOT_RUNNING"
+
+
+class ConcurrentModificationError(CommandError):
+    code = grpc.StatusCode.ABORTED
+    reason = "CONCURRENT_MODIFICATION"
+
+
+class CapacityExceededError(CommandError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "CAPACITY_EXCEEDED"
+
+
+class BackendUnavailableError(CommandError):
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "BACKEND_UNAVAILABLE"
+
+
+class SpokeUnavailableError(CommandError):
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "SPOKE_UNAVAILABLE"

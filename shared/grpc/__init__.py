@@ -1,0 +1,18 @@
+"""Transport: server assembly, client channels, error <-> status conversion."""
+
+from __future__ import annotations
+
+from .channel import open_channel
+from .server import BuiltServer, ServerOptions, Service, build_server
+from .status import CallFailure, from_rpc_error, to_status
+
+__all__ = [
+    "BuiltServer",
+    "CallFailure",
+    "ServerOptions",
+    "Service",
+    "build_server",
+    "from_rpc_error",
+    "open_channel",
+    "to_status",
+]

@@ -1,0 +1,32 @@
+"""Client channels whose keepalive agrees with our servers (no too_many_pings GOAWAY)."""
+
+from __future__ import annotations
+
+import grpc
+
+from .server import ServerOptions
+
+
+def channel_args(opts: ServerOptions) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", opts.max_message_bytes),
+        ("grpc.max_send_message_length", opts.max_message_bytes),
+        # Pings no more often than the server's min_ping_interval permits.
+        ("grpc.keepalive_time_ms", max(opts.keepalive_time_ms, opts.min_ping_interval_ms)),
+        ("grpc.keepalive_timeout_ms", opts.keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", 0),
+        ("grpc.http2.max_pings_without_data", 2),
+        ("grpc.enable_retries", 0),
+    ]
+
+
+def open_channel(
+    address: str,
+    options: ServerOptions | None = None,
+    credentials: grpc.ChannelCredentials | None = None,
+) -> grpc.aio.Channel:
+    """Open an aio channel; call inside the running loop and close it with ``await close()``."""
+    args = channel_args(options or ServerOptions())
+    if credentials is None:
+        return grpc.aio.insecure_channel(address, options=args)
+    return grpc.aio.secure_channel(address, credentials, options=args)

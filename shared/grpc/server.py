@@ -1,0 +1,207 @@
+"""Server assembly: raw-bytes handlers, error conversion, health, reflection.
+
+Handlers take the request as raw bytes and parse it themselves, so corrupt or oversized
+bodies answer INVALID_ARGUMENT instead of grpc's UNKNOWN with a leaked exception text.
+Every call logs one canonical line (rpc, peer, code, duration_ms) with its context bound.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import structlog
+from google.protobuf import descriptor, message_factory
+from google.protobuf.message import DecodeError, Message
+from grpc_health.v1 import _async as health_aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from shared import errors
+
+from . import status
+
+log = structlog.get_logger("shared.grpc")
+
+UnaryImpl = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Message]]
+StreamImpl = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Message]]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerOptions:
+    """Transport limits and keepalive, shared by every server we build."""
+
+    max_message_bytes: int = 4 * 1024 * 1024
+    """Largest request or response accepted, in bytes."""
+    keepalive_time_ms: int = 30_000
+    keepalive_timeout_ms: int = 10_000
+    min_ping_interval_ms: int = 10_000
+    """Pings closer than this from a client are a protocol violation (GOAWAY)."""
+    max_concurrent_streams: int = 256
+
+
+def _server_args(opts: ServerOptions) -> list[tuple[str, int]]:
+    return [
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_receive_message_length", opts.max_message_bytes),
+        ("grpc.max_send_message_length", opts.max_message_bytes),
+        ("grpc.keepalive_time_ms", opts.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", opts.keepalive_timeout_ms),
+        ("grpc.http2.min_ping_interval_without_data_ms", opts.min_ping_interval_ms),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.max_concurrent_streams", opts.max_concurrent_streams),
+    ]
+
+
+@dataclass
+class Service:
+    """A servicer object bound to its proto service: methods are looked up by RPC name."""
+
+    descriptor: descriptor.ServiceDescriptor
+    servicer: object
+    names: list[str] = field(default_factory=list)
+
+    def handler(self) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]  # stubs lag grpcio
+        handlers: dict[str, grpc.RpcMethodHandler] = {}  # type: ignore[type-arg]  # stubs lag grpcio
+        for m in self.descriptor.methods:
+            impl = getattr(self.servicer, m.name)
+            req_cls = message_factory.GetMessageClass(m.input_type)
+            full = f"/{self.descriptor.full_name}/{m.name}"
+            if m.server_streaming:
+                handlers[m.name] = grpc.unary_stream_rpc_method_handler(
+                    _wrap_stream(full, req_cls, impl),
+                    response_serializer=_serialize,
+                )
+            else:
+                handlers[m.name] = grpc.unary_unary_rpc_method_handler(
+                    _wrap_unary(full, req_cls, impl),
+                    response_serializer=_serialize,
+                )
+            self.names.append(full)
+        return grpc.method_handlers_generic_handler(self.descriptor.full_name, handlers)
+
+
+def _serialize(msg: Message) -> bytes:
+    return msg.SerializeToString()
+
+
+def _parse(req_cls: type[Message], raw: bytes) -> Message:
+    try:
+        return req_cls.FromString(raw)
+    except DecodeError as exc:
+        raise errors.InvalidCommandError("request body is not a valid protobuf message") from exc
+
+
+def _begin(rpc: str, context: grpc.aio.ServicerContext[Any, Any]) -> float:
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(rpc=rpc, peer=context.peer())
+    return time.monotonic()
+
+
+def _failure(exc: Exception) -> grpc.Status:
+    if isinstance(exc, errors.CommandError):
+        return status.to_status(exc)
+    log.error("rpc_internal_error", exc_info=exc)
+    return status.internal_status()
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], st: grpc.Status) -> None:
+    # grpc-stubs 1.53 lacks aio's abort_with_status; grpcio has had it since 1.38.
+    abort: Callable[[grpc.Status], Awaitable[None]] = context.abort_with_status  # type: ignore[attr-defined]  # see above
+    await abort(st)
+
+
+def _finish(start: float, code: grpc.StatusCode, reason: str = "") -> None:
+    ms = round((time.monotonic() - start) * 1000, 2)
+    log.info("rpc", code=code.name, reason=reason or None, duration_ms=ms)
+
+
+def _wrap_unary(
+    rpc: str, req_cls: type[Message], impl: UnaryImpl
+) -> Callable[[bytes, grpc.aio.ServicerContext[Any, Any]], Awaitable[Message]]:
+    async def handle(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Message:
+        start = _begin(rpc, context)
+        try:
+            response = await impl(_parse(req_cls, raw), context)
+        except Exception as exc:  # converted to a status at this one boundary
+            st = _failure(exc)
+            _finish(start, st.code, getattr(exc, "reason", ""))
+            await _abort(context, st)
+            raise  # unreachable: abort_with_status raises
+        _finish(start, grpc.StatusCode.OK)
+        return response
+
+    return handle
+
+
+def _wrap_stream(
+    rpc: str, req_cls: type[Message], impl: StreamImpl
+) -> Callable[[bytes, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Message]]:
+    async def handle(
+        raw: bytes, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Message]:
+        start = _begin(rpc, context)
+        try:
+            async for item in impl(_parse(req_cls, raw), context):
+                yield item
+        except Exception as exc:  # converted to a status at this one boundary
+            st = _failure(exc)
+            _finish(start, st.code, getattr(exc, "reason", ""))
+            await _abort(context, st)
+            raise
+        _finish(start, grpc.StatusCode.OK)
+
+    return handle
+
+
+@dataclass
+class BuiltServer:
+    """A started-or-startable server with its health servicer and bound port."""
+
+    server: grpc.aio.Server
+    health: Any  # grpc_health.v1._async.HealthServicer (untyped)
+    port: int
+    methods: list[str]
+
+    async def serving(self, services: Sequence[str]) -> None:
+        for name in ("", *services):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace: float | None) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+
+def build_server(
+    services: Sequence[Service],
+    address: str,
+    options: ServerOptions,
+    credentials: grpc.ServerCredentials | None = None,
+) -> BuiltServer:
+    """Build (not start) a grpc.aio server with our services, health and reflection.
+
+    Must be called inside the running event loop (PITFALLS: grpc.aio objects).
+    """
+    server = grpc.aio.server(options=_server_args(options))
+    methods: list[str] = []
+    for svc in services:
+        server.add_generic_rpc_handlers((svc.handler(),))
+        methods += svc.names
+    health_servicer = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = [s.descriptor.full_name for s in services]
+    reflection.enable_server_reflection(
+        [*names, health.SERVICE_NAME, reflection.SERVICE_NAME],
+        server,
+    )
+    if credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
+    if port == 0:
+        raise OSError(f"could not bind {address}")
+    return BuiltServer(server=server, health=health_servicer, port=port, methods=methods)

