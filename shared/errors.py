@@ -17,7 +17,8 @@ Hierarchy::
     ├── ConcurrentModificationError   (ABORTED, CONCURRENT_MODIFICATION)
     ├── CapacityExceededError         (RESOURCE_EXHAUSTED, CAPACITY_EXCEEDED)
     ├── BackendUnavailableError       (UNAVAILABLE, BACKEND_UNAVAILABLE)
-    └── SpokeUnavailableError         (UNAVAILABLE, SPOKE_UNAVAILABLE)
+    ├── SpokeUnavailableError         (UNAVAILABLE, SPOKE_UNAVAILABLE)
+    └── RemoteCallError               (as the remote peer said: passed through)
 
 Servers raise these; ``shared.grpc.status`` turns them into a ``google.rpc.Status``
 with an ``ErrorInfo`` at exactly one place, the handler boundary.
@@ -25,16 +26,14 @@ with an ``ErrorInfo`` at exactly one place, the handler boundary.
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import grpc
 
 
 class CommandError(Exception):
     """Base of every error a peer may see. Messages must never contain secrets or payloads."""
 
-    code: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
-    reason: ClassVar[str] = "INTERNAL"
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    reason: str = "INTERNAL"
 
     def __init__(self, message: str, **metadata: str) -> None:
         super().__init__(message)
@@ -114,3 +113,14 @@ class BackendUnavailableError(CommandError):
 class SpokeUnavailableError(CommandError):
     code = grpc.StatusCode.UNAVAILABLE
     reason = "SPOKE_UNAVAILABLE"
+
+
+class RemoteCallError(CommandError):
+    """A downstream peer's error, passed through with its own code, reason and metadata."""
+
+    def __init__(
+        self, code: grpc.StatusCode, reason: str, message: str, metadata: dict[str, str]
+    ) -> None:
+        super().__init__(message, **metadata)
+        self.code = code
+        self.reason = reason or code.name

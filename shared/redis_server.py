@@ -367,6 +367,16 @@ class EmbeddedRedis:
                 start_new_session=True,
             )
         self._process = process
+        try:
+            await self._await_ready(process, port, log_offset, argv)
+        except asyncio.CancelledError:
+            # Cancelled while starting: no caller will stop() a server it never got.
+            self._signal(signal.SIGKILL)
+            raise
+
+    async def _await_ready(
+        self, process: asyncio.subprocess.Process, port: int, log_offset: int, argv: list[str]
+    ) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.start_timeout
         while not await self._exited_within(process, 0.02):

@@ -1,0 +1,134 @@
+"""SpokeApp: assembles and runs one spoked process (server, queue, worker pool)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import signal
+from types import TracebackType
+
+import structlog
+
+from shared import commands, keys
+from shared.gen.federation.v1 import spoke_service_pb2
+from shared.grpc import BuiltServer, ServerOptions, Service, build_server
+from shared.trust import TrustStore
+
+from .config import SpokeConfig, SpokeConfigError
+from .nonces import NonceStore
+from .queue import AgentQueue, BackendError
+from .service import SpokeServicer
+from .verifier import Verifier
+from .worker import AgentWorker
+
+log = structlog.get_logger("spoke.app")
+
+SERVICE = spoke_service_pb2.DESCRIPTOR.services_by_name["SpokeService"]
+
+
+class SpokeApp:
+    """One spoke process. ``async with SpokeApp(cfg) as app:`` serves on ``app.port``."""
+
+    def __init__(self, config: SpokeConfig) -> None:
+        self.config = config
+        self._server: BuiltServer | None = None
+        self._queue: AgentQueue | None = None
+        self._worker: AgentWorker | None = None
+        self._worker_task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._stopped = asyncio.Event()
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("spoke is not started")
+        return self._server.port
+
+    @property
+    def methods(self) -> list[str]:
+        return self._server.methods if self._server else []
+
+    async def start(self) -> int:
+        cfg = self.config
+        key = keys.load_private(cfg.key_file, cfg.name)
+        trust = TrustStore.from_file(cfg.trust_file)
+        self._queue = agents = AgentQueue(cfg.redis_url, cfg.name)
+        try:
+            policy = await agents.maxmemory_policy()
+        except BackendError as exc:
+            raise SpokeConfigError(f"cannot reach Redis at {cfg.redis_url}: {exc}") from exc
+        if policy != "noeviction" and not cfg.allow_eviction:
+            raise SpokeConfigError(
+                f"Redis maxmemory-policy is {policy!r}; queued agents could be evicted. "
+                "Set it to noeviction, or allow_eviction = true to accept the risk"
+            )
+        healed = await agents.requeue_orphans()
+        window = commands.Window(
+            max_skew=dt.timedelta(seconds=cfg.max_skew_s),
+            max_validity=dt.timedelta(seconds=cfg.max_validity_s),
+        )
+        nonces = NonceStore(agents.redis, agents.keys, window.max_skew)
+        verifier = Verifier(cfg.name, trust, nonces, window)
+        servicer = SpokeServicer(cfg, key, verifier, agents)
+        self._server = build_server(
+            [Service(SERVICE, servicer)],
+            cfg.listen,
+            ServerOptions(max_message_bytes=cfg.max_message_bytes),
+        )
+        await self._server.server.start()
+        self._worker = AgentWorker(agents, cfg)
+        self._worker_task = asyncio.create_task(self._worker.run(), name="worker")
+        self._worker_task.add_done_callback(self._worker_done)
+        await self._server.serving([SERVICE.full_name])
+        log.info("spoke_serving", spoke=cfg.name, port=self._server.port, requeued=healed)
+        return self._server.port
+
+    def _worker_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None and not self._stopping:
+            log.error("worker_crashed", exc_info=task.exception())
+
+    async def shutdown(self, grace: float = 5.0) -> None:
+        """Health NOT_SERVING → stop the server → drain the workers → close Redis."""
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        self._stopping = True
+        try:
+            if self._server is not None:
+                await self._server.stop(grace)
+            if self._worker is not None:
+                await self._worker.shutdown()
+            if self._worker_task is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await asyncio.wait_for(self._worker_task, timeout=grace + 10)
+            if self._queue is not None:
+                await self._queue.close()
+        finally:
+            self._stopped.set()
+
+    async def run(self) -> None:
+        """Serve until SIGINT or SIGTERM, then shut down in order."""
+        await self.start()
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        print(f"serving {self.port}", flush=True)  # readiness line for parent processes
+        try:
+            await stop.wait()
+        finally:
+            log.info("spoke_stopping")
+            await self.shutdown()
+
+    async def __aenter__(self) -> SpokeApp:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.shutdown()

@@ -1,0 +1,50 @@
+"""Every Redis key a spoke uses, under one prefix ``federation:{spoke}:``.
+
+bullmq's own keys live under the same prefix (``federation:{spoke}:agents:*``) because the
+queue is created with ``prefix=federation:{spoke}`` and name ``agents``.
+Keys with a TTL: nonces, and finished agents' records and streams (set by the sweeper).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+QUEUE_NAME = "agents"
+
+
+@dataclass(frozen=True, slots=True)
+class SpokeKeys:
+    spoke: str
+
+    @property
+    def prefix(self) -> str:
+        return f"federation:{self.spoke}"
+
+    def nonce(self, issuer: str, nonce_hex: str) -> str:
+        return f"{self.prefix}:nonce:{issuer}:{nonce_hex}"
+
+    def agent(self, agent_id: str) -> str:
+        return f"{self.prefix}:agent:{agent_id}"
+
+    def events(self, agent_id: str) -> str:
+        return f"{self.prefix}:events:{agent_id}"
+
+    @property
+    def agent_index(self) -> str:
+        """Sorted set of agent ids scored by create time (ms), for listing newest first."""
+        return f"{self.prefix}:agents-by-time"
+
+    @property
+    def kill_channel(self) -> str:
+        """Pub/sub channel that carries kill requests to whichever worker holds the agent."""
+        return f"{self.prefix}:kill"
+
+    @property
+    def workers(self) -> str:
+        """Hash of live worker ids to their heartbeat (ms), for recovery."""
+        return f"{self.prefix}:workers"
+
+    @staticmethod
+    def job_id(agent_id: str) -> str:
+        # bullmq confuses integer-looking ids with its own counter (PITFALLS): always prefix.
+        return f"cmd-{agent_id}"

@@ -1,0 +1,155 @@
+"""The spoke's domain model: agent states, records and spawn requests (no Redis, no proto)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class AgentState(StrEnum):
+    """Persisted agent states; transitions are enforced by spoke/queue.py."""
+
+    QUEUED = "QUEUED"
+    STARTING = "STARTING"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    KILLED = "KILLED"
+    TIMED_OUT = "TIMED_OUT"
+    DEAD_LETTERED = "DEAD_LETTERED"
+    RETRYING = "RETRYING"
+
+    @property
+    def final(self) -> bool:
+        return self in FINAL_STATES
+
+
+FINAL_STATES = frozenset(
+    {
+        AgentState.SUCCEEDED,
+        AgentState.FAILED,
+        AgentState.KILLED,
+        AgentState.TIMED_OUT,
+        AgentState.DEAD_LETTERED,
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SpawnRequest:
+    """A verified, validated spawn, ready to be stored."""
+
+    agent_id: str
+    issuer: str
+    profile: str
+    task: str
+    priority: int
+    timeout_ms: int
+    max_attempts: int
+    labels: Mapping[str, str]
+    digest: str
+    """Hex SHA-256 over the spawn's meaning (not its nonce or times): reuse detection."""
+    expire_ms: int
+    """The command's expire time: an agent not started by then never starts."""
+    envelope: bytes
+    """The client's signed envelope as received, kept for audit."""
+    relay: bytes = b""
+    """The hub's signed relay envelope as received, if it came through a hub."""
+
+
+def _text(raw: Mapping[bytes, bytes], key: str, default: str = "") -> str:
+    v = raw.get(key.encode())
+    return v.decode("utf-8", "replace") if v is not None else default
+
+
+def _int(raw: Mapping[bytes, bytes], key: str, default: int = 0) -> int:
+    v = raw.get(key.encode())
+    return int(v) if v not in (None, b"") else default
+
+
+def _opt_int(raw: Mapping[bytes, bytes], key: str) -> int | None:
+    v = raw.get(key.encode())
+    return int(v) if v not in (None, b"") else None
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRecord:
+    """An agent as stored in its Redis hash."""
+
+    agent_id: str
+    state: AgentState
+    profile: str
+    task: str
+    issuer: str
+    priority: int
+    digest: str
+    create_ms: int
+    timeout_ms: int
+    max_attempts: int
+    attempt: int = 0
+    reason: str = ""
+    start_ms: int | None = None
+    end_ms: int | None = None
+    exit_code: int | None = None
+    expire_ms: int = 0
+    labels: Mapping[str, str] = field(default_factory=dict)
+    stdout_tail: str = ""
+    stderr_tail: str = ""
+    progress_percent: int = -1
+    progress_message: str = ""
+    receipt_json: str = ""
+    pid: int | None = None
+    pgid: int | None = None
+    start_ticks: int | None = None
+    worker: str = ""
+    kill_requested: str = ""
+    seq: int = 0
+
+    @classmethod
+    def from_hash(cls, raw: Mapping[bytes, bytes]) -> AgentRecord:
+        labels_text = _text(raw, "labels", "{}")
+        return cls(
+            agent_id=_text(raw, "agent_id"),
+            state=AgentState(_text(raw, "state")),
+            profile=_text(raw, "profile"),
+            task=_text(raw, "task"),
+            issuer=_text(raw, "issuer"),
+            priority=_int(raw, "priority"),
+            digest=_text(raw, "digest"),
+            create_ms=_int(raw, "create_ms"),
+            timeout_ms=_int(raw, "timeout_ms"),
+            max_attempts=_int(raw, "max_attempts", 1),
+            attempt=_int(raw, "attempt"),
+            reason=_text(raw, "reason"),
+            start_ms=_opt_int(raw, "start_ms"),
+            end_ms=_opt_int(raw, "end_ms"),
+            exit_code=_opt_int(raw, "exit_code"),
+            expire_ms=_int(raw, "expire_ms"),
+            labels=json.loads(labels_text) if labels_text else {},
+            stdout_tail=_text(raw, "stdout_tail"),
+            stderr_tail=_text(raw, "stderr_tail"),
+            progress_percent=_int(raw, "progress_percent", -1),
+            progress_message=_text(raw, "progress_message"),
+            receipt_json=_text(raw, "receipt"),
+            pid=_opt_int(raw, "pid"),
+            pgid=_opt_int(raw, "pgid"),
+            start_ticks=_opt_int(raw, "start_ticks"),
+            worker=_text(raw, "worker"),
+            kill_requested=_text(raw, "kill_requested"),
+            seq=_int(raw, "seq"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AgentEvent:
+    """One entry of an agent's event stream."""
+
+    seq: int
+    kind: str
+    """state, progress, stdout or stderr."""
+    time_ms: int
+    state: str = ""
+    reason: str = ""
+    data: str = ""

@@ -1,0 +1,441 @@
+"""Durable agent state in Redis: records, state transitions, events, and the bullmq queue.
+
+This is the only module that changes an agent's state. Every change is one Lua script
+(read, check the transition, write the record, append the event), so two processes on one
+Redis can never interleave a half-done transition. The job queue itself is bullmq: BullMQ's
+own scripts, so Node tooling can read a spoke's queue.
+
+Exceptions (converted to gRPC status by spoke/service.py)::
+
+    QueueError
+    ├── AgentMissingError         no record with that id
+    ├── AgentReusedError          same id, different spawn (digest differs)
+    ├── TransitionError           the state does not allow the change
+    ├── QueueFullError            the waiting backlog is at its cap
+    └── BackendError              Redis is unreachable or failed
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar
+
+import redis.asyncio as aioredis
+from bullmq import Queue
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .keys import QUEUE_NAME, SpokeKeys
+from .model import FINAL_STATES, AgentEvent, AgentRecord, AgentState, SpawnRequest
+
+EVENTS_MAXLEN = 2000
+"""Approximate cap on each agent's event stream (oldest trimmed first)."""
+
+
+class QueueError(Exception):
+    """Base of the queue layer's errors."""
+
+
+class AgentMissingError(QueueError):
+    pass
+
+
+class AgentReusedError(QueueError):
+    pass
+
+
+class TransitionError(QueueError):
+    def __init__(self, agent_id: str, current: str) -> None:
+        super().__init__(f"agent {agent_id} is {current}")
+        self.current = current
+
+
+class QueueFullError(QueueError):
+    pass
+
+
+class BackendError(QueueError):
+    pass
+
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _backend(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """Turn Redis failures into BackendError at the queue layer's edge."""
+
+    async def wrapped(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await fn(*args, **kwargs)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise BackendError(f"redis unavailable: {type(exc).__name__}") from exc
+        except RedisError as exc:
+            raise BackendError(f"redis error: {exc}") from exc
+
+    return wrapped
+
+
+_CREATE = """
+-- KEYS: agent, index, events. ARGV: agent_id, digest, now_ms, maxlen, field, value, ...
+local existing = redis.call('HGET', KEYS[1], 'digest')
+if existing then
+  return {'exists', existing, redis.call('HGET', KEYS[1], 'state')}
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('HSET', KEYS[1], 'state', 'QUEUED', 'seq', 1, 'digest', ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '1-0',
+  'kind', 'state', 'state', 'QUEUED', 'reason', '', 'time', ARGV[3])
+return {'created', ARGV[2], 'QUEUED'}
+"""
+
+_TRANSITION = """
+-- KEYS: agent, events. ARGV: from_csv, to, reason, now_ms, maxlen, field, value, ...
+local cur = redis.call('HGET', KEYS[1], 'state')
+if not cur then return {'missing', ''} end
+local ok = false
+for s in string.gmatch(ARGV[1], '[^,]+') do if s == cur then ok = true end end
+if not ok then return {'illegal', cur} end
+redis.call('HSET', KEYS[1], 'state', ARGV[2], 'reason', ARGV[3])
+if #ARGV > 5 then redis.call('HSET', KEYS[1], unpack(ARGV, 6)) end
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], seq .. '-0',
+  'kind', 'state', 'state', ARGV[2], 'reason', ARGV[3], 'time', ARGV[4])
+return {'ok', tostring(seq)}
+"""
+
+_EVENT = """
+-- KEYS: agent, events. ARGV: kind, data, now_ms, maxlen, field, value, ...
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if #ARGV > 4 then redis.call('HSET', KEYS[1], unpack(ARGV, 5)) end
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], seq .. '-0',
+  'kind', ARGV[1], 'data', ARGV[2], 'time', ARGV[3])
+return seq
+"""
+
+_REQUEST_KILL = """
+-- KEYS: agent, events. ARGV: kill_command_id, now_ms, maxlen
+local cur = redis.call('HGET', KEYS[1], 'state')
+if not cur then return {'missing', ''} end
+if cur == 'QUEUED' or cur == 'RETRYING' then
+  redis.call('HSET', KEYS[1], 'state', 'KILLED', 'reason', 'KILL_REQUESTED',
+    'end_ms', ARGV[2], 'kill_requested', ARGV[1])
+  local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], seq .. '-0',
+    'kind', 'state', 'state', 'KILLED', 'reason', 'KILL_REQUESTED', 'time', ARGV[2])
+  return {'killed', cur}
+end
+if cur == 'STARTING' or cur == 'RUNNING' then
+  redis.call('HSET', KEYS[1], 'kill_requested', ARGV[1])
+  return {'signal', cur}
+end
+if redis.call('HGET', KEYS[1], 'kill_requested') == ARGV[1] then return {'repeat', cur} end
+return {'final', cur}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class KillOutcome:
+    """What a kill request did: ``killed`` (it was waiting), ``signal`` (a worker must stop
+    it), ``repeat`` (this same kill already finished it)."""
+
+    action: str
+    previous: str
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    agents: list[AgentRecord]
+    next_token: str
+
+
+def priority_to_bullmq(priority: int) -> int:
+    """Ours: 10 most urgent. bullmq: 1 runs first, and unprioritised jobs jump the queue,
+    so every job gets an explicit priority (PITFALLS)."""
+    return 11 - priority
+
+
+def _flatten(fields: Mapping[str, object]) -> list[str]:
+    out: list[str] = []
+    for k, v in fields.items():
+        out += [k, "" if v is None else str(v)]
+    return out
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class AgentQueue:
+    """The spoke's durable state. Create inside the running loop; close with ``close()``."""
+
+    def __init__(self, redis_url: str, spoke: str, *, op_timeout_s: float = 5.0) -> None:
+        self.keys = SpokeKeys(spoke)
+        self.redis_url = redis_url
+        # Our own calls are short: bound them. bullmq's blocking calls get their own client.
+        self.redis: aioredis.Redis = aioredis.Redis.from_url(
+            redis_url, socket_timeout=op_timeout_s, socket_connect_timeout=op_timeout_s
+        )
+        self.bull_redis: aioredis.Redis = bullmq_client(redis_url)
+        self.jobs = Queue(QUEUE_NAME, {"connection": self.bull_redis, "prefix": self.keys.prefix})
+        self._create = self.redis.register_script(_CREATE)
+        self._transition = self.redis.register_script(_TRANSITION)
+        self._event = self.redis.register_script(_EVENT)
+        self._kill = self.redis.register_script(_REQUEST_KILL)
+
+    async def close(self) -> None:
+        await self.jobs.close()
+        await self.bull_redis.aclose()
+        await self.redis.aclose()
+
+    # --- spawn ---------------------------------------------------------------
+
+    @_backend
+    async def backlog(self) -> int:
+        counts: dict[str, int] = await self.jobs.getJobCounts("wait", "prioritized", "delayed")
+        return sum(counts.values())
+
+    @_backend
+    async def create(self, req: SpawnRequest, max_backlog: int) -> tuple[AgentRecord, bool]:
+        """Store a spawn and queue it; idempotent on the agent id.
+
+        Returns the record and whether this call created it. The record is written before
+        the job: a crash between the two leaves a QUEUED record that ``requeue_orphans``
+        (and any retry of the same spawn) puts back on the queue.
+        """
+        existing = await self.get_or_none(req.agent_id)
+        if existing is not None:
+            return await self._existing(req, existing), False
+        if await self.backlog() >= max_backlog:
+            raise QueueFullError(f"queue holds {max_backlog} waiting agents, its limit")
+        now = now_ms()
+        fields = {
+            "agent_id": req.agent_id,
+            "profile": req.profile,
+            "task": req.task,
+            "issuer": req.issuer,
+            "priority": req.priority,
+            "create_ms": now,
+            "timeout_ms": req.timeout_ms,
+            "max_attempts": req.max_attempts,
+            "attempt": 0,
+            "expire_ms": req.expire_ms,
+            "labels": json.dumps(dict(req.labels), sort_keys=True),
+            "progress_percent": -1,
+        }
+        args: list[Any] = [req.agent_id, req.digest, now, EVENTS_MAXLEN, *_flatten(fields)]
+        keys = [
+            self.keys.agent(req.agent_id),
+            self.keys.agent_index,
+            self.keys.events(req.agent_id),
+        ]
+        status, _, _ = await self._create(keys=keys, args=args)
+        if status == b"exists":
+            again = await self.get(req.agent_id)
+            return await self._existing(req, again), False
+        # Audit copies of the signed bytes, stored beside the record (binary-safe).
+        await self.redis.hset(
+            self.keys.agent(req.agent_id), mapping={"envelope": req.envelope, "relay": req.relay}
+        )
+        await self._enqueue(req.agent_id, req.priority)
+        return await self.get(req.agent_id), True
+
+    async def _existing(self, req: SpawnRequest, rec: AgentRecord) -> AgentRecord:
+        if rec.digest != req.digest:
+            raise AgentReusedError(f"agent id {req.agent_id} was used for a different spawn")
+        if rec.state is AgentState.QUEUED:
+            await self._enqueue(rec.agent_id, rec.priority)  # heals a crash before enqueue
+        return rec
+
+    async def _enqueue(self, agent_id: str, priority: int, delay_ms: int = 0) -> None:
+        opts: dict[str, Any] = {
+            "jobId": SpokeKeys.job_id(agent_id),
+            "priority": priority_to_bullmq(priority),
+            "attempts": 1,
+            "removeOnComplete": {"count": 1000},
+            "removeOnFail": {"count": 5000},
+        }
+        if delay_ms > 0:
+            opts["delay"] = delay_ms
+        # bullmq ignores an add whose jobId exists: that is the idempotency we want here.
+        await self.jobs.add("agent", {"agent_id": agent_id}, opts)
+
+    # --- reads -------------------------------------------------------------
+
+    @_backend
+    async def get_or_none(self, agent_id: str) -> AgentRecord | None:
+        raw: dict[bytes, bytes] = await self.redis.hgetall(self.keys.agent(agent_id))  # type: ignore[assignment]  # bytes: decode_responses is off
+        if not raw or b"state" not in raw:
+            return None
+        return AgentRecord.from_hash(raw)
+
+    async def get(self, agent_id: str) -> AgentRecord:
+        rec = await self.get_or_none(agent_id)
+        if rec is None:
+            raise AgentMissingError(f"agent {agent_id} not found")
+        return rec
+
+    @_backend
+    async def list_page(
+        self, page_size: int, token: str, states: Iterable[AgentState] = ()
+    ) -> Page:
+        """Newest first. The token is an opaque offset into the time index."""
+        offset = _decode_token(token)
+        wanted = set(states)
+        ids: list[bytes] = await self.redis.zrevrange(  # type: ignore[assignment]  # bytes: decode_responses is off
+            self.keys.agent_index, offset, offset + page_size - 1
+        )
+        pipe = self.redis.pipeline(transaction=False)
+        for i in ids:
+            pipe.hgetall(self.keys.agent(i.decode()))
+        rows = await pipe.execute()
+        agents = [AgentRecord.from_hash(r) for r in rows if r and b"state" in r]
+        if wanted:
+            agents = [a for a in agents if a.state in wanted]
+        nxt = _encode_token(offset + page_size) if len(ids) == page_size else ""
+        return Page(agents=agents, next_token=nxt)
+
+    @_backend
+    async def events(self, agent_id: str, after_seq: int, count: int = 500) -> list[AgentEvent]:
+        rows: list[tuple[bytes, dict[bytes, bytes]]] = await self.redis.xrange(  # type: ignore[assignment]  # bytes: decode_responses is off
+            self.keys.events(agent_id), min=f"({after_seq}-0", max="+", count=count
+        )
+        out: list[AgentEvent] = []
+        for entry_id, data in rows:
+            fields = {k.decode(): v.decode("utf-8", "replace") for k, v in data.items()}
+            out.append(
+                AgentEvent(
+                    seq=int(entry_id.decode().split("-")[0]),
+                    kind=fields.get("kind", ""),
+                    time_ms=int(fields.get("time", "0")),
+                    state=fields.get("state", ""),
+                    reason=fields.get("reason", ""),
+                    data=fields.get("data", ""),
+                )
+            )
+        return out
+
+    # --- state changes -----------------------------------------------------
+
+    @_backend
+    async def transition(
+        self,
+        agent_id: str,
+        allowed_from: Iterable[AgentState],
+        to: AgentState,
+        reason: str = "",
+        fields: Mapping[str, object] | None = None,
+    ) -> int:
+        """Move an agent to ``to`` if it is in one of ``allowed_from``; return the event seq."""
+        now = now_ms()
+        extra = dict(fields or {})
+        if to in FINAL_STATES:
+            extra.setdefault("end_ms", now)
+        args: list[Any] = [
+            ",".join(allowed_from),
+            to.value,
+            reason,
+            now,
+            EVENTS_MAXLEN,
+            *_flatten(extra),
+        ]
+        keys = [self.keys.agent(agent_id), self.keys.events(agent_id)]
+        status, detail = await self._transition(keys=keys, args=args)
+        if status == b"missing":
+            raise AgentMissingError(f"agent {agent_id} not found")
+        if status == b"illegal":
+            raise TransitionError(agent_id, detail.decode())
+        return int(detail)
+
+    @_backend
+    async def record_event(
+        self, agent_id: str, kind: str, data: str, fields: Mapping[str, object] | None = None
+    ) -> None:
+        """Append a progress/output event and update non-state fields (tails, progress)."""
+        args: list[Any] = [kind, data, now_ms(), EVENTS_MAXLEN, *_flatten(dict(fields or {}))]
+        await self._event(keys=[self.keys.agent(agent_id), self.keys.events(agent_id)], args=args)
+
+    @_backend
+    async def request_kill(self, agent_id: str, kill_command_id: str) -> KillOutcome:
+        keys = [self.keys.agent(agent_id), self.keys.events(agent_id)]
+        action, prev = await self._kill(keys=keys, args=[kill_command_id, now_ms(), EVENTS_MAXLEN])
+        if action == b"missing":
+            raise AgentMissingError(f"agent {agent_id} not found")
+        if action == b"final":
+            raise TransitionError(agent_id, prev.decode())
+        outcome = KillOutcome(action.decode(), prev.decode())
+        if outcome.action == "killed":
+            await self.jobs.remove(SpokeKeys.job_id(agent_id))  # best effort: it is skipped anyway
+        else:
+            await self.redis.publish(self.keys.kill_channel, agent_id)
+        return outcome
+
+    @_backend
+    async def kill_requested(self, agent_id: str) -> bool:
+        return bool(await self.redis.hget(self.keys.agent(agent_id), "kill_requested"))
+
+    @asynccontextmanager
+    async def kill_requests(self) -> AsyncIterator[aioredis.client.PubSub]:
+        """Subscribe to kill requests for this spoke (every worker process listens)."""
+        pubsub = self.bull_redis.pubsub()
+        await pubsub.subscribe(self.keys.kill_channel)
+        try:
+            yield pubsub
+        finally:
+            await pubsub.unsubscribe()
+            await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+
+    @_backend
+    async def requeue_orphans(self) -> int:
+        """Put QUEUED records with no bullmq job back on the queue (crash between writes)."""
+        healed = 0
+        ids: list[bytes] = await self.redis.zrange(self.keys.agent_index, 0, -1)  # type: ignore[assignment]  # bytes: decode_responses is off
+        for raw_id in ids:
+            agent_id = raw_id.decode()
+            rec = await self.get_or_none(agent_id)
+            if rec is None or rec.state is not AgentState.QUEUED:
+                continue
+            if await self.jobs.getJob(SpokeKeys.job_id(agent_id)) is None:
+                await self._enqueue(agent_id, rec.priority)
+                healed += 1
+        return healed
+
+    @_backend
+    async def maxmemory_policy(self) -> str:
+        conf: dict[Any, Any] = await self.redis.config_get("maxmemory-policy")
+        value = conf.get(b"maxmemory-policy") or conf.get("maxmemory-policy") or b""
+        return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def bullmq_client(redis_url: str) -> aioredis.Redis:
+    """A client for bullmq: no socket timeout, since its blocking calls wait long (PITFALLS),
+    and decoded responses, which bullmq's job parsing assumes (bytes give empty job data)."""
+    return aioredis.Redis.from_url(
+        redis_url, socket_timeout=None, socket_connect_timeout=5, decode_responses=True
+    )
+
+
+def _encode_token(offset: int) -> str:
+    return base64.urlsafe_b64encode(f"o:{offset}".encode()).decode().rstrip("=")
+
+
+def _decode_token(token: str) -> int:
+    if not token:
+        return 0
+    try:
+        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        kind, _, value = text.partition(":")
+        offset = int(value)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError("page_token is not valid") from exc
+    if kind != "o" or offset < 0:
+        raise ValueError("page_token is not valid")
+    return offset

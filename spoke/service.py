@@ -1,0 +1,209 @@
+"""SpokeService: pb ↔ domain translation, validation, and orchestration of a spoke's calls.
+
+Each RPC verifies its envelope (spoke/verifier.py), validates the body against this spoke's
+config and limits, calls the queue, and answers with a Reply signed by this spoke that
+binds the command id and the SHA-256 of the client's signed bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from shared import commands, envelope, errors
+from shared.gen.federation.v1 import agent_pb2, command_pb2, spoke_service_pb2
+from shared.keys import SigningKey
+
+from . import queue, wire
+from .config import SpokeConfig
+from .model import AgentState, SpawnRequest
+from .verifier import Authorized, Verifier
+
+MAX_PAGE_SIZE = 500
+DEFAULT_PAGE_SIZE = 50
+MAX_ATTEMPTS_LIMIT = 10
+LABEL_BYTES = 256
+
+
+@contextlib.contextmanager
+def _queue_errors() -> Iterator[None]:
+    """The queue layer's errors, as the wire sees them."""
+    try:
+        yield
+    except queue.AgentMissingError as exc:
+        raise errors.AgentNotFoundError(str(exc)) from exc
+    except queue.AgentReusedError as exc:
+        raise errors.CommandIdReusedError(str(exc)) from exc
+    except queue.TransitionError as exc:
+        raise errors.AgentNotRunningError(str(exc), state=exc.current) from exc
+    except queue.QueueFullError as exc:
+        raise errors.CapacityExceededError(str(exc)) from exc
+    except queue.BackendError as exc:
+        raise errors.BackendUnavailableError("the spoke's Redis is unavailable") from exc
+
+
+class SpokeServicer:
+    def __init__(
+        self, config: SpokeConfig, key: SigningKey, verifier: Verifier, agents: queue.AgentQueue
+    ) -> None:
+        self.config = config
+        self.key = key
+        self.verifier = verifier
+        self.agents = agents
+
+    # --- RPCs ----------------------------------------------------------------
+
+    async def SpawnAgent(
+        self, request: spoke_service_pb2.SpokeServiceSpawnAgentRequest, context: Any
+    ) -> spoke_service_pb2.SpokeServiceSpawnAgentResponse:
+        auth = await self.verifier.verify(request.command, "spawn_agent")
+        req = self._spawn_request(auth)
+        with _queue_errors():
+            rec, _ = await self.agents.create(req, self.config.max_queue_depth)
+        reply = self._reply(auth, agent=wire.to_agent(self.config.name, rec))
+        return spoke_service_pb2.SpokeServiceSpawnAgentResponse(reply=reply)
+
+    async def GetAgent(
+        self, request: spoke_service_pb2.SpokeServiceGetAgentRequest, context: Any
+    ) -> spoke_service_pb2.SpokeServiceGetAgentResponse:
+        auth = await self.verifier.verify(request.command, "get_agent")
+        agent_id = self._agent_id(auth.command.get_agent.agent)
+        with _queue_errors():
+            rec = await self.agents.get(agent_id)
+        reply = self._reply(auth, agent=wire.to_agent(self.config.name, rec))
+        return spoke_service_pb2.SpokeServiceGetAgentResponse(reply=reply)
+
+    async def KillAgent(
+        self, request: spoke_service_pb2.SpokeServiceKillAgentRequest, context: Any
+    ) -> spoke_service_pb2.SpokeServiceKillAgentResponse:
+        auth = await self.verifier.verify(request.command, "kill_agent")
+        agent_id = self._agent_id(auth.command.kill_agent.agent)
+        with _queue_errors():
+            outcome = await self.agents.request_kill(agent_id, auth.command.command_id)
+            rec = await self.agents.get(agent_id)
+            deadline = time.monotonic() + self.config.kill_wait_s
+            while outcome.action == "signal" and not rec.state.final:
+                if time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.05)
+                rec = await self.agents.get(agent_id)
+        reply = self._reply(auth, agent=wire.to_agent(self.config.name, rec))
+        return spoke_service_pb2.SpokeServiceKillAgentResponse(reply=reply)
+
+    async def ListAgents(
+        self, request: spoke_service_pb2.SpokeServiceListAgentsRequest, context: Any
+    ) -> spoke_service_pb2.SpokeServiceListAgentsResponse:
+        auth = await self.verifier.verify(request.command, "list_agents")
+        body = auth.command.list_agents
+        size = body.page_size or DEFAULT_PAGE_SIZE
+        if size < 0:
+            raise errors.InvalidCommandError("page_size must not be negative")
+        states = [
+            AgentState(agent_pb2.Agent.State.Name(s).removeprefix("STATE_"))
+            for s in body.states
+            if s
+        ]
+        with _queue_errors():
+            try:
+                page = await self.agents.list_page(
+                    min(size, MAX_PAGE_SIZE), body.page_token, states
+                )
+            except ValueError as exc:
+                raise errors.InvalidCommandError(str(exc)) from exc
+        result = command_pb2.AgentPage(
+            agents=[wire.to_agent(self.config.name, r) for r in page.agents],
+            next_page_token=page.next_token,
+        )
+        return spoke_service_pb2.SpokeServiceListAgentsResponse(
+            reply=self._reply(auth, agent_page=result)
+        )
+
+    # --- helpers -------------------------------------------------------------
+
+    def _agent_id(self, agent: str) -> str:
+        if agent.startswith("spokes/"):
+            parts = agent.split("/")
+            if len(parts) != 4 or parts[2] != "agents":
+                raise errors.InvalidCommandError("agent name must be spokes/{spoke}/agents/{id}")
+            if parts[1] != self.config.name:
+                raise errors.WrongAudienceError(f"agent {agent} is not on this spoke")
+            agent = parts[3]
+        commands.check_command_id(agent)
+        return agent
+
+    def _spawn_request(self, auth: Authorized) -> SpawnRequest:
+        body = auth.command.spawn_agent
+        cfg = self.config
+        profile = cfg.profiles.get(body.profile)
+        if profile is None:
+            raise errors.UnknownProfileError(
+                f"profile {body.profile!r} is not configured on spoke {cfg.name}",
+                profiles=",".join(sorted(cfg.profiles)),
+            )
+        if len(body.task.encode()) > cfg.max_task_bytes:
+            raise errors.InvalidCommandError(f"task is longer than {cfg.max_task_bytes} bytes")
+        if "\x00" in body.task:
+            raise errors.InvalidCommandError("task must not contain NUL characters")
+        priority = body.priority or cfg.default_priority
+        if not 1 <= priority <= 10:
+            raise errors.InvalidCommandError("priority must be 1-10")
+        timeout_ms = body.timeout.seconds * 1000 + body.timeout.nanos // 1_000_000
+        limit_ms = int(profile.timeout_s * 1000)
+        if timeout_ms < 0:
+            raise errors.InvalidCommandError("timeout must not be negative")
+        if timeout_ms > limit_ms:
+            raise errors.InvalidCommandError(
+                f"timeout exceeds profile {profile.name}'s limit of {profile.timeout_s:g} s"
+            )
+        attempts = body.max_attempts or profile.max_attempts
+        if not 1 <= attempts <= MAX_ATTEMPTS_LIMIT:
+            raise errors.InvalidCommandError(f"max_attempts must be 1-{MAX_ATTEMPTS_LIMIT}")
+        labels = dict(body.labels)
+        if len(labels) > cfg.max_labels:
+            raise errors.InvalidCommandError(f"more than {cfg.max_labels} labels")
+        if any(
+            len(k.encode()) > LABEL_BYTES or len(v.encode()) > LABEL_BYTES
+            for k, v in labels.items()
+        ):
+            raise errors.InvalidCommandError(
+                f"label keys and values are at most {LABEL_BYTES} bytes"
+            )
+        resolved = {
+            "issuer": auth.principal,
+            "profile": profile.name,
+            "task": body.task,
+            "priority": priority,
+            "timeout_ms": timeout_ms or limit_ms,
+            "max_attempts": attempts,
+            "labels": labels,
+        }
+        digest = hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()
+        return SpawnRequest(
+            agent_id=auth.command.command_id,
+            issuer=auth.principal,
+            profile=profile.name,
+            task=body.task,
+            priority=priority,
+            timeout_ms=timeout_ms or limit_ms,
+            max_attempts=attempts,
+            labels=labels,
+            digest=digest,
+            expire_ms=int(auth.expires.timestamp() * 1000),
+            envelope=auth.client_envelope.SerializeToString(),
+            relay=auth.relay_envelope.SerializeToString() if auth.relay_envelope else b"",
+        )
+
+    def _reply(self, auth: Authorized, **result: Any) -> command_pb2.SignedEnvelope:
+        reply = command_pb2.Reply(
+            command_id=auth.command.command_id,
+            responder=self.config.name,
+            request_digest=commands.digest(auth.command_payload),
+            issue_time=commands.to_timestamp(commands.now()),
+            **result,
+        )
+        return envelope.sign(reply.SerializeToString(), envelope.PAYLOAD_TYPE_REPLY, self.key)

@@ -1,0 +1,104 @@
+"""Every inbound command is verified here before anything else looks at it.
+
+A request carries one of two envelopes:
+
+* a **Command** signed by a client the spoke trusts (direct call), or
+* a **Relay** signed by a hub the spoke trusts, wrapping the client's original signed
+  Command intact (chain of custody).
+
+Checks, in order, all before any state is touched except the nonce:
+signature by a trusted key of the right role → signer is the issuer → audience is this
+spoke (or, for a relayed command, the relaying hub) → inside the validity window, within
+the clock skew → nonce unseen (the hop's envelope: the direct command or the relay) → the
+body fits the RPC. The spoke then judges the *client*, never the hub: a hub key alone can
+not act for a principal the spoke does not trust.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from shared import commands, envelope, errors
+from shared.gen.federation.v1 import command_pb2
+from shared.trust import Role, TrustStore
+
+from .nonces import NonceStore
+
+
+@dataclass(frozen=True, slots=True)
+class Authorized:
+    """A command that passed every check."""
+
+    principal: str
+    """The client whose signed command this is."""
+    command: command_pb2.Command
+    command_payload: bytes
+    """The exact bytes the client signed (replies bind to their digest)."""
+    client_envelope: command_pb2.SignedEnvelope
+    relay_envelope: command_pb2.SignedEnvelope | None
+    via: str
+    """The hub that relayed it, or "" for a direct call."""
+    expires: dt.datetime
+
+
+class Verifier:
+    def __init__(
+        self, spoke: str, trust: TrustStore, nonces: NonceStore, window: commands.Window
+    ) -> None:
+        self.spoke = spoke
+        self.trust = trust
+        self.nonces = nonces
+        self.window = window
+
+    async def verify(self, env: command_pb2.SignedEnvelope, body: str) -> Authorized:
+        if env.payload_type == envelope.PAYLOAD_TYPE_RELAY:
+            return await self._relayed(env, body)
+        if env.payload_type != envelope.PAYLOAD_TYPE_COMMAND:
+            raise errors.InvalidCommandError("unknown or missing payload_type")
+        verified = envelope.verify(
+            env, payload_type=envelope.PAYLOAD_TYPE_COMMAND, trust=self.trust, roles={Role.CLIENT}
+        )
+        cmd = self._check_command(verified, body)
+        if cmd.audience != self.spoke:
+            raise errors.WrongAudienceError(f"command is for {cmd.audience!r}, not this spoke")
+        expires = commands.check_window(cmd.issue_time, cmd.expire_time, cmd.nonce, self.window)
+        await self.nonces.claim(cmd.issuer, cmd.nonce, expires)
+        return Authorized(cmd.issuer, cmd, verified.payload, env, None, "", expires)
+
+    async def _relayed(self, env: command_pb2.SignedEnvelope, body: str) -> Authorized:
+        outer = envelope.verify(
+            env, payload_type=envelope.PAYLOAD_TYPE_RELAY, trust=self.trust, roles={Role.HUB}
+        )
+        relay = commands.parse_relay(outer.payload)
+        if relay.issuer != outer.peer:
+            raise errors.SignatureInvalidError("relay issuer does not match the signing key")
+        if relay.audience != self.spoke:
+            raise errors.WrongAudienceError(f"relay is for {relay.audience!r}, not this spoke")
+        relay_expires = commands.check_window(
+            relay.issue_time, relay.expire_time, relay.nonce, self.window
+        )
+        inner = envelope.verify(
+            relay.command,
+            payload_type=envelope.PAYLOAD_TYPE_COMMAND,
+            trust=self.trust,
+            roles={Role.CLIENT},
+        )
+        cmd = self._check_command(inner, body)
+        if cmd.audience not in (self.spoke, relay.issuer):
+            raise errors.WrongAudienceError(f"command is for {cmd.audience!r}, not this spoke")
+        # The client's own nonce was claimed by the hub; the spoke dedups the client's
+        # command by command_id, so a hub may re-relay the same envelope after a failure.
+        expires = commands.check_window(cmd.issue_time, cmd.expire_time, cmd.nonce, self.window)
+        await self.nonces.claim(relay.issuer, relay.nonce, relay_expires)
+        return Authorized(cmd.issuer, cmd, inner.payload, relay.command, env, relay.issuer, expires)
+
+    def _check_command(self, verified: envelope.Verified, body: str) -> command_pb2.Command:
+        cmd = commands.parse_command(verified.payload)
+        if cmd.issuer != verified.peer:
+            raise errors.SignatureInvalidError("command issuer does not match the signing key")
+        commands.check_command_id(cmd.command_id)
+        which = cmd.WhichOneof("body")
+        if which != body:
+            raise errors.InvalidCommandError(f"this call takes a {body} command, not {which}")
+        return cmd

@@ -1,0 +1,67 @@
+"""Domain records to protobuf messages (the service layer's translation, one direction)."""
+
+from __future__ import annotations
+
+import json
+
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from shared.gen.federation.v1 import agent_pb2
+
+from .model import AgentRecord
+
+
+def _ts(ms: int | None) -> timestamp_pb2.Timestamp | None:
+    if ms is None:
+        return None
+    ts = timestamp_pb2.Timestamp()
+    ts.FromMilliseconds(ms)
+    return ts
+
+
+def agent_name(spoke: str, agent_id: str) -> str:
+    return f"spokes/{spoke}/agents/{agent_id}"
+
+
+def to_agent(spoke: str, rec: AgentRecord) -> agent_pb2.Agent:
+    agent = agent_pb2.Agent(
+        name=agent_name(spoke, rec.agent_id),
+        agent_id=rec.agent_id,
+        spoke=spoke,
+        profile=rec.profile,
+        state=agent_pb2.Agent.State.Value(f"STATE_{rec.state.value}"),
+        priority=rec.priority,
+        issuer=rec.issuer,
+        task=rec.task,
+        reason=rec.reason,
+        stdout_tail=rec.stdout_tail,
+        stderr_tail=rec.stderr_tail,
+        attempt=rec.attempt,
+        max_attempts=rec.max_attempts,
+        labels=dict(rec.labels),
+        progress_percent=rec.progress_percent,
+        progress_message=rec.progress_message,
+        timeout=duration_pb2.Duration(
+            seconds=rec.timeout_ms // 1000, nanos=(rec.timeout_ms % 1000) * 1_000_000
+        ),
+    )
+    for field, ms in (("create_time", rec.create_ms), ("start_time", rec.start_ms)):
+        ts = _ts(ms)
+        if ts is not None:
+            getattr(agent, field).CopyFrom(ts)
+    if rec.state.final and rec.end_ms is not None:
+        agent.end_time.FromMilliseconds(rec.end_ms)
+    if rec.exit_code is not None:
+        agent.exit_code = rec.exit_code
+    if rec.receipt_json:
+        r = json.loads(rec.receipt_json)
+        agent.receipt.CopyFrom(
+            agent_pb2.Receipt(
+                status=r["status"],
+                summary=r["summary"],
+                artifacts=r["artifacts"],
+                verifications=[agent_pb2.VerificationItem(**v) for v in r["verifications"]],
+                json=r["json"],
+            )
+        )
+    return agent

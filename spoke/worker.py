@@ -1,0 +1,307 @@
+"""The worker pool: takes agents off the bullmq queue and runs them through the runtime.
+
+One ``AgentWorker`` per spoked process; many may share one Redis. Each job is an agent id;
+the record in Redis, not the job, says what to run and whether it may still run:
+
+* a record already final (killed while queued) is skipped;
+* a record STARTING/RUNNING was held by a worker that died: bullmq's stalled-job check
+  handed it back. The old process group is killed (matched by pid *and* start time), then
+  the agent is retried if its profile is retry-safe and attempts remain, else FAILED/LOST;
+* a command past its expire time never starts (FAILED/EXPIRED).
+
+Kills arrive on a pub/sub channel every worker listens to, with a once-a-second check of
+the record as a fallback; the worker that holds the agent terminates its process group.
+bullmq renews the job lock on its own task, so output handling never delays it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from typing import Any
+
+import structlog
+from bullmq import Worker
+
+from . import runtime
+from .config import SpokeConfig
+from .events import OutputPump
+from .keys import QUEUE_NAME
+from .model import AgentRecord, AgentState
+from .output import Receipt, parse_receipt
+from .profiles import Profile
+from .queue import AgentQueue, QueueError, TransitionError, bullmq_client
+
+log = structlog.get_logger("spoke.worker")
+
+KILL_POLL_S = 1.0
+"""Fallback check of kill requests, should a pub/sub message be missed."""
+
+
+def _receipt_json(r: Receipt | None) -> str:
+    if r is None:
+        return ""
+    return json.dumps(
+        {
+            "status": r.status,
+            "summary": r.summary,
+            "artifacts": list(r.artifacts),
+            "verifications": [
+                {"name": v.name, "status": v.status, "detail": v.detail} for v in r.verifications
+            ],
+            "json": r.json,
+        }
+    )
+
+
+class AgentWorker:
+    """Runs agents for one spoke process. ``run()`` until ``shutdown()``."""
+
+    def __init__(self, queue: AgentQueue, config: SpokeConfig) -> None:
+        self.queue = queue
+        self.config = config
+        self.worker_id = uuid.uuid4().hex[:12]
+        self._kill_events: dict[str, asyncio.Event] = {}
+        self._worker: Any = None  # bullmq.Worker, untyped
+        self._stopped = asyncio.Event()
+        self._closing = False
+
+    @property
+    def running_agents(self) -> list[str]:
+        return list(self._kill_events)
+
+    async def run(self) -> None:
+        client = bullmq_client(self.queue.redis_url)
+        self._worker = Worker(
+            QUEUE_NAME,
+            self._process,
+            {
+                "connection": client,
+                "prefix": self.queue.keys.prefix,
+                "concurrency": self.config.concurrency,
+                "autorun": False,
+                "lockDuration": self.config.lock_duration_ms,
+                "stalledInterval": self.config.stalled_interval_ms,
+                # Our record decides what a recovered job means; let bullmq hand it back.
+                "maxStalledCount": 10,
+                "name": f"spoke-{self.config.name}-{self.worker_id}",
+            },
+        )
+        # Without this, bullmq rounds delays and backoffs up to whole seconds (PITFALLS).
+        await self._worker.blockingRedisConnection.getRedisVersion()
+        listener = asyncio.create_task(self._listen_for_kills(), name="kill-listener")
+        runner = asyncio.create_task(self._worker.run(), name="bullmq-worker")
+        stopped = asyncio.create_task(self._stopped.wait())
+        try:
+            done, _ = await asyncio.wait({runner, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if runner in done and not self._closing:
+                runner.result()  # a crashed worker loop must not go unnoticed
+                raise RuntimeError("bullmq worker loop ended unexpectedly")
+        finally:
+            for t in (listener, stopped):
+                t.cancel()
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(runner, timeout=5)
+            await client.aclose()
+
+    async def shutdown(self, drain_s: float = 10.0) -> None:
+        """Stop taking jobs; give running agents ``drain_s``, then kill them."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._worker is not None:
+            close = asyncio.create_task(self._worker.close())
+            done, _ = await asyncio.wait({close}, timeout=drain_s)
+            if not done:
+                log.warning("shutdown_killing_agents", agents=self.running_agents)
+                for ev in self._kill_events.values():
+                    ev.set()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(close, timeout=drain_s)
+        self._stopped.set()
+
+    # --- kills -------------------------------------------------------------
+
+    async def _listen_for_kills(self) -> None:
+        async with self.queue.kill_requests() as pubsub:
+            while True:
+                msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if msg and isinstance(msg.get("data"), str):
+                    ev = self._kill_events.get(msg["data"])
+                    if ev is not None:
+                        ev.set()
+
+    async def _poll_kill(self, agent_id: str, ev: asyncio.Event) -> None:
+        while not ev.is_set():
+            await asyncio.sleep(KILL_POLL_S)
+            with contextlib.suppress(QueueError):
+                if await self.queue.kill_requested(agent_id):
+                    ev.set()
+
+    # --- jobs --------------------------------------------------------------
+
+    async def _process(self, job: Any, token: str) -> str:
+        agent_id = str(job.data.get("agent_id", ""))
+        structlog.contextvars.bind_contextvars(job=agent_id, worker=self.worker_id)
+        try:
+            return await self._run(agent_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("agent_job_failed")
+            with contextlib.suppress(QueueError):
+                await self.queue.transition(
+                    agent_id,
+                    [
+                        AgentState.QUEUED,
+                        AgentState.RETRYING,
+                        AgentState.STARTING,
+                        AgentState.RUNNING,
+                    ],
+                    AgentState.FAILED,
+                    "INTERNAL",
+                )
+            return "internal-error"
+        finally:
+            structlog.contextvars.unbind_contextvars("job", "worker")
+
+    async def _run(self, agent_id: str) -> str:
+        rec = await self.queue.get_or_none(agent_id)
+        if rec is None or rec.state.final:
+            return "skipped"
+        profile = self.config.profiles.get(rec.profile)
+        if rec.state in (AgentState.STARTING, AgentState.RUNNING):
+            if not await self._recover(rec, profile):
+                return "lost"
+            rec = await self.queue.get(agent_id)
+        waiting = [AgentState.QUEUED, AgentState.RETRYING]
+        if profile is None:
+            await self.queue.transition(agent_id, waiting, AgentState.FAILED, "UNKNOWN_PROFILE")
+            return "failed"
+        if rec.expire_ms and time.time() * 1000 > rec.expire_ms:
+            await self.queue.transition(agent_id, waiting, AgentState.FAILED, "EXPIRED")
+            return "expired"
+        attempt = rec.attempt + 1
+        try:
+            await self.queue.transition(
+                agent_id,
+                waiting,
+                AgentState.STARTING,
+                fields={"attempt": attempt, "worker": self.worker_id},
+            )
+        except TransitionError:
+            return "skipped"  # killed between our read and now
+        return await self._execute(rec, profile, attempt)
+
+    async def _recover(self, rec: AgentRecord, profile: Profile | None) -> bool:
+        """A worker died holding this agent. Kill what is left; retry only if safe."""
+        if rec.pid and rec.pgid and rec.start_ticks is not None:
+            ident = runtime.ProcessIdentity(rec.pid, rec.pgid, rec.start_ticks)
+            grace = profile.kill_grace_s if profile else 2.0
+            if await runtime.kill_identity(ident, grace):
+                log.warning("recovery_killed_orphan", pid=rec.pid)
+        held = [AgentState.STARTING, AgentState.RUNNING]
+        if profile is not None and profile.retry_safe and rec.attempt < rec.max_attempts:
+            await self.queue.transition(rec.agent_id, held, AgentState.RETRYING, "LOST")
+            log.info("recovery_retrying", attempt=rec.attempt)
+            return True
+        await self.queue.transition(rec.agent_id, held, AgentState.FAILED, "LOST")
+        log.info("recovery_lost", attempt=rec.attempt)
+        return False
+
+    async def _execute(self, rec: AgentRecord, profile: Profile, attempt: int) -> str:
+        agent_id = rec.agent_id
+        pump = OutputPump(self.queue, agent_id)
+        try:
+            proc = await runtime.start_agent(
+                profile,
+                task=rec.task,
+                agent_id=agent_id,
+                attempt=attempt,
+                on_output=pump.feed,
+                tail_bytes=self.config.output_tail_bytes,
+            )
+        except runtime.AgentStartError as exc:
+            await self.queue.transition(
+                agent_id,
+                [AgentState.STARTING],
+                AgentState.FAILED,
+                "START_FAILED",
+                {"stderr_tail": str(exc)[:1000]},
+            )
+            return "failed"
+        ident = proc.identity
+        kill = asyncio.Event()
+        self._kill_events[agent_id] = kill
+        outcome = "exit"
+        try:
+            await self.queue.transition(
+                agent_id,
+                [AgentState.STARTING],
+                AgentState.RUNNING,
+                fields={
+                    "pid": ident.pid,
+                    "pgid": ident.pgid,
+                    "start_ticks": ident.start_ticks,
+                    "start_ms": int(time.time() * 1000),
+                },
+            )
+            log.info("agent_running", pid=ident.pid, attempt=attempt)
+            timeout_s = (rec.timeout_ms or int(profile.timeout_s * 1000)) / 1000
+            outcome = await self._supervise(proc, kill, agent_id, timeout_s)
+            if outcome != "exit":
+                await proc.terminate(profile.kill_grace_s)
+        except BaseException:
+            # Never leave an agent running unsupervised (cancellation, Redis failure, …).
+            await asyncio.shield(proc.terminate(profile.kill_grace_s))
+            raise
+        finally:
+            self._kill_events.pop(agent_id, None)
+        code = await proc.wait()
+        await pump.close()
+        return await self._finish(rec, proc, code, outcome)
+
+    async def _supervise(
+        self, proc: runtime.AgentProcess, kill: asyncio.Event, agent_id: str, timeout_s: float
+    ) -> str:
+        if await self.queue.kill_requested(agent_id):
+            return "killed"
+        waiter = asyncio.create_task(proc.wait())
+        killer = asyncio.create_task(kill.wait())
+        poller = asyncio.create_task(self._poll_kill(agent_id, kill))
+        try:
+            done, _ = await asyncio.wait(
+                {waiter, killer}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for t in (killer, poller):
+                t.cancel()
+            waiter.cancel()  # wait() keeps watching the process; cancelling only drops us
+        if waiter in done:
+            return "exit"
+        return "killed" if killer in done else "timeout"
+
+    async def _finish(
+        self, rec: AgentRecord, proc: runtime.AgentProcess, code: int, outcome: str
+    ) -> str:
+        stdout = proc.stdout.text()
+        fields: dict[str, object] = {
+            "exit_code": code,
+            "stdout_tail": stdout,
+            "stderr_tail": proc.stderr.text(),
+            "receipt": _receipt_json(parse_receipt(stdout)),
+        }
+        if outcome == "killed":
+            state, reason = AgentState.KILLED, "KILL_REQUESTED"
+        elif outcome == "timeout":
+            state, reason = AgentState.TIMED_OUT, "TIMEOUT"
+        elif code == 0:
+            state, reason = AgentState.SUCCEEDED, ""
+        else:
+            state, reason = AgentState.FAILED, "EXIT_NONZERO" if code > 0 else "SIGNALED"
+        await self.queue.transition(rec.agent_id, [AgentState.RUNNING], state, reason, fields)
+        log.info("agent_finished", state=state.value, exit_code=code)
+        return state.value
