@@ -161,11 +161,15 @@ def parse_receipt(stdout_tail: str, max_bytes: int = 65536) -> Receipt | None:
         if not isinstance(status, str) or status not in RECEIPT_STATUSES:
             return None
         summary = _text(obj.get("summary"), MAX_SUMMARY_CHARS, default="")
-        raw_artifacts = obj.get("artifacts", [])
+        raw_artifacts = obj.get("artifacts")
+        if raw_artifacts is None:
+            raw_artifacts = []
         if not isinstance(raw_artifacts, list):
             return None
         artifacts = tuple(_text(a, MAX_ARTIFACT_CHARS) for a in raw_artifacts[:MAX_ARTIFACTS])
-        raw_checks = obj.get("verification", obj.get("verifications", []))
+        raw_checks = obj.get("verification")
+        if raw_checks is None:
+            raw_checks = obj.get("verifications")
         if raw_checks is None:
             raw_checks = []
         if not isinstance(raw_checks, list):

@@ -160,6 +160,7 @@ class SpokeClient:
 
     async def wait_state(self, agent: str, *states: str, timeout: float = 15) -> Any:
         import asyncio
+
         from shared.gen.federation.v1 import agent_pb2
 
         loop = asyncio.get_running_loop()
