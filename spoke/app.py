@@ -19,6 +19,7 @@ from .config import SpokeConfig, SpokeConfigError
 from .nonces import NonceStore
 from .queue import AgentQueue, BackendError
 from .service import SpokeServicer
+from .sweeper import Sweeper
 from .verifier import Verifier
 from .worker import AgentWorker
 
@@ -36,6 +37,7 @@ class SpokeApp:
         self._queue: AgentQueue | None = None
         self._worker: AgentWorker | None = None
         self._worker_task: asyncio.Task[None] | None = None
+        self._sweeper_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._stopped = asyncio.Event()
 
@@ -80,6 +82,7 @@ class SpokeApp:
         self._worker = AgentWorker(agents, cfg)
         self._worker_task = asyncio.create_task(self._worker.run(), name="worker")
         self._worker_task.add_done_callback(self._worker_done)
+        self._sweeper_task = asyncio.create_task(Sweeper(agents, cfg).run(), name="sweeper")
         await self._server.serving([SERVICE.full_name])
         log.info("spoke_serving", spoke=cfg.name, port=self._server.port, requeued=healed)
         return self._server.port
@@ -95,6 +98,10 @@ class SpokeApp:
             return
         self._stopping = True
         try:
+            if self._sweeper_task is not None:
+                self._sweeper_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._sweeper_task
             if self._server is not None:
                 await self._server.stop(grace)
             if self._worker is not None:

@@ -56,12 +56,20 @@ class SpokeConfig:
     """How far a sender's clock may run ahead of ours."""
     max_validity_s: float = 3600.0
     """Longest expire - issue span accepted; nonces are kept this long plus the skew."""
-    lock_duration_ms: int = 30_000
+    lock_duration_ms: int = 8_000
     """bullmq job lock; renewed while the agent runs, so a live worker never loses it."""
-    stalled_interval_ms: int = 5_000
+    stalled_interval_ms: int = 3_000
     """How often workers look for jobs whose lock expired (a crashed worker's)."""
     max_message_bytes: int = 4 * 1024 * 1024
     """Largest gRPC message accepted or sent."""
+    retry_backoff_ms: int = 1_000
+    """Base of the exponential retry backoff (each wait is half to all of base·2^(n-1))."""
+    sweep_interval_s: float = 30.0
+    """How often finished agents past their retention are forgotten."""
+    max_watchers: int = 256
+    """Concurrent WatchAgent streams this process serves; more get RESOURCE_EXHAUSTED."""
+    watch_heartbeat_s: float = 5.0
+    """Seconds between heartbeats on an idle watch stream."""
     kill_wait_s: float = 8.0
     """How long a KillAgent call waits for the agent to reach its final state."""
     allow_eviction: bool = False

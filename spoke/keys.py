@@ -39,6 +39,10 @@ class SpokeKeys:
         """Pub/sub channel that carries kill requests to whichever worker holds the agent."""
         return f"{self.prefix}:kill"
 
+    def profile_slots(self, profile: str) -> str:
+        """Sorted set of agent ids running a profile, scored by lease expiry (ms)."""
+        return f"{self.prefix}:slots:{profile}"
+
     @property
     def workers(self) -> str:
         """Hash of live worker ids to their heartbeat (ms), for recovery."""

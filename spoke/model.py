@@ -57,6 +57,10 @@ class SpawnRequest:
     """The client's signed envelope as received, kept for audit."""
     relay: bytes = b""
     """The hub's signed relay envelope as received, if it came through a hub."""
+    delay_ms: int = 0
+    """Do not start before this many ms after it is stored."""
+    backoff_ms: int = 1000
+    """Base of the exponential retry backoff."""
 
 
 def _text(raw: Mapping[bytes, bytes], key: str, default: str = "") -> str:
@@ -106,6 +110,9 @@ class AgentRecord:
     worker: str = ""
     kill_requested: str = ""
     seq: int = 0
+    job_id: str = ""
+    backoff_ms: int = 1000
+    replays: int = 0
 
     @classmethod
     def from_hash(cls, raw: Mapping[bytes, bytes]) -> AgentRecord:
@@ -139,6 +146,9 @@ class AgentRecord:
             worker=_text(raw, "worker"),
             kill_requested=_text(raw, "kill_requested"),
             seq=_int(raw, "seq"),
+            job_id=_text(raw, "job_id"),
+            backoff_ms=_int(raw, "backoff_ms", 1000),
+            replays=_int(raw, "replays"),
         )
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import json
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
@@ -36,6 +37,13 @@ from .model import FINAL_STATES, AgentEvent, AgentRecord, AgentState, SpawnReque
 
 EVENTS_MAXLEN = 2000
 """Approximate cap on each agent's event stream (oldest trimmed first)."""
+
+JOB_ATTEMPTS = 64
+"""bullmq's own attempt cap per job. Our record decides whether an agent retries (the worker
+raises UnrecoverableError on a final failure), so bullmq must never give up first."""
+
+BACKOFF_TYPE = "jittered"
+"""Our backoff strategy's name in bullmq job options (see ``jittered_backoff``)."""
 
 
 class QueueError(Exception):
@@ -121,6 +129,16 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], seq .. '-0',
 return seq
 """
 
+_SLOT = """
+-- KEYS: slots zset. ARGV: agent_id, limit, now_ms, lease_ms
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
+  redis.call('ZADD', KEYS[1], tonumber(ARGV[3]) + tonumber(ARGV[4]), ARGV[1])
+  return 1
+end
+return 0
+"""
+
 _REQUEST_KILL = """
 -- KEYS: agent, events. ARGV: kill_command_id, now_ms, maxlen
 local cur = redis.call('HGET', KEYS[1], 'state')
@@ -149,6 +167,20 @@ class KillOutcome:
 
     action: str
     previous: str
+
+
+REPLAYABLE = (AgentState.FAILED, AgentState.TIMED_OUT, AgentState.DEAD_LETTERED)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueCounts:
+    waiting: int
+    delayed: int
+    active: int
+    completed: int
+    failed: int
+    paused: bool
+    workers: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +222,7 @@ class AgentQueue:
         self._transition = self.redis.register_script(_TRANSITION)
         self._event = self.redis.register_script(_EVENT)
         self._kill = self.redis.register_script(_REQUEST_KILL)
+        self._slot = self.redis.register_script(_SLOT)
 
     async def close(self) -> None:
         await self.jobs.close()
@@ -230,6 +263,8 @@ class AgentQueue:
             "expire_ms": req.expire_ms,
             "labels": json.dumps(dict(req.labels), sort_keys=True),
             "progress_percent": -1,
+            "backoff_ms": req.backoff_ms,
+            "job_id": SpokeKeys.job_id(req.agent_id),
         }
         args: list[Any] = [req.agent_id, req.digest, now, EVENTS_MAXLEN, *_flatten(fields)]
         keys = [
@@ -245,28 +280,32 @@ class AgentQueue:
         await self.redis.hset(
             self.keys.agent(req.agent_id), mapping={"envelope": req.envelope, "relay": req.relay}
         )
-        await self._enqueue(req.agent_id, req.priority)
-        return await self.get(req.agent_id), True
+        rec = await self.get(req.agent_id)
+        await self._enqueue(rec, req.delay_ms)
+        return rec, True
 
     async def _existing(self, req: SpawnRequest, rec: AgentRecord) -> AgentRecord:
         if rec.digest != req.digest:
             raise AgentReusedError(f"agent id {req.agent_id} was used for a different spawn")
         if rec.state is AgentState.QUEUED:
-            await self._enqueue(rec.agent_id, rec.priority)  # heals a crash before enqueue
+            await self._enqueue(rec)  # heals a crash between the record and the job
         return rec
 
-    async def _enqueue(self, agent_id: str, priority: int, delay_ms: int = 0) -> None:
+    async def _enqueue(self, rec: AgentRecord, delay_ms: int = 0) -> None:
         opts: dict[str, Any] = {
-            "jobId": SpokeKeys.job_id(agent_id),
-            "priority": priority_to_bullmq(priority),
-            "attempts": 1,
+            "jobId": rec.job_id or SpokeKeys.job_id(rec.agent_id),
+            "priority": priority_to_bullmq(rec.priority),
+            "attempts": JOB_ATTEMPTS,
+            "backoff": {"type": BACKOFF_TYPE, "delay": max(rec.backoff_ms, 1)},
+            # Finished jobs are our records' business; bullmq keeps only recent ones, and the
+            # failed set (the dead letters) much longer.
             "removeOnComplete": {"count": 1000},
-            "removeOnFail": {"count": 5000},
+            "removeOnFail": {"count": 100_000},
         }
         if delay_ms > 0:
             opts["delay"] = delay_ms
         # bullmq ignores an add whose jobId exists: that is the idempotency we want here.
-        await self.jobs.add("agent", {"agent_id": agent_id}, opts)
+        await self.jobs.add("agent", {"agent_id": rec.agent_id}, opts)
 
     # --- reads -------------------------------------------------------------
 
@@ -304,10 +343,19 @@ class AgentQueue:
         return Page(agents=agents, next_token=nxt)
 
     @_backend
-    async def events(self, agent_id: str, after_seq: int, count: int = 500) -> list[AgentEvent]:
-        rows: list[tuple[bytes, dict[bytes, bytes]]] = await self.redis.xrange(  # type: ignore[assignment]  # bytes: decode_responses is off
-            self.keys.events(agent_id), min=f"({after_seq}-0", max="+", count=count
-        )
+    async def events(
+        self, agent_id: str, after_seq: int, count: int = 500, block_ms: int = 0
+    ) -> list[AgentEvent]:
+        """Events after ``after_seq``; with ``block_ms``, wait that long for a first one."""
+        key = self.keys.events(agent_id)
+        rows: list[tuple[bytes, dict[bytes, bytes]]]
+        if block_ms:
+            got: Any = await self.redis.xread({key: f"{after_seq}-0"}, count=count, block=block_ms)
+            rows = got[0][1] if got else []
+        else:
+            rows = await self.redis.xrange(  # type: ignore[assignment]  # bytes: decode_responses is off
+                key, min=f"({after_seq}-0", max="+", count=count
+            )
         out: list[AgentEvent] = []
         for entry_id, data in rows:
             fields = {k.decode(): v.decode("utf-8", "replace") for k, v in data.items()}
@@ -373,7 +421,8 @@ class AgentQueue:
             raise TransitionError(agent_id, prev.decode())
         outcome = KillOutcome(action.decode(), prev.decode())
         if outcome.action == "killed":
-            await self.jobs.remove(SpokeKeys.job_id(agent_id))  # best effort: it is skipped anyway
+            rec = await self.get(agent_id)
+            await self.jobs.remove(rec.job_id)  # best effort: a worker skips it anyway
         else:
             await self.redis.publish(self.keys.kill_channel, agent_id)
         return outcome
@@ -394,6 +443,129 @@ class AgentQueue:
             await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
 
     @_backend
+    async def replay(self, agent_id: str) -> AgentRecord:
+        """Run a failed agent again with fresh attempts, as a new job (the old one leaves the
+        dead-letter set)."""
+        rec = await self.get(agent_id)
+        replays = rec.replays + 1
+        new_job = f"{SpokeKeys.job_id(agent_id)}-r{replays}"
+        await self.transition(
+            agent_id,
+            REPLAYABLE,
+            AgentState.QUEUED,
+            "REPLAYED",
+            {
+                "attempt": 0,
+                "replays": replays,
+                "job_id": new_job,
+                "exit_code": "",
+                "end_ms": "",
+                "start_ms": "",
+                "kill_requested": "",
+                "pid": "",
+                "pgid": "",
+                "start_ticks": "",
+                "expire_ms": 0,
+            },
+        )
+        if rec.job_id:
+            await self.jobs.remove(rec.job_id)
+        again = await self.get(agent_id)
+        await self._enqueue(again)
+        return again
+
+    @_backend
+    async def dead_letters(self, page_size: int, token: str) -> Page:
+        """The bullmq failed set, newest first, as agent records."""
+        offset = _decode_token(token)
+        jobs = await self.jobs.getJobs(["failed"], offset, offset + page_size - 1)
+        agents: list[AgentRecord] = []
+        for job in jobs:
+            rec = await self.get_or_none(str(job.data.get("agent_id", "")))
+            if rec is not None:
+                agents.append(rec)
+        nxt = _encode_token(offset + page_size) if len(jobs) == page_size else ""
+        return Page(agents=agents, next_token=nxt)
+
+    @_backend
+    async def stats(self) -> QueueCounts:
+        c: dict[str, int] = await self.jobs.getJobCounts(
+            "wait", "paused", "prioritized", "delayed", "active", "completed", "failed"
+        )
+        return QueueCounts(
+            waiting=c.get("wait", 0) + c.get("paused", 0) + c.get("prioritized", 0),
+            delayed=c.get("delayed", 0),
+            active=c.get("active", 0),
+            completed=c.get("completed", 0),
+            failed=c.get("failed", 0),
+            paused=bool(await self.jobs.isPaused()),
+            workers=int(await self.jobs.get_workers_count()),
+        )
+
+    @_backend
+    async def pause(self) -> None:
+        await self.jobs.pause()
+
+    @_backend
+    async def resume(self) -> None:
+        await self.jobs.resume()
+
+    @_backend
+    async def drain(self) -> int:
+        """Cancel every waiting agent (KILLED, reason DRAINED) and remove its job."""
+        drained = 0
+        while True:
+            jobs = await self.jobs.getJobs(["wait", "paused", "prioritized", "delayed"], 0, 499)
+            if not jobs:
+                return drained
+            for job in jobs:
+                agent_id = str(job.data.get("agent_id", ""))
+                try:
+                    await self.transition(
+                        agent_id,
+                        [AgentState.QUEUED, AgentState.RETRYING],
+                        AgentState.KILLED,
+                        "DRAINED",
+                    )
+                    drained += 1
+                except (TransitionError, AgentMissingError):
+                    pass  # already started or gone: not ours to cancel
+                await self.jobs.remove(job.id)
+
+    @_backend
+    async def acquire_slot(self, profile: str, agent_id: str, limit: int, lease_ms: int) -> bool:
+        """Take one of ``limit`` run slots of a profile, shared by every spoked on this Redis.
+        A slot is a lease: a crashed worker's slot frees itself when the lease runs out."""
+        got = await self._slot(
+            keys=[self.keys.profile_slots(profile)], args=[agent_id, limit, now_ms(), lease_ms]
+        )
+        return bool(got)
+
+    @_backend
+    async def release_slot(self, profile: str, agent_id: str) -> None:
+        await self.redis.zrem(self.keys.profile_slots(profile), agent_id)
+
+    @_backend
+    async def sweep(self, retention_ms: int, batch: int = 500) -> int:
+        """Forget finished agents older than the retention: record, events, index entry."""
+        cutoff = now_ms() - retention_ms
+        ids: list[bytes] = await self.redis.zrangebyscore(  # type: ignore[assignment]  # bytes
+            self.keys.agent_index, "-inf", cutoff, start=0, num=batch
+        )
+        swept = 0
+        for raw in ids:
+            agent_id = raw.decode()
+            rec = await self.get_or_none(agent_id)
+            if rec is not None and not (rec.state.final and (rec.end_ms or 0) < cutoff):
+                continue
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.delete(self.keys.agent(agent_id), self.keys.events(agent_id))
+            pipe.zrem(self.keys.agent_index, agent_id)
+            await pipe.execute()
+            swept += 1
+        return swept
+
+    @_backend
     async def requeue_orphans(self) -> int:
         """Put QUEUED records with no bullmq job back on the queue (crash between writes)."""
         healed = 0
@@ -403,8 +575,8 @@ class AgentQueue:
             rec = await self.get_or_none(agent_id)
             if rec is None or rec.state is not AgentState.QUEUED:
                 continue
-            if await self.jobs.getJob(SpokeKeys.job_id(agent_id)) is None:
-                await self._enqueue(agent_id, rec.priority)
+            if await self.jobs.getJob(rec.job_id or SpokeKeys.job_id(agent_id)) is None:
+                await self._enqueue(rec)
                 healed += 1
         return healed
 
@@ -421,6 +593,17 @@ def bullmq_client(redis_url: str) -> aioredis.Redis:
     return aioredis.Redis.from_url(
         redis_url, socket_timeout=None, socket_connect_timeout=5, decode_responses=True
     )
+
+
+def jittered_backoff(attempts_made: int, _type: str, _err: object, job: Any) -> int:
+    """bullmq backoff strategy: exponential from the job's base delay, with equal jitter
+    (between half and all of the exponential step), capped at BACKOFF_CAP_MS."""
+    base = int((job.opts.get("backoff") or {}).get("delay", 1000))
+    step = min(base * 2 ** max(attempts_made - 1, 0), BACKOFF_CAP_MS)
+    return int(step / 2 + random.random() * step / 2)  # noqa: S311 - jitter, not a secret
+
+
+BACKOFF_CAP_MS = 5 * 60 * 1000
 
 
 def _encode_token(offset: int) -> str:

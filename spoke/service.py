@@ -12,7 +12,7 @@ import contextlib
 import hashlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from shared import commands, envelope, errors
@@ -21,13 +21,15 @@ from shared.keys import SigningKey
 
 from . import queue, wire
 from .config import SpokeConfig
-from .model import AgentState, SpawnRequest
+from .model import AgentEvent, AgentState, SpawnRequest
 from .verifier import Authorized, Verifier
 
 MAX_PAGE_SIZE = 500
 DEFAULT_PAGE_SIZE = 50
 MAX_ATTEMPTS_LIMIT = 10
 LABEL_BYTES = 256
+WATCH_BLOCK_MS = 1000
+"""How long one blocking read of an event stream waits before the watcher looks again."""
 
 
 @contextlib.contextmanager
@@ -55,6 +57,7 @@ class SpokeServicer:
         self.key = key
         self.verifier = verifier
         self.agents = agents
+        self._watchers = 0
 
     # --- RPCs ----------------------------------------------------------------
 
@@ -100,9 +103,7 @@ class SpokeServicer:
     ) -> spoke_service_pb2.SpokeServiceListAgentsResponse:
         auth = await self.verifier.verify(request.command, "list_agents")
         body = auth.command.list_agents
-        size = body.page_size or DEFAULT_PAGE_SIZE
-        if size < 0:
-            raise errors.InvalidCommandError("page_size must not be negative")
+        size = self._page_size(body.page_size)
         states = [
             AgentState(agent_pb2.Agent.State.Name(s).removeprefix("STATE_"))
             for s in body.states
@@ -123,7 +124,138 @@ class SpokeServicer:
             reply=self._reply(auth, agent_page=result)
         )
 
+    async def WatchAgent(
+        self, request: spoke_service_pb2.SpokeServiceWatchAgentRequest, context: Any
+    ) -> AsyncIterator[spoke_service_pb2.SpokeServiceWatchAgentResponse]:
+        auth = await self.verifier.verify(request.command, "watch_agent")
+        body = auth.command.watch_agent
+        agent_id = self._agent_id(body.agent)
+        if body.after_sequence < 0:
+            raise errors.InvalidCommandError("after_sequence must not be negative")
+        if self._watchers >= self.config.max_watchers:
+            raise errors.CapacityExceededError(
+                f"spoke serves {self.config.max_watchers} watch streams, its limit"
+            )
+        self._watchers += 1
+        try:
+            with _queue_errors():
+                await self.agents.get(agent_id)  # NOT_FOUND before the stream starts
+            async for event in self._events(agent_id, body.after_sequence):
+                reply = self._reply(auth, agent_event=wire.to_event(agent_id, event))
+                yield spoke_service_pb2.SpokeServiceWatchAgentResponse(reply=reply)
+        finally:
+            self._watchers -= 1
+
+    async def _events(self, agent_id: str, after: int) -> AsyncIterator[AgentEvent]:
+        """Stored events after ``after``, then live ones, with heartbeats, until the end."""
+        beat = time.monotonic()
+        while True:
+            with _queue_errors():
+                batch = await self.agents.events(agent_id, after, block_ms=WATCH_BLOCK_MS)
+            for event in batch:
+                after = event.seq
+                yield event
+            if batch:
+                beat = time.monotonic()
+                continue
+            with _queue_errors():
+                rec = await self.agents.get(agent_id)
+            if rec.state.final and rec.seq <= after:
+                return
+            if time.monotonic() - beat >= self.config.watch_heartbeat_s:
+                beat = time.monotonic()
+                yield AgentEvent(seq=after, kind="heartbeat", time_ms=int(time.time() * 1000))
+
+    async def GetQueueStats(
+        self, request: spoke_service_pb2.SpokeServiceGetQueueStatsRequest, context: Any
+    ) -> spoke_service_pb2.SpokeServiceGetQueueStatsResponse:
+        auth = await self.verifier.verify(request.command, "get_queue_stats")
+        return spoke_service_pb2.SpokeServiceGetQueueStatsResponse(
+            reply=self._reply(auth, queue_stats=await self._stats())
+        )
+
+    async def ListDeadLetters(
+        self, request: spoke_service_pb2.SpokeServiceListDeadLettersRequest, context: Any
+    ) -> spoke_service_pb2.SpokeServiceListDeadLettersResponse:
+        auth = await self.verifier.verify(request.command, "list_dead_letters")
+        body = auth.command.list_dead_letters
+        size = self._page_size(body.page_size)
+        with _queue_errors():
+            try:
+                page = await self.agents.dead_letters(size, body.page_token)
+            except ValueError as exc:
+                raise errors.InvalidCommandError(str(exc)) from exc
+        result = command_pb2.AgentPage(
+            agents=[wire.to_agent(self.config.name, r) for r in page.agents],
+            next_page_token=page.next_token,
+        )
+        return spoke_service_pb2.SpokeServiceListDeadLettersResponse(
+            reply=self._reply(auth, agent_page=result)
+        )
+
+    async def ReplayAgent(
+        self, request: spoke_service_pb2.SpokeServiceReplayAgentRequest, context: Any
+    ) -> spoke_service_pb2.SpokeServiceReplayAgentResponse:
+        auth = await self.verifier.verify(request.command, "replay_agent")
+        agent_id = self._agent_id(auth.command.replay_agent.agent)
+        with _queue_errors():
+            rec = await self.agents.replay(agent_id)
+        return spoke_service_pb2.SpokeServiceReplayAgentResponse(
+            reply=self._reply(auth, agent=wire.to_agent(self.config.name, rec))
+        )
+
+    async def PauseQueue(
+        self, request: spoke_service_pb2.SpokeServicePauseQueueRequest, context: Any
+    ) -> spoke_service_pb2.SpokeServicePauseQueueResponse:
+        auth = await self.verifier.verify(request.command, "pause_queue")
+        with _queue_errors():
+            await self.agents.pause()
+        return spoke_service_pb2.SpokeServicePauseQueueResponse(
+            reply=self._reply(auth, queue_stats=await self._stats())
+        )
+
+    async def ResumeQueue(
+        self, request: spoke_service_pb2.SpokeServiceResumeQueueRequest, context: Any
+    ) -> spoke_service_pb2.SpokeServiceResumeQueueResponse:
+        auth = await self.verifier.verify(request.command, "resume_queue")
+        with _queue_errors():
+            await self.agents.resume()
+        return spoke_service_pb2.SpokeServiceResumeQueueResponse(
+            reply=self._reply(auth, queue_stats=await self._stats())
+        )
+
+    async def DrainQueue(
+        self, request: spoke_service_pb2.SpokeServiceDrainQueueRequest, context: Any
+    ) -> spoke_service_pb2.SpokeServiceDrainQueueResponse:
+        auth = await self.verifier.verify(request.command, "drain_queue")
+        with _queue_errors():
+            drained = await self.agents.drain()
+        stats = await self._stats()
+        stats.drained = drained
+        return spoke_service_pb2.SpokeServiceDrainQueueResponse(
+            reply=self._reply(auth, queue_stats=stats)
+        )
+
     # --- helpers -------------------------------------------------------------
+
+    async def _stats(self) -> command_pb2.QueueStats:
+        with _queue_errors():
+            c = await self.agents.stats()
+        return command_pb2.QueueStats(
+            waiting=c.waiting,
+            delayed=c.delayed,
+            active=c.active,
+            completed=c.completed,
+            failed=c.failed,
+            paused=c.paused,
+            workers=c.workers,
+        )
+
+    @staticmethod
+    def _page_size(size: int) -> int:
+        if size < 0:
+            raise errors.InvalidCommandError("page_size must not be negative")
+        return min(size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
     def _agent_id(self, agent: str) -> str:
         if agent.startswith("spokes/"):
@@ -194,6 +326,8 @@ class SpokeServicer:
             labels=labels,
             digest=digest,
             expire_ms=int(auth.expires.timestamp() * 1000),
+            delay_ms=body.delay.seconds * 1000 + body.delay.nanos // 1_000_000,
+            backoff_ms=cfg.retry_backoff_ms,
             envelope=auth.client_envelope.SerializeToString(),
             relay=auth.relay_envelope.SerializeToString() if auth.relay_envelope else b"",
         )

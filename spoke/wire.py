@@ -8,7 +8,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from shared.gen.federation.v1 import agent_pb2
 
-from .model import AgentRecord
+from .model import AgentEvent, AgentRecord
 
 
 def _ts(ms: int | None) -> timestamp_pb2.Timestamp | None:
@@ -65,3 +65,31 @@ def to_agent(spoke: str, rec: AgentRecord) -> agent_pb2.Agent:
             )
         )
     return agent
+
+
+_KINDS = {
+    "state": agent_pb2.AgentEvent.Kind.KIND_STATE,
+    "progress": agent_pb2.AgentEvent.Kind.KIND_PROGRESS,
+    "stdout": agent_pb2.AgentEvent.Kind.KIND_STDOUT,
+    "stderr": agent_pb2.AgentEvent.Kind.KIND_STDERR,
+    "heartbeat": agent_pb2.AgentEvent.Kind.KIND_HEARTBEAT,
+    "dropped": agent_pb2.AgentEvent.Kind.KIND_DROPPED,
+}
+
+
+def to_event(agent_id: str, ev: AgentEvent) -> agent_pb2.AgentEvent:
+    out = agent_pb2.AgentEvent(
+        agent_id=agent_id,
+        sequence=ev.seq,
+        kind=_KINDS.get(ev.kind, agent_pb2.AgentEvent.Kind.KIND_UNSPECIFIED),
+        reason=ev.reason,
+        data=ev.data,
+    )
+    out.event_time.FromMilliseconds(ev.time_ms)
+    if ev.kind == "state" and ev.state:
+        out.state = agent_pb2.Agent.State.Value(f"STATE_{ev.state}")
+    if ev.kind == "progress":
+        pct, _, msg = ev.data.partition(" ")
+        out.progress_percent = int(pct) if pct.isdigit() else 0
+        out.data = msg
+    return out

@@ -25,6 +25,7 @@ from typing import Any
 
 import structlog
 from bullmq import Worker
+from bullmq.custom_errors import DelayedError, UnrecoverableError
 
 from . import runtime
 from .config import SpokeConfig
@@ -33,12 +34,28 @@ from .keys import QUEUE_NAME
 from .model import AgentRecord, AgentState
 from .output import Receipt, parse_receipt
 from .profiles import Profile
-from .queue import AgentQueue, QueueError, TransitionError, bullmq_client
+from .queue import (
+    AgentQueue,
+    QueueError,
+    TransitionError,
+    bullmq_client,
+    jittered_backoff,
+)
 
 log = structlog.get_logger("spoke.worker")
 
 KILL_POLL_S = 1.0
 """Fallback check of kill requests, should a pub/sub message be missed."""
+
+SLOT_RETRY_MS = 500
+"""How soon an agent whose profile is at its concurrency limit is looked at again."""
+
+RETRYABLE = frozenset({AgentState.FAILED, AgentState.TIMED_OUT})
+
+
+class AttemptFailedError(Exception):
+    """Raised to bullmq when an attempt failed and another is allowed: it backs off and
+    hands the job back (the record is already RETRYING)."""
 
 
 def _receipt_json(r: Receipt | None) -> str:
@@ -87,6 +104,8 @@ class AgentWorker:
                 "stalledInterval": self.config.stalled_interval_ms,
                 # Our record decides what a recovered job means; let bullmq hand it back.
                 "maxStalledCount": 10,
+                "runRetryDelay": 1000,
+                "settings": {"backoffStrategy": jittered_backoff},
                 "name": f"spoke-{self.config.name}-{self.worker_id}",
             },
         )
@@ -134,12 +153,20 @@ class AgentWorker:
                     if ev is not None:
                         ev.set()
 
-    async def _poll_kill(self, agent_id: str, ev: asyncio.Event) -> None:
+    async def _poll_kill(self, agent_id: str, ev: asyncio.Event, profile: Profile) -> None:
+        """Fallback kill check, and renewal of the profile slot lease while it runs."""
         while not ev.is_set():
             await asyncio.sleep(KILL_POLL_S)
             with contextlib.suppress(QueueError):
                 if await self.queue.kill_requested(agent_id):
                     ev.set()
+                if profile.max_concurrency:
+                    await self.queue.acquire_slot(
+                        profile.name,
+                        agent_id,
+                        profile.max_concurrency,
+                        self.config.lock_duration_ms,
+                    )
 
     # --- jobs --------------------------------------------------------------
 
@@ -147,8 +174,8 @@ class AgentWorker:
         agent_id = str(job.data.get("agent_id", ""))
         structlog.contextvars.bind_contextvars(job=agent_id, worker=self.worker_id)
         try:
-            return await self._run(agent_id)
-        except asyncio.CancelledError:
+            return await self._run(agent_id, job, token)
+        except (asyncio.CancelledError, AttemptFailedError, UnrecoverableError, DelayedError):
             raise
         except Exception:
             log.exception("agent_job_failed")
@@ -168,22 +195,37 @@ class AgentWorker:
         finally:
             structlog.contextvars.unbind_contextvars("job", "worker")
 
-    async def _run(self, agent_id: str) -> str:
+    async def _run(self, agent_id: str, job: Any, token: str) -> str:
         rec = await self.queue.get_or_none(agent_id)
         if rec is None or rec.state.final:
             return "skipped"
         profile = self.config.profiles.get(rec.profile)
         if rec.state in (AgentState.STARTING, AgentState.RUNNING):
             if not await self._recover(rec, profile):
-                return "lost"
+                raise UnrecoverableError("LOST")  # into the dead-letter set, replayable
             rec = await self.queue.get(agent_id)
         waiting = [AgentState.QUEUED, AgentState.RETRYING]
         if profile is None:
             await self.queue.transition(agent_id, waiting, AgentState.FAILED, "UNKNOWN_PROFILE")
-            return "failed"
+            raise UnrecoverableError("UNKNOWN_PROFILE")
         if rec.expire_ms and time.time() * 1000 > rec.expire_ms:
             await self.queue.transition(agent_id, waiting, AgentState.FAILED, "EXPIRED")
-            return "expired"
+            raise UnrecoverableError("EXPIRED")
+        lease_ms = self.config.lock_duration_ms
+        limit = profile.max_concurrency
+        if limit and not await self.queue.acquire_slot(profile.name, agent_id, limit, lease_ms):
+            await job.moveToDelayed(int(time.time() * 1000) + SLOT_RETRY_MS, token)
+            raise DelayedError  # stays QUEUED: waits for a slot, never refused
+        try:
+            return await self._start(rec, profile)
+        finally:
+            if limit:
+                with contextlib.suppress(QueueError):
+                    await self.queue.release_slot(profile.name, agent_id)
+
+    async def _start(self, rec: AgentRecord, profile: Profile) -> str:
+        agent_id = rec.agent_id
+        waiting = [AgentState.QUEUED, AgentState.RETRYING]
         attempt = rec.attempt + 1
         try:
             await self.queue.transition(
@@ -232,7 +274,7 @@ class AgentWorker:
                 "START_FAILED",
                 {"stderr_tail": str(exc)[:1000]},
             )
-            return "failed"
+            raise UnrecoverableError("START_FAILED") from exc
         ident = proc.identity
         kill = asyncio.Event()
         self._kill_events[agent_id] = kill
@@ -251,7 +293,7 @@ class AgentWorker:
             )
             log.info("agent_running", pid=ident.pid, attempt=attempt)
             timeout_s = (rec.timeout_ms or int(profile.timeout_s * 1000)) / 1000
-            outcome = await self._supervise(proc, kill, agent_id, timeout_s)
+            outcome = await self._supervise(proc, kill, agent_id, timeout_s, profile)
             if outcome != "exit":
                 await proc.terminate(profile.kill_grace_s)
         except BaseException:
@@ -265,13 +307,18 @@ class AgentWorker:
         return await self._finish(rec, proc, code, outcome)
 
     async def _supervise(
-        self, proc: runtime.AgentProcess, kill: asyncio.Event, agent_id: str, timeout_s: float
+        self,
+        proc: runtime.AgentProcess,
+        kill: asyncio.Event,
+        agent_id: str,
+        timeout_s: float,
+        profile: Profile,
     ) -> str:
         if await self.queue.kill_requested(agent_id):
             return "killed"
         waiter = asyncio.create_task(proc.wait())
         killer = asyncio.create_task(kill.wait())
-        poller = asyncio.create_task(self._poll_kill(agent_id, kill))
+        poller = asyncio.create_task(self._poll_kill(agent_id, kill, profile))
         try:
             done, _ = await asyncio.wait(
                 {waiter, killer}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
@@ -302,6 +349,18 @@ class AgentWorker:
             state, reason = AgentState.SUCCEEDED, ""
         else:
             state, reason = AgentState.FAILED, "EXIT_NONZERO" if code > 0 else "SIGNALED"
-        await self.queue.transition(rec.agent_id, [AgentState.RUNNING], state, reason, fields)
+        running = [AgentState.RUNNING]
+        attempt = rec.attempt + 1
+        if state in RETRYABLE and attempt < rec.max_attempts:
+            await self.queue.transition(rec.agent_id, running, AgentState.RETRYING, reason, fields)
+            log.info("agent_retrying", reason=reason, exit_code=code, attempt=attempt)
+            raise AttemptFailedError(reason)  # bullmq backs off, then hands the job back
+        if state in RETRYABLE:
+            if rec.max_attempts > 1:
+                state = AgentState.DEAD_LETTERED
+            await self.queue.transition(rec.agent_id, running, state, reason, fields)
+            log.info("agent_finished", state=state.value, reason=reason, exit_code=code)
+            raise UnrecoverableError(reason)  # bullmq's failed set is the dead-letter set
+        await self.queue.transition(rec.agent_id, running, state, reason, fields)
         log.info("agent_finished", state=state.value, exit_code=code)
         return state.value

@@ -44,7 +44,10 @@ def test_trust_store_from_toml(tmp_path: Path) -> None:
 [[peer]]
 name = "a"
 role = "client"
-keys = ["{keys.encode_public(a.public)}", {{ key = "{keys.encode_public(b.public)}", not_after = 2020-01-01T00:00:00Z }}]
+keys = [
+  "{keys.encode_public(a.public)}",
+  {{ key = "{keys.encode_public(b.public)}", not_after = 2020-01-01T00:00:00Z }},
+]
 """
     )
     store = TrustStore.from_file(path)

@@ -158,13 +158,13 @@ class SpokeClient:
         )
         return commands.parse_reply(resp.reply.payload)
 
-    async def wait_state(self, agent: str, *states: str, timeout: float = 15) -> Any:
+    async def wait_state(self, agent: str, *states: str, within: float = 15) -> Any:
         import asyncio
 
         from shared.gen.federation.v1 import agent_pb2
 
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = loop.time() + within
         while True:
             a = (await self.get(agent)).agent
             name = agent_pb2.Agent.State.Name(a.state).removeprefix("STATE_")

@@ -171,6 +171,6 @@ async def test_garbage_payload_that_is_signed_is_invalid_argument(
     assert await _agents(redis_client) == 0
 
 
-def test_every_spoke_method_is_a_known_rpc(spoke_app: SpokeApp) -> None:
+async def test_every_spoke_method_is_a_known_rpc(spoke_app: SpokeApp) -> None:
     names = {m.name for m in spoke_service_pb2.DESCRIPTOR.services_by_name["SpokeService"].methods}
     assert {m.rsplit("/", 1)[1] for m in spoke_app.methods} == names

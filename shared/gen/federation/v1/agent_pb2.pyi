@@ -285,3 +285,96 @@ class VerificationItem(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___VerificationItem: _TypeAlias = VerificationItem  # noqa: Y015
+
+@_typing.final
+class AgentEvent(_message.Message):
+    """AgentEvent is one entry of an agent's event stream. Sequence numbers start at 1 and
+    increase by one per event; a watcher resumes with after_sequence = the last one it saw.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Kind:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _KindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[AgentEvent._Kind.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        KIND_UNSPECIFIED: AgentEvent._Kind.ValueType  # 0
+        """Never sent."""
+        KIND_STATE: AgentEvent._Kind.ValueType  # 1
+        """The agent changed state; state and reason are set."""
+        KIND_PROGRESS: AgentEvent._Kind.ValueType  # 2
+        """The agent reported progress; progress_percent and data (its message) are set."""
+        KIND_STDOUT: AgentEvent._Kind.ValueType  # 3
+        """A chunk of standard output in data."""
+        KIND_STDERR: AgentEvent._Kind.ValueType  # 4
+        """A chunk of standard error in data."""
+        KIND_HEARTBEAT: AgentEvent._Kind.ValueType  # 5
+        """Nothing new; sent every few seconds so a watcher knows the stream is alive."""
+        KIND_DROPPED: AgentEvent._Kind.ValueType  # 6
+        """Output was produced faster than it is recorded; data holds the number of bytes dropped."""
+
+    class Kind(_Kind, metaclass=_KindEnumTypeWrapper):
+        """What happened."""
+
+    KIND_UNSPECIFIED: AgentEvent.Kind.ValueType  # 0
+    """Never sent."""
+    KIND_STATE: AgentEvent.Kind.ValueType  # 1
+    """The agent changed state; state and reason are set."""
+    KIND_PROGRESS: AgentEvent.Kind.ValueType  # 2
+    """The agent reported progress; progress_percent and data (its message) are set."""
+    KIND_STDOUT: AgentEvent.Kind.ValueType  # 3
+    """A chunk of standard output in data."""
+    KIND_STDERR: AgentEvent.Kind.ValueType  # 4
+    """A chunk of standard error in data."""
+    KIND_HEARTBEAT: AgentEvent.Kind.ValueType  # 5
+    """Nothing new; sent every few seconds so a watcher knows the stream is alive."""
+    KIND_DROPPED: AgentEvent.Kind.ValueType  # 6
+    """Output was produced faster than it is recorded; data holds the number of bytes dropped."""
+
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    EVENT_TIME_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    PROGRESS_PERCENT_FIELD_NUMBER: _builtins.int
+    agent_id: _builtins.str
+    """The agent's id."""
+    sequence: _builtins.int
+    """The event's sequence number; for a heartbeat, the last sequence number sent."""
+    kind: Global___AgentEvent.Kind.ValueType
+    """What happened."""
+    state: Global___Agent.State.ValueType
+    """The new state, for KIND_STATE."""
+    reason: _builtins.str
+    """The reason for the new state, for KIND_STATE."""
+    data: _builtins.str
+    """Output text, progress message, or dropped byte count, depending on kind."""
+    progress_percent: _builtins.int
+    """The reported progress, 0-100, for KIND_PROGRESS."""
+    @_builtins.property
+    def event_time(self) -> _timestamp_pb2.Timestamp:
+        """When it happened."""
+
+    def __init__(
+        self,
+        *,
+        agent_id: _builtins.str = ...,
+        sequence: _builtins.int = ...,
+        kind: Global___AgentEvent.Kind.ValueType = ...,
+        event_time: _timestamp_pb2.Timestamp | None = ...,
+        state: Global___Agent.State.ValueType = ...,
+        reason: _builtins.str = ...,
+        data: _builtins.str = ...,
+        progress_percent: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event_time", b"event_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "data", b"data", "event_time", b"event_time", "kind", b"kind", "progress_percent", b"progress_percent", "reason", b"reason", "sequence", b"sequence", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentEvent: _TypeAlias = AgentEvent  # noqa: Y015

@@ -27,7 +27,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x66\x65\x64\x65ration/v1/command.proto\x12\rfederation.v1\x1a\x19\x66\x65\x64\x65ration/v1/agent.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"(\n\tSignature\x12\x0b\n\x03sig\x18\x01 \x01(\x0c\x12\x0e\n\x06key_id\x18\x02 \x01(\t\"e\n\x0eSignedEnvelope\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x14\n\x0cpayload_type\x18\x02 \x01(\t\x12,\n\nsignatures\x18\x03 \x03(\x0b\x32\x18.federation.v1.Signature\"\xf5\x03\n\x07\x43ommand\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x0e\n\x06issuer\x18\x02 \x01(\t\x12\x10\n\x08\x61udience\x18\x03 \x01(\t\x12.\n\nissue_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05nonce\x18\x06 \x01(\x0c\x12\x34\n\x0bspawn_agent\x18\n \x01(\x0b\x32\x1d.federation.v1.SpawnAgentBodyH\x00\x12\x30\n\tget_agent\x18\x0b \x01(\x0b\x32\x1b.federation.v1.GetAgentBodyH\x00\x12\x32\n\nkill_agent\x18\x0c \x01(\x0b\x32\x1c.federation.v1.KillAgentBodyH\x00\x12\x34\n\x0blist_agents\x18\r \x01(\x0b\x32\x1d.federation.v1.ListAgentsBodyH\x00\x12\x34\n\x0blist_spokes\x18\x0e \x01(\x0b\x32\x1d.federation.v1.ListSpokesBodyH\x00\x12\x34\n\x0bwatch_agent\x18\x0f \x01(\x0b\x32\x1d.federation.v1.WatchAgentBodyH\x00\x42\x06\n\x04\x62ody\"\xed\x01\n\x0eSpawnAgentBody\x12\x0f\n\x07profile\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x10\n\x08priority\x18\x03 \x01(\x05\x12*\n\x07timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x39\n\x06labels\x18\x05 \x03(\x0b\x32).federation.v1.SpawnAgentBody.LabelsEntry\x12\x14\n\x0cmax_attempts\x18\x06 \x01(\x05\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1d\n\x0cGetAgentBody\x12\r\n\x05\x61gent\x18\x01 \x01(\t\"\x1e\n\rKillAgentBody\x12\r\n\x05\x61gent\x18\x01 \x01(\t\"c\n\x0eListAgentsBody\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12*\n\x06states\x18\x03 \x03(\x0e\x32\x1a.federation.v1.Agent.State\"\x10\n\x0eListSpokesBody\"7\n\x0eWatchAgentBody\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"\xc9\x01\n\x05Relay\x12\x0e\n\x06issuer\x18\x01 \x01(\t\x12\x10\n\x08\x61udience\x18\x02 \x01(\t\x12.\n\nissue_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05nonce\x18\x05 \x01(\x0c\x12.\n\x07\x63ommand\x18\x06 \x01(\x0b\x32\x1d.federation.v1.SignedEnvelope\"\x87\x02\n\x05Reply\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x11\n\tresponder\x18\x02 \x01(\t\x12\x16\n\x0erequest_digest\x18\x03 \x01(\x0c\x12.\n\nissue_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x05\x61gent\x18\n \x01(\x0b\x32\x14.federation.v1.AgentH\x00\x12.\n\nagent_page\x18\x0b \x01(\x0b\x32\x18.federation.v1.AgentPageH\x00\x12.\n\nspoke_page\x18\x0c \x01(\x0b\x32\x18.federation.v1.SpokePageH\x00\x42\x08\n\x06result\"J\n\tAgentPage\x12$\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x14.federation.v1.Agent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xb5\x02\n\x05Spoke\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12+\n\x06health\x18\x03 \x01(\x0e\x32\x1b.federation.v1.Spoke.Health\x12\x33\n\x0flast_probe_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x06labels\x18\x05 \x03(\x0b\x32 .federation.v1.Spoke.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"J\n\x06Health\x12\x16\n\x12HEALTH_UNSPECIFIED\x10\x00\x12\x10\n\x0cHEALTH_READY\x10\x01\x12\x16\n\x12HEALTH_UNREACHABLE\x10\x02\"1\n\tSpokePage\x12$\n\x06spokes\x18\x01 \x03(\x0b\x32\x14.federation.v1.Spokeb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x66\x65\x64\x65ration/v1/command.proto\x12\rfederation.v1\x1a\x19\x66\x65\x64\x65ration/v1/agent.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"(\n\tSignature\x12\x0b\n\x03sig\x18\x01 \x01(\x0c\x12\x0e\n\x06key_id\x18\x02 \x01(\t\"e\n\x0eSignedEnvelope\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x14\n\x0cpayload_type\x18\x02 \x01(\t\x12,\n\nsignatures\x18\x03 \x03(\x0b\x32\x18.federation.v1.Signature\"\xcf\x06\n\x07\x43ommand\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x0e\n\x06issuer\x18\x02 \x01(\t\x12\x10\n\x08\x61udience\x18\x03 \x01(\t\x12.\n\nissue_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05nonce\x18\x06 \x01(\x0c\x12\x34\n\x0bspawn_agent\x18\n \x01(\x0b\x32\x1d.federation.v1.SpawnAgentBodyH\x00\x12\x30\n\tget_agent\x18\x0b \x01(\x0b\x32\x1b.federation.v1.GetAgentBodyH\x00\x12\x32\n\nkill_agent\x18\x0c \x01(\x0b\x32\x1c.federation.v1.KillAgentBodyH\x00\x12\x34\n\x0blist_agents\x18\r \x01(\x0b\x32\x1d.federation.v1.ListAgentsBodyH\x00\x12\x34\n\x0blist_spokes\x18\x0e \x01(\x0b\x32\x1d.federation.v1.ListSpokesBodyH\x00\x12\x34\n\x0bwatch_agent\x18\x0f \x01(\x0b\x32\x1d.federation.v1.WatchAgentBodyH\x00\x12;\n\x0fget_queue_stats\x18\x10 \x01(\x0b\x32 .federation.v1.GetQueueStatsBodyH\x00\x12?\n\x11list_dead_letters\x18\x11 \x01(\x0b\x32\".federation.v1.ListDeadLettersBodyH\x00\x12\x36\n\x0creplay_agent\x18\x12 \x01(\x0b\x32\x1e.federation.v1.ReplayAgentBodyH\x00\x12\x34\n\x0bpause_queue\x18\x13 \x01(\x0b\x32\x1d.federation.v1.PauseQueueBodyH\x00\x12\x36\n\x0cresume_queue\x18\x14 \x01(\x0b\x32\x1e.federation.v1.ResumeQueueBodyH\x00\x12\x34\n\x0b\x64rain_queue\x18\x15 \x01(\x0b\x32\x1d.federation.v1.DrainQueueBodyH\x00\x42\x06\n\x04\x62ody\"\x97\x02\n\x0eSpawnAgentBody\x12\x0f\n\x07profile\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x10\n\x08priority\x18\x03 \x01(\x05\x12*\n\x07timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x39\n\x06labels\x18\x05 \x03(\x0b\x32).federation.v1.SpawnAgentBody.LabelsEntry\x12\x14\n\x0cmax_attempts\x18\x06 \x01(\x05\x12(\n\x05\x64\x65lay\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1d\n\x0cGetAgentBody\x12\r\n\x05\x61gent\x18\x01 \x01(\t\"\x1e\n\rKillAgentBody\x12\r\n\x05\x61gent\x18\x01 \x01(\t\"c\n\x0eListAgentsBody\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12*\n\x06states\x18\x03 \x03(\x0e\x32\x1a.federation.v1.Agent.State\"\x10\n\x0eListSpokesBody\"7\n\x0eWatchAgentBody\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"\x13\n\x11GetQueueStatsBody\"<\n\x13ListDeadLettersBody\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\" \n\x0fReplayAgentBody\x12\r\n\x05\x61gent\x18\x01 \x01(\t\"\x10\n\x0ePauseQueueBody\"\x11\n\x0fResumeQueueBody\"\x10\n\x0e\x44rainQueueBody\"\x93\x01\n\nQueueStats\x12\x0f\n\x07waiting\x18\x01 \x01(\x03\x12\x0f\n\x07\x64\x65layed\x18\x02 \x01(\x03\x12\x0e\n\x06\x61\x63tive\x18\x03 \x01(\x03\x12\x11\n\tcompleted\x18\x04 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x05 \x01(\x03\x12\x0e\n\x06paused\x18\x06 \x01(\x08\x12\x0f\n\x07workers\x18\x07 \x01(\x05\x12\x0f\n\x07\x64rained\x18\x08 \x01(\x03\"\xc9\x01\n\x05Relay\x12\x0e\n\x06issuer\x18\x01 \x01(\t\x12\x10\n\x08\x61udience\x18\x02 \x01(\t\x12.\n\nissue_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05nonce\x18\x05 \x01(\x0c\x12.\n\x07\x63ommand\x18\x06 \x01(\x0b\x32\x1d.federation.v1.SignedEnvelope\"\xeb\x02\n\x05Reply\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x11\n\tresponder\x18\x02 \x01(\t\x12\x16\n\x0erequest_digest\x18\x03 \x01(\x0c\x12.\n\nissue_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x05\x61gent\x18\n \x01(\x0b\x32\x14.federation.v1.AgentH\x00\x12.\n\nagent_page\x18\x0b \x01(\x0b\x32\x18.federation.v1.AgentPageH\x00\x12.\n\nspoke_page\x18\x0c \x01(\x0b\x32\x18.federation.v1.SpokePageH\x00\x12\x30\n\x0bqueue_stats\x18\r \x01(\x0b\x32\x19.federation.v1.QueueStatsH\x00\x12\x30\n\x0b\x61gent_event\x18\x0e \x01(\x0b\x32\x19.federation.v1.AgentEventH\x00\x42\x08\n\x06result\"J\n\tAgentPage\x12$\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x14.federation.v1.Agent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xb5\x02\n\x05Spoke\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12+\n\x06health\x18\x03 \x01(\x0e\x32\x1b.federation.v1.Spoke.Health\x12\x33\n\x0flast_probe_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x06labels\x18\x05 \x03(\x0b\x32 .federation.v1.Spoke.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"J\n\x06Health\x12\x16\n\x12HEALTH_UNSPECIFIED\x10\x00\x12\x10\n\x0cHEALTH_READY\x10\x01\x12\x16\n\x12HEALTH_UNREACHABLE\x10\x02\"1\n\tSpokePage\x12$\n\x06spokes\x18\x01 \x03(\x0b\x32\x14.federation.v1.Spokeb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,33 +43,47 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SIGNEDENVELOPE']._serialized_start=180
   _globals['_SIGNEDENVELOPE']._serialized_end=281
   _globals['_COMMAND']._serialized_start=284
-  _globals['_COMMAND']._serialized_end=785
-  _globals['_SPAWNAGENTBODY']._serialized_start=788
-  _globals['_SPAWNAGENTBODY']._serialized_end=1025
-  _globals['_SPAWNAGENTBODY_LABELSENTRY']._serialized_start=980
-  _globals['_SPAWNAGENTBODY_LABELSENTRY']._serialized_end=1025
-  _globals['_GETAGENTBODY']._serialized_start=1027
-  _globals['_GETAGENTBODY']._serialized_end=1056
-  _globals['_KILLAGENTBODY']._serialized_start=1058
-  _globals['_KILLAGENTBODY']._serialized_end=1088
-  _globals['_LISTAGENTSBODY']._serialized_start=1090
-  _globals['_LISTAGENTSBODY']._serialized_end=1189
-  _globals['_LISTSPOKESBODY']._serialized_start=1191
-  _globals['_LISTSPOKESBODY']._serialized_end=1207
-  _globals['_WATCHAGENTBODY']._serialized_start=1209
-  _globals['_WATCHAGENTBODY']._serialized_end=1264
-  _globals['_RELAY']._serialized_start=1267
-  _globals['_RELAY']._serialized_end=1468
-  _globals['_REPLY']._serialized_start=1471
-  _globals['_REPLY']._serialized_end=1734
-  _globals['_AGENTPAGE']._serialized_start=1736
-  _globals['_AGENTPAGE']._serialized_end=1810
-  _globals['_SPOKE']._serialized_start=1813
-  _globals['_SPOKE']._serialized_end=2122
-  _globals['_SPOKE_LABELSENTRY']._serialized_start=980
-  _globals['_SPOKE_LABELSENTRY']._serialized_end=1025
-  _globals['_SPOKE_HEALTH']._serialized_start=2048
-  _globals['_SPOKE_HEALTH']._serialized_end=2122
-  _globals['_SPOKEPAGE']._serialized_start=2124
-  _globals['_SPOKEPAGE']._serialized_end=2173
+  _globals['_COMMAND']._serialized_end=1131
+  _globals['_SPAWNAGENTBODY']._serialized_start=1134
+  _globals['_SPAWNAGENTBODY']._serialized_end=1413
+  _globals['_SPAWNAGENTBODY_LABELSENTRY']._serialized_start=1368
+  _globals['_SPAWNAGENTBODY_LABELSENTRY']._serialized_end=1413
+  _globals['_GETAGENTBODY']._serialized_start=1415
+  _globals['_GETAGENTBODY']._serialized_end=1444
+  _globals['_KILLAGENTBODY']._serialized_start=1446
+  _globals['_KILLAGENTBODY']._serialized_end=1476
+  _globals['_LISTAGENTSBODY']._serialized_start=1478
+  _globals['_LISTAGENTSBODY']._serialized_end=1577
+  _globals['_LISTSPOKESBODY']._serialized_start=1579
+  _globals['_LISTSPOKESBODY']._serialized_end=1595
+  _globals['_WATCHAGENTBODY']._serialized_start=1597
+  _globals['_WATCHAGENTBODY']._serialized_end=1652
+  _globals['_GETQUEUESTATSBODY']._serialized_start=1654
+  _globals['_GETQUEUESTATSBODY']._serialized_end=1673
+  _globals['_LISTDEADLETTERSBODY']._serialized_start=1675
+  _globals['_LISTDEADLETTERSBODY']._serialized_end=1735
+  _globals['_REPLAYAGENTBODY']._serialized_start=1737
+  _globals['_REPLAYAGENTBODY']._serialized_end=1769
+  _globals['_PAUSEQUEUEBODY']._serialized_start=1771
+  _globals['_PAUSEQUEUEBODY']._serialized_end=1787
+  _globals['_RESUMEQUEUEBODY']._serialized_start=1789
+  _globals['_RESUMEQUEUEBODY']._serialized_end=1806
+  _globals['_DRAINQUEUEBODY']._serialized_start=1808
+  _globals['_DRAINQUEUEBODY']._serialized_end=1824
+  _globals['_QUEUESTATS']._serialized_start=1827
+  _globals['_QUEUESTATS']._serialized_end=1974
+  _globals['_RELAY']._serialized_start=1977
+  _globals['_RELAY']._serialized_end=2178
+  _globals['_REPLY']._serialized_start=2181
+  _globals['_REPLY']._serialized_end=2544
+  _globals['_AGENTPAGE']._serialized_start=2546
+  _globals['_AGENTPAGE']._serialized_end=2620
+  _globals['_SPOKE']._serialized_start=2623
+  _globals['_SPOKE']._serialized_end=2932
+  _globals['_SPOKE_LABELSENTRY']._serialized_start=1368
+  _globals['_SPOKE_LABELSENTRY']._serialized_end=1413
+  _globals['_SPOKE_HEALTH']._serialized_start=2858
+  _globals['_SPOKE_HEALTH']._serialized_end=2932
+  _globals['_SPOKEPAGE']._serialized_start=2934
+  _globals['_SPOKEPAGE']._serialized_end=2983
 # @@protoc_insertion_point(module_scope)

@@ -102,6 +102,12 @@ class Command(_message.Message):
     LIST_AGENTS_FIELD_NUMBER: _builtins.int
     LIST_SPOKES_FIELD_NUMBER: _builtins.int
     WATCH_AGENT_FIELD_NUMBER: _builtins.int
+    GET_QUEUE_STATS_FIELD_NUMBER: _builtins.int
+    LIST_DEAD_LETTERS_FIELD_NUMBER: _builtins.int
+    REPLAY_AGENT_FIELD_NUMBER: _builtins.int
+    PAUSE_QUEUE_FIELD_NUMBER: _builtins.int
+    RESUME_QUEUE_FIELD_NUMBER: _builtins.int
+    DRAIN_QUEUE_FIELD_NUMBER: _builtins.int
     command_id: _builtins.str
     """The client-chosen idempotency key, 1-128 characters of [A-Za-z0-9._:-]. A spawn's
     command_id becomes the agent's id.
@@ -144,6 +150,30 @@ class Command(_message.Message):
     def watch_agent(self) -> Global___WatchAgentBody:
         """Follow one agent's events."""
 
+    @_builtins.property
+    def get_queue_stats(self) -> Global___GetQueueStatsBody:
+        """Read the spoke's queue counts."""
+
+    @_builtins.property
+    def list_dead_letters(self) -> Global___ListDeadLettersBody:
+        """Read a page of the dead-letter set."""
+
+    @_builtins.property
+    def replay_agent(self) -> Global___ReplayAgentBody:
+        """Run a dead-lettered (or failed, timed-out, lost) agent again with fresh attempts."""
+
+    @_builtins.property
+    def pause_queue(self) -> Global___PauseQueueBody:
+        """Stop workers from taking new agents; running agents go on."""
+
+    @_builtins.property
+    def resume_queue(self) -> Global___ResumeQueueBody:
+        """Let workers take agents again."""
+
+    @_builtins.property
+    def drain_queue(self) -> Global___DrainQueueBody:
+        """Cancel every agent still waiting (they end KILLED with reason DRAINED)."""
+
     def __init__(
         self,
         *,
@@ -159,12 +189,18 @@ class Command(_message.Message):
         list_agents: Global___ListAgentsBody | None = ...,
         list_spokes: Global___ListSpokesBody | None = ...,
         watch_agent: Global___WatchAgentBody | None = ...,
+        get_queue_stats: Global___GetQueueStatsBody | None = ...,
+        list_dead_letters: Global___ListDeadLettersBody | None = ...,
+        replay_agent: Global___ReplayAgentBody | None = ...,
+        pause_queue: Global___PauseQueueBody | None = ...,
+        resume_queue: Global___ResumeQueueBody | None = ...,
+        drain_queue: Global___DrainQueueBody | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "expire_time", b"expire_time", "get_agent", b"get_agent", "issue_time", b"issue_time", "kill_agent", b"kill_agent", "list_agents", b"list_agents", "list_spokes", b"list_spokes", "spawn_agent", b"spawn_agent", "watch_agent", b"watch_agent"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "drain_queue", b"drain_queue", "expire_time", b"expire_time", "get_agent", b"get_agent", "get_queue_stats", b"get_queue_stats", "issue_time", b"issue_time", "kill_agent", b"kill_agent", "list_agents", b"list_agents", "list_dead_letters", b"list_dead_letters", "list_spokes", b"list_spokes", "pause_queue", b"pause_queue", "replay_agent", b"replay_agent", "resume_queue", b"resume_queue", "spawn_agent", b"spawn_agent", "watch_agent", b"watch_agent"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "body", b"body", "command_id", b"command_id", "expire_time", b"expire_time", "get_agent", b"get_agent", "issue_time", b"issue_time", "issuer", b"issuer", "kill_agent", b"kill_agent", "list_agents", b"list_agents", "list_spokes", b"list_spokes", "nonce", b"nonce", "spawn_agent", b"spawn_agent", "watch_agent", b"watch_agent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "body", b"body", "command_id", b"command_id", "drain_queue", b"drain_queue", "expire_time", b"expire_time", "get_agent", b"get_agent", "get_queue_stats", b"get_queue_stats", "issue_time", b"issue_time", "issuer", b"issuer", "kill_agent", b"kill_agent", "list_agents", b"list_agents", "list_dead_letters", b"list_dead_letters", "list_spokes", b"list_spokes", "nonce", b"nonce", "pause_queue", b"pause_queue", "replay_agent", b"replay_agent", "resume_queue", b"resume_queue", "spawn_agent", b"spawn_agent", "watch_agent", b"watch_agent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["spawn_agent", "get_agent", "kill_agent", "list_agents", "list_spokes", "watch_agent"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["spawn_agent", "get_agent", "kill_agent", "list_agents", "list_spokes", "watch_agent", "get_queue_stats", "list_dead_letters", "replay_agent", "pause_queue", "resume_queue", "drain_queue"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
@@ -202,6 +238,7 @@ class SpawnAgentBody(_message.Message):
     TIMEOUT_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    DELAY_FIELD_NUMBER: _builtins.int
     profile: _builtins.str
     """The name of a profile in the spoke's config, e.g. "synthetic"."""
     task: _builtins.str
@@ -218,6 +255,10 @@ class SpawnAgentBody(_message.Message):
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Free-form labels kept with the agent, e.g. {"team": "infra"}."""
 
+    @_builtins.property
+    def delay(self) -> _duration_pb2.Duration:
+        """Do not start the agent before this much time has passed since it was stored."""
+
     def __init__(
         self,
         *,
@@ -227,10 +268,11 @@ class SpawnAgentBody(_message.Message):
         timeout: _duration_pb2.Duration | None = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         max_attempts: _builtins.int = ...,
+        delay: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["timeout", b"timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delay", b"delay", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels", "max_attempts", b"max_attempts", "priority", b"priority", "profile", b"profile", "task", b"task", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delay", b"delay", "labels", b"labels", "max_attempts", b"max_attempts", "priority", b"priority", "profile", b"profile", "task", b"task", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -356,6 +398,172 @@ class WatchAgentBody(_message.Message):
 Global___WatchAgentBody: _TypeAlias = WatchAgentBody  # noqa: Y015
 
 @_typing.final
+class GetQueueStatsBody(_message.Message):
+    """GetQueueStatsBody asks for a spoke's queue counts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetQueueStatsBody: _TypeAlias = GetQueueStatsBody  # noqa: Y015
+
+@_typing.final
+class ListDeadLettersBody(_message.Message):
+    """ListDeadLettersBody asks for a page of the dead-letter set, newest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """The most agents to return; 0 means the server's default (50), values above 500 are capped."""
+    page_token: _builtins.str
+    """The next_page_token of a previous page, or empty for the first page."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDeadLettersBody: _TypeAlias = ListDeadLettersBody  # noqa: Y015
+
+@_typing.final
+class ReplayAgentBody(_message.Message):
+    """ReplayAgentBody names a failed agent to run again."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_FIELD_NUMBER: _builtins.int
+    agent: _builtins.str
+    """The agent's id, or its resource name "spokes/{spoke}/agents/{agent}"."""
+    def __init__(
+        self,
+        *,
+        agent: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplayAgentBody: _TypeAlias = ReplayAgentBody  # noqa: Y015
+
+@_typing.final
+class PauseQueueBody(_message.Message):
+    """PauseQueueBody pauses a spoke's queue."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PauseQueueBody: _TypeAlias = PauseQueueBody  # noqa: Y015
+
+@_typing.final
+class ResumeQueueBody(_message.Message):
+    """ResumeQueueBody resumes a spoke's queue."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeQueueBody: _TypeAlias = ResumeQueueBody  # noqa: Y015
+
+@_typing.final
+class DrainQueueBody(_message.Message):
+    """DrainQueueBody cancels every waiting agent of a spoke."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DrainQueueBody: _TypeAlias = DrainQueueBody  # noqa: Y015
+
+@_typing.final
+class QueueStats(_message.Message):
+    """QueueStats counts a spoke's jobs by queue state."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WAITING_FIELD_NUMBER: _builtins.int
+    DELAYED_FIELD_NUMBER: _builtins.int
+    ACTIVE_FIELD_NUMBER: _builtins.int
+    COMPLETED_FIELD_NUMBER: _builtins.int
+    FAILED_FIELD_NUMBER: _builtins.int
+    PAUSED_FIELD_NUMBER: _builtins.int
+    WORKERS_FIELD_NUMBER: _builtins.int
+    DRAINED_FIELD_NUMBER: _builtins.int
+    waiting: _builtins.int
+    """Agents ready to start, in priority order."""
+    delayed: _builtins.int
+    """Agents waiting for a delay or a retry backoff to pass."""
+    active: _builtins.int
+    """Agents a worker holds (starting or running)."""
+    completed: _builtins.int
+    """Agents finished successfully or killed, still kept by the queue."""
+    failed: _builtins.int
+    """Agents in the dead-letter set."""
+    paused: _builtins.bool
+    """True while the queue is paused."""
+    workers: _builtins.int
+    """Worker processes connected to the queue."""
+    drained: _builtins.int
+    """Agents cancelled by this call (drain only)."""
+    def __init__(
+        self,
+        *,
+        waiting: _builtins.int = ...,
+        delayed: _builtins.int = ...,
+        active: _builtins.int = ...,
+        completed: _builtins.int = ...,
+        failed: _builtins.int = ...,
+        paused: _builtins.bool = ...,
+        workers: _builtins.int = ...,
+        drained: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "completed", b"completed", "delayed", b"delayed", "drained", b"drained", "failed", b"failed", "paused", b"paused", "waiting", b"waiting", "workers", b"workers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueueStats: _TypeAlias = QueueStats  # noqa: Y015
+
+@_typing.final
 class Relay(_message.Message):
     """Relay is a hub's hop: it wraps a client's signed command, intact, in the hub's own signature.
     It travels with payload_type "application/vnd.federation.v1.relay+proto".
@@ -420,6 +628,8 @@ class Reply(_message.Message):
     AGENT_FIELD_NUMBER: _builtins.int
     AGENT_PAGE_FIELD_NUMBER: _builtins.int
     SPOKE_PAGE_FIELD_NUMBER: _builtins.int
+    QUEUE_STATS_FIELD_NUMBER: _builtins.int
+    AGENT_EVENT_FIELD_NUMBER: _builtins.int
     command_id: _builtins.str
     """The command_id of the command answered."""
     responder: _builtins.str
@@ -442,6 +652,14 @@ class Reply(_message.Message):
     def spoke_page(self) -> Global___SpokePage:
         """The hub's spokes."""
 
+    @_builtins.property
+    def queue_stats(self) -> Global___QueueStats:
+        """A spoke's queue counts."""
+
+    @_builtins.property
+    def agent_event(self) -> _agent_pb2.AgentEvent:
+        """One event of a watched agent (sent on WatchAgent streams)."""
+
     def __init__(
         self,
         *,
@@ -452,12 +670,14 @@ class Reply(_message.Message):
         agent: _agent_pb2.Agent | None = ...,
         agent_page: Global___AgentPage | None = ...,
         spoke_page: Global___SpokePage | None = ...,
+        queue_stats: Global___QueueStats | None = ...,
+        agent_event: _agent_pb2.AgentEvent | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "agent_page", b"agent_page", "issue_time", b"issue_time", "result", b"result", "spoke_page", b"spoke_page"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "agent_event", b"agent_event", "agent_page", b"agent_page", "issue_time", b"issue_time", "queue_stats", b"queue_stats", "result", b"result", "spoke_page", b"spoke_page"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "agent_page", b"agent_page", "command_id", b"command_id", "issue_time", b"issue_time", "request_digest", b"request_digest", "responder", b"responder", "result", b"result", "spoke_page", b"spoke_page"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "agent_event", b"agent_event", "agent_page", b"agent_page", "command_id", b"command_id", "issue_time", b"issue_time", "queue_stats", b"queue_stats", "request_digest", b"request_digest", "responder", b"responder", "result", b"result", "spoke_page", b"spoke_page"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["agent", "agent_page", "spoke_page"]  # noqa: Y015
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["agent", "agent_page", "spoke_page", "queue_stats", "agent_event"]  # noqa: Y015
     _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from . import command_pb2 as federation_dot_v1_dot_command__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!federation/v1/spoke_service.proto\x12\rfederation.v1\x1a\x1b\x66\x65\x64\x65ration/v1/command.proto\"O\n\x1dSpokeServiceSpawnAgentRequest\x12.\n\x07\x63ommand\x18\x01 \x01(\x0b\x32\x1d.federation.v1.SignedEnvelope\"N\n\x1eSpokeServiceSpawnAgentResponse\x12,\n\x05reply\x18\x01 \x01(\x0b\x32\x1d.federation.v1.SignedEnvelope\"M\n\x1bSpokeServiceGetAgentRequest\x12.\n\x07\x63ommand\x18\x01 \x01(\x0b\x32\x1d.federation.v1.SignedEnvelope\"L\n\x1cSpokeServiceGetAgentResponse\x12,\n\x05reply\x18\x01 \x01(\x0b\x32\x1d.federation.v1.SignedEnvelope\"N\n\x1cSpokeServiceKillAgentRequest\x12.\n\x07\x63ommand\x18\x01 \x01(\x0b\x32\x1d.federation.v1.SignedEnvelope\"M\n\x1dSpokeServiceKillAgentResponse\x12,\n\x05reply\x18\x01 \x01(\x0b\x32\x1d.federation.v1.SignedEnvelope\"O\n\x1dSpokeServiceListAgentsRequest\x12.\n\x07\x63ommand\x18\x01 \x01(\x0b\x32\x1d.federation.v1.SignedEnvelope\"N\n\x1eSpokeServiceListAgentsResponse\x12,\n\x05reply\x18\x01 \x01(\x0b\x32\x1d.federation.v1.SignedEnvelope2\xc5\x03\n\x0cSpokeService\x12n\n\nSpawnAgent\x12,.federation.v1.SpokeServiceSpawnAgentRequest\x1a-.federation.v1.SpokeServiceSpawnAgentResponse\"\x03\x90\x02\x02\x12h\n\x08GetAgent\x12*.federation.v1.SpokeServiceGetAgentRequest\x1a+.federation.v1.SpokeServiceGetAgentResponse\"\x03\x90\x02\x01\x12k\n\tKillAgent\x12+.federation.v1.SpokeServiceKillAgentRequest\x1a,.federation.v1.SpokeServiceKillAgentResponse\"\x03\x90\x02\x02\x12n\n\nListAgents\x12,.federation.v1.SpokeServiceListAgentsRequest\x1a-.federation.v1.SpokeServiceListAgentsResponse\"\x03\x90\x02\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!federation/v1/spoke_service.proto\x12\rfederation.v1\x1a\x1b\x66\x65\x64\x65ration/v1/command.proto\"O\n\x1dSpokeServiceSpawnAgentRequest\x12.\n\x07\x63ommand\x18\x01 \x01(\x0b\x32\x1d.federation.v1.SignedEnvelope\"N\n\x1eSpokeServiceSpawnAgentResponse\x12,\n\x05reply\x18\x01 \x01(\x0b\x32\x1d.federation.v1.SignedEnvelope\"M\n\x1bSpokeServiceGetAgentRequest\x12.\n\x07\x63ommand\x18\x01 \x01(\x0b\x32\x1d.federation.v1.SignedEnvelope\"L\n\x1cSpokeServiceGetAgentResponse\x12,\n\x05reply\x18\x01 \x01(\x0b\x32\x1d.federation.v1.SignedEnvelope\"N\n\x1cSpokeServiceKillAgentRequest\x12.\n\x07\x63ommand\x18\x01 \x01(\x0b\x32\x1d.federation.v1.SignedEnvelope\"M\n\x1dSpokeServiceKillAgentResponse\x12,\n\x05reply\x18\x01 \x01(\x0b\x32\x1d.federation.v1.SignedEnvelope\"O\n\x1dSpokeServiceListAgentsRequest\x12.\n\x07\x63ommand\x18\x01 \x01(\x0b\x32\x1d.federation.v1.SignedEnvelope\"N\n\x1eSpokeServiceListAgentsResponse\x12,\n\x05reply\x18\x01 \x01(\x0b\x32\x1d.federation.v1.SignedEnvelope\"O\n\x1dSpokeServiceWatchAgentRequest\x12.\n\x07\x63ommand\x18\x01 \x01(\x0b\x32\x1d.federation.v1.SignedEnvelope\"N\n\x1eSpokeServiceWatchAgentResponse\x12,\n\x05reply\x18\x01 \x01(\x0b\x32\x1d.federation.v1.SignedEnvelope\"R\n SpokeServiceGetQueueStatsRequest\x12.\n\x07\x63ommand\x18\x01 \x01(\x0b\x32\x1d.federation.v1.SignedEnvelope\"Q\n!SpokeServiceGetQueueStatsResponse\x12,\n\x05reply\x18\x01 \x01(\x0b\x32\x1d.federation.v1.SignedEnvelope\"T\n\"SpokeServiceListDeadLettersRequest\x12.\n\x07\x63ommand\x18\x01 \x01(\x0b\x32\x1d.federation.v1.SignedEnvelope\"S\n#SpokeServiceListDeadLettersResponse\x12,\n\x05reply\x18\x01 \x01(\x0b\x32\x1d.federation.v1.SignedEnvelope\"P\n\x1eSpokeServiceReplayAgentRequest\x12.\n\x07\x63ommand\x18\x01 \x01(\x0b\x32\x1d.federation.v1.SignedEnvelope\"O\n\x1fSpokeServiceReplayAgentResponse\x12,\n\x05reply\x18\x01 \x01(\x0b\x32\x1d.federation.v1.SignedEnvelope\"O\n\x1dSpokeServicePauseQueueRequest\x12.\n\x07\x63ommand\x18\x01 \x01(\x0b\x32\x1d.federation.v1.SignedEnvelope\"N\n\x1eSpokeServicePauseQueueResponse\x12,\n\x05reply\x18\x01 \x01(\x0b\x32\x1d.federation.v1.SignedEnvelope\"P\n\x1eSpokeServiceResumeQueueRequest\x12.\n\x07\x63ommand\x18\x01 \x01(\x0b\x32\x1d.federation.v1.SignedEnvelope\"O\n\x1fSpokeServiceResumeQueueResponse\x12,\n\x05reply\x18\x01 \x01(\x0b\x32\x1d.federation.v1.SignedEnvelope\"O\n\x1dSpokeServiceDrainQueueRequest\x12.\n\x07\x63ommand\x18\x01 \x01(\x0b\x32\x1d.federation.v1.SignedEnvelope\"N\n\x1eSpokeServiceDrainQueueResponse\x12,\n\x05reply\x18\x01 \x01(\x0b\x32\x1d.federation.v1.SignedEnvelope2\xf5\t\n\x0cSpokeService\x12n\n\nSpawnAgent\x12,.federation.v1.SpokeServiceSpawnAgentRequest\x1a-.federation.v1.SpokeServiceSpawnAgentResponse\"\x03\x90\x02\x02\x12h\n\x08GetAgent\x12*.federation.v1.SpokeServiceGetAgentRequest\x1a+.federation.v1.SpokeServiceGetAgentResponse\"\x03\x90\x02\x01\x12k\n\tKillAgent\x12+.federation.v1.SpokeServiceKillAgentRequest\x1a,.federation.v1.SpokeServiceKillAgentResponse\"\x03\x90\x02\x02\x12n\n\nListAgents\x12,.federation.v1.SpokeServiceListAgentsRequest\x1a-.federation.v1.SpokeServiceListAgentsResponse\"\x03\x90\x02\x01\x12p\n\nWatchAgent\x12,.federation.v1.SpokeServiceWatchAgentRequest\x1a-.federation.v1.SpokeServiceWatchAgentResponse\"\x03\x90\x02\x01\x30\x01\x12w\n\rGetQueueStats\x12/.federation.v1.SpokeServiceGetQueueStatsRequest\x1a\x30.federation.v1.SpokeServiceGetQueueStatsResponse\"\x03\x90\x02\x01\x12}\n\x0fListDeadLetters\x12\x31.federation.v1.SpokeServiceListDeadLettersRequest\x1a\x32.federation.v1.SpokeServiceListDeadLettersResponse\"\x03\x90\x02\x01\x12q\n\x0bReplayAgent\x12-.federation.v1.SpokeServiceReplayAgentRequest\x1a..federation.v1.SpokeServiceReplayAgentResponse\"\x03\x90\x02\x02\x12n\n\nPauseQueue\x12,.federation.v1.SpokeServicePauseQueueRequest\x1a-.federation.v1.SpokeServicePauseQueueResponse\"\x03\x90\x02\x02\x12q\n\x0bResumeQueue\x12-.federation.v1.SpokeServiceResumeQueueRequest\x1a..federation.v1.SpokeServiceResumeQueueResponse\"\x03\x90\x02\x02\x12n\n\nDrainQueue\x12,.federation.v1.SpokeServiceDrainQueueRequest\x1a-.federation.v1.SpokeServiceDrainQueueResponse\"\x03\x90\x02\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,6 +40,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SPOKESERVICE'].methods_by_name['KillAgent']._serialized_options = b'\220\002\002'
   _globals['_SPOKESERVICE'].methods_by_name['ListAgents']._loaded_options = None
   _globals['_SPOKESERVICE'].methods_by_name['ListAgents']._serialized_options = b'\220\002\001'
+  _globals['_SPOKESERVICE'].methods_by_name['WatchAgent']._loaded_options = None
+  _globals['_SPOKESERVICE'].methods_by_name['WatchAgent']._serialized_options = b'\220\002\001'
+  _globals['_SPOKESERVICE'].methods_by_name['GetQueueStats']._loaded_options = None
+  _globals['_SPOKESERVICE'].methods_by_name['GetQueueStats']._serialized_options = b'\220\002\001'
+  _globals['_SPOKESERVICE'].methods_by_name['ListDeadLetters']._loaded_options = None
+  _globals['_SPOKESERVICE'].methods_by_name['ListDeadLetters']._serialized_options = b'\220\002\001'
+  _globals['_SPOKESERVICE'].methods_by_name['ReplayAgent']._loaded_options = None
+  _globals['_SPOKESERVICE'].methods_by_name['ReplayAgent']._serialized_options = b'\220\002\002'
+  _globals['_SPOKESERVICE'].methods_by_name['PauseQueue']._loaded_options = None
+  _globals['_SPOKESERVICE'].methods_by_name['PauseQueue']._serialized_options = b'\220\002\002'
+  _globals['_SPOKESERVICE'].methods_by_name['ResumeQueue']._loaded_options = None
+  _globals['_SPOKESERVICE'].methods_by_name['ResumeQueue']._serialized_options = b'\220\002\002'
+  _globals['_SPOKESERVICE'].methods_by_name['DrainQueue']._loaded_options = None
+  _globals['_SPOKESERVICE'].methods_by_name['DrainQueue']._serialized_options = b'\220\002\002'
   _globals['_SPOKESERVICESPAWNAGENTREQUEST']._serialized_start=81
   _globals['_SPOKESERVICESPAWNAGENTREQUEST']._serialized_end=160
   _globals['_SPOKESERVICESPAWNAGENTRESPONSE']._serialized_start=162
@@ -56,6 +70,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SPOKESERVICELISTAGENTSREQUEST']._serialized_end=637
   _globals['_SPOKESERVICELISTAGENTSRESPONSE']._serialized_start=639
   _globals['_SPOKESERVICELISTAGENTSRESPONSE']._serialized_end=717
-  _globals['_SPOKESERVICE']._serialized_start=720
-  _globals['_SPOKESERVICE']._serialized_end=1173
+  _globals['_SPOKESERVICEWATCHAGENTREQUEST']._serialized_start=719
+  _globals['_SPOKESERVICEWATCHAGENTREQUEST']._serialized_end=798
+  _globals['_SPOKESERVICEWATCHAGENTRESPONSE']._serialized_start=800
+  _globals['_SPOKESERVICEWATCHAGENTRESPONSE']._serialized_end=878
+  _globals['_SPOKESERVICEGETQUEUESTATSREQUEST']._serialized_start=880
+  _globals['_SPOKESERVICEGETQUEUESTATSREQUEST']._serialized_end=962
+  _globals['_SPOKESERVICEGETQUEUESTATSRESPONSE']._serialized_start=964
+  _globals['_SPOKESERVICEGETQUEUESTATSRESPONSE']._serialized_end=1045
+  _globals['_SPOKESERVICELISTDEADLETTERSREQUEST']._serialized_start=1047
+  _globals['_SPOKESERVICELISTDEADLETTERSREQUEST']._serialized_end=1131
+  _globals['_SPOKESERVICELISTDEADLETTERSRESPONSE']._serialized_start=1133
+  _globals['_SPOKESERVICELISTDEADLETTERSRESPONSE']._serialized_end=1216
+  _globals['_SPOKESERVICEREPLAYAGENTREQUEST']._serialized_start=1218
+  _globals['_SPOKESERVICEREPLAYAGENTREQUEST']._serialized_end=1298
+  _globals['_SPOKESERVICEREPLAYAGENTRESPONSE']._serialized_start=1300
+  _globals['_SPOKESERVICEREPLAYAGENTRESPONSE']._serialized_end=1379
+  _globals['_SPOKESERVICEPAUSEQUEUEREQUEST']._serialized_start=1381
+  _globals['_SPOKESERVICEPAUSEQUEUEREQUEST']._serialized_end=1460
+  _globals['_SPOKESERVICEPAUSEQUEUERESPONSE']._serialized_start=1462
+  _globals['_SPOKESERVICEPAUSEQUEUERESPONSE']._serialized_end=1540
+  _globals['_SPOKESERVICERESUMEQUEUEREQUEST']._serialized_start=1542
+  _globals['_SPOKESERVICERESUMEQUEUEREQUEST']._serialized_end=1622
+  _globals['_SPOKESERVICERESUMEQUEUERESPONSE']._serialized_start=1624
+  _globals['_SPOKESERVICERESUMEQUEUERESPONSE']._serialized_end=1703
+  _globals['_SPOKESERVICEDRAINQUEUEREQUEST']._serialized_start=1705
+  _globals['_SPOKESERVICEDRAINQUEUEREQUEST']._serialized_end=1784
+  _globals['_SPOKESERVICEDRAINQUEUERESPONSE']._serialized_start=1786
+  _globals['_SPOKESERVICEDRAINQUEUERESPONSE']._serialized_end=1864
+  _globals['_SPOKESERVICE']._serialized_start=1867
+  _globals['_SPOKESERVICE']._serialized_end=3136
 # @@protoc_insertion_point(module_scope)

@@ -57,6 +57,41 @@ class SpokeServiceStub:
                 request_serializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceListAgentsRequest.SerializeToString,
                 response_deserializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceListAgentsResponse.FromString,
                 _registered_method=True)
+        self.WatchAgent = channel.unary_stream(
+                '/federation.v1.SpokeService/WatchAgent',
+                request_serializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceWatchAgentRequest.SerializeToString,
+                response_deserializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceWatchAgentResponse.FromString,
+                _registered_method=True)
+        self.GetQueueStats = channel.unary_unary(
+                '/federation.v1.SpokeService/GetQueueStats',
+                request_serializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceGetQueueStatsRequest.SerializeToString,
+                response_deserializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceGetQueueStatsResponse.FromString,
+                _registered_method=True)
+        self.ListDeadLetters = channel.unary_unary(
+                '/federation.v1.SpokeService/ListDeadLetters',
+                request_serializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceListDeadLettersRequest.SerializeToString,
+                response_deserializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceListDeadLettersResponse.FromString,
+                _registered_method=True)
+        self.ReplayAgent = channel.unary_unary(
+                '/federation.v1.SpokeService/ReplayAgent',
+                request_serializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceReplayAgentRequest.SerializeToString,
+                response_deserializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceReplayAgentResponse.FromString,
+                _registered_method=True)
+        self.PauseQueue = channel.unary_unary(
+                '/federation.v1.SpokeService/PauseQueue',
+                request_serializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServicePauseQueueRequest.SerializeToString,
+                response_deserializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServicePauseQueueResponse.FromString,
+                _registered_method=True)
+        self.ResumeQueue = channel.unary_unary(
+                '/federation.v1.SpokeService/ResumeQueue',
+                request_serializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceResumeQueueRequest.SerializeToString,
+                response_deserializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceResumeQueueResponse.FromString,
+                _registered_method=True)
+        self.DrainQueue = channel.unary_unary(
+                '/federation.v1.SpokeService/DrainQueue',
+                request_serializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceDrainQueueRequest.SerializeToString,
+                response_deserializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceDrainQueueResponse.FromString,
+                _registered_method=True)
 
 
 class SpokeServiceServicer:
@@ -95,6 +130,56 @@ class SpokeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchAgent(self, request, context):
+        """Streams an agent's events after a sequence number, then live until it ends, with
+        heartbeats. Each message is a Reply signed by the spoke whose result is agent_event.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetQueueStats(self, request, context):
+        """Reads the queue's counts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDeadLetters(self, request, context):
+        """Reads a page of the dead-letter set.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReplayAgent(self, request, context):
+        """Runs a dead-lettered, failed, timed-out or lost agent again, with fresh attempts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseQueue(self, request, context):
+        """Pauses the queue: no worker takes a new agent until it is resumed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeQueue(self, request, context):
+        """Resumes the queue.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DrainQueue(self, request, context):
+        """Cancels every waiting agent; they end KILLED with reason DRAINED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SpokeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -117,6 +202,41 @@ def add_SpokeServiceServicer_to_server(servicer, server):
                     servicer.ListAgents,
                     request_deserializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceListAgentsRequest.FromString,
                     response_serializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceListAgentsResponse.SerializeToString,
+            ),
+            'WatchAgent': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchAgent,
+                    request_deserializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceWatchAgentRequest.FromString,
+                    response_serializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceWatchAgentResponse.SerializeToString,
+            ),
+            'GetQueueStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetQueueStats,
+                    request_deserializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceGetQueueStatsRequest.FromString,
+                    response_serializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceGetQueueStatsResponse.SerializeToString,
+            ),
+            'ListDeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDeadLetters,
+                    request_deserializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceListDeadLettersRequest.FromString,
+                    response_serializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceListDeadLettersResponse.SerializeToString,
+            ),
+            'ReplayAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplayAgent,
+                    request_deserializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceReplayAgentRequest.FromString,
+                    response_serializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceReplayAgentResponse.SerializeToString,
+            ),
+            'PauseQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseQueue,
+                    request_deserializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServicePauseQueueRequest.FromString,
+                    response_serializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServicePauseQueueResponse.SerializeToString,
+            ),
+            'ResumeQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeQueue,
+                    request_deserializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceResumeQueueRequest.FromString,
+                    response_serializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceResumeQueueResponse.SerializeToString,
+            ),
+            'DrainQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.DrainQueue,
+                    request_deserializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceDrainQueueRequest.FromString,
+                    response_serializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceDrainQueueResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -230,6 +350,195 @@ class SpokeService:
             '/federation.v1.SpokeService/ListAgents',
             federation_dot_v1_dot_spoke__service__pb2.SpokeServiceListAgentsRequest.SerializeToString,
             federation_dot_v1_dot_spoke__service__pb2.SpokeServiceListAgentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/federation.v1.SpokeService/WatchAgent',
+            federation_dot_v1_dot_spoke__service__pb2.SpokeServiceWatchAgentRequest.SerializeToString,
+            federation_dot_v1_dot_spoke__service__pb2.SpokeServiceWatchAgentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetQueueStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/federation.v1.SpokeService/GetQueueStats',
+            federation_dot_v1_dot_spoke__service__pb2.SpokeServiceGetQueueStatsRequest.SerializeToString,
+            federation_dot_v1_dot_spoke__service__pb2.SpokeServiceGetQueueStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/federation.v1.SpokeService/ListDeadLetters',
+            federation_dot_v1_dot_spoke__service__pb2.SpokeServiceListDeadLettersRequest.SerializeToString,
+            federation_dot_v1_dot_spoke__service__pb2.SpokeServiceListDeadLettersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplayAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/federation.v1.SpokeService/ReplayAgent',
+            federation_dot_v1_dot_spoke__service__pb2.SpokeServiceReplayAgentRequest.SerializeToString,
+            federation_dot_v1_dot_spoke__service__pb2.SpokeServiceReplayAgentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/federation.v1.SpokeService/PauseQueue',
+            federation_dot_v1_dot_spoke__service__pb2.SpokeServicePauseQueueRequest.SerializeToString,
+            federation_dot_v1_dot_spoke__service__pb2.SpokeServicePauseQueueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/federation.v1.SpokeService/ResumeQueue',
+            federation_dot_v1_dot_spoke__service__pb2.SpokeServiceResumeQueueRequest.SerializeToString,
+            federation_dot_v1_dot_spoke__service__pb2.SpokeServiceResumeQueueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DrainQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/federation.v1.SpokeService/DrainQueue',
+            federation_dot_v1_dot_spoke__service__pb2.SpokeServiceDrainQueueRequest.SerializeToString,
+            federation_dot_v1_dot_spoke__service__pb2.SpokeServiceDrainQueueResponse.FromString,
             options,
             channel_credentials,
             insecure,

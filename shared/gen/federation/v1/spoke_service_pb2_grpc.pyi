@@ -48,6 +48,22 @@ class SpokeServiceStub:
     """
     ListAgents: _grpc.UnaryUnaryMultiCallable[_spoke_service_pb2.SpokeServiceListAgentsRequest, _spoke_service_pb2.SpokeServiceListAgentsResponse]
     """Reads a page of agents, newest first."""
+    WatchAgent: _grpc.UnaryStreamMultiCallable[_spoke_service_pb2.SpokeServiceWatchAgentRequest, _spoke_service_pb2.SpokeServiceWatchAgentResponse]
+    """Streams an agent's events after a sequence number, then live until it ends, with
+    heartbeats. Each message is a Reply signed by the spoke whose result is agent_event.
+    """
+    GetQueueStats: _grpc.UnaryUnaryMultiCallable[_spoke_service_pb2.SpokeServiceGetQueueStatsRequest, _spoke_service_pb2.SpokeServiceGetQueueStatsResponse]
+    """Reads the queue's counts."""
+    ListDeadLetters: _grpc.UnaryUnaryMultiCallable[_spoke_service_pb2.SpokeServiceListDeadLettersRequest, _spoke_service_pb2.SpokeServiceListDeadLettersResponse]
+    """Reads a page of the dead-letter set."""
+    ReplayAgent: _grpc.UnaryUnaryMultiCallable[_spoke_service_pb2.SpokeServiceReplayAgentRequest, _spoke_service_pb2.SpokeServiceReplayAgentResponse]
+    """Runs a dead-lettered, failed, timed-out or lost agent again, with fresh attempts."""
+    PauseQueue: _grpc.UnaryUnaryMultiCallable[_spoke_service_pb2.SpokeServicePauseQueueRequest, _spoke_service_pb2.SpokeServicePauseQueueResponse]
+    """Pauses the queue: no worker takes a new agent until it is resumed."""
+    ResumeQueue: _grpc.UnaryUnaryMultiCallable[_spoke_service_pb2.SpokeServiceResumeQueueRequest, _spoke_service_pb2.SpokeServiceResumeQueueResponse]
+    """Resumes the queue."""
+    DrainQueue: _grpc.UnaryUnaryMultiCallable[_spoke_service_pb2.SpokeServiceDrainQueueRequest, _spoke_service_pb2.SpokeServiceDrainQueueResponse]
+    """Cancels every waiting agent; they end KILLED with reason DRAINED."""
 
 @_typing.type_check_only
 class SpokeServiceAsyncStub(SpokeServiceStub):
@@ -69,6 +85,22 @@ class SpokeServiceAsyncStub(SpokeServiceStub):
     """
     ListAgents: _aio.UnaryUnaryMultiCallable[_spoke_service_pb2.SpokeServiceListAgentsRequest, _spoke_service_pb2.SpokeServiceListAgentsResponse]  # type: ignore[assignment]
     """Reads a page of agents, newest first."""
+    WatchAgent: _aio.UnaryStreamMultiCallable[_spoke_service_pb2.SpokeServiceWatchAgentRequest, _spoke_service_pb2.SpokeServiceWatchAgentResponse]  # type: ignore[assignment]
+    """Streams an agent's events after a sequence number, then live until it ends, with
+    heartbeats. Each message is a Reply signed by the spoke whose result is agent_event.
+    """
+    GetQueueStats: _aio.UnaryUnaryMultiCallable[_spoke_service_pb2.SpokeServiceGetQueueStatsRequest, _spoke_service_pb2.SpokeServiceGetQueueStatsResponse]  # type: ignore[assignment]
+    """Reads the queue's counts."""
+    ListDeadLetters: _aio.UnaryUnaryMultiCallable[_spoke_service_pb2.SpokeServiceListDeadLettersRequest, _spoke_service_pb2.SpokeServiceListDeadLettersResponse]  # type: ignore[assignment]
+    """Reads a page of the dead-letter set."""
+    ReplayAgent: _aio.UnaryUnaryMultiCallable[_spoke_service_pb2.SpokeServiceReplayAgentRequest, _spoke_service_pb2.SpokeServiceReplayAgentResponse]  # type: ignore[assignment]
+    """Runs a dead-lettered, failed, timed-out or lost agent again, with fresh attempts."""
+    PauseQueue: _aio.UnaryUnaryMultiCallable[_spoke_service_pb2.SpokeServicePauseQueueRequest, _spoke_service_pb2.SpokeServicePauseQueueResponse]  # type: ignore[assignment]
+    """Pauses the queue: no worker takes a new agent until it is resumed."""
+    ResumeQueue: _aio.UnaryUnaryMultiCallable[_spoke_service_pb2.SpokeServiceResumeQueueRequest, _spoke_service_pb2.SpokeServiceResumeQueueResponse]  # type: ignore[assignment]
+    """Resumes the queue."""
+    DrainQueue: _aio.UnaryUnaryMultiCallable[_spoke_service_pb2.SpokeServiceDrainQueueRequest, _spoke_service_pb2.SpokeServiceDrainQueueResponse]  # type: ignore[assignment]
+    """Cancels every waiting agent; they end KILLED with reason DRAINED."""
 
 class SpokeServiceServicer(metaclass=_abc_1.ABCMeta):
     """SpokeService runs agents. Every request carries a SignedEnvelope: either a Command signed by
@@ -111,5 +143,63 @@ class SpokeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_spoke_service_pb2.SpokeServiceListAgentsResponse, _abc.Awaitable[_spoke_service_pb2.SpokeServiceListAgentsResponse]]:
         """Reads a page of agents, newest first."""
+
+    @_abc_1.abstractmethod
+    def WatchAgent(
+        self,
+        request: _spoke_service_pb2.SpokeServiceWatchAgentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_spoke_service_pb2.SpokeServiceWatchAgentResponse], _abc.AsyncIterator[_spoke_service_pb2.SpokeServiceWatchAgentResponse]]:
+        """Streams an agent's events after a sequence number, then live until it ends, with
+        heartbeats. Each message is a Reply signed by the spoke whose result is agent_event.
+        """
+
+    @_abc_1.abstractmethod
+    def GetQueueStats(
+        self,
+        request: _spoke_service_pb2.SpokeServiceGetQueueStatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_spoke_service_pb2.SpokeServiceGetQueueStatsResponse, _abc.Awaitable[_spoke_service_pb2.SpokeServiceGetQueueStatsResponse]]:
+        """Reads the queue's counts."""
+
+    @_abc_1.abstractmethod
+    def ListDeadLetters(
+        self,
+        request: _spoke_service_pb2.SpokeServiceListDeadLettersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_spoke_service_pb2.SpokeServiceListDeadLettersResponse, _abc.Awaitable[_spoke_service_pb2.SpokeServiceListDeadLettersResponse]]:
+        """Reads a page of the dead-letter set."""
+
+    @_abc_1.abstractmethod
+    def ReplayAgent(
+        self,
+        request: _spoke_service_pb2.SpokeServiceReplayAgentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_spoke_service_pb2.SpokeServiceReplayAgentResponse, _abc.Awaitable[_spoke_service_pb2.SpokeServiceReplayAgentResponse]]:
+        """Runs a dead-lettered, failed, timed-out or lost agent again, with fresh attempts."""
+
+    @_abc_1.abstractmethod
+    def PauseQueue(
+        self,
+        request: _spoke_service_pb2.SpokeServicePauseQueueRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_spoke_service_pb2.SpokeServicePauseQueueResponse, _abc.Awaitable[_spoke_service_pb2.SpokeServicePauseQueueResponse]]:
+        """Pauses the queue: no worker takes a new agent until it is resumed."""
+
+    @_abc_1.abstractmethod
+    def ResumeQueue(
+        self,
+        request: _spoke_service_pb2.SpokeServiceResumeQueueRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_spoke_service_pb2.SpokeServiceResumeQueueResponse, _abc.Awaitable[_spoke_service_pb2.SpokeServiceResumeQueueResponse]]:
+        """Resumes the queue."""
+
+    @_abc_1.abstractmethod
+    def DrainQueue(
+        self,
+        request: _spoke_service_pb2.SpokeServiceDrainQueueRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_spoke_service_pb2.SpokeServiceDrainQueueResponse, _abc.Awaitable[_spoke_service_pb2.SpokeServiceDrainQueueResponse]]:
+        """Cancels every waiting agent; they end KILLED with reason DRAINED."""
 
 def add_SpokeServiceServicer_to_server(servicer: SpokeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

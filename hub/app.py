@@ -1,0 +1,174 @@
+"""``HubApp``: the hub process's lifecycle around HubService.
+
+``start()`` builds and starts the server and marks health SERVING; ``shutdown()`` (idempotent)
+marks health NOT_SERVING, lets in-flight calls finish for ``shutdown_grace_s``, then closes
+the spoke channels and Redis. ``run()`` serves until SIGINT or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import signal
+from collections.abc import Callable
+from types import TracebackType
+from typing import Self
+
+import structlog
+
+from shared import commands, keys
+from shared import grpc as sgrpc
+from shared.gen.federation.v1 import hub_service_pb2
+from shared.trust import TrustStore
+
+from .config import HubConfig
+from .registry import SpokeRegistry
+from .relay import Gate, RelayConfig, Relayer
+from .service import HubServicer, RoutingConfig
+from .store import HubStore
+
+__all__ = ["HUB_SERVICE", "HubApp"]
+
+log = structlog.get_logger("hub.app")
+
+HUB_SERVICE = hub_service_pb2.DESCRIPTOR.services_by_name["HubService"]
+
+
+class HubApp:
+    """One hub server. Key and trust store are read on construction, so bad files fail early.
+
+    Raises (from ``__init__``):
+        shared.keys.KeyError_: the key file is missing, unsafe or not an Ed25519 key.
+        shared.trust.TrustConfigError: the trust store is missing or malformed.
+    """
+
+    def __init__(self, config: HubConfig) -> None:
+        self.config = config
+        self._key = keys.load_private(config.key_file, config.name)
+        self._trust = TrustStore.from_file(config.trust_file)
+        self._options = sgrpc.ServerOptions(max_message_bytes=config.max_message_bytes)
+        self._built: sgrpc.BuiltServer | None = None
+        self._store: HubStore | None = None
+        self._registry: SpokeRegistry | None = None
+        self._stopping: asyncio.Event | None = None
+        self._shutdown_done = False
+
+    @property
+    def port(self) -> int:
+        """The bound port; only valid after ``start()``."""
+        if self._built is None:
+            raise RuntimeError("HubApp is not started")
+        return self._built.port
+
+    async def start(self) -> int:
+        """Build and start the server inside the running loop; return the bound port."""
+        if self._built is not None:
+            return self._built.port
+        try:
+            return await self._start()
+        except BaseException:
+            await self.shutdown()
+            raise
+
+    async def _start(self) -> int:
+        cfg = self.config
+        self._store = HubStore.from_url(cfg.redis_url, cfg.name, cfg.redis_timeout_s)
+        self._registry = SpokeRegistry(cfg.spokes, self._options)
+        window = commands.Window(
+            max_skew=dt.timedelta(seconds=cfg.max_skew_s),
+            max_validity=dt.timedelta(seconds=cfg.max_validity_s),
+        )
+        relayer = Relayer(
+            RelayConfig(
+                hub_name=cfg.name,
+                key=self._key,
+                relay_validity=dt.timedelta(seconds=cfg.relay_validity_s),
+                call_timeout_s=cfg.spoke_call_timeout_s,
+                kill_timeout_s=cfg.spoke_call_timeout_s + cfg.kill_grace_s,
+            ),
+            self._trust,
+            self._registry,
+        )
+        servicer = HubServicer(
+            RoutingConfig(
+                hub_name=cfg.name,
+                key=self._key,
+                agent_index_ttl_s=cfg.agent_index_ttl_s,
+                probe_timeout_s=cfg.probe_timeout_s,
+            ),
+            Gate(self._trust, window, self._store, cfg.name),
+            relayer,
+            self._registry,
+            self._store,
+        )
+        try:
+            built = sgrpc.build_server(
+                [sgrpc.Service(HUB_SERVICE, servicer)], cfg.listen, self._options
+            )
+        except RuntimeError as exc:  # grpcio reports a failed bind as RuntimeError
+            raise OSError(f"could not bind {cfg.listen}: address in use or unavailable") from exc
+        self._built = built
+        await built.server.start()
+        await built.serving([HUB_SERVICE.full_name])
+        if not await self._store.ping():
+            log.warning("redis_unreachable", hint="commands fail with UNAVAILABLE until it answers")
+        log.info("hub_serving", hub=cfg.name, port=built.port, spokes=len(cfg.spokes))
+        return built.port
+
+    async def shutdown(self) -> None:
+        """Stop serving and release everything; safe to call more than once."""
+        if self._shutdown_done:
+            return
+        self._shutdown_done = True
+        try:
+            if self._built is not None:
+                await self._built.stop(self.config.shutdown_grace_s)
+        finally:
+            if self._registry is not None:
+                await self._registry.close()
+            if self._store is not None:
+                await self._store.close()
+            log.info("hub_stopped", hub=self.config.name)
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.shutdown()
+
+    def request_stop(self) -> None:
+        """Ask ``run()`` to shut down (what SIGINT/SIGTERM do)."""
+        if self._stopping is not None:
+            self._stopping.set()
+
+    async def run(self, on_serving: Callable[[int], None] | None = None) -> None:
+        """Serve until SIGINT/SIGTERM (or ``request_stop``), then shut down.
+
+        Args:
+            on_serving: called with the bound port once the server accepts calls.
+        """
+        loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        installed: list[signal.Signals] = []
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, self._on_signal, sig)
+                installed.append(sig)
+            port = await self.start()
+            if on_serving is not None:
+                on_serving(port)
+            await self._stopping.wait()
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+            await self.shutdown()
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        log.info("hub_signal", signal=sig.name)
+        self.request_stop()

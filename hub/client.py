@@ -1,0 +1,453 @@
+"""The client library ``hubctl`` uses: sign commands, call HubService, verify replies end to end.
+
+Every reply is checked before it is believed: agent replies must be signed by a spoke (by
+the addressed spoke, when the command named one), spoke listings by the hub; each must
+answer exactly the command sent (same command_id, request_digest over the signed bytes).
+
+Only UNAVAILABLE is retried (3 attempts, 0.2 s then 0.4 s apart). A retry signs the command
+again with a fresh nonce and the same command_id, which is the spoke's idempotency key.
+
+Exception hierarchy::
+
+    Exception
+     ├── HubCallError        a call failed: gRPC code, ErrorInfo reason, message, metadata
+     └── ValueError
+          └── ClientConfigError   the hubctl config file is missing or invalid
+
+The hubctl config (TOML; relative paths resolve against the file's directory)::
+
+    hub = "127.0.0.1:7100"      # HUBCTL_HUB overrides it, an explicit address both
+    hub_name = "hub"
+    principal = "operator"
+    key_file = "keys/operator.key"
+    trust_file = "trust.toml"   # the hub (role hub) and spokes (role spoke)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import datetime as dt
+import os
+import tomllib
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Final, Self, TypeVar
+
+import grpc
+
+from shared import commands, envelope, errors, keys
+from shared import grpc as sgrpc
+from shared.gen.federation.v1 import agent_pb2, command_pb2, hub_service_pb2, hub_service_pb2_grpc
+from shared.trust import Role, TrustConfigError, TrustStore
+
+__all__ = [
+    "FINAL_STATES",
+    "ClientConfig",
+    "ClientConfigError",
+    "HubCallError",
+    "HubClient",
+    "ListResult",
+    "client_from_config",
+    "load_client_config",
+    "parse_state",
+    "state_name",
+]
+
+Agent = agent_pb2.Agent
+Spoke = command_pb2.Spoke
+_T = TypeVar("_T")
+
+FINAL_STATES: Final = frozenset(
+    {
+        Agent.STATE_SUCCEEDED,
+        Agent.STATE_FAILED,
+        Agent.STATE_KILLED,
+        Agent.STATE_TIMED_OUT,
+        Agent.STATE_DEAD_LETTERED,
+    }
+)
+"""States an agent never leaves."""
+
+_ATTEMPTS: Final = 3
+_BACKOFF_S: Final = (0.2, 0.4)
+_REPLY_INVALID: Final = "REPLY_INVALID"
+
+
+class HubCallError(Exception):
+    """A call to the hub failed, or its reply could not be verified."""
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        reason: str = "",
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.reason = reason
+        self.metadata: dict[str, str] = dict(metadata or {})
+
+    @classmethod
+    def from_failure(cls, failure: sgrpc.CallFailure) -> HubCallError:
+        return cls(failure.code, failure.message, failure.reason, failure.metadata)
+
+    @classmethod
+    def invalid_reply(cls, message: str) -> HubCallError:
+        return cls(grpc.StatusCode.INTERNAL, message, _REPLY_INVALID)
+
+    def __str__(self) -> str:
+        return f"{self.message} [{self.reason or self.code.name}]"
+
+
+class ClientConfigError(ValueError):
+    """The hubctl config is missing or invalid; the message is one line."""
+
+
+@dataclass(frozen=True, slots=True)
+class ListResult:
+    """Agents from every spoke that answered, and the spokes that did not."""
+
+    agents: list[agent_pb2.Agent] = field(default_factory=list)
+    unreachable_spokes: list[str] = field(default_factory=list)
+    next_page_tokens: dict[str, str] = field(default_factory=dict)
+    """Per spoke, the token for its next page (only spokes with more agents)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    """A signed command as sent: what its reply must be bound to."""
+
+    command: command_pb2.Command
+    envelope: command_pb2.SignedEnvelope
+
+
+class HubClient:
+    """An async client of one hub. Use ``async with``; the channel opens in the running loop."""
+
+    def __init__(
+        self,
+        address: str,
+        principal: str,
+        key: keys.SigningKey,
+        trust: TrustStore,
+        hub_name: str = "hub",
+        timeout_s: float = 15.0,
+    ) -> None:
+        self.address = address
+        self.principal = principal
+        self.hub_name = hub_name
+        self.timeout_s = timeout_s
+        self._key = key
+        self._trust = trust
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: hub_service_pb2_grpc.HubServiceAsyncStub | None = None
+
+    async def __aenter__(self) -> Self:
+        self._open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def _open(self) -> hub_service_pb2_grpc.HubServiceAsyncStub:
+        if self._stub is None:
+            self._channel = sgrpc.open_channel(self.address)
+            self._stub = hub_service_pb2_grpc.HubServiceStub(self._channel)
+        return self._stub
+
+    async def close(self) -> None:
+        channel, self._channel, self._stub = self._channel, None, None
+        if channel is not None:
+            await channel.close(None)
+
+    # -- verbs ------------------------------------------------------------------------------
+
+    async def spawn(
+        self,
+        spoke: str,
+        profile: str,
+        task: str,
+        *,
+        priority: int = 0,
+        timeout_s: float | None = None,
+        command_id: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        max_attempts: int = 0,
+    ) -> agent_pb2.Agent:
+        """Start an agent on ``spoke``; returns it as the spoke stored it (normally QUEUED)."""
+        body = command_pb2.SpawnAgentBody(
+            profile=profile,
+            task=task,
+            priority=priority,
+            labels=dict(labels or {}),
+            max_attempts=max_attempts,
+        )
+        if timeout_s is not None:
+            body.timeout.FromTimedelta(dt.timedelta(seconds=timeout_s))
+        cid = command_id or commands.new_command_id()
+
+        def build() -> command_pb2.Command:
+            cmd = self._command(spoke, cid)
+            cmd.spawn_agent.CopyFrom(body)
+            return cmd
+
+        async def call(env: command_pb2.SignedEnvelope) -> command_pb2.SignedEnvelope:
+            resp = await self._open().SpawnAgent(
+                hub_service_pb2.HubServiceSpawnAgentRequest(command=env), timeout=self.timeout_s
+            )
+            return resp.reply
+
+        sent, reply_env = await self._retrying(build, call)
+        return self._agent_reply(sent, reply_env, spoke)
+
+    async def get(self, agent: str, spoke: str | None = None) -> agent_pb2.Agent:
+        """Read one agent, by id or resource name; ``spoke`` skips the hub's lookup."""
+
+        def build() -> command_pb2.Command:
+            cmd = self._command(spoke or self.hub_name, cid)
+            cmd.get_agent.agent = agent
+            return cmd
+
+        async def call(env: command_pb2.SignedEnvelope) -> command_pb2.SignedEnvelope:
+            resp = await self._open().GetAgent(
+                hub_service_pb2.HubServiceGetAgentRequest(command=env), timeout=self.timeout_s
+            )
+            return resp.reply
+
+        cid = commands.new_command_id()
+        sent, reply_env = await self._retrying(build, call)
+        return self._agent_reply(sent, reply_env, spoke)
+
+    async def kill(self, agent: str, spoke: str | None = None) -> agent_pb2.Agent:
+        """Stop one agent; returns it, in its final state if the kill completed in time."""
+
+        def build() -> command_pb2.Command:
+            cmd = self._command(spoke or self.hub_name, cid)
+            cmd.kill_agent.agent = agent
+            return cmd
+
+        async def call(env: command_pb2.SignedEnvelope) -> command_pb2.SignedEnvelope:
+            resp = await self._open().KillAgent(
+                hub_service_pb2.HubServiceKillAgentRequest(command=env), timeout=self.timeout_s
+            )
+            return resp.reply
+
+        cid = commands.new_command_id()
+        sent, reply_env = await self._retrying(build, call)
+        return self._agent_reply(sent, reply_env, spoke)
+
+    async def list(
+        self,
+        spoke: str | None = None,
+        page_size: int = 50,
+        states: Collection[agent_pb2.Agent.State.ValueType] = (),
+        page_token: str = "",
+    ) -> ListResult:
+        """A page of agents from one spoke, or from every spoke when ``spoke`` is None."""
+
+        def build() -> command_pb2.Command:
+            cmd = self._command(spoke or self.hub_name, cid)
+            cmd.list_agents.page_size = page_size
+            cmd.list_agents.page_token = page_token
+            cmd.list_agents.states.extend(states)
+            return cmd
+
+        async def call(
+            env: command_pb2.SignedEnvelope,
+        ) -> hub_service_pb2.HubServiceListAgentsResponse:
+            return await self._open().ListAgents(
+                hub_service_pb2.HubServiceListAgentsRequest(command=env), timeout=self.timeout_s
+            )
+
+        cid = commands.new_command_id()
+        sent, resp = await self._retrying(build, call)
+        result = ListResult(unreachable_spokes=list(resp.unreachable_spokes))
+        for reply_env in resp.replies:
+            signer, reply = self._verify(sent, reply_env, Role.SPOKE, spoke, "agent_page")
+            result.agents.extend(reply.agent_page.agents)
+            if reply.agent_page.next_page_token:
+                result.next_page_tokens[signer] = reply.agent_page.next_page_token
+        return result
+
+    async def spokes(self) -> builtins.list[command_pb2.Spoke]:
+        """The hub's spokes and their health, as the hub signed them."""
+
+        def build() -> command_pb2.Command:
+            cmd = self._command(self.hub_name, cid)
+            cmd.list_spokes.SetInParent()
+            return cmd
+
+        async def call(env: command_pb2.SignedEnvelope) -> command_pb2.SignedEnvelope:
+            resp = await self._open().ListSpokes(
+                hub_service_pb2.HubServiceListSpokesRequest(command=env), timeout=self.timeout_s
+            )
+            return resp.reply
+
+        cid = commands.new_command_id()
+        sent, reply_env = await self._retrying(build, call)
+        _, reply = self._verify(sent, reply_env, Role.HUB, self.hub_name, "spoke_page")
+        return list(reply.spoke_page.spokes)
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _command(self, audience: str, command_id: str) -> command_pb2.Command:
+        return commands.build_command(
+            issuer=self.principal, audience=audience, command_id=command_id
+        )
+
+    async def _retrying(
+        self,
+        build: Callable[[], command_pb2.Command],
+        call: Callable[[command_pb2.SignedEnvelope], Awaitable[_T]],
+    ) -> tuple[_Sent, _T]:
+        """Sign and send; on UNAVAILABLE sign again (fresh nonce, same command_id) and retry."""
+        for attempt in range(_ATTEMPTS):
+            cmd = build()
+            sent = _Sent(cmd, commands.sign_command(cmd, self._key))
+            try:
+                return sent, await call(sent.envelope)
+            except grpc.aio.AioRpcError as exc:
+                failure = sgrpc.from_rpc_error(exc)
+                if failure.code != grpc.StatusCode.UNAVAILABLE or attempt + 1 == _ATTEMPTS:
+                    raise HubCallError.from_failure(failure) from exc
+            await asyncio.sleep(_BACKOFF_S[attempt])
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+    def _verify(
+        self,
+        sent: _Sent,
+        reply_env: command_pb2.SignedEnvelope,
+        role: Role,
+        signer: str | None,
+        result: str,
+    ) -> tuple[str, command_pb2.Reply]:
+        try:
+            verified = envelope.verify(
+                reply_env, payload_type=envelope.PAYLOAD_TYPE_REPLY, trust=self._trust, roles={role}
+            )
+            reply = commands.parse_reply(verified.payload)
+        except errors.CommandError as exc:
+            raise HubCallError.invalid_reply(f"reply failed verification: {exc.message}") from exc
+        if signer is not None and verified.peer != signer:
+            raise HubCallError.invalid_reply(f"reply is signed by {verified.peer}, not by {signer}")
+        if reply.responder != verified.peer:
+            raise HubCallError.invalid_reply("reply's responder is not its signer")
+        if reply.command_id != sent.command.command_id or reply.request_digest != commands.digest(
+            sent.envelope.payload
+        ):
+            raise HubCallError.invalid_reply("reply does not answer the command sent")
+        if reply.WhichOneof("result") != result:
+            raise HubCallError.invalid_reply(f"reply carries no {result}")
+        return verified.peer, reply
+
+    def _agent_reply(
+        self, sent: _Sent, reply_env: command_pb2.SignedEnvelope, spoke: str | None
+    ) -> agent_pb2.Agent:
+        signer, reply = self._verify(sent, reply_env, Role.SPOKE, spoke, "agent")
+        if reply.agent.spoke and reply.agent.spoke != signer:
+            raise HubCallError.invalid_reply(f"spoke {signer} answered for {reply.agent.spoke}")
+        return reply.agent
+
+
+# -- config ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ClientConfig:
+    """What ``hubctl`` needs to reach and trust a hub."""
+
+    hub: str = "127.0.0.1:7100"
+    """The hub's host:port."""
+    hub_name: str = "hub"
+    """The hub's peer name: the audience of commands for the hub itself."""
+    principal: str = "operator"
+    """The name this client signs as, as the hub's trust store knows it."""
+    key_file: Path = field(default_factory=Path)
+    """The principal's Ed25519 private key (mode 0600)."""
+    trust_file: Path = field(default_factory=Path)
+    """Trust store with the hub (role hub) and the spokes (role spoke)."""
+
+
+_CONFIG_KEYS: Final = frozenset({"hub", "hub_name", "principal", "key_file", "trust_file"})
+
+
+def load_client_config(
+    path: Path, env: Mapping[str, str] | None = None, hub: str | None = None
+) -> ClientConfig:
+    """Read a hubctl TOML file; ``HUBCTL_HUB`` then ``hub`` override its address."""
+    env = os.environ if env is None else env
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ClientConfigError(f"config file not found: {path}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ClientConfigError(f"config file {path} cannot be read: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ClientConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    unknown = sorted(set(raw) - _CONFIG_KEYS)
+    if unknown:
+        raise ClientConfigError(f"{path}: unknown option {unknown[0]!r}")
+    for k, v in raw.items():
+        if not isinstance(v, str) or not v:
+            raise ClientConfigError(f"{path}: {k} must be a non-empty string")
+    for k in ("key_file", "trust_file"):
+        if k not in raw:
+            raise ClientConfigError(f"{path}: {k} is required")
+
+    def resolve(p: str) -> Path:
+        q = Path(p).expanduser()
+        return q if q.is_absolute() else path.parent / q
+
+    address = hub or env.get("HUBCTL_HUB") or raw.get("hub", "127.0.0.1:7100")
+    return ClientConfig(
+        hub=address,
+        hub_name=raw.get("hub_name", "hub"),
+        principal=raw.get("principal", "operator"),
+        key_file=resolve(raw["key_file"]),
+        trust_file=resolve(raw["trust_file"]),
+    )
+
+
+def client_from_config(
+    path: Path,
+    *,
+    hub: str | None = None,
+    timeout_s: float = 15.0,
+    env: Mapping[str, str] | None = None,
+) -> HubClient:
+    """A ``HubClient`` from a hubctl config file (key and trust store loaded now).
+
+    Raises:
+        ClientConfigError: the file, the key or the trust store is missing or invalid.
+    """
+    cfg = load_client_config(path, env, hub)
+    try:
+        key = keys.load_private(cfg.key_file, cfg.principal)
+        trust = TrustStore.from_file(cfg.trust_file)
+    except (keys.KeyError_, TrustConfigError) as exc:
+        raise ClientConfigError(str(exc)) from exc
+    return HubClient(cfg.hub, cfg.principal, key, trust, cfg.hub_name, timeout_s)
+
+
+def state_name(state: agent_pb2.Agent.State.ValueType) -> str:
+    """``STATE_RUNNING`` → ``RUNNING``."""
+    return agent_pb2.Agent.State.Name(state).removeprefix("STATE_")
+
+
+def parse_state(text: str) -> agent_pb2.Agent.State.ValueType:
+    """``running`` or ``STATE_RUNNING`` → the enum value; ValueError if unknown."""
+    name = text.strip().upper()
+    name = name if name.startswith("STATE_") else f"STATE_{name}"
+    if name == "STATE_UNSPECIFIED":
+        raise ValueError(text)
+    return agent_pb2.Agent.State.Value(name)

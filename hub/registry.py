@@ -1,0 +1,110 @@
+"""The spokes a hub knows: one reused channel per spoke, and health probes.
+
+Channels are opened lazily, inside the running event loop (PITFALLS: grpc.aio objects),
+and all closed by :meth:`SpokeRegistry.close`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import grpc
+import structlog
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from shared import grpc as sgrpc
+from shared.gen.federation.v1 import spoke_service_pb2_grpc
+
+from .config import SpokeEntry
+
+if TYPE_CHECKING:
+    from shared.gen.federation.v1.spoke_service_pb2_grpc import SpokeServiceAsyncStub
+
+__all__ = ["Probe", "SpokeLink", "SpokeRegistry"]
+
+log = structlog.get_logger("hub.registry")
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """One spoke's health as a probe saw it."""
+
+    entry: SpokeEntry
+    ready: bool
+    at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SpokeLink:
+    """An open channel to one spoke and the stub over it."""
+
+    entry: SpokeEntry
+    channel: grpc.aio.Channel
+    stub: SpokeServiceAsyncStub
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+
+class SpokeRegistry:
+    """Static spokes from config, with lazily opened, reused channels."""
+
+    def __init__(self, entries: Sequence[SpokeEntry], options: sgrpc.ServerOptions) -> None:
+        self._entries: Mapping[str, SpokeEntry] = {e.name: e for e in entries}
+        self._options = options
+        self._links: dict[str, SpokeLink] = {}
+        self._closed = False
+
+    def names(self) -> list[str]:
+        """Spoke names in config order."""
+        return list(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def entry(self, name: str) -> SpokeEntry | None:
+        return self._entries.get(name)
+
+    def link(self, name: str) -> SpokeLink:
+        """The open link to a configured spoke (KeyError if it is not configured)."""
+        found = self._links.get(name)
+        if found is not None:
+            return found
+        if self._closed:
+            raise RuntimeError("spoke registry is closed")
+        entry = self._entries[name]
+        channel = sgrpc.open_channel(entry.address, self._options)
+        stub: SpokeServiceAsyncStub = spoke_service_pb2_grpc.SpokeServiceStub(channel)
+        made = SpokeLink(entry=entry, channel=channel, stub=stub)
+        self._links[name] = made
+        return made
+
+    async def probe(self, name: str, timeout_s: float) -> Probe:
+        """Ask one spoke's grpc.health.v1 service whether it is SERVING."""
+        target = self.link(name)
+        health = health_pb2_grpc.HealthStub(target.channel)
+        ready = False
+        try:
+            resp = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout_s)
+            ready = resp.status == health_pb2.HealthCheckResponse.SERVING
+        except grpc.aio.AioRpcError as exc:
+            log.info("spoke_probe_failed", spoke=name, code=exc.code().name)
+        return Probe(entry=target.entry, ready=ready, at=dt.datetime.now(dt.UTC))
+
+    async def probe_all(self, timeout_s: float) -> list[Probe]:
+        """Probe every spoke concurrently; results in config order."""
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(self.probe(n, timeout_s)) for n in self._entries]
+        return [t.result() for t in tasks]
+
+    async def close(self) -> None:
+        """Close every channel; idempotent."""
+        self._closed = True
+        links, self._links = list(self._links.values()), {}
+        for link in links:
+            await link.channel.close(None)

@@ -1,0 +1,227 @@
+"""The hub's two hops: check what a client sent, and relay it to a spoke and check the answer.
+
+Inbound (:class:`Gate`): the envelope must be a Command signed by a trusted client, whose
+issuer is the signer, with a valid id, window and nonce, and the body the RPC expects.
+
+Outbound (:class:`Relayer`): the client's envelope travels unchanged inside a Relay the hub
+signs; the spoke's signed reply must be by that spoke and bound to the command (same
+command_id, request_digest over the client's payload bytes). Spoke failures become
+``SpokeUnavailableError`` (unreachable) or ``RemoteCallError`` (the spoke's own status,
+passed through).
+
+Exception hierarchy (the hub's own; the rest are ``shared.errors``)::
+
+    shared.errors.CommandError
+     └── SpokeReplyError   (INTERNAL, SPOKE_REPLY_INVALID) a reply failed verification
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+import grpc
+import structlog
+
+from shared import commands, envelope, errors
+from shared import grpc as sgrpc
+from shared.gen.federation.v1 import command_pb2, spoke_service_pb2
+from shared.keys import SigningKey
+from shared.trust import Role, TrustStore
+
+from .store import HubStore
+
+if TYPE_CHECKING:
+    from shared.gen.federation.v1.spoke_service_pb2_grpc import SpokeServiceAsyncStub
+
+    from .registry import SpokeRegistry
+
+__all__ = ["Gate", "Inbound", "RelayConfig", "Relayer", "SpokeReplyError", "Verb"]
+
+log = structlog.get_logger("hub.relay")
+
+SPAWN: Final = "spawn_agent"
+GET: Final = "get_agent"
+KILL: Final = "kill_agent"
+LIST: Final = "list_agents"
+LIST_SPOKES: Final = "list_spokes"
+Verb = str
+"""A Command body case name: spawn_agent, get_agent, kill_agent, list_agents, list_spokes."""
+
+_UNREACHABLE: Final = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+
+class SpokeReplyError(errors.CommandError):
+    """A spoke's reply was not signed by it, or does not answer the command relayed."""
+
+    code = grpc.StatusCode.INTERNAL
+    reason = "SPOKE_REPLY_INVALID"
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """A client's command that passed every check, with the envelope it came in."""
+
+    envelope: command_pb2.SignedEnvelope
+    command: command_pb2.Command
+
+    @property
+    def verb(self) -> Verb:
+        return self.command.WhichOneof("body") or ""
+
+    @property
+    def digest(self) -> bytes:
+        return commands.digest(self.envelope.payload)
+
+
+class Gate:
+    """Checks inbound client commands: signature, issuer, id, window, body, nonce."""
+
+    def __init__(
+        self, trust: TrustStore, window: commands.Window, store: HubStore, hub_name: str
+    ) -> None:
+        self._trust = trust
+        self._window = window
+        self._store = store
+        self._hub = hub_name
+
+    async def admit(self, env: command_pb2.SignedEnvelope, verb: Verb) -> Inbound:
+        """Verify ``env`` as a client's command whose body is ``verb``; claim its nonce.
+
+        Raises:
+            InvalidCommandError, SignatureInvalidError, CommandExpiredError,
+            NonceReusedError, BackendUnavailableError.
+        """
+        verified = envelope.verify(
+            env, payload_type=envelope.PAYLOAD_TYPE_COMMAND, trust=self._trust, roles={Role.CLIENT}
+        )
+        cmd = commands.parse_command(verified.payload)
+        if cmd.issuer != verified.peer:
+            raise errors.SignatureInvalidError("issuer does not match the signing key")
+        commands.check_command_id(cmd.command_id)
+        expires = commands.check_window(cmd.issue_time, cmd.expire_time, cmd.nonce, self._window)
+        body = cmd.WhichOneof("body")
+        if body is None:
+            raise errors.InvalidCommandError("command has no body")
+        if body != verb:
+            raise errors.InvalidCommandError(f"command body {body} does not fit this call")
+        if not cmd.audience:
+            raise errors.InvalidCommandError("command has no audience")
+        await self._store.claim_nonce(cmd.issuer, cmd.nonce, expires, self._window.max_skew)
+        return Inbound(envelope=env, command=cmd)
+
+
+@dataclass(frozen=True, slots=True)
+class RelayConfig:
+    """How the hub signs relays and calls spokes."""
+
+    hub_name: str
+    key: SigningKey
+    relay_validity: dt.timedelta
+    call_timeout_s: float
+    kill_timeout_s: float
+
+
+class Relayer:
+    """Wraps a client's command in a signed Relay, calls the spoke, verifies its reply."""
+
+    def __init__(self, cfg: RelayConfig, trust: TrustStore, registry: SpokeRegistry) -> None:
+        self._cfg = cfg
+        self._trust = trust
+        self._registry = registry
+
+    def wrap(self, spoke: str, inbound: Inbound) -> command_pb2.SignedEnvelope:
+        """A fresh Relay to ``spoke`` around the client's envelope, signed by the hub."""
+        at = commands.now()
+        relay = command_pb2.Relay(
+            issuer=self._cfg.hub_name,
+            audience=spoke,
+            issue_time=commands.to_timestamp(at),
+            expire_time=commands.to_timestamp(at + self._cfg.relay_validity),
+            nonce=secrets.token_bytes(24),
+            command=inbound.envelope,
+        )
+        return envelope.sign(relay.SerializeToString(), envelope.PAYLOAD_TYPE_RELAY, self._cfg.key)
+
+    async def call(
+        self, spoke: str, inbound: Inbound
+    ) -> tuple[command_pb2.SignedEnvelope, command_pb2.Reply]:
+        """Relay ``inbound`` to ``spoke``; return the spoke's signed reply and its parsed form.
+
+        Raises:
+            SpokeUnavailableError: the spoke did not answer in time.
+            RemoteCallError: the spoke answered with an error (its code and reason kept).
+            SpokeReplyError: the reply failed verification.
+        """
+        link = self._registry.link(spoke)
+        relay_env = self.wrap(spoke, inbound)
+        try:
+            reply_env = await self._invoke(link.stub, inbound.verb, relay_env)
+        except grpc.aio.AioRpcError as exc:
+            failure = sgrpc.from_rpc_error(exc)
+            if failure.code in _UNREACHABLE and not failure.reason:
+                log.info("spoke_unreachable", spoke=spoke, code=failure.code.name)
+                raise errors.SpokeUnavailableError(
+                    f"spoke {spoke} is unreachable", spoke=spoke
+                ) from exc
+            raise errors.RemoteCallError(
+                failure.code, failure.reason, failure.message, failure.metadata
+            ) from exc
+        return reply_env, self.check_reply(spoke, inbound, reply_env)
+
+    def check_reply(
+        self, spoke: str, inbound: Inbound, reply_env: command_pb2.SignedEnvelope
+    ) -> command_pb2.Reply:
+        """Verify a spoke's reply: signed by ``spoke``, answering exactly this command."""
+        try:
+            verified = envelope.verify(
+                reply_env,
+                payload_type=envelope.PAYLOAD_TYPE_REPLY,
+                trust=self._trust,
+                roles={Role.SPOKE},
+            )
+            reply = commands.parse_reply(verified.payload)
+        except errors.CommandError as exc:
+            log.warning("spoke_reply_invalid", spoke=spoke, problem=exc.message)
+            raise SpokeReplyError(f"spoke {spoke} sent a reply that failed verification") from exc
+        if verified.peer != spoke or reply.responder != spoke:
+            log.warning("spoke_reply_wrong_signer", spoke=spoke, signer=verified.peer)
+            raise SpokeReplyError(f"spoke {spoke} sent a reply signed by another peer")
+        want = "agent_page" if inbound.verb == LIST else "agent"
+        if (
+            reply.command_id != inbound.command.command_id
+            or reply.request_digest != inbound.digest
+            or reply.WhichOneof("result") != want
+        ):
+            log.warning("spoke_reply_mismatch", spoke=spoke)
+            raise SpokeReplyError("spoke reply does not match the command")
+        return reply
+
+    async def _invoke(
+        self, stub: SpokeServiceAsyncStub, verb: Verb, relay_env: command_pb2.SignedEnvelope
+    ) -> command_pb2.SignedEnvelope:
+        timeout = self._cfg.call_timeout_s
+        if verb == SPAWN:
+            spawned = await stub.SpawnAgent(
+                spoke_service_pb2.SpokeServiceSpawnAgentRequest(command=relay_env), timeout=timeout
+            )
+            return spawned.reply
+        if verb == GET:
+            got = await stub.GetAgent(
+                spoke_service_pb2.SpokeServiceGetAgentRequest(command=relay_env), timeout=timeout
+            )
+            return got.reply
+        if verb == KILL:
+            killed = await stub.KillAgent(
+                spoke_service_pb2.SpokeServiceKillAgentRequest(command=relay_env),
+                timeout=self._cfg.kill_timeout_s,
+            )
+            return killed.reply
+        if verb == LIST:
+            listed = await stub.ListAgents(
+                spoke_service_pb2.SpokeServiceListAgentsRequest(command=relay_env), timeout=timeout
+            )
+            return listed.reply
+        raise errors.InvalidCommandError(f"{verb or 'an empty command'} cannot be relayed")

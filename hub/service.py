@@ -1,0 +1,267 @@
+"""HubService: admit a client's command, route it by audience, relay it, hand back the reply.
+
+Routing by ``Command.audience``:
+
+* a configured spoke's name: that spoke;
+* the hub's own name: spawn is refused (it needs a spoke); get/kill route by the agent's
+  resource name ``spokes/{spoke}/agents/{id}``, else by the agent index the hub keeps in
+  Redis, else by asking every spoke at once (the first answer that is not NOT_FOUND wins;
+  if every reachable spoke says NOT_FOUND and some did not answer, the result is
+  UNAVAILABLE, since the agent may be on one of those); list asks every spoke;
+* anything else: NOT_FOUND (SPOKE_NOT_FOUND).
+
+Replies produced by spokes pass through with their signatures intact; the spoke listing is
+produced and signed by the hub.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import structlog
+
+from shared import commands, envelope, errors
+from shared.gen.federation.v1 import command_pb2, hub_service_pb2
+from shared.keys import SigningKey
+
+from . import relay
+from .registry import Probe, SpokeRegistry
+from .relay import Gate, Inbound, Relayer
+from .store import HubStore
+
+__all__ = ["HubServicer", "RoutingConfig"]
+
+log = structlog.get_logger("hub.service")
+
+_Ctx = grpc.aio.ServicerContext[Any, Any]
+_Request = (
+    hub_service_pb2.HubServiceSpawnAgentRequest
+    | hub_service_pb2.HubServiceGetAgentRequest
+    | hub_service_pb2.HubServiceKillAgentRequest
+    | hub_service_pb2.HubServiceListAgentsRequest
+    | hub_service_pb2.HubServiceListSpokesRequest
+)
+_RESOURCE_PREFIX = "spokes/"
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingConfig:
+    """What the service needs to know beyond its collaborators."""
+
+    hub_name: str
+    key: SigningKey
+    agent_index_ttl_s: float
+    probe_timeout_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Fanned:
+    """What one spoke answered during a fan-out: a reply, or the error it raised."""
+
+    spoke: str
+    reply_env: command_pb2.SignedEnvelope | None = None
+    reply: command_pb2.Reply | None = None
+    error: errors.CommandError | None = None
+
+
+class HubServicer:
+    """The HubService RPCs; each raises ``shared.errors`` on failure (the transport converts)."""
+
+    def __init__(
+        self,
+        cfg: RoutingConfig,
+        gate: Gate,
+        relayer: Relayer,
+        registry: SpokeRegistry,
+        store: HubStore,
+    ) -> None:
+        self._cfg = cfg
+        self._gate = gate
+        self._relayer = relayer
+        self._registry = registry
+        self._store = store
+
+    # -- RPCs -------------------------------------------------------------------------------
+
+    async def SpawnAgent(
+        self, request: hub_service_pb2.HubServiceSpawnAgentRequest, context: _Ctx
+    ) -> hub_service_pb2.HubServiceSpawnAgentResponse:
+        inbound = await self._admit(request, relay.SPAWN)
+        audience = inbound.command.audience
+        if audience == self._cfg.hub_name:
+            raise errors.InvalidCommandError(
+                "spawn needs a spoke: set the audience to a spoke name"
+            )
+        spoke = self._spoke_named(audience)
+        reply_env, reply = await self._relayer.call(spoke, inbound)
+        await self._remember(reply.agent.agent_id or inbound.command.command_id, spoke)
+        return hub_service_pb2.HubServiceSpawnAgentResponse(reply=reply_env)
+
+    async def GetAgent(
+        self, request: hub_service_pb2.HubServiceGetAgentRequest, context: _Ctx
+    ) -> hub_service_pb2.HubServiceGetAgentResponse:
+        inbound = await self._admit(request, relay.GET)
+        reply_env = await self._agent_call(inbound, inbound.command.get_agent.agent)
+        return hub_service_pb2.HubServiceGetAgentResponse(reply=reply_env)
+
+    async def KillAgent(
+        self, request: hub_service_pb2.HubServiceKillAgentRequest, context: _Ctx
+    ) -> hub_service_pb2.HubServiceKillAgentResponse:
+        inbound = await self._admit(request, relay.KILL)
+        reply_env = await self._agent_call(inbound, inbound.command.kill_agent.agent)
+        return hub_service_pb2.HubServiceKillAgentResponse(reply=reply_env)
+
+    async def ListAgents(
+        self, request: hub_service_pb2.HubServiceListAgentsRequest, context: _Ctx
+    ) -> hub_service_pb2.HubServiceListAgentsResponse:
+        inbound = await self._admit(request, relay.LIST)
+        audience = inbound.command.audience
+        if audience != self._cfg.hub_name:
+            reply_env, _ = await self._relayer.call(self._spoke_named(audience), inbound)
+            return hub_service_pb2.HubServiceListAgentsResponse(replies=[reply_env])
+        if inbound.command.list_agents.page_token:
+            raise errors.InvalidCommandError(
+                "page_token is per spoke: set the audience to the spoke that issued it"
+            )
+        answers = await self._fan_out(inbound, self._registry.names())
+        response = hub_service_pb2.HubServiceListAgentsResponse()
+        for a in answers:
+            if a.reply_env is not None:
+                response.replies.append(a.reply_env)
+            else:
+                if not isinstance(a.error, errors.SpokeUnavailableError):
+                    log.warning(
+                        "list_spoke_failed", spoke=a.spoke, reason=getattr(a.error, "reason", "")
+                    )
+                response.unreachable_spokes.append(a.spoke)
+        return response
+
+    async def ListSpokes(
+        self, request: hub_service_pb2.HubServiceListSpokesRequest, context: _Ctx
+    ) -> hub_service_pb2.HubServiceListSpokesResponse:
+        inbound = await self._admit(request, relay.LIST_SPOKES)
+        if inbound.command.audience != self._cfg.hub_name:
+            raise errors.InvalidCommandError(
+                f"list_spokes is answered by the hub: set the audience to {self._cfg.hub_name}"
+            )
+        probes = await self._registry.probe_all(self._cfg.probe_timeout_s)
+        reply = command_pb2.Reply(
+            command_id=inbound.command.command_id,
+            responder=self._cfg.hub_name,
+            request_digest=inbound.digest,
+            issue_time=commands.to_timestamp(commands.now()),
+            spoke_page=command_pb2.SpokePage(spokes=[_spoke_pb(p) for p in probes]),
+        )
+        signed = envelope.sign(
+            reply.SerializeToString(), envelope.PAYLOAD_TYPE_REPLY, self._cfg.key
+        )
+        return hub_service_pb2.HubServiceListSpokesResponse(reply=signed)
+
+    # -- routing ----------------------------------------------------------------------------
+
+    async def _admit(self, request: _Request, verb: relay.Verb) -> Inbound:
+        if not request.HasField("command"):
+            raise errors.InvalidCommandError("request carries no command envelope")
+        inbound = await self._gate.admit(request.command, verb)
+        structlog.contextvars.bind_contextvars(
+            command_id=inbound.command.command_id, issuer=inbound.command.issuer
+        )
+        return inbound
+
+    def _spoke_named(self, name: str) -> str:
+        if name not in self._registry:
+            raise errors.SpokeNotFoundError(f"no spoke named {name!r}", spoke=name)
+        return name
+
+    async def _agent_call(self, inbound: Inbound, agent: str) -> command_pb2.SignedEnvelope:
+        """Route a get/kill: explicit spoke, resource name, agent index, or ask everyone."""
+        audience = inbound.command.audience
+        if audience != self._cfg.hub_name:
+            reply_env, _ = await self._relayer.call(self._spoke_named(audience), inbound)
+            return reply_env
+        if not agent:
+            raise errors.InvalidCommandError("agent is required")
+        if agent.startswith(_RESOURCE_PREFIX):
+            spoke = _spoke_of_resource(agent)
+            reply_env, _ = await self._relayer.call(self._spoke_named(spoke), inbound)
+            return reply_env
+        indexed = await self._store.find_agent(agent)
+        if indexed is not None and indexed in self._registry:
+            reply_env, _ = await self._relayer.call(indexed, inbound)
+            return reply_env
+        return await self._find_and_call(inbound, agent)
+
+    async def _find_and_call(self, inbound: Inbound, agent_id: str) -> command_pb2.SignedEnvelope:
+        """Ask every spoke at once; the first answer that is not NOT_FOUND wins."""
+        unreachable: list[str] = []
+        tasks = [
+            asyncio.create_task(self._try(name, inbound), name=f"hub-find-{name}")
+            for name in self._registry.names()
+        ]
+        try:
+            for next_done in asyncio.as_completed(tasks):
+                answer = await next_done
+                if answer.reply_env is not None:
+                    await self._remember(agent_id, answer.spoke)
+                    return answer.reply_env
+                if isinstance(answer.error, errors.SpokeUnavailableError):
+                    unreachable.append(answer.spoke)
+                elif answer.error is not None and answer.error.code != grpc.StatusCode.NOT_FOUND:
+                    raise answer.error
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if unreachable:
+            raise errors.SpokeUnavailableError(
+                f"agent {agent_id} not found on the spokes that answered; "
+                f"unreachable: {', '.join(sorted(unreachable))}",
+                unreachable_spokes=",".join(sorted(unreachable)),
+            )
+        raise errors.AgentNotFoundError(f"no spoke has agent {agent_id}", agent=agent_id)
+
+    async def _fan_out(self, inbound: Inbound, names: Sequence[str]) -> list[_Fanned]:
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(self._try(n, inbound)) for n in names]
+        return [t.result() for t in tasks]
+
+    async def _try(self, spoke: str, inbound: Inbound) -> _Fanned:
+        try:
+            reply_env, reply = await self._relayer.call(spoke, inbound)
+        except errors.CommandError as exc:
+            return _Fanned(spoke=spoke, error=exc)
+        return _Fanned(spoke=spoke, reply_env=reply_env, reply=reply)
+
+    async def _remember(self, agent_id: str, spoke: str) -> None:
+        # The index only speeds up routing; a Redis hiccup here must not fail a spawn that
+        # the spoke already accepted (a later lookup falls back to asking every spoke).
+        try:
+            await self._store.remember_agent(agent_id, spoke, self._cfg.agent_index_ttl_s)
+        except errors.BackendUnavailableError:
+            log.warning("agent_index_write_failed", agent=agent_id, spoke=spoke)
+
+
+def _spoke_of_resource(name: str) -> str:
+    """The spoke part of ``spokes/{spoke}/agents/{agent}``."""
+    parts = name.split("/")
+    if len(parts) != 4 or parts[0] != "spokes" or parts[2] != "agents" or not all(parts):
+        raise errors.InvalidCommandError(
+            "agent must be an id or a resource name spokes/{spoke}/agents/{agent}"
+        )
+    return parts[1]
+
+
+def _spoke_pb(p: Probe) -> command_pb2.Spoke:
+    health = command_pb2.Spoke.HEALTH_READY if p.ready else command_pb2.Spoke.HEALTH_UNREACHABLE
+    return command_pb2.Spoke(
+        name=p.entry.name,
+        address=p.entry.address,
+        health=health,
+        last_probe_time=commands.to_timestamp(p.at.astimezone(dt.UTC)),
+        labels=dict(p.entry.labels),
+    )

@@ -1,0 +1,106 @@
+"""The hub's state in Redis: seen nonces and the agent index. All hub keys are built here.
+
+Keys (each has a TTL; the hub holds no state outside Redis)::
+
+    federation:hub:{hub}:nonce:{issuer}:{nonce hex}   "1", until the command expires + skew
+    federation:hub:{hub}:agent:{agent_id}             the spoke name, for agent_index_ttl
+
+Redis failures surface as ``shared.errors.BackendUnavailableError`` (UNAVAILABLE), so a
+client may retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import redis.asyncio
+import redis.exceptions
+
+from shared import errors
+
+__all__ = ["HubStore", "agent_key", "nonce_key"]
+
+_REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+
+
+def nonce_key(hub: str, issuer: str, nonce: bytes) -> str:
+    return f"federation:hub:{hub}:nonce:{issuer}:{nonce.hex()}"
+
+
+def agent_key(hub: str, agent_id: str) -> str:
+    return f"federation:hub:{hub}:agent:{agent_id}"
+
+
+class HubStore:
+    """Nonce claims and the agent → spoke index over one Redis client (which it owns)."""
+
+    def __init__(self, client: redis.asyncio.Redis, hub: str, timeout_s: float) -> None:
+        self._redis = client
+        self._hub = hub
+        self._timeout = timeout_s
+        self._closed = False
+
+    @classmethod
+    def from_url(cls, url: str, hub: str, timeout_s: float) -> HubStore:
+        client = redis.asyncio.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+        )
+        return cls(client, hub, timeout_s)
+
+    @asynccontextmanager
+    async def _guard(self) -> AsyncIterator[None]:
+        try:
+            async with asyncio.timeout(self._timeout):
+                yield
+        except (*_REDIS_DOWN, TimeoutError) as exc:
+            raise errors.BackendUnavailableError("the hub's Redis is unavailable") from exc
+
+    async def ping(self) -> bool:
+        """True if Redis answers now."""
+        try:
+            async with self._guard():
+                await self._redis.ping()
+        except errors.BackendUnavailableError:
+            return False
+        return True
+
+    async def claim_nonce(
+        self, issuer: str, nonce: bytes, expires: dt.datetime, max_skew: dt.timedelta
+    ) -> None:
+        """Record ``(issuer, nonce)`` until the command can no longer be accepted.
+
+        Raises:
+            NonceReusedError: the pair was seen before.
+            BackendUnavailableError: Redis did not answer.
+        """
+        ttl = expires + max_skew - dt.datetime.now(dt.UTC)
+        ttl_ms = max(1, int(ttl.total_seconds() * 1000))
+        async with self._guard():
+            fresh = await self._redis.set(
+                nonce_key(self._hub, issuer, nonce), "1", nx=True, px=ttl_ms
+            )
+        if not fresh:
+            raise errors.NonceReusedError("nonce already used; sign the command again")
+
+    async def remember_agent(self, agent_id: str, spoke: str, ttl_s: float) -> None:
+        async with self._guard():
+            await self._redis.set(
+                agent_key(self._hub, agent_id), spoke, px=max(1, int(ttl_s * 1000))
+            )
+
+    async def find_agent(self, agent_id: str) -> str | None:
+        """The spoke that ran ``agent_id`` if the hub routed its spawn, else None."""
+        async with self._guard():
+            found = await self._redis.get(agent_key(self._hub, agent_id))
+        return found if isinstance(found, str) else None
+
+    async def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            await self._redis.aclose()

@@ -1,0 +1,210 @@
+"""A real hub in front of a real spoke, on one real Redis: through HubClient and through hubctl.
+
+Every hop verifies a signature: hubctl/HubClient → hub (client command), hub → spoke (Relay),
+spoke → hub → client (the spoke's signed reply, checked by both).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from hub import client as hc
+from hub.app import HubApp
+from hub.config import HubConfig, SpokeEntry
+from hub.federation_files import FederationFiles, write_federation
+from shared.gen.federation.v1 import agent_pb2
+
+spoke_app = pytest.importorskip("spoke.app")
+spoke_config = pytest.importorskip("spoke.config")
+
+REPO = Path(__file__).resolve().parents[2]
+Agent = agent_pb2.Agent
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class Federation:
+    files: FederationFiles
+    hub_address: str
+
+    def client(self) -> hc.HubClient:
+        return hc.client_from_config(self.files.hubctl_config, hub=self.hub_address, env={})
+
+    async def hubctl(self, *argv: str) -> tuple[int, Any, str]:
+        """Run hubctl in a subprocess (the hub and spoke keep serving on this loop)."""
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "hub.cli",
+            "--config",
+            str(self.files.hubctl_config),
+            "--hub",
+            self.hub_address,
+            *argv,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 45)
+        assert proc.returncode is not None
+        text = out.decode()
+        doc = json.loads(text) if "--json" in argv and text.strip() else text
+        return proc.returncode, doc, err.decode()
+
+
+@pytest.fixture
+async def federation(tmp_path: Path, redis_url: str) -> AsyncIterator[Federation]:
+    files = write_federation(
+        tmp_path, [("spoke-1", "127.0.0.1:0", redis_url)], "127.0.0.1:0", redis_url
+    )
+    scfg = spoke_config.SpokeConfig.load(files.spoke_configs["spoke-1"], {})
+    async with spoke_app.SpokeApp(scfg) as spoke:
+        hcfg = HubConfig.load(files.hub_config, {}).replace(
+            spokes=(SpokeEntry("spoke-1", f"127.0.0.1:{spoke.port}"),)
+        )
+        async with HubApp(hcfg) as hub:
+            yield Federation(files, f"127.0.0.1:{hub.port}")
+
+
+async def wait_final(client: hc.HubClient, agent_id: str, timeout_s: float = 20) -> Agent:
+    async with asyncio.timeout(timeout_s):
+        while True:
+            agent = await client.get(agent_id)
+            if agent.state in hc.FINAL_STATES:
+                return agent
+            await asyncio.sleep(0.1)
+
+
+async def wait_state(
+    client: hc.HubClient, agent_id: str, state: int, timeout_s: float = 20
+) -> None:
+    async with asyncio.timeout(timeout_s):
+        while True:
+            if (await client.get(agent_id)).state == state:
+                return
+            await asyncio.sleep(0.05)
+
+
+# -- through HubClient ----------------------------------------------------------------------
+
+
+async def test_spawn_runs_to_success(federation: Federation) -> None:
+    async with federation.client() as client:
+        agent = await client.spawn("spoke-1", "synthetic", "duration=0.2 steps=2")
+        assert agent.spoke == "spoke-1"
+        assert agent.name == f"spokes/spoke-1/agents/{agent.agent_id}"
+        final = await wait_final(client, agent.agent_id)
+    assert final.state == Agent.STATE_SUCCEEDED
+    assert final.exit_code == 0
+    assert final.receipt.status == "completed"
+
+
+async def test_kill_a_running_agent(federation: Federation) -> None:
+    async with federation.client() as client:
+        agent = await client.spawn("spoke-1", "synthetic", "duration=30")
+        await wait_state(client, agent.agent_id, Agent.STATE_RUNNING)
+        killed = await client.kill(agent.agent_id)
+        final = await wait_final(client, agent.agent_id)
+    assert final.state == Agent.STATE_KILLED
+    assert killed.agent_id == agent.agent_id
+
+
+async def test_same_command_id_twice_is_one_agent(federation: Federation) -> None:
+    async with federation.client() as client:
+        first = await client.spawn("spoke-1", "synthetic", "duration=0.1", command_id="cmd-twice")
+        second = await client.spawn("spoke-1", "synthetic", "duration=0.1", command_id="cmd-twice")
+        listed = await client.list("spoke-1")
+    assert first.agent_id == second.agent_id == "cmd-twice"
+    assert [a.agent_id for a in listed.agents].count("cmd-twice") == 1
+
+
+async def test_unknown_agent_is_not_found(federation: Federation) -> None:
+    async with federation.client() as client:
+        with pytest.raises(hc.HubCallError) as via_hub:
+            await client.get("never-spawned")
+        with pytest.raises(hc.HubCallError) as via_spoke:
+            await client.kill("never-spawned", "spoke-1")
+    assert via_hub.value.code == grpc.StatusCode.NOT_FOUND
+    assert via_spoke.value.code == grpc.StatusCode.NOT_FOUND
+
+
+async def test_spokes_and_list_everywhere(federation: Federation) -> None:
+    async with federation.client() as client:
+        agent = await client.spawn("spoke-1", "synthetic", "duration=0.1")
+        spokes = await client.spokes()
+        everywhere = await client.list()
+    assert [(s.name, s.health) for s in spokes] == [("spoke-1", hc.Spoke.HEALTH_READY)]
+    assert agent.agent_id in [a.agent_id for a in everywhere.agents]
+    assert everywhere.unreachable_spokes == []
+
+
+# -- through the hubctl subprocess ----------------------------------------------------------
+
+
+async def test_hubctl_spawn_wait_status_list_kill(federation: Federation) -> None:
+    code, doc, err = await federation.hubctl(
+        "spawn", "--spoke", "spoke-1", "--id", "cli-ok", "--json", "--wait", "--", "duration=0.2"
+    )
+    assert code == 0, err
+    assert (doc["agent_id"], doc["spoke"], doc["state"], doc["exit_code"]) == (
+        "cli-ok",
+        "spoke-1",
+        "SUCCEEDED",
+        0,
+    )
+    assert "stdout_tail" in doc
+
+    code, doc, err = await federation.hubctl("status", "cli-ok", "--json")
+    assert code == 0, err
+    assert doc["state"] == "SUCCEEDED"
+
+    code, doc, err = await federation.hubctl("--json", "list", "--state", "succeeded")
+    assert code == 0, err
+    assert [a["agent_id"] for a in doc["agents"]] == ["cli-ok"]
+    assert doc["unreachable_spokes"] == []
+
+    code, _, err = await federation.hubctl("kill", "cli-ok")
+    assert code == 1  # FAILED_PRECONDITION: it already ended
+    assert err.startswith("Error: ")
+    assert err.rstrip().endswith("[AGENT_NOT_RUNNING]")
+
+    code, doc, err = await federation.hubctl("--json", "spokes")
+    assert code == 0, err
+    assert doc["spokes"][0]["health"] == "READY"
+
+
+async def test_hubctl_exit_codes(federation: Federation) -> None:
+    code, doc, err = await federation.hubctl(
+        "spawn", "--spoke", "spoke-1", "--json", "--wait", "--", "duration=0.1", "fail"
+    )
+    assert code == 1, err
+    assert doc["state"] == "FAILED"
+    assert doc["exit_code"] == 1
+
+    code, _, err = await federation.hubctl("status", "never-spawned")
+    assert code == 3
+    assert err.rstrip().endswith("[AGENT_NOT_FOUND]")
+
+    code, _, err = await federation.hubctl("spawn", "--spoke", "nowhere", "--", "x")
+    assert code == 3
+    assert err.rstrip().endswith("[SPOKE_NOT_FOUND]")
+
+    code, out, err = await federation.hubctl(
+        "spawn", "--spoke", "spoke-1", "-q", "--", "duration=30"
+    )
+    assert code == 0, err
+    agent_id = out.strip()
+    code, doc, err = await federation.hubctl("kill", agent_id, "--json")
+    assert code == 0, err
+    assert doc["agent_id"] == agent_id
+    assert doc["state"] in {"KILLED", "QUEUED", "STARTING", "RUNNING"}
