@@ -180,6 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--label", dest="labels", type=_label, action="append", default=[], help="key=value"
     )
+    sp.add_argument(
+        "--delay",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="do not start before this many seconds have passed",
+    )
     sp.add_argument("--wait", action="store_true", help="wait for a final state; exit 0 on success")
     sp.add_argument("task", nargs="+", metavar="TASK", help="task words, joined by spaces")
 
@@ -200,6 +207,31 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--page-size", type=int, default=50, help="agents per spoke (default 50)")
 
     sub.add_parser("spokes", help="list the hub's spokes and their health", parents=[common])
+
+    wt = sub.add_parser(
+        "watch", help="follow an agent's state, progress and output live", parents=[common]
+    )
+    wt.add_argument("agent", metavar="AGENT", help="agent id or spokes/{spoke}/agents/{id}")
+    wt.add_argument("--spoke", help="the spoke that runs it (default: the hub's index)")
+    wt.add_argument(
+        "--after",
+        type=int,
+        default=0,
+        metavar="SEQ",
+        help="resume after this event sequence number (default: from the start)",
+    )
+
+    qu = sub.add_parser(
+        "queue", help="a spoke's queue: stats, pause, resume, drain", parents=[common]
+    )
+    qu.add_argument("action", choices=["stats", "pause", "resume", "drain"])
+    qu.add_argument("--spoke", required=True, help="the spoke whose queue")
+
+    dl = sub.add_parser("dlq", help="a spoke's dead-letter set: list, replay", parents=[common])
+    dl.add_argument("action", choices=["list", "replay"])
+    dl.add_argument("agent", nargs="?", metavar="AGENT", help="for replay: the agent to run again")
+    dl.add_argument("--spoke", help="the spoke (required for list)")
+    dl.add_argument("--page-size", type=int, default=50, help="agents per page (default 50)")
 
     dev = sub.add_parser("dev", help="run a local federation (hubctl dev --help)", add_help=False)
     dev.add_argument("dev_args", nargs=argparse.REMAINDER)
@@ -303,6 +335,7 @@ async def _spawn(client: hc.HubClient, args: argparse.Namespace, out: _Out) -> i
         command_id=args.command_id,
         labels=dict(args.labels),
         max_attempts=args.max_attempts,
+        delay_s=args.delay,
     )
     if not args.wait:
         _show_agent(out, agent, brief=True)
@@ -378,6 +411,101 @@ async def _spokes(client: hc.HubClient, args: argparse.Namespace, out: _Out) -> 
     return EXIT_OK
 
 
+def event_json(event: hc.AgentEvent) -> dict[str, Any]:
+    doc: dict[str, Any] = json_format.MessageToDict(event, preserving_proto_field_name=True)
+    doc["sequence"] = event.sequence
+    doc["kind"] = hc.AgentEvent.Kind.Name(event.kind).removeprefix("KIND_")
+    if event.kind == hc.AgentEvent.Kind.KIND_STATE:
+        doc["state"] = hc.state_name(event.state)
+    return doc
+
+
+def _event_text(event: hc.AgentEvent) -> str | None:
+    kind = event.kind
+    if kind == hc.AgentEvent.Kind.KIND_STATE:
+        reason = f" ({event.reason})" if event.reason else ""
+        return f"[{event.sequence}] state {hc.state_name(event.state)}{reason}"
+    if kind == hc.AgentEvent.Kind.KIND_PROGRESS:
+        return f"[{event.sequence}] progress {event.progress_percent}% {event.data}".rstrip()
+    if kind == hc.AgentEvent.Kind.KIND_DROPPED:
+        return f"[{event.sequence}] ({event.data} bytes of output not recorded)"
+    return None
+
+
+async def _watch(client: hc.HubClient, args: argparse.Namespace, out: _Out) -> int:
+    """Events as they come; output chunks go to stdout/stderr raw, the rest as lines."""
+    final: int | None = None
+    async for event in client.watch(args.agent, args.spoke, args.after):
+        kind = event.kind
+        if kind == hc.AgentEvent.Kind.KIND_STATE and event.state in hc.FINAL_STATES:
+            final = event.state
+        if out.json:
+            if kind != hc.AgentEvent.Kind.KIND_HEARTBEAT:
+                print(json.dumps(event_json(event), sort_keys=True), flush=True)
+            continue
+        if kind == hc.AgentEvent.Kind.KIND_STDOUT:
+            sys.stdout.write(event.data)
+            sys.stdout.flush()
+        elif kind == hc.AgentEvent.Kind.KIND_STDERR:
+            sys.stderr.write(event.data)
+            sys.stderr.flush()
+        elif not out.quiet and (text := _event_text(event)) is not None:
+            print(text, file=sys.stderr, flush=True)
+    return EXIT_OK if final == Agent.STATE_SUCCEEDED else EXIT_FAILURE
+
+
+def _stats_json(stats: hc.QueueStats) -> dict[str, Any]:
+    return json_format.MessageToDict(
+        stats, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+
+
+async def _queue(client: hc.HubClient, args: argparse.Namespace, out: _Out) -> int:
+    action = {
+        "stats": client.queue_stats,
+        "pause": client.pause,
+        "resume": client.resume,
+        "drain": client.drain,
+    }[args.action]
+    stats = await action(args.spoke)
+    doc = _stats_json(stats)
+    if args.action != "drain":
+        doc.pop("drained", None)
+    if out.json:
+        out.doc(doc)
+    else:
+        for key, value in doc.items():
+            out.line(f"{key:<10} {value}")
+    return EXIT_OK
+
+
+async def _dlq(client: hc.HubClient, args: argparse.Namespace, out: _Out) -> int:
+    if args.action == "replay":
+        if not args.agent:
+            raise UsageError("dlq replay needs AGENT")
+        _show_agent(out, await client.replay(args.agent, args.spoke), brief=True)
+        return EXIT_OK
+    if not args.spoke:
+        raise UsageError("dlq list needs --spoke")
+    page = await client.dead_letters(args.spoke, args.page_size)
+    if out.json:
+        out.doc(
+            {
+                "agents": [agent_json(a) for a in page.agents],
+                "next_page_token": page.next_page_token,
+            }
+        )
+        return EXIT_OK
+    rows = [["AGENT", "STATE", "REASON", "ATTEMPTS", "PROFILE"]]
+    rows += [
+        [a.agent_id, hc.state_name(a.state), a.reason, f"{a.attempt}/{a.max_attempts}", a.profile]
+        for a in page.agents
+    ]
+    for line in _table(rows):
+        out.line(line)
+    return EXIT_OK
+
+
 _Verb = Callable[[hc.HubClient, argparse.Namespace, _Out], Coroutine[Any, Any, int]]
 _VERBS: Final[dict[str, _Verb]] = {
     "spawn": _spawn,
@@ -385,6 +513,9 @@ _VERBS: Final[dict[str, _Verb]] = {
     "kill": _kill,
     "list": _list,
     "spokes": _spokes,
+    "watch": _watch,
+    "queue": _queue,
+    "dlq": _dlq,
 }
 
 

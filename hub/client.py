@@ -30,11 +30,11 @@ import builtins
 import datetime as dt
 import os
 import tomllib
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Final, Self, TypeVar
+from typing import Any, Final, Self, TypeVar
 
 import grpc
 
@@ -58,6 +58,8 @@ __all__ = [
 
 Agent = agent_pb2.Agent
 Spoke = command_pb2.Spoke
+AgentEvent = agent_pb2.AgentEvent
+QueueStats = command_pb2.QueueStats
 _T = TypeVar("_T")
 
 FINAL_STATES: Final = frozenset(
@@ -183,6 +185,7 @@ class HubClient:
         command_id: str | None = None,
         labels: Mapping[str, str] | None = None,
         max_attempts: int = 0,
+        delay_s: float | None = None,
     ) -> agent_pb2.Agent:
         """Start an agent on ``spoke``; returns it as the spoke stored it (normally QUEUED)."""
         body = command_pb2.SpawnAgentBody(
@@ -194,6 +197,8 @@ class HubClient:
         )
         if timeout_s is not None:
             body.timeout.FromTimedelta(dt.timedelta(seconds=timeout_s))
+        if delay_s is not None:
+            body.delay.FromTimedelta(dt.timedelta(seconds=delay_s))
         cid = command_id or commands.new_command_id()
 
         def build() -> command_pb2.Command:
@@ -212,39 +217,117 @@ class HubClient:
 
     async def get(self, agent: str, spoke: str | None = None) -> agent_pb2.Agent:
         """Read one agent, by id or resource name; ``spoke`` skips the hub's lookup."""
-
-        def build() -> command_pb2.Command:
-            cmd = self._command(spoke or self.hub_name, cid)
-            cmd.get_agent.agent = agent
-            return cmd
-
-        async def call(env: command_pb2.SignedEnvelope) -> command_pb2.SignedEnvelope:
-            resp = await self._open().GetAgent(
-                hub_service_pb2.HubServiceGetAgentRequest(command=env), timeout=self.timeout_s
-            )
-            return resp.reply
-
-        cid = commands.new_command_id()
-        sent, reply_env = await self._retrying(build, call)
-        return self._agent_reply(sent, reply_env, spoke)
+        return await self._agent_verb("get_agent", "GetAgent", agent, spoke)
 
     async def kill(self, agent: str, spoke: str | None = None) -> agent_pb2.Agent:
         """Stop one agent; returns it, in its final state if the kill completed in time."""
+        return await self._agent_verb("kill_agent", "KillAgent", agent, spoke)
+
+    async def replay(self, agent: str, spoke: str | None = None) -> agent_pb2.Agent:
+        """Run a dead-lettered, failed, timed-out or lost agent again with fresh attempts."""
+        return await self._agent_verb("replay_agent", "ReplayAgent", agent, spoke)
+
+    async def queue_stats(self, spoke: str) -> command_pb2.QueueStats:
+        """One spoke's queue counts."""
+        return await self._queue_verb("get_queue_stats", "GetQueueStats", spoke)
+
+    async def pause(self, spoke: str) -> command_pb2.QueueStats:
+        """Stop a spoke's workers from taking new agents (running ones go on)."""
+        return await self._queue_verb("pause_queue", "PauseQueue", spoke)
+
+    async def resume(self, spoke: str) -> command_pb2.QueueStats:
+        return await self._queue_verb("resume_queue", "ResumeQueue", spoke)
+
+    async def drain(self, spoke: str) -> command_pb2.QueueStats:
+        """Cancel every agent still waiting on a spoke; ``drained`` says how many."""
+        return await self._queue_verb("drain_queue", "DrainQueue", spoke)
+
+    async def dead_letters(
+        self, spoke: str, page_size: int = 50, page_token: str = ""
+    ) -> command_pb2.AgentPage:
+        """A page of one spoke's dead-letter set."""
+
+        def fill(cmd: command_pb2.Command) -> None:
+            cmd.list_dead_letters.page_size = page_size
+            cmd.list_dead_letters.page_token = page_token
+
+        sent, resp = await self._unary(spoke, fill, "ListDeadLetters")
+        _, reply = self._verify(sent, resp.reply, Role.SPOKE, spoke, "agent_page")
+        return reply.agent_page
+
+    async def watch(
+        self,
+        agent: str,
+        spoke: str | None = None,
+        after: int = 0,
+        max_s: float = 24 * 3600.0,
+    ) -> AsyncIterator[agent_pb2.AgentEvent]:
+        """Follow an agent's signed events until it ends, resuming after a dropped stream.
+
+        Each event is verified end to end (signed by the spoke, bound to this command).
+        Heartbeats are yielded too, so a caller can tell a quiet agent from a dead link.
+        """
+        last = after
+        for attempt in range(_ATTEMPTS):
+            cmd = self._command(spoke or self.hub_name, commands.new_command_id())
+            cmd.watch_agent.agent = agent
+            cmd.watch_agent.after_sequence = last
+            sent = _Sent(cmd, commands.sign_command(cmd, self._key))
+            call = self._open().WatchAgent(
+                hub_service_pb2.HubServiceWatchAgentRequest(command=sent.envelope), timeout=max_s
+            )
+            try:
+                async for resp in call:
+                    _, reply = self._verify(sent, resp.reply, Role.SPOKE, spoke, "agent_event")
+                    event = reply.agent_event
+                    if event.kind != agent_pb2.AgentEvent.Kind.KIND_HEARTBEAT:
+                        last = event.sequence
+                    yield event
+            except grpc.aio.AioRpcError as exc:
+                failure = sgrpc.from_rpc_error(exc)
+                if failure.code != grpc.StatusCode.UNAVAILABLE or attempt + 1 == _ATTEMPTS:
+                    raise HubCallError.from_failure(failure) from exc
+            else:
+                return
+            finally:
+                call.cancel()
+            await asyncio.sleep(_BACKOFF_S[attempt])
+
+    async def _agent_verb(
+        self, body: str, rpc: str, agent: str, spoke: str | None
+    ) -> agent_pb2.Agent:
+        def fill(cmd: command_pb2.Command) -> None:
+            getattr(cmd, body).agent = agent
+
+        sent, resp = await self._unary(spoke or self.hub_name, fill, rpc)
+        return self._agent_reply(sent, resp.reply, spoke)
+
+    async def _queue_verb(self, body: str, rpc: str, spoke: str) -> command_pb2.QueueStats:
+        def fill(cmd: command_pb2.Command) -> None:
+            getattr(cmd, body).SetInParent()
+
+        sent, resp = await self._unary(spoke, fill, rpc)
+        _, reply = self._verify(sent, resp.reply, Role.SPOKE, spoke, "queue_stats")
+        return reply.queue_stats
+
+    async def _unary(
+        self, audience: str, fill: Callable[[command_pb2.Command], None], rpc: str
+    ) -> tuple[_Sent, Any]:
+        """Build, sign and send one command to HubService.<rpc>, retrying UNAVAILABLE."""
+        cid = commands.new_command_id()
+        request_cls = getattr(hub_service_pb2, f"HubService{rpc}Request")
 
         def build() -> command_pb2.Command:
-            cmd = self._command(spoke or self.hub_name, cid)
-            cmd.kill_agent.agent = agent
+            cmd = self._command(audience, cid)
+            fill(cmd)
             return cmd
 
-        async def call(env: command_pb2.SignedEnvelope) -> command_pb2.SignedEnvelope:
-            resp = await self._open().KillAgent(
-                hub_service_pb2.HubServiceKillAgentRequest(command=env), timeout=self.timeout_s
+        async def call(env: command_pb2.SignedEnvelope) -> Any:
+            return await getattr(self._open(), rpc)(
+                request_cls(command=env), timeout=self.timeout_s
             )
-            return resp.reply
 
-        cid = commands.new_command_id()
-        sent, reply_env = await self._retrying(build, call)
-        return self._agent_reply(sent, reply_env, spoke)
+        return await self._retrying(build, call)
 
     async def list(
         self,

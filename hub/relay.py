@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import grpc
 import structlog
@@ -34,8 +35,6 @@ from shared.trust import Role, TrustStore
 from .store import HubStore
 
 if TYPE_CHECKING:
-    from shared.gen.federation.v1.spoke_service_pb2_grpc import SpokeServiceAsyncStub
-
     from .registry import SpokeRegistry
 
 __all__ = ["Gate", "Inbound", "RelayConfig", "Relayer", "SpokeReplyError", "Verb"]
@@ -47,8 +46,47 @@ GET: Final = "get_agent"
 KILL: Final = "kill_agent"
 LIST: Final = "list_agents"
 LIST_SPOKES: Final = "list_spokes"
+WATCH: Final = "watch_agent"
+QUEUE_STATS: Final = "get_queue_stats"
+DEAD_LETTERS: Final = "list_dead_letters"
+REPLAY: Final = "replay_agent"
+PAUSE: Final = "pause_queue"
+RESUME: Final = "resume_queue"
+DRAIN: Final = "drain_queue"
 Verb = str
-"""A Command body case name: spawn_agent, get_agent, kill_agent, list_agents, list_spokes."""
+"""A Command body case name, e.g. spawn_agent, get_agent, kill_agent, list_agents."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """How one verb travels to a spoke: its RPC, request type and expected reply result."""
+
+    rpc: str
+    request: type[Any]
+    result: str
+    slow: bool = False
+    """Kill waits for the agent's end, drain for the queue: they get the longer deadline."""
+
+
+_ROUTES: Final[dict[str, _Route]] = {
+    SPAWN: _Route("SpawnAgent", spoke_service_pb2.SpokeServiceSpawnAgentRequest, "agent"),
+    GET: _Route("GetAgent", spoke_service_pb2.SpokeServiceGetAgentRequest, "agent"),
+    KILL: _Route("KillAgent", spoke_service_pb2.SpokeServiceKillAgentRequest, "agent", True),
+    LIST: _Route("ListAgents", spoke_service_pb2.SpokeServiceListAgentsRequest, "agent_page"),
+    QUEUE_STATS: _Route(
+        "GetQueueStats", spoke_service_pb2.SpokeServiceGetQueueStatsRequest, "queue_stats"
+    ),
+    DEAD_LETTERS: _Route(
+        "ListDeadLetters", spoke_service_pb2.SpokeServiceListDeadLettersRequest, "agent_page"
+    ),
+    REPLAY: _Route("ReplayAgent", spoke_service_pb2.SpokeServiceReplayAgentRequest, "agent"),
+    PAUSE: _Route("PauseQueue", spoke_service_pb2.SpokeServicePauseQueueRequest, "queue_stats"),
+    RESUME: _Route("ResumeQueue", spoke_service_pb2.SpokeServiceResumeQueueRequest, "queue_stats"),
+    DRAIN: _Route(
+        "DrainQueue", spoke_service_pb2.SpokeServiceDrainQueueRequest, "queue_stats", True
+    ),
+    WATCH: _Route("WatchAgent", spoke_service_pb2.SpokeServiceWatchAgentRequest, "agent_event"),
+}
 
 _UNREACHABLE: Final = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
@@ -156,20 +194,34 @@ class Relayer:
             SpokeReplyError: the reply failed verification.
         """
         link = self._registry.link(spoke)
+        route = _route(inbound.verb)
         relay_env = self.wrap(spoke, inbound)
+        timeout = self._cfg.kill_timeout_s if route.slow else self._cfg.call_timeout_s
         try:
-            reply_env = await self._invoke(link.stub, inbound.verb, relay_env)
+            method = getattr(link.stub, route.rpc)
+            response = await method(route.request(command=relay_env), timeout=timeout)
         except grpc.aio.AioRpcError as exc:
-            failure = sgrpc.from_rpc_error(exc)
-            if failure.code in _UNREACHABLE and not failure.reason:
-                log.info("spoke_unreachable", spoke=spoke, code=failure.code.name)
-                raise errors.SpokeUnavailableError(
-                    f"spoke {spoke} is unreachable", spoke=spoke
-                ) from exc
-            raise errors.RemoteCallError(
-                failure.code, failure.reason, failure.message, failure.metadata
-            ) from exc
+            raise _spoke_error(spoke, exc) from exc
+        reply_env: command_pb2.SignedEnvelope = response.reply
         return reply_env, self.check_reply(spoke, inbound, reply_env)
+
+    async def stream(
+        self, spoke: str, inbound: Inbound, timeout_s: float
+    ) -> AsyncIterator[command_pb2.SignedEnvelope]:
+        """Relay a watch; yield each signed event reply after verifying it."""
+        link = self._registry.link(spoke)
+        route = _route(inbound.verb)
+        call = link.stub.WatchAgent(
+            route.request(command=self.wrap(spoke, inbound)), timeout=timeout_s
+        )
+        try:
+            async for response in call:
+                self.check_reply(spoke, inbound, response.reply)
+                yield response.reply
+        except grpc.aio.AioRpcError as exc:
+            raise _spoke_error(spoke, exc) from exc
+        finally:
+            call.cancel()
 
     def check_reply(
         self, spoke: str, inbound: Inbound, reply_env: command_pb2.SignedEnvelope
@@ -189,7 +241,7 @@ class Relayer:
         if verified.peer != spoke or reply.responder != spoke:
             log.warning("spoke_reply_wrong_signer", spoke=spoke, signer=verified.peer)
             raise SpokeReplyError(f"spoke {spoke} sent a reply signed by another peer")
-        want = "agent_page" if inbound.verb == LIST else "agent"
+        want = _route(inbound.verb).result
         if (
             reply.command_id != inbound.command.command_id
             or reply.request_digest != inbound.digest
@@ -199,29 +251,17 @@ class Relayer:
             raise SpokeReplyError("spoke reply does not match the command")
         return reply
 
-    async def _invoke(
-        self, stub: SpokeServiceAsyncStub, verb: Verb, relay_env: command_pb2.SignedEnvelope
-    ) -> command_pb2.SignedEnvelope:
-        timeout = self._cfg.call_timeout_s
-        if verb == SPAWN:
-            spawned = await stub.SpawnAgent(
-                spoke_service_pb2.SpokeServiceSpawnAgentRequest(command=relay_env), timeout=timeout
-            )
-            return spawned.reply
-        if verb == GET:
-            got = await stub.GetAgent(
-                spoke_service_pb2.SpokeServiceGetAgentRequest(command=relay_env), timeout=timeout
-            )
-            return got.reply
-        if verb == KILL:
-            killed = await stub.KillAgent(
-                spoke_service_pb2.SpokeServiceKillAgentRequest(command=relay_env),
-                timeout=self._cfg.kill_timeout_s,
-            )
-            return killed.reply
-        if verb == LIST:
-            listed = await stub.ListAgents(
-                spoke_service_pb2.SpokeServiceListAgentsRequest(command=relay_env), timeout=timeout
-            )
-            return listed.reply
+
+def _route(verb: Verb) -> _Route:
+    route = _ROUTES.get(verb)
+    if route is None:
         raise errors.InvalidCommandError(f"{verb or 'an empty command'} cannot be relayed")
+    return route
+
+
+def _spoke_error(spoke: str, exc: grpc.aio.AioRpcError) -> errors.CommandError:
+    failure = sgrpc.from_rpc_error(exc)
+    if failure.code in _UNREACHABLE and not failure.reason:
+        log.info("spoke_unreachable", spoke=spoke, code=failure.code.name)
+        return errors.SpokeUnavailableError(f"spoke {spoke} is unreachable", spoke=spoke)
+    return errors.RemoteCallError(failure.code, failure.reason, failure.message, failure.metadata)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +45,13 @@ _Request = (
     | hub_service_pb2.HubServiceKillAgentRequest
     | hub_service_pb2.HubServiceListAgentsRequest
     | hub_service_pb2.HubServiceListSpokesRequest
+    | hub_service_pb2.HubServiceWatchAgentRequest
+    | hub_service_pb2.HubServiceGetQueueStatsRequest
+    | hub_service_pb2.HubServiceListDeadLettersRequest
+    | hub_service_pb2.HubServiceReplayAgentRequest
+    | hub_service_pb2.HubServicePauseQueueRequest
+    | hub_service_pb2.HubServiceResumeQueueRequest
+    | hub_service_pb2.HubServiceDrainQueueRequest
 )
 _RESOURCE_PREFIX = "spokes/"
 
@@ -57,6 +64,8 @@ class RoutingConfig:
     key: SigningKey
     agent_index_ttl_s: float
     probe_timeout_s: float
+    watch_max_s: float = 3600.0
+    """The longest a relayed watch stream may last."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +171,83 @@ class HubServicer:
         )
         return hub_service_pb2.HubServiceListSpokesResponse(reply=signed)
 
+    async def WatchAgent(
+        self, request: hub_service_pb2.HubServiceWatchAgentRequest, context: _Ctx
+    ) -> AsyncIterator[hub_service_pb2.HubServiceWatchAgentResponse]:
+        inbound = await self._admit(request, relay.WATCH)
+        spoke = await self._spoke_holding(inbound, inbound.command.watch_agent.agent)
+        remaining = context.time_remaining()
+        limit = (
+            self._cfg.watch_max_s if remaining is None else min(remaining, self._cfg.watch_max_s)
+        )
+        async for reply_env in self._relayer.stream(spoke, inbound, limit):
+            yield hub_service_pb2.HubServiceWatchAgentResponse(reply=reply_env)
+
+    async def GetQueueStats(
+        self, request: hub_service_pb2.HubServiceGetQueueStatsRequest, context: _Ctx
+    ) -> hub_service_pb2.HubServiceGetQueueStatsResponse:
+        reply_env = await self._queue_call(request, relay.QUEUE_STATS)
+        return hub_service_pb2.HubServiceGetQueueStatsResponse(reply=reply_env)
+
+    async def ListDeadLetters(
+        self, request: hub_service_pb2.HubServiceListDeadLettersRequest, context: _Ctx
+    ) -> hub_service_pb2.HubServiceListDeadLettersResponse:
+        reply_env = await self._queue_call(request, relay.DEAD_LETTERS)
+        return hub_service_pb2.HubServiceListDeadLettersResponse(reply=reply_env)
+
+    async def ReplayAgent(
+        self, request: hub_service_pb2.HubServiceReplayAgentRequest, context: _Ctx
+    ) -> hub_service_pb2.HubServiceReplayAgentResponse:
+        inbound = await self._admit(request, relay.REPLAY)
+        reply_env = await self._agent_call(inbound, inbound.command.replay_agent.agent)
+        return hub_service_pb2.HubServiceReplayAgentResponse(reply=reply_env)
+
+    async def PauseQueue(
+        self, request: hub_service_pb2.HubServicePauseQueueRequest, context: _Ctx
+    ) -> hub_service_pb2.HubServicePauseQueueResponse:
+        reply_env = await self._queue_call(request, relay.PAUSE)
+        return hub_service_pb2.HubServicePauseQueueResponse(reply=reply_env)
+
+    async def ResumeQueue(
+        self, request: hub_service_pb2.HubServiceResumeQueueRequest, context: _Ctx
+    ) -> hub_service_pb2.HubServiceResumeQueueResponse:
+        reply_env = await self._queue_call(request, relay.RESUME)
+        return hub_service_pb2.HubServiceResumeQueueResponse(reply=reply_env)
+
+    async def DrainQueue(
+        self, request: hub_service_pb2.HubServiceDrainQueueRequest, context: _Ctx
+    ) -> hub_service_pb2.HubServiceDrainQueueResponse:
+        reply_env = await self._queue_call(request, relay.DRAIN)
+        return hub_service_pb2.HubServiceDrainQueueResponse(reply=reply_env)
+
     # -- routing ----------------------------------------------------------------------------
+
+    async def _queue_call(self, request: _Request, verb: relay.Verb) -> command_pb2.SignedEnvelope:
+        """Queue verbs act on one spoke's queue: the audience must name it."""
+        inbound = await self._admit(request, verb)
+        audience = inbound.command.audience
+        if audience == self._cfg.hub_name:
+            raise errors.InvalidCommandError(
+                f"{verb} acts on one spoke's queue: set the audience to a spoke name"
+            )
+        reply_env, _ = await self._relayer.call(self._spoke_named(audience), inbound)
+        return reply_env
+
+    async def _spoke_holding(self, inbound: Inbound, agent: str) -> str:
+        """The spoke for a stream: explicit audience, resource name, or the agent index."""
+        audience = inbound.command.audience
+        if audience != self._cfg.hub_name:
+            return self._spoke_named(audience)
+        if agent.startswith(_RESOURCE_PREFIX):
+            return self._spoke_named(_spoke_of_resource(agent))
+        indexed = await self._store.find_agent(agent)
+        if indexed is None or indexed not in self._registry:
+            raise errors.AgentNotFoundError(
+                f"agent {agent} is not in this hub's index: name its spoke "
+                "(audience, or the resource name spokes/{spoke}/agents/{id})",
+                agent=agent,
+            )
+        return indexed
 
     async def _admit(self, request: _Request, verb: relay.Verb) -> Inbound:
         if not request.HasField("command"):

@@ -6,93 +6,16 @@ spoke → hub → client (the spoke's signed reply, checked by both).
 
 from __future__ import annotations
 
-import asyncio
-import json
-import os
-import sys
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
-
 import grpc
 import pytest
 
 from hub import client as hc
-from hub.app import HubApp
-from hub.config import HubConfig, SpokeEntry
-from hub.federation_files import FederationFiles, write_federation
 from shared.gen.federation.v1 import agent_pb2
 
-spoke_app = pytest.importorskip("spoke.app")
-spoke_config = pytest.importorskip("spoke.config")
+from .conftest import Federation, wait_final, wait_state
 
-REPO = Path(__file__).resolve().parents[2]
 Agent = agent_pb2.Agent
 pytestmark = pytest.mark.slow
-
-
-@dataclass
-class Federation:
-    files: FederationFiles
-    hub_address: str
-
-    def client(self) -> hc.HubClient:
-        return hc.client_from_config(self.files.hubctl_config, hub=self.hub_address, env={})
-
-    async def hubctl(self, *argv: str) -> tuple[int, Any, str]:
-        """Run hubctl in a subprocess (the hub and spoke keep serving on this loop)."""
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "hub.cli",
-            "--config",
-            str(self.files.hubctl_config),
-            "--hub",
-            self.hub_address,
-            *argv,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-        )
-        out, err = await asyncio.wait_for(proc.communicate(), 45)
-        assert proc.returncode is not None
-        text = out.decode()
-        doc = json.loads(text) if "--json" in argv and text.strip() else text
-        return proc.returncode, doc, err.decode()
-
-
-@pytest.fixture
-async def federation(tmp_path: Path, redis_url: str) -> AsyncIterator[Federation]:
-    files = write_federation(
-        tmp_path, [("spoke-1", "127.0.0.1:0", redis_url)], "127.0.0.1:0", redis_url
-    )
-    scfg = spoke_config.SpokeConfig.load(files.spoke_configs["spoke-1"], {})
-    async with spoke_app.SpokeApp(scfg) as spoke:
-        hcfg = HubConfig.load(files.hub_config, {}).replace(
-            spokes=(SpokeEntry("spoke-1", f"127.0.0.1:{spoke.port}"),)
-        )
-        async with HubApp(hcfg) as hub:
-            yield Federation(files, f"127.0.0.1:{hub.port}")
-
-
-async def wait_final(client: hc.HubClient, agent_id: str, timeout_s: float = 20) -> Agent:
-    async with asyncio.timeout(timeout_s):
-        while True:
-            agent = await client.get(agent_id)
-            if agent.state in hc.FINAL_STATES:
-                return agent
-            await asyncio.sleep(0.1)
-
-
-async def wait_state(
-    client: hc.HubClient, agent_id: str, state: int, timeout_s: float = 20
-) -> None:
-    async with asyncio.timeout(timeout_s):
-        while True:
-            if (await client.get(agent_id)).state == state:
-                return
-            await asyncio.sleep(0.05)
 
 
 # -- through HubClient ----------------------------------------------------------------------

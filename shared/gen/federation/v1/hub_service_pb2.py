@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from . import command_pb2 as federation_dot_v1_dot_command__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x66\x65\x64\x65ration/v1/hub_service.proto\x12\rfederation.v1\x1a\x1b\x66\x65\x64\x65ration/v1/command.proto\"M\n\x1bHubServiceSpawnAgentRequest\x12.\n\x07\x63ommand\x18\x01 \x01(\x0b\x32\x1d.federation.v1.SignedEnvelope\"L\n\x1cHubServiceSpawnAgentResponse\x12,\n\x05reply\x18\x01 \x01(\x0b\x32\x1d.federation.v1.SignedEnvelope\"K\n\x19HubServiceGetAgentRequest\x12.\n\x07\x63ommand\x18\x01 \x01(\x0b\x32\x1d.federation.v1.SignedEnvelope\"J\n\x1aHubServiceGetAgentResponse\x12,\n\x05reply\x18\x01 \x01(\x0b\x32\x1d.federation.v1.SignedEnvelope\"L\n\x1aHubServiceKillAgentRequest\x12.\n\x07\x63ommand\x18\x01 \x01(\x0b\x32\x1d.federation.v1.SignedEnvelope\"K\n\x1bHubServiceKillAgentResponse\x12,\n\x05reply\x18\x01 \x01(\x0b\x32\x1d.federation.v1.SignedEnvelope\"M\n\x1bHubServiceListAgentsRequest\x12.\n\x07\x63ommand\x18\x01 \x01(\x0b\x32\x1d.federation.v1.SignedEnvelope\"j\n\x1cHubServiceListAgentsResponse\x12.\n\x07replies\x18\x01 \x03(\x0b\x32\x1d.federation.v1.SignedEnvelope\x12\x1a\n\x12unreachable_spokes\x18\x02 \x03(\t\"M\n\x1bHubServiceListSpokesRequest\x12.\n\x07\x63ommand\x18\x01 \x01(\x0b\x32\x1d.federation.v1.SignedEnvelope\"L\n\x1cHubServiceListSpokesResponse\x12,\n\x05reply\x18\x01 \x01(\x0b\x32\x1d.federation.v1.SignedEnvelope2\x9f\x04\n\nHubService\x12j\n\nSpawnAgent\x12*.federation.v1.HubServiceSpawnAgentRequest\x1a+.federation.v1.HubServiceSpawnAgentResponse\"\x03\x90\x02\x02\x12\x64\n\x08GetAgent\x12(.federation.v1.HubServiceGetAgentRequest\x1a).federation.v1.HubServiceGetAgentResponse\"\x03\x90\x02\x01\x12g\n\tKillAgent\x12).federation.v1.HubServiceKillAgentRequest\x1a*.federation.v1.HubServiceKillAgentResponse\"\x03\x90\x02\x02\x12j\n\nListAgents\x12*.federation.v1.HubServiceListAgentsRequest\x1a+.federation.v1.HubServiceListAgentsResponse\"\x03\x90\x02\x01\x12j\n\nListSpokes\x12*.federation.v1.HubServiceListSpokesRequest\x1a+.federation.v1.HubServiceListSpokesResponse\"\x03\x90\x02\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x66\x65\x64\x65ration/v1/hub_service.proto\x12\rfederation.v1\x1a\x1b\x66\x65\x64\x65ration/v1/command.proto\"M\n\x1bHubServiceSpawnAgentRequest\x12.\n\x07\x63ommand\x18\x01 \x01(\x0b\x32\x1d.federation.v1.SignedEnvelope\"L\n\x1cHubServiceSpawnAgentResponse\x12,\n\x05reply\x18\x01 \x01(\x0b\x32\x1d.federation.v1.SignedEnvelope\"K\n\x19HubServiceGetAgentRequest\x12.\n\x07\x63ommand\x18\x01 \x01(\x0b\x32\x1d.federation.v1.SignedEnvelope\"J\n\x1aHubServiceGetAgentResponse\x12,\n\x05reply\x18\x01 \x01(\x0b\x32\x1d.federation.v1.SignedEnvelope\"L\n\x1aHubServiceKillAgentRequest\x12.\n\x07\x63ommand\x18\x01 \x01(\x0b\x32\x1d.federation.v1.SignedEnvelope\"K\n\x1bHubServiceKillAgentResponse\x12,\n\x05reply\x18\x01 \x01(\x0b\x32\x1d.federation.v1.SignedEnvelope\"M\n\x1bHubServiceListAgentsRequest\x12.\n\x07\x63ommand\x18\x01 \x01(\x0b\x32\x1d.federation.v1.SignedEnvelope\"j\n\x1cHubServiceListAgentsResponse\x12.\n\x07replies\x18\x01 \x03(\x0b\x32\x1d.federation.v1.SignedEnvelope\x12\x1a\n\x12unreachable_spokes\x18\x02 \x03(\t\"M\n\x1bHubServiceListSpokesRequest\x12.\n\x07\x63ommand\x18\x01 \x01(\x0b\x32\x1d.federation.v1.SignedEnvelope\"L\n\x1cHubServiceListSpokesResponse\x12,\n\x05reply\x18\x01 \x01(\x0b\x32\x1d.federation.v1.SignedEnvelope\"M\n\x1bHubServiceWatchAgentRequest\x12.\n\x07\x63ommand\x18\x01 \x01(\x0b\x32\x1d.federation.v1.SignedEnvelope\"L\n\x1cHubServiceWatchAgentResponse\x12,\n\x05reply\x18\x01 \x01(\x0b\x32\x1d.federation.v1.SignedEnvelope\"P\n\x1eHubServiceGetQueueStatsRequest\x12.\n\x07\x63ommand\x18\x01 \x01(\x0b\x32\x1d.federation.v1.SignedEnvelope\"O\n\x1fHubServiceGetQueueStatsResponse\x12,\n\x05reply\x18\x01 \x01(\x0b\x32\x1d.federation.v1.SignedEnvelope\"R\n HubServiceListDeadLettersRequest\x12.\n\x07\x63ommand\x18\x01 \x01(\x0b\x32\x1d.federation.v1.SignedEnvelope\"Q\n!HubServiceListDeadLettersResponse\x12,\n\x05reply\x18\x01 \x01(\x0b\x32\x1d.federation.v1.SignedEnvelope\"N\n\x1cHubServiceReplayAgentRequest\x12.\n\x07\x63ommand\x18\x01 \x01(\x0b\x32\x1d.federation.v1.SignedEnvelope\"M\n\x1dHubServiceReplayAgentResponse\x12,\n\x05reply\x18\x01 \x01(\x0b\x32\x1d.federation.v1.SignedEnvelope\"M\n\x1bHubServicePauseQueueRequest\x12.\n\x07\x63ommand\x18\x01 \x01(\x0b\x32\x1d.federation.v1.SignedEnvelope\"L\n\x1cHubServicePauseQueueResponse\x12,\n\x05reply\x18\x01 \x01(\x0b\x32\x1d.federation.v1.SignedEnvelope\"N\n\x1cHubServiceResumeQueueRequest\x12.\n\x07\x63ommand\x18\x01 \x01(\x0b\x32\x1d.federation.v1.SignedEnvelope\"M\n\x1dHubServiceResumeQueueResponse\x12,\n\x05reply\x18\x01 \x01(\x0b\x32\x1d.federation.v1.SignedEnvelope\"M\n\x1bHubServiceDrainQueueRequest\x12.\n\x07\x63ommand\x18\x01 \x01(\x0b\x32\x1d.federation.v1.SignedEnvelope\"L\n\x1cHubServiceDrainQueueResponse\x12,\n\x05reply\x18\x01 \x01(\x0b\x32\x1d.federation.v1.SignedEnvelope2\xb3\n\n\nHubService\x12j\n\nSpawnAgent\x12*.federation.v1.HubServiceSpawnAgentRequest\x1a+.federation.v1.HubServiceSpawnAgentResponse\"\x03\x90\x02\x02\x12\x64\n\x08GetAgent\x12(.federation.v1.HubServiceGetAgentRequest\x1a).federation.v1.HubServiceGetAgentResponse\"\x03\x90\x02\x01\x12g\n\tKillAgent\x12).federation.v1.HubServiceKillAgentRequest\x1a*.federation.v1.HubServiceKillAgentResponse\"\x03\x90\x02\x02\x12j\n\nListAgents\x12*.federation.v1.HubServiceListAgentsRequest\x1a+.federation.v1.HubServiceListAgentsResponse\"\x03\x90\x02\x01\x12j\n\nListSpokes\x12*.federation.v1.HubServiceListSpokesRequest\x1a+.federation.v1.HubServiceListSpokesResponse\"\x03\x90\x02\x01\x12l\n\nWatchAgent\x12*.federation.v1.HubServiceWatchAgentRequest\x1a+.federation.v1.HubServiceWatchAgentResponse\"\x03\x90\x02\x01\x30\x01\x12s\n\rGetQueueStats\x12-.federation.v1.HubServiceGetQueueStatsRequest\x1a..federation.v1.HubServiceGetQueueStatsResponse\"\x03\x90\x02\x01\x12y\n\x0fListDeadLetters\x12/.federation.v1.HubServiceListDeadLettersRequest\x1a\x30.federation.v1.HubServiceListDeadLettersResponse\"\x03\x90\x02\x01\x12m\n\x0bReplayAgent\x12+.federation.v1.HubServiceReplayAgentRequest\x1a,.federation.v1.HubServiceReplayAgentResponse\"\x03\x90\x02\x02\x12j\n\nPauseQueue\x12*.federation.v1.HubServicePauseQueueRequest\x1a+.federation.v1.HubServicePauseQueueResponse\"\x03\x90\x02\x02\x12m\n\x0bResumeQueue\x12+.federation.v1.HubServiceResumeQueueRequest\x1a,.federation.v1.HubServiceResumeQueueResponse\"\x03\x90\x02\x02\x12j\n\nDrainQueue\x12*.federation.v1.HubServiceDrainQueueRequest\x1a+.federation.v1.HubServiceDrainQueueResponse\"\x03\x90\x02\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,6 +42,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HUBSERVICE'].methods_by_name['ListAgents']._serialized_options = b'\220\002\001'
   _globals['_HUBSERVICE'].methods_by_name['ListSpokes']._loaded_options = None
   _globals['_HUBSERVICE'].methods_by_name['ListSpokes']._serialized_options = b'\220\002\001'
+  _globals['_HUBSERVICE'].methods_by_name['WatchAgent']._loaded_options = None
+  _globals['_HUBSERVICE'].methods_by_name['WatchAgent']._serialized_options = b'\220\002\001'
+  _globals['_HUBSERVICE'].methods_by_name['GetQueueStats']._loaded_options = None
+  _globals['_HUBSERVICE'].methods_by_name['GetQueueStats']._serialized_options = b'\220\002\001'
+  _globals['_HUBSERVICE'].methods_by_name['ListDeadLetters']._loaded_options = None
+  _globals['_HUBSERVICE'].methods_by_name['ListDeadLetters']._serialized_options = b'\220\002\001'
+  _globals['_HUBSERVICE'].methods_by_name['ReplayAgent']._loaded_options = None
+  _globals['_HUBSERVICE'].methods_by_name['ReplayAgent']._serialized_options = b'\220\002\002'
+  _globals['_HUBSERVICE'].methods_by_name['PauseQueue']._loaded_options = None
+  _globals['_HUBSERVICE'].methods_by_name['PauseQueue']._serialized_options = b'\220\002\002'
+  _globals['_HUBSERVICE'].methods_by_name['ResumeQueue']._loaded_options = None
+  _globals['_HUBSERVICE'].methods_by_name['ResumeQueue']._serialized_options = b'\220\002\002'
+  _globals['_HUBSERVICE'].methods_by_name['DrainQueue']._loaded_options = None
+  _globals['_HUBSERVICE'].methods_by_name['DrainQueue']._serialized_options = b'\220\002\002'
   _globals['_HUBSERVICESPAWNAGENTREQUEST']._serialized_start=79
   _globals['_HUBSERVICESPAWNAGENTREQUEST']._serialized_end=156
   _globals['_HUBSERVICESPAWNAGENTRESPONSE']._serialized_start=158
@@ -62,6 +76,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HUBSERVICELISTSPOKESREQUEST']._serialized_end=808
   _globals['_HUBSERVICELISTSPOKESRESPONSE']._serialized_start=810
   _globals['_HUBSERVICELISTSPOKESRESPONSE']._serialized_end=886
-  _globals['_HUBSERVICE']._serialized_start=889
-  _globals['_HUBSERVICE']._serialized_end=1432
+  _globals['_HUBSERVICEWATCHAGENTREQUEST']._serialized_start=888
+  _globals['_HUBSERVICEWATCHAGENTREQUEST']._serialized_end=965
+  _globals['_HUBSERVICEWATCHAGENTRESPONSE']._serialized_start=967
+  _globals['_HUBSERVICEWATCHAGENTRESPONSE']._serialized_end=1043
+  _globals['_HUBSERVICEGETQUEUESTATSREQUEST']._serialized_start=1045
+  _globals['_HUBSERVICEGETQUEUESTATSREQUEST']._serialized_end=1125
+  _globals['_HUBSERVICEGETQUEUESTATSRESPONSE']._serialized_start=1127
+  _globals['_HUBSERVICEGETQUEUESTATSRESPONSE']._serialized_end=1206
+  _globals['_HUBSERVICELISTDEADLETTERSREQUEST']._serialized_start=1208
+  _globals['_HUBSERVICELISTDEADLETTERSREQUEST']._serialized_end=1290
+  _globals['_HUBSERVICELISTDEADLETTERSRESPONSE']._serialized_start=1292
+  _globals['_HUBSERVICELISTDEADLETTERSRESPONSE']._serialized_end=1373
+  _globals['_HUBSERVICEREPLAYAGENTREQUEST']._serialized_start=1375
+  _globals['_HUBSERVICEREPLAYAGENTREQUEST']._serialized_end=1453
+  _globals['_HUBSERVICEREPLAYAGENTRESPONSE']._serialized_start=1455
+  _globals['_HUBSERVICEREPLAYAGENTRESPONSE']._serialized_end=1532
+  _globals['_HUBSERVICEPAUSEQUEUEREQUEST']._serialized_start=1534
+  _globals['_HUBSERVICEPAUSEQUEUEREQUEST']._serialized_end=1611
+  _globals['_HUBSERVICEPAUSEQUEUERESPONSE']._serialized_start=1613
+  _globals['_HUBSERVICEPAUSEQUEUERESPONSE']._serialized_end=1689
+  _globals['_HUBSERVICERESUMEQUEUEREQUEST']._serialized_start=1691
+  _globals['_HUBSERVICERESUMEQUEUEREQUEST']._serialized_end=1769
+  _globals['_HUBSERVICERESUMEQUEUERESPONSE']._serialized_start=1771
+  _globals['_HUBSERVICERESUMEQUEUERESPONSE']._serialized_end=1848
+  _globals['_HUBSERVICEDRAINQUEUEREQUEST']._serialized_start=1850
+  _globals['_HUBSERVICEDRAINQUEUEREQUEST']._serialized_end=1927
+  _globals['_HUBSERVICEDRAINQUEUERESPONSE']._serialized_start=1929
+  _globals['_HUBSERVICEDRAINQUEUERESPONSE']._serialized_end=2005
+  _globals['_HUBSERVICE']._serialized_start=2008
+  _globals['_HUBSERVICE']._serialized_end=3339
 # @@protoc_insertion_point(module_scope)

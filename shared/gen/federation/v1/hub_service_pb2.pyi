@@ -264,3 +264,339 @@ class HubServiceListSpokesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___HubServiceListSpokesResponse: _TypeAlias = HubServiceListSpokesResponse  # noqa: Y015
+
+@_typing.final
+class HubServiceWatchAgentRequest(_message.Message):
+    """HubServiceWatchAgentRequest carries a client-signed watch_agent command."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMMAND_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def command(self) -> _command_pb2.SignedEnvelope:
+        """A Command envelope signed by the client; its audience is a spoke or this hub."""
+
+    def __init__(
+        self,
+        *,
+        command: _command_pb2.SignedEnvelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HubServiceWatchAgentRequest: _TypeAlias = HubServiceWatchAgentRequest  # noqa: Y015
+
+@_typing.final
+class HubServiceWatchAgentResponse(_message.Message):
+    """HubServiceWatchAgentResponse carries the spoke's signed reply, intact."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def reply(self) -> _command_pb2.SignedEnvelope:
+        """A Reply signed by the spoke whose result is agent_event."""
+
+    def __init__(
+        self,
+        *,
+        reply: _command_pb2.SignedEnvelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reply", b"reply"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reply", b"reply"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HubServiceWatchAgentResponse: _TypeAlias = HubServiceWatchAgentResponse  # noqa: Y015
+
+@_typing.final
+class HubServiceGetQueueStatsRequest(_message.Message):
+    """HubServiceGetQueueStatsRequest carries a client-signed get_queue_stats command."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMMAND_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def command(self) -> _command_pb2.SignedEnvelope:
+        """A Command envelope signed by the client; its audience is a spoke."""
+
+    def __init__(
+        self,
+        *,
+        command: _command_pb2.SignedEnvelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HubServiceGetQueueStatsRequest: _TypeAlias = HubServiceGetQueueStatsRequest  # noqa: Y015
+
+@_typing.final
+class HubServiceGetQueueStatsResponse(_message.Message):
+    """HubServiceGetQueueStatsResponse carries the spoke's signed reply, intact."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def reply(self) -> _command_pb2.SignedEnvelope:
+        """A Reply signed by the spoke whose result is queue_stats."""
+
+    def __init__(
+        self,
+        *,
+        reply: _command_pb2.SignedEnvelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reply", b"reply"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reply", b"reply"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HubServiceGetQueueStatsResponse: _TypeAlias = HubServiceGetQueueStatsResponse  # noqa: Y015
+
+@_typing.final
+class HubServiceListDeadLettersRequest(_message.Message):
+    """HubServiceListDeadLettersRequest carries a client-signed list_dead_letters command."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMMAND_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def command(self) -> _command_pb2.SignedEnvelope:
+        """A Command envelope signed by the client; its audience is a spoke."""
+
+    def __init__(
+        self,
+        *,
+        command: _command_pb2.SignedEnvelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HubServiceListDeadLettersRequest: _TypeAlias = HubServiceListDeadLettersRequest  # noqa: Y015
+
+@_typing.final
+class HubServiceListDeadLettersResponse(_message.Message):
+    """HubServiceListDeadLettersResponse carries the spoke's signed reply, intact."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def reply(self) -> _command_pb2.SignedEnvelope:
+        """A Reply signed by the spoke whose result is agent_page."""
+
+    def __init__(
+        self,
+        *,
+        reply: _command_pb2.SignedEnvelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reply", b"reply"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reply", b"reply"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HubServiceListDeadLettersResponse: _TypeAlias = HubServiceListDeadLettersResponse  # noqa: Y015
+
+@_typing.final
+class HubServiceReplayAgentRequest(_message.Message):
+    """HubServiceReplayAgentRequest carries a client-signed replay_agent command."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMMAND_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def command(self) -> _command_pb2.SignedEnvelope:
+        """A Command envelope signed by the client; its audience is a spoke or this hub."""
+
+    def __init__(
+        self,
+        *,
+        command: _command_pb2.SignedEnvelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HubServiceReplayAgentRequest: _TypeAlias = HubServiceReplayAgentRequest  # noqa: Y015
+
+@_typing.final
+class HubServiceReplayAgentResponse(_message.Message):
+    """HubServiceReplayAgentResponse carries the spoke's signed reply, intact."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def reply(self) -> _command_pb2.SignedEnvelope:
+        """A Reply signed by the spoke whose result is agent."""
+
+    def __init__(
+        self,
+        *,
+        reply: _command_pb2.SignedEnvelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reply", b"reply"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reply", b"reply"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HubServiceReplayAgentResponse: _TypeAlias = HubServiceReplayAgentResponse  # noqa: Y015
+
+@_typing.final
+class HubServicePauseQueueRequest(_message.Message):
+    """HubServicePauseQueueRequest carries a client-signed pause_queue command."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMMAND_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def command(self) -> _command_pb2.SignedEnvelope:
+        """A Command envelope signed by the client; its audience is a spoke."""
+
+    def __init__(
+        self,
+        *,
+        command: _command_pb2.SignedEnvelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HubServicePauseQueueRequest: _TypeAlias = HubServicePauseQueueRequest  # noqa: Y015
+
+@_typing.final
+class HubServicePauseQueueResponse(_message.Message):
+    """HubServicePauseQueueResponse carries the spoke's signed reply, intact."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def reply(self) -> _command_pb2.SignedEnvelope:
+        """A Reply signed by the spoke whose result is queue_stats."""
+
+    def __init__(
+        self,
+        *,
+        reply: _command_pb2.SignedEnvelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reply", b"reply"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reply", b"reply"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HubServicePauseQueueResponse: _TypeAlias = HubServicePauseQueueResponse  # noqa: Y015
+
+@_typing.final
+class HubServiceResumeQueueRequest(_message.Message):
+    """HubServiceResumeQueueRequest carries a client-signed resume_queue command."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMMAND_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def command(self) -> _command_pb2.SignedEnvelope:
+        """A Command envelope signed by the client; its audience is a spoke."""
+
+    def __init__(
+        self,
+        *,
+        command: _command_pb2.SignedEnvelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HubServiceResumeQueueRequest: _TypeAlias = HubServiceResumeQueueRequest  # noqa: Y015
+
+@_typing.final
+class HubServiceResumeQueueResponse(_message.Message):
+    """HubServiceResumeQueueResponse carries the spoke's signed reply, intact."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def reply(self) -> _command_pb2.SignedEnvelope:
+        """A Reply signed by the spoke whose result is queue_stats."""
+
+    def __init__(
+        self,
+        *,
+        reply: _command_pb2.SignedEnvelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reply", b"reply"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reply", b"reply"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HubServiceResumeQueueResponse: _TypeAlias = HubServiceResumeQueueResponse  # noqa: Y015
+
+@_typing.final
+class HubServiceDrainQueueRequest(_message.Message):
+    """HubServiceDrainQueueRequest carries a client-signed drain_queue command."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMMAND_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def command(self) -> _command_pb2.SignedEnvelope:
+        """A Command envelope signed by the client; its audience is a spoke."""
+
+    def __init__(
+        self,
+        *,
+        command: _command_pb2.SignedEnvelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HubServiceDrainQueueRequest: _TypeAlias = HubServiceDrainQueueRequest  # noqa: Y015
+
+@_typing.final
+class HubServiceDrainQueueResponse(_message.Message):
+    """HubServiceDrainQueueResponse carries the spoke's signed reply, intact."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def reply(self) -> _command_pb2.SignedEnvelope:
+        """A Reply signed by the spoke whose result is queue_stats."""
+
+    def __init__(
+        self,
+        *,
+        reply: _command_pb2.SignedEnvelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reply", b"reply"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reply", b"reply"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HubServiceDrainQueueResponse: _TypeAlias = HubServiceDrainQueueResponse  # noqa: Y015

@@ -62,6 +62,41 @@ class HubServiceStub:
                 request_serializer=federation_dot_v1_dot_hub__service__pb2.HubServiceListSpokesRequest.SerializeToString,
                 response_deserializer=federation_dot_v1_dot_hub__service__pb2.HubServiceListSpokesResponse.FromString,
                 _registered_method=True)
+        self.WatchAgent = channel.unary_stream(
+                '/federation.v1.HubService/WatchAgent',
+                request_serializer=federation_dot_v1_dot_hub__service__pb2.HubServiceWatchAgentRequest.SerializeToString,
+                response_deserializer=federation_dot_v1_dot_hub__service__pb2.HubServiceWatchAgentResponse.FromString,
+                _registered_method=True)
+        self.GetQueueStats = channel.unary_unary(
+                '/federation.v1.HubService/GetQueueStats',
+                request_serializer=federation_dot_v1_dot_hub__service__pb2.HubServiceGetQueueStatsRequest.SerializeToString,
+                response_deserializer=federation_dot_v1_dot_hub__service__pb2.HubServiceGetQueueStatsResponse.FromString,
+                _registered_method=True)
+        self.ListDeadLetters = channel.unary_unary(
+                '/federation.v1.HubService/ListDeadLetters',
+                request_serializer=federation_dot_v1_dot_hub__service__pb2.HubServiceListDeadLettersRequest.SerializeToString,
+                response_deserializer=federation_dot_v1_dot_hub__service__pb2.HubServiceListDeadLettersResponse.FromString,
+                _registered_method=True)
+        self.ReplayAgent = channel.unary_unary(
+                '/federation.v1.HubService/ReplayAgent',
+                request_serializer=federation_dot_v1_dot_hub__service__pb2.HubServiceReplayAgentRequest.SerializeToString,
+                response_deserializer=federation_dot_v1_dot_hub__service__pb2.HubServiceReplayAgentResponse.FromString,
+                _registered_method=True)
+        self.PauseQueue = channel.unary_unary(
+                '/federation.v1.HubService/PauseQueue',
+                request_serializer=federation_dot_v1_dot_hub__service__pb2.HubServicePauseQueueRequest.SerializeToString,
+                response_deserializer=federation_dot_v1_dot_hub__service__pb2.HubServicePauseQueueResponse.FromString,
+                _registered_method=True)
+        self.ResumeQueue = channel.unary_unary(
+                '/federation.v1.HubService/ResumeQueue',
+                request_serializer=federation_dot_v1_dot_hub__service__pb2.HubServiceResumeQueueRequest.SerializeToString,
+                response_deserializer=federation_dot_v1_dot_hub__service__pb2.HubServiceResumeQueueResponse.FromString,
+                _registered_method=True)
+        self.DrainQueue = channel.unary_unary(
+                '/federation.v1.HubService/DrainQueue',
+                request_serializer=federation_dot_v1_dot_hub__service__pb2.HubServiceDrainQueueRequest.SerializeToString,
+                response_deserializer=federation_dot_v1_dot_hub__service__pb2.HubServiceDrainQueueResponse.FromString,
+                _registered_method=True)
 
 
 class HubServiceServicer:
@@ -105,6 +140,56 @@ class HubServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchAgent(self, request, context):
+        """Relays a watch to the spoke that holds the agent and streams its signed events back,
+        each a Reply signed by the spoke whose result is agent_event.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetQueueStats(self, request, context):
+        """Relays a read of one spoke's queue counts (audience: the spoke).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDeadLetters(self, request, context):
+        """Relays a read of one spoke's dead-letter set (audience: the spoke).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReplayAgent(self, request, context):
+        """Relays a replay of a failed agent to its spoke.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseQueue(self, request, context):
+        """Relays a pause of one spoke's queue (audience: the spoke).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeQueue(self, request, context):
+        """Relays a resume of one spoke's queue (audience: the spoke).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DrainQueue(self, request, context):
+        """Relays a drain of one spoke's queue (audience: the spoke).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HubServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -132,6 +217,41 @@ def add_HubServiceServicer_to_server(servicer, server):
                     servicer.ListSpokes,
                     request_deserializer=federation_dot_v1_dot_hub__service__pb2.HubServiceListSpokesRequest.FromString,
                     response_serializer=federation_dot_v1_dot_hub__service__pb2.HubServiceListSpokesResponse.SerializeToString,
+            ),
+            'WatchAgent': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchAgent,
+                    request_deserializer=federation_dot_v1_dot_hub__service__pb2.HubServiceWatchAgentRequest.FromString,
+                    response_serializer=federation_dot_v1_dot_hub__service__pb2.HubServiceWatchAgentResponse.SerializeToString,
+            ),
+            'GetQueueStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetQueueStats,
+                    request_deserializer=federation_dot_v1_dot_hub__service__pb2.HubServiceGetQueueStatsRequest.FromString,
+                    response_serializer=federation_dot_v1_dot_hub__service__pb2.HubServiceGetQueueStatsResponse.SerializeToString,
+            ),
+            'ListDeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDeadLetters,
+                    request_deserializer=federation_dot_v1_dot_hub__service__pb2.HubServiceListDeadLettersRequest.FromString,
+                    response_serializer=federation_dot_v1_dot_hub__service__pb2.HubServiceListDeadLettersResponse.SerializeToString,
+            ),
+            'ReplayAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplayAgent,
+                    request_deserializer=federation_dot_v1_dot_hub__service__pb2.HubServiceReplayAgentRequest.FromString,
+                    response_serializer=federation_dot_v1_dot_hub__service__pb2.HubServiceReplayAgentResponse.SerializeToString,
+            ),
+            'PauseQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseQueue,
+                    request_deserializer=federation_dot_v1_dot_hub__service__pb2.HubServicePauseQueueRequest.FromString,
+                    response_serializer=federation_dot_v1_dot_hub__service__pb2.HubServicePauseQueueResponse.SerializeToString,
+            ),
+            'ResumeQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeQueue,
+                    request_deserializer=federation_dot_v1_dot_hub__service__pb2.HubServiceResumeQueueRequest.FromString,
+                    response_serializer=federation_dot_v1_dot_hub__service__pb2.HubServiceResumeQueueResponse.SerializeToString,
+            ),
+            'DrainQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.DrainQueue,
+                    request_deserializer=federation_dot_v1_dot_hub__service__pb2.HubServiceDrainQueueRequest.FromString,
+                    response_serializer=federation_dot_v1_dot_hub__service__pb2.HubServiceDrainQueueResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -272,6 +392,195 @@ class HubService:
             '/federation.v1.HubService/ListSpokes',
             federation_dot_v1_dot_hub__service__pb2.HubServiceListSpokesRequest.SerializeToString,
             federation_dot_v1_dot_hub__service__pb2.HubServiceListSpokesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/federation.v1.HubService/WatchAgent',
+            federation_dot_v1_dot_hub__service__pb2.HubServiceWatchAgentRequest.SerializeToString,
+            federation_dot_v1_dot_hub__service__pb2.HubServiceWatchAgentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetQueueStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/federation.v1.HubService/GetQueueStats',
+            federation_dot_v1_dot_hub__service__pb2.HubServiceGetQueueStatsRequest.SerializeToString,
+            federation_dot_v1_dot_hub__service__pb2.HubServiceGetQueueStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/federation.v1.HubService/ListDeadLetters',
+            federation_dot_v1_dot_hub__service__pb2.HubServiceListDeadLettersRequest.SerializeToString,
+            federation_dot_v1_dot_hub__service__pb2.HubServiceListDeadLettersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplayAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/federation.v1.HubService/ReplayAgent',
+            federation_dot_v1_dot_hub__service__pb2.HubServiceReplayAgentRequest.SerializeToString,
+            federation_dot_v1_dot_hub__service__pb2.HubServiceReplayAgentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/federation.v1.HubService/PauseQueue',
+            federation_dot_v1_dot_hub__service__pb2.HubServicePauseQueueRequest.SerializeToString,
+            federation_dot_v1_dot_hub__service__pb2.HubServicePauseQueueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/federation.v1.HubService/ResumeQueue',
+            federation_dot_v1_dot_hub__service__pb2.HubServiceResumeQueueRequest.SerializeToString,
+            federation_dot_v1_dot_hub__service__pb2.HubServiceResumeQueueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DrainQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/federation.v1.HubService/DrainQueue',
+            federation_dot_v1_dot_hub__service__pb2.HubServiceDrainQueueRequest.SerializeToString,
+            federation_dot_v1_dot_hub__service__pb2.HubServiceDrainQueueResponse.FromString,
             options,
             channel_credentials,
             insecure,

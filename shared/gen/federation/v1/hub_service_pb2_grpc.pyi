@@ -46,6 +46,22 @@ class HubServiceStub:
     """Relays a listing to one spoke (audience is a spoke) or to every spoke (audience is the hub)."""
     ListSpokes: _grpc.UnaryUnaryMultiCallable[_hub_service_pb2.HubServiceListSpokesRequest, _hub_service_pb2.HubServiceListSpokesResponse]
     """Lists the hub's spokes and their health."""
+    WatchAgent: _grpc.UnaryStreamMultiCallable[_hub_service_pb2.HubServiceWatchAgentRequest, _hub_service_pb2.HubServiceWatchAgentResponse]
+    """Relays a watch to the spoke that holds the agent and streams its signed events back,
+    each a Reply signed by the spoke whose result is agent_event.
+    """
+    GetQueueStats: _grpc.UnaryUnaryMultiCallable[_hub_service_pb2.HubServiceGetQueueStatsRequest, _hub_service_pb2.HubServiceGetQueueStatsResponse]
+    """Relays a read of one spoke's queue counts (audience: the spoke)."""
+    ListDeadLetters: _grpc.UnaryUnaryMultiCallable[_hub_service_pb2.HubServiceListDeadLettersRequest, _hub_service_pb2.HubServiceListDeadLettersResponse]
+    """Relays a read of one spoke's dead-letter set (audience: the spoke)."""
+    ReplayAgent: _grpc.UnaryUnaryMultiCallable[_hub_service_pb2.HubServiceReplayAgentRequest, _hub_service_pb2.HubServiceReplayAgentResponse]
+    """Relays a replay of a failed agent to its spoke."""
+    PauseQueue: _grpc.UnaryUnaryMultiCallable[_hub_service_pb2.HubServicePauseQueueRequest, _hub_service_pb2.HubServicePauseQueueResponse]
+    """Relays a pause of one spoke's queue (audience: the spoke)."""
+    ResumeQueue: _grpc.UnaryUnaryMultiCallable[_hub_service_pb2.HubServiceResumeQueueRequest, _hub_service_pb2.HubServiceResumeQueueResponse]
+    """Relays a resume of one spoke's queue (audience: the spoke)."""
+    DrainQueue: _grpc.UnaryUnaryMultiCallable[_hub_service_pb2.HubServiceDrainQueueRequest, _hub_service_pb2.HubServiceDrainQueueResponse]
+    """Relays a drain of one spoke's queue (audience: the spoke)."""
 
 @_typing.type_check_only
 class HubServiceAsyncStub(HubServiceStub):
@@ -65,6 +81,22 @@ class HubServiceAsyncStub(HubServiceStub):
     """Relays a listing to one spoke (audience is a spoke) or to every spoke (audience is the hub)."""
     ListSpokes: _aio.UnaryUnaryMultiCallable[_hub_service_pb2.HubServiceListSpokesRequest, _hub_service_pb2.HubServiceListSpokesResponse]  # type: ignore[assignment]
     """Lists the hub's spokes and their health."""
+    WatchAgent: _aio.UnaryStreamMultiCallable[_hub_service_pb2.HubServiceWatchAgentRequest, _hub_service_pb2.HubServiceWatchAgentResponse]  # type: ignore[assignment]
+    """Relays a watch to the spoke that holds the agent and streams its signed events back,
+    each a Reply signed by the spoke whose result is agent_event.
+    """
+    GetQueueStats: _aio.UnaryUnaryMultiCallable[_hub_service_pb2.HubServiceGetQueueStatsRequest, _hub_service_pb2.HubServiceGetQueueStatsResponse]  # type: ignore[assignment]
+    """Relays a read of one spoke's queue counts (audience: the spoke)."""
+    ListDeadLetters: _aio.UnaryUnaryMultiCallable[_hub_service_pb2.HubServiceListDeadLettersRequest, _hub_service_pb2.HubServiceListDeadLettersResponse]  # type: ignore[assignment]
+    """Relays a read of one spoke's dead-letter set (audience: the spoke)."""
+    ReplayAgent: _aio.UnaryUnaryMultiCallable[_hub_service_pb2.HubServiceReplayAgentRequest, _hub_service_pb2.HubServiceReplayAgentResponse]  # type: ignore[assignment]
+    """Relays a replay of a failed agent to its spoke."""
+    PauseQueue: _aio.UnaryUnaryMultiCallable[_hub_service_pb2.HubServicePauseQueueRequest, _hub_service_pb2.HubServicePauseQueueResponse]  # type: ignore[assignment]
+    """Relays a pause of one spoke's queue (audience: the spoke)."""
+    ResumeQueue: _aio.UnaryUnaryMultiCallable[_hub_service_pb2.HubServiceResumeQueueRequest, _hub_service_pb2.HubServiceResumeQueueResponse]  # type: ignore[assignment]
+    """Relays a resume of one spoke's queue (audience: the spoke)."""
+    DrainQueue: _aio.UnaryUnaryMultiCallable[_hub_service_pb2.HubServiceDrainQueueRequest, _hub_service_pb2.HubServiceDrainQueueResponse]  # type: ignore[assignment]
+    """Relays a drain of one spoke's queue (audience: the spoke)."""
 
 class HubServiceServicer(metaclass=_abc_1.ABCMeta):
     """HubService takes commands signed by clients the hub trusts and relays them to spokes.
@@ -111,5 +143,63 @@ class HubServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_hub_service_pb2.HubServiceListSpokesResponse, _abc.Awaitable[_hub_service_pb2.HubServiceListSpokesResponse]]:
         """Lists the hub's spokes and their health."""
+
+    @_abc_1.abstractmethod
+    def WatchAgent(
+        self,
+        request: _hub_service_pb2.HubServiceWatchAgentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_hub_service_pb2.HubServiceWatchAgentResponse], _abc.AsyncIterator[_hub_service_pb2.HubServiceWatchAgentResponse]]:
+        """Relays a watch to the spoke that holds the agent and streams its signed events back,
+        each a Reply signed by the spoke whose result is agent_event.
+        """
+
+    @_abc_1.abstractmethod
+    def GetQueueStats(
+        self,
+        request: _hub_service_pb2.HubServiceGetQueueStatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_hub_service_pb2.HubServiceGetQueueStatsResponse, _abc.Awaitable[_hub_service_pb2.HubServiceGetQueueStatsResponse]]:
+        """Relays a read of one spoke's queue counts (audience: the spoke)."""
+
+    @_abc_1.abstractmethod
+    def ListDeadLetters(
+        self,
+        request: _hub_service_pb2.HubServiceListDeadLettersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_hub_service_pb2.HubServiceListDeadLettersResponse, _abc.Awaitable[_hub_service_pb2.HubServiceListDeadLettersResponse]]:
+        """Relays a read of one spoke's dead-letter set (audience: the spoke)."""
+
+    @_abc_1.abstractmethod
+    def ReplayAgent(
+        self,
+        request: _hub_service_pb2.HubServiceReplayAgentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_hub_service_pb2.HubServiceReplayAgentResponse, _abc.Awaitable[_hub_service_pb2.HubServiceReplayAgentResponse]]:
+        """Relays a replay of a failed agent to its spoke."""
+
+    @_abc_1.abstractmethod
+    def PauseQueue(
+        self,
+        request: _hub_service_pb2.HubServicePauseQueueRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_hub_service_pb2.HubServicePauseQueueResponse, _abc.Awaitable[_hub_service_pb2.HubServicePauseQueueResponse]]:
+        """Relays a pause of one spoke's queue (audience: the spoke)."""
+
+    @_abc_1.abstractmethod
+    def ResumeQueue(
+        self,
+        request: _hub_service_pb2.HubServiceResumeQueueRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_hub_service_pb2.HubServiceResumeQueueResponse, _abc.Awaitable[_hub_service_pb2.HubServiceResumeQueueResponse]]:
+        """Relays a resume of one spoke's queue (audience: the spoke)."""
+
+    @_abc_1.abstractmethod
+    def DrainQueue(
+        self,
+        request: _hub_service_pb2.HubServiceDrainQueueRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_hub_service_pb2.HubServiceDrainQueueResponse, _abc.Awaitable[_hub_service_pb2.HubServiceDrainQueueResponse]]:
+        """Relays a drain of one spoke's queue (audience: the spoke)."""
 
 def add_HubServiceServicer_to_server(servicer: HubServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
