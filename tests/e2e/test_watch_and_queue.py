@@ -23,7 +23,8 @@ async def test_watch_follows_an_agent_to_its_end(federation: Federation) -> None
     states = [hc.state_name(e.state) for e in events if e.kind == Kind.KIND_STATE]
     assert states == ["QUEUED", "STARTING", "RUNNING", "SUCCEEDED"]
     seqs = [e.sequence for e in events if e.kind != Kind.KIND_HEARTBEAT]
-    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    assert seqs == sorted(seqs)
+    assert len(set(seqs)) == len(seqs)
     assert any(e.kind == Kind.KIND_PROGRESS for e in events)
     assert "PROGRESS" in "".join(e.data for e in events if e.kind == Kind.KIND_STDOUT)
 
@@ -105,10 +106,15 @@ async def test_hubctl_watch_queue_and_dlq(federation: Federation) -> None:
     code, out, _ = await federation.hubctl("watch", agent.agent_id, "--json")
     assert code == 0
     kinds = [json.loads(line)["kind"] for line in out.splitlines()]
-    assert kinds[-1] == "STATE" and json.loads(out.splitlines()[-1])["state"] == "SUCCEEDED"
+    assert kinds[-1] == "STATE"
+    assert json.loads(out.splitlines()[-1])["state"] == "SUCCEEDED"
     code, stats, _ = await federation.hubctl("queue", "stats", "--spoke", "spoke-1", "--json")
-    assert code == 0 and stats["paused"] is False and "waiting" in stats
+    assert code == 0
+    assert stats["paused"] is False
+    assert "waiting" in stats
     code, dlq, _ = await federation.hubctl("dlq", "list", "--spoke", "spoke-1", "--json")
-    assert code == 0 and dlq["agents"] == []
+    assert code == 0
+    assert dlq["agents"] == []
     code, _, err = await federation.hubctl("dlq", "replay", agent.agent_id)
-    assert code == 1 and "AGENT_NOT_RUNNING" in err
+    assert code == 1
+    assert "AGENT_NOT_RUNNING" in err
