@@ -52,6 +52,14 @@ class SpokeApp:
         return self._server.methods if self._server else []
 
     async def start(self) -> int:
+        """Start serving; on any failure, release what was set up and re-raise."""
+        try:
+            return await self._start()
+        except BaseException:
+            await self.shutdown()
+            raise
+
+    async def _start(self) -> int:
         cfg = self.config
         key = keys.load_private(cfg.key_file, cfg.name)
         trust = TrustStore.from_file(cfg.trust_file)

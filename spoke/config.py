@@ -50,7 +50,7 @@ class SpokeConfig:
     """Bytes of stdout and of stderr kept per agent (the last ones)."""
     default_priority: int = 5
     """Priority of a spawn that names none (1 least urgent … 10 most)."""
-    retention_s: float = 7 * 86400
+    retention_s: float = 7 * 86400.0
     """How long a finished agent's record, and so its command id, stays known."""
     max_skew_s: float = 30.0
     """How far a sender's clock may run ahead of ours."""

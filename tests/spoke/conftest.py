@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,7 +54,12 @@ def peers(tmp_path: Path) -> Peers:
     return Peers(made["hub"], made[SPOKE], made["operator"], made["intruder"], trust, kdir)
 
 
-def spoke_config(peers: Peers, redis_url: str, **overrides: Any) -> SpokeConfig:
+def spoke_config(peers: Peers, redis_url: str = "", **overrides: Any) -> SpokeConfig:
+    return SpokeConfig.from_mapping(spoke_mapping(peers, redis_url, **overrides), peers.key_dir)
+
+
+def spoke_mapping(peers: Peers, redis_url: str, **overrides: Any) -> dict[str, Any]:
+    """The TOML table a test spoke runs with (also written to files for spoked processes)."""
     raw: dict[str, Any] = {
         "name": SPOKE,
         "listen": "127.0.0.1:0",
@@ -74,7 +79,7 @@ def spoke_config(peers: Peers, redis_url: str, **overrides: Any) -> SpokeConfig:
         "lock_duration_ms": 4000,
     }
     raw.update(overrides)
-    return SpokeConfig.from_mapping(raw, peers.trust_file.parent)
+    return raw
 
 
 class SpokeClient:
@@ -173,6 +178,27 @@ class SpokeClient:
             if loop.time() > deadline:
                 raise AssertionError(f"agent {agent} is {name}, wanted {states}")
             await asyncio.sleep(0.1)
+
+
+@pytest.fixture
+async def start_spoke(
+    peers: Peers, redis_url: str
+) -> AsyncIterator[Callable[..., Awaitable[tuple[SpokeApp, SpokeClient]]]]:
+    """Start extra spokes with config overrides; all are stopped at teardown."""
+    started: list[tuple[SpokeApp, grpc.aio.Channel]] = []
+
+    async def start(**overrides: Any) -> tuple[SpokeApp, SpokeClient]:
+        overrides.setdefault("redis_url", redis_url)
+        app = SpokeApp(spoke_config(peers, **overrides))
+        await app.start()
+        channel = open_channel(f"127.0.0.1:{app.port}")
+        started.append((app, channel))
+        return app, SpokeClient(channel, peers)
+
+    yield start
+    for app, channel in reversed(started):
+        await channel.close()
+        await app.shutdown()
 
 
 @pytest.fixture
