@@ -18,6 +18,8 @@ import structlog
 
 from shared import keys
 from shared import logging as slogging
+from shared import tls as stls
+from shared.policy import PolicyConfigError
 from shared.trust import TrustConfigError
 
 from .app import HubApp
@@ -62,7 +64,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             cfg = cfg.replace(**flags)
         slogging.configure(cfg.log_level)
         app = HubApp(cfg)
-    except (HubConfigError, keys.KeyError_, TrustConfigError) as exc:
+    except (
+        HubConfigError,
+        keys.KeyError_,
+        TrustConfigError,
+        PolicyConfigError,
+        stls.TlsError,
+    ) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 2
     try:

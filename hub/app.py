@@ -11,14 +11,19 @@ import asyncio
 import datetime as dt
 import signal
 from collections.abc import Callable
+from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+import grpc
 import structlog
 
 from shared import commands, keys
 from shared import grpc as sgrpc
+from shared import tls as stls
 from shared.gen.federation.v1 import hub_service_pb2
+from shared.policy import Policy, PolicyConfigError
+from shared.ratelimit import RateLimit
 from shared.trust import TrustStore
 
 from .config import HubConfig
@@ -35,17 +40,34 @@ HUB_SERVICE = hub_service_pb2.DESCRIPTOR.services_by_name["HubService"]
 
 
 class HubApp:
-    """One hub server. Key and trust store are read on construction, so bad files fail early.
+    """One hub server. Key, trust store and TLS files are read on construction, so bad
+    files fail early.
 
     Raises (from ``__init__``):
         shared.keys.KeyError_: the key file is missing, unsafe or not an Ed25519 key.
         shared.trust.TrustConfigError: the trust store is missing or malformed.
+        shared.tls.TlsError: a TLS file is missing, unsafe or invalid; or, without TLS,
+            the hub would listen on or dial a spoke at a non-loopback address.
     """
 
     def __init__(self, config: HubConfig) -> None:
         self.config = config
         self._key = keys.load_private(config.key_file, config.name)
         self._trust = TrustStore.from_file(config.trust_file)
+        if config.policy_file == Path():
+            raise PolicyConfigError(
+                "policy_file is required: authorization is default-deny (docs/security.md)"
+            )
+        self._policy = Policy.from_file(config.policy_file)
+        self._server_creds: grpc.ServerCredentials | None = None
+        self._channel_creds: grpc.ChannelCredentials | None = None
+        if config.tls is None:
+            stls.require_loopback("listen", config.listen)
+            for entry in config.spokes:
+                stls.require_loopback(f"spoke {entry.name} at", entry.address)
+        else:
+            self._server_creds = stls.server_credentials(config.tls)
+            self._channel_creds = stls.channel_credentials(config.tls)
         self._options = sgrpc.ServerOptions(max_message_bytes=config.max_message_bytes)
         self._built: sgrpc.BuiltServer | None = None
         self._store: HubStore | None = None
@@ -73,7 +95,7 @@ class HubApp:
     async def _start(self) -> int:
         cfg = self.config
         self._store = HubStore.from_url(cfg.redis_url, cfg.name, cfg.redis_timeout_s)
-        self._registry = SpokeRegistry(cfg.spokes, self._options)
+        self._registry = SpokeRegistry(cfg.spokes, self._options, self._channel_creds)
         window = commands.Window(
             max_skew=dt.timedelta(seconds=cfg.max_skew_s),
             max_validity=dt.timedelta(seconds=cfg.max_validity_s),
@@ -96,14 +118,24 @@ class HubApp:
                 agent_index_ttl_s=cfg.agent_index_ttl_s,
                 probe_timeout_s=cfg.probe_timeout_s,
             ),
-            Gate(self._trust, window, self._store, cfg.name),
+            Gate(
+                self._trust,
+                window,
+                self._store,
+                cfg.name,
+                self._store.rate_limiter(RateLimit(cfg.rate_per_principal, cfg.rate_burst)),
+            ),
             relayer,
             self._registry,
             self._store,
+            self._policy,
         )
         try:
             built = sgrpc.build_server(
-                [sgrpc.Service(HUB_SERVICE, servicer)], cfg.listen, self._options
+                [sgrpc.Service(HUB_SERVICE, servicer)],
+                cfg.listen,
+                self._options,
+                self._server_creds,
             )
         except RuntimeError as exc:  # grpcio reports a failed bind as RuntimeError
             raise OSError(f"could not bind {cfg.listen}: address in use or unavailable") from exc

@@ -25,6 +25,7 @@ from google.protobuf import json_format
 
 from shared import keys
 
+from . import cli_certs, cli_keys
 from . import client as hc
 
 __all__ = ["EXIT_CODES", "main"]
@@ -232,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("agent", nargs="?", metavar="AGENT", help="for replay: the agent to run again")
     dl.add_argument("--spoke", help="the spoke (required for list)")
     dl.add_argument("--page-size", type=int, default=50, help="agents per page (default 50)")
+
+    cli_certs.add_parser(sub, common)
+    cli_keys.add_parser(sub, common)
 
     dev = sub.add_parser("dev", help="run a local federation (hubctl dev --help)", add_help=False)
     dev.add_argument("dev_args", nargs=argparse.REMAINDER)
@@ -581,6 +585,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run hubctl; returns the exit code (see ``hubctl --help``)."""
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["dev"]:  # hub.dev parses its own flags, --help included
+        return _dev(argv[1:])
     debug = "--debug" in argv
     try:
         args = parser.parse_args(argv)
@@ -588,6 +594,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = _Out(json=args.json, quiet=args.quiet)
         if args.verb == "dev":
             return _dev(args.dev_args)
+        if args.verb == "keys":
+            try:
+                return cli_keys.run(args, out)
+            except cli_keys.KeysUsageError as exc:
+                raise UsageError(str(exc)) from exc
+        if args.verb == "certs":
+            return cli_certs.run(args, args.json)
         if args.verb == "keygen":
             return _keygen(args, out)
         return asyncio.run(_run_verb(_VERBS[args.verb], args, out))

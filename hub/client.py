@@ -21,6 +21,14 @@ The hubctl config (TOML; relative paths resolve against the file's directory)::
     principal = "operator"
     key_file = "keys/operator.key"
     trust_file = "trust.toml"   # the hub (role hub) and spokes (role spoke)
+    [tls]                       # required unless the hub is on loopback
+    ca_file = "tls/ca.crt"
+    cert_file = "tls/operator.crt"
+    key_file = "tls/operator.tls.key"
+    server_name = "hub"         # the name the hub's certificate carries (default: hub_name)
+
+``HUBCTL_TLS_CA_FILE``, ``HUBCTL_TLS_CERT_FILE`` and ``HUBCTL_TLS_KEY_FILE`` override the
+``[tls]`` options one by one.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ import grpc
 
 from shared import commands, envelope, errors, keys
 from shared import grpc as sgrpc
+from shared import tls as stls
 from shared.gen.federation.v1 import agent_pb2, command_pb2, hub_service_pb2, hub_service_pb2_grpc
 from shared.trust import Role, TrustConfigError, TrustStore
 
@@ -139,7 +148,20 @@ class HubClient:
         trust: TrustStore,
         hub_name: str = "hub",
         timeout_s: float = 15.0,
+        *,
+        credentials: grpc.ChannelCredentials | None = None,
+        server_name: str | None = None,
     ) -> None:
+        """``credentials``: dial over TLS, checking the hub's certificate carries
+        ``server_name`` (default: ``hub_name``). Without them only a loopback hub is dialled.
+
+        Raises:
+            ClientConfigError: no credentials and ``address`` is not on loopback.
+        """
+        if credentials is None and not stls.is_loopback(address):
+            raise ClientConfigError(f"hub {address}: {stls.PLAINTEXT_REFUSED}")
+        self._credentials = credentials
+        self._server_name = server_name or hub_name
         self.address = address
         self.principal = principal
         self.hub_name = hub_name
@@ -163,7 +185,9 @@ class HubClient:
 
     def _open(self) -> hub_service_pb2_grpc.HubServiceAsyncStub:
         if self._stub is None:
-            self._channel = sgrpc.open_channel(self.address)
+            self._channel = sgrpc.open_channel(
+                self.address, None, self._credentials, self._server_name
+            )
             self._stub = hub_service_pb2_grpc.HubServiceStub(self._channel)
         return self._stub
 
@@ -459,9 +483,13 @@ class ClientConfig:
     """The principal's Ed25519 private key (mode 0600)."""
     trust_file: Path = field(default_factory=Path)
     """Trust store with the hub (role hub) and the spokes (role spoke)."""
+    tls: stls.TlsConfig | None = None
+    """Transport TLS (``[tls]``); without it only a loopback hub is dialled."""
+    tls_server_name: str = ""
+    """The name the hub's certificate must carry; empty means ``hub_name``."""
 
 
-_CONFIG_KEYS: Final = frozenset({"hub", "hub_name", "principal", "key_file", "trust_file"})
+_CONFIG_KEYS: Final = frozenset({"hub", "hub_name", "principal", "key_file", "trust_file", "tls"})
 
 
 def load_client_config(
@@ -480,6 +508,7 @@ def load_client_config(
     unknown = sorted(set(raw) - _CONFIG_KEYS)
     if unknown:
         raise ClientConfigError(f"{path}: unknown option {unknown[0]!r}")
+    tls_cfg, server_name = _client_tls(raw.pop("tls", None), path, env)
     for k, v in raw.items():
         if not isinstance(v, str) or not v:
             raise ClientConfigError(f"{path}: {k} must be a non-empty string")
@@ -498,7 +527,29 @@ def load_client_config(
         principal=raw.get("principal", "operator"),
         key_file=resolve(raw["key_file"]),
         trust_file=resolve(raw["trust_file"]),
+        tls=tls_cfg,
+        tls_server_name=server_name,
     )
+
+
+def _client_tls(
+    table: object, path: Path, env: Mapping[str, str]
+) -> tuple[stls.TlsConfig | None, str]:
+    """The ``[tls]`` table (``HUBCTL_TLS_*`` win option by option) and its ``server_name``."""
+    server_name: object = ""
+    if isinstance(table, dict):
+        table = dict(table)
+        server_name = table.pop("server_name", "")
+    if not isinstance(server_name, str):
+        raise ClientConfigError(f"{path}: tls.server_name must be a string")
+    opts = stls.CLIENT_OPTIONS
+    try:
+        fields = {} if table is None else stls.tls_fields(table, path.parent, f"{path}: tls", opts)
+        env_table = stls.env_table(env, "HUBCTL_TLS_", opts)
+        fields.update(stls.tls_fields(env_table, None, "HUBCTL_TLS_*", opts))
+        return (stls.tls_config(fields, f"{path}: tls") if fields else None), server_name
+    except stls.TlsError as exc:
+        raise ClientConfigError(str(exc)) from exc
 
 
 def client_from_config(
@@ -511,15 +562,26 @@ def client_from_config(
     """A ``HubClient`` from a hubctl config file (key and trust store loaded now).
 
     Raises:
-        ClientConfigError: the file, the key or the trust store is missing or invalid.
+        ClientConfigError: the file, the key, the trust store or a TLS file is missing or
+            invalid, or the config has no ``[tls]`` and the hub is not on loopback.
     """
     cfg = load_client_config(path, env, hub)
     try:
         key = keys.load_private(cfg.key_file, cfg.principal)
         trust = TrustStore.from_file(cfg.trust_file)
-    except (keys.KeyError_, TrustConfigError) as exc:
+        credentials = None if cfg.tls is None else stls.channel_credentials(cfg.tls)
+    except (keys.KeyError_, TrustConfigError, stls.TlsError) as exc:
         raise ClientConfigError(str(exc)) from exc
-    return HubClient(cfg.hub, cfg.principal, key, trust, cfg.hub_name, timeout_s)
+    return HubClient(
+        cfg.hub,
+        cfg.principal,
+        key,
+        trust,
+        cfg.hub_name,
+        timeout_s,
+        credentials=credentials,
+        server_name=cfg.tls_server_name or None,
+    )
 
 
 def state_name(state: agent_pb2.Agent.State.ValueType) -> str:

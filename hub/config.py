@@ -11,11 +11,19 @@ File format (relative paths resolve against the file's directory)::
     name = "spoke-1"
     address = "127.0.0.1:7101"
     labels = { gpu = "no" }
+    tls_server_name = "spoke-1"   # optional: the name its certificate carries
+    [tls]                         # optional; without it, plaintext on loopback only
+    cert_file = "tls/hub.crt"
+    key_file = "tls/hub.tls.key"
+    ca_file = "tls/ca.crt"
+    require_client_cert = true
 
 Every scalar option also has an environment variable, ``HUB_`` + its name in upper case
 (``HUB_LISTEN``, ``HUB_SPOKE_CALL_TIMEOUT_S``, ...); ``REDIS_URL`` is read when
 ``HUB_REDIS_URL`` is not set, and ``HUB_SPOKES`` (``name=host:port,...``) replaces the
-file's spokes. Flags are applied by the caller with :meth:`HubConfig.replace`.
+file's spokes. ``HUB_TLS_CERT_FILE``, ``HUB_TLS_KEY_FILE``, ``HUB_TLS_CA_FILE`` and
+``HUB_TLS_REQUIRE_CLIENT_CERT`` override the ``[tls]`` options one by one. Flags are
+applied by the caller with :meth:`HubConfig.replace`.
 
 Exception hierarchy::
 
@@ -35,6 +43,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
+
+from shared import tls as stls
 
 __all__ = ["HubConfig", "HubConfigError", "SpokeEntry"]
 
@@ -63,6 +73,8 @@ class SpokeEntry:
     """``host:port`` the hub dials."""
     labels: Mapping[str, str] = field(default_factory=_no_labels)
     """Free-form labels shown by ListSpokes (e.g. ``{"gpu": "no"}``)."""
+    tls_server_name: str = ""
+    """With ``[tls]``: the name the spoke's certificate must carry; empty means its name."""
 
 
 def _default_path() -> Path:
@@ -81,6 +93,12 @@ class HubConfig:
     """The hub's Ed25519 private key (PEM, mode 0600). Required."""
     trust_file: Path = field(default_factory=_default_path)
     """Trust store TOML: clients (role client) and spokes (role spoke). Required."""
+    policy_file: Path = field(default_factory=_default_path)
+    """Default-deny authorization rules (shared/policy.py); hubd will not start without."""
+    rate_per_principal: float = 50.0
+    """Sustained commands per second one principal may send; 0 disables the limit."""
+    rate_burst: int = 200
+    """Commands one principal may send at once after being idle."""
     redis_url: str = "redis://127.0.0.1:6379/0"
     """Redis for nonces and the agent index (``redis://``, ``rediss://`` or ``unix://``)."""
     spokes: tuple[SpokeEntry, ...] = ()
@@ -107,6 +125,9 @@ class HubConfig:
     """Largest request or response, in bytes."""
     log_level: str = "info"
     """One of debug, info, warning, error, critical."""
+    tls: stls.TlsConfig | None = None
+    """Transport TLS (``[tls]``, ``HUB_TLS_*``): serve it and dial spokes with it. Without
+    it the hub speaks plaintext, which it allows only on loopback."""
 
     def __post_init__(self) -> None:
         _check_name("name", self.name)
@@ -163,7 +184,11 @@ class HubConfig:
         values: dict[str, Any] = {}
         if path is not None:
             values.update(_read_file(path))
+        env_tls = _tls_fields(stls.env_table(env, "HUB_TLS_"), None, "HUB_TLS_*")
+        tls_fields = {**values.pop("tls", {}), **env_tls}  # env wins option by option
         values.update(_from_env(env))
+        if tls_fields:
+            values["tls"] = _tls_config(tls_fields)
         try:
             return cls(**values)
         except TypeError as exc:  # pragma: no cover - keys are checked before
@@ -176,6 +201,9 @@ _FIELD_TYPES: Final[Mapping[str, type]] = MappingProxyType(
         "listen": str,
         "key_file": Path,
         "trust_file": Path,
+        "policy_file": Path,
+        "rate_per_principal": float,
+        "rate_burst": int,
         "redis_url": str,
         "max_skew_s": float,
         "max_validity_s": float,
@@ -250,11 +278,27 @@ def _read_file(path: Path) -> dict[str, Any]:
     for key, value in raw.items():
         if key == "spokes":
             values["spokes"] = _parse_spokes(value, path)
+        elif key == "tls":
+            values["tls"] = _tls_fields(value, base, f"{path}: tls")
         elif key in _FIELD_TYPES:
             values[key] = _coerce(key, _FIELD_TYPES[key], value, base)
         else:
             raise HubConfigError(f"{path}: unknown option {key!r}")
     return values
+
+
+def _tls_fields(table: object, base: Path | None, where: str) -> dict[str, Path | bool]:
+    try:
+        return stls.tls_fields(table, base, where)
+    except stls.TlsError as exc:
+        raise HubConfigError(str(exc)) from exc
+
+
+def _tls_config(fields: Mapping[str, Path | bool]) -> stls.TlsConfig:
+    try:
+        return stls.tls_config(fields, "tls")
+    except stls.TlsError as exc:
+        raise HubConfigError(str(exc)) from exc
 
 
 def _parse_spokes(value: object, path: Path) -> tuple[SpokeEntry, ...]:
@@ -265,7 +309,7 @@ def _parse_spokes(value: object, path: Path) -> tuple[SpokeEntry, ...]:
         where = f"{path}: spokes #{i + 1}"
         if not isinstance(item, dict):
             raise HubConfigError(f"{where} must be a table")
-        unknown = set(item) - {"name", "address", "labels"}
+        unknown = set(item) - {"name", "address", "labels", "tls_server_name"}
         if unknown:
             raise HubConfigError(f"{where}: unknown option {sorted(unknown)[0]!r}")
         name, address = item.get("name"), item.get("address")
@@ -276,7 +320,10 @@ def _parse_spokes(value: object, path: Path) -> tuple[SpokeEntry, ...]:
             isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
         ):
             raise HubConfigError(f"{where} ({name}): labels must be a table of strings")
-        entries.append(SpokeEntry(name, address, MappingProxyType(dict(labels))))
+        server_name = item.get("tls_server_name", "")
+        if not isinstance(server_name, str):
+            raise HubConfigError(f"{where} ({name}): tls_server_name must be a string")
+        entries.append(SpokeEntry(name, address, MappingProxyType(dict(labels)), server_name))
     return tuple(entries)
 
 

@@ -7,6 +7,7 @@ Used by the dev federation (``hubctl dev``) and by the tests. Layout::
     DIR/hub.toml                                hubd's config, listing every spoke
     DIR/{spoke}.toml                            spoked's config for each spoke
     DIR/hubctl.toml                             hubctl's config, signing as ``operator``
+    DIR/tls/ca.crt|.key, NAME.crt|.tls.key      with ``tls=True``: transport CA and certificates
 
 Paths inside the files are relative to DIR, so the directory can be moved as a whole.
 """
@@ -19,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from shared import keys
+from shared import keys, policy
+from shared import tls as stls
 
 __all__ = ["OPERATOR", "FederationFiles", "SpokeSpec", "write_federation"]
 
@@ -52,6 +54,8 @@ class FederationFiles:
     hubctl_config: Path
     hub_name: str
     hub_address: str
+    tls_dir: Path | None = None
+    """With ``tls=True``: the CA and every peer's certificate (every config has ``[tls]``)."""
 
 
 def _s(value: str) -> str:
@@ -67,6 +71,7 @@ def write_federation(
     *,
     hub_name: str = "hub",
     spoke_profiles: str = _SPOKE_PROFILES,
+    tls: bool = False,
 ) -> FederationFiles:
     """Generate keys for the hub, each spoke and ``operator``, and write every config file.
 
@@ -78,6 +83,9 @@ def write_federation(
         hub_redis_url: the hub's Redis.
         hub_name: the hub's peer name.
         spoke_profiles: the ``[profiles.*]`` tables appended to every spoke config.
+        tls: also create a transport CA and a certificate per peer in ``DIR/tls`` (SANs:
+            the name, ``localhost`` and ``127.0.0.1``) and a ``[tls]`` table in every config.
+            Without it the federation speaks plaintext, so every address must be loopback.
     """
     root.mkdir(parents=True, exist_ok=True)
     keys_dir = root / "keys"
@@ -100,14 +108,35 @@ def write_federation(
         )
     )
 
+    policy_file = root / "policy.toml"
+    if not policy_file.exists():  # an operator's edits survive a rewrite of the configs
+        policy_file.write_text(policy.ALLOW_OPERATOR_EVERYTHING)
+
+    tls_dir = root / "tls" if tls else None
+    if tls_dir is not None:
+        local = ["localhost", "127.0.0.1"]
+        stls.init_pki(tls_dir, [(n, [] if n == OPERATOR else local) for n in roles])
+
+    def tls_section(name: str) -> str:
+        if tls_dir is None:
+            return ""
+        return (
+            "\n[tls]\n"
+            f"cert_file = {_s(f'tls/{name}.crt')}\n"
+            f"key_file = {_s(f'tls/{name}.tls.key')}\n"
+            'ca_file = "tls/ca.crt"\n'
+        )
+
     hub_config = root / "hub.toml"
     hub_config.write_text(
         f"name = {_s(hub_name)}\n"
         f"listen = {_s(hub_address)}\n"
         f"key_file = {_s(f'keys/{hub_name}.key')}\n"
         'trust_file = "trust.toml"\n'
+        'policy_file = "policy.toml"\n'
         f"redis_url = {_s(hub_redis_url)}\n"
         + "".join(f"\n[[spokes]]\nname = {_s(n)}\naddress = {_s(addr)}\n" for n, addr, _ in spokes)
+        + tls_section(hub_name)
     )
 
     spoke_configs: dict[str, Path] = {}
@@ -118,7 +147,8 @@ def write_federation(
             f"listen = {_s(address)}\n"
             f"key_file = {_s(f'keys/{name}.key')}\n"
             'trust_file = "trust.toml"\n'
-            f"redis_url = {_s(redis_url)}\n" + spoke_profiles
+            'policy_file = "policy.toml"\n'
+            f"redis_url = {_s(redis_url)}\n" + spoke_profiles + tls_section(name)
         )
         spoke_configs[name] = path
 
@@ -128,7 +158,7 @@ def write_federation(
         f"hub_name = {_s(hub_name)}\n"
         f"principal = {_s(OPERATOR)}\n"
         f"key_file = {_s(f'keys/{OPERATOR}.key')}\n"
-        'trust_file = "trust.toml"\n'
+        'trust_file = "trust.toml"\n' + tls_section(OPERATOR)
     )
     return FederationFiles(
         root=root,
@@ -139,4 +169,5 @@ def write_federation(
         hubctl_config=hubctl_config,
         hub_name=hub_name,
         hub_address=hub_address,
+        tls_dir=tls_dir,
     )

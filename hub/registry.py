@@ -54,9 +54,17 @@ class SpokeLink:
 class SpokeRegistry:
     """Static spokes from config, with lazily opened, reused channels."""
 
-    def __init__(self, entries: Sequence[SpokeEntry], options: sgrpc.ServerOptions) -> None:
+    def __init__(
+        self,
+        entries: Sequence[SpokeEntry],
+        options: sgrpc.ServerOptions,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        """``credentials``: dial every spoke over TLS, checking its certificate carries
+        ``tls_server_name`` or, by default, the spoke's name."""
         self._entries: Mapping[str, SpokeEntry] = {e.name: e for e in entries}
         self._options = options
+        self._credentials = credentials
         self._links: dict[str, SpokeLink] = {}
         self._closed = False
 
@@ -78,7 +86,12 @@ class SpokeRegistry:
         if self._closed:
             raise RuntimeError("spoke registry is closed")
         entry = self._entries[name]
-        channel = sgrpc.open_channel(entry.address, self._options)
+        channel = sgrpc.open_channel(
+            entry.address,
+            self._options,
+            self._credentials,
+            server_name=entry.tls_server_name or entry.name,
+        )
         stub: SpokeServiceAsyncStub = spoke_service_pb2_grpc.SpokeServiceStub(channel)
         made = SpokeLink(entry=entry, channel=channel, stub=stub)
         self._links[name] = made

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -118,12 +118,18 @@ class Gate:
     """Checks inbound client commands: signature, issuer, id, window, body, nonce."""
 
     def __init__(
-        self, trust: TrustStore, window: commands.Window, store: HubStore, hub_name: str
+        self,
+        trust: TrustStore,
+        window: commands.Window,
+        store: HubStore,
+        hub_name: str,
+        take_rate: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self._trust = trust
         self._window = window
         self._store = store
         self._hub = hub_name
+        self._take_rate = take_rate
 
     async def admit(self, env: command_pb2.SignedEnvelope, verb: Verb) -> Inbound:
         """Verify ``env`` as a client's command whose body is ``verb``; claim its nonce.
@@ -147,6 +153,8 @@ class Gate:
             raise errors.InvalidCommandError(f"command body {body} does not fit this call")
         if not cmd.audience:
             raise errors.InvalidCommandError("command has no audience")
+        if self._take_rate is not None:  # before the nonce: a flood must not fill the store
+            await self._take_rate(cmd.issuer)
         await self._store.claim_nonce(cmd.issuer, cmd.nonce, expires, self._window.max_skew)
         return Inbound(envelope=env, command=cmd)
 

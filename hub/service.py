@@ -28,6 +28,8 @@ import structlog
 from shared import commands, envelope, errors
 from shared.gen.federation.v1 import command_pb2, hub_service_pb2
 from shared.keys import SigningKey
+from shared.policy import BODY_VERBS, Policy, PolicyDeniedError
+from shared.policy import Request as PolicyRequest
 
 from . import relay
 from .registry import Probe, SpokeRegistry
@@ -88,12 +90,14 @@ class HubServicer:
         relayer: Relayer,
         registry: SpokeRegistry,
         store: HubStore,
+        policy: Policy,
     ) -> None:
         self._cfg = cfg
         self._gate = gate
         self._relayer = relayer
         self._registry = registry
         self._store = store
+        self._policy = policy
 
     # -- RPCs -------------------------------------------------------------------------------
 
@@ -107,7 +111,7 @@ class HubServicer:
                 "spawn needs a spoke: set the audience to a spoke name"
             )
         spoke = self._spoke_named(audience)
-        reply_env, reply = await self._relayer.call(spoke, inbound)
+        reply_env, reply = await self._relay(spoke, inbound)
         await self._remember(reply.agent.agent_id or inbound.command.command_id, spoke)
         return hub_service_pb2.HubServiceSpawnAgentResponse(reply=reply_env)
 
@@ -131,13 +135,13 @@ class HubServicer:
         inbound = await self._admit(request, relay.LIST)
         audience = inbound.command.audience
         if audience != self._cfg.hub_name:
-            reply_env, _ = await self._relayer.call(self._spoke_named(audience), inbound)
+            reply_env, _ = await self._relay(self._spoke_named(audience), inbound)
             return hub_service_pb2.HubServiceListAgentsResponse(replies=[reply_env])
         if inbound.command.list_agents.page_token:
             raise errors.InvalidCommandError(
                 "page_token is per spoke: set the audience to the spoke that issued it"
             )
-        answers = await self._fan_out(inbound, self._registry.names())
+        answers = await self._fan_out(inbound, self._permitted(inbound))
         response = hub_service_pb2.HubServiceListAgentsResponse()
         for a in answers:
             if a.reply_env is not None:
@@ -158,6 +162,7 @@ class HubServicer:
             raise errors.InvalidCommandError(
                 f"list_spokes is answered by the hub: set the audience to {self._cfg.hub_name}"
             )
+        self._authorize(inbound, None)
         probes = await self._registry.probe_all(self._cfg.probe_timeout_s)
         reply = command_pb2.Reply(
             command_id=inbound.command.command_id,
@@ -180,6 +185,7 @@ class HubServicer:
         limit = (
             self._cfg.watch_max_s if remaining is None else min(remaining, self._cfg.watch_max_s)
         )
+        self._authorize(inbound, spoke)
         async for reply_env in self._relayer.stream(spoke, inbound, limit):
             yield hub_service_pb2.HubServiceWatchAgentResponse(reply=reply_env)
 
@@ -220,6 +226,53 @@ class HubServicer:
         reply_env = await self._queue_call(request, relay.DRAIN)
         return hub_service_pb2.HubServiceDrainQueueResponse(reply=reply_env)
 
+    # -- authorization ----------------------------------------------------------------------
+
+    def _policy_request(self, inbound: Inbound, spoke: str | None) -> PolicyRequest:
+        cmd = inbound.command
+        entry = self._registry.entry(spoke) if spoke else None
+        spawn: dict[str, Any] = {}
+        if inbound.verb == relay.SPAWN:
+            body = cmd.spawn_agent
+            spawn = {
+                "profile": body.profile,
+                # Unset values are the spoke's to resolve, and the spoke checks them again.
+                "priority": body.priority or None,
+                "runtime_s": body.timeout.ToTimedelta().total_seconds() or None,
+                "attempts": body.max_attempts or None,
+            }
+        return PolicyRequest(
+            principal=cmd.issuer,
+            verb=BODY_VERBS[inbound.verb],
+            spoke=spoke,
+            spoke_labels=dict(entry.labels) if entry else {},
+            **spawn,
+        )
+
+    def _authorize(self, inbound: Inbound, spoke: str | None) -> None:
+        self._policy.check(self._policy_request(inbound, spoke))
+
+    def _permitted(self, inbound: Inbound) -> list[str]:
+        """The spokes a fan-out may reach; none at all is a denial, never "all" (fail closed)."""
+        names = [
+            n
+            for n in self._registry.names()
+            if self._policy.allows(self._policy_request(inbound, n))
+        ]
+        if not names:
+            raise PolicyDeniedError(
+                f"no policy rule lets {inbound.command.issuer} "
+                f"{BODY_VERBS[inbound.verb]} on any spoke",
+                verb=BODY_VERBS[inbound.verb],
+            )
+        return names
+
+    async def _relay(
+        self, spoke: str, inbound: Inbound
+    ) -> tuple[command_pb2.SignedEnvelope, command_pb2.Reply]:
+        self._authorize(inbound, spoke)
+        return await self._relayer.call(spoke, inbound)
+
     # -- routing ----------------------------------------------------------------------------
 
     async def _queue_call(self, request: _Request, verb: relay.Verb) -> command_pb2.SignedEnvelope:
@@ -230,7 +283,7 @@ class HubServicer:
             raise errors.InvalidCommandError(
                 f"{verb} acts on one spoke's queue: set the audience to a spoke name"
             )
-        reply_env, _ = await self._relayer.call(self._spoke_named(audience), inbound)
+        reply_env, _ = await self._relay(self._spoke_named(audience), inbound)
         return reply_env
 
     async def _spoke_holding(self, inbound: Inbound, agent: str) -> str:
@@ -267,18 +320,25 @@ class HubServicer:
         """Route a get/kill: explicit spoke, resource name, agent index, or ask everyone."""
         audience = inbound.command.audience
         if audience != self._cfg.hub_name:
-            reply_env, _ = await self._relayer.call(self._spoke_named(audience), inbound)
+            reply_env, _ = await self._relay(self._spoke_named(audience), inbound)
             return reply_env
         if not agent:
             raise errors.InvalidCommandError("agent is required")
         if agent.startswith(_RESOURCE_PREFIX):
             spoke = _spoke_of_resource(agent)
-            reply_env, _ = await self._relayer.call(self._spoke_named(spoke), inbound)
+            reply_env, _ = await self._relay(self._spoke_named(spoke), inbound)
             return reply_env
         indexed = await self._store.find_agent(agent)
         if indexed is not None and indexed in self._registry:
-            reply_env, _ = await self._relayer.call(indexed, inbound)
+            reply_env, _ = await self._relay(indexed, inbound)
             return reply_env
+        if inbound.verb != relay.GET:
+            # Never fan a kill or replay out: the same id may exist on two spokes.
+            raise errors.AgentNotFoundError(
+                f"agent {agent} is not in this hub's index: name its spoke "
+                "(audience, or the resource name spokes/{spoke}/agents/{id})",
+                agent=agent,
+            )
         return await self._find_and_call(inbound, agent)
 
     async def _find_and_call(self, inbound: Inbound, agent_id: str) -> command_pb2.SignedEnvelope:
@@ -286,7 +346,7 @@ class HubServicer:
         unreachable: list[str] = []
         tasks = [
             asyncio.create_task(self._try(name, inbound), name=f"hub-find-{name}")
-            for name in self._registry.names()
+            for name in self._permitted(inbound)
         ]
         try:
             for next_done in asyncio.as_completed(tasks):

@@ -13,21 +13,26 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import redis.asyncio
 import redis.exceptions
 
 from shared import errors
+from shared.ratelimit import RateLimit, RateLimiter
 
-__all__ = ["HubStore", "agent_key", "nonce_key"]
+__all__ = ["HubStore", "agent_key", "nonce_key", "rate_key"]
 
 _REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
 
 def nonce_key(hub: str, issuer: str, nonce: bytes) -> str:
     return f"federation:hub:{hub}:nonce:{issuer}:{nonce.hex()}"
+
+
+def rate_key(hub: str, principal: str) -> str:
+    return f"federation:hub:{hub}:rate:{principal}"
 
 
 def agent_key(hub: str, agent_id: str) -> str:
@@ -60,6 +65,15 @@ class HubStore:
                 yield
         except (*_REDIS_DOWN, TimeoutError) as exc:
             raise errors.BackendUnavailableError("the hub's Redis is unavailable") from exc
+
+    def rate_limiter(self, limit: RateLimit) -> Callable[[str], Awaitable[None]]:
+        """Take one request from a principal's bucket, or raise RESOURCE_EXHAUSTED."""
+        limiter = RateLimiter(self._redis, limit)
+
+        async def take(principal: str) -> None:
+            await limiter.take(rate_key(self._hub, principal), principal)
+
+        return take
 
     async def ping(self) -> bool:
         """True if Redis answers now."""

@@ -11,22 +11,38 @@ It is read from TOML::
     ]
     revoked = ["ed25519:BASE64..."]   # optional: never accepted, even if listed in keys
 
+    [[revocation]]                    # appended by `hubctl keys revoke`; any peer's key
+    key = "ed25519:BASE64..."
+    reason = "laptop lost"
+    revoke_time = 2026-11-22T10:00:00Z
+
 A key is looked up by the fingerprint in a signature's key-id hint; trust comes only from
 this store. A key outside its validity window, or revoked, is treated as unknown.
+
+A store read from a file re-reads it when the file changes (checked at most once per
+``RELOAD_CHECK_S``), so a revocation reaches a running hub or spoke without a restart. A
+file that no longer parses is ignored (the last good store stays) and logged.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import os
+import time
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from . import keys
+
+log = structlog.get_logger("shared.trust")
+
+RELOAD_CHECK_S = 1.0
 
 
 class TrustConfigError(ValueError):
@@ -60,6 +76,12 @@ class TrustStore:
     """An immutable index of trusted keys by fingerprint and by peer name."""
 
     def __init__(self, trusted: Iterable[TrustedKey], revoked: Iterable[str] = ()) -> None:
+        self._path: Path | None = None
+        self._mtime = 0.0
+        self._checked = 0.0
+        self._load(trusted, revoked)
+
+    def _load(self, trusted: Iterable[TrustedKey], revoked: Iterable[str]) -> None:
         self._revoked = frozenset(revoked)
         self._by_fp: dict[str, list[TrustedKey]] = {}
         self._roles: dict[str, Role] = {}
@@ -73,7 +95,24 @@ class TrustStore:
 
     def candidates(self, fingerprint: str, now: dt.datetime) -> list[TrustedKey]:
         """Keys with this fingerprint that are valid now (normally zero or one)."""
+        self._maybe_reload()
         return [k for k in self._by_fp.get(fingerprint, ()) if k.valid_at(now)]
+
+    def _maybe_reload(self) -> None:
+        if self._path is None or time.monotonic() - self._checked < RELOAD_CHECK_S:
+            return
+        self._checked = time.monotonic()
+        try:
+            mtime = os.stat(self._path).st_mtime
+            if mtime == self._mtime:
+                return
+            fresh = TrustStore.from_mapping(tomllib.loads(self._path.read_text()), str(self._path))
+        except (OSError, tomllib.TOMLDecodeError, TrustConfigError) as exc:
+            log.warning("trust_reload_failed", path=str(self._path), error=str(exc))
+            return
+        self._mtime = mtime
+        self._load([k for ks in fresh._by_fp.values() for k in ks], fresh._revoked)
+        log.info("trust_reloaded", path=str(self._path), revoked=len(self._revoked))
 
     def role_of(self, peer: str) -> Role | None:
         return self._roles.get(peer)
@@ -90,20 +129,33 @@ class TrustStore:
     @classmethod
     def from_file(cls, path: Path) -> TrustStore:
         try:
+            mtime = os.stat(path).st_mtime
             raw = tomllib.loads(path.read_text())
         except FileNotFoundError as exc:
             raise TrustConfigError(f"trust store not found: {path}") from exc
         except tomllib.TOMLDecodeError as exc:
             raise TrustConfigError(f"trust store {path} is not valid TOML: {exc}") from exc
-        return cls.from_mapping(raw, source=str(path))
+        store = cls.from_mapping(raw, source=str(path))
+        store._path, store._mtime, store._checked = path, mtime, time.monotonic()
+        return store
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, object], source: str = "trust store") -> TrustStore:
         peers = raw.get("peer", [])
         if not isinstance(peers, list):
             raise TrustConfigError(f"{source}: [[peer]] must be an array of tables")
+        unknown_top = set(raw) - {"peer", "revocation"}
+        if unknown_top:
+            raise TrustConfigError(f"{source}: unknown keys {sorted(unknown_top)}")
         trusted: list[TrustedKey] = []
         revoked: list[str] = []
+        revocations = raw.get("revocation", [])
+        if not isinstance(revocations, list):
+            raise TrustConfigError(f"{source}: [[revocation]] must be an array of tables")
+        for i, r in enumerate(revocations):
+            if not isinstance(r, dict) or "key" not in r:
+                raise TrustConfigError(f"{source}: revocation #{i + 1} needs a key")
+            revoked.append(keys.fingerprint(_decode(r["key"], f"{source}: revocation #{i + 1}")))
         for i, p in enumerate(peers):
             where = f"{source}: peer #{i + 1}"
             if not isinstance(p, dict):

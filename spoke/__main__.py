@@ -11,6 +11,7 @@ from pathlib import Path
 
 from shared import keys
 from shared import logging as shared_logging
+from shared.policy import PolicyConfigError
 from shared.trust import TrustConfigError
 
 from .app import SpokeApp
@@ -36,9 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     shared_logging.configure(cfg.log_level)
     try:
         asyncio.run(SpokeApp(cfg).run())
-    except (SpokeConfigError, TrustConfigError, keys.KeyError_) as exc:
+    except (SpokeConfigError, TrustConfigError, PolicyConfigError, keys.KeyError_) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # e.g. the listen address is taken
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     return 0

@@ -8,11 +8,15 @@ import datetime as dt
 import signal
 from types import TracebackType
 
+import grpc
 import structlog
 
 from shared import commands, keys
+from shared import tls as stls
 from shared.gen.federation.v1 import spoke_service_pb2
 from shared.grpc import BuiltServer, ServerOptions, Service, build_server
+from shared.policy import Policy
+from shared.ratelimit import RateLimit, RateLimiter
 from shared.trust import TrustStore
 
 from .config import SpokeConfig, SpokeConfigError
@@ -61,16 +65,22 @@ class SpokeApp:
 
     async def _start(self) -> int:
         cfg = self.config
+        credentials = self._server_credentials()
         key = keys.load_private(cfg.key_file, cfg.name)
         trust = TrustStore.from_file(cfg.trust_file)
+        if cfg.policy_file is None:
+            raise SpokeConfigError(
+                "policy_file is required: authorization is default-deny (docs/security.md)"
+            )
+        policy = Policy.from_file(cfg.policy_file)
         self._queue = agents = AgentQueue(cfg.redis_url, cfg.name)
         try:
-            policy = await agents.maxmemory_policy()
+            eviction = await agents.maxmemory_policy()
         except BackendError as exc:
             raise SpokeConfigError(f"cannot reach Redis at {cfg.redis_url}: {exc}") from exc
-        if policy != "noeviction" and not cfg.allow_eviction:
+        if eviction != "noeviction" and not cfg.allow_eviction:
             raise SpokeConfigError(
-                f"Redis maxmemory-policy is {policy!r}; queued agents could be evicted. "
+                f"Redis maxmemory-policy is {eviction!r}; queued agents could be evicted. "
                 "Set it to noeviction, or allow_eviction = true to accept the risk"
             )
         healed = await agents.requeue_orphans()
@@ -79,12 +89,14 @@ class SpokeApp:
             max_validity=dt.timedelta(seconds=cfg.max_validity_s),
         )
         nonces = NonceStore(agents.redis, agents.keys, window.max_skew)
-        verifier = Verifier(cfg.name, trust, nonces, window)
-        servicer = SpokeServicer(cfg, key, verifier, agents)
+        limiter = RateLimiter(agents.redis, RateLimit(cfg.rate_per_principal, cfg.rate_burst))
+        verifier = Verifier(cfg.name, trust, nonces, window, limiter)
+        servicer = SpokeServicer(cfg, key, verifier, agents, policy)
         self._server = build_server(
             [Service(SERVICE, servicer)],
             cfg.listen,
             ServerOptions(max_message_bytes=cfg.max_message_bytes),
+            credentials,
         )
         await self._server.server.start()
         self._worker = AgentWorker(agents, cfg)
@@ -94,6 +106,16 @@ class SpokeApp:
         await self._server.serving([SERVICE.full_name])
         log.info("spoke_serving", spoke=cfg.name, port=self._server.port, requeued=healed)
         return self._server.port
+
+    def _server_credentials(self) -> grpc.ServerCredentials | None:
+        """TLS credentials, or None for plaintext, which only a loopback ``listen`` may use."""
+        try:
+            if self.config.tls is None:
+                stls.require_loopback("listen", self.config.listen)
+                return None
+            return stls.server_credentials(self.config.tls)
+        except stls.TlsError as exc:
+            raise SpokeConfigError(str(exc)) from exc
 
     def _worker_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None and not self._stopping:

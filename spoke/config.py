@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from shared import tls as stls
+
 from .profiles import Profile, ProfileConfigError, profile_from_mapping, synthetic_profile
 
 
@@ -34,6 +36,14 @@ class SpokeConfig:
     """The spoke's Ed25519 private key (mode 0600): it signs every reply."""
     trust_file: Path = Path("trust.toml")
     """Trusted peers: hubs that may relay and clients whose commands may run here."""
+    policy_file: Path | None = None
+    """Default-deny authorization rules (shared/policy.py); required to start."""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    """This spoke's labels, matched by policy rules' spoke_labels selectors."""
+    rate_per_principal: float = 50.0
+    """Sustained commands per second one principal may send (0 disables the limit)."""
+    rate_burst: int = 200
+    """Commands one principal may send at once after being idle."""
     redis_url: str = "redis://127.0.0.1:6379/0"
     """The spoke site's Redis; several spoked processes may share it."""
     profiles: Mapping[str, Profile] = field(default_factory=_default_profiles)
@@ -76,6 +86,9 @@ class SpokeConfig:
     """Start even if Redis' maxmemory-policy is not noeviction (risks losing queued agents)."""
     log_level: str = "info"
     """debug, info, warning or error."""
+    tls: stls.TlsConfig | None = None
+    """Transport TLS (``[tls]``, ``SPOKE_TLS_*``). Without it the spoke speaks plaintext,
+    which it allows only on a loopback ``listen`` address."""
 
     @classmethod
     def load(cls, path: Path | None, env: Mapping[str, str]) -> SpokeConfig:
@@ -94,6 +107,10 @@ class SpokeConfig:
                 raw[key] = env[var]
         if "redis_url" not in raw and "REDIS_URL" in env:
             raw["redis_url"] = env["REDIS_URL"]
+        env_tls = stls.env_table(env, "SPOKE_TLS_")
+        if env_tls:  # option by option over the file's [tls]
+            table = raw.get("tls", {})
+            raw["tls"] = {**table, **env_tls} if isinstance(table, dict) else table
         return cls.from_mapping(raw, base)
 
     @classmethod
@@ -110,7 +127,15 @@ class SpokeConfig:
             value = raw[f.name]
             if f.name == "profiles":
                 values[f.name] = _profiles(value)
-            elif f.name in {"key_file", "trust_file"}:
+            elif f.name == "tls":
+                values[f.name] = _tls(value, base)
+            elif f.name == "labels":
+                if not isinstance(value, dict) or not all(
+                    isinstance(v, str) for v in value.values()
+                ):
+                    raise SpokeConfigError("labels must be a table of strings")
+                values[f.name] = dict(value)
+            elif f.name in {"key_file", "trust_file", "policy_file"}:
                 values[f.name] = (base / str(value)).resolve()
             else:
                 values[f.name] = _coerce(f.name, value, getattr(defaults, f.name))
@@ -138,6 +163,8 @@ _ENV = {
     "SPOKE_LISTEN": "listen",
     "SPOKE_KEY_FILE": "key_file",
     "SPOKE_TRUST_FILE": "trust_file",
+    "SPOKE_POLICY_FILE": "policy_file",
+    "SPOKE_RATE_PER_PRINCIPAL": "rate_per_principal",
     "SPOKE_REDIS_URL": "redis_url",
     "SPOKE_CONCURRENCY": "concurrency",
     "SPOKE_MAX_QUEUE_DEPTH": "max_queue_depth",
@@ -171,6 +198,13 @@ def _coerce(key: str, value: object, default: object) -> object:
         return int(str(value)) if isinstance(default, int) else float(str(value))
     except ValueError as exc:
         raise bad from exc
+
+
+def _tls(value: object, base: Path) -> stls.TlsConfig:
+    try:
+        return stls.tls_config(stls.tls_fields(value, base, "tls"), "tls")
+    except stls.TlsError as exc:
+        raise SpokeConfigError(str(exc)) from exc
 
 
 def _profiles(value: object) -> Mapping[str, Profile]:

@@ -39,6 +39,10 @@ class SpokeKeys:
         """Pub/sub channel that carries kill requests to whichever worker holds the agent."""
         return f"{self.prefix}:kill"
 
+    def rate(self, principal: str) -> str:
+        """Token bucket of one principal's request rate (expires when full again)."""
+        return f"{self.prefix}:rate:{principal}"
+
     def profile_slots(self, profile: str) -> str:
         """Sorted set of agent ids running a profile, scored by lease expiry (ms)."""
         return f"{self.prefix}:slots:{profile}"

@@ -113,6 +113,7 @@ class AgentRecord:
     job_id: str = ""
     backoff_ms: int = 1000
     replays: int = 0
+    not_before_ms: int = 0
 
     @classmethod
     def from_hash(cls, raw: Mapping[bytes, bytes]) -> AgentRecord:
@@ -149,6 +150,7 @@ class AgentRecord:
             job_id=_text(raw, "job_id"),
             backoff_ms=_int(raw, "backoff_ms", 1000),
             replays=_int(raw, "replays"),
+            not_before_ms=_int(raw, "not_before_ms"),
         )
 
 

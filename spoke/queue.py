@@ -195,6 +195,14 @@ def priority_to_bullmq(priority: int) -> int:
     return 11 - priority
 
 
+def _pairs(fields: Mapping[str, object]) -> list[object]:
+    """Like ``_flatten`` but keeps bytes values as bytes (binary-safe Lua arguments)."""
+    out: list[object] = []
+    for k, v in fields.items():
+        out += [k, v]
+    return out
+
+
 def _flatten(fields: Mapping[str, object]) -> list[str]:
     out: list[str] = []
     for k, v in fields.items():
@@ -240,9 +248,11 @@ class AgentQueue:
     async def create(self, req: SpawnRequest, max_backlog: int) -> tuple[AgentRecord, bool]:
         """Store a spawn and queue it; idempotent on the agent id.
 
-        Returns the record and whether this call created it. The record is written before
-        the job: a crash between the two leaves a QUEUED record that ``requeue_orphans``
-        (and any retry of the same spawn) puts back on the queue.
+        Returns the record and whether this call created it. The record, with the audit
+        copies of the signed envelopes, is one atomic write; the job is written after it:
+        a crash between the two leaves a QUEUED record that ``requeue_orphans`` (and any
+        retry of the same spawn) puts back on the queue. Callers shield this from
+        cancellation, so a client that gives up mid-call cannot tear it.
         """
         existing = await self.get_or_none(req.agent_id)
         if existing is not None:
@@ -265,8 +275,17 @@ class AgentQueue:
             "progress_percent": -1,
             "backoff_ms": req.backoff_ms,
             "job_id": SpokeKeys.job_id(req.agent_id),
+            "not_before_ms": now + req.delay_ms,
         }
-        args: list[Any] = [req.agent_id, req.digest, now, EVENTS_MAXLEN, *_flatten(fields)]
+        audit: dict[str, object] = {"envelope": req.envelope, "relay": req.relay}
+        args: list[Any] = [
+            req.agent_id,
+            req.digest,
+            now,
+            EVENTS_MAXLEN,
+            *_flatten(fields),
+            *_pairs(audit),
+        ]
         keys = [
             self.keys.agent(req.agent_id),
             self.keys.agent_index,
@@ -276,12 +295,8 @@ class AgentQueue:
         if status == b"exists":
             again = await self.get(req.agent_id)
             return await self._existing(req, again), False
-        # Audit copies of the signed bytes, stored beside the record (binary-safe).
-        await self.redis.hset(
-            self.keys.agent(req.agent_id), mapping={"envelope": req.envelope, "relay": req.relay}
-        )
         rec = await self.get(req.agent_id)
-        await self._enqueue(rec, req.delay_ms)
+        await self._enqueue(rec)
         return rec, True
 
     async def _existing(self, req: SpawnRequest, rec: AgentRecord) -> AgentRecord:
@@ -291,7 +306,8 @@ class AgentQueue:
             await self._enqueue(rec)  # heals a crash between the record and the job
         return rec
 
-    async def _enqueue(self, rec: AgentRecord, delay_ms: int = 0) -> None:
+    async def _enqueue(self, rec: AgentRecord) -> None:
+        delay_ms = max(0, rec.not_before_ms - now_ms())
         opts: dict[str, Any] = {
             "jobId": rec.job_id or SpokeKeys.job_id(rec.agent_id),
             "priority": priority_to_bullmq(rec.priority),

@@ -18,6 +18,8 @@ from typing import Any
 from shared import commands, envelope, errors
 from shared.gen.federation.v1 import agent_pb2, command_pb2, spoke_service_pb2
 from shared.keys import SigningKey
+from shared.policy import BODY_VERBS, Policy
+from shared.policy import Request as PolicyRequest
 
 from . import queue, wire
 from .config import SpokeConfig
@@ -51,12 +53,18 @@ def _queue_errors() -> Iterator[None]:
 
 class SpokeServicer:
     def __init__(
-        self, config: SpokeConfig, key: SigningKey, verifier: Verifier, agents: queue.AgentQueue
+        self,
+        config: SpokeConfig,
+        key: SigningKey,
+        verifier: Verifier,
+        agents: queue.AgentQueue,
+        policy: Policy,
     ) -> None:
         self.config = config
         self.key = key
         self.verifier = verifier
         self.agents = agents
+        self.policy = policy
         self._watchers = 0
 
     # --- RPCs ----------------------------------------------------------------
@@ -64,17 +72,18 @@ class SpokeServicer:
     async def SpawnAgent(
         self, request: spoke_service_pb2.SpokeServiceSpawnAgentRequest, context: Any
     ) -> spoke_service_pb2.SpokeServiceSpawnAgentResponse:
-        auth = await self.verifier.verify(request.command, "spawn_agent")
+        auth = await self._admit(request.command, "spawn_agent")
         req = self._spawn_request(auth)
         with _queue_errors():
-            rec, _ = await self.agents.create(req, self.config.max_queue_depth)
+            # Shielded: a client that times out must not leave a half-stored spawn behind.
+            rec, _ = await asyncio.shield(self.agents.create(req, self.config.max_queue_depth))
         reply = self._reply(auth, agent=wire.to_agent(self.config.name, rec))
         return spoke_service_pb2.SpokeServiceSpawnAgentResponse(reply=reply)
 
     async def GetAgent(
         self, request: spoke_service_pb2.SpokeServiceGetAgentRequest, context: Any
     ) -> spoke_service_pb2.SpokeServiceGetAgentResponse:
-        auth = await self.verifier.verify(request.command, "get_agent")
+        auth = await self._admit(request.command, "get_agent")
         agent_id = self._agent_id(auth.command.get_agent.agent)
         with _queue_errors():
             rec = await self.agents.get(agent_id)
@@ -84,7 +93,7 @@ class SpokeServicer:
     async def KillAgent(
         self, request: spoke_service_pb2.SpokeServiceKillAgentRequest, context: Any
     ) -> spoke_service_pb2.SpokeServiceKillAgentResponse:
-        auth = await self.verifier.verify(request.command, "kill_agent")
+        auth = await self._admit(request.command, "kill_agent")
         agent_id = self._agent_id(auth.command.kill_agent.agent)
         with _queue_errors():
             outcome = await self.agents.request_kill(agent_id, auth.command.command_id)
@@ -101,7 +110,7 @@ class SpokeServicer:
     async def ListAgents(
         self, request: spoke_service_pb2.SpokeServiceListAgentsRequest, context: Any
     ) -> spoke_service_pb2.SpokeServiceListAgentsResponse:
-        auth = await self.verifier.verify(request.command, "list_agents")
+        auth = await self._admit(request.command, "list_agents")
         body = auth.command.list_agents
         size = self._page_size(body.page_size)
         states = [
@@ -127,7 +136,7 @@ class SpokeServicer:
     async def WatchAgent(
         self, request: spoke_service_pb2.SpokeServiceWatchAgentRequest, context: Any
     ) -> AsyncIterator[spoke_service_pb2.SpokeServiceWatchAgentResponse]:
-        auth = await self.verifier.verify(request.command, "watch_agent")
+        auth = await self._admit(request.command, "watch_agent")
         body = auth.command.watch_agent
         agent_id = self._agent_id(body.agent)
         if body.after_sequence < 0:
@@ -169,7 +178,7 @@ class SpokeServicer:
     async def GetQueueStats(
         self, request: spoke_service_pb2.SpokeServiceGetQueueStatsRequest, context: Any
     ) -> spoke_service_pb2.SpokeServiceGetQueueStatsResponse:
-        auth = await self.verifier.verify(request.command, "get_queue_stats")
+        auth = await self._admit(request.command, "get_queue_stats")
         return spoke_service_pb2.SpokeServiceGetQueueStatsResponse(
             reply=self._reply(auth, queue_stats=await self._stats())
         )
@@ -177,7 +186,7 @@ class SpokeServicer:
     async def ListDeadLetters(
         self, request: spoke_service_pb2.SpokeServiceListDeadLettersRequest, context: Any
     ) -> spoke_service_pb2.SpokeServiceListDeadLettersResponse:
-        auth = await self.verifier.verify(request.command, "list_dead_letters")
+        auth = await self._admit(request.command, "list_dead_letters")
         body = auth.command.list_dead_letters
         size = self._page_size(body.page_size)
         with _queue_errors():
@@ -196,7 +205,7 @@ class SpokeServicer:
     async def ReplayAgent(
         self, request: spoke_service_pb2.SpokeServiceReplayAgentRequest, context: Any
     ) -> spoke_service_pb2.SpokeServiceReplayAgentResponse:
-        auth = await self.verifier.verify(request.command, "replay_agent")
+        auth = await self._admit(request.command, "replay_agent")
         agent_id = self._agent_id(auth.command.replay_agent.agent)
         with _queue_errors():
             rec = await self.agents.replay(agent_id)
@@ -207,7 +216,7 @@ class SpokeServicer:
     async def PauseQueue(
         self, request: spoke_service_pb2.SpokeServicePauseQueueRequest, context: Any
     ) -> spoke_service_pb2.SpokeServicePauseQueueResponse:
-        auth = await self.verifier.verify(request.command, "pause_queue")
+        auth = await self._admit(request.command, "pause_queue")
         with _queue_errors():
             await self.agents.pause()
         return spoke_service_pb2.SpokeServicePauseQueueResponse(
@@ -217,7 +226,7 @@ class SpokeServicer:
     async def ResumeQueue(
         self, request: spoke_service_pb2.SpokeServiceResumeQueueRequest, context: Any
     ) -> spoke_service_pb2.SpokeServiceResumeQueueResponse:
-        auth = await self.verifier.verify(request.command, "resume_queue")
+        auth = await self._admit(request.command, "resume_queue")
         with _queue_errors():
             await self.agents.resume()
         return spoke_service_pb2.SpokeServiceResumeQueueResponse(
@@ -227,7 +236,7 @@ class SpokeServicer:
     async def DrainQueue(
         self, request: spoke_service_pb2.SpokeServiceDrainQueueRequest, context: Any
     ) -> spoke_service_pb2.SpokeServiceDrainQueueResponse:
-        auth = await self.verifier.verify(request.command, "drain_queue")
+        auth = await self._admit(request.command, "drain_queue")
         with _queue_errors():
             drained = await self.agents.drain()
         stats = await self._stats()
@@ -237,6 +246,22 @@ class SpokeServicer:
         )
 
     # --- helpers -------------------------------------------------------------
+
+    async def _admit(self, env: command_pb2.SignedEnvelope, body: str) -> Authorized:
+        """Verify, then authorize the verb (spawn is authorized once its values resolve)."""
+        auth = await self.verifier.verify(env, body)
+        if body != "spawn_agent":
+            self.policy.check(self._policy_request(auth, body))
+        return auth
+
+    def _policy_request(self, auth: Authorized, body: str, **spawn: Any) -> PolicyRequest:
+        return PolicyRequest(
+            principal=auth.principal,
+            verb=BODY_VERBS[body],
+            spoke=self.config.name,
+            spoke_labels=self.config.labels,
+            **spawn,
+        )
 
     async def _stats(self) -> command_pb2.QueueStats:
         with _queue_errors():
@@ -305,16 +330,29 @@ class SpokeServicer:
             raise errors.InvalidCommandError(
                 f"label keys and values are at most {LABEL_BYTES} bytes"
             )
-        resolved = {
+        self.policy.check(
+            self._policy_request(
+                auth,
+                "spawn_agent",
+                profile=profile.name,
+                priority=priority,
+                runtime_s=(timeout_ms or limit_ms) / 1000,
+                attempts=attempts,
+            )
+        )
+        # The spawn's meaning, as the client sent it (not as this spoke's config resolved it,
+        # so a config change between two tries of one spawn does not make them differ).
+        meaning = {
             "issuer": auth.principal,
-            "profile": profile.name,
+            "profile": body.profile,
             "task": body.task,
-            "priority": priority,
-            "timeout_ms": timeout_ms or limit_ms,
-            "max_attempts": attempts,
+            "priority": body.priority,
+            "timeout_ms": timeout_ms,
+            "max_attempts": body.max_attempts,
             "labels": labels,
+            "delay_ms": body.delay.seconds * 1000 + body.delay.nanos // 1_000_000,
         }
-        digest = hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()
+        digest = hashlib.sha256(json.dumps(meaning, sort_keys=True).encode()).hexdigest()
         return SpawnRequest(
             agent_id=auth.command.command_id,
             issuer=auth.principal,

@@ -6,12 +6,13 @@ A request carries one of two envelopes:
 * a **Relay** signed by a hub the spoke trusts, wrapping the client's original signed
   Command intact (chain of custody).
 
-Checks, in order, all before any state is touched except the nonce:
-signature by a trusted key of the right role → signer is the issuer → audience is this
-spoke (or, for a relayed command, the relaying hub) → inside the validity window, within
-the clock skew → nonce unseen (the hop's envelope: the direct command or the relay) → the
-body fits the RPC. The spoke then judges the *client*, never the hub: a hub key alone can
-not act for a principal the spoke does not trust.
+Checks, in order, all before any state is touched except the rate bucket and the nonce:
+signature by a trusted key of the right role → signer is the issuer → the body fits the
+RPC → audience is this spoke (or, for a relayed command, the relaying hub) → inside the
+validity window, within the clock skew → the client's request rate → nonce unseen (the
+hop's envelope: the direct command or the relay). The service then applies the policy.
+The spoke judges the *client*, never the hub: a hub key alone can not act for a
+principal the spoke does not trust.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from dataclasses import dataclass
 
 from shared import commands, envelope, errors
 from shared.gen.federation.v1 import command_pb2
+from shared.ratelimit import RateLimiter
 from shared.trust import Role, TrustStore
 
+from .keys import SpokeKeys
 from .nonces import NonceStore
 
 
@@ -42,14 +45,25 @@ class Authorized:
     expires: dt.datetime
 
 
+SPOKE_ADDRESSED = frozenset({"spawn_agent", "pause_queue", "resume_queue", "drain_queue"})
+"""Bodies that must name the spoke itself as audience, even when relayed by a hub."""
+
+
 class Verifier:
     def __init__(
-        self, spoke: str, trust: TrustStore, nonces: NonceStore, window: commands.Window
+        self,
+        spoke: str,
+        trust: TrustStore,
+        nonces: NonceStore,
+        window: commands.Window,
+        limiter: RateLimiter,
     ) -> None:
         self.spoke = spoke
         self.trust = trust
         self.nonces = nonces
         self.window = window
+        self.limiter = limiter
+        self.keys = SpokeKeys(spoke)
 
     async def verify(self, env: command_pb2.SignedEnvelope, body: str) -> Authorized:
         if env.payload_type == envelope.PAYLOAD_TYPE_RELAY:
@@ -63,6 +77,7 @@ class Verifier:
         if cmd.audience != self.spoke:
             raise errors.WrongAudienceError(f"command is for {cmd.audience!r}, not this spoke")
         expires = commands.check_window(cmd.issue_time, cmd.expire_time, cmd.nonce, self.window)
+        await self.limiter.take(self.keys.rate(cmd.issuer), cmd.issuer)
         await self.nonces.claim(cmd.issuer, cmd.nonce, expires)
         return Authorized(cmd.issuer, cmd, verified.payload, env, None, "", expires)
 
@@ -87,9 +102,14 @@ class Verifier:
         cmd = self._check_command(inner, body)
         if cmd.audience not in (self.spoke, relay.issuer):
             raise errors.WrongAudienceError(f"command is for {cmd.audience!r}, not this spoke")
+        if body in SPOKE_ADDRESSED and cmd.audience != self.spoke:
+            # A client lets a hub route reads and kills of an agent it names; it never lets
+            # the hub pick where new work runs or whose queue to change.
+            raise errors.WrongAudienceError(f"a {body} command must name this spoke as audience")
         # The client's own nonce was claimed by the hub; the spoke dedups the client's
         # command by command_id, so a hub may re-relay the same envelope after a failure.
         expires = commands.check_window(cmd.issue_time, cmd.expire_time, cmd.nonce, self.window)
+        await self.limiter.take(self.keys.rate(cmd.issuer), cmd.issuer)
         await self.nonces.claim(relay.issuer, relay.nonce, relay_expires)
         return Authorized(cmd.issuer, cmd, inner.payload, relay.command, env, relay.issuer, expires)
 

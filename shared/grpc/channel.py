@@ -24,9 +24,17 @@ def open_channel(
     address: str,
     options: ServerOptions | None = None,
     credentials: grpc.ChannelCredentials | None = None,
+    server_name: str | None = None,
 ) -> grpc.aio.Channel:
-    """Open an aio channel; call inside the running loop and close it with ``await close()``."""
-    args = channel_args(options or ServerOptions())
+    """Open an aio channel; call inside the running loop and close it with ``await close()``.
+
+    Args:
+        server_name: with ``credentials``, the name the server's certificate must carry
+            (instead of the dialled host), so a peer can be dialled by IP and checked by name.
+    """
+    args: list[tuple[str, int | str]] = [*channel_args(options or ServerOptions())]
     if credentials is None:
         return grpc.aio.insecure_channel(address, options=args)
+    if server_name:
+        args.append(("grpc.ssl_target_name_override", server_name))
     return grpc.aio.secure_channel(address, credentials, options=args)

@@ -198,10 +198,13 @@ def build_server(
         [*names, health.SERVICE_NAME, reflection.SERVICE_NAME],
         server,
     )
-    if credentials is None:
-        port = server.add_insecure_port(address)
-    else:
-        port = server.add_secure_port(address, credentials)
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
+    except RuntimeError as exc:  # grpcio reports a failed bind as RuntimeError
+        raise OSError(f"could not bind {address}: address in use or unavailable") from exc
     if port == 0:
         raise OSError(f"could not bind {address}")
     return BuiltServer(server=server, health=health_servicer, port=port, methods=methods)

@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 import pytest
 
-from shared import commands, envelope, keys
+from shared import commands, envelope, keys, policy
 from shared.gen.federation.v1 import command_pb2, spoke_service_pb2, spoke_service_pb2_grpc
 from shared.grpc import open_channel
 from spoke.app import SpokeApp
@@ -51,6 +51,7 @@ def peers(tmp_path: Path) -> Peers:
         keys.write_keypair(k, kdir)
     trust = tmp_path / "trust.toml"
     write_trust(trust, [(made["hub"], "hub"), (made[SPOKE], "spoke"), (made["operator"], "client")])
+    (tmp_path / "policy.toml").write_text(policy.ALLOW_OPERATOR_EVERYTHING)
     return Peers(made["hub"], made[SPOKE], made["operator"], made["intruder"], trust, kdir)
 
 
@@ -65,6 +66,7 @@ def spoke_mapping(peers: Peers, redis_url: str, **overrides: Any) -> dict[str, A
         "listen": "127.0.0.1:0",
         "key_file": str(peers.key_dir / f"{SPOKE}.key"),
         "trust_file": str(peers.trust_file),
+        "policy_file": str(peers.trust_file.parent / "policy.toml"),
         "redis_url": redis_url,
         "profiles": {
             "synthetic": {},

@@ -224,3 +224,36 @@ async def test_sweeper_forgets_finished_agents_after_retention(start_spoke: Star
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     assert (await client.get(running.agent.agent_id)).agent.state == State.STATE_RUNNING
     await client.kill(running.agent.agent_id)
+
+
+async def test_a_different_delay_is_a_different_spawn(client: SpokeClient) -> None:
+    await client.spawn("duration=0", command_id="d-1", delay=duration_pb2.Duration(seconds=5))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.spawn("duration=0", command_id="d-1", delay=duration_pb2.Duration(seconds=6))
+    assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+
+def test_spoked_with_a_taken_port_fails_in_one_line(peers, redis_url, tmp_path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    from .conftest import spoke_mapping
+    from .test_recovery import write_spoke_toml
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        raw = spoke_mapping(peers, redis_url, listen=f"127.0.0.1:{port}")
+        path = write_spoke_toml(tmp_path / "s.toml", raw)
+        done = subprocess.run(
+            [sys.executable, "-m", "spoke", "--config", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1].startswith("Error: could not bind")
+    assert "Traceback" not in done.stderr

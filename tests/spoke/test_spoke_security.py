@@ -174,3 +174,24 @@ async def test_garbage_payload_that_is_signed_is_invalid_argument(
 async def test_every_spoke_method_is_a_known_rpc(spoke_app: SpokeApp) -> None:
     names = {m.name for m in spoke_service_pb2.DESCRIPTOR.services_by_name["SpokeService"].methods}
     assert {m.rsplit("/", 1)[1] for m in spoke_app.methods} == names
+
+
+async def test_relayed_spawn_must_name_this_spoke_not_the_hub(
+    client: SpokeClient, redis_client
+) -> None:
+    """A client lets a hub route reads and kills; never lets it choose where work runs."""
+    inner = client.command("spawn_agent", SPAWN, audience="hub")
+    assert await _rejected(client, client.relay(inner)) == grpc.StatusCode.PERMISSION_DENIED
+    assert await _agents(redis_client) == 0
+
+
+async def test_signed_envelopes_are_kept_with_the_agent_for_audit(
+    client: SpokeClient, redis_client
+) -> None:
+    inner = client.command("spawn_agent", SPAWN)
+    relay = client.relay(inner)
+    reply = await client.spawn_env(relay)
+    stored = await redis_client.hmget(
+        f"federation:{SPOKE}:agent:{reply.agent.agent_id}", "envelope", "relay"
+    )
+    assert stored == [inner.SerializeToString(), relay.SerializeToString()]

@@ -1,0 +1,277 @@
+"""Default-deny authorization: which principal may use which verb on which spokes and profiles.
+
+The policy is a TOML file of rules; a command is allowed only if some rule allows it::
+
+    [[rule]]
+    name = "ci-runs-tests"            # named in every PERMISSION_DENIED it causes
+    principals = ["ci-bot"]           # peer names from the trust store, or "*"
+    verbs = ["spawn", "read"]         # verbs or groups (below), or "*"
+    spokes = ["build-1", "build-2"]   # spoke names, or "*"; an empty list matches nothing
+    spoke_labels = { pool = "ci" }    # optional selector: every label must match
+    profiles = ["pytest"]             # for spawn: profile names, or "*"
+    max_priority = 5                  # for spawn: 1-10
+    max_runtime_seconds = 1800        # for spawn: the agent's timeout
+    max_attempts = 2                  # for spawn
+
+Verbs: spawn, get, kill, list, watch, replay, spokes, queue_stats, dead_letters, pause, resume,
+drain. Groups: ``read`` (get, list, watch, spokes, queue_stats, dead_letters), ``operate``
+(spawn, kill, replay), ``admin`` (pause, resume, drain).
+
+The hub and every spoke enforce the policy they are configured with, each for itself; the
+spoke judges the original client (chain of custody), with the values it resolved (its own
+default priority and the profile's timeout). There is no implicit target: a rule with no
+spokes, or a selector no spoke matches, allows nothing.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import errors
+
+VERBS = frozenset(
+    {
+        "spawn",
+        "get",
+        "kill",
+        "list",
+        "watch",
+        "replay",
+        "spokes",
+        "queue_stats",
+        "dead_letters",
+        "pause",
+        "resume",
+        "drain",
+    }
+)
+GROUPS: Mapping[str, frozenset[str]] = {
+    "read": frozenset({"get", "list", "watch", "spokes", "queue_stats", "dead_letters"}),
+    "operate": frozenset({"spawn", "kill", "replay"}),
+    "admin": frozenset({"pause", "resume", "drain"}),
+    "*": VERBS,
+}
+BODY_VERBS: Mapping[str, str] = {
+    "spawn_agent": "spawn",
+    "get_agent": "get",
+    "kill_agent": "kill",
+    "list_agents": "list",
+    "watch_agent": "watch",
+    "replay_agent": "replay",
+    "list_spokes": "spokes",
+    "get_queue_stats": "queue_stats",
+    "list_dead_letters": "dead_letters",
+    "pause_queue": "pause",
+    "resume_queue": "resume",
+    "drain_queue": "drain",
+}
+"""Command body case → policy verb."""
+
+
+class PolicyConfigError(ValueError):
+    """The policy file is missing or malformed."""
+
+
+class PolicyDeniedError(errors.KeyNotAuthorizedError):
+    """PERMISSION_DENIED / KEY_NOT_AUTHORIZED; the message (and ``rule`` metadata) says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    name: str
+    principals: frozenset[str]
+    verbs: frozenset[str]
+    spokes: frozenset[str]
+    spoke_labels: Mapping[str, str] = field(default_factory=dict)
+    profiles: frozenset[str] = frozenset({"*"})
+    max_priority: int = 10
+    max_runtime_s: float | None = None
+    max_attempts: int | None = None
+
+    def covers(
+        self, principal: str, verb: str, spoke: str | None, labels: Mapping[str, str]
+    ) -> bool:
+        if not ({principal, "*"} & self.principals) or verb not in self.verbs:
+            return False
+        if spoke is None:  # a hub-level verb (spokes): no spoke to match
+            return True
+        if not ({spoke, "*"} & self.spokes):
+            return False
+        return all(labels.get(k) == v for k, v in self.spoke_labels.items())
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What is asked, as the enforcing side sees it."""
+
+    principal: str
+    verb: str
+    spoke: str | None
+    spoke_labels: Mapping[str, str] = field(default_factory=dict)
+    profile: str | None = None
+    priority: int | None = None
+    runtime_s: float | None = None
+    attempts: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    rules: tuple[Rule, ...]
+
+    def allows(self, req: Request) -> bool:
+        try:
+            self.check(req)
+        except PolicyDeniedError:
+            return False
+        return True
+
+    def check(self, req: Request) -> Rule:
+        """The first rule that allows ``req``; PolicyDeniedError naming why none does."""
+        where = f" on spoke {req.spoke}" if req.spoke else ""
+        rules = [
+            r for r in self.rules if r.covers(req.principal, req.verb, req.spoke, req.spoke_labels)
+        ]
+        if not rules:
+            raise PolicyDeniedError(
+                f"no policy rule lets {req.principal} {req.verb}{where}", verb=req.verb
+            )
+        if req.profile is not None:
+            rules = [r for r in rules if {req.profile, "*"} & r.profiles]
+            if not rules:
+                raise PolicyDeniedError(
+                    f"no policy rule lets {req.principal} run profile {req.profile}{where}",
+                    verb=req.verb,
+                )
+        first_problem = ""
+        for r in rules:
+            problem = _limit_problem(r, req)
+            if not problem:
+                return r
+            first_problem = first_problem or problem
+        raise PolicyDeniedError(first_problem, rule=rules[0].name, verb=req.verb)
+
+    @classmethod
+    def from_file(cls, path: Path) -> Policy:
+        try:
+            raw = tomllib.loads(path.read_text())
+        except FileNotFoundError as exc:
+            raise PolicyConfigError(f"policy file not found: {path}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise PolicyConfigError(f"policy file {path} is not valid TOML: {exc}") from exc
+        return cls.from_mapping(raw, str(path))
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, object], source: str = "policy") -> Policy:
+        unknown = set(raw) - {"rule"}
+        if unknown:
+            raise PolicyConfigError(f"{source}: unknown keys {sorted(unknown)}")
+        tables = raw.get("rule", [])
+        if not isinstance(tables, list):
+            raise PolicyConfigError(f"{source}: [[rule]] must be an array of tables")
+        rules = tuple(_rule(t, f"{source}: rule #{i + 1}") for i, t in enumerate(tables))
+        names = [r.name for r in rules]
+        if len(set(names)) != len(names):
+            raise PolicyConfigError(f"{source}: rule names must be unique")
+        return cls(rules)
+
+
+def _limit_problem(r: Rule, req: Request) -> str:
+    if req.priority is not None and req.priority > r.max_priority:
+        return f"rule {r.name!r} allows priority up to {r.max_priority}, got {req.priority}"
+    if (
+        r.max_runtime_s is not None
+        and req.runtime_s is not None
+        and req.runtime_s > r.max_runtime_s
+    ):
+        return (
+            f"rule {r.name!r} allows a runtime up to {r.max_runtime_s:g} s, got {req.runtime_s:g} s"
+        )
+    if r.max_attempts is not None and req.attempts is not None and req.attempts > r.max_attempts:
+        return f"rule {r.name!r} allows up to {r.max_attempts} attempts, got {req.attempts}"
+    return ""
+
+
+_RULE_KEYS = frozenset(
+    {
+        "name",
+        "principals",
+        "verbs",
+        "spokes",
+        "spoke_labels",
+        "profiles",
+        "max_priority",
+        "max_runtime_seconds",
+        "max_attempts",
+    }
+)
+
+
+def _names(
+    t: Mapping[str, object], key: str, where: str, default: Iterable[str] | None
+) -> frozenset[str]:
+    value = t.get(key)
+    if value is None:
+        if default is None:
+            raise PolicyConfigError(f'{where}: {key} is required (a list; ["*"] for any)')
+        return frozenset(default)
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise PolicyConfigError(f"{where}: {key} must be a list of names")
+    return frozenset(value)
+
+
+def _rule(t: object, where: str) -> Rule:
+    if not isinstance(t, dict):
+        raise PolicyConfigError(f"{where} must be a table")
+    unknown = set(t) - _RULE_KEYS
+    if unknown:
+        raise PolicyConfigError(f"{where}: unknown keys {sorted(unknown)}")
+    name = t.get("name")
+    if not isinstance(name, str) or not name:
+        raise PolicyConfigError(f"{where}: name is required")
+    where = f"{where} ({name})"
+    verbs: set[str] = set()
+    for v in _names(t, "verbs", where, None):
+        if v in GROUPS:
+            verbs |= GROUPS[v]
+        elif v in VERBS:
+            verbs.add(v)
+        else:
+            raise PolicyConfigError(f"{where}: unknown verb {v!r}")
+    labels = t.get("spoke_labels", {})
+    if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+        raise PolicyConfigError(f"{where}: spoke_labels must be a table of strings")
+    prio = t.get("max_priority", 10)
+    if not isinstance(prio, int) or not 1 <= prio <= 10:
+        raise PolicyConfigError(f"{where}: max_priority must be 1-10")
+    runtime = t.get("max_runtime_seconds")
+    if runtime is not None and (not isinstance(runtime, int | float) or runtime <= 0):
+        raise PolicyConfigError(f"{where}: max_runtime_seconds must be positive")
+    attempts = t.get("max_attempts")
+    if attempts is not None and (not isinstance(attempts, int) or attempts < 1):
+        raise PolicyConfigError(f"{where}: max_attempts must be at least 1")
+    return Rule(
+        name=name,
+        principals=_names(t, "principals", where, None),
+        verbs=frozenset(verbs),
+        spokes=_names(t, "spokes", where, None),
+        spoke_labels=dict(labels),
+        profiles=_names(t, "profiles", where, ["*"]),
+        max_priority=prio,
+        max_runtime_s=float(runtime) if runtime is not None else None,
+        max_attempts=attempts,
+    )
+
+
+ALLOW_OPERATOR_EVERYTHING = """\
+# Written by Hubspoke for a local federation: the operator may do everything.
+# Policies are default-deny: anything no rule allows is refused (docs/security.md).
+[[rule]]
+name = "operator-all"
+principals = ["operator"]
+verbs = ["*"]
+spokes = ["*"]
+profiles = ["*"]
+"""

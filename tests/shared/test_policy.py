@@ -1,0 +1,116 @@
+"""The default-deny policy: matching, limits, groups, selectors, and clear denials."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.policy import Policy, PolicyConfigError, PolicyDeniedError, Request
+
+POLICY = Policy.from_mapping(
+    {
+        "rule": [
+            {
+                "name": "ci",
+                "principals": ["ci-bot"],
+                "verbs": ["spawn", "read"],
+                "spokes": ["build-1", "build-2"],
+                "profiles": ["pytest"],
+                "max_priority": 5,
+                "max_runtime_seconds": 600,
+                "max_attempts": 2,
+            },
+            {
+                "name": "gpu-team",
+                "principals": ["alice"],
+                "verbs": ["operate"],
+                "spokes": ["*"],
+                "spoke_labels": {"gpu": "yes"},
+            },
+            {"name": "nobody", "principals": ["*"], "verbs": ["*"], "spokes": []},
+        ]
+    }
+)
+
+
+def spawn(**kw: object) -> Request:
+    base: dict[str, object] = {
+        "principal": "ci-bot",
+        "verb": "spawn",
+        "spoke": "build-1",
+        "profile": "pytest",
+        "priority": 5,
+        "runtime_s": 600.0,
+        "attempts": 2,
+    }
+    base.update(kw)
+    return Request(**base)  # type: ignore[arg-type]
+
+
+def test_allowed_within_limits() -> None:
+    assert POLICY.check(spawn()).name == "ci"
+
+
+@pytest.mark.parametrize(
+    ("request_", "message"),
+    [
+        (spawn(principal="mallory"), "no policy rule lets mallory spawn on spoke build-1"),
+        (spawn(spoke="gpu-1"), "no policy rule lets ci-bot spawn on spoke gpu-1"),
+        (spawn(verb="kill"), "no policy rule lets ci-bot kill"),
+        (spawn(profile="claude"), "run profile claude"),
+        (spawn(priority=9), "rule 'ci' allows priority up to 5, got 9"),
+        (spawn(runtime_s=601.0), "rule 'ci' allows a runtime up to 600 s"),
+        (spawn(attempts=3), "rule 'ci' allows up to 2 attempts"),
+    ],
+)
+def test_denials_name_what_failed(request_: Request, message: str) -> None:
+    with pytest.raises(PolicyDeniedError, match=message) as err:
+        POLICY.check(request_)
+    assert err.value.code.name == "PERMISSION_DENIED"
+    assert err.value.reason == "KEY_NOT_AUTHORIZED"
+
+
+def test_groups_expand() -> None:
+    assert POLICY.allows(Request("ci-bot", "watch", "build-2"))
+    assert not POLICY.allows(Request("ci-bot", "drain", "build-2"))
+
+
+def test_label_selector_must_match_every_label() -> None:
+    assert POLICY.allows(Request("alice", "kill", "any", {"gpu": "yes", "zone": "a"}))
+    assert not POLICY.allows(Request("alice", "kill", "any", {"gpu": "no"}))
+    assert not POLICY.allows(Request("alice", "kill", "any", {}))
+
+
+def test_an_empty_spoke_list_allows_nothing() -> None:
+    assert not POLICY.allows(Request("anyone", "get", "build-1"))
+
+
+def test_empty_policy_denies_everything() -> None:
+    assert not Policy.from_mapping({}).allows(Request("operator", "get", "s"))
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({"name": "x", "verbs": ["get"], "spokes": ["*"]}, "principals is required"),
+        ({"name": "x", "principals": ["a"], "verbs": ["fly"], "spokes": ["*"]}, "unknown verb"),
+        ({"name": "x", "principals": ["a"], "verbs": ["get"]}, "spokes is required"),
+        ({"principals": ["a"], "verbs": ["get"], "spokes": ["*"]}, "name is required"),
+        (
+            {
+                "name": "x",
+                "principals": ["a"],
+                "verbs": ["get"],
+                "spokes": ["*"],
+                "max_priority": 11,
+            },
+            "max_priority",
+        ),
+        (
+            {"name": "x", "principals": ["a"], "verbs": ["get"], "spokes": ["*"], "bogus": 1},
+            "unknown keys",
+        ),
+    ],
+)
+def test_bad_rules_fail_with_one_clear_line(table: dict[str, object], message: str) -> None:
+    with pytest.raises(PolicyConfigError, match=message):
+        Policy.from_mapping({"rule": [table]})
