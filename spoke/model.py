@@ -114,6 +114,7 @@ class AgentRecord:
     backoff_ms: int = 1000
     replays: int = 0
     not_before_ms: int = 0
+    replay_command: str = ""
 
     @classmethod
     def from_hash(cls, raw: Mapping[bytes, bytes]) -> AgentRecord:
@@ -151,6 +152,7 @@ class AgentRecord:
             backoff_ms=_int(raw, "backoff_ms", 1000),
             replays=_int(raw, "replays"),
             not_before_ms=_int(raw, "not_before_ms"),
+            replay_command=_text(raw, "replay_command"),
         )
 
 

@@ -459,10 +459,13 @@ class AgentQueue:
             await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
 
     @_backend
-    async def replay(self, agent_id: str) -> AgentRecord:
+    async def replay(self, agent_id: str, command_id: str) -> AgentRecord:
         """Run a failed agent again with fresh attempts, as a new job (the old one leaves the
-        dead-letter set)."""
+        dead-letter set). Idempotent on the replay's command id: a retried replay returns
+        the agent instead of failing on its new state."""
         rec = await self.get(agent_id)
+        if rec.replay_command == command_id:
+            return rec
         replays = rec.replays + 1
         new_job = f"{SpokeKeys.job_id(agent_id)}-r{replays}"
         await self.transition(
@@ -473,6 +476,7 @@ class AgentQueue:
             {
                 "attempt": 0,
                 "replays": replays,
+                "replay_command": command_id,
                 "job_id": new_job,
                 "exit_code": "",
                 "end_ms": "",

@@ -208,7 +208,7 @@ class SpokeServicer:
         auth = await self._admit(request.command, "replay_agent")
         agent_id = self._agent_id(auth.command.replay_agent.agent)
         with _queue_errors():
-            rec = await self.agents.replay(agent_id)
+            rec = await self.agents.replay(agent_id, auth.command.command_id)
         return spoke_service_pb2.SpokeServiceReplayAgentResponse(
             reply=self._reply(auth, agent=wire.to_agent(self.config.name, rec))
         )

@@ -257,3 +257,26 @@ def test_spoked_with_a_taken_port_fails_in_one_line(peers, redis_url, tmp_path) 
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1].startswith("Error: could not bind")
     assert "Traceback" not in done.stderr
+
+
+async def test_replay_is_idempotent_on_its_command_id(client: SpokeClient) -> None:
+    reply = await client.spawn("duration=0.01 exit=1")
+    agent_id = reply.agent.agent_id
+    await client.wait_state(agent_id, "FAILED")
+    body = command_pb2.ReplayAgentBody(agent=agent_id)
+
+    async def replay(command_id: str) -> agent_pb2.Agent:
+        env = client.command("replay_agent", body, command_id=command_id)
+        resp = await client.stub.ReplayAgent(
+            spoke_service_pb2.SpokeServiceReplayAgentRequest(command=env), timeout=10
+        )
+        return commands.parse_reply(resp.reply.payload).agent
+
+    first = await replay("replay-1")
+    assert first.state == State.STATE_QUEUED
+    await client.wait_state(agent_id, "FAILED")
+    again = await replay("replay-1")  # a retry of the same replay: its agent, no new run
+    assert again.state == State.STATE_FAILED
+    third = await replay("replay-2")  # a new replay runs it again
+    assert third.state == State.STATE_QUEUED
+    await client.wait_state(agent_id, "FAILED")
