@@ -47,7 +47,11 @@ def generate(out: Path) -> None:
         f"--mypy_grpc_out={out}",
         *protos,
     ]
-    subprocess.run(cmd, check=True, cwd=PROTO_ROOT)
+    # mypy-protobuf announces every file on stderr: keep it for failures only.
+    done = subprocess.run(cmd, check=False, cwd=PROTO_ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.stderr.write(done.stdout + done.stderr)
+        raise SystemExit(f"protoc failed with status {done.returncode}")
     pkg = out / "federation" / "v1"
     for f in pkg.iterdir():
         if f.suffix in {".py", ".pyi"}:
