@@ -7,7 +7,6 @@ bucket answers RESOURCE_EXHAUSTED with the wait in ``retry_after_ms`` metadata.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -16,12 +15,15 @@ from redis.exceptions import RedisError
 from . import errors
 
 _BUCKET = """
--- KEYS: bucket. ARGV: rate per s, burst, now ms. Returns {allowed, wait_ms}.
-local rate, burst, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+-- KEYS: bucket. ARGV: rate per s, burst. Returns {allowed, wait_ms}.
+-- Time comes from Redis itself: callers' clocks differ, and their calls arrive out of order.
+local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
 local tokens = tonumber(state[1]) or burst
 local at = tonumber(state[2]) or now
-tokens = math.min(burst, tokens + (now - at) * rate / 1000)
+tokens = math.min(burst, tokens + math.max(0, now - at) * rate / 1000)
 local allowed = 0
 local wait = 0
 if tokens >= 1 then
@@ -61,7 +63,7 @@ class RateLimiter:
             return
         try:
             allowed, wait_ms = await self._script(
-                keys=[key], args=[self._limit.rate, self._limit.burst, int(time.time() * 1000)]
+                keys=[key], args=[self._limit.rate, self._limit.burst]
             )
         except (RedisError, OSError) as exc:
             raise errors.BackendUnavailableError("redis unavailable") from exc

@@ -165,6 +165,7 @@ _ENV = {
     "SPOKE_TRUST_FILE": "trust_file",
     "SPOKE_POLICY_FILE": "policy_file",
     "SPOKE_RATE_PER_PRINCIPAL": "rate_per_principal",
+    "SPOKE_RATE_BURST": "rate_burst",
     "SPOKE_REDIS_URL": "redis_url",
     "SPOKE_CONCURRENCY": "concurrency",
     "SPOKE_MAX_QUEUE_DEPTH": "max_queue_depth",

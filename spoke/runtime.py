@@ -154,6 +154,52 @@ async def _wait_gone(ident: ProcessIdentity, timeout_s: float) -> None:
         await asyncio.sleep(_POLL_S)
 
 
+def group_remnants(pgid: int, agent_id: str) -> list[int]:
+    """Live members of process group ``pgid`` that carry ``HUBSPOKE_AGENT_ID=agent_id`` in
+    their environment: what is left of an agent whose leader is gone (it may have died of
+    SIGPIPE when its spoke died). Both must match, so an unrelated process that reused the
+    pgid is never picked."""
+    marker = f"HUBSPOKE_AGENT_ID={agent_id}".encode()
+    found: list[int] = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        stat = _read_stat(int(entry))
+        if stat is None or stat[1] != pgid or stat[0] in ("Z", "X", "x"):
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+        except OSError:
+            continue
+        if marker in env:
+            found.append(int(entry))
+    return found
+
+
+async def kill_remnants(pgid: int, agent_id: str, grace_s: float) -> int:
+    """SIGTERM, then after ``grace_s`` SIGKILL, each process :func:`group_remnants` finds
+    (by pid: the group itself is never signalled, since its leader's identity is gone).
+    Returns how many there were."""
+    if not _may_signal(pgid):
+        return 0
+    first = group_remnants(pgid, agent_id)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in group_remnants(pgid, agent_id):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (grace_s if sig is signal.SIGTERM else _KILL_WAIT_S)
+        # Polling: no event exists for the end of a process that is not our child.
+        while loop.time() < deadline:
+            if not group_remnants(pgid, agent_id):
+                break
+            await asyncio.sleep(_POLL_S)
+    if first:
+        _log.info("killed_agent_remnants", pgid=pgid, count=len(first))
+    return len(first)
+
+
 async def kill_identity(ident: ProcessIdentity, grace_s: float) -> bool:
     """Crash recovery: stop a process group recorded earlier, if it is still the same.
 

@@ -245,6 +245,9 @@ class AgentWorker:
             grace = profile.kill_grace_s if profile else 2.0
             if await runtime.kill_identity(ident, grace):
                 log.warning("recovery_killed_orphan", pid=rec.pid)
+            # The leader may be gone (SIGPIPE when its spoke died) while children live on.
+            if await runtime.kill_remnants(rec.pgid, rec.agent_id, grace):
+                log.warning("recovery_killed_remnants", pgid=rec.pgid)
         held = [AgentState.STARTING, AgentState.RUNNING]
         if profile is not None and profile.retry_safe and rec.attempt < rec.max_attempts:
             await self.queue.transition(rec.agent_id, held, AgentState.RETRYING, "LOST")

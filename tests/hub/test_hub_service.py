@@ -596,11 +596,24 @@ async def test_kill_of_a_finished_agent_passes_the_spokes_answer_through(fed: Fe
     )
     async with fed.client() as client:
         with pytest.raises(hc.HubCallError) as info:
-            await client.kill("done")  # found by asking every spoke
+            await client.kill("spokes/spoke-1/agents/done")
     assert (info.value.code, info.value.reason) == (
         grpc.StatusCode.FAILED_PRECONDITION,
         "AGENT_NOT_RUNNING",
     )
+
+
+async def test_a_kill_of_an_unindexed_agent_is_never_fanned_out(fed: Fed) -> None:
+    """The same id may exist on two spokes: a kill is only sent where the hub knows it is."""
+    for name in fed.spokes:
+        fed.spokes[name].agents["twin"] = Agent(
+            agent_id="twin", spoke=name, state=Agent.STATE_RUNNING
+        )
+    async with fed.client() as client:
+        with pytest.raises(hc.HubCallError) as info:
+            await client.kill("twin")
+    assert info.value.code == grpc.StatusCode.NOT_FOUND
+    assert all(s.agents["twin"].state == Agent.STATE_RUNNING for s in fed.spokes.values())
 
 
 @pytest.mark.parametrize("tamper", ["digest", "signer"])

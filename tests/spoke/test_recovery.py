@@ -116,21 +116,22 @@ async def spokeds(
 
 ONCE = {"argv": [sys.executable, "-m", "spoke.synthetic"], "kill_grace_seconds": 1.0}
 SAFE = {**ONCE, "retry_safe": True}
-PROFILES = {"synthetic": {}, "once": ONCE, "safe": SAFE}
+SH = {"argv": ["sh", "-c", "{task}"], "task_on_stdin": False, "kill_grace_seconds": 1.0}
+PROFILES = {"synthetic": {}, "once": ONCE, "safe": SAFE, "sh": SH}
 
 
 async def _crash_mid_run(
-    spokeds: Any, profile: str, **spawn: Any
+    spokeds: Any, profile: str, task: str = "duration=60 spawn_child", **spawn: Any
 ) -> tuple[SpokeClient, str, list[int], float]:
     first, client = await spokeds(profiles=PROFILES)
-    reply = await client.spawn("duration=60 spawn_child", profile=profile, **spawn)
+    reply = await client.spawn(task, profile=profile, **spawn)
     agent_id = reply.agent.agent_id
     await client.wait_state(agent_id, "RUNNING")
     orphans = _agent_processes(agent_id)
     assert orphans
     await first.kill()
     crashed_at = time.monotonic()
-    assert _agent_processes(agent_id) == orphans, "agent survives its worker: must be reaped"
+    assert _agent_processes(agent_id), "the agent must outlive its worker for this test"
     _, client2 = await spokeds(profiles=PROFILES)
     return client2, agent_id, orphans, crashed_at
 
@@ -144,6 +145,18 @@ async def test_sigkill_of_spoked_marks_unsafe_agent_lost_and_kills_its_group(spo
     assert recovered_in <= RECOVERY_BOUND_S
     await asyncio.sleep(0.5)
     assert not [p for p in orphans if p in _agent_processes(agent_id)]
+
+
+async def test_recovery_kills_children_of_a_leader_that_died_with_its_spoke(spokeds) -> None:
+    """The agent's leader exits after its spoke died; its child lives on. Recovery finds
+    the child by process group and agent marker and kills it: no orphan remains."""
+    client, agent_id, _, _ = await _crash_mid_run(spokeds, "sh", task="sleep 600 & sleep 2")
+    await asyncio.sleep(2.5)  # the leader (sh) has exited; its child sleep lives on
+    assert _agent_processes(agent_id), "a child must outlive its leader for this test"
+    final = await client.wait_state(agent_id, "FAILED", within=RECOVERY_BOUND_S + 5)
+    assert final.reason == "LOST"
+    await asyncio.sleep(0.5)
+    assert not _agent_processes(agent_id)
 
 
 async def test_sigkill_of_spoked_retries_a_retry_safe_agent_once(spokeds) -> None:
