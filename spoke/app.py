@@ -42,6 +42,7 @@ class SpokeApp:
         self._worker: AgentWorker | None = None
         self._worker_task: asyncio.Task[None] | None = None
         self._sweeper_task: asyncio.Task[None] | None = None
+        self._requeue_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._stopped = asyncio.Event()
 
@@ -83,7 +84,6 @@ class SpokeApp:
                 f"Redis maxmemory-policy is {eviction!r}; queued agents could be evicted. "
                 "Set it to noeviction, or allow_eviction = true to accept the risk"
             )
-        healed = await agents.requeue_orphans()
         window = commands.Window(
             max_skew=dt.timedelta(seconds=cfg.max_skew_s),
             max_validity=dt.timedelta(seconds=cfg.max_validity_s),
@@ -104,7 +104,9 @@ class SpokeApp:
         self._worker_task.add_done_callback(self._worker_done)
         self._sweeper_task = asyncio.create_task(Sweeper(agents, cfg).run(), name="sweeper")
         await self._server.serving([SERVICE.full_name])
-        log.info("spoke_serving", spoke=cfg.name, port=self._server.port, requeued=healed)
+        log.info("spoke_serving", spoke=cfg.name, port=self._server.port)
+        # After serving: on a large backlog this scan takes a while and must not delay start.
+        self._requeue_task = asyncio.create_task(self._requeue(agents), name="requeue")
         return self._server.port
 
     def _server_credentials(self) -> grpc.ServerCredentials | None:
@@ -117,6 +119,14 @@ class SpokeApp:
         except stls.TlsError as exc:
             raise SpokeConfigError(str(exc)) from exc
 
+    async def _requeue(self, agents: AgentQueue) -> None:
+        try:
+            healed = await agents.requeue_orphans()
+        except BackendError as exc:
+            log.warning("requeue_failed", error=str(exc))
+            return
+        log.info("requeue_done", requeued=healed)
+
     def _worker_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None and not self._stopping:
             log.error("worker_crashed", exc_info=task.exception())
@@ -128,10 +138,11 @@ class SpokeApp:
             return
         self._stopping = True
         try:
-            if self._sweeper_task is not None:
-                self._sweeper_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._sweeper_task
+            for task in (self._sweeper_task, self._requeue_task):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             if self._server is not None:
                 await self._server.stop(grace)
             if self._worker is not None:

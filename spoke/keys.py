@@ -52,6 +52,10 @@ class SpokeKeys:
         """Hash of live worker ids to their heartbeat (ms), for recovery."""
         return f"{self.prefix}:workers"
 
+    def bull(self, name: str) -> str:
+        """A key of bullmq's own for this spoke's queue: ``wait``, ``delayed``, a job id…"""
+        return f"{self.prefix}:{QUEUE_NAME}:{name}"
+
     @staticmethod
     def job_id(agent_id: str) -> str:
         # bullmq confuses integer-looking ids with its own counter (PITFALLS): always prefix.

@@ -28,6 +28,8 @@ from typing import Any, ParamSpec, TypeVar
 
 import redis.asyncio as aioredis
 from bullmq import Queue
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -91,28 +93,41 @@ def _backend(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
 
 
 _CREATE = """
--- KEYS: agent, index, events. ARGV: agent_id, digest, now_ms, maxlen, field, value, ...
+-- KEYS: agent, index, events, then bullmq's wait, paused, prioritized, delayed.
+-- ARGV: agent_id, digest, now_ms, maxlen, max_backlog, field, value, ...
 local existing = redis.call('HGET', KEYS[1], 'digest')
 if existing then
-  return {'exists', existing, redis.call('HGET', KEYS[1], 'state')}
+  return {'exists', existing}
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+local backlog = redis.call('LLEN', KEYS[4]) + redis.call('LLEN', KEYS[5])
+  + redis.call('ZCARD', KEYS[6]) + redis.call('ZCARD', KEYS[7])
+if backlog >= tonumber(ARGV[5]) then
+  return {'full', tostring(backlog)}
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
 redis.call('HSET', KEYS[1], 'state', 'QUEUED', 'seq', 1, 'digest', ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '1-0',
   'kind', 'state', 'state', 'QUEUED', 'reason', '', 'time', ARGV[3])
-return {'created', ARGV[2], 'QUEUED'}
+return {'created', ARGV[2]}
 """
 
 _TRANSITION = """
--- KEYS: agent, events. ARGV: from_csv, to, reason, now_ms, maxlen, field, value, ...
+-- KEYS: agent, events.
+-- ARGV: from_csv, to, reason, now_ms, maxlen, owner_worker, owner_attempt, field, value, ...
+-- With an owner, the record must still be held by that worker on that attempt: a worker
+-- that was paused past its lease must not overwrite the attempt that replaced it.
 local cur = redis.call('HGET', KEYS[1], 'state')
 if not cur then return {'missing', ''} end
 local ok = false
 for s in string.gmatch(ARGV[1], '[^,]+') do if s == cur then ok = true end end
 if not ok then return {'illegal', cur} end
+if ARGV[6] ~= '' then
+  local held = redis.call('HMGET', KEYS[1], 'worker', 'attempt')
+  if held[1] ~= ARGV[6] or held[2] ~= ARGV[7] then return {'illegal', cur .. ' (superseded)'} end
+end
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'reason', ARGV[3])
-if #ARGV > 5 then redis.call('HSET', KEYS[1], unpack(ARGV, 6)) end
+if #ARGV > 7 then redis.call('HSET', KEYS[1], unpack(ARGV, 8)) end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], seq .. '-0',
   'kind', 'state', 'state', ARGV[2], 'reason', ARGV[3], 'time', ARGV[4])
@@ -222,7 +237,10 @@ class AgentQueue:
         self.redis_url = redis_url
         # Our own calls are short: bound them. bullmq's blocking calls get their own client.
         self.redis: aioredis.Redis = aioredis.Redis.from_url(
-            redis_url, socket_timeout=op_timeout_s, socket_connect_timeout=op_timeout_s
+            redis_url,
+            socket_timeout=op_timeout_s,
+            socket_connect_timeout=op_timeout_s,
+            **_reconnecting(),
         )
         self.bull_redis: aioredis.Redis = bullmq_client(redis_url)
         self.jobs = Queue(QUEUE_NAME, {"connection": self.bull_redis, "prefix": self.keys.prefix})
@@ -240,42 +258,51 @@ class AgentQueue:
     # --- spawn ---------------------------------------------------------------
 
     @_backend
-    async def backlog(self) -> int:
-        counts: dict[str, int] = await self.jobs.getJobCounts("wait", "prioritized", "delayed")
-        return sum(counts.values())
-
-    @_backend
     async def create(self, req: SpawnRequest, max_backlog: int) -> tuple[AgentRecord, bool]:
         """Store a spawn and queue it; idempotent on the agent id.
 
-        Returns the record and whether this call created it. The record, with the audit
-        copies of the signed envelopes, is one atomic write; the job is written after it:
-        a crash between the two leaves a QUEUED record that ``requeue_orphans`` (and any
-        retry of the same spawn) puts back on the queue. Callers shield this from
-        cancellation, so a client that gives up mid-call cannot tear it.
+        Returns the record and whether this call created it. One script checks the id, the
+        backlog cap, and writes the record with the audit copies of the signed envelopes,
+        its index entry and its first event; the bullmq job is added after it: a crash
+        between the two leaves a QUEUED record that ``requeue_orphans`` (and any retry of
+        the same spawn) puts back on the queue. Callers shield this from cancellation, so
+        a client that gives up mid-call cannot tear it. Two round trips in all.
         """
-        existing = await self.get_or_none(req.agent_id)
-        if existing is not None:
-            return await self._existing(req, existing), False
-        if await self.backlog() >= max_backlog:
-            raise QueueFullError(f"queue holds {max_backlog} waiting agents, its limit")
         now = now_ms()
+        rec = AgentRecord(
+            agent_id=req.agent_id,
+            state=AgentState.QUEUED,
+            profile=req.profile,
+            task=req.task,
+            issuer=req.issuer,
+            priority=req.priority,
+            digest=req.digest,
+            create_ms=now,
+            timeout_ms=req.timeout_ms,
+            max_attempts=req.max_attempts,
+            expire_ms=req.expire_ms,
+            labels=dict(req.labels),
+            backoff_ms=req.backoff_ms,
+            job_id=SpokeKeys.job_id(req.agent_id),
+            not_before_ms=now + req.delay_ms,
+            seq=1,
+        )
         fields = {
-            "agent_id": req.agent_id,
-            "profile": req.profile,
-            "task": req.task,
-            "issuer": req.issuer,
-            "priority": req.priority,
+            "agent_id": rec.agent_id,
+            "profile": rec.profile,
+            "task": rec.task,
+            "issuer": rec.issuer,
+            "priority": rec.priority,
             "create_ms": now,
-            "timeout_ms": req.timeout_ms,
-            "max_attempts": req.max_attempts,
+            "timeout_ms": rec.timeout_ms,
+            "max_attempts": rec.max_attempts,
             "attempt": 0,
-            "expire_ms": req.expire_ms,
-            "labels": json.dumps(dict(req.labels), sort_keys=True),
+            "expire_ms": rec.expire_ms,
+            "labels": json.dumps(dict(rec.labels), sort_keys=True),
             "progress_percent": -1,
-            "backoff_ms": req.backoff_ms,
-            "job_id": SpokeKeys.job_id(req.agent_id),
-            "not_before_ms": now + req.delay_ms,
+            "backoff_ms": rec.backoff_ms,
+            "job_id": rec.job_id,
+            "not_before_ms": rec.not_before_ms,
         }
         audit: dict[str, object] = {"envelope": req.envelope, "relay": req.relay}
         args: list[Any] = [
@@ -283,6 +310,7 @@ class AgentQueue:
             req.digest,
             now,
             EVENTS_MAXLEN,
+            max_backlog,
             *_flatten(fields),
             *_pairs(audit),
         ]
@@ -290,12 +318,13 @@ class AgentQueue:
             self.keys.agent(req.agent_id),
             self.keys.agent_index,
             self.keys.events(req.agent_id),
+            *(self.keys.bull(kind) for kind in ("wait", "paused", "prioritized", "delayed")),
         ]
-        status, _, _ = await self._create(keys=keys, args=args)
+        status, detail = await self._create(keys=keys, args=args)
         if status == b"exists":
-            again = await self.get(req.agent_id)
-            return await self._existing(req, again), False
-        rec = await self.get(req.agent_id)
+            return await self._existing(req, await self.get(req.agent_id)), False
+        if status == b"full":
+            raise QueueFullError(f"queue holds {detail.decode()} waiting agents, its limit")
         await self._enqueue(rec)
         return rec, True
 
@@ -397,18 +426,23 @@ class AgentQueue:
         to: AgentState,
         reason: str = "",
         fields: Mapping[str, object] | None = None,
+        owner: tuple[str, int] | None = None,
     ) -> int:
-        """Move an agent to ``to`` if it is in one of ``allowed_from``; return the event seq."""
+        """Move an agent to ``to`` if it is in one of ``allowed_from`` (and, with ``owner``,
+        still held by that (worker, attempt)); return the event seq."""
         now = now_ms()
         extra = dict(fields or {})
         if to in FINAL_STATES:
             extra.setdefault("end_ms", now)
+        worker, attempt = owner if owner is not None else ("", "")
         args: list[Any] = [
             ",".join(allowed_from),
             to.value,
             reason,
             now,
             EVENTS_MAXLEN,
+            worker,
+            attempt,
             *_flatten(extra),
         ]
         keys = [self.keys.agent(agent_id), self.keys.events(agent_id)]
@@ -586,19 +620,39 @@ class AgentQueue:
         return swept
 
     @_backend
-    async def requeue_orphans(self) -> int:
-        """Put QUEUED records with no bullmq job back on the queue (crash between writes)."""
+    async def requeue_orphans(self, batch: int = 500) -> int:
+        """Put QUEUED records with no bullmq job back on the queue (crash between writes).
+
+        Pipelined in batches, so a large backlog costs a few round trips per 500 agents.
+        """
         healed = 0
-        ids: list[bytes] = await self.redis.zrange(self.keys.agent_index, 0, -1)  # type: ignore[assignment]  # bytes: decode_responses is off
-        for raw_id in ids:
-            agent_id = raw_id.decode()
-            rec = await self.get_or_none(agent_id)
-            if rec is None or rec.state is not AgentState.QUEUED:
+        offset = 0
+        while True:
+            ids: list[bytes] = await self.redis.zrange(  # type: ignore[assignment]  # bytes
+                self.keys.agent_index, offset, offset + batch - 1
+            )
+            if not ids:
+                return healed
+            offset += len(ids)
+            pipe = self.redis.pipeline(transaction=False)
+            for raw in ids:
+                pipe.hmget(self.keys.agent(raw.decode()), "state", "job_id")
+            rows = await pipe.execute()
+            queued = [
+                (raw.decode(), (job or b"").decode())
+                for raw, (state, job) in zip(ids, rows, strict=True)
+                if state == b"QUEUED"
+            ]
+            if not queued:
                 continue
-            if await self.jobs.getJob(rec.job_id or SpokeKeys.job_id(agent_id)) is None:
-                await self._enqueue(rec)
-                healed += 1
-        return healed
+            pipe = self.redis.pipeline(transaction=False)
+            for agent_id, job in queued:
+                pipe.exists(self.keys.bull(job or SpokeKeys.job_id(agent_id)))
+            present = await pipe.execute()
+            for (agent_id, _), there in zip(queued, present, strict=True):
+                if not there:
+                    await self._enqueue(await self.get(agent_id))
+                    healed += 1
 
     @_backend
     async def maxmemory_policy(self) -> str:
@@ -611,8 +665,24 @@ def bullmq_client(redis_url: str) -> aioredis.Redis:
     """A client for bullmq: no socket timeout, since its blocking calls wait long (PITFALLS),
     and decoded responses, which bullmq's job parsing assumes (bytes give empty job data)."""
     return aioredis.Redis.from_url(
-        redis_url, socket_timeout=None, socket_connect_timeout=5, decode_responses=True
+        redis_url,
+        socket_timeout=None,
+        socket_connect_timeout=5,
+        decode_responses=True,
+        **_reconnecting(),
     )
+
+
+def _reconnecting() -> dict[str, Any]:
+    """After a Redis restart every pooled connection is dead: retry a command that failed
+    on one (three times, backing off), and check a connection idle for 5 s before use.
+    A retried script is safe: each checks state first (a create finds its record, a
+    transition that already happened is refused and its caller knows what that means)."""
+    return {
+        "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+        "health_check_interval": 5,
+    }
 
 
 def jittered_backoff(attempts_made: int, _type: str, _err: object, job: Any) -> int:

@@ -99,10 +99,12 @@ class SpokeServicer:
             outcome = await self.agents.request_kill(agent_id, auth.command.command_id)
             rec = await self.agents.get(agent_id)
             deadline = time.monotonic() + self.config.kill_wait_s
+            # Wait on the agent's event stream: the reply goes out as soon as it is final.
             while outcome.action == "signal" and not rec.state.final:
-                if time.monotonic() > deadline:
+                left_ms = int((deadline - time.monotonic()) * 1000)
+                if left_ms <= 0:
                     break
-                await asyncio.sleep(0.05)
+                await self.agents.events(agent_id, rec.seq, count=50, block_ms=min(left_ms, 500))
                 rec = await self.agents.get(agent_id)
         reply = self._reply(auth, agent=wire.to_agent(self.config.name, rec))
         return spoke_service_pb2.SpokeServiceKillAgentResponse(reply=reply)

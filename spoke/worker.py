@@ -36,6 +36,7 @@ from .output import Receipt, parse_receipt
 from .profiles import Profile
 from .queue import (
     AgentQueue,
+    BackendError,
     QueueError,
     TransitionError,
     bullmq_client,
@@ -51,6 +52,9 @@ SLOT_RETRY_MS = 500
 """How soon an agent whose profile is at its concurrency limit is looked at again."""
 
 RETRYABLE = frozenset({AgentState.FAILED, AgentState.TIMED_OUT})
+
+RECORD_END_WAIT_S = 30.0
+"""How long a finished attempt's outcome is held while Redis is unreachable."""
 
 
 class AttemptFailedError(Exception):
@@ -82,6 +86,8 @@ class AgentWorker:
         self.config = config
         self.worker_id = uuid.uuid4().hex[:12]
         self._kill_events: dict[str, asyncio.Event] = {}
+        self._owned: dict[str, tuple[str, int]] = {}
+        """Agents this worker started: (worker id, attempt), guarding every later change."""
         self._worker: Any = None  # bullmq.Worker, untyped
         self._stopped = asyncio.Event()
         self._closing = False
@@ -177,22 +183,26 @@ class AgentWorker:
             return await self._run(agent_id, job, token)
         except (asyncio.CancelledError, AttemptFailedError, UnrecoverableError, DelayedError):
             raise
+        except TransitionError as exc:
+            # Someone else changed the agent first (a kill, or a worker that took over an
+            # attempt we held while paused): theirs is the newer truth, leave it be.
+            log.warning("agent_superseded", state=exc.current)
+            return "superseded"
         except Exception:
             log.exception("agent_job_failed")
+            owner = self._owned.get(agent_id)
             with contextlib.suppress(QueueError):
-                await self.queue.transition(
-                    agent_id,
-                    [
-                        AgentState.QUEUED,
-                        AgentState.RETRYING,
-                        AgentState.STARTING,
-                        AgentState.RUNNING,
-                    ],
-                    AgentState.FAILED,
-                    "INTERNAL",
-                )
+                if owner is None:
+                    waiting = [AgentState.QUEUED, AgentState.RETRYING]
+                    await self.queue.transition(agent_id, waiting, AgentState.FAILED, "INTERNAL")
+                else:
+                    held = [AgentState.STARTING, AgentState.RUNNING]
+                    await self.queue.transition(
+                        agent_id, held, AgentState.FAILED, "INTERNAL", owner=owner
+                    )
             return "internal-error"
         finally:
+            self._owned.pop(agent_id, None)
             structlog.contextvars.unbind_contextvars("job", "worker")
 
     async def _run(self, agent_id: str, job: Any, token: str) -> str:
@@ -236,6 +246,7 @@ class AgentWorker:
             )
         except TransitionError:
             return "skipped"  # killed between our read and now
+        self._owned[agent_id] = (self.worker_id, attempt)
         return await self._execute(rec, profile, attempt)
 
     async def _recover(self, rec: AgentRecord, profile: Profile | None) -> bool:
@@ -249,11 +260,14 @@ class AgentWorker:
             if await runtime.kill_remnants(rec.pgid, rec.agent_id, grace):
                 log.warning("recovery_killed_remnants", pgid=rec.pgid)
         held = [AgentState.STARTING, AgentState.RUNNING]
+        lost_owner = (rec.worker, rec.attempt)  # if it moved meanwhile, that is not ours
         if profile is not None and profile.retry_safe and rec.attempt < rec.max_attempts:
-            await self.queue.transition(rec.agent_id, held, AgentState.RETRYING, "LOST")
+            await self.queue.transition(
+                rec.agent_id, held, AgentState.RETRYING, "LOST", owner=lost_owner
+            )
             log.info("recovery_retrying", attempt=rec.attempt)
             return True
-        await self.queue.transition(rec.agent_id, held, AgentState.FAILED, "LOST")
+        await self.queue.transition(rec.agent_id, held, AgentState.FAILED, "LOST", owner=lost_owner)
         log.info("recovery_lost", attempt=rec.attempt)
         return False
 
@@ -276,6 +290,7 @@ class AgentWorker:
                 AgentState.FAILED,
                 "START_FAILED",
                 {"stderr_tail": str(exc)[:1000]},
+                owner=(self.worker_id, attempt),
             )
             raise UnrecoverableError("START_FAILED") from exc
         ident = proc.identity
@@ -293,6 +308,7 @@ class AgentWorker:
                     "start_ticks": ident.start_ticks,
                     "start_ms": int(time.time() * 1000),
                 },
+                owner=(self.worker_id, attempt),
             )
             log.info("agent_running", pid=ident.pid, attempt=attempt)
             timeout_s = (rec.timeout_ms or int(profile.timeout_s * 1000)) / 1000
@@ -352,18 +368,46 @@ class AgentWorker:
             state, reason = AgentState.SUCCEEDED, ""
         else:
             state, reason = AgentState.FAILED, "EXIT_NONZERO" if code > 0 else "SIGNALED"
-        running = [AgentState.RUNNING]
         attempt = rec.attempt + 1
         if state in RETRYABLE and attempt < rec.max_attempts:
-            await self.queue.transition(rec.agent_id, running, AgentState.RETRYING, reason, fields)
+            await self._record_end(rec.agent_id, AgentState.RETRYING, reason, fields, attempt)
             log.info("agent_retrying", reason=reason, exit_code=code, attempt=attempt)
             raise AttemptFailedError(reason)  # bullmq backs off, then hands the job back
         if state in RETRYABLE:
             if rec.max_attempts > 1:
                 state = AgentState.DEAD_LETTERED
-            await self.queue.transition(rec.agent_id, running, state, reason, fields)
+            await self._record_end(rec.agent_id, state, reason, fields, attempt)
             log.info("agent_finished", state=state.value, reason=reason, exit_code=code)
             raise UnrecoverableError(reason)  # bullmq's failed set is the dead-letter set
-        await self.queue.transition(rec.agent_id, running, state, reason, fields)
+        await self._record_end(rec.agent_id, state, reason, fields, attempt)
         log.info("agent_finished", state=state.value, exit_code=code)
         return state.value
+
+    async def _record_end(
+        self,
+        agent_id: str,
+        state: AgentState,
+        reason: str,
+        fields: dict[str, object],
+        attempt: int,
+    ) -> None:
+        """Record how an attempt ended. The outcome is known only here, so a Redis outage
+        is waited out (up to RECORD_END_WAIT_S) rather than losing it."""
+        deadline = time.monotonic() + RECORD_END_WAIT_S
+        while True:
+            try:
+                await self.queue.transition(
+                    agent_id,
+                    [AgentState.RUNNING],
+                    state,
+                    reason,
+                    fields,
+                    owner=(self.worker_id, attempt),
+                )
+            except BackendError:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("record_end_waiting_for_redis", state=state.value)
+                await asyncio.sleep(1.0)
+            else:
+                return

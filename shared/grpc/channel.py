@@ -17,6 +17,11 @@ def channel_args(opts: ServerOptions) -> list[tuple[str, int]]:
         ("grpc.keepalive_permit_without_calls", 0),
         ("grpc.http2.max_pings_without_data", 2),
         ("grpc.enable_retries", 0),
+        # gRPC's default reconnect backoff grows to 120 s: a spoke back from a long outage
+        # would look unreachable through a reused channel for up to two minutes.
+        ("grpc.initial_reconnect_backoff_ms", 500),
+        ("grpc.min_reconnect_backoff_ms", 500),
+        ("grpc.max_reconnect_backoff_ms", 3000),
     ]
 
 

@@ -242,3 +242,30 @@ async def test_spoke_refuses_a_redis_that_may_evict(peers: Peers, redis_url: str
     finally:
         await r.config_set("maxmemory-policy", "noeviction")
         await r.aclose()
+
+
+async def test_a_record_whose_job_was_lost_is_requeued_at_start(
+    peers: Peers, redis_url: str, start_spoke
+) -> None:
+    """A crash between storing the record and adding the bullmq job leaves a QUEUED record
+    with no job; the next spoked finds it (after it started serving) and queues it."""
+    from .test_spoke_queue import _queue_rpc
+
+    first, client = await start_spoke()
+    await _queue_rpc(client, "PauseQueue", "pause_queue")
+    agent_id = (await client.spawn("duration=0.01")).agent.agent_id
+    r = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        prefix = "federation:spoke-1:agents"
+        job = f"cmd-{agent_id}"
+        for lst in ("wait", "paused"):
+            await r.lrem(f"{prefix}:{lst}", 0, job)
+        await r.zrem(f"{prefix}:prioritized", job)
+        await r.delete(f"{prefix}:{job}")
+        await first.shutdown()
+        _, again = await start_spoke()
+        await _queue_rpc(again, "ResumeQueue", "resume_queue")
+        done = await again.wait_state(agent_id, "SUCCEEDED", within=20)
+        assert done.attempt == 1
+    finally:
+        await r.aclose()
