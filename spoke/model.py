@@ -115,6 +115,10 @@ class AgentRecord:
     replays: int = 0
     not_before_ms: int = 0
     replay_command: str = ""
+    boot_id: str = ""
+    """The host boot where pid/pgid were recorded; they mean nothing on another."""
+    spoked_pid: int | None = None
+    spoked_ticks: int | None = None
 
     @classmethod
     def from_hash(cls, raw: Mapping[bytes, bytes]) -> AgentRecord:
@@ -153,6 +157,9 @@ class AgentRecord:
             replays=_int(raw, "replays"),
             not_before_ms=_int(raw, "not_before_ms"),
             replay_command=_text(raw, "replay_command"),
+            boot_id=_text(raw, "boot_id"),
+            spoked_pid=_opt_int(raw, "spoked_pid"),
+            spoked_ticks=_opt_int(raw, "spoked_ticks"),
         )
 
 

@@ -620,6 +620,28 @@ class AgentQueue:
         return swept
 
     @_backend
+    async def held_agents(self, batch: int = 500) -> list[AgentRecord]:
+        """Every agent a worker holds (STARTING or RUNNING), scanned in pipelined batches."""
+        held: list[AgentRecord] = []
+        offset = 0
+        while True:
+            ids: list[bytes] = await self.redis.zrange(  # type: ignore[assignment]  # bytes
+                self.keys.agent_index, offset, offset + batch - 1
+            )
+            if not ids:
+                return held
+            offset += len(ids)
+            pipe = self.redis.pipeline(transaction=False)
+            for raw in ids:
+                pipe.hget(self.keys.agent(raw.decode()), "state")
+            states = await pipe.execute()
+            for raw, state in zip(ids, states, strict=True):
+                if state in (b"STARTING", b"RUNNING"):
+                    rec = await self.get_or_none(raw.decode())
+                    if rec is not None:
+                        held.append(rec)
+
+    @_backend
     async def requeue_orphans(self, batch: int = 500) -> int:
         """Put QUEUED records with no bullmq job back on the queue (crash between writes).
 

@@ -154,6 +154,28 @@ async def _wait_gone(ident: ProcessIdentity, timeout_s: float) -> None:
         await asyncio.sleep(_POLL_S)
 
 
+def boot_id() -> str:
+    """This host's current boot, so a recorded pid is only ever matched on the host and boot
+    where it was recorded (several spokeds on different hosts may share one Redis)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return "unknown-boot"
+
+
+def self_identity() -> ProcessIdentity:
+    """This process, as a ProcessIdentity (recorded so a successor can tell it is gone)."""
+    pid = os.getpid()
+    return ProcessIdentity(pid, os.getpgrp(), read_start_ticks(pid) or UNKNOWN_START_TICKS)
+
+
+def process_alive(pid: int, start_ticks: int) -> bool:
+    """True if ``pid`` runs and started at ``start_ticks`` (not a reused pid)."""
+    stat = _read_stat(pid)
+    return stat is not None and stat[2] == start_ticks and stat[0] not in ("Z", "X", "x")
+
+
 def group_remnants(pgid: int, agent_id: str) -> list[int]:
     """Live members of process group ``pgid`` that carry ``HUBSPOKE_AGENT_ID=agent_id`` in
     their environment: what is left of an agent whose leader is gone (it may have died of

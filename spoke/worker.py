@@ -85,6 +85,8 @@ class AgentWorker:
         self.queue = queue
         self.config = config
         self.worker_id = uuid.uuid4().hex[:12]
+        self._boot = runtime.boot_id()
+        self._me = runtime.self_identity()
         self._kill_events: dict[str, asyncio.Event] = {}
         self._owned: dict[str, tuple[str, int]] = {}
         """Agents this worker started: (worker id, attempt), guarding every later change."""
@@ -117,6 +119,8 @@ class AgentWorker:
         )
         # Without this, bullmq rounds delays and backoffs up to whole seconds (PITFALLS).
         await self._worker.blockingRedisConnection.getRedisVersion()
+        with contextlib.suppress(QueueError):
+            await self.reap_dead_local_workers()
         listener = asyncio.create_task(self._listen_for_kills(), name="kill-listener")
         runner = asyncio.create_task(self._worker.run(), name="bullmq-worker")
         stopped = asyncio.create_task(self._stopped.wait())
@@ -242,16 +246,42 @@ class AgentWorker:
                 agent_id,
                 waiting,
                 AgentState.STARTING,
-                fields={"attempt": attempt, "worker": self.worker_id},
+                fields={
+                    "attempt": attempt,
+                    "worker": self.worker_id,
+                    "boot_id": self._boot,
+                    "spoked_pid": self._me.pid,
+                    "spoked_ticks": self._me.start_ticks,
+                },
             )
         except TransitionError:
             return "skipped"  # killed between our read and now
         self._owned[agent_id] = (self.worker_id, attempt)
         return await self._execute(rec, profile, attempt)
 
+    async def reap_dead_local_workers(self) -> int:
+        """Start-up: recover agents whose spoked process on this host is gone, before taking
+        any job, so a restarted spoke never runs new agents beside its predecessor's
+        orphans. bullmq hands their jobs back later; the records then say what to do."""
+        reaped = 0
+        for rec in await self.queue.held_agents():
+            if rec.boot_id != self._boot or rec.spoked_pid is None or rec.spoked_ticks is None:
+                continue  # another host's or boot's: its own spoked, or the stall check
+            if runtime.process_alive(rec.spoked_pid, rec.spoked_ticks):
+                continue  # a live spoked on this host holds it
+            with contextlib.suppress(TransitionError):
+                await self._recover(rec, self.config.profiles.get(rec.profile))
+                reaped += 1
+        if reaped:
+            log.warning("reaped_agents_of_dead_spoked", count=reaped)
+        return reaped
+
     async def _recover(self, rec: AgentRecord, profile: Profile | None) -> bool:
         """A worker died holding this agent. Kill what is left; retry only if safe."""
-        if rec.pid and rec.pgid and rec.start_ticks is not None:
+        if rec.boot_id and rec.boot_id != self._boot:
+            # Its pids belong to another host or boot: never signal them from here.
+            log.warning("recovery_orphan_elsewhere", boot_id=rec.boot_id, pid=rec.pid)
+        elif rec.pid and rec.pgid and rec.start_ticks is not None:
             ident = runtime.ProcessIdentity(rec.pid, rec.pgid, rec.start_ticks)
             grace = profile.kill_grace_s if profile else 2.0
             if await runtime.kill_identity(ident, grace):

@@ -150,9 +150,13 @@ async def test_sigkill_of_spoked_marks_unsafe_agent_lost_and_kills_its_group(spo
 async def test_recovery_kills_children_of_a_leader_that_died_with_its_spoke(spokeds) -> None:
     """The agent's leader exits after its spoke died; its child lives on. Recovery finds
     the child by process group and agent marker and kills it: no orphan remains."""
-    client, agent_id, _, _ = await _crash_mid_run(spokeds, "sh", task="sleep 600 & sleep 2")
+    first, client = await spokeds(profiles=PROFILES)
+    agent_id = (await client.spawn("sleep 600 & sleep 2", profile="sh")).agent.agent_id
+    await client.wait_state(agent_id, "RUNNING")
+    await first.kill()
     await asyncio.sleep(2.5)  # the leader (sh) has exited; its child sleep lives on
     assert _agent_processes(agent_id), "a child must outlive its leader for this test"
+    _, client = await spokeds(profiles=PROFILES)
     final = await client.wait_state(agent_id, "FAILED", within=RECOVERY_BOUND_S + 5)
     assert final.reason == "LOST"
     await asyncio.sleep(0.5)
@@ -269,3 +273,23 @@ async def test_a_record_whose_job_was_lost_is_requeued_at_start(
         assert done.attempt == 1
     finally:
         await r.aclose()
+
+
+async def test_a_restarted_spoked_reaps_its_predecessors_agents_before_new_work(
+    spokeds,
+) -> None:
+    """Same host, new spoked process: the dead one's agents are recovered at start-up,
+    before any job is taken, so they never run beside new agents (the concurrency limit)."""
+    first, client = await spokeds(profiles=PROFILES, concurrency=1)
+    old = (await client.spawn("duration=60 spawn_child", profile="once")).agent.agent_id
+    await client.wait_state(old, "RUNNING")
+    await first.kill()
+    t0 = time.monotonic()
+    _, client2 = await spokeds(profiles=PROFILES, concurrency=1)
+    final = await client2.wait_state(old, "FAILED", within=10)
+    assert final.reason == "LOST"
+    assert time.monotonic() - t0 < 5.0, "reaped at start-up, not after the stall bound"
+    new = (await client2.spawn("duration=0.3", profile="once")).agent.agent_id
+    await client2.wait_state(new, "RUNNING", "SUCCEEDED")
+    assert not _agent_processes(old), "the old agent was gone before new work started"
+    await client2.wait_state(new, "SUCCEEDED")
