@@ -238,7 +238,8 @@ class HubServicer:
                 "profile": body.profile,
                 # Unset values are the spoke's to resolve, and the spoke checks them again.
                 "priority": body.priority or None,
-                "runtime_s": body.timeout.ToTimedelta().total_seconds() or None,
+                # Arithmetic, not ToTimedelta(): a signed 2**62 s must be refused, not crash.
+                "runtime_s": (body.timeout.seconds + body.timeout.nanos / 1e9) or None,
                 "attempts": body.max_attempts or None,
             }
         return PolicyRequest(

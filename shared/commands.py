@@ -48,7 +48,13 @@ def to_timestamp(t: dt.datetime) -> timestamp_pb2.Timestamp:
 
 
 def from_timestamp(ts: timestamp_pb2.Timestamp) -> dt.datetime:
-    return ts.ToDatetime(tzinfo=dt.UTC)
+    """A Timestamp as an aware datetime; InvalidCommandError if it is out of range."""
+    if not 0 <= ts.nanos < 1_000_000_000:
+        raise errors.InvalidCommandError("timestamp nanos must be 0-999999999")
+    try:
+        return ts.ToDatetime(tzinfo=dt.UTC)
+    except (ValueError, OverflowError) as exc:
+        raise errors.InvalidCommandError("timestamp out of range") from exc
 
 
 def new_command_id() -> str:

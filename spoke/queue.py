@@ -18,6 +18,7 @@ Exceptions (converted to gRPC status by spoke/service.py)::
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import random
 import time
@@ -485,11 +486,13 @@ class AgentQueue:
     async def kill_requests(self) -> AsyncIterator[aioredis.client.PubSub]:
         """Subscribe to kill requests for this spoke (every worker process listens)."""
         pubsub = self.bull_redis.pubsub()
-        await pubsub.subscribe(self.keys.kill_channel)
         try:
+            await pubsub.subscribe(self.keys.kill_channel)
             yield pubsub
         finally:
-            await pubsub.unsubscribe()
+            # Redis may be gone: unsubscribing can fail, closing must still happen.
+            with contextlib.suppress(RedisError, OSError):
+                await pubsub.unsubscribe()
             await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
 
     @_backend
@@ -716,6 +719,8 @@ def jittered_backoff(attempts_made: int, _type: str, _err: object, job: Any) -> 
 
 
 BACKOFF_CAP_MS = 5 * 60 * 1000
+MAX_PAGE_OFFSET = 2**40
+"""Page offsets beyond this are refused (Redis takes signed 64-bit ranges)."""
 
 
 def _encode_token(offset: int) -> str:
@@ -731,6 +736,6 @@ def _decode_token(token: str) -> int:
         offset = int(value)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValueError("page_token is not valid") from exc
-    if kind != "o" or offset < 0:
+    if kind != "o" or not 0 <= offset <= MAX_PAGE_OFFSET:
         raise ValueError("page_token is not valid")
     return offset

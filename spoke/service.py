@@ -30,6 +30,8 @@ MAX_PAGE_SIZE = 500
 DEFAULT_PAGE_SIZE = 50
 MAX_ATTEMPTS_LIMIT = 10
 LABEL_BYTES = 256
+MAX_DELAY_MS = 30 * 86_400_000
+"""The longest not-before delay a spawn may ask for (30 days)."""
 WATCH_BLOCK_MS = 1000
 """How long one blocking read of an event stream waits before the watcher looks again."""
 
@@ -319,6 +321,11 @@ class SpokeServicer:
             raise errors.InvalidCommandError(
                 f"timeout exceeds profile {profile.name}'s limit of {profile.timeout_s:g} s"
             )
+        delay_ms = body.delay.seconds * 1000 + body.delay.nanos // 1_000_000
+        if not 0 <= delay_ms <= MAX_DELAY_MS or not 0 <= body.delay.nanos < 1_000_000_000:
+            raise errors.InvalidCommandError(f"delay must be 0-{MAX_DELAY_MS // 86_400_000} days")
+        if not 0 <= body.timeout.nanos < 1_000_000_000:
+            raise errors.InvalidCommandError("timeout nanos must be 0-999999999")
         attempts = body.max_attempts or profile.max_attempts
         if not 1 <= attempts <= MAX_ATTEMPTS_LIMIT:
             raise errors.InvalidCommandError(f"max_attempts must be 1-{MAX_ATTEMPTS_LIMIT}")

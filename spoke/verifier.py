@@ -10,7 +10,8 @@ Checks, in order, all before any state is touched except the rate bucket and the
 signature by a trusted key of the right role → signer is the issuer → the body fits the
 RPC → audience is this spoke (or, for a relayed command, the relaying hub) → inside the
 validity window, within the clock skew → the client's request rate → nonce unseen (the
-hop's envelope: the direct command or the relay). The service then applies the policy.
+hop's envelope, and for a relay the client's command inside it as well). The service then
+applies the policy.
 The spoke judges the *client*, never the hub: a hub key alone can not act for a
 principal the spoke does not trust.
 """
@@ -106,11 +107,13 @@ class Verifier:
             # A client lets a hub route reads and kills of an agent it names; it never lets
             # the hub pick where new work runs or whose queue to change.
             raise errors.WrongAudienceError(f"a {body} command must name this spoke as audience")
-        # The client's own nonce was claimed by the hub; the spoke dedups the client's
-        # command by command_id, so a hub may re-relay the same envelope after a failure.
         expires = commands.check_window(cmd.issue_time, cmd.expire_time, cmd.nonce, self.window)
         await self.limiter.take(self.keys.rate(cmd.issuer), cmd.issuer)
         await self.nonces.claim(relay.issuer, relay.nonce, relay_expires)
+        # The client's own nonce too: otherwise a command the hub relayed once could be sent
+        # again straight to this spoke, or re-wrapped by whoever holds the hub key. The
+        # key is the same one a direct call claims. Clients re-sign every retry.
+        await self.nonces.claim(cmd.issuer, cmd.nonce, expires)
         return Authorized(cmd.issuer, cmd, inner.payload, relay.command, env, relay.issuer, expires)
 
     def _check_command(self, verified: envelope.Verified, body: str) -> command_pb2.Command:

@@ -26,6 +26,7 @@ from typing import Any
 import structlog
 from bullmq import Worker
 from bullmq.custom_errors import DelayedError, UnrecoverableError
+from redis.exceptions import RedisError
 
 from . import runtime
 from .config import SpokeConfig
@@ -92,6 +93,7 @@ class AgentWorker:
         """Agents this worker started: (worker id, attempt), guarding every later change."""
         self._worker: Any = None  # bullmq.Worker, untyped
         self._stopped = asyncio.Event()
+        self._ready = asyncio.Event()
         self._closing = False
 
     @property
@@ -99,6 +101,8 @@ class AgentWorker:
         return list(self._kill_events)
 
     async def run(self) -> None:
+        if self._closing:  # shut down before it started
+            return
         client = bullmq_client(self.queue.redis_url)
         self._worker = Worker(
             QUEUE_NAME,
@@ -117,10 +121,13 @@ class AgentWorker:
                 "name": f"spoke-{self.config.name}-{self.worker_id}",
             },
         )
-        # Without this, bullmq rounds delays and backoffs up to whole seconds (PITFALLS).
-        await self._worker.blockingRedisConnection.getRedisVersion()
-        with contextlib.suppress(QueueError):
-            await self.reap_dead_local_workers()
+        try:
+            # Without this, bullmq rounds delays and backoffs up to whole seconds (PITFALLS).
+            await self._worker.blockingRedisConnection.getRedisVersion()
+            with contextlib.suppress(QueueError):
+                await self.reap_dead_local_workers()
+        finally:
+            self._ready.set()  # shutdown waits for this: closing mid-start-up leaks sockets
         listener = asyncio.create_task(self._listen_for_kills(), name="kill-listener")
         runner = asyncio.create_task(self._worker.run(), name="bullmq-worker")
         stopped = asyncio.create_task(self._stopped.wait())
@@ -132,6 +139,10 @@ class AgentWorker:
         finally:
             for t in (listener, stopped):
                 t.cancel()
+            # A shutdown that came before the bullmq worker existed did not close it: its
+            # jobs are all done by now (or force-killed), so close it here, connections too.
+            if not self._worker.closed:
+                await self._worker.close(force=True)
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(runner, timeout=5)
             await client.aclose()
@@ -142,6 +153,8 @@ class AgentWorker:
             return
         self._closing = True
         if self._worker is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ready.wait(), timeout=drain_s)
             close = asyncio.create_task(self._worker.close())
             done, _ = await asyncio.wait({close}, timeout=drain_s)
             if not done:
@@ -155,13 +168,20 @@ class AgentWorker:
     # --- kills -------------------------------------------------------------
 
     async def _listen_for_kills(self) -> None:
-        async with self.queue.kill_requests() as pubsub:
-            while True:
-                msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                if msg and isinstance(msg.get("data"), str):
-                    ev = self._kill_events.get(msg["data"])
-                    if ev is not None:
-                        ev.set()
+        """Kill requests by pub/sub, resubscribing after Redis trouble (meanwhile the 1 s
+        poll of each running agent's record still sees every kill)."""
+        while True:
+            try:
+                async with self.queue.kill_requests() as pubsub:
+                    while True:
+                        msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                        if msg and isinstance(msg.get("data"), str):
+                            ev = self._kill_events.get(msg["data"])
+                            if ev is not None:
+                                ev.set()
+            except (RedisError, OSError) as exc:
+                log.warning("kill_listener_reconnecting", error=type(exc).__name__)
+                await asyncio.sleep(1.0)
 
     async def _poll_kill(self, agent_id: str, ev: asyncio.Event, profile: Profile) -> None:
         """Fallback kill check, and renewal of the profile slot lease while it runs."""

@@ -193,3 +193,13 @@ async def embedded_redis_factory(
     finally:
         for server in servers:
             await server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage_after_each_test() -> Iterator[None]:
+    """Collect after every test, so an unclosed connection or transport raises its
+    ResourceWarning (an error here) in the test that leaked it, not in a later one."""
+    yield
+    import gc
+
+    gc.collect()

@@ -1,0 +1,635 @@
+"""One adversarial run: every class against a live hub and spoke, then the verdict.
+
+Order: warm-up → the negative classes → replay primers, their replays, a restart of spoked
+and hubd on the same Redis, the replays again → known-gap probes → the one positive class
+(clock skew inside the window) → health, a signed call, memory, queued agents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import faulthandler
+import gc
+import json
+import logging
+import os
+import platform
+import random
+import signal
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import structlog
+
+from shared import commands, envelope
+from shared.gen.federation.v1 import command_pb2
+from shared.trust import Role
+
+from . import classes as C
+from . import federation
+from .endpoints import Endpoint, discover
+from .forge import Forge
+from .runner import ClassStats, Runner, hwm_mb, rss_mb, trimmed_rss_mb
+
+
+@dataclass(frozen=True, slots=True)
+class Scale:
+    name: str
+    counts: dict[str, int]
+    after_restart: int
+    concurrency: int = 32
+    memory_limit_mb: float = 150.0
+
+
+FULL_COUNTS: Final = {
+    "unknown_method": 2_000,
+    "unsigned": 2_000,
+    "forged": 10_000,
+    "expired": 2_000,
+    "future_dated": 2_000,
+    "wrong_audience": 2_000,
+    "malformed_signed": 5_000,
+    "signed_out_of_range": 1_000,
+    "fuzzed": 100_000,
+    "oversized": 200,
+    "replayed": 10_000,
+    "cross_hop": 300,
+    "re_relay": 300,
+}
+VARIANTS: Final = {
+    "unknown_method": len(C.UNKNOWN_METHOD),
+    "unsigned": len(C.UNSIGNED),
+    "forged": len(C.FORGED),
+    "expired": 2,
+    "future_dated": 2,
+    "wrong_audience": max(len(C.HUB_AUDIENCE), len(C.RELAY_AUDIENCE)),
+    "malformed_signed": len(C.MALFORMED_HEADER) + max(len(v) for v in C.MALFORMED_BODY.values()),
+    "signed_out_of_range": len(C.OUT_OF_RANGE),
+    "oversized": len(C.OVERSIZED),
+}
+"""Rounds the reduced scale needs so that every endpoint meets every variant."""
+
+
+def scale(name: str, endpoints: int) -> Scale:
+    if name == "full":
+        return Scale("full", dict(FULL_COUNTS), after_restart=1_000)
+    counts = {k: max(v // 50, VARIANTS.get(k, 0) * endpoints) for k, v in FULL_COUNTS.items()}
+    counts["cross_hop"] = counts["re_relay"] = 12
+    return Scale("reduced", counts, after_restart=2 * endpoints)
+
+
+NEGATIVE: Final[
+    list[tuple[str, Callable[[C.Ctx, int], Iterator[C.Probe]], frozenset[str], str]]
+] = [
+    ("unknown_method", C.unknown_method, frozenset({C.UNIMPLEMENTED}), "no such method or service"),
+    (
+        "unsigned",
+        C.unsigned,
+        frozenset({C.UNAUTH, C.INVALID}),
+        "no signature, empty/short/long signature or key id, no envelope, > 4 signatures",
+    ),
+    (
+        "forged",
+        C.forged,
+        frozenset({C.UNAUTH, C.INVALID}),
+        "bit flips in payload/payload_type/sig/key-id fingerprint, unknown key, unknown key id, "
+        "trusted key id with another key's signature, wrong role",
+    ),
+    ("expired", C.expired, frozenset({C.UNAUTH}), "expired beyond the skew, or long ago"),
+    (
+        "future_dated",
+        C.future_dated,
+        frozenset({C.UNAUTH}),
+        "issued further ahead than the skew allows",
+    ),
+    (
+        "wrong_audience",
+        C.wrong_audience,
+        frozenset({C.DENIED, C.NOT_FOUND, C.INVALID}),
+        "for another spoke or hub, misrouted by the hub, foreign resource names",
+    ),
+    (
+        "malformed_signed",
+        C.malformed_signed,
+        C.MALFORMED_EXPECT,
+        "correctly signed by a trusted client, one header or body field broken",
+    ),
+    (
+        "signed_out_of_range",
+        C.signed_out_of_range,
+        frozenset({C.INVALID}),
+        "correctly signed; times, nanos, durations or page offsets outside what the server "
+        "can represent",
+    ),
+    (
+        "fuzzed",
+        C.fuzzed,
+        C.FUZZ_EXPECT,
+        "random bytes, empty, truncated and mutated valid requests, well-framed garbage, "
+        "signed garbage",
+    ),
+    (
+        "oversized",
+        C.oversized,
+        frozenset({C.EXHAUSTED, C.INVALID}),
+        "over max_message_bytes (raw and signed), tasks over max_task_bytes",
+    ),
+]
+
+
+# -- logs ---------------------------------------------------------------------------------------
+
+
+class LogCapture(logging.Handler):
+    """Count every warning and error the servers log (structlog and stdlib) instead of
+    printing 100,000 lines; keep a few with their tracebacks."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.counts: Counter[str] = Counter()
+        self.samples: list[dict[str, str]] = []
+
+    def install(self) -> None:
+        structlog.configure(
+            processors=[
+                structlog.contextvars.merge_contextvars,
+                structlog.processors.add_log_level,
+                structlog.processors.format_exc_info,
+                self._structlog,
+            ],
+            wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+            cache_logger_on_first_use=True,
+        )
+        logging.getLogger().addHandler(self)
+
+    def _structlog(self, _logger: Any, method: str, event: dict[str, Any]) -> Any:
+        self._count(f"{method}:{event.get('event')}", event)
+        raise structlog.DropEvent
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._count(f"{record.levelname.lower()}:{record.name}", {"event": record.getMessage()})
+
+    def _count(self, key: str, event: dict[str, Any]) -> None:
+        self.counts[key] += 1
+        if len(self.samples) < 10:
+            self.samples.append({k: str(v)[:1500] for k, v in event.items()})
+
+
+# -- the positive class -------------------------------------------------------------------------
+
+
+async def _within_skew(ctx: C.Ctx, runner: Runner, fed: federation.Federation) -> ClassStats:
+    """Clock skew inside the window: issued up to max_skew ahead, or expired less than
+    max_skew ago, through the hub, straight to the spoke, and relayed. Every RPC must say
+    OK with a reply signed by the right peer and bound to the command."""
+    st = runner.stats.setdefault(
+        "within_skew",
+        ClassStats(
+            "within_skew",
+            "positive",
+            frozenset({C.OK}),
+            "issued max_skew-10 s ahead, or expired max_skew-10 s ago: accepted by every RPC",
+        ),
+    )
+    st.queued_before = await fed.agent_count()
+    gc.collect()
+    st.rss_before_mb = rss_mb()
+    start = time.monotonic()
+    sender = _SkewedSender(ctx, runner, st)
+    final = {"SUCCEEDED", "FAILED", "KILLED", "TIMED_OUT", "DEAD_LETTERED"}
+    failed = {"FAILED", "DEAD_LETTERED"}
+    for server, mode in (("hub", "hub"), ("spoke", "direct"), ("spoke", "relay")):
+        eps = {e.verb: e for e in ctx.endpoints if e.server == server and e.verb}
+
+        async def send(verb: str, label: str, **body: Any) -> str:
+            return await sender.send(eps[verb], mode, label, **body)  # noqa: B023 - awaited here
+
+        # "ahead": agents run. "behind": accepted, but an agent whose command has expired
+        # by the time a worker takes it never starts (FAILED/EXPIRED, spoke/worker.py), so
+        # the kill in that round aims at a long agent from the first round.
+        long_runners = []
+        for label in ("ahead", "behind"):
+            a = await send("spawn_agent", label, task="duration=0.2")
+            failing = await send("spawn_agent", label, task="fail duration=0", max_attempts=1)
+            long_runners.append(await send("spawn_agent", label, task="duration=60"))
+            if label == "ahead":
+                long_runners.append(await send("spawn_agent", label, task="duration=60"))
+            await _wait_states(
+                fed, {a: {"SUCCEEDED"} if label == "ahead" else final, failing: failed}
+            )
+            await send("get_agent", label, agent=a)
+            await send("watch_agent", label, agent=a)
+            await send("kill_agent", label, agent=long_runners[0 if label == "ahead" else 1])
+            await send("replay_agent", label, agent=failing)
+            for verb in sorted(set(eps) - _AGENT_FLOW):
+                await send(verb, label)
+    st.duration_s = time.monotonic() - start
+    st.queued_after = await fed.agent_count()
+    gc.collect()
+    st.rss_after_mb = rss_mb()
+    uncovered = sorted(e.key for e in ctx.endpoints if e.key not in sender.covered)
+    st.extra.update(
+        replies_verified=sender.replies_ok, rpcs_not_covered=uncovered, stuck_agents=fed.stuck
+    )
+    return st
+
+
+_AGENT_FLOW: Final = frozenset(
+    {"spawn_agent", "get_agent", "watch_agent", "kill_agent", "replay_agent"}
+)
+
+
+class _SkewedSender:
+    def __init__(self, ctx: C.Ctx, runner: Runner, st: ClassStats) -> None:
+        self.ctx, self.runner, self.st = ctx, runner, st
+        self.margin = ctx.max_skew - dt.timedelta(seconds=10)
+        self.covered: set[str] = set()
+        self.replies_ok = 0
+
+    async def send(self, ep: Endpoint, mode: str, label: str, **body: Any) -> str:
+        """Send one skewed command; return its command_id (the agent id of a spawn)."""
+        f, now = self.ctx.forge, commands.now()
+        if label == "ahead":
+            at = rat = now + self.margin
+        else:  # expire_time already ``margin`` in the past, for the command and the relay
+            at = now - self.margin - dt.timedelta(minutes=5)
+            rat = now - self.margin - dt.timedelta(seconds=60)
+        assert ep.verb is not None
+        cmd = f.command(ep, at=at, body=f.body(ep.verb, **body) if body else None)
+        payload = cmd.SerializeToString()
+        client = f.sign(payload)
+        outer = f.relay(client, at=rat) if mode == "relay" else client
+        p = C.probe(ep, f.request(ep, outer), f"{label}@{mode}", frozenset({C.OK}))
+        o = await self.runner.call(p, read_all=True, deadline_s=30)
+        self.st.record(p, o)
+        self.covered.add(ep.key)
+        if o.code == C.OK:
+            self.replies_ok += _replies_verified(self.ctx, ep, cmd, payload, o.responses)
+        return cmd.command_id
+
+
+def _replies_verified(
+    ctx: C.Ctx, ep: Endpoint, cmd: command_pb2.Command, payload: bytes, responses: list[bytes]
+) -> int:
+    """1 if the call brought at least one signed reply and every one of them verifies (by
+    the right role) and answers this very command (command_id, request_digest), else 0."""
+    good = bad = 0
+    role = Role.HUB if ep.verb == "list_spokes" else Role.SPOKE
+    for raw in responses:
+        resp = ep.response.FromString(raw)
+        envs = list(getattr(resp, "replies", [])) or [resp.reply]  # type: ignore[attr-defined]
+        for env in envs:
+            try:
+                v = envelope.verify(
+                    env, payload_type=envelope.PAYLOAD_TYPE_REPLY, trust=ctx.trust, roles={role}
+                )
+            except Exception:  # any failure means: not verified
+                bad += 1
+                continue
+            reply = commands.parse_reply(v.payload)
+            if reply.command_id == cmd.command_id and reply.request_digest == commands.digest(
+                payload
+            ):
+                good += 1
+            else:
+                bad += 1
+    return int(good > 0 and bad == 0)
+
+
+async def _wait_states(fed: federation.Federation, want: dict[str, set[str]]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        states = {a: await fed.agent_state(a) for a in want}
+        if all(states[a] in s for a, s in want.items()):
+            return
+        await asyncio.sleep(0.1)
+    print(f"fuzz: within_skew: agents did not reach {want}: {states}", file=sys.stderr)
+    fed.stuck.append({a: {"want": sorted(w), "state": states[a]} for a, w in want.items()})
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+async def _valid_call(ctx: C.Ctx, runner: Runner, server: str, verb: str, mode: str) -> str:
+    ep = next(e for e in ctx.endpoints if e.server == server and e.verb == verb)
+    o = await runner.call(C.probe(ep, ctx.forge.valid(ep, mode).raw, "valid", frozenset()))
+    return o.code
+
+
+async def _until_ok(ctx: C.Ctx, runner: Runner, within_s: float = 20) -> str:
+    """After a restart: a valid relayed call answers OK (hub → spoke channel back up)."""
+    deadline = time.monotonic() + within_s
+    code = ""
+    while time.monotonic() < deadline:
+        code = await _valid_call(ctx, runner, "hub", "get_queue_stats", "hub")
+        if code == C.OK:
+            return code
+        await asyncio.sleep(0.2)
+    return code
+
+
+def _env() -> dict[str, Any]:
+    import importlib.metadata as md
+
+    return {
+        "python": platform.python_version(),
+        "grpcio": md.version("grpcio"),
+        "protobuf": md.version("protobuf"),
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+    }
+
+
+# -- the run ------------------------------------------------------------------------------------
+
+
+async def run(
+    scale_name: str,
+    out: Path,
+    *,
+    redis_url: str | None = None,
+    seed: int | None = None,
+    concurrency: int | None = None,
+) -> dict[str, Any]:
+    capture = LogCapture()
+    capture.install()
+    seed = random.SystemRandom().randrange(2**32) if seed is None else seed
+    rng = random.Random(seed)  # noqa: S311 - reproducible inputs, not secrets
+    endpoints = discover()
+    sc = scale(scale_name, len(endpoints))
+    started = time.monotonic()
+    phases: dict[str, float] = {}
+    mark = time.monotonic()
+    fed = await federation.start(out / "work", redis_url)
+    phases["start"] = time.monotonic() - mark
+    try:
+        forge = Forge(fed.keys, rng)
+        ctx = C.Ctx(
+            forge=forge,
+            endpoints=endpoints,
+            rng=rng,
+            max_message_bytes=fed.spoke_config.max_message_bytes,
+            max_task_bytes=fed.spoke_config.max_task_bytes,
+            max_skew=dt.timedelta(seconds=fed.spoke_config.max_skew_s),
+            trust=fed.trust,
+        )
+        runner = Runner(fed, concurrency or sc.concurrency)
+        for server, mode in (("hub", "hub"), ("spoke", "direct"), ("spoke", "relay")):
+            for verb in ("list_agents", "get_queue_stats"):
+                await _valid_call(ctx, runner, server, verb, mode)
+        gc.collect()
+        rss_start, redis_start = rss_mb(), await fed.redis_memory()
+        trimmed_start = trimmed_rss_mb()
+
+        for name, gen, expected, doc in NEGATIVE:
+            n = sc.counts[name]
+            conc = 4 if name == "oversized" else None
+            await runner.run(name, "negative", expected, gen(ctx, n), doc=doc, concurrency=conc)
+
+        pairs = C.replay_pairs(ctx, sc.counts["replayed"])
+        await runner.run(
+            "replay_primers",
+            "primer",
+            C.PRIMER_EXPECT,
+            (p for p, _ in pairs),
+            doc="valid commands that change nothing, sent once so that they can be replayed",
+        )
+        await runner.run(
+            "replayed",
+            "negative",
+            frozenset({C.UNAUTH, C.INVALID}),
+            (r for _, r in pairs),
+            doc="the same signed request again (same RPC), or its envelope to another RPC",
+        )
+        mark = time.monotonic()
+        await fed.restart_spoke()
+        await fed.restart_hub()
+        after_restart_ready = await _until_ok(ctx, runner)
+        phases["restart"] = time.monotonic() - mark
+        same = [r for _, r in pairs if r.variant.startswith("same_rpc")]
+        step = max(1, len(same) // sc.after_restart)
+        await runner.run(
+            "replayed_after_restart",
+            "negative",
+            frozenset({C.UNAUTH}),
+            same[::step][: sc.after_restart],
+            doc="replays sent again after spoked and hubd restarted on the same Redis",
+        )
+        del pairs, same
+
+        await runner.run(
+            "cross_hop",
+            "probe",
+            frozenset({C.UNAUTH}),
+            C.cross_hop(ctx, sc.counts["cross_hop"]),
+            doc="known gap: a command the hub relayed, sent again straight to the spoke",
+            concurrency=1,
+        )
+        await runner.run(
+            "re_relay",
+            "probe",
+            frozenset({C.UNAUTH}),
+            C.re_relay(ctx, sc.counts["re_relay"]),
+            doc="known gap: a command the hub relayed, wrapped in a fresh hub-signed relay",
+            concurrency=1,
+        )
+        resumed = await _valid_call(ctx, runner, "hub", "resume_queue", "hub")
+        queued_before_positive = await fed.agent_count()
+
+        try:
+            async with asyncio.timeout(POSITIVE_LIMIT_S):
+                positive = await _within_skew(ctx, runner, fed)
+        except TimeoutError:
+            _dump_tasks()
+            positive = runner.stats["within_skew"]
+            positive.unexpected += 1
+            positive.extra["timed_out_after_s"] = POSITIVE_LIMIT_S
+        spawned = sum(
+            positive.endpoints.get(e.key, Counter())[C.OK]
+            for e in endpoints
+            if e.verb == "spawn_agent"
+        )
+
+        health = {
+            "hub": await fed.health("hub"),
+            "hub_service": await fed.health("hub", "federation.v1.HubService"),
+            "spoke": await fed.health("spoke"),
+            "spoke_service": await fed.health("spoke", "federation.v1.SpokeService"),
+            "signed_call_after": await _valid_call(ctx, runner, "hub", "list_agents", "hub"),
+            "resume_before_positive": resumed,
+            "ready_after_restart": after_restart_ready,
+        }
+        gc.collect()
+        rss_end = rss_mb()
+        trimmed_end = trimmed_rss_mb()
+        redis_end = await fed.redis_memory()
+        final_agents = await fed.agent_count()
+    finally:
+        mark = time.monotonic()
+        await fed.close()
+        phases["stop"] = time.monotonic() - mark
+
+    stats = runner.stats
+    negatives = [s for s in stats.values() if s.kind == "negative"]
+    growth = rss_end - rss_start
+    internal = {
+        s.name: s.codes["INTERNAL"] + s.codes["UNKNOWN"]
+        for s in negatives
+        if s.codes["INTERNAL"] + s.codes["UNKNOWN"]
+    }
+    checks = {
+        "negative_inputs_accepted_zero": all(s.accepted == 0 for s in negatives),
+        "negative_inputs_answered_documented_codes": all(s.unexpected == 0 for s in negatives),
+        "no_internal_or_unknown": not internal,
+        "nothing_queued_by_negative_inputs": queued_before_positive == 0
+        and all(s.queued_delta == 0 for s in negatives),
+        "within_skew_accepted": positive.sent > 0 and positive.unexpected == 0,
+        "positive_queued_only_its_spawns": final_agents
+        == queued_before_positive + positive.queued_delta
+        and positive.queued_delta == spawned,
+        "servers_healthy_after": health["hub"] == health["spoke"] == "SERVING"
+        and health["signed_call_after"] == C.OK,
+        "replays_refused_after_restart": fed.restarts["spoke"] >= 1
+        and stats["replayed_after_restart"].sent > 0
+        and stats["replayed_after_restart"].ok,
+        "memory_bounded": growth < sc.memory_limit_mb,
+    }
+    summary: dict[str, Any] = {
+        "scale": sc.name,
+        "seed": seed,
+        "passed": all(checks.values()),
+        "checks": checks,
+        "failures": [k for k, v in checks.items() if not v],
+        "duration_s": round(time.monotonic() - started, 1),
+        "environment": _env(),
+        "phases_s": {k: round(v, 1) for k, v in phases.items()},
+        "config": {
+            "concurrency": runner.concurrency,
+            "max_message_bytes": ctx.max_message_bytes,
+            "max_task_bytes": ctx.max_task_bytes,
+            "max_skew_s": ctx.max_skew.total_seconds(),
+            "rate_per_principal": federation.RATE,
+            "counts": sc.counts,
+            "after_restart": sc.after_restart,
+        },
+        "endpoints": [
+            f"{e.server}:{e.path}" + (" (stream)" if e.streaming else "") for e in endpoints
+        ],
+        "without_verb": [e.key for e in endpoints if e.verb is None],
+        "totals": {
+            "sent": sum(s.sent for s in stats.values()),
+            "negative_sent": sum(s.sent for s in negatives),
+            "negative_accepted": sum(s.accepted for s in negatives),
+            "internal_or_unknown": internal,
+        },
+        "queued": {
+            "before_positive": queued_before_positive,
+            "positive": positive.queued_delta,
+            "positive_spawns_ok": spawned,
+            "final": final_agents,
+        },
+        "memory": {
+            "rss_start_mb": round(rss_start, 1),
+            "rss_end_mb": round(rss_end, 1),
+            "growth_mb": round(growth, 1),
+            "limit_mb": sc.memory_limit_mb,
+            "peak_rss_mb": round(hwm_mb(), 1),
+            "growth_before_oversized_mb": round(stats["oversized"].rss_before_mb - rss_start, 1),
+            "trimmed_start_mb": round(trimmed_start, 1),
+            "trimmed_end_mb": round(trimmed_end, 1),
+            "trimmed_growth_mb": round(trimmed_end - trimmed_start, 1),
+            "redis_start": redis_start,
+            "redis_end": redis_end,
+        },
+        "health": health,
+        "restarts": dict(fed.restarts),
+        "teardown_timeouts": fed.teardown_timeouts,
+        "skipped": dict(ctx.skipped),
+        "logs": {"counts": dict(capture.counts.most_common()), "samples": capture.samples},
+        "known_gaps": {
+            s.name: {"sent": s.sent, "accepted": s.accepted, "codes": dict(s.codes), "doc": s.doc}
+            for s in stats.values()
+            if s.kind == "probe"
+        },
+        "classes": {name: s.as_dict() for name, s in stats.items()},
+    }
+    return summary
+
+
+def write(summary: dict[str, Any], out: Path) -> None:
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    (out / "report.md").write_text(table(summary))
+
+
+def _codes(codes: dict[str, int]) -> str:
+    return " ".join(f"{k}:{v}" for k, v in codes.items())
+
+
+def table(summary: dict[str, Any]) -> str:
+    rows = [
+        f"# scripts/fuzz --scale {summary['scale']} (seed {summary['seed']}, "
+        f"{summary['duration_s']} s): {'PASS' if summary['passed'] else 'FAIL'}",
+        "",
+        "| class | kind | sent | accepted | queued | unexpected | codes |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
+    for name, c in summary["classes"].items():
+        mark = "" if c["ok"] else " **FAIL**"
+        rows.append(
+            f"| {name}{mark} | {c['kind']} | {c['sent']} | {c['accepted']} | {c['queued']} | "
+            f"{c['unexpected']} | {_codes(c['codes'])} |"
+        )
+    m = summary["memory"]
+    rows += [
+        "",
+        f"memory: RSS {m['rss_start_mb']} → {m['rss_end_mb']} MB (growth {m['growth_mb']} MB, "
+        f"limit {m['limit_mb']}; {m['growth_before_oversized_mb']} MB of it before the "
+        f"oversized class), peak {m['peak_rss_mb']} MB; after malloc_trim "
+        f"{m['trimmed_start_mb']} → {m['trimmed_end_mb']} MB; Redis keys "
+        f"{m['redis_start']['keys']} → {m['redis_end']['keys']}",
+        f"health after: {summary['health']}",
+        f"queued: {summary['queued']}",
+        f"checks: {summary['checks']}",
+    ]
+    if summary["failures"]:
+        rows.append(f"FAILED: {', '.join(summary['failures'])}")
+    for name, c in summary["classes"].items():
+        for s in c["unexpected_samples"][:3]:
+            rows.append(f"- {name} unexpected: {json.dumps(s)[:400]}")
+    return "\n".join(rows) + "\n"
+
+
+POSITIVE_LIMIT_S: Final = 240.0
+"""The positive class waits for real agents; a stuck one must not hang the whole run."""
+WATCHDOG_S: Final = {"full": 1800, "reduced": 400}
+"""Last resort: dump every thread's stack and exit if a run takes this long."""
+
+
+def _dump_tasks() -> None:
+    """``kill -USR1 <pid>``: print every asyncio task's stack (a hung run shows where)."""
+    for task in asyncio.all_tasks():
+        task.print_stack(limit=12, file=sys.stderr)
+
+
+async def _main(scale_name: str, out: Path, seed: int | None, concurrency: int | None) -> Any:
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, _dump_tasks)
+    return await run(scale_name, out, seed=seed, concurrency=concurrency)
+
+
+def main_sync(scale_name: str, out: Path, seed: int | None, concurrency: int | None) -> int:
+    out.mkdir(parents=True, exist_ok=True)
+    faulthandler.register(signal.SIGUSR2, all_threads=True)  # thread stacks, for a stuck loop
+    faulthandler.dump_traceback_later(WATCHDOG_S[scale_name], exit=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        summary = asyncio.run(_main(scale_name, out, seed, concurrency))
+        write(summary, out)
+        print(table(summary))
+        return 0 if summary["passed"] else 1
+    return 130
