@@ -94,17 +94,26 @@ def write_keypair(key: SigningKey, out_dir: Path) -> tuple[Path, Path]:
     return priv_path, pub_path
 
 
-def load_private(path: Path, name: str) -> SigningKey:
-    """Load a private key file, refusing one that group or others may read or write."""
+def owner_only_problem(path: Path, what: str) -> str:
+    """Why a secret file must not be used ("" if it may): missing, or readable or writable
+    by group or others. Shared by signing keys and TLS keys."""
     try:
         st = path.stat()
-    except FileNotFoundError as exc:
-        raise KeyError_(f"private key file not found: {path}") from exc
+    except FileNotFoundError:
+        return f"{what} not found: {path}"
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise KeyError_(
-            f"private key file {path} has mode {stat.S_IMODE(st.st_mode):04o}; "
+        return (
+            f"{what} {path} has mode {stat.S_IMODE(st.st_mode):04o}; "
             f"it must be readable by its owner only (chmod 600 {path})"
         )
+    return ""
+
+
+def load_private(path: Path, name: str) -> SigningKey:
+    """Load a private key file, refusing one that group or others may read or write."""
+    problem = owner_only_problem(path, "private key file")
+    if problem:
+        raise KeyError_(problem)
     try:
         loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except ValueError as exc:

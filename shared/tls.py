@@ -32,7 +32,6 @@ import datetime as dt
 import ipaddress
 import os
 import re
-import stat
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +45,8 @@ from cryptography.hazmat.primitives.asymmetric.ed448 import Ed448PrivateKey
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from . import keys
 
 __all__ = [
     "CLIENT_OPTIONS",
@@ -225,15 +226,9 @@ def _read(path: Path, what: str) -> bytes:
 
 def _read_private(path: Path) -> tuple[bytes, PrivateKeyTypes]:
     """The key's PEM bytes and the parsed key, refusing a file group or others may use."""
-    try:
-        st = path.stat()
-    except FileNotFoundError as exc:
-        raise TlsError(f"TLS key file not found: {path}") from exc
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise TlsError(
-            f"TLS key file {path} has mode {stat.S_IMODE(st.st_mode):04o}; "
-            f"it must be readable by its owner only (chmod 600 {path})"
-        )
+    problem = keys.owner_only_problem(path, "TLS key file")
+    if problem:
+        raise TlsError(problem)
     pem = _read(path, "key")
     try:
         key = serialization.load_pem_private_key(pem, password=None)
