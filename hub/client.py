@@ -223,21 +223,10 @@ class HubClient:
             body.timeout.FromTimedelta(dt.timedelta(seconds=timeout_s))
         if delay_s is not None:
             body.delay.FromTimedelta(dt.timedelta(seconds=delay_s))
-        cid = command_id or commands.new_command_id()
-
-        def build() -> command_pb2.Command:
-            cmd = self._command(spoke, cid)
-            cmd.spawn_agent.CopyFrom(body)
-            return cmd
-
-        async def call(env: command_pb2.SignedEnvelope) -> command_pb2.SignedEnvelope:
-            resp = await self._open().SpawnAgent(
-                hub_service_pb2.HubServiceSpawnAgentRequest(command=env), timeout=self.timeout_s
-            )
-            return resp.reply
-
-        sent, reply_env = await self._retrying(build, call)
-        return self._agent_reply(sent, reply_env, spoke)
+        sent, resp = await self._unary(
+            spoke, lambda cmd: cmd.spawn_agent.CopyFrom(body), "SpawnAgent", command_id
+        )
+        return self._agent_reply(sent, resp.reply, spoke)
 
     async def get(self, agent: str, spoke: str | None = None) -> agent_pb2.Agent:
         """Read one agent, by id or resource name; ``spoke`` skips the hub's lookup."""
@@ -335,10 +324,15 @@ class HubClient:
         return reply.queue_stats
 
     async def _unary(
-        self, audience: str, fill: Callable[[command_pb2.Command], None], rpc: str
+        self,
+        audience: str,
+        fill: Callable[[command_pb2.Command], None],
+        rpc: str,
+        command_id: str | None = None,
     ) -> tuple[_Sent, Any]:
-        """Build, sign and send one command to HubService.<rpc>, retrying UNAVAILABLE."""
-        cid = commands.new_command_id()
+        """Build, sign and send one command to HubService.<rpc>, retrying UNAVAILABLE with a
+        fresh nonce and the same command id."""
+        cid = command_id or commands.new_command_id()
         request_cls = getattr(hub_service_pb2, f"HubService{rpc}Request")
 
         def build() -> command_pb2.Command:
@@ -362,22 +356,12 @@ class HubClient:
     ) -> ListResult:
         """A page of agents from one spoke, or from every spoke when ``spoke`` is None."""
 
-        def build() -> command_pb2.Command:
-            cmd = self._command(spoke or self.hub_name, cid)
+        def fill(cmd: command_pb2.Command) -> None:
             cmd.list_agents.page_size = page_size
             cmd.list_agents.page_token = page_token
             cmd.list_agents.states.extend(states)
-            return cmd
 
-        async def call(
-            env: command_pb2.SignedEnvelope,
-        ) -> hub_service_pb2.HubServiceListAgentsResponse:
-            return await self._open().ListAgents(
-                hub_service_pb2.HubServiceListAgentsRequest(command=env), timeout=self.timeout_s
-            )
-
-        cid = commands.new_command_id()
-        sent, resp = await self._retrying(build, call)
+        sent, resp = await self._unary(spoke or self.hub_name, fill, "ListAgents")
         result = ListResult(unreachable_spokes=list(resp.unreachable_spokes))
         for reply_env in resp.replies:
             signer, reply = self._verify(sent, reply_env, Role.SPOKE, spoke, "agent_page")
@@ -388,21 +372,10 @@ class HubClient:
 
     async def spokes(self) -> builtins.list[command_pb2.Spoke]:
         """The hub's spokes and their health, as the hub signed them."""
-
-        def build() -> command_pb2.Command:
-            cmd = self._command(self.hub_name, cid)
-            cmd.list_spokes.SetInParent()
-            return cmd
-
-        async def call(env: command_pb2.SignedEnvelope) -> command_pb2.SignedEnvelope:
-            resp = await self._open().ListSpokes(
-                hub_service_pb2.HubServiceListSpokesRequest(command=env), timeout=self.timeout_s
-            )
-            return resp.reply
-
-        cid = commands.new_command_id()
-        sent, reply_env = await self._retrying(build, call)
-        _, reply = self._verify(sent, reply_env, Role.HUB, self.hub_name, "spoke_page")
+        sent, resp = await self._unary(
+            self.hub_name, lambda cmd: cmd.list_spokes.SetInParent(), "ListSpokes"
+        )
+        _, reply = self._verify(sent, resp.reply, Role.HUB, self.hub_name, "spoke_page")
         return list(reply.spoke_page.spokes)
 
     # -- plumbing ---------------------------------------------------------------------------
