@@ -12,6 +12,7 @@ Exceptions (converted to gRPC status by spoke/service.py)::
     ├── AgentReusedError          same id, different spawn (digest differs)
     ├── TransitionError           the state does not allow the change
     ├── QueueFullError            the waiting backlog is at its cap
+    ├── PageTokenError            a page token this queue did not issue
     └── BackendError              Redis is unreachable or failed
 """
 
@@ -68,6 +69,10 @@ class TransitionError(QueueError):
 
 
 class QueueFullError(QueueError):
+    pass
+
+
+class PageTokenError(QueueError):
     pass
 
 
@@ -735,7 +740,7 @@ def _decode_token(token: str) -> int:
         kind, _, value = text.partition(":")
         offset = int(value)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError("page_token is not valid") from exc
+        raise PageTokenError("page_token is not valid") from exc
     if kind != "o" or not 0 <= offset <= MAX_PAGE_OFFSET:
-        raise ValueError("page_token is not valid")
+        raise PageTokenError("page_token is not valid")
     return offset

@@ -49,6 +49,8 @@ def _queue_errors() -> Iterator[None]:
         raise errors.AgentNotRunningError(str(exc), state=exc.current) from exc
     except queue.QueueFullError as exc:
         raise errors.CapacityExceededError(str(exc)) from exc
+    except queue.PageTokenError as exc:
+        raise errors.InvalidCommandError(str(exc)) from exc
     except queue.BackendError as exc:
         raise errors.BackendUnavailableError("the spoke's Redis is unavailable") from exc
 
@@ -123,18 +125,9 @@ class SpokeServicer:
             if s
         ]
         with _queue_errors():
-            try:
-                page = await self.agents.list_page(
-                    min(size, MAX_PAGE_SIZE), body.page_token, states
-                )
-            except ValueError as exc:
-                raise errors.InvalidCommandError(str(exc)) from exc
-        result = command_pb2.AgentPage(
-            agents=[wire.to_agent(self.config.name, r) for r in page.agents],
-            next_page_token=page.next_token,
-        )
+            page = await self.agents.list_page(size, body.page_token, states)
         return spoke_service_pb2.SpokeServiceListAgentsResponse(
-            reply=self._reply(auth, agent_page=result)
+            reply=self._reply(auth, agent_page=self._agent_page(page))
         )
 
     async def WatchAgent(
@@ -194,16 +187,9 @@ class SpokeServicer:
         body = auth.command.list_dead_letters
         size = self._page_size(body.page_size)
         with _queue_errors():
-            try:
-                page = await self.agents.dead_letters(size, body.page_token)
-            except ValueError as exc:
-                raise errors.InvalidCommandError(str(exc)) from exc
-        result = command_pb2.AgentPage(
-            agents=[wire.to_agent(self.config.name, r) for r in page.agents],
-            next_page_token=page.next_token,
-        )
+            page = await self.agents.dead_letters(size, body.page_token)
         return spoke_service_pb2.SpokeServiceListDeadLettersResponse(
-            reply=self._reply(auth, agent_page=result)
+            reply=self._reply(auth, agent_page=self._agent_page(page))
         )
 
     async def ReplayAgent(
@@ -278,6 +264,12 @@ class SpokeServicer:
             failed=c.failed,
             paused=c.paused,
             workers=c.workers,
+        )
+
+    def _agent_page(self, page: queue.Page) -> command_pb2.AgentPage:
+        return command_pb2.AgentPage(
+            agents=[wire.to_agent(self.config.name, r) for r in page.agents],
+            next_page_token=page.next_token,
         )
 
     @staticmethod
