@@ -628,49 +628,25 @@ class AgentQueue:
         return swept
 
     @_backend
-    async def held_agents(self, batch: int = 500) -> list[AgentRecord]:
-        """Every agent a worker holds (STARTING or RUNNING), scanned in pipelined batches."""
+    async def held_agents(self) -> list[AgentRecord]:
+        """Every agent a worker holds (STARTING or RUNNING)."""
         held: list[AgentRecord] = []
-        offset = 0
-        while True:
-            ids: list[bytes] = await self.redis.zrange(  # type: ignore[assignment]  # bytes
-                self.keys.agent_index, offset, offset + batch - 1
-            )
-            if not ids:
-                return held
-            offset += len(ids)
-            pipe = self.redis.pipeline(transaction=False)
-            for raw in ids:
-                pipe.hget(self.keys.agent(raw.decode()), "state")
-            states = await pipe.execute()
-            for raw, state in zip(ids, states, strict=True):
+        async for rows in self._scan_index("state"):
+            for agent_id, (state,) in rows:
                 if state in (b"STARTING", b"RUNNING"):
-                    rec = await self.get_or_none(raw.decode())
+                    rec = await self.get_or_none(agent_id)
                     if rec is not None:
                         held.append(rec)
+        return held
 
     @_backend
-    async def requeue_orphans(self, batch: int = 500) -> int:
-        """Put QUEUED records with no bullmq job back on the queue (crash between writes).
-
-        Pipelined in batches, so a large backlog costs a few round trips per 500 agents.
-        """
+    async def requeue_orphans(self) -> int:
+        """Put QUEUED records with no bullmq job back on the queue (crash between writes)."""
         healed = 0
-        offset = 0
-        while True:
-            ids: list[bytes] = await self.redis.zrange(  # type: ignore[assignment]  # bytes
-                self.keys.agent_index, offset, offset + batch - 1
-            )
-            if not ids:
-                return healed
-            offset += len(ids)
-            pipe = self.redis.pipeline(transaction=False)
-            for raw in ids:
-                pipe.hmget(self.keys.agent(raw.decode()), "state", "job_id")
-            rows = await pipe.execute()
+        async for rows in self._scan_index("state", "job_id"):
             queued = [
-                (raw.decode(), (job or b"").decode())
-                for raw, (state, job) in zip(ids, rows, strict=True)
+                (agent_id, (job or b"").decode())
+                for agent_id, (state, job) in rows
                 if state == b"QUEUED"
             ]
             if not queued:
@@ -683,6 +659,26 @@ class AgentQueue:
                 if not there:
                     await self._enqueue(await self.get(agent_id))
                     healed += 1
+        return healed
+
+    async def _scan_index(
+        self, *fields: str, batch: int = 500
+    ) -> AsyncIterator[list[tuple[str, list[bytes | None]]]]:
+        """Every agent in the index with some of its record's fields, in pipelined batches:
+        a large backlog costs two round trips per ``batch`` agents."""
+        offset = 0
+        while True:
+            ids: list[bytes] = await self.redis.zrange(  # type: ignore[assignment]  # bytes
+                self.keys.agent_index, offset, offset + batch - 1
+            )
+            if not ids:
+                return
+            offset += len(ids)
+            pipe = self.redis.pipeline(transaction=False)
+            for raw in ids:
+                pipe.hmget(self.keys.agent(raw.decode()), *fields)
+            rows = await pipe.execute()
+            yield [(raw.decode(), row) for raw, row in zip(ids, rows, strict=True)]
 
     @_backend
     async def maxmemory_policy(self) -> str:
