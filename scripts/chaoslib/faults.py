@@ -37,10 +37,25 @@ class Timeline:
     events: list[FaultEvent] = field(default_factory=list)
     windows: list[Window] = field(default_factory=list)
 
-    def add(self, name: str, start: float, end: float, detail: str = "", outage: bool = False):
+    def add(
+        self,
+        name: str,
+        start: float,
+        end: float,
+        detail: str = "",
+        outage_end: float | None = None,
+    ) -> None:
+        """Record a fault; ``outage_end`` (if given) closes an outage window begun at ``start``.
+
+        An outage window ends when the repair *begins* (the replacement process is launched,
+        the proxy heals), not when the repair is seen to be complete: a spawn held in a
+        retry across the repair may rightly be answered OK once the server is back, a few
+        milliseconds before our own readiness poll notices. Inside the window no server
+        exists, so an OK there would be an acknowledgement without a durable write.
+        """
         self.events.append(FaultEvent(name, start, end, detail))
-        if outage:
-            self.windows.append(Window(name, start, end))
+        if outage_end is not None:
+            self.windows.append(Window(name, start, outage_end))
 
     async def sigkill_spoked(self, cluster: Cluster, daemon: Daemon, down_s: float) -> float:
         """SIGKILL a spoked, keep it down ``down_s``, start it again; return the downtime."""
@@ -48,10 +63,11 @@ class Timeline:
         pid = daemon.pid
         await daemon.kill()
         await asyncio.sleep(down_s)
+        launched = time.time()
         await daemon.start()
         t1 = time.time()
-        outage = daemon is cluster.spoked
-        self.add("sigkill-spoked", t0, t1, f"pid {pid} -> {daemon.pid}", outage=outage)
+        outage_end = launched if daemon is cluster.spoked else None
+        self.add("sigkill-spoked", t0, t1, f"pid {pid} -> {daemon.pid}", outage_end)
         return t1 - t0
 
     async def sigstop(self, daemon: Daemon, stopped_s: float) -> None:
@@ -70,9 +86,9 @@ class Timeline:
         pid = cluster.spoke_redis.pid
         await cluster.spoke_redis.kill()
         await asyncio.sleep(down_s)
-        await cluster.spoke_redis.start()
-        # The window closes when redis answers PING again, data loaded.
-        self.add("sigkill-redis", t0, time.time(), f"pid {pid}", outage=True)
+        launched = time.time()
+        await cluster.spoke_redis.start()  # returns once it answers PING, AOF loaded
+        self.add("sigkill-redis", t0, time.time(), f"pid {pid}", launched)
 
     async def sigkill_hubd(self, cluster: Cluster, down_s: float) -> None:
         """SIGKILL hubd, start it again on the same address after ``down_s``."""
@@ -80,8 +96,9 @@ class Timeline:
         pid = cluster.hubd.pid
         await cluster.hubd.kill()
         await asyncio.sleep(down_s)
+        launched = time.time()
         await cluster.hubd.start()
-        self.add("sigkill-hubd", t0, time.time(), f"pid {pid} -> {cluster.hubd.pid}", outage=True)
+        self.add("sigkill-hubd", t0, time.time(), f"pid {pid} -> {cluster.hubd.pid}", launched)
 
     async def partition(self, cluster: Cluster, cut_s: float) -> None:
         """Cut hub <-> spoke at the proxy for ``cut_s`` seconds."""
@@ -93,8 +110,9 @@ class Timeline:
         try:
             await asyncio.sleep(cut_s)
         finally:
+            healing = time.time()
             await proxy.heal()
-        self.add("partition", t0, time.time(), f"proxy cut {cut_s:g} s", outage=True)
+        self.add("partition", t0, time.time(), f"proxy cut {cut_s:g} s", healing)
 
 
 def _run(*argv: str) -> subprocess.CompletedProcess[str]:

@@ -27,7 +27,8 @@ orphans      processes of this scenario's agents still alive after it (pids)
 max_concurrent  most runs alive at one instant (a missing end counts up to the next run of
              the same id, or the agent's end time)
 outage       spawns sent and answered wholly inside a window when the system cannot accept
-             work; any OK among them is a violation
+             work (from the fault until the repair begins: the replacement process is
+             launched or the proxy heals); any OK among them is a violation
 """
 
 from __future__ import annotations
