@@ -21,9 +21,9 @@ import structlog
 from shared import commands, keys
 from shared import grpc as sgrpc
 from shared import tls as stls
+from shared.admission import RateLimit
 from shared.gen.federation.v1 import hub_service_pb2
 from shared.policy import Policy, PolicyConfigError
-from shared.ratelimit import RateLimit
 from shared.trust import TrustStore
 
 from .config import HubConfig
@@ -121,9 +121,10 @@ class HubApp:
             Gate(
                 self._trust,
                 window,
-                self._store,
+                self._store.admission(
+                    RateLimit(cfg.rate_per_principal, cfg.rate_burst), window.max_skew
+                ),
                 cfg.name,
-                self._store.rate_limiter(RateLimit(cfg.rate_per_principal, cfg.rate_burst)),
             ),
             relayer,
             self._registry,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -32,7 +32,7 @@ from shared.gen.federation.v1 import command_pb2, spoke_service_pb2
 from shared.keys import SigningKey
 from shared.trust import Role, TrustStore
 
-from .store import HubStore
+from .store import Admit
 
 if TYPE_CHECKING:
     from .registry import SpokeRegistry
@@ -121,15 +121,13 @@ class Gate:
         self,
         trust: TrustStore,
         window: commands.Window,
-        store: HubStore,
+        admit: Admit,
         hub_name: str,
-        take_rate: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self._trust = trust
         self._window = window
-        self._store = store
+        self._admit = admit
         self._hub = hub_name
-        self._take_rate = take_rate
 
     async def admit(self, env: command_pb2.SignedEnvelope, verb: Verb) -> Inbound:
         """Verify ``env`` as a client's command whose body is ``verb``; claim its nonce.
@@ -153,9 +151,7 @@ class Gate:
             raise errors.InvalidCommandError(f"command body {body} does not fit this call")
         if not cmd.audience:
             raise errors.InvalidCommandError("command has no audience")
-        if self._take_rate is not None:  # before the nonce: a flood must not fill the store
-            await self._take_rate(cmd.issuer)
-        await self._store.claim_nonce(cmd.issuer, cmd.nonce, expires, self._window.max_skew)
+        await self._admit(cmd.issuer, cmd.nonce, expires)
         return Inbound(envelope=env, command=cmd)
 
 

@@ -20,9 +20,12 @@ import redis.asyncio
 import redis.exceptions
 
 from shared import errors
-from shared.ratelimit import RateLimit, RateLimiter
+from shared.admission import Admission, NonceClaim, RateLimit
 
-__all__ = ["HubStore", "agent_key", "nonce_key", "rate_key"]
+__all__ = ["Admit", "HubStore", "agent_key", "nonce_key", "rate_key"]
+
+Admit = Callable[[str, bytes, dt.datetime], Awaitable[None]]
+"""Admit a command of ``(principal, nonce, expires)``: a rate token, then its nonce."""
 
 _REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
@@ -66,14 +69,23 @@ class HubStore:
         except (*_REDIS_DOWN, TimeoutError) as exc:
             raise errors.BackendUnavailableError("the hub's Redis is unavailable") from exc
 
-    def rate_limiter(self, limit: RateLimit) -> Callable[[str], Awaitable[None]]:
-        """Take one request from a principal's bucket, or raise RESOURCE_EXHAUSTED."""
-        limiter = RateLimiter(self._redis, limit)
+    def admission(self, limit: RateLimit, max_skew: dt.timedelta) -> Admit:
+        """Take a rate token for the principal and claim the command's nonce (kept until
+        the command can no longer be accepted), in one round trip.
 
-        async def take(principal: str) -> None:
-            await limiter.take(rate_key(self._hub, principal), principal)
+        The callable raises RateLimitedError, NonceReusedError or BackendUnavailableError.
+        """
+        admission = Admission(self._redis, limit)
 
-        return take
+        async def admit(principal: str, nonce: bytes, expires: dt.datetime) -> None:
+            ttl = expires + max_skew - dt.datetime.now(dt.UTC)
+            claim = NonceClaim(
+                nonce_key(self._hub, principal, nonce), int(ttl.total_seconds() * 1000)
+            )
+            async with self._guard():
+                await admission.admit(principal, rate_key(self._hub, principal), [claim])
+
+        return admit
 
     async def ping(self) -> bool:
         """True if Redis answers now."""
@@ -83,24 +95,6 @@ class HubStore:
         except errors.BackendUnavailableError:
             return False
         return True
-
-    async def claim_nonce(
-        self, issuer: str, nonce: bytes, expires: dt.datetime, max_skew: dt.timedelta
-    ) -> None:
-        """Record ``(issuer, nonce)`` until the command can no longer be accepted.
-
-        Raises:
-            NonceReusedError: the pair was seen before.
-            BackendUnavailableError: Redis did not answer.
-        """
-        ttl = expires + max_skew - dt.datetime.now(dt.UTC)
-        ttl_ms = max(1, int(ttl.total_seconds() * 1000))
-        async with self._guard():
-            fresh = await self._redis.set(
-                nonce_key(self._hub, issuer, nonce), "1", nx=True, px=ttl_ms
-            )
-        if not fresh:
-            raise errors.NonceReusedError("nonce already used; sign the command again")
 
     async def remember_agent(self, agent_id: str, spoke: str, ttl_s: float) -> None:
         async with self._guard():

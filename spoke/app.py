@@ -13,14 +13,13 @@ import structlog
 
 from shared import commands, keys
 from shared import tls as stls
+from shared.admission import Admission, RateLimit
 from shared.gen.federation.v1 import spoke_service_pb2
 from shared.grpc import BuiltServer, ServerOptions, Service, build_server
 from shared.policy import Policy
-from shared.ratelimit import RateLimit, RateLimiter
 from shared.trust import TrustStore
 
 from .config import SpokeConfig, SpokeConfigError
-from .nonces import NonceStore
 from .queue import AgentQueue, BackendError
 from .service import SpokeServicer
 from .sweeper import Sweeper
@@ -88,9 +87,8 @@ class SpokeApp:
             max_skew=dt.timedelta(seconds=cfg.max_skew_s),
             max_validity=dt.timedelta(seconds=cfg.max_validity_s),
         )
-        nonces = NonceStore(agents.redis, agents.keys, window.max_skew)
-        limiter = RateLimiter(agents.redis, RateLimit(cfg.rate_per_principal, cfg.rate_burst))
-        verifier = Verifier(cfg.name, trust, nonces, window, limiter)
+        admission = Admission(agents.redis, RateLimit(cfg.rate_per_principal, cfg.rate_burst))
+        verifier = Verifier(cfg.name, trust, window, admission)
         servicer = SpokeServicer(cfg, key, verifier, agents, policy)
         self._server = build_server(
             [Service(SERVICE, servicer)],

@@ -22,12 +22,11 @@ import datetime as dt
 from dataclasses import dataclass
 
 from shared import commands, envelope, errors
+from shared.admission import Admission, NonceClaim
 from shared.gen.federation.v1 import command_pb2
-from shared.ratelimit import RateLimiter
 from shared.trust import Role, TrustStore
 
 from .keys import SpokeKeys
-from .nonces import NonceStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,15 +54,13 @@ class Verifier:
         self,
         spoke: str,
         trust: TrustStore,
-        nonces: NonceStore,
         window: commands.Window,
-        limiter: RateLimiter,
+        admission: Admission,
     ) -> None:
         self.spoke = spoke
         self.trust = trust
-        self.nonces = nonces
         self.window = window
-        self.limiter = limiter
+        self.admission = admission
         self.keys = SpokeKeys(spoke)
 
     async def verify(self, env: command_pb2.SignedEnvelope, body: str) -> Authorized:
@@ -78,8 +75,7 @@ class Verifier:
         if cmd.audience != self.spoke:
             raise errors.WrongAudienceError(f"command is for {cmd.audience!r}, not this spoke")
         expires = commands.check_window(cmd.issue_time, cmd.expire_time, cmd.nonce, self.window)
-        await self.limiter.take(self.keys.rate(cmd.issuer), cmd.issuer)
-        await self.nonces.claim(cmd.issuer, cmd.nonce, expires)
+        await self._admit(cmd.issuer, self._claim(cmd.issuer, cmd.nonce, expires))
         return Authorized(cmd.issuer, cmd, verified.payload, env, None, "", expires)
 
     async def _relayed(self, env: command_pb2.SignedEnvelope, body: str) -> Authorized:
@@ -108,13 +104,25 @@ class Verifier:
             # the hub pick where new work runs or whose queue to change.
             raise errors.WrongAudienceError(f"a {body} command must name this spoke as audience")
         expires = commands.check_window(cmd.issue_time, cmd.expire_time, cmd.nonce, self.window)
-        await self.limiter.take(self.keys.rate(cmd.issuer), cmd.issuer)
-        await self.nonces.claim(relay.issuer, relay.nonce, relay_expires)
         # The client's own nonce too: otherwise a command the hub relayed once could be sent
         # again straight to this spoke, or re-wrapped by whoever holds the hub key. The
         # key is the same one a direct call claims. Clients re-sign every retry.
-        await self.nonces.claim(cmd.issuer, cmd.nonce, expires)
+        await self._admit(
+            cmd.issuer,
+            self._claim(relay.issuer, relay.nonce, relay_expires),
+            self._claim(cmd.issuer, cmd.nonce, expires),
+        )
         return Authorized(cmd.issuer, cmd, inner.payload, relay.command, env, relay.issuer, expires)
+
+    async def _admit(self, principal: str, *claims: NonceClaim) -> None:
+        """The client's rate token, then every nonce, in one round trip (or none claimed)."""
+        await self.admission.admit(principal, self.keys.rate(principal), claims)
+
+    def _claim(self, issuer: str, nonce: bytes, expires: dt.datetime) -> NonceClaim:
+        """A nonce is kept while its command can still be accepted: until it expires, plus
+        the clock skew; kept in Redis, so it survives a restart and binds every spoked on it."""
+        ttl = expires + self.window.max_skew - commands.now()
+        return NonceClaim(self.keys.nonce(issuer, nonce.hex()), int(ttl.total_seconds() * 1000))
 
     def _check_command(self, verified: envelope.Verified, body: str) -> command_pb2.Command:
         cmd = commands.parse_command(verified.payload)

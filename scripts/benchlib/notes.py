@@ -238,11 +238,7 @@ def method(doc: dict[str, Any]) -> list[str]:
         "- Limits: every spoke and hub runs its per-principal rate limiter at 10,000/s with a "
         "10,000,000-token bucket (set through `SPOKE_RATE_PER_PRINCIPAL`, `HUB_RATE_*` and "
         "the spoke config), so its Redis script is paid on every request but never refuses. "
-        "A deep bucket is needed because shared/ratelimit.py takes `now` from each caller's "
-        "clock and does not clamp a negative elapsed time: requests reaching Redis out of "
-        "clock order remove `rate` tokens per millisecond, which at 1,000,000/s with the "
-        "default 200-token bucket refused requests. Authorization uses a policy that allows "
-        "the operator everything.",
+        "Authorization uses a policy that allows the operator everything.",
         "- Durability: a spawn is acknowledged after its record and bullmq job are written to "
         "Redis with AOF `everysec` (a crash of the machine can lose the last second; a crash "
         "of Redis alone loses nothing, see PITFALLS). Celery and bullmq write to the same "

@@ -1,0 +1,109 @@
+"""The Redis half of admitting a verified command: one rate token for its principal, then
+its nonce claims, in one script and one round trip.
+
+The rate is a token bucket per principal, shared by every process that enforces the same
+limit (several hubs behind one address, several spokeds on one site): ``rate`` tokens per
+second refill a bucket of ``burst``; each request takes one. An empty bucket answers
+RESOURCE_EXHAUSTED with the wait in ``retry_after_ms`` metadata, and claims nothing, so a
+flood cannot fill the nonce store. A nonce is ``SET`` with a TTL that covers its command's
+validity; a command carrying a nonce already seen claims none of its nonces (a relay
+carries two: the hub's and the client's).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from . import errors
+
+__all__ = ["Admission", "NonceClaim", "RateLimit", "RateLimitedError"]
+
+_ADMIT = """
+-- KEYS[1]: the principal's bucket; KEYS[2..]: nonce keys.
+-- ARGV[1]: rate per s (<= 0: no limit), ARGV[2]: burst, ARGV[3..]: each nonce's TTL (ms).
+-- Returns {0, 0} admitted, {1, wait_ms} over the rate, {2, i} nonce i was seen before.
+-- Time comes from Redis itself: callers' clocks differ, and their calls arrive out of order.
+local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+if rate > 0 then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+  local tokens = tonumber(state[1]) or burst
+  local at = tonumber(state[2]) or now
+  tokens = math.min(burst, tokens + math.max(0, now - at) * rate / 1000)
+  local wait = 0
+  if tokens >= 1 then
+    tokens = tokens - 1
+  else
+    wait = math.ceil((1 - tokens) * 1000 / rate)
+  end
+  redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', now)
+  redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 1000 / rate) + 1000)
+  if wait > 0 then
+    return {1, wait}
+  end
+end
+for i = 2, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    return {2, i - 1}
+  end
+end
+for i = 2, #KEYS do
+  redis.call('SET', KEYS[i], '1', 'PX', ARGV[i + 1])
+end
+return {0, 0}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """A request rate per principal; ``rate <= 0`` disables the limit."""
+
+    rate: float = 50.0
+    """Sustained requests per second per principal."""
+    burst: int = 200
+    """Requests a principal may send at once after being idle."""
+
+
+@dataclass(frozen=True, slots=True)
+class NonceClaim:
+    """A nonce key to claim, kept ``ttl_ms`` (at least 1 s) so its command cannot replay."""
+
+    key: str
+    ttl_ms: int
+
+
+class RateLimitedError(errors.CapacityExceededError):
+    reason = "RATE_LIMITED"
+
+
+class Admission:
+    def __init__(self, redis: aioredis.Redis, limit: RateLimit) -> None:
+        self._limit = limit
+        self._script = redis.register_script(_ADMIT)
+
+    async def admit(self, principal: str, rate_key: str, claims: Sequence[NonceClaim]) -> None:
+        """Take a token from ``principal``'s bucket, then claim every nonce, atomically.
+
+        Raises:
+            RateLimitedError: the bucket is empty; nothing was claimed.
+            NonceReusedError: a nonce was seen before; none was claimed (the token is spent).
+            BackendUnavailableError: Redis did not answer.
+        """
+        keys = [rate_key, *(c.key for c in claims)]
+        args = [self._limit.rate, self._limit.burst, *(max(c.ttl_ms, 1000) for c in claims)]
+        try:
+            verdict, detail = await self._script(keys=keys, args=args)
+        except (RedisError, OSError) as exc:
+            raise errors.BackendUnavailableError("redis unavailable") from exc
+        if int(verdict) == 1:
+            raise RateLimitedError(
+                f"{principal} is over its rate of {self._limit.rate:g} requests/s",
+                retry_after_ms=str(int(detail)),
+            )
+        if int(verdict) == 2:
+            raise errors.NonceReusedError("nonce already used: replayed command")
