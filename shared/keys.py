@@ -13,7 +13,7 @@ import binascii
 import hashlib
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -59,14 +59,15 @@ class SigningKey:
 
     name: str
     private: Ed25519PrivateKey
+    key_id: str = field(init=False)
+    """``NAME/fingerprint``, computed once: every signature carries it."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key_id", f"{self.name}/{fingerprint(self.public)}")
 
     @property
     def public(self) -> Ed25519PublicKey:
         return self.private.public_key()
-
-    @property
-    def key_id(self) -> str:
-        return f"{self.name}/{fingerprint(self.public)}"
 
     def __repr__(self) -> str:
         return f"SigningKey(name={self.name!r}, key_id={self.key_id!r}, private=<redacted>)"

@@ -41,31 +41,29 @@ def _spawn(doc: dict[str, Any]) -> list[str]:
         "its throughput (target 0.55x).** The echo floor moves the same bytes and does nothing "
         "else. A spawn that is acknowledged only once it is stored also does four signature "
         "operations (client sign, spoke verify, spoke sign of the reply, client verify: "
-        f"~{fmt(crypto_us, 0)} µs together), a nonce claim, the per-principal rate-limit "
-        "script, and the spoke's `AgentQueue.create`, which talks to Redis one step at a "
-        "time: read the record (none yet), count the backlog for the queue cap "
-        "(bullmq `getJobCounts`), the create script, an `HSET` of the audit envelope, a re-read "
-        f"of the record, then bullmq's `addJob`. In all {fmt(cmds, 0)} Redis commands per spawn, "
-        f"{fmt(scripts, 0)} of them Lua scripts (commands inside a script count too): about "
-        "eight sequential round trips "
-        f"(`redis_rtt` is {fmt(val(a.get('redis_rtt', {}).get('p50')), 3)} ms each).",
+        f"~{fmt(crypto_us, 0)} µs together) and three sequential Redis round trips "
+        f"(`redis_rtt` is {fmt(val(a.get('redis_rtt', {}).get('p50')), 3)} ms each): the "
+        "admission script (the per-principal rate token and the nonce claim, "
+        "shared/admission.py), the spoke's create script (checks the id and the backlog cap, "
+        "writes the record, audit envelopes, index entry and first event), then bullmq's "
+        f"`addJob`. In all {fmt(cmds, 0)} Redis commands per spawn, {fmt(scripts, 0)} of them "
+        "Lua scripts (commands inside a script count too).",
         f"- Throughput is bounded by CPU, not by waiting: client + spoke + Redis spend "
         f"{fmt(total, 0)} µs of CPU per spawn against {fmt(echo_total, 0)} µs per echo, so two "
         f"cores cannot exceed ~{fmt(bound, 0)} spawns/s however many are in flight. Most of it "
         f"is the spoke ({fmt(_cpu(doc, 'spawn_direct', 'spoke'), 0)} µs), and it is spread "
         "over many small steps rather than one hot spot: each redis-py asyncio command costs "
-        "on the order of 100 µs of Python (connection checkout, packing, reply parsing; an "
-        "agent record is a ~35-field hash, read twice per spawn), grpc.aio's Python layer "
-        "costs about what the whole echo server does, and the canonical log line comes on "
-        "top. `hiredis` is not installed; a one-off A/B (3 rounds, 2026-11-22, hiredis on "
-        "`PYTHONPATH` for every process) cut the spoke's CPU by ~12% per spawn, ~15% per "
-        "GetAgent and ~22% per 4-spoke listing, with p50s unchanged within noise: worth "
-        "having, not the main cost.",
-        "- Where the gap can close (not changed here, spoke/ is another engineer's): one Lua "
-        "script for nonce + rate limit + record + index + event + job with the backlog check "
-        "inside it (one round trip instead of ~eight), no re-read after the create, the "
-        "envelope out of the hot hash, `hiredis`; and, for throughput, more than one spoke "
-        "process per site (they share the Redis and the queue by design).",
+        "on the order of 100 µs of Python (connection checkout, packing; replies are parsed "
+        "by `hiredis`), and grpc.aio costs about what the whole echo server does. A py-spy "
+        "profile of spoked under this arm (2026-11-22) put ~37% of its samples in gRPC's "
+        "core and the event loop, ~15% in Ed25519 (verify the command, sign the reply), ~14% "
+        "in redis-py and ~3% in the canonical log line; no single step of ours stands out.",
+        "- The floor under the target: the four signature operations alone are "
+        f"~{fmt(crypto_us / max(val(a['echo_direct']['p50']) * 1000, 1e-9), 2)}x the echo "
+        "p50, and three Redis round trips add as much again, so 1.6x cannot be reached by "
+        "any spawn that is signed both ways and stored before the reply without batching "
+        "many commands per round trip. For throughput, more than one spoke process per "
+        "site helps (they share the Redis and the queue by design).",
     ]
 
 
@@ -76,10 +74,12 @@ def _hub(doc: dict[str, Any]) -> list[str]:
         f"- **Through the hub: {fmt(ratio(doc, 'spawn_hub p50 / echo p50'))}x the echo p50 "
         f"(target 2.5x); {fmt(ratio(doc, 'spawn_hub p50 / relayed echo p50'))}x the relayed "
         "echo**, which already pays the second hop. Everything above, plus the hub's own "
-        "admission (signature verify and a nonce `SET NX` in the hub's Redis), a relay "
-        "signature, a second verify at the spoke (relay and client command), and the hub's "
-        f"agent-index write. hubd spends {fmt(_cpu(doc, 'spawn_hub', 'hub'), 0)} µs of CPU per "
-        f"spawn against {fmt(_cpu(doc, 'echo_relay', 'server'), 0)} µs for both echo processes "
+        "admission (signature verify, then the rate token and nonce claim in one script on "
+        "the hub's Redis), a relay signature, a second verify at the spoke (relay and client "
+        "command, whose two nonces it claims in its one admission script), the hub's check "
+        "of the spoke's signed reply, and the hub's agent-index write. hubd spends "
+        f"{fmt(_cpu(doc, 'spawn_hub', 'hub'), 0)} µs of CPU per spawn against "
+        f"{fmt(_cpu(doc, 'echo_relay', 'server'), 0)} µs for both echo processes "
         "together.",
     ]
 
@@ -117,10 +117,9 @@ def _kill(doc: dict[str, Any]) -> list[str]:
     if not arm:
         return []
     return [
-        f"- **Kill-to-gone: {fmt(val(arm['p50']))} ms p50** (no target). The agent dies within "
-        "milliseconds of SIGTERM, but `KillAgent` (spoke/service.py) re-reads the record every "
-        "50 ms until it is final, so the reply waits for the next poll; waiting on the agent's "
-        "event stream (`XREAD BLOCK`) instead would cut this to the kill itself.",
+        f"- **Kill-to-gone: {fmt(val(arm['p50']))} ms p50** (no target). `KillAgent` "
+        "publishes the kill to whichever spoked runs the agent, then waits on the agent's "
+        "event stream (`XREAD BLOCK`) and answers as soon as the final state is recorded.",
     ]
 
 
@@ -171,12 +170,10 @@ def _scale(doc: dict[str, Any]) -> list[str]:
     rs = last["restart"]
     lines.append(
         f"- **Restart at {last['agents']:,} queued: Redis loads its AOF in "
-        f"{fmt(rs['redis_aof_load_s'])} s, but spoked needs {fmt(rs['spoke_start_s'])} s "
-        "before it serves**: `requeue_orphans` (spoke/queue.py) reads every agent in the index "
-        "and asks bullmq for each QUEUED one's job, one round trip at a time, before the "
-        "server starts. It grows linearly with the backlog; a 1M backlog would keep a spoke "
-        f"down for ~{fmt(rs['spoke_start_s'] * 1e6 / max(last['agents'], 1) / 60, 0)} min. "
-        "Scanning in pipelined batches, or after serving, would fix it."
+        f"{fmt(rs['redis_aof_load_s'])} s and spoked serves {fmt(rs['spoke_start_s'])} s "
+        "later.** The scan for orphaned jobs (`requeue_orphans`) is pipelined in batches of "
+        "500 and runs after the server starts, so start-up does not grow with the backlog; "
+        "the AOF load does."
     )
     if scale["scale_max"] < 1_000_000:
         fill = val({"median": last["fill_per_s"]})
@@ -184,8 +181,8 @@ def _scale(doc: dict[str, Any]) -> list[str]:
         lines.append(
             f"- **The 1M level was not run** (`--scale-max {scale['scale_max']}`): filling "
             f"runs at ~{fmt(fill, 0)} agents/s through the spoke's own storage code here, so "
-            f"1M would take ~{fmt(minutes, 0)} min to fill plus the restart above, beyond this "
-            "run's 15-minute budget. `scripts/bench --scale-max 1000000` runs it."
+            f"1M would take ~{fmt(minutes, 0)} min to fill plus the restart above. "
+            "`scripts/bench --scale-max 1000000` runs it."
         )
     return lines
 
@@ -204,10 +201,24 @@ def _rivals(doc: dict[str, Any]) -> list[str]:
     ]
 
 
+HISTORY = (
+    "**History.** The first full run (2026-11-22 00:38, under heavy load from other runs) "
+    "measured spawn direct 8.55x echo p50 and 0.12x its throughput, through the hub 16.64x, "
+    "kill-to-gone 58.24 ms, spoked start-up 82.80 s at 100k queued. The second (02:04), "
+    "after the spoke's create path went from ~8 sequential Redis round trips to 2, "
+    "KillAgent began waiting on the event stream and the start-up scan was pipelined and "
+    "moved after serving: 5.99x, 0.19x, 13.50x, 7.51 ms and 0.39 s. Since then the rate "
+    "token and the nonce claims are one admission script (one round trip fewer per request "
+    "at the hub and at the spoke, two fewer for a relayed command at the spoke), `hiredis` "
+    "parses Redis replies, and a signing key's id is computed once instead of per signature."
+)
+
+
 def render(doc: dict[str, Any]) -> list[str]:
     lines = ["### Where we fall short, and why", ""]
     for part in (_spawn, _hub, _running, _kill, _fanout, _scale, _rivals):
         lines += part(doc)
+    lines += ["", HISTORY]
     lines += [
         "",
         "Everything ran on one machine: client, hubd, every spoked and redis-server share the "
