@@ -23,10 +23,12 @@ from shared import grpc as sgrpc
 from shared import tls as stls
 from shared.admission import RateLimit
 from shared.gen.federation.v1 import hub_service_pb2
+from shared.metrics import MetricsServer
 from shared.policy import Policy, PolicyConfigError
 from shared.trust import TrustStore
 
 from .config import HubConfig
+from .metrics import HubMetrics
 from .registry import SpokeRegistry
 from .relay import Gate, RelayConfig, Relayer
 from .service import HubServicer, RoutingConfig
@@ -74,6 +76,8 @@ class HubApp:
         self._registry: SpokeRegistry | None = None
         self._stopping: asyncio.Event | None = None
         self._shutdown_done = False
+        self._metrics = HubMetrics()
+        self._metrics_server: MetricsServer | None = None
 
     @property
     def port(self) -> int:
@@ -81,6 +85,11 @@ class HubApp:
         if self._built is None:
             raise RuntimeError("HubApp is not started")
         return self._built.port
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The Prometheus endpoint's port, or None without ``metrics_listen``."""
+        return self._metrics_server.port if self._metrics_server else None
 
     async def start(self) -> int:
         """Build and start the server inside the running loop; return the bound port."""
@@ -110,6 +119,7 @@ class HubApp:
             ),
             self._trust,
             self._registry,
+            self._metrics,
         )
         servicer = HubServicer(
             RoutingConfig(
@@ -137,11 +147,15 @@ class HubApp:
                 cfg.listen,
                 self._options,
                 self._server_creds,
+                observe=self._metrics.observe_rpc,
             )
         except RuntimeError as exc:  # grpcio reports a failed bind as RuntimeError
             raise OSError(f"could not bind {cfg.listen}: address in use or unavailable") from exc
         self._built = built
         await built.server.start()
+        if cfg.metrics_listen:
+            self._metrics_server = self._metrics.serve(cfg.metrics_listen)
+            log.info("metrics_serving", port=self._metrics_server.port)
         await built.serving([HUB_SERVICE.full_name])
         if not await self._store.ping():
             log.warning("redis_unreachable", hint="commands fail with UNAVAILABLE until it answers")
@@ -161,6 +175,8 @@ class HubApp:
                 await self._registry.close()
             if self._store is not None:
                 await self._store.close()
+            if self._metrics_server is not None:
+                self._metrics_server.close()
             log.info("hub_stopped", hub=self.config.name)
 
     async def __aenter__(self) -> Self:

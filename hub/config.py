@@ -45,6 +45,7 @@ from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
 from shared import tls as stls
+from shared.metrics import MetricsConfigError, parse_listen
 
 __all__ = ["HubConfig", "HubConfigError", "SpokeEntry"]
 
@@ -125,6 +126,8 @@ class HubConfig:
     """Largest request or response, in bytes."""
     log_level: str = "info"
     """One of debug, info, warning, error, critical."""
+    metrics_listen: str = ""
+    """``host:port`` of the Prometheus endpoint (``/metrics``); empty: no endpoint."""
     tls: stls.TlsConfig | None = None
     """Transport TLS (``[tls]``, ``HUB_TLS_*``): serve it and dial spokes with it. Without
     it the hub speaks plaintext, which it allows only on loopback."""
@@ -158,6 +161,11 @@ class HubConfig:
             raise HubConfigError("max_message_bytes must be at least 1024")
         if self.log_level not in LOG_LEVELS:
             raise HubConfigError(f"log_level must be one of {', '.join(sorted(LOG_LEVELS))}")
+        if self.metrics_listen:
+            try:
+                parse_listen(self.metrics_listen)
+            except MetricsConfigError as exc:
+                raise HubConfigError(str(exc)) from exc
 
     def __repr__(self) -> str:
         shown = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -216,6 +224,7 @@ _FIELD_TYPES: Final[Mapping[str, type]] = MappingProxyType(
         "shutdown_grace_s": float,
         "max_message_bytes": int,
         "log_level": str,
+        "metrics_listen": str,
     }
 )
 

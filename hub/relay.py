@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
@@ -32,6 +33,7 @@ from shared.gen.federation.v1 import command_pb2, spoke_service_pb2
 from shared.keys import SigningKey
 from shared.trust import Role, TrustStore
 
+from .metrics import HubMetrics
 from .store import Admit
 
 if TYPE_CHECKING:
@@ -169,10 +171,13 @@ class RelayConfig:
 class Relayer:
     """Wraps a client's command in a signed Relay, calls the spoke, verifies its reply."""
 
-    def __init__(self, cfg: RelayConfig, trust: TrustStore, registry: SpokeRegistry) -> None:
+    def __init__(
+        self, cfg: RelayConfig, trust: TrustStore, registry: SpokeRegistry, metrics: HubMetrics
+    ) -> None:
         self._cfg = cfg
         self._trust = trust
         self._registry = registry
+        self._metrics = metrics
 
     def wrap(self, spoke: str, inbound: Inbound) -> command_pb2.SignedEnvelope:
         """A fresh Relay to ``spoke`` around the client's envelope, signed by the hub."""
@@ -201,11 +206,14 @@ class Relayer:
         route = _route(inbound.verb)
         relay_env = self.wrap(spoke, inbound)
         timeout = self._cfg.kill_timeout_s if route.slow else self._cfg.call_timeout_s
+        started = time.monotonic()
         try:
             method = getattr(link.stub, route.rpc)
             response = await method(route.request(command=relay_env), timeout=timeout)
         except grpc.aio.AioRpcError as exc:
+            self._metrics.observe_spoke_call(spoke, exc.code(), time.monotonic() - started)
             raise _spoke_error(spoke, exc) from exc
+        self._metrics.observe_spoke_call(spoke, grpc.StatusCode.OK, time.monotonic() - started)
         reply_env: command_pb2.SignedEnvelope = response.reply
         return reply_env, self.check_reply(spoke, inbound, reply_env)
 
@@ -241,9 +249,11 @@ class Relayer:
             reply = commands.parse_reply(verified.payload)
         except errors.CommandError as exc:
             log.warning("spoke_reply_invalid", spoke=spoke, problem=exc.message)
+            self._metrics.reply_rejected(spoke)
             raise SpokeReplyError(f"spoke {spoke} sent a reply that failed verification") from exc
         if verified.peer != spoke or reply.responder != spoke:
             log.warning("spoke_reply_wrong_signer", spoke=spoke, signer=verified.peer)
+            self._metrics.reply_rejected(spoke)
             raise SpokeReplyError(f"spoke {spoke} sent a reply signed by another peer")
         want = _route(inbound.verb).result
         if (
@@ -252,6 +262,7 @@ class Relayer:
             or reply.WhichOneof("result") != want
         ):
             log.warning("spoke_reply_mismatch", spoke=spoke)
+            self._metrics.reply_rejected(spoke)
             raise SpokeReplyError("spoke reply does not match the command")
         return reply
 

@@ -16,10 +16,12 @@ from shared import tls as stls
 from shared.admission import Admission, RateLimit
 from shared.gen.federation.v1 import spoke_service_pb2
 from shared.grpc import BuiltServer, ServerOptions, Service, build_server
+from shared.metrics import MetricsServer
 from shared.policy import Policy
 from shared.trust import TrustStore
 
 from .config import SpokeConfig, SpokeConfigError
+from .metrics import SpokeMetrics
 from .queue import AgentQueue, BackendError
 from .service import SpokeServicer
 from .sweeper import Sweeper
@@ -42,6 +44,8 @@ class SpokeApp:
         self._worker_task: asyncio.Task[None] | None = None
         self._sweeper_task: asyncio.Task[None] | None = None
         self._requeue_task: asyncio.Task[None] | None = None
+        self._metrics_task: asyncio.Task[None] | None = None
+        self._metrics_server: MetricsServer | None = None
         self._stopping = False
         self._stopped = asyncio.Event()
 
@@ -50,6 +54,11 @@ class SpokeApp:
         if self._server is None:
             raise RuntimeError("spoke is not started")
         return self._server.port
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The Prometheus endpoint's port, or None without ``metrics_listen``."""
+        return self._metrics_server.port if self._metrics_server else None
 
     @property
     def methods(self) -> list[str]:
@@ -73,7 +82,10 @@ class SpokeApp:
                 "policy_file is required: authorization is default-deny (docs/security.md)"
             )
         policy = Policy.from_file(cfg.policy_file)
-        self._queue = agents = AgentQueue(cfg.redis_url, cfg.name)
+        metrics = SpokeMetrics()
+        self._queue = agents = AgentQueue(
+            cfg.redis_url, cfg.name, observe=metrics.observe_transition
+        )
         try:
             eviction = await agents.maxmemory_policy()
         except BackendError as exc:
@@ -95,12 +107,20 @@ class SpokeApp:
             cfg.listen,
             ServerOptions(max_message_bytes=cfg.max_message_bytes),
             credentials,
+            observe=metrics.observe_rpc,
         )
         await self._server.server.start()
-        self._worker = AgentWorker(agents, cfg)
+        self._worker = worker = AgentWorker(agents, cfg)
+        metrics.track_running(lambda: len(worker.running_agents))
         self._worker_task = asyncio.create_task(self._worker.run(), name="worker")
         self._worker_task.add_done_callback(self._worker_done)
         self._sweeper_task = asyncio.create_task(Sweeper(agents, cfg).run(), name="sweeper")
+        if cfg.metrics_listen:
+            self._metrics_server = metrics.serve(cfg.metrics_listen)
+            self._metrics_task = asyncio.create_task(
+                metrics.refresh_queue(agents, cfg.metrics_refresh_s), name="metrics"
+            )
+            log.info("metrics_serving", port=self._metrics_server.port)
         await self._server.serving([SERVICE.full_name])
         log.info("spoke_serving", spoke=cfg.name, port=self._server.port)
         # After serving: on a large backlog this scan takes a while and must not delay start.
@@ -136,7 +156,7 @@ class SpokeApp:
             return
         self._stopping = True
         try:
-            for task in (self._sweeper_task, self._requeue_task):
+            for task in (self._sweeper_task, self._requeue_task, self._metrics_task):
                 if task is not None:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
@@ -150,6 +170,8 @@ class SpokeApp:
                     await asyncio.wait_for(self._worker_task, timeout=grace + 10)
             if self._queue is not None:
                 await self._queue.close()
+            if self._metrics_server is not None:
+                self._metrics_server.close()
         finally:
             self._stopped.set()
 

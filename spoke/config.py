@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from shared import tls as stls
+from shared.metrics import MetricsConfigError, parse_listen
 
 from .profiles import Profile, ProfileConfigError, profile_from_mapping, synthetic_profile
 
@@ -86,6 +87,10 @@ class SpokeConfig:
     """Start even if Redis' maxmemory-policy is not noeviction (risks losing queued agents)."""
     log_level: str = "info"
     """debug, info, warning or error."""
+    metrics_listen: str = ""
+    """host:port of the Prometheus endpoint (``/metrics``); empty: no endpoint."""
+    metrics_refresh_s: float = 5.0
+    """How often the queue-depth gauges are read from Redis."""
     tls: stls.TlsConfig | None = None
     """Transport TLS (``[tls]``, ``SPOKE_TLS_*``). Without it the spoke speaks plaintext,
     which it allows only on a loopback ``listen`` address."""
@@ -156,6 +161,13 @@ class SpokeConfig:
             raise SpokeConfigError("log_level must be debug, info, warning or error")
         if not self.profiles:
             raise SpokeConfigError("at least one profile is required")
+        if self.metrics_listen:
+            try:
+                parse_listen(self.metrics_listen)
+            except MetricsConfigError as exc:
+                raise SpokeConfigError(str(exc)) from exc
+        if self.metrics_refresh_s <= 0:
+            raise SpokeConfigError("metrics_refresh_s must be positive")
 
 
 _ENV = {
@@ -175,6 +187,7 @@ _ENV = {
     "SPOKE_MAX_SKEW_S": "max_skew_s",
     "SPOKE_ALLOW_EVICTION": "allow_eviction",
     "SPOKE_LOG_LEVEL": "log_level",
+    "SPOKE_METRICS_LISTEN": "metrics_listen",
 }
 
 

@@ -83,6 +83,13 @@ class BackendError(QueueError):
 P = ParamSpec("P")
 T = TypeVar("T")
 
+StateObserver = Callable[[AgentState, str], None]
+"""Told of every state change this process makes: (new state, reason code)."""
+
+
+def _unobserved(state: AgentState, reason: str) -> None:
+    pass
+
 
 def _backend(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
     """Turn Redis failures into BackendError at the queue layer's edge."""
@@ -238,8 +245,16 @@ def now_ms() -> int:
 class AgentQueue:
     """The spoke's durable state. Create inside the running loop; close with ``close()``."""
 
-    def __init__(self, redis_url: str, spoke: str, *, op_timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        spoke: str,
+        *,
+        op_timeout_s: float = 5.0,
+        observe: StateObserver | None = None,
+    ) -> None:
         self.keys = SpokeKeys(spoke)
+        self._observe: StateObserver = observe or _unobserved
         self.redis_url = redis_url
         # Our own calls are short: bound them. bullmq's blocking calls get their own client.
         self.redis: aioredis.Redis = aioredis.Redis.from_url(
@@ -331,6 +346,7 @@ class AgentQueue:
             return await self._existing(req, await self.get(req.agent_id)), False
         if status == b"full":
             raise QueueFullError(f"queue holds {detail.decode()} waiting agents, its limit")
+        self._observe(AgentState.QUEUED, "")
         await self._enqueue(rec)
         return rec, True
 
@@ -457,6 +473,7 @@ class AgentQueue:
             raise AgentMissingError(f"agent {agent_id} not found")
         if status == b"illegal":
             raise TransitionError(agent_id, detail.decode())
+        self._observe(to, reason)
         return int(detail)
 
     @_backend
@@ -477,6 +494,7 @@ class AgentQueue:
             raise TransitionError(agent_id, prev.decode())
         outcome = KillOutcome(action.decode(), prev.decode())
         if outcome.action == "killed":
+            self._observe(AgentState.KILLED, "KILL_REQUESTED")
             rec = await self.get(agent_id)
             await self.jobs.remove(rec.job_id)  # best effort: a worker skips it anyway
         else:

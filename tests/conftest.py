@@ -2,24 +2,27 @@
 
 One redis-server runs for the session (or ``--redis-url`` names an external one); each test
 starts from an empty keyspace. Tests that kill or restart Redis get their own servers from
-``embedded_redis_factory``.
+``embedded_redis_factory``. ``scrape_metrics`` reads a daemon's Prometheus endpoint.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Iterator
+import urllib.request
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 
 import pytest
 import redis
 import redis.asyncio
+from prometheus_client.parser import text_string_to_metric_families
 
 from shared import redis_server
 
@@ -193,6 +196,37 @@ async def embedded_redis_factory(
     finally:
         for server in servers:
             await server.stop()
+
+
+class Scrape:
+    """One scrape of a ``/metrics`` endpoint, parsed."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self._samples = {
+            (s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+
+    def value(self, name: str, **labels: str) -> float:
+        """The sample with exactly these labels, or 0 if the endpoint does not show it."""
+        return self._samples.get((name, frozenset(labels.items())), 0.0)
+
+
+@pytest.fixture
+def scrape_metrics() -> Callable[[int], Awaitable[Scrape]]:
+    """``await scrape_metrics(port)``: GET http://127.0.0.1:port/metrics, parsed."""
+
+    async def scrape(port: int) -> Scrape:
+        def fetch() -> str:
+            url = f"http://127.0.0.1:{port}/metrics"
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return str(response.read().decode())
+
+        return Scrape(await asyncio.to_thread(fetch))
+
+    return scrape
 
 
 @pytest.fixture(autouse=True)

@@ -145,6 +145,8 @@ async def _restart(env: Env) -> dict[str, float]:
     await site.redis.stop(grace=300)
     aof = site.redis.data_dir / "appendonly.aof"
     t0 = time.perf_counter()
+    # Loading a 1M-agent AOF takes tens of seconds: far past the default PING wait.
+    site.redis.start_timeout = RESTART_TIMEOUT_S
     await site.redis.start()
     redis_s = time.perf_counter() - t0
     t0 = time.perf_counter()

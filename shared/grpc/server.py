@@ -2,7 +2,8 @@
 
 Handlers take the request as raw bytes and parse it themselves, so corrupt or oversized
 bodies answer INVALID_ARGUMENT instead of grpc's UNKNOWN with a leaked exception text.
-Every call logs one canonical line (rpc, peer, code, duration_ms) with its context bound.
+Every call logs one canonical line (rpc, peer, code, duration_ms) with its context bound,
+and is reported to the server's ``observe`` hook (its metrics), if it has one.
 """
 
 from __future__ import annotations
@@ -28,6 +29,12 @@ log = structlog.get_logger("shared.grpc")
 
 UnaryImpl = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Message]]
 StreamImpl = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Message]]
+RpcObserver = Callable[[str, grpc.StatusCode, str, float], None]
+"""Told of every answered call: (rpc, status code, reason, seconds)."""
+
+
+def _ignore(rpc: str, code: grpc.StatusCode, reason: str, seconds: float) -> None:
+    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +72,7 @@ class Service:
     servicer: object
     names: list[str] = field(default_factory=list)
 
-    def handler(self) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]  # stubs lag grpcio
+    def handler(self, observe: RpcObserver = _ignore) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]  # stubs lag grpcio
         handlers: dict[str, grpc.RpcMethodHandler] = {}  # type: ignore[type-arg]  # stubs lag grpcio
         for m in self.descriptor.methods:
             impl = getattr(self.servicer, m.name)
@@ -73,12 +80,12 @@ class Service:
             full = f"/{self.descriptor.full_name}/{m.name}"
             if m.server_streaming:
                 handlers[m.name] = grpc.unary_stream_rpc_method_handler(
-                    _wrap_stream(full, req_cls, impl),
+                    _wrap_stream(full, req_cls, impl, observe),
                     response_serializer=_serialize,
                 )
             else:
                 handlers[m.name] = grpc.unary_unary_rpc_method_handler(
-                    _wrap_unary(full, req_cls, impl),
+                    _wrap_unary(full, req_cls, impl, observe),
                     response_serializer=_serialize,
                 )
             self.names.append(full)
@@ -115,13 +122,16 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], st: grpc.Status) -
     await abort(st)
 
 
-def _finish(start: float, code: grpc.StatusCode, reason: str = "") -> None:
-    ms = round((time.monotonic() - start) * 1000, 2)
-    log.info("rpc", code=code.name, reason=reason or None, duration_ms=ms)
+def _finish(
+    rpc: str, start: float, observe: RpcObserver, code: grpc.StatusCode, reason: str = ""
+) -> None:
+    seconds = time.monotonic() - start
+    log.info("rpc", code=code.name, reason=reason or None, duration_ms=round(seconds * 1000, 2))
+    observe(rpc, code, reason, seconds)
 
 
 def _wrap_unary(
-    rpc: str, req_cls: type[Message], impl: UnaryImpl
+    rpc: str, req_cls: type[Message], impl: UnaryImpl, observe: RpcObserver
 ) -> Callable[[bytes, grpc.aio.ServicerContext[Any, Any]], Awaitable[Message]]:
     async def handle(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Message:
         start = _begin(rpc, context)
@@ -129,17 +139,17 @@ def _wrap_unary(
             response = await impl(_parse(req_cls, raw), context)
         except Exception as exc:  # converted to a status at this one boundary
             st = _failure(exc)
-            _finish(start, st.code, getattr(exc, "reason", ""))
+            _finish(rpc, start, observe, st.code, getattr(exc, "reason", ""))
             await _abort(context, st)
             raise  # unreachable: abort_with_status raises
-        _finish(start, grpc.StatusCode.OK)
+        _finish(rpc, start, observe, grpc.StatusCode.OK)
         return response
 
     return handle
 
 
 def _wrap_stream(
-    rpc: str, req_cls: type[Message], impl: StreamImpl
+    rpc: str, req_cls: type[Message], impl: StreamImpl, observe: RpcObserver
 ) -> Callable[[bytes, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Message]]:
     async def handle(
         raw: bytes, context: grpc.aio.ServicerContext[Any, Any]
@@ -150,10 +160,10 @@ def _wrap_stream(
                 yield item
         except Exception as exc:  # converted to a status at this one boundary
             st = _failure(exc)
-            _finish(start, st.code, getattr(exc, "reason", ""))
+            _finish(rpc, start, observe, st.code, getattr(exc, "reason", ""))
             await _abort(context, st)
             raise
-        _finish(start, grpc.StatusCode.OK)
+        _finish(rpc, start, observe, grpc.StatusCode.OK)
 
     return handle
 
@@ -181,6 +191,7 @@ def build_server(
     address: str,
     options: ServerOptions,
     credentials: grpc.ServerCredentials | None = None,
+    observe: RpcObserver = _ignore,
 ) -> BuiltServer:
     """Build (not start) a grpc.aio server with our services, health and reflection.
 
@@ -189,7 +200,7 @@ def build_server(
     server = grpc.aio.server(options=_server_args(options))
     methods: list[str] = []
     for svc in services:
-        server.add_generic_rpc_handlers((svc.handler(),))
+        server.add_generic_rpc_handlers((svc.handler(observe),))
         methods += svc.names
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -15,7 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -752,3 +752,37 @@ def test_hubd_config_error_exits_2(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [f"Error: {bad}: unknown option 'bogus'"]
+
+
+async def test_metrics_count_calls_spoke_calls_and_rejected_replies(
+    fed: Fed, scrape_metrics: Callable[[int], Awaitable[Any]]
+) -> None:
+    app = HubApp(fed.config.replace(metrics_listen="127.0.0.1:0"))
+    await app.start()
+    try:
+        assert app.metrics_port
+        client = hc.HubClient(
+            f"127.0.0.1:{app.port}", "operator", fed.operator, fed.trust, "hub", 10.0
+        )
+        async with client:
+            await client.spawn("spoke-1", "synthetic", "x")
+            fed.spokes["spoke-1"].tamper = "signer"
+            with pytest.raises(hc.HubCallError):
+                await client.spawn("spoke-1", "synthetic", "y")
+        m = await scrape_metrics(app.metrics_port)
+    finally:
+        await app.shutdown()
+    spawn = "/federation.v1.HubService/SpawnAgent"
+    assert m.value("hubspoke_rpcs_total", method=spawn, code="OK", reason="") == 1
+    assert (
+        m.value("hubspoke_rpcs_total", method=spawn, code="INTERNAL", reason="SPOKE_REPLY_INVALID")
+        == 1
+    )
+    # Both calls reached the spoke and were answered; the hub refused the second answer.
+    assert m.value("hubspoke_spoke_calls_total", spoke="spoke-1", code="OK") == 2
+    assert m.value("hubspoke_spoke_call_duration_seconds_count", spoke="spoke-1") == 2
+    assert m.value("hubspoke_spoke_replies_rejected_total", spoke="spoke-1") == 1
+
+
+async def test_hub_metrics_are_off_unless_configured(fed: Fed) -> None:
+    assert fed.app.metrics_port is None

@@ -1,0 +1,90 @@
+"""Prometheus metrics: one registry per daemon, served over HTTP at ``/metrics``.
+
+Every gRPC server counts its calls by method, status code and reason, and times them. The
+spoke and the hub add their own metrics (spoke/metrics.py, hub/metrics.py). Label values
+are drawn from closed sets only (RPC names, status codes, our reason codes, agent states,
+spoke names from config), never from request contents, so a peer cannot grow the
+registry. Nothing here carries a key, a signature or a task.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+from dataclasses import dataclass
+from wsgiref.simple_server import WSGIServer
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+
+__all__ = ["LATENCY_BUCKETS", "Metrics", "MetricsServer", "parse_listen"]
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+"""Seconds: a spawn takes a few ms on loopback, a kill waits up to its grace period."""
+
+
+class MetricsConfigError(ValueError):
+    pass
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` for IPv6; port 0 picks a free one) → (host, port)."""
+    host, sep, port_text = listen.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
+        raise MetricsConfigError(f"metrics_listen must be host:port, got {listen!r}")
+    if host != "localhost":
+        try:
+            ipaddress.ip_address(host)
+        except ValueError as exc:
+            raise MetricsConfigError(
+                f"metrics_listen host must be an IP address: {host!r}"
+            ) from exc
+    return host, int(port_text)
+
+
+@dataclass
+class MetricsServer:
+    """The HTTP endpoint, running in a daemon thread until :meth:`close`."""
+
+    httpd: WSGIServer
+    thread: threading.Thread
+
+    @property
+    def port(self) -> int:
+        return int(self.httpd.server_port)
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=5)
+
+
+class Metrics:
+    """A daemon's registry with the per-RPC metrics every server has."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.rpcs = Counter(
+            "hubspoke_rpcs",
+            "RPCs answered, by method, gRPC status code and reason",
+            ["method", "code", "reason"],
+            registry=self.registry,
+        )
+        self.rpc_seconds = Histogram(
+            "hubspoke_rpc_duration_seconds",
+            "Time to answer an RPC (to the end of the stream for a watch)",
+            ["method"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+    def observe_rpc(self, method: str, code: grpc.StatusCode, reason: str, seconds: float) -> None:
+        self.rpcs.labels(method, code.name, reason).inc()
+        self.rpc_seconds.labels(method).observe(seconds)
+
+    def serve(self, listen: str) -> MetricsServer:
+        """Serve ``/metrics`` on ``listen`` (``host:port``) from a daemon thread."""
+        host, port = parse_listen(listen)
+        httpd, thread = start_http_server(port, addr=host, registry=self.registry)
+        return MetricsServer(httpd, thread)

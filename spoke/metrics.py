@@ -1,0 +1,77 @@
+"""The spoke's Prometheus metrics, on top of the per-RPC ones every server has.
+
+``hubspoke_agent_transitions_total{state, reason}``
+    State changes this spoked made (QUEUED on create, RUNNING, SUCCEEDED, KILLED …),
+    with the reason code (``LOST``, ``TIMEOUT``, ``DRAINED`` …; empty for none).
+``hubspoke_agents_running``
+    Agent processes this spoked supervises now.
+``hubspoke_queue_agents{state}``
+    Agents in the site's queue by state (waiting, delayed, active, failed = dead-lettered);
+    every spoked on one Redis reports the same site-wide figures. Refreshed every
+    ``refresh_s`` seconds, with ``hubspoke_queue_refresh_timestamp_seconds`` saying when.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import structlog
+from prometheus_client import Counter, Gauge
+
+from shared.metrics import Metrics
+
+from .model import AgentState
+from .queue import AgentQueue, QueueError
+
+log = structlog.get_logger("spoke.metrics")
+
+QUEUE_STATES = ("waiting", "delayed", "active", "failed")
+
+
+class SpokeMetrics(Metrics):
+    def __init__(self) -> None:
+        super().__init__()
+        self.transitions = Counter(
+            "hubspoke_agent_transitions",
+            "Agent state changes made by this spoked, by new state and reason code",
+            ["state", "reason"],
+            registry=self.registry,
+        )
+        self.running = Gauge(
+            "hubspoke_agents_running",
+            "Agent processes this spoked supervises now",
+            registry=self.registry,
+        )
+        self.queue = Gauge(
+            "hubspoke_queue_agents",
+            "Agents in the site's queue, by state (failed = dead-lettered)",
+            ["state"],
+            registry=self.registry,
+        )
+        self.queue_refreshed = Gauge(
+            "hubspoke_queue_refresh_timestamp_seconds",
+            "When hubspoke_queue_agents was last read from Redis (Unix time)",
+            registry=self.registry,
+        )
+
+    def observe_transition(self, state: AgentState, reason: str) -> None:
+        self.transitions.labels(state.value, reason).inc()
+
+    def track_running(self, count: Callable[[], int]) -> None:
+        self.running.set_function(lambda: float(count()))
+
+    async def refresh_queue(self, agents: AgentQueue, refresh_s: float) -> None:
+        """Read the queue's counts every ``refresh_s`` until cancelled; Redis trouble only
+        leaves the figures stale (their timestamp says how stale)."""
+        while True:
+            try:
+                counts = await agents.stats()
+            except QueueError as exc:
+                log.warning("metrics_queue_refresh_failed", error=str(exc))
+            else:
+                for state in QUEUE_STATES:
+                    self.queue.labels(state).set(getattr(counts, state))
+                self.queue_refreshed.set(time.time())
+            await asyncio.sleep(refresh_s)
