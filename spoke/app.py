@@ -159,8 +159,10 @@ class SpokeApp:
             for task in (self._sweeper_task, self._requeue_task, self._metrics_task):
                 if task is not None:
                     task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+                    # Bounded: a loop that lost its cancel (shared/aio.py) must not hang us.
+                    done, _ = await asyncio.wait({task}, timeout=grace)
+                    if not done:
+                        log.warning("task_did_not_stop", task=task.get_name())
             if self._server is not None:
                 await self._server.stop(grace)
             if self._worker is not None:

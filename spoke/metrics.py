@@ -20,6 +20,7 @@ from collections.abc import Callable
 import structlog
 from prometheus_client import Counter, Gauge
 
+from shared.aio import raise_if_cancelling
 from shared.metrics import Metrics
 
 from .model import AgentState
@@ -74,4 +75,5 @@ class SpokeMetrics(Metrics):
                 for state in QUEUE_STATES:
                     self.queue.labels(state).set(getattr(counts, state))
                 self.queue_refreshed.set(time.time())
+            raise_if_cancelling()
             await asyncio.sleep(refresh_s)

@@ -11,6 +11,8 @@ import asyncio
 
 import structlog
 
+from shared.aio import raise_if_cancelling
+
 from .config import SpokeConfig
 from .queue import AgentQueue, QueueError
 
@@ -41,4 +43,5 @@ class Sweeper:
                 await self.sweep_once()
             except QueueError as exc:
                 log.warning("sweep_failed", error=str(exc))
+            raise_if_cancelling()
             await asyncio.sleep(self.config.sweep_interval_s)

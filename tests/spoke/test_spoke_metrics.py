@@ -96,3 +96,15 @@ async def test_the_endpoint_closes_with_the_spoke(
     await app.shutdown()
     with pytest.raises(URLError):
         await asyncio.wait_for(scrape_metrics(port), 5)
+
+
+async def test_a_spoke_stopped_right_after_it_started_stops_promptly(
+    start_spoke: StartSpoke,
+) -> None:
+    """A cancel that reached the sweeper while redis-py opened its first connection was
+    swallowed, and shutdown waited out the whole sweep interval (30 s)."""
+    app, _ = await start_spoke(metrics_listen="127.0.0.1:0")
+    await asyncio.sleep(0)  # the sweeper's first Redis call is under way
+    started = asyncio.get_running_loop().time()
+    await app.shutdown()
+    assert asyncio.get_running_loop().time() - started < 3
