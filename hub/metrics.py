@@ -1,8 +1,8 @@
 """The hub's Prometheus metrics, on top of the per-RPC ones every server has.
 
 ``hubspoke_spoke_calls_total{spoke, code}`` and ``hubspoke_spoke_call_duration_seconds{spoke}``
-    Calls the hub made to each spoke (relayed commands and health probes), by the gRPC
-    status the spoke answered (``DEADLINE_EXCEEDED``/``UNAVAILABLE`` when it did not).
+    Unary calls the hub relayed to each spoke (not health probes or watch streams), by the
+    gRPC status the spoke answered (``DEADLINE_EXCEEDED``/``UNAVAILABLE`` when it did not).
 ``hubspoke_spoke_replies_rejected_total{spoke}``
     Spoke replies that failed verification (wrong signer, bad signature, not an answer to
     the command sent): never passed on, and worth an alert.

@@ -78,9 +78,8 @@ class HubStore:
         admission = Admission(self._redis, limit)
 
         async def admit(principal: str, nonce: bytes, expires: dt.datetime) -> None:
-            ttl = expires + max_skew - dt.datetime.now(dt.UTC)
-            claim = NonceClaim(
-                nonce_key(self._hub, principal, nonce), int(ttl.total_seconds() * 1000)
+            claim = NonceClaim.until_expired(
+                nonce_key(self._hub, principal, nonce), expires, max_skew
             )
             async with self._guard():
                 await admission.admit(principal, rate_key(self._hub, principal), [claim])

@@ -12,13 +12,14 @@ carries two: the hub's and the client's).
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from . import errors
+from . import commands, errors
 
 __all__ = ["Admission", "NonceClaim", "RateLimit", "RateLimitedError"]
 
@@ -75,6 +76,12 @@ class NonceClaim:
 
     key: str
     ttl_ms: int
+
+    @classmethod
+    def until_expired(cls, key: str, expires: dt.datetime, max_skew: dt.timedelta) -> NonceClaim:
+        """Kept while its command can still be accepted: until it expires, plus the skew."""
+        ttl = expires + max_skew - commands.now()
+        return cls(key, int(ttl.total_seconds() * 1000))
 
 
 class RateLimitedError(errors.CapacityExceededError):

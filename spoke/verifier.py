@@ -121,8 +121,9 @@ class Verifier:
     def _claim(self, issuer: str, nonce: bytes, expires: dt.datetime) -> NonceClaim:
         """A nonce is kept while its command can still be accepted: until it expires, plus
         the clock skew; kept in Redis, so it survives a restart and binds every spoked on it."""
-        ttl = expires + self.window.max_skew - commands.now()
-        return NonceClaim(self.keys.nonce(issuer, nonce.hex()), int(ttl.total_seconds() * 1000))
+        return NonceClaim.until_expired(
+            self.keys.nonce(issuer, nonce.hex()), expires, self.window.max_skew
+        )
 
     def _check_command(self, verified: envelope.Verified, body: str) -> command_pb2.Command:
         cmd = commands.parse_command(verified.payload)
