@@ -1,7 +1,7 @@
 """The hub: ``hubd`` (routing and relaying signed commands to spokes) and ``hubctl``'s client.
 
 Names are imported on first use (PEP 562), so ``hubctl`` and other clients that import
-``hub.client`` never load the server modules.
+``hubspoke.hub.client`` never load the server modules.
 """
 
 from __future__ import annotations

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import structlog
 
-from shared import keys
-from shared import logging as slogging
-from shared import tls as stls
-from shared.policy import PolicyConfigError
-from shared.trust import TrustConfigError
+from hubspoke import keys
+from hubspoke import logging as slogging
+from hubspoke import tls as stls
+from hubspoke.policy import PolicyConfigError
+from hubspoke.trust import TrustConfigError
 
 from .app import HubApp
 from .config import LOG_LEVELS, HubConfig, HubConfigError

@@ -18,14 +18,14 @@ from typing import Self
 import grpc
 import structlog
 
-from shared import commands, keys
-from shared import grpc as sgrpc
-from shared import tls as stls
-from shared.admission import RateLimit
-from shared.gen.federation.v1 import hub_service_pb2
-from shared.metrics import MetricsServer
-from shared.policy import Policy, PolicyConfigError
-from shared.trust import TrustStore
+from hubspoke import commands, keys
+from hubspoke import grpc as sgrpc
+from hubspoke import tls as stls
+from hubspoke.admission import RateLimit
+from hubspoke.gen.federation.v1 import hub_service_pb2
+from hubspoke.metrics import MetricsServer
+from hubspoke.policy import Policy, PolicyConfigError
+from hubspoke.trust import TrustStore
 
 from .config import HubConfig
 from .metrics import HubMetrics
@@ -36,7 +36,7 @@ from .store import HubStore
 
 __all__ = ["HUB_SERVICE", "HubApp"]
 
-log = structlog.get_logger("hub.app")
+log = structlog.get_logger("hubspoke.hub.app")
 
 HUB_SERVICE = hub_service_pb2.DESCRIPTOR.services_by_name["HubService"]
 
@@ -46,9 +46,9 @@ class HubApp:
     files fail early.
 
     Raises (from ``__init__``):
-        shared.keys.KeyError_: the key file is missing, unsafe or not an Ed25519 key.
-        shared.trust.TrustConfigError: the trust store is missing or malformed.
-        shared.tls.TlsError: a TLS file is missing, unsafe or invalid; or, without TLS,
+        hubspoke.keys.KeyError_: the key file is missing, unsafe or not an Ed25519 key.
+        hubspoke.trust.TrustConfigError: the trust store is missing or malformed.
+        hubspoke.tls.TlsError: a TLS file is missing, unsafe or invalid; or, without TLS,
             the hub would listen on or dial a spoke at a non-loopback address.
     """
 

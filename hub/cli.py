@@ -1,6 +1,6 @@
 """``hubctl``: operate a Hubspoke federation through its hub.
 
-argv → :class:`hub.client.HubClient` → stdout and an exit code. Results go to stdout
+argv → :class:`hubspoke.hub.client.HubClient` → stdout and an exit code. Results go to stdout
 (``--json``: one JSON document, proto-JSON with snake_case names); errors go to stderr as
 one line ``Error: <message> [<REASON>]``. Errors are converted here, once.
 """
@@ -23,7 +23,7 @@ from typing import Any, Final, NoReturn
 import grpc
 from google.protobuf import json_format
 
-from shared import keys
+from hubspoke import keys
 
 from . import cli_certs, cli_keys
 from . import client as hc
@@ -553,7 +553,9 @@ def _keygen(args: argparse.Namespace, out: _Out) -> int:
 
 def _dev(dev_args: list[str]) -> int:
     try:
-        dev = importlib.import_module("hub.dev")  # lazily: it starts servers, hubctl does not
+        dev = importlib.import_module(
+            "hubspoke.hub.dev"
+        )  # lazily: it starts servers, hubctl does not
     except ImportError:
         print("Error: dev federation is not available", file=sys.stderr)
         return EXIT_USAGE
@@ -585,7 +587,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run hubctl; returns the exit code (see ``hubctl --help``)."""
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["dev"]:  # hub.dev parses its own flags, --help included
+    if argv[:1] == ["dev"]:  # hubspoke.hub.dev parses its own flags, --help included
         return _dev(argv[1:])
     debug = "--debug" in argv
     try:

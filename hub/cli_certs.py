@@ -2,7 +2,7 @@
 
 ``hubctl certs init --out DIR --name hub:localhost,127.0.0.1 --name spoke-1 --name operator``
 writes ``DIR/ca.crt``, ``DIR/ca.key`` and ``DIR/NAME.crt`` / ``DIR/NAME.tls.key`` per name
-(:func:`shared.tls.init_pki`). An existing CA in DIR is reused; no file is ever overwritten.
+(:func:`hubspoke.tls.init_pki`). An existing CA in DIR is reused; no file is ever overwritten.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Final, TypeVar
 
-from shared import tls
+from hubspoke import tls
 
 __all__ = ["add_parser", "run"]
 

@@ -18,8 +18,8 @@ import json
 from pathlib import Path
 from typing import Any, Protocol
 
-from shared import keys
-from shared.trust import Role, TrustConfigError, TrustStore
+from hubspoke import keys
+from hubspoke.trust import Role, TrustConfigError, TrustStore
 
 
 class Out(Protocol):

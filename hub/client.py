@@ -46,11 +46,11 @@ from typing import Any, Final, Self, TypeVar
 
 import grpc
 
-from shared import commands, envelope, errors, keys
-from shared import grpc as sgrpc
-from shared import tls as stls
-from shared.gen.federation.v1 import agent_pb2, command_pb2, hub_service_pb2, hub_service_pb2_grpc
-from shared.trust import Role, TrustConfigError, TrustStore
+from hubspoke import commands, envelope, errors, keys
+from hubspoke import grpc as sgrpc
+from hubspoke import tls as stls
+from hubspoke.gen.federation.v1 import agent_pb2, command_pb2, hub_service_pb2, hub_service_pb2_grpc
+from hubspoke.trust import Role, TrustConfigError, TrustStore
 
 __all__ = [
     "FINAL_STATES",

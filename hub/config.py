@@ -44,8 +44,8 @@ from types import MappingProxyType
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
-from shared import tls as stls
-from shared.metrics import MetricsConfigError, parse_listen
+from hubspoke import tls as stls
+from hubspoke.metrics import MetricsConfigError, parse_listen
 
 __all__ = ["HubConfig", "HubConfigError", "SpokeEntry"]
 

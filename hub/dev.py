@@ -3,7 +3,7 @@
 ``hubctl dev up --dir DIR [--spokes N] [--base-port P]`` starts, on 127.0.0.1 only:
 
 * one private redis-server per peer (``DIR/redis/<name>``, AOF on), no system Redis needed;
-* keys and configs in DIR (:func:`hub.federation_files.write_federation`); keys from an
+* keys and configs in DIR (:func:`hubspoke.hub.federation_files.write_federation`); keys from an
   earlier run in the same DIR are kept, configs are rewritten with this run's ports;
 * ``spoked --config DIR/spoke-N.toml`` per spoke (profiles ``synthetic`` and ``shell``,
   the latter unsafe: ``sh -c TASK``) and ``hubd --config DIR/hub.toml``, as subprocesses
@@ -12,7 +12,7 @@
 Once every server printed ``serving <port>`` it prints ``ready`` on stdout and a summary
 on stderr, then waits. SIGINT, SIGTERM or SIGHUP stops everything it started (SIGTERM, then
 SIGKILL after 10 s) and exits 0; a server that dies on its own stops everything and
-exits 1. It only runs subprocesses: no server module (``hub.app``, ``spoke.*``) is
+exits 1. It only runs subprocesses: no server module (``hubspoke.hub.app``, ``hubspoke.spoke.*``) is
 imported here.
 
 ``hubctl dev env --dir DIR`` prints ``export HUBCTL_CONFIG=DIR/hubctl.toml``.
@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Final, NoReturn
 
-from shared import keys, redis_server
+from hubspoke import keys, redis_server
 
 from . import federation_files
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from shared import keys, policy
-from shared import tls as stls
+from hubspoke import keys, policy
+from hubspoke import tls as stls
 
 __all__ = ["OPERATOR", "FederationFiles", "SpokeSpec", "write_federation"]
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import grpc
 from prometheus_client import Counter, Histogram
 
-from shared.metrics import LATENCY_BUCKETS, Metrics
+from hubspoke.metrics import LATENCY_BUCKETS, Metrics
 
 
 class HubMetrics(Metrics):

@@ -16,17 +16,17 @@ import grpc
 import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from shared import grpc as sgrpc
-from shared.gen.federation.v1 import spoke_service_pb2_grpc
+from hubspoke import grpc as sgrpc
+from hubspoke.gen.federation.v1 import spoke_service_pb2_grpc
 
 from .config import SpokeEntry
 
 if TYPE_CHECKING:
-    from shared.gen.federation.v1.spoke_service_pb2_grpc import SpokeServiceAsyncStub
+    from hubspoke.gen.federation.v1.spoke_service_pb2_grpc import SpokeServiceAsyncStub
 
 __all__ = ["Probe", "SpokeLink", "SpokeRegistry"]
 
-log = structlog.get_logger("hub.registry")
+log = structlog.get_logger("hubspoke.hub.registry")
 
 
 @dataclass(frozen=True, slots=True)

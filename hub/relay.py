@@ -9,9 +9,9 @@ command_id, request_digest over the client's payload bytes). Spoke failures beco
 ``SpokeUnavailableError`` (unreachable) or ``RemoteCallError`` (the spoke's own status,
 passed through).
 
-Exception hierarchy (the hub's own; the rest are ``shared.errors``)::
+Exception hierarchy (the hub's own; the rest are ``hubspoke.errors``)::
 
-    shared.errors.CommandError
+    hubspoke.errors.CommandError
      └── SpokeReplyError   (INTERNAL, SPOKE_REPLY_INVALID) a reply failed verification
 """
 
@@ -27,11 +27,11 @@ from typing import TYPE_CHECKING, Any, Final
 import grpc
 import structlog
 
-from shared import commands, envelope, errors
-from shared import grpc as sgrpc
-from shared.gen.federation.v1 import command_pb2, spoke_service_pb2
-from shared.keys import SigningKey
-from shared.trust import Role, TrustStore
+from hubspoke import commands, envelope, errors
+from hubspoke import grpc as sgrpc
+from hubspoke.gen.federation.v1 import command_pb2, spoke_service_pb2
+from hubspoke.keys import SigningKey
+from hubspoke.trust import Role, TrustStore
 
 from .metrics import HubMetrics
 from .store import Admit
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Gate", "Inbound", "RelayConfig", "Relayer", "SpokeReplyError", "Verb"]
 
-log = structlog.get_logger("hub.relay")
+log = structlog.get_logger("hubspoke.hub.relay")
 
 SPAWN: Final = "spawn_agent"
 GET: Final = "get_agent"

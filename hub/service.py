@@ -25,11 +25,11 @@ from typing import Any
 import grpc
 import structlog
 
-from shared import commands, envelope, errors
-from shared.gen.federation.v1 import command_pb2, hub_service_pb2
-from shared.keys import SigningKey
-from shared.policy import BODY_VERBS, Policy, PolicyDeniedError
-from shared.policy import Request as PolicyRequest
+from hubspoke import commands, envelope, errors
+from hubspoke.gen.federation.v1 import command_pb2, hub_service_pb2
+from hubspoke.keys import SigningKey
+from hubspoke.policy import BODY_VERBS, Policy, PolicyDeniedError
+from hubspoke.policy import Request as PolicyRequest
 
 from . import relay
 from .registry import Probe, SpokeRegistry
@@ -38,7 +38,7 @@ from .store import HubStore
 
 __all__ = ["HubServicer", "RoutingConfig"]
 
-log = structlog.get_logger("hub.service")
+log = structlog.get_logger("hubspoke.hub.service")
 
 _Ctx = grpc.aio.ServicerContext[Any, Any]
 _Request = (
@@ -81,7 +81,7 @@ class _Fanned:
 
 
 class HubServicer:
-    """The HubService RPCs; each raises ``shared.errors`` on failure (the transport converts)."""
+    """The HubService RPCs; each raises ``hubspoke.errors`` on failure (the transport converts)."""
 
     def __init__(
         self,

@@ -5,7 +5,7 @@ Keys (each has a TTL; the hub holds no state outside Redis)::
     federation:hub:{hub}:nonce:{issuer}:{nonce hex}   "1", until the command expires + skew
     federation:hub:{hub}:agent:{agent_id}             the spoke name, for agent_index_ttl
 
-Redis failures surface as ``shared.errors.BackendUnavailableError`` (UNAVAILABLE), so a
+Redis failures surface as ``hubspoke.errors.BackendUnavailableError`` (UNAVAILABLE), so a
 client may retry.
 """
 
@@ -19,8 +19,8 @@ from contextlib import asynccontextmanager
 import redis.asyncio
 import redis.exceptions
 
-from shared import errors
-from shared.admission import Admission, NonceClaim, RateLimit
+from hubspoke import errors
+from hubspoke.admission import Admission, NonceClaim, RateLimit
 
 __all__ = ["Admit", "HubStore", "agent_key", "nonce_key", "rate_key"]
 

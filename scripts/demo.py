@@ -63,7 +63,7 @@ def _tool(name: str, module: str) -> list[str]:
     return [sys.executable, "-m", module]
 
 
-HUBCTL: Final = _tool("hubctl", "hub.cli")
+HUBCTL: Final = _tool("hubctl", "hubspoke.hub.cli")
 
 
 class DevFederation:

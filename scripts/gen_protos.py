@@ -3,7 +3,7 @@
 
 Runs grpcio-tools with the mypy-protobuf plugins, then rewrites the generated
 absolute imports (``from federation.v1 import ...``) into package-relative ones so
-the stubs live under ``shared.gen`` without touching sys.path.
+the stubs live under ``hubspoke.gen`` without touching sys.path.
 
 ``--check`` regenerates into a temporary directory and exits 1 when the committed
 stubs differ, which is what the test suite and CI use to catch drift.

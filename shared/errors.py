@@ -20,7 +20,7 @@ Hierarchy::
     ├── SpokeUnavailableError         (UNAVAILABLE, SPOKE_UNAVAILABLE)
     └── RemoteCallError               (as the remote peer said: passed through)
 
-Servers raise these; ``shared.grpc.status`` turns them into a ``google.rpc.Status``
+Servers raise these; ``hubspoke.grpc.status`` turns them into a ``google.rpc.Status``
 with an ``ErrorInfo`` at exactly one place, the handler boundary.
 """
 

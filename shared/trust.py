@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from . import keys
 
-log = structlog.get_logger("shared.trust")
+log = structlog.get_logger("hubspoke.trust")
 
 RELOAD_CHECK_S = 1.0
 

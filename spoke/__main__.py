@@ -9,10 +9,10 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from shared import keys
-from shared import logging as shared_logging
-from shared.policy import PolicyConfigError
-from shared.trust import TrustConfigError
+from hubspoke import keys
+from hubspoke import logging as shared_logging
+from hubspoke.policy import PolicyConfigError
+from hubspoke.trust import TrustConfigError
 
 from .app import SpokeApp
 from .config import SpokeConfig, SpokeConfigError

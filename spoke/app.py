@@ -11,14 +11,14 @@ from types import TracebackType
 import grpc
 import structlog
 
-from shared import commands, keys
-from shared import tls as stls
-from shared.admission import Admission, RateLimit
-from shared.gen.federation.v1 import spoke_service_pb2
-from shared.grpc import BuiltServer, ServerOptions, Service, build_server
-from shared.metrics import MetricsServer
-from shared.policy import Policy
-from shared.trust import TrustStore
+from hubspoke import commands, keys
+from hubspoke import tls as stls
+from hubspoke.admission import Admission, RateLimit
+from hubspoke.gen.federation.v1 import spoke_service_pb2
+from hubspoke.grpc import BuiltServer, ServerOptions, Service, build_server
+from hubspoke.metrics import MetricsServer
+from hubspoke.policy import Policy
+from hubspoke.trust import TrustStore
 
 from .config import SpokeConfig, SpokeConfigError
 from .metrics import SpokeMetrics
@@ -28,7 +28,7 @@ from .sweeper import Sweeper
 from .verifier import Verifier
 from .worker import AgentWorker
 
-log = structlog.get_logger("spoke.app")
+log = structlog.get_logger("hubspoke.spoke.app")
 
 SERVICE = spoke_service_pb2.DESCRIPTOR.services_by_name["SpokeService"]
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from shared import tls as stls
-from shared.metrics import MetricsConfigError, parse_listen
+from hubspoke import tls as stls
+from hubspoke.metrics import MetricsConfigError, parse_listen
 
 from .profiles import Profile, ProfileConfigError, profile_from_mapping, synthetic_profile
 

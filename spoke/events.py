@@ -17,7 +17,7 @@ import structlog
 
 from .queue import AgentQueue, QueueError
 
-log = structlog.get_logger("spoke.events")
+log = structlog.get_logger("hubspoke.spoke.events")
 
 FLUSH_S = 0.25
 MAX_PENDING_BYTES = 16 * 1024

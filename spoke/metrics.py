@@ -20,13 +20,13 @@ from collections.abc import Callable
 import structlog
 from prometheus_client import Counter, Gauge
 
-from shared.aio import raise_if_cancelling
-from shared.metrics import Metrics
+from hubspoke.aio import raise_if_cancelling
+from hubspoke.metrics import Metrics
 
 from .model import AgentState
 from .queue import AgentQueue, QueueError
 
-log = structlog.get_logger("spoke.metrics")
+log = structlog.get_logger("hubspoke.spoke.metrics")
 
 QUEUE_STATES = ("waiting", "delayed", "active", "failed")
 

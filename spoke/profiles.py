@@ -7,7 +7,7 @@ braces are left alone).
 
 Profiles come from TOML tables (``[profiles.<name>]``) validated by
 :func:`profile_from_mapping`; the built-in ``synthetic`` profile runs the
-deterministic fake agent in :mod:`spoke.synthetic`.
+deterministic fake agent in :mod:`hubspoke.spoke.synthetic`.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def synthetic_profile() -> Profile:
     """The built-in ``synthetic`` profile: the deterministic fake agent."""
     return Profile(
         name=SYNTHETIC,
-        argv=(sys.executable, "-m", "spoke.synthetic"),
+        argv=(sys.executable, "-m", "hubspoke.spoke.synthetic"),
         cwd=None,
         timeout_s=600.0,
         kill_grace_s=2.0,

@@ -31,8 +31,8 @@ from typing import TypeVar
 
 import structlog
 
-from spoke.output import OutputTail
-from spoke.profiles import TASK_PLACEHOLDER, Profile
+from hubspoke.spoke.output import OutputTail
+from hubspoke.spoke.profiles import TASK_PLACEHOLDER, Profile
 
 __all__ = [
     "UNKNOWN_START_TICKS",

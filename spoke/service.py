@@ -15,11 +15,11 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from shared import commands, envelope, errors
-from shared.gen.federation.v1 import agent_pb2, command_pb2, spoke_service_pb2
-from shared.keys import SigningKey
-from shared.policy import BODY_VERBS, Policy
-from shared.policy import Request as PolicyRequest
+from hubspoke import commands, envelope, errors
+from hubspoke.gen.federation.v1 import agent_pb2, command_pb2, spoke_service_pb2
+from hubspoke.keys import SigningKey
+from hubspoke.policy import BODY_VERBS, Policy
+from hubspoke.policy import Request as PolicyRequest
 
 from . import queue, wire
 from .config import SpokeConfig

@@ -11,12 +11,12 @@ import asyncio
 
 import structlog
 
-from shared.aio import raise_if_cancelling
+from hubspoke.aio import raise_if_cancelling
 
 from .config import SpokeConfig
 from .queue import AgentQueue, QueueError
 
-log = structlog.get_logger("spoke.sweeper")
+log = structlog.get_logger("hubspoke.spoke.sweeper")
 
 
 class Sweeper:

@@ -1,6 +1,6 @@
 """The synthetic agent: a deterministic fake agent for tests and demos.
 
-Run as ``python -m spoke.synthetic`` (the built-in ``synthetic`` profile). It reads
+Run as ``python -m hubspoke.spoke.synthetic`` (the built-in ``synthetic`` profile). It reads
 the task from the ``HUBSPOKE_TASK`` environment variable, or from stdin when that
 variable is not set. The task is a space-separated list of directives; words it
 does not know (and directives with a malformed value) are ignored, so any free

@@ -21,10 +21,10 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from shared import commands, envelope, errors
-from shared.admission import Admission, NonceClaim
-from shared.gen.federation.v1 import command_pb2
-from shared.trust import Role, TrustStore
+from hubspoke import commands, envelope, errors
+from hubspoke.admission import Admission, NonceClaim
+from hubspoke.gen.federation.v1 import command_pb2
+from hubspoke.trust import Role, TrustStore
 
 from .keys import SpokeKeys
 

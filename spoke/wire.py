@@ -6,7 +6,7 @@ import json
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from shared.gen.federation.v1 import agent_pb2
+from hubspoke.gen.federation.v1 import agent_pb2
 
 from .model import AgentEvent, AgentRecord
 

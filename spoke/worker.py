@@ -44,7 +44,7 @@ from .queue import (
     jittered_backoff,
 )
 
-log = structlog.get_logger("spoke.worker")
+log = structlog.get_logger("hubspoke.spoke.worker")
 
 KILL_POLL_S = 1.0
 """Fallback check of kill requests, should a pub/sub message be missed."""

@@ -24,7 +24,7 @@ import redis
 import redis.asyncio
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared import redis_server
+from hubspoke import redis_server
 
 _START_TIMEOUT = 10.0
 

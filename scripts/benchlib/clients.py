@@ -2,7 +2,7 @@
 
 ``DirectClient`` does what a client of one spoke does (the idea of tests/spoke/conftest.py):
 build a Command, sign it as ``operator``, call SpokeService, and verify the spoke's signed
-reply before believing it, as ``hub.client.HubClient`` does for the hub path.
+reply before believing it, as ``hubspoke.hub.client.HubClient`` does for the hub path.
 """
 
 from __future__ import annotations
@@ -18,15 +18,15 @@ from typing import Any, Self
 import grpc
 from google.protobuf.message import Message
 
-from shared import commands, envelope, keys
-from shared.gen.federation.v1 import (
+from hubspoke import commands, envelope, keys
+from hubspoke.gen.federation.v1 import (
     agent_pb2,
     command_pb2,
     spoke_service_pb2,
     spoke_service_pb2_grpc,
 )
-from shared.grpc import open_channel
-from shared.trust import Role, TrustStore
+from hubspoke.grpc import open_channel
+from hubspoke.trust import Role, TrustStore
 
 CALL_TIMEOUT_S = 20.0
 

@@ -26,12 +26,12 @@ from pathlib import Path
 import redis.asyncio as aioredis
 from bullmq import Queue
 
-from hub import client as hub_client
-from hub.federation_files import OPERATOR, FederationFiles, write_federation
-from shared import keys
-from shared.redis_server import EmbeddedRedis, pick_free_port
-from shared.trust import TrustStore
-from spoke.keys import QUEUE_NAME, SpokeKeys
+from hubspoke import keys
+from hubspoke.hub import client as hub_client
+from hubspoke.hub.federation_files import OPERATOR, FederationFiles, write_federation
+from hubspoke.redis_server import EmbeddedRedis, pick_free_port
+from hubspoke.spoke.keys import QUEUE_NAME, SpokeKeys
+from hubspoke.trust import TrustStore
 
 from .clients import READY_CODE, DirectClient
 from .procs import Daemon

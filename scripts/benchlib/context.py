@@ -7,7 +7,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from hub import client as hub_client
+from hubspoke.hub import client as hub_client
 
 from .clients import DirectClient, ReadySocket
 from .cluster import Cluster

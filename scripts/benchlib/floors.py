@@ -14,8 +14,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from shared import envelope
-from shared.grpc import open_channel
+from hubspoke import envelope
+from hubspoke.grpc import open_channel
 
 from . import echo
 from .clients import READY_CODE

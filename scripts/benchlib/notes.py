@@ -263,9 +263,9 @@ def method(doc: dict[str, Any]) -> list[str]:
         "agents that run reach SUCCEEDED (or KILLED) on attempt 1 and report ready exactly "
         "once; reads return the agent asked for; fan-out pages are complete with no "
         "unreachable spoke; Celery messages and bullmq jobs are each found once.",
-        "- Scale: backlogs are filled through `spoke.queue.AgentQueue.create` (the spoke's own "
-        "storage code and layout, with real signed envelopes) from the harness, then measured "
-        "with signed RPCs; see `scripts/benchlib/scale.py`.",
+        "- Scale: backlogs are filled through `hubspoke.spoke.queue.AgentQueue.create` "
+        "(the spoke's own storage code and layout, with real signed envelopes) from the "
+        "harness, then measured with signed RPCs; see `scripts/benchlib/scale.py`.",
         "- Reproduce: `scripts/bench` (full run, rewrites this page), `scripts/bench --quick` "
         "(CI smoke test, no thresholds), `scripts/bench --arms spawn_direct,echo_direct "
         "--rounds 3`, `scripts/bench --scale-max 1000000`; raw JSON goes under `bench-out/`.",

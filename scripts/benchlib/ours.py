@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from spoke.keys import QUEUE_NAME, SpokeKeys
+from hubspoke.spoke.keys import QUEUE_NAME, SpokeKeys
 
 from .cluster import READY_PROFILE, RUNNER, Site
 from .context import SPAWN_SPOKE, Env, new_id

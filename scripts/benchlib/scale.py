@@ -3,7 +3,7 @@
 The ``scale`` spoke (concurrency 1) runs on its own Redis, with its queue paused. For each
 backlog B, ascending and cumulative:
 
-* fill to B waiting agents (priority 1) through ``spoke.queue.AgentQueue.create`` from this
+* fill to B waiting agents (priority 1) through ``hubspoke.spoke.queue.AgentQueue.create`` from this
   process: the spoke's own storage code and data layout, without a gRPC call per agent
   (signed RPCs would make filling 1M take most of an hour on 2 cores);
 * Redis ``used_memory`` per queued agent, from an empty keyspace;
@@ -26,10 +26,10 @@ import sys
 import time
 from typing import Any
 
-from shared import commands
-from shared.gen.federation.v1 import command_pb2
-from spoke.model import SpawnRequest
-from spoke.queue import AgentQueue
+from hubspoke import commands
+from hubspoke.gen.federation.v1 import command_pb2
+from hubspoke.spoke.model import SpawnRequest
+from hubspoke.spoke.queue import AgentQueue
 
 from . import stats
 from .cluster import READY_PROFILE, SCALE

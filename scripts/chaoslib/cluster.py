@@ -25,9 +25,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hub import client as hub_client
-from hub.federation_files import FederationFiles, write_federation
-from shared.redis_server import EmbeddedRedis, pick_free_port
+from hubspoke.hub import client as hub_client
+from hubspoke.hub.federation_files import FederationFiles, write_federation
+from hubspoke.redis_server import EmbeddedRedis, pick_free_port
 
 from .proxy import CuttableProxy
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import grpc
 
-from hub import client as hub_client
+from hubspoke.hub import client as hub_client
 
 from . import faults
 from .cluster import SAFE, Cluster

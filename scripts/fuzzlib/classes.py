@@ -44,9 +44,9 @@ from typing import Final
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from shared import commands, envelope
-from shared.gen.federation.v1 import command_pb2
-from shared.trust import TrustStore
+from hubspoke import commands, envelope
+from hubspoke.gen.federation.v1 import command_pb2
+from hubspoke.trust import TrustStore
 
 from .endpoints import Endpoint
 from .federation import HUB, MISROUTED, SPOKE

@@ -15,7 +15,7 @@ from typing import Final
 from google.protobuf import descriptor, message_factory
 from google.protobuf.message import Message
 
-from shared.gen.federation.v1 import command_pb2, hub_service_pb2, spoke_service_pb2
+from hubspoke.gen.federation.v1 import command_pb2, hub_service_pb2, spoke_service_pb2
 
 SERVICES: Final[dict[str, descriptor.ServiceDescriptor]] = {
     "hub": hub_service_pb2.DESCRIPTOR.services_by_name["HubService"],

@@ -21,15 +21,15 @@ import grpc
 import redis.asyncio as aioredis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from hub.app import HubApp
-from hub.config import HubConfig
-from hub.federation_files import OPERATOR, FederationFiles, write_federation
-from shared import keys
-from shared.redis_server import EmbeddedRedis, pick_free_port
-from shared.trust import TrustStore
-from spoke.app import SpokeApp
-from spoke.config import SpokeConfig
-from spoke.keys import SpokeKeys
+from hubspoke import keys
+from hubspoke.hub.app import HubApp
+from hubspoke.hub.config import HubConfig
+from hubspoke.hub.federation_files import OPERATOR, FederationFiles, write_federation
+from hubspoke.redis_server import EmbeddedRedis, pick_free_port
+from hubspoke.spoke.app import SpokeApp
+from hubspoke.spoke.config import SpokeConfig
+from hubspoke.spoke.keys import SpokeKeys
+from hubspoke.trust import TrustStore
 
 HUB: Final = "hub"
 SPOKE: Final = "spoke-1"

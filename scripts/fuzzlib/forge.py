@@ -22,8 +22,8 @@ from typing import Any
 from google.protobuf import message_factory, timestamp_pb2
 from google.protobuf.message import DecodeError, Message
 
-from shared import commands, envelope, keys
-from shared.gen.federation.v1 import command_pb2
+from hubspoke import commands, envelope, keys
+from hubspoke.gen.federation.v1 import command_pb2
 
 from .endpoints import Endpoint
 from .federation import HUB, SPOKE, Keys

@@ -28,9 +28,9 @@ from typing import Any, Final
 
 import structlog
 
-from shared import commands, envelope
-from shared.gen.federation.v1 import command_pb2
-from shared.trust import Role
+from hubspoke import commands, envelope
+from hubspoke.gen.federation.v1 import command_pb2
+from hubspoke.trust import Role
 
 from . import classes as C
 from . import federation

@@ -19,7 +19,7 @@ from typing import Any
 
 import grpc
 
-from shared.grpc import from_rpc_error
+from hubspoke.grpc import from_rpc_error
 
 from .classes import OK, Probe
 from .federation import Federation

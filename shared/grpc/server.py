@@ -21,11 +21,11 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from shared import errors
+from hubspoke import errors
 
 from . import status
 
-log = structlog.get_logger("shared.grpc")
+log = structlog.get_logger("hubspoke.grpc")
 
 UnaryImpl = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Message]]
 StreamImpl = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Message]]

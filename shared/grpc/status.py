@@ -14,7 +14,7 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]  # no stubs ship
 from grpc_status import rpc_status
 
-from shared import errors
+from hubspoke import errors
 
 DOMAIN = "federation"
 _DETAILS_KEY = "grpc-status-details-bin"

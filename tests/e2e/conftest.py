@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 
-from hub import client as hc
-from hub.app import HubApp
-from hub.config import HubConfig, SpokeEntry
-from hub.federation_files import FederationFiles, write_federation
-from shared.gen.federation.v1 import agent_pb2
-from spoke import app as spoke_app
-from spoke import config as spoke_config
+from hubspoke.gen.federation.v1 import agent_pb2
+from hubspoke.hub import client as hc
+from hubspoke.hub.app import HubApp
+from hubspoke.hub.config import HubConfig, SpokeEntry
+from hubspoke.hub.federation_files import FederationFiles, write_federation
+from hubspoke.spoke import app as spoke_app
+from hubspoke.spoke import config as spoke_config
 
 REPO = Path(__file__).resolve().parents[2]
 Agent = agent_pb2.Agent
@@ -38,7 +38,7 @@ class Federation:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "hub.cli",
+            "hubspoke.hub.cli",
             "--config",
             str(self.files.hubctl_config),
             "--hub",

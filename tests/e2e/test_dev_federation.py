@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from hub import dev
-from shared import keys
-from shared.trust import TrustStore
+from hubspoke import keys
+from hubspoke.hub import dev
+from hubspoke.trust import TrustStore
 
 BIN = Path(sys.executable).parent
 HUBCTL = str(BIN / "hubctl")
@@ -211,8 +211,9 @@ def test_keys_from_an_earlier_run_are_kept(tmp_path: Path) -> None:
 
 def test_dev_up_imports_no_server_module() -> None:
     code = (
-        "import sys, hub.cli, hub.dev; "
-        "print([m for m in sys.modules if m == 'hub.app' or m.split('.')[0] == 'spoke'])"
+        "import sys, hubspoke.hub.cli, hubspoke.hub.dev; "
+        "print([m for m in sys.modules "
+        "if m == 'hubspoke.hub.app' or m.startswith('hubspoke.spoke')])"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"

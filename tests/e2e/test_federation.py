@@ -9,8 +9,8 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from hub import client as hc
-from shared.gen.federation.v1 import agent_pb2
+from hubspoke.gen.federation.v1 import agent_pb2
+from hubspoke.hub import client as hc
 
 from .conftest import Federation, wait_final, wait_state
 

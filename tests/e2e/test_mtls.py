@@ -19,16 +19,16 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from hub import client as hc
-from hub.app import HubApp
-from hub.config import HubConfig, SpokeEntry
-from hub.federation_files import FederationFiles, write_federation
-from shared import commands, keys, tls
-from shared import grpc as sgrpc
-from shared.gen.federation.v1 import agent_pb2, hub_service_pb2, hub_service_pb2_grpc
-from shared.trust import TrustStore
-from spoke import app as spoke_app
-from spoke import config as spoke_config
+from hubspoke import commands, keys, tls
+from hubspoke import grpc as sgrpc
+from hubspoke.gen.federation.v1 import agent_pb2, hub_service_pb2, hub_service_pb2_grpc
+from hubspoke.hub import client as hc
+from hubspoke.hub.app import HubApp
+from hubspoke.hub.config import HubConfig, SpokeEntry
+from hubspoke.hub.federation_files import FederationFiles, write_federation
+from hubspoke.spoke import app as spoke_app
+from hubspoke.spoke import config as spoke_config
+from hubspoke.trust import TrustStore
 
 from .conftest import REPO, Federation, wait_final
 
@@ -193,7 +193,12 @@ async def test_without_tls_nothing_listens_on_or_dials_the_network(tmp_path: Pat
     assert err.strip() == f"Error: spoke spoke-1 at 192.0.2.1:7101: {PLAINTEXT_REFUSED}"
 
     code, err = await _run(
-        "hub.cli", "--config", str(files.hubctl_config), "--hub", "192.0.2.1:7100", "spokes"
+        "hubspoke.hub.cli",
+        "--config",
+        str(files.hubctl_config),
+        "--hub",
+        "192.0.2.1:7100",
+        "spokes",
     )
     assert code == 2
     assert err.strip() == f"Error: hub 192.0.2.1:7100: {PLAINTEXT_REFUSED}"

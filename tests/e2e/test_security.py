@@ -14,15 +14,15 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from hub import cli
-from hub import client as hc
-from hub.app import HubApp
-from hub.config import HubConfig, SpokeEntry
-from hub.federation_files import write_federation
-from shared import keys
-from shared.trust import TrustStore
-from spoke.app import SpokeApp
-from spoke.config import SpokeConfig
+from hubspoke import keys
+from hubspoke.hub import cli
+from hubspoke.hub import client as hc
+from hubspoke.hub.app import HubApp
+from hubspoke.hub.config import HubConfig, SpokeEntry
+from hubspoke.hub.federation_files import write_federation
+from hubspoke.spoke.app import SpokeApp
+from hubspoke.spoke.config import SpokeConfig
+from hubspoke.trust import TrustStore
 
 from .conftest import wait_final
 

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from hub import cli
-from hub import client as hc
-from hub.federation_files import write_federation
-from shared import keys
-from shared.gen.federation.v1 import agent_pb2, command_pb2
+from hubspoke import keys
+from hubspoke.gen.federation.v1 import agent_pb2, command_pb2
+from hubspoke.hub import cli
+from hubspoke.hub import client as hc
+from hubspoke.hub.federation_files import write_federation
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -237,8 +237,8 @@ def test_exit_code_table(code: str, exit_code: int) -> None:
 
 
 def test_dev_without_the_dev_module(capsys: pytest.CaptureFixture[str]) -> None:
-    if importlib.util.find_spec("hub.dev") is not None:
-        pytest.skip("hub.dev exists; the dev federation has its own tests")
+    if importlib.util.find_spec("hubspoke.hub.dev") is not None:
+        pytest.skip("hubspoke.hub.dev exists; the dev federation has its own tests")
     code, _, err = run(capsys, "dev", "up")
     assert code == 2
     assert err == "Error: dev federation is not available\n"
@@ -282,7 +282,17 @@ def test_state_names_round_trip() -> None:
 
 def test_module_entry_point_runs(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "hub.cli", "keygen", "--out", str(tmp_path), "--name", "dave", "-q"],
+        [
+            sys.executable,
+            "-m",
+            "hubspoke.hub.cli",
+            "keygen",
+            "--out",
+            str(tmp_path),
+            "--name",
+            "dave",
+            "-q",
+        ],
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHONPATH": str(REPO)},

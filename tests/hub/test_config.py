@@ -7,12 +7,11 @@ from pathlib import Path
 
 import pytest
 
-import hub
-from hub import client as hc
-from hub import federation_files
-from hub.config import HubConfig, HubConfigError, SpokeEntry
-from shared import keys
-from shared.trust import Role, TrustStore
+from hubspoke import hub, keys
+from hubspoke.hub import client as hc
+from hubspoke.hub import federation_files
+from hubspoke.hub.config import HubConfig, HubConfigError, SpokeEntry
+from hubspoke.trust import Role, TrustStore
 
 FULL = """\
 name = "hub-a"
@@ -271,11 +270,12 @@ def test_cli_does_not_load_server_modules() -> None:
     import sys
 
     code = (
-        "import sys, hub.cli; "
-        "server = ('hub.app', 'hub.service', 'hub.relay', 'hub.store'); "
+        "import sys, hubspoke.hub.cli; "
+        "server = ('hubspoke.hub.app', 'hubspoke.hub.service', "
+        "'hubspoke.hub.relay', 'hubspoke.hub.store'); "
         "bad = [m for m in server if m in sys.modules]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert importlib.import_module("hub.cli") is not None
+    assert importlib.import_module("hubspoke.hub.cli") is not None

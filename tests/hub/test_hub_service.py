@@ -25,20 +25,20 @@ import pytest
 import redis.asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from hub import client as hc
-from hub.app import HubApp
-from hub.config import HubConfig, SpokeEntry
-from hub.federation_files import FederationFiles, write_federation
-from shared import commands, envelope, errors, keys
-from shared import grpc as sgrpc
-from shared.gen.federation.v1 import (
+from hubspoke import commands, envelope, errors, keys
+from hubspoke import grpc as sgrpc
+from hubspoke.gen.federation.v1 import (
     agent_pb2,
     command_pb2,
     hub_service_pb2,
     hub_service_pb2_grpc,
     spoke_service_pb2,
 )
-from shared.trust import Role, TrustStore
+from hubspoke.hub import client as hc
+from hubspoke.hub.app import HubApp
+from hubspoke.hub.config import HubConfig, SpokeEntry
+from hubspoke.hub.federation_files import FederationFiles, write_federation
+from hubspoke.trust import Role, TrustStore
 
 REPO = Path(__file__).resolve().parents[2]
 SPOKE_SERVICE = spoke_service_pb2.DESCRIPTOR.services_by_name["SpokeService"]
@@ -712,7 +712,7 @@ def test_hubd_prints_serving_and_stops_on_sigterm(tmp_path: Path, redis_url: str
             [
                 sys.executable,
                 "-m",
-                "hub.cli",
+                "hubspoke.hub.cli",
                 "--config",
                 str(files.hubctl_config),
                 "--hub",

@@ -16,14 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from hub import client as hc
-from hub.app import HubApp
-from hub.config import HubConfig, SpokeEntry
-from hub.federation_files import FederationFiles, write_federation
-from shared import keys
-from shared import tls as stls
-from spoke import app as spoke_app
-from spoke import config as spoke_config
+from hubspoke import keys
+from hubspoke import tls as stls
+from hubspoke.hub import client as hc
+from hubspoke.hub.app import HubApp
+from hubspoke.hub.config import HubConfig, SpokeEntry
+from hubspoke.hub.federation_files import FederationFiles, write_federation
+from hubspoke.spoke import app as spoke_app
+from hubspoke.spoke import config as spoke_config
 
 SERVICE = "ts-service"
 """The foreign client's principal name."""

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from shared.gen.federation.v1 import agent_pb2
+from hubspoke.gen.federation.v1 import agent_pb2
 
 from .conftest import SERVICE, SPOKE, Interop
 

@@ -249,6 +249,6 @@ async def test_health_and_reflection_carry_no_agent_data(
 
 
 def forge_command_id(payload: bytes) -> str:
-    from shared.commands import parse_command
+    from hubspoke.commands import parse_command
 
     return parse_command(payload).command_id

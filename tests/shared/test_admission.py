@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import redis.asyncio
 
-from shared import errors
-from shared.admission import Admission, NonceClaim, RateLimit, RateLimitedError
+from hubspoke import errors
+from hubspoke.admission import Admission, NonceClaim, RateLimit, RateLimitedError
 
 BUCKET = "t:rate:alice"
 

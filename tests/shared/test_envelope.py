@@ -9,9 +9,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared import envelope, errors, keys
-from shared.gen.federation.v1 import command_pb2
-from shared.trust import Role, TrustedKey, TrustStore
+from hubspoke import envelope, errors, keys
+from hubspoke.gen.federation.v1 import command_pb2
+from hubspoke.trust import Role, TrustedKey, TrustStore
 
 SEED = bytes(range(32))
 PAYLOAD = b"\x0a\x06cmd-01\x12\x08operator"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from shared import keys
-from shared.trust import Role, TrustConfigError, TrustStore
+from hubspoke import keys
+from hubspoke.trust import Role, TrustConfigError, TrustStore
 
 
 def test_keypair_round_trip_with_private_mode_0600(tmp_path: Path) -> None:

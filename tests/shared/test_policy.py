@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.policy import Policy, PolicyConfigError, PolicyDeniedError, Request
+from hubspoke.policy import Policy, PolicyConfigError, PolicyDeniedError, Request
 
 POLICY = Policy.from_mapping(
     {

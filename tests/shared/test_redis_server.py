@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio
 
-from shared import redis_server
+from hubspoke import redis_server
 
 # The shape of conftest's embedded_redis_factory, and of make_client below.
 Factory = Callable[..., Awaitable[redis_server.EmbeddedRedis]]

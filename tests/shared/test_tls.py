@@ -16,13 +16,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from hub import cli, federation_files
-from hub import client as hc
-from hub.config import HubConfig, HubConfigError
-from shared import grpc as sgrpc
-from shared import tls
-from shared.grpc import channel
-from spoke.config import SpokeConfig, SpokeConfigError
+from hubspoke import grpc as sgrpc
+from hubspoke import tls
+from hubspoke.grpc import channel
+from hubspoke.hub import cli, federation_files
+from hubspoke.hub import client as hc
+from hubspoke.hub.config import HubConfig, HubConfigError
+from hubspoke.spoke.config import SpokeConfig, SpokeConfigError
 
 NAMES = [("hub", ["localhost", "127.0.0.1"]), ("spoke-1", []), ("operator", [])]
 

@@ -11,11 +11,11 @@ from typing import Any
 import grpc
 import pytest
 
-from shared import commands, envelope, keys, policy
-from shared.gen.federation.v1 import command_pb2, spoke_service_pb2, spoke_service_pb2_grpc
-from shared.grpc import open_channel
-from spoke.app import SpokeApp
-from spoke.config import SpokeConfig
+from hubspoke import commands, envelope, keys, policy
+from hubspoke.gen.federation.v1 import command_pb2, spoke_service_pb2, spoke_service_pb2_grpc
+from hubspoke.grpc import open_channel
+from hubspoke.spoke.app import SpokeApp
+from hubspoke.spoke.config import SpokeConfig
 
 SPOKE = "spoke-1"
 
@@ -168,7 +168,7 @@ class SpokeClient:
     async def wait_state(self, agent: str, *states: str, within: float = 15) -> Any:
         import asyncio
 
-        from shared.gen.federation.v1 import agent_pb2
+        from hubspoke.gen.federation.v1 import agent_pb2
 
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within

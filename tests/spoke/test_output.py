@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from spoke.output import (
+from hubspoke.spoke.output import (
     MAX_ARTIFACTS,
     MAX_SUMMARY_CHARS,
     OutputTail,

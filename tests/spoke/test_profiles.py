@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from spoke.profiles import (
+from hubspoke.spoke.profiles import (
     Profile,
     ProfileConfigError,
     profile_from_mapping,
@@ -17,7 +17,7 @@ from spoke.profiles import (
 def test_synthetic_profile_is_builtin() -> None:
     p = synthetic_profile()
     assert p.name == "synthetic"
-    assert p.argv == (sys.executable, "-m", "spoke.synthetic")
+    assert p.argv == (sys.executable, "-m", "hubspoke.spoke.synthetic")
     assert p.cwd is None
     assert p.retry_safe is True
     assert p.kill_grace_s == 2.0

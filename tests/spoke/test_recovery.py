@@ -17,11 +17,11 @@ import grpc
 import pytest
 import redis.asyncio
 
-from shared.gen.federation.v1 import agent_pb2
-from shared.grpc import open_channel
-from shared.redis_server import EmbeddedRedis
-from spoke.app import SpokeApp
-from spoke.config import SpokeConfigError
+from hubspoke.gen.federation.v1 import agent_pb2
+from hubspoke.grpc import open_channel
+from hubspoke.redis_server import EmbeddedRedis
+from hubspoke.spoke.app import SpokeApp
+from hubspoke.spoke.config import SpokeConfigError
 
 from .conftest import Peers, SpokeClient, spoke_config, spoke_mapping
 from .test_spoke_queue import _agent_processes
@@ -114,7 +114,7 @@ async def spokeds(
         await p.stop()
 
 
-ONCE = {"argv": [sys.executable, "-m", "spoke.synthetic"], "kill_grace_seconds": 1.0}
+ONCE = {"argv": [sys.executable, "-m", "hubspoke.spoke.synthetic"], "kill_grace_seconds": 1.0}
 SAFE = {**ONCE, "retry_safe": True}
 SH = {"argv": ["sh", "-c", "{task}"], "task_on_stdin": False, "kill_grace_seconds": 1.0}
 PROFILES = {"synthetic": {}, "once": ONCE, "safe": SAFE, "sh": SH}

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from spoke.output import parse_receipt
-from spoke.profiles import Profile, synthetic_profile
-from spoke.runtime import (
+from hubspoke.spoke.output import parse_receipt
+from hubspoke.spoke.profiles import Profile, synthetic_profile
+from hubspoke.spoke.runtime import (
     DRAIN_TIMEOUT_S,
     AgentProcess,
     AgentStartError,
@@ -164,7 +164,8 @@ async def test_synthetic_reads_task_from_stdin_without_env() -> None:
     # Run the synthetic module directly without HUBSPOKE_TASK: it falls back to stdin.
     code = (
         "import os, runpy, sys; del os.environ['HUBSPOKE_TASK']; "
-        "sys.argv = ['synthetic']; runpy.run_module('spoke.synthetic', run_name='__main__')"
+        "sys.argv = ['synthetic']; "
+        "runpy.run_module('hubspoke.spoke.synthetic', run_name='__main__')"
     )
     agent = await start_agent(
         python_profile(code),
@@ -492,7 +493,7 @@ async def stray_group(task: str) -> tuple[asyncio.subprocess.Process, ProcessIde
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "spoke.synthetic",
+        "hubspoke.spoke.synthetic",
         stdout=asyncio.subprocess.PIPE,
         stdin=asyncio.subprocess.DEVNULL,
         env={**os.environ, "HUBSPOKE_TASK": task},

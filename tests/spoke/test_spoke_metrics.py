@@ -10,9 +10,9 @@ from urllib.error import URLError
 import grpc
 import pytest
 
-from shared.gen.federation.v1 import command_pb2, spoke_service_pb2
-from spoke.app import SpokeApp
-from spoke.config import SpokeConfigError
+from hubspoke.gen.federation.v1 import command_pb2, spoke_service_pb2
+from hubspoke.spoke.app import SpokeApp
+from hubspoke.spoke.config import SpokeConfigError
 
 from .conftest import Peers, SpokeClient, spoke_config
 

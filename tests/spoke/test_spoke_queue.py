@@ -13,15 +13,15 @@ import grpc
 import pytest
 from google.protobuf import duration_pb2
 
-from shared import commands
-from shared.gen.federation.v1 import agent_pb2, command_pb2, spoke_service_pb2
-from spoke.app import SpokeApp
+from hubspoke import commands
+from hubspoke.gen.federation.v1 import agent_pb2, command_pb2, spoke_service_pb2
+from hubspoke.spoke.app import SpokeApp
 
 from .conftest import SpokeClient
 
 State = agent_pb2.Agent.State
 Start = Callable[..., Awaitable[tuple[SpokeApp, SpokeClient]]]
-SOLO = {"argv": ["python3", "-m", "spoke.synthetic"], "max_concurrency": 1}
+SOLO = {"argv": ["python3", "-m", "hubspoke.spoke.synthetic"], "max_concurrency": 1}
 
 
 def _ms(ts: Any) -> int:
@@ -285,8 +285,8 @@ async def test_replay_is_idempotent_on_its_command_id(client: SpokeClient) -> No
 async def test_a_superseded_attempt_cannot_overwrite_its_successor(redis_url: str) -> None:
     """A worker paused past its lease (SIGSTOP) wakes up after another took the agent over:
     its late transitions are refused, so it cannot clobber the newer attempt."""
-    from spoke.model import AgentState, SpawnRequest
-    from spoke.queue import AgentQueue, TransitionError
+    from hubspoke.spoke.model import AgentState, SpawnRequest
+    from hubspoke.spoke.queue import AgentQueue, TransitionError
 
     q = AgentQueue(redis_url, "spoke-1")
     try:

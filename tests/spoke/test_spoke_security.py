@@ -8,9 +8,9 @@ import grpc
 import pytest
 import redis.asyncio
 
-from shared import commands, envelope
-from shared.gen.federation.v1 import command_pb2, spoke_service_pb2
-from spoke.app import SpokeApp
+from hubspoke import commands, envelope
+from hubspoke.gen.federation.v1 import command_pb2, spoke_service_pb2
+from hubspoke.spoke.app import SpokeApp
 
 from .conftest import SPOKE, Peers, SpokeClient
 
@@ -104,7 +104,7 @@ async def test_replay_rejected_after_spoke_restart(
     env = client.command("spawn_agent", SPAWN)
     await client.spawn_env(env)
     await spoke_app.shutdown()
-    from shared.grpc import open_channel
+    from hubspoke.grpc import open_channel
 
     from .conftest import spoke_config
 

@@ -8,8 +8,8 @@ import os
 import grpc
 import pytest
 
-from shared import commands
-from shared.gen.federation.v1 import agent_pb2, command_pb2
+from hubspoke import commands
+from hubspoke.gen.federation.v1 import agent_pb2, command_pb2
 
 from .conftest import SPOKE, SpokeClient
 
