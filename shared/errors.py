@@ -1,24 +1,26 @@
-"""Domain errors that cross the wire, each with its gRPC status code and reason.
+"""Hubspoke's error root, and the domain errors that cross the wire with their gRPC status.
 
-Hierarchy::
+Hierarchy (``HubspokeError`` is the root of everything Hubspoke raises on purpose)::
 
-    CommandError                      (INTERNAL, INTERNAL)
-    ├── InvalidCommandError           (INVALID_ARGUMENT, INVALID_COMMAND)
-    │   └── UnknownProfileError       (INVALID_ARGUMENT, UNKNOWN_PROFILE)
-    ├── SignatureInvalidError         (UNAUTHENTICATED, SIGNATURE_INVALID)
-    ├── CommandExpiredError           (UNAUTHENTICATED, COMMAND_EXPIRED)
-    ├── NonceReusedError              (UNAUTHENTICATED, NONCE_REUSED)
-    ├── KeyNotAuthorizedError         (PERMISSION_DENIED, KEY_NOT_AUTHORIZED)
-    ├── WrongAudienceError            (PERMISSION_DENIED, WRONG_SPOKE)
-    ├── AgentNotFoundError            (NOT_FOUND, AGENT_NOT_FOUND)
-    ├── SpokeNotFoundError            (NOT_FOUND, SPOKE_NOT_FOUND)
-    ├── CommandIdReusedError          (ALREADY_EXISTS, COMMAND_ID_REUSED)
-    ├── AgentNotRunningError          (FAILED_PRECONDITION, AGENT_NOT_RUNNING)
-    ├── ConcurrentModificationError   (ABORTED, CONCURRENT_MODIFICATION)
-    ├── CapacityExceededError         (RESOURCE_EXHAUSTED, CAPACITY_EXCEEDED)
-    ├── BackendUnavailableError       (UNAVAILABLE, BACKEND_UNAVAILABLE)
-    ├── SpokeUnavailableError         (UNAVAILABLE, SPOKE_UNAVAILABLE)
-    └── RemoteCallError               (as the remote peer said: passed through)
+    HubspokeError
+    ├── ConfigError                   (a config, key, trust, policy or TLS file is unusable)
+    └── CommandError                  (INTERNAL, INTERNAL)
+        ├── InvalidCommandError           (INVALID_ARGUMENT, INVALID_COMMAND)
+        │   └── UnknownProfileError       (INVALID_ARGUMENT, UNKNOWN_PROFILE)
+        ├── SignatureInvalidError         (UNAUTHENTICATED, SIGNATURE_INVALID)
+        ├── CommandExpiredError           (UNAUTHENTICATED, COMMAND_EXPIRED)
+        ├── NonceReusedError              (UNAUTHENTICATED, NONCE_REUSED)
+        ├── KeyNotAuthorizedError         (PERMISSION_DENIED, KEY_NOT_AUTHORIZED)
+        ├── WrongAudienceError            (PERMISSION_DENIED, WRONG_SPOKE)
+        ├── AgentNotFoundError            (NOT_FOUND, AGENT_NOT_FOUND)
+        ├── SpokeNotFoundError            (NOT_FOUND, SPOKE_NOT_FOUND)
+        ├── CommandIdReusedError          (ALREADY_EXISTS, COMMAND_ID_REUSED)
+        ├── AgentNotRunningError          (FAILED_PRECONDITION, AGENT_NOT_RUNNING)
+        ├── ConcurrentModificationError   (ABORTED, CONCURRENT_MODIFICATION)
+        ├── CapacityExceededError         (RESOURCE_EXHAUSTED, CAPACITY_EXCEEDED)
+        ├── BackendUnavailableError       (UNAVAILABLE, BACKEND_UNAVAILABLE)
+        ├── SpokeUnavailableError         (UNAVAILABLE, SPOKE_UNAVAILABLE)
+        └── RemoteCallError               (as the remote peer said: passed through)
 
 Servers raise these; ``hubspoke.grpc.status`` turns them into a ``google.rpc.Status``
 with an ``ErrorInfo`` at exactly one place, the handler boundary.
@@ -29,7 +31,15 @@ from __future__ import annotations
 import grpc
 
 
-class CommandError(Exception):
+class HubspokeError(Exception):
+    """Root of every error Hubspoke raises on purpose; catch it to catch all of ours."""
+
+
+class ConfigError(HubspokeError):
+    """A config, key, trust, policy or TLS file (or an option) is missing or unusable."""
+
+
+class CommandError(HubspokeError):
     """Base of every error a peer may see. Messages must never contain secrets or payloads."""
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
