@@ -8,22 +8,16 @@ shutdown on SIGINT/SIGTERM, 1 if serving failed, 2 for a usage or config error.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import structlog
-
-from hubspoke import keys
+from hubspoke import daemon
 from hubspoke import logging as slogging
-from hubspoke import tls as stls
-from hubspoke.policy import PolicyConfigError
-from hubspoke.trust import TrustConfigError
 
 from .app import HubApp
-from .config import LOG_LEVELS, HubConfig, HubConfigError
+from .config import LOG_LEVELS, HubConfig
 
 __all__ = ["main"]
 
@@ -47,39 +41,22 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _print_serving(port: int) -> None:
-    print(f"serving {port}", flush=True)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     env = os.environ
     path: Path | None = args.config
     if path is None and env.get("HUB_CONFIG"):
         path = Path(env["HUB_CONFIG"])
-    try:
+
+    def build() -> HubApp:
         cfg = HubConfig.load(path, env)
         flags = {k: v for k, v in (("listen", args.listen), ("log_level", args.log_level)) if v}
         if flags:
             cfg = cfg.replace(**flags)
         slogging.configure(cfg.log_level)
-        app = HubApp(cfg)
-    except (
-        HubConfigError,
-        keys.KeyError_,
-        TrustConfigError,
-        PolicyConfigError,
-        stls.TlsError,
-    ) as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        asyncio.run(app.run(on_serving=_print_serving))
-    except OSError as exc:
-        structlog.get_logger("hub").error("hub_failed", error=str(exc))
-        print(f"Error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+        return HubApp(cfg)
+
+    return daemon.main_edge(build)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import signal
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
@@ -18,7 +17,7 @@ from typing import Self
 import grpc
 import structlog
 
-from hubspoke import commands, keys
+from hubspoke import commands, daemon, keys
 from hubspoke import grpc as sgrpc
 from hubspoke import tls as stls
 from hubspoke.admission import RateLimit
@@ -46,7 +45,7 @@ class HubApp:
     files fail early.
 
     Raises (from ``__init__``):
-        hubspoke.keys.KeyError_: the key file is missing, unsafe or not an Ed25519 key.
+        hubspoke.keys.KeyFileError: the key file is missing, unsafe or not an Ed25519 key.
         hubspoke.trust.TrustConfigError: the trust store is missing or malformed.
         hubspoke.tls.TlsError: a TLS file is missing, unsafe or invalid; or, without TLS,
             the hub would listen on or dial a spoke at a non-loopback address.
@@ -162,14 +161,19 @@ class HubApp:
         log.info("hub_serving", hub=cfg.name, port=built.port, spokes=len(cfg.spokes))
         return built.port
 
-    async def shutdown(self) -> None:
-        """Stop serving and release everything; safe to call more than once."""
+    async def shutdown(self, grace: float | None = None) -> None:
+        """Stop serving and release everything; safe to call more than once.
+
+        Args:
+            grace: seconds in-flight calls may still finish; ``shutdown_grace_s`` if None.
+        """
         if self._shutdown_done:
             return
         self._shutdown_done = True
+        grace_s = self.config.shutdown_grace_s if grace is None else grace
         try:
             if self._built is not None:
-                await self._built.stop(self.config.shutdown_grace_s)
+                await self._built.stop(grace_s)
         finally:
             if self._registry is not None:
                 await self._registry.close()
@@ -202,22 +206,5 @@ class HubApp:
         Args:
             on_serving: called with the bound port once the server accepts calls.
         """
-        loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
-        installed: list[signal.Signals] = []
-        try:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, self._on_signal, sig)
-                installed.append(sig)
-            port = await self.start()
-            if on_serving is not None:
-                on_serving(port)
-            await self._stopping.wait()
-        finally:
-            for sig in installed:
-                loop.remove_signal_handler(sig)
-            await self.shutdown()
-
-    def _on_signal(self, sig: signal.Signals) -> None:
-        log.info("hub_signal", signal=sig.name)
-        self.request_stop()
+        await daemon.serve_until_stopped(self, self._stopping, on_serving)

@@ -105,11 +105,11 @@ def _revoke(args: argparse.Namespace, out: Out) -> int:
     if args.key_file is not None:
         try:
             text = keys.encode_public(keys.load_public_file(args.key_file))
-        except keys.KeyError_ as exc:
+        except keys.KeyFileError as exc:
             raise KeysUsageError(str(exc)) from exc
     try:
         fp = keys.fingerprint(keys.decode_public(text))
-    except keys.KeyError_ as exc:
+    except keys.KeyFileError as exc:
         raise KeysUsageError(str(exc)) from exc
     if _store(args.trust).is_revoked(fp):
         out.line(f"already revoked: {fp}")

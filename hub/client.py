@@ -543,7 +543,7 @@ def client_from_config(
         key = keys.load_private(cfg.key_file, cfg.principal)
         trust = TrustStore.from_file(cfg.trust_file)
         credentials = None if cfg.tls is None else stls.channel_credentials(cfg.tls)
-    except (keys.KeyError_, TrustConfigError, stls.TlsError) as exc:
+    except (keys.KeyFileError, TrustConfigError, stls.TlsError) as exc:
         raise ClientConfigError(str(exc)) from exc
     return HubClient(
         cfg.hub,

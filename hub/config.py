@@ -25,38 +25,35 @@ file's spokes. ``HUB_TLS_CERT_FILE``, ``HUB_TLS_KEY_FILE``, ``HUB_TLS_CA_FILE`` 
 ``HUB_TLS_REQUIRE_CLIENT_CERT`` override the ``[tls]`` options one by one. Flags are
 applied by the caller with :meth:`HubConfig.replace`.
 
+The loading itself is ``hubspoke.config``'s, shared with the spoke.
+
 Exception hierarchy::
 
-    ValueError
-     └── HubConfigError   a missing, unknown or invalid option (one line, names the option)
+    hubspoke.errors.ConfigError
+     └── hubspoke.config.DaemonConfigError
+          └── HubConfigError   a missing, unknown or invalid option (one line, names the option)
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
-import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
-from urllib.parse import urlsplit, urlunsplit
 
+from hubspoke import config as sconfig
 from hubspoke import tls as stls
 from hubspoke.metrics import MetricsConfigError, parse_listen
 
 __all__ = ["HubConfig", "HubConfigError", "SpokeEntry"]
 
-NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+NAME_RE: Final = sconfig.NAME_RE
 """Peer names: they appear in Redis keys and in resource names ``spokes/{name}/...``."""
-LOG_LEVELS: Final = frozenset({"debug", "info", "warning", "error", "critical"})
-_REDIS_SCHEMES: Final = frozenset({"redis", "rediss", "unix"})
-_ENV_PREFIX: Final = "HUB_"
+LOG_LEVELS: Final = sconfig.LOG_LEVELS
 
 
-class HubConfigError(ValueError):
+class HubConfigError(sconfig.DaemonConfigError):
     """The hub's configuration is missing, unknown or invalid; the message is one line."""
 
 
@@ -134,29 +131,23 @@ class HubConfig:
 
     def __post_init__(self) -> None:
         _check_name("name", self.name)
-        _check_address("listen", self.listen)
+        sconfig.check_address(_LAYOUT, "listen", self.listen)
         for opt in ("key_file", "trust_file"):
             if getattr(self, opt) == Path():
                 raise HubConfigError(
                     f"{opt} is required (set it in the config file or HUB_{opt.upper()})"
                 )
-        scheme = urlsplit(self.redis_url).scheme
-        if scheme not in _REDIS_SCHEMES:
-            raise HubConfigError("redis_url must start with redis://, rediss:// or unix://")
+        sconfig.check_redis_url(_LAYOUT, self.redis_url)
         seen: set[str] = set()
         for s in self.spokes:
             _check_name("spokes.name", s.name)
-            _check_address(f"spokes[{s.name}].address", s.address)
+            sconfig.check_address(_LAYOUT, f"spokes[{s.name}].address", s.address)
             if s.name == self.name:
                 raise HubConfigError(f"spoke {s.name!r} has the hub's own name")
             if s.name in seen:
                 raise HubConfigError(f"spoke {s.name!r} is listed twice")
             seen.add(s.name)
-        for f in dataclasses.fields(self):
-            if f.name.endswith("_s"):
-                value = getattr(self, f.name)
-                if not (math.isfinite(value) and value > 0):
-                    raise HubConfigError(f"{f.name} must be a positive number of seconds")
+        sconfig.check_positive_seconds(_LAYOUT, self)
         if self.max_message_bytes < 1024:
             raise HubConfigError("max_message_bytes must be at least 1024")
         if self.log_level not in LOG_LEVELS:
@@ -168,16 +159,11 @@ class HubConfig:
                 raise HubConfigError(str(exc)) from exc
 
     def __repr__(self) -> str:
-        shown = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        shown["redis_url"] = _redact_url(self.redis_url)
-        return "HubConfig(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
+        return sconfig.config_repr(self)
 
     def replace(self, **changes: Any) -> HubConfig:
         """A copy with some options changed (e.g. from flags), validated again."""
-        try:
-            return dataclasses.replace(self, **changes)
-        except TypeError as exc:
-            raise HubConfigError(str(exc)) from exc
+        return sconfig.replace(self, _LAYOUT, **changes)
 
     def spoke(self, name: str) -> SpokeEntry | None:
         return next((s for s in self.spokes if s.name == name), None)
@@ -189,128 +175,14 @@ class HubConfig:
         Raises:
             HubConfigError: the file is missing or not TOML, an option is unknown or invalid.
         """
-        values: dict[str, Any] = {}
-        if path is not None:
-            values.update(_read_file(path))
-        env_tls = _tls_fields(stls.env_table(env, "HUB_TLS_"), None, "HUB_TLS_*")
-        tls_fields = {**values.pop("tls", {}), **env_tls}  # env wins option by option
-        values.update(_from_env(env))
-        if tls_fields:
-            values["tls"] = _tls_config(tls_fields)
-        try:
-            return cls(**values)
-        except TypeError as exc:  # pragma: no cover - keys are checked before
-            raise HubConfigError(str(exc)) from exc
-
-
-_FIELD_TYPES: Final[Mapping[str, type]] = MappingProxyType(
-    {
-        "name": str,
-        "listen": str,
-        "key_file": Path,
-        "trust_file": Path,
-        "policy_file": Path,
-        "rate_per_principal": float,
-        "rate_burst": int,
-        "redis_url": str,
-        "max_skew_s": float,
-        "max_validity_s": float,
-        "relay_validity_s": float,
-        "spoke_call_timeout_s": float,
-        "kill_grace_s": float,
-        "probe_timeout_s": float,
-        "agent_index_ttl_s": float,
-        "redis_timeout_s": float,
-        "shutdown_grace_s": float,
-        "max_message_bytes": int,
-        "log_level": str,
-        "metrics_listen": str,
-    }
-)
+        return sconfig.load(cls, path, env, _LAYOUT)
 
 
 def _check_name(opt: str, value: str) -> None:
-    if not NAME_RE.fullmatch(value):
-        raise HubConfigError(
-            f"{opt} {value!r} must be 1-63 characters of A-Z a-z 0-9 . _ - starting alphanumeric"
-        )
+    sconfig.check_name(_LAYOUT, opt, value)
 
 
-def _check_address(opt: str, value: str) -> None:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise HubConfigError(f"{opt} {value!r} must be host:port")
-
-
-def _redact_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-def _coerce(opt: str, kind: type, raw: object, base: Path | None) -> object:
-    if kind is float:
-        if isinstance(raw, bool) or not isinstance(raw, int | float | str):
-            raise HubConfigError(f"{opt} must be a number")
-        try:
-            return float(raw)
-        except ValueError as exc:
-            raise HubConfigError(f"{opt} must be a number, got {raw!r}") from exc
-    if kind is int:
-        if isinstance(raw, bool) or not isinstance(raw, int | str):
-            raise HubConfigError(f"{opt} must be an integer")
-        try:
-            return int(raw)
-        except ValueError as exc:
-            raise HubConfigError(f"{opt} must be an integer, got {raw!r}") from exc
-    if not isinstance(raw, str):
-        raise HubConfigError(f"{opt} must be a string")
-    if kind is Path:
-        p = Path(raw).expanduser()
-        return base / p if base is not None and not p.is_absolute() else p
-    return raw.lower() if opt.lower().endswith("log_level") else raw
-
-
-def _read_file(path: Path) -> dict[str, Any]:
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise HubConfigError(f"config file not found: {path}") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise HubConfigError(f"config file {path} cannot be read: {exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise HubConfigError(f"config file {path} is not valid TOML: {exc}") from exc
-    base = path.parent
-    values: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key == "spokes":
-            values["spokes"] = _parse_spokes(value, path)
-        elif key == "tls":
-            values["tls"] = _tls_fields(value, base, f"{path}: tls")
-        elif key in _FIELD_TYPES:
-            values[key] = _coerce(key, _FIELD_TYPES[key], value, base)
-        else:
-            raise HubConfigError(f"{path}: unknown option {key!r}")
-    return values
-
-
-def _tls_fields(table: object, base: Path | None, where: str) -> dict[str, Path | bool]:
-    try:
-        return stls.tls_fields(table, base, where)
-    except stls.TlsError as exc:
-        raise HubConfigError(str(exc)) from exc
-
-
-def _tls_config(fields: Mapping[str, Path | bool]) -> stls.TlsConfig:
-    try:
-        return stls.tls_config(fields, "tls")
-    except stls.TlsError as exc:
-        raise HubConfigError(str(exc)) from exc
-
-
-def _parse_spokes(value: object, path: Path) -> tuple[SpokeEntry, ...]:
+def _parse_spokes(value: object, base: Path | None, path: str) -> tuple[SpokeEntry, ...]:
     if not isinstance(value, list):
         raise HubConfigError(f"{path}: spokes must be an array of tables ([[spokes]])")
     entries: list[SpokeEntry] = []
@@ -346,14 +218,10 @@ def _parse_spokes_env(text: str) -> tuple[SpokeEntry, ...]:
     return tuple(entries)
 
 
-def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    if env.get("REDIS_URL"):
-        values["redis_url"] = env["REDIS_URL"]
-    for opt, kind in _FIELD_TYPES.items():
-        var = _ENV_PREFIX + opt.upper()
-        if env.get(var):
-            values[opt] = _coerce(var, kind, env[var], None)
-    if env.get("HUB_SPOKES"):
-        values["spokes"] = _parse_spokes_env(env["HUB_SPOKES"])
-    return values
+_LAYOUT: Final = sconfig.Layout(
+    prefix="HUB_",
+    error=HubConfigError,
+    tables={"spokes": _parse_spokes},
+    env_tables={"spokes": ("HUB_SPOKES", _parse_spokes_env)},
+    fallbacks={"redis_url": "REDIS_URL"},
+)

@@ -213,7 +213,7 @@ def write_files(
 def _public_of(path: Path, name: str) -> str:
     try:
         return keys.encode_public(keys.load_private(path, name).public)
-    except keys.KeyError_ as exc:
+    except keys.KeyFileError as exc:
         raise DevError(f"cannot reuse the key from an earlier run: {exc}") from exc
 
 

@@ -22,10 +22,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from .errors import ConfigError
+
 PUBLIC_PREFIX = "ed25519:"
 
 
-class KeyError_(ValueError):
+class KeyFileError(ConfigError):
     """A key file or key text is missing, malformed or unsafe."""
 
 
@@ -43,13 +45,13 @@ def encode_public(public: Ed25519PublicKey) -> str:
 def decode_public(text: str) -> Ed25519PublicKey:
     text = text.strip()
     if not text.startswith(PUBLIC_PREFIX):
-        raise KeyError_(f"public key must start with {PUBLIC_PREFIX!r}")
+        raise KeyFileError(f"public key must start with {PUBLIC_PREFIX!r}")
     try:
         raw = base64.b64decode(text[len(PUBLIC_PREFIX) :], validate=True)
     except binascii.Error as exc:
-        raise KeyError_("public key is not valid base64") from exc
+        raise KeyFileError("public key is not valid base64") from exc
     if len(raw) != 32:
-        raise KeyError_(f"public key must be 32 bytes, got {len(raw)}")
+        raise KeyFileError(f"public key must be 32 bytes, got {len(raw)}")
     return Ed25519PublicKey.from_public_bytes(raw)
 
 
@@ -114,13 +116,13 @@ def load_private(path: Path, name: str) -> SigningKey:
     """Load a private key file, refusing one that group or others may read or write."""
     problem = owner_only_problem(path, "private key file")
     if problem:
-        raise KeyError_(problem)
+        raise KeyFileError(problem)
     try:
         loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except ValueError as exc:
-        raise KeyError_(f"private key file {path} is not a PEM private key") from exc
+        raise KeyFileError(f"private key file {path} is not a PEM private key") from exc
     if not isinstance(loaded, Ed25519PrivateKey):
-        raise KeyError_(f"private key file {path} is not an Ed25519 key")
+        raise KeyFileError(f"private key file {path} is not an Ed25519 key")
     return SigningKey(name=name, private=loaded)
 
 
@@ -129,7 +131,7 @@ def load_public_file(path: Path) -> Ed25519PublicKey:
     try:
         first = path.read_text().split()
     except FileNotFoundError as exc:
-        raise KeyError_(f"public key file not found: {path}") from exc
+        raise KeyFileError(f"public key file not found: {path}") from exc
     if not first:
-        raise KeyError_(f"public key file {path} is empty")
+        raise KeyFileError(f"public key file {path} is empty")
     return decode_public(first[0])

@@ -17,14 +17,16 @@ from wsgiref.simple_server import WSGIServer
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
+from .errors import ConfigError
+
 __all__ = ["LATENCY_BUCKETS", "Metrics", "MetricsServer", "parse_listen"]
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 """Seconds: a spawn takes a few ms on loopback, a kill waits up to its grace period."""
 
 
-class MetricsConfigError(ValueError):
-    pass
+class MetricsConfigError(ConfigError):
+    """``metrics_listen`` is not a usable ``host:port``."""
 
 
 def parse_listen(listen: str) -> tuple[str, int]:

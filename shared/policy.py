@@ -71,7 +71,7 @@ BODY_VERBS: Mapping[str, str] = {
 """Command body case → policy verb."""
 
 
-class PolicyConfigError(ValueError):
+class PolicyConfigError(errors.ConfigError):
     """The policy file is missing or malformed."""
 
 

@@ -22,7 +22,7 @@ Without TLS a process speaks plaintext, which is allowed only on loopback (:func
 
 Exception hierarchy::
 
-    ValueError
+    hubspoke.errors.ConfigError
      └── TlsError   a TLS file or option is missing, unsafe or invalid (one line)
 """
 
@@ -47,6 +47,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from . import keys
+from .errors import ConfigError
 
 __all__ = [
     "CLIENT_OPTIONS",
@@ -80,7 +81,7 @@ _TRUE: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE: Final = frozenset({"0", "false", "no", "off"})
 
 
-class TlsError(ValueError):
+class TlsError(ConfigError):
     """A TLS file or option is missing, unsafe or invalid; the message is one line."""
 
 

@@ -39,13 +39,14 @@ import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from . import keys
+from .errors import ConfigError
 
 log = structlog.get_logger("hubspoke.trust")
 
 RELOAD_CHECK_S = 1.0
 
 
-class TrustConfigError(ValueError):
+class TrustConfigError(ConfigError):
     """The trust store file is malformed."""
 
 
@@ -183,7 +184,7 @@ def _decode(text: object, where: str) -> Ed25519PublicKey:
         raise TrustConfigError(f"{where}: a key must be a string 'ed25519:...'")
     try:
         return keys.decode_public(text)
-    except keys.KeyError_ as exc:
+    except keys.KeyFileError as exc:
         raise TrustConfigError(f"{where}: {exc}") from exc
 
 

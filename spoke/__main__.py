@@ -1,52 +1,64 @@
-"""spoked: run one spoke. ``spoked --config spoke.toml`` (flags > env > file)."""
+"""``spoked``: run one spoke. ``spoked --config FILE [--listen ADDR] [--log-level L]``.
+
+Precedence: flags > ``SPOKE_*`` environment > file. Prints ``serving <port>`` on stdout once the
+server accepts calls, so a parent process can wait for readiness. Exit codes: 0 after a clean
+shutdown on SIGINT/SIGTERM, 1 if serving failed, 2 for a usage or config error.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
-from dataclasses import replace
+from collections.abc import Sequence
 from pathlib import Path
 
-from hubspoke import keys
-from hubspoke import logging as shared_logging
-from hubspoke.policy import PolicyConfigError
-from hubspoke.trust import TrustConfigError
+from hubspoke import daemon
+from hubspoke import logging as slogging
+from hubspoke.config import LOG_LEVELS
 
 from .app import SpokeApp
-from .config import SpokeConfig, SpokeConfigError
+from .config import SpokeConfig
+
+__all__ = ["main"]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="spoked", description="Run a Hubspoke spoke.")
-    parser.add_argument("--config", type=Path, default=os.environ.get("SPOKE_CONFIG"))
-    parser.add_argument("--listen", help="host:port to bind (overrides config and env)")
-    parser.add_argument("--log-level", help="debug, info, warning or error")
-    args = parser.parse_args(argv)
-    try:
-        cfg = SpokeConfig.load(args.config, os.environ)
-        if args.listen:
-            cfg = replace(cfg, listen=args.listen)
-        if args.log_level:
-            cfg = replace(cfg, log_level=args.log_level)
-        cfg.validate()
-    except SpokeConfigError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        return 2
-    shared_logging.configure(cfg.log_level)
-    try:
-        asyncio.run(SpokeApp(cfg).run())
-    except (SpokeConfigError, TrustConfigError, PolicyConfigError, keys.KeyError_) as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # e.g. the listen address is taken
-        print(f"Error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    return 0
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="spoked",
+        description="Serve a Hubspoke spoke: verify commands and run them as agents.",
+        epilog="Every option also has an environment variable SPOKE_<OPTION>; flags win over "
+        "the environment, which wins over the file. Exit codes: 0 ok, 1 serving failed, "
+        "2 usage or config error.",
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="spoke TOML config file (or SPOKE_CONFIG)",
+    )
+    p.add_argument("--listen", help="host:port to serve on (port 0 picks a free one)")
+    p.add_argument("--log-level", choices=sorted(LOG_LEVELS), help="log verbosity")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    env = os.environ
+    path: Path | None = args.config
+    if path is None and env.get("SPOKE_CONFIG"):
+        path = Path(env["SPOKE_CONFIG"])
+
+    def build() -> SpokeApp:
+        cfg = SpokeConfig.load(path, env)
+        flags = {k: v for k, v in (("listen", args.listen), ("log_level", args.log_level)) if v}
+        if flags:
+            cfg = cfg.replace(**flags)
+        slogging.configure(cfg.log_level)
+        return SpokeApp(cfg)
+
+    return daemon.main_edge(build)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

@@ -1,25 +1,37 @@
-"""The spoke's configuration: one frozen ``SpokeConfig`` per process.
+"""The spoke's configuration: one frozen ``SpokeConfig`` per process, validated on construction.
 
-Precedence: command-line flags > environment (``SPOKE_*``, and ``REDIS_URL``) > TOML file.
-Relative paths in the file resolve against the file's directory. Everything is validated
-at start-up; a bad value fails fast with one line naming the key.
+Precedence: command-line flags > environment > TOML file, read by ``hubspoke.config`` (the
+loader the hub uses too). Every scalar option has an environment variable, ``SPOKE_`` + its
+name in upper case (``SPOKE_LISTEN``, ``SPOKE_KILL_WAIT_S``, ...); ``REDIS_URL`` is read
+when ``SPOKE_REDIS_URL`` is unset, ``SPOKE_LABELS`` (``k=v,...``) replaces the labels and
+``SPOKE_TLS_*`` override ``[tls]`` option by option. Relative paths in the file resolve
+against the file's directory. A bad value fails fast with one line naming the key, with any
+Redis password redacted.
+
+Exception hierarchy::
+
+    hubspoke.errors.ConfigError
+     └── hubspoke.config.DaemonConfigError
+          └── SpokeConfigError
 """
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
+from hubspoke import config as sconfig
 from hubspoke import tls as stls
 from hubspoke.metrics import MetricsConfigError, parse_listen
 
 from .profiles import Profile, ProfileConfigError, profile_from_mapping, synthetic_profile
 
+__all__ = ["SpokeConfig", "SpokeConfigError"]
 
-class SpokeConfigError(ValueError):
+
+class SpokeConfigError(sconfig.DaemonConfigError):
     """The configuration is missing something or has a bad value."""
 
 
@@ -83,6 +95,8 @@ class SpokeConfig:
     """Seconds between heartbeats on an idle watch stream."""
     kill_wait_s: float = 8.0
     """How long a KillAgent call waits for the agent to reach its final state."""
+    shutdown_grace_s: float = 5.0
+    """How long, in seconds, in-flight calls and agent workers may finish on shutdown."""
     allow_eviction: bool = False
     """Start even if Redis' maxmemory-policy is not noeviction (risks losing queued agents)."""
     log_level: str = "info"
@@ -95,70 +109,31 @@ class SpokeConfig:
     """Transport TLS (``[tls]``, ``SPOKE_TLS_*``). Without it the spoke speaks plaintext,
     which it allows only on a loopback ``listen`` address."""
 
-    @classmethod
-    def load(cls, path: Path | None, env: Mapping[str, str]) -> SpokeConfig:
-        raw: dict[str, Any] = {}
-        base = Path.cwd()
-        if path is not None:
-            try:
-                raw = tomllib.loads(path.read_text())
-            except FileNotFoundError as exc:
-                raise SpokeConfigError(f"config file not found: {path}") from exc
-            except tomllib.TOMLDecodeError as exc:
-                raise SpokeConfigError(f"config file {path} is not valid TOML: {exc}") from exc
-            base = path.resolve().parent
-        for var, key in _ENV.items():
-            if var in env:
-                raw[key] = env[var]
-        if "redis_url" not in raw and "REDIS_URL" in env:
-            raw["redis_url"] = env["REDIS_URL"]
-        env_tls = stls.env_table(env, "SPOKE_TLS_")
-        if env_tls:  # option by option over the file's [tls]
-            table = raw.get("tls", {})
-            raw["tls"] = {**table, **env_tls} if isinstance(table, dict) else table
-        return cls.from_mapping(raw, base)
-
-    @classmethod
-    def from_mapping(cls, raw: Mapping[str, Any], base: Path) -> SpokeConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(raw) - known
-        if unknown:
-            raise SpokeConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
-        values: dict[str, Any] = {}
-        defaults = cls()
-        for f in fields(cls):
-            if f.name not in raw:
-                continue
-            value = raw[f.name]
-            if f.name == "profiles":
-                values[f.name] = _profiles(value)
-            elif f.name == "tls":
-                values[f.name] = _tls(value, base)
-            elif f.name == "labels":
-                if not isinstance(value, dict) or not all(
-                    isinstance(v, str) for v in value.values()
-                ):
-                    raise SpokeConfigError("labels must be a table of strings")
-                values[f.name] = dict(value)
-            elif f.name in {"key_file", "trust_file", "policy_file"}:
-                values[f.name] = (base / str(value)).resolve()
-            else:
-                values[f.name] = _coerce(f.name, value, getattr(defaults, f.name))
-        cfg = replace(defaults, **values)
-        cfg.validate()
-        return cfg
-
-    def validate(self) -> None:
-        if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
-            raise SpokeConfigError("name must be non-empty: letters, digits, - _ .")
-        positive = ("concurrency", "max_queue_depth", "max_task_bytes", "output_tail_bytes")
+    def __post_init__(self) -> None:
+        sconfig.check_name(_LAYOUT, "name", self.name)
+        sconfig.check_address(_LAYOUT, "listen", self.listen)
+        sconfig.check_redis_url(_LAYOUT, self.redis_url)
+        sconfig.check_positive_seconds(_LAYOUT, self)
+        positive = (
+            "concurrency",
+            "max_queue_depth",
+            "max_task_bytes",
+            "output_tail_bytes",
+            "lock_duration_ms",
+            "stalled_interval_ms",
+            "retry_backoff_ms",
+            "max_watchers",
+        )
         for key in positive:
             if getattr(self, key) <= 0:
                 raise SpokeConfigError(f"{key} must be positive")
+        if self.max_message_bytes < 1024:
+            raise SpokeConfigError("max_message_bytes must be at least 1024")
         if not 1 <= self.default_priority <= 10:
             raise SpokeConfigError("default_priority must be 1-10")
-        if self.log_level.lower() not in {"debug", "info", "warning", "error"}:
-            raise SpokeConfigError("log_level must be debug, info, warning or error")
+        if self.log_level.lower() not in sconfig.LOG_LEVELS:
+            levels = ", ".join(sorted(sconfig.LOG_LEVELS))
+            raise SpokeConfigError(f"log_level must be one of {levels}")
         if not self.profiles:
             raise SpokeConfigError("at least one profile is required")
         if self.metrics_listen:
@@ -166,62 +141,58 @@ class SpokeConfig:
                 parse_listen(self.metrics_listen)
             except MetricsConfigError as exc:
                 raise SpokeConfigError(str(exc)) from exc
-        if self.metrics_refresh_s <= 0:
-            raise SpokeConfigError("metrics_refresh_s must be positive")
+
+    def __repr__(self) -> str:
+        return sconfig.config_repr(self)
+
+    def replace(self, **changes: Any) -> SpokeConfig:
+        """A copy with some options changed (e.g. from flags), validated again."""
+        return sconfig.replace(self, _LAYOUT, **changes)
+
+    @classmethod
+    def load(cls, path: Path | None, env: Mapping[str, str]) -> SpokeConfig:
+        """Read ``path`` (if given), apply ``SPOKE_*`` overrides from ``env``, validate.
+
+        Raises:
+            SpokeConfigError: the file is missing or not TOML, an option is unknown or invalid.
+        """
+        return sconfig.load(cls, path, env, _LAYOUT)
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any], base: Path) -> SpokeConfig:
+        """A config from a table shaped like the file (relative paths against ``base``)."""
+        values = sconfig.values_from_table(cls, raw, base, "config", _LAYOUT)
+        if "tls" in values:
+            values["tls"] = _tls(values["tls"])
+        return sconfig.construct(cls, values, _LAYOUT)
 
 
-_ENV = {
-    "SPOKE_NAME": "name",
-    "SPOKE_LISTEN": "listen",
-    "SPOKE_KEY_FILE": "key_file",
-    "SPOKE_TRUST_FILE": "trust_file",
-    "SPOKE_POLICY_FILE": "policy_file",
-    "SPOKE_RATE_PER_PRINCIPAL": "rate_per_principal",
-    "SPOKE_RATE_BURST": "rate_burst",
-    "SPOKE_REDIS_URL": "redis_url",
-    "SPOKE_CONCURRENCY": "concurrency",
-    "SPOKE_MAX_QUEUE_DEPTH": "max_queue_depth",
-    "SPOKE_MAX_TASK_BYTES": "max_task_bytes",
-    "SPOKE_OUTPUT_TAIL_BYTES": "output_tail_bytes",
-    "SPOKE_RETENTION_S": "retention_s",
-    "SPOKE_MAX_SKEW_S": "max_skew_s",
-    "SPOKE_ALLOW_EVICTION": "allow_eviction",
-    "SPOKE_LOG_LEVEL": "log_level",
-    "SPOKE_METRICS_LISTEN": "metrics_listen",
-}
-
-
-_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
-
-
-def _coerce(key: str, value: object, default: object) -> object:
-    """Coerce TOML or env text to the type of the default; env values arrive as str."""
-    bad = SpokeConfigError(f"{key}: {value!r} is not a valid {type(default).__name__}")
-    if isinstance(default, bool):
-        text = str(value).strip().lower()
-        if isinstance(value, bool) or text in _TRUE | _FALSE:
-            return value if isinstance(value, bool) else text in _TRUE
-        raise bad
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise bad
-    if isinstance(default, str):
-        if isinstance(value, str):
-            return value
-        raise bad
+def _tls(options: Mapping[str, Path | bool]) -> stls.TlsConfig:
     try:
-        return int(str(value)) if isinstance(default, int) else float(str(value))
-    except ValueError as exc:
-        raise bad from exc
-
-
-def _tls(value: object, base: Path) -> stls.TlsConfig:
-    try:
-        return stls.tls_config(stls.tls_fields(value, base, "tls"), "tls")
+        return stls.tls_config(options, "tls")
     except stls.TlsError as exc:
         raise SpokeConfigError(str(exc)) from exc
 
 
-def _profiles(value: object) -> Mapping[str, Profile]:
+def _labels(value: object, base: Path | None, where: str) -> Mapping[str, str]:
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise SpokeConfigError("labels must be a table of strings")
+    return dict(value)
+
+
+def _labels_env(text: str) -> Mapping[str, str]:
+    labels: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SpokeConfigError("SPOKE_LABELS must be key=value[,key=value...]")
+        labels[key.strip()] = value.strip()
+    return labels
+
+
+def _profiles(value: object, base: Path | None, where: str) -> Mapping[str, Profile]:
     if not isinstance(value, dict):
         raise SpokeConfigError("profiles must be a table of tables: [profiles.NAME]")
     out: dict[str, Profile] = {}
@@ -233,3 +204,12 @@ def _profiles(value: object) -> Mapping[str, Profile]:
         except ProfileConfigError as exc:
             raise SpokeConfigError(str(exc)) from exc
     return out
+
+
+_LAYOUT: Final = sconfig.Layout(
+    prefix="SPOKE_",
+    error=SpokeConfigError,
+    tables={"profiles": _profiles, "labels": _labels},
+    env_tables={"labels": ("SPOKE_LABELS", _labels_env)},
+    fallbacks={"redis_url": "REDIS_URL"},
+)

@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from hubspoke.errors import ConfigError
+
 __all__ = [
     "Profile",
     "ProfileConfigError",
@@ -30,7 +32,7 @@ TASK_PLACEHOLDER = "{task}"
 SYNTHETIC = "synthetic"
 
 
-class ProfileConfigError(ValueError):
+class ProfileConfigError(ConfigError):
     """A profile table is invalid; the message is one line naming the profile and key."""
 
 

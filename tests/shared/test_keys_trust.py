@@ -32,7 +32,7 @@ def test_write_refuses_to_overwrite(tmp_path: Path) -> None:
 def test_loose_permissions_are_refused(tmp_path: Path) -> None:
     priv, _ = keys.write_keypair(keys.generate("carol"), tmp_path)
     os.chmod(priv, 0o644)
-    with pytest.raises(keys.KeyError_, match="chmod 600"):
+    with pytest.raises(keys.KeyFileError, match="chmod 600"):
         keys.load_private(priv, "carol")
 
 
