@@ -15,7 +15,8 @@ import re
 
 import structlog
 
-from .queue import AgentQueue, QueueError
+from .backend import QueueError
+from .records import Records
 
 log = structlog.get_logger("hubspoke.spoke.events")
 
@@ -26,8 +27,8 @@ _PROGRESS = re.compile(rb"^PROGRESS\s+(\d{1,3})(?:\s+(.*))?$")
 
 
 class OutputPump:
-    def __init__(self, queue: AgentQueue, agent_id: str) -> None:
-        self._queue = queue
+    def __init__(self, records: Records, agent_id: str) -> None:
+        self._records = records
         self._agent_id = agent_id
         self._pending: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
         self._dropped = 0
@@ -59,7 +60,7 @@ class OutputPump:
         progress, self._progress = self._progress, None
         if progress is not None:
             pct, msg = progress
-            await self._queue.record_event(
+            await self._records.record_event(
                 self._agent_id,
                 "progress",
                 f"{pct} {msg}",
@@ -69,10 +70,10 @@ class OutputPump:
             if buf:
                 data = bytes(buf).decode("utf-8", "replace")
                 buf.clear()
-                await self._queue.record_event(self._agent_id, stream, data)
+                await self._records.record_event(self._agent_id, stream, data)
         if self._dropped:
             dropped, self._dropped = self._dropped, 0
-            await self._queue.record_event(self._agent_id, "dropped", str(dropped))
+            await self._records.record_event(self._agent_id, "dropped", str(dropped))
 
     async def _flush_loop(self) -> None:
         while True:

@@ -23,8 +23,9 @@ from prometheus_client import Counter, Gauge
 from hubspoke.aio import raise_if_cancelling
 from hubspoke.metrics import Metrics
 
+from .backend import QueueError
 from .model import AgentState
-from .queue import AgentQueue, QueueError
+from .queue import AgentQueue
 
 log = structlog.get_logger("hubspoke.spoke.metrics")
 
@@ -68,7 +69,7 @@ class SpokeMetrics(Metrics):
         leaves the figures stale (their timestamp says how stale)."""
         while True:
             try:
-                counts = await agents.stats()
+                counts = await agents.jobs.stats()
             except QueueError as exc:
                 log.warning("metrics_queue_refresh_failed", error=str(exc))
             else:

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -21,9 +20,10 @@ from hubspoke.keys import SigningKey
 from hubspoke.policy import BODY_VERBS, Policy
 from hubspoke.policy import Request as PolicyRequest
 
-from . import queue, wire
+from . import backend, pages, wire
 from .config import SpokeConfig
-from .model import AgentEvent, AgentState, SpawnRequest
+from .model import AgentState, SpawnRequest
+from .queue import AgentQueue
 from .verifier import Authorized, Verifier
 
 MAX_PAGE_SIZE = 500
@@ -32,8 +32,6 @@ MAX_ATTEMPTS_LIMIT = 10
 LABEL_BYTES = 256
 MAX_DELAY_MS = 30 * 86_400_000
 """The longest not-before delay a spawn may ask for (30 days)."""
-WATCH_BLOCK_MS = 1000
-"""How long one blocking read of an event stream waits before the watcher looks again."""
 
 
 @contextlib.contextmanager
@@ -41,17 +39,17 @@ def _queue_errors() -> Iterator[None]:
     """The queue layer's errors, as the wire sees them."""
     try:
         yield
-    except queue.AgentMissingError as exc:
+    except backend.AgentMissingError as exc:
         raise errors.AgentNotFoundError(str(exc)) from exc
-    except queue.AgentReusedError as exc:
+    except backend.AgentReusedError as exc:
         raise errors.CommandIdReusedError(str(exc)) from exc
-    except queue.TransitionError as exc:
+    except backend.TransitionError as exc:
         raise errors.AgentNotRunningError(str(exc), state=exc.current) from exc
-    except queue.QueueFullError as exc:
+    except backend.QueueFullError as exc:
         raise errors.CapacityExceededError(str(exc)) from exc
-    except queue.PageTokenError as exc:
+    except backend.PageTokenError as exc:
         raise errors.InvalidCommandError(str(exc)) from exc
-    except queue.BackendError as exc:
+    except backend.BackendError as exc:
         raise errors.BackendUnavailableError("the spoke's Redis is unavailable") from exc
 
 
@@ -61,7 +59,7 @@ class SpokeServicer:
         config: SpokeConfig,
         key: SigningKey,
         verifier: Verifier,
-        agents: queue.AgentQueue,
+        agents: AgentQueue,
         policy: Policy,
     ) -> None:
         self.config = config
@@ -90,7 +88,7 @@ class SpokeServicer:
         auth = await self._admit(request.command, "get_agent")
         agent_id = self._agent_id(auth.command.get_agent.agent)
         with _queue_errors():
-            rec = await self.agents.get(agent_id)
+            rec = await self.agents.records.get(agent_id)
         reply = self._reply(auth, agent=wire.to_agent(self.config.name, rec))
         return spoke_service_pb2.SpokeServiceGetAgentResponse(reply=reply)
 
@@ -100,16 +98,10 @@ class SpokeServicer:
         auth = await self._admit(request.command, "kill_agent")
         agent_id = self._agent_id(auth.command.kill_agent.agent)
         with _queue_errors():
-            outcome = await self.agents.request_kill(agent_id, auth.command.command_id)
-            rec = await self.agents.get(agent_id)
-            deadline = time.monotonic() + self.config.kill_wait_s
-            # Wait on the agent's event stream: the reply goes out as soon as it is final.
-            while outcome.action == "signal" and not rec.state.final:
-                left_ms = int((deadline - time.monotonic()) * 1000)
-                if left_ms <= 0:
-                    break
-                await self.agents.events(agent_id, rec.seq, count=50, block_ms=min(left_ms, 500))
-                rec = await self.agents.get(agent_id)
+            outcome = await self.agents.kills.request(agent_id, auth.command.command_id)
+            # A signalled agent: the reply goes out as soon as it is final (or kill_wait_s).
+            wait_s = self.config.kill_wait_s if outcome.action == "signal" else 0.0
+            rec = await self.agents.records.wait_final(agent_id, wait_s)
         reply = self._reply(auth, agent=wire.to_agent(self.config.name, rec))
         return spoke_service_pb2.SpokeServiceKillAgentResponse(reply=reply)
 
@@ -125,7 +117,7 @@ class SpokeServicer:
             if s
         ]
         with _queue_errors():
-            page = await self.agents.list_page(size, body.page_token, states)
+            page = await self.agents.records.list_page(size, body.page_token, states)
         return spoke_service_pb2.SpokeServiceListAgentsResponse(
             reply=self._reply(auth, agent_page=self._agent_page(page))
         )
@@ -145,32 +137,15 @@ class SpokeServicer:
         self._watchers += 1
         try:
             with _queue_errors():
-                await self.agents.get(agent_id)  # NOT_FOUND before the stream starts
-            async for event in self._events(agent_id, body.after_sequence):
-                reply = self._reply(auth, agent_event=wire.to_event(agent_id, event))
-                yield spoke_service_pb2.SpokeServiceWatchAgentResponse(reply=reply)
+                await self.agents.records.get(agent_id)  # NOT_FOUND before the stream starts
+                events = self.agents.records.follow(
+                    agent_id, body.after_sequence, self.config.watch_heartbeat_s
+                )
+                async for event in events:
+                    reply = self._reply(auth, agent_event=wire.to_event(agent_id, event))
+                    yield spoke_service_pb2.SpokeServiceWatchAgentResponse(reply=reply)
         finally:
             self._watchers -= 1
-
-    async def _events(self, agent_id: str, after: int) -> AsyncIterator[AgentEvent]:
-        """Stored events after ``after``, then live ones, with heartbeats, until the end."""
-        beat = time.monotonic()
-        while True:
-            with _queue_errors():
-                batch = await self.agents.events(agent_id, after, block_ms=WATCH_BLOCK_MS)
-            for event in batch:
-                after = event.seq
-                yield event
-            if batch:
-                beat = time.monotonic()
-                continue
-            with _queue_errors():
-                rec = await self.agents.get(agent_id)
-            if rec.state.final and rec.seq <= after:
-                return
-            if time.monotonic() - beat >= self.config.watch_heartbeat_s:
-                beat = time.monotonic()
-                yield AgentEvent(seq=after, kind="heartbeat", time_ms=int(time.time() * 1000))
 
     async def GetQueueStats(
         self, request: spoke_service_pb2.SpokeServiceGetQueueStatsRequest, context: Any
@@ -208,7 +183,7 @@ class SpokeServicer:
     ) -> spoke_service_pb2.SpokeServicePauseQueueResponse:
         auth = await self._admit(request.command, "pause_queue")
         with _queue_errors():
-            await self.agents.pause()
+            await self.agents.jobs.pause()
         return spoke_service_pb2.SpokeServicePauseQueueResponse(
             reply=self._reply(auth, queue_stats=await self._stats())
         )
@@ -218,7 +193,7 @@ class SpokeServicer:
     ) -> spoke_service_pb2.SpokeServiceResumeQueueResponse:
         auth = await self._admit(request.command, "resume_queue")
         with _queue_errors():
-            await self.agents.resume()
+            await self.agents.jobs.resume()
         return spoke_service_pb2.SpokeServiceResumeQueueResponse(
             reply=self._reply(auth, queue_stats=await self._stats())
         )
@@ -255,7 +230,7 @@ class SpokeServicer:
 
     async def _stats(self) -> command_pb2.QueueStats:
         with _queue_errors():
-            c = await self.agents.stats()
+            c = await self.agents.jobs.stats()
         return command_pb2.QueueStats(
             waiting=c.waiting,
             delayed=c.delayed,
@@ -266,7 +241,7 @@ class SpokeServicer:
             workers=c.workers,
         )
 
-    def _agent_page(self, page: queue.Page) -> command_pb2.AgentPage:
+    def _agent_page(self, page: pages.Page) -> command_pb2.AgentPage:
         return command_pb2.AgentPage(
             agents=[wire.to_agent(self.config.name, r) for r in page.agents],
             next_page_token=page.next_token,

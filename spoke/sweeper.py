@@ -13,22 +13,23 @@ import structlog
 
 from hubspoke.aio import raise_if_cancelling
 
+from .backend import QueueError
 from .config import SpokeConfig
-from .queue import AgentQueue, QueueError
+from .records import Records
 
 log = structlog.get_logger("hubspoke.spoke.sweeper")
 
 
 class Sweeper:
-    def __init__(self, queue: AgentQueue, config: SpokeConfig) -> None:
-        self.queue = queue
+    def __init__(self, records: Records, config: SpokeConfig) -> None:
+        self.records = records
         self.config = config
         self.swept = 0
 
     async def sweep_once(self) -> int:
         total = 0
         while True:
-            n = await self.queue.sweep(int(self.config.retention_s * 1000))
+            n = await self.records.sweep(int(self.config.retention_s * 1000))
             total += n
             if n == 0:
                 break

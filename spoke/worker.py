@@ -24,25 +24,18 @@ import uuid
 from typing import Any
 
 import structlog
-from bullmq import Worker
 from bullmq.custom_errors import DelayedError, UnrecoverableError
 from redis.exceptions import RedisError
 
 from . import runtime
+from .backend import BackendError, QueueError, TransitionError
 from .config import SpokeConfig
 from .events import OutputPump
-from .keys import QUEUE_NAME
+from .jobs import WorkerSettings
 from .model import AgentRecord, AgentState
 from .output import Receipt, parse_receipt
 from .profiles import Profile
-from .queue import (
-    AgentQueue,
-    BackendError,
-    QueueError,
-    TransitionError,
-    bullmq_client,
-    jittered_backoff,
-)
+from .queue import AgentQueue
 
 log = structlog.get_logger("hubspoke.spoke.worker")
 
@@ -103,24 +96,16 @@ class AgentWorker:
     async def run(self) -> None:
         if self._closing:  # shut down before it started
             return
-        client = bullmq_client(self.queue.redis_url)
-        self._worker = Worker(
-            QUEUE_NAME,
+        bull = self.queue.jobs.worker(
             self._process,
-            {
-                "connection": client,
-                "prefix": self.queue.keys.prefix,
-                "concurrency": self.config.concurrency,
-                "autorun": False,
-                "lockDuration": self.config.lock_duration_ms,
-                "stalledInterval": self.config.stalled_interval_ms,
-                # Our record decides what a recovered job means; let bullmq hand it back.
-                "maxStalledCount": 10,
-                "runRetryDelay": 1000,
-                "settings": {"backoffStrategy": jittered_backoff},
-                "name": f"spoke-{self.config.name}-{self.worker_id}",
-            },
+            WorkerSettings(
+                name=f"spoke-{self.config.name}-{self.worker_id}",
+                concurrency=self.config.concurrency,
+                lock_duration_ms=self.config.lock_duration_ms,
+                stalled_interval_ms=self.config.stalled_interval_ms,
+            ),
         )
+        self._worker = bull.worker
         try:
             # Without this, bullmq rounds delays and backoffs up to whole seconds (PITFALLS).
             await self._worker.blockingRedisConnection.getRedisVersion()
@@ -145,7 +130,7 @@ class AgentWorker:
                 await self._worker.close(force=True)
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(runner, timeout=5)
-            await client.aclose()
+            await bull.connection.aclose()
 
     async def shutdown(self, drain_s: float = 10.0) -> None:
         """Stop taking jobs; give running agents ``drain_s``, then kill them."""
@@ -172,7 +157,7 @@ class AgentWorker:
         poll of each running agent's record still sees every kill)."""
         while True:
             try:
-                async with self.queue.kill_requests() as pubsub:
+                async with self.queue.kills.requests() as pubsub:
                     while True:
                         msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                         if msg and isinstance(msg.get("data"), str):
@@ -188,10 +173,10 @@ class AgentWorker:
         while not ev.is_set():
             await asyncio.sleep(KILL_POLL_S)
             with contextlib.suppress(QueueError):
-                if await self.queue.kill_requested(agent_id):
+                if await self.queue.kills.requested(agent_id):
                     ev.set()
                 if profile.max_concurrency:
-                    await self.queue.acquire_slot(
+                    await self.queue.slots.acquire(
                         profile.name,
                         agent_id,
                         profile.max_concurrency,
@@ -218,10 +203,12 @@ class AgentWorker:
             with contextlib.suppress(QueueError):
                 if owner is None:
                     waiting = [AgentState.QUEUED, AgentState.RETRYING]
-                    await self.queue.transition(agent_id, waiting, AgentState.FAILED, "INTERNAL")
+                    await self.queue.records.transition(
+                        agent_id, waiting, AgentState.FAILED, "INTERNAL"
+                    )
                 else:
                     held = [AgentState.STARTING, AgentState.RUNNING]
-                    await self.queue.transition(
+                    await self.queue.records.transition(
                         agent_id, held, AgentState.FAILED, "INTERNAL", owner=owner
                     )
             return "internal-error"
@@ -230,24 +217,26 @@ class AgentWorker:
             structlog.contextvars.unbind_contextvars("job", "worker")
 
     async def _run(self, agent_id: str, job: Any, token: str) -> str:
-        rec = await self.queue.get_or_none(agent_id)
+        rec = await self.queue.records.get_or_none(agent_id)
         if rec is None or rec.state.final:
             return "skipped"
         profile = self.config.profiles.get(rec.profile)
         if rec.state in (AgentState.STARTING, AgentState.RUNNING):
             if not await self._recover(rec, profile):
                 raise UnrecoverableError("LOST")  # into the dead-letter set, replayable
-            rec = await self.queue.get(agent_id)
+            rec = await self.queue.records.get(agent_id)
         waiting = [AgentState.QUEUED, AgentState.RETRYING]
         if profile is None:
-            await self.queue.transition(agent_id, waiting, AgentState.FAILED, "UNKNOWN_PROFILE")
+            await self.queue.records.transition(
+                agent_id, waiting, AgentState.FAILED, "UNKNOWN_PROFILE"
+            )
             raise UnrecoverableError("UNKNOWN_PROFILE")
         if rec.expire_ms and time.time() * 1000 > rec.expire_ms:
-            await self.queue.transition(agent_id, waiting, AgentState.FAILED, "EXPIRED")
+            await self.queue.records.transition(agent_id, waiting, AgentState.FAILED, "EXPIRED")
             raise UnrecoverableError("EXPIRED")
         lease_ms = self.config.lock_duration_ms
         limit = profile.max_concurrency
-        if limit and not await self.queue.acquire_slot(profile.name, agent_id, limit, lease_ms):
+        if limit and not await self.queue.slots.acquire(profile.name, agent_id, limit, lease_ms):
             await job.moveToDelayed(int(time.time() * 1000) + SLOT_RETRY_MS, token)
             raise DelayedError  # stays QUEUED: waits for a slot, never refused
         try:
@@ -255,14 +244,14 @@ class AgentWorker:
         finally:
             if limit:
                 with contextlib.suppress(QueueError):
-                    await self.queue.release_slot(profile.name, agent_id)
+                    await self.queue.slots.release(profile.name, agent_id)
 
     async def _start(self, rec: AgentRecord, profile: Profile) -> str:
         agent_id = rec.agent_id
         waiting = [AgentState.QUEUED, AgentState.RETRYING]
         attempt = rec.attempt + 1
         try:
-            await self.queue.transition(
+            await self.queue.records.transition(
                 agent_id,
                 waiting,
                 AgentState.STARTING,
@@ -284,7 +273,7 @@ class AgentWorker:
         any job, so a restarted spoke never runs new agents beside its predecessor's
         orphans. bullmq hands their jobs back later; the records then say what to do."""
         reaped = 0
-        for rec in await self.queue.held_agents():
+        for rec in await self.queue.records.held_agents():
             if rec.boot_id != self._boot or rec.spoked_pid is None or rec.spoked_ticks is None:
                 continue  # another host's or boot's: its own spoked, or the stall check
             if runtime.process_alive(rec.spoked_pid, rec.spoked_ticks):
@@ -312,18 +301,20 @@ class AgentWorker:
         held = [AgentState.STARTING, AgentState.RUNNING]
         lost_owner = (rec.worker, rec.attempt)  # if it moved meanwhile, that is not ours
         if profile is not None and profile.retry_safe and rec.attempt < rec.max_attempts:
-            await self.queue.transition(
+            await self.queue.records.transition(
                 rec.agent_id, held, AgentState.RETRYING, "LOST", owner=lost_owner
             )
             log.info("recovery_retrying", attempt=rec.attempt)
             return True
-        await self.queue.transition(rec.agent_id, held, AgentState.FAILED, "LOST", owner=lost_owner)
+        await self.queue.records.transition(
+            rec.agent_id, held, AgentState.FAILED, "LOST", owner=lost_owner
+        )
         log.info("recovery_lost", attempt=rec.attempt)
         return False
 
     async def _execute(self, rec: AgentRecord, profile: Profile, attempt: int) -> str:
         agent_id = rec.agent_id
-        pump = OutputPump(self.queue, agent_id)
+        pump = OutputPump(self.queue.records, agent_id)
         try:
             proc = await runtime.start_agent(
                 profile,
@@ -334,7 +325,7 @@ class AgentWorker:
                 tail_bytes=self.config.output_tail_bytes,
             )
         except runtime.AgentStartError as exc:
-            await self.queue.transition(
+            await self.queue.records.transition(
                 agent_id,
                 [AgentState.STARTING],
                 AgentState.FAILED,
@@ -348,7 +339,7 @@ class AgentWorker:
         self._kill_events[agent_id] = kill
         outcome = "exit"
         try:
-            await self.queue.transition(
+            await self.queue.records.transition(
                 agent_id,
                 [AgentState.STARTING],
                 AgentState.RUNNING,
@@ -383,7 +374,7 @@ class AgentWorker:
         timeout_s: float,
         profile: Profile,
     ) -> str:
-        if await self.queue.kill_requested(agent_id):
+        if await self.queue.kills.requested(agent_id):
             return "killed"
         waiter = asyncio.create_task(proc.wait())
         killer = asyncio.create_task(kill.wait())
@@ -446,7 +437,7 @@ class AgentWorker:
         deadline = time.monotonic() + RECORD_END_WAIT_S
         while True:
             try:
-                await self.queue.transition(
+                await self.queue.records.transition(
                     agent_id,
                     [AgentState.RUNNING],
                     state,

@@ -16,7 +16,8 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 
-from hubspoke.spoke.queue import bullmq_client, priority_to_bullmq
+from hubspoke.spoke.backend import bullmq_client
+from hubspoke.spoke.jobs import priority_to_bullmq
 
 from .context import SPAWN_SPOKE, Env, new_id
 from .harness import Arm

@@ -89,7 +89,7 @@ async def _timed(n: int, fn: Any) -> dict[str, float]:
 
 async def _wait_final(queue: AgentQueue, agent_id: str) -> None:
     async with asyncio.timeout(60):
-        while not (await queue.get(agent_id)).state.final:  # noqa: ASYNC110 - state in Redis
+        while not (await queue.records.get(agent_id)).state.final:  # noqa: ASYNC110 - state in Redis
             await asyncio.sleep(0.01)
 
 
@@ -119,9 +119,9 @@ async def _measure(env: Env, queue: AgentQueue, ids: list[str], n: int) -> dict[
             await client.spawn(READY_PROFILE, probe, priority=10, command_id=probe)
             loop = asyncio.get_running_loop()
             t0 = loop.time()
-            await queue.resume()
+            await queue.jobs.resume()
             t1 = await asyncio.wait_for(fut, 60)
-            await queue.pause()
+            await queue.jobs.pause()
             await _wait_final(queue, probe)
             return t1 - t0
 
@@ -169,7 +169,7 @@ async def run_scale(env: Env, scale_max: int) -> dict[str, Any]:
     queue = AgentQueue(site.redis.url, SCALE, op_timeout_s=60)
     levels: list[dict[str, Any]] = []
     try:
-        await queue.pause()
+        await queue.jobs.pause()
         async with site.client() as r:
             base_memory = int((await r.info("memory"))["used_memory"])
         ids: list[str] = []

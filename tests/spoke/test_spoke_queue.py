@@ -285,8 +285,9 @@ async def test_replay_is_idempotent_on_its_command_id(client: SpokeClient) -> No
 async def test_a_superseded_attempt_cannot_overwrite_its_successor(redis_url: str) -> None:
     """A worker paused past its lease (SIGSTOP) wakes up after another took the agent over:
     its late transitions are refused, so it cannot clobber the newer attempt."""
+    from hubspoke.spoke.backend import TransitionError
     from hubspoke.spoke.model import AgentState, SpawnRequest
-    from hubspoke.spoke.queue import AgentQueue, TransitionError
+    from hubspoke.spoke.queue import AgentQueue
 
     q = AgentQueue(redis_url, "spoke-1")
     try:
@@ -304,34 +305,40 @@ async def test_a_superseded_attempt_cannot_overwrite_its_successor(redis_url: st
             envelope=b"e",
         )
         await q.create(req, 100)
-        await q.transition(
+        await q.records.transition(
             "paused-1",
             [AgentState.QUEUED],
             AgentState.STARTING,
             fields={"worker": "A", "attempt": 1},
         )
-        await q.transition("paused-1", [AgentState.STARTING], AgentState.RUNNING, owner=("A", 1))
+        await q.records.transition(
+            "paused-1", [AgentState.STARTING], AgentState.RUNNING, owner=("A", 1)
+        )
         # B recovers it (guarded by A's ownership) and starts attempt 2.
-        await q.transition(
+        await q.records.transition(
             "paused-1", [AgentState.RUNNING], AgentState.RETRYING, "LOST", owner=("A", 1)
         )
-        await q.transition(
+        await q.records.transition(
             "paused-1",
             [AgentState.RETRYING],
             AgentState.STARTING,
             fields={"worker": "B", "attempt": 2},
         )
-        await q.transition("paused-1", [AgentState.STARTING], AgentState.RUNNING, owner=("B", 2))
+        await q.records.transition(
+            "paused-1", [AgentState.STARTING], AgentState.RUNNING, owner=("B", 2)
+        )
         # A wakes up and reports its (killed) attempt 1 as failed: refused.
         with pytest.raises(TransitionError, match="superseded"):
-            await q.transition(
+            await q.records.transition(
                 "paused-1",
                 [AgentState.RUNNING],
                 AgentState.RETRYING,
                 "EXIT_NONZERO",
                 owner=("A", 1),
             )
-        await q.transition("paused-1", [AgentState.RUNNING], AgentState.SUCCEEDED, owner=("B", 2))
-        assert (await q.get("paused-1")).state is AgentState.SUCCEEDED
+        await q.records.transition(
+            "paused-1", [AgentState.RUNNING], AgentState.SUCCEEDED, owner=("B", 2)
+        )
+        assert (await q.records.get("paused-1")).state is AgentState.SUCCEEDED
     finally:
         await q.close()

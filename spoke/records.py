@@ -1,0 +1,401 @@
+"""Agent records: the state machine, its Lua scripts, the event streams, and reading them.
+
+This is the only module that changes an agent's state (kills while queued aside, which
+spoke/kills.py does in one script of the same shape). Every change is one Lua script (read,
+check the transition, write the record, append the event), so two processes on one Redis
+can never interleave a half-done transition. ``wait_final`` and ``follow`` read an agent's
+event stream for the service: until it is final, and live with heartbeats.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from .backend import (
+    AgentMissingError,
+    AgentReusedError,
+    QueueFullError,
+    TransitionError,
+    backend,
+    now_ms,
+)
+from .keys import SpokeKeys
+from .model import FINAL_STATES, AgentEvent, AgentRecord, AgentState, SpawnRequest
+from .pages import Page, decode_token, next_token
+
+EVENTS_MAXLEN = 2000
+"""Approximate cap on each agent's event stream (oldest trimmed first)."""
+
+FOLLOW_BLOCK_MS = 1000
+"""How long one blocking read of an event stream waits before a follower looks again."""
+
+StateObserver = Callable[[AgentState, str], None]
+"""Told of every state change this process makes: (new state, reason code)."""
+
+
+def _unobserved(state: AgentState, reason: str) -> None:
+    pass
+
+
+_CREATE = """
+-- KEYS: agent, index, events, then bullmq's wait, paused, prioritized, delayed.
+-- ARGV: agent_id, digest, now_ms, maxlen, max_backlog, field, value, ...
+local existing = redis.call('HGET', KEYS[1], 'digest')
+if existing then
+  return {'exists', existing}
+end
+local backlog = redis.call('LLEN', KEYS[4]) + redis.call('LLEN', KEYS[5])
+  + redis.call('ZCARD', KEYS[6]) + redis.call('ZCARD', KEYS[7])
+if backlog >= tonumber(ARGV[5]) then
+  return {'full', tostring(backlog)}
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+redis.call('HSET', KEYS[1], 'state', 'QUEUED', 'seq', 1, 'digest', ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '1-0',
+  'kind', 'state', 'state', 'QUEUED', 'reason', '', 'time', ARGV[3])
+return {'created', ARGV[2]}
+"""
+
+_TRANSITION = """
+-- KEYS: agent, events.
+-- ARGV: from_csv, to, reason, now_ms, maxlen, owner_worker, owner_attempt, field, value, ...
+-- With an owner, the record must still be held by that worker on that attempt: a worker
+-- that was paused past its lease must not overwrite the attempt that replaced it.
+local cur = redis.call('HGET', KEYS[1], 'state')
+if not cur then return {'missing', ''} end
+local ok = false
+for s in string.gmatch(ARGV[1], '[^,]+') do if s == cur then ok = true end end
+if not ok then return {'illegal', cur} end
+if ARGV[6] ~= '' then
+  local held = redis.call('HMGET', KEYS[1], 'worker', 'attempt')
+  if held[1] ~= ARGV[6] or held[2] ~= ARGV[7] then return {'illegal', cur .. ' (superseded)'} end
+end
+redis.call('HSET', KEYS[1], 'state', ARGV[2], 'reason', ARGV[3])
+if #ARGV > 7 then redis.call('HSET', KEYS[1], unpack(ARGV, 8)) end
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], seq .. '-0',
+  'kind', 'state', 'state', ARGV[2], 'reason', ARGV[3], 'time', ARGV[4])
+return {'ok', tostring(seq)}
+"""
+
+_EVENT = """
+-- KEYS: agent, events. ARGV: kind, data, now_ms, maxlen, field, value, ...
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if #ARGV > 4 then redis.call('HSET', KEYS[1], unpack(ARGV, 5)) end
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], seq .. '-0',
+  'kind', ARGV[1], 'data', ARGV[2], 'time', ARGV[3])
+return seq
+"""
+
+
+def pairs(fields: Mapping[str, object]) -> list[object]:
+    """Like ``flatten`` but keeps bytes values as bytes (binary-safe Lua arguments)."""
+    out: list[object] = []
+    for k, v in fields.items():
+        out += [k, v]
+    return out
+
+
+def flatten(fields: Mapping[str, object]) -> list[str]:
+    out: list[str] = []
+    for k, v in fields.items():
+        out += [k, "" if v is None else str(v)]
+    return out
+
+
+def parse_events(rows: Iterable[tuple[bytes, Mapping[bytes, bytes]]]) -> list[AgentEvent]:
+    """Stream entries (id ``seq-0``, fields) as events."""
+    out: list[AgentEvent] = []
+    for entry_id, data in rows:
+        fields = {k.decode(): v.decode("utf-8", "replace") for k, v in data.items()}
+        out.append(
+            AgentEvent(
+                seq=int(entry_id.decode().split("-")[0]),
+                kind=fields.get("kind", ""),
+                time_ms=int(fields.get("time", "0")),
+                state=fields.get("state", ""),
+                reason=fields.get("reason", ""),
+                data=fields.get("data", ""),
+            )
+        )
+    return out
+
+
+class Records:
+    """Agent records and event streams on one command client (see spoke/backend.py)."""
+
+    def __init__(
+        self, redis: aioredis.Redis, keys: SpokeKeys, observe: StateObserver | None = None
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.observe: StateObserver = observe or _unobserved
+        self._create = redis.register_script(_CREATE)
+        self._transition = redis.register_script(_TRANSITION)
+        self._event = redis.register_script(_EVENT)
+
+    # --- spawn ---------------------------------------------------------------
+
+    @backend
+    async def insert(self, req: SpawnRequest, max_backlog: int) -> tuple[AgentRecord, bool]:
+        """Store a spawn's record, idempotent on the agent id: the record, and whether this
+        call created it. One script checks the id and the backlog cap and writes the record
+        with the audit copies of the signed envelopes, its index entry and its first event.
+        The caller queues its job (spoke/queue.py)."""
+        now = now_ms()
+        rec = AgentRecord(
+            agent_id=req.agent_id,
+            state=AgentState.QUEUED,
+            profile=req.profile,
+            task=req.task,
+            issuer=req.issuer,
+            priority=req.priority,
+            digest=req.digest,
+            create_ms=now,
+            timeout_ms=req.timeout_ms,
+            max_attempts=req.max_attempts,
+            expire_ms=req.expire_ms,
+            labels=dict(req.labels),
+            backoff_ms=req.backoff_ms,
+            job_id=SpokeKeys.job_id(req.agent_id),
+            not_before_ms=now + req.delay_ms,
+            seq=1,
+        )
+        fields = {
+            "agent_id": rec.agent_id,
+            "profile": rec.profile,
+            "task": rec.task,
+            "issuer": rec.issuer,
+            "priority": rec.priority,
+            "create_ms": now,
+            "timeout_ms": rec.timeout_ms,
+            "max_attempts": rec.max_attempts,
+            "attempt": 0,
+            "expire_ms": rec.expire_ms,
+            "labels": json.dumps(dict(rec.labels), sort_keys=True),
+            "progress_percent": -1,
+            "backoff_ms": rec.backoff_ms,
+            "job_id": rec.job_id,
+            "not_before_ms": rec.not_before_ms,
+        }
+        audit: dict[str, object] = {"envelope": req.envelope, "relay": req.relay}
+        args: list[Any] = [
+            req.agent_id,
+            req.digest,
+            now,
+            EVENTS_MAXLEN,
+            max_backlog,
+            *flatten(fields),
+            *pairs(audit),
+        ]
+        keys = [
+            self.keys.agent(req.agent_id),
+            self.keys.agent_index,
+            self.keys.events(req.agent_id),
+            *(self.keys.bull(kind) for kind in ("wait", "paused", "prioritized", "delayed")),
+        ]
+        status, detail = await self._create(keys=keys, args=args)
+        if status == b"exists":
+            existing = await self.get(req.agent_id)
+            if existing.digest != req.digest:
+                raise AgentReusedError(f"agent id {req.agent_id} was used for a different spawn")
+            return existing, False
+        if status == b"full":
+            raise QueueFullError(f"queue holds {detail.decode()} waiting agents, its limit")
+        self.observe(AgentState.QUEUED, "")
+        return rec, True
+
+    # --- reads -------------------------------------------------------------
+
+    @backend
+    async def get_or_none(self, agent_id: str) -> AgentRecord | None:
+        raw: dict[bytes, bytes] = await self.redis.hgetall(self.keys.agent(agent_id))  # type: ignore[assignment]  # bytes: decode_responses is off
+        if not raw or b"state" not in raw:
+            return None
+        return AgentRecord.from_hash(raw)
+
+    async def get(self, agent_id: str) -> AgentRecord:
+        rec = await self.get_or_none(agent_id)
+        if rec is None:
+            raise AgentMissingError(f"agent {agent_id} not found")
+        return rec
+
+    @backend
+    async def get_many(self, agent_ids: Iterable[str]) -> list[AgentRecord]:
+        """The records of these ids that exist, in order, in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for agent_id in agent_ids:
+            pipe.hgetall(self.keys.agent(agent_id))
+        rows = await pipe.execute()
+        return [AgentRecord.from_hash(r) for r in rows if r and b"state" in r]
+
+    @backend
+    async def list_page(
+        self, page_size: int, token: str, states: Iterable[AgentState] = ()
+    ) -> Page:
+        """Newest first. The token is an opaque offset into the time index."""
+        offset = decode_token(token)
+        wanted = set(states)
+        ids: list[bytes] = await self.redis.zrevrange(  # type: ignore[assignment]  # bytes: decode_responses is off
+            self.keys.agent_index, offset, offset + page_size - 1
+        )
+        agents = await self.get_many(i.decode() for i in ids)
+        if wanted:
+            agents = [a for a in agents if a.state in wanted]
+        return Page(agents=agents, next_token=next_token(offset, page_size, len(ids)))
+
+    @backend
+    async def events(
+        self, agent_id: str, after_seq: int, count: int = 500, block_ms: int = 0
+    ) -> list[AgentEvent]:
+        """Events after ``after_seq``; with ``block_ms``, wait that long for a first one."""
+        key = self.keys.events(agent_id)
+        rows: list[tuple[bytes, dict[bytes, bytes]]]
+        if block_ms:
+            got: Any = await self.redis.xread({key: f"{after_seq}-0"}, count=count, block=block_ms)
+            rows = got[0][1] if got else []
+        else:
+            rows = await self.redis.xrange(  # type: ignore[assignment]  # bytes: decode_responses is off
+                key, min=f"({after_seq}-0", max="+", count=count
+            )
+        return parse_events(rows)
+
+    async def wait_final(self, agent_id: str, timeout_s: float) -> AgentRecord:
+        """The agent's record once it is final, or as it is when ``timeout_s`` runs out.
+        Waits on its event stream, so it answers as soon as the final event is written."""
+        rec = await self.get(agent_id)
+        deadline = time.monotonic() + timeout_s
+        while not rec.state.final:
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms <= 0:
+                break
+            await self.events(agent_id, rec.seq, count=50, block_ms=min(left_ms, 500))
+            rec = await self.get(agent_id)
+        return rec
+
+    async def follow(
+        self, agent_id: str, after: int, heartbeat_s: float
+    ) -> AsyncIterator[AgentEvent]:
+        """Stored events after ``after``, then live ones, with a ``heartbeat`` event every
+        ``heartbeat_s`` of silence, until the agent is final and its last event is out."""
+        beat = time.monotonic()
+        while True:
+            batch = await self.events(agent_id, after, block_ms=FOLLOW_BLOCK_MS)
+            for event in batch:
+                after = event.seq
+                yield event
+            if batch:
+                beat = time.monotonic()
+                continue
+            rec = await self.get(agent_id)
+            if rec.state.final and rec.seq <= after:
+                return
+            if time.monotonic() - beat >= heartbeat_s:
+                beat = time.monotonic()
+                yield AgentEvent(seq=after, kind="heartbeat", time_ms=int(time.time() * 1000))
+
+    # --- state changes -----------------------------------------------------
+
+    @backend
+    async def transition(
+        self,
+        agent_id: str,
+        allowed_from: Iterable[AgentState],
+        to: AgentState,
+        reason: str = "",
+        fields: Mapping[str, object] | None = None,
+        owner: tuple[str, int] | None = None,
+    ) -> int:
+        """Move an agent to ``to`` if it is in one of ``allowed_from`` (and, with ``owner``,
+        still held by that (worker, attempt)); return the event seq."""
+        now = now_ms()
+        extra = dict(fields or {})
+        if to in FINAL_STATES:
+            extra.setdefault("end_ms", now)
+        worker, attempt = owner if owner is not None else ("", "")
+        args: list[Any] = [
+            ",".join(allowed_from),
+            to.value,
+            reason,
+            now,
+            EVENTS_MAXLEN,
+            worker,
+            attempt,
+            *flatten(extra),
+        ]
+        keys = [self.keys.agent(agent_id), self.keys.events(agent_id)]
+        status, detail = await self._transition(keys=keys, args=args)
+        if status == b"missing":
+            raise AgentMissingError(f"agent {agent_id} not found")
+        if status == b"illegal":
+            raise TransitionError(agent_id, detail.decode())
+        self.observe(to, reason)
+        return int(detail)
+
+    @backend
+    async def record_event(
+        self, agent_id: str, kind: str, data: str, fields: Mapping[str, object] | None = None
+    ) -> None:
+        """Append a progress/output event and update non-state fields (tails, progress)."""
+        args: list[Any] = [kind, data, now_ms(), EVENTS_MAXLEN, *flatten(dict(fields or {}))]
+        await self._event(keys=[self.keys.agent(agent_id), self.keys.events(agent_id)], args=args)
+
+    # --- the index ---------------------------------------------------------
+
+    @backend
+    async def sweep(self, retention_ms: int, batch: int = 500) -> int:
+        """Forget finished agents older than the retention: record, events, index entry."""
+        cutoff = now_ms() - retention_ms
+        ids: list[bytes] = await self.redis.zrangebyscore(  # type: ignore[assignment]  # bytes
+            self.keys.agent_index, "-inf", cutoff, start=0, num=batch
+        )
+        swept = 0
+        for raw in ids:
+            agent_id = raw.decode()
+            rec = await self.get_or_none(agent_id)
+            if rec is not None and not (rec.state.final and (rec.end_ms or 0) < cutoff):
+                continue
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.delete(self.keys.agent(agent_id), self.keys.events(agent_id))
+            pipe.zrem(self.keys.agent_index, agent_id)
+            await pipe.execute()
+            swept += 1
+        return swept
+
+    @backend
+    async def held_agents(self) -> list[AgentRecord]:
+        """Every agent a worker holds (STARTING or RUNNING)."""
+        held: list[AgentRecord] = []
+        async for rows in self.scan_index("state"):
+            for agent_id, (state,) in rows:
+                if state in (b"STARTING", b"RUNNING"):
+                    rec = await self.get_or_none(agent_id)
+                    if rec is not None:
+                        held.append(rec)
+        return held
+
+    async def scan_index(
+        self, *fields: str, batch: int = 500
+    ) -> AsyncIterator[list[tuple[str, list[bytes | None]]]]:
+        """Every agent in the index with some of its record's fields, in pipelined batches:
+        a large backlog costs two round trips per ``batch`` agents."""
+        offset = 0
+        while True:
+            ids: list[bytes] = await self.redis.zrange(  # type: ignore[assignment]  # bytes
+                self.keys.agent_index, offset, offset + batch - 1
+            )
+            if not ids:
+                return
+            offset += len(ids)
+            pipe = self.redis.pipeline(transaction=False)
+            for raw in ids:
+                pipe.hmget(self.keys.agent(raw.decode()), *fields)
+            rows = await pipe.execute()
+            yield [(raw.decode(), row) for raw, row in zip(ids, rows, strict=True)]
