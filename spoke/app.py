@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import signal
+from collections.abc import Callable
 from types import TracebackType
 
 import grpc
 import structlog
 
-from hubspoke import commands, keys
+from hubspoke import commands, daemon, keys
 from hubspoke import tls as stls
 from hubspoke.admission import Admission, RateLimit
 from hubspoke.gen.federation.v1 import spoke_service_pb2
@@ -49,6 +49,7 @@ class SpokeApp:
         self._metrics_server: MetricsServer | None = None
         self._stopping = False
         self._stopped = asyncio.Event()
+        self._stop_requested: asyncio.Event | None = None
 
     @property
     def port(self) -> int:
@@ -150,12 +151,20 @@ class SpokeApp:
         if not task.cancelled() and task.exception() is not None and not self._stopping:
             log.error("worker_crashed", exc_info=task.exception())
 
-    async def shutdown(self, grace: float = 5.0) -> None:
-        """Health NOT_SERVING → stop the server → drain the workers → close Redis."""
+    async def shutdown(self, grace: float | None = None) -> None:
+        """Health NOT_SERVING → stop the server → drain the workers → close Redis.
+
+        Safe to call more than once (later calls wait for the first).
+
+        Args:
+            grace: seconds in-flight calls and background loops may still finish;
+                ``shutdown_grace_s`` if None.
+        """
         if self._stopping:
             await self._stopped.wait()
             return
         self._stopping = True
+        grace = self.config.shutdown_grace_s if grace is None else grace
         try:
             for task in (self._sweeper_task, self._requeue_task, self._metrics_task):
                 if task is not None:
@@ -178,19 +187,19 @@ class SpokeApp:
         finally:
             self._stopped.set()
 
-    async def run(self) -> None:
-        """Serve until SIGINT or SIGTERM, then shut down in order."""
-        await self.start()
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        print(f"serving {self.port}", flush=True)  # readiness line for parent processes
-        try:
-            await stop.wait()
-        finally:
-            log.info("spoke_stopping")
-            await self.shutdown()
+    def request_stop(self) -> None:
+        """Ask ``run()`` to shut down (what SIGINT/SIGTERM do)."""
+        if self._stop_requested is not None:
+            self._stop_requested.set()
+
+    async def run(self, on_serving: Callable[[int], None] | None = None) -> None:
+        """Serve until SIGINT/SIGTERM (or ``request_stop``), then shut down in order.
+
+        Args:
+            on_serving: called with the bound port once the server accepts calls.
+        """
+        self._stop_requested = asyncio.Event()
+        await daemon.serve_until_stopped(self, self._stop_requested, on_serving)
 
     async def __aenter__(self) -> SpokeApp:
         await self.start()
