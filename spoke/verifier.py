@@ -12,6 +12,9 @@ RPC → audience is this spoke (or, for a relayed command, the relaying hub) →
 validity window, within the clock skew → the client's request rate → nonce unseen (the
 hop's envelope, and for a relay the client's command inside it as well). The service then
 applies the policy.
+Once the client's signature checks out, ``command_id`` and ``issuer`` are bound to the call's
+log context (the hub binds the same two), so the call's log lines, rejections included, carry
+them.
 The spoke judges the *client*, never the hub: a hub key alone can not act for a
 principal the spoke does not trust.
 """
@@ -20,6 +23,8 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+
+import structlog
 
 from hubspoke import commands, envelope, errors
 from hubspoke.admission import Admission, NonceClaim
@@ -129,6 +134,9 @@ class Verifier:
         cmd = commands.parse_command(verified.payload)
         if cmd.issuer != verified.peer:
             raise errors.SignatureInvalidError("command issuer does not match the signing key")
+        # From here on every log line of this call, the canonical ``rpc`` line included, names
+        # the command as the hub's do, so the two sides' logs join on command_id.
+        structlog.contextvars.bind_contextvars(command_id=cmd.command_id, issuer=cmd.issuer)
         commands.check_command_id(cmd.command_id)
         which = cmd.WhichOneof("body")
         if which != body:
