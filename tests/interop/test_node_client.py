@@ -51,7 +51,11 @@ def node() -> str:
 
 
 async def _run_client(
-    node: str, fed: Interop, command_id: str, spoke_key: str | None = None
+    node: str,
+    fed: Interop,
+    command_id: str,
+    spoke_key: str | None = None,
+    extra: tuple[str, ...] = (),
 ) -> tuple[int, dict[str, Any]]:
     """Run client.mjs to completion; its exit status and the JSON line it printed."""
     tls: list[str] = []
@@ -90,6 +94,7 @@ async def _run_client(
         "1",
         "--wait-s",
         "30",
+        *extra,
         cwd=NODE_DIR,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -142,3 +147,19 @@ async def test_node_client_rejects_a_reply_signed_by_another_key(
     assert code == 1, doc
     assert doc["ok"] is False, doc
     assert "no signature by a trusted key verifies" in doc["error"], doc
+
+
+async def test_node_client_reaches_every_idempotency_vector(node: str, interop: Interop) -> None:
+    """docs/vectors/idempotency.json, signed in Node: the outcomes §9 promises (the Python side
+    runs the same file in test_idempotency_vectors.py)."""
+    vectors = REPO / "docs" / "vectors" / "idempotency.json"
+    code, doc = await _run_client(
+        node, interop, f"ts-{uuid.uuid4()}", extra=("--vectors", str(vectors))
+    )
+
+    expected = json.loads(vectors.read_text())["vectors"]
+    assert [v["name"] for v in doc.get("vectors", [])] == [v["name"] for v in expected], doc
+    assert [(v["name"], v["got"]) for v in doc["vectors"]] == [
+        (v["name"], v["expect"]) for v in expected
+    ]
+    assert code == 0, doc

@@ -11,7 +11,7 @@
 //   node client.mjs --hub 127.0.0.1:7100 --hub-name hub --principal ts-service \
 //     --key keys/ts-service.key --spoke spoke-1 --spoke-key "ed25519:BASE64..." \
 //     [--task "duration=0.2"] [--command-id ID] [--deadline-ms 10000] [--first-deadline-ms 1] \
-//     [--wait-s 30] [--protos ../../../protos] \
+//     [--wait-s 30] [--protos ../../../protos] [--vectors ../../../docs/vectors/idempotency.json] \
 //     [--ca tls/ca.crt --cert tls/ts-service.crt --tls-key tls/ts-service.tls.key [--server-name hub]]
 //
 // Every flag may also come from the environment: --hub-name → HUBSPOKE_HUB_NAME, and so on.
@@ -300,6 +300,7 @@ function options(argv, env) {
     cert: get("cert"),
     tlsKey: get("tls-key"),
     serverName: get("server-name"), // the name on the hub's certificate; default: --hub-name
+    vectors: get("vectors"), // docs/vectors/idempotency.json: run its vectors, nothing else
   };
 }
 
@@ -352,27 +353,51 @@ async function main() {
   const stub = new P.HubService(opt.hub, ...channel(opt));
   const out = { ok: false, vector_ok: knownAnswerOk(), command_id: opt.commandId, principal: opt.principal };
 
-  /** Sign one spawn (fresh nonce, same id) and call HubService.SpawnAgent. */
-  const spawn = async (task, deadlineMs) => {
+  /** Sign one spawn (fresh nonce) under commandId and call HubService.SpawnAgent. */
+  const spawnBody = async (commandId, spawnAgent, deadlineMs) => {
     const payload = commandBytes(P, {
-      commandId: opt.commandId,
+      commandId,
       issuer: opt.principal,
       audience: opt.spoke,
-      body: { spawn_agent: { profile: "synthetic", task } },
+      body: { spawn_agent: spawnAgent },
     });
     const env = signEnvelope(payload, PAYLOAD_TYPE_COMMAND, signer);
     const resp = await unary(stub, "SpawnAgent", { command: env }, deadlineMs);
     const reply = verifyReply(P, resp.reply, {
       trusted,
       responder: opt.spoke,
-      commandId: opt.commandId,
+      commandId,
       commandPayload: payload,
       result: "agent",
     });
     return reply.agent;
   };
+  const spawn = (task, deadlineMs) =>
+    spawnBody(opt.commandId, { profile: "synthetic", task }, deadlineMs);
 
-  try {
+  /** docs/vectors/idempotency.json: each vector's retry outcome under one fresh command_id. */
+  const runVectors = async (file) => {
+    const doc = JSON.parse(fs.readFileSync(file, "utf8"));
+    const results = [];
+    for (const v of doc.vectors) {
+      const commandId = `vec-${crypto.randomUUID()}`;
+      const body = (fields) => ({ profile: doc.profile, ...fields });
+      const first = await spawnBody(commandId, body(v.first), opt.deadlineMs);
+      let got;
+      try {
+        const again = await spawnBody(commandId, body(v.retry), opt.deadlineMs);
+        got = again.agent_id === first.agent_id ? "SAME_AGENT" : `OTHER_AGENT ${again.agent_id}`;
+      } catch (err) {
+        if (err.code === undefined) throw err;
+        got = errorInfo(P, err).reason;
+      }
+      results.push({ name: v.name, expect: v.expect, got });
+    }
+    return results;
+  };
+
+  /** The journey: a timed-out first attempt, retries, reuse, polling to the end. */
+  const journey = async () => {
     // 1. The first attempt times out on the client: did the spoke store it? We cannot know.
     let first = null;
     try {
@@ -448,6 +473,15 @@ async function main() {
       out.same_agent &&
       state === "STATE_SUCCEEDED" &&
       out.reuse_error?.reason === "COMMAND_ID_REUSED";
+  };
+
+  try {
+    if (opt.vectors) {
+      out.vectors = await runVectors(opt.vectors);
+      out.ok = out.vector_ok && out.vectors.every((v) => v.got === v.expect);
+    } else {
+      await journey();
+    }
   } catch (err) {
     out.error = err.code !== undefined ? errorInfo(P, err) : String(err.stack ?? err);
   } finally {
