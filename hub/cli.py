@@ -1,8 +1,9 @@
 """``hubctl``: operate a Hubspoke federation through its hub.
 
-argv → :class:`hubspoke.hub.client.HubClient` → stdout and an exit code. Results go to stdout
-(``--json``: one JSON document, proto-JSON with snake_case names); errors go to stderr as
-one line ``Error: <message> [<REASON>]``. Errors are converted here, once.
+argv → :class:`hubspoke.client.Client` → stdout and an exit code. Results go to stdout
+(``--json``: one JSON document, proto-JSON with snake_case names; otherwise text with every
+control character escaped, see ``cli_output``); errors go to stderr as one line
+``Error: <message> [<REASON>]``. Errors are converted here, once.
 """
 
 from __future__ import annotations
@@ -10,27 +11,44 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import importlib.metadata
 import json
 import os
 import re
 import sys
 import traceback
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, NoReturn
 
 import grpc
-from google.protobuf import json_format
 
 from hubspoke import keys
+from hubspoke.client import (
+    Agent,
+    AgentState,
+    CallError,
+    Client,
+    ClientConfigError,
+    EventKind,
+    client_from_config,
+)
 
 from . import cli_certs, cli_keys
-from . import client as hc
+from .cli_output import (
+    Out,
+    agent_json,
+    agent_lines,
+    escape,
+    event_json,
+    event_text,
+    spoke_json,
+    stats_json,
+    table,
+    write_chunk,
+)
 
-__all__ = ["EXIT_CODES", "main"]
-
-Agent = hc.Agent
+__all__ = ["EXIT_CODES", "agent_json", "main", "spoke_json"]
 
 EXIT_OK: Final = 0
 EXIT_FAILURE: Final = 1
@@ -49,7 +67,6 @@ EXIT_CODES: Final = {
 }
 """gRPC codes with their own exit code; any other failed call exits 1."""
 
-POLL_INTERVAL_S: Final = 0.5
 DEFAULT_RPC_TIMEOUT_S: Final = 15.0
 
 _EPILOG: Final = """\
@@ -118,12 +135,19 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _state(text: str) -> int:
+def _state(text: str) -> AgentState:
     try:
-        return hc.parse_state(text)
+        return AgentState.parse(text)
     except ValueError:
-        names = ", ".join(n.removeprefix("STATE_") for n in Agent.State.keys()[1:])
+        names = ", ".join(s.name for s in AgentState if s != AgentState.UNSPECIFIED)
         raise argparse.ArgumentTypeError(f"unknown state {text!r}; one of {names}") from None
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("hubspoke")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that is not installed
+        return "unknown"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -149,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the essentials")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    p.add_argument("--version", action="version", version=f"hubctl {_version()}")
     sub = p.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
     sub.required = True
     common, common_no_timeout = _common(timeout=True), _common(timeout=False)
@@ -242,94 +267,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-# -- output ----------------------------------------------------------------------------------
+# -- output ---------------------------------------------------------------------------------
 
 
-def agent_json(agent: hc.Agent) -> dict[str, Any]:
-    """Proto-JSON (snake_case) with the state's short name and the fields always present."""
-    doc: dict[str, Any] = json_format.MessageToDict(agent, preserving_proto_field_name=True)
-    doc["agent_id"] = agent.agent_id
-    doc["spoke"] = agent.spoke
-    doc["state"] = hc.state_name(agent.state)
-    doc["exit_code"] = agent.exit_code if agent.HasField("exit_code") else None
-    doc["stdout_tail"] = agent.stdout_tail
-    doc["stderr_tail"] = agent.stderr_tail
-    return doc
-
-
-def spoke_json(spoke: hc.Spoke) -> dict[str, Any]:
-    doc: dict[str, Any] = json_format.MessageToDict(spoke, preserving_proto_field_name=True)
-    doc["name"] = spoke.name
-    doc["address"] = spoke.address
-    doc["health"] = hc.Spoke.Health.Name(spoke.health).removeprefix("HEALTH_")
-    doc["labels"] = dict(spoke.labels)
-    return doc
-
-
-@dataclass
-class _Out:
-    json: bool
-    quiet: bool
-
-    def doc(self, value: object) -> None:
-        print(json.dumps(value, indent=2, sort_keys=True), flush=True)
-
-    def line(self, text: str) -> None:
-        print(text, flush=True)
-
-
-def _agent_lines(agent: hc.Agent) -> list[str]:
-    lines = [
-        f"agent     {agent.agent_id}",
-        f"spoke     {agent.spoke}",
-        f"state     {hc.state_name(agent.state)}" + (f" ({agent.reason})" if agent.reason else ""),
-        f"profile   {agent.profile}",
-    ]
-    if agent.HasField("exit_code"):
-        lines.append(f"exit code {agent.exit_code}")
-    if agent.progress_percent >= 0 and agent.progress_message:
-        lines.append(f"progress  {agent.progress_percent}% {agent.progress_message}")
-    if agent.HasField("receipt"):
-        lines.append(f"receipt   {agent.receipt.status}: {agent.receipt.summary}")
-    for label, tail in (("stdout", agent.stdout_tail), ("stderr", agent.stderr_tail)):
-        if tail:
-            lines.append(f"--- {label} (tail) ---")
-            lines.append(tail.rstrip("\n"))
-    return lines
-
-
-def _show_agent(out: _Out, agent: hc.Agent, brief: bool = False) -> None:
+def _show_agent(out: Out, agent: Agent, brief: bool = False) -> None:
     if out.json:
         out.doc(agent_json(agent))
     elif out.quiet:
-        out.line(agent.agent_id if brief else hc.state_name(agent.state))
+        out.line(escape(agent.agent_id) if brief else agent.state.name)
     elif brief:
-        out.line(f"{agent.agent_id}\t{agent.spoke}\t{hc.state_name(agent.state)}")
+        out.line(f"{escape(agent.agent_id)}\t{escape(agent.spoke)}\t{agent.state.name}")
     else:
-        for line in _agent_lines(agent):
+        for line in agent_lines(agent):
             out.line(line)
-
-
-def _table(rows: Sequence[Sequence[str]]) -> list[str]:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
 
 
 # -- verbs -----------------------------------------------------------------------------------
 
 
-def _exit_for(agent: hc.Agent) -> int:
-    return EXIT_OK if agent.state == Agent.STATE_SUCCEEDED else EXIT_FAILURE
+def _exit_for(agent: Agent) -> int:
+    return EXIT_OK if agent.state == AgentState.SUCCEEDED else EXIT_FAILURE
 
 
-async def _wait(client: hc.HubClient, agent: hc.Agent) -> hc.Agent:
-    while agent.state not in hc.FINAL_STATES:
-        await asyncio.sleep(POLL_INTERVAL_S)
-        agent = await client.get(agent.agent_id, agent.spoke or None)
-    return agent
-
-
-async def _spawn(client: hc.HubClient, args: argparse.Namespace, out: _Out) -> int:
+async def _spawn(client: Client, args: argparse.Namespace, out: Out) -> int:
     agent = await client.spawn(
         args.spoke,
         args.profile,
@@ -344,58 +304,59 @@ async def _spawn(client: hc.HubClient, args: argparse.Namespace, out: _Out) -> i
     if not args.wait:
         _show_agent(out, agent, brief=True)
         return EXIT_OK
-    agent = await _wait(client, agent)
+    agent = await client.wait(agent)
     _show_agent(out, agent)
     return _exit_for(agent)
 
 
-async def _status(client: hc.HubClient, args: argparse.Namespace, out: _Out) -> int:
+async def _status(client: Client, args: argparse.Namespace, out: Out) -> int:
     agent = await client.get(args.agent, args.spoke)
     if args.wait:
-        agent = await _wait(client, agent)
+        agent = await client.wait(agent)
     _show_agent(out, agent)
     return _exit_for(agent) if args.wait else EXIT_OK
 
 
-async def _kill(client: hc.HubClient, args: argparse.Namespace, out: _Out) -> int:
+async def _kill(client: Client, args: argparse.Namespace, out: Out) -> int:
     agent = await client.kill(args.agent, args.spoke)
     _show_agent(out, agent, brief=True)
     return EXIT_OK
 
 
-async def _list(client: hc.HubClient, args: argparse.Namespace, out: _Out) -> int:
+async def _list(client: Client, args: argparse.Namespace, out: Out) -> int:
     result = await client.list(args.spoke, args.page_size, args.states)
     if out.json:
         out.doc(
             {
                 "agents": [agent_json(a) for a in result.agents],
-                "unreachable_spokes": result.unreachable_spokes,
+                "unreachable_spokes": list(result.unreachable_spokes),
             }
         )
         return EXIT_OK
     if out.quiet:
         for a in result.agents:
-            out.line(a.agent_id)
+            out.line(escape(a.agent_id))
         return EXIT_OK
     rows = [["AGENT", "SPOKE", "STATE", "PROFILE", "CREATED"]]
     rows += [
         [
             a.agent_id,
             a.spoke,
-            hc.state_name(a.state),
+            a.state.name,
             a.profile,
-            a.create_time.ToJsonString() if a.HasField("create_time") else "",
+            a.raw.create_time.ToJsonString() if a.create_time is not None else "",
         ]
         for a in result.agents
     ]
-    for line in _table(rows):
+    for line in table(rows):
         out.line(line)
     if result.unreachable_spokes:
-        print(f"unreachable: {', '.join(result.unreachable_spokes)}", file=sys.stderr)
+        unreachable = ", ".join(escape(s) for s in result.unreachable_spokes)
+        print(f"unreachable: {unreachable}", file=sys.stderr)
     return EXIT_OK
 
 
-async def _spokes(client: hc.HubClient, args: argparse.Namespace, out: _Out) -> int:
+async def _spokes(client: Client, args: argparse.Namespace, out: Out) -> int:
     spokes = await client.spokes()
     if out.json:
         out.doc({"spokes": [spoke_json(s) for s in spokes]})
@@ -405,66 +366,35 @@ async def _spokes(client: hc.HubClient, args: argparse.Namespace, out: _Out) -> 
         [
             s.name,
             s.address,
-            hc.Spoke.Health.Name(s.health).removeprefix("HEALTH_"),
+            s.health.name,
             ",".join(f"{k}={v}" for k, v in sorted(s.labels.items())),
         ]
         for s in spokes
     ]
-    for line in _table(rows if not out.quiet else rows[1:] or [[""]]):
+    for line in table(rows if not out.quiet else rows[1:] or [[""]]):
         out.line(line)
     return EXIT_OK
 
 
-def event_json(event: hc.AgentEvent) -> dict[str, Any]:
-    doc: dict[str, Any] = json_format.MessageToDict(event, preserving_proto_field_name=True)
-    doc["sequence"] = event.sequence
-    doc["kind"] = hc.AgentEvent.Kind.Name(event.kind).removeprefix("KIND_")
-    if event.kind == hc.AgentEvent.Kind.KIND_STATE:
-        doc["state"] = hc.state_name(event.state)
-    return doc
-
-
-def _event_text(event: hc.AgentEvent) -> str | None:
-    kind = event.kind
-    if kind == hc.AgentEvent.Kind.KIND_STATE:
-        reason = f" ({event.reason})" if event.reason else ""
-        return f"[{event.sequence}] state {hc.state_name(event.state)}{reason}"
-    if kind == hc.AgentEvent.Kind.KIND_PROGRESS:
-        return f"[{event.sequence}] progress {event.progress_percent}% {event.data}".rstrip()
-    if kind == hc.AgentEvent.Kind.KIND_DROPPED:
-        return f"[{event.sequence}] ({event.data} bytes of output not recorded)"
-    return None
-
-
-async def _watch(client: hc.HubClient, args: argparse.Namespace, out: _Out) -> int:
-    """Events as they come; output chunks go to stdout/stderr raw, the rest as lines."""
-    final: int | None = None
+async def _watch(client: Client, args: argparse.Namespace, out: Out) -> int:
+    """Events as they come; output chunks go to stdout/stderr, the rest as lines."""
+    final: AgentState | None = None
     async for event in client.watch(args.agent, args.spoke, args.after):
         kind = event.kind
-        if kind == hc.AgentEvent.Kind.KIND_STATE and event.state in hc.FINAL_STATES:
+        if kind == EventKind.STATE and event.state.final:
             final = event.state
         if out.json:
-            if kind != hc.AgentEvent.Kind.KIND_HEARTBEAT:
+            if kind != EventKind.HEARTBEAT:
                 print(json.dumps(event_json(event), sort_keys=True), flush=True)
             continue
-        if kind == hc.AgentEvent.Kind.KIND_STDOUT:
-            sys.stdout.write(event.data)
-            sys.stdout.flush()
-        elif kind == hc.AgentEvent.Kind.KIND_STDERR:
-            sys.stderr.write(event.data)
-            sys.stderr.flush()
-        elif not out.quiet and (text := _event_text(event)) is not None:
+        if kind in (EventKind.STDOUT, EventKind.STDERR):
+            write_chunk(event.data, stderr=kind == EventKind.STDERR)
+        elif not out.quiet and (text := event_text(event)) is not None:
             print(text, file=sys.stderr, flush=True)
-    return EXIT_OK if final == Agent.STATE_SUCCEEDED else EXIT_FAILURE
+    return EXIT_OK if final == AgentState.SUCCEEDED else EXIT_FAILURE
 
 
-def _stats_json(stats: hc.QueueStats) -> dict[str, Any]:
-    return json_format.MessageToDict(
-        stats, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-    )
-
-
-async def _queue(client: hc.HubClient, args: argparse.Namespace, out: _Out) -> int:
+async def _queue(client: Client, args: argparse.Namespace, out: Out) -> int:
     action = {
         "stats": client.queue_stats,
         "pause": client.pause,
@@ -472,7 +402,7 @@ async def _queue(client: hc.HubClient, args: argparse.Namespace, out: _Out) -> i
         "drain": client.drain,
     }[args.action]
     stats = await action(args.spoke)
-    doc = _stats_json(stats)
+    doc = stats_json(stats)
     if args.action != "drain":
         doc.pop("drained", None)
     if out.json:
@@ -483,7 +413,7 @@ async def _queue(client: hc.HubClient, args: argparse.Namespace, out: _Out) -> i
     return EXIT_OK
 
 
-async def _dlq(client: hc.HubClient, args: argparse.Namespace, out: _Out) -> int:
+async def _dlq(client: Client, args: argparse.Namespace, out: Out) -> int:
     if args.action == "replay":
         if not args.agent:
             raise UsageError("dlq replay needs AGENT")
@@ -502,15 +432,15 @@ async def _dlq(client: hc.HubClient, args: argparse.Namespace, out: _Out) -> int
         return EXIT_OK
     rows = [["AGENT", "STATE", "REASON", "ATTEMPTS", "PROFILE"]]
     rows += [
-        [a.agent_id, hc.state_name(a.state), a.reason, f"{a.attempt}/{a.max_attempts}", a.profile]
+        [a.agent_id, a.state.name, a.reason, f"{a.attempt}/{a.max_attempts}", a.profile]
         for a in page.agents
     ]
-    for line in _table(rows):
+    for line in table(rows):
         out.line(line)
     return EXIT_OK
 
 
-_Verb = Callable[[hc.HubClient, argparse.Namespace, _Out], Coroutine[Any, Any, int]]
+_Verb = Callable[[Client, argparse.Namespace, Out], Coroutine[Any, Any, int]]
 _VERBS: Final[dict[str, _Verb]] = {
     "spawn": _spawn,
     "status": _status,
@@ -523,7 +453,7 @@ _VERBS: Final[dict[str, _Verb]] = {
 }
 
 
-def _keygen(args: argparse.Namespace, out: _Out) -> int:
+def _keygen(args: argparse.Namespace, out: Out) -> int:
     name: str = args.name
     if not _KEY_NAME_RE.fullmatch(name):
         raise UsageError(
@@ -563,7 +493,7 @@ def _dev(dev_args: list[str]) -> int:
     return code
 
 
-async def _run_verb(verb: _Verb, args: argparse.Namespace, out: _Out) -> int:
+async def _run_verb(verb: _Verb, args: argparse.Namespace, out: Out) -> int:
     env = os.environ
     config = args.config or (Path(env["HUBCTL_CONFIG"]) if env.get("HUBCTL_CONFIG") else None)
     if config is None:
@@ -576,8 +506,8 @@ async def _run_verb(verb: _Verb, args: argparse.Namespace, out: _Out) -> int:
         except argparse.ArgumentTypeError as exc:
             raise UsageError(f"HUBCTL_TIMEOUT {exc}") from None
     try:
-        client = hc.client_from_config(config, hub=args.hub, timeout_s=timeout, env=env)
-    except hc.ClientConfigError as exc:
+        client = client_from_config(config, hub=args.hub, timeout_s=timeout, env=env)
+    except ClientConfigError as exc:
         raise UsageError(str(exc)) from exc
     async with client:
         return await verb(client, args, out)
@@ -593,7 +523,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         debug = args.debug
-        out = _Out(json=args.json, quiet=args.quiet)
+        out = Out(json=args.json, quiet=args.quiet)
         if args.verb == "dev":
             return _dev(args.dev_args)
         if args.verb == "keys":
@@ -614,7 +544,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         _report(f"Error: {exc}", debug)
         return EXIT_USAGE
-    except hc.HubCallError as exc:
+    except CallError as exc:
         _report(f"Error: {exc}", debug)
         return EXIT_CODES.get(exc.code, EXIT_FAILURE)
     except OSError as exc:
@@ -626,9 +556,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _report(line: str, debug: bool) -> None:
+    """One line on stderr; escaped, since a server's message is not ours to trust."""
     if debug:
         traceback.print_exc(file=sys.stderr)
-    print(line, file=sys.stderr)
+    print(escape(line), file=sys.stderr)
 
 
 if __name__ == "__main__":

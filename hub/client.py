@@ -46,7 +46,7 @@ from typing import Any, Final, Self, TypeVar
 
 import grpc
 
-from hubspoke import commands, envelope, errors, keys
+from hubspoke import commands, envelope, errors, fanout, keys
 from hubspoke import grpc as sgrpc
 from hubspoke import tls as stls
 from hubspoke.gen.federation.v1 import agent_pb2, command_pb2, hub_service_pb2, hub_service_pb2_grpc
@@ -363,11 +363,26 @@ class HubClient:
 
         sent, resp = await self._unary(spoke or self.hub_name, fill, "ListAgents")
         result = ListResult(unreachable_spokes=list(resp.unreachable_spokes))
+        signers: builtins.list[str] = []
         for reply_env in resp.replies:
             signer, reply = self._verify(sent, reply_env, Role.SPOKE, spoke, "agent_page")
+            signers.append(signer)
             result.agents.extend(reply.agent_page.agents)
             if reply.agent_page.next_page_token:
                 result.next_page_tokens[signer] = reply.agent_page.next_page_token
+        if spoke is None:  # a fan-out: the hub signs which spokes answered and which did not
+            try:
+                fanout.verify_fan_out(
+                    resp.hub_reply if resp.HasField("hub_reply") else None,
+                    trust=self._trust,
+                    hub_name=self.hub_name,
+                    command_id=sent.command.command_id,
+                    command_payload=sent.envelope.payload,
+                    reply_signers=signers,
+                    unreachable_spokes=resp.unreachable_spokes,
+                )
+            except fanout.FanOutInvalidError as exc:
+                raise HubCallError.invalid_reply(exc.message) from exc
         return result
 
     async def spokes(self) -> builtins.list[command_pb2.Spoke]:

@@ -6,13 +6,21 @@ issuer is the signer, with a valid id, window and nonce, and the body the RPC ex
 Outbound (:class:`Relayer`): the client's envelope travels unchanged inside a Relay the hub
 signs; the spoke's signed reply must be by that spoke and bound to the command (same
 command_id, request_digest over the client's payload bytes). Spoke failures become
-``SpokeUnavailableError`` (unreachable) or ``RemoteCallError`` (the spoke's own status,
-passed through).
+``SpokeUnavailableError`` (unreachable) or ``UnverifiedSpokeError`` (the spoke's own status,
+passed on and marked as unverified).
+
+A spoke's error is a gRPC status, which no one signs: whoever answers on the spoke's address
+chooses its text, reason and metadata. So the hub passes on its code, keeps its reason only
+if it is one of ours (else SPOKE_ERROR, the spoke's string kept in ``spoke_reason``), escapes
+control characters in and bounds the length of every text, says "unverified error from spoke
+S:" in front of the message and adds ``unverified = S`` to the metadata.
 
 Exception hierarchy (the hub's own; the rest are ``hubspoke.errors``)::
 
     hubspoke.errors.CommandError
-     └── SpokeReplyError   (INTERNAL, SPOKE_REPLY_INVALID) a reply failed verification
+     ├── SpokeReplyError        (INTERNAL, SPOKE_REPLY_INVALID) a reply failed verification
+     └── RemoteCallError
+          └── UnverifiedSpokeError  (the spoke's code; its reason if ours, else SPOKE_ERROR)
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from hubspoke import commands, envelope, errors
 from hubspoke import grpc as sgrpc
 from hubspoke.gen.federation.v1 import command_pb2, spoke_service_pb2
 from hubspoke.keys import SigningKey
+from hubspoke.metrics import known_reasons
 from hubspoke.trust import Role, TrustStore
 
 from .metrics import HubMetrics
@@ -39,7 +48,15 @@ from .store import Admit
 if TYPE_CHECKING:
     from .registry import SpokeRegistry
 
-__all__ = ["Gate", "Inbound", "RelayConfig", "Relayer", "SpokeReplyError", "Verb"]
+__all__ = [
+    "Gate",
+    "Inbound",
+    "RelayConfig",
+    "Relayer",
+    "SpokeReplyError",
+    "UnverifiedSpokeError",
+    "Verb",
+]
 
 log = structlog.get_logger("hubspoke.hub.relay")
 
@@ -98,6 +115,32 @@ class SpokeReplyError(errors.CommandError):
 
     code = grpc.StatusCode.INTERNAL
     reason = "SPOKE_REPLY_INVALID"
+
+
+class UnverifiedSpokeError(errors.RemoteCallError):
+    """A spoke's error status passed on to the client, marked as not verified (unsigned)."""
+
+    reason = "SPOKE_ERROR"
+    """The reason given in place of a spoke's reason that is none of ours."""
+
+    MAX_TEXT: Final = 300
+    """Longest message, metadata key or value taken from a spoke, in characters."""
+    MAX_METADATA: Final = 16
+    """Most metadata entries taken from a spoke."""
+
+    @classmethod
+    def of(cls, spoke: str, failure: sgrpc.CallFailure) -> UnverifiedSpokeError:
+        metadata = {
+            _clean(k, cls.MAX_TEXT): _clean(v, cls.MAX_TEXT)
+            for k, v in sorted(failure.metadata.items())[: cls.MAX_METADATA]
+        }
+        reason = failure.reason
+        if reason not in known_reasons():
+            metadata["spoke_reason"] = _clean(reason, cls.MAX_TEXT)
+            reason = cls.reason
+        metadata["unverified"] = spoke
+        message = f"unverified error from spoke {spoke}: {_clean(failure.message, cls.MAX_TEXT)}"
+        return cls(failure.code, reason, message, metadata)
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,4 +322,14 @@ def _spoke_error(spoke: str, exc: grpc.aio.AioRpcError) -> errors.CommandError:
     if failure.code in _UNREACHABLE and not failure.reason:
         log.info("spoke_unreachable", spoke=spoke, code=failure.code.name)
         return errors.SpokeUnavailableError(f"spoke {spoke} is unreachable", spoke=spoke)
-    return errors.RemoteCallError(failure.code, failure.reason, failure.message, failure.metadata)
+    return UnverifiedSpokeError.of(spoke, failure)
+
+
+def _clean(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, every unprintable one (control, format such as
+    bidi overrides, line breaks) escaped, so it cannot move a terminal's cursor."""
+    cut = text[:limit]
+    shown = "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in cut
+    )
+    return shown + ("…" if len(text) > limit else "")

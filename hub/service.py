@@ -3,15 +3,23 @@
 Routing by ``Command.audience``:
 
 * a configured spoke's name: that spoke;
-* the hub's own name: spawn is refused (it needs a spoke); get/kill route by the agent's
-  resource name ``spokes/{spoke}/agents/{id}``, else by the agent index the hub keeps in
-  Redis, else by asking every spoke at once (the first answer that is not NOT_FOUND wins;
-  if every reachable spoke says NOT_FOUND and some did not answer, the result is
-  UNAVAILABLE, since the agent may be on one of those); list asks every spoke;
+* the hub's own name: spawn is refused (it needs a spoke); get/kill/replay/watch route by the
+  agent's resource name ``spokes/{spoke}/agents/{id}``, else by the agent index the hub
+  keeps in Redis (keyed by spoke and id), else (get only) by asking every spoke the caller
+  may read at once; list asks every spoke;
 * anything else: NOT_FOUND (SPOKE_NOT_FOUND).
 
-Replies produced by spokes pass through with their signatures intact; the spoke listing is
-produced and signed by the hub.
+A bare id is resolved among the spokes the caller may act on only: index entries on other
+spokes are ignored, so an agent the caller may not reach answers exactly as an unknown id
+does (NOT_FOUND), never PERMISSION_DENIED. When the id is on several of the caller's spokes
+(in the index, or among the answers of a get fan-out) the call fails with
+FAILED_PRECONDITION, reason AGENT_AMBIGUOUS, naming the spokes: it is never sent to one of
+them by guess. A get fan-out waits for every spoke; if none has the agent and some did not
+answer, the result is UNAVAILABLE (the agent may be on one of those).
+
+Replies produced by spokes pass through with their signatures intact; the spoke listing,
+and the hub's own account of every list fan-out (which spokes answered, which did not), are
+produced and signed by the hub (``hubspoke.fanout``).
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from typing import Any
 import grpc
 import structlog
 
-from hubspoke import commands, envelope, errors
+from hubspoke import commands, envelope, errors, fanout
 from hubspoke.gen.federation.v1 import command_pb2, hub_service_pb2
 from hubspoke.keys import SigningKey
 from hubspoke.policy import BODY_VERBS, Policy, PolicyDeniedError
@@ -36,7 +44,7 @@ from .registry import Probe, SpokeRegistry
 from .relay import Gate, Inbound, Relayer
 from .store import HubStore
 
-__all__ = ["HubServicer", "RoutingConfig"]
+__all__ = ["AgentAmbiguousError", "HubServicer", "RoutingConfig"]
 
 log = structlog.get_logger("hubspoke.hub.service")
 
@@ -56,6 +64,23 @@ _Request = (
     | hub_service_pb2.HubServiceDrainQueueRequest
 )
 _RESOURCE_PREFIX = "spokes/"
+
+
+class AgentAmbiguousError(errors.CommandError):
+    """A bare agent id names agents on several spokes the caller may act on."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "AGENT_AMBIGUOUS"
+
+    @classmethod
+    def of(cls, agent: str, spokes: Sequence[str]) -> AgentAmbiguousError:
+        names = sorted(spokes)
+        return cls(
+            f"agent {agent} exists on several spokes: {', '.join(names)}; name one "
+            f"(audience, or the resource name spokes/{{spoke}}/agents/{agent})",
+            agent=agent,
+            spokes=",".join(names),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,15 +168,27 @@ class HubServicer:
             )
         answers = await self._fan_out(inbound, self._permitted(inbound))
         response = hub_service_pb2.HubServiceListAgentsResponse()
+        answered: list[str] = []
         for a in answers:
             if a.reply_env is not None:
                 response.replies.append(a.reply_env)
+                answered.append(a.spoke)
             else:
                 if not isinstance(a.error, errors.SpokeUnavailableError):
                     log.warning(
                         "list_spoke_failed", spoke=a.spoke, reason=getattr(a.error, "reason", "")
                     )
                 response.unreachable_spokes.append(a.spoke)
+        response.hub_reply.CopyFrom(
+            fanout.sign_fan_out(
+                hub=self._cfg.hub_name,
+                key=self._cfg.key,
+                command_id=inbound.command.command_id,
+                request_digest=inbound.digest,
+                answered=answered,
+                unreachable=response.unreachable_spokes,
+            )
+        )
         return response
 
     async def ListSpokes(
@@ -294,14 +331,25 @@ class HubServicer:
             return self._spoke_named(audience)
         if agent.startswith(_RESOURCE_PREFIX):
             return self._spoke_named(_spoke_of_resource(agent))
-        indexed = await self._store.find_agent(agent)
-        if indexed is None or indexed not in self._registry:
-            raise errors.AgentNotFoundError(
-                f"agent {agent} is not in this hub's index: name its spoke "
-                "(audience, or the resource name spokes/{spoke}/agents/{id})",
-                agent=agent,
-            )
+        indexed = await self._indexed(inbound, agent)
+        if indexed is None:
+            raise _not_indexed(agent)
         return indexed
+
+    async def _indexed(self, inbound: Inbound, agent: str) -> str | None:
+        """The one spoke the index holds ``agent`` on among those the caller may act on.
+
+        Entries on spokes the caller may not act on are ignored (an agent there answers as
+        an unknown one does); several entries the caller may act on are ambiguous.
+        """
+        visible = [
+            s
+            for s in await self._store.find_agent(agent)
+            if s in self._registry and self._policy.allows(self._policy_request(inbound, s))
+        ]
+        if len(visible) > 1:
+            raise AgentAmbiguousError.of(agent, visible)
+        return visible[0] if visible else None
 
     async def _admit(self, request: _Request, verb: relay.Verb) -> Inbound:
         if not request.HasField("command"):
@@ -329,22 +377,23 @@ class HubServicer:
             spoke = _spoke_of_resource(agent)
             reply_env, _ = await self._relay(self._spoke_named(spoke), inbound)
             return reply_env
-        indexed = await self._store.find_agent(agent)
-        if indexed is not None and indexed in self._registry:
+        indexed = await self._indexed(inbound, agent)
+        if indexed is not None:
             reply_env, _ = await self._relay(indexed, inbound)
             return reply_env
         if inbound.verb != relay.GET:
             # Never fan a kill or replay out: the same id may exist on two spokes.
-            raise errors.AgentNotFoundError(
-                f"agent {agent} is not in this hub's index: name its spoke "
-                "(audience, or the resource name spokes/{spoke}/agents/{id})",
-                agent=agent,
-            )
+            raise _not_indexed(agent)
         return await self._find_and_call(inbound, agent)
 
     async def _find_and_call(self, inbound: Inbound, agent_id: str) -> command_pb2.SignedEnvelope:
-        """Ask every spoke at once; the first answer that is not NOT_FOUND wins."""
+        """Ask every spoke the caller may read at once; exactly one may have the agent.
+
+        An error other than NOT_FOUND from any spoke is the answer at once; otherwise every
+        spoke is waited for, so an id on two spokes is reported, never guessed.
+        """
         unreachable: list[str] = []
+        found: list[_Fanned] = []
         tasks = [
             asyncio.create_task(self._try(name, inbound), name=f"hub-find-{name}")
             for name in self._permitted(inbound)
@@ -353,9 +402,8 @@ class HubServicer:
             for next_done in asyncio.as_completed(tasks):
                 answer = await next_done
                 if answer.reply_env is not None:
-                    await self._remember(agent_id, answer.spoke)
-                    return answer.reply_env
-                if isinstance(answer.error, errors.SpokeUnavailableError):
+                    found.append(answer)
+                elif isinstance(answer.error, errors.SpokeUnavailableError):
                     unreachable.append(answer.spoke)
                 elif answer.error is not None and answer.error.code != grpc.StatusCode.NOT_FOUND:
                     raise answer.error
@@ -363,6 +411,12 @@ class HubServicer:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+        for answer in found:
+            await self._remember(agent_id, answer.spoke)
+        if len(found) > 1:
+            raise AgentAmbiguousError.of(agent_id, [a.spoke for a in found])
+        if found and found[0].reply_env is not None:
+            return found[0].reply_env
         if unreachable:
             raise errors.SpokeUnavailableError(
                 f"agent {agent_id} not found on the spokes that answered; "
@@ -390,6 +444,15 @@ class HubServicer:
             await self._store.remember_agent(agent_id, spoke, self._cfg.agent_index_ttl_s)
         except errors.BackendUnavailableError:
             log.warning("agent_index_write_failed", agent=agent_id, spoke=spoke)
+
+
+def _not_indexed(agent: str) -> errors.AgentNotFoundError:
+    """The one answer for a bare id the hub cannot route, whether or not it exists elsewhere."""
+    return errors.AgentNotFoundError(
+        f"agent {agent} is not in this hub's index: name its spoke "
+        "(audience, or the resource name spokes/{spoke}/agents/{id})",
+        agent=agent,
+    )
 
 
 def _spoke_of_resource(name: str) -> str:

@@ -3,7 +3,16 @@
 Keys (each has a TTL; the hub holds no state outside Redis)::
 
     federation:hub:{hub}:nonce:{issuer}:{nonce hex}   "1", until the command expires + skew
-    federation:hub:{hub}:agent:{agent_id}             the spoke name, for agent_index_ttl
+    federation:hub:{hub}:agent-at:{agent_id}          hash: spoke name → expiry (epoch ms)
+    federation:hub:{hub}:agent:{agent_id}             old layout, read only (see below)
+
+The agent index is keyed by spoke and id: the same id spawned on two spokes is two entries,
+and recording one never overwrites the other. Each entry lives ``agent_index_ttl``; the
+hash as a whole lives as long as its newest entry, and expired fields are dropped when read.
+
+Migration: hubs before the keyed index wrote one string per id (the spoke of the newest
+spawn). Those keys are never written again but are still read, as one more entry, until
+their own TTL (at most one ``agent_index_ttl``) removes them; nothing is migrated at start-up.
 
 Redis failures surface as ``hubspoke.errors.BackendUnavailableError`` (UNAVAILABLE), so a
 client may retry.
@@ -22,7 +31,7 @@ import redis.exceptions
 from hubspoke import errors
 from hubspoke.admission import Admission, NonceClaim, RateLimit
 
-__all__ = ["Admit", "HubStore", "agent_key", "nonce_key", "rate_key"]
+__all__ = ["Admit", "HubStore", "agent_index_key", "agent_key", "nonce_key", "rate_key"]
 
 Admit = Callable[[str, bytes, dt.datetime], Awaitable[None]]
 """Admit a command of ``(principal, nonce, expires)``: a rate token, then its nonce."""
@@ -39,7 +48,26 @@ def rate_key(hub: str, principal: str) -> str:
 
 
 def agent_key(hub: str, agent_id: str) -> str:
+    """The old, single-spoke index entry of ``agent_id``: read for migration, never written."""
     return f"federation:hub:{hub}:agent:{agent_id}"
+
+
+def agent_index_key(hub: str, agent_id: str) -> str:
+    """The hash of every spoke ``agent_id`` was routed to (field: spoke, value: expiry ms)."""
+    return f"federation:hub:{hub}:agent-at:{agent_id}"
+
+
+# KEYS[1] the agent's index hash; ARGV: spoke, ttl ms. Sets the spoke's expiry and keeps the
+# hash alive as long as its newest entry (PEXPIRE ... GT needs Redis 7; we support 6.2).
+_REMEMBER = """
+local now = redis.call('TIME')
+local expires = now[1] * 1000 + math.floor(now[2] / 1000) + tonumber(ARGV[2])
+redis.call('HSET', KEYS[1], ARGV[1], expires)
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return expires
+"""
 
 
 class HubStore:
@@ -50,6 +78,7 @@ class HubStore:
         self._hub = hub
         self._timeout = timeout_s
         self._closed = False
+        self._remember = client.register_script(_REMEMBER)
 
     @classmethod
     def from_url(cls, url: str, hub: str, timeout_s: float) -> HubStore:
@@ -96,18 +125,32 @@ class HubStore:
         return True
 
     async def remember_agent(self, agent_id: str, spoke: str, ttl_s: float) -> None:
+        """Record that ``spoke`` holds ``agent_id``, beside any other spoke holding that id."""
+        ttl_ms = max(1, int(ttl_s * 1000))
         async with self._guard():
-            await self._redis.set(
-                agent_key(self._hub, agent_id), spoke, px=max(1, int(ttl_s * 1000))
-            )
+            await self._remember(keys=[agent_index_key(self._hub, agent_id)], args=[spoke, ttl_ms])
 
-    async def find_agent(self, agent_id: str) -> str | None:
-        """The spoke that ran ``agent_id`` if the hub routed its spawn, else None."""
-        async with self._guard():
-            found = await self._redis.get(agent_key(self._hub, agent_id))
-        return found if isinstance(found, str) else None
+    async def find_agent(self, agent_id: str) -> tuple[str, ...]:
+        """Every spoke the hub routed ``agent_id`` to and still indexes, sorted by name."""
+        async with self._guard(), self._redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(agent_index_key(self._hub, agent_id))
+            pipe.get(agent_key(self._hub, agent_id))
+            pipe.time()
+            entries, legacy, (secs, micros) = await pipe.execute()
+        now_ms = int(secs) * 1000 + int(micros) // 1000
+        spokes = {s for s, until in entries.items() if _int(until) > now_ms}
+        if isinstance(legacy, str) and legacy:
+            spokes.add(legacy)
+        return tuple(sorted(spokes))
 
     async def close(self) -> None:
         if not self._closed:
             self._closed = True
             await self._redis.aclose()
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        return 0

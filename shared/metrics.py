@@ -4,7 +4,10 @@ Every gRPC server counts its calls by method, status code and reason, and times 
 spoke and the hub add their own metrics (spoke/metrics.py, hub/metrics.py). Label values
 are drawn from closed sets only (RPC names, status codes, our reason codes, agent states,
 spoke names from config), never from request contents, so a peer cannot grow the
-registry. Nothing here carries a key, a signature or a task.
+registry. Reasons in particular may come from a peer (a spoke's error passed on by the
+hub): :func:`closed_reason` keeps only the reasons our own error classes declare and the
+gRPC code names, and counts anything else as ``OTHER``. Nothing here carries a key, a
+signature or a task.
 """
 
 from __future__ import annotations
@@ -17,12 +20,50 @@ from wsgiref.simple_server import WSGIServer
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
+from . import errors
 from .errors import ConfigError
 
-__all__ = ["LATENCY_BUCKETS", "Metrics", "MetricsServer", "parse_listen"]
+__all__ = [
+    "LATENCY_BUCKETS",
+    "OTHER_REASON",
+    "Metrics",
+    "MetricsServer",
+    "closed_reason",
+    "known_reasons",
+    "parse_listen",
+]
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 """Seconds: a spawn takes a few ms on loopback, a kill waits up to its grace period."""
+
+
+OTHER_REASON = "OTHER"
+"""The reason label of an error whose reason is none of ours (a peer's invention)."""
+
+_known: frozenset[str] = frozenset()
+
+
+def known_reasons() -> frozenset[str]:
+    """Every reason one of our ``CommandError`` classes declares, and every gRPC code name
+    (the reason of a passed-on error that carried none)."""
+    found: set[str] = {""} | {c.name for c in grpc.StatusCode}
+    todo: list[type[errors.CommandError]] = [errors.CommandError]
+    while todo:
+        cls = todo.pop()
+        found.add(cls.reason)
+        todo.extend(cls.__subclasses__())
+    return frozenset(found)
+
+
+def closed_reason(reason: str) -> str:
+    """``reason`` if it is one of :func:`known_reasons`, else ``OTHER``: a label value a peer
+    cannot choose. Error classes defined after the first call are found on their first use."""
+    global _known
+    if reason not in _known:
+        _known = known_reasons()
+        if reason not in _known:
+            return OTHER_REASON
+    return reason
 
 
 class MetricsConfigError(ConfigError):
@@ -82,7 +123,7 @@ class Metrics:
         )
 
     def observe_rpc(self, method: str, code: grpc.StatusCode, reason: str, seconds: float) -> None:
-        self.rpcs.labels(method, code.name, reason).inc()
+        self.rpcs.labels(method, code.name, closed_reason(reason)).inc()
         self.rpc_seconds.labels(method).observe(seconds)
 
     def serve(self, listen: str) -> MetricsServer:

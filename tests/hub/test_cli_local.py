@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from hubspoke import client as hc
 from hubspoke import keys
 from hubspoke.gen.federation.v1 import agent_pb2, command_pb2
 from hubspoke.hub import cli
-from hubspoke.hub import client as hc
 from hubspoke.hub.federation_files import write_federation
 
 REPO = Path(__file__).resolve().parents[2]
@@ -249,7 +249,7 @@ def test_dev_without_the_dev_module(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_agent_json_always_has_the_key_fields() -> None:
     a = agent_pb2.Agent(agent_id="a1", spoke="s1", state=agent_pb2.Agent.STATE_QUEUED)
-    doc = cli.agent_json(a)
+    doc = cli.agent_json(hc.Agent.from_proto(a))
     assert doc["agent_id"] == "a1"
     assert doc["spoke"] == "s1"
     assert doc["state"] == "QUEUED"
@@ -257,7 +257,7 @@ def test_agent_json_always_has_the_key_fields() -> None:
     assert doc["stdout_tail"] == doc["stderr_tail"] == ""
     done = agent_pb2.Agent(agent_id="a2", state=agent_pb2.Agent.STATE_SUCCEEDED, exit_code=0)
     done.create_time.FromSeconds(1_800_000_000)
-    doc = cli.agent_json(done)
+    doc = cli.agent_json(hc.Agent.from_proto(done))
     assert (doc["state"], doc["exit_code"], doc["spoke"]) == ("SUCCEEDED", 0, "")
     assert doc["create_time"] == "2027-01-15T08:00:00Z"
     json.dumps(doc)
@@ -265,7 +265,7 @@ def test_agent_json_always_has_the_key_fields() -> None:
 
 def test_spoke_json() -> None:
     s = command_pb2.Spoke(name="s1", address="h:1", health=command_pb2.Spoke.HEALTH_UNREACHABLE)
-    assert cli.spoke_json(s) == {
+    assert cli.spoke_json(hc.Spoke.from_proto(s)) == {
         "name": "s1",
         "address": "h:1",
         "health": "UNREACHABLE",
@@ -275,9 +275,9 @@ def test_spoke_json() -> None:
 
 def test_state_names_round_trip() -> None:
     for value in agent_pb2.Agent.State.values()[1:]:
-        assert hc.parse_state(hc.state_name(value)) == value
+        assert hc.AgentState.parse(hc.AgentState(value).name) == value
     with pytest.raises(ValueError, match="unspecified"):
-        hc.parse_state("unspecified")
+        hc.AgentState.parse("unspecified")
 
 
 def test_module_entry_point_runs(tmp_path: Path) -> None:

@@ -491,9 +491,9 @@ async def test_spawn_relays_the_client_envelope_unchanged(
     )
     assert v.peer == "spoke-1"
     assert commands.parse_reply(v.payload).request_digest == commands.digest(env.payload)
-    # Routed once, remembered for a week.
-    assert await redis_client.get("federation:hub:hub:agent:cmd-relay-1") == b"spoke-1"
-    ttl = await redis_client.ttl("federation:hub:hub:agent:cmd-relay-1")
+    # Routed once, remembered for a week (the index is keyed by spoke and id).
+    assert await redis_client.hkeys("federation:hub:hub:agent-at:cmd-relay-1") == [b"spoke-1"]
+    ttl = await redis_client.ttl("federation:hub:hub:agent-at:cmd-relay-1")
     assert 7 * 86400 - 60 < ttl <= 7 * 86400
 
 
@@ -535,7 +535,7 @@ async def test_index_miss_asks_every_spoke(fed: Fed, redis_client: redis.asyncio
         got = await client.get("a2")
     assert got.spoke == "spoke-2"
     # Found by asking: the answer is remembered for next time.
-    assert await redis_client.get("federation:hub:hub:agent:a2") == b"spoke-2"
+    assert await redis_client.hkeys("federation:hub:hub:agent-at:a2") == [b"spoke-2"]
 
 
 async def test_unknown_agent_with_an_unreachable_spoke_is_unavailable(fed: Fed) -> None:
@@ -585,9 +585,9 @@ async def test_spoke_errors_pass_through_with_code_and_reason(fed: Fed) -> None:
     assert (err.code, err.reason, err.message) == (
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         "CAPACITY_EXCEEDED",
-        "spoke is full",
+        "unverified error from spoke spoke-1: spoke is full",  # spoke errors are not signed
     )
-    assert err.metadata == {"limit": "4"}
+    assert err.metadata == {"limit": "4", "unverified": "spoke-1"}
 
 
 async def test_kill_of_a_finished_agent_passes_the_spokes_answer_through(fed: Fed) -> None:

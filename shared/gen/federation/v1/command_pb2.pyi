@@ -630,6 +630,7 @@ class Reply(_message.Message):
     SPOKE_PAGE_FIELD_NUMBER: _builtins.int
     QUEUE_STATS_FIELD_NUMBER: _builtins.int
     AGENT_EVENT_FIELD_NUMBER: _builtins.int
+    FAN_OUT_FIELD_NUMBER: _builtins.int
     command_id: _builtins.str
     """The command_id of the command answered."""
     responder: _builtins.str
@@ -660,6 +661,10 @@ class Reply(_message.Message):
     def agent_event(self) -> _agent_pb2.AgentEvent:
         """One event of a watched agent (sent on WatchAgent streams)."""
 
+    @_builtins.property
+    def fan_out(self) -> Global___FanOut:
+        """A hub's own account of a fan-out, sent beside the spokes' replies (ListAgents)."""
+
     def __init__(
         self,
         *,
@@ -672,16 +677,50 @@ class Reply(_message.Message):
         spoke_page: Global___SpokePage | None = ...,
         queue_stats: Global___QueueStats | None = ...,
         agent_event: _agent_pb2.AgentEvent | None = ...,
+        fan_out: Global___FanOut | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "agent_event", b"agent_event", "agent_page", b"agent_page", "issue_time", b"issue_time", "queue_stats", b"queue_stats", "result", b"result", "spoke_page", b"spoke_page"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "agent_event", b"agent_event", "agent_page", b"agent_page", "fan_out", b"fan_out", "issue_time", b"issue_time", "queue_stats", b"queue_stats", "result", b"result", "spoke_page", b"spoke_page"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "agent_event", b"agent_event", "agent_page", b"agent_page", "command_id", b"command_id", "issue_time", b"issue_time", "queue_stats", b"queue_stats", "request_digest", b"request_digest", "responder", b"responder", "result", b"result", "spoke_page", b"spoke_page"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "agent_event", b"agent_event", "agent_page", b"agent_page", "command_id", b"command_id", "fan_out", b"fan_out", "issue_time", b"issue_time", "queue_stats", b"queue_stats", "request_digest", b"request_digest", "responder", b"responder", "result", b"result", "spoke_page", b"spoke_page"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["agent", "agent_page", "spoke_page", "queue_stats", "agent_event"]  # noqa: Y015
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["agent", "agent_page", "spoke_page", "queue_stats", "agent_event", "fan_out"]  # noqa: Y015
     _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
 
 Global___Reply: _TypeAlias = Reply  # noqa: Y015
+
+@_typing.final
+class FanOut(_message.Message):
+    """FanOut is a hub's signed account of one fan-out: which of the spokes it asked answered
+    (their own signed replies travel beside it) and which did not. It lets a client tell a
+    spoke that did not answer from a reply that was dropped or a spoke that was added on the way.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANSWERED_SPOKES_FIELD_NUMBER: _builtins.int
+    UNREACHABLE_SPOKES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def answered_spokes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Spokes whose signed replies accompany this one, by name, sorted."""
+
+    @_builtins.property
+    def unreachable_spokes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Spokes that were asked and gave no usable reply, by name, sorted."""
+
+    def __init__(
+        self,
+        *,
+        answered_spokes: _abc.Iterable[_builtins.str] | None = ...,
+        unreachable_spokes: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answered_spokes", b"answered_spokes", "unreachable_spokes", b"unreachable_spokes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FanOut: _TypeAlias = FanOut  # noqa: Y015
 
 @_typing.final
 class AgentPage(_message.Message):

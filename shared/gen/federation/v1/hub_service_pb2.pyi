@@ -195,6 +195,7 @@ class HubServiceListAgentsResponse(_message.Message):
 
     REPLIES_FIELD_NUMBER: _builtins.int
     UNREACHABLE_SPOKES_FIELD_NUMBER: _builtins.int
+    HUB_REPLY_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def replies(self) -> _containers.RepeatedCompositeFieldContainer[_command_pb2.SignedEnvelope]:
         """Replies signed by the spokes, one per spoke that answered."""
@@ -203,15 +204,23 @@ class HubServiceListAgentsResponse(_message.Message):
     def unreachable_spokes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Spokes that did not answer in time, by name."""
 
+    @_builtins.property
+    def hub_reply(self) -> _command_pb2.SignedEnvelope:
+        """When the audience is the hub (a fan-out): a Reply signed by the hub whose result is a
+        fan_out naming the spokes behind replies and unreachable_spokes. Clients check both lists
+        against it, since unreachable_spokes is not signed on its own.
+        """
+
     def __init__(
         self,
         *,
         replies: _abc.Iterable[_command_pb2.SignedEnvelope] | None = ...,
         unreachable_spokes: _abc.Iterable[_builtins.str] | None = ...,
+        hub_reply: _command_pb2.SignedEnvelope | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["hub_reply", b"hub_reply"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["replies", b"replies", "unreachable_spokes", b"unreachable_spokes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hub_reply", b"hub_reply", "replies", b"replies", "unreachable_spokes", b"unreachable_spokes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

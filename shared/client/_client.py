@@ -1,0 +1,486 @@
+"""``Client``: sign commands, call HubService, verify every reply before believing it.
+
+Every reply is checked before it is returned: it must be signed by a spoke (by the addressed
+spoke, when the command named one; spoke listings by the hub), answer exactly the command
+sent (same ``command_id``, ``request_digest`` over the signed bytes), carry the result the
+verb promises, and be about what was asked for: the agent asked for, on the spoke that
+signed, for every agent of a listing too. A reply that fails any check raises
+:class:`CallError` with reason ``REPLY_INVALID``.
+
+Only UNAVAILABLE is retried (3 attempts, 0.2 s then 0.4 s apart). A retry signs the command
+again with a fresh nonce and the same ``command_id``, which is the spoke's idempotency key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import datetime as dt
+import os
+from collections.abc import AsyncGenerator, Collection, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType, TracebackType
+from typing import Final, Self, TypeVar
+
+import grpc
+from google.protobuf.message import Message
+
+from hubspoke import commands, envelope, errors, keys
+from hubspoke import grpc as sgrpc
+from hubspoke import tls as stls
+from hubspoke.gen.federation.v1 import agent_pb2, command_pb2, hub_service_pb2_grpc
+from hubspoke.trust import Role, TrustStore
+
+from . import _rpc
+from ._errors import CallError, ClientConfigError
+from ._types import Agent, AgentEvent, AgentList, AgentPage, EventKind, QueueStats, Spoke
+
+__all__ = ["Client"]
+
+_ATTEMPTS: Final = 3
+_BACKOFF_S: Final = (0.2, 0.4)
+_POLL_S: Final = 0.5
+_WATCH_MAX_S: Final = 24 * 3600.0
+_B = TypeVar("_B", bound=Message)
+_Q = TypeVar("_Q", bound=Message)
+_S = TypeVar("_S", bound=Message)
+_AB = TypeVar(
+    "_AB", command_pb2.GetAgentBody, command_pb2.KillAgentBody, command_pb2.ReplayAgentBody
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    """A signed command as sent: what its reply must be bound to."""
+
+    command: command_pb2.Command
+    envelope: command_pb2.SignedEnvelope
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """An agent reference split into what its replies must match."""
+
+    agent: str
+    """As given: an id or a resource name (sent as is)."""
+    agent_id: str | None
+    """The id replies must carry; None when the reference is malformed (the spoke refuses)."""
+    spoke: str | None
+    """The spoke replies must be signed by, when known."""
+
+    @classmethod
+    def of(cls, agent: str, spoke: str | None) -> _Target:
+        if not agent.startswith("spokes/"):
+            return cls(agent, agent, spoke)
+        parts = agent.split("/")
+        if len(parts) != 4 or parts[2] != "agents":
+            return cls(agent, None, spoke)
+        return cls(agent, parts[3], spoke or parts[1])
+
+
+class Client:
+    """An async client of one hub. Use ``async with``; the channel opens in the running loop.
+
+    Example::
+
+        async with Client.from_config("hubctl.toml") as client:
+            agent = await client.spawn("spoke-1", "synthetic", "duration=1")
+            agent = await client.wait(agent, timeout=60)
+    """
+
+    def __init__(
+        self,
+        address: str,
+        principal: str,
+        key: keys.SigningKey,
+        trust: TrustStore,
+        hub_name: str = "hub",
+        timeout_s: float = 15.0,
+        *,
+        credentials: grpc.ChannelCredentials | None = None,
+        server_name: str | None = None,
+    ) -> None:
+        """Args:
+            address: the hub's host:port.
+            principal: the name this client signs as (a ``client`` peer of the trust store).
+            key: the principal's signing key.
+            trust: the store that names the hub (role hub) and the spokes (role spoke).
+            hub_name: the hub's peer name: the audience of commands for the hub itself.
+            timeout_s: the deadline of each RPC.
+            credentials: dial over TLS, checking the hub's certificate carries ``server_name``
+                (default: ``hub_name``). Without them only a loopback hub is dialled.
+
+        Raises:
+            ClientConfigError: no credentials and ``address`` is not on loopback.
+        """
+        if credentials is None and not stls.is_loopback(address):
+            raise ClientConfigError(f"hub {address}: {stls.PLAINTEXT_REFUSED}")
+        self._credentials = credentials
+        self._server_name = server_name or hub_name
+        self.address = address
+        self.principal = principal
+        self.hub_name = hub_name
+        self.timeout_s = timeout_s
+        self._key = key
+        self._trust = trust
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: hub_service_pb2_grpc.HubServiceAsyncStub | None = None
+
+    @classmethod
+    def from_config(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        hub: str | None = None,
+        timeout_s: float = 15.0,
+        env: Mapping[str, str] | None = None,
+    ) -> Client:
+        """A client from a hubctl config file, as ``hubctl`` builds its own.
+
+        Args:
+            path: the config file; default ``HUBCTL_CONFIG`` from ``env``.
+            hub: the hub's address, overriding ``HUBCTL_HUB`` and the file.
+            env: the environment to read (default: ``os.environ``).
+
+        Raises:
+            ClientConfigError: no config named, or it (or a file it names) is unusable.
+        """
+        from .config import client_from_config  # config builds clients: imported late
+
+        env = os.environ if env is None else env
+        if path is None:
+            path = env.get("HUBCTL_CONFIG") or None
+            if path is None:
+                raise ClientConfigError("no hubctl config: pass a path or set HUBCTL_CONFIG")
+        return client_from_config(Path(path), hub=hub, timeout_s=timeout_s, env=env)
+
+    async def __aenter__(self) -> Self:
+        self._open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def _open(self) -> hub_service_pb2_grpc.HubServiceAsyncStub:
+        if self._stub is None:
+            self._channel = sgrpc.open_channel(
+                self.address, None, self._credentials, self._server_name
+            )
+            self._stub = hub_service_pb2_grpc.HubServiceStub(self._channel)
+        return self._stub
+
+    async def close(self) -> None:
+        """Close the channel; idempotent. The client opens a new one if used again."""
+        channel, self._channel, self._stub = self._channel, None, None
+        if channel is not None:
+            await channel.close(None)
+
+    # -- agents -----------------------------------------------------------------------------
+
+    async def spawn(
+        self,
+        spoke: str,
+        profile: str,
+        task: str,
+        *,
+        priority: int = 0,
+        timeout_s: float | None = None,
+        command_id: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        max_attempts: int = 0,
+        delay_s: float | None = None,
+    ) -> Agent:
+        """Start an agent on ``spoke``; returns it as the spoke stored it (normally QUEUED).
+
+        Args:
+            timeout_s: the agent's maximum run time (not the RPC deadline).
+            command_id: the idempotency key and the agent's id (default: a new UUID).
+            delay_s: do not start it before this many seconds have passed.
+        """
+        body = command_pb2.SpawnAgentBody(
+            profile=profile,
+            task=task,
+            priority=priority,
+            labels=dict(labels or {}),
+            max_attempts=max_attempts,
+        )
+        if timeout_s is not None:
+            body.timeout.FromTimedelta(dt.timedelta(seconds=timeout_s))
+        if delay_s is not None:
+            body.delay.FromTimedelta(dt.timedelta(seconds=delay_s))
+        cid = command_id or commands.new_command_id()
+        sent, resp = await self._call(_rpc.SPAWN, spoke, body, cid)
+        return self._agent_reply(sent, resp.reply, spoke, cid)
+
+    async def get(self, agent: str, spoke: str | None = None) -> Agent:
+        """Read one agent, by id or resource name; ``spoke`` skips the hub's lookup."""
+        return await self._agent_verb(_rpc.GET, command_pb2.GetAgentBody(agent=agent), spoke)
+
+    async def kill(self, agent: str, spoke: str | None = None) -> Agent:
+        """Stop one agent; returns it, in its final state if the kill completed in time."""
+        return await self._agent_verb(_rpc.KILL, command_pb2.KillAgentBody(agent=agent), spoke)
+
+    async def replay(self, agent: str, spoke: str | None = None) -> Agent:
+        """Run a dead-lettered, failed, timed-out or lost agent again with fresh attempts."""
+        body = command_pb2.ReplayAgentBody(agent=agent)
+        return await self._agent_verb(_rpc.REPLAY, body, spoke)
+
+    async def list(
+        self,
+        spoke: str | None = None,
+        page_size: int = 50,
+        states: Collection[int] = (),
+        page_token: str = "",
+    ) -> AgentList:
+        """A page of agents from one spoke, or from every spoke when ``spoke`` is None."""
+        body = command_pb2.ListAgentsBody(
+            page_size=page_size,
+            page_token=page_token,
+            states=[agent_pb2.Agent.State.ValueType(s) for s in states],
+        )
+        sent, resp = await self._call(_rpc.LIST_AGENTS, spoke or self.hub_name, body)
+        pages: dict[str, AgentPage] = {}
+        for reply_env in resp.replies:
+            signer, reply = self._verify(sent, reply_env, Role.SPOKE, spoke, "agent_page")
+            if signer in pages:
+                raise CallError.invalid_reply(f"two pages from spoke {signer}")
+            pages[signer] = self._page(reply.agent_page, signer)
+        return AgentList(
+            agents=tuple(a for p in pages.values() for a in p.agents),
+            unreachable_spokes=tuple(resp.unreachable_spokes),
+            pages=MappingProxyType(pages),
+        )
+
+    async def watch(
+        self,
+        agent: str,
+        spoke: str | None = None,
+        after: int = 0,
+        max_s: float = _WATCH_MAX_S,
+    ) -> AsyncGenerator[AgentEvent, None]:
+        """Follow an agent's signed events until it ends, resuming after a dropped stream.
+
+        Each event is verified end to end (signed by the agent's spoke, the same spoke
+        throughout, bound to this command, about this agent). Heartbeats are yielded too, so
+        a caller can tell a quiet agent from a dead link.
+        """
+        target = _Target.of(agent, spoke)
+        signer = target.spoke
+        last = after
+        for attempt in range(_ATTEMPTS):
+            cmd = self._command(spoke or self.hub_name, commands.new_command_id())
+            _rpc.WATCH.attach(cmd, command_pb2.WatchAgentBody(agent=agent, after_sequence=last))
+            sent = _Sent(cmd, commands.sign_command(cmd, self._key))
+            call = _rpc.WATCH.method(self._open())(_rpc.WATCH.request(sent.envelope), timeout=max_s)
+            try:
+                async for resp in call:
+                    signer, reply = self._verify(
+                        sent, _rpc.WATCH.reply(resp), Role.SPOKE, signer, "agent_event"
+                    )
+                    event = reply.agent_event
+                    if target.agent_id is not None and event.agent_id != target.agent_id:
+                        raise CallError.invalid_reply(
+                            f"asked to watch agent {target.agent_id}, "
+                            f"got an event of {event.agent_id!r}"
+                        )
+                    if event.kind != agent_pb2.AgentEvent.KIND_HEARTBEAT:
+                        last = event.sequence
+                    yield AgentEvent.from_proto(event)
+            except grpc.aio.AioRpcError as exc:
+                failure = sgrpc.from_rpc_error(exc)
+                if failure.code != grpc.StatusCode.UNAVAILABLE or attempt + 1 == _ATTEMPTS:
+                    raise CallError.from_failure(failure) from exc
+            else:
+                return
+            finally:
+                call.cancel()
+            await asyncio.sleep(_BACKOFF_S[attempt])
+
+    async def wait(
+        self,
+        agent: str | Agent,
+        spoke: str | None = None,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109  # a deadline for the whole wait, applied with asyncio.timeout inside; callers need not know asyncio
+        poll_s: float = _POLL_S,
+    ) -> Agent:
+        """Wait until an agent ends; returns it in its final state.
+
+        Follows the agent's events (:meth:`watch`) and reads it once its final state comes;
+        if the watch fails or ends early, polls :meth:`get` every ``poll_s`` seconds instead.
+
+        Args:
+            agent: an id, a resource name, or an :class:`Agent` already read.
+            timeout: seconds to wait in all; None waits as long as it takes.
+
+        Raises:
+            TimeoutError: the agent had not ended after ``timeout`` seconds.
+            CallError: reading the agent failed.
+        """
+        async with asyncio.timeout(timeout):
+            if isinstance(agent, Agent):
+                current = agent
+            else:
+                current = await self.get(agent, spoke)
+            if current.final:
+                return current
+            ref, where = current.agent_id, current.spoke or spoke
+            try:
+                async for event in self.watch(ref, where):
+                    if event.kind == EventKind.STATE and event.state.final:
+                        break
+            except CallError:
+                pass  # watch refused or lost (or not offered): read the agent instead
+            while True:
+                current = await self.get(ref, where)
+                if current.final:
+                    return current
+                await asyncio.sleep(poll_s)
+
+    # -- spokes and queues ------------------------------------------------------------------
+
+    async def spokes(self) -> builtins.list[Spoke]:
+        """The hub's spokes and their health, as the hub signed them."""
+        sent, resp = await self._call(_rpc.LIST_SPOKES, self.hub_name, command_pb2.ListSpokesBody())
+        _, reply = self._verify(sent, resp.reply, Role.HUB, self.hub_name, "spoke_page")
+        return [Spoke.from_proto(s) for s in reply.spoke_page.spokes]
+
+    async def queue_stats(self, spoke: str) -> QueueStats:
+        """One spoke's queue counts."""
+        return await self._queue_verb(_rpc.GET_QUEUE_STATS, command_pb2.GetQueueStatsBody, spoke)
+
+    async def pause(self, spoke: str) -> QueueStats:
+        """Stop a spoke's workers from taking new agents (running ones go on)."""
+        return await self._queue_verb(_rpc.PAUSE, command_pb2.PauseQueueBody, spoke)
+
+    async def resume(self, spoke: str) -> QueueStats:
+        """Let a paused spoke's workers take agents again."""
+        return await self._queue_verb(_rpc.RESUME, command_pb2.ResumeQueueBody, spoke)
+
+    async def drain(self, spoke: str) -> QueueStats:
+        """Cancel every agent still waiting on a spoke; ``drained`` says how many."""
+        return await self._queue_verb(_rpc.DRAIN, command_pb2.DrainQueueBody, spoke)
+
+    async def dead_letters(
+        self, spoke: str, page_size: int = 50, page_token: str = ""
+    ) -> AgentPage:
+        """A page of one spoke's dead-letter set."""
+        body = command_pb2.ListDeadLettersBody(page_size=page_size, page_token=page_token)
+        sent, resp = await self._call(_rpc.LIST_DEAD_LETTERS, spoke, body)
+        signer, reply = self._verify(sent, resp.reply, Role.SPOKE, spoke, "agent_page")
+        return self._page(reply.agent_page, signer)
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    async def _agent_verb(
+        self, verb: _rpc.Unary[_AB, _Q, _S], payload: _AB, spoke: str | None
+    ) -> Agent:
+        target = _Target.of(payload.agent, spoke)
+        sent, resp = await self._call(verb, spoke or self.hub_name, payload)
+        [reply_env] = verb.replies(resp)
+        return self._agent_reply(sent, reply_env, target.spoke, target.agent_id)
+
+    async def _queue_verb(
+        self, verb: _rpc.Unary[_B, _Q, _S], body: type[_B], spoke: str
+    ) -> QueueStats:
+        sent, resp = await self._call(verb, spoke, body())
+        [reply_env] = verb.replies(resp)
+        _, reply = self._verify(sent, reply_env, Role.SPOKE, spoke, "queue_stats")
+        return QueueStats.from_proto(reply.queue_stats)
+
+    def _command(self, audience: str, command_id: str) -> command_pb2.Command:
+        return commands.build_command(
+            issuer=self.principal, audience=audience, command_id=command_id
+        )
+
+    async def _call(
+        self,
+        verb: _rpc.Unary[_B, _Q, _S],
+        audience: str,
+        payload: _B,
+        command_id: str | None = None,
+    ) -> tuple[_Sent, _S]:
+        """Sign and send one command; on UNAVAILABLE sign it again (fresh nonce, same
+        command_id) and retry."""
+        cid = command_id or commands.new_command_id()
+        for attempt in range(_ATTEMPTS):
+            cmd = self._command(audience, cid)
+            verb.attach(cmd, payload)
+            sent = _Sent(cmd, commands.sign_command(cmd, self._key))
+            try:
+                resp = await verb.method(self._open())(
+                    verb.request(sent.envelope), timeout=self.timeout_s
+                )
+            except grpc.aio.AioRpcError as exc:
+                failure = sgrpc.from_rpc_error(exc)
+                if failure.code != grpc.StatusCode.UNAVAILABLE or attempt + 1 == _ATTEMPTS:
+                    raise CallError.from_failure(failure) from exc
+            else:
+                return sent, resp
+            await asyncio.sleep(_BACKOFF_S[attempt])
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+    def _verify(
+        self,
+        sent: _Sent,
+        reply_env: command_pb2.SignedEnvelope,
+        role: Role,
+        signer: str | None,
+        result: _rpc.Result,
+    ) -> tuple[str, command_pb2.Reply]:
+        """The reply's signer and the reply, once it is proven to answer ``sent``."""
+        try:
+            verified = envelope.verify(
+                reply_env, payload_type=envelope.PAYLOAD_TYPE_REPLY, trust=self._trust, roles={role}
+            )
+            reply = commands.parse_reply(verified.payload)
+        except errors.CommandError as exc:
+            raise CallError.invalid_reply(f"reply failed verification: {exc.message}") from exc
+        if signer is not None and verified.peer != signer:
+            raise CallError.invalid_reply(f"reply is signed by {verified.peer}, not by {signer}")
+        if reply.responder != verified.peer:
+            raise CallError.invalid_reply("reply's responder is not its signer")
+        if reply.command_id != sent.command.command_id or reply.request_digest != commands.digest(
+            sent.envelope.payload
+        ):
+            raise CallError.invalid_reply("reply does not answer the command sent")
+        if reply.WhichOneof("result") != result:
+            raise CallError.invalid_reply(f"reply carries no {result}")
+        return verified.peer, reply
+
+    def _agent_reply(
+        self,
+        sent: _Sent,
+        reply_env: command_pb2.SignedEnvelope,
+        spoke: str | None,
+        agent_id: str | None = None,
+    ) -> Agent:
+        """The agent a reply carries, once it is the agent asked for, from its own spoke."""
+        signer, reply = self._verify(sent, reply_env, Role.SPOKE, spoke, "agent")
+        return _checked_agent(reply.agent, signer, agent_id)
+
+    @staticmethod
+    def _page(page: command_pb2.AgentPage, signer: str) -> AgentPage:
+        for agent in page.agents:
+            _checked_agent(agent, signer, None)
+        return AgentPage.from_proto(page)
+
+
+def _checked_agent(agent: agent_pb2.Agent, signer: str, agent_id: str | None) -> Agent:
+    """``agent`` as the client's type, once it is on the spoke that signed it (and is
+    ``agent_id``, when one was asked for)."""
+    if agent.spoke != signer:
+        raise CallError.invalid_reply(
+            f"spoke {signer} answered for agent {agent.agent_id!r} of spoke {agent.spoke!r}"
+        )
+    if agent_id is not None and agent.agent_id != agent_id:
+        raise CallError.invalid_reply(f"asked for agent {agent_id}, got {agent.agent_id!r}")
+    if agent.name and agent.name != f"spokes/{signer}/agents/{agent.agent_id}":
+        raise CallError.invalid_reply(f"agent {agent.agent_id!r} is named {agent.name!r}")
+    return Agent.from_proto(agent)

@@ -1,0 +1,217 @@
+"""The typed table of HubService RPCs: one entry per verb, nothing looked up by name.
+
+Each entry says which body a verb's ``Command`` carries (its payload type), how the signed
+command is wrapped into the RPC's request, which stub method sends it, which role must sign
+the reply, and which ``Reply.result`` the reply must carry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final, Generic, Literal, TypeAlias, TypeVar
+
+from google.protobuf.message import Message
+from grpc import aio
+
+from hubspoke.gen.federation.v1 import command_pb2, hub_service_pb2
+from hubspoke.trust import Role
+
+if TYPE_CHECKING:
+    from hubspoke.gen.federation.v1 import hub_service_pb2_grpc
+
+    Stub: TypeAlias = hub_service_pb2_grpc.HubServiceAsyncStub  # exists for type checkers only
+
+__all__ = [
+    "DRAIN",
+    "GET",
+    "GET_QUEUE_STATS",
+    "KILL",
+    "LIST_AGENTS",
+    "LIST_DEAD_LETTERS",
+    "LIST_SPOKES",
+    "PAUSE",
+    "REPLAY",
+    "RESUME",
+    "SPAWN",
+    "WATCH",
+    "Result",
+    "Stream",
+    "Unary",
+]
+
+Result = Literal["agent", "agent_page", "spoke_page", "queue_stats", "agent_event"]
+"""The ``Reply.result`` oneof names."""
+
+Envelope = command_pb2.SignedEnvelope
+Command = command_pb2.Command
+_B = TypeVar("_B", bound=Message)
+_Q = TypeVar("_Q", bound=Message)
+_S = TypeVar("_S", bound=Message)
+
+
+@dataclass(frozen=True, slots=True)
+class Unary(Generic[_B, _Q, _S]):
+    """A unary verb: one signed command in, one or more signed replies out."""
+
+    rpc: str
+    """The RPC's name, for messages."""
+    payload: type[_B]
+    """The body message this verb's Command carries."""
+    body: Callable[[Command], _B]
+    """The Command's body field for this verb (the oneof member)."""
+    request: Callable[[Envelope], _Q]
+    method: Callable[[Stub], aio.UnaryUnaryMultiCallable[_Q, _S]]
+    replies: Callable[[_S], Sequence[Envelope]]
+    """The signed replies in the response (several only for a listing on every spoke)."""
+    signer: Role
+    result: Result
+
+    def attach(self, cmd: Command, payload: _B) -> None:
+        """Put ``payload`` into ``cmd`` as this verb's body (present even when empty)."""
+        body = self.body(cmd)
+        body.SetInParent()
+        body.MergeFrom(payload)
+
+
+@dataclass(frozen=True, slots=True)
+class Stream(Generic[_B, _Q, _S]):
+    """A server-streaming verb: each streamed response carries one signed reply."""
+
+    rpc: str
+    payload: type[_B]
+    body: Callable[[Command], _B]
+    request: Callable[[Envelope], _Q]
+    method: Callable[[Stub], aio.UnaryStreamMultiCallable[_Q, _S]]
+    reply: Callable[[_S], Envelope]
+    signer: Role
+    result: Result
+
+    def attach(self, cmd: Command, payload: _B) -> None:
+        body = self.body(cmd)
+        body.SetInParent()
+        body.MergeFrom(payload)
+
+
+hs = hub_service_pb2
+
+SPAWN: Final = Unary(
+    "SpawnAgent",
+    command_pb2.SpawnAgentBody,
+    lambda c: c.spawn_agent,
+    lambda e: hs.HubServiceSpawnAgentRequest(command=e),
+    lambda s: s.SpawnAgent,
+    lambda r: (r.reply,),
+    Role.SPOKE,
+    "agent",
+)
+GET: Final = Unary(
+    "GetAgent",
+    command_pb2.GetAgentBody,
+    lambda c: c.get_agent,
+    lambda e: hs.HubServiceGetAgentRequest(command=e),
+    lambda s: s.GetAgent,
+    lambda r: (r.reply,),
+    Role.SPOKE,
+    "agent",
+)
+KILL: Final = Unary(
+    "KillAgent",
+    command_pb2.KillAgentBody,
+    lambda c: c.kill_agent,
+    lambda e: hs.HubServiceKillAgentRequest(command=e),
+    lambda s: s.KillAgent,
+    lambda r: (r.reply,),
+    Role.SPOKE,
+    "agent",
+)
+REPLAY: Final = Unary(
+    "ReplayAgent",
+    command_pb2.ReplayAgentBody,
+    lambda c: c.replay_agent,
+    lambda e: hs.HubServiceReplayAgentRequest(command=e),
+    lambda s: s.ReplayAgent,
+    lambda r: (r.reply,),
+    Role.SPOKE,
+    "agent",
+)
+LIST_AGENTS: Final = Unary(
+    "ListAgents",
+    command_pb2.ListAgentsBody,
+    lambda c: c.list_agents,
+    lambda e: hs.HubServiceListAgentsRequest(command=e),
+    lambda s: s.ListAgents,
+    lambda r: r.replies,
+    Role.SPOKE,
+    "agent_page",
+)
+LIST_SPOKES: Final = Unary(
+    "ListSpokes",
+    command_pb2.ListSpokesBody,
+    lambda c: c.list_spokes,
+    lambda e: hs.HubServiceListSpokesRequest(command=e),
+    lambda s: s.ListSpokes,
+    lambda r: (r.reply,),
+    Role.HUB,
+    "spoke_page",
+)
+LIST_DEAD_LETTERS: Final = Unary(
+    "ListDeadLetters",
+    command_pb2.ListDeadLettersBody,
+    lambda c: c.list_dead_letters,
+    lambda e: hs.HubServiceListDeadLettersRequest(command=e),
+    lambda s: s.ListDeadLetters,
+    lambda r: (r.reply,),
+    Role.SPOKE,
+    "agent_page",
+)
+GET_QUEUE_STATS: Final = Unary(
+    "GetQueueStats",
+    command_pb2.GetQueueStatsBody,
+    lambda c: c.get_queue_stats,
+    lambda e: hs.HubServiceGetQueueStatsRequest(command=e),
+    lambda s: s.GetQueueStats,
+    lambda r: (r.reply,),
+    Role.SPOKE,
+    "queue_stats",
+)
+PAUSE: Final = Unary(
+    "PauseQueue",
+    command_pb2.PauseQueueBody,
+    lambda c: c.pause_queue,
+    lambda e: hs.HubServicePauseQueueRequest(command=e),
+    lambda s: s.PauseQueue,
+    lambda r: (r.reply,),
+    Role.SPOKE,
+    "queue_stats",
+)
+RESUME: Final = Unary(
+    "ResumeQueue",
+    command_pb2.ResumeQueueBody,
+    lambda c: c.resume_queue,
+    lambda e: hs.HubServiceResumeQueueRequest(command=e),
+    lambda s: s.ResumeQueue,
+    lambda r: (r.reply,),
+    Role.SPOKE,
+    "queue_stats",
+)
+DRAIN: Final = Unary(
+    "DrainQueue",
+    command_pb2.DrainQueueBody,
+    lambda c: c.drain_queue,
+    lambda e: hs.HubServiceDrainQueueRequest(command=e),
+    lambda s: s.DrainQueue,
+    lambda r: (r.reply,),
+    Role.SPOKE,
+    "queue_stats",
+)
+WATCH: Final = Stream(
+    "WatchAgent",
+    command_pb2.WatchAgentBody,
+    lambda c: c.watch_agent,
+    lambda e: hs.HubServiceWatchAgentRequest(command=e),
+    lambda s: s.WatchAgent,
+    lambda r: r.reply,
+    Role.SPOKE,
+    "agent_event",
+)

@@ -1,0 +1,162 @@
+"""``SyncClient``: the async :class:`Client` for code without an event loop.
+
+It owns a private event loop (``asyncio.Runner``) on which the wrapped client's channel lives,
+and runs each call to completion on it. Do not use it from inside a running event loop (use
+:class:`Client` there); it is not thread-safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import os
+from collections.abc import AsyncGenerator, Collection, Iterator, Mapping
+from types import TracebackType
+from typing import Self
+
+from ._client import Client
+from ._types import Agent, AgentEvent, AgentList, AgentPage, QueueStats, Spoke
+
+__all__ = ["SyncClient"]
+
+
+class SyncClient:
+    """Blocking calls to one hub; use ``with``, or call :meth:`close`.
+
+    Example::
+
+        with SyncClient.from_config("hubctl.toml") as client:
+            agent = client.wait(client.spawn("spoke-1", "synthetic", "duration=1"))
+    """
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        """The async client every call goes through."""
+        self._runner = asyncio.Runner()
+
+    @classmethod
+    def from_config(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        hub: str | None = None,
+        timeout_s: float = 15.0,
+        env: Mapping[str, str] | None = None,
+    ) -> SyncClient:
+        """As :meth:`Client.from_config`, wrapped."""
+        return cls(Client.from_config(path, hub=hub, timeout_s=timeout_s, env=env))
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the channel and the private loop; idempotent."""
+        try:
+            self._runner.run(self.client.close())
+        except RuntimeError:  # the runner is already closed
+            return
+        self._runner.close()
+
+    def spawn(
+        self,
+        spoke: str,
+        profile: str,
+        task: str,
+        *,
+        priority: int = 0,
+        timeout_s: float | None = None,
+        command_id: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        max_attempts: int = 0,
+        delay_s: float | None = None,
+    ) -> Agent:
+        """See :meth:`Client.spawn`."""
+        return self._runner.run(
+            self.client.spawn(
+                spoke,
+                profile,
+                task,
+                priority=priority,
+                timeout_s=timeout_s,
+                command_id=command_id,
+                labels=labels,
+                max_attempts=max_attempts,
+                delay_s=delay_s,
+            )
+        )
+
+    def get(self, agent: str, spoke: str | None = None) -> Agent:
+        """See :meth:`Client.get`."""
+        return self._runner.run(self.client.get(agent, spoke))
+
+    def kill(self, agent: str, spoke: str | None = None) -> Agent:
+        """See :meth:`Client.kill`."""
+        return self._runner.run(self.client.kill(agent, spoke))
+
+    def replay(self, agent: str, spoke: str | None = None) -> Agent:
+        """See :meth:`Client.replay`."""
+        return self._runner.run(self.client.replay(agent, spoke))
+
+    def list(
+        self,
+        spoke: str | None = None,
+        page_size: int = 50,
+        states: Collection[int] = (),
+        page_token: str = "",
+    ) -> AgentList:
+        """See :meth:`Client.list`."""
+        return self._runner.run(self.client.list(spoke, page_size, states, page_token))
+
+    def watch(self, agent: str, spoke: str | None = None, after: int = 0) -> Iterator[AgentEvent]:
+        """See :meth:`Client.watch`; each ``next`` runs the stream until its next event."""
+        events = self.client.watch(agent, spoke, after)
+        try:
+            while True:
+                try:
+                    yield self._runner.run(_next(events))
+                except StopAsyncIteration:
+                    return
+        finally:
+            self._runner.run(events.aclose())
+
+    def wait(
+        self, agent: str | Agent, spoke: str | None = None, *, timeout: float | None = None
+    ) -> Agent:
+        """See :meth:`Client.wait`."""
+        return self._runner.run(self.client.wait(agent, spoke, timeout=timeout))
+
+    def spokes(self) -> builtins.list[Spoke]:
+        """See :meth:`Client.spokes`."""
+        return self._runner.run(self.client.spokes())
+
+    def queue_stats(self, spoke: str) -> QueueStats:
+        """See :meth:`Client.queue_stats`."""
+        return self._runner.run(self.client.queue_stats(spoke))
+
+    def pause(self, spoke: str) -> QueueStats:
+        """See :meth:`Client.pause`."""
+        return self._runner.run(self.client.pause(spoke))
+
+    def resume(self, spoke: str) -> QueueStats:
+        """See :meth:`Client.resume`."""
+        return self._runner.run(self.client.resume(spoke))
+
+    def drain(self, spoke: str) -> QueueStats:
+        """See :meth:`Client.drain`."""
+        return self._runner.run(self.client.drain(spoke))
+
+    def dead_letters(self, spoke: str, page_size: int = 50, page_token: str = "") -> AgentPage:
+        """See :meth:`Client.dead_letters`."""
+        return self._runner.run(self.client.dead_letters(spoke, page_size, page_token))
+
+
+async def _next(events: AsyncGenerator[AgentEvent, None]) -> AgentEvent:
+    return await anext(events)

@@ -1,0 +1,337 @@
+"""The client's own types: frozen values read from the wire messages, each keeping its ``raw``.
+
+The enums carry the wire numbers, so ``AgentState.RUNNING == agent_pb2.Agent.STATE_RUNNING``;
+a number this client does not know (a newer server) reads as ``UNSPECIFIED`` and stays
+visible in ``raw``. Times are aware UTC datetimes, spans are timedeltas, and a field the
+message leaves unset is ``None``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Final, TypeVar
+
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from hubspoke.gen.federation.v1 import agent_pb2, command_pb2
+
+__all__ = [
+    "FINAL_STATES",
+    "Agent",
+    "AgentEvent",
+    "AgentList",
+    "AgentPage",
+    "AgentState",
+    "EventKind",
+    "QueueStats",
+    "Receipt",
+    "Spoke",
+    "SpokeHealth",
+    "Verification",
+]
+
+_E = TypeVar("_E", bound=enum.IntEnum)
+
+
+class AgentState(enum.IntEnum):
+    """An agent's state; ``QUEUED → STARTING → RUNNING → SUCCEEDED | FAILED | ...``."""
+
+    UNSPECIFIED = agent_pb2.Agent.STATE_UNSPECIFIED
+    QUEUED = agent_pb2.Agent.STATE_QUEUED
+    STARTING = agent_pb2.Agent.STATE_STARTING
+    RUNNING = agent_pb2.Agent.STATE_RUNNING
+    SUCCEEDED = agent_pb2.Agent.STATE_SUCCEEDED
+    FAILED = agent_pb2.Agent.STATE_FAILED
+    KILLED = agent_pb2.Agent.STATE_KILLED
+    TIMED_OUT = agent_pb2.Agent.STATE_TIMED_OUT
+    DEAD_LETTERED = agent_pb2.Agent.STATE_DEAD_LETTERED
+    RETRYING = agent_pb2.Agent.STATE_RETRYING
+
+    @property
+    def final(self) -> bool:
+        """Whether an agent in this state never leaves it."""
+        return self in FINAL_STATES
+
+    @classmethod
+    def parse(cls, text: str) -> AgentState:
+        """``running``, ``RUNNING`` or ``STATE_RUNNING`` → ``RUNNING``.
+
+        Raises:
+            ValueError: not a state name (``UNSPECIFIED`` is not one either).
+        """
+        name = text.strip().upper().removeprefix("STATE_")
+        if name == "UNSPECIFIED" or name not in cls.__members__:
+            raise ValueError(text)
+        return cls[name]
+
+
+FINAL_STATES: Final = frozenset(
+    {
+        AgentState.SUCCEEDED,
+        AgentState.FAILED,
+        AgentState.KILLED,
+        AgentState.TIMED_OUT,
+        AgentState.DEAD_LETTERED,
+    }
+)
+"""States an agent never leaves."""
+
+
+class EventKind(enum.IntEnum):
+    """What an :class:`AgentEvent` reports."""
+
+    UNSPECIFIED = agent_pb2.AgentEvent.KIND_UNSPECIFIED
+    STATE = agent_pb2.AgentEvent.KIND_STATE
+    PROGRESS = agent_pb2.AgentEvent.KIND_PROGRESS
+    STDOUT = agent_pb2.AgentEvent.KIND_STDOUT
+    STDERR = agent_pb2.AgentEvent.KIND_STDERR
+    HEARTBEAT = agent_pb2.AgentEvent.KIND_HEARTBEAT
+    DROPPED = agent_pb2.AgentEvent.KIND_DROPPED
+
+
+class SpokeHealth(enum.IntEnum):
+    """A spoke's health as the hub's last probe saw it."""
+
+    UNSPECIFIED = command_pb2.Spoke.HEALTH_UNSPECIFIED
+    READY = command_pb2.Spoke.HEALTH_READY
+    UNREACHABLE = command_pb2.Spoke.HEALTH_UNREACHABLE
+
+
+def _enum(cls: type[_E], value: int) -> _E:
+    try:
+        return cls(value)
+    except ValueError:
+        return cls(0)  # a newer server's value: UNSPECIFIED here, still in ``raw``
+
+
+def _time(ts: timestamp_pb2.Timestamp, present: bool) -> dt.datetime | None:
+    return ts.ToDatetime(tzinfo=dt.UTC) if present else None
+
+
+def _span(d: duration_pb2.Duration, present: bool) -> dt.timedelta | None:
+    return d.ToTimedelta() if present else None
+
+
+def _labels(labels: Mapping[str, str]) -> Mapping[str, str]:
+    return MappingProxyType(dict(labels))
+
+
+@dataclass(frozen=True, slots=True)
+class Verification:
+    """One check an agent's receipt reports."""
+
+    name: str
+    status: str
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """The structured result an agent printed as its last stdout line."""
+
+    status: str
+    """``completed``, ``blocked`` or ``failed``."""
+    summary: str
+    artifacts: tuple[str, ...]
+    verifications: tuple[Verification, ...]
+    json: str
+    """The receipt line as the agent printed it."""
+    raw: agent_pb2.Receipt = field(repr=False, compare=False)
+
+    @classmethod
+    def from_proto(cls, msg: agent_pb2.Receipt) -> Receipt:
+        return cls(
+            status=msg.status,
+            summary=msg.summary,
+            artifacts=tuple(msg.artifacts),
+            verifications=tuple(
+                Verification(v.name, v.status, v.detail) for v in msg.verifications
+            ),
+            json=msg.json,
+            raw=msg,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Agent:
+    """One agent on one spoke, as the spoke signed it."""
+
+    name: str
+    """The resource name ``spokes/{spoke}/agents/{agent_id}``."""
+    agent_id: str
+    spoke: str
+    profile: str
+    state: AgentState
+    reason: str
+    """Why it is in its state (``EXIT_NONZERO``, ``DRAINED``, ...), or ""."""
+    priority: int
+    issuer: str
+    """The principal whose command spawned it."""
+    task: str
+    create_time: dt.datetime | None
+    start_time: dt.datetime | None
+    end_time: dt.datetime | None
+    exit_code: int | None
+    stdout_tail: str
+    stderr_tail: str
+    attempt: int
+    max_attempts: int
+    timeout: dt.timedelta | None
+    labels: Mapping[str, str]
+    progress_percent: int
+    """The last progress report, -1 before any."""
+    progress_message: str
+    receipt: Receipt | None
+    raw: agent_pb2.Agent = field(repr=False, compare=False)
+
+    @property
+    def final(self) -> bool:
+        """Whether the agent has ended (its state never changes again)."""
+        return self.state.final
+
+    @classmethod
+    def from_proto(cls, msg: agent_pb2.Agent) -> Agent:
+        return cls(
+            name=msg.name,
+            agent_id=msg.agent_id,
+            spoke=msg.spoke,
+            profile=msg.profile,
+            state=_enum(AgentState, msg.state),
+            reason=msg.reason,
+            priority=msg.priority,
+            issuer=msg.issuer,
+            task=msg.task,
+            create_time=_time(msg.create_time, msg.HasField("create_time")),
+            start_time=_time(msg.start_time, msg.HasField("start_time")),
+            end_time=_time(msg.end_time, msg.HasField("end_time")),
+            exit_code=msg.exit_code if msg.HasField("exit_code") else None,
+            stdout_tail=msg.stdout_tail,
+            stderr_tail=msg.stderr_tail,
+            attempt=msg.attempt,
+            max_attempts=msg.max_attempts,
+            timeout=_span(msg.timeout, msg.HasField("timeout")),
+            labels=_labels(msg.labels),
+            progress_percent=msg.progress_percent,
+            progress_message=msg.progress_message,
+            receipt=Receipt.from_proto(msg.receipt) if msg.HasField("receipt") else None,
+            raw=msg,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AgentEvent:
+    """One event of an agent's life: a state change, progress, output, or a heartbeat."""
+
+    agent_id: str
+    sequence: int
+    """Increasing per agent; a heartbeat repeats the last sequence sent."""
+    kind: EventKind
+    event_time: dt.datetime | None
+    state: AgentState
+    """For ``STATE`` events: the new state."""
+    reason: str
+    data: str
+    """The output chunk (``STDOUT``/``STDERR``), the progress message, or the count of bytes
+    not recorded (``DROPPED``)."""
+    progress_percent: int
+    raw: agent_pb2.AgentEvent = field(repr=False, compare=False)
+
+    @classmethod
+    def from_proto(cls, msg: agent_pb2.AgentEvent) -> AgentEvent:
+        return cls(
+            agent_id=msg.agent_id,
+            sequence=msg.sequence,
+            kind=_enum(EventKind, msg.kind),
+            event_time=_time(msg.event_time, msg.HasField("event_time")),
+            state=_enum(AgentState, msg.state),
+            reason=msg.reason,
+            data=msg.data,
+            progress_percent=msg.progress_percent,
+            raw=msg,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Spoke:
+    """One of the hub's spokes, as the hub signed it."""
+
+    name: str
+    address: str
+    health: SpokeHealth
+    last_probe_time: dt.datetime | None
+    labels: Mapping[str, str]
+    raw: command_pb2.Spoke = field(repr=False, compare=False)
+
+    @classmethod
+    def from_proto(cls, msg: command_pb2.Spoke) -> Spoke:
+        return cls(
+            name=msg.name,
+            address=msg.address,
+            health=_enum(SpokeHealth, msg.health),
+            last_probe_time=_time(msg.last_probe_time, msg.HasField("last_probe_time")),
+            labels=_labels(msg.labels),
+            raw=msg,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """One spoke's queue counts."""
+
+    waiting: int
+    delayed: int
+    active: int
+    completed: int
+    failed: int
+    paused: bool
+    workers: int
+    drained: int
+    """For a drain: how many waiting agents it cancelled."""
+    raw: command_pb2.QueueStats = field(repr=False, compare=False)
+
+    @classmethod
+    def from_proto(cls, msg: command_pb2.QueueStats) -> QueueStats:
+        return cls(
+            waiting=msg.waiting,
+            delayed=msg.delayed,
+            active=msg.active,
+            completed=msg.completed,
+            failed=msg.failed,
+            paused=msg.paused,
+            workers=msg.workers,
+            drained=msg.drained,
+            raw=msg,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AgentPage:
+    """A page of one spoke's agents."""
+
+    agents: tuple[Agent, ...]
+    next_page_token: str
+    """Pass it back for the next page; "" on the last."""
+    raw: command_pb2.AgentPage = field(repr=False, compare=False)
+
+    @classmethod
+    def from_proto(cls, msg: command_pb2.AgentPage) -> AgentPage:
+        return cls(tuple(Agent.from_proto(a) for a in msg.agents), msg.next_page_token, msg)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentList:
+    """Agents from every spoke that answered a listing, and the spokes that did not."""
+
+    agents: tuple[Agent, ...]
+    unreachable_spokes: tuple[str, ...]
+    pages: Mapping[str, AgentPage]
+    """Each answering spoke's page, by spoke name."""
+
+    @property
+    def next_page_tokens(self) -> dict[str, str]:
+        """Per spoke, the token for its next page (only spokes with more agents)."""
+        return {s: p.next_page_token for s, p in self.pages.items() if p.next_page_token}
