@@ -26,7 +26,7 @@ from typing import Final, Self, TypeVar
 import grpc
 from google.protobuf.message import Message
 
-from hubspoke import commands, envelope, errors, keys
+from hubspoke import commands, envelope, errors, fanout, keys
 from hubspoke import grpc as sgrpc
 from hubspoke import tls as stls
 from hubspoke.gen.federation.v1 import agent_pb2, command_pb2, hub_service_pb2_grpc
@@ -251,9 +251,22 @@ class Client:
             if signer in pages:
                 raise CallError.invalid_reply(f"two pages from spoke {signer}")
             pages[signer] = self._page(reply.agent_page, signer)
+        if spoke is None:  # a fan-out: the hub signs which spokes answered and which did not
+            try:
+                fanout.verify_fan_out(
+                    resp.hub_reply if resp.HasField("hub_reply") else None,
+                    trust=self._trust,
+                    hub_name=self.hub_name,
+                    command_id=sent.command.command_id,
+                    command_payload=sent.envelope.payload,
+                    reply_signers=list(pages),
+                    unreachable_spokes=resp.unreachable_spokes,
+                )
+            except fanout.FanOutInvalidError as exc:
+                raise CallError.invalid_reply(exc.message) from exc
         return AgentList(
-            agents=tuple(a for p in pages.values() for a in p.agents),
-            unreachable_spokes=tuple(resp.unreachable_spokes),
+            agents=[a for p in pages.values() for a in p.agents],
+            unreachable_spokes=list(resp.unreachable_spokes),
             pages=MappingProxyType(pages),
         )
 

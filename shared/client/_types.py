@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final, TypeVar
@@ -326,8 +326,9 @@ class AgentPage:
 class AgentList:
     """Agents from every spoke that answered a listing, and the spokes that did not."""
 
-    agents: tuple[Agent, ...]
-    unreachable_spokes: tuple[str, ...]
+    agents: Sequence[Agent]
+    unreachable_spokes: Sequence[str]
+    """The spokes that did not answer in time, by name (a list, as on the wire)."""
     pages: Mapping[str, AgentPage]
     """Each answering spoke's page, by spoke name."""
 
