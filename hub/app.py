@@ -17,7 +17,7 @@ from typing import Self
 import grpc
 import structlog
 
-from hubspoke import commands, daemon, keys
+from hubspoke import commands, daemon, errors, keys
 from hubspoke import grpc as sgrpc
 from hubspoke import tls as stls
 from hubspoke.admission import RateLimit
@@ -103,6 +103,7 @@ class HubApp:
     async def _start(self) -> int:
         cfg = self.config
         self._store = HubStore.from_url(cfg.redis_url, cfg.name, cfg.redis_timeout_s)
+        await self._check_schema(self._store)
         self._registry = SpokeRegistry(cfg.spokes, self._options, self._channel_creds)
         window = commands.Window(
             max_skew=dt.timedelta(seconds=cfg.max_skew_s),
@@ -160,6 +161,16 @@ class HubApp:
             log.warning("redis_unreachable", hint="commands fail with UNAVAILABLE until it answers")
         log.info("hub_serving", hub=cfg.name, port=built.port, spokes=len(cfg.spokes))
         return built.port
+
+    async def _check_schema(self, store: HubStore) -> None:
+        """Refuse a Redis written by a newer hub; migrate an older one (``HubStore``)."""
+        try:
+            state = await store.ensure_schema()
+        except errors.BackendUnavailableError:
+            # The hub starts without Redis (calls answer UNAVAILABLE until it is back).
+            log.warning("schema_unchecked", hint="Redis does not answer; checked at next start")
+            return
+        log.info("schema_ready", version=state.current, found=state.found)
 
     async def shutdown(self, grace: float | None = None) -> None:
         """Stop serving and release everything; safe to call more than once.

@@ -3,6 +3,7 @@
 Keys (each has a TTL; the hub holds no state outside Redis)::
 
     federation:hub:{hub}:nonce:{issuer}:{nonce hex}   "1", until the command expires + skew
+    federation:hub:{hub}:schema                       the schema version (no TTL; see below)
     federation:hub:{hub}:agent-at:{agent_id}          hash: spoke name → expiry (epoch ms)
     federation:hub:{hub}:agent:{agent_id}             old layout, read only (see below)
 
@@ -13,6 +14,9 @@ hash as a whole lives as long as its newest entry, and expired fields are droppe
 Migration: hubs before the keyed index wrote one string per id (the spoke of the newest
 spawn). Those keys are never written again but are still read, as one more entry, until
 their own TTL (at most one ``agent_index_ttl``) removes them; nothing is migrated at start-up.
+
+Schema: ``ensure_schema`` runs at start-up (``hubspoke.schema``): a Redis written by a newer
+hub is refused, an older one migrated.
 
 Redis failures surface as ``hubspoke.errors.BackendUnavailableError`` (UNAVAILABLE), so a
 client may retry.
@@ -30,17 +34,42 @@ import redis.exceptions
 
 from hubspoke import errors
 from hubspoke.admission import Admission, NonceClaim, RateLimit
+from hubspoke.schema import Migration, SchemaState, ensure_schema
+from hubspoke.version import HUB_SCHEMA_VERSION
 
-__all__ = ["Admit", "HubStore", "agent_index_key", "agent_key", "nonce_key", "rate_key"]
+__all__ = [
+    "Admit",
+    "HubStore",
+    "agent_index_key",
+    "agent_key",
+    "nonce_key",
+    "rate_key",
+    "schema_key",
+]
 
 Admit = Callable[[str, bytes, dt.datetime], Awaitable[None]]
 """Admit a command of ``(principal, nonce, expires)``: a rate token, then its nonce."""
+
+_SCHEMA_SCAN_PAGES = 20
+
+
+async def _unversioned_to_1(client: redis.asyncio.Redis) -> None:
+    """Version 1 is the unversioned layout plus the schema key: nothing to move."""
+
+
+_MIGRATIONS: dict[int, Migration] = {0: _unversioned_to_1}
+"""Schema steps ``n -> n+1`` by ``n`` (0: before the key existed)."""
 
 _REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
 
 def nonce_key(hub: str, issuer: str, nonce: bytes) -> str:
     return f"federation:hub:{hub}:nonce:{issuer}:{nonce.hex()}"
+
+
+def schema_key(hub: str) -> str:
+    """The schema version of this hub's data (``hubspoke.version.HUB_SCHEMA_VERSION``)."""
+    return f"federation:hub:{hub}:schema"
 
 
 def rate_key(hub: str, principal: str) -> str:
@@ -142,6 +171,36 @@ class HubStore:
         if isinstance(legacy, str) and legacy:
             spokes.add(legacy)
         return tuple(sorted(spokes))
+
+    async def ensure_schema(self) -> SchemaState:
+        """Check, migrate or create this hub's schema version key (``hubspoke.schema``).
+
+        Raises:
+            hubspoke.version.SchemaVersionError: the Redis holds a newer schema.
+            hubspoke.errors.BackendUnavailableError: Redis does not answer.
+        """
+
+        async def has_data() -> bool:
+            # Everything the hub keeps expires, and no key is always there: look at a
+            # bounded number of SCAN pages; past them, assume data (migrating is then safe).
+            cursor, pattern = 0, f"federation:hub:{self._hub}:*"
+            for _ in range(_SCHEMA_SCAN_PAGES):
+                cursor, found = await self._redis.scan(cursor, match=pattern, count=1000)
+                if found:
+                    return True
+                if cursor == 0:
+                    return False
+            return True
+
+        async with self._guard():
+            return await ensure_schema(
+                self._redis,
+                schema_key(self._hub),
+                HUB_SCHEMA_VERSION,
+                _MIGRATIONS,
+                owner=f"hub {self._hub}",
+                has_data=has_data,
+            )
 
     async def close(self) -> None:
         if not self._closed:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from types import TracebackType
 
 import grpc
+import redis.exceptions
 import structlog
 
 from hubspoke import commands, daemon, keys
@@ -22,8 +23,10 @@ from hubspoke.trust import TrustStore
 
 from .backend import BackendError
 from .config import SpokeConfig, SpokeConfigError
+from .keys import SpokeKeys
 from .metrics import SpokeMetrics
 from .queue import AgentQueue
+from .schema import ensure_spoke_schema
 from .service import SpokeServicer
 from .sweeper import Sweeper
 from .verifier import Verifier
@@ -97,6 +100,7 @@ class SpokeApp:
                 f"Redis maxmemory-policy is {eviction!r}; queued agents could be evicted. "
                 "Set it to noeviction, or allow_eviction = true to accept the risk"
             )
+        await self._check_schema(agents)
         window = commands.Window(
             max_skew=dt.timedelta(seconds=cfg.max_skew_s),
             max_validity=dt.timedelta(seconds=cfg.max_validity_s),
@@ -128,6 +132,16 @@ class SpokeApp:
         # After serving: on a large backlog this scan takes a while and must not delay start.
         self._requeue_task = asyncio.create_task(self._requeue(agents), name="requeue")
         return self._server.port
+
+    async def _check_schema(self, agents: AgentQueue) -> None:
+        """Refuse a Redis written by a newer hubspoke; migrate an older one (spoke/schema.py)."""
+        try:
+            state = await ensure_spoke_schema(agents.redis, SpokeKeys(self.config.name))
+        except redis.exceptions.RedisError as exc:
+            raise SpokeConfigError(
+                f"cannot read the schema version in Redis at {self.config.redis_url}: {exc}"
+            ) from exc
+        log.info("schema_ready", version=state.current, found=state.found)
 
     def _server_credentials(self) -> grpc.ServerCredentials | None:
         """TLS credentials, or None for plaintext, which only a loopback ``listen`` may use."""

@@ -20,6 +20,11 @@ class SpokeKeys:
     def prefix(self) -> str:
         return f"federation:{self.spoke}"
 
+    @property
+    def schema(self) -> str:
+        """The schema version of this site's data (``hubspoke.version.SPOKE_SCHEMA_VERSION``)."""
+        return f"{self.prefix}:schema"
+
     def nonce(self, issuer: str, nonce_hex: str) -> str:
         return f"{self.prefix}:nonce:{issuer}:{nonce_hex}"
 

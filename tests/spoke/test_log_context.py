@@ -38,11 +38,12 @@ async def test_a_rejected_command_still_names_itself(client: SpokeClient) -> Non
         audience="another-spoke",
         command_id="log-wrong-audience",
     )
-    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
-        with pytest.raises(grpc.aio.AioRpcError) as info:
-            await client.stub.SpawnAgent(
-                spoke_service_pb2.SpokeServiceSpawnAgentRequest(command=env), timeout=10
-            )
+    request = spoke_service_pb2.SpokeServiceSpawnAgentRequest(command=env)
+    with (
+        capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs,
+        pytest.raises(grpc.aio.AioRpcError) as info,
+    ):
+        await client.stub.SpawnAgent(request, timeout=10)
     assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
     (line,) = _rpc_lines(logs, "/SpawnAgent")
     assert (line["command_id"], line["issuer"], line["reason"]) == (
