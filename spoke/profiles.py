@@ -5,6 +5,17 @@ through a shell: ``argv`` is executed directly, and the placeholder ``{task}`` i
 any element is replaced by the task text (plain substring replacement, so other
 braces are left alone).
 
+Task placement (option injection). An element that *begins* with ``{task}`` lets the
+caller choose how the program reads it: ``--junitxml=PATH`` given to ``pytest -q {task}``
+is an option, not a test path. Such an element *exposes* the task unless an earlier
+element is exactly ``--`` (the end of options for most programs). A profile that exposes
+its task must declare ``task_pattern``, a full-match regular expression every task must
+match (or be ``unsafe``, whose task is code it runs anyway); otherwise the profile is
+refused when the config is loaded, so no spoke starts with the hole. At spawn, and again
+right before the argv is built, :func:`task_refusal` refuses a task that does not match
+the profile's ``task_pattern``, and a task that starts with ``-`` where the profile exposes
+it, whatever the pattern says.
+
 Profiles come from TOML tables (``[profiles.<name>]``) validated by
 :func:`profile_from_mapping`; the built-in ``synthetic`` profile runs the
 deterministic fake agent in :mod:`hubspoke.spoke.synthetic`.
@@ -13,27 +24,37 @@ deterministic fake agent in :mod:`hubspoke.spoke.synthetic`.
 from __future__ import annotations
 
 import math
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from hubspoke.errors import ConfigError
+from hubspoke.errors import ConfigError, InvalidCommandError
 
 __all__ = [
     "Profile",
     "ProfileConfigError",
+    "TaskRefusedError",
+    "check_task",
+    "exposed_element",
     "profile_from_mapping",
     "shell_profile",
     "synthetic_profile",
+    "task_refusal",
 ]
 
 TASK_PLACEHOLDER = "{task}"
+END_OF_OPTIONS = "--"
 SYNTHETIC = "synthetic"
 
 
 class ProfileConfigError(ConfigError):
     """A profile table is invalid; the message is one line naming the profile and key."""
+
+
+class TaskRefusedError(InvalidCommandError):
+    """A task this profile must not run as given (INVALID_ARGUMENT, before anything is stored)."""
 
 
 def _empty_env() -> Mapping[str, str]:
@@ -56,6 +77,9 @@ class Profile:
     """When False the child gets only PATH, HOME, LANG, ``env`` and the HUBSPOKE_* vars."""
     task_on_stdin: bool = True
     """Write the task text to the agent's stdin, then close it."""
+    task_pattern: str | None = None
+    """A regular expression (Python ``re``) every task must match in full; required when an
+    argv element begins with ``{task}`` with no ``--`` element before it."""
     timeout_s: float = 3600.0
     """Default maximum run time in seconds."""
     kill_grace_s: float = 5.0
@@ -67,12 +91,64 @@ class Profile:
     max_concurrency: int = 0
     """Maximum agents of this profile running at once on the spoke; 0 = unlimited."""
     unsafe: bool = False
-    """Documentation flag: the profile runs arbitrary code (e.g. the shell profile)."""
+    """The profile runs arbitrary code (e.g. the shell profile). Such a task is code already,
+    so the profile may begin an argv element with ``{task}`` without a ``task_pattern``."""
+
+    _task_re: re.Pattern[str] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Normalise so that a list or dict passed by a caller cannot be mutated later.
         object.__setattr__(self, "argv", tuple(self.argv))
         object.__setattr__(self, "env", MappingProxyType(dict(self.env)))
+        if self.task_pattern is not None:
+            object.__setattr__(self, "_task_re", _compile(self.name, self.task_pattern))
+        exposed = exposed_element(self.argv)
+        if exposed is not None and self.task_pattern is None and not self.unsafe:
+            raise _err(
+                self.name,
+                "argv",
+                f"element {exposed} ({self.argv[exposed]!r}) begins with {TASK_PLACEHOLDER}, "
+                "so a task starting with '-' would be read as an option: put a \"--\" element "
+                "before it, or declare task_pattern",
+            )
+
+
+def exposed_element(argv: tuple[str, ...]) -> int | None:
+    """The index of the first argv element that begins with ``{task}`` before any ``--``.
+
+    An element that merely contains ``{task}`` after a fixed prefix (``--task={task}``)
+    does not expose it: the profile, not the task, decides what that element is.
+    """
+    for index, element in enumerate(argv):
+        if index > 0 and element == END_OF_OPTIONS:
+            return None
+        if element.startswith(TASK_PLACEHOLDER):
+            return index
+    return None
+
+
+def task_refusal(profile: Profile, task: str) -> str | None:
+    """Why ``profile`` must not run ``task`` (one line), or None when it may.
+
+    Refused: a task that does not match the profile's ``task_pattern`` in full, and a task
+    starting with ``-`` that an argv element would expose (see the module docstring).
+    """
+    pattern = profile._task_re
+    if pattern is not None and pattern.fullmatch(task) is None:
+        return f"task does not match the task_pattern of profile {profile.name!r}"
+    if task.startswith("-") and exposed_element(profile.argv) is not None:
+        return (
+            f"profile {profile.name!r} would pass a task starting with '-' to its program "
+            "as an option"
+        )
+    return None
+
+
+def check_task(profile: Profile, task: str) -> None:
+    """Raise :class:`TaskRefusedError` (INVALID_ARGUMENT) if ``profile`` must not run ``task``."""
+    refusal = task_refusal(profile, task)
+    if refusal is not None:
+        raise TaskRefusedError(refusal)
 
 
 def synthetic_profile() -> Profile:
@@ -104,6 +180,7 @@ _KNOWN_KEYS = frozenset(
         "env",
         "inherit_env",
         "task_on_stdin",
+        "task_pattern",
         "timeout_seconds",
         "kill_grace_seconds",
         "max_attempts",
@@ -150,6 +227,25 @@ def _cwd(name: str, raw: Mapping[str, object], default: str | None) -> str | Non
         raise _err(name, "cwd", "must be a non-empty string")
     _check_text(name, "cwd", cwd, "the path")
     return cwd
+
+
+def _compile(name: str, pattern: str) -> re.Pattern[str]:
+    if not isinstance(pattern, str) or not pattern:
+        raise _err(name, "task_pattern", "must be a non-empty string (a regular expression)")
+    _check_text(name, "task_pattern", pattern, "the pattern")
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise _err(name, "task_pattern", f"is not a valid regular expression: {exc}") from exc
+
+
+def _pattern(name: str, raw: Mapping[str, object], default: str | None) -> str | None:
+    if "task_pattern" not in raw:
+        return default
+    pattern = raw["task_pattern"]
+    if not isinstance(pattern, str):
+        raise _err(name, "task_pattern", "must be a non-empty string (a regular expression)")
+    return pattern
 
 
 def _env(name: str, raw: Mapping[str, object], default: Mapping[str, str]) -> Mapping[str, str]:
@@ -208,8 +304,12 @@ def profile_from_mapping(name: str, raw: Mapping[str, object]) -> Profile:
 
     Keys: ``argv`` (non-empty list of strings, required), ``cwd`` (string), ``env``
     (table of strings), ``inherit_env``, ``task_on_stdin``, ``retry_safe``,
-    ``unsafe`` (booleans), ``timeout_seconds`` (> 0), ``kill_grace_seconds`` (>= 0),
-    ``max_attempts`` (integer >= 1), ``max_concurrency`` (integer >= 0, 0 = unlimited).
+    ``unsafe`` (booleans), ``task_pattern`` (a regular expression every task must match
+    in full), ``timeout_seconds`` (> 0), ``kill_grace_seconds`` (>= 0), ``max_attempts``
+    (integer >= 1), ``max_concurrency`` (integer >= 0, 0 = unlimited).
+
+    An ``argv`` element that begins with ``{task}`` needs a ``--`` element before it or a
+    ``task_pattern`` (or ``unsafe = true``): see the module docstring.
 
     The name ``synthetic`` starts from the built-in profile: an empty table gives it
     unchanged, and any key given overrides it (``argv`` is then optional).
@@ -233,6 +333,7 @@ def profile_from_mapping(name: str, raw: Mapping[str, object]) -> Profile:
         env=_env(name, raw, base.env),
         inherit_env=_bool(name, raw, "inherit_env", base.inherit_env),
         task_on_stdin=_bool(name, raw, "task_on_stdin", base.task_on_stdin),
+        task_pattern=_pattern(name, raw, base.task_pattern),
         timeout_s=_seconds(name, raw, "timeout_seconds", base.timeout_s, allow_zero=False),
         kill_grace_s=_seconds(name, raw, "kill_grace_seconds", base.kill_grace_s, allow_zero=True),
         max_attempts=_int(name, raw, "max_attempts", base.max_attempts, minimum=1),

@@ -32,7 +32,7 @@ from typing import TypeVar
 import structlog
 
 from hubspoke.spoke.output import OutputTail
-from hubspoke.spoke.profiles import TASK_PLACEHOLDER, Profile
+from hubspoke.spoke.profiles import TASK_PLACEHOLDER, Profile, task_refusal
 
 __all__ = [
     "UNKNOWN_START_TICKS",
@@ -434,9 +434,14 @@ class AgentProcess:
 
 
 def _command_line(profile: Profile, task: str) -> list[str]:
-    """The argv with ``{task}`` substituted; checks the cwd (a quick stat)."""
+    """The argv with ``{task}`` substituted; checks the cwd (a quick stat) and, again, that
+    the profile may run this task (the spoke checked it at spawn: this holds for a record
+    stored before a config change, or written to Redis by someone else)."""
     if not profile.argv or not profile.argv[0]:
         raise AgentStartError(f"profile {profile.name!r}: argv is empty")
+    refusal = task_refusal(profile, task)
+    if refusal is not None:
+        raise AgentStartError(refusal)
     if profile.cwd is not None and not os.path.isdir(profile.cwd):
         raise AgentStartError(
             f"profile {profile.name!r}: working directory {profile.cwd!r} does not exist"
@@ -479,7 +484,9 @@ async def start_agent(
     read; it must be cheap and must not raise (errors are logged once and ignored).
 
     Raises :class:`AgentStartError` if the program is missing or not executable,
-    the cwd does not exist, or the task cannot be passed (e.g. NUL bytes, too long).
+    the cwd does not exist, the profile refuses the task (its ``task_pattern``, or a
+    leading ``-`` where argv would read it as an option), or the task cannot be passed
+    (e.g. NUL bytes, too long).
     """
     argv = _command_line(profile, task)
     env = agent_environment(

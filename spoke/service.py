@@ -23,6 +23,7 @@ from hubspoke.policy import Request as PolicyRequest
 from . import backend, pages, wire
 from .config import SpokeConfig
 from .model import AgentState, SpawnRequest
+from .profiles import check_task
 from .queue import AgentQueue
 from .verifier import Authorized, Verifier
 
@@ -316,6 +317,7 @@ class SpokeServicer:
                 attempts=attempts,
             )
         )
+        check_task(profile, body.task)  # argv option injection: refused before it is stored
         # The spawn's meaning, as the client sent it (not as this spoke's config resolved it,
         # so a config change between two tries of one spawn does not make them differ).
         meaning = {

@@ -166,6 +166,7 @@ class Cluster:
             f"\n[profiles.{READY_PROFILE}]\n"
             f"argv = {json.dumps(argv)}\n"
             "task_on_stdin = false\n"
+            "task_pattern = '[A-Za-z0-9][A-Za-z0-9._-]*( [0-9.]+)?'\n"  # an id [seconds]
             "timeout_seconds = 600\n"
             "kill_grace_seconds = 2\n"
         )

@@ -1,17 +1,31 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
 
+from hubspoke.errors import ConfigError
+from hubspoke.gen.federation.v1 import agent_pb2
+from hubspoke.spoke.config import SpokeConfigError
 from hubspoke.spoke.profiles import (
     Profile,
     ProfileConfigError,
+    TaskRefusedError,
+    check_task,
+    exposed_element,
     profile_from_mapping,
     shell_profile,
     synthetic_profile,
+    task_refusal,
 )
+from hubspoke.spoke.runtime import AgentStartError, start_agent
+
+from .conftest import SPOKE, Peers, spoke_config
 
 
 def test_synthetic_profile_is_builtin() -> None:
@@ -69,6 +83,7 @@ def test_full_table() -> None:
             "retry_safe": True,
             "max_concurrency": 2,
             "unsafe": False,
+            "task_pattern": "[a-z ]+",
         },
     )
     assert p == Profile(
@@ -78,6 +93,7 @@ def test_full_table() -> None:
         env={"MODE": "fast"},
         inherit_env=True,
         task_on_stdin=False,
+        task_pattern="[a-z ]+",
         timeout_s=90.0,
         kill_grace_s=0.5,
         max_attempts=3,
@@ -132,6 +148,11 @@ def test_synthetic_table_overrides_builtin() -> None:
         ({"argv": ["echo"], "max_attempts": 1.5}, "max_attempts"),
         ({"argv": ["echo"], "max_attempts": True}, "max_attempts"),
         ({"argv": ["echo"], "max_concurrency": -1}, "max_concurrency"),
+        ({"argv": ["echo"], "task_pattern": "("}, "task_pattern"),
+        ({"argv": ["echo"], "task_pattern": ""}, "task_pattern"),
+        ({"argv": ["echo"], "task_pattern": 3}, "task_pattern"),
+        ({"argv": ["echo"], "task_pattern": "a\x00"}, "task_pattern"),
+        ({"argv": ["pytest", "-q", "{task}"]}, "argv"),
         ({"synthetic": True}, "synthetic"),
     ],
 )
@@ -142,7 +163,7 @@ def test_invalid_tables(raw: dict[str, object], key: str) -> None:
     assert "'my-agent'" in message
     assert repr(key) in message
     assert "\n" not in message
-    assert isinstance(info.value, ValueError)
+    assert isinstance(info.value, ConfigError)
 
 
 def test_synthetic_table_is_validated_too() -> None:
@@ -157,3 +178,168 @@ def test_bad_name_and_non_table() -> None:
         profile_from_mapping("", {"argv": ["echo"]})
     with pytest.raises(ProfileConfigError, match="must be a table"):
         profile_from_mapping("x", ["echo"])  # type: ignore[arg-type]  # a TOML array by mistake
+
+
+# --- task placement: argv option injection ----------------------------------------------
+
+AGENT = str(Path(__file__).resolve().parents[1] / "agents" / "pytest_like.py")
+TEST_PATH = r"tests/[A-Za-z0-9_/]+\.py"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("pytest", "-q", "{task}"),
+        ("pytest", "--task", "{task}"),  # the generic rule cannot know --task takes a value
+        ("pytest", "{task}.py"),
+        ("pytest", "{task}{task}"),
+        ("{task}",),
+        ("--", "{task}"),  # argv[0] is the program, not an end of options
+        ("pytest", "-q", "{task}", "--", "more"),
+    ],
+)
+def test_an_argv_that_exposes_the_task_is_refused(argv: tuple[str, ...]) -> None:
+    with pytest.raises(ProfileConfigError) as info:
+        profile_from_mapping("tests", {"argv": list(argv), "task_on_stdin": False})
+    message = str(info.value)
+    assert message.startswith("profile 'tests': key 'argv' element ")
+    assert "task_pattern" in message
+    assert "\n" not in message
+    with pytest.raises(ProfileConfigError, match="'tests'"):
+        Profile(name="tests", argv=argv)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("pytest", "-q", "--", "{task}"),
+        ("pytest", "--", "a", "{task}.py"),
+        ("pytest", "--task={task}"),
+        ("pytest", "-k", "x{task}"),
+        ("pytest",),
+    ],
+)
+def test_placements_that_do_not_expose_the_task(argv: tuple[str, ...]) -> None:
+    p = profile_from_mapping("tests", {"argv": list(argv)})
+    assert exposed_element(p.argv) is None
+    assert task_refusal(p, "--junitxml=/tmp/x") is None
+
+
+def test_a_pattern_or_unsafe_lets_a_profile_expose_its_task() -> None:
+    exposing = ["pytest", "-q", "{task}"]
+    p = profile_from_mapping("tests", {"argv": exposing, "task_pattern": TEST_PATH})
+    assert exposed_element(p.argv) == 2
+    assert task_refusal(p, "tests/test_a.py") is None
+    assert (
+        task_refusal(p, "tests/../x.py")
+        == "task does not match the task_pattern of profile 'tests'"
+    )
+    assert task_refusal(p, "tests/a.py --junitxml=x") is not None  # fullmatch, not match
+    # A leading '-' in an exposed place is refused whatever the pattern admits.
+    loose = profile_from_mapping("loose", {"argv": exposing, "task_pattern": ".*"})
+    assert task_refusal(loose, "x --junitxml=y") is None
+    assert task_refusal(loose, "--junitxml=y") == (
+        "profile 'loose' would pass a task starting with '-' to its program as an option"
+    )
+    shell = shell_profile()
+    assert exposed_element(shell.argv) == 2
+    assert task_refusal(shell, "echo hi") is None
+    assert task_refusal(shell, "-x") is not None
+
+
+def test_a_pattern_binds_every_task_of_the_profile() -> None:
+    stdin = profile_from_mapping("stdin", {"argv": ["agent"], "task_pattern": "[a-z]+"})
+    assert task_refusal(stdin, "abc") is None
+    assert task_refusal(stdin, "abc1") is not None
+    assert task_refusal(stdin, "") is not None
+    assert task_refusal(synthetic_profile(), "--anything at all") is None
+    with pytest.raises(TaskRefusedError) as info:
+        check_task(stdin, "ABC")
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_the_runtime_checks_the_task_again(tmp_path: Path) -> None:
+    p = profile_from_mapping(
+        "tests", {"argv": [sys.executable, AGENT, "-q", "{task}"], "task_pattern": ".*"}
+    )
+    report = tmp_path / "report.xml"
+    with pytest.raises(AgentStartError, match="starting with '-'"):
+        await start_agent(p, task=f"--junitxml={report}", agent_id="a", attempt=1)
+    assert not report.exists()
+    agent = await start_agent(p, task="tests/test_a.py", agent_id="a", attempt=1)
+    assert await agent.wait() == 0
+    assert agent.stdout.text() == "PASSED tests/test_a.py\n"
+
+
+def _pytest_profiles(cwd: Path) -> dict[str, Any]:
+    base = {"task_on_stdin": False, "cwd": str(cwd), "kill_grace_seconds": 1.0}
+    return {
+        "synthetic": {},
+        "pattern": {
+            **base,
+            "argv": [sys.executable, AGENT, "-q", "{task}"],
+            "task_pattern": TEST_PATH,
+        },
+        "dashdash": {**base, "argv": [sys.executable, AGENT, "-q", "--", "{task}"]},
+    }
+
+
+async def test_an_injected_option_is_refused_before_anything_is_queued(
+    start_spoke: Any, tmp_path: Path
+) -> None:
+    _, client = await start_spoke(profiles=_pytest_profiles(tmp_path))
+    report = tmp_path / "out" / "report.xml"
+    report.parent.mkdir()
+    for task in (f"--junitxml={report}", f"tests/a.py --junitxml={report}", "-p evil"):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await client.spawn(task, profile="pattern", command_id=f"inj-{len(task)}")
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, task
+        assert "task_pattern" in (err.value.details() or "")
+        with pytest.raises(grpc.aio.AioRpcError) as missing:
+            await client.get(f"inj-{len(task)}")
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    assert list((await client.list()).agent_page.agents) == []
+
+    ok = await client.spawn("tests/test_a.py", profile="pattern")
+    done = await client.wait_state(ok.agent.agent_id, "SUCCEEDED", "FAILED")
+    assert done.state == agent_pb2.Agent.STATE_SUCCEEDED, done.stderr_tail
+    assert done.stdout_tail == "PASSED tests/test_a.py\n"
+
+    # After the profile's own "--" the same text is a test path, not an option.
+    after = await client.spawn(f"--junitxml={report}", profile="dashdash")
+    done = await client.wait_state(after.agent.agent_id, "SUCCEEDED", "FAILED")
+    assert done.state == agent_pb2.Agent.STATE_SUCCEEDED, done.stderr_tail
+    assert done.stdout_tail == f"PASSED --junitxml={report}\n"
+    assert not report.exists()
+
+
+def test_a_spoke_whose_profile_exposes_its_task_refuses_to_start(
+    peers: Peers, redis_url: str, tmp_path: Path
+) -> None:
+    profiles = _pytest_profiles(tmp_path)
+    del profiles["pattern"]["task_pattern"]
+    with pytest.raises(SpokeConfigError, match=r"profile 'pattern': key 'argv'"):
+        spoke_config(peers, redis_url, profiles=profiles)
+
+    config = tmp_path / "spoke.toml"
+    config.write_text(
+        f'name = "{SPOKE}"\n'
+        'listen = "127.0.0.1:0"\n'
+        f'key_file = "{peers.key_dir / f"{SPOKE}.key"}"\n'
+        f'trust_file = "{peers.trust_file}"\n'
+        f'policy_file = "{peers.trust_file.parent / "policy.toml"}"\n'
+        f'redis_url = "{redis_url}"\n'
+        "\n[profiles.tests]\n"
+        'argv = ["python", "-m", "pytest", "-q", "{task}"]\n'
+        "task_on_stdin = false\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "hubspoke.spoke", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "profile 'tests': key 'argv' element 4 ('{task}')" in done.stderr
+    assert "serving" not in done.stdout

@@ -116,7 +116,12 @@ async def spokeds(
 
 ONCE = {"argv": [sys.executable, "-m", "hubspoke.spoke.synthetic"], "kill_grace_seconds": 1.0}
 SAFE = {**ONCE, "retry_safe": True}
-SH = {"argv": ["sh", "-c", "{task}"], "task_on_stdin": False, "kill_grace_seconds": 1.0}
+SH = {
+    "argv": ["sh", "-c", "{task}"],
+    "task_on_stdin": False,
+    "unsafe": True,
+    "kill_grace_seconds": 1.0,
+}
 PROFILES = {"synthetic": {}, "once": ONCE, "safe": SAFE, "sh": SH}
 
 

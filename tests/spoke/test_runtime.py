@@ -231,6 +231,7 @@ async def test_task_on_stdin_and_placeholder(tmp_path: Path) -> None:
     echo = Profile(
         name="echo",
         argv=(sys.executable, "-c", code, "--task={task}", "{task}{task}"),
+        task_pattern=r"[^-].*",  # "{task}{task}" leads an element: the profile needs a pattern
         task_on_stdin=False,
         cwd=str(tmp_path),
     )
