@@ -194,6 +194,8 @@ class Gate:
             raise errors.InvalidCommandError("command has no body")
         if body != verb:
             raise errors.InvalidCommandError(f"command body {body} does not fit this call")
+        if body in commands.AGENT_BODIES:
+            commands.check_agent_ref(getattr(cmd, body).agent)
         if not cmd.audience:
             raise errors.InvalidCommandError("command has no audience")
         await self._admit(cmd.issuer, cmd.nonce, expires)

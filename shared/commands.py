@@ -21,7 +21,13 @@ from . import envelope, errors
 from .gen.federation.v1 import command_pb2
 from .keys import SigningKey
 
-COMMAND_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+COMMAND_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+"""Every command id, and so every agent id (a spawn's command id names its agent): 1-128
+characters of ``A-Z a-z 0-9 . _ -``, the first alphanumeric. No ``:``, the separator of
+every Redis key we and bullmq build, so no id can name another key (``w2:lock`` would be
+the lock of agent ``w2``'s job); no ``/``, which separates a resource name's parts."""
+AGENT_BODIES = ("get_agent", "kill_agent", "watch_agent", "replay_agent")
+"""The command bodies that name an agent in their ``agent`` field."""
 NONCE_MIN, NONCE_MAX = 16, 64
 DEFAULT_VALIDITY = dt.timedelta(minutes=5)
 _M = TypeVar("_M", bound=Message)
@@ -62,9 +68,27 @@ def new_command_id() -> str:
 
 
 def check_command_id(command_id: str) -> None:
+    """InvalidCommandError unless ``command_id`` is in the id alphabet (:data:`COMMAND_ID_RE`)."""
     if not COMMAND_ID_RE.fullmatch(command_id):
         raise errors.InvalidCommandError(
-            "command_id must be 1-128 characters of A-Z a-z 0-9 . _ : - and start alphanumeric"
+            "command_id must be 1-128 characters of A-Z a-z 0-9 . _ - and start alphanumeric"
+        )
+
+
+def check_agent_ref(agent: str) -> None:
+    """InvalidCommandError unless ``agent`` is an agent id or ``spokes/{spoke}/agents/{id}``
+    whose id is in the id alphabet (an agent's id is its spawn's command id)."""
+    if not agent:
+        raise errors.InvalidCommandError("agent is required")
+    agent_id = agent
+    if agent.startswith("spokes/"):
+        parts = agent.split("/")
+        if len(parts) != 4 or parts[2] != "agents" or not parts[1]:
+            raise errors.InvalidCommandError("agent name must be spokes/{spoke}/agents/{id}")
+        agent_id = parts[3]
+    if not COMMAND_ID_RE.fullmatch(agent_id):
+        raise errors.InvalidCommandError(
+            "an agent id is 1-128 characters of A-Z a-z 0-9 . _ - and starts alphanumeric"
         )
 
 
