@@ -17,6 +17,7 @@ import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hubspoke import grpc as sgrpc
+from hubspoke import version
 from hubspoke.gen.federation.v1 import spoke_service_pb2_grpc
 
 from .config import SpokeEntry
@@ -36,6 +37,10 @@ class Probe:
     entry: SpokeEntry
     ready: bool
     at: dt.datetime
+    protocol: int = 0
+    """The protocol version the spoke announced (1 if it announced none); 0: no answer."""
+    incompatible: bool = False
+    """It answered, but speaks another major protocol version: calls to it fail."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,16 +103,42 @@ class SpokeRegistry:
         return made
 
     async def probe(self, name: str, timeout_s: float) -> Probe:
-        """Ask one spoke's grpc.health.v1 service whether it is SERVING."""
+        """Ask one spoke's grpc.health.v1 service whether it is SERVING.
+
+        The probe is the protocol handshake (``hubspoke.version``): it announces ours, and
+        reads the spoke's from the answer's initial metadata. A spoke that refuses ours
+        (FAILED_PRECONDITION) or announces another major is ``incompatible``, not ready.
+        """
         target = self.link(name)
         health = health_pb2_grpc.HealthStub(target.channel)
-        ready = False
+        ready = incompatible = False
+        protocol = 0
         try:
-            resp = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout_s)
-            ready = resp.status == health_pb2.HealthCheckResponse.SERVING
+            call = health.Check(
+                health_pb2.HealthCheckRequest(service=""),
+                timeout=timeout_s,
+                metadata=version.CALL_METADATA,
+            )
+            resp = await call
+            announced = version.peer_protocol(await call.initial_metadata())
+            protocol = version.announced_major(announced) or -1
+            incompatible = protocol != version.PROTOCOL_VERSION
+            ready = resp.status == health_pb2.HealthCheckResponse.SERVING and not incompatible
         except grpc.aio.AioRpcError as exc:
-            log.info("spoke_probe_failed", spoke=name, code=exc.code().name)
-        return Probe(entry=target.entry, ready=ready, at=dt.datetime.now(dt.UTC))
+            incompatible = exc.code() == grpc.StatusCode.FAILED_PRECONDITION
+            if not incompatible:
+                log.info("spoke_probe_failed", spoke=name, code=exc.code().name)
+            else:
+                protocol = -1
+                log.warning("spoke_protocol_mismatch", spoke=name, detail=exc.details())
+        if incompatible and protocol > 0:
+            log.warning(
+                "spoke_protocol_mismatch",
+                spoke=name,
+                spoke_protocol=protocol,
+                hub_protocol=version.PROTOCOL_VERSION,
+            )
+        return Probe(target.entry, ready, dt.datetime.now(dt.UTC), max(protocol, 0), incompatible)
 
     async def probe_all(self, timeout_s: float) -> list[Probe]:
         """Probe every spoke concurrently; results in config order."""

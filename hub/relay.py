@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Final
 import grpc
 import structlog
 
-from hubspoke import commands, envelope, errors
+from hubspoke import commands, envelope, errors, version
 from hubspoke import grpc as sgrpc
 from hubspoke.gen.federation.v1 import command_pb2, spoke_service_pb2
 from hubspoke.keys import SigningKey
@@ -254,7 +254,11 @@ class Relayer:
         started = time.monotonic()
         try:
             method = getattr(link.stub, route.rpc)
-            response = await method(route.request(command=relay_env), timeout=timeout)
+            response = await method(
+                route.request(command=relay_env),
+                timeout=timeout,
+                metadata=version.CALL_METADATA,
+            )
         except grpc.aio.AioRpcError as exc:
             self._metrics.observe_spoke_call(spoke, exc.code(), time.monotonic() - started)
             raise _spoke_error(spoke, exc) from exc
@@ -269,7 +273,9 @@ class Relayer:
         link = self._registry.link(spoke)
         route = _route(inbound.verb)
         call = link.stub.WatchAgent(
-            route.request(command=self.wrap(spoke, inbound)), timeout=timeout_s
+            route.request(command=self.wrap(spoke, inbound)),
+            timeout=timeout_s,
+            metadata=version.CALL_METADATA,
         )
         try:
             async for response in call:

@@ -467,10 +467,13 @@ def _spoke_of_resource(name: str) -> str:
 
 def _spoke_pb(p: Probe) -> command_pb2.Spoke:
     health = command_pb2.Spoke.HEALTH_READY if p.ready else command_pb2.Spoke.HEALTH_UNREACHABLE
+    if p.incompatible:
+        health = command_pb2.Spoke.HEALTH_INCOMPATIBLE
     return command_pb2.Spoke(
         name=p.entry.name,
         address=p.entry.address,
         health=health,
         last_probe_time=commands.to_timestamp(p.at.astimezone(dt.UTC)),
         labels=dict(p.entry.labels),
+        protocol_version=p.protocol,
     )

@@ -5,9 +5,10 @@
 gRPC metadata ``hubspoke-protocol`` of their calls (the hub on every call to a spoke, its
 health probe included) and servers answer the probe with their own in the response's initial
 metadata. A server refuses a call whose announced major differs from its own with
-FAILED_PRECONDITION / ``PROTOCOL_VERSION_MISMATCH``; a call that announces nothing (an older
-peer, grpcurl, a client in another language) is served. Additions that old peers can ignore
-(new fields, new reasons) keep the version; a change old peers would misread raises it.
+FAILED_PRECONDITION / ``PROTOCOL_VERSION_MISMATCH``. A peer that announces nothing (written
+before the header, grpcurl, a client in another language) is taken to speak version 1, the
+protocol as it was then. Additions that old peers can ignore (new fields, new reasons) keep
+the version; a change old peers would misread raises it.
 
 **Schema.** Each Redis holds a schema version key (``federation:{spoke}:schema`` for a spoke
 site, ``federation:hub:{hub}:schema`` for a hub), written at start-up. Absent on a Redis
@@ -17,8 +18,8 @@ that holds our data means version 0. An older version is migrated step by step a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Final
+from collections.abc import Iterable
+from typing import Any, Final
 
 import grpc
 
@@ -30,8 +31,10 @@ __all__ = [
     "PROTOCOL_METADATA_KEY",
     "PROTOCOL_VERSION",
     "SPOKE_SCHEMA_VERSION",
+    "UNANNOUNCED_PROTOCOL_VERSION",
     "ProtocolVersionError",
     "SchemaVersionError",
+    "announced_major",
     "check_peer_protocol",
     "peer_protocol",
 ]
@@ -42,6 +45,8 @@ PROTOCOL_METADATA_KEY: Final = "hubspoke-protocol"
 """gRPC metadata key that carries a peer's protocol version (a decimal integer)."""
 CALL_METADATA: Final = ((PROTOCOL_METADATA_KEY, str(PROTOCOL_VERSION)),)
 """Metadata to send with every call to a peer."""
+UNANNOUNCED_PROTOCOL_VERSION: Final = 1
+"""What a peer that sends no ``hubspoke-protocol`` speaks: the protocol before the header."""
 
 SPOKE_SCHEMA_VERSION: Final = 1
 """Layout of a spoke site's Redis (``federation:{spoke}:*``). 0: before the version key."""
@@ -60,28 +65,36 @@ class SchemaVersionError(errors.ConfigError):
     """The Redis holds data in a schema this code cannot read (a newer one, or garbage)."""
 
 
-def peer_protocol(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | None:
-    """The protocol version a peer announced in ``metadata``, as sent, or None."""
+def peer_protocol(metadata: Iterable[Any] | None) -> str | None:
+    """The protocol version a peer announced in ``metadata`` (gRPC ``(key, value)`` pairs,
+    as invocation or initial metadata give them), as sent, or None."""
     for key, value in metadata or ():
         if key == PROTOCOL_METADATA_KEY:
             return value.decode("ascii", "replace") if isinstance(value, bytes) else value
     return None
 
 
+def announced_major(announced: str | None) -> int | None:
+    """The major version in an announcement (``"1"``, ``"1.4"``); None if it is garbage.
+    A peer that announced nothing speaks ``UNANNOUNCED_PROTOCOL_VERSION``."""
+    if announced is None:
+        return UNANNOUNCED_PROTOCOL_VERSION
+    major = announced.strip().partition(".")[0]
+    return int(major) if major.isdigit() and len(major) < 6 else None
+
+
 def check_peer_protocol(announced: str | None, peer: str = "the peer") -> None:
-    """Refuse a peer that announced another major version (None: it announced nothing).
+    """Refuse a peer that announced another major version than ours.
 
     Raises:
         ProtocolVersionError: with a message naming both versions.
     """
-    if announced is None:
+    if announced_major(announced) == PROTOCOL_VERSION:
         return
-    major = announced.strip().partition(".")[0]
-    if major.isdigit() and int(major) == PROTOCOL_VERSION:
-        return
+    shown = (announced or "")[:16]
     raise ProtocolVersionError(
-        f"{peer} speaks hubspoke protocol {announced[:16]!r}, this side speaks "
-        f"{PROTOCOL_VERSION}: upgrade the older side (docs/operations.md, upgrades)",
-        peer_protocol=announced[:16],
+        f"{peer} speaks hubspoke protocol {shown!r}, this side speaks {PROTOCOL_VERSION}: "
+        "upgrade the older side (docs/operations.md, upgrades)",
+        peer_protocol=shown,
         protocol=str(PROTOCOL_VERSION),
     )

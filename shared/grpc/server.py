@@ -4,6 +4,9 @@ Handlers take the request as raw bytes and parse it themselves, so corrupt or ov
 bodies answer INVALID_ARGUMENT instead of grpc's UNKNOWN with a leaked exception text.
 Every call logs one canonical line (rpc, peer, code, duration_ms) with its context bound,
 and is reported to the server's ``observe`` hook (its metrics), if it has one.
+A caller that announces another major protocol version (metadata ``hubspoke-protocol``) is
+refused with FAILED_PRECONDITION / PROTOCOL_VERSION_MISMATCH, by our services and by the
+health ``Check``, which also announces ours (the hub's probe is the handshake).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from hubspoke import errors
+from hubspoke import errors, version
 
 from . import status
 
@@ -109,6 +112,28 @@ def _begin(rpc: str, context: grpc.aio.ServicerContext[Any, Any]) -> float:
     return time.monotonic()
 
 
+def _check_protocol(context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    """Refuse a caller that announced another major protocol version (hubspoke.version)."""
+    version.check_peer_protocol(version.peer_protocol(context.invocation_metadata()), "the caller")
+
+
+class _Health(health_aio.HealthServicer):  # type: ignore[misc]  # grpc_health is untyped
+    """grpc.health.v1 that is also the protocol handshake: ``Check`` refuses a caller of
+    another major protocol version (FAILED_PRECONDITION) and announces ours in its initial
+    metadata, which the hub's probe reads."""
+
+    async def Check(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> health_pb2.HealthCheckResponse:
+        try:
+            _check_protocol(context)
+        except errors.CommandError as exc:
+            await _abort(context, status.to_status(exc))
+        await context.send_initial_metadata(version.CALL_METADATA)
+        response: health_pb2.HealthCheckResponse = await super().Check(request, context)
+        return response
+
+
 def _failure(exc: Exception) -> grpc.Status:
     if isinstance(exc, errors.CommandError):
         return status.to_status(exc)
@@ -136,6 +161,7 @@ def _wrap_unary(
     async def handle(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Message:
         start = _begin(rpc, context)
         try:
+            _check_protocol(context)
             response = await impl(_parse(req_cls, raw), context)
         except Exception as exc:  # converted to a status at this one boundary
             st = _failure(exc)
@@ -156,6 +182,7 @@ def _wrap_stream(
     ) -> AsyncIterator[Message]:
         start = _begin(rpc, context)
         try:
+            _check_protocol(context)
             async for item in impl(_parse(req_cls, raw), context):
                 yield item
         except Exception as exc:  # converted to a status at this one boundary
@@ -202,7 +229,7 @@ def build_server(
     for svc in services:
         server.add_generic_rpc_handlers((svc.handler(observe),))
         methods += svc.names
-    health_servicer = health_aio.HealthServicer()
+    health_servicer = _Health()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [s.descriptor.full_name for s in services]
     reflection.enable_server_reflection(

@@ -1,6 +1,7 @@
-"""Schema versions in Redis: a daemon refuses a newer one and migrates an older one.
+"""Versions. Schema: a daemon refuses a Redis with a newer one and migrates an older one.
+Protocol: servers refuse another major and announce theirs; the hub's probe reads it.
 
-Real redis-server (the session one), real spoked subprocesses, an in-process HubApp.
+Real redis-server (the session one), real spoked subprocesses, in-process HubApp and servers.
 """
 
 from __future__ import annotations
@@ -11,13 +12,21 @@ import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
 import redis.asyncio
+from grpc_health.v1 import _async as health_aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from hubspoke import grpc as sgrpc
 from hubspoke import keys, policy, schema, version
-from hubspoke.hub.app import HubApp
-from hubspoke.hub.config import HubConfig
+from hubspoke.gen.federation.v1 import command_pb2
+from hubspoke.hub.app import HUB_SERVICE, HubApp
+from hubspoke.hub.config import HubConfig, SpokeEntry
+from hubspoke.hub.registry import SpokeRegistry
+from hubspoke.hub.service import _spoke_pb
 from hubspoke.hub.store import schema_key
 from hubspoke.spoke.keys import SpokeKeys
 
@@ -107,11 +116,13 @@ async def test_spoked_refuses_a_schema_key_that_is_not_a_version(
 async def test_spoked_migrates_an_unversioned_site_and_stamps_a_fresh_one(
     site: Path, redis_url: str, db: redis.asyncio.Redis
 ) -> None:
-    # An older spoked's data: the agent index, no schema key (version 0).
+    # An older spoked's data (the agent index, a nonce), no schema key: version 0.
+    nonce = SpokeKeys(SPOKE).nonce("operator", "00")
     await db.zadd(SpokeKeys(SPOKE).agent_index, {"a1": 1})
+    await db.set(nonce, "1", ex=600)
     await _serves_then_stops(await _spoked(site, redis_url))
     assert await db.get(SPOKE_SCHEMA) == str(version.SPOKE_SCHEMA_VERSION)
-    assert await db.zrange(SpokeKeys(SPOKE).agent_index, 0, -1) == ["a1"]  # data kept
+    assert await db.get(nonce) == "1"  # the step 0 -> 1 moves nothing
 
     await db.flushdb()
     await _serves_then_stops(await _spoked(site, redis_url))
@@ -164,3 +175,103 @@ async def test_migrations_run_in_order_and_record_each_step(db: redis.asyncio.Re
     assert (state.found, state.current, state.migrated, ran) == (1, 3, (1, 2), [1, 2])
     again = await schema.ensure_schema(db, "t:schema", 3, {}, owner="test", has_data=has_data)
     assert again.migrated == ()
+
+
+# -- the protocol version handshake ------------------------------------------------------------
+
+
+class _PeerHealth(health_aio.HealthServicer):  # type: ignore[misc]  # grpc_health is untyped
+    """A spoke of another protocol: it refuses ours, or serves but announces its own."""
+
+    def __init__(self, refuse: bool) -> None:
+        super().__init__()
+        self.refuse = refuse
+
+    async def Check(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> health_pb2.HealthCheckResponse:
+        if self.refuse:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "speaks protocol 2")
+        await context.send_initial_metadata(((version.PROTOCOL_METADATA_KEY, "2"),))
+        return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+
+
+class _NeverCalled:
+    """A servicer whose methods must not run: the protocol check comes first."""
+
+    def __getattr__(self, name: str) -> Any:
+        async def method(request: Any, context: Any) -> Any:
+            raise AssertionError(f"{name} ran despite another protocol version")
+
+        return method
+
+
+@pytest.fixture
+async def servers() -> AsyncIterator[dict[str, int]]:
+    """Our own server (built as both daemons build theirs) and two peers of protocol 2."""
+    service = sgrpc.Service(HUB_SERVICE, _NeverCalled())
+    ours = sgrpc.build_server([service], "127.0.0.1:0", sgrpc.ServerOptions())
+    started: list[grpc.aio.Server] = [ours.server]
+    ports = {"ours": ours.port}
+    for name, refuse in (("refuses", True), ("announces-2", False)):
+        server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(_PeerHealth(refuse), server)
+        ports[name] = server.add_insecure_port("127.0.0.1:0")
+        started.append(server)
+    for server in started:
+        await server.start()
+    await ours.serving([])
+    try:
+        yield ports
+    finally:
+        for server in started:
+            await server.stop(None)
+
+
+async def test_a_server_refuses_another_major_and_announces_its_own(
+    servers: dict[str, int],
+) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{servers['ours']}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        request = health_pb2.HealthCheckRequest(service="")
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await health.Check(request, timeout=5, metadata=((version.PROTOCOL_METADATA_KEY, "2"),))
+        failure = sgrpc.from_rpc_error(info.value)
+        assert failure.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert failure.reason == "PROTOCOL_VERSION_MISMATCH"
+        assert "speaks hubspoke protocol '2', this side speaks 1" in failure.message
+        for metadata in (version.CALL_METADATA, ((version.PROTOCOL_METADATA_KEY, "1.7"),), None):
+            call = health.Check(request, timeout=5, metadata=metadata)
+            assert (await call).status == health_pb2.HealthCheckResponse.SERVING
+            assert version.peer_protocol(await call.initial_metadata()) == "1"
+        # Our own services refuse it the same way, before they look at the request.
+        list_spokes = channel.unary_unary("/federation.v1.HubService/ListSpokes")
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await list_spokes(b"", timeout=5, metadata=((version.PROTOCOL_METADATA_KEY, "3"),))
+        failure = sgrpc.from_rpc_error(info.value)
+        assert (failure.code, failure.reason) == (
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "PROTOCOL_VERSION_MISMATCH",
+        )
+
+
+async def test_the_hub_probe_is_the_handshake(servers: dict[str, int]) -> None:
+    entries = [SpokeEntry(name, f"127.0.0.1:{port}") for name, port in servers.items()]
+    registry = SpokeRegistry(entries, sgrpc.ServerOptions())
+    try:
+        probes = {p.entry.name: p for p in await registry.probe_all(5.0)}
+    finally:
+        await registry.close()
+    got = {n: (p.ready, p.incompatible, p.protocol) for n, p in probes.items()}
+    assert got == {
+        "ours": (True, False, 1),
+        "refuses": (False, True, 0),
+        "announces-2": (False, True, 2),
+    }
+    health = {n: command_pb2.Spoke.Health.Name(_spoke_pb(p).health) for n, p in probes.items()}
+    assert health == {
+        "ours": "HEALTH_READY",
+        "refuses": "HEALTH_INCOMPATIBLE",
+        "announces-2": "HEALTH_INCOMPATIBLE",
+    }
+    assert _spoke_pb(probes["ours"]).protocol_version == 1

@@ -768,6 +768,10 @@ class Spoke(_message.Message):
         """Answering and serving."""
         HEALTH_UNREACHABLE: Spoke._Health.ValueType  # 2
         """Not answering."""
+        HEALTH_INCOMPATIBLE: Spoke._Health.ValueType  # 3
+        """Answering, but it speaks another major protocol version than the hub (it refused the
+        probe with FAILED_PRECONDITION, or announced another version): calls to it fail.
+        """
 
     class Health(_Health, metaclass=_HealthEnumTypeWrapper):
         """Health of a spoke as the hub last saw it."""
@@ -778,6 +782,10 @@ class Spoke(_message.Message):
     """Answering and serving."""
     HEALTH_UNREACHABLE: Spoke.Health.ValueType  # 2
     """Not answering."""
+    HEALTH_INCOMPATIBLE: Spoke.Health.ValueType  # 3
+    """Answering, but it speaks another major protocol version than the hub (it refused the
+    probe with FAILED_PRECONDITION, or announced another version): calls to it fail.
+    """
 
     @_typing.final
     class LabelsEntry(_message.Message):
@@ -804,12 +812,17 @@ class Spoke(_message.Message):
     HEALTH_FIELD_NUMBER: _builtins.int
     LAST_PROBE_TIME_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The spoke's name."""
     address: _builtins.str
     """The host:port the hub dials."""
     health: Global___Spoke.Health.ValueType
     """Health at last_probe_time."""
+    protocol_version: _builtins.int
+    """The protocol version the spoke announced at last_probe_time (gRPC metadata
+    hubspoke-protocol); 1 for a spoke from before the announcement; 0 if it did not answer.
+    """
     @_builtins.property
     def last_probe_time(self) -> _timestamp_pb2.Timestamp:
         """When the hub last probed the spoke."""
@@ -826,10 +839,11 @@ class Spoke(_message.Message):
         health: Global___Spoke.Health.ValueType = ...,
         last_probe_time: _timestamp_pb2.Timestamp | None = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        protocol_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_probe_time", b"last_probe_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "health", b"health", "labels", b"labels", "last_probe_time", b"last_probe_time", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "health", b"health", "labels", b"labels", "last_probe_time", b"last_probe_time", "name", b"name", "protocol_version", b"protocol_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
