@@ -29,6 +29,7 @@ import grpc
 import pytest
 import redis.asyncio
 
+from hubspoke import client as hc
 from hubspoke import commands, errors, fanout, keys
 from hubspoke import grpc as sgrpc
 from hubspoke.gen.federation.v1 import (
@@ -37,10 +38,11 @@ from hubspoke.gen.federation.v1 import (
     hub_service_pb2_grpc,
     spoke_service_pb2,
 )
-from hubspoke.hub import client as hc
 from hubspoke.hub.app import HubApp
 from hubspoke.hub.config import HubConfig, SpokeEntry
 from hubspoke.hub.federation_files import write_federation
+from hubspoke.hub.store import HubStore, agent_index_key
+from hubspoke.metrics import OTHER_REASON, closed_reason
 from hubspoke.spoke.app import SpokeApp
 from hubspoke.spoke.config import SpokeConfig
 from hubspoke.trust import TrustStore
@@ -97,10 +99,10 @@ class Fed:
     def hub_address(self) -> str:
         return f"127.0.0.1:{self.hub.port}"
 
-    def client(self, principal: str = "operator", timeout_s: float = 10.0) -> hc.HubClient:
+    def client(self, principal: str = "operator", timeout_s: float = 10.0) -> hc.Client:
         key = keys.load_private(self.root / "keys" / f"{principal}.key", principal)
         trust = TrustStore.from_file(self.trust_file)
-        return hc.HubClient(self.hub_address, principal, key, trust, "hub", timeout_s)
+        return hc.Client(self.hub_address, principal, key, trust, "hub", timeout_s)
 
 
 class RogueSpoke:
@@ -187,13 +189,13 @@ async def rogue_address() -> AsyncIterator[str]:
         await built.server.stop(None)
 
 
-async def _fails(coro: Awaitable[Any]) -> hc.HubCallError:
-    with pytest.raises(hc.HubCallError) as info:
+async def _fails(coro: Awaitable[Any]) -> hc.CallError:
+    with pytest.raises(hc.CallError) as info:
         await coro
     return info.value
 
 
-async def _wait_running(client: hc.HubClient, agent: str, timeout_s: float = 20) -> None:
+async def _wait_running(client: hc.Client, agent: str, timeout_s: float = 20) -> None:
     """Poll the agent (a state on another process; no event to wait on) until it runs."""
     async with asyncio.timeout(timeout_s):
         while True:
@@ -222,7 +224,7 @@ async def test_an_id_on_two_spokes_is_ambiguous_not_the_newest(fed: Fed) -> None
             )
             assert err.metadata == {"agent": "build-7", "spokes": "spoke-1,spoke-2"}
             assert "spoke-1, spoke-2" in err.message
-        with pytest.raises(hc.HubCallError) as watched:
+        with pytest.raises(hc.CallError) as watched:
             async for _ in alice.watch("build-7"):
                 pass
         assert watched.value.reason == "AGENT_AMBIGUOUS"
@@ -281,6 +283,34 @@ async def test_old_layout_index_entries_still_resolve(
         assert (await alice.kill("legacy-1")).spoke == "spoke-2"
 
 
+async def test_index_entries_expire_per_spoke(redis_url: str) -> None:
+    """Each (spoke, id) entry has its own expiry; an expired one is not a candidate."""
+    store = HubStore.from_url(redis_url, "hub-idx", 2.0)
+    try:
+        await store.remember_agent("exp-1", "spoke-1", 3600)
+        await store.remember_agent("exp-1", "spoke-2", 3600)
+        assert await store.find_agent("exp-1") == ("spoke-1", "spoke-2")
+        client = redis.asyncio.Redis.from_url(redis_url)
+        try:
+            await client.hset(agent_index_key("hub-idx", "exp-1"), "spoke-1", 1)
+            assert await store.find_agent("exp-1") == ("spoke-2",)
+            # Re-recording never shortens the hash's life below the newest entry's.
+            await store.remember_agent("exp-1", "spoke-1", 1)
+            assert await client.pttl(agent_index_key("hub-idx", "exp-1")) > 3_000_000
+        finally:
+            await client.aclose()
+    finally:
+        await store.close()
+
+
+def test_metric_reasons_come_from_a_closed_set() -> None:
+    assert closed_reason("AGENT_AMBIGUOUS") == "AGENT_AMBIGUOUS"
+    assert closed_reason("SPOKE_ERROR") == "SPOKE_ERROR"
+    assert closed_reason("UNIMPLEMENTED") == "UNIMPLEMENTED"  # a passed-on code without reason
+    assert closed_reason("") == ""
+    assert closed_reason("ROGUE_REASON_1") == OTHER_REASON
+
+
 # -- 2. error oracles ----------------------------------------------------------------------
 
 
@@ -298,7 +328,7 @@ async def test_an_agent_on_a_spoke_the_caller_may_not_use_answers_as_an_unknown_
             for call in (carol.get(agent), carol.kill(agent), carol.replay(agent)):
                 e = await _fails(call)
                 out.append((e.code, e.reason, e.message.replace(agent, "ID"), e.metadata))
-            with pytest.raises(hc.HubCallError) as w:
+            with pytest.raises(hc.CallError) as w:
                 async for _ in carol.watch(agent):
                     pass
             e = w.value
@@ -377,11 +407,11 @@ async def test_a_real_spokes_errors_keep_their_reason(fed: Fed) -> None:
 
 async def _list_raw(
     fed: Fed, principal: str = "operator"
-) -> tuple[hc._Sent, hub_service_pb2.HubServiceListAgentsResponse]:
+) -> tuple[hc._client._Sent, hub_service_pb2.HubServiceListAgentsResponse]:
     key = keys.load_private(fed.root / "keys" / f"{principal}.key", principal)
     cmd = commands.build_command(issuer=principal, audience="hub")
     cmd.list_agents.page_size = 10
-    sent = hc._Sent(cmd, commands.sign_command(cmd, key))
+    sent = hc._client._Sent(cmd, commands.sign_command(cmd, key))
     channel = sgrpc.open_channel(fed.hub_address)
     try:
         stub = hub_service_pb2_grpc.HubServiceStub(channel)
@@ -395,7 +425,7 @@ async def _list_raw(
 
 def _check(
     fed: Fed,
-    sent: hc._Sent,
+    sent: hc._client._Sent,
     resp: hub_service_pb2.HubServiceListAgentsResponse,
     signers: Sequence[str],
 ) -> None:
