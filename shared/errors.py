@@ -4,6 +4,11 @@ Hierarchy (``HubspokeError`` is the root of everything Hubspoke raises on purpos
 
     HubspokeError
     ├── ConfigError                   (a config, key, trust, policy or TLS file is unusable)
+    │   ├── keys.KeyFileError, trust.TrustConfigError, policy.PolicyConfigError,
+    │   │   tls.TlsError, metrics.MetricsConfigError, spoke.profiles.ProfileConfigError
+    │   ├── config.DaemonConfigError  (URL passwords redacted in its message)
+    │   │   └── hub.config.HubConfigError, spoke.config.SpokeConfigError
+    │   └── version.SchemaVersionError (a Redis holds a newer schema than this code)
     └── CommandError                  (INTERNAL, INTERNAL)
         ├── InvalidCommandError           (INVALID_ARGUMENT, INVALID_COMMAND)
         │   └── UnknownProfileError       (INVALID_ARGUMENT, UNKNOWN_PROFILE)
@@ -16,6 +21,7 @@ Hierarchy (``HubspokeError`` is the root of everything Hubspoke raises on purpos
         ├── SpokeNotFoundError            (NOT_FOUND, SPOKE_NOT_FOUND)
         ├── CommandIdReusedError          (ALREADY_EXISTS, COMMAND_ID_REUSED)
         ├── AgentNotRunningError          (FAILED_PRECONDITION, AGENT_NOT_RUNNING)
+        ├── version.ProtocolVersionError  (FAILED_PRECONDITION, PROTOCOL_VERSION_MISMATCH)
         ├── ConcurrentModificationError   (ABORTED, CONCURRENT_MODIFICATION)
         ├── CapacityExceededError         (RESOURCE_EXHAUSTED, CAPACITY_EXCEEDED)
         ├── BackendUnavailableError       (UNAVAILABLE, BACKEND_UNAVAILABLE)

@@ -99,6 +99,8 @@ class SpokeHealth(enum.IntEnum):
     UNSPECIFIED = command_pb2.Spoke.HEALTH_UNSPECIFIED
     READY = command_pb2.Spoke.HEALTH_READY
     UNREACHABLE = command_pb2.Spoke.HEALTH_UNREACHABLE
+    INCOMPATIBLE = command_pb2.Spoke.HEALTH_INCOMPATIBLE
+    """It answers, but speaks another protocol version than the hub (docs/operations.md)."""
 
 
 def _enum(cls: type[_E], value: int) -> _E:
