@@ -14,8 +14,9 @@ spokes are ignored, so an agent the caller may not reach answers exactly as an u
 does (NOT_FOUND), never PERMISSION_DENIED. When the id is on several of the caller's spokes
 (in the index, or among the answers of a get fan-out) the call fails with
 FAILED_PRECONDITION, reason AGENT_AMBIGUOUS, naming the spokes: it is never sent to one of
-them by guess. A get fan-out waits for every spoke; if none has the agent and some did not
-answer, the result is UNAVAILABLE (the agent may be on one of those).
+them by guess. A get fan-out waits for every spoke; if none has the agent, a spoke's error
+other than NOT_FOUND is the answer, else UNAVAILABLE if some spoke did not answer (the agent
+may be on one of those), else NOT_FOUND.
 
 Replies produced by spokes pass through with their signatures intact; the spoke listing,
 and the hub's own account of every list fan-out (which spokes answered, which did not), are
@@ -387,36 +388,28 @@ class HubServicer:
         return await self._find_and_call(inbound, agent)
 
     async def _find_and_call(self, inbound: Inbound, agent_id: str) -> command_pb2.SignedEnvelope:
-        """Ask every spoke the caller may read at once; exactly one may have the agent.
+        """Ask every spoke the caller may read at once, and wait for all: exactly one may have
+        the agent, so an id on two spokes is reported, never guessed.
 
-        An error other than NOT_FOUND from any spoke is the answer at once; otherwise every
-        spoke is waited for, so an id on two spokes is reported, never guessed.
+        A spoke that did not answer, or answered with an error, may hold the agent too but
+        cannot say so; the one copy the others found is still the answer. With none found,
+        a spoke's error other than NOT_FOUND is the answer (the first, in config order),
+        then UNAVAILABLE if some spoke did not answer, else NOT_FOUND.
         """
-        unreachable: list[str] = []
-        found: list[_Fanned] = []
-        tasks = [
-            asyncio.create_task(self._try(name, inbound), name=f"hub-find-{name}")
-            for name in self._permitted(inbound)
-        ]
-        try:
-            for next_done in asyncio.as_completed(tasks):
-                answer = await next_done
-                if answer.reply_env is not None:
-                    found.append(answer)
-                elif isinstance(answer.error, errors.SpokeUnavailableError):
-                    unreachable.append(answer.spoke)
-                elif answer.error is not None and answer.error.code != grpc.StatusCode.NOT_FOUND:
-                    raise answer.error
-        finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        answers = await self._fan_out(inbound, self._permitted(inbound))
+        found = [a for a in answers if a.reply_env is not None]
         for answer in found:
             await self._remember(agent_id, answer.spoke)
         if len(found) > 1:
             raise AgentAmbiguousError.of(agent_id, [a.spoke for a in found])
         if found and found[0].reply_env is not None:
             return found[0].reply_env
+        unreachable: list[str] = []
+        for answer in answers:
+            if isinstance(answer.error, errors.SpokeUnavailableError):
+                unreachable.append(answer.spoke)
+            elif answer.error is not None and answer.error.code != grpc.StatusCode.NOT_FOUND:
+                raise answer.error
         if unreachable:
             raise errors.SpokeUnavailableError(
                 f"agent {agent_id} not found on the spokes that answered; "
