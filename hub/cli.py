@@ -34,7 +34,7 @@ from hubspoke.client import (
     client_from_config,
 )
 
-from . import cli_certs, cli_keys
+from . import cli_certs, cli_completion, cli_init, cli_keys
 from .cli_output import (
     Out,
     agent_json,
@@ -261,6 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_certs.add_parser(sub, common)
     cli_keys.add_parser(sub, common)
+    cli_init.add_parser(sub, common)
+    cli_completion.add_parser(sub, common)
 
     dev = sub.add_parser("dev", help="run a local federation (hubctl dev --help)", add_help=False)
     dev.add_argument("dev_args", nargs=argparse.REMAINDER)
@@ -531,6 +533,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return cli_keys.run(args, out)
             except cli_keys.KeysUsageError as exc:
                 raise UsageError(str(exc)) from exc
+        if args.verb == "init":
+            return cli_init.run(args, out)
+        if args.verb == "completion":
+            return cli_completion.run(args, parser)
         if args.verb == "certs":
             return cli_certs.run(args, args.json)
         if args.verb == "keygen":

@@ -1,0 +1,360 @@
+"""The text of the files ``hubctl init`` writes: configs with comments, policy, systemd units.
+
+Every option of ``HubConfig`` and ``SpokeConfig`` appears in the generated ``hub.toml`` and
+``spoke.toml``: the ones ``hubctl init`` sets as values, the others commented out with their
+current default (read from the dataclass, so the defaults shown are the code's) and a line
+saying what they do. ``tests/hub/test_cli_init.py`` checks that none is missing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from hubspoke.spoke import config as spoke_config
+
+from . import config as hub_config
+
+__all__ = [
+    "HUB_OPTIONS",
+    "SPOKE_OPTIONS",
+    "Unit",
+    "hub_toml",
+    "hubctl_toml",
+    "policy_toml",
+    "spoke_toml",
+    "systemd_unit",
+    "trust_peer",
+]
+
+HUB_OPTIONS: Final[Mapping[str, str]] = {
+    "name": "This hub's peer name: clients address commands to it, its certificate carries it.",
+    "listen": "host:port hubd serves on. With [tls] it may be any address; without, loopback only.",
+    "key_file": "The hub's Ed25519 signing key (mode 0600; it never leaves this host).",
+    "trust_file": "Every peer and its public keys (clients, this hub, spokes); re-read on change.",
+    "policy_file": "Default-deny authorization rules; hubd will not start without them.",
+    "rate_per_principal": "Sustained commands per second one principal may send (0: no limit).",
+    "rate_burst": "Commands one principal may send at once after being idle.",
+    "redis_url": "The hub's Redis: replay nonces and the agent index (not the spokes' queues).",
+    "spokes": "The spokes this hub relays to: the [[spokes]] tables at the end of this file.",
+    "max_skew_s": "How far, in seconds, a client's clock may run ahead of the hub's.",
+    "max_validity_s": "Longest expire_time - issue_time span accepted from a client, in seconds.",
+    "relay_validity_s": "How long, in seconds, a relay the hub signs stays valid.",
+    "spoke_call_timeout_s": "Deadline, in seconds, of each call to a spoke.",
+    "kill_grace_s": "Extra deadline, in seconds, for kill calls (the spoke waits for the agent).",
+    "probe_timeout_s": "Deadline, in seconds, of each spoke health probe (hubctl spokes).",
+    "agent_index_ttl_s": "How long, in seconds, the hub remembers which spoke runs an agent.",
+    "redis_timeout_s": "Deadline, in seconds, of each Redis operation.",
+    "shutdown_grace_s": "How long, in seconds, in-flight calls may finish on shutdown.",
+    "max_message_bytes": "Largest request or response, in bytes.",
+    "log_level": "debug, info, warning, error or critical (JSON lines on stderr).",
+    "metrics_listen": 'host:port of a Prometheus /metrics endpoint; "" serves none.',
+    "tls": "Transport TLS: the [tls] table below.",
+}
+"""What each hub option does, one line each (shown above the option in hub.toml)."""
+
+SPOKE_OPTIONS: Final[Mapping[str, str]] = {
+    "name": "This spoke's peer name: commands are addressed to it, its certificate carries it.",
+    "listen": "host:port spoked serves on (the hub dials it). Without [tls], loopback only.",
+    "key_file": "The spoke's Ed25519 signing key (mode 0600): it signs every reply.",
+    "trust_file": "Trusted peers: hubs that may relay here and clients whose commands may run.",
+    "policy_file": "Default-deny authorization rules this spoke enforces for itself.",
+    "labels": "This spoke's labels, matched by policy rules' spoke_labels (the labels table).",
+    "rate_per_principal": "Sustained commands per second one principal may send (0: no limit).",
+    "rate_burst": "Commands one principal may send at once after being idle.",
+    "redis_url": "This site's Redis (the queue); it must run with maxmemory-policy noeviction.",
+    "profiles": "The programs agents may run: the [profiles.*] tables below. Nothing else runs.",
+    "concurrency": "Agents this process runs at once; more wait in the queue.",
+    "max_queue_depth": "Agents waiting beyond this are refused with RESOURCE_EXHAUSTED.",
+    "max_task_bytes": "Largest task text accepted, in UTF-8 bytes.",
+    "max_labels": "Most labels a spawn may carry.",
+    "output_tail_bytes": "Bytes of stdout and of stderr kept per agent (the last ones).",
+    "default_priority": "Priority of a spawn that names none (1 least urgent ... 10 most).",
+    "retention_s": "How long, in seconds, a finished agent (and its command id) stays known.",
+    "max_skew_s": "How far, in seconds, a sender's clock may run ahead of ours.",
+    "max_validity_s": "Longest expire - issue span accepted, in seconds.",
+    "lock_duration_ms": "Queue job lock in ms; renewed while the agent runs.",
+    "stalled_interval_ms": "How often, in ms, workers look for jobs a crashed worker held.",
+    "max_message_bytes": "Largest gRPC message accepted or sent, in bytes.",
+    "retry_backoff_ms": "Base of the exponential retry backoff, in ms.",
+    "sweep_interval_s": "How often, in seconds, finished agents past retention are forgotten.",
+    "max_watchers": "Concurrent watch streams this process serves.",
+    "watch_heartbeat_s": "Seconds between heartbeats on an idle watch stream.",
+    "kill_wait_s": "How long, in seconds, a kill waits for the agent's final state.",
+    "shutdown_grace_s": "How long, in seconds, calls and agents may finish on shutdown.",
+    "allow_eviction": "Start even if Redis may evict keys (risks losing queued agents).",
+    "log_level": "debug, info, warning, error or critical (JSON lines on stderr).",
+    "metrics_listen": 'host:port of a Prometheus /metrics endpoint; "" serves none.',
+    "metrics_refresh_s": "How often, in seconds, the queue-depth gauges are read from Redis.",
+    "tls": "Transport TLS: the [tls] table below.",
+}
+"""What each spoke option does, one line each (shown above the option in spoke.toml)."""
+
+_TABLES: Final = frozenset({"spokes", "tls", "profiles", "labels"})
+"""Options written as tables, not as ``key = value`` lines."""
+
+
+def _s(value: str) -> str:
+    """A TOML basic string (JSON string escapes are valid TOML escapes)."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and math.isfinite(value):
+        return repr(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, Path):
+        return _s(str(value))
+    return _s(str(value))
+
+
+def _default(f: dataclasses.Field[object]) -> object:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
+def _options(
+    fields: Iterable[dataclasses.Field[object]], docs: Mapping[str, str], set_: Mapping[str, str]
+) -> str:
+    """One commented ``key = value`` per scalar option: set ones live, the rest commented."""
+    lines: list[str] = []
+    for f in fields:
+        doc = docs.get(f.name, "(see the config module)")
+        if f.name in _TABLES:
+            continue
+        lines.append(f"# {doc}")
+        if f.name in set_:
+            lines.append(f"{f.name} = {set_[f.name]}")
+        else:
+            default = _default(f)
+            shown = '""' if default is None else _value(default)
+            lines.append(f"# {f.name} = {shown}")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def _tls(name: str) -> str:
+    return (
+        "# Transport TLS. Certificates come from the federation's CA (`hubctl init`);\n"
+        "# peers check each other's certificate against ca_file, and a certificate must carry\n"
+        "# the peer's name. Private keys are mode 0600.\n"
+        "[tls]\n"
+        f"cert_file = {_s(f'tls/{name}.crt')}\n"
+        f"key_file = {_s(f'tls/{name}.tls.key')}\n"
+        'ca_file = "tls/ca.crt"\n'
+        "# Refuse clients without a certificate from the CA (the default).\n"
+        "require_client_cert = true\n"
+    )
+
+
+def hub_toml(name: str, listen: str, redis_url: str) -> str:
+    """``hub.toml``: every option explained; ``[[spokes]]`` appended by ``add-spoke``."""
+    head = (
+        "# hubd's configuration, written by `hubctl init hub` (docs/deploy.md).\n"
+        "# Relative paths resolve against this file's directory. Every option also has an\n"
+        "# environment variable HUB_<OPTION> (HUB_LISTEN, ...); flags win over the environment,\n"
+        "# which wins over this file. Commented options show their default.\n\n"
+    )
+    set_ = {
+        "name": _s(name),
+        "listen": _s(listen),
+        "key_file": _s(f"keys/{name}.key"),
+        "trust_file": _s("trust.toml"),
+        "policy_file": _s("policy.toml"),
+        "redis_url": _s(redis_url),
+    }
+    tail = (
+        "\n# The spokes this hub relays to. `hubctl init add-spoke` appends one table per spoke:\n"
+        "#   [[spokes]]\n"
+        '#   name = "build-2"                 # its peer name (and its certificate\'s)\n'
+        '#   address = "build-host:7101"      # host:port the hub dials\n'
+        '#   labels = { gpu = "no" }           # shown by `hubctl spokes`, used by policy\n'
+        '#   tls_server_name = "build-2"      # optional: the name its certificate carries\n'
+    )
+    fields = dataclasses.fields(hub_config.HubConfig)
+    return head + _options(fields, HUB_OPTIONS, set_) + _tls(name) + tail
+
+
+def spoke_entry(name: str, address: str, labels: Mapping[str, str]) -> str:
+    """One ``[[spokes]]`` table for ``hub.toml``."""
+    shown = ", ".join(f"{_s(k)} = {_s(v)}" for k, v in labels.items())
+    return f"\n[[spokes]]\nname = {_s(name)}\naddress = {_s(address)}\nlabels = {{ {shown} }}\n"
+
+
+def spoke_toml(
+    name: str, listen: str, redis_url: str, labels: Mapping[str, str], data_dir: Path
+) -> str:
+    """``spoke.toml``: every option explained, the synthetic profile, an example profile."""
+    head = (
+        "# spoked's configuration, written by `hubctl init spoke` (docs/deploy.md).\n"
+        "# Relative paths resolve against this file's directory. Every scalar option also has\n"
+        "# an environment variable SPOKE_<OPTION> (SPOKE_LISTEN, ...); flags win over the\n"
+        "# environment, which wins over this file. Commented options show their default.\n\n"
+    )
+    set_ = {
+        "name": _s(name),
+        "listen": _s(listen),
+        "key_file": _s(f"keys/{name}.key"),
+        "trust_file": _s("trust.toml"),
+        "policy_file": _s("policy.toml"),
+        "redis_url": _s(redis_url),
+    }
+    shown = ", ".join(f"{_s(k)} = {_s(v)}" for k, v in labels.items())
+    profiles = (
+        "\n# What agents may run. A spoke runs only the profiles named here; an agent runs as\n"
+        "# spoked's user, inside spoked's systemd sandbox, and dies with spoked today.\n"
+        "# The built-in fake agent, for checks (`hubctl spawn ... -- duration=1`):\n"
+        "[profiles.synthetic]\n\n"
+        "# An example of a real profile (argv is run directly, never through a shell;\n"
+        "# `{task}` is replaced by the task text, which must match task_pattern in full):\n"
+        "# [profiles.tests]\n"
+        '# argv = ["python", "-m", "pytest", "-q", "{task}"]\n'
+        "# task_pattern = 'tests/[A-Za-z0-9_/]+\\.py(::[A-Za-z0-9_]+)*'\n"
+        f"# cwd = {_s(str(data_dir / 'checkout'))}\n"
+        "# task_on_stdin = false\n"
+        "# timeout_seconds = 1800\n"
+        "# kill_grace_seconds = 5\n\n"
+    )
+    fields = dataclasses.fields(spoke_config.SpokeConfig)
+    return (
+        head
+        + _options(fields, SPOKE_OPTIONS, set_)
+        + f"# {SPOKE_OPTIONS['labels']}\nlabels = {{ {shown} }}\n"
+        + profiles
+        + _tls(name)
+    )
+
+
+def hubctl_toml(hub_address: str, hub_name: str, principal: str) -> str:
+    """``hubctl.toml`` for an operator whose files sit beside the hub's."""
+    return (
+        "# hubctl's configuration for the operator, written by `hubctl init hub`.\n"
+        "# Use it with `hubctl --config THIS_FILE ...` or HUBCTL_CONFIG=THIS_FILE.\n"
+        "# Relative paths resolve against this file's directory.\n\n"
+        "# Where the hub listens (HUBCTL_HUB or --hub override it).\n"
+        f"hub = {_s(hub_address)}\n"
+        "# The hub's peer name: commands are addressed to it; its certificate must carry it.\n"
+        f"hub_name = {_s(hub_name)}\n"
+        "# The client principal hubctl signs as; policy.toml says what it may do.\n"
+        f"principal = {_s(principal)}\n"
+        f"key_file = {_s(f'keys/{principal}.key')}\n"
+        "# Who the hub and the spokes are: hubctl verifies every reply against it.\n"
+        'trust_file = "trust.toml"\n\n'
+        "[tls]\n"
+        'ca_file = "tls/ca.crt"\n'
+        f"cert_file = {_s(f'tls/{principal}.crt')}\n"
+        f"key_file = {_s(f'tls/{principal}.tls.key')}\n"
+    )
+
+
+def trust_peer(name: str, role: str, public_key: str, comment: str = "") -> str:
+    """One ``[[peer]]`` table of a trust store."""
+    note = f"# {comment}\n" if comment else ""
+    return f"\n{note}[[peer]]\nname = {_s(name)}\nrole = {_s(role)}\nkeys = [{_s(public_key)}]\n"
+
+
+def trust_head() -> str:
+    return (
+        "# The federation's trust store, written by `hubctl init hub`: every peer, its role\n"
+        "# (hub, spoke, client) and its Ed25519 public keys. hubd, spoked and hubctl all read\n"
+        "# it and re-read it when it changes. `hubctl init add-spoke` appends spokes;\n"
+        "# `hubctl keys rotate|revoke` append keys and revocations (shared/trust.py).\n"
+    )
+
+
+def policy_toml(operator: str | None) -> str:
+    """A default-deny policy: one rule for the operator, or that rule commented out."""
+    head = (
+        "# Authorization, written by `hubctl init hub`. Default-deny: a command no rule allows\n"
+        "# is refused with PERMISSION_DENIED naming the closest rule. hubd and every spoke\n"
+        "# enforce their own copy. Format: shared/policy.py; verbs: spawn, get, kill, list,\n"
+        "# watch, replay, spokes, queue_stats, dead_letters, pause, resume, drain, or the\n"
+        "# groups read, operate, admin, or *.\n\n"
+    )
+    who = operator or "alice"
+    rule = (
+        f"# The operator {who} may do everything, on every spoke, with every profile.\n"
+        "[[rule]]\n"
+        f"name = {_s(f'{who}-all')}\n"
+        f"principals = [{_s(who)}]\n"
+        'verbs = ["*"]\n'
+        'spokes = ["*"]            # or names, or spoke_labels = { pool = "ci" }\n'
+        'profiles = ["*"]          # spawn only: profile names\n'
+        "# max_priority = 10       # spawn limits\n"
+        "# max_runtime_seconds = 3600\n"
+        "# max_attempts = 3\n"
+    )
+    if operator is not None:
+        return head + rule
+    return head + "".join(f"# {line}\n" if line else "#\n" for line in rule.splitlines())
+
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    """What a systemd unit for one daemon needs."""
+
+    description: str
+    exec_start: Sequence[str]
+    """The argv, absolute paths."""
+    read_write: Sequence[Path]
+    """The only paths the service may write (ProtectSystem=strict makes the rest read-only)."""
+    note: str = ""
+    """Extra comment lines (without ``#``) placed in [Service]."""
+
+
+def systemd_unit(unit: Unit) -> str:
+    """A hardened ``Type=simple`` unit that restarts the daemon when it fails."""
+    note = "".join(f"# {line}\n" if line else "#\n" for line in unit.note.splitlines())
+    rw = " ".join(str(p) for p in unit.read_write)
+    # StateDirectory= creates a /var/lib/... directory owned by User= before the start.
+    state = "".join(
+        f"StateDirectory={p.relative_to('/var/lib')}\n"
+        for p in unit.read_write
+        if p.is_relative_to("/var/lib") and p != Path("/var/lib")
+    )
+    return (
+        "# Written by `hubctl init` (docs/deploy.md). Install with:\n"
+        "#   cp THIS_FILE /etc/systemd/system/ && systemctl daemon-reload\n"
+        "#   systemctl enable --now THIS_UNIT\n"
+        "[Unit]\n"
+        f"Description={unit.description}\n"
+        "After=network-online.target redis-server.service\n"
+        "Wants=network-online.target\n\n"
+        "[Service]\n"
+        "Type=simple\n"
+        f"ExecStart={' '.join(unit.exec_start)}\n"
+        "Restart=on-failure\n"
+        "RestartSec=2s\n"
+        "# A dedicated user (create it: useradd --system --no-create-home hubspoke). It must\n"
+        "# own the key files (mode 0600); keep tls/ca.key readable by root only.\n"
+        "User=hubspoke\n"
+        "Group=hubspoke\n"
+        + note
+        + "# Hardening: the daemon may write only ReadWritePaths.\n"
+        + state
+        + "NoNewPrivileges=yes\n"
+        "ProtectSystem=strict\n"
+        "ProtectHome=read-only\n"
+        f"ReadWritePaths={rw}\n"
+        "PrivateTmp=yes\n"
+        "PrivateDevices=yes\n"
+        "ProtectKernelTunables=yes\n"
+        "ProtectKernelModules=yes\n"
+        "ProtectControlGroups=yes\n"
+        "RestrictSUIDSGID=yes\n"
+        "LockPersonality=yes\n"
+        "UMask=0077\n\n"
+        "[Install]\n"
+        "WantedBy=multi-user.target\n"
+    )
