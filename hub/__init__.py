@@ -1,7 +1,7 @@
-"""The hub: ``hubd`` (routing and relaying signed commands to spokes) and ``hubctl``'s client.
+"""The hub: ``hubd``, which routes and relays signed commands to spokes, and ``hubctl``.
 
-Names are imported on first use (PEP 562), so ``hubctl`` and other clients that import
-``hubspoke.hub.client`` never load the server modules.
+Names are imported on first use (PEP 562), so ``hubctl`` never loads the server modules.
+The client API is ``hubspoke.client``.
 """
 
 from __future__ import annotations
@@ -11,45 +11,22 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .app import HubApp
-    from .client import (
-        ClientConfig,
-        ClientConfigError,
-        HubCallError,
-        HubClient,
-        ListResult,
-        client_from_config,
-        load_client_config,
-    )
     from .config import HubConfig, HubConfigError, SpokeEntry
     from .federation_files import FederationFiles, write_federation
     from .service import HubServicer
 
 __all__ = [
-    "ClientConfig",
-    "ClientConfigError",
     "FederationFiles",
     "HubApp",
-    "HubCallError",
-    "HubClient",
     "HubConfig",
     "HubConfigError",
     "HubServicer",
-    "ListResult",
     "SpokeEntry",
-    "client_from_config",
-    "load_client_config",
     "write_federation",
 ]
 
 _WHERE = {
     "HubApp": "app",
-    "ClientConfig": "client",
-    "ClientConfigError": "client",
-    "HubCallError": "client",
-    "HubClient": "client",
-    "ListResult": "client",
-    "client_from_config": "client",
-    "load_client_config": "client",
     "HubConfig": "config",
     "HubConfigError": "config",
     "SpokeEntry": "config",

@@ -2,7 +2,7 @@
 
 ``DirectClient`` does what a client of one spoke does (the idea of tests/spoke/conftest.py):
 build a Command, sign it as ``operator``, call SpokeService, and verify the spoke's signed
-reply before believing it, as ``hubspoke.hub.client.HubClient`` does for the hub path.
+reply before believing it, as ``hubspoke.client.Client`` does for the hub path.
 """
 
 from __future__ import annotations

@@ -26,8 +26,8 @@ from pathlib import Path
 import redis.asyncio as aioredis
 from bullmq import Queue
 
+from hubspoke import client as hub_client
 from hubspoke import keys
-from hubspoke.hub import client as hub_client
 from hubspoke.hub.federation_files import OPERATOR, FederationFiles, write_federation
 from hubspoke.redis_server import EmbeddedRedis, pick_free_port
 from hubspoke.spoke.keys import QUEUE_NAME, SpokeKeys
@@ -229,7 +229,7 @@ class Cluster:
         assert self.trust is not None
         return DirectClient(self.sites[name].address, name, self.operator, self.trust)
 
-    def hub(self, key: str = "main") -> hub_client.HubClient:
+    def hub(self, key: str = "main") -> hub_client.Client:
         assert self.files is not None
         return hub_client.client_from_config(
             self.files.hubctl_config, hub=self.hub_addresses[key], timeout_s=20.0, env={}

@@ -7,7 +7,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from hubspoke.hub import client as hub_client
+from hubspoke import client as hub_client
 
 from .clients import DirectClient, ReadySocket
 from .cluster import Cluster
@@ -69,8 +69,8 @@ class Env:
     stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
     spoke: DirectClient | None = None
     runner: DirectClient | None = None
-    hub: hub_client.HubClient | None = None
-    fan_hubs: dict[int, hub_client.HubClient] = field(default_factory=dict)
+    hub: hub_client.Client | None = None
+    fan_hubs: dict[int, hub_client.Client] = field(default_factory=dict)
     status_pool: list[str] = field(default_factory=list)
     """Agents on spoke-01, spawned through the hub (so its agent index knows them)."""
     task: str = ""

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hubspoke.hub import client as hub_client
+from hubspoke import client as hub_client
 from hubspoke.hub.federation_files import FederationFiles, write_federation
 from hubspoke.redis_server import EmbeddedRedis, pick_free_port
 
@@ -251,7 +251,7 @@ class Cluster:
         await daemon.start()
         return daemon
 
-    def client(self, timeout_s: float = 12.0) -> hub_client.HubClient:
+    def client(self, timeout_s: float = 12.0) -> hub_client.Client:
         """A hub client signing as the operator; open it with ``async with``."""
         return hub_client.client_from_config(
             self.files.hubctl_config, hub=self.hub_address, timeout_s=timeout_s, env={}

@@ -23,7 +23,7 @@ from typing import Any
 
 import grpc
 
-from hubspoke.hub import client as hub_client
+from hubspoke import client as hub_client
 
 from . import faults
 from .cluster import SAFE, Cluster
@@ -154,7 +154,7 @@ def agent_processes(ledger: Path) -> list[int]:
 class Driver:
     """Sends spawns through the hub, logs every call, reads the agents back."""
 
-    def __init__(self, cluster: Cluster, client: hub_client.HubClient, tag: str) -> None:
+    def __init__(self, cluster: Cluster, client: hub_client.Client, tag: str) -> None:
         self.cluster = cluster
         self.client = client
         self.tag = tag
@@ -178,7 +178,7 @@ class Driver:
             retry_after_ms = 500
             try:
                 await self.client.spawn(self.cluster.spoke, profile, task, command_id=cid)
-            except hub_client.HubCallError as exc:
+            except hub_client.CallError as exc:
                 outcome = "unknown" if exc.code in UNKNOWN_CODES else "failed"
                 code, detail = exc.code.name, exc.reason
                 retry_after_ms = int(exc.metadata.get("retry_after_ms", "") or 500)
@@ -228,7 +228,7 @@ class Driver:
                 for _ in range(50):
                     try:
                         a = await self.client.get(cid, spoke=self.cluster.spoke)
-                    except hub_client.HubCallError as exc:
+                    except hub_client.CallError as exc:
                         if exc.code == grpc.StatusCode.NOT_FOUND:
                             return Final(cid, "ABSENT")
                         if exc.code != grpc.StatusCode.RESOURCE_EXHAUSTED:
@@ -236,8 +236,8 @@ class Driver:
                         wait_ms = exc.metadata.get("retry_after_ms", "") or "200"
                         await asyncio.sleep(min(int(wait_ms), 2000) / 1000)
                         continue
-                    end = a.end_time.ToMicroseconds() / 1e6 if a.HasField("end_time") else None
-                    return Final(cid, hub_client.state_name(a.state), a.reason, a.attempt, end)
+                    end = a.end_time.timestamp() if a.end_time is not None else None
+                    return Final(cid, a.state.name, a.reason, a.attempt, end)
             return Final(cid, "UNREADABLE", "RESOURCE_EXHAUSTED")
 
         finals = await asyncio.gather(*(one(c) for c in cids))

@@ -1,6 +1,6 @@
-"""A real hub in front of a real spoke, on one real Redis: through HubClient and through hubctl.
+"""A real hub in front of a real spoke, on one real Redis: through hubspoke.client and hubctl.
 
-Every hop verifies a signature: hubctl/HubClient → hub (client command), hub → spoke (Relay),
+Every hop verifies a signature: hubctl/Client → hub (client command), hub → spoke (Relay),
 spoke → hub → client (the spoke's signed reply, checked by both).
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 import grpc
 import pytest
 
+from hubspoke import client as hc
 from hubspoke.gen.federation.v1 import agent_pb2
-from hubspoke.hub import client as hc
 
 from .conftest import Federation, wait_final, wait_state
 
@@ -18,7 +18,7 @@ Agent = agent_pb2.Agent
 pytestmark = pytest.mark.slow
 
 
-# -- through HubClient ----------------------------------------------------------------------
+# -- through Client -------------------------------------------------------------------------
 
 
 async def test_spawn_runs_to_success(federation: Federation) -> None:
@@ -53,9 +53,9 @@ async def test_same_command_id_twice_is_one_agent(federation: Federation) -> Non
 
 async def test_unknown_agent_is_not_found(federation: Federation) -> None:
     async with federation.client() as client:
-        with pytest.raises(hc.HubCallError) as via_hub:
+        with pytest.raises(hc.CallError) as via_hub:
             await client.get("never-spawned")
-        with pytest.raises(hc.HubCallError) as via_spoke:
+        with pytest.raises(hc.CallError) as via_spoke:
             await client.kill("never-spawned", "spoke-1")
     assert via_hub.value.code == grpc.StatusCode.NOT_FOUND
     assert via_spoke.value.code == grpc.StatusCode.NOT_FOUND
@@ -66,7 +66,7 @@ async def test_spokes_and_list_everywhere(federation: Federation) -> None:
         agent = await client.spawn("spoke-1", "synthetic", "duration=0.1")
         spokes = await client.spokes()
         everywhere = await client.list()
-    assert [(s.name, s.health) for s in spokes] == [("spoke-1", hc.Spoke.HEALTH_READY)]
+    assert [(s.name, s.health) for s in spokes] == [("spoke-1", hc.SpokeHealth.READY)]
     assert agent.agent_id in [a.agent_id for a in everywhere.agents]
     assert everywhere.unreachable_spokes == []
 

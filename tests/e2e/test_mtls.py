@@ -19,10 +19,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from hubspoke import client as hc
 from hubspoke import commands, keys, tls
 from hubspoke import grpc as sgrpc
 from hubspoke.gen.federation.v1 import agent_pb2, hub_service_pb2, hub_service_pb2_grpc
-from hubspoke.hub import client as hc
 from hubspoke.hub.app import HubApp
 from hubspoke.hub.config import HubConfig, SpokeEntry
 from hubspoke.hub.federation_files import FederationFiles, write_federation
@@ -97,7 +97,7 @@ async def test_spawn_through_the_hub_over_mtls(mtls: MtlsFederation) -> None:
         spokes = await client.spokes()  # the hub probed the spoke over mTLS
         agent = await client.spawn("spoke-1", "synthetic", "duration=0.2 steps=2")
         final = await wait_final(client, agent.agent_id)
-    assert [(s.name, s.health) for s in spokes] == [("spoke-1", hc.Spoke.HEALTH_READY)]
+    assert [(s.name, s.health) for s in spokes] == [("spoke-1", hc.SpokeHealth.READY)]
     assert final.state == Agent.STATE_SUCCEEDED
 
     code, doc, err = await mtls.fed.hubctl(
@@ -130,7 +130,7 @@ async def test_a_client_cert_from_another_ca_is_rejected(
     assert await health(mtls.spoke_address, creds, "spoke-1") == grpc.StatusCode.UNAVAILABLE
 
     files = mtls.files
-    client = hc.HubClient(
+    client = hc.Client(
         mtls.fed.hub_address,
         "operator",
         keys.load_private(files.keys_dir / "operator.key", "operator"),
@@ -139,7 +139,7 @@ async def test_a_client_cert_from_another_ca_is_rejected(
         credentials=creds,
     )
     async with client:
-        with pytest.raises(hc.HubCallError) as info:
+        with pytest.raises(hc.CallError) as info:
             await client.spokes()
     assert info.value.code == grpc.StatusCode.UNAVAILABLE
 

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from hubspoke import client as hc
 from hubspoke import keys
 from hubspoke.hub import cli
-from hubspoke.hub import client as hc
 from hubspoke.hub.app import HubApp
 from hubspoke.hub.config import HubConfig, SpokeEntry
 from hubspoke.hub.federation_files import write_federation
@@ -61,9 +61,9 @@ class Fed:
     spoke: SpokeApp
     trust: Path
 
-    def client(self, principal: str = "operator") -> hc.HubClient:
+    def client(self, principal: str = "operator") -> hc.Client:
         key = keys.load_private(self.root / "keys" / f"{principal}.key", principal)
-        return hc.HubClient(
+        return hc.Client(
             self.hub_address, principal, key, TrustStore.from_file(self.trust), "hub", 10.0
         )
 
@@ -105,8 +105,8 @@ async def make_fed(tmp_path: Path, redis_url: str) -> AsyncIterator[Callable[...
     await stack.aclose()
 
 
-async def _denied(coro: Any) -> hc.HubCallError:
-    with pytest.raises(hc.HubCallError) as err:
+async def _denied(coro: Any) -> hc.CallError:
+    with pytest.raises(hc.CallError) as err:
         await coro
     return err.value
 
@@ -115,7 +115,7 @@ async def test_hub_denies_what_no_rule_allows_and_names_the_rule(make_fed) -> No
     fed = await make_fed(hub_policy=OPERATOR_ALL + CI_HUB, spoke_policy=OPERATOR_ALL + CI_HUB)
     async with fed.client("ci-bot") as ci:
         agent = await ci.spawn("spoke-1", "synthetic", "duration=0.05", priority=5)
-        assert (await wait_final(ci, agent.agent_id)).state == hc.Agent.STATE_SUCCEEDED
+        assert (await wait_final(ci, agent.agent_id)).state == hc.AgentState.SUCCEEDED
         err = await _denied(ci.spawn("spoke-1", "synthetic", "duration=0", priority=9))
         assert err.code.name == "PERMISSION_DENIED"
         assert "rule 'ci-hub' allows priority up to 5, got 9" in err.message
@@ -156,7 +156,7 @@ async def test_rate_limit_per_principal(make_fed) -> None:
         results = await asyncio.gather(
             *(op.list("spoke-1") for _ in range(8)), return_exceptions=True
         )
-    limited = [r for r in results if isinstance(r, hc.HubCallError)]
+    limited = [r for r in results if isinstance(r, hc.CallError)]
     assert 1 <= len(limited) <= 5
     assert all(e.code.name == "RESOURCE_EXHAUSTED" and e.reason == "RATE_LIMITED" for e in limited)
 
@@ -224,7 +224,7 @@ async def test_logs_never_carry_keys_signatures_or_payloads(make_fed) -> None:
         async with fed.client() as op:
             agent = await op.spawn("spoke-1", "synthetic", marked_task)
             await wait_final(op, agent.agent_id)
-            with contextlib.suppress(hc.HubCallError):
+            with contextlib.suppress(hc.CallError):
                 await op.spawn("spoke-1", "nope", "x")
     text = repr(logs)
     assert logs, "the servers logged nothing: the check would be vacuous"

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from hubspoke import client as hc
 from hubspoke.gen.federation.v1 import agent_pb2
-from hubspoke.hub import client as hc
 
 from .conftest import Federation, wait_final, wait_state
 
@@ -20,7 +20,7 @@ async def test_watch_follows_an_agent_to_its_end(federation: Federation) -> None
     async with federation.client() as client:
         agent = await client.spawn("spoke-1", "synthetic", "duration=0.6 steps=3")
         events = [e async for e in client.watch(agent.agent_id)]
-    states = [hc.state_name(e.state) for e in events if e.kind == Kind.KIND_STATE]
+    states = [e.state.name for e in events if e.kind == Kind.KIND_STATE]
     assert states == ["QUEUED", "STARTING", "RUNNING", "SUCCEEDED"]
     seqs = [e.sequence for e in events if e.kind != Kind.KIND_HEARTBEAT]
     assert seqs == sorted(seqs)
@@ -50,7 +50,7 @@ async def test_watch_sends_heartbeats_while_quiet(federation: Federation) -> Non
 
 async def test_watch_of_unknown_agent_is_not_found(federation: Federation) -> None:
     async with federation.client() as client:
-        with pytest.raises(hc.HubCallError) as err:
+        with pytest.raises(hc.CallError) as err:
             _ = [e async for e in client.watch("nope", spoke="spoke-1")]
     assert err.value.code.name == "NOT_FOUND"
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from hubspoke import client as hc
 from hubspoke import keys
 from hubspoke import tls as stls
-from hubspoke.hub import client as hc
 from hubspoke.hub.app import HubApp
 from hubspoke.hub.config import HubConfig, SpokeEntry
 from hubspoke.hub.federation_files import FederationFiles, write_federation
@@ -41,7 +41,7 @@ class Interop:
     tls: stls.LeafFiles | None
     """The service's transport certificate and key, when the federation speaks TLS."""
 
-    def client(self) -> hc.HubClient:
+    def client(self) -> hc.Client:
         """A Python client (the operator) to look at what the foreign client did."""
         return hc.client_from_config(self.files.hubctl_config, hub=self.hub_address, env={})
 

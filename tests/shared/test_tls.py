@@ -16,11 +16,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from hubspoke import client as hc
 from hubspoke import grpc as sgrpc
 from hubspoke import tls
 from hubspoke.grpc import channel
 from hubspoke.hub import cli, federation_files
-from hubspoke.hub import client as hc
 from hubspoke.hub.config import HubConfig, HubConfigError
 from hubspoke.spoke.config import SpokeConfig, SpokeConfigError
 
