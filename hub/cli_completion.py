@@ -92,7 +92,7 @@ def _help(text: object) -> str:
     if not isinstance(text, str) or text == argparse.SUPPRESS:
         return ""
     first = text.split("\n")[0].replace("%(default)s", "").replace("%%", "%")
-    return "".join(c for c in first if c.isalnum() or c in " .,:;()+-=/_*<>|#@[]{}")[:80]
+    return "".join(c for c in first if c.isalnum() or c in " .,:;()+-=/_*<>|#@[]{}'")[:100]
 
 
 def _words(items: Sequence[str]) -> str:

@@ -263,7 +263,9 @@ def test_bash_completion_follows_the_parser(
 
 
 @pytest.mark.parametrize("shell", ["zsh", "fish"])
-def test_zsh_and_fish_completion(shell: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_zsh_and_fish_completion(
+    shell: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     text = _script(shell, capsys)
     nodes = list(cli_completion.walk(cli.build_parser()))
     paths = {" ".join(n.path) for n in nodes}
@@ -283,3 +285,64 @@ def test_zsh_and_fish_completion(shell: str, capsys: pytest.CaptureFixture[str])
     check = [binary, "-n"] if shell == "zsh" else [binary, "--no-execute"]
     done = subprocess.run([*check], input=text, capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
+    if shell == "zsh":
+        _zsh_exercise(binary, text, tmp_path)
+    if shell == "fish":  # fish completes a command line without a terminal
+        script = tmp_path / "hubctl.fish"
+        script.write_text(text)
+        asked = 'complete -C "hubctl --json init "; complete -C "hubctl queue "'
+        done = subprocess.run(
+            [binary, "--no-config", "-c", f"source {script}; {asked}"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        offered = [line.split("\t")[0] for line in done.stdout.splitlines()]
+        assert offered == [
+            "accept",
+            "add-spoke",
+            "hub",
+            "spoke",
+            "drain",
+            "pause",
+            "resume",
+            "stats",
+        ]
+        assert "on the spoke's host" in done.stdout
+
+
+_ZSH_DRIVER = """
+# zsh's completion builtins need a terminal; these print what the script would offer.
+_describe() { local name=${@[-1]}; print -l -- ${(P)name%%:*}; }
+compadd() { local name=${@[-1]}; print -l -- ${(P)name}; }
+_files() { print FILES; }
+words=(${=1})
+[[ "$1" == *" " ]] && words+=("")
+CURRENT=${#words}
+source "$2"
+"""
+
+
+def _zsh_exercise(zsh: str, text: str, tmp_path: Path) -> None:
+    """Run the zsh script's own logic for a few command lines."""
+    script, driver = tmp_path / "_hubctl", tmp_path / "driver.zsh"
+    script.write_text(text)
+    driver.write_text(_ZSH_DRIVER)
+
+    def offered(line: str) -> list[str]:
+        done = subprocess.run(
+            [zsh, "-f", str(driver), line, str(script)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,  # the status is the last test's in the script; the output is the answer
+        )
+        assert done.stderr == "", done.stderr
+        return done.stdout.split()
+
+    assert offered("hubctl init ") == ["hub", "spoke", "add-spoke", "accept"]
+    assert offered("hubctl --json queue ") == ["stats", "pause", "resume", "drain"]
+    assert "--operator" in offered("hubctl init hub --op")
+    assert offered("hubctl init add-spoke --hub-dir ") == ["FILES"]
+    assert offered("hubctl keys rotate --role ") == ["client", "hub", "spoke"]
