@@ -7,7 +7,9 @@
   earlier run in the same DIR are kept, configs are rewritten with this run's ports;
 * ``spoked --config DIR/spoke-N.toml`` per spoke (profiles ``synthetic`` and ``shell``,
   the latter unsafe: ``sh -c TASK``) and ``hubd --config DIR/hub.toml``, as subprocesses
-  with their stderr (and any stdout after readiness) in ``DIR/logs/<name>.log``.
+  with their stderr (and any stdout but the readiness line) in ``DIR/logs/<name>.log``.
+
+All of that is :class:`hubspoke.testing.Federation`; this module is the command line over it.
 
 Once every server printed ``serving <port>`` it prints ``ready`` on stdout and a summary
 on stderr, then waits. SIGINT, SIGTERM or SIGHUP stops everything it started (SIGTERM, then
@@ -19,8 +21,9 @@ imported here.
 
 Exception hierarchy::
 
-    Exception
-     └── DevError   the federation could not start (the message names the log to read)
+    HubspokeError
+     └── DevError   another ``dev up`` holds DIR (a server that cannot start raises the
+                    harness's ``HarnessError``, whose message names the log to read)
 """
 
 from __future__ import annotations
@@ -29,39 +32,28 @@ import argparse
 import asyncio
 import contextlib
 import fcntl
-import os
 import shlex
-import shutil
 import signal
 import sys
-import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Final, NoReturn
 
-from hubspoke import keys, redis_server
-
-from . import federation_files
+from hubspoke import testing
+from hubspoke.errors import HubspokeError
 
 __all__ = ["DevError", "main"]
 
-HOST: Final = "127.0.0.1"
 HUB_NAME: Final = "hub"
 READY_LINE: Final = "ready"
 READY_TIMEOUT_S: Final = 20.0
 STOP_GRACE_S: Final = 10.0
 MAX_SPOKES: Final = 32
 _POLL_S: Final = 0.25
-_LOG_TAIL_LINES: Final = 8
-# Variables that hubd and spoked read over their config file (env > file): a value left in
-# the operator's shell would point a dev server at another Redis, port or key.
-_SERVER_ENV_PREFIXES: Final = ("HUB_", "SPOKE_")
-_SERVER_ENV_VARS: Final = frozenset({"REDIS_URL"})
 
 
-class DevError(Exception):
-    """The dev federation could not start or keep running."""
+class DevError(HubspokeError):
+    """Another ``hubctl dev up`` runs in the same DIR."""
 
 
 class _UsageError(Exception):
@@ -139,7 +131,7 @@ def main(argv: Sequence[str]) -> int:
         return 2
     try:
         return asyncio.run(_up(root, args.spokes, args.base_port))
-    except DevError as exc:
+    except HubspokeError as exc:  # DevError, or the harness's: a server did not start
         print(f"Error: {exc}", file=sys.stderr)
         return 1
 
@@ -153,303 +145,51 @@ def _env(root: Path) -> int:
     return 0
 
 
-# -- files -----------------------------------------------------------------------------------
+# -- the federation --------------------------------------------------------------------------
 
 
-def write_files(
-    root: Path,
-    spokes: Sequence[federation_files.SpokeSpec],
-    hub_address: str,
-    hub_redis_url: str,
-) -> federation_files.FederationFiles:
-    """Write the federation into ``root``, keeping every key an earlier run left there.
-
-    Missing keys are created; the configs and the trust store are always rewritten (the
-    trust store with the public halves of the keys actually in ``root/keys``); any other
-    file ``write_federation`` writes is added only if ``root`` lacks it.
-
-    Raises:
-        DevError: an existing private key cannot be read.
-    """
-    keys_dir = root / "keys"
-    if not any(keys_dir.glob("*.key")):
-        return federation_files.write_federation(root, spokes, hub_address, hub_redis_url)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
+def _take_lock(root: Path) -> BinaryIO:
+    """One ``dev up`` per DIR: two would share the Redis data directories."""
+    root.mkdir(parents=True, exist_ok=True)
+    lock = (root / ".dev.lock").open("wb")
     try:
-        staged = federation_files.write_federation(staging, spokes, hub_address, hub_redis_url)
-        trust = staged.trust_file.read_text()
-        for new_key in sorted(staged.keys_dir.glob("*.key")):
-            name, kept = new_key.stem, keys_dir / new_key.name
-            if kept.exists():
-                trust = trust.replace(_public_of(new_key, name), _public_of(kept, name))
-                continue
-            for src in (new_key, new_key.with_suffix(".pub")):
-                # link() fails if the target exists: a key is never overwritten.
-                os.link(src, keys_dir / src.name)
-        (root / staged.trust_file.name).write_text(trust)
-        configs = [staged.hub_config, staged.hubctl_config, *staged.spoke_configs.values()]
-        for config in configs:
-            os.replace(config, root / config.name)
-        # Any other file (e.g. policy.toml) is written only where none exists yet, as
-        # write_federation itself does: the operator's edits survive.
-        for other in staging.iterdir():
-            target = root / other.name
-            if other.is_file() and other != staged.trust_file and not target.exists():
-                os.replace(other, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return federation_files.FederationFiles(
-        root=root,
-        keys_dir=keys_dir,
-        trust_file=root / staged.trust_file.name,
-        hub_config=root / staged.hub_config.name,
-        spoke_configs={n: root / p.name for n, p in staged.spoke_configs.items()},
-        hubctl_config=root / staged.hubctl_config.name,
-        hub_name=staged.hub_name,
-        hub_address=staged.hub_address,
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise DevError(f"another 'hubctl dev up' is running in {root}") from None
+    return lock
+
+
+def _federation(root: Path, spokes: int, base_port: int) -> testing.Federation:
+    return testing.Federation(
+        root,
+        [f"spoke-{i}" for i in range(1, spokes + 1)],
+        hub_name=HUB_NAME,
+        base_port=base_port,
+        keep_keys=True,
+        ready_timeout_s=READY_TIMEOUT_S,
+        stop_grace_s=STOP_GRACE_S,
+        report=_say,
     )
 
 
-def _public_of(path: Path, name: str) -> str:
-    try:
-        return keys.encode_public(keys.load_private(path, name).public)
-    except keys.KeyFileError as exc:
-        raise DevError(f"cannot reuse the key from an earlier run: {exc}") from exc
-
-
-# -- processes -------------------------------------------------------------------------------
-
-
-def server_argv(program: str, module: str, config: Path) -> list[str]:
-    """The console script next to this interpreter, else ``python -m module``."""
-    script = Path(sys.executable).parent / program
-    if script.is_file() and os.access(script, os.X_OK):
-        return [str(script), "--config", str(config)]
-    return [sys.executable, "-m", module, "--config", str(config)]
-
-
-def _server_env() -> dict[str, str]:
-    return {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(_SERVER_ENV_PREFIXES) and k not in _SERVER_ENV_VARS
-    }
-
-
-def _log_tail(path: Path) -> str:
-    try:
-        lines = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return ""
-    return "\n".join(f"  {line}" for line in lines[-_LOG_TAIL_LINES:])
-
-
-def _open_log(path: Path) -> BinaryIO:
-    """Truncate the log, then open it for appending.
-
-    Append mode: this process (the server's stdout) and the server (its stderr) both write
-    to the file, so neither may overwrite the other.
-    """
-    path.write_bytes(b"")
-    return path.open("ab")
-
-
-@dataclass
-class _Server:
-    """hubd or spoked as a child process in its own session."""
-
-    name: str
-    address: str
-    log_path: Path
-    process: asyncio.subprocess.Process
-    log: BinaryIO
-    drain: asyncio.Task[None] | None = field(default=None)
-
-    def failure(self, what: str) -> DevError:
-        tail = _log_tail(self.log_path)
-        return DevError(f"{what}; see {self.log_path}" + (f"\n{tail}" if tail else ""))
-
-    async def wait_serving(self, timeout_s: float) -> int:
-        """Read stdout until ``serving <port>``; the port, or DevError."""
-        stdout = self._stdout()
-        try:
-            async with asyncio.timeout(timeout_s):
-                while line := await stdout.readline():
-                    word, _, port = line.decode(errors="replace").strip().partition(" ")
-                    if word == "serving" and port.isdigit():
-                        return int(port)
-                    self.log.write(line)
-                    self.log.flush()
-                await self.process.wait()
-        except TimeoutError:
-            raise self.failure(
-                f"{self.name} did not print 'serving <port>' within {timeout_s:g} s"
-            ) from None
-        raise self.failure(f"{self.name} exited with status {self.process.returncode} at start")
-
-    async def copy_stdout(self) -> None:
-        """Keep the pipe drained after readiness, so a chatty server never blocks on it."""
-        stdout = self._stdout()
-        while line := await stdout.readline():
-            self.log.write(line)
-            self.log.flush()
-
-    def _stdout(self) -> asyncio.StreamReader:
-        if self.process.stdout is None:
-            raise DevError(f"{self.name} was started without a stdout pipe")
-        return self.process.stdout
-
-    def signal(self, signum: signal.Signals) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signum)
-
-    async def stop(self, grace_s: float) -> None:
-        """SIGTERM the process group, SIGKILL it after ``grace_s``; always reap."""
-        if self.process.returncode is None:
-            self.signal(signal.SIGTERM)
-            try:
-                async with asyncio.timeout(grace_s):
-                    await self.process.wait()
-            except TimeoutError:
-                print(
-                    f"dev: {self.name} ignored SIGTERM for {grace_s:g} s; SIGKILL", file=sys.stderr
-                )
-                self.signal(signal.SIGKILL)
-            await self.process.wait()
-        if self.drain is not None:
-            # The pipe reaches EOF when the server exits; a grandchild holding it open
-            # must not hold us up.
-            await asyncio.wait({self.drain}, timeout=1.0)
-            self.drain.cancel()
-        self.log.close()
-
-
-class DevFederation:
-    """Redis servers, spokes and a hub started together, stopped together."""
-
-    def __init__(self, root: Path, spokes: int, base_port: int = 0) -> None:
-        self.root = root
-        self.spoke_names = [f"spoke-{i}" for i in range(1, spokes + 1)]
-        self.base_port = base_port
-        self.redis: dict[str, redis_server.EmbeddedRedis] = {}
-        self.servers: list[_Server] = []
-        self.files: federation_files.FederationFiles | None = None
-        self._lock: BinaryIO | None = None
-
-    def _port(self, index: int) -> int:
-        return self.base_port + index if self.base_port else redis_server.pick_free_port()
-
-    def _take_lock(self) -> None:
-        """One ``dev up`` per DIR: two would share the Redis data directories."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        lock = (self.root / ".dev.lock").open("wb")
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.close()
-            raise DevError(f"another 'hubctl dev up' is running in {self.root}") from None
-        self._lock = lock
-
-    async def start(self) -> None:
-        """Start everything; on failure the caller still calls :meth:`shutdown`."""
-        self._take_lock()
-        names = [HUB_NAME, *self.spoke_names]
-        _say(f"starting {len(names)} private redis-servers (data in {self.root / 'redis'})")
-        for name in names:
-            self.redis[name] = redis_server.EmbeddedRedis(self.root / "redis" / name)
-        try:
-            async with asyncio.TaskGroup() as tg:
-                for r in self.redis.values():
-                    tg.create_task(r.start())
-        except* redis_server.RedisServerError as group:
-            raise DevError(str(group.exceptions[0])) from None
-
-        hub_address = f"{HOST}:{self._port(0)}"
-        specs = [
-            (name, f"{HOST}:{self._port(i)}", self.redis[name].url)
-            for i, name in enumerate(self.spoke_names, start=1)
+def _summary(fed: testing.Federation) -> str:
+    config = shlex.quote(str(fed.root / "hubctl.toml"))
+    servers = [fed.hub, *(d for d in fed.daemons if d is not fed.hub)]  # the hub first
+    width = max(len(s.name) for s in servers)
+    rows = [f"  {s.name.ljust(width)}  {s.address:<21}  log {s.log_file}" for s in servers]
+    return "\n".join(
+        [
+            f"dev federation ready in {fed.root}",
+            *rows,
+            "  spokes offer the profiles 'synthetic' and 'shell' (sh -c TASK; unsafe)",
+            "in another terminal:",
+            f"  export HUBCTL_CONFIG={config}",
+            "  hubctl spokes",
+            f"  hubctl spawn --spoke {fed.spoke_names[0]} -- duration=5",
+            "Ctrl-C stops everything.",
         ]
-        self.files = write_files(self.root, specs, hub_address, self.redis[HUB_NAME].url)
-        _say(f"wrote keys and configs to {self.root}")
-
-        logs = self.root / "logs"
-        logs.mkdir(exist_ok=True)
-        _say(f"starting hubd and {len(specs)} spoked (logs in {logs})")
-        for name, address, _ in specs:
-            argv = server_argv("spoked", "spoke", self.files.spoke_configs[name])
-            await self._spawn(name, address, argv, logs / f"{name}.log")
-        argv = server_argv("hubd", "hub", self.files.hub_config)
-        await self._spawn(HUB_NAME, hub_address, argv, logs / f"{HUB_NAME}.log")
-        try:
-            async with asyncio.TaskGroup() as tg:
-                for server in self.servers:
-                    tg.create_task(server.wait_serving(READY_TIMEOUT_S))
-        except* DevError as group:
-            raise group.exceptions[0] from None
-        for server in self.servers:
-            server.drain = asyncio.create_task(server.copy_stdout(), name=f"{server.name}-stdout")
-
-    async def _spawn(self, name: str, address: str, argv: list[str], log_path: Path) -> None:
-        log = _open_log(log_path)
-        try:
-            process = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=log,
-                env=_server_env(),
-                cwd=self.root,
-                # Its own session: a terminal's Ctrl-C reaches only us, and we stop the
-                # servers in order; killpg also reaches anything the server forked.
-                start_new_session=True,
-            )
-        except OSError as exc:
-            log.close()
-            raise DevError(f"cannot start {name} ({shlex.join(argv)}): {exc}") from exc
-        self.servers.append(_Server(name, address, log_path, process, log))
-
-    def dead(self) -> str | None:
-        """Why the federation is broken (a server or Redis exited), or None."""
-        for s in self.servers:
-            if s.process.returncode is not None:
-                return (
-                    f"{s.name} exited unexpectedly with status {s.process.returncode}; "
-                    f"see {s.log_path}"
-                )
-        for name, r in self.redis.items():
-            if not r.running:
-                return f"the redis-server of {name} exited unexpectedly; see {r.log_file}"
-        return None
-
-    async def shutdown(self) -> None:
-        """Stop the servers (all at once), then their Redis. Idempotent."""
-        try:
-            servers, self.servers = self.servers, []
-            await asyncio.gather(*(s.stop(STOP_GRACE_S) for s in servers))
-            redis, self.redis = self.redis, {}
-            await asyncio.gather(*(r.stop(STOP_GRACE_S) for r in redis.values()))
-        finally:
-            if self._lock is not None:
-                self._lock.close()
-                self._lock = None
-
-    def summary(self) -> str:
-        config = shlex.quote(str(self.root / "hubctl.toml"))
-        width = max(len(s.name) for s in self.servers)
-        servers = sorted(self.servers, key=lambda s: s.name != HUB_NAME)  # the hub first
-        rows = [f"  {s.name.ljust(width)}  {s.address:<21}  log {s.log_path}" for s in servers]
-        return "\n".join(
-            [
-                f"dev federation ready in {self.root}",
-                *rows,
-                "  spokes offer the profiles 'synthetic' and 'shell' (sh -c TASK; unsafe)",
-                "in another terminal:",
-                f"  export HUBCTL_CONFIG={config}",
-                "  hubctl spokes",
-                f"  hubctl spawn --spoke {self.spoke_names[0]} -- duration=5",
-                "Ctrl-C stops everything.",
-            ]
-        )
+    )
 
 
 def _say(text: str) -> None:
@@ -476,9 +216,11 @@ async def _up(root: Path, spokes: int, base_port: int) -> int:
     sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     for sig in sigs:
         loop.add_signal_handler(sig, on_signal, sig)
-    fed = DevFederation(root, spokes, base_port)
+    lock: BinaryIO | None = None
+    fed = _federation(root, spokes, base_port)
     code = 0
     try:
+        lock = _take_lock(root)
         # A signal during start-up cancels it; the finally below stops what did start.
         starting = asyncio.create_task(fed.start(), name="dev-start")
         stopping = asyncio.create_task(stop.wait(), name="dev-stop")
@@ -490,8 +232,8 @@ async def _up(root: Path, spokes: int, base_port: int) -> int:
             starting.cancel()
             await asyncio.wait({starting})
         else:
-            starting.result()  # raises DevError if start-up failed
-            print(fed.summary(), file=sys.stderr, flush=True)
+            starting.result()  # raises a HubspokeError if start-up failed
+            print(_summary(fed), file=sys.stderr, flush=True)
             print(READY_LINE, flush=True)
             while not await _wait_for(stop, _POLL_S):
                 problem = fed.dead()
@@ -502,7 +244,11 @@ async def _up(root: Path, spokes: int, base_port: int) -> int:
         if received:
             _say(f"{received[0]}: stopping")
     finally:
-        await fed.shutdown()
+        try:
+            await fed.stop()
+        finally:
+            if lock is not None:
+                lock.close()
         for sig in sigs:
             loop.remove_signal_handler(sig)
     _say("stopped")

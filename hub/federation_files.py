@@ -1,6 +1,7 @@
 """Write a whole federation's keys and config files into one directory.
 
-Used by the dev federation (``hubctl dev``) and by the tests. Layout::
+Used by the harness (``hubspoke.testing``: ``hubctl dev``, the tests, bench, chaos and fuzz).
+Layout::
 
     DIR/keys/{hub,spoke-N,operator}.key|.pub   Ed25519 keypairs (private keys mode 0600)
     DIR/trust.toml                              every peer with its role; all processes share it
@@ -15,15 +16,24 @@ Paths inside the files are relative to DIR, so the directory can be moved as a w
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from hubspoke import keys, policy
+from hubspoke import errors, keys, policy
 from hubspoke import tls as stls
 
-__all__ = ["OPERATOR", "FederationFiles", "SpokeSpec", "write_federation"]
+__all__ = [
+    "DEFAULT_SPOKE_PROFILES",
+    "OPERATOR",
+    "FederationFiles",
+    "SpokeSpec",
+    "write_federation",
+]
 
 OPERATOR: Final = "operator"
 """The client principal the generated hubctl config signs as."""
@@ -31,7 +41,7 @@ OPERATOR: Final = "operator"
 SpokeSpec = tuple[str, str, str]
 """``(name, listen address, redis_url)`` of one spoke."""
 
-_SPOKE_PROFILES: Final = """
+DEFAULT_SPOKE_PROFILES: Final = """
 [profiles.synthetic]
 
 [profiles.shell]
@@ -70,14 +80,16 @@ def write_federation(
     hub_redis_url: str,
     *,
     hub_name: str = "hub",
-    spoke_profiles: str = _SPOKE_PROFILES,
+    spoke_profiles: str = DEFAULT_SPOKE_PROFILES,
     tls: bool = False,
+    keep_keys: bool = False,
 ) -> FederationFiles:
     """Generate keys for the hub, each spoke and ``operator``, and write every config file.
 
     Args:
         root: the directory to fill (created if needed). Existing key files are never
-            overwritten: writing twice into one directory raises ``FileExistsError``.
+            overwritten: writing twice into one directory raises ``FileExistsError``
+            (unless ``keep_keys``).
         spokes: ``(name, listen address, redis_url)`` per spoke.
         hub_address: where hubd listens and hubctl dials.
         hub_redis_url: the hub's Redis.
@@ -86,7 +98,27 @@ def write_federation(
         tls: also create a transport CA and a certificate per peer in ``DIR/tls`` (SANs:
             the name, ``localhost`` and ``127.0.0.1``) and a ``[tls]`` table in every config.
             Without it the federation speaks plaintext, so every address must be loopback.
+        keep_keys: reuse the keys an earlier run left in ``root``: missing keys are
+            created, the configs and the trust store are rewritten (the trust store with
+            the public halves of the keys actually in ``root/keys``), and any other file
+            is added only where ``root`` lacks it.
+
+    Raises:
+        hubspoke.errors.ConfigError: with ``keep_keys``, a kept private key is unreadable.
     """
+    if keep_keys and any((root / "keys").glob("*.key")):
+        return _rewrite_keeping_keys(
+            root,
+            lambda into: write_federation(
+                into,
+                spokes,
+                hub_address,
+                hub_redis_url,
+                hub_name=hub_name,
+                spoke_profiles=spoke_profiles,
+                tls=tls,
+            ),
+        )
     root.mkdir(parents=True, exist_ok=True)
     keys_dir = root / "keys"
     names = [hub_name, *(s[0] for s in spokes)]
@@ -171,3 +203,54 @@ def write_federation(
         hub_address=hub_address,
         tls_dir=tls_dir,
     )
+
+
+def _rewrite_keeping_keys(root: Path, write: Callable[[Path], FederationFiles]) -> FederationFiles:
+    """``write`` a fresh federation beside ``root``, then move in all but the keys it kept."""
+    keys_dir = root / "keys"
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
+    try:
+        staged = write(staging)
+        trust = staged.trust_file.read_text()
+        for new_key in sorted(staged.keys_dir.glob("*.key")):
+            name, kept = new_key.stem, keys_dir / new_key.name
+            if kept.exists():
+                trust = trust.replace(_public_of(new_key, name), _public_of(kept, name))
+                continue
+            for src in (new_key, new_key.with_suffix(".pub")):
+                # link() fails if the target exists: a key is never overwritten.
+                os.link(src, keys_dir / src.name)
+        (root / staged.trust_file.name).write_text(trust)
+        configs = [staged.hub_config, staged.hubctl_config, *staged.spoke_configs.values()]
+        for config in configs:
+            os.replace(config, root / config.name)
+        # Any other file (e.g. policy.toml) is written only where none exists yet, as
+        # write_federation itself does: the operator's edits survive.
+        for other in staging.iterdir():
+            target = root / other.name
+            if other.is_file() and other != staged.trust_file and not target.exists():
+                os.replace(other, target)
+        if staged.tls_dir is not None:
+            # Transport certificates are not identities: issue them afresh for every peer.
+            shutil.rmtree(root / "tls", ignore_errors=True)
+            os.replace(staged.tls_dir, root / "tls")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return FederationFiles(
+        root=root,
+        keys_dir=keys_dir,
+        trust_file=root / staged.trust_file.name,
+        hub_config=root / staged.hub_config.name,
+        spoke_configs={n: root / p.name for n, p in staged.spoke_configs.items()},
+        hubctl_config=root / staged.hubctl_config.name,
+        hub_name=staged.hub_name,
+        hub_address=staged.hub_address,
+        tls_dir=root / "tls" if staged.tls_dir is not None else None,
+    )
+
+
+def _public_of(path: Path, name: str) -> str:
+    try:
+        return keys.encode_public(keys.load_private(path, name).public)
+    except keys.KeyFileError as exc:
+        raise errors.ConfigError(f"cannot reuse the key from an earlier run: {exc}") from exc

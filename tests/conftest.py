@@ -8,12 +8,8 @@ starts from an empty keyspace. Tests that kill or restart Redis get their own se
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import signal
-import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -24,9 +20,7 @@ import redis
 import redis.asyncio
 from prometheus_client.parser import text_string_to_metric_families
 
-from hubspoke import redis_server
-
-_START_TIMEOUT = 10.0
+from hubspoke import testing
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -50,58 +44,6 @@ def _venv_bin_on_path() -> Iterator[None]:
         yield
 
 
-def _wait_for_ping(proc: subprocess.Popen[bytes], port: int) -> str | None:
-    """None once the server answers PING, else why it never will."""
-    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1, socket_connect_timeout=1)
-    try:
-        deadline = time.monotonic() + _START_TIMEOUT
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                return f"exited with status {proc.returncode}"
-            try:
-                if client.ping():
-                    return None
-            except redis.RedisError:
-                pass
-            time.sleep(0.02)
-        return f"no PONG within {_START_TIMEOUT:g} s"
-    finally:
-        client.close()
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the server's process group, SIGKILL it if it lingers; always reap."""
-    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, None)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(wait)
-            return
-
-
-def _start_session_server(data_dir: Path) -> tuple[subprocess.Popen[bytes], int]:
-    """Start redis-server on a free port, trying new ports while they turn out taken."""
-    binary = redis_server.find_redis_server()
-    log = data_dir / "redis.log"
-    reason = ""
-    for _ in range(3):
-        port = redis_server.pick_free_port()
-        argv = redis_server.redis_server_argv(binary, port=port, data_dir=data_dir)
-        with log.open("ab") as out:
-            proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True
-            )
-        problem = _wait_for_ping(proc, port)
-        if problem is None:
-            return proc, port
-        _stop(proc)
-        tail = " | ".join(log.read_text(errors="replace").splitlines()[-10:])
-        reason = f"{problem}; log tail: {tail}"
-        if "Address already in use" not in tail:
-            break
-    raise redis_server.RedisServerError(f"session redis-server did not start: {reason}")
-
-
 @pytest.fixture(scope="session")
 def redis_server_url(
     request: pytest.FixtureRequest,
@@ -111,17 +53,20 @@ def redis_server_url(
     """URL of the session's Redis: ``--redis-url`` if given, else a private redis-server.
 
     Sync on purpose: a session-scoped async fixture would live on another event loop than
-    the function-scoped tests (see PITFALLS.md, pytest-asyncio).
+    the function-scoped tests (see PITFALLS.md, pytest-asyncio); the server belongs to a
+    loop on a thread of its own.
     """
     external: str | None = request.config.getoption("--redis-url")
     if external:
         yield external
         return
-    proc, port = _start_session_server(tmp_path_factory.mktemp("redis-session"))
-    try:
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        _stop(proc)
+    server = testing.EmbeddedRedis(tmp_path_factory.mktemp("redis-session"))
+    with testing.LoopThread("redis-session") as loop:
+        loop.run(server.start())
+        try:
+            yield server.url
+        finally:
+            loop.run(server.stop())
 
 
 @pytest.fixture
@@ -160,9 +105,9 @@ class EmbeddedRedisFactory(Protocol):
         *,
         port: int = 0,
         appendonly: bool = True,
-        appendfsync: redis_server.AppendFsync = "everysec",
+        appendfsync: testing.AppendFsync = "everysec",
         unix_socket: bool = False,
-    ) -> Awaitable[redis_server.EmbeddedRedis]: ...
+    ) -> Awaitable[testing.EmbeddedRedis]: ...
 
 
 @pytest.fixture
@@ -170,17 +115,17 @@ async def embedded_redis_factory(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[EmbeddedRedisFactory]:
     """Private, started servers for tests that kill or restart Redis; all stopped at teardown."""
-    servers: list[redis_server.EmbeddedRedis] = []
+    servers: list[testing.EmbeddedRedis] = []
 
     async def start(
         *,
         port: int = 0,
         appendonly: bool = True,
-        appendfsync: redis_server.AppendFsync = "everysec",
+        appendfsync: testing.AppendFsync = "everysec",
         unix_socket: bool = False,
-    ) -> redis_server.EmbeddedRedis:
+    ) -> testing.EmbeddedRedis:
         # mktemp keeps the path short enough for a unix socket, unlike a long test name.
-        server = redis_server.EmbeddedRedis(
+        server = testing.EmbeddedRedis(
             tmp_path_factory.mktemp("redis"),
             port=port,
             appendonly=appendonly,

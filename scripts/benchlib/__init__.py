@@ -2,8 +2,8 @@
 
 ``scripts/bench.py`` is the entry point. Modules:
 
-* ``procs``: child processes (spoked, hubd, redis-server, echo servers) and their CPU time
-* ``cluster``: the federation under test, built from ``write_federation`` configs
+* ``procs``: the CPU time and memory of any process
+* ``cluster``: the federation under test, from the harness (``hubspoke.testing``)
 * ``harness``: arms, interleaved rounds, latency/throughput/CPU sampling, aggregation
 * ``floors``, ``ours``, ``rivals``: the arms; ``scale``: the backlog phase
 * ``report``: ``docs/benchmarks.md``, PNG plots, environment

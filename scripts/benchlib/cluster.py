@@ -1,4 +1,5 @@
-"""The federation under test: real redis-server, spoked and hubd processes, plus echo servers.
+"""The federation under test, from the harness (:class:`hubspoke.testing.Federation`): real
+redis-server, spoked and hubd processes, plus echo servers.
 
 Layout (every name is a spoke site with its own EmbeddedRedis):
 
@@ -9,15 +10,13 @@ Layout (every name is a spoke site with its own EmbeddedRedis):
 * hubd ``main`` routes to every spoke; hubd ``fan-N`` to the first N paused spokes.
 * ``echo`` and ``relay`` (a second process forwarding to ``echo``) for the gRPC floor.
 
-Ports are picked free first, then written into the configs by ``write_federation``.
+The harness picks the ports and writes them into the configs.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -26,31 +25,20 @@ from pathlib import Path
 import redis.asyncio as aioredis
 from bullmq import Queue
 
-from hubspoke import client as hub_client
-from hubspoke import keys
-from hubspoke.hub.federation_files import OPERATOR, FederationFiles, write_federation
-from hubspoke.redis_server import EmbeddedRedis, pick_free_port
+from hubspoke import keys, testing
+from hubspoke.hub import client as hub_client
+from hubspoke.hub.federation_files import FederationFiles
 from hubspoke.spoke.keys import QUEUE_NAME, SpokeKeys
+from hubspoke.testing import Daemon, EmbeddedRedis
 from hubspoke.trust import TrustStore
 
 from .clients import READY_CODE, DirectClient
-from .procs import Daemon
 
 SCRIPTS_DIR = Path(__file__).resolve().parents[1]
 RUNNER = "runner"
 SCALE = "scale"
 READY_PROFILE = "ready"
-HOST = "127.0.0.1"
-
-
-_POLICY = """# The benchmark's operator may do everything (authorization is default-deny).
-[[rule]]
-name = "bench-allow-all"
-principals = ["*"]
-verbs = ["*"]
-spokes = ["*"]
-profiles = ["*"]
-"""
+READY_TIMEOUT_S = 60.0
 
 
 _RATE = 10_000
@@ -62,12 +50,6 @@ _BURST = 10_000_000
 
 def spoke_name(i: int) -> str:
     return f"spoke-{i:02d}"
-
-
-def _bin(name: str, module: str) -> list[str]:
-    """The venv's console script, or ``python -m module`` when it is missing."""
-    script = Path(sys.executable).parent / name
-    return [str(script)] if script.exists() else [sys.executable, "-m", module]
 
 
 @dataclass
@@ -101,60 +83,80 @@ class Cluster:
     sites: dict[str, Site] = field(default_factory=dict)
     hubs: dict[str, Daemon] = field(default_factory=dict)
     hub_addresses: dict[str, str] = field(default_factory=dict)
-    hub_redis: EmbeddedRedis | None = None
     echo: Daemon | None = None
     relay: Daemon | None = None
-    files: FederationFiles | None = None
-    operator: keys.SigningKey | None = None
-    policy_file: Path | None = None
-    trust: TrustStore | None = None
+    federation: testing.Federation = field(init=False)
+
+    def __post_init__(self) -> None:
+        names = [*(spoke_name(i) for i in range(1, self.fanout_max + 1)), RUNNER, SCALE]
+        self.federation = testing.Federation(
+            self.root,
+            names,
+            spoke_profiles=self._profiles(),
+            ready_timeout_s=READY_TIMEOUT_S,
+            spoke_env={
+                "SPOKE_MAX_QUEUE_DEPTH": "100000000",
+                # The per-principal rate limit still runs (its Redis script is part of every
+                # request's cost) but never refuses: one client here drives thousands of ops/s.
+                "SPOKE_RATE_PER_PRINCIPAL": str(_RATE),
+            },
+            hub_env={"HUB_RATE_PER_PRINCIPAL": str(_RATE), "HUB_RATE_BURST": str(_BURST)},
+        )
+
+    @property
+    def files(self) -> FederationFiles:
+        return self.federation.files
+
+    @property
+    def operator(self) -> keys.SigningKey:
+        return self.federation.operator
+
+    @property
+    def trust(self) -> TrustStore:
+        return self.federation.trust
+
+    @property
+    def hub_redis(self) -> EmbeddedRedis | None:
+        return self.federation.redis.get(self.federation.hub_name)
 
     @property
     def redis_servers(self) -> list[EmbeddedRedis]:
-        servers = [s.redis for s in self.sites.values()]
-        return [*servers, self.hub_redis] if self.hub_redis is not None else servers
+        return list(self.federation.redis.values())
 
     async def start(self, fanout_ns: Iterable[int]) -> None:
-        names = [*(spoke_name(i) for i in range(1, self.fanout_max + 1)), RUNNER, SCALE]
-        for name in names:
-            redis = EmbeddedRedis(self.root / "redis" / name)
-            self.sites[name] = Site(name, redis, f"{HOST}:{pick_free_port()}")
+        fed = self.federation
+        await fed.prepare()
+        for name in fed.spoke_names:
+            self.sites[name] = Site(name, fed.redis[name], fed.address(name))
         self.sites[SCALE].concurrency = 1
-        self.hub_redis = EmbeddedRedis(self.root / "redis" / "hub")
-        await asyncio.gather(*(r.start() for r in self.redis_servers))
-        hub_address = f"{HOST}:{pick_free_port()}"
-        self.files = write_federation(
-            self.root / "federation",
-            [(s.name, s.address, s.redis.url) for s in self.sites.values()],
-            hub_address,
-            self.hub_redis.url,
-            spoke_profiles=self._profiles(),
-        )
-        self.policy_file = self.root / "federation" / "bench-policy.toml"
-        self.policy_file.write_text(_POLICY)
-        self.operator = keys.load_private(self.files.keys_dir / f"{OPERATOR}.key", OPERATOR)
-        self.trust = TrustStore.from_file(self.files.trust_file)
-        await asyncio.gather(*(self.start_spoke(n) for n in names if n != SCALE))
-        for n in names:
+        await asyncio.gather(*(self.start_spoke(n) for n in fed.spoke_names if n != SCALE))
+        for n in fed.spoke_names:
             if n.startswith("spoke-"):
                 await self.pause(n)
-        self.hub_addresses["main"] = hub_address
-        starts = [self._start_hub("main", hub_address, None)]
+        starts = [self._start_hub("main", None)]
         for count in fanout_ns:
-            address = f"{HOST}:{pick_free_port()}"
-            self.hub_addresses[f"fan-{count}"] = address
-            spokes = [self.sites[spoke_name(i)] for i in range(1, count + 1)]
-            starts.append(self._start_hub(f"fan-{count}", address, spokes))
-        env = {**os.environ, "PYTHONPATH": str(SCRIPTS_DIR)}
-        self.echo = Daemon("echo", [sys.executable, "-m", "benchlib.echo"], self._log("echo"), env)
+            starts.append(
+                self._start_hub(f"fan-{count}", [spoke_name(i) for i in range(1, count + 1)])
+            )
+        env = testing.server_env({"PYTHONPATH": str(SCRIPTS_DIR)})
+        self.echo = self._daemon("echo", [sys.executable, "-m", "benchlib.echo"], env)
         await asyncio.gather(*starts, self.echo.start())
-        self.relay = Daemon(
+        self.relay = self._daemon(
             "relay",
-            [sys.executable, "-m", "benchlib.echo", "--forward", f"{HOST}:{self.echo.port}"],
-            self._log("relay"),
+            [
+                sys.executable,
+                "-m",
+                "benchlib.echo",
+                "--forward",
+                f"{testing.HOST}:{self.echo.port}",
+            ],
             env,
         )
         await self.relay.start()
+
+    def _daemon(self, name: str, argv: list[str], env: dict[str, str]) -> Daemon:
+        log = self.federation.logs / f"{name}.log"
+        return Daemon(name, argv, log, env=env, ready_timeout_s=READY_TIMEOUT_S)
 
     def _profiles(self) -> str:
         """The spoke configs' tail: top-level keys without an environment variable, then
@@ -171,53 +173,28 @@ class Cluster:
             "kill_grace_seconds = 2\n"
         )
 
-    def _log(self, name: str) -> Path:
-        return self.root / "logs" / f"{name}.log"
-
     async def start_spoke(self, name: str) -> None:
+        """Start the site's spoked, or start it again after ``stop_spoke``."""
         site = self.sites[name]
-        assert self.files is not None
-        env = {
-            **os.environ,
-            "SPOKE_MAX_QUEUE_DEPTH": "100000000",
-            "SPOKE_CONCURRENCY": str(site.concurrency),
-            # Authorization is default-deny; the benchmark's operator may do everything.
-            "SPOKE_POLICY_FILE": str(self.policy_file),
-            # The per-principal rate limit still runs (its Redis script is part of every
-            # request's cost) but never refuses: one client here drives thousands of ops/s.
-            "SPOKE_RATE_PER_PRINCIPAL": str(_RATE),
-        }
-        argv = [*_bin("spoked", "spoke"), "--config", str(self.files.spoke_configs[name])]
-        site.daemon = Daemon(name, argv, self._log(name), env)
-        await site.daemon.start()
+        if site.daemon is not None:
+            await site.daemon.start()
+            return
+        env = {"SPOKE_CONCURRENCY": str(site.concurrency)}
+        site.daemon = await self.federation.start_spoked(name, env=env)
 
     async def stop_spoke(self, name: str) -> None:
         site = self.sites[name]
         if site.daemon is not None:
             await site.daemon.stop()
 
-    async def _start_hub(self, key: str, address: str, spokes: list[Site] | None) -> None:
-        """hubd configured through ``HUB_*`` variables only (hub/config.py): the generated
-        hub.toml stays the operator's, and the benchmark names exactly the spokes it wants."""
-        assert self.files is not None
-        assert self.hub_redis is not None
-        chosen = list(self.sites.values()) if spokes is None else spokes
-        env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
-        env.update(
-            {
-                "HUB_NAME": self.files.hub_name,
-                "HUB_KEY_FILE": str(self.files.keys_dir / f"{self.files.hub_name}.key"),
-                "HUB_TRUST_FILE": str(self.files.trust_file),
-                "HUB_REDIS_URL": self.hub_redis.url,
-                "HUB_SPOKES": ",".join(f"{s.name}={s.address}" for s in chosen),
-                "HUB_POLICY_FILE": str(self.policy_file),
-                "HUB_RATE_PER_PRINCIPAL": str(_RATE),
-                "HUB_RATE_BURST": str(_BURST),
-            }
+    async def _start_hub(self, key: str, spokes: list[str] | None) -> None:
+        """A hubd named ``hub-<key>`` dialling ``spokes`` (every site when None)."""
+        chosen = list(self.sites) if spokes is None else spokes
+        daemon = await self.federation.start_hub(
+            f"hub-{key}", spokes={n: self.sites[n].address for n in chosen}
         )
-        argv = [*_bin("hubd", "hub"), "--listen", address]
-        self.hubs[key] = daemon = Daemon(f"hub-{key}", argv, self._log(f"hub-{key}"), env)
-        await daemon.start()
+        self.hubs[key] = daemon
+        self.hub_addresses[key] = daemon.address
 
     async def pause(self, name: str) -> None:
         """Pause a spoke's bullmq queue directly in its Redis: agents stay QUEUED."""
@@ -225,15 +202,10 @@ class Cluster:
             await self.sites[name].bull_queue(r).pause()
 
     def direct(self, name: str) -> DirectClient:
-        assert self.operator is not None
-        assert self.trust is not None
         return DirectClient(self.sites[name].address, name, self.operator, self.trust)
 
-    def hub(self, key: str = "main") -> hub_client.Client:
-        assert self.files is not None
-        return hub_client.client_from_config(
-            self.files.hubctl_config, hub=self.hub_addresses[key], timeout_s=20.0, env={}
-        )
+    def hub(self, key: str = "main") -> hub_client.HubClient:
+        return self.federation.client(20.0, hub=self.hub_addresses[key])
 
     def pids(self) -> dict[str, int]:
         """Every live process by role name (``spoke:<name>``, ``redis:<name>``, …)."""
@@ -254,20 +226,7 @@ class Cluster:
 
     async def stop(self) -> None:
         """Stop everything, daemons before their Redis; never raises for one failure."""
-        daemons = [
-            *(s.daemon for s in self.sites.values() if s.daemon is not None),
-            *self.hubs.values(),
-            *(d for d in (self.relay, self.echo) if d is not None),
-        ]
-        results = await asyncio.gather(*(d.stop() for d in daemons), return_exceptions=True)
-        for d in daemons:
-            d.kill_now()
-        results += await asyncio.gather(
-            *(r.stop() for r in self.redis_servers), return_exceptions=True
-        )
-        for r in self.redis_servers:
-            with contextlib.suppress(Exception):
-                await r.kill()
-        failed = [r for r in results if isinstance(r, BaseException)]
-        if failed:
-            print(f"bench: teardown errors: {failed}", file=sys.stderr)
+        extras = [d for d in (self.relay, self.echo) if d is not None]
+        await asyncio.gather(*(d.stop() for d in extras), return_exceptions=True)
+        await asyncio.gather(*(d.kill() for d in extras), return_exceptions=True)
+        await self.federation.stop()

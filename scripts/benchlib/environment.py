@@ -10,7 +10,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from hubspoke.redis_server import find_redis_server
+from hubspoke.testing import find_redis_server
 
 REPO = Path(__file__).resolve().parents[2]
 _PACKAGES = ("grpcio", "protobuf", "cryptography", "redis", "bullmq", "celery", "matplotlib")

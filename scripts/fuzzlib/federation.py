@@ -1,4 +1,6 @@
-"""A real hub and spoke in this process, on loopback, for the adversarial runs.
+"""A real hub and spoke in this process, on loopback, for the adversarial runs: the harness's
+:class:`hubspoke.testing.InProcessFederation`, plus the fuzz client's channels and what the
+run observes (agent records, Redis memory, health).
 
 Layout: one private redis-server (or a given URL) shared by the hub and ``spoke-1``. The
 hub's config also names ``spoke-2`` at spoke-1's address: a *misrouting* hub, so that a
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,24 +24,24 @@ import grpc
 import redis.asyncio as aioredis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from hubspoke import keys
+from hubspoke import keys, testing
 from hubspoke.hub.app import HubApp
 from hubspoke.hub.config import HubConfig
-from hubspoke.hub.federation_files import OPERATOR, FederationFiles, write_federation
-from hubspoke.redis_server import EmbeddedRedis, pick_free_port
+from hubspoke.hub.federation_files import OPERATOR, FederationFiles
 from hubspoke.spoke.app import SpokeApp
 from hubspoke.spoke.config import SpokeConfig
 from hubspoke.spoke.keys import SpokeKeys
+from hubspoke.testing import EmbeddedRedis, InProcessFederation
 from hubspoke.trust import TrustStore
 
 HUB: Final = "hub"
 SPOKE: Final = "spoke-1"
 MISROUTED: Final = "spoke-2"
 """In the hub's config and trust store, but its address is spoke-1's."""
-HOST: Final = "127.0.0.1"
 PROFILES: Final = "\n[profiles.synthetic]\n"
 CLIENT_MAX_BYTES: Final = 64 * 1024 * 1024
 """The fuzz client's own message limit: far above the servers', so they do the refusing."""
+SPOKE_GRACE_S: Final = 2.0
 
 RATE: Final = 1_000_000.0
 BURST: Final = 1_000_000_000
@@ -56,35 +59,69 @@ class Keys:
     """A well-formed key that no trust store lists."""
 
 
+def _hub_config(config: HubConfig) -> HubConfig:
+    return config.replace(rate_per_principal=RATE, rate_burst=BURST, log_level="warning")
+
+
+def _spoke_config(config: SpokeConfig) -> SpokeConfig:
+    return dataclasses.replace(
+        config,
+        rate_per_principal=RATE,
+        rate_burst=BURST,
+        concurrency=4,
+        stalled_interval_ms=1000,
+        lock_duration_ms=4000,
+        kill_wait_s=5.0,
+        log_level="warning",
+    )
+
+
 @dataclass
 class Federation:
     root: Path
-    files: FederationFiles
+    harness: InProcessFederation
     keys: Keys
-    trust: TrustStore
     redis_url: str
-    hub_port: int
-    spoke_port: int
-    hub_config: HubConfig
-    spoke_config: SpokeConfig
-    hub: HubApp | None = None
-    spoke: SpokeApp | None = None
     redis: aioredis.Redis | None = None
     hub_channel: grpc.aio.Channel | None = None
     spoke_channel: grpc.aio.Channel | None = None
     _embedded: EmbeddedRedis | None = None
     restarts: dict[str, int] = field(default_factory=lambda: {"hub": 0, "spoke": 0})
-    teardown_timeouts: list[str] = field(default_factory=list)
+    _teardown_timeouts: list[str] = field(default_factory=list)
     stuck: list[dict[str, object]] = field(default_factory=list)
     """Agents the positive class waited for in vain (evidence for the report)."""
 
     @property
+    def files(self) -> FederationFiles:
+        return self.harness.files
+
+    @property
+    def trust(self) -> TrustStore:
+        return self.harness.trust
+
+    @property
+    def hub(self) -> HubApp | None:
+        return self.harness.hub
+
+    @property
+    def spoke(self) -> SpokeApp | None:
+        return self.harness.spokes.get(SPOKE)
+
+    @property
+    def spoke_config(self) -> SpokeConfig:
+        return self.spoke.config if self.spoke is not None else self.harness.spoke_config(SPOKE)
+
+    @property
     def hub_address(self) -> str:
-        return f"{HOST}:{self.hub_port}"
+        return self.harness.hub_address
 
     @property
     def spoke_address(self) -> str:
-        return f"{HOST}:{self.spoke_port}"
+        return self.harness.address(SPOKE)
+
+    @property
+    def teardown_timeouts(self) -> list[str]:
+        return [*self.harness.teardown_timeouts, *self._teardown_timeouts]
 
     def channel(self, server: str) -> grpc.aio.Channel:
         ch = self.hub_channel if server == "hub" else self.spoke_channel
@@ -95,33 +132,24 @@ class Federation:
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start_servers(self) -> None:
-        self.spoke = SpokeApp(self.spoke_config)
-        await self.spoke.start()
-        self.hub = HubApp(self.hub_config)
-        await self.hub.start()
+        await self.harness.start(spokes=[SPOKE])
         await self._open_channels()
 
     async def restart_spoke(self) -> None:
         """Stop spoked and start a new one on the same port and the same Redis."""
-        if self.spoke is not None:
-            await self.spoke.shutdown(grace=2.0)
-        self.spoke = SpokeApp(self.spoke_config)
-        await _retry_bind(self.spoke.start)
+        await self.harness.restart_spoke(SPOKE)
         self.restarts["spoke"] += 1
         await self._open_channels()
 
     async def restart_hub(self) -> None:
-        if self.hub is not None:
-            await self.hub.shutdown()
-        self.hub = HubApp(self.hub_config)
-        await _retry_bind(self.hub.start)
+        await self.harness.restart_hub()
         self.restarts["hub"] += 1
         await self._open_channels()
 
     async def _open_channels(self) -> None:
         for ch in (self.hub_channel, self.spoke_channel):
             if ch is not None:
-                await ch.close()
+                await ch.close(None)
         opts = [
             ("grpc.max_send_message_length", CLIENT_MAX_BYTES),
             ("grpc.max_receive_message_length", CLIENT_MAX_BYTES),
@@ -134,23 +162,26 @@ class Federation:
 
     async def close(self) -> None:
         """Stop everything; a step that hangs is abandoned after a minute and recorded."""
-        steps: list[tuple[str, Callable[[], Awaitable[None]]]] = [
-            *((f"channel-{i}", ch.close) for i, ch in enumerate(self._channels())),
-        ]
-        if self.hub is not None:
-            steps.append(("hub", self.hub.shutdown))
-        if self.spoke is not None:
-            spoke = self.spoke
-            steps.append(("spoke", lambda: spoke.shutdown(grace=2.0)))
+        await self._steps(
+            [
+                (f"channel-{i}", functools.partial(ch.close, None))
+                for i, ch in enumerate(self._channels())
+            ]
+        )
+        await self.harness.stop()  # the hub, then the spoke; records its own hangs
+        after: list[tuple[str, Callable[[], Awaitable[None]]]] = []
         if self.redis is not None:
-            steps.append(("redis-client", self.redis.aclose))
+            after.append(("redis-client", self.redis.aclose))
         if self._embedded is not None:
-            steps.append(("redis-server", self._embedded.stop))
+            after.append(("redis-server", self._embedded.stop))
+        await self._steps(after)
+
+    async def _steps(self, steps: list[tuple[str, Callable[[], Awaitable[None]]]]) -> None:
         for name, step in steps:
             try:
                 await asyncio.wait_for(step(), timeout=60)
             except TimeoutError:
-                self.teardown_timeouts.append(name)
+                self._teardown_timeouts.append(name)
 
     def _channels(self) -> list[grpc.aio.Channel]:
         return [ch for ch in (self.hub_channel, self.spoke_channel) if ch is not None]
@@ -186,19 +217,6 @@ class Federation:
         return {"used_memory": int(info["used_memory"]), "keys": int(await self.redis.dbsize())}
 
 
-async def _retry_bind(start: object) -> None:
-    """A port just released may take a moment to bind again."""
-    for attempt in range(20):
-        try:
-            await start()  # type: ignore[operator]
-        except OSError:
-            if attempt == 19:
-                raise
-            await asyncio.sleep(0.25)
-        else:
-            return
-
-
 async def start(root: Path, redis_url: str | None = None) -> Federation:
     """Write keys and configs into ``root`` and start Redis (unless given), spoke and hub."""
     embedded: EmbeddedRedis | None = None
@@ -206,46 +224,29 @@ async def start(root: Path, redis_url: str | None = None) -> Federation:
         embedded = EmbeddedRedis(root / "redis")
         await embedded.start()
         redis_url = embedded.url
-    hub_port, spoke_port = pick_free_port(), pick_free_port()
-    spoke_addr = f"{HOST}:{spoke_port}"
-    files = write_federation(
+    spoke_addr = f"{testing.HOST}:{testing.pick_free_port()}"
+    harness = InProcessFederation(
         root / "federation",
-        [(SPOKE, spoke_addr, redis_url), (MISROUTED, spoke_addr, redis_url)],
-        f"{HOST}:{hub_port}",
-        redis_url,
+        [SPOKE, MISROUTED],
         hub_name=HUB,
         spoke_profiles=PROFILES,
+        redis_url=redis_url,
+        addresses={SPOKE: spoke_addr, MISROUTED: spoke_addr},
+        configure_hub=_hub_config,
+        configure_spoke=_spoke_config,
+        spoke_grace_s=SPOKE_GRACE_S,
     )
-    kd = files.keys_dir
-    fed_keys = Keys(
-        operator=keys.load_private(kd / f"{OPERATOR}.key", OPERATOR),
-        hub=keys.load_private(kd / f"{HUB}.key", HUB),
-        spoke=keys.load_private(kd / f"{SPOKE}.key", SPOKE),
-        intruder=keys.generate("intruder"),
-    )
-    hub_cfg = HubConfig.load(files.hub_config, {}).replace(
-        rate_per_principal=RATE, rate_burst=BURST, log_level="warning"
-    )
-    spoke_cfg = dataclasses.replace(
-        SpokeConfig.load(files.spoke_configs[SPOKE], {}),
-        rate_per_principal=RATE,
-        rate_burst=BURST,
-        concurrency=4,
-        stalled_interval_ms=1000,
-        lock_duration_ms=4000,
-        kill_wait_s=5.0,
-        log_level="warning",
-    )
+    await harness.prepare()
     fed = Federation(
         root=root,
-        files=files,
-        keys=fed_keys,
-        trust=TrustStore.from_file(files.trust_file),
+        harness=harness,
+        keys=Keys(
+            operator=harness.key(OPERATOR),
+            hub=harness.key(HUB),
+            spoke=harness.key(SPOKE),
+            intruder=keys.generate("intruder"),
+        ),
         redis_url=redis_url,
-        hub_port=hub_port,
-        spoke_port=spoke_port,
-        hub_config=hub_cfg,
-        spoke_config=spoke_cfg,
         _embedded=embedded,
     )
     fed.redis = aioredis.Redis.from_url(redis_url)

@@ -1,4 +1,5 @@
-"""A real hub in front of a real spoke on one real Redis, for end-to-end tests."""
+"""A real hub in front of a real spoke on one real Redis, for end-to-end tests (the
+harness's in-process federation, so the servers run on the test's loop)."""
 
 from __future__ import annotations
 
@@ -13,13 +14,10 @@ from typing import Any
 
 import pytest
 
-from hubspoke import client as hc
+from hubspoke import testing
 from hubspoke.gen.federation.v1 import agent_pb2
-from hubspoke.hub.app import HubApp
-from hubspoke.hub.config import HubConfig, SpokeEntry
-from hubspoke.hub.federation_files import FederationFiles, write_federation
-from hubspoke.spoke import app as spoke_app
-from hubspoke.spoke import config as spoke_config
+from hubspoke.hub import client as hc
+from hubspoke.hub.federation_files import FederationFiles
 
 REPO = Path(__file__).resolve().parents[2]
 Agent = agent_pb2.Agent
@@ -30,7 +28,7 @@ class Federation:
     files: FederationFiles
     hub_address: str
 
-    def client(self) -> hc.Client:
+    def client(self) -> hc.HubClient:
         return hc.client_from_config(self.files.hubctl_config, hub=self.hub_address, env={})
 
     async def hubctl(self, *argv: str) -> tuple[int, Any, str]:
@@ -59,19 +57,15 @@ class Federation:
 
 @pytest.fixture
 async def federation(tmp_path: Path, redis_url: str) -> AsyncIterator[Federation]:
-    files = write_federation(
-        tmp_path, [("spoke-1", "127.0.0.1:0", redis_url)], "127.0.0.1:0", redis_url
-    )
-    scfg = spoke_config.SpokeConfig.load(files.spoke_configs["spoke-1"], {})
-    async with spoke_app.SpokeApp(scfg) as spoke:
-        hcfg = HubConfig.load(files.hub_config, {}).replace(
-            spokes=(SpokeEntry("spoke-1", f"127.0.0.1:{spoke.port}"),)
-        )
-        async with HubApp(hcfg) as hub:
-            yield Federation(files, f"127.0.0.1:{hub.port}")
+    fed = testing.InProcessFederation(tmp_path, ["spoke-1"], redis_url=redis_url)
+    try:
+        await fed.start()
+        yield Federation(fed.files, fed.hub_address)
+    finally:
+        await fed.stop()
 
 
-async def wait_final(client: hc.Client, agent_id: str, timeout_s: float = 20) -> Agent:
+async def wait_final(client: hc.HubClient, agent_id: str, timeout_s: float = 20) -> Agent:
     async with asyncio.timeout(timeout_s):
         while True:
             agent = await client.get(agent_id)
@@ -80,7 +74,9 @@ async def wait_final(client: hc.Client, agent_id: str, timeout_s: float = 20) ->
             await asyncio.sleep(0.1)
 
 
-async def wait_state(client: hc.Client, agent_id: str, state: int, timeout_s: float = 20) -> None:
+async def wait_state(
+    client: hc.HubClient, agent_id: str, state: int, timeout_s: float = 20
+) -> None:
     async with asyncio.timeout(timeout_s):
         while True:
             if (await client.get(agent_id)).state == state:

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from hubspoke import keys
-from hubspoke.hub import dev
+from hubspoke.hub.federation_files import write_federation
 from hubspoke.trust import TrustStore
 
 BIN = Path(sys.executable).parent
@@ -184,15 +184,16 @@ def test_dev_up_reports_a_server_that_cannot_start(tmp_path: Path) -> None:
 
 def test_keys_from_an_earlier_run_are_kept(tmp_path: Path) -> None:
     redis = "redis://127.0.0.1:1/0"
-    first = dev.write_files(
-        tmp_path, [("spoke-1", "127.0.0.1:7101", redis)], "127.0.0.1:7100", redis
+    first = write_federation(
+        tmp_path, [("spoke-1", "127.0.0.1:7101", redis)], "127.0.0.1:7100", redis, keep_keys=True
     )
     before = {p.name: p.read_bytes() for p in first.keys_dir.glob("*.key")}
-    second = dev.write_files(
+    second = write_federation(
         tmp_path,
         [("spoke-1", "127.0.0.1:8101", redis), ("spoke-2", "127.0.0.1:8102", redis)],
         "127.0.0.1:8100",
         redis,
+        keep_keys=True,
     )
     after = {p.name: p.read_bytes() for p in second.keys_dir.glob("*.key")}
     assert {k: after[k] for k in before} == before
@@ -201,7 +202,9 @@ def test_keys_from_an_earlier_run_are_kept(tmp_path: Path) -> None:
     assert "127.0.0.1:8102" in second.hub_config.read_text()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".staging")] == []
     fresh = tmp_path / "fresh"
-    dev.write_files(fresh, [("spoke-1", "127.0.0.1:1", redis)], "127.0.0.1:2", redis)
+    write_federation(
+        fresh, [("spoke-1", "127.0.0.1:1", redis)], "127.0.0.1:2", redis, keep_keys=True
+    )
     assert {p.name for p in fresh.iterdir()} <= {p.name for p in tmp_path.iterdir()}
     trust = TrustStore.from_file(second.trust_file)
     for name in ("hub", "operator", "spoke-1", "spoke-2"):

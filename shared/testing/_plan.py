@@ -1,0 +1,204 @@
+"""What every federation of the harness shares, however its servers run: the peers and
+their addresses, a Redis per peer (or one given URL), the keys, trust store, policy and
+configs (:func:`hubspoke.hub.federation_files.write_federation`), and the operator's client.
+
+Layout under ``root``::
+
+    keys/ trust.toml policy.toml hub.toml <spoke>.toml hubctl.toml   the federation's files
+    redis/<peer>/                                                    each peer's Redis
+    logs/<daemon>.log                                                each daemon's output
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+from hubspoke import keys
+from hubspoke.hub import federation_files
+from hubspoke.hub.federation_files import OPERATOR, FederationFiles
+from hubspoke.trust import TrustStore
+
+from ._errors import HarnessError
+from ._net import address, pick_free_port
+from ._redis import EmbeddedRedis, RedisServerError
+
+if TYPE_CHECKING:
+    from hubspoke.client import Client
+
+DEFAULT_PROFILES: Final = federation_files.DEFAULT_SPOKE_PROFILES
+"""``synthetic`` and ``shell`` (``sh -c TASK``, unsafe: only ever on loopback)."""
+
+Report = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    """The default reporter: say nothing."""
+
+
+class FederationPlan:
+    """The part of a federation that does not depend on how its servers run.
+
+    Nothing happens until :meth:`prepare` (which ``start`` of a subclass calls): it starts
+    the Redis servers, then writes the files with every peer's address.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        spokes: Sequence[str] = ("spoke-1",),
+        *,
+        hub_name: str = "hub",
+        spoke_profiles: str = DEFAULT_PROFILES,
+        redis_url: str | None = None,
+        addresses: Mapping[str, str] | None = None,
+        base_port: int = 0,
+        keep_keys: bool = False,
+        tls: bool = False,
+        report: Report | None = None,
+    ) -> None:
+        """Describe the federation.
+
+        Args:
+            root: where files, Redis data and logs go (created if needed).
+            spokes: the spoke sites, by name; each gets a config and, unless
+                ``redis_url``, its own Redis.
+            hub_name: the hub's peer name.
+            spoke_profiles: the ``[profiles.*]`` tables (and any extra top-level keys)
+                appended to every spoke config.
+            redis_url: one Redis for every peer (nothing is started); None starts a
+                private redis-server per peer in ``root/redis/<peer>``.
+            addresses: listen addresses for some peers (two spokes may share one).
+            base_port: the hub on P, the N-th spoke on P+N; 0 picks free ports.
+            keep_keys: reuse the keys an earlier run left in ``root``.
+            tls: transport certificates for every peer (see ``write_federation``).
+            report: receives one line per step (``hubctl dev`` prints them).
+        """
+        self.root = root
+        self.spoke_names = list(spokes)
+        self.hub_name = hub_name
+        self.spoke_profiles = spoke_profiles
+        self.keep_keys = keep_keys
+        self.tls = tls
+        self.report: Report = report or _quiet
+        self.redis: dict[str, EmbeddedRedis] = {}
+        """Peer name → its private redis-server (empty with ``redis_url``)."""
+        self._redis_url = redis_url
+        self._addresses = dict(addresses or {})
+        self._base_port = base_port
+        self._files: FederationFiles | None = None
+        self._keys: dict[str, keys.SigningKey] = {}
+        self._trust: TrustStore | None = None
+
+    # -- set-up -------------------------------------------------------------------------------
+
+    async def prepare(self) -> FederationFiles:
+        """Start the Redis servers and write the files; once (later calls return the files).
+
+        Raises:
+            RedisServerError: a redis-server did not start.
+            hubspoke.errors.ConfigError: a kept key is unreadable (``keep_keys``).
+        """
+        if self._files is not None:
+            return self._files
+        self.root.mkdir(parents=True, exist_ok=True)
+        if self._redis_url is None and not self.redis:
+            await self._start_redis()
+        specs = [(n, self.address(n), self.redis_url(n)) for n in self.spoke_names]
+        self._files = federation_files.write_federation(
+            self.root,
+            specs,
+            self.address(self.hub_name),
+            self.redis_url(self.hub_name),
+            hub_name=self.hub_name,
+            spoke_profiles=self.spoke_profiles,
+            tls=self.tls,
+            keep_keys=self.keep_keys,
+        )
+        self.report(f"wrote keys and configs to {self.root}")
+        return self._files
+
+    async def _start_redis(self) -> None:
+        names = [self.hub_name, *self.spoke_names]
+        self.report(f"starting {len(names)} private redis-servers (data in {self.root / 'redis'})")
+        for name in names:
+            self.redis[name] = EmbeddedRedis(self.root / "redis" / name)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for server in self.redis.values():
+                    tg.create_task(server.start())
+        except* RedisServerError as group:
+            raise group.exceptions[0] from None
+
+    async def stop_redis(self, grace_s: float = 10.0) -> None:
+        """Stop every private redis-server (all at once); never raises for one failure."""
+        servers = list(self.redis.values())
+        await asyncio.gather(*(r.stop(grace_s) for r in servers), return_exceptions=True)
+        await asyncio.gather(*(r.kill() for r in servers), return_exceptions=True)
+
+    # -- what it is -------------------------------------------------------------------------
+
+    @property
+    def files(self) -> FederationFiles:
+        """Where the keys and configs are; after :meth:`prepare`."""
+        if self._files is None:
+            raise HarnessError("the federation is not prepared yet: no files")
+        return self._files
+
+    def address(self, name: str) -> str:
+        """The listen address of a peer (the hub or a spoke site), fixed on first use."""
+        found = self._addresses.get(name)
+        if found is None:
+            peers = [self.hub_name, *self.spoke_names]
+            if name not in peers:
+                raise HarnessError(f"no peer {name!r} in this federation")
+            port = self._base_port + peers.index(name) if self._base_port else pick_free_port()
+            found = self._addresses[name] = address(port)
+        return found
+
+    @property
+    def hub_address(self) -> str:
+        """Where the (first) hub listens and the operator's client dials."""
+        return self.address(self.hub_name)
+
+    def redis_url(self, name: str) -> str:
+        """The Redis of a peer."""
+        if self._redis_url is not None:
+            return self._redis_url
+        server = self.redis.get(name)
+        if server is None:
+            raise HarnessError(f"no Redis for {name!r} (not prepared, or no such peer)")
+        return server.url
+
+    def key(self, name: str) -> keys.SigningKey:
+        """The private signing key of a peer (``operator`` included)."""
+        if name not in self._keys:
+            self._keys[name] = keys.load_private(self.files.keys_dir / f"{name}.key", name)
+        return self._keys[name]
+
+    @property
+    def operator(self) -> keys.SigningKey:
+        """The key the operator (hubctl) signs with."""
+        return self.key(OPERATOR)
+
+    @property
+    def trust(self) -> TrustStore:
+        """The federation's trust store."""
+        if self._trust is None:
+            self._trust = TrustStore.from_file(self.files.trust_file)
+        return self._trust
+
+    def client(self, timeout_s: float = 15.0, *, hub: str | None = None) -> Client:
+        """A hub client signing as the operator (open it with ``async with``).
+
+        Args:
+            timeout_s: the deadline of each call.
+            hub: the address to dial; the hub's when None.
+        """
+        from hubspoke import client as hub_client  # the client side only; no server
+
+        return hub_client.client_from_config(
+            self.files.hubctl_config, hub=hub or self.hub_address, timeout_s=timeout_s, env={}
+        )
