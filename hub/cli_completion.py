@@ -315,7 +315,8 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "completion",
         help="print a shell completion script (bash, zsh or fish)",
         parents=[common],
-        epilog="example: source <(hubctl completion bash)",
+        epilog="example:\n  source <(hubctl completion bash)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("shell", choices=SHELLS, help="the shell to complete in")
 

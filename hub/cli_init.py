@@ -80,8 +80,9 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "hub",
         help="a hub: keys, CA and certificate, trust, policy, hub.toml, hubd.service",
         parents=[common],
-        epilog="example: hubctl init hub --name hub --out /etc/hubspoke --address hub-host "
+        epilog="example:\n  hubctl init hub --name hub --out /etc/hubspoke --address hub-host "
         "--operator alice",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _host_options(hub, HUB_PORT)
     hub.add_argument(
@@ -95,8 +96,9 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "spoke",
         help="a spoke: keys, certificate request, spoke.toml, spoked.service, NAME.request.toml",
         parents=[common],
-        epilog="example: hubctl init spoke --name build-2 --out /etc/hubspoke "
+        epilog="example:\n  hubctl init spoke --name build-2 --out /etc/hubspoke "
         "--address build-host --label pool=ci",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _host_options(spoke, SPOKE_PORT)
     spoke.add_argument(
@@ -113,13 +115,18 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "add-spoke",
         help="on the hub's host: sign a spoke's request, add it to trust.toml and hub.toml",
         parents=[common],
-        epilog="example: hubctl init add-spoke --hub-dir /etc/hubspoke /tmp/build-2.request.toml",
+        epilog="example:\n"
+        "  hubctl init add-spoke --hub-dir /etc/hubspoke /tmp/build-2.request.toml",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add.add_argument("--hub-dir", type=Path, required=True, help="the directory of init hub")
+    add.add_argument(
+        "--hub-dir", type=Path, required=True, metavar="DIR", help="the directory of init hub"
+    )
     add.add_argument("request", type=Path, metavar="REQUEST", help="NAME.request.toml")
     add.add_argument(
         "--reply",
         type=Path,
+        metavar="FILE",
         help="where to write the reply (default: NAME.reply.toml beside REQUEST)",
     )
     add.add_argument("--days", type=int, default=825, help="certificate validity (default 825)")
@@ -128,20 +135,24 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "accept",
         help="on the spoke's host: install the hub's reply (certificate, CA, trust, policy)",
         parents=[common],
-        epilog="example: hubctl init accept --dir /etc/hubspoke /tmp/build-2.reply.toml",
+        epilog="example:\n  hubctl init accept --dir /etc/hubspoke /tmp/build-2.reply.toml",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    acc.add_argument("--dir", type=Path, required=True, help="the directory of init spoke")
+    acc.add_argument(
+        "--dir", type=Path, required=True, metavar="DIR", help="the directory of init spoke"
+    )
     acc.add_argument("reply", type=Path, metavar="REPLY", help="NAME.reply.toml")
 
 
 def _host_options(p: argparse.ArgumentParser, port: int) -> None:
     p.add_argument("--name", required=True, help="this peer's name")
     p.add_argument(
-        "--out", type=Path, required=True, help="directory to write (e.g. /etc/hubspoke)"
+        "--out", type=Path, required=True, metavar="DIR", help="directory to write (/etc/hubspoke)"
     )
     p.add_argument(
         "--listen",
         default=f"0.0.0.0:{port}",
+        metavar="HOST:PORT",
         help=f"host:port to serve on (default 0.0.0.0:{port})",
     )
     p.add_argument(
@@ -150,11 +161,15 @@ def _host_options(p: argparse.ArgumentParser, port: int) -> None:
         help="how other hosts reach this one (default: this host's name; port from --listen)",
     )
     p.add_argument(
-        "--redis-url", default=DEFAULT_REDIS, help=f"this host's Redis (default {DEFAULT_REDIS})"
+        "--redis-url",
+        default=DEFAULT_REDIS,
+        metavar="URL",
+        help=f"this host's Redis (default {DEFAULT_REDIS})",
     )
     p.add_argument(
         "--data-dir",
         type=Path,
+        metavar="DIR",
         default=DEFAULT_DATA_DIR,
         help=f"the one directory the systemd unit may write (default {DEFAULT_DATA_DIR})",
     )
