@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import datetime as dt
 import os
 from collections.abc import AsyncGenerator, Collection, Mapping
@@ -345,9 +346,10 @@ class Client:
                 return current
             ref, where = current.agent_id, current.spoke or spoke
             try:
-                async for event in self.watch(ref, where):
-                    if event.kind == EventKind.STATE and event.state.final:
-                        break
+                async with contextlib.aclosing(self.watch(ref, where)) as events:
+                    async for event in events:
+                        if event.kind == EventKind.STATE and event.state.final:
+                            break
             except CallError:
                 pass  # watch refused or lost (or not offered): read the agent instead
             while True:
