@@ -25,8 +25,8 @@ from pathlib import Path
 import redis.asyncio as aioredis
 from bullmq import Queue
 
+from hubspoke import client as hub_client
 from hubspoke import keys, testing
-from hubspoke.hub import client as hub_client
 from hubspoke.hub.federation_files import FederationFiles
 from hubspoke.spoke.keys import QUEUE_NAME, SpokeKeys
 from hubspoke.testing import Daemon, EmbeddedRedis
@@ -204,7 +204,7 @@ class Cluster:
     def direct(self, name: str) -> DirectClient:
         return DirectClient(self.sites[name].address, name, self.operator, self.trust)
 
-    def hub(self, key: str = "main") -> hub_client.HubClient:
+    def hub(self, key: str = "main") -> hub_client.Client:
         return self.federation.client(20.0, hub=self.hub_addresses[key])
 
     def pids(self) -> dict[str, int]:

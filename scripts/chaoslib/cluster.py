@@ -21,8 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hubspoke import client as hub_client
 from hubspoke import testing
-from hubspoke.hub import client as hub_client
 from hubspoke.hub.federation_files import FederationFiles
 from hubspoke.testing import Daemon, DaemonError, EmbeddedRedis
 
@@ -144,7 +144,7 @@ class Cluster:
             listen = f"{testing.HOST}:{testing.pick_free_port()}"
         return await self.federation.start_spoked(self.spoke, listen=listen, env=env)
 
-    def client(self, timeout_s: float = 12.0) -> hub_client.HubClient:
+    def client(self, timeout_s: float = 12.0) -> hub_client.Client:
         """A hub client signing as the operator; open it with ``async with``."""
         return self.federation.client(timeout_s)
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
+from hubspoke import client as hc
 from hubspoke import testing
 from hubspoke.gen.federation.v1 import agent_pb2
-from hubspoke.hub import client as hc
 from hubspoke.hub.federation_files import FederationFiles
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,7 +28,7 @@ class Federation:
     files: FederationFiles
     hub_address: str
 
-    def client(self) -> hc.HubClient:
+    def client(self) -> hc.Client:
         return hc.client_from_config(self.files.hubctl_config, hub=self.hub_address, env={})
 
     async def hubctl(self, *argv: str) -> tuple[int, Any, str]:
@@ -65,7 +65,7 @@ async def federation(tmp_path: Path, redis_url: str) -> AsyncIterator[Federation
         await fed.stop()
 
 
-async def wait_final(client: hc.HubClient, agent_id: str, timeout_s: float = 20) -> Agent:
+async def wait_final(client: hc.Client, agent_id: str, timeout_s: float = 20) -> Agent:
     async with asyncio.timeout(timeout_s):
         while True:
             agent = await client.get(agent_id)
@@ -74,9 +74,7 @@ async def wait_final(client: hc.HubClient, agent_id: str, timeout_s: float = 20)
             await asyncio.sleep(0.1)
 
 
-async def wait_state(
-    client: hc.HubClient, agent_id: str, state: int, timeout_s: float = 20
-) -> None:
+async def wait_state(client: hc.Client, agent_id: str, state: int, timeout_s: float = 20) -> None:
     async with asyncio.timeout(timeout_s):
         while True:
             if (await client.get(agent_id)).state == state:
