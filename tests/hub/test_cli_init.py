@@ -7,6 +7,7 @@ import re
 import shutil
 import stat
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -346,3 +347,18 @@ def _zsh_exercise(zsh: str, text: str, tmp_path: Path) -> None:
     assert "--operator" in offered("hubctl init hub --op")
     assert offered("hubctl init add-spoke --hub-dir ") == ["FILES"]
     assert offered("hubctl keys rotate --role ") == ["client", "hub", "spoke"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        'name = "x"\n# it\'s\n',
+        "ends with a quote'",
+        "has ''' inside",
+        "tab\there, back\\slash, \x7f, \x00, é, \u2028",
+        "",
+    ],
+)
+def test_reply_strings_survive_toml(text: str) -> None:
+    assert tomllib.loads(f"v = {init_join.toml_string(text)}\n") == {"v": text}
