@@ -8,12 +8,13 @@ a certificate, with one from another CA, or speaking plaintext never get past th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -60,12 +61,17 @@ class MtlsFederation:
         )
 
 
-@pytest.fixture
-async def mtls(tmp_path: Path, redis_url: str) -> AsyncIterator[MtlsFederation]:
+@contextlib.asynccontextmanager
+async def mtls_federation(
+    tmp_path: Path, redis_url: str, **spoke_changes: Any
+) -> AsyncIterator[MtlsFederation]:
+    """A hub and a spoke with mTLS on every hop; ``spoke_changes`` go into the spoke's config."""
     files = write_federation(
         tmp_path, [("spoke-1", "127.0.0.1:0", redis_url)], "127.0.0.1:0", redis_url, tls=True
     )
     scfg = spoke_config.SpokeConfig.load(files.spoke_configs["spoke-1"], {})
+    if spoke_changes:
+        scfg = scfg.replace(**spoke_changes)
     assert scfg.tls is not None
     assert scfg.tls.require_client_cert
     async with spoke_app.SpokeApp(scfg) as spoke:
@@ -76,6 +82,12 @@ async def mtls(tmp_path: Path, redis_url: str) -> AsyncIterator[MtlsFederation]:
         assert hcfg.tls is not None
         async with HubApp(hcfg) as hub:
             yield MtlsFederation(Federation(files, f"127.0.0.1:{hub.port}"), spoke_address)
+
+
+@pytest.fixture
+async def mtls(tmp_path: Path, redis_url: str) -> AsyncIterator[MtlsFederation]:
+    async with mtls_federation(tmp_path, redis_url) as federation:
+        yield federation
 
 
 async def health(
@@ -204,33 +216,62 @@ async def test_without_tls_nothing_listens_on_or_dials_the_network(tmp_path: Pat
     assert err.strip() == f"Error: hub 192.0.2.1:7100: {PLAINTEXT_REFUSED}"
 
 
-@pytest.mark.timeout(120)
-async def test_a_long_watch_over_mtls_survives_keepalive(mtls: MtlsFederation) -> None:
-    """One WatchAgent stream held 35 s through the hub: pings on both hops, no GOAWAY.
+KEEPALIVE = sgrpc.ServerOptions()
+"""The keepalive every server and channel of ours uses (hub and spoke build theirs alike)."""
+PING_WINDOW_S = (KEEPALIVE.keepalive_time_ms + KEEPALIVE.keepalive_timeout_ms) / 1000
+"""A keepalive ping's interval plus the wait for its ack: if a ping on either hop went
+unanswered, or a client pinged too often (GOAWAY too_many_pings), a stream idle this long
+would break."""
+IDLE_S = PING_WINDOW_S + 2
+"""How long the watched stream stays idle."""
 
-    The stream is called directly (no client-side resume), so a too_many_pings GOAWAY
-    would surface as UNAVAILABLE instead of being retried away.
+
+@pytest.mark.timeout(IDLE_S + 90)
+async def test_a_long_watch_over_mtls_survives_keepalive(tmp_path: Path, redis_url: str) -> None:
+    """One WatchAgent stream through the hub stays open over an idle stretch longer than the
+    keepalive interval (plus its timeout) on both hops, then carries the agent to its end.
+
+    Idle means no message at all: the agent reports nothing while it runs, and the spoke's
+    watch heartbeat comes only after IDLE_S of silence, so only HTTP/2 pings keep the two
+    connections (client → hub, hub → spoke) alive meanwhile. Every wait is on an event: the
+    heartbeat that ends the stretch, then the killed agent's final state. The stream is called
+    directly (no client-side resume), so a GOAWAY would surface as UNAVAILABLE instead of
+    being retried away.
     """
-    async with mtls.fed.client() as client:
-        agent = await client.spawn("spoke-1", "synthetic", "duration=35 steps=7")
-    key = keys.load_private(mtls.files.keys_dir / "operator.key", "operator")
-    cmd = commands.build_command(issuer="operator", audience="hub")
-    cmd.watch_agent.agent = agent.agent_id
-    channel = sgrpc.open_channel(mtls.fed.hub_address, None, mtls.credentials(), "hub")
-    start = time.monotonic()
-    events: list[agent_pb2.AgentEvent] = []
-    try:
-        call = hub_service_pb2_grpc.HubServiceStub(channel).WatchAgent(
-            hub_service_pb2.HubServiceWatchAgentRequest(command=commands.sign_command(cmd, key)),
-            timeout=100,
-        )
-        async for response in call:
-            events.append(commands.parse_reply(response.reply.payload).agent_event)
-    finally:
-        await channel.close(None)
-    elapsed = time.monotonic() - start
-    states = [e.state for e in events if e.kind == Kind.KIND_STATE]
-    assert states[-1] == Agent.STATE_SUCCEEDED
-    assert elapsed >= 34
-    assert sum(e.kind == Kind.KIND_PROGRESS for e in events) == 7
-    assert any(e.kind == Kind.KIND_HEARTBEAT for e in events)
+    async with mtls_federation(tmp_path, redis_url, watch_heartbeat_s=IDLE_S) as mtls:
+        async with mtls.fed.client() as client:
+            agent = await client.spawn("spoke-1", "synthetic", "duration=600 steps=0")
+        key = keys.load_private(mtls.files.keys_dir / "operator.key", "operator")
+        cmd = commands.build_command(issuer="operator", audience="hub")
+        cmd.watch_agent.agent = agent.agent_id
+        channel = sgrpc.open_channel(mtls.fed.hub_address, None, mtls.credentials(), "hub")
+        events: list[agent_pb2.AgentEvent] = []
+        try:
+            call = hub_service_pb2_grpc.HubServiceStub(channel).WatchAgent(
+                hub_service_pb2.HubServiceWatchAgentRequest(
+                    command=commands.sign_command(cmd, key)
+                ),
+                timeout=IDLE_S + 60,
+            )
+            async for response in call:
+                event = commands.parse_reply(response.reply.payload).agent_event
+                events.append(event)
+                if event.kind == Kind.KIND_HEARTBEAT:
+                    # The idle stretch is over and the stream still delivers: end the agent.
+                    async with mtls.fed.client() as client:
+                        await client.kill(agent.agent_id)
+        finally:
+            await channel.close(None)
+
+    kinds = [e.kind for e in events]
+    running = next(
+        i
+        for i, e in enumerate(events)
+        if e.kind == Kind.KIND_STATE and e.state == Agent.STATE_RUNNING
+    )
+    beat = kinds.index(Kind.KIND_HEARTBEAT)
+    assert beat == running + 1, kinds  # nothing travelled between them: the stream was idle
+    silence = events[beat].event_time.ToDatetime() - events[running].event_time.ToDatetime()
+    assert silence.total_seconds() >= PING_WINDOW_S
+    assert events[-1].kind == Kind.KIND_STATE
+    assert events[-1].state == Agent.STATE_KILLED
