@@ -84,6 +84,7 @@ SPOKE_OPTIONS: Final[Mapping[str, str]] = {
     "retry_backoff_ms": "Base of the exponential retry backoff, in ms.",
     "sweep_interval_s": "How often, in seconds, finished agents past retention are forgotten.",
     "max_watchers": "Concurrent watch streams this process serves.",
+    "max_watchers_per_principal": "Concurrent watch streams one principal may hold here.",
     "watch_heartbeat_s": "Seconds between heartbeats on an idle watch stream.",
     "kill_wait_s": "How long, in seconds, a kill waits for the agent's final state.",
     "shutdown_grace_s": "How long, in seconds, calls and agents may finish on shutdown.",

@@ -39,6 +39,7 @@ from hubspoke.gen.federation.v1 import command_pb2, hub_service_pb2
 from hubspoke.keys import SigningKey
 from hubspoke.policy import BODY_VERBS, Policy, PolicyDeniedError
 from hubspoke.policy import Request as PolicyRequest
+from hubspoke.stream_caps import StreamCaps
 
 from . import relay
 from .registry import Probe, SpokeRegistry
@@ -65,6 +66,10 @@ _Request = (
     | hub_service_pb2.HubServiceDrainQueueRequest
 )
 _RESOURCE_PREFIX = "spokes/"
+MAX_WATCHERS = 1024
+"""Default of ``RoutingConfig.max_watchers``."""
+MAX_WATCHERS_PER_PRINCIPAL = 32
+"""Default of ``RoutingConfig.max_watchers_per_principal``."""
 
 
 class AgentAmbiguousError(errors.CommandError):
@@ -94,6 +99,11 @@ class RoutingConfig:
     probe_timeout_s: float
     watch_max_s: float = 3600.0
     """The longest a relayed watch stream may last."""
+    max_watchers: int = MAX_WATCHERS
+    """Concurrent relayed watch streams this hub process holds; more get RESOURCE_EXHAUSTED."""
+    max_watchers_per_principal: int = MAX_WATCHERS_PER_PRINCIPAL
+    """Concurrent relayed watch streams one principal may hold here; more get
+    RESOURCE_EXHAUSTED (each spoke also caps them per principal)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +134,13 @@ class HubServicer:
         self._registry = registry
         self._store = store
         self._policy = policy
+        self._watches = StreamCaps(
+            "watch",
+            f"hub {cfg.hub_name}",
+            cfg.max_watchers,
+            cfg.max_watchers_per_principal,
+            setting="max_watchers",
+        )
 
     # -- RPCs -------------------------------------------------------------------------------
 
@@ -224,8 +241,9 @@ class HubServicer:
             self._cfg.watch_max_s if remaining is None else min(remaining, self._cfg.watch_max_s)
         )
         self._authorize(inbound, spoke)
-        async for reply_env in self._relayer.stream(spoke, inbound, limit):
-            yield hub_service_pb2.HubServiceWatchAgentResponse(reply=reply_env)
+        with self._watches.hold(inbound.command.issuer):
+            async for reply_env in self._relayer.stream(spoke, inbound, limit):
+                yield hub_service_pb2.HubServiceWatchAgentResponse(reply=reply_env)
 
     async def GetQueueStats(
         self, request: hub_service_pb2.HubServiceGetQueueStatsRequest, context: _Ctx

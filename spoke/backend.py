@@ -76,19 +76,29 @@ def backend(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
     return wrapped
 
 
+POOL_SIZE = 100
+"""Connections of one command client (see ``command_client``)."""
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
 
 def command_client(redis_url: str, op_timeout_s: float) -> aioredis.Redis:
     """A client for our own short calls: each is bounded by ``op_timeout_s``. Nothing that
-    blocks in Redis (XREAD BLOCK, BRPOPLPUSH, pub/sub) may use one (PITFALLS)."""
-    return aioredis.Redis.from_url(
+    blocks in Redis (XREAD BLOCK, BRPOPLPUSH, pub/sub) may use one (PITFALLS).
+
+    Its pool of ``POOL_SIZE`` connections makes a burst of calls wait for a free connection
+    (up to ``op_timeout_s``) instead of failing at once, as redis-py's default pool does."""
+    pool = aioredis.BlockingConnectionPool.from_url(
         redis_url,
+        max_connections=POOL_SIZE,
+        timeout=op_timeout_s,
         socket_timeout=op_timeout_s,
         socket_connect_timeout=op_timeout_s,
-        **_reconnecting(),
+        **reconnecting(),
     )
+    return aioredis.Redis.from_pool(pool)
 
 
 def bullmq_client(redis_url: str) -> aioredis.Redis:
@@ -99,11 +109,11 @@ def bullmq_client(redis_url: str) -> aioredis.Redis:
         socket_timeout=None,
         socket_connect_timeout=5,
         decode_responses=True,
-        **_reconnecting(),
+        **reconnecting(),
     )
 
 
-def _reconnecting() -> dict[str, Any]:
+def reconnecting() -> dict[str, Any]:
     """After a Redis restart every pooled connection is dead: retry a command that failed
     on one (three times, backing off), and check a connection idle for 5 s before use.
     A retried script is safe: each checks state first (a create finds its record, a

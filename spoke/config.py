@@ -91,6 +91,9 @@ class SpokeConfig:
     """How often finished agents past their retention are forgotten."""
     max_watchers: int = 256
     """Concurrent WatchAgent streams this process serves; more get RESOURCE_EXHAUSTED."""
+    max_watchers_per_principal: int = 32
+    """Concurrent WatchAgent streams one principal may hold on this process (through any
+    hub, or directly); more get RESOURCE_EXHAUSTED."""
     watch_heartbeat_s: float = 5.0
     """Seconds between heartbeats on an idle watch stream."""
     kill_wait_s: float = 8.0
@@ -123,6 +126,7 @@ class SpokeConfig:
             "stalled_interval_ms",
             "retry_backoff_ms",
             "max_watchers",
+            "max_watchers_per_principal",
         )
         for key in positive:
             if getattr(self, key) <= 0:

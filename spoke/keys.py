@@ -44,6 +44,11 @@ class SpokeKeys:
         """Pub/sub channel that carries kill requests to whichever worker holds the agent."""
         return f"{self.prefix}:kill"
 
+    def watch_wake(self, reader: str) -> str:
+        """A stream one process's watch reader also reads: an entry wakes it to read a newly
+        watched agent's stream too (it expires while nobody starts watching)."""
+        return f"{self.prefix}:watch-wake:{reader}"
+
     def rate(self, principal: str) -> str:
         """Token bucket of one principal's request rate (expires when full again)."""
         return f"{self.prefix}:rate:{principal}"

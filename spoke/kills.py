@@ -3,7 +3,7 @@
 A waiting agent (QUEUED or RETRYING) is KILLED at once by one script and its job removed;
 a held one (STARTING or RUNNING) is marked ``kill_requested`` and its id published on the
 spoke's kill channel, which every worker process listens to (the worker that holds it also
-polls the mark, should a message be missed).
+polls the mark, ``Records.kill_requested``, should a message be missed).
 """
 
 from __future__ import annotations
@@ -76,10 +76,6 @@ class Kills:
         else:
             await self.records.redis.publish(self.keys.kill_channel, agent_id)
         return outcome
-
-    @backend
-    async def requested(self, agent_id: str) -> bool:
-        return bool(await self.records.redis.hget(self.keys.agent(agent_id), "kill_requested"))
 
     @asynccontextmanager
     async def requests(self) -> AsyncIterator[aioredis.client.PubSub]:

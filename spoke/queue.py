@@ -2,10 +2,16 @@
 
 ``AgentQueue`` opens the connections and holds one of each part:
 
-* ``records`` (spoke/records.py): the state machine, event streams, ``wait_final``, ``follow``;
+* ``records`` (spoke/records.py): the state machine, event streams, ``wait_final``, ``follow``
+  for callers, and ``worker_records``, the same on a pool of the worker's own;
+* ``fanout`` (spoke/fanout.py): the one reader of every watched event stream;
 * ``jobs`` (spoke/jobs.py): every bullmq call, the Worker factory included;
 * ``kills`` (spoke/kills.py): kill requests and their routing to workers;
-* ``slots`` (spoke/slots.py): per-profile run slots.
+* ``slots`` (spoke/slots.py): per-profile run slots (the worker's pool).
+
+Connections: callers' short calls share one pool, the worker's state writes another, bullmq
+has its own, and the watch reader one connection. Nothing blocks in Redis on the callers'
+or the worker's pool, so watchers cannot exhaust them (PITFALLS).
 
 It also does the few operations that span records and jobs (spawn, replay, drain, dead
 letters, requeueing orphans). Errors are spoke/backend.py's ``QueueError`` family.
@@ -16,6 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from .backend import AgentMissingError, TransitionError, backend, command_client
+from .fanout import StreamFanout
 from .jobs import Jobs
 from .keys import SpokeKeys
 from .kills import Kills
@@ -40,16 +47,23 @@ class AgentQueue:
     ) -> None:
         self.keys = SpokeKeys(spoke)
         self.redis_url = redis_url
-        # Our own calls are short: bound them. bullmq's blocking calls get their own client.
+        # Our own calls are short: bound them. bullmq's blocking calls get their own client,
+        # the watch reader its own connection, and the worker its own pool, so that no
+        # number of callers can starve the worker's state writes.
         self.redis = command_client(redis_url, op_timeout_s)
-        self.records = Records(self.redis, self.keys, observe)
+        self.worker_redis = command_client(redis_url, op_timeout_s)
+        self.fanout = StreamFanout(redis_url, self.keys, self.redis)
+        self.records = Records(self.redis, self.keys, self.fanout, observe)
+        self.worker_records = Records(self.worker_redis, self.keys, self.fanout, observe)
         self.jobs = Jobs(redis_url, self.keys)
         self.kills = Kills(self.records, self.jobs)
-        self.slots = Slots(self.redis, self.keys)
+        self.slots = Slots(self.worker_redis, self.keys)
 
     async def close(self) -> None:
+        await self.fanout.close()
         await self.jobs.close()
         await self.redis.aclose()
+        await self.worker_redis.aclose()
 
     async def create(self, req: SpawnRequest, max_backlog: int) -> tuple[AgentRecord, bool]:
         """Store a spawn and queue it; idempotent on the agent id.

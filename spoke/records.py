@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -24,6 +24,7 @@ from .backend import (
     backend,
     now_ms,
 )
+from .fanout import StreamFanout
 from .keys import SpokeKeys
 from .model import FINAL_STATES, AgentEvent, AgentRecord, AgentState, SpawnRequest
 from .pages import Page, decode_token, next_token
@@ -31,8 +32,14 @@ from .pages import Page, decode_token, next_token
 EVENTS_MAXLEN = 2000
 """Approximate cap on each agent's event stream (oldest trimmed first)."""
 
-FOLLOW_BLOCK_MS = 1000
-"""How long one blocking read of an event stream waits before a follower looks again."""
+FOLLOW_IDLE_S = 1.0
+"""How long a follower waits for a live event before it looks at the record again."""
+
+WAIT_RECHECK_S = 0.5
+"""How often ``wait_final`` reads the record while no event comes."""
+
+CATCH_UP_COUNT = 500
+"""Stored events one catch-up read of a follower takes."""
 
 StateObserver = Callable[[AgentState, str], None]
 """Told of every state change this process makes: (new state, reason code)."""
@@ -132,10 +139,15 @@ class Records:
     """Agent records and event streams on one command client (see spoke/backend.py)."""
 
     def __init__(
-        self, redis: aioredis.Redis, keys: SpokeKeys, observe: StateObserver | None = None
+        self,
+        redis: aioredis.Redis,
+        keys: SpokeKeys,
+        fanout: StreamFanout,
+        observe: StateObserver | None = None,
     ) -> None:
         self.redis = redis
         self.keys = keys
+        self.fanout = fanout
         self.observe: StateObserver = observe or _unobserved
         self._create = redis.register_script(_CREATE)
         self._transition = redis.register_script(_TRANSITION)
@@ -252,54 +264,69 @@ class Records:
         return Page(agents=agents, next_token=next_token(offset, page_size, len(ids)))
 
     @backend
-    async def events(
-        self, agent_id: str, after_seq: int, count: int = 500, block_ms: int = 0
-    ) -> list[AgentEvent]:
-        """Events after ``after_seq``; with ``block_ms``, wait that long for a first one."""
-        key = self.keys.events(agent_id)
-        rows: list[tuple[bytes, dict[bytes, bytes]]]
-        if block_ms:
-            got: Any = await self.redis.xread({key: f"{after_seq}-0"}, count=count, block=block_ms)
-            rows = got[0][1] if got else []
-        else:
-            rows = await self.redis.xrange(  # type: ignore[assignment]  # bytes: decode_responses is off
-                key, min=f"({after_seq}-0", max="+", count=count
-            )
+    async def events(self, agent_id: str, after_seq: int, count: int = 500) -> list[AgentEvent]:
+        """Stored events after ``after_seq`` (at most ``count``). Never blocks: live events
+        come through the watch reader (``follow``, ``wait_final``)."""
+        rows: list[tuple[bytes, dict[bytes, bytes]]] = await self.redis.xrange(  # type: ignore[assignment]  # bytes: decode_responses is off
+            self.keys.events(agent_id), min=f"({after_seq}-0", max="+", count=count
+        )
         return parse_events(rows)
 
     async def wait_final(self, agent_id: str, timeout_s: float) -> AgentRecord:
         """The agent's record once it is final, or as it is when ``timeout_s`` runs out.
-        Waits on its event stream, so it answers as soon as the final event is written."""
+        Follows its event stream through the process's watch reader, so it answers as soon
+        as the final event is written and holds no Redis connection while it waits."""
         rec = await self.get(agent_id)
+        if rec.state.final or timeout_s <= 0:
+            return rec
         deadline = time.monotonic() + timeout_s
-        while not rec.state.final:
-            left_ms = int((deadline - time.monotonic()) * 1000)
-            if left_ms <= 0:
-                break
-            await self.events(agent_id, rec.seq, count=50, block_ms=min(left_ms, 500))
-            rec = await self.get(agent_id)
+        async with self.fanout.subscribe(self.keys.events(agent_id), rec.seq) as sub:
+            rec = await self.get(agent_id)  # subscribed: no event after this read is missed
+            while not rec.state.final:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                await sub.next(min(left, WAIT_RECHECK_S))
+                sub.take_overflow()
+                rec = await self.get(agent_id)
         return rec
 
     async def follow(
         self, agent_id: str, after: int, heartbeat_s: float
-    ) -> AsyncIterator[AgentEvent]:
+    ) -> AsyncGenerator[AgentEvent, None]:
         """Stored events after ``after``, then live ones, with a ``heartbeat`` event every
-        ``heartbeat_s`` of silence, until the agent is final and its last event is out."""
+        ``heartbeat_s`` of silence, until the agent is final and its last event is out.
+
+        Live events come from the process's watch reader (spoke/fanout.py), so a follower
+        holds no Redis connection while it waits; stored ones, and any a slow follower's
+        buffer dropped, are read here with short XRANGE calls."""
         beat = time.monotonic()
-        while True:
-            batch = await self.events(agent_id, after, block_ms=FOLLOW_BLOCK_MS)
-            for event in batch:
-                after = event.seq
-                yield event
-            if batch:
-                beat = time.monotonic()
-                continue
-            rec = await self.get(agent_id)
-            if rec.state.final and rec.seq <= after:
-                return
-            if time.monotonic() - beat >= heartbeat_s:
-                beat = time.monotonic()
-                yield AgentEvent(seq=after, kind="heartbeat", time_ms=int(time.time() * 1000))
+        async with self.fanout.subscribe(self.keys.events(agent_id), after) as sub:
+            catch_up = True  # first the events stored before the subscription
+            while True:
+                if sub.take_overflow() or catch_up:
+                    batch = await self.events(agent_id, after, count=CATCH_UP_COUNT)
+                    catch_up = len(batch) == CATCH_UP_COUNT  # a full page: read on
+                else:
+                    batch = parse_events(await sub.next(FOLLOW_IDLE_S))
+                fresh = [event for event in batch if event.seq > after]
+                for event in fresh:
+                    after = event.seq
+                    yield event
+                if fresh:
+                    beat = time.monotonic()
+                if batch or catch_up or sub.overflowed:
+                    continue
+                rec = await self.get(agent_id)
+                if rec.state.final and rec.seq <= after:
+                    return
+                if time.monotonic() - beat >= heartbeat_s:
+                    beat = time.monotonic()
+                    yield AgentEvent(seq=after, kind="heartbeat", time_ms=int(time.time() * 1000))
+
+    @backend
+    async def kill_requested(self, agent_id: str) -> bool:
+        return bool(await self.redis.hget(self.keys.agent(agent_id), "kill_requested"))
 
     # --- state changes -----------------------------------------------------
 

@@ -19,6 +19,7 @@ from hubspoke.gen.federation.v1 import agent_pb2, command_pb2, spoke_service_pb2
 from hubspoke.keys import SigningKey
 from hubspoke.policy import BODY_VERBS, Policy
 from hubspoke.policy import Request as PolicyRequest
+from hubspoke.stream_caps import StreamCaps
 
 from . import backend, pages, wire
 from .config import SpokeConfig
@@ -68,7 +69,13 @@ class SpokeServicer:
         self.verifier = verifier
         self.agents = agents
         self.policy = policy
-        self._watchers = 0
+        self._watches = StreamCaps(
+            "watch",
+            f"spoke {config.name}",
+            config.max_watchers,
+            config.max_watchers_per_principal,
+            setting="max_watchers",
+        )
 
     # --- RPCs ----------------------------------------------------------------
 
@@ -131,22 +138,15 @@ class SpokeServicer:
         agent_id = self._agent_id(body.agent)
         if body.after_sequence < 0:
             raise errors.InvalidCommandError("after_sequence must not be negative")
-        if self._watchers >= self.config.max_watchers:
-            raise errors.CapacityExceededError(
-                f"spoke serves {self.config.max_watchers} watch streams, its limit"
+        with self._watches.hold(auth.principal), _queue_errors():
+            await self.agents.records.get(agent_id)  # NOT_FOUND before the stream starts
+            events = self.agents.records.follow(
+                agent_id, body.after_sequence, self.config.watch_heartbeat_s
             )
-        self._watchers += 1
-        try:
-            with _queue_errors():
-                await self.agents.records.get(agent_id)  # NOT_FOUND before the stream starts
-                events = self.agents.records.follow(
-                    agent_id, body.after_sequence, self.config.watch_heartbeat_s
-                )
+            async with contextlib.aclosing(events):
                 async for event in events:
                     reply = self._reply(auth, agent_event=wire.to_event(agent_id, event))
                     yield spoke_service_pb2.SpokeServiceWatchAgentResponse(reply=reply)
-        finally:
-            self._watchers -= 1
 
     async def GetQueueStats(
         self, request: spoke_service_pb2.SpokeServiceGetQueueStatsRequest, context: Any

@@ -173,7 +173,7 @@ class AgentWorker:
         while not ev.is_set():
             await asyncio.sleep(KILL_POLL_S)
             with contextlib.suppress(QueueError):
-                if await self.queue.kills.requested(agent_id):
+                if await self.queue.worker_records.kill_requested(agent_id):
                     ev.set()
                 if profile.max_concurrency:
                     await self.queue.slots.acquire(
@@ -203,12 +203,12 @@ class AgentWorker:
             with contextlib.suppress(QueueError):
                 if owner is None:
                     waiting = [AgentState.QUEUED, AgentState.RETRYING]
-                    await self.queue.records.transition(
+                    await self.queue.worker_records.transition(
                         agent_id, waiting, AgentState.FAILED, "INTERNAL"
                     )
                 else:
                     held = [AgentState.STARTING, AgentState.RUNNING]
-                    await self.queue.records.transition(
+                    await self.queue.worker_records.transition(
                         agent_id, held, AgentState.FAILED, "INTERNAL", owner=owner
                     )
             return "internal-error"
@@ -217,22 +217,24 @@ class AgentWorker:
             structlog.contextvars.unbind_contextvars("job", "worker")
 
     async def _run(self, agent_id: str, job: Any, token: str) -> str:
-        rec = await self.queue.records.get_or_none(agent_id)
+        rec = await self.queue.worker_records.get_or_none(agent_id)
         if rec is None or rec.state.final:
             return "skipped"
         profile = self.config.profiles.get(rec.profile)
         if rec.state in (AgentState.STARTING, AgentState.RUNNING):
             if not await self._recover(rec, profile):
                 raise UnrecoverableError("LOST")  # into the dead-letter set, replayable
-            rec = await self.queue.records.get(agent_id)
+            rec = await self.queue.worker_records.get(agent_id)
         waiting = [AgentState.QUEUED, AgentState.RETRYING]
         if profile is None:
-            await self.queue.records.transition(
+            await self.queue.worker_records.transition(
                 agent_id, waiting, AgentState.FAILED, "UNKNOWN_PROFILE"
             )
             raise UnrecoverableError("UNKNOWN_PROFILE")
         if rec.expire_ms and time.time() * 1000 > rec.expire_ms:
-            await self.queue.records.transition(agent_id, waiting, AgentState.FAILED, "EXPIRED")
+            await self.queue.worker_records.transition(
+                agent_id, waiting, AgentState.FAILED, "EXPIRED"
+            )
             raise UnrecoverableError("EXPIRED")
         lease_ms = self.config.lock_duration_ms
         limit = profile.max_concurrency
@@ -251,7 +253,7 @@ class AgentWorker:
         waiting = [AgentState.QUEUED, AgentState.RETRYING]
         attempt = rec.attempt + 1
         try:
-            await self.queue.records.transition(
+            await self.queue.worker_records.transition(
                 agent_id,
                 waiting,
                 AgentState.STARTING,
@@ -273,7 +275,7 @@ class AgentWorker:
         any job, so a restarted spoke never runs new agents beside its predecessor's
         orphans. bullmq hands their jobs back later; the records then say what to do."""
         reaped = 0
-        for rec in await self.queue.records.held_agents():
+        for rec in await self.queue.worker_records.held_agents():
             if rec.boot_id != self._boot or rec.spoked_pid is None or rec.spoked_ticks is None:
                 continue  # another host's or boot's: its own spoked, or the stall check
             if runtime.process_alive(rec.spoked_pid, rec.spoked_ticks):
@@ -301,12 +303,12 @@ class AgentWorker:
         held = [AgentState.STARTING, AgentState.RUNNING]
         lost_owner = (rec.worker, rec.attempt)  # if it moved meanwhile, that is not ours
         if profile is not None and profile.retry_safe and rec.attempt < rec.max_attempts:
-            await self.queue.records.transition(
+            await self.queue.worker_records.transition(
                 rec.agent_id, held, AgentState.RETRYING, "LOST", owner=lost_owner
             )
             log.info("recovery_retrying", attempt=rec.attempt)
             return True
-        await self.queue.records.transition(
+        await self.queue.worker_records.transition(
             rec.agent_id, held, AgentState.FAILED, "LOST", owner=lost_owner
         )
         log.info("recovery_lost", attempt=rec.attempt)
@@ -314,7 +316,7 @@ class AgentWorker:
 
     async def _execute(self, rec: AgentRecord, profile: Profile, attempt: int) -> str:
         agent_id = rec.agent_id
-        pump = OutputPump(self.queue.records, agent_id)
+        pump = OutputPump(self.queue.worker_records, agent_id)
         try:
             proc = await runtime.start_agent(
                 profile,
@@ -325,7 +327,7 @@ class AgentWorker:
                 tail_bytes=self.config.output_tail_bytes,
             )
         except runtime.AgentStartError as exc:
-            await self.queue.records.transition(
+            await self.queue.worker_records.transition(
                 agent_id,
                 [AgentState.STARTING],
                 AgentState.FAILED,
@@ -339,7 +341,7 @@ class AgentWorker:
         self._kill_events[agent_id] = kill
         outcome = "exit"
         try:
-            await self.queue.records.transition(
+            await self.queue.worker_records.transition(
                 agent_id,
                 [AgentState.STARTING],
                 AgentState.RUNNING,
@@ -374,7 +376,7 @@ class AgentWorker:
         timeout_s: float,
         profile: Profile,
     ) -> str:
-        if await self.queue.kills.requested(agent_id):
+        if await self.queue.worker_records.kill_requested(agent_id):
             return "killed"
         waiter = asyncio.create_task(proc.wait())
         killer = asyncio.create_task(kill.wait())
@@ -437,7 +439,7 @@ class AgentWorker:
         deadline = time.monotonic() + RECORD_END_WAIT_S
         while True:
             try:
-                await self.queue.records.transition(
+                await self.queue.worker_records.transition(
                     agent_id,
                     [AgentState.RUNNING],
                     state,
