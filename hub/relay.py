@@ -187,6 +187,7 @@ class Gate:
         cmd = commands.parse_command(verified.payload)
         if cmd.issuer != verified.peer:
             raise errors.SignatureInvalidError("issuer does not match the signing key")
+        sgrpc.bind_command(cmd.command_id, cmd.issuer)
         commands.check_command_id(cmd.command_id)
         expires = commands.check_window(cmd.issue_time, cmd.expire_time, cmd.nonce, self._window)
         body = cmd.WhichOneof("body")

@@ -373,11 +373,7 @@ class HubServicer:
     async def _admit(self, request: _Request, verb: relay.Verb) -> Inbound:
         if not request.HasField("command"):
             raise errors.InvalidCommandError("request carries no command envelope")
-        inbound = await self._gate.admit(request.command, verb)
-        structlog.contextvars.bind_contextvars(
-            command_id=inbound.command.command_id, issuer=inbound.command.issuer
-        )
-        return inbound
+        return await self._gate.admit(request.command, verb)  # binds command_id, issuer
 
     def _spoke_named(self, name: str) -> str:
         if name not in self._registry:

@@ -24,9 +24,8 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-import structlog
-
 from hubspoke import commands, envelope, errors
+from hubspoke import grpc as sgrpc
 from hubspoke.admission import Admission, NonceClaim
 from hubspoke.gen.federation.v1 import command_pb2
 from hubspoke.trust import Role, TrustStore
@@ -134,9 +133,7 @@ class Verifier:
         cmd = commands.parse_command(verified.payload)
         if cmd.issuer != verified.peer:
             raise errors.SignatureInvalidError("command issuer does not match the signing key")
-        # From here on every log line of this call, the canonical ``rpc`` line included, names
-        # the command as the hub's do, so the two sides' logs join on command_id.
-        structlog.contextvars.bind_contextvars(command_id=cmd.command_id, issuer=cmd.issuer)
+        sgrpc.bind_command(cmd.command_id, cmd.issuer)
         commands.check_command_id(cmd.command_id)
         which = cmd.WhichOneof("body")
         if which != body:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .channel import open_channel
-from .server import BuiltServer, ServerOptions, Service, build_server
+from .server import BuiltServer, ServerOptions, Service, bind_command, build_server
 from .status import CallFailure, from_rpc_error, to_status
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "CallFailure",
     "ServerOptions",
     "Service",
+    "bind_command",
     "build_server",
     "from_rpc_error",
     "open_channel",

@@ -112,6 +112,13 @@ def _begin(rpc: str, context: grpc.aio.ServicerContext[Any, Any]) -> float:
     return time.monotonic()
 
 
+def bind_command(command_id: str, issuer: str) -> None:
+    """Name the call's command in every log line that follows, the canonical ``rpc`` line
+    included. The hub's gate and the spoke's verifier call it as soon as the client's
+    signature checks out, so the two sides' logs join on ``command_id``."""
+    structlog.contextvars.bind_contextvars(command_id=command_id, issuer=issuer)
+
+
 def _check_protocol(context: grpc.aio.ServicerContext[Any, Any]) -> None:
     """Refuse a caller that announced another major protocol version (hubspoke.version)."""
     version.check_peer_protocol(version.peer_protocol(context.invocation_metadata()), "the caller")
