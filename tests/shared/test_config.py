@@ -4,6 +4,7 @@ construction, secrets redacted in repr and errors; one error root; the same __ma
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import subprocess
 import sys
@@ -231,3 +232,16 @@ def test_spoked_names_an_unreachable_redis_without_its_password(tmp_path: Path) 
     assert done.returncode == 2, done.stderr
     assert "hunter2" not in done.stderr + done.stdout
     assert "redis://:***@127.0.0.1:1/0" in done.stderr
+
+
+def test_both_apps_have_the_same_lifecycle() -> None:
+    from hubspoke.hub.app import HubApp
+    from hubspoke.spoke.app import SpokeApp
+
+    for name in ("start", "run", "request_stop", "shutdown", "__aenter__", "__aexit__"):
+        hub_sig = inspect.signature(getattr(HubApp, name))
+        spoke_sig = inspect.signature(getattr(SpokeApp, name))
+        assert list(hub_sig.parameters) == list(spoke_sig.parameters), name
+        assert [p.default for p in hub_sig.parameters.values()] == [
+            p.default for p in spoke_sig.parameters.values()
+        ], name
