@@ -127,6 +127,8 @@ class HubApp:
                 key=self._key,
                 agent_index_ttl_s=cfg.agent_index_ttl_s,
                 probe_timeout_s=cfg.probe_timeout_s,
+                max_watchers=cfg.max_watchers,
+                max_watchers_per_principal=cfg.max_watchers_per_principal,
             ),
             Gate(
                 self._trust,

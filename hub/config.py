@@ -115,6 +115,12 @@ class HubConfig:
     """Deadline, in seconds, of each spoke health probe (ListSpokes)."""
     agent_index_ttl_s: float = 7 * 86400.0
     """How long, in seconds, the hub remembers which spoke runs an agent."""
+    max_watchers: int = 1024
+    """Concurrent watch streams this hub relays, from all principals; more get
+    RESOURCE_EXHAUSTED."""
+    max_watchers_per_principal: int = 32
+    """Concurrent watch streams one principal may hold through this hub; more get
+    RESOURCE_EXHAUSTED (each spoke caps them per principal too)."""
     redis_timeout_s: float = 2.0
     """Deadline, in seconds, of each Redis operation."""
     shutdown_grace_s: float = 5.0
@@ -148,6 +154,9 @@ class HubConfig:
                 raise HubConfigError(f"spoke {s.name!r} is listed twice")
             seen.add(s.name)
         sconfig.check_positive_seconds(_LAYOUT, self)
+        for key in ("max_watchers", "max_watchers_per_principal"):
+            if getattr(self, key) <= 0:
+                raise HubConfigError(f"{key} must be positive")
         if self.max_message_bytes < 1024:
             raise HubConfigError("max_message_bytes must be at least 1024")
         if self.log_level not in LOG_LEVELS:

@@ -49,6 +49,8 @@ HUB_OPTIONS: Final[Mapping[str, str]] = {
     "kill_grace_s": "Extra deadline, in seconds, for kill calls (the spoke waits for the agent).",
     "probe_timeout_s": "Deadline, in seconds, of each spoke health probe (hubctl spokes).",
     "agent_index_ttl_s": "How long, in seconds, the hub remembers which spoke runs an agent.",
+    "max_watchers": "Concurrent watch streams this hub relays, from all principals.",
+    "max_watchers_per_principal": "Concurrent watch streams one principal may hold via this hub.",
     "redis_timeout_s": "Deadline, in seconds, of each Redis operation.",
     "shutdown_grace_s": "How long, in seconds, in-flight calls may finish on shutdown.",
     "max_message_bytes": "Largest request or response, in bytes.",
