@@ -31,6 +31,7 @@ from typing import TypeVar
 
 import structlog
 
+from hubspoke.errors import HubspokeError
 from hubspoke.spoke.output import OutputTail
 from hubspoke.spoke.profiles import TASK_PLACEHOLDER, Profile, task_refusal
 
@@ -67,7 +68,7 @@ _KILL_WAIT_S = 2.0
 _T = TypeVar("_T")
 
 
-class AgentStartError(Exception):
+class AgentStartError(HubspokeError):
     """The agent could not be started (program missing or not executable, bad cwd, ...)."""
 
 
