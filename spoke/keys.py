@@ -70,3 +70,14 @@ class SpokeKeys:
     def job_id(agent_id: str) -> str:
         # bullmq confuses integer-looking ids with its own counter (PITFALLS): always prefix.
         return f"cmd-{agent_id}"
+
+    @staticmethod
+    def replay_job_id(agent_id: str, replay: int) -> str:
+        """The bullmq job of an agent's ``replay``-th replay.
+
+        Not ``cmd-{id}-r{n}``: that is the first job of the agent whose id ends in ``-r{n}``
+        (a replay of ``x`` found ``cmd-x-r1``, agent ``x-r1``'s, still in the completed set;
+        bullmq ignored the add and ``x`` stayed QUEUED). First jobs start ``cmd-``, replays
+        ``replay{n}-``, and the id follows them whole, so no two agents' jobs share an id.
+        """
+        return f"replay{replay}-{agent_id}"

@@ -87,7 +87,7 @@ class AgentQueue:
         if rec.replay_command == command_id:
             return rec
         replays = rec.replays + 1
-        new_job = f"{SpokeKeys.job_id(agent_id)}-r{replays}"
+        new_job = SpokeKeys.replay_job_id(agent_id, replays)
         await self.records.transition(
             agent_id,
             REPLAYABLE,

@@ -85,3 +85,17 @@ async def test_an_id_with_a_colon_is_refused_by_the_spoke(
         assert await r.exists(f"federation:{SPOKE}:agents:cmd-w2:lock") == 0
     finally:
         await r.aclose()
+
+
+async def test_a_replay_job_cannot_collide_with_another_agents_job(client: SpokeClient) -> None:
+    # Agent "x-r1" ran first: its bullmq job (cmd-x-r1) stays in the completed set. Replay
+    # jobs used to be named cmd-{id}-r{n}, so replaying agent "x" enqueued cmd-x-r1 again:
+    # bullmq ignored the add (the id exists) and "x" stayed QUEUED for ever.
+    await client.spawn("duration=0.1", command_id="x-r1")
+    assert (await client.wait_state("x-r1", "SUCCEEDED")).state == agent_pb2.Agent.STATE_SUCCEEDED
+    await client.spawn("duration=0.1 fail", command_id="x", max_attempts=1)
+    await client.wait_state("x", "FAILED", "DEAD_LETTERED")
+    await _replay(client, "x")
+    again = await client.wait_state("x", "FAILED", "DEAD_LETTERED")
+    assert again.attempt == 1
+    assert (await client.get("x-r1")).agent.state == agent_pb2.Agent.STATE_SUCCEEDED
