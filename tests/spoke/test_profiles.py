@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from hubspoke.errors import ConfigError
-from hubspoke.gen.federation.v1 import agent_pb2
+from hubspoke.gen.federation.v1 import agent_pb2, command_pb2, spoke_service_pb2
 from hubspoke.spoke.config import SpokeConfigError
 from hubspoke.spoke.profiles import (
     Profile,
@@ -343,3 +343,29 @@ def test_a_spoke_whose_profile_exposes_its_task_refuses_to_start(
     assert done.returncode == 2, done.stderr
     assert "profile 'tests': key 'argv' element 4 ('{task}')" in done.stderr
     assert "serving" not in done.stdout
+
+
+async def _queue_call(client: Any, rpc: str, body: str, msg: Any) -> None:
+    request = getattr(spoke_service_pb2, f"SpokeService{rpc}Request")
+    await getattr(client.stub, rpc)(request(command=client.command(body, msg)), timeout=10)
+
+
+async def test_a_queued_task_the_config_no_longer_allows_fails_to_start(
+    start_spoke: Any, tmp_path: Path
+) -> None:
+    # Stored under a looser pattern, started by a spoke whose pattern refuses it: the worker's
+    # own check (defence in depth) fails it instead of running it.
+    loose = _pytest_profiles(tmp_path)
+    loose["pattern"]["task_pattern"] = r"tests/.*"
+    first, client = await start_spoke(profiles=loose)
+    await _queue_call(client, "PauseQueue", "pause_queue", command_pb2.PauseQueueBody())
+    queued = await client.spawn("tests/../../etc/x.py", profile="pattern")
+    await first.shutdown()
+
+    _, client = await start_spoke(profiles=_pytest_profiles(tmp_path))
+    await _queue_call(client, "ResumeQueue", "resume_queue", command_pb2.ResumeQueueBody())
+    done = await client.wait_state(queued.agent.agent_id, "FAILED", "SUCCEEDED")
+    assert done.state == agent_pb2.Agent.STATE_FAILED
+    assert done.reason == "START_FAILED"
+    assert "task_pattern" in done.stderr_tail
+    assert done.stdout_tail == ""
