@@ -48,18 +48,9 @@ async def _start_binding(start: Callable[[], Awaitable[int]]) -> None:
 
 
 class InProcessFederation(FederationPlan):
-    """A hub and spokes in this process, on the plan's Redis, files and addresses.
-
-    Example::
-
-        fed = InProcessFederation(tmp_path, ["spoke-1"], redis_url=redis_url)
-        try:
-            await fed.start()
-            async with fed.client() as client:
-                ...
-        finally:
-            await fed.stop()
-    """
+    """A hub and spokes in this process, on the plan's Redis, files and addresses; used like
+    :class:`~hubspoke.testing.Federation` (``start``, ``client``, ``stop``), with the apps
+    themselves in :attr:`hub` and :attr:`spokes`."""
 
     def __init__(
         self,

@@ -154,8 +154,14 @@ class FederationPlan:
             peers = [self.hub_name, *self.spoke_names]
             if name not in peers:
                 raise HarnessError(f"no peer {name!r} in this federation")
-            port = self._base_port + peers.index(name) if self._base_port else pick_free_port()
-            found = self._addresses[name] = address(port)
+            if self._base_port:
+                found = address(self._base_port + peers.index(name))
+            else:
+                # Two picks in a row may see the same free port: each peer gets its own.
+                taken = set(self._addresses.values())
+                while (found := address(pick_free_port())) in taken:
+                    pass
+            self._addresses[name] = found
         return found
 
     @property

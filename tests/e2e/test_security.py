@@ -15,13 +15,10 @@ import pytest
 from structlog.testing import capture_logs
 
 from hubspoke import client as hc
-from hubspoke import keys
+from hubspoke import keys, testing
 from hubspoke.hub import cli
 from hubspoke.hub.app import HubApp
-from hubspoke.hub.config import HubConfig, SpokeEntry
-from hubspoke.hub.federation_files import write_federation
 from hubspoke.spoke.app import SpokeApp
-from hubspoke.spoke.config import SpokeConfig
 from hubspoke.trust import TrustStore
 
 from .conftest import wait_final
@@ -78,9 +75,19 @@ async def make_fed(tmp_path: Path, redis_url: str) -> AsyncIterator[Callable[...
         hub: dict[str, Any] | None = None,
         spoke: dict[str, Any] | None = None,
     ) -> Fed:
-        files = write_federation(
-            tmp_path, [("spoke-1", "127.0.0.1:0", redis_url)], "127.0.0.1:0", redis_url
+        hub_policy_file, spoke_policy_file = (
+            tmp_path / "hub-policy.toml",
+            tmp_path / "spoke-policy.toml",
         )
+        fed = testing.InProcessFederation(
+            tmp_path,
+            ["spoke-1"],
+            redis_url=redis_url,
+            configure_hub=lambda c: c.replace(policy_file=hub_policy_file, **(hub or {})),
+            configure_spoke=lambda c: replace(c, policy_file=spoke_policy_file, **(spoke or {})),
+        )
+        stack.push_async_callback(fed.stop)
+        files = await fed.prepare()
         ci = keys.generate("ci-bot")
         keys.write_keypair(ci, files.keys_dir)
         with files.trust_file.open("a") as fh:
@@ -88,18 +95,12 @@ async def make_fed(tmp_path: Path, redis_url: str) -> AsyncIterator[Callable[...
                 f'\n[[peer]]\nname = "ci-bot"\nrole = "client"\n'
                 f'keys = ["{keys.encode_public(ci.public)}"]\n'
             )
-        (tmp_path / "hub-policy.toml").write_text(hub_policy)
-        (tmp_path / "spoke-policy.toml").write_text(spoke_policy)
-        scfg = SpokeConfig.load(files.spoke_configs["spoke-1"], {})
-        scfg = replace(scfg, policy_file=tmp_path / "spoke-policy.toml", **(spoke or {}))
-        spoke_app = await stack.enter_async_context(SpokeApp(scfg))
-        hcfg = HubConfig.load(files.hub_config, {}).replace(
-            spokes=(SpokeEntry("spoke-1", f"127.0.0.1:{spoke_app.port}"),),
-            policy_file=tmp_path / "hub-policy.toml",
-            **(hub or {}),
-        )
-        hub_app = await stack.enter_async_context(HubApp(hcfg))
-        return Fed(tmp_path, f"127.0.0.1:{hub_app.port}", hub_app, spoke_app, files.trust_file)
+        hub_policy_file.write_text(hub_policy)
+        spoke_policy_file.write_text(spoke_policy)
+        await fed.start()
+        assert fed.hub is not None
+        spoke_app = fed.spokes["spoke-1"]
+        return Fed(tmp_path, fed.hub_address, fed.hub, spoke_app, files.trust_file)
 
     yield make
     await stack.aclose()

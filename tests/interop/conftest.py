@@ -1,11 +1,10 @@
 """A real hub in front of a real spoke, trusting one extra client: a non-Python service.
 
-The same shape as ``tests/e2e/conftest.py``'s ``federation`` (copied, not imported: pytest
-runs with ``--import-mode=importlib``), plus a client principal of its own, ``ts-service``,
-whose key the Node client signs with. Hub and spoke share one trust store and one policy
-file, so both know the service and let it spawn synthetic agents and read them. The fixture
-runs twice: plaintext on loopback, and mutual TLS with the federation's CA (the service gets
-its own certificate from it).
+The harness's in-process federation, as ``tests/e2e/conftest.py``'s ``federation``, plus a
+client principal of its own, ``ts-service``, whose key the Node client signs with. Hub and
+spoke share one trust store and one policy file, so both know the service and let it spawn
+synthetic agents and read them. The fixture runs twice: plaintext on loopback, and mutual
+TLS with the federation's CA (the service gets its own certificate from it).
 """
 
 from __future__ import annotations
@@ -17,13 +16,9 @@ from pathlib import Path
 import pytest
 
 from hubspoke import client as hc
-from hubspoke import keys
+from hubspoke import keys, testing
 from hubspoke import tls as stls
-from hubspoke.hub.app import HubApp
-from hubspoke.hub.config import HubConfig, SpokeEntry
-from hubspoke.hub.federation_files import FederationFiles, write_federation
-from hubspoke.spoke import app as spoke_app
-from hubspoke.spoke import config as spoke_config
+from hubspoke.hub.federation_files import FederationFiles
 
 SERVICE = "ts-service"
 """The foreign client's principal name."""
@@ -71,15 +66,12 @@ def _admit_service(files: FederationFiles) -> tuple[Path, stls.LeafFiles | None]
 async def interop(
     request: pytest.FixtureRequest, tmp_path: Path, redis_url: str
 ) -> AsyncIterator[Interop]:
-    files = write_federation(
-        tmp_path, [(SPOKE, "127.0.0.1:0", redis_url)], "127.0.0.1:0", redis_url, tls=request.param
-    )
-    service_key, leaf = _admit_service(files)
-    spoke_public = (files.keys_dir / f"{SPOKE}.pub").read_text().split()[0]
-    scfg = spoke_config.SpokeConfig.load(files.spoke_configs[SPOKE], {})
-    async with spoke_app.SpokeApp(scfg) as spoke:
-        hcfg = HubConfig.load(files.hub_config, {}).replace(
-            spokes=(SpokeEntry(SPOKE, f"127.0.0.1:{spoke.port}"),)
-        )
-        async with HubApp(hcfg) as hub:
-            yield Interop(files, f"127.0.0.1:{hub.port}", service_key, spoke_public, leaf)
+    fed = testing.InProcessFederation(tmp_path, [SPOKE], redis_url=redis_url, tls=request.param)
+    try:
+        files = await fed.prepare()
+        service_key, leaf = _admit_service(files)
+        spoke_public = (files.keys_dir / f"{SPOKE}.pub").read_text().split()[0]
+        await fed.start()
+        yield Interop(files, fed.hub_address, service_key, spoke_public, leaf)
+    finally:
+        await fed.stop()
