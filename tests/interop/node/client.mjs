@@ -32,7 +32,8 @@ const HERE = path.dirname(fileURLToPath(import.meta.url));
 export const PAYLOAD_TYPE_COMMAND = "application/vnd.federation.v1.command+proto";
 export const PAYLOAD_TYPE_RELAY = "application/vnd.federation.v1.relay+proto";
 export const PAYLOAD_TYPE_REPLY = "application/vnd.federation.v1.reply+proto";
-const COMMAND_ID_RE = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
+// docs/protocol.md §4.3: no ":" or "/", so no id can name another Redis key.
+const COMMAND_ID_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 const ERROR_INFO_TYPE_URL = "type.googleapis.com/google.rpc.ErrorInfo";
 const FINAL_STATES = new Set([
   "STATE_SUCCEEDED",
