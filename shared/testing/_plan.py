@@ -149,20 +149,21 @@ class FederationPlan:
 
     def address(self, name: str) -> str:
         """The listen address of a peer (the hub or a spoke site), fixed on first use."""
-        found = self._addresses.get(name)
-        if found is None:
-            peers = [self.hub_name, *self.spoke_names]
-            if name not in peers:
-                raise HarnessError(f"no peer {name!r} in this federation")
-            if self._base_port:
-                found = address(self._base_port + peers.index(name))
-            else:
-                # Two picks in a row may see the same free port: each peer gets its own.
-                taken = set(self._addresses.values())
-                while (found := address(pick_free_port())) in taken:
-                    pass
-            self._addresses[name] = found
-        return found
+        if name not in self._addresses:
+            self._addresses[name] = self._pick_address(name)
+        return self._addresses[name]
+
+    def _pick_address(self, name: str) -> str:
+        peers = [self.hub_name, *self.spoke_names]
+        if name not in peers:
+            raise HarnessError(f"no peer {name!r} in this federation")
+        if self._base_port:
+            return address(self._base_port + peers.index(name))
+        # Two picks in a row may see the same free port: each peer gets its own.
+        taken = set(self._addresses.values())
+        while (picked := address(pick_free_port())) in taken:
+            pass
+        return picked
 
     @property
     def hub_address(self) -> str:

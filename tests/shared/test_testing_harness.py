@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 import sys
@@ -77,6 +78,9 @@ async def test_daemon_waits_for_serving_logs_and_restarts(tmp_path: Path) -> Non
         assert await daemon.start() == 4321
         assert daemon.running
         first = daemon.pid
+        async with asyncio.timeout(10):  # the line after readiness is copied by the drain
+            while "after ready" not in log.read_text():  # noqa: ASYNC110 - a file, no event
+                await asyncio.sleep(0.02)
         await daemon.stop(grace_s=5)
         assert daemon.returncode == 0
         assert log.read_text().splitlines() == ["warming up", "after ready"]
