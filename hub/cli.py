@@ -264,6 +264,12 @@ def build_parser() -> argparse.ArgumentParser:
     cli_init.add_parser(sub, common)
     cli_completion.add_parser(sub, common)
 
+    ui = sub.add_parser(
+        "ui", help="serve the web console on 127.0.0.1 (needs hubspoke[ui])", parents=[common]
+    )
+    ui.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default 0: a free one)")
+    ui.add_argument("--no-browser", action="store_true", help="print the URL, do not open it")
+
     dev = sub.add_parser("dev", help="run a local federation (hubctl dev --help)", add_help=False)
     dev.add_argument("dev_args", nargs=argparse.REMAINDER)
     return p
@@ -442,6 +448,18 @@ async def _dlq(client: Client, args: argparse.Namespace, out: Out) -> int:
     return EXIT_OK
 
 
+async def _ui(client: Client, args: argparse.Namespace, out: Out) -> int:
+    """The web console; its modules (and aiohttp) load only here."""
+    try:
+        ui = importlib.import_module("hubspoke.hub.ui")
+    except ImportError as exc:
+        raise UsageError(
+            f"hubctl ui needs the ui extra (pip install 'hubspoke[ui]'): {exc}"
+        ) from None
+    code: int = await ui.serve(client, port=args.port, open_browser=not args.no_browser)
+    return code
+
+
 _Verb = Callable[[Client, argparse.Namespace, Out], Coroutine[Any, Any, int]]
 _VERBS: Final[dict[str, _Verb]] = {
     "spawn": _spawn,
@@ -452,6 +470,7 @@ _VERBS: Final[dict[str, _Verb]] = {
     "watch": _watch,
     "queue": _queue,
     "dlq": _dlq,
+    "ui": _ui,
 }
 
 

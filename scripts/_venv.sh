@@ -35,10 +35,10 @@ hubspoke_venv() {
   fi
   if [[ ! -f $stamp || pyproject.toml -nt $stamp ]] ||
     ! .venv/bin/python -c 'import importlib.metadata as m; m.version("hubspoke")' >/dev/null 2>&1; then
-    _hs_log "venv: installing hubspoke[dev,bench] into .venv"
+    _hs_log "venv: installing hubspoke[dev,bench,ui] into .venv"
     export PIP_DISABLE_PIP_VERSION_CHECK=1
     .venv/bin/pip install -q --upgrade pip
-    .venv/bin/pip install -q -e '.[dev,bench]'
+    .venv/bin/pip install -q -e '.[dev,bench,ui]'
     touch "$stamp"
   fi
 }
