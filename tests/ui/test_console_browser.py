@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from hubspoke import testing
-from hubspoke.client import AgentState
+from hubspoke.client import Agent, AgentState
 
 from .conftest import Console, stop_console
 
@@ -53,12 +53,21 @@ async def _spawn_from_page(page: Any, spoke: str, task: str) -> str:
     return str(page.url.rsplit("/", 1)[1])
 
 
+async def _get(fed: testing.Federation, agent_id: str) -> Agent:
+    async with fed.client() as client:
+        agent = await client.get(agent_id, "spoke-1")
+    if agent.final:
+        return agent
+    async with fed.client() as client:
+        return await client.wait(agent, timeout=30)
+
+
 async def test_spawn_watch_kill_through_the_page(
     console: Console, federation: testing.Federation, browser: Any
 ) -> None:
     from playwright.async_api import expect
 
-    context = await browser.new_context(viewport={"width": 1400, "height": 900})
+    context = await browser.new_context(viewport={"width": 1400, "height": 720})
     await context.add_init_script(_WATCH_PROGRESS)
     page = await context.new_page()
     posts: list[str] = []
@@ -111,13 +120,23 @@ async def test_spawn_watch_kill_through_the_page(
     async with federation.client() as client:
         assert (await client.get(victim, "spoke-2")).state == AgentState.KILLED
         assert (await client.get(agent_id, "spoke-1")).state == AgentState.SUCCEEDED
+        failed = await client.spawn("spoke-1", "synthetic", "duration=0.2 fail stderr=boom")
+        blocked = await client.spawn("spoke-2", "synthetic", "duration=0.2 receipt=blocked")
+        await client.wait(failed, timeout=30)
+        await client.wait(blocked, timeout=30)
 
     # The federation page and the agents list show both, failures at a glance.
     await page.get_by_role("link", name="Federation").click()
     await expect(page.locator("#spokes")).to_contain_text("spoke-2")
     await expect(page.get_by_role("link", name=victim).first).to_be_visible()
+    attention = page.locator("#attention")
+    await expect(attention.get_by_role("link", name=failed.agent_id)).to_be_visible()
+    await expect(attention.get_by_role("link", name=blocked.agent_id)).to_be_visible()
+    await expect(attention).not_to_contain_text(agent_id)  # succeeded: nothing to see
     await _shot(page, "federation")
     await page.get_by_role("link", name="Agents", exact=True).click()
+    await expect(page.get_by_role("link", name=failed.agent_id)).to_be_visible()
+    await _shot(page, "agents")
     await page.locator('label.check:has-text("KILLED") input').check()
     await page.get_by_role("button", name="Filter").click()
     await expect(page.get_by_role("link", name=victim)).to_be_visible()
@@ -146,12 +165,14 @@ async def test_queue_page_pauses_resumes_and_shows_escaped_text(
 ) -> None:
     from playwright.async_api import expect
 
-    hostile = "<script>window.__pwned=1</script><img src=x onerror=window.__pwned=2> duration=0.1"
+    hostile = (
+        "<script>window.__pwned=1</script><img src=x onerror=window.__pwned=2> duration=0.1 fail"
+    )
     async with federation.client() as client:
         agent = await client.spawn("spoke-1", "synthetic", hostile, labels={"<b>k": "<i>v"})
         await client.wait(agent, timeout=30)
 
-    context = await browser.new_context(viewport={"width": 1400, "height": 900})
+    context = await browser.new_context(viewport={"width": 1400, "height": 720})
     page = await context.new_page()
     await page.goto(console.url)
     page.on("dialog", lambda dialog: dialog.accept())
@@ -162,10 +183,22 @@ async def test_queue_page_pauses_resumes_and_shows_escaped_text(
     await expect(page.locator("dl.facts")).to_contain_text("<b>k=<i>v")
     assert await page.evaluate("window.__pwned === undefined")
 
-    # Pause and resume spoke-1's queue from its page, each after a confirmation.
+    # spoke-1's queue page: the failed agent is a dead letter; replay it from there.
     await page.goto(console.base + "/")
     await page.get_by_role("link", name="spoke-1", exact=True).first.click()
     await expect(page.locator("#queue-state")).to_have_text("running")
+    row = page.locator("#dead-letters-table tr", has_text=agent.agent_id)
+    await expect(row).to_have_count(1)
+    first_end = (await _get(federation, agent.agent_id)).end_time
+    replayed = "/dead-letters/" + agent.agent_id + "/replay"
+    async with page.expect_response(lambda r: r.url.endswith(replayed)) as answer:
+        await row.get_by_role("button", name="Replay").click()
+    assert (await answer.value).ok
+    again = await _get(federation, agent.agent_id)  # waits for the second run to end
+    assert again.end_time != first_end
+    assert again.state == AgentState.FAILED  # it ran again, and failed again
+
+    # Pause and resume the queue, each after a confirmation.
     await page.get_by_role("button", name="Pause queue").click()
     await expect(page.locator("#queue-state")).to_have_text("PAUSED", timeout=WAIT_MS)
     async with federation.client() as client:

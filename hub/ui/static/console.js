@@ -6,6 +6,7 @@
   var live = document.getElementById("live");
   if (!live || !window.EventSource) { return; }
   var MAX_OUTPUT = 256 * 1024;
+  var shown = 0;
   var output = document.getElementById("output");
   var history = document.querySelector("#history tbody");
   var status = document.getElementById("stream-status");
@@ -38,7 +39,9 @@
     if (stderr) { node.className = "stderr"; }
     node.textContent = text;
     output.appendChild(node);
-    while (output.textContent.length > MAX_OUTPUT && output.firstChild) {
+    shown += text.length;
+    while (shown > MAX_OUTPUT && output.firstChild) {  // keep the newest output only
+      shown -= output.firstChild.textContent.length;
       output.removeChild(output.firstChild);
     }
     output.scrollTop = output.scrollHeight;
