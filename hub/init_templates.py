@@ -73,6 +73,8 @@ SPOKE_OPTIONS: Final[Mapping[str, str]] = {
     "profiles": "The programs agents may run: the [profiles.*] tables below. Nothing else runs.",
     "concurrency": "Agents this process runs at once; more wait in the queue.",
     "max_queue_depth": "Agents waiting beyond this are refused with RESOURCE_EXHAUSTED.",
+    "max_queued_per_principal": "Agents one principal may have waiting here (its quota).",
+    "max_delay_s": "Longest start delay, in seconds, a spawn may ask for.",
     "max_task_bytes": "Largest task text accepted, in UTF-8 bytes.",
     "max_labels": "Most labels a spawn may carry.",
     "output_tail_bytes": "Bytes of stdout and of stderr kept per agent (the last ones).",

@@ -24,6 +24,7 @@ Hierarchy (``HubspokeError`` is the root of everything Hubspoke raises on purpos
         ├── version.ProtocolVersionError  (FAILED_PRECONDITION, PROTOCOL_VERSION_MISMATCH)
         ├── ConcurrentModificationError   (ABORTED, CONCURRENT_MODIFICATION)
         ├── CapacityExceededError         (RESOURCE_EXHAUSTED, CAPACITY_EXCEEDED)
+        ├── QuotaExceededError            (RESOURCE_EXHAUSTED, QUOTA_EXCEEDED)
         ├── BackendUnavailableError       (UNAVAILABLE, BACKEND_UNAVAILABLE)
         ├── SpokeUnavailableError         (UNAVAILABLE, SPOKE_UNAVAILABLE)
         └── RemoteCallError               (as the remote peer said: passed through)
@@ -119,6 +120,14 @@ class ConcurrentModificationError(CommandError):
 class CapacityExceededError(CommandError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
     reason = "CAPACITY_EXCEEDED"
+
+
+class QuotaExceededError(CommandError):
+    """One principal's own limit on a spoke (its queued agents), not the spoke's capacity:
+    other principals may still be served."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "QUOTA_EXCEEDED"
 
 
 class BackendUnavailableError(CommandError):

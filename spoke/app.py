@@ -116,7 +116,7 @@ class SpokeApp:
             observe=metrics.observe_rpc,
         )
         await self._server.server.start()
-        self._worker = worker = AgentWorker(agents, cfg)
+        self._worker = worker = AgentWorker(agents, cfg, trust)
         metrics.track_running(lambda: len(worker.running_agents))
         self._worker_task = asyncio.create_task(self._worker.run(), name="worker")
         self._worker_task.add_done_callback(self._worker_done)

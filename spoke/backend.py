@@ -10,6 +10,7 @@ Exceptions (converted to gRPC status once, by ``_queue_errors`` in spoke/service
     ├── AgentReusedError          same id, different spawn (digest differs)
     ├── TransitionError           the state does not allow the change
     ├── QueueFullError            the waiting backlog is at its cap
+    ├── QuotaError                the issuer's own waiting agents are at its quota
     ├── PageTokenError            a page token this queue did not issue
     └── BackendError              Redis is unreachable or failed
 """
@@ -48,6 +49,12 @@ class TransitionError(QueueError):
 
 class QueueFullError(QueueError):
     pass
+
+
+class QuotaError(QueueError):
+    def __init__(self, message: str, limit: int) -> None:
+        super().__init__(message)
+        self.limit = limit
 
 
 class PageTokenError(QueueError):

@@ -65,6 +65,14 @@ class SpokeConfig:
     """Agents this process runs at once; more wait in the queue."""
     max_queue_depth: int = 10_000
     """Agents waiting beyond this are refused with RESOURCE_EXHAUSTED."""
+    max_queued_per_principal: int = 1_000
+    """Agents one principal may have waiting (QUEUED or RETRYING) on this spoke, counted
+    across every spoked on its Redis; one more spawn is refused with RESOURCE_EXHAUSTED
+    (QUOTA_EXCEEDED) before anything is stored. Keep it below max_queue_depth, or one
+    principal can still fill the queue for everyone."""
+    max_delay_s: float = 86_400.0
+    """The longest not-before delay a spawn may ask for, in seconds; a longer one is
+    refused with INVALID_ARGUMENT before anything is stored."""
     max_task_bytes: int = 64 * 1024
     """Largest task text accepted, in UTF-8 bytes."""
     max_labels: int = 32
@@ -120,6 +128,7 @@ class SpokeConfig:
         positive = (
             "concurrency",
             "max_queue_depth",
+            "max_queued_per_principal",
             "max_task_bytes",
             "output_tail_bytes",
             "lock_duration_ms",

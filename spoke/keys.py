@@ -40,6 +40,23 @@ class SpokeKeys:
         return f"{self.prefix}:agents-by-time"
 
     @property
+    def waiting(self) -> str:
+        """Sorted set (every score 0) of ``waiting_member``: one per agent that waits (QUEUED
+        or RETRYING), kept by the scripts that change state; it counts each principal's
+        waiting agents for its quota (``waiting_range``)."""
+        return f"{self.prefix}:waiting"
+
+    @staticmethod
+    def waiting_member(issuer: str, agent_id: str) -> str:
+        """``issuer:agent_id``: neither a principal's name nor an agent id contains ``:``."""
+        return f"{issuer}:{agent_id}"
+
+    @staticmethod
+    def waiting_range(issuer: str) -> tuple[str, str]:
+        """The ZLEXCOUNT bounds of ``issuer``'s members (``;`` follows ``:``)."""
+        return f"[{issuer}:", f"({issuer};"
+
+    @property
     def kill_channel(self) -> str:
         """Pub/sub channel that carries kill requests to whichever worker holds the agent."""
         return f"{self.prefix}:kill"

@@ -22,12 +22,14 @@ from .model import AgentState
 from .records import EVENTS_MAXLEN, Records
 
 _REQUEST_KILL = """
--- KEYS: agent, events. ARGV: kill_command_id, now_ms, maxlen
+-- KEYS: agent, events, waiting. ARGV: kill_command_id, now_ms, maxlen
 local cur = redis.call('HGET', KEYS[1], 'state')
 if not cur then return {'missing', ''} end
 if cur == 'QUEUED' or cur == 'RETRYING' then
   redis.call('HSET', KEYS[1], 'state', 'KILLED', 'reason', 'KILL_REQUESTED',
     'end_ms', ARGV[2], 'kill_requested', ARGV[1])
+  local who = redis.call('HMGET', KEYS[1], 'issuer', 'agent_id')
+  redis.call('ZREM', KEYS[3], (who[1] or '') .. ':' .. (who[2] or ''))
   local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], seq .. '-0',
     'kind', 'state', 'state', 'KILLED', 'reason', 'KILL_REQUESTED', 'time', ARGV[2])
@@ -62,7 +64,7 @@ class Kills:
 
     @backend
     async def request(self, agent_id: str, kill_command_id: str) -> KillOutcome:
-        keys = [self.keys.agent(agent_id), self.keys.events(agent_id)]
+        keys = [self.keys.agent(agent_id), self.keys.events(agent_id), self.keys.waiting]
         action, prev = await self._kill(keys=keys, args=[kill_command_id, now_ms(), EVENTS_MAXLEN])
         if action == b"missing":
             raise AgentMissingError(f"agent {agent_id} not found")

@@ -65,8 +65,12 @@ class AgentQueue:
         await self.redis.aclose()
         await self.worker_redis.aclose()
 
-    async def create(self, req: SpawnRequest, max_backlog: int) -> tuple[AgentRecord, bool]:
-        """Store a spawn and queue it; idempotent on the agent id.
+    async def create(
+        self, req: SpawnRequest, max_backlog: int, max_per_principal: int = 0
+    ) -> tuple[AgentRecord, bool]:
+        """Store a spawn and queue it; idempotent on the agent id. Refused before anything is
+        stored when the issuer already has ``max_per_principal`` agents waiting (0: no quota)
+        or the queue holds ``max_backlog``.
 
         Returns the record and whether this call created it. The record is written first
         (``Records.insert``), the bullmq job after it: a crash between the two leaves a
@@ -74,7 +78,7 @@ class AgentQueue:
         on the queue. Callers shield this from cancellation, so a client that gives up
         mid-call cannot tear it. Two round trips in all.
         """
-        rec, created = await self.records.insert(req, max_backlog)
+        rec, created = await self.records.insert(req, max_backlog, max_per_principal)
         if created or rec.state is AgentState.QUEUED:
             await self.jobs.enqueue(rec)  # for an existing one: heals a crash between the two
         return rec, created

@@ -20,6 +20,7 @@ from .backend import (
     AgentMissingError,
     AgentReusedError,
     QueueFullError,
+    QuotaError,
     TransitionError,
     backend,
     now_ms,
@@ -50,30 +51,42 @@ def _unobserved(state: AgentState, reason: str) -> None:
 
 
 _CREATE = """
--- KEYS: agent, index, events, then bullmq's wait, paused, prioritized, delayed.
--- ARGV: agent_id, digest, now_ms, maxlen, max_backlog, field, value, ...
+-- KEYS: agent, index, events, then bullmq's wait, paused, prioritized, delayed, then waiting.
+-- ARGV: agent_id, digest, now_ms, maxlen, max_backlog, issuer, quota, field, value, ...
+-- The issuer's quota (0: none) counts its members ("issuer:agent_id") of the waiting set
+-- (keys.py) with one ZLEXCOUNT: neither names nor ids contain ':'.
 local existing = redis.call('HGET', KEYS[1], 'digest')
 if existing then
   return {'exists', existing}
+end
+local quota = tonumber(ARGV[7])
+if quota > 0 then
+  local mine = redis.call('ZLEXCOUNT', KEYS[8], '[' .. ARGV[6] .. ':', '(' .. ARGV[6] .. ';')
+  if mine >= quota then
+    return {'quota', tostring(mine)}
+  end
 end
 local backlog = redis.call('LLEN', KEYS[4]) + redis.call('LLEN', KEYS[5])
   + redis.call('ZCARD', KEYS[6]) + redis.call('ZCARD', KEYS[7])
 if backlog >= tonumber(ARGV[5]) then
   return {'full', tostring(backlog)}
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+redis.call('HSET', KEYS[1], unpack(ARGV, 8))
 redis.call('HSET', KEYS[1], 'state', 'QUEUED', 'seq', 1, 'digest', ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[8], 0, ARGV[6] .. ':' .. ARGV[1])
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '1-0',
   'kind', 'state', 'state', 'QUEUED', 'reason', '', 'time', ARGV[3])
 return {'created', ARGV[2]}
 """
 
 _TRANSITION = """
--- KEYS: agent, events.
+-- KEYS: agent, events, waiting.
 -- ARGV: from_csv, to, reason, now_ms, maxlen, owner_worker, owner_attempt, field, value, ...
 -- With an owner, the record must still be held by that worker on that attempt: a worker
 -- that was paused past its lease must not overwrite the attempt that replaced it.
+-- The agent is a member of the waiting set exactly while its state is QUEUED or RETRYING
+-- (the per-principal quota counts it), whichever transition moved it.
 local cur = redis.call('HGET', KEYS[1], 'state')
 if not cur then return {'missing', ''} end
 local ok = false
@@ -85,6 +98,13 @@ if ARGV[6] ~= '' then
 end
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'reason', ARGV[3])
 if #ARGV > 7 then redis.call('HSET', KEYS[1], unpack(ARGV, 8)) end
+local who = redis.call('HMGET', KEYS[1], 'issuer', 'agent_id')
+local member = (who[1] or '') .. ':' .. (who[2] or '')
+if ARGV[2] == 'QUEUED' or ARGV[2] == 'RETRYING' then
+  redis.call('ZADD', KEYS[3], 0, member)
+else
+  redis.call('ZREM', KEYS[3], member)
+end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], seq .. '-0',
   'kind', 'state', 'state', ARGV[2], 'reason', ARGV[3], 'time', ARGV[4])
@@ -156,11 +176,14 @@ class Records:
     # --- spawn ---------------------------------------------------------------
 
     @backend
-    async def insert(self, req: SpawnRequest, max_backlog: int) -> tuple[AgentRecord, bool]:
+    async def insert(
+        self, req: SpawnRequest, max_backlog: int, max_per_principal: int = 0
+    ) -> tuple[AgentRecord, bool]:
         """Store a spawn's record, idempotent on the agent id: the record, and whether this
-        call created it. One script checks the id and the backlog cap and writes the record
-        with the audit copies of the signed envelopes, its index entry and its first event.
-        The caller queues its job (spoke/queue.py)."""
+        call created it. One script checks the id, the issuer's quota of waiting agents
+        (``max_per_principal``; 0: none) and the backlog cap, and only then writes the record
+        with the audit copies of the signed envelopes, its index and waiting entries and its
+        first event. The caller queues its job (spoke/queue.py)."""
         now = now_ms()
         rec = AgentRecord(
             agent_id=req.agent_id,
@@ -204,6 +227,8 @@ class Records:
             now,
             EVENTS_MAXLEN,
             max_backlog,
+            req.issuer,
+            max(max_per_principal, 0),
             *flatten(fields),
             *pairs(audit),
         ]
@@ -212,6 +237,7 @@ class Records:
             self.keys.agent_index,
             self.keys.events(req.agent_id),
             *(self.keys.bull(kind) for kind in ("wait", "paused", "prioritized", "delayed")),
+            self.keys.waiting,
         ]
         status, detail = await self._create(keys=keys, args=args)
         if status == b"exists":
@@ -219,6 +245,11 @@ class Records:
             if existing.digest != req.digest:
                 raise AgentReusedError(f"agent id {req.agent_id} was used for a different spawn")
             return existing, False
+        if status == b"quota":
+            raise QuotaError(
+                f"{req.issuer} has {detail.decode()} agents waiting on this spoke, its limit",
+                limit=max_per_principal,
+            )
         if status == b"full":
             raise QueueFullError(f"queue holds {detail.decode()} waiting agents, its limit")
         self.observe(AgentState.QUEUED, "")
@@ -325,6 +356,21 @@ class Records:
                     yield AgentEvent(seq=after, kind="heartbeat", time_ms=int(time.time() * 1000))
 
     @backend
+    async def waiting_of(self, principal: str) -> int:
+        """How many of ``principal``'s agents wait (QUEUED or RETRYING): what its quota counts."""
+        lo, hi = SpokeKeys.waiting_range(principal)
+        return int(await self.redis.zlexcount(self.keys.waiting, lo, hi))
+
+    @backend
+    async def signed_copies(self, agent_id: str) -> tuple[bytes, bytes]:
+        """The client's signed envelope and the hub's relay (empty if none) stored with the
+        record as received: what the worker verifies again before each start."""
+        row: list[bytes | None] = await self.redis.hmget(  # type: ignore[assignment]  # bytes: decode_responses is off
+            self.keys.agent(agent_id), "envelope", "relay"
+        )
+        return row[0] or b"", row[1] or b""
+
+    @backend
     async def kill_requested(self, agent_id: str) -> bool:
         return bool(await self.redis.hget(self.keys.agent(agent_id), "kill_requested"))
 
@@ -357,7 +403,7 @@ class Records:
             attempt,
             *flatten(extra),
         ]
-        keys = [self.keys.agent(agent_id), self.keys.events(agent_id)]
+        keys = [self.keys.agent(agent_id), self.keys.events(agent_id), self.keys.waiting]
         status, detail = await self._transition(keys=keys, args=args)
         if status == b"missing":
             raise AgentMissingError(f"agent {agent_id} not found")
@@ -392,6 +438,8 @@ class Records:
             pipe = self.redis.pipeline(transaction=True)
             pipe.delete(self.keys.agent(agent_id), self.keys.events(agent_id))
             pipe.zrem(self.keys.agent_index, agent_id)
+            if rec is not None:  # a final agent is no member; a stray one goes with it
+                pipe.zrem(self.keys.waiting, SpokeKeys.waiting_member(rec.issuer, agent_id))
             await pipe.execute()
             swept += 1
         return swept

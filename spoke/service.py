@@ -49,6 +49,10 @@ def _queue_errors() -> Iterator[None]:
         raise errors.AgentNotRunningError(str(exc), state=exc.current) from exc
     except backend.QueueFullError as exc:
         raise errors.CapacityExceededError(str(exc)) from exc
+    except backend.QuotaError as exc:
+        raise errors.QuotaExceededError(
+            str(exc), limit="max_queued_per_principal", max=str(exc.limit)
+        ) from exc
     except backend.PageTokenError as exc:
         raise errors.InvalidCommandError(str(exc)) from exc
     except backend.BackendError as exc:
@@ -86,7 +90,11 @@ class SpokeServicer:
         req = self._spawn_request(auth)
         with _queue_errors():
             # Shielded: a client that times out must not leave a half-stored spawn behind.
-            rec, _ = await asyncio.shield(self.agents.create(req, self.config.max_queue_depth))
+            rec, _ = await asyncio.shield(
+                self.agents.create(
+                    req, self.config.max_queue_depth, self.config.max_queued_per_principal
+                )
+            )
         reply = self._reply(auth, agent=wire.to_agent(self.config.name, rec))
         return spoke_service_pb2.SpokeServiceSpawnAgentResponse(reply=reply)
 
@@ -290,8 +298,12 @@ class SpokeServicer:
                 f"timeout exceeds profile {profile.name}'s limit of {profile.timeout_s:g} s"
             )
         delay_ms = body.delay.seconds * 1000 + body.delay.nanos // 1_000_000
-        if not 0 <= delay_ms <= MAX_DELAY_MS or not 0 <= body.delay.nanos < 1_000_000_000:
-            raise errors.InvalidCommandError(f"delay must be 0-{MAX_DELAY_MS // 86_400_000} days")
+        max_delay_ms = int(cfg.max_delay_s * 1000)
+        if not 0 <= delay_ms <= max_delay_ms or not 0 <= body.delay.nanos < 1_000_000_000:
+            raise errors.InvalidCommandError(
+                f"delay must be 0-{cfg.max_delay_s:g} s on spoke {cfg.name} (max_delay_s)",
+                limit="max_delay_s",
+            )
         if not 0 <= body.timeout.nanos < 1_000_000_000:
             raise errors.InvalidCommandError("timeout nanos must be 0-999999999")
         attempts = body.max_attempts or profile.max_attempts

@@ -7,7 +7,10 @@ the record in Redis, not the job, says what to run and whether it may still run:
 * a record STARTING/RUNNING was held by a worker that died: bullmq's stalled-job check
   handed it back. The old process group is killed (matched by pid *and* start time), then
   the agent is retried if its profile is retry-safe and attempts remain, else FAILED/LOST;
-* a command past its expire time never starts (FAILED/EXPIRED).
+* a command past its expire time never starts (FAILED/EXPIRED);
+* a record that does not match the signed spawn kept with it, or whose spawn no longer
+  verifies with the trust store, never starts (FAILED/TAMPERED, spoke/reverify.py): what runs
+  is what the client signed, not what Redis holds.
 
 Kills arrive on a pub/sub channel every worker listens to, with a once-a-second check of
 the record as a fallback; the worker that holds the agent terminates its process group.
@@ -27,7 +30,9 @@ import structlog
 from bullmq.custom_errors import DelayedError, UnrecoverableError
 from redis.exceptions import RedisError
 
-from . import runtime
+from hubspoke.trust import TrustStore
+
+from . import reverify, runtime
 from .backend import BackendError, QueueError, TransitionError
 from .config import SpokeConfig
 from .events import OutputPump
@@ -75,9 +80,11 @@ def _receipt_json(r: Receipt | None) -> str:
 class AgentWorker:
     """Runs agents for one spoke process. ``run()`` until ``shutdown()``."""
 
-    def __init__(self, queue: AgentQueue, config: SpokeConfig) -> None:
+    def __init__(self, queue: AgentQueue, config: SpokeConfig, trust: TrustStore) -> None:
         self.queue = queue
         self.config = config
+        self.trust = trust
+        """Checks each record's signed spawn again before every start."""
         self.worker_id = uuid.uuid4().hex[:12]
         self._boot = runtime.boot_id()
         self._me = runtime.self_identity()
@@ -226,6 +233,14 @@ class AgentWorker:
                 raise UnrecoverableError("LOST")  # into the dead-letter set, replayable
             rec = await self.queue.worker_records.get(agent_id)
         waiting = [AgentState.QUEUED, AgentState.RETRYING]
+        try:
+            rec = await self._verified(rec, profile)
+        except reverify.TamperedError as exc:
+            log.warning("agent_tampered", check=exc.what)
+            await self.queue.worker_records.transition(
+                agent_id, waiting, AgentState.FAILED, reverify.TAMPERED
+            )
+            raise UnrecoverableError(reverify.TAMPERED) from exc
         if profile is None:
             await self.queue.worker_records.transition(
                 agent_id, waiting, AgentState.FAILED, "UNKNOWN_PROFILE"
@@ -247,6 +262,13 @@ class AgentWorker:
             if limit:
                 with contextlib.suppress(QueueError):
                     await self.queue.slots.release(profile.name, agent_id)
+
+    async def _verified(self, rec: AgentRecord, profile: Profile | None) -> AgentRecord:
+        """The record as this attempt may run it, checked against its signed spawn."""
+        stored, relay = await self.queue.worker_records.signed_copies(rec.agent_id)
+        return reverify.verified_record(
+            rec, stored, relay, spoke=self.config.name, trust=self.trust, profile=profile
+        )
 
     async def _start(self, rec: AgentRecord, profile: Profile) -> str:
         agent_id = rec.agent_id
