@@ -695,7 +695,15 @@ def test_hubd_prints_serving_and_stops_on_sigterm(tmp_path: Path, redis_url: str
     files = write_federation(tmp_path, [], "127.0.0.1:0", redis_url)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hub", "--config", str(files.hub_config), "--log-level", "warning"],
+        [
+            sys.executable,
+            "-m",
+            "hubspoke.hub",
+            "--config",
+            str(files.hub_config),
+            "--log-level",
+            "warning",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -743,7 +751,7 @@ def test_hubd_config_error_exits_2(tmp_path: Path) -> None:
     bad = tmp_path / "hub.toml"
     bad.write_text('key_file = "k"\ntrust_file = "t"\nbogus = 1\n')
     done = subprocess.run(
-        [sys.executable, "-m", "hub", "--config", str(bad)],
+        [sys.executable, "-m", "hubspoke.hub", "--config", str(bad)],
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHONPATH": str(REPO)},
