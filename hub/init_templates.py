@@ -285,7 +285,8 @@ def policy_toml(operator: str | None) -> str:
         "# is refused with PERMISSION_DENIED naming the closest rule. hubd and every spoke\n"
         "# enforce their own copy. Format: shared/policy.py; verbs: spawn, get, kill, list,\n"
         "# watch, replay, spokes, queue_stats, dead_letters, pause, resume, drain, or the\n"
-        "# groups read, operate, admin, or *.\n\n"
+        '# groups read, operate, admin, or *. Every rule has a scope: "own" (the agents the\n'
+        '# principal spawned) or "any" (every agent; pause, resume and drain need it).\n\n'
     )
     who = operator or "alice"
     rule = (
@@ -294,6 +295,7 @@ def policy_toml(operator: str | None) -> str:
         f"name = {_s(f'{who}-all')}\n"
         f"principals = [{_s(who)}]\n"
         'verbs = ["*"]\n'
+        'scope = "any"             # or "own": only the agents this principal spawned\n'
         'spokes = ["*"]            # or names, or spoke_labels = { pool = "ci" }\n'
         'profiles = ["*"]          # spawn only: profile names\n'
         "# max_priority = 10       # spawn limits\n"

@@ -18,6 +18,16 @@ them by guess. A get fan-out waits for every spoke; if none has the agent, a spo
 other than NOT_FOUND is the answer, else UNAVAILABLE if some spoke did not answer (the agent
 may be on one of those), else NOT_FOUND.
 
+Owners (shared/policy.py, scopes): the hub does not know who owns an agent, so it judges an
+agent verb by whether some rule of either scope lets the caller use it on that spoke (queue
+verbs that act on everyone's agents need an ``any`` rule here too); the spoke, which holds the
+record, is the authority and answers NOT_FOUND for an agent the caller's scope does not
+cover. When a bare id routed through the index meets that NOT_FOUND, the hub answers as it
+does for an id it never indexed (a get asks every spoke the caller may read; a kill, replay
+or watch is NOT_FOUND, not indexed), so an agent of another owner is indistinguishable from
+an unknown id. The index does not record owners: an own-scoped caller whose id another
+principal also used on another spoke it may use gets AGENT_AMBIGUOUS and must name the spoke.
+
 Replies produced by spokes pass through with their signatures intact; the spoke listing,
 and the hub's own account of every list fan-out (which spokes answered, which did not), are
 produced and signed by the hub (``hubspoke.fanout``).
@@ -235,15 +245,26 @@ class HubServicer:
         self, request: hub_service_pb2.HubServiceWatchAgentRequest, context: _Ctx
     ) -> AsyncIterator[hub_service_pb2.HubServiceWatchAgentResponse]:
         inbound = await self._admit(request, relay.WATCH)
-        spoke = await self._spoke_holding(inbound, inbound.command.watch_agent.agent)
+        agent = inbound.command.watch_agent.agent
+        spoke = await self._spoke_holding(inbound, agent)
         remaining = context.time_remaining()
         limit = (
             self._cfg.watch_max_s if remaining is None else min(remaining, self._cfg.watch_max_s)
         )
         self._authorize(inbound, spoke)
+        via_index = inbound.command.audience == self._cfg.hub_name and not agent.startswith(
+            _RESOURCE_PREFIX
+        )
         with self._watches.hold(inbound.command.issuer):
-            async for reply_env in self._relayer.stream(spoke, inbound, limit):
-                yield hub_service_pb2.HubServiceWatchAgentResponse(reply=reply_env)
+            started = False
+            try:
+                async for reply_env in self._relayer.stream(spoke, inbound, limit):
+                    started = True
+                    yield hub_service_pb2.HubServiceWatchAgentResponse(reply=reply_env)
+            except errors.CommandError as exc:
+                if via_index and not started and _agent_not_found(exc):
+                    raise _not_indexed(agent) from None  # another owner's: as if unknown
+                raise
 
     async def GetQueueStats(
         self, request: hub_service_pb2.HubServiceGetQueueStatsRequest, context: _Ctx
@@ -393,15 +414,26 @@ class HubServicer:
             reply_env, _ = await self._relay(self._spoke_named(spoke), inbound)
             return reply_env
         indexed = await self._indexed(inbound, agent)
+        asked: tuple[str, ...] = ()
         if indexed is not None:
-            reply_env, _ = await self._relay(indexed, inbound)
-            return reply_env
+            try:
+                reply_env, _ = await self._relay(indexed, inbound)
+            except errors.CommandError as exc:
+                # Not there for this caller (another owner's, or gone): answer as for an id
+                # the hub never indexed, so the index tells nothing about other owners.
+                if not _agent_not_found(exc):
+                    raise
+                asked = (indexed,)  # its nonce is spent there: ask only the others
+            else:
+                return reply_env
         if inbound.verb != relay.GET:
             # Never fan a kill or replay out: the same id may exist on two spokes.
             raise _not_indexed(agent)
-        return await self._find_and_call(inbound, agent)
+        return await self._find_and_call(inbound, agent, asked)
 
-    async def _find_and_call(self, inbound: Inbound, agent_id: str) -> command_pb2.SignedEnvelope:
+    async def _find_and_call(
+        self, inbound: Inbound, agent_id: str, asked: Sequence[str] = ()
+    ) -> command_pb2.SignedEnvelope:
         """Ask every spoke the caller may read at once, and wait for all: exactly one may have
         the agent, so an id on two spokes is reported, never guessed.
 
@@ -410,7 +442,8 @@ class HubServicer:
         a spoke's error other than NOT_FOUND is the answer (the first, in config order),
         then UNAVAILABLE if some spoke did not answer, else NOT_FOUND.
         """
-        answers = await self._fan_out(inbound, self._permitted(inbound))
+        names = [n for n in self._permitted(inbound) if n not in asked]
+        answers = await self._fan_out(inbound, names)
         found = [a for a in answers if a.reply_env is not None]
         for answer in found:
             await self._remember(agent_id, answer.spoke)
@@ -451,6 +484,11 @@ class HubServicer:
             await self._store.remember_agent(agent_id, spoke, self._cfg.agent_index_ttl_s)
         except errors.BackendUnavailableError:
             log.warning("agent_index_write_failed", agent=agent_id, spoke=spoke)
+
+
+def _agent_not_found(exc: errors.CommandError) -> bool:
+    """A spoke's NOT_FOUND for the agent (its own words, passed on by the relay)."""
+    return exc.code == grpc.StatusCode.NOT_FOUND and exc.reason == "AGENT_NOT_FOUND"
 
 
 def _not_indexed(agent: str) -> errors.AgentNotFoundError:

@@ -21,6 +21,7 @@ Hierarchy (``HubspokeError`` is the root of everything Hubspoke raises on purpos
         ├── SpokeNotFoundError            (NOT_FOUND, SPOKE_NOT_FOUND)
         ├── CommandIdReusedError          (ALREADY_EXISTS, COMMAND_ID_REUSED)
         ├── AgentNotRunningError          (FAILED_PRECONDITION, AGENT_NOT_RUNNING)
+        ├── StartDeadlinePassedError      (FAILED_PRECONDITION, START_DEADLINE_PASSED)
         ├── version.ProtocolVersionError  (FAILED_PRECONDITION, PROTOCOL_VERSION_MISMATCH)
         ├── ConcurrentModificationError   (ABORTED, CONCURRENT_MODIFICATION)
         ├── CapacityExceededError         (RESOURCE_EXHAUSTED, CAPACITY_EXCEEDED)
@@ -110,6 +111,14 @@ class CommandIdReusedError(CommandError):
 class AgentNotRunningError(CommandError):
     code = grpc.StatusCode.FAILED_PRECONDITION
     reason = "AGENT_NOT_RUNNING"
+
+
+class StartDeadlinePassedError(CommandError):
+    """The agent can no longer start: a replay past its original command's expiry (issue 11
+    makes this the agent's start deadline)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "START_DEADLINE_PASSED"
 
 
 class ConcurrentModificationError(CommandError):

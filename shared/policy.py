@@ -6,6 +6,7 @@ The policy is a TOML file of rules; a command is allowed only if some rule allow
     name = "ci-runs-tests"            # named in every PERMISSION_DENIED it causes
     principals = ["ci-bot"]           # peer names from the trust store, or "*"
     verbs = ["spawn", "read"]         # verbs or groups (below), or "*"
+    scope = "own"                     # required: "own" (its own agents) or "any"
     spokes = ["build-1", "build-2"]   # spoke names, or "*"; an empty list matches nothing
     spoke_labels = { pool = "ci" }    # optional selector: every label must match
     profiles = ["pytest"]             # for spawn: profile names, or "*"
@@ -16,6 +17,26 @@ The policy is a TOML file of rules; a command is allowed only if some rule allow
 Verbs: spawn, get, kill, list, watch, replay, spokes, queue_stats, dead_letters, pause, resume,
 drain. Groups: ``read`` (get, list, watch, spokes, queue_stats, dead_letters), ``operate``
 (spawn, kill, replay), ``admin`` (pause, resume, drain).
+
+Every agent has an owner: the principal that spawned it (its record's ``issuer``; a replay
+keeps it). Every rule states its ``scope``, and a rule without one is refused at start-up
+with an error naming it (there is no default: docs/security.md shows the migration):
+
+============================  ===========================  ===============================
+verb                          ``own``                      ``any``
+============================  ===========================  ===============================
+get, kill, watch, replay      the principal's own agents   every agent
+list, dead_letters            lists only its own agents    lists every agent
+spawn, spokes, queue_stats    allowed (spawn: the new agent's owner is the principal)
+pause, resume, drain          never (they act on           allowed
+                              everyone's agents)
+============================  ===========================  ===============================
+
+An agent the principal may not act on is answered exactly as an unknown one (NOT_FOUND);
+only the spoke, which holds the record, knows the owner, so it is the authority. Replay is
+also authorized as a spawn of the agent's profile by the replaying principal (with the
+record's priority, timeout and attempts), and the agent keeps its owner. Verbs of other
+open issues (approve, send, events, audit) will take a scope when they are added.
 
 The hub and every spoke enforce the policy they are configured with, each for itself; the
 spoke judges the original client (chain of custody), with the values it resolved (its own
@@ -70,6 +91,14 @@ BODY_VERBS: Mapping[str, str] = {
 }
 """Command body case → policy verb."""
 
+SCOPES = frozenset({"own", "any"})
+AGENT_VERBS = frozenset({"get", "kill", "watch", "replay"})
+"""Verbs on one agent: an ``own`` rule covers them only on the principal's own agents."""
+LISTING_VERBS = frozenset({"list", "dead_letters"})
+"""Verbs that list agents: an ``own`` rule lets the principal list only its own agents."""
+QUEUE_WIDE_VERBS = frozenset({"pause", "resume", "drain"})
+"""Verbs that act on everyone's agents at once: only an ``any`` rule covers them."""
+
 
 class PolicyConfigError(errors.ConfigError):
     """The policy file is missing or malformed."""
@@ -85,6 +114,8 @@ class Rule:
     principals: frozenset[str]
     verbs: frozenset[str]
     spokes: frozenset[str]
+    scope: str
+    """``own`` or ``any`` (module docstring)."""
     spoke_labels: Mapping[str, str] = field(default_factory=dict)
     profiles: frozenset[str] = frozenset({"*"})
     max_priority: int = 10
@@ -92,10 +123,20 @@ class Rule:
     max_attempts: int | None = None
 
     def covers(
-        self, principal: str, verb: str, spoke: str | None, labels: Mapping[str, str]
+        self,
+        principal: str,
+        verb: str,
+        spoke: str | None,
+        labels: Mapping[str, str],
+        owner: str | None = None,
     ) -> bool:
         if not ({principal, "*"} & self.principals) or verb not in self.verbs:
             return False
+        if self.scope != "any":
+            if verb in QUEUE_WIDE_VERBS:
+                return False
+            if verb in AGENT_VERBS and owner is not None and owner != principal:
+                return False
         if spoke is None:  # a hub-level verb (spokes): no spoke to match
             return True
         if not ({spoke, "*"} & self.spokes):
@@ -115,6 +156,11 @@ class Request:
     priority: int | None = None
     runtime_s: float | None = None
     attempts: int | None = None
+    owner: str | None = None
+    """For an agent verb, the agent's owner (its record's issuer). ``None`` asks only whether
+    some rule of either scope lets the principal use the verb at all (a hub, which does not
+    know owners, or a spoke before it has read the record): the spoke must ask again with
+    the owner before it acts or answers."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,9 +177,7 @@ class Policy:
     def check(self, req: Request) -> Rule:
         """The first rule that allows ``req``; PolicyDeniedError naming why none does."""
         where = f" on spoke {req.spoke}" if req.spoke else ""
-        rules = [
-            r for r in self.rules if r.covers(req.principal, req.verb, req.spoke, req.spoke_labels)
-        ]
+        rules = self._covering(req)
         if not rules:
             raise PolicyDeniedError(
                 f"no policy rule lets {req.principal} {req.verb}{where}", verb=req.verb
@@ -152,6 +196,22 @@ class Policy:
                 return r
             first_problem = first_problem or problem
         raise PolicyDeniedError(first_problem, rule=rules[0].name, verb=req.verb)
+
+    def scope_of(self, req: Request) -> str:
+        """``any`` if some rule with that scope allows ``req``, else ``own`` if some rule
+        allows it, else PolicyDeniedError: how much of a listing the principal may see."""
+        rule = self.check(req)
+        if rule.scope == "any":
+            return "any"
+        wide = [r for r in self._covering(req) if r.scope == "any"]
+        return "any" if Policy(tuple(wide)).allows(req) else "own"
+
+    def _covering(self, req: Request) -> list[Rule]:
+        return [
+            r
+            for r in self.rules
+            if r.covers(req.principal, req.verb, req.spoke, req.spoke_labels, req.owner)
+        ]
 
     @classmethod
     def from_file(cls, path: Path) -> Policy:
@@ -200,6 +260,7 @@ _RULE_KEYS = frozenset(
         "principals",
         "verbs",
         "spokes",
+        "scope",
         "spoke_labels",
         "profiles",
         "max_priority",
@@ -240,6 +301,15 @@ def _rule(t: object, where: str) -> Rule:
             verbs.add(v)
         else:
             raise PolicyConfigError(f"{where}: unknown verb {v!r}")
+    scope = t.get("scope")
+    if scope is None:
+        raise PolicyConfigError(
+            f'{where}: scope is required: "own" (the principal\'s own agents) or "any" '
+            '(every agent); rules written before scopes existed meant "any" '
+            "(docs/security.md, Scopes)"
+        )
+    if scope not in SCOPES:
+        raise PolicyConfigError(f'{where}: scope must be "own" or "any", got {scope!r}')
     labels = t.get("spoke_labels", {})
     if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
         raise PolicyConfigError(f"{where}: spoke_labels must be a table of strings")
@@ -257,6 +327,7 @@ def _rule(t: object, where: str) -> Rule:
         principals=_names(t, "principals", where, None),
         verbs=frozenset(verbs),
         spokes=_names(t, "spokes", where, None),
+        scope=str(scope),
         spoke_labels=dict(labels),
         profiles=_names(t, "profiles", where, ["*"]),
         max_priority=prio,
@@ -272,6 +343,7 @@ ALLOW_OPERATOR_EVERYTHING = """\
 name = "operator-all"
 principals = ["operator"]
 verbs = ["*"]
+scope = "any"
 spokes = ["*"]
 profiles = ["*"]
 """

@@ -27,7 +27,7 @@ from .jobs import Jobs
 from .keys import SpokeKeys
 from .kills import Kills
 from .model import AgentRecord, AgentState, SpawnRequest
-from .pages import Page, decode_token, next_token
+from .pages import Page, collect
 from .records import Records, StateObserver
 from .slots import Slots
 
@@ -86,7 +86,8 @@ class AgentQueue:
     async def replay(self, agent_id: str, command_id: str) -> AgentRecord:
         """Run a failed agent again with fresh attempts, as a new job (the old one leaves the
         dead-letter set). Idempotent on the replay's command id: a retried replay returns
-        the agent instead of failing on its new state."""
+        the agent instead of failing on its new state. The record keeps its owner (issuer),
+        its envelopes and its expiry."""
         rec = await self.records.get(agent_id)
         if rec.replay_command == command_id:
             return rec
@@ -109,7 +110,8 @@ class AgentQueue:
                 "pid": "",
                 "pgid": "",
                 "start_ticks": "",
-                "expire_ms": 0,
+                # expire_ms stays: a replay never clears or extends the original command's
+                # expiry (the service refuses a replay past it; docs/security.md, Scopes).
             },
         )
         if rec.job_id:
@@ -118,12 +120,20 @@ class AgentQueue:
         await self.jobs.enqueue(again)
         return again
 
-    async def dead_letters(self, page_size: int, token: str) -> Page:
-        """The bullmq failed set, newest first, as agent records."""
-        offset = decode_token(token)
-        ids = await self.jobs.failed(offset, page_size)
-        agents = await self.records.get_many(ids)
-        return Page(agents=agents, next_token=next_token(offset, page_size, len(ids)))
+    async def dead_letters(self, page_size: int, token: str, owner: str | None = None) -> Page:
+        """The bullmq failed set, newest first, as agent records (with ``owner``: only the
+        agents that issuer spawned, pages filled as spoke/pages.py says)."""
+
+        def keep(rec: AgentRecord) -> bool:
+            return rec.issuer == owner
+
+        return await collect(
+            self.jobs.failed,
+            self.records.get_aligned,
+            token,
+            page_size,
+            keep if owner is not None else None,
+        )
 
     async def drain(self) -> int:
         """Cancel every waiting agent (KILLED, reason DRAINED) and remove its job."""

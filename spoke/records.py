@@ -28,7 +28,7 @@ from .backend import (
 from .fanout import StreamFanout
 from .keys import SpokeKeys
 from .model import FINAL_STATES, AgentEvent, AgentRecord, AgentState, SpawnRequest
-from .pages import Page, decode_token, next_token
+from .pages import Page, collect
 
 EVENTS_MAXLEN = 2000
 """Approximate cap on each agent's event stream (oldest trimmed first)."""
@@ -273,26 +273,40 @@ class Records:
     @backend
     async def get_many(self, agent_ids: Iterable[str]) -> list[AgentRecord]:
         """The records of these ids that exist, in order, in one round trip."""
+        return [rec for rec in await self.get_aligned(agent_ids) if rec is not None]
+
+    @backend
+    async def get_aligned(self, agent_ids: Iterable[str]) -> list[AgentRecord | None]:
+        """The record of each id, or None where it does not exist, in one round trip."""
         pipe = self.redis.pipeline(transaction=False)
         for agent_id in agent_ids:
             pipe.hgetall(self.keys.agent(agent_id))
         rows = await pipe.execute()
-        return [AgentRecord.from_hash(r) for r in rows if r and b"state" in r]
+        return [AgentRecord.from_hash(r) if r and b"state" in r else None for r in rows]
 
     @backend
     async def list_page(
-        self, page_size: int, token: str, states: Iterable[AgentState] = ()
+        self,
+        page_size: int,
+        token: str,
+        states: Iterable[AgentState] = (),
+        owner: str | None = None,
     ) -> Page:
-        """Newest first. The token is an opaque offset into the time index."""
-        offset = decode_token(token)
+        """Newest first. The token is an opaque offset into the time index. With ``states``
+        or ``owner`` (an issuer), only matching agents, pages filled as spoke/pages.py says."""
         wanted = set(states)
-        ids: list[bytes] = await self.redis.zrevrange(  # type: ignore[assignment]  # bytes: decode_responses is off
-            self.keys.agent_index, offset, offset + page_size - 1
-        )
-        agents = await self.get_many(i.decode() for i in ids)
-        if wanted:
-            agents = [a for a in agents if a.state in wanted]
-        return Page(agents=agents, next_token=next_token(offset, page_size, len(ids)))
+
+        async def read(offset: int, count: int) -> list[str]:
+            ids: list[bytes] = await self.redis.zrevrange(  # type: ignore[assignment]  # bytes: decode_responses is off
+                self.keys.agent_index, offset, offset + count - 1
+            )
+            return [i.decode() for i in ids]
+
+        def keep(rec: AgentRecord) -> bool:
+            return (not wanted or rec.state in wanted) and (owner is None or rec.issuer == owner)
+
+        filtered = bool(wanted) or owner is not None
+        return await collect(read, self.get_aligned, token, page_size, keep if filtered else None)
 
     @backend
     async def events(self, agent_id: str, after_seq: int, count: int = 500) -> list[AgentEvent]:

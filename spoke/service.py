@@ -3,6 +3,16 @@
 Each RPC verifies its envelope (spoke/verifier.py), validates the body against this spoke's
 config and limits, calls the queue, and answers with a Reply signed by this spoke that
 binds the command id and the SHA-256 of the client's signed bytes.
+
+Owners (shared/policy.py, scopes): every agent is owned by its record's issuer. A caller may
+use get, kill, watch or replay on an agent only through a rule whose scope covers it (``own``:
+its own agents; ``any``: every agent); any other agent answers exactly as an unknown id does
+(NOT_FOUND, AGENT_NOT_FOUND, the same message), so no answer tells that it exists. Lists and
+dead letters show an ``own``-scoped caller only its own agents. Whoever may see an agent may
+see all of it (task text and output tails included): for a non-owner that takes an ``any``
+rule for the verb. A replay is also authorized as a spawn of the agent's profile by the
+replaying principal, keeps the record's owner, and is refused once the original command's
+expiry (today's start deadline) has passed.
 """
 
 from __future__ import annotations
@@ -21,9 +31,9 @@ from hubspoke.policy import BODY_VERBS, Policy
 from hubspoke.policy import Request as PolicyRequest
 from hubspoke.stream_caps import StreamCaps
 
-from . import backend, pages, wire
+from . import backend, listing, wire
 from .config import SpokeConfig
-from .model import AgentState, SpawnRequest
+from .model import AgentRecord, AgentState, SpawnRequest
 from .profiles import check_task
 from .queue import AgentQueue
 from .verifier import Authorized, Verifier
@@ -103,8 +113,7 @@ class SpokeServicer:
     ) -> spoke_service_pb2.SpokeServiceGetAgentResponse:
         auth = await self._admit(request.command, "get_agent")
         agent_id = self._agent_id(auth.command.get_agent.agent)
-        with _queue_errors():
-            rec = await self.agents.records.get(agent_id)
+        rec = await self._visible(auth, "get_agent", agent_id)
         reply = self._reply(auth, agent=wire.to_agent(self.config.name, rec))
         return spoke_service_pb2.SpokeServiceGetAgentResponse(reply=reply)
 
@@ -113,6 +122,7 @@ class SpokeServicer:
     ) -> spoke_service_pb2.SpokeServiceKillAgentResponse:
         auth = await self._admit(request.command, "kill_agent")
         agent_id = self._agent_id(auth.command.kill_agent.agent)
+        await self._visible(auth, "kill_agent", agent_id)
         with _queue_errors():
             outcome = await self.agents.kills.request(agent_id, auth.command.command_id)
             # A signalled agent: the reply goes out as soon as it is final (or kill_wait_s).
@@ -132,10 +142,13 @@ class SpokeServicer:
             for s in body.states
             if s
         ]
+        owner = self._listing_owner(auth, "list_agents")
         with _queue_errors():
-            page = await self.agents.records.list_page(size, body.page_token, states)
+            agent_page = await self._bounded_page(
+                lambda n: self.agents.records.list_page(n, body.page_token, states, owner), size
+            )
         return spoke_service_pb2.SpokeServiceListAgentsResponse(
-            reply=self._reply(auth, agent_page=self._agent_page(page))
+            reply=self._reply(auth, agent_page=agent_page)
         )
 
     async def WatchAgent(
@@ -147,7 +160,7 @@ class SpokeServicer:
         if body.after_sequence < 0:
             raise errors.InvalidCommandError("after_sequence must not be negative")
         with self._watches.hold(auth.principal), _queue_errors():
-            await self.agents.records.get(agent_id)  # NOT_FOUND before the stream starts
+            await self._visible(auth, "watch_agent", agent_id)  # before the stream starts
             events = self.agents.records.follow(
                 agent_id, body.after_sequence, self.config.watch_heartbeat_s
             )
@@ -170,10 +183,13 @@ class SpokeServicer:
         auth = await self._admit(request.command, "list_dead_letters")
         body = auth.command.list_dead_letters
         size = self._page_size(body.page_size)
+        owner = self._listing_owner(auth, "list_dead_letters")
         with _queue_errors():
-            page = await self.agents.dead_letters(size, body.page_token)
+            agent_page = await self._bounded_page(
+                lambda n: self.agents.dead_letters(n, body.page_token, owner), size
+            )
         return spoke_service_pb2.SpokeServiceListDeadLettersResponse(
-            reply=self._reply(auth, agent_page=self._agent_page(page))
+            reply=self._reply(auth, agent_page=agent_page)
         )
 
     async def ReplayAgent(
@@ -181,6 +197,8 @@ class SpokeServicer:
     ) -> spoke_service_pb2.SpokeServiceReplayAgentResponse:
         auth = await self._admit(request.command, "replay_agent")
         agent_id = self._agent_id(auth.command.replay_agent.agent)
+        rec = await self._visible(auth, "replay_agent", agent_id)
+        self._authorize_replay(auth, rec)
         with _queue_errors():
             rec = await self.agents.replay(agent_id, auth.command.command_id)
         return spoke_service_pb2.SpokeServiceReplayAgentResponse(
@@ -237,6 +255,47 @@ class SpokeServicer:
             **spawn,
         )
 
+    async def _visible(self, auth: Authorized, body: str, agent_id: str) -> AgentRecord:
+        """The agent, if a rule lets the caller use this verb on it (its scope covers the
+        agent's owner); else NOT_FOUND exactly as for an id that does not exist."""
+        with _queue_errors():
+            rec = await self.agents.records.get_or_none(agent_id)
+            if rec is None or not self.policy.allows(
+                self._policy_request(auth, body, owner=rec.issuer)
+            ):
+                raise backend.AgentMissingError(f"agent {agent_id} not found")
+        return rec
+
+    def _listing_owner(self, auth: Authorized, body: str) -> str | None:
+        """None when the caller may list every agent, else the caller (its own agents)."""
+        scope = self.policy.scope_of(self._policy_request(auth, body))
+        return None if scope == "any" else auth.principal
+
+    def _authorize_replay(self, auth: Authorized, rec: AgentRecord) -> None:
+        """A replay runs the agent's profile again: the replaying principal must be allowed
+        to spawn it, with the record's values, and the original command must still be able
+        to start (a replay never clears or extends its expiry). A retry of the replay that
+        already happened is answered with the agent, as before."""
+        self.policy.check(
+            self._policy_request(
+                auth,
+                "spawn_agent",
+                profile=rec.profile,
+                priority=rec.priority,
+                runtime_s=rec.timeout_ms / 1000,
+                attempts=rec.max_attempts,
+            )
+        )
+        if rec.replay_command == auth.command.command_id:
+            return
+        # TODO(issue 11): judge the agent's start deadline here once it exists.
+        if rec.expire_ms and commands.now().timestamp() * 1000 > rec.expire_ms:
+            raise errors.StartDeadlinePassedError(
+                f"agent {rec.agent_id} cannot be replayed: its command expired, and a replay "
+                "keeps the original command's expiry; spawn it again instead",
+                agent=rec.agent_id,
+            )
+
     async def _stats(self) -> command_pb2.QueueStats:
         with _queue_errors():
             c = await self.agents.jobs.stats()
@@ -250,10 +309,11 @@ class SpokeServicer:
             workers=c.workers,
         )
 
-    def _agent_page(self, page: pages.Page) -> command_pb2.AgentPage:
-        return command_pb2.AgentPage(
-            agents=[wire.to_agent(self.config.name, r) for r in page.agents],
-            next_page_token=page.next_token,
+    async def _bounded_page(self, read: listing.PageReader, size: int) -> command_pb2.AgentPage:
+        """A page of at most ``size`` agents whose signed reply fits the message limit, its
+        items' long texts cut (spoke/listing.py)."""
+        return await listing.bounded_page(
+            read, size, self.config.name, self.config.max_message_bytes
         )
 
     @staticmethod

@@ -30,6 +30,7 @@ OPERATOR_ALL = """
 name = "operator-all"
 principals = ["operator"]
 verbs = ["*"]
+scope = "any"
 spokes = ["*"]
 """
 CI_HUB = """
@@ -37,6 +38,7 @@ CI_HUB = """
 name = "ci-hub"
 principals = ["ci-bot"]
 verbs = ["spawn", "read", "kill"]
+scope = "any"
 spokes = ["spoke-1"]
 profiles = ["synthetic"]
 max_priority = 5
@@ -46,6 +48,7 @@ CI_SPOKE_NARROW = """
 name = "ci-spoke-read-only"
 principals = ["ci-bot"]
 verbs = ["read"]
+scope = "any"
 spokes = ["spoke-1"]
 """
 

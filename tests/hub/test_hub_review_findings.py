@@ -59,24 +59,28 @@ HUB_POLICY = """
 name = "operator-all"
 principals = ["operator"]
 verbs = ["*"]
+scope = "any"
 spokes = ["*"]
 
 [[rule]]
 name = "teams-everywhere"
 principals = ["alice", "bob"]
 verbs = ["*"]
+scope = "any"
 spokes = ["*"]
 
 [[rule]]
 name = "carol-on-spoke-1"
 principals = ["carol"]
 verbs = ["*"]
+scope = "any"
 spokes = ["spoke-1"]
 
 [[rule]]
 name = "dave-spawns-anywhere"
 principals = ["dave"]
 verbs = ["spawn"]
+scope = "any"
 spokes = ["*"]
 """
 # The spokes trust the hub's judgement for everyone but dave, who may do nothing there.
@@ -85,6 +89,7 @@ SPOKE_POLICY = """
 name = "all-but-dave"
 principals = ["operator", "alice", "bob", "carol"]
 verbs = ["*"]
+scope = "any"
 spokes = ["*"]
 """
 

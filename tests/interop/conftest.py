@@ -53,7 +53,7 @@ def _admit_service(files: FederationFiles) -> tuple[Path, stls.LeafFiles | None]
     with (files.root / "policy.toml").open("a") as fh:
         fh.write(
             f'\n[[rule]]\nname = "{SERVICE}-synthetic"\nprincipals = ["{SERVICE}"]\n'
-            'verbs = ["spawn", "get", "list", "watch"]\nspokes = ["*"]\n'
+            'verbs = ["spawn", "get", "list", "watch"]\nscope = "any"\nspokes = ["*"]\n'
             'profiles = ["synthetic"]\n'
         )
     leaf = None

@@ -14,6 +14,7 @@ POLICY = Policy.from_mapping(
                 "principals": ["ci-bot"],
                 "verbs": ["spawn", "read"],
                 "spokes": ["build-1", "build-2"],
+                "scope": "any",
                 "profiles": ["pytest"],
                 "max_priority": 5,
                 "max_runtime_seconds": 600,
@@ -24,9 +25,10 @@ POLICY = Policy.from_mapping(
                 "principals": ["alice"],
                 "verbs": ["operate"],
                 "spokes": ["*"],
+                "scope": "any",
                 "spoke_labels": {"gpu": "yes"},
             },
-            {"name": "nobody", "principals": ["*"], "verbs": ["*"], "spokes": []},
+            {"name": "nobody", "principals": ["*"], "verbs": ["*"], "spokes": [], "scope": "any"},
         ]
     }
 )
@@ -91,26 +93,149 @@ def test_empty_policy_denies_everything() -> None:
 @pytest.mark.parametrize(
     ("table", "message"),
     [
-        ({"name": "x", "verbs": ["get"], "spokes": ["*"]}, "principals is required"),
-        ({"name": "x", "principals": ["a"], "verbs": ["fly"], "spokes": ["*"]}, "unknown verb"),
-        ({"name": "x", "principals": ["a"], "verbs": ["get"]}, "spokes is required"),
-        ({"principals": ["a"], "verbs": ["get"], "spokes": ["*"]}, "name is required"),
+        (
+            {"name": "x", "verbs": ["get"], "spokes": ["*"], "scope": "any"},
+            "principals is required",
+        ),
+        (
+            {"name": "x", "principals": ["a"], "verbs": ["fly"], "spokes": ["*"], "scope": "any"},
+            "unknown verb",
+        ),
+        (
+            {"name": "x", "principals": ["a"], "verbs": ["get"], "scope": "any"},
+            "spokes is required",
+        ),
+        (
+            {"principals": ["a"], "verbs": ["get"], "spokes": ["*"], "scope": "any"},
+            "name is required",
+        ),
         (
             {
                 "name": "x",
                 "principals": ["a"],
                 "verbs": ["get"],
                 "spokes": ["*"],
+                "scope": "any",
                 "max_priority": 11,
             },
             "max_priority",
         ),
         (
-            {"name": "x", "principals": ["a"], "verbs": ["get"], "spokes": ["*"], "bogus": 1},
+            {
+                "name": "x",
+                "principals": ["a"],
+                "verbs": ["get"],
+                "spokes": ["*"],
+                "scope": "any",
+                "bogus": 1,
+            },
             "unknown keys",
         ),
     ],
 )
 def test_bad_rules_fail_with_one_clear_line(table: dict[str, object], message: str) -> None:
+    with pytest.raises(PolicyConfigError, match=message):
+        Policy.from_mapping({"rule": [table]})
+
+
+# -- scopes: every agent has an owner (issue 9) -------------------------------------------------
+
+SCOPED = Policy.from_mapping(
+    {
+        "rule": [
+            {
+                "name": "team",
+                "principals": ["alice", "bob"],
+                "verbs": ["*"],
+                "spokes": ["*"],
+                "scope": "own",
+            },
+            {
+                "name": "ops",
+                "principals": ["operator"],
+                "verbs": ["*"],
+                "spokes": ["*"],
+                "scope": "any",
+            },
+            {
+                "name": "auditor-reads",
+                "principals": ["auditor"],
+                "verbs": ["read"],
+                "spokes": ["*"],
+                "scope": "any",
+            },
+        ]
+    }
+)
+
+
+@pytest.mark.parametrize("verb", ["get", "kill", "watch", "replay"])
+def test_own_scope_covers_only_the_principals_agents(verb: str) -> None:
+    assert SCOPED.allows(Request("alice", verb, "s", owner="alice"))
+    assert not SCOPED.allows(Request("alice", verb, "s", owner="bob"))
+    assert SCOPED.allows(Request("operator", verb, "s", owner="bob"))
+    # Before the owner is known, only the verb itself is judged (the spoke asks again).
+    assert SCOPED.allows(Request("alice", verb, "s"))
+
+
+def test_queue_wide_verbs_need_any() -> None:
+    for verb in ("pause", "resume", "drain"):
+        assert not SCOPED.allows(Request("alice", verb, "s"))
+        assert SCOPED.allows(Request("operator", verb, "s"))
+    for verb in ("spawn", "queue_stats", "spokes", "list", "dead_letters"):
+        assert SCOPED.allows(Request("alice", verb, "s"))
+
+
+def test_scope_of_a_listing() -> None:
+    assert SCOPED.scope_of(Request("alice", "list", "s")) == "own"
+    assert SCOPED.scope_of(Request("operator", "list", "s")) == "any"
+    assert SCOPED.scope_of(Request("auditor", "dead_letters", "s")) == "any"
+    with pytest.raises(PolicyDeniedError):
+        SCOPED.scope_of(Request("mallory", "list", "s"))
+
+
+def test_an_any_rule_after_an_own_rule_still_widens() -> None:
+    both = Policy.from_mapping(
+        {
+            "rule": [
+                {
+                    "name": "mine",
+                    "principals": ["a"],
+                    "verbs": ["*"],
+                    "spokes": ["*"],
+                    "scope": "own",
+                },
+                {
+                    "name": "read-all",
+                    "principals": ["a"],
+                    "verbs": ["get", "list"],
+                    "spokes": ["s"],
+                    "scope": "any",
+                },
+            ]
+        }
+    )
+    assert both.scope_of(Request("a", "list", "s")) == "any"
+    assert both.scope_of(Request("a", "list", "t")) == "own"
+    assert both.allows(Request("a", "get", "s", owner="b"))
+    assert not both.allows(Request("a", "kill", "s", owner="b"))
+
+
+@pytest.mark.parametrize(
+    ("scope", "message"),
+    [
+        (None, r"rule #1 \(legacy\): scope is required: \"own\" .* or \"any\""),
+        ("everyone", r"rule #1 \(legacy\): scope must be \"own\" or \"any\""),
+    ],
+)
+def test_a_rule_without_a_valid_scope_is_refused_by_name(scope: str | None, message: str) -> None:
+    table: dict[str, object] = {
+        "name": "legacy",
+        "principals": ["a"],
+        "verbs": ["*"],
+        "spokes": ["*"],
+    }
+    if scope is not None:
+        table["scope"] = scope
     with pytest.raises(PolicyConfigError, match=message):
         Policy.from_mapping({"rule": [table]})
