@@ -10,18 +10,22 @@ before the signal handlers were installed.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import os
 import signal
 import sys
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol, Self, TypeVar
 
 import structlog
 
-from .config import redact
+from . import logging as slogging
+from .config import LOG_LEVELS, redact
 from .errors import ConfigError, HubspokeError
 
-__all__ = ["Daemon", "main_edge", "print_serving", "serve_until_stopped"]
+__all__ = ["Daemon", "command_line", "main_edge", "print_serving", "serve_until_stopped"]
 
 log = structlog.get_logger("hubspoke.daemon")
 
@@ -36,6 +40,18 @@ class Daemon(Protocol):
     def request_stop(self) -> None: ...
 
     async def shutdown(self, grace: float | None = None) -> None: ...
+
+
+class DaemonConfig(Protocol):
+    """What :func:`command_line` needs of ``HubConfig`` and ``SpokeConfig``."""
+
+    @property
+    def log_level(self) -> str: ...
+
+    def replace(self, **changes: Any) -> Self: ...
+
+
+C = TypeVar("C", bound=DaemonConfig)
 
 
 def print_serving(port: int) -> None:
@@ -90,3 +106,46 @@ def main_edge(build: Callable[[], Daemon]) -> int:
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def command_line(
+    argv: Sequence[str] | None,
+    *,
+    prog: str,
+    description: str,
+    prefix: str,
+    load: Callable[[Path | None, Mapping[str, str]], C],
+    make: Callable[[C], Daemon],
+) -> int:
+    """``hubd`` and ``spoked``: ``PROG --config FILE [--listen ADDR] [--log-level L]``.
+
+    Precedence: flags > ``{prefix}_*`` environment > file (``{prefix}_CONFIG`` names the file
+    when ``--config`` does not). Then :func:`main_edge`.
+    """
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        epilog=f"Every option also has an environment variable {prefix}_<OPTION>; flags win over "
+        "the environment, which wins over the file. Exit codes: 0 ok, 1 serving failed, "
+        "2 usage or config error.",
+    )
+    p.add_argument(
+        "--config", type=Path, default=None, help=f"TOML config file (or {prefix}_CONFIG)"
+    )
+    p.add_argument("--listen", help="host:port to serve on (port 0 picks a free one)")
+    p.add_argument("--log-level", choices=sorted(LOG_LEVELS), help="log verbosity")
+    args = p.parse_args(argv)
+    env = os.environ
+    path: Path | None = args.config
+    if path is None and env.get(f"{prefix}_CONFIG"):
+        path = Path(env[f"{prefix}_CONFIG"])
+
+    def build() -> Daemon:
+        cfg = load(path, env)
+        flags = {k: v for k, v in (("listen", args.listen), ("log_level", args.log_level)) if v}
+        if flags:
+            cfg = cfg.replace(**flags)
+        slogging.configure(cfg.log_level)
+        return make(cfg)
+
+    return main_edge(build)
