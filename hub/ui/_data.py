@@ -17,6 +17,7 @@ from typing import Final
 
 from hubspoke.client import (
     Agent,
+    AgentList,
     AgentState,
     CallError,
     Client,
@@ -65,6 +66,8 @@ class FederationView:
     """Failed, dead-lettered and timed-out agents, and recent ones whose receipt is blocked."""
     recent: tuple[Agent, ...]
     unreachable: tuple[str, ...]
+    errors: tuple[str, ...] = ()
+    """Why a listing of agents failed (the page shows the rest)."""
 
     @property
     def ready(self) -> int:
@@ -101,27 +104,46 @@ async def _stats(client: Client, spoke: Spoke) -> SpokeRow:
         return SpokeRow(spoke, None, f"no answer in {STATS_TIMEOUT_S:g}s")
 
 
+async def _listing(client: Client, size: int, states: Collection[AgentState]) -> AgentList | str:
+    try:
+        return await client.list(None, size, states)
+    except CallError as exc:
+        return str(exc)
+
+
 async def federation(client: Client) -> FederationView:
-    """The spokes with their queues, what needs attention, and the latest agents."""
+    """The spokes with their queues, what needs attention, and the latest agents.
+
+    Raises:
+        CallError: the hub did not list its spokes (a failed listing of agents is shown in
+            :attr:`FederationView.errors` instead).
+    """
     spokes = await client.spokes()
     rows, failed, recent = await asyncio.gather(
         asyncio.gather(*(_stats(client, s) for s in spokes)),
-        client.list(None, 10, ATTENTION_STATES),
-        client.list(None, 20),
+        _listing(client, 10, ATTENTION_STATES),
+        _listing(client, 20, ()),
     )
-    seen = {(a.spoke, a.agent_id) for a in failed.agents}
+    errors = tuple(x for x in (failed, recent) if isinstance(x, str))
+    failed_agents = failed.agents if isinstance(failed, AgentList) else []
+    recent_agents = recent.agents if isinstance(recent, AgentList) else []
+    seen = {(a.spoke, a.agent_id) for a in failed_agents}
     blocked = [
         a
-        for a in recent.agents
+        for a in recent_agents
         if a.receipt is not None
         and a.receipt.status == "blocked"
         and (a.spoke, a.agent_id) not in seen
     ]
+    unreachable = {
+        s for x in (failed, recent) if isinstance(x, AgentList) for s in x.unreachable_spokes
+    }
     return FederationView(
         spokes=tuple(rows),
-        attention=tuple(_newest_first([*failed.agents, *blocked])),
-        recent=tuple(_newest_first(recent.agents)),
-        unreachable=tuple(sorted({*failed.unreachable_spokes, *recent.unreachable_spokes})),
+        attention=tuple(_newest_first([*failed_agents, *blocked])),
+        recent=tuple(_newest_first(recent_agents)),
+        unreachable=tuple(sorted(unreachable)),
+        errors=errors,
     )
 
 

@@ -111,6 +111,8 @@ def chromium() -> Path:
 @pytest.fixture
 async def browser(chromium: Path) -> AsyncIterator[Any]:
     async_api = pytest.importorskip("playwright.async_api")
+    # Every expectation waits on a condition; this long, so a busy machine only slows them.
+    async_api.expect.set_options(timeout=30_000)
     async with async_api.async_playwright() as p:
         chromium = await p.chromium.launch(executable_path=str(chromium), args=["--no-sandbox"])
         try:
