@@ -450,6 +450,8 @@ async def _dlq(client: Client, args: argparse.Namespace, out: Out) -> int:
 
 async def _ui(client: Client, args: argparse.Namespace, out: Out) -> int:
     """The web console; its modules (and aiohttp) load only here."""
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port must be 0-65535, got {args.port}")
     try:
         ui = importlib.import_module("hubspoke.hub.ui")
     except ImportError as exc:

@@ -3,8 +3,10 @@ stream the agent page follows, and how refusals come back to htmx and to plain f
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import sys
 from collections.abc import AsyncIterator
 
 import pytest
@@ -157,3 +159,26 @@ async def test_refusals_reach_htmx_and_plain_forms(
         assert resp.status == 404
     async with http.get("/spokes/no-such-spoke") as resp:
         assert resp.status == 404
+
+
+async def test_a_taken_port_or_a_bad_one_is_a_usage_error(
+    console: Console, federation: testing.Federation
+) -> None:
+    for port, message in ((str(console.port), "in use"), ("70000", "--port must be 0-65535")):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "hubspoke.hub.cli",
+            "--config",
+            str(federation.files.hubctl_config),
+            "ui",
+            "--no-browser",
+            "--port",
+            port,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == 2, err
+        assert out == b""
+        assert message in err.decode()
