@@ -35,9 +35,10 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import NameOID
 
 from hubspoke import keys
+from hubspoke import tls as stls
 from hubspoke.errors import ConfigError
 
 __all__ = [
@@ -56,7 +57,6 @@ REQUEST_KIND: Final = "hubspoke.join-request.v1"
 REPLY_KIND: Final = "hubspoke.join-reply.v1"
 NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 """Peer names (as ``hubctl keygen`` and ``certs init`` accept them)."""
-_BACKDATE: Final = dt.timedelta(minutes=5)
 """Certificates start a little in the past, for hosts whose clocks lag."""
 
 
@@ -252,47 +252,11 @@ def sign_csr(request: JoinRequest, ca_cert: Path, ca_key: Path, days: int = 825)
     """
     csr = request.csr()
     key, ca = _load_ca(ca_cert, ca_key)
-    now = dt.datetime.now(dt.UTC)
-    not_after = min(now + dt.timedelta(days=days), ca.not_valid_after_utc)
     public = csr.public_key()
     if not isinstance(public, ec.EllipticCurvePublicKey):  # request.csr() checked it already
         raise JoinError(f"the certificate request of {request.name!r} is not for a P-256 key")
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, request.name)]))
-        .issuer_name(ca.subject)
-        .public_key(public)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _BACKDATE)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(request.name.lower())]), False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()), critical=False
-        )
-        .sign(key, hashes.SHA256())
-    )
+    sans = [x509.DNSName(request.name.lower())]
+    cert = stls.issue_leaf(request.name, sans, public, key, ca, dt.datetime.now(dt.UTC), days)
     pem = serialization.Encoding.PEM
     return cert.public_bytes(pem).decode(), ca.public_bytes(pem).decode()
 

@@ -61,6 +61,7 @@ __all__ = [
     "env_table",
     "init_pki",
     "is_loopback",
+    "issue_leaf",
     "require_loopback",
     "server_credentials",
     "tls_config",
@@ -353,21 +354,23 @@ def _load_ca(ca_cert: Path, ca_key: Path) -> tuple[ec.EllipticCurvePrivateKey, x
     return key, cert
 
 
-def _leaf(
+def issue_leaf(
     name: str,
     sans: Sequence[x509.GeneralName],
+    public: ec.EllipticCurvePublicKey,
     ca_key: ec.EllipticCurvePrivateKey,
     ca_cert: x509.Certificate,
     now: dt.datetime,
     days: int,
-) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    key = ec.generate_private_key(ec.SECP256R1())
+) -> x509.Certificate:
+    """A peer's transport certificate for ``public``, signed by the CA: CN ``name``, the given
+    SANs, EKU serverAuth + clientAuth, valid ``days`` (never past the CA)."""
     not_after = min(now + dt.timedelta(days=days), ca_cert.not_valid_after_utc)
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
         .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
+        .public_key(public)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - _BACKDATE)
         .not_valid_after(not_after)
@@ -393,14 +396,26 @@ def _leaf(
             critical=False,
         )
         .add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
             critical=False,
         )
         .sign(ca_key, hashes.SHA256())
     )
-    return key, cert
+    return cert
+
+
+def _leaf(
+    name: str,
+    sans: Sequence[x509.GeneralName],
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca_cert: x509.Certificate,
+    now: dt.datetime,
+    days: int,
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    return key, issue_leaf(name, sans, key.public_key(), ca_key, ca_cert, now, days)
 
 
 def init_pki(
