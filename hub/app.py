@@ -129,6 +129,7 @@ class HubApp:
                 probe_timeout_s=cfg.probe_timeout_s,
                 max_watchers=cfg.max_watchers,
                 max_watchers_per_principal=cfg.max_watchers_per_principal,
+                max_message_bytes=cfg.max_message_bytes,
             ),
             Gate(
                 self._trust,

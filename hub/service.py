@@ -114,6 +114,9 @@ class RoutingConfig:
     max_watchers_per_principal: int = MAX_WATCHERS_PER_PRINCIPAL
     """Concurrent relayed watch streams one principal may hold here; more get
     RESOURCE_EXHAUSTED (each spoke also caps them per principal)."""
+    max_message_bytes: int = 4 * 1024 * 1024
+    """The largest message this hub sends: a list fan-out carries the spokes' pages that fit
+    under it and names the others in ``omitted_spokes``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,8 +200,16 @@ class HubServicer:
         answers = await self._fan_out(inbound, self._permitted(inbound))
         response = hub_service_pb2.HubServiceListAgentsResponse()
         answered: list[str] = []
+        # Each spoke's page fits one message, not all of them together: the replies that
+        # would pass the limit stay out and are named (signed) for the client to list alone.
+        names = sum(len(a.spoke) + 4 for a in answers)  # each name twice: a list, the account
+        room = self._cfg.max_message_bytes - _FAN_OUT_ROOM - 2 * names
         for a in answers:
             if a.reply_env is not None:
+                room -= a.reply_env.ByteSize() + 6
+                if room < 0:
+                    response.omitted_spokes.append(a.spoke)
+                    continue
                 response.replies.append(a.reply_env)
                 answered.append(a.spoke)
             else:
@@ -215,6 +226,7 @@ class HubServicer:
                 request_digest=inbound.digest,
                 answered=answered,
                 unreachable=response.unreachable_spokes,
+                omitted=response.omitted_spokes,
             )
         )
         return response
@@ -489,6 +501,10 @@ class HubServicer:
 def _agent_not_found(exc: errors.CommandError) -> bool:
     """A spoke's NOT_FOUND for the agent (its own words, passed on by the relay)."""
     return exc.code == grpc.StatusCode.NOT_FOUND and exc.reason == "AGENT_NOT_FOUND"
+
+
+_FAN_OUT_ROOM = 4 * 1024
+"""Room under the message limit for a list fan-out's own parts (the hub's signed account)."""
 
 
 def _not_indexed(agent: str) -> errors.AgentNotFoundError:

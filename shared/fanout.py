@@ -10,6 +10,10 @@ A client checks it with :func:`verify_fan_out`: signed by the hub it dialled, an
 command it sent, naming exactly the signers of the spoke replies it received and exactly the
 unreachable spokes it was told of. Dropping a spoke's reply, marking a spoke unreachable,
 or adding one on the way is then detected. Both sides live here so they cannot drift.
+
+Spokes whose replies did not fit in the hub's response beside the others (each page fits
+one message, not all of them together) are named in ``omitted_spokes``, signed likewise; a
+client lists each of them alone.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ def sign_fan_out(
     request_digest: bytes,
     answered: Iterable[str],
     unreachable: Iterable[str],
+    omitted: Iterable[str] = (),
 ) -> command_pb2.SignedEnvelope:
     """The hub's signed Reply whose result is the FanOut of one command (lists sorted)."""
     reply = command_pb2.Reply(
@@ -49,7 +54,9 @@ def sign_fan_out(
         request_digest=request_digest,
         issue_time=commands.to_timestamp(commands.now()),
         fan_out=command_pb2.FanOut(
-            answered_spokes=sorted(answered), unreachable_spokes=sorted(unreachable)
+            answered_spokes=sorted(answered),
+            unreachable_spokes=sorted(unreachable),
+            omitted_spokes=sorted(omitted),
         ),
     )
     return envelope.sign(reply.SerializeToString(), envelope.PAYLOAD_TYPE_REPLY, key)
@@ -64,6 +71,7 @@ def verify_fan_out(
     command_payload: bytes,
     reply_signers: Collection[str],
     unreachable_spokes: Collection[str],
+    omitted_spokes: Collection[str] = (),
 ) -> command_pb2.FanOut:
     """Check a ListAgents fan-out: the hub's signed account against what came beside it.
 
@@ -74,6 +82,7 @@ def verify_fan_out(
         command_id, command_payload: the command sent, exactly as signed.
         reply_signers: the signer of each spoke reply received (already verified).
         unreachable_spokes: ``HubServiceListAgentsResponse.unreachable_spokes``.
+        omitted_spokes: ``HubServiceListAgentsResponse.omitted_spokes``.
 
     Raises:
         FanOutInvalidError: anything does not match.
@@ -103,5 +112,10 @@ def verify_fan_out(
         raise FanOutInvalidError(
             f"unreachable spokes {sorted(unreachable_spokes)} differ from the hub's signed "
             f"{sorted(fan.unreachable_spokes)}"
+        )
+    if sorted(omitted_spokes) != sorted(fan.omitted_spokes):
+        raise FanOutInvalidError(
+            f"omitted spokes {sorted(omitted_spokes)} differ from the hub's signed "
+            f"{sorted(fan.omitted_spokes)}"
         )
     return fan

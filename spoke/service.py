@@ -31,7 +31,7 @@ from hubspoke.policy import BODY_VERBS, Policy
 from hubspoke.policy import Request as PolicyRequest
 from hubspoke.stream_caps import StreamCaps
 
-from . import backend, pages, wire
+from . import backend, listing, wire
 from .config import SpokeConfig
 from .model import AgentRecord, AgentState, SpawnRequest
 from .profiles import check_task
@@ -144,9 +144,11 @@ class SpokeServicer:
         ]
         owner = self._listing_owner(auth, "list_agents")
         with _queue_errors():
-            page = await self.agents.records.list_page(size, body.page_token, states, owner)
+            agent_page = await self._bounded_page(
+                lambda n: self.agents.records.list_page(n, body.page_token, states, owner), size
+            )
         return spoke_service_pb2.SpokeServiceListAgentsResponse(
-            reply=self._reply(auth, agent_page=self._agent_page(page))
+            reply=self._reply(auth, agent_page=agent_page)
         )
 
     async def WatchAgent(
@@ -183,9 +185,11 @@ class SpokeServicer:
         size = self._page_size(body.page_size)
         owner = self._listing_owner(auth, "list_dead_letters")
         with _queue_errors():
-            page = await self.agents.dead_letters(size, body.page_token, owner)
+            agent_page = await self._bounded_page(
+                lambda n: self.agents.dead_letters(n, body.page_token, owner), size
+            )
         return spoke_service_pb2.SpokeServiceListDeadLettersResponse(
-            reply=self._reply(auth, agent_page=self._agent_page(page))
+            reply=self._reply(auth, agent_page=agent_page)
         )
 
     async def ReplayAgent(
@@ -305,10 +309,11 @@ class SpokeServicer:
             workers=c.workers,
         )
 
-    def _agent_page(self, page: pages.Page) -> command_pb2.AgentPage:
-        return command_pb2.AgentPage(
-            agents=[wire.to_agent(self.config.name, r) for r in page.agents],
-            next_page_token=page.next_token,
+    async def _bounded_page(self, read: listing.PageReader, size: int) -> command_pb2.AgentPage:
+        """A page of at most ``size`` agents whose signed reply fits the message limit, its
+        items' long texts cut (spoke/listing.py)."""
+        return await listing.bounded_page(
+            read, size, self.config.name, self.config.max_message_bytes
         )
 
     @staticmethod

@@ -239,7 +239,10 @@ class Client:
         states: Collection[int] = (),
         page_token: str = "",
     ) -> AgentList:
-        """A page of agents from one spoke, or from every spoke when ``spoke`` is None."""
+        """A page of agents from one spoke, or from every spoke when ``spoke`` is None.
+
+        A fan-out whose pages did not all fit in the hub's response names the spokes it left
+        out (signed); each of them is then listed alone, so the result has every page."""
         body = command_pb2.ListAgentsBody(
             page_size=page_size,
             page_token=page_token,
@@ -262,9 +265,13 @@ class Client:
                     command_payload=sent.envelope.payload,
                     reply_signers=list(pages),
                     unreachable_spokes=resp.unreachable_spokes,
+                    omitted_spokes=resp.omitted_spokes,
                 )
             except fanout.FanOutInvalidError as exc:
                 raise CallError.invalid_reply(exc.message) from exc
+            for name in resp.omitted_spokes:
+                alone = await self.list(name, page_size, states)
+                pages.update(alone.pages)
         return AgentList(
             agents=[a for p in pages.values() for a in p.agents],
             unreachable_spokes=list(resp.unreachable_spokes),

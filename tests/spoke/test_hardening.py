@@ -239,3 +239,92 @@ async def test_a_spawn_whose_key_was_revoked_since_never_starts(
     done = await client.wait_state(queued.agent.agent_id, "FAILED", "SUCCEEDED")
     assert (done.state, done.reason) == (State.STATE_FAILED, "TAMPERED")
     assert not marker.exists()
+
+
+# --- pages bounded by bytes -------------------------------------------------------------
+
+LIMIT = 64 * 1024
+"""The spoke's message limit in the page tests: a few long agents exceed it."""
+
+
+async def _list_all(client: SpokeClient, rpc: str, body: str, make: Any) -> list[list[Any]]:
+    """Every page of a listing, each checked to fit the limit."""
+    pages: list[list[Any]] = []
+    token = ""
+    while True:
+        request = getattr(spoke_service_pb2, f"SpokeService{rpc}Request")
+        env = client.command(body, make(page_size=500, page_token=token))
+        resp = await getattr(client.stub, rpc)(request(command=env), timeout=20)
+        assert resp.ByteSize() < LIMIT
+        page = commands.parse_reply(resp.reply.payload).agent_page
+        assert page.agents, "every page carries at least one agent"
+        pages.append(list(page.agents))
+        token = page.next_page_token
+        if not token:
+            return pages
+
+
+async def test_a_page_of_many_long_tasks_stays_under_the_message_limit_and_pages_on(
+    spokeds: Any,
+) -> None:
+    """100 agents with 8 KiB tasks (800 KiB) on a spoke whose messages are at most 64 KiB:
+    each page fits, items carry the start of their task marked truncated, and paging on
+    returns every agent once; GetAgent still returns the whole task."""
+    _, client = await spokeds(max_message_bytes=LIMIT, rate_burst=1000)
+    await _pause(client)
+    tasks = {}
+    for i in range(100):
+        task = f"duration=0 n={i} " + "x" * 8192
+        tasks[(await client.spawn(task)).agent.agent_id] = task
+    first = (await client.list(page_size=500)).agent_page
+    assert 0 < len(first.agents) < 100
+    assert first.next_page_token
+    pages = await _list_all(client, "ListAgents", "list_agents", command_pb2.ListAgentsBody)
+    assert len(pages) > 1
+    items = [a for page in pages for a in page]
+    assert sorted(a.agent_id for a in items) == sorted(tasks)
+    for a in items:
+        assert a.truncated
+        assert tasks[a.agent_id].startswith(a.task)
+        assert len(a.task.encode()) <= 2048
+    whole = (await client.get(items[0].agent_id)).agent
+    assert whole.task == tasks[whole.agent_id]
+    assert not whole.truncated
+
+
+async def test_a_page_of_dead_letters_with_long_tails_stays_under_the_limit(
+    spokeds: Any,
+) -> None:
+    """Dead letters with 16 KiB output tails and 4 KiB tasks: each page fits the 64 KiB limit,
+    tails keep their last bytes, and paging on returns every dead letter once."""
+    _, client = await spokeds(
+        max_message_bytes=LIMIT,
+        output_tail_bytes=16 * 1024,  # GetAgent returns whole agents: they must fit too
+        rate_burst=1000,
+        retry_backoff_ms=50,
+        concurrency=4,
+    )
+    ids = [
+        (
+            await client.spawn(
+                f"fail output=70000 stderr=E{i} steps=0 " + "y" * 4000, max_attempts=2
+            )
+        ).agent.agent_id
+        for i in range(12)
+    ]
+    for agent_id in ids:
+        await client.wait_state(agent_id, "DEAD_LETTERED", within=60)
+    pages = await _list_all(
+        client, "ListDeadLetters", "list_dead_letters", command_pb2.ListDeadLettersBody
+    )
+    assert len(pages) > 1
+    items = [a for page in pages for a in page]
+    assert sorted(a.agent_id for a in items) == sorted(ids)
+    whole = (await client.get(ids[0])).agent
+    assert len(whole.stdout_tail.encode()) == 16 * 1024
+    for a in items:
+        assert a.truncated
+        assert 0 < len(a.stdout_tail.encode()) <= 2048
+    (mine,) = (a for a in items if a.agent_id == ids[0])
+    assert whole.stdout_tail.endswith(mine.stdout_tail)  # a tail keeps its last bytes
+    assert whole.task.startswith(mine.task)

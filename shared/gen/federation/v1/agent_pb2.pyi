@@ -120,6 +120,7 @@ class Agent(_message.Message):
     PROGRESS_PERCENT_FIELD_NUMBER: _builtins.int
     PROGRESS_MESSAGE_FIELD_NUMBER: _builtins.int
     RECEIPT_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The resource name, "spokes/{spoke}/agents/{agent_id}"."""
     agent_id: _builtins.str
@@ -152,6 +153,12 @@ class Agent(_message.Message):
     """The last progress the agent reported, 0-100; -1 if it never reported any."""
     progress_message: _builtins.str
     """The last progress message the agent reported."""
+    truncated: _builtins.bool
+    """Output only. True in a list item (ListAgents, ListDeadLetters) whose task, output tails,
+    progress message or receipt the spoke cut to fit its list pages (each text keeps at most
+    2,048 UTF-8 bytes: the start of the task and message, the end of each tail; a receipt
+    keeps its status and the start of its summary). GetAgent returns the agent whole.
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the spawn was stored."""
@@ -201,10 +208,11 @@ class Agent(_message.Message):
         progress_percent: _builtins.int = ...,
         progress_message: _builtins.str = ...,
         receipt: Global___Receipt | None = ...,
+        truncated: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "create_time", b"create_time", "end_time", b"end_time", "exit_code", b"exit_code", "receipt", b"receipt", "start_time", b"start_time", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "agent_id", b"agent_id", "attempt", b"attempt", "create_time", b"create_time", "end_time", b"end_time", "exit_code", b"exit_code", "issuer", b"issuer", "labels", b"labels", "max_attempts", b"max_attempts", "name", b"name", "priority", b"priority", "profile", b"profile", "progress_message", b"progress_message", "progress_percent", b"progress_percent", "reason", b"reason", "receipt", b"receipt", "spoke", b"spoke", "start_time", b"start_time", "state", b"state", "stderr_tail", b"stderr_tail", "stdout_tail", b"stdout_tail", "task", b"task", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "agent_id", b"agent_id", "attempt", b"attempt", "create_time", b"create_time", "end_time", b"end_time", "exit_code", b"exit_code", "issuer", b"issuer", "labels", b"labels", "max_attempts", b"max_attempts", "name", b"name", "priority", b"priority", "profile", b"profile", "progress_message", b"progress_message", "progress_percent", b"progress_percent", "reason", b"reason", "receipt", b"receipt", "spoke", b"spoke", "start_time", b"start_time", "state", b"state", "stderr_tail", b"stderr_tail", "stdout_tail", b"stdout_tail", "task", b"task", "timeout", b"timeout", "truncated", b"truncated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exit_code: _TypeAlias = _typing.Literal["exit_code"]  # noqa: Y015
     _WhichOneofArgType__exit_code: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code"]  # noqa: Y015

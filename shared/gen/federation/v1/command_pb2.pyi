@@ -700,6 +700,7 @@ class FanOut(_message.Message):
 
     ANSWERED_SPOKES_FIELD_NUMBER: _builtins.int
     UNREACHABLE_SPOKES_FIELD_NUMBER: _builtins.int
+    OMITTED_SPOKES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def answered_spokes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Spokes whose signed replies accompany this one, by name, sorted."""
@@ -708,15 +709,22 @@ class FanOut(_message.Message):
     def unreachable_spokes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Spokes that were asked and gave no usable reply, by name, sorted."""
 
+    @_builtins.property
+    def omitted_spokes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Spokes that answered, but whose replies did not fit in this response's size limit, by
+        name, sorted: list each of them alone (audience: the spoke).
+        """
+
     def __init__(
         self,
         *,
         answered_spokes: _abc.Iterable[_builtins.str] | None = ...,
         unreachable_spokes: _abc.Iterable[_builtins.str] | None = ...,
+        omitted_spokes: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["answered_spokes", b"answered_spokes", "unreachable_spokes", b"unreachable_spokes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answered_spokes", b"answered_spokes", "omitted_spokes", b"omitted_spokes", "unreachable_spokes", b"unreachable_spokes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -196,6 +196,7 @@ class HubServiceListAgentsResponse(_message.Message):
     REPLIES_FIELD_NUMBER: _builtins.int
     UNREACHABLE_SPOKES_FIELD_NUMBER: _builtins.int
     HUB_REPLY_FIELD_NUMBER: _builtins.int
+    OMITTED_SPOKES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def replies(self) -> _containers.RepeatedCompositeFieldContainer[_command_pb2.SignedEnvelope]:
         """Replies signed by the spokes, one per spoke that answered."""
@@ -211,16 +212,23 @@ class HubServiceListAgentsResponse(_message.Message):
         against it, since unreachable_spokes is not signed on its own.
         """
 
+    @_builtins.property
+    def omitted_spokes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Spokes that answered, but whose replies did not fit under the hub's message limit beside
+        the others, by name: list each of them alone (audience: the spoke). hub_reply names them too.
+        """
+
     def __init__(
         self,
         *,
         replies: _abc.Iterable[_command_pb2.SignedEnvelope] | None = ...,
         unreachable_spokes: _abc.Iterable[_builtins.str] | None = ...,
         hub_reply: _command_pb2.SignedEnvelope | None = ...,
+        omitted_spokes: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["hub_reply", b"hub_reply"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["hub_reply", b"hub_reply", "replies", b"replies", "unreachable_spokes", b"unreachable_spokes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hub_reply", b"hub_reply", "omitted_spokes", b"omitted_spokes", "replies", b"replies", "unreachable_spokes", b"unreachable_spokes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
