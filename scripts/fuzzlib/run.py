@@ -214,20 +214,29 @@ async def _within_skew(ctx: C.Ctx, runner: Runner, fed: federation.Federation) -
         # "ahead": agents run. "behind": accepted, but an agent whose command has expired
         # by the time a worker takes it never starts (FAILED/EXPIRED, spoke/worker.py), so
         # the kill in that round aims at a long agent from the first round.
-        long_runners = []
+        # A replay keeps the original command's expiry and is refused past it
+        # (START_DEADLINE_PASSED, docs/security.md §15), so both rounds replay the failing
+        # agent of the first round, whose command is still valid.
+        long_runners, failing_ones = [], []
         for label in ("ahead", "behind"):
             a = await send("spawn_agent", label, task="duration=0.2")
             failing = await send("spawn_agent", label, task="fail duration=0", max_attempts=1)
+            failing_ones.append(failing)
             long_runners.append(await send("spawn_agent", label, task="duration=60"))
             if label == "ahead":
                 long_runners.append(await send("spawn_agent", label, task="duration=60"))
             await _wait_states(
-                fed, {a: {"SUCCEEDED"} if label == "ahead" else final, failing: failed}
+                fed,
+                {
+                    a: {"SUCCEEDED"} if label == "ahead" else final,
+                    failing: failed,
+                    failing_ones[0]: failed,
+                },
             )
             await send("get_agent", label, agent=a)
             await send("watch_agent", label, agent=a)
             await send("kill_agent", label, agent=long_runners[0 if label == "ahead" else 1])
-            await send("replay_agent", label, agent=failing)
+            await send("replay_agent", label, agent=failing_ones[0])
             for verb in sorted(set(eps) - _AGENT_FLOW):
                 await send(verb, label)
     st.duration_s = time.monotonic() - start
