@@ -157,9 +157,15 @@ class AgentQueue:
 
     @backend
     async def requeue_orphans(self) -> int:
-        """Put QUEUED records with no bullmq job back on the queue (crash between writes)."""
+        """Put QUEUED records with no bullmq job back on the queue (crash between writes).
+
+        Also counts every waiting agent in its principal's quota (``Records.count_waiting``):
+        agents stored by a release before the quota existed were never counted."""
         healed = 0
         async for rows in self.records.scan_index("state", "job_id"):
+            await self.records.count_waiting(
+                agent_id for agent_id, (state, _) in rows if state in (b"QUEUED", b"RETRYING")
+            )
             queued = [
                 (agent_id, (job or b"").decode() or SpokeKeys.job_id(agent_id))
                 for agent_id, (state, job) in rows

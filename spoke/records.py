@@ -122,6 +122,17 @@ return seq
 """
 
 
+_COUNT_WAITING = """
+-- KEYS: agent, waiting. Adds the agent to the waiting set if it waits (checked here, so a
+-- scan that read an older state cannot add one that has moved on).
+local rec = redis.call('HMGET', KEYS[1], 'state', 'issuer', 'agent_id')
+if rec[1] == 'QUEUED' or rec[1] == 'RETRYING' then
+  return redis.call('ZADD', KEYS[2], 0, (rec[2] or '') .. ':' .. (rec[3] or ''))
+end
+return 0
+"""
+
+
 def pairs(fields: Mapping[str, object]) -> list[object]:
     """Like ``flatten`` but keeps bytes values as bytes (binary-safe Lua arguments)."""
     out: list[object] = []
@@ -172,6 +183,7 @@ class Records:
         self._create = redis.register_script(_CREATE)
         self._transition = redis.register_script(_TRANSITION)
         self._event = redis.register_script(_EVENT)
+        self._count_waiting = redis.register_script(_COUNT_WAITING)
 
     # --- spawn ---------------------------------------------------------------
 
@@ -374,6 +386,16 @@ class Records:
         """How many of ``principal``'s agents wait (QUEUED or RETRYING): what its quota counts."""
         lo, hi = SpokeKeys.waiting_range(principal)
         return int(await self.redis.zlexcount(self.keys.waiting, lo, hi))
+
+    @backend
+    async def count_waiting(self, agent_ids: Iterable[str]) -> int:
+        """Put these agents in the waiting set if they wait (idempotent); how many were not
+        counted before. For agents stored before the quota existed (start-up)."""
+        added = 0
+        for agent_id in agent_ids:
+            keys = [self.keys.agent(agent_id), self.keys.waiting]
+            added += int(await self._count_waiting(keys=keys))
+        return added
 
     @backend
     async def signed_copies(self, agent_id: str) -> tuple[bytes, bytes]:

@@ -5,6 +5,7 @@ Every test runs real spoked processes on a real redis-server; agents are real pr
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from pathlib import Path
 from typing import Any
@@ -138,6 +139,28 @@ async def test_one_principal_fills_its_quota_and_another_can_still_spawn(
     for _ in range(5):
         await _spawn_as(client, other, delay=_later(3600))
     assert (await _refused(_spawn_as(client, other))).reason == "QUOTA_EXCEEDED"
+
+
+async def test_agents_stored_before_the_quota_existed_count_after_a_restart(
+    spokeds: Any, other: keys.SigningKey, redis_url: str
+) -> None:
+    """A site whose waiting agents were stored by a release without quotas (no waiting set):
+    a spoked counts them at start-up, so they take their principal's quota."""
+    first, client = await spokeds(max_queued_per_principal=3, max_delay_s=DAY)
+    for _ in range(3):
+        await _spawn_as(client, other, delay=_later(3600))
+    await first.stop()
+    r = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        await r.delete(SpokeKeys(SPOKE).waiting)  # as an older release left it
+        _, client = await spokeds(max_queued_per_principal=3, max_delay_s=DAY)
+        async with asyncio.timeout(20):  # counted once serving has started
+            while await r.zcard(SpokeKeys(SPOKE).waiting) < 3:  # noqa: ASYNC110 - in Redis
+                await asyncio.sleep(0.05)
+    finally:
+        await r.aclose()
+    failure = await _refused(_spawn_as(client, other, delay=_later(3600)))
+    assert failure.reason == "QUOTA_EXCEEDED"
 
 
 async def test_a_delay_beyond_the_limit_is_refused_before_anything_is_stored(
