@@ -248,7 +248,7 @@ def test_spoked_with_a_taken_port_fails_in_one_line(peers, redis_url, tmp_path) 
         raw = spoke_mapping(peers, redis_url, listen=f"127.0.0.1:{port}")
         path = write_spoke_toml(tmp_path / "s.toml", raw)
         done = subprocess.run(
-            [sys.executable, "-m", "spoke", "--config", str(path)],
+            [sys.executable, "-m", "hubspoke.spoke", "--config", str(path)],
             capture_output=True,
             text=True,
             timeout=30,
