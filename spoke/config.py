@@ -83,6 +83,9 @@ class SpokeConfig:
     """Priority of a spawn that names none (1 least urgent … 10 most)."""
     retention_s: float = 7 * 86400.0
     """How long a finished agent's record, and so its command id, stays known."""
+    replay_within_s: float = 86400.0
+    """How long after the spoke stored a spawn its agent may still be replayed (and start).
+    Until spawns carry a start deadline of their own (issue 11), this is a replay's one."""
     max_skew_s: float = 30.0
     """How far a sender's clock may run ahead of ours."""
     max_validity_s: float = 3600.0

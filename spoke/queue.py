@@ -83,11 +83,11 @@ class AgentQueue:
             await self.jobs.enqueue(rec)  # for an existing one: heals a crash between the two
         return rec, created
 
-    async def replay(self, agent_id: str, command_id: str) -> AgentRecord:
+    async def replay(self, agent_id: str, command_id: str, start_by_ms: int) -> AgentRecord:
         """Run a failed agent again with fresh attempts, as a new job (the old one leaves the
-        dead-letter set). Idempotent on the replay's command id: a retried replay returns
-        the agent instead of failing on its new state. The record keeps its owner (issuer),
-        its envelopes and its expiry."""
+        dead-letter set), to start by ``start_by_ms`` or expire. Idempotent on the replay's
+        command id: a retried replay returns the agent instead of failing on its new state.
+        The record keeps its owner (issuer) and its envelopes."""
         rec = await self.records.get(agent_id)
         if rec.replay_command == command_id:
             return rec
@@ -110,8 +110,8 @@ class AgentQueue:
                 "pid": "",
                 "pgid": "",
                 "start_ticks": "",
-                # expire_ms stays: a replay never clears or extends the original command's
-                # expiry (the service refuses a replay past it; docs/security.md, Scopes).
+                # The replay's start deadline, counted from the original spawn: never cleared.
+                "expire_ms": start_by_ms,
             },
         )
         if rec.job_id:

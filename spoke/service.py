@@ -200,7 +200,9 @@ class SpokeServicer:
         rec = await self._visible(auth, "replay_agent", agent_id)
         self._authorize_replay(auth, rec)
         with _queue_errors():
-            rec = await self.agents.replay(agent_id, auth.command.command_id)
+            rec = await self.agents.replay(
+                agent_id, auth.command.command_id, self._replay_deadline_ms(rec)
+            )
         return spoke_service_pb2.SpokeServiceReplayAgentResponse(
             reply=self._reply(auth, agent=wire.to_agent(self.config.name, rec))
         )
@@ -273,9 +275,9 @@ class SpokeServicer:
 
     def _authorize_replay(self, auth: Authorized, rec: AgentRecord) -> None:
         """A replay runs the agent's profile again: the replaying principal must be allowed
-        to spawn it, with the record's values, and the original command must still be able
-        to start (a replay never clears or extends its expiry). A retry of the replay that
-        already happened is answered with the agent, as before."""
+        to spawn it, with the record's values, and the spawn must be younger than
+        ``replay_within_s``. A retry of the replay that already happened is answered with the
+        agent, as before."""
         self.policy.check(
             self._policy_request(
                 auth,
@@ -288,13 +290,17 @@ class SpokeServicer:
         )
         if rec.replay_command == auth.command.command_id:
             return
-        # TODO(issue 11): judge the agent's start deadline here once it exists.
-        if rec.expire_ms and commands.now().timestamp() * 1000 > rec.expire_ms:
+        if commands.now().timestamp() * 1000 > self._replay_deadline_ms(rec):
             raise errors.StartDeadlinePassedError(
-                f"agent {rec.agent_id} cannot be replayed: its command expired, and a replay "
-                "keeps the original command's expiry; spawn it again instead",
+                f"agent {rec.agent_id} cannot be replayed: it was spawned more than "
+                f"{self.config.replay_within_s:g} s ago (replay_within_s); spawn it again instead",
                 agent=rec.agent_id,
             )
+
+    def _replay_deadline_ms(self, rec: AgentRecord) -> int:
+        """When a replay of ``rec`` must have started: its spawn's storing plus
+        ``replay_within_s`` (the start deadline of issue 11 will take its place)."""
+        return rec.create_ms + int(self.config.replay_within_s * 1000)
 
     async def _stats(self) -> command_pb2.QueueStats:
         with _queue_errors():

@@ -291,23 +291,26 @@ async def test_replay_needs_spawn_rights_on_the_profile(fed: Fed) -> None:
         assert (final.state, final.issuer) == (Agent.STATE_DEAD_LETTERED, "bob")
 
 
-async def test_replay_keeps_the_owner_and_the_commands_expiry(fed: Fed) -> None:
+async def test_replay_keeps_the_owner_and_a_start_deadline_from_the_spawn(fed: Fed) -> None:
+    """A replay may come long after the spawn's signature expired (minutes), but not later
+    than ``replay_within_s`` after the spawn was stored, and the replayed agent must start by
+    then: the deadline counts from the original spawn, so replays never extend it."""
     async with fed.client("bob") as bob, fed.client() as op, fed.redis() as r:
         agent_id = await _dead_lettered(bob, "spoke-1", "synthetic", "duration=0 exit=2")
         key = SpokeKeys("spoke-1").agent(agent_id)
-        expiry = await r.hget(key, "expire_ms")
-        assert expiry
-        assert int(expiry) > 0
+        create_ms = int(await r.hget(key, "create_ms"))
+        await r.hset(key, "expire_ms", 1000)  # the spawn's signature window is long over
 
         replayed = await op.replay(agent_id)
         assert replayed.issuer == "bob"
-        assert await r.hget(key, "expire_ms") == expiry  # not cleared, not extended
+        within_ms = int(SpokeConfig().replay_within_s * 1000)
+        assert int(await r.hget(key, "expire_ms")) == create_ms + within_ms
         await bob.wait(agent_id, timeout=30)
         # The owner keeps every right to it; others with own scope still see nothing.
         assert (await bob.get(agent_id)).issuer == "bob"
 
-        # Past the original command's expiry (today's start deadline), replay is refused.
-        await r.hset(key, "expire_ms", 1000)
+        # Once replay_within_s has passed since the spawn, replay is refused.
+        await r.hset(key, "create_ms", 1000)
         late = await _fails(op.replay(agent_id))
         assert (late.code, late.reason) == (
             grpc.StatusCode.FAILED_PRECONDITION,
