@@ -16,6 +16,15 @@ right before the argv is built, :func:`task_refusal` refuses a task that does no
 the profile's ``task_pattern``, and a task that starts with ``-`` where the profile exposes
 it, whatever the pattern says.
 
+Secrets. ``secrets = { GITHUB_TOKEN = "/etc/hubspoke/secrets/gh" }`` names environment
+variables whose values the spoke reads from files when it starts each agent, so callers never
+put credentials in a task. Each file must be readable by its owner only (the check key files
+get, :func:`hubspoke.keys.owner_only_problem`): spoked refuses to start, naming the profile and
+the file, when one is missing or group- or world-accessible (:func:`check_secret_files`), and
+the runtime reads them again at every start, so a rotated file takes effect without a restart.
+Values are added to the agent's environment explicitly, whatever ``inherit_env`` says, and are
+never logged, stored or put in a reply or error.
+
 Profiles come from TOML tables (``[profiles.<name>]``) validated by
 :func:`profile_from_mapping`; the built-in ``synthetic`` profile runs the
 deterministic fake agent in :mod:`hubspoke.spoke.synthetic`.
@@ -24,18 +33,22 @@ deterministic fake agent in :mod:`hubspoke.spoke.synthetic`.
 from __future__ import annotations
 
 import math
+import os
 import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 
 from hubspoke.errors import ConfigError, InvalidCommandError
+from hubspoke.keys import owner_only_problem
 
 __all__ = [
     "Profile",
     "ProfileConfigError",
     "TaskRefusedError",
+    "check_secret_files",
     "check_task",
     "exposed_element",
     "profile_from_mapping",
@@ -47,6 +60,8 @@ __all__ = [
 TASK_PLACEHOLDER = "{task}"
 END_OF_OPTIONS = "--"
 SYNTHETIC = "synthetic"
+RESERVED_ENV_PREFIX = "HUBSPOKE_"
+"""Variables the spoke sets itself (HUBSPOKE_TASK, ...); a secret may not take these names."""
 
 
 class ProfileConfigError(ConfigError):
@@ -93,6 +108,9 @@ class Profile:
     unsafe: bool = False
     """The profile runs arbitrary code (e.g. the shell profile). Such a task is code already,
     so the profile may begin an argv element with ``{task}`` without a ``task_pattern``."""
+    secrets: Mapping[str, str] = field(default_factory=_empty_env, hash=False)
+    """Environment variable -> absolute path of an owner-only file holding its value, read
+    when each agent starts (see the module docstring)."""
 
     _task_re: re.Pattern[str] | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -100,6 +118,7 @@ class Profile:
         # Normalise so that a list or dict passed by a caller cannot be mutated later.
         object.__setattr__(self, "argv", tuple(self.argv))
         object.__setattr__(self, "env", MappingProxyType(dict(self.env)))
+        object.__setattr__(self, "secrets", MappingProxyType(dict(self.secrets)))
         if self.task_pattern is not None:
             object.__setattr__(self, "_task_re", _compile(self.name, self.task_pattern))
         exposed = exposed_element(self.argv)
@@ -142,6 +161,18 @@ def task_refusal(profile: Profile, task: str) -> str | None:
             "as an option"
         )
     return None
+
+
+def check_secret_files(profile: Profile) -> None:
+    """Refuse a profile whose secret files are missing or accessible to group or others.
+
+    Raises :class:`ProfileConfigError` naming the profile, the variable and the file (never
+    its content). spoked runs this at start-up for every configured profile.
+    """
+    for var, path in profile.secrets.items():
+        problem = owner_only_problem(Path(path), "secret file")
+        if problem:
+            raise _err(profile.name, "secrets", f"names {var}, but {problem}")
 
 
 def check_task(profile: Profile, task: str) -> None:
@@ -187,6 +218,7 @@ _KNOWN_KEYS = frozenset(
         "retry_safe",
         "max_concurrency",
         "unsafe",
+        "secrets",
     }
 )
 
@@ -266,6 +298,31 @@ def _env(name: str, raw: Mapping[str, object], default: Mapping[str, str]) -> Ma
     return checked
 
 
+def _secrets(
+    name: str, raw: Mapping[str, object], env: Mapping[str, str], default: Mapping[str, str]
+) -> Mapping[str, str]:
+    if "secrets" not in raw:
+        return default
+    table = raw["secrets"]
+    if not isinstance(table, Mapping):
+        raise _err(name, "secrets", 'must be a table of VARIABLE = "/absolute/path"')
+    checked: dict[str, str] = {}
+    for var, path in table.items():
+        if not isinstance(var, str) or not isinstance(path, str):
+            raise _err(name, "secrets", 'must be a table of VARIABLE = "/absolute/path"')
+        if not var or "=" in var or "\x00" in var:
+            raise _err(name, "secrets", f"has an invalid variable name {var!r}")
+        if var.startswith(RESERVED_ENV_PREFIX):
+            raise _err(name, "secrets", f"{var}: {RESERVED_ENV_PREFIX}* variables are the spoke's")
+        if var in env:
+            raise _err(name, "secrets", f"{var} is also set in env; name it in one place")
+        _check_text(name, "secrets", path, f"the path of {var}")
+        if not os.path.isabs(path):
+            raise _err(name, "secrets", f"{var}: the path {path!r} must be absolute")
+        checked[var] = path
+    return checked
+
+
 def _bool(name: str, raw: Mapping[str, object], key: str, default: bool) -> bool:
     if key not in raw:
         return default
@@ -306,13 +363,17 @@ def profile_from_mapping(name: str, raw: Mapping[str, object]) -> Profile:
     (table of strings), ``inherit_env``, ``task_on_stdin``, ``retry_safe``,
     ``unsafe`` (booleans), ``task_pattern`` (a regular expression every task must match
     in full), ``timeout_seconds`` (> 0), ``kill_grace_seconds`` (>= 0), ``max_attempts``
-    (integer >= 1), ``max_concurrency`` (integer >= 0, 0 = unlimited).
+    (integer >= 1), ``max_concurrency`` (integer >= 0, 0 = unlimited), ``secrets`` (a table
+    of environment variable = absolute path of an owner-only file).
 
     An ``argv`` element that begins with ``{task}`` needs a ``--`` element before it or a
     ``task_pattern`` (or ``unsafe = true``): see the module docstring.
 
     The name ``synthetic`` starts from the built-in profile: an empty table gives it
     unchanged, and any key given overrides it (``argv`` is then optional).
+
+    Each secret file must exist and be readable by its owner only (checked here, when the
+    config is loaded at start-up, and again by the runtime at every agent start).
 
     Raises :class:`ProfileConfigError` on anything wrong, unknown keys included.
     """
@@ -326,11 +387,12 @@ def profile_from_mapping(name: str, raw: Mapping[str, object]) -> Profile:
             raise _err(name, str(key), f"is not a known profile key (known: {known})")
 
     base = synthetic_profile() if name == SYNTHETIC else Profile(name=name, argv=())
-    return Profile(
+    env = _env(name, raw, base.env)
+    profile = Profile(
         name=name,
         argv=_argv(name, raw, base.argv if name == SYNTHETIC else None),
         cwd=_cwd(name, raw, base.cwd),
-        env=_env(name, raw, base.env),
+        env=env,
         inherit_env=_bool(name, raw, "inherit_env", base.inherit_env),
         task_on_stdin=_bool(name, raw, "task_on_stdin", base.task_on_stdin),
         task_pattern=_pattern(name, raw, base.task_pattern),
@@ -340,4 +402,7 @@ def profile_from_mapping(name: str, raw: Mapping[str, object]) -> Profile:
         retry_safe=_bool(name, raw, "retry_safe", base.retry_safe),
         max_concurrency=_int(name, raw, "max_concurrency", base.max_concurrency, minimum=0),
         unsafe=_bool(name, raw, "unsafe", base.unsafe),
+        secrets=_secrets(name, raw, env, base.secrets),
     )
+    check_secret_files(profile)
+    return profile

@@ -15,6 +15,10 @@ The output pipes are created here rather than by asyncio, so that the agent's ex
 is noticed at once even while a grandchild still holds stdout open, and so that the
 event loop reads them through a plain protocol: each read (at most 256 KiB) is one
 loop callback, so a flooding agent cannot starve other tasks.
+
+A profile's secrets (spoke/profiles.py) are read from their owner-only files at every start
+(:func:`read_secrets`) and added to the agent's environment explicitly; a secret that cannot
+be read fails the start with a message naming its variable, never its value.
 """
 
 from __future__ import annotations
@@ -27,11 +31,13 @@ import signal
 import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import structlog
 
 from hubspoke.errors import HubspokeError
+from hubspoke.keys import owner_only_problem
 from hubspoke.spoke.output import OutputTail
 from hubspoke.spoke.profiles import TASK_PLACEHOLDER, Profile, task_refusal
 
@@ -44,6 +50,7 @@ __all__ = [
     "agent_environment",
     "identity_alive",
     "kill_identity",
+    "read_secrets",
     "read_start_ticks",
     "start_agent",
 ]
@@ -64,6 +71,9 @@ DRAIN_TIMEOUT_S = 2.0
 _POLL_S = 0.02
 # How long kill_identity() waits for the process to vanish after SIGKILL.
 _KILL_WAIT_S = 2.0
+
+MAX_SECRET_BYTES = 64 * 1024
+"""The largest secret file read; a longer one fails the start."""
 
 _T = TypeVar("_T")
 
@@ -246,6 +256,44 @@ async def kill_identity(ident: ProcessIdentity, grace_s: float) -> bool:
     return True
 
 
+def _secret_value(profile: Profile, var: str, path: Path) -> str:
+    """One secret's value, or AgentStartError naming the variable (never the value)."""
+    where = f"profile {profile.name!r}: secret {var} cannot be read"
+    problem = owner_only_problem(path, "secret file")
+    if problem:
+        _log.warning("secret_unavailable", profile=profile.name, variable=var, problem=problem)
+        missing = not os.path.lexists(path)
+        raise AgentStartError(f"{where}: its file is {'missing' if missing else 'not owner-only'}")
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_SECRET_BYTES + 1)
+    except OSError as exc:
+        _log.warning("secret_unreadable", profile=profile.name, variable=var, error=exc.strerror)
+        raise AgentStartError(f"{where}: {exc.strerror or 'read failed'}") from None
+    if len(data) > MAX_SECRET_BYTES:
+        raise AgentStartError(f"{where}: its file is larger than {MAX_SECRET_BYTES} bytes")
+    if data.endswith(b"\r\n"):
+        data = data[:-2]
+    elif data.endswith(b"\n"):
+        data = data[:-1]
+    if b"\x00" in data:
+        raise AgentStartError(f"{where}: it contains a NUL byte")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise AgentStartError(f"{where}: it is not UTF-8 text") from None
+
+
+def read_secrets(profile: Profile) -> dict[str, str]:
+    """The values of the profile's secrets, read now from their owner-only files (one
+    trailing newline dropped), so a rotated file counts from the next start.
+
+    Raises :class:`AgentStartError` naming the variable when a file is missing, not
+    owner-only, unreadable, over ``MAX_SECRET_BYTES``, not UTF-8 or holds a NUL byte.
+    """
+    return {var: _secret_value(profile, var, Path(path)) for var, path in profile.secrets.items()}
+
+
 def agent_environment(
     profile: Profile,
     *,
@@ -253,13 +301,15 @@ def agent_environment(
     agent_id: str,
     attempt: int,
     extra_env: Mapping[str, str] | None = None,
+    secrets: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """The environment of an agent.
 
     With ``inherit_env`` the spoke's environment, else only PATH, HOME and LANG;
-    then the profile's ``env``, then ``extra_env``, then HUBSPOKE_TASK,
-    HUBSPOKE_AGENT_ID and HUBSPOKE_ATTEMPT. Other HUBSPOKE_* variables of the spoke
-    itself are not passed on unless ``inherit_env`` is set.
+    then the profile's ``env``, then ``extra_env``, then the profile's ``secrets`` (values
+    from :func:`read_secrets`, added explicitly whatever ``inherit_env`` says), then
+    HUBSPOKE_TASK, HUBSPOKE_AGENT_ID and HUBSPOKE_ATTEMPT. Other HUBSPOKE_* variables of the
+    spoke itself are not passed on unless ``inherit_env`` is set.
     """
     if profile.inherit_env:
         env = dict(os.environ)
@@ -268,6 +318,8 @@ def agent_environment(
     env.update(profile.env)
     if extra_env:
         env.update(extra_env)
+    if secrets:
+        env.update(secrets)
     env["HUBSPOKE_TASK"] = task
     env["HUBSPOKE_AGENT_ID"] = agent_id
     env["HUBSPOKE_ATTEMPT"] = str(attempt)
@@ -486,12 +538,17 @@ async def start_agent(
 
     Raises :class:`AgentStartError` if the program is missing or not executable,
     the cwd does not exist, the profile refuses the task (its ``task_pattern``, or a
-    leading ``-`` where argv would read it as an option), or the task cannot be passed
-    (e.g. NUL bytes, too long).
+    leading ``-`` where argv would read it as an option), a secret cannot be read (the
+    message names its variable), or the task cannot be passed (e.g. NUL bytes, too long).
     """
     argv = _command_line(profile, task)
     env = agent_environment(
-        profile, task=task, agent_id=agent_id, attempt=attempt, extra_env=extra_env
+        profile,
+        task=task,
+        agent_id=agent_id,
+        attempt=attempt,
+        extra_env=extra_env,
+        secrets=read_secrets(profile),
     )
     stdout_tail = OutputTail(tail_bytes)
     stderr_tail = OutputTail(tail_bytes)
