@@ -96,6 +96,8 @@ class Cluster:
             ready_timeout_s=READY_TIMEOUT_S,
             spoke_env={
                 "SPOKE_MAX_QUEUE_DEPTH": "100000000",
+                # One client queues the bench's backlogs: its quota must not refuse them.
+                "SPOKE_MAX_QUEUED_PER_PRINCIPAL": "100000000",
                 # The per-principal rate limit still runs (its Redis script is part of every
                 # request's cost) but never refuses: one client here drives thousands of ops/s.
                 "SPOKE_RATE_PER_PRINCIPAL": str(_RATE),

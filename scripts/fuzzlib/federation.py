@@ -68,6 +68,9 @@ def _spoke_config(config: SpokeConfig) -> SpokeConfig:
         config,
         rate_per_principal=RATE,
         rate_burst=BURST,
+        # The operator's valid primers may queue faster than they run: as with the rate, the
+        # quota still runs (in the create script) but never refuses one of them.
+        max_queued_per_principal=config.max_queue_depth,
         concurrency=4,
         stalled_interval_ms=1000,
         lock_duration_ms=4000,
