@@ -102,7 +102,8 @@ class HubApp:
 
     async def _start(self) -> int:
         cfg = self.config
-        self._store = HubStore.from_url(cfg.redis_url, cfg.name, cfg.redis_timeout_s)
+        cfg.redis.check()  # the password file and TLS files (ConfigError), before connecting
+        self._store = HubStore.from_url(cfg.redis, cfg.name, cfg.redis_timeout_s)
         await self._check_schema(self._store)
         self._registry = SpokeRegistry(cfg.spokes, self._options, self._channel_creds)
         window = commands.Window(

@@ -45,6 +45,7 @@ from typing import Any, Final
 from hubspoke import config as sconfig
 from hubspoke import tls as stls
 from hubspoke.metrics import MetricsConfigError, parse_listen
+from hubspoke.redis_access import RedisAccess
 
 __all__ = ["HubConfig", "HubConfigError", "SpokeEntry"]
 
@@ -99,6 +100,18 @@ class HubConfig:
     """Commands one principal may send at once after being idle."""
     redis_url: str = "redis://127.0.0.1:6379/0"
     """Redis for nonces and the agent index (``redis://``, ``rediss://`` or ``unix://``)."""
+    redis_username: str = ""
+    """An ACL user to authenticate to Redis as (empty: the ``default`` user)."""
+    redis_password_file: Path | None = None
+    """A file holding the Redis password on its first line; owner-only (mode 0600), like
+    key files. Read at start-up and whenever a connection is made; never logged."""
+    redis_tls_ca_file: Path | None = None
+    """With a ``rediss://`` redis_url: the CA the Redis server's certificate must chain to
+    (empty: the system's CAs)."""
+    redis_tls_cert_file: Path | None = None
+    """With ``rediss://``: a client certificate, for a Redis that asks for one."""
+    redis_tls_key_file: Path | None = None
+    """Its private key (owner-only)."""
     spokes: tuple[SpokeEntry, ...] = ()
     """The spokes this hub routes to, in config order."""
     max_skew_s: float = 30.0
@@ -143,7 +156,7 @@ class HubConfig:
                 raise HubConfigError(
                     f"{opt} is required (set it in the config file or HUB_{opt.upper()})"
                 )
-        sconfig.check_redis_url(_LAYOUT, self.redis_url)
+        sconfig.redis_access(_LAYOUT, self)
         seen: set[str] = set()
         for s in self.spokes:
             _check_name("spokes.name", s.name)
@@ -169,6 +182,11 @@ class HubConfig:
 
     def __repr__(self) -> str:
         return sconfig.config_repr(self)
+
+    @property
+    def redis(self) -> RedisAccess:
+        """The ``redis_*`` options as one value: every Redis client is built from it."""
+        return sconfig.redis_access(_LAYOUT, self)
 
     def replace(self, **changes: Any) -> HubConfig:
         """A copy with some options changed (e.g. from flags), validated again."""

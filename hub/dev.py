@@ -1,13 +1,18 @@
 """``hubctl dev``: a whole federation on this machine, in the foreground.
 
-``hubctl dev up --dir DIR [--spokes N] [--base-port P]`` starts, on 127.0.0.1 only:
+``hubctl dev up --dir DIR [--spokes N] [--base-port P] [--tls]`` starts, on 127.0.0.1 only:
 
-* one private redis-server per peer (``DIR/redis/<name>``, AOF on), no system Redis needed;
+* one private redis-server per peer (``DIR/redis/<name>``, AOF on, owner-only), each
+  requiring the password in ``DIR/redis/password`` (owner-only; every config names it),
+  no system Redis needed;
 * keys and configs in DIR (:func:`hubspoke.hub.federation_files.write_federation`); keys from an
   earlier run in the same DIR are kept, configs are rewritten with this run's ports;
 * ``spoked --config DIR/spoke-N.toml`` per spoke (profiles ``synthetic`` and ``shell``,
   the latter unsafe: ``sh -c TASK``) and ``hubd --config DIR/hub.toml``, as subprocesses
-  with their stderr (and any stdout but the readiness line) in ``DIR/logs/<name>.log``.
+  with their stderr (and any stdout but the readiness line) in ``DIR/logs/<name>.log``;
+* with ``--tls``: mutual TLS between every process (a CA and a certificate per peer in
+  ``DIR/tls``, issued afresh on each run; ``hubctl.toml`` gets the operator's), so every
+  server refuses plaintext.
 
 All of that is :class:`hubspoke.testing.Federation`; this module is the command line over it.
 
@@ -109,6 +114,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="P",
         help="hub on P, spoke-N on P+N (default 0: free ports); Redis always uses free ports",
     )
+    up.add_argument(
+        "--tls",
+        action="store_true",
+        help="mutual TLS between hubctl, the hub and the spokes (certificates in DIR/tls); "
+        "every server refuses plaintext",
+    )
     env = sub.add_parser("env", help="print the shell line that points hubctl at DIR")
     env.add_argument("--dir", type=Path, required=True, help="the state directory of 'dev up'")
     return p
@@ -130,7 +141,7 @@ def main(argv: Sequence[str]) -> int:
         print(f"Error: --base-port {args.base_port} leaves no room for the spokes", file=sys.stderr)
         return 2
     try:
-        return asyncio.run(_up(root, args.spokes, args.base_port))
+        return asyncio.run(_up(root, args.spokes, args.base_port, tls=args.tls))
     except HubspokeError as exc:  # DevError, or the harness's: a server did not start
         print(f"Error: {exc}", file=sys.stderr)
         return 1
@@ -160,13 +171,14 @@ def _take_lock(root: Path) -> BinaryIO:
     return lock
 
 
-def _federation(root: Path, spokes: int, base_port: int) -> testing.Federation:
+def _federation(root: Path, spokes: int, base_port: int, *, tls: bool) -> testing.Federation:
     return testing.Federation(
         root,
         [f"spoke-{i}" for i in range(1, spokes + 1)],
         hub_name=HUB_NAME,
         base_port=base_port,
         keep_keys=True,
+        tls=tls,
         ready_timeout_s=READY_TIMEOUT_S,
         stop_grace_s=STOP_GRACE_S,
         report=_say,
@@ -180,7 +192,8 @@ def _summary(fed: testing.Federation) -> str:
     rows = [f"  {s.name.ljust(width)}  {s.address:<21}  log {s.log_file}" for s in servers]
     return "\n".join(
         [
-            f"dev federation ready in {fed.root}",
+            f"dev federation ready in {fed.root}"
+            + (" (mutual TLS; plaintext is refused)" if fed.tls else ""),
             *rows,
             "  spokes offer the profiles 'synthetic' and 'shell' (sh -c TASK; unsafe)",
             "in another terminal:",
@@ -203,7 +216,7 @@ async def _wait_for(event: asyncio.Event, timeout_s: float) -> bool:
     return event.is_set()
 
 
-async def _up(root: Path, spokes: int, base_port: int) -> int:
+async def _up(root: Path, spokes: int, base_port: int, *, tls: bool) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     received: list[str] = []
@@ -217,7 +230,7 @@ async def _up(root: Path, spokes: int, base_port: int) -> int:
     for sig in sigs:
         loop.add_signal_handler(sig, on_signal, sig)
     lock: BinaryIO | None = None
-    fed = _federation(root, spokes, base_port)
+    fed = _federation(root, spokes, base_port, tls=tls)
     code = 0
     try:
         lock = _take_lock(root)

@@ -10,11 +10,17 @@ Layout::
     DIR/hubctl.toml                             hubctl's config, signing as ``operator``
     DIR/tls/ca.crt|.key, NAME.crt|.tls.key      with ``tls=True``: transport CA and certificates
 
-Paths inside the files are relative to DIR, so the directory can be moved as a whole.
+Paths inside the files are relative to DIR, so the directory can be moved as a whole (a
+Redis password file or CA outside DIR is named by its absolute path).
+
+Each peer's Redis is a URL or a :class:`hubspoke.redis_access.RedisAccess`; with the latter
+its config gets ``redis_username``, ``redis_password_file`` and ``redis_tls_*`` as well
+(the harness gives every private Redis a password file, ``DIR/redis/password``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -26,6 +32,7 @@ from typing import Final
 
 from hubspoke import errors, keys, policy
 from hubspoke import tls as stls
+from hubspoke.redis_access import RedisAccess, access
 
 __all__ = [
     "DEFAULT_SPOKE_PROFILES",
@@ -38,8 +45,8 @@ __all__ = [
 OPERATOR: Final = "operator"
 """The client principal the generated hubctl config signs as."""
 
-SpokeSpec = tuple[str, str, str]
-"""``(name, listen address, redis_url)`` of one spoke."""
+SpokeSpec = tuple[str, str, "str | RedisAccess"]
+"""``(name, listen address, its Redis: a URL or the access with credentials)``."""
 
 DEFAULT_SPOKE_PROFILES: Final = """
 [profiles.synthetic]
@@ -73,11 +80,49 @@ def _s(value: str) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
+def _redis_lines(redis: str | RedisAccess, root: Path) -> str:
+    """The ``redis_*`` options of one config."""
+    target = access(redis)
+
+    def path(p: Path) -> str:
+        return _s(str(p.relative_to(root) if p.is_relative_to(root) else p))
+
+    lines = [f"redis_url = {_s(target.url)}\n"]
+    if target.username:
+        lines.append(f"redis_username = {_s(target.username)}\n")
+    files = {
+        "redis_password_file": target.password_file,
+        "redis_tls_ca_file": target.tls_ca_file,
+        "redis_tls_cert_file": target.tls_cert_file,
+        "redis_tls_key_file": target.tls_key_file,
+    }
+    lines += [f"{opt} = {path(p)}\n" for opt, p in files.items() if p is not None]
+    return "".join(lines)
+
+
+def _relative(redis: str | RedisAccess, root: Path) -> str | RedisAccess:
+    """``redis`` with its files under ``root`` named relatively to it."""
+    if isinstance(redis, str):
+        return redis
+
+    def rel(path: Path | None) -> Path | None:
+        inside = path is not None and path.is_absolute() and path.is_relative_to(root)
+        return path.relative_to(root) if path is not None and inside else path
+
+    return dataclasses.replace(
+        redis,
+        password_file=rel(redis.password_file),
+        tls_ca_file=rel(redis.tls_ca_file),
+        tls_cert_file=rel(redis.tls_cert_file),
+        tls_key_file=rel(redis.tls_key_file),
+    )
+
+
 def write_federation(
     root: Path,
     spokes: Sequence[SpokeSpec],
     hub_address: str,
-    hub_redis_url: str,
+    hub_redis_url: str | RedisAccess,
     *,
     hub_name: str = "hub",
     spoke_profiles: str = DEFAULT_SPOKE_PROFILES,
@@ -90,9 +135,10 @@ def write_federation(
         root: the directory to fill (created if needed). Existing key files are never
             overwritten: writing twice into one directory raises ``FileExistsError``
             (unless ``keep_keys``).
-        spokes: ``(name, listen address, redis_url)`` per spoke.
+        spokes: ``(name, listen address, Redis)`` per spoke; the Redis is a URL or a
+            ``RedisAccess`` (user, password file, TLS files), written into its config.
         hub_address: where hubd listens and hubctl dials.
-        hub_redis_url: the hub's Redis.
+        hub_redis_url: the hub's Redis (a URL or a ``RedisAccess``).
         hub_name: the hub's peer name.
         spoke_profiles: the ``[profiles.*]`` tables appended to every spoke config.
         tls: also create a transport CA and a certificate per peer in ``DIR/tls`` (SANs:
@@ -107,13 +153,14 @@ def write_federation(
         hubspoke.errors.ConfigError: with ``keep_keys``, a kept private key is unreadable.
     """
     if keep_keys and any((root / "keys").glob("*.key")):
+        # Written into a staging directory under root first: name files in root relatively.
         return _rewrite_keeping_keys(
             root,
             lambda into: write_federation(
                 into,
-                spokes,
+                [(n, a, _relative(r, root)) for n, a, r in spokes],
                 hub_address,
-                hub_redis_url,
+                _relative(hub_redis_url, root),
                 hub_name=hub_name,
                 spoke_profiles=spoke_profiles,
                 tls=tls,
@@ -166,7 +213,7 @@ def write_federation(
         f"key_file = {_s(f'keys/{hub_name}.key')}\n"
         'trust_file = "trust.toml"\n'
         'policy_file = "policy.toml"\n'
-        f"redis_url = {_s(hub_redis_url)}\n"
+        + _redis_lines(hub_redis_url, root)
         + "".join(f"\n[[spokes]]\nname = {_s(n)}\naddress = {_s(addr)}\n" for n, addr, _ in spokes)
         + tls_section(hub_name)
     )
@@ -180,7 +227,9 @@ def write_federation(
             f"key_file = {_s(f'keys/{name}.key')}\n"
             'trust_file = "trust.toml"\n'
             'policy_file = "policy.toml"\n'
-            f"redis_url = {_s(redis_url)}\n" + spoke_profiles + tls_section(name)
+            + _redis_lines(redis_url, root)
+            + spoke_profiles
+            + tls_section(name)
         )
         spoke_configs[name] = path
 

@@ -34,6 +34,7 @@ import redis.exceptions
 
 from hubspoke import errors
 from hubspoke.admission import Admission, NonceClaim, RateLimit
+from hubspoke.redis_access import RedisAccess, access
 from hubspoke.schema import Migration, SchemaState, ensure_schema
 from hubspoke.version import HUB_SCHEMA_VERSION
 
@@ -110,12 +111,16 @@ class HubStore:
         self._remember = client.register_script(_REMEMBER)
 
     @classmethod
-    def from_url(cls, url: str, hub: str, timeout_s: float) -> HubStore:
+    def from_url(cls, url: str | RedisAccess, hub: str, timeout_s: float) -> HubStore:
+        """A store on its own client; ``url`` is the hub's Redis access (user, password
+        file, TLS) or a bare URL. Raises ``RedisAccessError`` for an unusable password file."""
+        target = access(url)
         client = redis.asyncio.Redis.from_url(
-            url,
+            target.url,
             decode_responses=True,
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
+            **target.client_kwargs(),
         )
         return cls(client, hub, timeout_s)
 

@@ -42,10 +42,12 @@ from urllib.parse import urlsplit
 
 from . import tls as stls
 from .errors import ConfigError
+from .redis_access import RedisAccess, RedisAccessError
 
 __all__ = [
     "LOG_LEVELS",
     "NAME_RE",
+    "REDIS_ACCESS_FIELDS",
     "DaemonConfigError",
     "Layout",
     "check_address",
@@ -57,6 +59,7 @@ __all__ = [
     "load",
     "read_file",
     "redact",
+    "redis_access",
     "replace",
     "values_from_table",
 ]
@@ -308,6 +311,28 @@ def check_address(layout: Layout, opt: str, value: str) -> None:
 def check_redis_url(layout: Layout, value: str) -> None:
     if urlsplit(value).scheme not in REDIS_SCHEMES:
         raise layout.fail("redis_url must start with redis://, rediss:// or unix://")
+
+
+REDIS_ACCESS_FIELDS: Final = (
+    "redis_url",
+    "redis_username",
+    "redis_password_file",
+    "redis_tls_ca_file",
+    "redis_tls_cert_file",
+    "redis_tls_key_file",
+)
+"""The options both daemons read for their Redis (``hubspoke.redis_access``)."""
+
+
+def redis_access(layout: Layout, obj: object) -> RedisAccess:
+    """The daemon's ``redis_*`` options as one :class:`RedisAccess`, validated (no file I/O;
+    the password file is read by each client factory, checked at start-up)."""
+    options = {name.removeprefix("redis_"): getattr(obj, name) for name in REDIS_ACCESS_FIELDS}
+    check_redis_url(layout, options["url"])
+    try:
+        return RedisAccess(**options)
+    except RedisAccessError as exc:
+        raise layout.fail(str(exc)) from exc
 
 
 def check_positive_seconds(layout: Layout, obj: object) -> None:

@@ -88,9 +88,8 @@ class SpokeApp:
             )
         policy = Policy.from_file(cfg.policy_file)
         metrics = SpokeMetrics()
-        self._queue = agents = AgentQueue(
-            cfg.redis_url, cfg.name, observe=metrics.observe_transition
-        )
+        cfg.redis.check()  # the password file and TLS files (ConfigError), before connecting
+        self._queue = agents = AgentQueue(cfg.redis, cfg.name, observe=metrics.observe_transition)
         try:
             eviction = await agents.maxmemory_policy()
         except BackendError as exc:

@@ -28,6 +28,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from hubspoke.redis_access import RedisAccess, access
+
 
 class QueueError(Exception):
     """Base of the queue layer's errors."""
@@ -91,32 +93,39 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def command_client(redis_url: str, op_timeout_s: float) -> aioredis.Redis:
+def command_client(redis: str | RedisAccess, op_timeout_s: float) -> aioredis.Redis:
     """A client for our own short calls: each is bounded by ``op_timeout_s``. Nothing that
     blocks in Redis (XREAD BLOCK, BRPOPLPUSH, pub/sub) may use one (PITFALLS).
 
     Its pool of ``POOL_SIZE`` connections makes a burst of calls wait for a free connection
-    (up to ``op_timeout_s``) instead of failing at once, as redis-py's default pool does."""
+    (up to ``op_timeout_s``) instead of failing at once, as redis-py's default pool does.
+
+    ``redis`` is the daemon's Redis access (user, password file, TLS) or a bare URL; every
+    client factory here and in spoke/fanout.py adds ``RedisAccess.client_kwargs()``."""
+    target = access(redis)
     pool = aioredis.BlockingConnectionPool.from_url(
-        redis_url,
+        target.url,
         max_connections=POOL_SIZE,
         timeout=op_timeout_s,
         socket_timeout=op_timeout_s,
         socket_connect_timeout=op_timeout_s,
         **reconnecting(),
+        **target.client_kwargs(),
     )
     return aioredis.Redis.from_pool(pool)
 
 
-def bullmq_client(redis_url: str) -> aioredis.Redis:
+def bullmq_client(redis: str | RedisAccess) -> aioredis.Redis:
     """A client for bullmq: no socket timeout, since its blocking calls wait long (PITFALLS),
     and decoded responses, which bullmq's job parsing assumes (bytes give empty job data)."""
+    target = access(redis)
     return aioredis.Redis.from_url(
-        redis_url,
+        target.url,
         socket_timeout=None,
         socket_connect_timeout=5,
         decode_responses=True,
         **reconnecting(),
+        **target.client_kwargs(),
     )
 
 

@@ -25,6 +25,7 @@ from typing import Any, Final
 from hubspoke import config as sconfig
 from hubspoke import tls as stls
 from hubspoke.metrics import MetricsConfigError, parse_listen
+from hubspoke.redis_access import RedisAccess
 
 from .profiles import Profile, ProfileConfigError, profile_from_mapping, synthetic_profile
 
@@ -59,6 +60,18 @@ class SpokeConfig:
     """Commands one principal may send at once after being idle."""
     redis_url: str = "redis://127.0.0.1:6379/0"
     """The spoke site's Redis; several spoked processes may share it."""
+    redis_username: str = ""
+    """An ACL user to authenticate to Redis as (empty: the ``default`` user)."""
+    redis_password_file: Path | None = None
+    """A file holding the Redis password on its first line; owner-only (mode 0600), like
+    key files. Read at start-up and whenever a connection is made; never logged."""
+    redis_tls_ca_file: Path | None = None
+    """With a ``rediss://`` redis_url: the CA the Redis server's certificate must chain to
+    (empty: the system's CAs)."""
+    redis_tls_cert_file: Path | None = None
+    """With ``rediss://``: a client certificate, for a Redis that asks for one."""
+    redis_tls_key_file: Path | None = None
+    """Its private key (owner-only)."""
     profiles: Mapping[str, Profile] = field(default_factory=_default_profiles)
     """Named agent programs; a spoke runs nothing its profiles do not name."""
     concurrency: int = 4
@@ -126,7 +139,7 @@ class SpokeConfig:
     def __post_init__(self) -> None:
         sconfig.check_name(_LAYOUT, "name", self.name)
         sconfig.check_address(_LAYOUT, "listen", self.listen)
-        sconfig.check_redis_url(_LAYOUT, self.redis_url)
+        sconfig.redis_access(_LAYOUT, self)
         sconfig.check_positive_seconds(_LAYOUT, self)
         positive = (
             "concurrency",
@@ -160,6 +173,11 @@ class SpokeConfig:
 
     def __repr__(self) -> str:
         return sconfig.config_repr(self)
+
+    @property
+    def redis(self) -> RedisAccess:
+        """The ``redis_*`` options as one value: every Redis client is built from it."""
+        return sconfig.redis_access(_LAYOUT, self)
 
     def replace(self, **changes: Any) -> SpokeConfig:
         """A copy with some options changed (e.g. from flags), validated again."""

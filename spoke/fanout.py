@@ -27,6 +27,8 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 
+from hubspoke.redis_access import RedisAccess, access
+
 from .backend import reconnecting
 from .keys import SpokeKeys
 
@@ -93,14 +95,18 @@ class Subscription:
 class StreamFanout:
     """The process's watch reader. ``subscribe`` from any task; ``close()`` at shutdown."""
 
-    def __init__(self, redis_url: str, keys: SpokeKeys, wake_client: aioredis.Redis) -> None:
+    def __init__(
+        self, redis: str | RedisAccess, keys: SpokeKeys, wake_client: aioredis.Redis
+    ) -> None:
         # One connection, for the reader alone; its socket outlasts the longest block.
+        target = access(redis)
         self._redis: aioredis.Redis = aioredis.Redis.from_url(
-            redis_url,
+            target.url,
             single_connection_client=True,
             socket_timeout=READ_BLOCK_MS / 1000 + 5,
             socket_connect_timeout=5,
             **reconnecting(),
+            **target.client_kwargs(),
         )
         self._wake_client = wake_client
         self._wake_key = keys.watch_wake(uuid.uuid4().hex[:12])

@@ -14,6 +14,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from bullmq import Queue, Worker
 
+from hubspoke.redis_access import RedisAccess
+
 from .backend import backend, bullmq_client, now_ms
 from .keys import QUEUE_NAME, SpokeKeys
 from .model import AgentRecord
@@ -80,10 +82,11 @@ def jittered_backoff(attempts_made: int, _type: str, _err: object, job: Any) -> 
 class Jobs:
     """This spoke's bullmq queue, on a bullmq client of its own."""
 
-    def __init__(self, redis_url: str, keys: SpokeKeys) -> None:
-        self.redis_url = redis_url
+    def __init__(self, redis: str | RedisAccess, keys: SpokeKeys) -> None:
+        self.access = redis
+        """The spoke's Redis access (or a bare URL): each Worker's connection uses it too."""
         self.keys = keys
-        self.redis: aioredis.Redis = bullmq_client(redis_url)
+        self.redis: aioredis.Redis = bullmq_client(redis)
         self.queue = Queue(QUEUE_NAME, {"connection": self.redis, "prefix": keys.prefix})
 
     async def close(self) -> None:
@@ -157,7 +160,7 @@ class Jobs:
     def worker(self, process: Processor, settings: WorkerSettings) -> BullWorker:
         """A bullmq Worker for this queue on a connection of its own (not started: its
         owner calls ``run()``)."""
-        connection = bullmq_client(self.redis_url)
+        connection = bullmq_client(self.access)
         worker = Worker(
             QUEUE_NAME,
             process,

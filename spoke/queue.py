@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from hubspoke.redis_access import RedisAccess
+
 from .backend import AgentMissingError, TransitionError, backend, command_client
 from .fanout import StreamFanout
 from .jobs import Jobs
@@ -39,23 +41,24 @@ class AgentQueue:
 
     def __init__(
         self,
-        redis_url: str,
+        redis: str | RedisAccess,
         spoke: str,
         *,
         op_timeout_s: float = 5.0,
         observe: StateObserver | None = None,
     ) -> None:
         self.keys = SpokeKeys(spoke)
-        self.redis_url = redis_url
+        self.access = redis
+        """The spoke's Redis access (user, password file, TLS), or a bare URL."""
         # Our own calls are short: bound them. bullmq's blocking calls get their own client,
         # the watch reader its own connection, and the worker its own pool, so that no
         # number of callers can starve the worker's state writes.
-        self.redis = command_client(redis_url, op_timeout_s)
-        self.worker_redis = command_client(redis_url, op_timeout_s)
-        self.fanout = StreamFanout(redis_url, self.keys, self.redis)
+        self.redis = command_client(redis, op_timeout_s)
+        self.worker_redis = command_client(redis, op_timeout_s)
+        self.fanout = StreamFanout(redis, self.keys, self.redis)
         self.records = Records(self.redis, self.keys, self.fanout, observe)
         self.worker_records = Records(self.worker_redis, self.keys, self.fanout, observe)
-        self.jobs = Jobs(redis_url, self.keys)
+        self.jobs = Jobs(redis, self.keys)
         self.kills = Kills(self.records, self.jobs)
         self.slots = Slots(self.worker_redis, self.keys)
 

@@ -2,7 +2,8 @@
 
 ``hubctl dev up``, the test suite, bench, chaos and fuzz all start federations with it:
 
-* :class:`EmbeddedRedis`: a private ``redis-server`` (AOF on, ``noeviction``).
+* :class:`EmbeddedRedis`: a private ``redis-server`` (AOF on, ``noeviction``, owner-only
+  data), optionally with a password file and TLS (:class:`RedisServerTls`).
 * :class:`Daemon`: one server process that prints ``serving <port>`` when ready; logs to a
   file, signal, kill, stop with a grace, restart.
 * :class:`Federation`: keys, trust store, policy and configs, a Redis per peer (or one
@@ -27,19 +28,13 @@ import importlib
 from typing import TYPE_CHECKING
 
 from ._daemon import Daemon, DaemonError, server_argv, server_env
-from ._errors import HarnessError
+from ._errors import HarnessError, RedisServerError
 from ._federation import Federation
 from ._loop import LoopThread
 from ._net import HOST, pick_free_port
 from ._plan import DEFAULT_PROFILES, FederationPlan
-from ._redis import (
-    ENV_VAR,
-    AppendFsync,
-    EmbeddedRedis,
-    RedisServerError,
-    find_redis_server,
-    redis_server_argv,
-)
+from ._redis import ENV_VAR, AppendFsync, EmbeddedRedis, find_redis_server, redis_server_argv
+from ._redis_secure import TLS_ENV_VAR, RedisServerTls, find_tls_redis_server
 
 if TYPE_CHECKING:
     from ._inprocess import InProcessFederation
@@ -48,6 +43,7 @@ __all__ = [
     "DEFAULT_PROFILES",
     "ENV_VAR",
     "HOST",
+    "TLS_ENV_VAR",
     "AppendFsync",
     "Daemon",
     "DaemonError",
@@ -58,7 +54,9 @@ __all__ = [
     "InProcessFederation",
     "LoopThread",
     "RedisServerError",
+    "RedisServerTls",
     "find_redis_server",
+    "find_tls_redis_server",
     "pick_free_port",
     "redis_server_argv",
     "server_argv",

@@ -15,3 +15,7 @@ from hubspoke.errors import HubspokeError
 
 class HarnessError(HubspokeError):
     """Something the harness started could not start or keep running."""
+
+
+class RedisServerError(HarnessError):
+    """No redis-server binary was found, or the server did not start or answer PING."""

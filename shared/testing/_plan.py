@@ -6,6 +6,7 @@ Layout under ``root``::
 
     keys/ trust.toml policy.toml hub.toml <spoke>.toml hubctl.toml   the federation's files
     redis/<peer>/                                                    each peer's Redis
+    redis/password                                  the private Redis servers' password
     logs/<daemon>.log                                                each daemon's output
 """
 
@@ -19,11 +20,12 @@ from typing import TYPE_CHECKING, Final
 from hubspoke import keys
 from hubspoke.hub import federation_files
 from hubspoke.hub.federation_files import OPERATOR, FederationFiles
+from hubspoke.redis_access import RedisAccess, access
 from hubspoke.trust import TrustStore
 
-from ._errors import HarnessError
+from ._errors import HarnessError, RedisServerError
 from ._net import address, pick_free_port
-from ._redis import EmbeddedRedis, RedisServerError
+from ._redis import EmbeddedRedis
 
 if TYPE_CHECKING:
     from hubspoke.client import Client
@@ -52,7 +54,7 @@ class FederationPlan:
         *,
         hub_name: str = "hub",
         spoke_profiles: str = DEFAULT_PROFILES,
-        redis_url: str | None = None,
+        redis_url: str | RedisAccess | None = None,
         addresses: Mapping[str, str] | None = None,
         base_port: int = 0,
         keep_keys: bool = False,
@@ -68,8 +70,10 @@ class FederationPlan:
             hub_name: the hub's peer name.
             spoke_profiles: the ``[profiles.*]`` tables (and any extra top-level keys)
                 appended to every spoke config.
-            redis_url: one Redis for every peer (nothing is started); None starts a
-                private redis-server per peer in ``root/redis/<peer>``.
+            redis_url: one Redis for every peer (nothing is started), a URL or the access
+                with credentials; None starts a private redis-server per peer in
+                ``root/redis/<peer>``, each requiring the password in ``root/redis/password``
+                (created owner-only; every config names it), with owner-only data.
             addresses: listen addresses for some peers (two spokes may share one).
             base_port: the hub on P, the N-th spoke on P+N; 0 picks free ports.
             keep_keys: reuse the keys an earlier run left in ``root``.
@@ -106,12 +110,12 @@ class FederationPlan:
         self.root.mkdir(parents=True, exist_ok=True)
         if self._redis_url is None and not self.redis:
             await self._start_redis()
-        specs = [(n, self.address(n), self.redis_url(n)) for n in self.spoke_names]
+        specs = [(n, self.address(n), self.redis_access(n)) for n in self.spoke_names]
         self._files = federation_files.write_federation(
             self.root,
             specs,
             self.address(self.hub_name),
-            self.redis_url(self.hub_name),
+            self.redis_access(self.hub_name),
             hub_name=self.hub_name,
             spoke_profiles=self.spoke_profiles,
             tls=self.tls,
@@ -123,8 +127,13 @@ class FederationPlan:
     async def _start_redis(self) -> None:
         names = [self.hub_name, *self.spoke_names]
         self.report(f"starting {len(names)} private redis-servers (data in {self.root / 'redis'})")
+        # The password and every peer's data: owner-only from the directory down.
+        (self.root / "redis").mkdir(mode=0o700, exist_ok=True)
+        (self.root / "redis").chmod(0o700)
         for name in names:
-            self.redis[name] = EmbeddedRedis(self.root / "redis" / name)
+            self.redis[name] = EmbeddedRedis(
+                self.root / "redis" / name, password_file=self.redis_password_file
+            )
         try:
             async with asyncio.TaskGroup() as tg:
                 for server in self.redis.values():
@@ -170,14 +179,29 @@ class FederationPlan:
         """Where the (first) hub listens and the operator's client dials."""
         return self.address(self.hub_name)
 
+    @property
+    def redis_password_file(self) -> Path:
+        """The password of the private Redis servers (unused with ``redis_url``)."""
+        return self.root / "redis" / "password"
+
     def redis_url(self, name: str) -> str:
-        """The Redis of a peer."""
+        """The URL a client of a peer's Redis connects with (a private server's carries
+        its password: never log it)."""
         if self._redis_url is not None:
-            return self._redis_url
+            return access(self._redis_url).url
+        return self._server(name).url
+
+    def redis_access(self, name: str) -> RedisAccess:
+        """A peer's Redis as its config names it (URL, password file, TLS files)."""
+        if self._redis_url is not None:
+            return access(self._redis_url)
+        return self._server(name).access
+
+    def _server(self, name: str) -> EmbeddedRedis:
         server = self.redis.get(name)
         if server is None:
             raise HarnessError(f"no Redis for {name!r} (not prepared, or no such peer)")
-        return server.url
+        return server
 
     def key(self, name: str) -> keys.SigningKey:
         """The private signing key of a peer (``operator`` included)."""

