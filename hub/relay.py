@@ -1,7 +1,9 @@
 """The hub's two hops: check what a client sent, and relay it to a spoke and check the answer.
 
 Inbound (:class:`Gate`): the envelope must be a Command signed by a trusted client, whose
-issuer is the signer, with a valid id, window and nonce, and the body the RPC expects.
+issuer is the signer (and, over mutual TLS, the peer the caller's certificate names:
+``hubspoke.grpc.bind_signer``), with a valid id, window and nonce, and the body the RPC
+expects.
 
 Outbound (:class:`Relayer`): the client's envelope travels unchanged inside a Relay the hub
 signs; the spoke's signed reply must be by that spoke and bound to the command (same
@@ -188,6 +190,7 @@ class Gate:
         if cmd.issuer != verified.peer:
             raise errors.SignatureInvalidError("issuer does not match the signing key")
         sgrpc.bind_command(cmd.command_id, cmd.issuer)
+        sgrpc.bind_signer(cmd.issuer, "command")  # over mTLS: the certificate names the issuer
         commands.check_command_id(cmd.command_id)
         expires = commands.check_window(cmd.issue_time, cmd.expire_time, cmd.nonce, self._window)
         body = cmd.WhichOneof("body")

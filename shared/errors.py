@@ -13,6 +13,7 @@ Hierarchy (``HubspokeError`` is the root of everything Hubspoke raises on purpos
         ├── InvalidCommandError           (INVALID_ARGUMENT, INVALID_COMMAND)
         │   └── UnknownProfileError       (INVALID_ARGUMENT, UNKNOWN_PROFILE)
         ├── SignatureInvalidError         (UNAUTHENTICATED, SIGNATURE_INVALID)
+        ├── TransportIdentityMismatchError (UNAUTHENTICATED, TRANSPORT_IDENTITY_MISMATCH)
         ├── CommandExpiredError           (UNAUTHENTICATED, COMMAND_EXPIRED)
         ├── NonceReusedError              (UNAUTHENTICATED, NONCE_REUSED)
         ├── KeyNotAuthorizedError         (PERMISSION_DENIED, KEY_NOT_AUTHORIZED)
@@ -71,6 +72,14 @@ class UnknownProfileError(InvalidCommandError):
 class SignatureInvalidError(CommandError):
     code = grpc.StatusCode.UNAUTHENTICATED
     reason = "SIGNATURE_INVALID"
+
+
+class TransportIdentityMismatchError(CommandError):
+    """Over mutual TLS, the peer's certificate does not name the command's signer (for a
+    relay, the relaying hub): a valid signature sent over another peer's connection."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+    reason = "TRANSPORT_IDENTITY_MISMATCH"
 
 
 class CommandExpiredError(CommandError):

@@ -7,11 +7,13 @@ A request carries one of two envelopes:
   Command intact (chain of custody).
 
 Checks, in order, all before any state is touched except the rate bucket and the nonce:
-signature by a trusted key of the right role → signer is the issuer → the body fits the
-RPC → audience is this spoke (or, for a relayed command, the relaying hub) → inside the
-validity window, within the clock skew → the client's request rate → nonce unseen (the
-hop's envelope, and for a relay the client's command inside it as well). The service then
-applies the policy.
+signature by a trusted key of the right role → signer is the issuer → over mutual TLS, the
+caller's certificate names that signer (the client for a direct call, the relaying hub for
+a relay: ``hubspoke.grpc.bind_signer``, UNAUTHENTICATED TRANSPORT_IDENTITY_MISMATCH) → the
+body fits the RPC → audience is this spoke (or, for a relayed command, the relaying hub) →
+inside the validity window, within the clock skew → the client's request rate → nonce unseen
+(the hop's envelope, and for a relay the client's command inside it as well). The service
+then applies the policy.
 Once the client's signature checks out, ``command_id`` and ``issuer`` are bound to the call's
 log context (the hub binds the same two), so the call's log lines, rejections included, carry
 them.
@@ -76,6 +78,7 @@ class Verifier:
             env, payload_type=envelope.PAYLOAD_TYPE_COMMAND, trust=self.trust, roles={Role.CLIENT}
         )
         cmd = self._check_command(verified, body)
+        sgrpc.bind_signer(cmd.issuer, "command")  # over mTLS: the certificate names the issuer
         if cmd.audience != self.spoke:
             raise errors.WrongAudienceError(f"command is for {cmd.audience!r}, not this spoke")
         expires = commands.check_window(cmd.issue_time, cmd.expire_time, cmd.nonce, self.window)
@@ -89,6 +92,7 @@ class Verifier:
         relay = commands.parse_relay(outer.payload)
         if relay.issuer != outer.peer:
             raise errors.SignatureInvalidError("relay issuer does not match the signing key")
+        sgrpc.bind_signer(relay.issuer, "relay")  # over mTLS: the hub's certificate names it
         if relay.audience != self.spoke:
             raise errors.WrongAudienceError(f"relay is for {relay.audience!r}, not this spoke")
         relay_expires = commands.check_window(

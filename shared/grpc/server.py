@@ -2,6 +2,8 @@
 
 Handlers take the request as raw bytes and parse it themselves, so corrupt or oversized
 bodies answer INVALID_ARGUMENT instead of grpc's UNKNOWN with a leaked exception text.
+The transport identity of every call (its TLS certificate's names) is kept for
+``peer.bind_signer``, which the hub's gate and the spoke's verifier call on each signer.
 Every call logs one canonical line (rpc, peer, code, duration_ms) with its context bound,
 and is reported to the server's ``observe`` hook (its metrics), if it has one.
 A caller that announces another major protocol version (metadata ``hubspoke-protocol``) is
@@ -27,6 +29,7 @@ from grpc_reflection.v1alpha import reflection
 from hubspoke import errors, version
 
 from . import status
+from .peer import remember_peer
 
 log = structlog.get_logger("hubspoke.grpc")
 
@@ -109,6 +112,7 @@ def _parse(req_cls: type[Message], raw: bytes) -> Message:
 def _begin(rpc: str, context: grpc.aio.ServicerContext[Any, Any]) -> float:
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(rpc=rpc, peer=context.peer())
+    remember_peer(context)  # for bind_signer: the TLS identity is checked against signers
     return time.monotonic()
 
 
