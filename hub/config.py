@@ -104,7 +104,7 @@ class HubConfig:
     """An ACL user to authenticate to Redis as (empty: the ``default`` user)."""
     redis_password_file: Path | None = None
     """A file holding the Redis password on its first line; owner-only (mode 0600), like
-    key files. Read at start-up and whenever a connection is made; never logged."""
+    key files. Read when the daemon starts and builds its clients; never logged."""
     redis_tls_ca_file: Path | None = None
     """With a ``rediss://`` redis_url: the CA the Redis server's certificate must chain to
     (empty: the system's CAs)."""

@@ -64,7 +64,7 @@ class SpokeConfig:
     """An ACL user to authenticate to Redis as (empty: the ``default`` user)."""
     redis_password_file: Path | None = None
     """A file holding the Redis password on its first line; owner-only (mode 0600), like
-    key files. Read at start-up and whenever a connection is made; never logged."""
+    key files. Read when the daemon starts and builds its clients; never logged."""
     redis_tls_ca_file: Path | None = None
     """With a ``rediss://`` redis_url: the CA the Redis server's certificate must chain to
     (empty: the system's CAs)."""
@@ -122,6 +122,12 @@ class SpokeConfig:
     """Seconds between heartbeats on an idle watch stream."""
     kill_wait_s: float = 8.0
     """How long a KillAgent call waits for the agent to reach its final state."""
+    verification_grace_s: float = 120.0
+    """How long a NEEDS_VERIFICATION agent waits for ``hubctl verify`` before it is FAILED
+    (VERIFICATION_TIMEOUT)."""
+    max_receipt_bytes: int = 64 * 1024
+    """Largest receipt (its JSON text, UTF-8 bytes) kept; a longer one is recorded as
+    ``receipt: over N bytes`` instead."""
     shutdown_grace_s: float = 5.0
     """How long, in seconds, in-flight calls and agent workers may finish on shutdown."""
     allow_eviction: bool = False
@@ -147,6 +153,7 @@ class SpokeConfig:
             "max_queued_per_principal",
             "max_task_bytes",
             "output_tail_bytes",
+            "max_receipt_bytes",
             "lock_duration_ms",
             "stalled_interval_ms",
             "retry_backoff_ms",
