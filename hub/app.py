@@ -23,6 +23,7 @@ from hubspoke import tls as stls
 from hubspoke.admission import RateLimit
 from hubspoke.gen.federation.v1 import hub_service_pb2
 from hubspoke.metrics import MetricsServer
+from hubspoke.pacing import PacingConfig
 from hubspoke.policy import Policy, PolicyConfigError
 from hubspoke.trust import TrustStore
 
@@ -117,6 +118,12 @@ class HubApp:
                 relay_validity=dt.timedelta(seconds=cfg.relay_validity_s),
                 call_timeout_s=cfg.spoke_call_timeout_s,
                 kill_timeout_s=cfg.spoke_call_timeout_s + cfg.kill_grace_s,
+                pacing=PacingConfig(
+                    rate=cfg.watch_event_rate,
+                    burst=cfg.watch_event_burst,
+                    rate_per_principal=cfg.watch_event_rate_per_principal,
+                    burst_per_principal=cfg.watch_event_burst_per_principal,
+                ),
             ),
             self._trust,
             self._registry,

@@ -134,6 +134,15 @@ class HubConfig:
     max_watchers_per_principal: int = 32
     """Concurrent watch streams one principal may hold through this hub; more get
     RESOURCE_EXHAUSTED (each spoke caps them per principal too)."""
+    watch_event_rate: float = 20.0
+    """Events per second one relayed watch stream may carry; over it, progress is coalesced
+    (the newest kept) and heartbeats skipped, state changes never dropped."""
+    watch_event_burst: int = 100
+    """Events one relayed watch stream may carry at once."""
+    watch_event_rate_per_principal: float = 400.0
+    """Events per second all of one principal's watch streams through this hub may carry."""
+    watch_event_burst_per_principal: int = 800
+    """Events all of one principal's watch streams through this hub may carry at once."""
     redis_timeout_s: float = 2.0
     """Deadline, in seconds, of each Redis operation."""
     shutdown_grace_s: float = 5.0
@@ -167,7 +176,14 @@ class HubConfig:
                 raise HubConfigError(f"spoke {s.name!r} is listed twice")
             seen.add(s.name)
         sconfig.check_positive_seconds(_LAYOUT, self)
-        for key in ("max_watchers", "max_watchers_per_principal"):
+        for key in (
+            "max_watchers",
+            "max_watchers_per_principal",
+            "watch_event_rate",
+            "watch_event_burst",
+            "watch_event_rate_per_principal",
+            "watch_event_burst_per_principal",
+        ):
             if getattr(self, key) <= 0:
                 raise HubConfigError(f"{key} must be positive")
         if self.max_message_bytes < 1024:

@@ -27,11 +27,12 @@ Exception hierarchy (the hub's own; the rest are ``hubspoke.errors``)::
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import secrets
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 import grpc
@@ -39,9 +40,10 @@ import structlog
 
 from hubspoke import commands, envelope, errors, version
 from hubspoke import grpc as sgrpc
-from hubspoke.gen.federation.v1 import command_pb2, spoke_service_pb2
+from hubspoke.gen.federation.v1 import agent_pb2, command_pb2, spoke_service_pb2
 from hubspoke.keys import SigningKey
 from hubspoke.metrics import known_reasons
+from hubspoke.pacing import PacingConfig, Treatment, WatchPacing, paced
 from hubspoke.trust import Role, TrustStore
 
 from .metrics import HubMetrics
@@ -108,6 +110,10 @@ _ROUTES: Final[dict[str, _Route]] = {
     ),
     WATCH: _Route("WatchAgent", spoke_service_pb2.SpokeServiceWatchAgentRequest, "agent_event"),
 }
+
+HELD_EVENTS: Final = 16
+"""Events one relayed watch holds back while over its rate before it stops reading the spoke
+(which then merges output itself)."""
 
 _UNREACHABLE: Final = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
@@ -215,6 +221,8 @@ class RelayConfig:
     relay_validity: dt.timedelta
     call_timeout_s: float
     kill_timeout_s: float
+    pacing: PacingConfig = field(default_factory=PacingConfig)
+    """Events per second a relayed watch stream, and one principal's streams, may carry."""
 
 
 class Relayer:
@@ -227,6 +235,7 @@ class Relayer:
         self._trust = trust
         self._registry = registry
         self._metrics = metrics
+        self._pacing = WatchPacing(cfg.pacing)
 
     def wrap(self, spoke: str, inbound: Inbound) -> command_pb2.SignedEnvelope:
         """A fresh Relay to ``spoke`` around the client's envelope, signed by the hub."""
@@ -273,7 +282,21 @@ class Relayer:
     async def stream(
         self, spoke: str, inbound: Inbound, timeout_s: float
     ) -> AsyncIterator[command_pb2.SignedEnvelope]:
-        """Relay a watch; yield each signed event reply after verifying it."""
+        """Relay a watch; yield each signed event reply after verifying it, paced: at most
+        the configured events per second for this stream and for the issuer's streams, the
+        newest progress kept and heartbeats skipped when over it (the spoke signed each event,
+        so none is changed; state changes are never dropped)."""
+        with self._pacing.stream(inbound.command.issuer) as pacer:
+            events = paced(
+                self._stream(spoke, inbound, timeout_s), pacer, _treatment, max_held=HELD_EVENTS
+            )
+            async with contextlib.aclosing(events):
+                async for reply_env, _ in events:
+                    yield reply_env
+
+    async def _stream(
+        self, spoke: str, inbound: Inbound, timeout_s: float
+    ) -> AsyncIterator[tuple[command_pb2.SignedEnvelope, command_pb2.Reply]]:
         link = self._registry.link(spoke)
         route = _route(inbound.verb)
         call = link.stub.WatchAgent(
@@ -283,8 +306,7 @@ class Relayer:
         )
         try:
             async for response in call:
-                self.check_reply(spoke, inbound, response.reply)
-                yield response.reply
+                yield response.reply, self.check_reply(spoke, inbound, response.reply)
         except grpc.aio.AioRpcError as exc:
             raise _spoke_error(spoke, exc) from exc
         finally:
@@ -320,6 +342,18 @@ class Relayer:
             self._metrics.reply_rejected(spoke)
             raise SpokeReplyError("spoke reply does not match the command")
         return reply
+
+
+_EVENT_TREATMENTS: Final = {
+    agent_pb2.AgentEvent.Kind.KIND_STATE: Treatment.URGENT,
+    agent_pb2.AgentEvent.Kind.KIND_PROGRESS: Treatment.LATEST,
+    agent_pb2.AgentEvent.Kind.KIND_HEARTBEAT: Treatment.IDLE,
+}
+
+
+def _treatment(event: tuple[command_pb2.SignedEnvelope, command_pb2.Reply]) -> Treatment:
+    """How a relayed event waits when its stream is over its rate (hubspoke.pacing)."""
+    return _EVENT_TREATMENTS.get(event[1].agent_event.kind, Treatment.ORDERED)
 
 
 def _route(verb: Verb) -> _Route:

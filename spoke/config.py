@@ -120,6 +120,15 @@ class SpokeConfig:
     hub, or directly); more get RESOURCE_EXHAUSTED."""
     watch_heartbeat_s: float = 5.0
     """Seconds between heartbeats on an idle watch stream."""
+    watch_event_rate: float = 20.0
+    """Events per second one watch stream may carry; over it, progress is coalesced (the
+    newest kept), output merged and heartbeats skipped, state changes never dropped."""
+    watch_event_burst: int = 100
+    """Events one watch stream may carry at once (catching up on stored events)."""
+    watch_event_rate_per_principal: float = 200.0
+    """Events per second all of one principal's watch streams on this process may carry."""
+    watch_event_burst_per_principal: int = 400
+    """Events all of one principal's watch streams on this process may carry at once."""
     kill_wait_s: float = 8.0
     """How long a KillAgent call waits for the agent to reach its final state."""
     shutdown_grace_s: float = 5.0
@@ -152,6 +161,10 @@ class SpokeConfig:
             "retry_backoff_ms",
             "max_watchers",
             "max_watchers_per_principal",
+            "watch_event_rate",
+            "watch_event_burst",
+            "watch_event_rate_per_principal",
+            "watch_event_burst_per_principal",
         )
         for key in positive:
             if getattr(self, key) <= 0:

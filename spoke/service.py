@@ -27,11 +27,12 @@ from typing import Any
 from hubspoke import commands, envelope, errors
 from hubspoke.gen.federation.v1 import agent_pb2, command_pb2, spoke_service_pb2
 from hubspoke.keys import SigningKey
+from hubspoke.pacing import WatchPacing
 from hubspoke.policy import BODY_VERBS, Policy
 from hubspoke.policy import Request as PolicyRequest
 from hubspoke.stream_caps import StreamCaps
 
-from . import backend, listing, wire
+from . import backend, listing, pacing, wire
 from .config import SpokeConfig
 from .model import AgentRecord, AgentState, SpawnRequest
 from .profiles import check_task
@@ -90,6 +91,7 @@ class SpokeServicer:
             config.max_watchers_per_principal,
             setting="max_watchers",
         )
+        self._pacing = WatchPacing(pacing.pacing_config(config))  # events per stream/principal
 
     # --- RPCs ----------------------------------------------------------------
 
@@ -159,10 +161,17 @@ class SpokeServicer:
         agent_id = self._agent_id(body.agent)
         if body.after_sequence < 0:
             raise errors.InvalidCommandError("after_sequence must not be negative")
-        with self._watches.hold(auth.principal), _queue_errors():
+        with (
+            self._watches.hold(auth.principal),
+            self._pacing.stream(auth.principal) as pacer,
+            _queue_errors(),
+        ):
             await self._visible(auth, "watch_agent", agent_id)  # before the stream starts
-            events = self.agents.records.follow(
-                agent_id, body.after_sequence, self.config.watch_heartbeat_s
+            events = pacing.paced_events(
+                self.agents.records.follow(
+                    agent_id, body.after_sequence, self.config.watch_heartbeat_s
+                ),
+                pacer,
             )
             async with contextlib.aclosing(events):
                 async for event in events:
