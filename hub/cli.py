@@ -56,6 +56,8 @@ EXIT_USAGE: Final = 2
 EXIT_NOT_FOUND: Final = 3
 EXIT_DENIED: Final = 4
 EXIT_UNAVAILABLE: Final = 5
+EXIT_NEEDS_INPUT: Final = 6
+EXIT_NEEDS_VERIFICATION: Final = 7
 EXIT_INTERRUPTED: Final = 130
 
 EXIT_CODES: Final = {
@@ -72,11 +74,14 @@ DEFAULT_RPC_TIMEOUT_S: Final = 15.0
 _EPILOG: Final = """\
 exit codes:
   0  ok (with --wait: the agent SUCCEEDED)
-  1  the hub or a spoke refused or failed the command (with --wait: the agent did not succeed)
+  1  the hub or a spoke refused or failed the command (with --wait: the agent ended
+     FAILED, KILLED, TIMED_OUT or DEAD_LETTERED)
   2  usage or config error
   3  not found (NOT_FOUND)
   4  not allowed (UNAUTHENTICATED, PERMISSION_DENIED)
   5  hub or spoke unavailable (UNAVAILABLE, DEADLINE_EXCEEDED); safe to retry
+  6  with --wait: the agent is NEEDS_INPUT (its receipt said blocked)
+  7  with --wait: the agent is NEEDS_VERIFICATION (items wait for hubctl verify)
 
 environment: HUBCTL_CONFIG (--config), HUBCTL_HUB (--hub), HUBCTL_TIMEOUT (--timeout).
 """
@@ -113,6 +118,14 @@ def _label(text: str) -> tuple[str, str]:
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"label must be key=value, got {text!r}")
     return key, value
+
+
+def _verdict(text: str) -> tuple[str, str]:
+    """``NAME=passed`` or ``NAME=failed`` (the name may itself contain ``=``)."""
+    name, sep, verdict = text.rpartition("=")
+    if not sep or not name or verdict not in ("passed", "failed"):
+        raise argparse.ArgumentTypeError(f"item must be NAME=passed or NAME=failed, got {text!r}")
+    return name, verdict
 
 
 def _priority(text: str) -> int:
@@ -213,13 +226,38 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="do not start before this many seconds have passed",
     )
-    sp.add_argument("--wait", action="store_true", help="wait for a final state; exit 0 on success")
+    sp.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait until the agent ends or waits on a person; exit by its state: 0 SUCCEEDED, "
+        "1 FAILED/KILLED/TIMED_OUT/DEAD_LETTERED, 6 NEEDS_INPUT, 7 NEEDS_VERIFICATION",
+    )
     sp.add_argument("task", nargs="+", metavar="TASK", help="task words, joined by spaces")
 
     st = sub.add_parser("status", help="show one agent", parents=[common])
     st.add_argument("agent", metavar="AGENT", help="agent id or spokes/{spoke}/agents/{id}")
     st.add_argument("--spoke", help="the spoke that runs it (default: the hub finds it)")
-    st.add_argument("--wait", action="store_true", help="wait for a final state; exit 0 on success")
+    st.add_argument(
+        "--wait", action="store_true", help="wait as spawn --wait does, with its exit codes"
+    )
+
+    vf = sub.add_parser(
+        "verify",
+        help="settle verification items of a NEEDS_VERIFICATION agent",
+        parents=[common],
+        usage="%(prog)s AGENT --item NAME=passed|failed [--item ...] [--spoke NAME]",
+    )
+    vf.add_argument("agent", metavar="AGENT", help="agent id or spokes/{spoke}/agents/{id}")
+    vf.add_argument(
+        "--item",
+        dest="items",
+        type=_verdict,
+        action="append",
+        required=True,
+        metavar="NAME=passed|failed",
+        help="a verification item's name (as status shows it) and its verdict; repeatable",
+    )
+    vf.add_argument("--spoke", help="the spoke that runs it (default: the hub finds it)")
 
     kl = sub.add_parser("kill", help="stop an agent", parents=[common])
     kl.add_argument("agent", metavar="AGENT", help="agent id or spokes/{spoke}/agents/{id}")
@@ -293,8 +331,16 @@ def _show_agent(out: Out, agent: Agent, brief: bool = False) -> None:
 # -- verbs -----------------------------------------------------------------------------------
 
 
+_WAIT_EXITS: Final = {
+    AgentState.SUCCEEDED: EXIT_OK,
+    AgentState.NEEDS_INPUT: EXIT_NEEDS_INPUT,
+    AgentState.NEEDS_VERIFICATION: EXIT_NEEDS_VERIFICATION,
+}
+
+
 def _exit_for(agent: Agent) -> int:
-    return EXIT_OK if agent.state == AgentState.SUCCEEDED else EXIT_FAILURE
+    """``--wait``'s exit code: by the state the agent settled in (any other: 1)."""
+    return _WAIT_EXITS.get(agent.state, EXIT_FAILURE)
 
 
 async def _spawn(client: Client, args: argparse.Namespace, out: Out) -> int:
@@ -323,6 +369,12 @@ async def _status(client: Client, args: argparse.Namespace, out: Out) -> int:
         agent = await client.wait(agent)
     _show_agent(out, agent)
     return _exit_for(agent) if args.wait else EXIT_OK
+
+
+async def _verify(client: Client, args: argparse.Namespace, out: Out) -> int:
+    agent = await client.verify(args.agent, dict(args.items), args.spoke)
+    _show_agent(out, agent)
+    return EXIT_OK
 
 
 async def _kill(client: Client, args: argparse.Namespace, out: Out) -> int:
@@ -467,6 +519,7 @@ _VERBS: Final[dict[str, _Verb]] = {
     "spawn": _spawn,
     "status": _status,
     "kill": _kill,
+    "verify": _verify,
     "list": _list,
     "spokes": _spokes,
     "watch": _watch,

@@ -144,7 +144,17 @@ def agent_lines(agent: Agent) -> list[str]:
         lines.append(f"progress  {agent.progress_percent}% {escape(agent.progress_message)}")
     if agent.receipt is not None:
         receipt = agent.receipt
-        lines.append(f"receipt   {escape(receipt.status)}: {escape(receipt.summary)}")
+        if receipt.error:
+            lines.append(f"receipt   unreadable: {escape(receipt.error)}")
+        else:
+            lines.append(f"receipt   {escape(receipt.status)}: {escape(receipt.summary)}")
+        for blocker in receipt.blockers:
+            lines.append(f"blocker   {escape(blocker)}")
+        for item in receipt.verifications:
+            by = f" (verified by {escape(item.verified_by)})" if item.verified_by else ""
+            lines.append(f"verify    {escape(item.name)}: {escape(item.status)}{by}")
+    if agent.verify_deadline is not None:
+        lines.append(f"verify by {agent.verify_deadline.isoformat(timespec='seconds')}")
     for label, tail in (("stdout", agent.stdout_tail), ("stderr", agent.stderr_tail)):
         if tail:
             lines.append(f"--- {label} (tail) ---")

@@ -76,6 +76,7 @@ REPLAY: Final = "replay_agent"
 PAUSE: Final = "pause_queue"
 RESUME: Final = "resume_queue"
 DRAIN: Final = "drain_queue"
+VERIFY: Final = "verify_agent"
 Verb = str
 """A Command body case name, e.g. spawn_agent, get_agent, kill_agent, list_agents."""
 
@@ -109,6 +110,7 @@ _ROUTES: Final[dict[str, _Route]] = {
         "DrainQueue", spoke_service_pb2.SpokeServiceDrainQueueRequest, "queue_stats", True
     ),
     WATCH: _Route("WatchAgent", spoke_service_pb2.SpokeServiceWatchAgentRequest, "agent_event"),
+    VERIFY: _Route("VerifyAgent", spoke_service_pb2.SpokeServiceVerifyAgentRequest, "agent"),
 }
 
 HELD_EVENTS: Final = 16

@@ -74,6 +74,7 @@ _Request = (
     | hub_service_pb2.HubServicePauseQueueRequest
     | hub_service_pb2.HubServiceResumeQueueRequest
     | hub_service_pb2.HubServiceDrainQueueRequest
+    | hub_service_pb2.HubServiceVerifyAgentRequest
 )
 _RESOURCE_PREFIX = "spokes/"
 MAX_WATCHERS = 1024
@@ -184,6 +185,13 @@ class HubServicer:
         inbound = await self._admit(request, relay.KILL)
         reply_env = await self._agent_call(inbound, inbound.command.kill_agent.agent)
         return hub_service_pb2.HubServiceKillAgentResponse(reply=reply_env)
+
+    async def VerifyAgent(
+        self, request: hub_service_pb2.HubServiceVerifyAgentRequest, context: _Ctx
+    ) -> hub_service_pb2.HubServiceVerifyAgentResponse:
+        inbound = await self._admit(request, relay.VERIFY)
+        reply_env = await self._agent_call(inbound, inbound.command.verify_agent.agent)
+        return hub_service_pb2.HubServiceVerifyAgentResponse(reply=reply_env)
 
     async def ListAgents(
         self, request: hub_service_pb2.HubServiceListAgentsRequest, context: _Ctx

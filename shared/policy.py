@@ -14,9 +14,9 @@ The policy is a TOML file of rules; a command is allowed only if some rule allow
     max_runtime_seconds = 1800        # for spawn: the agent's timeout
     max_attempts = 2                  # for spawn
 
-Verbs: spawn, get, kill, list, watch, replay, spokes, queue_stats, dead_letters, pause, resume,
-drain. Groups: ``read`` (get, list, watch, spokes, queue_stats, dead_letters), ``operate``
-(spawn, kill, replay), ``admin`` (pause, resume, drain).
+Verbs: spawn, get, kill, list, watch, replay, verify, spokes, queue_stats, dead_letters, pause,
+resume, drain. Groups: ``read`` (get, list, watch, spokes, queue_stats, dead_letters),
+``operate`` (spawn, kill, replay, verify), ``admin`` (pause, resume, drain).
 
 Every agent has an owner: the principal that spawned it (its record's ``issuer``; a replay
 keeps it). Every rule states its ``scope``, and a rule without one is refused at start-up
@@ -25,7 +25,8 @@ with an error naming it (there is no default: docs/security.md shows the migrati
 ============================  ===========================  ===============================
 verb                          ``own``                      ``any``
 ============================  ===========================  ===============================
-get, kill, watch, replay      the principal's own agents   every agent
+get, kill, watch, replay,     the principal's own agents   every agent
+verify
 list, dead_letters            lists only its own agents    lists every agent
 spawn, spokes, queue_stats    allowed (spawn: the new agent's owner is the principal)
 pause, resume, drain          never (they act on           allowed
@@ -67,11 +68,12 @@ VERBS = frozenset(
         "pause",
         "resume",
         "drain",
+        "verify",
     }
 )
 GROUPS: Mapping[str, frozenset[str]] = {
     "read": frozenset({"get", "list", "watch", "spokes", "queue_stats", "dead_letters"}),
-    "operate": frozenset({"spawn", "kill", "replay"}),
+    "operate": frozenset({"spawn", "kill", "replay", "verify"}),
     "admin": frozenset({"pause", "resume", "drain"}),
     "*": VERBS,
 }
@@ -88,11 +90,12 @@ BODY_VERBS: Mapping[str, str] = {
     "pause_queue": "pause",
     "resume_queue": "resume",
     "drain_queue": "drain",
+    "verify_agent": "verify",
 }
 """Command body case → policy verb."""
 
 SCOPES = frozenset({"own", "any"})
-AGENT_VERBS = frozenset({"get", "kill", "watch", "replay"})
+AGENT_VERBS = frozenset({"get", "kill", "watch", "replay", "verify"})
 """Verbs on one agent: an ``own`` rule covers them only on the principal's own agents."""
 LISTING_VERBS = frozenset({"list", "dead_letters"})
 """Verbs that list agents: an ``own`` rule lets the principal list only its own agents."""

@@ -131,6 +131,12 @@ class SpokeConfig:
     """Events all of one principal's watch streams on this process may carry at once."""
     kill_wait_s: float = 8.0
     """How long a KillAgent call waits for the agent to reach its final state."""
+    verification_grace_s: float = 120.0
+    """How long a NEEDS_VERIFICATION agent waits for ``hubctl verify`` before it is FAILED
+    (VERIFICATION_TIMEOUT)."""
+    max_receipt_bytes: int = 64 * 1024
+    """Largest receipt (its JSON text, UTF-8 bytes) kept; a longer one is recorded as
+    ``receipt: over N bytes`` instead."""
     shutdown_grace_s: float = 5.0
     """How long, in seconds, in-flight calls and agent workers may finish on shutdown."""
     allow_eviction: bool = False
@@ -156,6 +162,7 @@ class SpokeConfig:
             "max_queued_per_principal",
             "max_task_bytes",
             "output_tail_bytes",
+            "max_receipt_bytes",
             "lock_duration_ms",
             "stalled_interval_ms",
             "retry_backoff_ms",

@@ -46,6 +46,12 @@ class SpokeKeys:
         waiting agents for its quota (``waiting_range``)."""
         return f"{self.prefix}:waiting"
 
+    @property
+    def verifying(self) -> str:
+        """Sorted set of NEEDS_VERIFICATION agent ids scored by their verification deadline
+        (ms), kept by the scripts that change state; the sweeper fails those past it."""
+        return f"{self.prefix}:verifying"
+
     @staticmethod
     def waiting_member(issuer: str, agent_id: str) -> str:
         """``issuer:agent_id``: neither a principal's name nor an agent id contains ``:``."""

@@ -20,6 +20,11 @@ class AgentState(StrEnum):
     TIMED_OUT = "TIMED_OUT"
     DEAD_LETTERED = "DEAD_LETTERED"
     RETRYING = "RETRYING"
+    NEEDS_INPUT = "NEEDS_INPUT"
+    """The receipt said ``blocked``: the agent waits for someone's answer (or a kill)."""
+    NEEDS_VERIFICATION = "NEEDS_VERIFICATION"
+    """The receipt said ``completed`` with items not passed: they wait for ``verify`` until
+    the record's ``verify_deadline_ms``, then the agent FAILED (VERIFICATION_TIMEOUT)."""
 
     @property
     def final(self) -> bool:
@@ -35,6 +40,26 @@ FINAL_STATES = frozenset(
         AgentState.DEAD_LETTERED,
     }
 )
+
+_Q, _S, _R = AgentState.QUEUED, AgentState.STARTING, AgentState.RUNNING
+_RETRY, _NI, _NV = AgentState.RETRYING, AgentState.NEEDS_INPUT, AgentState.NEEDS_VERIFICATION
+_F, _T, _D = AgentState.FAILED, AgentState.TIMED_OUT, AgentState.DEAD_LETTERED
+
+EDGES: Mapping[AgentState, frozenset[AgentState]] = {
+    _Q: frozenset({_F, _T, _D}),  # replay
+    _S: frozenset({_Q, _RETRY}),
+    _R: frozenset({_S}),
+    _RETRY: frozenset({_S, _R}),  # a failed attempt, or a lost one
+    AgentState.SUCCEEDED: frozenset({_R, _NV}),
+    _F: frozenset({_Q, _RETRY, _S, _R, _NV}),
+    AgentState.KILLED: frozenset({_Q, _RETRY, _R, _NI, _NV}),
+    _T: frozenset({_R}),
+    _D: frozenset({_R}),
+    _NI: frozenset({_R}),
+    _NV: frozenset({_R}),
+}
+"""Every state change an agent may make: ``EDGES[to]`` are the states it may come from.
+``Records.transition`` refuses any other (spoke/kills.py's script makes the kill edges)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +96,12 @@ def _text(raw: Mapping[bytes, bytes], key: str, default: str = "") -> str:
 def _int(raw: Mapping[bytes, bytes], key: str, default: int = 0) -> int:
     v = raw.get(key.encode())
     return int(v) if v not in (None, b"") else default
+
+
+def _json_map(text: str) -> dict[str, str]:
+    """A JSON object of strings (Lua's cjson writes an empty one as ``{}`` or ``[]``)."""
+    value = json.loads(text) if text else {}
+    return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
 
 
 def _opt_int(raw: Mapping[bytes, bytes], key: str) -> int | None:
@@ -119,6 +150,14 @@ class AgentRecord:
     """The host boot where pid/pgid were recorded; they mean nothing on another."""
     spoked_pid: int | None = None
     spoked_ticks: int | None = None
+    verify_deadline_ms: int = 0
+    """While NEEDS_VERIFICATION: when it fails unless every pending item is settled."""
+    pending: tuple[str, ...] = ()
+    """The names of the receipt's verification items not passed (NEEDS_VERIFICATION)."""
+    verdicts: Mapping[str, str] = field(default_factory=dict)
+    """Settled verification items: name → ``passed`` or ``failed`` (``hubctl verify``)."""
+    verified_by: Mapping[str, str] = field(default_factory=dict)
+    """Who settled each of ``verdicts``."""
 
     @classmethod
     def from_hash(cls, raw: Mapping[bytes, bytes]) -> AgentRecord:
@@ -160,6 +199,10 @@ class AgentRecord:
             boot_id=_text(raw, "boot_id"),
             spoked_pid=_opt_int(raw, "spoked_pid"),
             spoked_ticks=_opt_int(raw, "spoked_ticks"),
+            verify_deadline_ms=_int(raw, "verify_deadline_ms"),
+            pending=tuple(json.loads(_text(raw, "pending") or "[]")),
+            verdicts=_json_map(_text(raw, "verdicts")),
+            verified_by=_json_map(_text(raw, "verified_by")),
         )
 
 

@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 from .backend import (
     AgentMissingError,
     AgentReusedError,
+    QueueError,
     QueueFullError,
     QuotaError,
     TransitionError,
@@ -27,7 +28,7 @@ from .backend import (
 )
 from .fanout import StreamFanout
 from .keys import SpokeKeys
-from .model import FINAL_STATES, AgentEvent, AgentRecord, AgentState, SpawnRequest
+from .model import EDGES, FINAL_STATES, AgentEvent, AgentRecord, AgentState, SpawnRequest
 from .pages import Page, collect
 
 EVENTS_MAXLEN = 2000
@@ -41,6 +42,11 @@ WAIT_RECHECK_S = 0.5
 
 CATCH_UP_COUNT = 500
 """Stored events one catch-up read of a follower takes."""
+
+
+class UnknownItemError(QueueError):
+    """A verdict names a verification item the agent does not wait on."""
+
 
 StateObserver = Callable[[AgentState, str], None]
 """Told of every state change this process makes: (new state, reason code)."""
@@ -81,12 +87,13 @@ return {'created', ARGV[2]}
 """
 
 _TRANSITION = """
--- KEYS: agent, events, waiting.
+-- KEYS: agent, events, waiting, verifying.
 -- ARGV: from_csv, to, reason, now_ms, maxlen, owner_worker, owner_attempt, field, value, ...
 -- With an owner, the record must still be held by that worker on that attempt: a worker
 -- that was paused past its lease must not overwrite the attempt that replaced it.
 -- The agent is a member of the waiting set exactly while its state is QUEUED or RETRYING
--- (the per-principal quota counts it), whichever transition moved it.
+-- (the per-principal quota counts it), whichever transition moved it; likewise a member of
+-- the verifying set, scored by its verify_deadline_ms, exactly while NEEDS_VERIFICATION.
 local cur = redis.call('HGET', KEYS[1], 'state')
 if not cur then return {'missing', ''} end
 local ok = false
@@ -105,10 +112,62 @@ if ARGV[2] == 'QUEUED' or ARGV[2] == 'RETRYING' then
 else
   redis.call('ZREM', KEYS[3], member)
 end
+if ARGV[2] == 'NEEDS_VERIFICATION' then
+  local deadline = tonumber(redis.call('HGET', KEYS[1], 'verify_deadline_ms') or '0') or 0
+  redis.call('ZADD', KEYS[4], deadline, who[2] or '')
+else
+  redis.call('ZREM', KEYS[4], who[2] or '')
+end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], seq .. '-0',
   'kind', 'state', 'state', ARGV[2], 'reason', ARGV[3], 'time', ARGV[4])
 return {'ok', tostring(seq)}
+"""
+
+_SETTLE = """
+-- KEYS: agent, events, verifying.
+-- ARGV: now_ms, maxlen, verdicts_json ({name: status}), principal (who settles them).
+-- Settles verification items of a NEEDS_VERIFICATION agent: a name it does not wait on is
+-- refused; once any is failed the agent is FAILED (VERIFICATION_FAILED), once all passed
+-- SUCCEEDED; otherwise it keeps waiting with the verdicts recorded.
+local cur = redis.call('HGET', KEYS[1], 'state')
+if not cur then return {'missing', ''} end
+if cur ~= 'NEEDS_VERIFICATION' then return {'illegal', cur} end
+local pending = cjson.decode(redis.call('HGET', KEYS[1], 'pending') or '[]')
+local verdicts = cjson.decode(redis.call('HGET', KEYS[1], 'verdicts') or '{}')
+if type(verdicts) ~= 'table' or next(verdicts) == nil then verdicts = {} end
+local wanted = {}
+for _, name in ipairs(pending) do wanted[name] = true end
+local by = cjson.decode(redis.call('HGET', KEYS[1], 'verified_by') or '{}')
+if type(by) ~= 'table' then by = {} end
+local given = cjson.decode(ARGV[3])
+for name, _ in pairs(given) do
+  if not wanted[name] then return {'unknown', name} end
+end
+for name, status in pairs(given) do
+  verdicts[name] = status
+  by[name] = ARGV[4]
+end
+redis.call('HSET', KEYS[1], 'verified_by', cjson.encode(by))
+local to, reason = 'SUCCEEDED', ''
+for _, name in ipairs(pending) do
+  local v = verdicts[name]
+  if v == 'failed' then to, reason = 'FAILED', 'VERIFICATION_FAILED'; break end
+  if v ~= 'passed' then to = '' end
+end
+if next(verdicts) == nil then
+  redis.call('HSET', KEYS[1], 'verdicts', '{}')
+else
+  redis.call('HSET', KEYS[1], 'verdicts', cjson.encode(verdicts))
+end
+if to == '' then return {'waiting', ''} end
+redis.call('HSET', KEYS[1], 'state', to, 'reason', reason, 'end_ms', ARGV[1])
+local id = redis.call('HGET', KEYS[1], 'agent_id') or ''
+redis.call('ZREM', KEYS[3], id)
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], seq .. '-0',
+  'kind', 'state', 'state', to, 'reason', reason, 'time', ARGV[1])
+return {to, reason}
 """
 
 _EVENT = """
@@ -184,6 +243,7 @@ class Records:
         self._transition = redis.register_script(_TRANSITION)
         self._event = redis.register_script(_EVENT)
         self._count_waiting = redis.register_script(_COUNT_WAITING)
+        self._settle = redis.register_script(_SETTLE)
 
     # --- spawn ---------------------------------------------------------------
 
@@ -423,7 +483,11 @@ class Records:
         owner: tuple[str, int] | None = None,
     ) -> int:
         """Move an agent to ``to`` if it is in one of ``allowed_from`` (and, with ``owner``,
-        still held by that (worker, attempt)); return the event seq."""
+        still held by that (worker, attempt)); return the event seq. Only the edges of
+        ``model.EDGES`` may be asked for (a programming error otherwise)."""
+        illegal = [s for s in allowed_from if s not in EDGES[to]]
+        if illegal:
+            raise ValueError(f"no edge {','.join(illegal)} -> {to.value}")
         now = now_ms()
         extra = dict(fields or {})
         if to in FINAL_STATES:
@@ -439,7 +503,12 @@ class Records:
             attempt,
             *flatten(extra),
         ]
-        keys = [self.keys.agent(agent_id), self.keys.events(agent_id), self.keys.waiting]
+        keys = [
+            self.keys.agent(agent_id),
+            self.keys.events(agent_id),
+            self.keys.waiting,
+            self.keys.verifying,
+        ]
         status, detail = await self._transition(keys=keys, args=args)
         if status == b"missing":
             raise AgentMissingError(f"agent {agent_id} not found")
@@ -447,6 +516,39 @@ class Records:
             raise TransitionError(agent_id, detail.decode())
         self.observe(to, reason)
         return int(detail)
+
+    @backend
+    async def settle(
+        self, agent_id: str, verdicts: Mapping[str, str], principal: str
+    ) -> tuple[str, str]:
+        """Record ``hubctl verify``'s verdicts (name → ``passed``/``failed``) on a
+        NEEDS_VERIFICATION agent: (new state or ``waiting``, reason). Raises
+        AgentMissingError, TransitionError (not NEEDS_VERIFICATION), UnknownItemError."""
+        keys = [self.keys.agent(agent_id), self.keys.events(agent_id), self.keys.verifying]
+        args: list[Any] = [now_ms(), EVENTS_MAXLEN, json.dumps(dict(verdicts)), principal]
+        status, detail = await self._settle(keys=keys, args=args)
+        if status == b"missing":
+            raise AgentMissingError(f"agent {agent_id} not found")
+        if status == b"illegal":
+            raise TransitionError(agent_id, detail.decode())
+        if status == b"unknown":
+            raise UnknownItemError(detail.decode())
+        if status != b"waiting":
+            self.observe(AgentState(status.decode()), detail.decode())
+        return status.decode(), detail.decode()
+
+    @backend
+    async def overdue_verifications(self, now: int, batch: int = 500) -> list[str]:
+        """NEEDS_VERIFICATION agents past their deadline (at most ``batch``)."""
+        ids: list[bytes] = await self.redis.zrangebyscore(  # type: ignore[assignment]  # bytes
+            self.keys.verifying, "-inf", now, start=0, num=batch
+        )
+        return [i.decode() for i in ids]
+
+    @backend
+    async def forget_verifying(self, agent_id: str) -> None:
+        """Drop a stray member of the verifying set (its agent is gone or has moved on)."""
+        await self.redis.zrem(self.keys.verifying, agent_id)
 
     @backend
     async def record_event(
@@ -476,6 +578,7 @@ class Records:
             pipe.zrem(self.keys.agent_index, agent_id)
             if rec is not None:  # a final agent is no member; a stray one goes with it
                 pipe.zrem(self.keys.waiting, SpokeKeys.waiting_member(rec.issuer, agent_id))
+            pipe.zrem(self.keys.verifying, agent_id)
             await pipe.execute()
             swept += 1
         return swept

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 from hubspoke import commands, envelope, errors
@@ -37,6 +37,7 @@ from .config import SpokeConfig
 from .model import AgentRecord, AgentState, SpawnRequest
 from .profiles import check_task
 from .queue import AgentQueue
+from .records import UnknownItemError
 from .verifier import Authorized, Verifier
 
 MAX_PAGE_SIZE = 500
@@ -45,6 +46,9 @@ MAX_ATTEMPTS_LIMIT = 10
 LABEL_BYTES = 256
 MAX_DELAY_MS = 30 * 86_400_000
 """The longest not-before delay a spawn may ask for (30 days)."""
+MAX_VERIFY_ITEMS = 256
+MAX_ITEM_NAME_CHARS = 256
+VERDICTS = frozenset({"passed", "failed"})
 
 
 @contextlib.contextmanager
@@ -68,6 +72,21 @@ def _queue_errors() -> Iterator[None]:
         raise errors.InvalidCommandError(str(exc)) from exc
     except backend.BackendError as exc:
         raise errors.BackendUnavailableError("the spoke's Redis is unavailable") from exc
+
+
+def _verdicts(items: Mapping[str, str]) -> dict[str, str]:
+    """A verify command's items, checked: 1-256 names of at most 256 characters, each
+    ``passed`` or ``failed``."""
+    if not 1 <= len(items) <= MAX_VERIFY_ITEMS:
+        raise errors.InvalidCommandError(f"a verify names 1-{MAX_VERIFY_ITEMS} items")
+    for name, verdict in items.items():
+        if not name or len(name) > MAX_ITEM_NAME_CHARS:
+            raise errors.InvalidCommandError(f"an item name is 1-{MAX_ITEM_NAME_CHARS} characters")
+        if verdict not in VERDICTS:
+            raise errors.InvalidCommandError(
+                f"item {name!r}: the verdict must be passed or failed, not {verdict!r}"
+            )
+    return dict(items)
 
 
 class SpokeServicer:
@@ -246,6 +265,31 @@ class SpokeServicer:
         stats.drained = drained
         return spoke_service_pb2.SpokeServiceDrainQueueResponse(
             reply=self._reply(auth, queue_stats=stats)
+        )
+
+    async def VerifyAgent(
+        self, request: spoke_service_pb2.SpokeServiceVerifyAgentRequest, context: Any
+    ) -> spoke_service_pb2.SpokeServiceVerifyAgentResponse:
+        auth = await self._admit(request.command, "verify_agent")
+        body = auth.command.verify_agent
+        agent_id = self._agent_id(body.agent)
+        verdicts = _verdicts(body.items)
+        await self._visible(auth, "verify_agent", agent_id)
+        with _queue_errors():
+            try:
+                await self.agents.records.settle(agent_id, verdicts, auth.principal)
+            except UnknownItemError as exc:
+                raise errors.InvalidCommandError(
+                    f"agent {agent_id} waits on no verification item {exc}", item=str(exc)
+                ) from exc
+            except backend.TransitionError:
+                rec = await self.agents.records.get(agent_id)
+                # A retry of verdicts already recorded is answered with the agent.
+                if any(rec.verdicts.get(n) != v for n, v in verdicts.items()):
+                    raise
+            rec = await self.agents.records.get(agent_id)
+        return spoke_service_pb2.SpokeServiceVerifyAgentResponse(
+            reply=self._reply(auth, agent=wire.to_agent(self.config.name, rec))
         )
 
     # --- helpers -------------------------------------------------------------

@@ -1,23 +1,33 @@
-"""The sweeper forgets finished agents once their retention has passed.
+"""The sweeper forgets finished agents once their retention has passed, and fails agents
+whose verification window has closed.
 
-It runs in every spoked process every ``sweep_interval_s``; sweeping is idempotent, so
-several processes on one Redis do no harm. An agent's command id stays known (and a
-reused id with another payload stays refused) until its record is swept.
+It runs in every spoked process: the retention sweep every ``sweep_interval_s``, the
+verification check every ``VERIFY_CHECK_S``. Both are idempotent, so several processes on
+one Redis do no harm. An agent's command id stays known (and a reused id with another
+payload stays refused) until its record is swept.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 
 import structlog
 
 from hubspoke.aio import raise_if_cancelling
 
-from .backend import QueueError
+from .backend import AgentMissingError, QueueError, TransitionError, now_ms
 from .config import SpokeConfig
+from .model import AgentState
 from .records import Records
 
 log = structlog.get_logger("hubspoke.spoke.sweeper")
+
+VERIFY_CHECK_S = 1.0
+"""How often NEEDS_VERIFICATION agents past their deadline are looked for."""
+
+VERIFICATION_TIMEOUT = "VERIFICATION_TIMEOUT"
 
 
 class Sweeper:
@@ -25,6 +35,7 @@ class Sweeper:
         self.records = records
         self.config = config
         self.swept = 0
+        self.timed_out = 0
 
     async def sweep_once(self) -> int:
         total = 0
@@ -38,11 +49,36 @@ class Sweeper:
             log.info("sweep", swept=total)
         return total
 
-    async def run(self) -> None:
-        while True:
+    async def expire_verifications(self) -> int:
+        """NEEDS_VERIFICATION agents past their deadline → FAILED (VERIFICATION_TIMEOUT)."""
+        failed = 0
+        for agent_id in await self.records.overdue_verifications(now_ms()):
             try:
-                await self.sweep_once()
-            except QueueError as exc:
-                log.warning("sweep_failed", error=str(exc))
+                await self.records.transition(
+                    agent_id,
+                    [AgentState.NEEDS_VERIFICATION],
+                    AgentState.FAILED,
+                    VERIFICATION_TIMEOUT,
+                )
+                failed += 1
+            except (TransitionError, AgentMissingError):
+                # Settled, killed or swept meanwhile: the set keeps no such member.
+                await self.records.forget_verifying(agent_id)
+        if failed:
+            self.timed_out += failed
+            log.info("verification_timed_out", agents=failed)
+        return failed
+
+    async def run(self) -> None:
+        next_sweep = 0.0
+        while True:
+            with contextlib.suppress(QueueError):
+                await self.expire_verifications()
+            if time.monotonic() >= next_sweep:
+                next_sweep = time.monotonic() + self.config.sweep_interval_s
+                try:
+                    await self.sweep_once()
+                except QueueError as exc:
+                    log.warning("sweep_failed", error=str(exc))
             raise_if_cancelling()
-            await asyncio.sleep(self.config.sweep_interval_s)
+            await asyncio.sleep(min(VERIFY_CHECK_S, self.config.sweep_interval_s))

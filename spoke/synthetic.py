@@ -19,9 +19,16 @@ Directives:
 - ``ignore_term``: ignore SIGTERM (so only SIGKILL stops it).
 - ``spawn_child``: start a grandchild ``sleep`` in the same process group that
   lives as long as the agent; its pid is printed as ``CHILD <pid>``.
-- ``receipt=completed|blocked|failed|none``: the final receipt status; the default
-  is ``completed`` for exit code 0 and ``failed`` otherwise; ``none`` prints no
-  receipt.
+- ``receipt=completed|blocked|failed|none|malformed``: the final receipt status; the
+  default is ``completed`` for exit code 0 and ``failed`` otherwise; ``none`` prints no
+  receipt; ``malformed`` prints a last line that starts like a receipt but is not JSON.
+- ``verify=NAME``: add a verification item ``{"kind": "check", "value": NAME,
+  "expected": "passed"}`` with no status, i.e. not passed (repeatable): a completed
+  receipt then leaves the agent NEEDS_VERIFICATION until ``hubctl verify``.
+- ``rich``: the richer receipt shape: artifacts as objects as well as strings, and
+  ``blockers``.
+- ``fenced``: print the receipt pretty-printed inside a ```` ```json ```` fence, with prose
+  before and after it, instead of as the last line.
 
 Stdout: progress lines ``PROGRESS <percent> <message>`` (one per step, flushed),
 then, as the LAST line, the JSON receipt::
@@ -30,6 +37,8 @@ then, as the LAST line, the JSON receipt::
      "verification": [{"name": "synthetic", "status": "passed"}]}
 
 (the verification status is ``failed`` unless the receipt status is ``completed``).
+With ``rich``, ``"artifacts"`` is ``[{"kind": "file", "path": "synthetic/report.txt"},
+"synthetic.log"]`` and ``"blockers"`` is ``[{"reason": "synthetic blocker"}]``.
 
 Standard library only, and quick to start.
 """
@@ -44,7 +53,7 @@ import time
 
 __all__ = ["Directives", "main", "parse_directives"]
 
-RECEIPTS = ("completed", "blocked", "failed", "none")
+RECEIPTS = ("completed", "blocked", "failed", "none", "malformed")
 _MAX_STEPS = 100_000
 
 
@@ -58,12 +67,15 @@ class Directives:
     __slots__ = (
         "duration",
         "exit_code",
+        "fenced",
         "ignore_term",
         "output",
         "receipt",
+        "rich",
         "spawn_child",
         "stderr",
         "steps",
+        "verify",
     )
 
     def __init__(
@@ -77,6 +89,9 @@ class Directives:
         ignore_term: bool = False,
         spawn_child: bool = False,
         receipt: str | None = None,
+        verify: tuple[str, ...] = (),
+        rich: bool = False,
+        fenced: bool = False,
     ) -> None:
         self.duration = duration
         self.steps = steps
@@ -87,6 +102,10 @@ class Directives:
         self.spawn_child = spawn_child
         self.receipt = receipt
         """None: derived from the exit code."""
+        self.verify = verify
+        """Names of verification items left unpassed."""
+        self.rich = rich
+        self.fenced = fenced
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
@@ -97,8 +116,9 @@ def parse_directives(task: str) -> Directives:
     """Parse the task text; unknown words and malformed values are ignored."""
     duration, steps, exit_code, output = 1.0, 5, 0, 0
     stderr: str | None = None
-    ignore_term = spawn_child = False
+    ignore_term = spawn_child = rich = fenced = False
     receipt: str | None = None
+    verify: list[str] = []
     for word in task.split():
         key, sep, value = word.partition("=")
         try:
@@ -109,6 +129,10 @@ def parse_directives(task: str) -> Directives:
                     ignore_term = True
                 elif key == "spawn_child":
                     spawn_child = True
+                elif key == "rich":
+                    rich = True
+                elif key == "fenced":
+                    fenced = True
             elif key == "duration":
                 seconds = float(value)
                 if seconds >= 0 and seconds != float("inf"):
@@ -125,6 +149,8 @@ def parse_directives(task: str) -> Directives:
                 stderr = value
             elif key == "receipt" and value in RECEIPTS:
                 receipt = value
+            elif key == "verify" and value:
+                verify.append(value)
         except ValueError:
             continue
     return Directives(
@@ -136,6 +162,9 @@ def parse_directives(task: str) -> Directives:
         ignore_term=ignore_term,
         spawn_child=spawn_child,
         receipt=receipt,
+        verify=tuple(verify),
+        rich=rich,
+        fenced=fenced,
     )
 
 
@@ -172,6 +201,27 @@ def _stop_child(pid: int) -> None:
         pass
 
 
+def _print_receipt(d: Directives, status: str) -> None:
+    items: list[dict[str, str]] = [
+        {"name": "synthetic", "status": "passed" if status == "completed" else "failed"}
+    ]
+    items += [{"kind": "check", "value": name, "expected": "passed"} for name in d.verify]
+    receipt: dict[str, object] = {
+        "status": status,
+        "summary": f"synthetic agent ran {d.duration:g}s, exit code {d.exit_code}",
+        "artifacts": [],
+        "verification": items,
+    }
+    if d.rich:
+        receipt["artifacts"] = [{"kind": "file", "path": "synthetic/report.txt"}, "synthetic.log"]
+        receipt["blockers"] = [{"reason": "synthetic blocker"}]
+    if d.fenced:
+        text = json.dumps(receipt, indent=2)
+        print(f"Here is my receipt:\n```json\n{text}\n```\nThat is all.", flush=True)
+    else:
+        print(json.dumps(receipt), flush=True)
+
+
 def run(d: Directives) -> int:
     """Act out the directives; returns the exit code."""
     if d.ignore_term:
@@ -195,16 +245,10 @@ def run(d: Directives) -> int:
             percent = step * 100 // d.steps
             print(f"PROGRESS {percent} step {step}/{d.steps}", flush=True)
         status = d.receipt or ("completed" if d.exit_code == 0 else "failed")
-        if status != "none":
-            receipt = {
-                "status": status,
-                "summary": f"synthetic agent ran {d.duration:g}s, exit code {d.exit_code}",
-                "artifacts": [],
-                "verification": [
-                    {"name": "synthetic", "status": "passed" if status == "completed" else "failed"}
-                ],
-            }
-            print(json.dumps(receipt), flush=True)
+        if status == "malformed":
+            print('{"status": "completed", "summary": "cut short', flush=True)
+        elif status != "none":
+            _print_receipt(d, status)
     finally:
         if child is not None:
             _stop_child(child)

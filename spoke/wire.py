@@ -8,7 +8,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from hubspoke.gen.federation.v1 import agent_pb2
 
-from .model import AgentEvent, AgentRecord
+from .model import AgentEvent, AgentRecord, AgentState
 
 
 def _ts(ms: int | None) -> timestamp_pb2.Timestamp | None:
@@ -54,17 +54,32 @@ def to_agent(spoke: str, rec: AgentRecord) -> agent_pb2.Agent:
     if rec.exit_code is not None:
         agent.exit_code = rec.exit_code
     if rec.receipt_json:
-        r = json.loads(rec.receipt_json)
-        agent.receipt.CopyFrom(
-            agent_pb2.Receipt(
-                status=r["status"],
-                summary=r["summary"],
-                artifacts=r["artifacts"],
-                verifications=[agent_pb2.VerificationItem(**v) for v in r["verifications"]],
-                json=r["json"],
-            )
-        )
+        agent.receipt.CopyFrom(to_receipt(rec))
+    if rec.state == AgentState.NEEDS_VERIFICATION and rec.verify_deadline_ms:
+        agent.verify_deadline.FromMilliseconds(rec.verify_deadline_ms)
     return agent
+
+
+def to_receipt(rec: AgentRecord) -> agent_pb2.Receipt:
+    """The stored receipt (spoke/outcome.py), with any verdicts ``verify`` recorded."""
+    r = json.loads(rec.receipt_json)
+    items = []
+    for v in r["verifications"]:
+        item = agent_pb2.VerificationItem(**v)
+        if v["name"] in rec.verdicts:
+            item.status = rec.verdicts[v["name"]]
+            item.verified_by = rec.verified_by.get(v["name"], "")
+        items.append(item)
+    return agent_pb2.Receipt(
+        status=r["status"],
+        summary=r["summary"],
+        artifacts=r["artifacts"],
+        verifications=items,
+        json=r["json"],
+        blockers=r.get("blockers", []),
+        error=r.get("error", ""),
+        artifact_details=[agent_pb2.Artifact(**a) for a in r.get("artifact_details", [])],
+    )
 
 
 _KINDS = {

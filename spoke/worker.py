@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 import uuid
 from typing import Any
@@ -38,7 +37,8 @@ from .config import SpokeConfig
 from .events import OutputPump
 from .jobs import WorkerSettings
 from .model import AgentRecord, AgentState
-from .output import Receipt, parse_receipt
+from .outcome import decide, receipt_json
+from .output import parse_receipt
 from .profiles import Profile
 from .queue import AgentQueue
 
@@ -59,22 +59,6 @@ RECORD_END_WAIT_S = 30.0
 class AttemptFailedError(Exception):
     """Raised to bullmq when an attempt failed and another is allowed: it backs off and
     hands the job back (the record is already RETRYING)."""
-
-
-def _receipt_json(r: Receipt | None) -> str:
-    if r is None:
-        return ""
-    return json.dumps(
-        {
-            "status": r.status,
-            "summary": r.summary,
-            "artifacts": list(r.artifacts),
-            "verifications": [
-                {"name": v.name, "status": v.status, "detail": v.detail} for v in r.verifications
-            ],
-            "json": r.json,
-        }
-    )
 
 
 class AgentWorker:
@@ -419,20 +403,24 @@ class AgentWorker:
         self, rec: AgentRecord, proc: runtime.AgentProcess, code: int, outcome: str
     ) -> str:
         stdout = proc.stdout.text()
+        receipt = parse_receipt(stdout, self.config.max_receipt_bytes)
         fields: dict[str, object] = {
             "exit_code": code,
             "stdout_tail": stdout,
             "stderr_tail": proc.stderr.text(),
-            "receipt": _receipt_json(parse_receipt(stdout)),
+            "receipt": receipt_json(receipt),
         }
+        if receipt is not None and receipt.error:
+            log.warning("agent_receipt_unreadable", error=receipt.error)
         if outcome == "killed":
             state, reason = AgentState.KILLED, "KILL_REQUESTED"
         elif outcome == "timeout":
             state, reason = AgentState.TIMED_OUT, "TIMEOUT"
-        elif code == 0:
-            state, reason = AgentState.SUCCEEDED, ""
-        else:
-            state, reason = AgentState.FAILED, "EXIT_NONZERO" if code > 0 else "SIGNALED"
+        else:  # it exited by itself: the exit code and receipt decide (spoke/outcome.py)
+            grace_ms = int(self.config.verification_grace_s * 1000)
+            decided = decide(code, receipt, int(time.time() * 1000), grace_ms)
+            state, reason = decided.state, decided.reason
+            fields.update(decided.fields)
         attempt = rec.attempt + 1
         if state in RETRYABLE and attempt < rec.max_attempts:
             await self._record_end(rec.agent_id, AgentState.RETRYING, reason, fields, attempt)
@@ -445,7 +433,7 @@ class AgentWorker:
             log.info("agent_finished", state=state.value, reason=reason, exit_code=code)
             raise UnrecoverableError(reason)  # bullmq's failed set is the dead-letter set
         await self._record_end(rec.agent_id, state, reason, fields, attempt)
-        log.info("agent_finished", state=state.value, exit_code=code)
+        log.info("agent_finished", state=state.value, reason=reason, exit_code=code)
         return state.value
 
     async def _record_end(

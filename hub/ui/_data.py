@@ -39,8 +39,14 @@ __all__ = [
 ]
 
 STATS_TIMEOUT_S: Final = 5.0
-ATTENTION_STATES: Final = (AgentState.FAILED, AgentState.DEAD_LETTERED, AgentState.TIMED_OUT)
-"""Final states that ask for the operator's eye."""
+ATTENTION_STATES: Final = (
+    AgentState.FAILED,
+    AgentState.DEAD_LETTERED,
+    AgentState.TIMED_OUT,
+    AgentState.NEEDS_INPUT,
+    AgentState.NEEDS_VERIFICATION,
+)
+"""States that ask for the operator's eye (final ones, and those waiting on a person)."""
 _EPOCH: Final = dt.datetime.min.replace(tzinfo=dt.UTC)
 
 

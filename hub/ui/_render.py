@@ -35,6 +35,8 @@ _STATE_CLASS: Final = {
     AgentState.KILLED: "warn",
     AgentState.TIMED_OUT: "warn",
     AgentState.QUEUED: "idle",
+    AgentState.NEEDS_INPUT: "warn",
+    AgentState.NEEDS_VERIFICATION: "warn",
 }
 _HEALTH_CLASS: Final = {
     SpokeHealth.READY: "ok",

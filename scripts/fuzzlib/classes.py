@@ -354,6 +354,7 @@ MALFORMED_BODY: Final[dict[str, tuple[str, ...]]] = {
     "get_agent": ("agent_bad_id",),
     "kill_agent": ("agent_bad_id",),
     "replay_agent": ("agent_bad_id",),
+    "verify_agent": ("agent_bad_id",),
 }
 MALFORMED_EXPECT: Final = _s(INVALID, UNAUTH, DENIED)
 

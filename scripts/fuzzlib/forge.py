@@ -34,7 +34,7 @@ REPLY = envelope.PAYLOAD_TYPE_REPLY
 VALIDITY = dt.timedelta(minutes=5)
 RELAY_VALIDITY = dt.timedelta(seconds=60)
 SPOKE_ADDRESSED = frozenset({"spawn_agent", "pause_queue", "resume_queue", "drain_queue"})
-AGENT_VERBS = frozenset({"get_agent", "kill_agent", "replay_agent", "watch_agent"})
+AGENT_VERBS = frozenset({"get_agent", "kill_agent", "replay_agent", "watch_agent", "verify_agent"})
 
 
 def ts(t: dt.datetime) -> timestamp_pb2.Timestamp:
@@ -83,6 +83,8 @@ class Forge:
             body.agent = self.agent_id()
         if "page_size" in fields:
             body.page_size = 10
+        if "items" in fields and "items" not in overrides:
+            body.items["check"] = "passed"
         for k, v in overrides.items():
             if isinstance(v, Message):
                 getattr(body, k).CopyFrom(v)

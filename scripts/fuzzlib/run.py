@@ -217,9 +217,11 @@ async def _within_skew(ctx: C.Ctx, runner: Runner, fed: federation.Federation) -
         # A replay keeps the original command's expiry and is refused past it
         # (START_DEADLINE_PASSED, docs/security.md §15), so both rounds replay the failing
         # agent of the first round, whose command is still valid.
-        long_runners, failing_ones = [], []
+        long_runners, failing_ones, verifying = [], [], []
         for label in ("ahead", "behind"):
             a = await send("spawn_agent", label, task="duration=0.2")
+            if label == "ahead":  # waits for a verify: both rounds settle it (then a retry)
+                verifying.append(await send("spawn_agent", label, task="duration=0 verify=c"))
             failing = await send("spawn_agent", label, task="fail duration=0", max_attempts=1)
             failing_ones.append(failing)
             long_runners.append(await send("spawn_agent", label, task="duration=60"))
@@ -231,12 +233,14 @@ async def _within_skew(ctx: C.Ctx, runner: Runner, fed: federation.Federation) -
                     a: {"SUCCEEDED"} if label == "ahead" else final,
                     failing: failed,
                     failing_ones[0]: failed,
+                    verifying[0]: {"NEEDS_VERIFICATION", "SUCCEEDED"},
                 },
             )
             await send("get_agent", label, agent=a)
             await send("watch_agent", label, agent=a)
             await send("kill_agent", label, agent=long_runners[0 if label == "ahead" else 1])
             await send("replay_agent", label, agent=failing_ones[0])
+            await send("verify_agent", label, agent=verifying[0], items={"c": "passed"})
             for verb in sorted(set(eps) - _AGENT_FLOW):
                 await send(verb, label)
     st.duration_s = time.monotonic() - start
@@ -251,7 +255,7 @@ async def _within_skew(ctx: C.Ctx, runner: Runner, fed: federation.Federation) -
 
 
 _AGENT_FLOW: Final = frozenset(
-    {"spawn_agent", "get_agent", "watch_agent", "kill_agent", "replay_agent"}
+    {"spawn_agent", "get_agent", "watch_agent", "kill_agent", "replay_agent", "verify_agent"}
 )
 
 

@@ -20,11 +20,13 @@ from ._errors import REPLY_INVALID, CallError, ClientConfigError
 from ._sync import SyncClient
 from ._types import (
     FINAL_STATES,
+    WAITING_ON_PEOPLE,
     Agent,
     AgentEvent,
     AgentList,
     AgentPage,
     AgentState,
+    Artifact,
     EventKind,
     QueueStats,
     Receipt,
@@ -37,11 +39,13 @@ from .config import ClientConfig, client_from_config, load_client_config
 __all__ = [
     "FINAL_STATES",
     "REPLY_INVALID",
+    "WAITING_ON_PEOPLE",
     "Agent",
     "AgentEvent",
     "AgentList",
     "AgentPage",
     "AgentState",
+    "Artifact",
     "CallError",
     "Client",
     "ClientConfig",

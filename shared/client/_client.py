@@ -47,7 +47,11 @@ _B = TypeVar("_B", bound=Message)
 _Q = TypeVar("_Q", bound=Message)
 _S = TypeVar("_S", bound=Message)
 _AB = TypeVar(
-    "_AB", command_pb2.GetAgentBody, command_pb2.KillAgentBody, command_pb2.ReplayAgentBody
+    "_AB",
+    command_pb2.GetAgentBody,
+    command_pb2.KillAgentBody,
+    command_pb2.ReplayAgentBody,
+    command_pb2.VerifyAgentBody,
 )
 
 
@@ -232,6 +236,14 @@ class Client:
         body = command_pb2.ReplayAgentBody(agent=agent)
         return await self._agent_verb(_rpc.REPLAY, body, spoke)
 
+    async def verify(self, agent: str, items: Mapping[str, str], spoke: str | None = None) -> Agent:
+        """Settle verification items of a NEEDS_VERIFICATION agent: ``items`` maps each
+        item's name to ``"passed"`` or ``"failed"``. Returns the agent: SUCCEEDED once every
+        item it waits on passed, FAILED (VERIFICATION_FAILED) once one failed, else still
+        NEEDS_VERIFICATION."""
+        body = command_pb2.VerifyAgentBody(agent=agent, items=dict(items))
+        return await self._agent_verb(_rpc.VERIFY, body, spoke)
+
     async def list(
         self,
         spoke: str | None = None,
@@ -331,9 +343,11 @@ class Client:
         timeout: float | None = None,  # noqa: ASYNC109  # a deadline for the whole wait, applied with asyncio.timeout inside; callers need not know asyncio
         poll_s: float = _POLL_S,
     ) -> Agent:
-        """Wait until an agent ends; returns it in its final state.
+        """Wait until an agent ends or waits on a person; returns it then.
 
-        Follows the agent's events (:meth:`watch`) and reads it once its final state comes;
+        It returns in a final state, or in NEEDS_INPUT or NEEDS_VERIFICATION (the states
+        that wait for someone's ``send`` or ``verify``: :attr:`AgentState.settled`).
+        Follows the agent's events (:meth:`watch`) and reads it once such a state comes;
         if the watch fails or ends early, polls :meth:`get` every ``poll_s`` seconds instead.
 
         Args:
@@ -349,19 +363,19 @@ class Client:
                 current = agent
             else:
                 current = await self.get(agent, spoke)
-            if current.final:
+            if current.state.settled:
                 return current
             ref, where = current.agent_id, current.spoke or spoke
             try:
                 async with contextlib.aclosing(self.watch(ref, where)) as events:
                     async for event in events:
-                        if event.kind == EventKind.STATE and event.state.final:
+                        if event.kind == EventKind.STATE and event.state.settled:
                             break
             except CallError:
                 pass  # watch refused or lost (or not offered): read the agent instead
             while True:
                 current = await self.get(ref, where)
-                if current.final:
+                if current.state.settled:
                     return current
                 await asyncio.sleep(poll_s)
 

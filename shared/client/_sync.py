@@ -101,6 +101,10 @@ class SyncClient:
         """See :meth:`Client.kill`."""
         return self._runner.run(self.client.kill(agent, spoke))
 
+    def verify(self, agent: str, items: Mapping[str, str], spoke: str | None = None) -> Agent:
+        """See :meth:`Client.verify`."""
+        return self._runner.run(self.client.verify(agent, items, spoke))
+
     def replay(self, agent: str, spoke: str | None = None) -> Agent:
         """See :meth:`Client.replay`."""
         return self._runner.run(self.client.replay(agent, spoke))

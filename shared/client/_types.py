@@ -21,11 +21,13 @@ from hubspoke.gen.federation.v1 import agent_pb2, command_pb2
 
 __all__ = [
     "FINAL_STATES",
+    "WAITING_ON_PEOPLE",
     "Agent",
     "AgentEvent",
     "AgentList",
     "AgentPage",
     "AgentState",
+    "Artifact",
     "EventKind",
     "QueueStats",
     "Receipt",
@@ -50,11 +52,22 @@ class AgentState(enum.IntEnum):
     TIMED_OUT = agent_pb2.Agent.STATE_TIMED_OUT
     DEAD_LETTERED = agent_pb2.Agent.STATE_DEAD_LETTERED
     RETRYING = agent_pb2.Agent.STATE_RETRYING
+    NEEDS_INPUT = agent_pb2.Agent.STATE_NEEDS_INPUT
+    """Its receipt said ``blocked``: it waits for someone's input (or a kill)."""
+    NEEDS_VERIFICATION = agent_pb2.Agent.STATE_NEEDS_VERIFICATION
+    """Its receipt said ``completed`` with items not passed: it waits for ``verify`` until
+    ``Agent.verify_deadline``, then ends FAILED (VERIFICATION_TIMEOUT)."""
 
     @property
     def final(self) -> bool:
         """Whether an agent in this state never leaves it."""
         return self in FINAL_STATES
+
+    @property
+    def settled(self) -> bool:
+        """Final, or waiting on a person (NEEDS_INPUT, NEEDS_VERIFICATION): where
+        :meth:`Client.wait` returns."""
+        return self in FINAL_STATES or self in WAITING_ON_PEOPLE
 
     @classmethod
     def parse(cls, text: str) -> AgentState:
@@ -79,6 +92,9 @@ FINAL_STATES: Final = frozenset(
     }
 )
 """States an agent never leaves."""
+
+WAITING_ON_PEOPLE: Final = frozenset({AgentState.NEEDS_INPUT, AgentState.NEEDS_VERIFICATION})
+"""States an agent leaves only when someone acts (send, verify, kill) or a window closes."""
 
 
 class EventKind(enum.IntEnum):
@@ -124,11 +140,25 @@ def _labels(labels: Mapping[str, str]) -> Mapping[str, str]:
 
 @dataclass(frozen=True, slots=True)
 class Verification:
-    """One check an agent's receipt reports."""
+    """One check an agent's receipt reports (its status as ``verify`` settled it, if so)."""
 
     name: str
     status: str
     detail: str = ""
+    kind: str = ""
+    value: str = ""
+    expected: str = ""
+    verified_by: str = ""
+    """Who settled it with ``verify``; "" while the agent's own report stands."""
+
+
+@dataclass(frozen=True, slots=True)
+class Artifact:
+    """One artifact of a receipt: its text, an object's kind, and its JSON."""
+
+    value: str
+    kind: str = ""
+    json: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,8 +171,12 @@ class Receipt:
     artifacts: tuple[str, ...]
     verifications: tuple[Verification, ...]
     json: str
-    """The receipt line as the agent printed it."""
+    """The receipt's JSON text as the agent printed it, whole."""
     raw: agent_pb2.Receipt = field(repr=False, compare=False)
+    blockers: tuple[str, ...] = ()
+    error: str = ""
+    """Why the spoke could not read the receipt (``receipt: not JSON``, …), or ""."""
+    artifact_details: tuple[Artifact, ...] = ()
 
     @classmethod
     def from_proto(cls, msg: agent_pb2.Receipt) -> Receipt:
@@ -151,10 +185,14 @@ class Receipt:
             summary=msg.summary,
             artifacts=tuple(msg.artifacts),
             verifications=tuple(
-                Verification(v.name, v.status, v.detail) for v in msg.verifications
+                Verification(v.name, v.status, v.detail, v.kind, v.value, v.expected, v.verified_by)
+                for v in msg.verifications
             ),
             json=msg.json,
             raw=msg,
+            blockers=tuple(msg.blockers),
+            error=msg.error,
+            artifact_details=tuple(Artifact(a.value, a.kind, a.json) for a in msg.artifact_details),
         )
 
 
@@ -189,6 +227,8 @@ class Agent:
     progress_message: str
     receipt: Receipt | None
     raw: agent_pb2.Agent = field(repr=False, compare=False)
+    verify_deadline: dt.datetime | None = None
+    """While NEEDS_VERIFICATION: when it fails unless its items are settled."""
 
     @property
     def final(self) -> bool:
@@ -221,6 +261,7 @@ class Agent:
             progress_message=msg.progress_message,
             receipt=Receipt.from_proto(msg.receipt) if msg.HasField("receipt") else None,
             raw=msg,
+            verify_deadline=_time(msg.verify_deadline, msg.HasField("verify_deadline")),
         )
 
 

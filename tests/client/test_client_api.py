@@ -19,11 +19,13 @@ def test_public_names_are_pinned() -> None:
         [
             "FINAL_STATES",
             "REPLY_INVALID",
+            "WAITING_ON_PEOPLE",
             "Agent",
             "AgentEvent",
             "AgentList",
             "AgentPage",
             "AgentState",
+            "Artifact",
             "CallError",
             "Client",
             "ClientConfig",

@@ -53,6 +53,12 @@ class Agent(_message.Message):
         """Failed on its last allowed attempt and kept in the dead-letter set."""
         STATE_RETRYING: Agent._State.ValueType  # 9
         """Failed an attempt and waits for the next one."""
+        STATE_NEEDS_INPUT: Agent._State.ValueType  # 10
+        """Exited 0 with receipt status "blocked": waits for someone's input (or a kill)."""
+        STATE_NEEDS_VERIFICATION: Agent._State.ValueType  # 11
+        """Exited 0 with receipt status "completed" but verification items not passed: waits
+        for VerifyAgent until verify_deadline, then FAILED with reason VERIFICATION_TIMEOUT.
+        """
 
     class State(_State, metaclass=_StateEnumTypeWrapper):
         """The lifecycle state. Every transition is recorded as an event."""
@@ -77,6 +83,12 @@ class Agent(_message.Message):
     """Failed on its last allowed attempt and kept in the dead-letter set."""
     STATE_RETRYING: Agent.State.ValueType  # 9
     """Failed an attempt and waits for the next one."""
+    STATE_NEEDS_INPUT: Agent.State.ValueType  # 10
+    """Exited 0 with receipt status "blocked": waits for someone's input (or a kill)."""
+    STATE_NEEDS_VERIFICATION: Agent.State.ValueType  # 11
+    """Exited 0 with receipt status "completed" but verification items not passed: waits
+    for VerifyAgent until verify_deadline, then FAILED with reason VERIFICATION_TIMEOUT.
+    """
 
     @_typing.final
     class LabelsEntry(_message.Message):
@@ -121,6 +133,7 @@ class Agent(_message.Message):
     PROGRESS_MESSAGE_FIELD_NUMBER: _builtins.int
     RECEIPT_FIELD_NUMBER: _builtins.int
     TRUNCATED_FIELD_NUMBER: _builtins.int
+    VERIFY_DEADLINE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The resource name, "spokes/{spoke}/agents/{agent_id}"."""
     agent_id: _builtins.str
@@ -183,6 +196,10 @@ class Agent(_message.Message):
     def receipt(self) -> Global___Receipt:
         """The agent's final JSON receipt, if it printed one."""
 
+    @_builtins.property
+    def verify_deadline(self) -> _timestamp_pb2.Timestamp:
+        """While NEEDS_VERIFICATION: when it fails unless every pending item is settled."""
+
     def __init__(
         self,
         *,
@@ -209,10 +226,11 @@ class Agent(_message.Message):
         progress_message: _builtins.str = ...,
         receipt: Global___Receipt | None = ...,
         truncated: _builtins.bool = ...,
+        verify_deadline: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "create_time", b"create_time", "end_time", b"end_time", "exit_code", b"exit_code", "receipt", b"receipt", "start_time", b"start_time", "timeout", b"timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "create_time", b"create_time", "end_time", b"end_time", "exit_code", b"exit_code", "receipt", b"receipt", "start_time", b"start_time", "timeout", b"timeout", "verify_deadline", b"verify_deadline"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "agent_id", b"agent_id", "attempt", b"attempt", "create_time", b"create_time", "end_time", b"end_time", "exit_code", b"exit_code", "issuer", b"issuer", "labels", b"labels", "max_attempts", b"max_attempts", "name", b"name", "priority", b"priority", "profile", b"profile", "progress_message", b"progress_message", "progress_percent", b"progress_percent", "reason", b"reason", "receipt", b"receipt", "spoke", b"spoke", "start_time", b"start_time", "state", b"state", "stderr_tail", b"stderr_tail", "stdout_tail", b"stdout_tail", "task", b"task", "timeout", b"timeout", "truncated", b"truncated"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "agent_id", b"agent_id", "attempt", b"attempt", "create_time", b"create_time", "end_time", b"end_time", "exit_code", b"exit_code", "issuer", b"issuer", "labels", b"labels", "max_attempts", b"max_attempts", "name", b"name", "priority", b"priority", "profile", b"profile", "progress_message", b"progress_message", "progress_percent", b"progress_percent", "reason", b"reason", "receipt", b"receipt", "spoke", b"spoke", "start_time", b"start_time", "state", b"state", "stderr_tail", b"stderr_tail", "stdout_tail", b"stdout_tail", "task", b"task", "timeout", b"timeout", "truncated", b"truncated", "verify_deadline", b"verify_deadline"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exit_code: _TypeAlias = _typing.Literal["exit_code"]  # noqa: Y015
     _WhichOneofArgType__exit_code: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code"]  # noqa: Y015
@@ -222,8 +240,9 @@ Global___Agent: _TypeAlias = Agent  # noqa: Y015
 
 @_typing.final
 class Receipt(_message.Message):
-    """Receipt is the structured result an agent may print as its last line of output:
-    a JSON object with "status", and optionally "summary", "artifacts", "verification".
+    """Receipt is the structured result an agent prints at the end of its output: a JSON object
+    on its last JSON-object line, or in its last ```json fenced block, whichever ends later
+    (docs/protocol.md, "Receipts").
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -233,19 +252,43 @@ class Receipt(_message.Message):
     ARTIFACTS_FIELD_NUMBER: _builtins.int
     VERIFICATIONS_FIELD_NUMBER: _builtins.int
     JSON_FIELD_NUMBER: _builtins.int
+    BLOCKERS_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    ARTIFACT_DETAILS_FIELD_NUMBER: _builtins.int
     status: _builtins.str
-    """"completed", "blocked" or "failed", as the agent reported it."""
+    """"completed", "blocked" or "failed", as the agent reported it (another value, or "", only
+    with error set).
+    """
     summary: _builtins.str
     """A short human summary."""
     json: _builtins.str
-    """The receipt exactly as printed (a JSON object), bounded by the spoke."""
+    """The receipt's JSON text exactly as printed (stripped), whole; empty when it was longer
+    than the spoke's max_receipt_bytes.
+    """
+    error: _builtins.str
+    """Why the receipt could not be read, e.g. "receipt: not JSON", "receipt: over 65536 bytes
+    (70000)", "receipt: status missing, not completed, blocked or failed"; empty if it was.
+    With an error the receipt does not decide the agent's state.
+    """
     @_builtins.property
     def artifacts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Paths or URLs the agent produced."""
+        """The artifacts as text: a string artifact itself, an object's path, uri, url, value or
+        name (the first present), else its JSON. artifact_details has the same items in order.
+        """
 
     @_builtins.property
     def verifications(self) -> _containers.RepeatedCompositeFieldContainer[Global___VerificationItem]:
-        """Checks the agent ran and their outcome."""
+        """Checks the agent ran (or asks someone to make) and their outcome."""
+
+    @_builtins.property
+    def blockers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What blocks the agent, as text (an object's reason, description, message, question or
+        name, else its JSON).
+        """
+
+    @_builtins.property
+    def artifact_details(self) -> _containers.RepeatedCompositeFieldContainer[Global___Artifact]:
+        """Each artifact with its kind and its JSON, in the order of artifacts."""
 
     def __init__(
         self,
@@ -255,14 +298,47 @@ class Receipt(_message.Message):
         artifacts: _abc.Iterable[_builtins.str] | None = ...,
         verifications: _abc.Iterable[Global___VerificationItem] | None = ...,
         json: _builtins.str = ...,
+        blockers: _abc.Iterable[_builtins.str] | None = ...,
+        error: _builtins.str = ...,
+        artifact_details: _abc.Iterable[Global___Artifact] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "json", b"json", "status", b"status", "summary", b"summary", "verifications", b"verifications"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_details", b"artifact_details", "artifacts", b"artifacts", "blockers", b"blockers", "error", b"error", "json", b"json", "status", b"status", "summary", b"summary", "verifications", b"verifications"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Receipt: _TypeAlias = Receipt  # noqa: Y015
+
+@_typing.final
+class Artifact(_message.Message):
+    """Artifact is one thing an agent's receipt says it produced."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALUE_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    JSON_FIELD_NUMBER: _builtins.int
+    value: _builtins.str
+    """As in Receipt.artifacts."""
+    kind: _builtins.str
+    """An object artifact's "kind" (or "type"); empty for a string."""
+    json: _builtins.str
+    """The artifact as compact JSON (a string artifact as a JSON string)."""
+    def __init__(
+        self,
+        *,
+        value: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["json", b"json", "kind", b"kind", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Artifact: _TypeAlias = Artifact  # noqa: Y015
 
 @_typing.final
 class VerificationItem(_message.Message):
@@ -273,22 +349,42 @@ class VerificationItem(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    EXPECTED_FIELD_NUMBER: _builtins.int
+    VERIFIED_BY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """What was checked, e.g. "pytest tests/test_api.py"."""
+    """What was checked: the item's "name", else its "value", else its "kind", else "item N"
+    (from 1). VerifyAgent names items by this.
+    """
     status: _builtins.str
-    """The outcome as reported, e.g. "passed" or "failed"."""
+    """The outcome: as reported ("passed", "failed", ...; "unknown" if none), or as a
+    VerifyAgent settled it. Only "passed" counts as passed.
+    """
     detail: _builtins.str
     """Free text, bounded."""
+    kind: _builtins.str
+    """The item's "kind", e.g. "command" or "url"."""
+    value: _builtins.str
+    """The item's "value", e.g. the command to run."""
+    expected: _builtins.str
+    """The item's "expected" outcome."""
+    verified_by: _builtins.str
+    """Who settled it with VerifyAgent; empty if the agent's own report stands."""
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         status: _builtins.str = ...,
         detail: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        value: _builtins.str = ...,
+        expected: _builtins.str = ...,
+        verified_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "name", b"name", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "expected", b"expected", "kind", b"kind", "name", b"name", "status", b"status", "value", b"value", "verified_by", b"verified_by"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

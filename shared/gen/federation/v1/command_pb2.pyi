@@ -108,6 +108,7 @@ class Command(_message.Message):
     PAUSE_QUEUE_FIELD_NUMBER: _builtins.int
     RESUME_QUEUE_FIELD_NUMBER: _builtins.int
     DRAIN_QUEUE_FIELD_NUMBER: _builtins.int
+    VERIFY_AGENT_FIELD_NUMBER: _builtins.int
     command_id: _builtins.str
     """The client-chosen idempotency key, 1-128 characters of [A-Za-z0-9._:-]. A spawn's
     command_id becomes the agent's id.
@@ -174,6 +175,10 @@ class Command(_message.Message):
     def drain_queue(self) -> Global___DrainQueueBody:
         """Cancel every agent still waiting (they end KILLED with reason DRAINED)."""
 
+    @_builtins.property
+    def verify_agent(self) -> Global___VerifyAgentBody:
+        """Settle verification items of a NEEDS_VERIFICATION agent."""
+
     def __init__(
         self,
         *,
@@ -195,12 +200,13 @@ class Command(_message.Message):
         pause_queue: Global___PauseQueueBody | None = ...,
         resume_queue: Global___ResumeQueueBody | None = ...,
         drain_queue: Global___DrainQueueBody | None = ...,
+        verify_agent: Global___VerifyAgentBody | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "drain_queue", b"drain_queue", "expire_time", b"expire_time", "get_agent", b"get_agent", "get_queue_stats", b"get_queue_stats", "issue_time", b"issue_time", "kill_agent", b"kill_agent", "list_agents", b"list_agents", "list_dead_letters", b"list_dead_letters", "list_spokes", b"list_spokes", "pause_queue", b"pause_queue", "replay_agent", b"replay_agent", "resume_queue", b"resume_queue", "spawn_agent", b"spawn_agent", "watch_agent", b"watch_agent"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "drain_queue", b"drain_queue", "expire_time", b"expire_time", "get_agent", b"get_agent", "get_queue_stats", b"get_queue_stats", "issue_time", b"issue_time", "kill_agent", b"kill_agent", "list_agents", b"list_agents", "list_dead_letters", b"list_dead_letters", "list_spokes", b"list_spokes", "pause_queue", b"pause_queue", "replay_agent", b"replay_agent", "resume_queue", b"resume_queue", "spawn_agent", b"spawn_agent", "verify_agent", b"verify_agent", "watch_agent", b"watch_agent"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "body", b"body", "command_id", b"command_id", "drain_queue", b"drain_queue", "expire_time", b"expire_time", "get_agent", b"get_agent", "get_queue_stats", b"get_queue_stats", "issue_time", b"issue_time", "issuer", b"issuer", "kill_agent", b"kill_agent", "list_agents", b"list_agents", "list_dead_letters", b"list_dead_letters", "list_spokes", b"list_spokes", "nonce", b"nonce", "pause_queue", b"pause_queue", "replay_agent", b"replay_agent", "resume_queue", b"resume_queue", "spawn_agent", b"spawn_agent", "watch_agent", b"watch_agent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "body", b"body", "command_id", b"command_id", "drain_queue", b"drain_queue", "expire_time", b"expire_time", "get_agent", b"get_agent", "get_queue_stats", b"get_queue_stats", "issue_time", b"issue_time", "issuer", b"issuer", "kill_agent", b"kill_agent", "list_agents", b"list_agents", "list_dead_letters", b"list_dead_letters", "list_spokes", b"list_spokes", "nonce", b"nonce", "pause_queue", b"pause_queue", "replay_agent", b"replay_agent", "resume_queue", b"resume_queue", "spawn_agent", b"spawn_agent", "verify_agent", b"verify_agent", "watch_agent", b"watch_agent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["spawn_agent", "get_agent", "kill_agent", "list_agents", "list_spokes", "watch_agent", "get_queue_stats", "list_dead_letters", "replay_agent", "pause_queue", "resume_queue", "drain_queue"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["spawn_agent", "get_agent", "kill_agent", "list_agents", "list_spokes", "watch_agent", "get_queue_stats", "list_dead_letters", "replay_agent", "pause_queue", "resume_queue", "drain_queue", "verify_agent"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
@@ -299,6 +305,57 @@ class GetAgentBody(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetAgentBody: _TypeAlias = GetAgentBody  # noqa: Y015
+
+@_typing.final
+class VerifyAgentBody(_message.Message):
+    """VerifyAgentBody settles verification items of a NEEDS_VERIFICATION agent. When every
+    item it waits on is passed the agent ends SUCCEEDED; once one is failed, FAILED with
+    reason VERIFICATION_FAILED; otherwise it keeps waiting with these verdicts recorded.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ItemsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    AGENT_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
+    agent: _builtins.str
+    """The agent's id or resource name, as in GetAgentBody."""
+    @_builtins.property
+    def items(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Item name (VerificationItem.name) to "passed" or "failed"; 1 to 256 items."""
+
+    def __init__(
+        self,
+        *,
+        agent: _builtins.str = ...,
+        items: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "items", b"items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VerifyAgentBody: _TypeAlias = VerifyAgentBody  # noqa: Y015
 
 @_typing.final
 class KillAgentBody(_message.Message):

@@ -97,6 +97,11 @@ class HubServiceStub:
                 request_serializer=federation_dot_v1_dot_hub__service__pb2.HubServiceDrainQueueRequest.SerializeToString,
                 response_deserializer=federation_dot_v1_dot_hub__service__pb2.HubServiceDrainQueueResponse.FromString,
                 _registered_method=True)
+        self.VerifyAgent = channel.unary_unary(
+                '/federation.v1.HubService/VerifyAgent',
+                request_serializer=federation_dot_v1_dot_hub__service__pb2.HubServiceVerifyAgentRequest.SerializeToString,
+                response_deserializer=federation_dot_v1_dot_hub__service__pb2.HubServiceVerifyAgentResponse.FromString,
+                _registered_method=True)
 
 
 class HubServiceServicer:
@@ -190,6 +195,13 @@ class HubServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def VerifyAgent(self, request, context):
+        """Relays a verification verdict to the spoke that holds the agent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HubServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -252,6 +264,11 @@ def add_HubServiceServicer_to_server(servicer, server):
                     servicer.DrainQueue,
                     request_deserializer=federation_dot_v1_dot_hub__service__pb2.HubServiceDrainQueueRequest.FromString,
                     response_serializer=federation_dot_v1_dot_hub__service__pb2.HubServiceDrainQueueResponse.SerializeToString,
+            ),
+            'VerifyAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyAgent,
+                    request_deserializer=federation_dot_v1_dot_hub__service__pb2.HubServiceVerifyAgentRequest.FromString,
+                    response_serializer=federation_dot_v1_dot_hub__service__pb2.HubServiceVerifyAgentResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -581,6 +598,33 @@ class HubService:
             '/federation.v1.HubService/DrainQueue',
             federation_dot_v1_dot_hub__service__pb2.HubServiceDrainQueueRequest.SerializeToString,
             federation_dot_v1_dot_hub__service__pb2.HubServiceDrainQueueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/federation.v1.HubService/VerifyAgent',
+            federation_dot_v1_dot_hub__service__pb2.HubServiceVerifyAgentRequest.SerializeToString,
+            federation_dot_v1_dot_hub__service__pb2.HubServiceVerifyAgentResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -62,6 +62,8 @@ class HubServiceStub:
     """Relays a resume of one spoke's queue (audience: the spoke)."""
     DrainQueue: _grpc.UnaryUnaryMultiCallable[_hub_service_pb2.HubServiceDrainQueueRequest, _hub_service_pb2.HubServiceDrainQueueResponse]
     """Relays a drain of one spoke's queue (audience: the spoke)."""
+    VerifyAgent: _grpc.UnaryUnaryMultiCallable[_hub_service_pb2.HubServiceVerifyAgentRequest, _hub_service_pb2.HubServiceVerifyAgentResponse]
+    """Relays a verification verdict to the spoke that holds the agent."""
 
 @_typing.type_check_only
 class HubServiceAsyncStub(HubServiceStub):
@@ -97,6 +99,8 @@ class HubServiceAsyncStub(HubServiceStub):
     """Relays a resume of one spoke's queue (audience: the spoke)."""
     DrainQueue: _aio.UnaryUnaryMultiCallable[_hub_service_pb2.HubServiceDrainQueueRequest, _hub_service_pb2.HubServiceDrainQueueResponse]  # type: ignore[assignment]
     """Relays a drain of one spoke's queue (audience: the spoke)."""
+    VerifyAgent: _aio.UnaryUnaryMultiCallable[_hub_service_pb2.HubServiceVerifyAgentRequest, _hub_service_pb2.HubServiceVerifyAgentResponse]  # type: ignore[assignment]
+    """Relays a verification verdict to the spoke that holds the agent."""
 
 class HubServiceServicer(metaclass=_abc_1.ABCMeta):
     """HubService takes commands signed by clients the hub trusts and relays them to spokes.
@@ -201,5 +205,13 @@ class HubServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_hub_service_pb2.HubServiceDrainQueueResponse, _abc.Awaitable[_hub_service_pb2.HubServiceDrainQueueResponse]]:
         """Relays a drain of one spoke's queue (audience: the spoke)."""
+
+    @_abc_1.abstractmethod
+    def VerifyAgent(
+        self,
+        request: _hub_service_pb2.HubServiceVerifyAgentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_hub_service_pb2.HubServiceVerifyAgentResponse, _abc.Awaitable[_hub_service_pb2.HubServiceVerifyAgentResponse]]:
+        """Relays a verification verdict to the spoke that holds the agent."""
 
 def add_HubServiceServicer_to_server(servicer: HubServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -92,6 +92,11 @@ class SpokeServiceStub:
                 request_serializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceDrainQueueRequest.SerializeToString,
                 response_deserializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceDrainQueueResponse.FromString,
                 _registered_method=True)
+        self.VerifyAgent = channel.unary_unary(
+                '/federation.v1.SpokeService/VerifyAgent',
+                request_serializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceVerifyAgentRequest.SerializeToString,
+                response_deserializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceVerifyAgentResponse.FromString,
+                _registered_method=True)
 
 
 class SpokeServiceServicer:
@@ -180,6 +185,13 @@ class SpokeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def VerifyAgent(self, request, context):
+        """Settles verification items of a NEEDS_VERIFICATION agent; replies with the agent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SpokeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -237,6 +249,11 @@ def add_SpokeServiceServicer_to_server(servicer, server):
                     servicer.DrainQueue,
                     request_deserializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceDrainQueueRequest.FromString,
                     response_serializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceDrainQueueResponse.SerializeToString,
+            ),
+            'VerifyAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyAgent,
+                    request_deserializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceVerifyAgentRequest.FromString,
+                    response_serializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceVerifyAgentResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -539,6 +556,33 @@ class SpokeService:
             '/federation.v1.SpokeService/DrainQueue',
             federation_dot_v1_dot_spoke__service__pb2.SpokeServiceDrainQueueRequest.SerializeToString,
             federation_dot_v1_dot_spoke__service__pb2.SpokeServiceDrainQueueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/federation.v1.SpokeService/VerifyAgent',
+            federation_dot_v1_dot_spoke__service__pb2.SpokeServiceVerifyAgentRequest.SerializeToString,
+            federation_dot_v1_dot_spoke__service__pb2.SpokeServiceVerifyAgentResponse.FromString,
             options,
             channel_credentials,
             insecure,

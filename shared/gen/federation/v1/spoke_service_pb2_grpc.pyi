@@ -64,6 +64,8 @@ class SpokeServiceStub:
     """Resumes the queue."""
     DrainQueue: _grpc.UnaryUnaryMultiCallable[_spoke_service_pb2.SpokeServiceDrainQueueRequest, _spoke_service_pb2.SpokeServiceDrainQueueResponse]
     """Cancels every waiting agent; they end KILLED with reason DRAINED."""
+    VerifyAgent: _grpc.UnaryUnaryMultiCallable[_spoke_service_pb2.SpokeServiceVerifyAgentRequest, _spoke_service_pb2.SpokeServiceVerifyAgentResponse]
+    """Settles verification items of a NEEDS_VERIFICATION agent; replies with the agent."""
 
 @_typing.type_check_only
 class SpokeServiceAsyncStub(SpokeServiceStub):
@@ -101,6 +103,8 @@ class SpokeServiceAsyncStub(SpokeServiceStub):
     """Resumes the queue."""
     DrainQueue: _aio.UnaryUnaryMultiCallable[_spoke_service_pb2.SpokeServiceDrainQueueRequest, _spoke_service_pb2.SpokeServiceDrainQueueResponse]  # type: ignore[assignment]
     """Cancels every waiting agent; they end KILLED with reason DRAINED."""
+    VerifyAgent: _aio.UnaryUnaryMultiCallable[_spoke_service_pb2.SpokeServiceVerifyAgentRequest, _spoke_service_pb2.SpokeServiceVerifyAgentResponse]  # type: ignore[assignment]
+    """Settles verification items of a NEEDS_VERIFICATION agent; replies with the agent."""
 
 class SpokeServiceServicer(metaclass=_abc_1.ABCMeta):
     """SpokeService runs agents. Every request carries a SignedEnvelope: either a Command signed by
@@ -201,5 +205,13 @@ class SpokeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_spoke_service_pb2.SpokeServiceDrainQueueResponse, _abc.Awaitable[_spoke_service_pb2.SpokeServiceDrainQueueResponse]]:
         """Cancels every waiting agent; they end KILLED with reason DRAINED."""
+
+    @_abc_1.abstractmethod
+    def VerifyAgent(
+        self,
+        request: _spoke_service_pb2.SpokeServiceVerifyAgentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_spoke_service_pb2.SpokeServiceVerifyAgentResponse, _abc.Awaitable[_spoke_service_pb2.SpokeServiceVerifyAgentResponse]]:
+        """Settles verification items of a NEEDS_VERIFICATION agent; replies with the agent."""
 
 def add_SpokeServiceServicer_to_server(servicer: SpokeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
