@@ -395,6 +395,9 @@ class SpokeServicer:
     def _spawn_request(self, auth: Authorized) -> SpawnRequest:
         body = auth.command.spawn_agent
         cfg = self.config
+        # Authorize the named profile before looking it up: a principal that may not spawn it
+        # here learns nothing of this spoke's profiles (UNKNOWN_PROFILE lists them).
+        self.policy.check(self._policy_request(auth, "spawn_agent", profile=body.profile))
         profile = cfg.profiles.get(body.profile)
         if profile is None:
             raise errors.UnknownProfileError(

@@ -352,7 +352,6 @@ async def test_an_agent_on_a_spoke_the_caller_may_not_use_answers_as_an_unknown_
         assert (await bob.kill("secret-9")).state == Agent.STATE_KILLED
 
 
-@pytest.mark.xfail(strict=True, reason="spoke-side fix lands after the queue split")
 async def test_a_spoke_authorizes_a_spawn_before_it_names_its_profiles(fed: Fed) -> None:
     """Dave may not spawn on the spokes. Before the fix an unknown profile answered
     UNKNOWN_PROFILE with the spoke's profile list; a known one PERMISSION_DENIED."""
