@@ -220,6 +220,25 @@ async def test_own_scope_does_everything_to_its_own_agents(fed: Fed) -> None:
         assert (await alice.wait(failed, timeout=30)).state == Agent.STATE_DEAD_LETTERED
 
 
+async def test_verify_is_scoped_like_kill(fed: Fed) -> None:
+    """Alice (own scope) cannot settle Bob's verification items, and is told exactly what an
+    unknown id gets; Bob can."""
+    async with fed.client("alice") as alice, fed.client("bob") as bob:
+        agent = await bob.spawn("spoke-1", "synthetic", "duration=0 steps=0 verify=review")
+        waiting = await bob.wait(agent, timeout=30)
+        assert waiting.state == Agent.STATE_NEEDS_VERIFICATION
+        got = await _fails(alice.verify(agent.agent_id, {"review": "passed"}))
+        expected = await _fails(alice.verify("nobody-ever-used-this-id", {"review": "passed"}))
+        assert (got.code, got.reason) == (grpc.StatusCode.NOT_FOUND, "AGENT_NOT_FOUND")
+        assert _seen(got, agent.agent_id) == _seen(expected, "nobody-ever-used-this-id")
+        assert (await bob.get(agent.agent_id)).state == Agent.STATE_NEEDS_VERIFICATION
+        done = await bob.verify(agent.agent_id, {"review": "passed"})
+        assert (done.state, done.receipt.verifications[-1].verified_by) == (
+            Agent.STATE_SUCCEEDED,
+            "bob",
+        )
+
+
 # -- lists show only what the caller may see -------------------------------------------------
 
 
