@@ -54,6 +54,7 @@ def decide(code: int, receipt: Receipt | None, now_ms: int, grace_ms: int) -> Ou
                 "verify_deadline_ms": now_ms + grace_ms,
                 "pending": json.dumps(pending),
                 "verdicts": "{}",
+                "verified_by": "{}",
             },
         )
     return Outcome(AgentState.SUCCEEDED)
