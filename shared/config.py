@@ -123,6 +123,17 @@ def _scalar_kind(hint: object) -> type | None:
     return None
 
 
+def optional_fields(cls: type) -> frozenset[str]:
+    """The config class's fields that may be None (``Path | None``): an empty string in a
+    file means None for them, as an empty environment variable means unset."""
+    hints = typing.get_type_hints(cls)
+    return frozenset(
+        f.name
+        for f in dataclasses.fields(cls)
+        if type(None) in typing.get_args(hints[f.name]) and _scalar_kind(hints[f.name])
+    )
+
+
 def scalar_fields(cls: type) -> dict[str, type]:
     """The config class's scalar fields (those with an environment variable) and their types."""
     hints = typing.get_type_hints(cls)
@@ -195,12 +206,15 @@ def values_from_table(
 ) -> dict[str, Any]:
     """A file's table → field values (``tls`` stays a dict of options, merged later)."""
     scalars = scalar_fields(cls)
+    optional = optional_fields(cls)
     values: dict[str, Any] = {}
     for key, value in raw.items():
         if key == "tls" and "tls" not in layout.tables:
             values["tls"] = _tls_fields(value, base, f"{where}: tls", layout)
         elif key in layout.tables:
             values[key] = layout.tables[key](value, base, where)
+        elif key in optional and value == "":
+            values[key] = None
         elif key in scalars:
             values[key] = coerce(key, scalars[key], value, base, layout)
         else:

@@ -230,3 +230,12 @@ def test_config_names_the_password_file_and_never_shows_the_password(tmp_path: P
         SpokeConfig.load(None, {**env, "SPOKE_REDIS_URL": "rediss://:pw@redis.example:6380/0"})
     with pytest.raises(Exception, match="go together"):
         SpokeConfig.load(None, {**env, "SPOKE_REDIS_TLS_CERT_FILE": str(tmp_path / "c")})
+
+
+def test_an_empty_optional_path_in_a_file_means_none(tmp_path: Path) -> None:
+    """hubctl init writes ``# redis_password_file = ""``: uncommented, it changes nothing."""
+    config = tmp_path / "spoke.toml"
+    config.write_text('redis_password_file = ""\nredis_tls_ca_file = ""\n')
+    loaded = SpokeConfig.load(config, {})
+    assert loaded.redis_password_file is None
+    assert loaded.redis == RedisAccess(loaded.redis_url)
