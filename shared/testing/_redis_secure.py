@@ -89,18 +89,18 @@ def write_auth_conf(path: Path, password: str) -> Path:
 
 
 def owner_only_tree(root: Path) -> None:
-    """Make ``root`` and every directory under it 0700 and every file 0600 (a data
-    directory left by an earlier run, or by a server started without a umask)."""
+    """Take every group and other permission off ``root`` (made 0700) and off every
+    directory and file under it (a data directory left by an earlier run, or by a server
+    started without a umask); the owner's own bits stay."""
     root.mkdir(parents=True, exist_ok=True)
     root.chmod(0o700)
+    loose = stat.S_IRWXG | stat.S_IRWXO
     for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames:
-            (Path(dirpath) / name).chmod(0o700)
-        for name in filenames:
+        for name in [*dirnames, *filenames]:
             path = Path(dirpath) / name
             mode = path.lstat().st_mode
-            if stat.S_ISREG(mode) and mode & (stat.S_IRWXG | stat.S_IRWXO):
-                path.chmod(0o600)
+            if (stat.S_ISREG(mode) or stat.S_ISDIR(mode)) and mode & loose:
+                path.chmod(stat.S_IMODE(mode) & ~loose)
 
 
 @functools.cache
