@@ -5,8 +5,9 @@ a bound per message, a principal with a few streams on chatty agents makes the s
 and send as fast as the agents print. :func:`paced` puts token buckets between a stream's
 source and its sender: every message sent takes a token from the stream's bucket and from its
 principal's (shared by all of that principal's streams in this process, :class:`WatchPacing`),
-so a stream never sends more than ``burst + rate * seconds`` messages. When the buckets are
-empty, messages wait in order, and while they wait they are coalesced:
+so a stream never sends more than ``burst + rate * seconds`` messages. When more messages
+wait than the buckets hold tokens (or a slow receiver lets ``max_held`` pile up), messages
+wait in order and are coalesced:
 
 * ``URGENT`` (state changes, so the final one too) is never dropped or merged, and always
   finds a place in the waiting room;
@@ -19,9 +20,10 @@ empty, messages wait in order, and while they wait they are coalesced:
 * ``IDLE`` (heartbeats) is sent only when nothing else waits and a token is free; a late
   heartbeat says nothing, so it is dropped.
 
-A separate task reads the source ahead into the waiting room, so a slow receiver gets the
-same coalescing as a fast agent, and a message waiting for a token goes out as soon as one is
-free, whether or not the source says anything more. When the source ends, what still waits
+Under the rate, with a receiver that keeps up, every message goes out as it came. A separate
+task reads the source ahead into the waiting room, so a receiver that falls ``max_held``
+behind is coalesced too, and a message waiting for a token goes out as soon as one is free,
+whether or not the source says anything more. When the source ends, what still waits
 goes out at the same pace (at most ``max_held`` and the state changes); a source's error is
 raised after that.
 """
@@ -100,6 +102,11 @@ class TokenBucket:
         self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
         self._at = now
 
+    def available(self) -> float:
+        """Tokens free now."""
+        self._refill()
+        return self._tokens
+
     def delay(self) -> float:
         """Seconds until a token is free (0: one is free now)."""
         self._refill()
@@ -116,6 +123,10 @@ class Pacer:
     """The buckets one stream draws on: its own and its principal's."""
 
     buckets: tuple[TokenBucket, ...]
+
+    def available(self) -> float:
+        """Messages that may go out now."""
+        return min(b.available() for b in self.buckets)
 
     def delay(self) -> float:
         return max(b.delay() for b in self.buckets)
@@ -163,33 +174,38 @@ class _Room(Generic[T]):
         self._merge = merge
         self._max = max_held
 
-    def full_for(self, treatment: Treatment) -> bool:
-        """An ORDERED message would need a place the room does not have."""
-        return treatment is Treatment.ORDERED and len(self.items) >= self._max
+    @property
+    def full(self) -> bool:
+        return len(self.items) >= self._max
 
-    def hold(self, treatment: Treatment, item: T) -> None:
+    def hold(self, treatment: Treatment, item: T, squeeze: bool) -> bool:
+        """Put ``item`` in the room; False when it has no place (an ORDERED message, the room
+        full, nothing to merge it with). ``squeeze``: the message could not go out at once
+        (more wait than there are tokens, or the room is full), so it is coalesced."""
         items = self.items
         if treatment is Treatment.IDLE:
             if not items:
                 items.append((treatment, item))
-            return
-        if treatment is Treatment.LATEST:
+            return True
+        if treatment is Treatment.LATEST and squeeze:
             for i in range(len(items) - 1, -1, -1):
                 if items[i][0] is Treatment.URGENT:
                     break
                 if items[i][0] is Treatment.LATEST:
                     del items[i]  # superseded by the newer one
                     break
-        elif treatment is Treatment.ORDERED and items and self._merge is not None:
-            last_treatment, last = items[-1]
-            if last_treatment is Treatment.ORDERED:
-                merged = self._merge(last, item)
+        elif treatment is Treatment.ORDERED:
+            if squeeze and items and self._merge is not None and items[-1][0] is treatment:
+                merged = self._merge(items[-1][1], item)
                 if merged is not None:
                     items[-1] = (treatment, merged)
-                    return
+                    return True
+            if self.full:
+                return False
         if items and items[-1][0] is Treatment.IDLE:
             items.pop()  # a heartbeat says nothing once something else waits
         items.append((treatment, item))
+        return True
 
 
 async def paced(
@@ -216,10 +232,13 @@ async def paced(
         try:
             async for item in source:
                 treatment = treat(item)
-                while room.full_for(treatment):
+                # Coalesce only what could not go out at once: under the rate, and with a
+                # receiver that keeps up, every message is sent as it came.
+                while not room.hold(
+                    treatment, item, room.full or len(room.items) >= pacer.available()
+                ):
                     freed.clear()
                     await freed.wait()
-                room.hold(treatment, item)
                 changed.set()
         except Exception as exc:  # raised to the receiver once what waits is out
             failure = exc

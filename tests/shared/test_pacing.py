@@ -77,6 +77,13 @@ async def test_a_flood_of_progress_becomes_its_newest_report_and_states_all_arri
     assert Msg("progress", 5000) in out  # the newest report is never lost
 
 
+async def test_under_the_rate_nothing_is_coalesced() -> None:
+    items = [Msg("state", 0)] + [Msg("progress", i) for i in range(1, 30)] + [Msg("state", 30)]
+    items += [Msg("out", 31, "a"), Msg("out", 32, "b")]
+    out, _ = await _collect(items, _pacer(20, 100), merge=merge)
+    assert out == items
+
+
 async def test_states_keep_their_place_between_progress_reports() -> None:
     items = [Msg("progress", 1), Msg("progress", 2), Msg("state", 3), Msg("progress", 4)]
     out, _ = await _collect(items, _pacer(1000, 1))
