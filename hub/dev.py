@@ -196,6 +196,7 @@ def _summary(fed: testing.Federation) -> str:
             + (" (mutual TLS; plaintext is refused)" if fed.tls else ""),
             *rows,
             "  spokes offer the profiles 'synthetic' and 'shell' (sh -c TASK; unsafe)",
+            f"  each redis-server requires the password in {fed.redis_password_file}",
             "in another terminal:",
             f"  export HUBCTL_CONFIG={config}",
             "  hubctl spokes",

@@ -433,6 +433,7 @@ class EmbeddedRedis:
         context = _client_ssl(self.tls)
         while not await self._exited_within(process, 0.02):
             if await _serving_pid(port, self._password, context) == process.pid:
+                owner_only_tree(self.data_dir)  # whatever it made at start, whatever its umask
                 return
             if loop.time() >= deadline:
                 await self.kill()
