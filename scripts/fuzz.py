@@ -4,6 +4,9 @@ Starts a real hub and spoke in this process (private redis-server, loopback only
 every input class to every RPC of HubService and SpokeService: fuzzed bodies, forged,
 replayed (also after a restart), expired, future-dated, wrong audience, unsigned,
 oversized, unknown methods, and the one positive class (clock skew inside the window).
+Then, on a second federation with limited principals (issue 9): every verb on another
+principal's agents, watch floods, argv injection per profile kind, Redis tampering and quota
+exhaustion (``fuzzlib.isolation``).
 Writes ``summary.json`` and ``report.md`` under ``--out``; exits 1 if any check failed.
 """
 

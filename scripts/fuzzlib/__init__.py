@@ -9,5 +9,9 @@ Modules:
 * ``forge``: builds signed, forged, expired, relayed ... requests as raw bytes.
 * ``classes``: the input classes, each with the statuses docs/protocol.md promises.
 * ``runner``: sends probes with bounded concurrency and counts what came back.
+* ``tenants``: a second hub and spoke with limited principals (alice, bob, mallory), one
+  profile per task placement kind, low watch caps and a per-principal quota.
+* ``isolation``: the classes between principals (issue 9) against ``tenants``: every verb on
+  another's agents, watch floods, argv injection, Redis tampering, quota exhaustion.
 * ``run``: one whole run (every class, memory, health, queued agents) → summary JSON.
 """

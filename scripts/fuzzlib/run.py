@@ -2,7 +2,8 @@
 
 Order: warm-up → the negative classes → replay primers, their replays, a restart of spoked
 and hubd on the same Redis, the replays again → known-gap probes → the one positive class
-(clock skew inside the window) → health, a signed call, memory, queued agents.
+(clock skew inside the window) → health, a signed call, memory, queued agents → the
+classes between principals on a federation of their own (:mod:`fuzzlib.isolation`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from hubspoke.gen.federation.v1 import command_pb2
 from hubspoke.trust import Role
 
 from . import classes as C
-from . import federation
+from . import federation, isolation
 from .endpoints import Endpoint, discover
 from .forge import Forge
 from .runner import ClassStats, Runner, hwm_mb, rss_mb, trimmed_rss_mb
@@ -489,7 +490,14 @@ async def run(
         await fed.close()
         phases["stop"] = time.monotonic() - mark
 
-    stats = runner.stats
+    # The classes between principals (issue 9) run on a federation of their own: limited
+    # principals, one profile per task placement kind, low watch caps and a quota.
+    mark = time.monotonic()
+    iso_stats, iso = await isolation.run_isolation(
+        sc.name, out / "tenants", rng, endpoints, runner.concurrency
+    )
+    phases["isolation"] = time.monotonic() - mark
+    stats = {**runner.stats, **iso_stats}
     negatives = [s for s in stats.values() if s.kind == "negative"]
     growth = rss_end - rss_start
     internal = {
@@ -513,6 +521,8 @@ async def run(
         and stats["replayed_after_restart"].sent > 0
         and stats["replayed_after_restart"].ok,
         "memory_bounded": growth < sc.memory_limit_mb,
+        **{f"{name}_passed": s.sent > 0 and s.ok for name, s in iso_stats.items()},
+        "isolation_signed_call_after": iso["health"].get("signed_call_after") == C.OK,
     }
     summary: dict[str, Any] = {
         "scale": sc.name,
@@ -572,6 +582,7 @@ async def run(
             if s.kind == "probe"
         },
         "classes": {name: s.as_dict() for name, s in stats.items()},
+        "isolation": iso,
     }
     return summary
 

@@ -15,14 +15,22 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 
 from hubspoke.grpc import from_rpc_error
 
 from .classes import OK, Probe
-from .federation import Federation
+
+
+class Target(Protocol):
+    """What the runner needs of a federation (:mod:`federation`, :mod:`tenants`)."""
+
+    def channel(self, server: str) -> grpc.aio.Channel: ...
+
+    async def agent_count(self) -> int: ...
+
 
 CALL_TIMEOUT_S = 15.0
 SAMPLES = 24
@@ -163,7 +171,7 @@ class ClassStats:
 
 
 class Runner:
-    def __init__(self, fed: Federation, concurrency: int, progress: bool = True) -> None:
+    def __init__(self, fed: Target, concurrency: int, progress: bool = True) -> None:
         self.fed = fed
         self.concurrency = concurrency
         self.progress = progress

@@ -23,7 +23,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 FUZZ = REPO / "scripts" / "fuzz.py"
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 FINDING_CLASSES = frozenset({"signed_out_of_range"})
 """Negative classes whose documented-code check currently fails on a known bug: they are
@@ -37,9 +37,12 @@ def summary(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         [sys.executable, str(FUZZ), "--scale", "reduced", "--out", str(out)],
         capture_output=True,
         text=True,
-        timeout=200,
+        timeout=260,
         cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        },
         check=False,
     )
     path = out / "summary.json"
@@ -168,3 +171,91 @@ def test_a_relayed_command_cannot_be_replayed_past_the_hub(summary: dict[str, An
     accepted = {k: v["accepted"] for k, v in gaps.items()}
     assert not any(accepted.values()), f"replays across hops accepted: {accepted}"
     assert all(v["sent"] > 0 for v in gaps.values())
+
+
+# -- the classes between principals (issue 9): scripts/fuzzlib/isolation.py ---------------------
+
+ISOLATION = (
+    "cross_principal",
+    "watch_flood",
+    "argv_injection",
+    "redis_tampering",
+    "quota_exhaustion",
+)
+
+
+def _iso(s: dict[str, Any], name: str) -> dict[str, Any]:
+    c: dict[str, Any] = s["classes"][name]
+    assert c["kind"] == "isolation"
+    assert c["sent"] > 0, name
+    assert c["unexpected"] == 0, (name, c["extra"], c["unexpected_samples"][:3], _seed(s))
+    assert c["ok"]
+    assert s["checks"][f"{name}_passed"]
+    return c
+
+
+def test_isolation_classes_ran_and_passed(summary: dict[str, Any]) -> None:
+    assert set(ISOLATION) <= set(summary["classes"])
+    for name in ISOLATION:
+        _iso(summary, name)
+    assert summary["isolation"]["health"]["signed_call_after"] == "OK"
+    assert summary["isolation"]["health"]["watch_streams_open_after"] == "0"
+    assert summary["isolation"]["teardown_timeouts"] == []
+
+
+def test_another_principals_agents_answer_as_unknown_ids(summary: dict[str, Any]) -> None:
+    """Every agent verb, through the hub, straight and relayed, on each of bob's agents in
+    every state, by bare id and resource name: NOT_FOUND, word for word the answer for an id
+    nobody used; bob's agents untouched; queue-wide verbs refused."""
+    c = _iso(summary, "cross_principal")
+    verbs = {v.split(":")[0] for v in c["variants"] if ":" in v}
+    assert {"get_agent", "kill_agent", "replay_agent", "watch_agent"} <= verbs
+    targets = {v.split(":")[1] for v in c["variants"] if ":" in v}
+    assert targets == {"running", "finished", "failed", "queued"}
+    assert c["extra"]["pairs"] >= 4 * 2 * len(verbs)
+    assert c["codes"]["NOT_FOUND"] == c["extra"]["pairs"]
+    assert set(c["reasons"]) == {"AGENT_NOT_FOUND"}
+    assert c["extra"]["victims_untouched"] is True
+    assert c["extra"]["queue_verbs_denied"] >= 3
+
+
+def test_watch_floods_hit_the_caps_and_starve_nothing(summary: dict[str, Any]) -> None:
+    c = _iso(summary, "watch_flood")
+    caps = summary["isolation"]["caps"]
+    assert c["extra"]["held_hub"] == caps["hub"][1]
+    assert c["extra"]["held_spoke"] == caps["spoke"][1]
+    assert c["codes"] == {"RESOURCE_EXHAUSTED": c["sent"]}
+    assert {v.split("@")[1] for v in c["variants"]} == {"hub", "spoke"}
+    assert c["extra"]["other_calls"] > 0
+
+
+def test_argv_injection_is_refused_or_harmless_per_profile_kind(summary: dict[str, Any]) -> None:
+    c = _iso(summary, "argv_injection")
+    v = c["variants"]
+    for kind in ("dashdash", "pattern", "stdin", "option"):
+        assert any(k.startswith(f"{kind}:") for k in v), kind
+    # exposed: option-like and pattern-breaking tasks refused; elsewhere only pattern-breaking
+    for mode in ("hub", "direct", "relay"):
+        for group in ("option", "breaking"):
+            assert set(v.get(f"pattern:{group}@{mode}", {})) <= {"INVALID_ARGUMENT"}
+    assert c["extra"]["ran"] > 0
+    assert c["extra"]["refused"] > 0
+    assert c["codes"]["INVALID_ARGUMENT"] == c["extra"]["refused"]
+    assert c["queued"] == c["extra"]["ran"]
+
+
+def test_tampered_records_never_run(summary: dict[str, Any]) -> None:
+    c = _iso(summary, "redis_tampering")
+    assert c["extra"]["tampered"] > 0
+    assert c["extra"]["tampered_failed"] == c["extra"]["tampered"]
+    assert c["extra"]["controls_ran"] > 0
+    edits = {v.split("@")[0] for v in c["variants"]} - {"control"}
+    assert edits == {"profile", "task", "timeout", "issuer", "profile_and_task"}
+
+
+def test_one_principals_flood_hits_its_quota_only(summary: dict[str, Any]) -> None:
+    c = _iso(summary, "quota_exhaustion")
+    e = c["extra"]
+    assert e["flood_accepted"] == e["flood_stored"] == e["quota"]
+    assert c["reasons"]["QUOTA_EXCEEDED"] > 0
+    assert e["other_principal_ok"] == 3
