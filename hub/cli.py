@@ -85,6 +85,41 @@ exit codes:
 
 environment: HUBCTL_CONFIG (--config), HUBCTL_HUB (--hub), HUBCTL_TIMEOUT (--timeout).
 """
+# Shown under each verb's --help; tests/hub/test_cli_examples.py parses every one of them.
+EXAMPLES: Final[dict[str, tuple[str, ...]]] = {
+    "keygen": ("hubctl keygen --out keys --name alice",),
+    "spawn": (
+        "hubctl spawn --spoke spoke-1 -- duration=5 steps=5",
+        "hubctl spawn --spoke build-2 --profile tests --timeout 1800 --wait -- tests/test_api.py",
+        "hubctl spawn --spoke spoke-1 --id nightly-2026-11-30 --priority 8 --label team=infra "
+        "-- duration=1",
+        "hubctl spawn --spoke spoke-1 --delay 600 -- duration=1",
+    ),
+    "status": ("hubctl status AGENT", "hubctl status AGENT --wait", "hubctl --json status AGENT"),
+    "verify": ("hubctl verify AGENT --item tests=passed --item lint=failed",),
+    "kill": ("hubctl kill AGENT", "hubctl kill spokes/spoke-1/agents/AGENT"),
+    "list": (
+        "hubctl list",
+        "hubctl list --spoke spoke-1 --state FAILED --state DEAD_LETTERED",
+        "hubctl --json list --page-size 10",
+    ),
+    "spokes": ("hubctl spokes", "hubctl --json spokes"),
+    "watch": ("hubctl watch AGENT", "hubctl watch AGENT --after 12"),
+    "queue": ("hubctl queue stats --spoke spoke-1", "hubctl queue pause --spoke spoke-1"),
+    "dlq": ("hubctl dlq list --spoke spoke-1", "hubctl dlq replay AGENT --spoke spoke-1"),
+    "certs": ("hubctl certs init --out tls --name hub --name build-2 --name alice",),
+    "keys": (
+        "hubctl keys rotate --out keys --name alice --trust trust.toml",
+        "hubctl keys revoke --trust trust.toml --key ed25519:BASE64",
+    ),
+    "init": (
+        "hubctl init hub --name hub --out /etc/hubspoke --address hub-host --operator alice",
+        "hubctl init spoke --name build-2 --out /etc/hubspoke --address build-host",
+    ),
+    "ui": ("hubctl ui", "hubctl ui --port 8800 --no-browser"),
+}
+"""Example command lines per verb (``AGENT`` stands for an agent id)."""
+
 _KEY_NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 
@@ -310,6 +345,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     dev = sub.add_parser("dev", help="run a local federation (hubctl dev --help)", add_help=False)
     dev.add_argument("dev_args", nargs=argparse.REMAINDER)
+    for verb, lines in EXAMPLES.items():
+        verb_parser = sub.choices[verb]
+        examples = "examples:\n" + "".join(f"  {line}\n" for line in lines)
+        verb_parser.epilog = (
+            f"{verb_parser.epilog}\n\n{examples}" if verb_parser.epilog else examples
+        )
+        verb_parser.formatter_class = argparse.RawDescriptionHelpFormatter
     return p
 
 
