@@ -239,3 +239,48 @@ def test_an_empty_optional_path_in_a_file_means_none(tmp_path: Path) -> None:
     loaded = SpokeConfig.load(config, {})
     assert loaded.redis_password_file is None
     assert loaded.redis == RedisAccess(loaded.redis_url)
+
+
+SPOKE_ACL = (
+    "resetchannels ~federation:spoke-1:* &federation:spoke-1:* +@all -@dangerous "
+    "+config|get +info +client|list +client|setname +client|getname"
+)
+"""docs/operations.md's ACL user for spoke-1."""
+
+
+async def test_a_spoke_runs_as_an_acl_user_kept_to_its_own_keys(tmp_path: Path) -> None:
+    fed = testing.Federation(tmp_path / "fed", ["spoke-1"], ready_timeout_s=20)
+    try:
+        await fed.prepare()
+        user_pass = tmp_path / "spoke-1.pass"
+        user_pass.write_text("spoke-1-only\n")
+        user_pass.chmod(0o600)
+        admin = redis.asyncio.Redis.from_url(fed.redis_url("spoke-1"))
+        try:
+            await admin.acl_setuser("spoke-1", reset=True)
+            await admin.execute_command(
+                "ACL", "SETUSER", "spoke-1", "on", ">spoke-1-only", *SPOKE_ACL.split()
+            )
+            await admin.set("other:secret", "x")
+        finally:
+            await admin.aclose()
+        env = {"SPOKE_REDIS_USERNAME": "spoke-1", "SPOKE_REDIS_PASSWORD_FILE": str(user_pass)}
+        await fed.start_spoked("spoke-1", env=env)
+        await fed.start_hub()
+        async with fed.client() as client:
+            agent = await client.spawn("spoke-1", "synthetic", "duration=0.1 steps=1")
+            final = await client.wait(agent, timeout=30)
+            assert final.state is AgentState.SUCCEEDED
+            assert (await client.queue_stats("spoke-1")).workers > 0
+
+        access = RedisAccess(fed.redis["spoke-1"].access.url, "spoke-1", user_pass)
+        user = redis.asyncio.Redis.from_url(access.url, **access.client_kwargs())
+        try:
+            assert await user.exists(f"federation:spoke-1:agent:{final.agent_id}")
+            for refused in (("GET", "other:secret"), ("FLUSHALL",), ("CONFIG", "SET", "save", "")):
+                with pytest.raises(redis.exceptions.NoPermissionError):
+                    await user.execute_command(*refused)
+        finally:
+            await user.aclose()
+    finally:
+        await fed.stop()
