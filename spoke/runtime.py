@@ -6,10 +6,8 @@ Stopping is SIGTERM to the group, a grace period, then SIGKILL to the group; whe
 the agent (the group leader) exits on its own, the rest of its group is SIGKILLed
 so no orphans remain.
 
-A process is identified by ``(pid, pgid, start_ticks)``: the start time from
-``/proc/<pid>/stat`` guards against pid reuse, so crash recovery can persist the
-identity and later kill the agent only if it is still the same process
-(:func:`kill_identity`).
+Process identities and group kills that outlive this spoked (crash recovery) are in
+:mod:`hubspoke.spoke.processes`.
 
 The output pipes are created here rather than by asyncio, so that the agent's exit
 is noticed at once even while a grandchild still holds stdout open, and so that the
@@ -30,7 +28,6 @@ import os
 import signal
 import subprocess
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -39,19 +36,21 @@ import structlog
 from hubspoke.errors import HubspokeError
 from hubspoke.keys import owner_only_problem
 from hubspoke.spoke.output import OutputTail
+from hubspoke.spoke.processes import (
+    KILL_WAIT_S,
+    UNKNOWN_START_TICKS,
+    ProcessIdentity,
+    read_start_ticks,
+    signal_group,
+)
 from hubspoke.spoke.profiles import TASK_PLACEHOLDER, Profile, task_refusal
 
 __all__ = [
-    "UNKNOWN_START_TICKS",
     "AgentProcess",
     "AgentStartError",
     "OutputCallback",
-    "ProcessIdentity",
     "agent_environment",
-    "identity_alive",
-    "kill_identity",
     "read_secrets",
-    "read_start_ticks",
     "start_agent",
 ]
 
@@ -61,16 +60,9 @@ OutputCallback = Callable[[str, bytes], None]
 """``on_output(stream_name, chunk)``: stream_name is "stdout" or "stderr". Must be cheap."""
 
 BASE_ENV_VARS = ("PATH", "HOME", "LANG")
-UNKNOWN_START_TICKS = -1
-"""start_ticks of an agent that exited before its start time could be read."""
-
 # After the group has been SIGKILLed, how long its output pipes may stay open (a
 # process that left the group with setsid() may hold them) before they are closed.
 DRAIN_TIMEOUT_S = 2.0
-# How often kill_identity() looks whether the process is gone.
-_POLL_S = 0.02
-# How long kill_identity() waits for the process to vanish after SIGKILL.
-_KILL_WAIT_S = 2.0
 
 MAX_SECRET_BYTES = 64 * 1024
 """The largest secret file read; a longer one fails the start."""
@@ -80,180 +72,6 @@ _T = TypeVar("_T")
 
 class AgentStartError(HubspokeError):
     """The agent could not be started (program missing or not executable, bad cwd, ...)."""
-
-
-@dataclass(frozen=True, slots=True)
-class ProcessIdentity:
-    """A process, robust against pid reuse. Persist it with the job."""
-
-    pid: int
-    pgid: int
-    start_ticks: int
-    """Field 22 of /proc/<pid>/stat: start time in clock ticks since boot."""
-
-
-def _read_stat(pid: int) -> tuple[str, int, int] | None:
-    """(state, pgrp, start_ticks) from /proc/<pid>/stat, or None if unreadable."""
-    if pid <= 0:
-        return None
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    # Field 2 (comm) is in parentheses and may itself contain spaces and ')'.
-    close = data.rfind(b")")
-    if close < 0:
-        return None
-    fields = data[close + 1 :].split()
-    try:
-        # fields[0] is field 3 (state), so field N is fields[N - 3].
-        return fields[0].decode("ascii", "replace"), int(fields[2]), int(fields[19])
-    except (IndexError, ValueError):
-        return None
-
-
-def read_start_ticks(pid: int) -> int | None:
-    """The start time of ``pid`` (field 22 of /proc/<pid>/stat), or None if there is no such pid."""
-    stat = _read_stat(pid)
-    return None if stat is None else stat[2]
-
-
-def identity_alive(ident: ProcessIdentity) -> bool:
-    """True only if the pid exists, is not a zombie, is still in its process group,
-    and started at the recorded time (so it is not a reused pid)."""
-    stat = _read_stat(ident.pid)
-    if stat is None:
-        return False
-    state, pgrp, start_ticks = stat
-    return (
-        ident.start_ticks != UNKNOWN_START_TICKS
-        and start_ticks == ident.start_ticks
-        and pgrp == ident.pgid
-        and state not in ("Z", "X", "x")
-    )
-
-
-def _may_signal(pgid: int) -> bool:
-    """Never signal init's group, "our own group" (0, negative) or the spoke's own group."""
-    return pgid > 1 and pgid != os.getpgrp()
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> bool:
-    """Send ``sig`` to process group ``pgid``. False if the group no longer exists."""
-    if not _may_signal(pgid):
-        _log.error("refusing_to_signal_group", pgid=pgid, signal=sig.name)
-        return False
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        _log.warning("signal_group_denied", pgid=pgid, signal=sig.name)
-        return False
-    return True
-
-
-async def _wait_gone(ident: ProcessIdentity, timeout_s: float) -> None:
-    """Poll /proc until ``ident`` is gone or ``timeout_s`` passed (no event exists for a
-    process that is not our child)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + max(timeout_s, 0.0)
-    while loop.time() < deadline:
-        if not identity_alive(ident):
-            return
-        await asyncio.sleep(_POLL_S)
-
-
-def boot_id() -> str:
-    """This host's current boot, so a recorded pid is only ever matched on the host and boot
-    where it was recorded (several spokeds on different hosts may share one Redis)."""
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            return f.read().strip()
-    except OSError:
-        return "unknown-boot"
-
-
-def self_identity() -> ProcessIdentity:
-    """This process, as a ProcessIdentity (recorded so a successor can tell it is gone)."""
-    pid = os.getpid()
-    return ProcessIdentity(pid, os.getpgrp(), read_start_ticks(pid) or UNKNOWN_START_TICKS)
-
-
-def process_alive(pid: int, start_ticks: int) -> bool:
-    """True if ``pid`` runs and started at ``start_ticks`` (not a reused pid)."""
-    stat = _read_stat(pid)
-    return stat is not None and stat[2] == start_ticks and stat[0] not in ("Z", "X", "x")
-
-
-def group_remnants(pgid: int, agent_id: str) -> list[int]:
-    """Live members of process group ``pgid`` that carry ``HUBSPOKE_AGENT_ID=agent_id`` in
-    their environment: what is left of an agent whose leader is gone (it may have died of
-    SIGPIPE when its spoke died). Both must match, so an unrelated process that reused the
-    pgid is never picked."""
-    marker = f"HUBSPOKE_AGENT_ID={agent_id}".encode()
-    found: list[int] = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        stat = _read_stat(int(entry))
-        if stat is None or stat[1] != pgid or stat[0] in ("Z", "X", "x"):
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                env = f.read().split(b"\0")
-        except OSError:
-            continue
-        if marker in env:
-            found.append(int(entry))
-    return found
-
-
-async def kill_remnants(pgid: int, agent_id: str, grace_s: float) -> int:
-    """SIGTERM, then after ``grace_s`` SIGKILL, each process :func:`group_remnants` finds
-    (by pid: the group itself is never signalled, since its leader's identity is gone).
-    Returns how many there were."""
-    if not _may_signal(pgid):
-        return 0
-    first = group_remnants(pgid, agent_id)
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in group_remnants(pgid, agent_id):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, sig)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + (grace_s if sig is signal.SIGTERM else _KILL_WAIT_S)
-        # Polling: no event exists for the end of a process that is not our child.
-        while loop.time() < deadline:
-            if not group_remnants(pgid, agent_id):
-                break
-            await asyncio.sleep(_POLL_S)
-    if first:
-        _log.info("killed_agent_remnants", pgid=pgid, count=len(first))
-    return len(first)
-
-
-async def kill_identity(ident: ProcessIdentity, grace_s: float) -> bool:
-    """Crash recovery: stop a process group recorded earlier, if it is still the same.
-
-    If :func:`identity_alive`, SIGTERM the group, poll until the process is gone or
-    ``grace_s`` passed, then SIGKILL the group (also when the leader left during the
-    grace period, so its group members die too). Returns True if it was alive.
-    A pid whose start_ticks do not match is never signalled.
-    """
-    if not identity_alive(ident):
-        return False
-    if not _may_signal(ident.pgid):
-        _log.error("refusing_to_kill_identity", pid=ident.pid, pgid=ident.pgid)
-        return False
-    _log.info("killing_stray_agent", pid=ident.pid, pgid=ident.pgid)
-    _signal_group(ident.pgid, signal.SIGTERM)
-    await _wait_gone(ident, grace_s)
-    # Either the leader is still alive (checked just now), or it vanished within the
-    # last poll interval; its pgid cannot have been reused while group members remain.
-    _signal_group(ident.pgid, signal.SIGKILL)
-    await _wait_gone(ident, _KILL_WAIT_S)
-    return True
 
 
 def _secret_value(profile: Profile, var: str, path: Path) -> str:
@@ -443,7 +261,7 @@ class AgentProcess:
 
     def _signal(self, sig: signal.Signals) -> None:
         if not self._group_finished:
-            _signal_group(self.identity.pgid, sig)
+            signal_group(self.identity.pgid, sig)
 
     def _finish_group(self) -> None:
         """The leader has exited: kill what is left of its group, exactly once."""
@@ -475,7 +293,7 @@ class AgentProcess:
                 # Reap it, so no zombie and no unclosed transport is left behind; a
                 # second cancellation only cuts this short, the first is re-raised.
                 with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                    async with asyncio.timeout(_KILL_WAIT_S):
+                    async with asyncio.timeout(KILL_WAIT_S):
                         await self._proc.wait()
             self._finish_group()
             raise
@@ -627,7 +445,7 @@ async def start_agent(
             stdin[0].write(task.encode("utf-8", errors="replace"))
             stdin[0].close()
     except BaseException:
-        _signal_group(proc.pid, signal.SIGKILL)
+        signal_group(proc.pid, signal.SIGKILL)
         for fd in parent_fds:
             os.close(fd)
         for reader, _ in readers:

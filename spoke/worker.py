@@ -31,7 +31,7 @@ from redis.exceptions import RedisError
 
 from hubspoke.trust import TrustStore
 
-from . import reverify, runtime
+from . import processes, reverify, runtime
 from .backend import BackendError, QueueError, TransitionError
 from .config import SpokeConfig
 from .events import OutputPump
@@ -70,8 +70,8 @@ class AgentWorker:
         self.trust = trust
         """Checks each record's signed spawn again before every start."""
         self.worker_id = uuid.uuid4().hex[:12]
-        self._boot = runtime.boot_id()
-        self._me = runtime.self_identity()
+        self._boot = processes.boot_id()
+        self._me = processes.self_identity()
         self._kill_events: dict[str, asyncio.Event] = {}
         self._owned: dict[str, tuple[str, int]] = {}
         """Agents this worker started: (worker id, attempt), guarding every later change."""
@@ -284,7 +284,7 @@ class AgentWorker:
         for rec in await self.queue.worker_records.held_agents():
             if rec.boot_id != self._boot or rec.spoked_pid is None or rec.spoked_ticks is None:
                 continue  # another host's or boot's: its own spoked, or the stall check
-            if runtime.process_alive(rec.spoked_pid, rec.spoked_ticks):
+            if processes.process_alive(rec.spoked_pid, rec.spoked_ticks):
                 continue  # a live spoked on this host holds it
             with contextlib.suppress(TransitionError):
                 await self._recover(rec, self.config.profiles.get(rec.profile))
@@ -299,12 +299,12 @@ class AgentWorker:
             # Its pids belong to another host or boot: never signal them from here.
             log.warning("recovery_orphan_elsewhere", boot_id=rec.boot_id, pid=rec.pid)
         elif rec.pid and rec.pgid and rec.start_ticks is not None:
-            ident = runtime.ProcessIdentity(rec.pid, rec.pgid, rec.start_ticks)
+            ident = processes.ProcessIdentity(rec.pid, rec.pgid, rec.start_ticks)
             grace = profile.kill_grace_s if profile else 2.0
-            if await runtime.kill_identity(ident, grace):
+            if await processes.kill_identity(ident, grace):
                 log.warning("recovery_killed_orphan", pid=rec.pid)
             # The leader may be gone (SIGPIPE when its spoke died) while children live on.
-            if await runtime.kill_remnants(rec.pgid, rec.agent_id, grace):
+            if await processes.kill_remnants(rec.pgid, rec.agent_id, grace):
                 log.warning("recovery_killed_remnants", pgid=rec.pgid)
         held = [AgentState.STARTING, AgentState.RUNNING]
         lost_owner = (rec.worker, rec.attempt)  # if it moved meanwhile, that is not ours

@@ -15,15 +15,17 @@ from pathlib import Path
 import pytest
 
 from hubspoke.spoke.output import parse_receipt
+from hubspoke.spoke.processes import (
+    ProcessIdentity,
+    identity_alive,
+    kill_identity,
+    read_start_ticks,
+)
 from hubspoke.spoke.profiles import Profile, synthetic_profile
 from hubspoke.spoke.runtime import (
     DRAIN_TIMEOUT_S,
     AgentProcess,
     AgentStartError,
-    ProcessIdentity,
-    identity_alive,
-    kill_identity,
-    read_start_ticks,
     start_agent,
 )
 
