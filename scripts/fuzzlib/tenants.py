@@ -100,8 +100,9 @@ CHECK_OPTION: Final = (
     "sys.exit(0 if len(a) == 1 and a[0].startswith('--task=') else 3)"
 )
 TOUCH: Final = "import sys; open(sys.argv[-1], 'w').close()"
-SAFE_PATTERN: Final = "[a-z0-9][a-z0-9_./]*"
 OPTION_PATTERN: Final = "[-a-z0-9=_./]+"
+"""Every kind's pattern lets a task start with ``-``: where ``{task}`` is exposed, the spoke
+must refuse an option-like task whatever the pattern says (``spoke/profiles.py``)."""
 
 
 def _argv(*items: str) -> str:
@@ -120,7 +121,7 @@ task_on_stdin = false
 [profiles.pattern]
 argv = {_argv(PY, "-I", "-S", "-c", CHECK_POSITIONAL, "{task}")}
 task_on_stdin = false
-task_pattern = "{SAFE_PATTERN}"
+task_pattern = "{OPTION_PATTERN}"
 
 [profiles.stdin]
 argv = {_argv(PY, "-I", "-S", "-c", CHECK_STDIN)}
