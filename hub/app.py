@@ -27,7 +27,9 @@ from hubspoke.pacing import PacingConfig
 from hubspoke.policy import Policy, PolicyConfigError
 from hubspoke.trust import TrustStore
 
+from .circuit import CircuitConfig, Circuits
 from .config import HubConfig
+from .health import HealthConfig, HealthMonitor
 from .metrics import HubMetrics
 from .registry import SpokeRegistry
 from .relay import Gate, RelayConfig, Relayer
@@ -74,6 +76,7 @@ class HubApp:
         self._built: sgrpc.BuiltServer | None = None
         self._store: HubStore | None = None
         self._registry: SpokeRegistry | None = None
+        self._monitor_task: asyncio.Task[None] | None = None
         self._stopping: asyncio.Event | None = None
         self._shutdown_done = False
         self._metrics = HubMetrics()
@@ -107,6 +110,17 @@ class HubApp:
         self._store = HubStore.from_url(cfg.redis, cfg.name, cfg.redis_timeout_s)
         await self._check_schema(self._store)
         self._registry = SpokeRegistry(cfg.spokes, self._options, self._channel_creds)
+        circuits = Circuits(
+            self._registry.names(),
+            CircuitConfig(cfg.circuit_failures, cfg.circuit_open_s, cfg.probe_interval_s),
+        )
+        monitor = HealthMonitor(
+            self._registry,
+            self._trust,
+            circuits,
+            HealthConfig(cfg.probe_interval_s, cfg.probe_timeout_s, cfg.missed_probes_down),
+            self._metrics,
+        )
         window = commands.Window(
             max_skew=dt.timedelta(seconds=cfg.max_skew_s),
             max_validity=dt.timedelta(seconds=cfg.max_validity_s),
@@ -128,6 +142,7 @@ class HubApp:
             self._trust,
             self._registry,
             self._metrics,
+            circuits,
         )
         servicer = HubServicer(
             RoutingConfig(
@@ -138,6 +153,7 @@ class HubApp:
                 max_watchers=cfg.max_watchers,
                 max_watchers_per_principal=cfg.max_watchers_per_principal,
                 max_message_bytes=cfg.max_message_bytes,
+                fanout_timeout_s=cfg.fanout_timeout_s,
             ),
             Gate(
                 self._trust,
@@ -151,6 +167,7 @@ class HubApp:
             self._registry,
             self._store,
             self._policy,
+            monitor,
         )
         try:
             built = sgrpc.build_server(
@@ -168,6 +185,7 @@ class HubApp:
             self._metrics_server = self._metrics.serve(cfg.metrics_listen)
             log.info("metrics_serving", port=self._metrics_server.port)
         await built.serving([HUB_SERVICE.full_name])
+        self._monitor_task = asyncio.create_task(monitor.run(), name="spoke-health")
         if not await self._store.ping():
             log.warning("redis_unreachable", hint="commands fail with UNAVAILABLE until it answers")
         log.info("hub_serving", hub=cfg.name, port=built.port, spokes=len(cfg.spokes))
@@ -194,6 +212,9 @@ class HubApp:
         self._shutdown_done = True
         grace_s = self.config.shutdown_grace_s if grace is None else grace
         try:
+            if self._monitor_task is not None:
+                self._monitor_task.cancel()
+                await asyncio.wait({self._monitor_task}, timeout=grace_s)
             if self._built is not None:
                 await self._built.stop(grace_s)
         finally:

@@ -39,9 +39,12 @@ from .cli_output import (
     Out,
     agent_json,
     agent_lines,
+    capacity_text,
     escape,
     event_json,
     event_text,
+    seen_ago,
+    spoke_health_text,
     spoke_json,
     stats_json,
     table,
@@ -432,6 +435,7 @@ async def _list(client: Client, args: argparse.Namespace, out: Out) -> int:
             {
                 "agents": [agent_json(a) for a in result.agents],
                 "unreachable_spokes": list(result.unreachable_spokes),
+                "unreachable_reasons": dict(result.unreachable_reasons),
             }
         )
         return EXIT_OK
@@ -453,7 +457,10 @@ async def _list(client: Client, args: argparse.Namespace, out: Out) -> int:
     for line in table(rows):
         out.line(line)
     if result.unreachable_spokes:
-        unreachable = ", ".join(escape(s) for s in result.unreachable_spokes)
+        unreachable = ", ".join(
+            escape(s) + (f" ({escape(why)})" if (why := result.unreachable_reasons.get(s)) else "")
+            for s in result.unreachable_spokes
+        )
         print(f"unreachable: {unreachable}", file=sys.stderr)
     return EXIT_OK
 
@@ -463,12 +470,15 @@ async def _spokes(client: Client, args: argparse.Namespace, out: Out) -> int:
     if out.json:
         out.doc({"spokes": [spoke_json(s) for s in spokes]})
         return EXIT_OK
-    rows = [["NAME", "ADDRESS", "HEALTH", "LABELS"]]
+    rows = [["NAME", "ADDRESS", "HEALTH", "LAST SEEN", "CAPACITY", "CIRCUIT", "LABELS"]]
     rows += [
         [
             s.name,
             s.address,
-            s.health.name,
+            spoke_health_text(s),
+            seen_ago(s.last_seen_time),
+            capacity_text(s),
+            s.circuit.name.lower() if s.circuit else "-",
             ",".join(f"{k}={v}" for k, v in sorted(s.labels.items())),
         ]
         for s in spokes

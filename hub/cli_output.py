@@ -9,6 +9,7 @@ multi-line text keeps its newlines and tabs, single-line fields escape those too
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import sys
 import unicodedata
@@ -24,10 +25,13 @@ __all__ = [
     "Out",
     "agent_json",
     "agent_lines",
+    "capacity_text",
     "escape",
     "escape_lines",
     "event_json",
     "event_text",
+    "seen_ago",
+    "spoke_health_text",
     "spoke_json",
     "stats_json",
     "table",
@@ -92,7 +96,41 @@ def spoke_json(spoke: Spoke) -> dict[str, Any]:
     doc["address"] = raw.address
     doc["health"] = spoke.health.name
     doc["labels"] = dict(raw.labels)
+    if raw.circuit:
+        doc["circuit"] = spoke.circuit.name
     return doc
+
+
+def spoke_health_text(spoke: Spoke) -> str:
+    """``READY``, or e.g. ``DEGRADED (redis down)``."""
+    name = spoke.health.name
+    return f"{name} ({spoke.health_detail})" if spoke.health_detail else name
+
+
+def seen_ago(at: dt.datetime | None, now: dt.datetime | None = None) -> str:
+    """How long ago, e.g. ``3s ago``; ``never`` for None."""
+    if at is None:
+        return "never"
+    seconds = max(((now or dt.datetime.now(dt.UTC)) - at).total_seconds(), 0.0)
+    if seconds < 120:
+        return f"{seconds:.0f}s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m ago"
+    return f"{seconds / 3600:.0f}h ago"
+
+
+def capacity_text(spoke: Spoke) -> str:
+    """Running, queued and free slots, e.g. ``2 running, 5 queued, free synthetic=2/4``."""
+    cap = spoke.capacity
+    if cap is None:
+        return "-"
+    parts = [f"{cap.running} running", f"{cap.queued + cap.delayed} queued"]
+    slots = [
+        f"{p.profile}={p.free_slots}/{p.max_concurrency}" for p in cap.profiles if p.max_concurrency
+    ]
+    if slots:
+        parts.append("free " + " ".join(slots))
+    return ", ".join(parts)
 
 
 def event_json(event: AgentEvent) -> dict[str, Any]:

@@ -125,7 +125,19 @@ class HubConfig:
     kill_grace_s: float = 5.0
     """Extra deadline, in seconds, given to kill calls: the spoke waits for the process group."""
     probe_timeout_s: float = 1.0
-    """Deadline, in seconds, of each spoke health probe (ListSpokes)."""
+    """Deadline, in seconds, of each spoke health probe."""
+    probe_interval_s: float = 5.0
+    """How often, in seconds, the hub probes every spoke in the background."""
+    missed_probes_down: int = 2
+    """Probes in a row a spoke may miss before it shows DISCONNECTED."""
+    circuit_failures: int = 5
+    """Consecutive failures (unanswered relayed calls or probes) that open a spoke's circuit:
+    calls to it then fail at once with UNAVAILABLE, reason SPOKE_CIRCUIT_OPEN."""
+    circuit_open_s: float = 30.0
+    """Seconds an open circuit waits before its half-open probe (a good probe closes it)."""
+    fanout_timeout_s: float = 5.0
+    """One deadline, in seconds, for a fan-out (list, status by id) across spokes: spokes that
+    did not answer by then are named, with the reason."""
     agent_index_ttl_s: float = 7 * 86400.0
     """How long, in seconds, the hub remembers which spoke runs an agent."""
     max_watchers: int = 1024
@@ -177,6 +189,8 @@ class HubConfig:
             seen.add(s.name)
         sconfig.check_positive_seconds(_LAYOUT, self)
         for key in (
+            "missed_probes_down",
+            "circuit_failures",
             "max_watchers",
             "max_watchers_per_principal",
             "watch_event_rate",

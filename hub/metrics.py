@@ -6,6 +6,12 @@
 ``hubspoke_spoke_replies_rejected_total{spoke}``
     Spoke replies that failed verification (wrong signer, bad signature, not an answer to
     the command sent): never passed on, and worth an alert.
+``hubspoke_spoke_circuit_state{spoke, state}``
+    1 for the state the hub's circuit breaker for each spoke is in (``closed``, ``open``,
+    ``half_open``), 0 for the others.
+``hubspoke_spoke_health{spoke, state}``
+    1 for each spoke's health as the probe loop derives it (``ready``, ``degraded``,
+    ``draining``, ``unreachable``, ``disconnected``, ``incompatible``, ``unknown``), 0 else.
 
 Spoke names come from the hub's config, so the label sets are bounded.
 """
@@ -13,9 +19,20 @@ Spoke names come from the hub's config, so the label sets are bounded.
 from __future__ import annotations
 
 import grpc
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from hubspoke.metrics import LATENCY_BUCKETS, Metrics
+
+CIRCUIT_STATES = ("closed", "open", "half_open")
+HEALTH_STATES = (
+    "unknown",
+    "ready",
+    "degraded",
+    "draining",
+    "unreachable",
+    "disconnected",
+    "incompatible",
+)
 
 
 class HubMetrics(Metrics):
@@ -40,6 +57,27 @@ class HubMetrics(Metrics):
             ["spoke"],
             registry=self.registry,
         )
+
+        self.circuit_state = Gauge(
+            "hubspoke_spoke_circuit_state",
+            "1 for the state of this hub's circuit breaker for each spoke",
+            ["spoke", "state"],
+            registry=self.registry,
+        )
+        self.spoke_health = Gauge(
+            "hubspoke_spoke_health",
+            "1 for each spoke's health as this hub's probes derive it",
+            ["spoke", "state"],
+            registry=self.registry,
+        )
+
+    def set_circuit(self, spoke: str, state: str) -> None:
+        for name in CIRCUIT_STATES:
+            self.circuit_state.labels(spoke, name).set(1 if name == state.lower() else 0)
+
+    def set_spoke_health(self, spoke: str, state: str) -> None:
+        for name in HEALTH_STATES:
+            self.spoke_health.labels(spoke, name).set(1 if name == state.lower() else 0)
 
     def observe_spoke_call(self, spoke: str, code: grpc.StatusCode, seconds: float) -> None:
         self.spoke_calls.labels(spoke, code.name).inc()

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import grpc
 import structlog
@@ -25,9 +26,14 @@ from .config import SpokeEntry
 if TYPE_CHECKING:
     from hubspoke.gen.federation.v1.spoke_service_pb2_grpc import SpokeServiceAsyncStub
 
-__all__ = ["Probe", "SpokeLink", "SpokeRegistry"]
+__all__ = ["STATUS_KEY", "STATUS_NONCE_KEY", "Probe", "SpokeLink", "SpokeRegistry"]
 
 log = structlog.get_logger("hubspoke.hub.registry")
+
+STATUS_NONCE_KEY: Final = "hubspoke-status-nonce-bin"
+"""Sent with a probe: the nonce the spoke's signed status must be bound to (spoke/health.py)."""
+STATUS_KEY: Final = "hubspoke-status-bin"
+"""The spoke's signed status in the probe's initial metadata."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +47,12 @@ class Probe:
     """The protocol version the spoke announced (1 if it announced none); 0: no answer."""
     incompatible: bool = False
     """It answered, but speaks another major protocol version: calls to it fail."""
+    answered: bool = False
+    """It answered the health check at all (SERVING or NOT_SERVING)."""
+    nonce: bytes = b""
+    """The nonce the probe sent for the spoke's signed status."""
+    status: bytes = b""
+    """The spoke's signed status (a serialized SignedEnvelope), if it sent one; unverified."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,19 +123,26 @@ class SpokeRegistry:
         """
         target = self.link(name)
         health = health_pb2_grpc.HealthStub(target.channel)
-        ready = incompatible = False
+        ready = incompatible = answered = False
         protocol = 0
+        nonce = secrets.token_bytes(24)
+        status = b""
         try:
             call = health.Check(
                 health_pb2.HealthCheckRequest(service=""),
                 timeout=timeout_s,
-                metadata=version.CALL_METADATA,
+                metadata=(*version.CALL_METADATA, (STATUS_NONCE_KEY, nonce)),
             )
             resp = await call
-            announced = version.peer_protocol(await call.initial_metadata())
+            initial = await call.initial_metadata()
+            announced = version.peer_protocol(initial)
             protocol = version.announced_major(announced) or -1
             incompatible = protocol != version.PROTOCOL_VERSION
+            answered = True
             ready = resp.status == health_pb2.HealthCheckResponse.SERVING and not incompatible
+            status = next(
+                (v for k, v in initial or () if k == STATUS_KEY and isinstance(v, bytes)), b""
+            )
         except grpc.aio.AioRpcError as exc:
             incompatible = exc.code() == grpc.StatusCode.FAILED_PRECONDITION
             if not incompatible:
@@ -138,7 +157,16 @@ class SpokeRegistry:
                 spoke_protocol=protocol,
                 hub_protocol=version.PROTOCOL_VERSION,
             )
-        return Probe(target.entry, ready, dt.datetime.now(dt.UTC), max(protocol, 0), incompatible)
+        return Probe(
+            target.entry,
+            ready,
+            dt.datetime.now(dt.UTC),
+            max(protocol, 0),
+            incompatible,
+            answered=answered or incompatible,
+            nonce=nonce,
+            status=status,
+        )
 
     async def probe_all(self, timeout_s: float) -> list[Probe]:
         """Probe every spoke concurrently; results in config order."""

@@ -50,6 +50,7 @@ from .metrics import HubMetrics
 from .store import Admit
 
 if TYPE_CHECKING:
+    from .circuit import Circuits
     from .registry import SpokeRegistry
 
 __all__ = [
@@ -231,13 +232,36 @@ class Relayer:
     """Wraps a client's command in a signed Relay, calls the spoke, verifies its reply."""
 
     def __init__(
-        self, cfg: RelayConfig, trust: TrustStore, registry: SpokeRegistry, metrics: HubMetrics
+        self,
+        cfg: RelayConfig,
+        trust: TrustStore,
+        registry: SpokeRegistry,
+        metrics: HubMetrics,
+        circuits: Circuits | None = None,
     ) -> None:
+        """``circuits``: a breaker per spoke (hub/circuit.py); while one is open, calls to
+        its spoke fail at once with SPOKE_CIRCUIT_OPEN."""
         self._cfg = cfg
         self._trust = trust
         self._registry = registry
         self._metrics = metrics
+        self._circuits = circuits
         self._pacing = WatchPacing(cfg.pacing)
+
+    def circuit_check(self, spoke: str) -> None:
+        """Raise ``CircuitOpenError`` if the spoke's circuit is not closed."""
+        breaker = self._circuits.get(spoke) if self._circuits is not None else None
+        if breaker is not None:
+            breaker.check()
+
+    def _count(self, spoke: str, reached: bool) -> None:
+        breaker = self._circuits.get(spoke) if self._circuits is not None else None
+        if breaker is None:
+            return
+        if reached:
+            breaker.success()
+        elif breaker.failure():
+            log.warning("spoke_circuit_opened", spoke=spoke, failures=breaker.failures)
 
     def wrap(self, spoke: str, inbound: Inbound) -> command_pb2.SignedEnvelope:
         """A fresh Relay to ``spoke`` around the client's envelope, signed by the hub."""
@@ -253,19 +277,26 @@ class Relayer:
         return envelope.sign(relay.SerializeToString(), envelope.PAYLOAD_TYPE_RELAY, self._cfg.key)
 
     async def call(
-        self, spoke: str, inbound: Inbound
+        self, spoke: str, inbound: Inbound, timeout_s: float | None = None
     ) -> tuple[command_pb2.SignedEnvelope, command_pb2.Reply]:
         """Relay ``inbound`` to ``spoke``; return the spoke's signed reply and its parsed form.
 
+        Args:
+            timeout_s: a shorter deadline than the verb's own (a fan-out's remaining time).
+
         Raises:
+            CircuitOpenError: the spoke's circuit is open; nothing was sent.
             SpokeUnavailableError: the spoke did not answer in time.
             RemoteCallError: the spoke answered with an error (its code and reason kept).
             SpokeReplyError: the reply failed verification.
         """
+        self.circuit_check(spoke)
         link = self._registry.link(spoke)
         route = _route(inbound.verb)
         relay_env = self.wrap(spoke, inbound)
         timeout = self._cfg.kill_timeout_s if route.slow else self._cfg.call_timeout_s
+        if timeout_s is not None:
+            timeout = min(timeout, timeout_s)
         started = time.monotonic()
         try:
             method = getattr(link.stub, route.rpc)
@@ -276,8 +307,11 @@ class Relayer:
             )
         except grpc.aio.AioRpcError as exc:
             self._metrics.observe_spoke_call(spoke, exc.code(), time.monotonic() - started)
-            raise _spoke_error(spoke, exc) from exc
+            failed = _spoke_error(spoke, exc)
+            self._count(spoke, not isinstance(failed, errors.SpokeUnavailableError))
+            raise failed from exc
         self._metrics.observe_spoke_call(spoke, grpc.StatusCode.OK, time.monotonic() - started)
+        self._count(spoke, True)
         reply_env: command_pb2.SignedEnvelope = response.reply
         return reply_env, self.check_reply(spoke, inbound, reply_env)
 
@@ -299,6 +333,7 @@ class Relayer:
     async def _stream(
         self, spoke: str, inbound: Inbound, timeout_s: float
     ) -> AsyncIterator[tuple[command_pb2.SignedEnvelope, command_pb2.Reply]]:
+        self.circuit_check(spoke)
         link = self._registry.link(spoke)
         route = _route(inbound.verb)
         call = link.stub.WatchAgent(

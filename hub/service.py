@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +53,8 @@ from hubspoke.policy import Request as PolicyRequest
 from hubspoke.stream_caps import StreamCaps
 
 from . import relay
+from .circuit import Circuit, CircuitOpenError
+from .health import HealthMonitor, SpokeHealth, SpokeState
 from .registry import Probe, SpokeRegistry
 from .relay import Gate, Inbound, Relayer
 from .store import HubStore
@@ -118,6 +121,8 @@ class RoutingConfig:
     max_message_bytes: int = 4 * 1024 * 1024
     """The largest message this hub sends: a list fan-out carries the spokes' pages that fit
     under it and names the others in ``omitted_spokes``."""
+    fanout_timeout_s: float = 5.0
+    """One deadline for every spoke a fan-out asks; those that did not answer are named."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +133,8 @@ class _Fanned:
     reply_env: command_pb2.SignedEnvelope | None = None
     reply: command_pb2.Reply | None = None
     error: errors.CommandError | None = None
+    reason: str = ""
+    """Why it gave no reply: circuit_open, disconnected, deadline, unavailable or error."""
 
 
 class HubServicer:
@@ -141,7 +148,11 @@ class HubServicer:
         registry: SpokeRegistry,
         store: HubStore,
         policy: Policy,
+        monitor: HealthMonitor | None = None,
     ) -> None:
+        """``monitor``: the background probe loop's health records (hub/health.py); without
+        it, ListSpokes probes every spoke itself and fan-outs ask every spoke."""
+        self._monitor = monitor
         self._cfg = cfg
         self._gate = gate
         self._relayer = relayer
@@ -221,11 +232,12 @@ class HubServicer:
                 response.replies.append(a.reply_env)
                 answered.append(a.spoke)
             else:
-                if not isinstance(a.error, errors.SpokeUnavailableError):
+                if a.reason == "error":
                     log.warning(
                         "list_spoke_failed", spoke=a.spoke, reason=getattr(a.error, "reason", "")
                     )
                 response.unreachable_spokes.append(a.spoke)
+        reasons = {a.spoke: a.reason for a in answers if a.reply_env is None}
         response.hub_reply.CopyFrom(
             fanout.sign_fan_out(
                 hub=self._cfg.hub_name,
@@ -235,6 +247,7 @@ class HubServicer:
                 answered=answered,
                 unreachable=response.unreachable_spokes,
                 omitted=response.omitted_spokes,
+                reasons=reasons,
             )
         )
         return response
@@ -248,13 +261,23 @@ class HubServicer:
                 f"list_spokes is answered by the hub: set the audience to {self._cfg.hub_name}"
             )
         self._authorize(inbound, None)
-        probes = await self._registry.probe_all(self._cfg.probe_timeout_s)
+        if self._monitor is None:
+            probes = await self._registry.probe_all(self._cfg.probe_timeout_s)
+            spokes = [_spoke_pb(p) for p in probes]
+        else:
+            # The probe loop keeps these fresh: answer at once, never waiting on a spoke
+            # (only right after start, until every spoke has been probed once).
+            await self._monitor.first_round(self._cfg.probe_timeout_s + 1.0)
+            spokes = [
+                _health_pb(r, self._registry, self._monitor.circuit(r.name))
+                for r in self._monitor.records()
+            ]
         reply = command_pb2.Reply(
             command_id=inbound.command.command_id,
             responder=self._cfg.hub_name,
             request_digest=inbound.digest,
             issue_time=commands.to_timestamp(commands.now()),
-            spoke_page=command_pb2.SpokePage(spokes=[_spoke_pb(p) for p in probes]),
+            spoke_page=command_pb2.SpokePage(spokes=spokes),
         )
         signed = envelope.sign(
             reply.SerializeToString(), envelope.PAYLOAD_TYPE_REPLY, self._cfg.key
@@ -473,28 +496,55 @@ class HubServicer:
             return found[0].reply_env
         unreachable: list[str] = []
         for answer in answers:
-            if isinstance(answer.error, errors.SpokeUnavailableError):
-                unreachable.append(answer.spoke)
+            if answer.reason in _UNANSWERED:
+                unreachable.append(f"{answer.spoke} ({answer.reason})")
             elif answer.error is not None and answer.error.code != grpc.StatusCode.NOT_FOUND:
                 raise answer.error
         if unreachable:
             raise errors.SpokeUnavailableError(
                 f"agent {agent_id} not found on the spokes that answered; "
                 f"unreachable: {', '.join(sorted(unreachable))}",
-                unreachable_spokes=",".join(sorted(unreachable)),
+                unreachable_spokes=",".join(sorted(a.split(" ")[0] for a in unreachable)),
             )
         raise errors.AgentNotFoundError(f"no spoke has agent {agent_id}", agent=agent_id)
 
     async def _fan_out(self, inbound: Inbound, names: Sequence[str]) -> list[_Fanned]:
+        """Ask every spoke in ``names`` at once, all under one deadline (fanout_timeout_s).
+
+        A spoke whose circuit is open, or that the probe loop found DISCONNECTED, is not
+        asked; each spoke without a reply carries the reason (``_Fanned.reason``)."""
+        deadline = time.monotonic() + self._cfg.fanout_timeout_s
         async with asyncio.TaskGroup() as tg:
-            tasks = [tg.create_task(self._try(n, inbound)) for n in names]
+            tasks = [tg.create_task(self._try(n, inbound, deadline)) for n in names]
         return [t.result() for t in tasks]
 
-    async def _try(self, spoke: str, inbound: Inbound) -> _Fanned:
+    async def _try(self, spoke: str, inbound: Inbound, deadline: float) -> _Fanned:
         try:
-            reply_env, reply = await self._relayer.call(spoke, inbound)
+            self._relayer.circuit_check(spoke)
+        except CircuitOpenError as exc:
+            return _Fanned(spoke=spoke, error=exc, reason="circuit_open")
+        record = self._monitor.get(spoke) if self._monitor is not None else None
+        if record is not None and record.state is SpokeState.DISCONNECTED:
+            return _Fanned(
+                spoke=spoke,
+                error=errors.SpokeUnavailableError(f"spoke {spoke} is disconnected", spoke=spoke),
+                reason="disconnected",
+            )
+        left = max(deadline - time.monotonic(), 0.001)
+        try:
+            # The gRPC deadline ends the call; the timeout is a backstop a hung task cannot pass.
+            async with asyncio.timeout(left + 0.5):
+                reply_env, reply = await self._relayer.call(spoke, inbound, timeout_s=left)
+        except CircuitOpenError as exc:
+            return _Fanned(spoke=spoke, error=exc, reason="circuit_open")
+        except errors.SpokeUnavailableError as exc:
+            late = time.monotonic() >= deadline - 0.01
+            return _Fanned(spoke=spoke, error=exc, reason="deadline" if late else "unavailable")
+        except TimeoutError:
+            failed = errors.SpokeUnavailableError(f"spoke {spoke} did not answer in time")
+            return _Fanned(spoke=spoke, error=failed, reason="deadline")
         except errors.CommandError as exc:
-            return _Fanned(spoke=spoke, error=exc)
+            return _Fanned(spoke=spoke, error=exc, reason="error")
         return _Fanned(spoke=spoke, reply_env=reply_env, reply=reply)
 
     async def _remember(self, agent_id: str, spoke: str) -> None:
@@ -510,6 +560,9 @@ def _agent_not_found(exc: errors.CommandError) -> bool:
     """A spoke's NOT_FOUND for the agent (its own words, passed on by the relay)."""
     return exc.code == grpc.StatusCode.NOT_FOUND and exc.reason == "AGENT_NOT_FOUND"
 
+
+_UNANSWERED = frozenset({"circuit_open", "disconnected", "deadline", "unavailable"})
+"""Fan-out reasons of a spoke that gave no answer at all (an error is an answer)."""
 
 _FAN_OUT_ROOM = 4 * 1024
 """Room under the message limit for a list fan-out's own parts (the hub's signed account)."""
@@ -546,3 +599,25 @@ def _spoke_pb(p: Probe) -> command_pb2.Spoke:
         labels=dict(p.entry.labels),
         protocol_version=p.protocol,
     )
+
+
+def _health_pb(r: SpokeHealth, registry: SpokeRegistry, circuit: Circuit) -> command_pb2.Spoke:
+    """A spoke's health record, as ListSpokes signs it."""
+    entry = registry.entry(r.name)
+    msg = command_pb2.Spoke(
+        name=r.name,
+        address=entry.address if entry else "",
+        health=int(r.state),  # type: ignore[arg-type]  # SpokeState carries the wire numbers
+        labels=dict(entry.labels) if entry else {},
+        protocol_version=r.protocol,
+        circuit=circuit.value,  # type: ignore[arg-type]  # Circuit carries the wire numbers
+        health_detail=r.detail,
+        missed_probes=r.missed,
+    )
+    if r.last_probe is not None:
+        msg.last_probe_time.CopyFrom(commands.to_timestamp(r.last_probe.astimezone(dt.UTC)))
+    if r.last_seen is not None:
+        msg.last_seen_time.CopyFrom(commands.to_timestamp(r.last_seen.astimezone(dt.UTC)))
+    if r.status is not None:
+        msg.status.CopyFrom(r.status)
+    return msg

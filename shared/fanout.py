@@ -18,7 +18,7 @@ client lists each of them alone.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 
 import grpc
 
@@ -46,8 +46,14 @@ def sign_fan_out(
     answered: Iterable[str],
     unreachable: Iterable[str],
     omitted: Iterable[str] = (),
+    reasons: Mapping[str, str] | None = None,
 ) -> command_pb2.SignedEnvelope:
-    """The hub's signed Reply whose result is the FanOut of one command (lists sorted)."""
+    """The hub's signed Reply whose result is the FanOut of one command (lists sorted).
+
+    ``reasons``: why each unreachable spoke gave no reply (circuit_open, disconnected,
+    deadline, unavailable, error); only those of unreachable spokes are kept."""
+    unreachable = sorted(unreachable)
+    why = {s: r for s, r in (reasons or {}).items() if s in unreachable and r}
     reply = command_pb2.Reply(
         command_id=command_id,
         responder=hub,
@@ -55,8 +61,9 @@ def sign_fan_out(
         issue_time=commands.to_timestamp(commands.now()),
         fan_out=command_pb2.FanOut(
             answered_spokes=sorted(answered),
-            unreachable_spokes=sorted(unreachable),
+            unreachable_spokes=unreachable,
             omitted_spokes=sorted(omitted),
+            unreachable_reasons=why,
         ),
     )
     return envelope.sign(reply.SerializeToString(), envelope.PAYLOAD_TYPE_REPLY, key)

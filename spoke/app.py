@@ -23,6 +23,7 @@ from hubspoke.trust import TrustStore
 
 from .backend import BackendError
 from .config import SpokeConfig, SpokeConfigError
+from .health import StatusMonitor
 from .keys import SpokeKeys
 from .metrics import SpokeMetrics
 from .queue import AgentQueue
@@ -49,6 +50,7 @@ class SpokeApp:
         self._sweeper_task: asyncio.Task[None] | None = None
         self._requeue_task: asyncio.Task[None] | None = None
         self._metrics_task: asyncio.Task[None] | None = None
+        self._status_task: asyncio.Task[None] | None = None
         self._metrics_server: MetricsServer | None = None
         self._stopping = False
         self._stopped = asyncio.Event()
@@ -127,6 +129,10 @@ class SpokeApp:
             )
             log.info("metrics_serving", port=self._metrics_server.port)
         await self._server.serving([SERVICE.full_name])
+        # Health follows Redis from now on, and a probe gets the signed status (health.py).
+        monitor = StatusMonitor(cfg, key, agents, self._server.health, [SERVICE.full_name])
+        self._server.health.status_source = monitor.signed
+        self._status_task = asyncio.create_task(monitor.run(), name="status")
         log.info("spoke_serving", spoke=cfg.name, port=self._server.port)
         # After serving: on a large backlog this scan takes a while and must not delay start.
         self._requeue_task = asyncio.create_task(self._requeue(agents), name="requeue")
@@ -179,7 +185,8 @@ class SpokeApp:
         self._stopping = True
         grace = self.config.shutdown_grace_s if grace is None else grace
         try:
-            for task in (self._sweeper_task, self._requeue_task, self._metrics_task):
+            tasks = (self._sweeper_task, self._requeue_task, self._metrics_task, self._status_task)
+            for task in tasks:
                 if task is not None:
                     task.cancel()
                     # Bounded: a loop that lost its cancel (shared/aio.py) must not hang us.

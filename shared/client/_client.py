@@ -7,7 +7,9 @@ verb promises, and be about what was asked for: the agent asked for, on the spok
 signed, for every agent of a listing too. A reply that fails any check raises
 :class:`CallError` with reason ``REPLY_INVALID``.
 
-Only UNAVAILABLE is retried (3 attempts, 0.2 s then 0.4 s apart). A retry signs the command
+Only UNAVAILABLE is retried (3 attempts, 0.2 s then 0.4 s apart), except SPOKE_CIRCUIT_OPEN
+(the hub's circuit breaker for the spoke is open: it says when to retry, in
+``retry_after_ms``). A retry signs the command
 again with a fresh nonce and the same ``command_id``, which is the spoke's idempotency key.
 """
 
@@ -267,9 +269,10 @@ class Client:
             if signer in pages:
                 raise CallError.invalid_reply(f"two pages from spoke {signer}")
             pages[signer] = self._page(reply.agent_page, signer)
+        reasons: dict[str, str] = {}
         if spoke is None:  # a fan-out: the hub signs which spokes answered and which did not
             try:
-                fanout.verify_fan_out(
+                fan = fanout.verify_fan_out(
                     resp.hub_reply if resp.HasField("hub_reply") else None,
                     trust=self._trust,
                     hub_name=self.hub_name,
@@ -281,6 +284,7 @@ class Client:
                 )
             except fanout.FanOutInvalidError as exc:
                 raise CallError.invalid_reply(exc.message) from exc
+            reasons = dict(fan.unreachable_reasons)
             for name in resp.omitted_spokes:
                 alone = await self.list(name, page_size, states)
                 pages.update(alone.pages)
@@ -288,6 +292,7 @@ class Client:
             agents=[a for p in pages.values() for a in p.agents],
             unreachable_spokes=list(resp.unreachable_spokes),
             pages=MappingProxyType(pages),
+            unreachable_reasons=MappingProxyType(reasons),
         )
 
     async def watch(
@@ -327,7 +332,7 @@ class Client:
                     yield AgentEvent.from_proto(event)
             except grpc.aio.AioRpcError as exc:
                 failure = sgrpc.from_rpc_error(exc)
-                if failure.code != grpc.StatusCode.UNAVAILABLE or attempt + 1 == _ATTEMPTS:
+                if not _retryable(failure) or attempt + 1 == _ATTEMPTS:
                     raise CallError.from_failure(failure) from exc
             else:
                 return
@@ -455,7 +460,7 @@ class Client:
                 )
             except grpc.aio.AioRpcError as exc:
                 failure = sgrpc.from_rpc_error(exc)
-                if failure.code != grpc.StatusCode.UNAVAILABLE or attempt + 1 == _ATTEMPTS:
+                if not _retryable(failure) or attempt + 1 == _ATTEMPTS:
                     raise CallError.from_failure(failure) from exc
             else:
                 return sent, resp
@@ -520,3 +525,8 @@ def _checked_agent(agent: agent_pb2.Agent, signer: str, agent_id: str | None) ->
     if agent.name and agent.name != f"spokes/{signer}/agents/{agent.agent_id}":
         raise CallError.invalid_reply(f"agent {agent.agent_id!r} is named {agent.name!r}")
     return Agent.from_proto(agent)
+
+
+def _retryable(failure: sgrpc.CallFailure) -> bool:
+    """UNAVAILABLE, unless the hub's circuit for the spoke is open (retry_after_ms says when)."""
+    return failure.code == grpc.StatusCode.UNAVAILABLE and failure.reason != "SPOKE_CIRCUIT_OPEN"

@@ -28,10 +28,13 @@ __all__ = [
     "AgentPage",
     "AgentState",
     "Artifact",
+    "CircuitState",
     "EventKind",
+    "ProfileCapacity",
     "QueueStats",
     "Receipt",
     "Spoke",
+    "SpokeCapacity",
     "SpokeHealth",
     "Verification",
 ]
@@ -117,6 +120,65 @@ class SpokeHealth(enum.IntEnum):
     UNREACHABLE = command_pb2.Spoke.HEALTH_UNREACHABLE
     INCOMPATIBLE = command_pb2.Spoke.HEALTH_INCOMPATIBLE
     """It answers, but speaks another protocol version than the hub (docs/operations.md)."""
+    DEGRADED = command_pb2.Spoke.HEALTH_DEGRADED
+    """It answers, but its Redis is down or its queue is full or paused (``health_detail``)."""
+    DRAINING = command_pb2.Spoke.HEALTH_DRAINING
+    """An operator drains it: no new placements."""
+    DISCONNECTED = command_pb2.Spoke.HEALTH_DISCONNECTED
+    """It missed the hub's last probes (``missed_probes_down`` in a row)."""
+
+
+class CircuitState(enum.IntEnum):
+    """The hub's circuit breaker for a spoke; while OPEN or HALF_OPEN, calls fail at once."""
+
+    UNSPECIFIED = command_pb2.Spoke.CIRCUIT_UNSPECIFIED
+    CLOSED = command_pb2.Spoke.CIRCUIT_CLOSED
+    OPEN = command_pb2.Spoke.CIRCUIT_OPEN
+    HALF_OPEN = command_pb2.Spoke.CIRCUIT_HALF_OPEN
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileCapacity:
+    """One profile's run slots on a spoke (0 max_concurrency: unlimited)."""
+
+    profile: str
+    max_concurrency: int
+    free_slots: int
+
+
+@dataclass(frozen=True, slots=True)
+class SpokeCapacity:
+    """What a spoke last reported about itself, signed by it (the hub verified it)."""
+
+    redis_ok: bool
+    running: int
+    queued: int
+    delayed: int
+    paused: bool
+    draining: bool
+    queue_full: bool
+    profiles: Sequence[ProfileCapacity]
+    version: str
+    observed: dt.datetime | None
+    raw: command_pb2.SpokeStatus = field(repr=False, compare=False)
+
+    @classmethod
+    def from_proto(cls, msg: command_pb2.SpokeStatus) -> SpokeCapacity:
+        return cls(
+            redis_ok=msg.redis_ok,
+            running=msg.running,
+            queued=msg.queued,
+            delayed=msg.delayed,
+            paused=msg.paused,
+            draining=msg.draining,
+            queue_full=msg.queue_full,
+            profiles=tuple(
+                ProfileCapacity(p.profile, p.max_concurrency, p.free_slots) for p in msg.profiles
+            ),
+            version=msg.version,
+            observed=_time(msg.observe_time, msg.HasField("observe_time")),
+            raw=msg,
+        )
 
 
 def _enum(cls: type[_E], value: int) -> _E:
@@ -308,6 +370,14 @@ class Spoke:
     last_probe_time: dt.datetime | None
     labels: Mapping[str, str]
     raw: command_pb2.Spoke = field(repr=False, compare=False)
+    last_seen_time: dt.datetime | None = None
+    """When it last answered the hub's probe well."""
+    health_detail: str = ""
+    """Why it is not READY, in words."""
+    circuit: CircuitState = CircuitState.UNSPECIFIED
+    capacity: SpokeCapacity | None = None
+    """Its last signed status (None if it never reported one)."""
+    protocol_version: int = 0
 
     @classmethod
     def from_proto(cls, msg: command_pb2.Spoke) -> Spoke:
@@ -318,6 +388,11 @@ class Spoke:
             last_probe_time=_time(msg.last_probe_time, msg.HasField("last_probe_time")),
             labels=_labels(msg.labels),
             raw=msg,
+            last_seen_time=_time(msg.last_seen_time, msg.HasField("last_seen_time")),
+            health_detail=msg.health_detail,
+            circuit=_enum(CircuitState, msg.circuit),
+            capacity=SpokeCapacity.from_proto(msg.status) if msg.HasField("status") else None,
+            protocol_version=msg.protocol_version,
         )
 
 
@@ -374,6 +449,9 @@ class AgentList:
     """The spokes that did not answer in time, by name (a list, as on the wire)."""
     pages: Mapping[str, AgentPage]
     """Each answering spoke's page, by spoke name."""
+    unreachable_reasons: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    """Why each unreachable spoke gave no page, as the hub signed it: ``circuit_open``,
+    ``disconnected``, ``deadline``, ``unavailable`` or ``error`` (empty from an older hub)."""
 
     @property
     def next_page_tokens(self) -> dict[str, str]:

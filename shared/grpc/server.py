@@ -131,7 +131,12 @@ def _check_protocol(context: grpc.aio.ServicerContext[Any, Any]) -> None:
 class _Health(health_aio.HealthServicer):  # type: ignore[misc]  # grpc_health is untyped
     """grpc.health.v1 that is also the protocol handshake: ``Check`` refuses a caller of
     another major protocol version (FAILED_PRECONDITION) and announces ours in its initial
-    metadata, which the hub's probe reads."""
+    metadata, which the hub's probe reads.
+
+    ``status_source``, when set (spoke/health.py), answers a caller that sent
+    ``hubspoke-status-nonce-bin`` with signed status bytes in ``hubspoke-status-bin``."""
+
+    status_source: Callable[[bytes], bytes | None] | None = None
 
     async def Check(
         self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -140,7 +145,16 @@ class _Health(health_aio.HealthServicer):  # type: ignore[misc]  # grpc_health i
             _check_protocol(context)
         except errors.CommandError as exc:
             await _abort(context, status.to_status(exc))
-        await context.send_initial_metadata(version.CALL_METADATA)
+        initial: tuple[tuple[str, str | bytes], ...] = version.CALL_METADATA
+        source = self.status_source
+        if source is not None:
+            for key, value in context.invocation_metadata() or ():
+                if key == "hubspoke-status-nonce-bin" and isinstance(value, bytes):
+                    signed = source(value)
+                    if signed is not None:
+                        initial = (*initial, ("hubspoke-status-bin", signed))
+                    break
+        await context.send_initial_metadata(initial)
         response: health_pb2.HealthCheckResponse = await super().Check(request, context)
         return response
 

@@ -688,6 +688,7 @@ class Reply(_message.Message):
     QUEUE_STATS_FIELD_NUMBER: _builtins.int
     AGENT_EVENT_FIELD_NUMBER: _builtins.int
     FAN_OUT_FIELD_NUMBER: _builtins.int
+    SPOKE_STATUS_FIELD_NUMBER: _builtins.int
     command_id: _builtins.str
     """The command_id of the command answered."""
     responder: _builtins.str
@@ -722,6 +723,12 @@ class Reply(_message.Message):
     def fan_out(self) -> Global___FanOut:
         """A hub's own account of a fan-out, sent beside the spokes' replies (ListAgents)."""
 
+    @_builtins.property
+    def spoke_status(self) -> Global___SpokeStatus:
+        """A spoke's own account of its health and capacity (GetSpokeStatus; a connect-mode
+        heartbeat carries the same signed Reply).
+        """
+
     def __init__(
         self,
         *,
@@ -735,12 +742,13 @@ class Reply(_message.Message):
         queue_stats: Global___QueueStats | None = ...,
         agent_event: _agent_pb2.AgentEvent | None = ...,
         fan_out: Global___FanOut | None = ...,
+        spoke_status: Global___SpokeStatus | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "agent_event", b"agent_event", "agent_page", b"agent_page", "fan_out", b"fan_out", "issue_time", b"issue_time", "queue_stats", b"queue_stats", "result", b"result", "spoke_page", b"spoke_page"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "agent_event", b"agent_event", "agent_page", b"agent_page", "fan_out", b"fan_out", "issue_time", b"issue_time", "queue_stats", b"queue_stats", "result", b"result", "spoke_page", b"spoke_page", "spoke_status", b"spoke_status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "agent_event", b"agent_event", "agent_page", b"agent_page", "command_id", b"command_id", "fan_out", b"fan_out", "issue_time", b"issue_time", "queue_stats", b"queue_stats", "request_digest", b"request_digest", "responder", b"responder", "result", b"result", "spoke_page", b"spoke_page"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "agent_event", b"agent_event", "agent_page", b"agent_page", "command_id", b"command_id", "fan_out", b"fan_out", "issue_time", b"issue_time", "queue_stats", b"queue_stats", "request_digest", b"request_digest", "responder", b"responder", "result", b"result", "spoke_page", b"spoke_page", "spoke_status", b"spoke_status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["agent", "agent_page", "spoke_page", "queue_stats", "agent_event", "fan_out"]  # noqa: Y015
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["agent", "agent_page", "spoke_page", "queue_stats", "agent_event", "fan_out", "spoke_status"]  # noqa: Y015
     _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
 
@@ -755,9 +763,30 @@ class FanOut(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class UnreachableReasonsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ANSWERED_SPOKES_FIELD_NUMBER: _builtins.int
     UNREACHABLE_SPOKES_FIELD_NUMBER: _builtins.int
     OMITTED_SPOKES_FIELD_NUMBER: _builtins.int
+    UNREACHABLE_REASONS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def answered_spokes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Spokes whose signed replies accompany this one, by name, sorted."""
@@ -772,16 +801,25 @@ class FanOut(_message.Message):
         name, sorted: list each of them alone (audience: the spoke).
         """
 
+    @_builtins.property
+    def unreachable_reasons(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Why each of unreachable_spokes gave no reply, by spoke name: "circuit_open" (the hub's
+        circuit breaker for it is open; not asked), "disconnected" (it missed the hub's last
+        probes; not asked), "deadline" (no answer within the fan-out's deadline) or
+        "unavailable" (the call failed); a spoke's own error otherwise ("error").
+        """
+
     def __init__(
         self,
         *,
         answered_spokes: _abc.Iterable[_builtins.str] | None = ...,
         unreachable_spokes: _abc.Iterable[_builtins.str] | None = ...,
         omitted_spokes: _abc.Iterable[_builtins.str] | None = ...,
+        unreachable_reasons: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["answered_spokes", b"answered_spokes", "omitted_spokes", b"omitted_spokes", "unreachable_spokes", b"unreachable_spokes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answered_spokes", b"answered_spokes", "omitted_spokes", b"omitted_spokes", "unreachable_reasons", b"unreachable_reasons", "unreachable_spokes", b"unreachable_spokes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -837,6 +875,14 @@ class Spoke(_message.Message):
         """Answering, but it speaks another major protocol version than the hub (it refused the
         probe with FAILED_PRECONDITION, or announced another version): calls to it fail.
         """
+        HEALTH_DEGRADED: Spoke._Health.ValueType  # 4
+        """Answering, but it cannot take work well: its Redis is down, its queue is full or
+        paused (detail says which).
+        """
+        HEALTH_DRAINING: Spoke._Health.ValueType  # 5
+        """Answering, but an operator drains it: no new placements."""
+        HEALTH_DISCONNECTED: Spoke._Health.ValueType  # 6
+        """It missed the hub's last probes (missed_probes_down of them in a row)."""
 
     class Health(_Health, metaclass=_HealthEnumTypeWrapper):
         """Health of a spoke as the hub last saw it."""
@@ -851,6 +897,41 @@ class Spoke(_message.Message):
     """Answering, but it speaks another major protocol version than the hub (it refused the
     probe with FAILED_PRECONDITION, or announced another version): calls to it fail.
     """
+    HEALTH_DEGRADED: Spoke.Health.ValueType  # 4
+    """Answering, but it cannot take work well: its Redis is down, its queue is full or
+    paused (detail says which).
+    """
+    HEALTH_DRAINING: Spoke.Health.ValueType  # 5
+    """Answering, but an operator drains it: no new placements."""
+    HEALTH_DISCONNECTED: Spoke.Health.ValueType  # 6
+    """It missed the hub's last probes (missed_probes_down of them in a row)."""
+
+    class _Circuit:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _CircuitEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[Spoke._Circuit.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        CIRCUIT_UNSPECIFIED: Spoke._Circuit.ValueType  # 0
+        """Not known (a hub from before circuit breakers)."""
+        CIRCUIT_CLOSED: Spoke._Circuit.ValueType  # 1
+        """Calls go through."""
+        CIRCUIT_OPEN: Spoke._Circuit.ValueType  # 2
+        """Calls fail at once with UNAVAILABLE, reason SPOKE_CIRCUIT_OPEN."""
+        CIRCUIT_HALF_OPEN: Spoke._Circuit.ValueType  # 3
+        """Calls still fail at once; the next probe decides: a good one closes the circuit."""
+
+    class Circuit(_Circuit, metaclass=_CircuitEnumTypeWrapper):
+        """The state of the hub's circuit breaker for a spoke."""
+
+    CIRCUIT_UNSPECIFIED: Spoke.Circuit.ValueType  # 0
+    """Not known (a hub from before circuit breakers)."""
+    CIRCUIT_CLOSED: Spoke.Circuit.ValueType  # 1
+    """Calls go through."""
+    CIRCUIT_OPEN: Spoke.Circuit.ValueType  # 2
+    """Calls fail at once with UNAVAILABLE, reason SPOKE_CIRCUIT_OPEN."""
+    CIRCUIT_HALF_OPEN: Spoke.Circuit.ValueType  # 3
+    """Calls still fail at once; the next probe decides: a good one closes the circuit."""
 
     @_typing.final
     class LabelsEntry(_message.Message):
@@ -878,6 +959,11 @@ class Spoke(_message.Message):
     LAST_PROBE_TIME_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
+    LAST_SEEN_TIME_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    CIRCUIT_FIELD_NUMBER: _builtins.int
+    HEALTH_DETAIL_FIELD_NUMBER: _builtins.int
+    MISSED_PROBES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The spoke's name."""
     address: _builtins.str
@@ -888,6 +974,12 @@ class Spoke(_message.Message):
     """The protocol version the spoke announced at last_probe_time (gRPC metadata
     hubspoke-protocol); 1 for a spoke from before the announcement; 0 if it did not answer.
     """
+    circuit: Global___Spoke.Circuit.ValueType
+    """The hub's circuit breaker for this spoke."""
+    health_detail: _builtins.str
+    """Why the spoke is not READY, in words (e.g. "redis down", "queue paused")."""
+    missed_probes: _builtins.int
+    """Probes in a row the spoke missed."""
     @_builtins.property
     def last_probe_time(self) -> _timestamp_pb2.Timestamp:
         """When the hub last probed the spoke."""
@@ -895,6 +987,16 @@ class Spoke(_message.Message):
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Labels from the hub's config."""
+
+    @_builtins.property
+    def last_seen_time(self) -> _timestamp_pb2.Timestamp:
+        """When the spoke last answered a probe well (its last good status); unset if never."""
+
+    @_builtins.property
+    def status(self) -> Global___SpokeStatus:
+        """What the spoke last reported, signed by it (running, queued, free slots, Redis health);
+        unset if it never reported one. Shown, never trusted for placement beyond counts.
+        """
 
     def __init__(
         self,
@@ -905,14 +1007,126 @@ class Spoke(_message.Message):
         last_probe_time: _timestamp_pb2.Timestamp | None = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         protocol_version: _builtins.int = ...,
+        last_seen_time: _timestamp_pb2.Timestamp | None = ...,
+        status: Global___SpokeStatus | None = ...,
+        circuit: Global___Spoke.Circuit.ValueType = ...,
+        health_detail: _builtins.str = ...,
+        missed_probes: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["last_probe_time", b"last_probe_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_probe_time", b"last_probe_time", "last_seen_time", b"last_seen_time", "status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "health", b"health", "labels", b"labels", "last_probe_time", b"last_probe_time", "name", b"name", "protocol_version", b"protocol_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "circuit", b"circuit", "health", b"health", "health_detail", b"health_detail", "labels", b"labels", "last_probe_time", b"last_probe_time", "last_seen_time", b"last_seen_time", "missed_probes", b"missed_probes", "name", b"name", "protocol_version", b"protocol_version", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Spoke: _TypeAlias = Spoke  # noqa: Y015
+
+@_typing.final
+class SpokeStatus(_message.Message):
+    """SpokeStatus is a spoke's account of its health and capacity, signed by the spoke as the
+    result of a Reply (GetSpokeStatus). The same signed Reply is what a connect-mode
+    heartbeat carries.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPOKE_FIELD_NUMBER: _builtins.int
+    REDIS_OK_FIELD_NUMBER: _builtins.int
+    RUNNING_FIELD_NUMBER: _builtins.int
+    QUEUED_FIELD_NUMBER: _builtins.int
+    DELAYED_FIELD_NUMBER: _builtins.int
+    PROFILES_FIELD_NUMBER: _builtins.int
+    PAUSED_FIELD_NUMBER: _builtins.int
+    DRAINING_FIELD_NUMBER: _builtins.int
+    PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
+    MAX_QUEUE_DEPTH_FIELD_NUMBER: _builtins.int
+    QUEUE_FULL_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    OBSERVE_TIME_FIELD_NUMBER: _builtins.int
+    spoke: _builtins.str
+    """The spoke's name."""
+    redis_ok: _builtins.bool
+    """Whether the spoke's Redis answered its last check."""
+    running: _builtins.int
+    """Agents a worker holds (starting or running)."""
+    queued: _builtins.int
+    """Agents waiting to start (ready now)."""
+    delayed: _builtins.int
+    """Agents waiting for a delay or a retry backoff."""
+    paused: _builtins.bool
+    """True while the queue is paused."""
+    draining: _builtins.bool
+    """True while the spoke is draining (takes no new agents)."""
+    protocol_version: _builtins.int
+    """The protocol version the spoke speaks (hubspoke.version)."""
+    max_queue_depth: _builtins.int
+    """The spoke's max_queue_depth (0: unknown)."""
+    queue_full: _builtins.bool
+    """True when queued + delayed agents reach max_queue_depth: spawns fail."""
+    version: _builtins.str
+    """The hubspoke release the spoke runs."""
+    @_builtins.property
+    def profiles(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProfileCapacity]:
+        """Run slots per profile."""
+
+    @_builtins.property
+    def observe_time(self) -> _timestamp_pb2.Timestamp:
+        """When the spoke took these counts."""
+
+    def __init__(
+        self,
+        *,
+        spoke: _builtins.str = ...,
+        redis_ok: _builtins.bool = ...,
+        running: _builtins.int = ...,
+        queued: _builtins.int = ...,
+        delayed: _builtins.int = ...,
+        profiles: _abc.Iterable[Global___ProfileCapacity] | None = ...,
+        paused: _builtins.bool = ...,
+        draining: _builtins.bool = ...,
+        protocol_version: _builtins.int = ...,
+        max_queue_depth: _builtins.int = ...,
+        queue_full: _builtins.bool = ...,
+        version: _builtins.str = ...,
+        observe_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["observe_time", b"observe_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delayed", b"delayed", "draining", b"draining", "max_queue_depth", b"max_queue_depth", "observe_time", b"observe_time", "paused", b"paused", "profiles", b"profiles", "protocol_version", b"protocol_version", "queue_full", b"queue_full", "queued", b"queued", "redis_ok", b"redis_ok", "running", b"running", "spoke", b"spoke", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SpokeStatus: _TypeAlias = SpokeStatus  # noqa: Y015
+
+@_typing.final
+class ProfileCapacity(_message.Message):
+    """ProfileCapacity is one profile's run slots on a spoke."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROFILE_FIELD_NUMBER: _builtins.int
+    MAX_CONCURRENCY_FIELD_NUMBER: _builtins.int
+    FREE_SLOTS_FIELD_NUMBER: _builtins.int
+    profile: _builtins.str
+    """The profile's name."""
+    max_concurrency: _builtins.int
+    """Agents of this profile that may run at once (max_concurrency)."""
+    free_slots: _builtins.int
+    """Slots free now."""
+    def __init__(
+        self,
+        *,
+        profile: _builtins.str = ...,
+        max_concurrency: _builtins.int = ...,
+        free_slots: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["free_slots", b"free_slots", "max_concurrency", b"max_concurrency", "profile", b"profile"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProfileCapacity: _TypeAlias = ProfileCapacity  # noqa: Y015
 
 @_typing.final
 class SpokePage(_message.Message):
