@@ -42,15 +42,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+import grpc
 from google.protobuf import duration_pb2
 from google.protobuf.message import Message
 
 from hubspoke import commands, envelope
+from hubspoke.spoke.keys import SpokeKeys
 
 from . import classes as C
 from . import tenants as T
 from .endpoints import Endpoint
-from .forge import Forge
+from .forge import AGENT_VERBS, Forge
 from .runner import ClassStats, Outcome, Runner
 
 FINAL: Final = frozenset({"SUCCEEDED", "FAILED", "KILLED", "TIMED_OUT", "DEAD_LETTERED"})
@@ -278,8 +280,6 @@ async def cross_principal(s: Sender, n: int) -> ClassStats:
 
 
 def _agent_verbs(endpoints: list[Endpoint]) -> set[str]:
-    from .forge import AGENT_VERBS
-
     return {e.verb for e in endpoints if e.verb in AGENT_VERBS}
 
 
@@ -337,8 +337,6 @@ class HeldWatch:
         self.task = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
-        import grpc
-
         try:
             async for _ in self.call:
                 self.messages += 1
@@ -682,8 +680,6 @@ async def _tamper_batch(
 
 
 def _agent_key(agent_id: str) -> str:
-    from hubspoke.spoke.keys import SpokeKeys
-
     return SpokeKeys(T.SPOKE).agent(agent_id)
 
 
@@ -753,8 +749,6 @@ async def quota_exhaustion(s: Sender, n: int) -> ClassStats:
 
 
 async def _owned(t: T.Tenants, principal: str) -> int:
-    from hubspoke.spoke.keys import SpokeKeys
-
     n = 0
     async for key in t.redis.scan_iter(
         match=SpokeKeys(T.SPOKE).agent("*"), count=1000, _type="HASH"
