@@ -4,7 +4,11 @@
 own redis-server, loopback only) and writes ``summary.json``; these tests judge it. Every
 negative class must be refused (0 accepted, 0 queued) with the statuses docs/protocol.md
 documents; clock skew inside the window must be accepted; the servers must still serve
-and their memory stay bounded. Findings the run exposes are reported as xfail with the
+and their memory stay bounded. The classes between principals (issue 9, on a federation of
+their own: ``scripts/fuzzlib/isolation.py``) must each meet their own pass criteria: another
+owner's agents answer as unknown ids, watch caps refuse without starving anything, argv
+injection is refused or harmless per profile kind, edited records end TAMPERED, a spawn
+flood stops at the quota. Findings the run exposes are reported as xfail with the
 evidence (docs/security.md, "Known gaps"); the run's seed is in every message, so a
 failure can be replayed with ``scripts/fuzz --scale reduced --seed N``.
 """
