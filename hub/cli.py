@@ -108,7 +108,11 @@ EXAMPLES: Final[dict[str, tuple[str, ...]]] = {
     ),
     "spokes": ("hubctl spokes", "hubctl --json spokes"),
     "watch": ("hubctl watch AGENT", "hubctl watch AGENT --after 12"),
-    "queue": ("hubctl queue stats --spoke spoke-1", "hubctl queue pause --spoke spoke-1"),
+    "queue": (
+        "hubctl queue stats",
+        "hubctl queue stats --spoke spoke-1",
+        "hubctl queue pause --spoke spoke-1",
+    ),
     "dlq": ("hubctl dlq list --spoke spoke-1", "hubctl dlq replay AGENT --spoke spoke-1"),
     "certs": ("hubctl certs init --out tls --name hub --name build-2 --name alice",),
     "keys": (
@@ -327,7 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
         "queue", help="a spoke's queue: stats, pause, resume, drain", parents=[common]
     )
     qu.add_argument("action", choices=["stats", "pause", "resume", "drain"])
-    qu.add_argument("--spoke", required=True, help="the spoke whose queue")
+    qu.add_argument(
+        "--spoke", help="the spoke whose queue (stats without it: every spoke, and the totals)"
+    )
 
     dl = sub.add_parser("dlq", help="a spoke's dead-letter set: list, replay", parents=[common])
     dl.add_argument("action", choices=["list", "replay"])
@@ -507,6 +513,10 @@ async def _watch(client: Client, args: argparse.Namespace, out: Out) -> int:
 
 
 async def _queue(client: Client, args: argparse.Namespace, out: Out) -> int:
+    if not args.spoke:
+        if args.action != "stats":
+            raise UsageError(f"queue {args.action} needs --spoke")
+        return await _queue_stats_all(client, out)
     action = {
         "stats": client.queue_stats,
         "pause": client.pause,
@@ -522,6 +532,39 @@ async def _queue(client: Client, args: argparse.Namespace, out: Out) -> int:
     else:
         for key, value in doc.items():
             out.line(f"{key:<10} {value}")
+    return EXIT_OK
+
+
+async def _queue_stats_all(client: Client, out: Out) -> int:
+    """Per-spoke rows and the federation's totals; spokes that gave none, and why."""
+    result = await client.queue_stats_all()
+    if out.json:
+        spokes = {name: stats_json(s) for name, s in sorted(result.per_spoke.items())}
+        for doc in spokes.values():
+            doc.pop("drained", None)
+        out.doc(
+            {
+                "spokes": spokes,
+                "totals": result.totals,
+                "unreachable_spokes": list(result.unreachable_spokes),
+                "unreachable_reasons": dict(result.unreachable_reasons),
+            }
+        )
+        return EXIT_OK
+    cols = ("waiting", "delayed", "active", "completed", "failed", "workers")
+    rows = [["SPOKE", *(c.upper() for c in cols), "PAUSED"]]
+    for name, s in sorted(result.per_spoke.items()):
+        rows.append([name, *(str(getattr(s, c)) for c in cols), "yes" if s.paused else "no"])
+    totals = result.totals
+    rows.append(["TOTAL", *(str(totals[c]) for c in cols), str(totals["paused"])])
+    for line in table(rows):
+        out.line(line)
+    if result.unreachable_spokes:
+        unreachable = ", ".join(
+            escape(s) + (f" ({escape(why)})" if (why := result.unreachable_reasons.get(s)) else "")
+            for s in result.unreachable_spokes
+        )
+        print(f"unreachable: {unreachable}", file=sys.stderr)
     return EXIT_OK
 
 

@@ -312,8 +312,31 @@ class HubServicer:
     async def GetQueueStats(
         self, request: hub_service_pb2.HubServiceGetQueueStatsRequest, context: _Ctx
     ) -> hub_service_pb2.HubServiceGetQueueStatsResponse:
-        reply_env = await self._queue_call(request, relay.QUEUE_STATS)
-        return hub_service_pb2.HubServiceGetQueueStatsResponse(reply=reply_env)
+        inbound = await self._admit(request, relay.QUEUE_STATS)
+        if inbound.command.audience != self._cfg.hub_name:
+            reply_env, _ = await self._relay(self._spoke_named(inbound.command.audience), inbound)
+            return hub_service_pb2.HubServiceGetQueueStatsResponse(reply=reply_env)
+        # Every spoke the caller may read, at once, under one deadline; the hub signs which
+        # answered and why the others did not (counts are small: no page limit needed).
+        answers = await self._fan_out(inbound, self._permitted(inbound))
+        response = hub_service_pb2.HubServiceGetQueueStatsResponse()
+        for a in answers:
+            if a.reply_env is not None:
+                response.replies.append(a.reply_env)
+            else:
+                response.unreachable_spokes.append(a.spoke)
+        response.hub_reply.CopyFrom(
+            fanout.sign_fan_out(
+                hub=self._cfg.hub_name,
+                key=self._cfg.key,
+                command_id=inbound.command.command_id,
+                request_digest=inbound.digest,
+                answered=[a.spoke for a in answers if a.reply_env is not None],
+                unreachable=response.unreachable_spokes,
+                reasons={a.spoke: a.reason for a in answers if a.reply_env is None},
+            )
+        )
+        return response
 
     async def ListDeadLetters(
         self, request: hub_service_pb2.HubServiceListDeadLettersRequest, context: _Ctx

@@ -37,7 +37,16 @@ from hubspoke.trust import Role, TrustStore
 
 from . import _rpc
 from ._errors import CallError, ClientConfigError
-from ._types import Agent, AgentEvent, AgentList, AgentPage, EventKind, QueueStats, Spoke
+from ._types import (
+    Agent,
+    AgentEvent,
+    AgentList,
+    AgentPage,
+    EventKind,
+    FederatedQueueStats,
+    QueueStats,
+    Spoke,
+)
 
 __all__ = ["Client"]
 
@@ -395,6 +404,37 @@ class Client:
     async def queue_stats(self, spoke: str) -> QueueStats:
         """One spoke's queue counts."""
         return await self._queue_verb(_rpc.GET_QUEUE_STATS, command_pb2.GetQueueStatsBody, spoke)
+
+    async def queue_stats_all(self) -> FederatedQueueStats:
+        """Every spoke's queue counts at once (those the caller may read), under the hub's
+        one fan-out deadline; each spoke's counts are signed by it, and which spokes gave
+        none, and why, by the hub."""
+        sent, resp = await self._call(
+            _rpc.GET_QUEUE_STATS, self.hub_name, command_pb2.GetQueueStatsBody()
+        )
+        per_spoke: dict[str, QueueStats] = {}
+        for reply_env in resp.replies:
+            signer, reply = self._verify(sent, reply_env, Role.SPOKE, None, "queue_stats")
+            if signer in per_spoke:
+                raise CallError.invalid_reply(f"two queue counts from spoke {signer}")
+            per_spoke[signer] = QueueStats.from_proto(reply.queue_stats)
+        try:
+            fan = fanout.verify_fan_out(
+                resp.hub_reply if resp.HasField("hub_reply") else None,
+                trust=self._trust,
+                hub_name=self.hub_name,
+                command_id=sent.command.command_id,
+                command_payload=sent.envelope.payload,
+                reply_signers=list(per_spoke),
+                unreachable_spokes=resp.unreachable_spokes,
+            )
+        except fanout.FanOutInvalidError as exc:
+            raise CallError.invalid_reply(exc.message) from exc
+        return FederatedQueueStats(
+            per_spoke=MappingProxyType(per_spoke),
+            unreachable_spokes=list(resp.unreachable_spokes),
+            unreachable_reasons=MappingProxyType(dict(fan.unreachable_reasons)),
+        )
 
     async def pause(self, spoke: str) -> QueueStats:
         """Stop a spoke's workers from taking new agents (running ones go on)."""

@@ -15,7 +15,15 @@ from types import TracebackType
 from typing import Self
 
 from ._client import Client
-from ._types import Agent, AgentEvent, AgentList, AgentPage, QueueStats, Spoke
+from ._types import (
+    Agent,
+    AgentEvent,
+    AgentList,
+    AgentPage,
+    FederatedQueueStats,
+    QueueStats,
+    Spoke,
+)
 
 __all__ = ["SyncClient"]
 
@@ -144,6 +152,10 @@ class SyncClient:
     def queue_stats(self, spoke: str) -> QueueStats:
         """See :meth:`Client.queue_stats`."""
         return self._runner.run(self.client.queue_stats(spoke))
+
+    def queue_stats_all(self) -> FederatedQueueStats:
+        """See :meth:`Client.queue_stats_all`."""
+        return self._runner.run(self.client.queue_stats_all())
 
     def pause(self, spoke: str) -> QueueStats:
         """See :meth:`Client.pause`."""

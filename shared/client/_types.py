@@ -30,6 +30,7 @@ __all__ = [
     "Artifact",
     "CircuitState",
     "EventKind",
+    "FederatedQueueStats",
     "ProfileCapacity",
     "QueueStats",
     "Receipt",
@@ -394,6 +395,24 @@ class Spoke:
             capacity=SpokeCapacity.from_proto(msg.status) if msg.HasField("status") else None,
             protocol_version=msg.protocol_version,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class FederatedQueueStats:
+    """Every spoke's queue counts from one fan-out, and the spokes that gave none (and why,
+    as the hub signed it: circuit_open, disconnected, deadline, unavailable, error)."""
+
+    per_spoke: Mapping[str, QueueStats]
+    unreachable_spokes: Sequence[str]
+    unreachable_reasons: Mapping[str, str]
+
+    @property
+    def totals(self) -> dict[str, int]:
+        """The counts summed over the spokes that answered (``paused``: how many are)."""
+        keys = ("waiting", "delayed", "active", "completed", "failed", "workers")
+        out = {k: sum(getattr(s, k) for s in self.per_spoke.values()) for k in keys}
+        out["paused"] = sum(1 for s in self.per_spoke.values() if s.paused)
+        return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,7 @@ def test_public_names_are_pinned() -> None:
             "ClientConfig",
             "ClientConfigError",
             "EventKind",
+            "FederatedQueueStats",
             "ProfileCapacity",
             "QueueStats",
             "Receipt",

@@ -231,6 +231,42 @@ async def test_fan_out_names_a_hung_spoke_within_its_deadline_before_its_circuit
         assert reasons.get("spoke-5") in {"deadline", "circuit_open", "disconnected"}, reasons
 
 
+async def test_queue_stats_without_a_spoke_gives_every_spoke_and_the_totals(
+    eight: testing.Federation,
+) -> None:
+    fed = eight
+    async with fed.client(timeout_s=30) as client:
+        await until(lambda: _all_ready(client, 8), 20, "every spoke READY")
+        await client.spawn("spoke-2", "synthetic", "duration=30")
+        await client.spawn("spoke-7", "synthetic", "duration=30")
+        await client.pause("spoke-4")
+        hung = fed.spoked("spoke-6")
+        hung.signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            code, doc, err = await hubctl(fed, "--json", "queue", "stats")
+            took = time.monotonic() - started
+            code_text, text, _ = await hubctl(fed, "queue", "stats")
+        finally:
+            hung.signal(signal.SIGCONT)
+        assert code == 0, err
+        assert sorted(doc["spokes"]) == sorted(n for n in fed.spoke_names if n != "spoke-6")
+        assert doc["unreachable_spokes"] == ["spoke-6"]
+        assert doc["unreachable_reasons"]["spoke-6"] in {"deadline", "circuit_open", "disconnected"}
+        per = doc["spokes"]
+        # proto-JSON: int64 counts are strings
+        counted = sum(
+            int(per[n]["active"]) + int(per[n]["waiting"]) for n in ("spoke-2", "spoke-7")
+        )
+        assert counted == 2
+        assert doc["totals"]["paused"] == 1
+        assert doc["totals"]["active"] + doc["totals"]["waiting"] == 2
+        assert took < 30, took  # one fan-out deadline (2 s) plus starting hubctl
+        assert code_text == 0
+        assert "TOTAL" in text
+        assert "spoke-6" not in text.split("TOTAL")[0]
+
+
 async def _all_ready(client: Client, n: int) -> bool:
     spokes = await client.spokes()
     return len(spokes) == n and all(s.health == SpokeHealth.READY for s in spokes)

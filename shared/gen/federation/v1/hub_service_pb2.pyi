@@ -339,7 +339,9 @@ class HubServiceGetQueueStatsRequest(_message.Message):
     COMMAND_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def command(self) -> _command_pb2.SignedEnvelope:
-        """A Command envelope signed by the client; its audience is a spoke."""
+        """A Command envelope signed by the client; its audience is a spoke, or this hub for every
+        spoke the caller may read.
+        """
 
     def __init__(
         self,
@@ -356,23 +358,45 @@ Global___HubServiceGetQueueStatsRequest: _TypeAlias = HubServiceGetQueueStatsReq
 
 @_typing.final
 class HubServiceGetQueueStatsResponse(_message.Message):
-    """HubServiceGetQueueStatsResponse carries the spoke's signed reply, intact."""
+    """HubServiceGetQueueStatsResponse carries the spoke's signed reply, intact; or, when the
+    audience is the hub (a fan-out), every answering spoke's signed reply and the hub's account.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     REPLY_FIELD_NUMBER: _builtins.int
+    REPLIES_FIELD_NUMBER: _builtins.int
+    UNREACHABLE_SPOKES_FIELD_NUMBER: _builtins.int
+    HUB_REPLY_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def reply(self) -> _command_pb2.SignedEnvelope:
-        """A Reply signed by the spoke whose result is queue_stats."""
+        """A Reply signed by the spoke whose result is queue_stats (audience: a spoke)."""
+
+    @_builtins.property
+    def replies(self) -> _containers.RepeatedCompositeFieldContainer[_command_pb2.SignedEnvelope]:
+        """A fan-out: one Reply signed by each spoke that answered, whose result is queue_stats."""
+
+    @_builtins.property
+    def unreachable_spokes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """A fan-out: the spokes that gave no reply, by name (the hub's account says why)."""
+
+    @_builtins.property
+    def hub_reply(self) -> _command_pb2.SignedEnvelope:
+        """A fan-out: a Reply signed by the hub whose result is a fan_out naming the spokes behind
+        replies and unreachable_spokes, with the reason of each unreachable one.
+        """
 
     def __init__(
         self,
         *,
         reply: _command_pb2.SignedEnvelope | None = ...,
+        replies: _abc.Iterable[_command_pb2.SignedEnvelope] | None = ...,
+        unreachable_spokes: _abc.Iterable[_builtins.str] | None = ...,
+        hub_reply: _command_pb2.SignedEnvelope | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["reply", b"reply"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["hub_reply", b"hub_reply", "reply", b"reply"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["reply", b"reply"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hub_reply", b"hub_reply", "replies", b"replies", "reply", b"reply", "unreachable_spokes", b"unreachable_spokes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

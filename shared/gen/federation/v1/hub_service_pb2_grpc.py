@@ -154,7 +154,8 @@ class HubServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetQueueStats(self, request, context):
-        """Relays a read of one spoke's queue counts (audience: the spoke).
+        """Relays a read of one spoke's queue counts (audience: the spoke), or of every spoke the
+        caller may read at once (audience: the hub), with the hub's signed account as for ListAgents.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -51,7 +51,9 @@ class HubServiceStub:
     each a Reply signed by the spoke whose result is agent_event.
     """
     GetQueueStats: _grpc.UnaryUnaryMultiCallable[_hub_service_pb2.HubServiceGetQueueStatsRequest, _hub_service_pb2.HubServiceGetQueueStatsResponse]
-    """Relays a read of one spoke's queue counts (audience: the spoke)."""
+    """Relays a read of one spoke's queue counts (audience: the spoke), or of every spoke the
+    caller may read at once (audience: the hub), with the hub's signed account as for ListAgents.
+    """
     ListDeadLetters: _grpc.UnaryUnaryMultiCallable[_hub_service_pb2.HubServiceListDeadLettersRequest, _hub_service_pb2.HubServiceListDeadLettersResponse]
     """Relays a read of one spoke's dead-letter set (audience: the spoke)."""
     ReplayAgent: _grpc.UnaryUnaryMultiCallable[_hub_service_pb2.HubServiceReplayAgentRequest, _hub_service_pb2.HubServiceReplayAgentResponse]
@@ -88,7 +90,9 @@ class HubServiceAsyncStub(HubServiceStub):
     each a Reply signed by the spoke whose result is agent_event.
     """
     GetQueueStats: _aio.UnaryUnaryMultiCallable[_hub_service_pb2.HubServiceGetQueueStatsRequest, _hub_service_pb2.HubServiceGetQueueStatsResponse]  # type: ignore[assignment]
-    """Relays a read of one spoke's queue counts (audience: the spoke)."""
+    """Relays a read of one spoke's queue counts (audience: the spoke), or of every spoke the
+    caller may read at once (audience: the hub), with the hub's signed account as for ListAgents.
+    """
     ListDeadLetters: _aio.UnaryUnaryMultiCallable[_hub_service_pb2.HubServiceListDeadLettersRequest, _hub_service_pb2.HubServiceListDeadLettersResponse]  # type: ignore[assignment]
     """Relays a read of one spoke's dead-letter set (audience: the spoke)."""
     ReplayAgent: _aio.UnaryUnaryMultiCallable[_hub_service_pb2.HubServiceReplayAgentRequest, _hub_service_pb2.HubServiceReplayAgentResponse]  # type: ignore[assignment]
@@ -164,7 +168,9 @@ class HubServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _hub_service_pb2.HubServiceGetQueueStatsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_hub_service_pb2.HubServiceGetQueueStatsResponse, _abc.Awaitable[_hub_service_pb2.HubServiceGetQueueStatsResponse]]:
-        """Relays a read of one spoke's queue counts (audience: the spoke)."""
+        """Relays a read of one spoke's queue counts (audience: the spoke), or of every spoke the
+        caller may read at once (audience: the hub), with the hub's signed account as for ListAgents.
+        """
 
     @_abc_1.abstractmethod
     def ListDeadLetters(
