@@ -98,8 +98,12 @@ class AgentRows:
     """Pass it back for the next page; "" on the last."""
 
 
+_ANSWERING: Final = frozenset({SpokeHealth.READY, SpokeHealth.DEGRADED, SpokeHealth.DRAINING})
+"""Spokes whose queue is worth reading (a DEGRADED one may just be paused)."""
+
+
 async def _stats(client: Client, spoke: Spoke) -> SpokeRow:
-    if spoke.health != SpokeHealth.READY:
+    if spoke.health not in _ANSWERING:
         return SpokeRow(spoke, None, spoke.health.name.lower())
     try:
         async with asyncio.timeout(STATS_TIMEOUT_S):

@@ -40,7 +40,10 @@ _STATE_CLASS: Final = {
 }
 _HEALTH_CLASS: Final = {
     SpokeHealth.READY: "ok",
+    SpokeHealth.DEGRADED: "warn",
+    SpokeHealth.DRAINING: "warn",
     SpokeHealth.UNREACHABLE: "bad",
+    SpokeHealth.DISCONNECTED: "bad",
     SpokeHealth.INCOMPATIBLE: "bad",
 }
 _RECEIPT_CLASS: Final = {"completed": "ok", "failed": "bad", "blocked": "warn"}
