@@ -78,7 +78,7 @@ _EPILOG: Final = """\
 exit codes:
   0  ok (with --wait: the agent SUCCEEDED)
   1  the hub or a spoke refused or failed the command (with --wait: the agent ended
-     FAILED, KILLED, TIMED_OUT or DEAD_LETTERED)
+     FAILED, KILLED, TIMED_OUT, DEAD_LETTERED or EXPIRED)
   2  usage or config error
   3  not found (NOT_FOUND)
   4  not allowed (UNAUTHENTICATED, PERMISSION_DENIED)
@@ -266,13 +266,21 @@ def build_parser() -> argparse.ArgumentParser:
         type=_seconds,
         default=None,
         metavar="SECONDS",
-        help="do not start before this many seconds have passed",
+        help="do not start before this many seconds have passed since its acceptance",
+    )
+    sp.add_argument(
+        "--start-within",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="it may start until its acceptance plus this, else it ends EXPIRED "
+        "(default: the profile's, else the spoke's, normally 24 h)",
     )
     sp.add_argument(
         "--wait",
         action="store_true",
         help="wait until the agent ends or waits on a person; exit by its state: 0 SUCCEEDED, "
-        "1 FAILED/KILLED/TIMED_OUT/DEAD_LETTERED, 6 NEEDS_INPUT, 7 NEEDS_VERIFICATION",
+        "1 FAILED/KILLED/TIMED_OUT/DEAD_LETTERED/EXPIRED, 6 NEEDS_INPUT, 7 NEEDS_VERIFICATION",
     )
     sp.add_argument("task", nargs="+", metavar="TASK", help="task words, joined by spaces")
 
@@ -405,6 +413,7 @@ async def _spawn(client: Client, args: argparse.Namespace, out: Out) -> int:
         labels=dict(args.labels),
         max_attempts=args.max_attempts,
         delay_s=args.delay,
+        start_within_s=args.start_within,
     )
     if not args.wait:
         _show_agent(out, agent, brief=True)

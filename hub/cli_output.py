@@ -193,6 +193,8 @@ def agent_lines(agent: Agent) -> list[str]:
             lines.append(f"verify    {escape(item.name)}: {escape(item.status)}{by}")
     if agent.verify_deadline is not None:
         lines.append(f"verify by {agent.verify_deadline.isoformat(timespec='seconds')}")
+    if agent.start_deadline is not None:
+        lines.append(f"start by  {agent.start_deadline.isoformat(timespec='seconds')}")
     for label, tail in (("stdout", agent.stdout_tail), ("stderr", agent.stderr_tail)):
         if tail:
             lines.append(f"--- {label} (tail) ---")

@@ -160,6 +160,10 @@ class Inbound:
 
     envelope: command_pb2.SignedEnvelope
     command: command_pb2.Command
+    accepted: dt.datetime = field(default_factory=commands.now)
+    """When the hub accepted it (inside its window): every relay of it carries this as
+    ``accept_time``; the spoke judges the client's window, a spawn's delay and its start
+    deadline by it (spoke/verifier.py)."""
 
     @property
     def verb(self) -> Verb:
@@ -201,7 +205,10 @@ class Gate:
         sgrpc.bind_command(cmd.command_id, cmd.issuer)
         sgrpc.bind_signer(cmd.issuer, "command")  # over mTLS: the certificate names the issuer
         commands.check_command_id(cmd.command_id)
-        expires = commands.check_window(cmd.issue_time, cmd.expire_time, cmd.nonce, self._window)
+        accepted = commands.now()
+        expires = commands.check_window(
+            cmd.issue_time, cmd.expire_time, cmd.nonce, self._window, at=accepted
+        )
         body = cmd.WhichOneof("body")
         if body is None:
             raise errors.InvalidCommandError("command has no body")
@@ -212,7 +219,7 @@ class Gate:
         if not cmd.audience:
             raise errors.InvalidCommandError("command has no audience")
         await self._admit(cmd.issuer, cmd.nonce, expires)
-        return Inbound(envelope=env, command=cmd)
+        return Inbound(envelope=env, command=cmd, accepted=accepted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,6 +280,7 @@ class Relayer:
             expire_time=commands.to_timestamp(at + self._cfg.relay_validity),
             nonce=secrets.token_bytes(24),
             command=inbound.envelope,
+            accept_time=commands.to_timestamp(min(inbound.accepted, at)),
         )
         return envelope.sign(relay.SerializeToString(), envelope.PAYLOAD_TYPE_RELAY, self._cfg.key)
 

@@ -23,6 +23,7 @@ from hubspoke.trust import TrustStore
 
 from .backend import BackendError
 from .config import SpokeConfig, SpokeConfigError
+from .deadline import Deadlines
 from .health import StatusMonitor
 from .keys import SpokeKeys
 from .metrics import SpokeMetrics
@@ -107,7 +108,7 @@ class SpokeApp:
             max_validity=dt.timedelta(seconds=cfg.max_validity_s),
         )
         admission = Admission(agents.redis, RateLimit(cfg.rate_per_principal, cfg.rate_burst))
-        verifier = Verifier(cfg.name, trust, window, admission)
+        verifier = Verifier(cfg.name, trust, window, admission, Deadlines.of(cfg))
         servicer = SpokeServicer(cfg, key, verifier, agents, policy)
         self._server = build_server(
             [Service(SERVICE, servicer)],

@@ -97,8 +97,18 @@ class SpokeConfig:
     retention_s: float = 7 * 86400.0
     """How long a finished agent's record, and so its command id, stays known."""
     replay_within_s: float = 86400.0
-    """How long after the spoke stored a spawn its agent may still be replayed (and start).
-    Until spawns carry a start deadline of their own (issue 11), this is a replay's one."""
+    """How long after the spoke stored a spawn its agent may still be replayed (and start),
+    for an agent stored before spawns carried a start deadline; any newer agent's replay
+    must start by the agent's own start deadline."""
+    default_start_within_s: float = 86400.0
+    """A spawn's start deadline, counted from its acceptance, when neither the spawn
+    (``start_within``) nor its profile (``start_within_seconds``) names one."""
+    max_start_within_s: float = 7 * 86400.0
+    """The longest start_within a spawn may ask for; a longer one is refused with
+    INVALID_ARGUMENT before anything is stored."""
+    max_relay_age_s: float = 7 * 86400.0
+    """How old a hub's acceptance time (Relay.accept_time) may be when its relay arrives;
+    an older one is refused (COMMAND_EXPIRED), whatever the spawn's start deadline."""
     max_skew_s: float = 30.0
     """How far a sender's clock may run ahead of ours."""
     max_validity_s: float = 3600.0

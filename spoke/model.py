@@ -25,6 +25,8 @@ class AgentState(StrEnum):
     NEEDS_VERIFICATION = "NEEDS_VERIFICATION"
     """The receipt said ``completed`` with items not passed: they wait for ``verify`` until
     the record's ``verify_deadline_ms``, then the agent FAILED (VERIFICATION_TIMEOUT)."""
+    EXPIRED = "EXPIRED"
+    """Final: not started by its start deadline (reason NOT_STARTED); it never ran."""
 
     @property
     def final(self) -> bool:
@@ -38,6 +40,7 @@ FINAL_STATES = frozenset(
         AgentState.KILLED,
         AgentState.TIMED_OUT,
         AgentState.DEAD_LETTERED,
+        AgentState.EXPIRED,
     }
 )
 
@@ -57,6 +60,7 @@ EDGES: Mapping[AgentState, frozenset[AgentState]] = {
     _D: frozenset({_R}),
     _NI: frozenset({_R}),
     _NV: frozenset({_R}),
+    AgentState.EXPIRED: frozenset({_Q}),  # never started by its start deadline
 }
 """Every state change an agent may make: ``EDGES[to]`` are the states it may come from.
 ``Records.transition`` refuses any other (spoke/kills.py's script makes the kill edges)."""
@@ -77,7 +81,7 @@ class SpawnRequest:
     digest: str
     """Hex SHA-256 over the spawn's meaning (not its nonce or times): reuse detection."""
     expire_ms: int
-    """The command's expire time: an agent not started by then never starts."""
+    """The start deadline (acceptance + start_within): not started by then, it never starts."""
     envelope: bytes
     """The client's signed envelope as received, kept for audit."""
     relay: bytes = b""
@@ -86,6 +90,8 @@ class SpawnRequest:
     """Do not start before this many ms after it is stored."""
     backoff_ms: int = 1000
     """Base of the exponential retry backoff."""
+    accept_ms: int = 0
+    """The acceptance time (the hub's, or the spoke's receive time); 0: when stored."""
 
 
 def _text(raw: Mapping[bytes, bytes], key: str, default: str = "") -> str:
@@ -158,6 +164,9 @@ class AgentRecord:
     """Settled verification items: name → ``passed`` or ``failed`` (``hubctl verify``)."""
     verified_by: Mapping[str, str] = field(default_factory=dict)
     """Who settled each of ``verdicts``."""
+    start_deadline_ms: int = 0
+    """The spawn's start deadline as accepted; 0 for a record stored before start deadlines.
+    Unlike ``expire_ms`` (which a replay moves to its own deadline) it never changes."""
 
     @classmethod
     def from_hash(cls, raw: Mapping[bytes, bytes]) -> AgentRecord:
@@ -203,6 +212,7 @@ class AgentRecord:
             pending=tuple(json.loads(_text(raw, "pending") or "[]")),
             verdicts=_json_map(_text(raw, "verdicts")),
             verified_by=_json_map(_text(raw, "verified_by")),
+            start_deadline_ms=_int(raw, "start_deadline_ms"),
         )
 
 

@@ -108,6 +108,9 @@ class Profile:
     unsafe: bool = False
     """The profile runs arbitrary code (e.g. the shell profile). Such a task is code already,
     so the profile may begin an argv element with ``{task}`` without a ``task_pattern``."""
+    start_within_s: float = 0.0
+    """The start deadline, in seconds after acceptance, of a spawn of this profile that names
+    none; 0: the spoke's ``default_start_within_s`` (spoke/deadline.py)."""
     secrets: Mapping[str, str] = field(default_factory=_empty_env, hash=False)
     """Environment variable -> absolute path of an owner-only file holding its value, read
     when each agent starts (see the module docstring)."""
@@ -217,6 +220,7 @@ _KNOWN_KEYS = frozenset(
         "max_attempts",
         "retry_safe",
         "max_concurrency",
+        "start_within_seconds",
         "unsafe",
         "secrets",
     }
@@ -363,8 +367,9 @@ def profile_from_mapping(name: str, raw: Mapping[str, object]) -> Profile:
     (table of strings), ``inherit_env``, ``task_on_stdin``, ``retry_safe``,
     ``unsafe`` (booleans), ``task_pattern`` (a regular expression every task must match
     in full), ``timeout_seconds`` (> 0), ``kill_grace_seconds`` (>= 0), ``max_attempts``
-    (integer >= 1), ``max_concurrency`` (integer >= 0, 0 = unlimited), ``secrets`` (a table
-    of environment variable = absolute path of an owner-only file).
+    (integer >= 1), ``max_concurrency`` (integer >= 0, 0 = unlimited),
+    ``start_within_seconds`` (> 0: the start deadline of a spawn that names none), ``secrets``
+    (a table of environment variable = absolute path of an owner-only file).
 
     An ``argv`` element that begins with ``{task}`` needs a ``--`` element before it or a
     ``task_pattern`` (or ``unsafe = true``): see the module docstring.
@@ -402,6 +407,9 @@ def profile_from_mapping(name: str, raw: Mapping[str, object]) -> Profile:
         retry_safe=_bool(name, raw, "retry_safe", base.retry_safe),
         max_concurrency=_int(name, raw, "max_concurrency", base.max_concurrency, minimum=0),
         unsafe=_bool(name, raw, "unsafe", base.unsafe),
+        start_within_s=_seconds(
+            name, raw, "start_within_seconds", base.start_within_s, allow_zero=False
+        ),
         secrets=_secrets(name, raw, env, base.secrets),
     )
     check_secret_files(profile)

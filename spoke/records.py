@@ -272,8 +272,9 @@ class Records:
             labels=dict(req.labels),
             backoff_ms=req.backoff_ms,
             job_id=SpokeKeys.job_id(req.agent_id),
-            not_before_ms=now + req.delay_ms,
+            not_before_ms=(req.accept_ms or now) + req.delay_ms,  # delay counts from acceptance
             seq=1,
+            start_deadline_ms=req.expire_ms if req.accept_ms else 0,
         )
         fields = {
             "agent_id": rec.agent_id,
@@ -291,6 +292,7 @@ class Records:
             "backoff_ms": rec.backoff_ms,
             "job_id": rec.job_id,
             "not_before_ms": rec.not_before_ms,
+            "start_deadline_ms": rec.start_deadline_ms,
         }
         audit: dict[str, object] = {"envelope": req.envelope, "relay": req.relay}
         args: list[Any] = [

@@ -11,8 +11,8 @@ its own agents; ``any``: every agent); any other agent answers exactly as an unk
 dead letters show an ``own``-scoped caller only its own agents. Whoever may see an agent may
 see all of it (task text and output tails included): for a non-owner that takes an ``any``
 rule for the verb. A replay is also authorized as a spawn of the agent's profile by the
-replaying principal, keeps the record's owner, and is refused once the original command's
-expiry (today's start deadline) has passed.
+replaying principal, keeps the record's owner, and is refused once the agent's start
+deadline has passed (``replay_within_s`` after the spawn for an agent stored without one).
 """
 
 from __future__ import annotations
@@ -344,15 +344,22 @@ class SpokeServicer:
         if rec.replay_command == auth.command.command_id:
             return
         if commands.now().timestamp() * 1000 > self._replay_deadline_ms(rec):
+            why = (
+                "its start deadline has passed"
+                if rec.start_deadline_ms
+                else f"it was spawned more than {self.config.replay_within_s:g} s ago "
+                "(replay_within_s)"
+            )
             raise errors.StartDeadlinePassedError(
-                f"agent {rec.agent_id} cannot be replayed: it was spawned more than "
-                f"{self.config.replay_within_s:g} s ago (replay_within_s); spawn it again instead",
+                f"agent {rec.agent_id} cannot be replayed: {why}; spawn it again instead",
                 agent=rec.agent_id,
             )
 
     def _replay_deadline_ms(self, rec: AgentRecord) -> int:
-        """When a replay of ``rec`` must have started: its spawn's storing plus
-        ``replay_within_s`` (the start deadline of issue 11 will take its place)."""
+        """When a replay of ``rec`` must have started: the agent's own start deadline, or,
+        for an agent stored before spawns had one, its storing plus ``replay_within_s``."""
+        if rec.start_deadline_ms:
+            return rec.start_deadline_ms
         return rec.create_ms + int(self.config.replay_within_s * 1000)
 
     async def _stats(self) -> command_pb2.QueueStats:
@@ -428,6 +435,12 @@ class SpokeServicer:
             )
         if not 0 <= body.timeout.nanos < 1_000_000_000:
             raise errors.InvalidCommandError("timeout nanos must be 0-999999999")
+        accepted, start_by = auth.accepted or commands.now(), auth.start_deadline
+        if start_by is not None and delay_ms >= (start_by - accepted).total_seconds() * 1000:
+            raise errors.InvalidCommandError(
+                "delay must be shorter than start_within: the agent could never start",
+                limit="start_within",
+            )
         attempts = body.max_attempts or profile.max_attempts
         if not 1 <= attempts <= MAX_ATTEMPTS_LIMIT:
             raise errors.InvalidCommandError(f"max_attempts must be 1-{MAX_ATTEMPTS_LIMIT}")
@@ -464,6 +477,8 @@ class SpokeServicer:
             "labels": labels,
             "delay_ms": body.delay.seconds * 1000 + body.delay.nanos // 1_000_000,
         }
+        if body.HasField("start_within"):  # absent from the meaning of spawns before it
+            meaning["start_within_ms"] = body.start_within.ToMilliseconds()
         digest = hashlib.sha256(json.dumps(meaning, sort_keys=True).encode()).hexdigest()
         return SpawnRequest(
             agent_id=auth.command.command_id,
@@ -475,7 +490,8 @@ class SpokeServicer:
             max_attempts=attempts,
             labels=labels,
             digest=digest,
-            expire_ms=int(auth.expires.timestamp() * 1000),
+            expire_ms=int((start_by or auth.expires).timestamp() * 1000),
+            accept_ms=int(accepted.timestamp() * 1000),
             delay_ms=body.delay.seconds * 1000 + body.delay.nanos // 1_000_000,
             backoff_ms=cfg.retry_backoff_ms,
             envelope=auth.client_envelope.SerializeToString(),

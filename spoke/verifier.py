@@ -14,6 +14,16 @@ body fits the RPC → audience is this spoke (or, for a relayed command, the rel
 inside the validity window, within the clock skew → the client's request rate → nonce unseen
 (the hop's envelope, and for a relay the client's command inside it as well). The service
 then applies the policy.
+
+Two clocks (spoke/deadline.py): the client's signature window is judged at the command's
+*acceptance* (the hub's ``Relay.accept_time``, which must lie inside the relay's own window
+and be at most ``max_relay_age_s`` old, or this spoke's receive time for a direct call);
+only a spawn may arrive after its window so (a command of any other body must still be
+inside it now). A spawn's start deadline (acceptance + ``start_within``) must not have
+passed. The client's nonce of a spawn stays claimed until the latest start deadline any
+acceptance inside its window could give (``expire_time`` + skew + ``start_within``), plus
+the skew: a captured spawn, sent again straight, through a hub or inside a fresh relay,
+finds its nonce claimed for as long as it could still start.
 Once the client's signature checks out, ``command_id`` and ``issuer`` are bound to the call's
 log context (the hub binds the same two), so the call's log lines, rejections included, carry
 them.
@@ -32,6 +42,7 @@ from hubspoke.admission import Admission, NonceClaim
 from hubspoke.gen.federation.v1 import command_pb2
 from hubspoke.trust import Role, TrustStore
 
+from .deadline import Deadlines, start_within
 from .keys import SpokeKeys
 
 
@@ -49,6 +60,10 @@ class Authorized:
     via: str
     """The hub that relayed it, or "" for a direct call."""
     expires: dt.datetime
+    accepted: dt.datetime | None = None
+    """The acceptance time: the hub's (Relay.accept_time) or this spoke's receive time."""
+    start_deadline: dt.datetime | None = None
+    """A spawn's start deadline: ``accepted`` + its start_within (None for other bodies)."""
 
 
 SPOKE_ADDRESSED = frozenset({"spawn_agent", "pause_queue", "resume_queue", "drain_queue"})
@@ -62,11 +77,13 @@ class Verifier:
         trust: TrustStore,
         window: commands.Window,
         admission: Admission,
+        deadlines: Deadlines | None = None,
     ) -> None:
         self.spoke = spoke
         self.trust = trust
         self.window = window
         self.admission = admission
+        self.deadlines = deadlines or Deadlines()
         self.keys = SpokeKeys(spoke)
 
     async def verify(self, env: command_pb2.SignedEnvelope, body: str) -> Authorized:
@@ -81,9 +98,15 @@ class Verifier:
         sgrpc.bind_signer(cmd.issuer, "command")  # over mTLS: the certificate names the issuer
         if cmd.audience != self.spoke:
             raise errors.WrongAudienceError(f"command is for {cmd.audience!r}, not this spoke")
-        expires = commands.check_window(cmd.issue_time, cmd.expire_time, cmd.nonce, self.window)
-        await self._admit(cmd.issuer, self._claim(cmd.issuer, cmd.nonce, expires))
-        return Authorized(cmd.issuer, cmd, verified.payload, env, None, "", expires)
+        accepted = commands.now()  # a direct call is accepted as it arrives
+        expires = commands.check_window(
+            cmd.issue_time, cmd.expire_time, cmd.nonce, self.window, at=accepted
+        )
+        start_by, hold = self._start_deadline(cmd, accepted, expires)
+        await self._admit(cmd.issuer, self._claim(cmd.issuer, cmd.nonce, hold))
+        return Authorized(
+            cmd.issuer, cmd, verified.payload, env, None, "", expires, accepted, start_by
+        )
 
     async def _relayed(self, env: command_pb2.SignedEnvelope, body: str) -> Authorized:
         outer = envelope.verify(
@@ -111,26 +134,78 @@ class Verifier:
             # A client lets a hub route reads and kills of an agent it names; it never lets
             # the hub pick where new work runs or whose queue to change.
             raise errors.WrongAudienceError(f"a {body} command must name this spoke as audience")
-        expires = commands.check_window(cmd.issue_time, cmd.expire_time, cmd.nonce, self.window)
+        accepted = self._accepted(relay)
+        expires = commands.check_window(
+            cmd.issue_time, cmd.expire_time, cmd.nonce, self.window, at=accepted
+        )
+        if body != "spawn_agent":  # only a spawn is delivered after its window
+            commands.check_window(cmd.issue_time, cmd.expire_time, cmd.nonce, self.window)
+        start_by, hold = self._start_deadline(cmd, accepted, expires)
         # The client's own nonce too: otherwise a command the hub relayed once could be sent
         # again straight to this spoke, or re-wrapped by whoever holds the hub key. The
         # key is the same one a direct call claims. Clients re-sign every retry.
         await self._admit(
             cmd.issuer,
             self._claim(relay.issuer, relay.nonce, relay_expires),
-            self._claim(cmd.issuer, cmd.nonce, expires),
+            self._claim(cmd.issuer, cmd.nonce, hold),
         )
-        return Authorized(cmd.issuer, cmd, inner.payload, relay.command, env, relay.issuer, expires)
+        return Authorized(
+            cmd.issuer,
+            cmd,
+            inner.payload,
+            relay.command,
+            env,
+            relay.issuer,
+            expires,
+            accepted,
+            start_by,
+        )
+
+    def _accepted(self, relay: command_pb2.Relay) -> dt.datetime:
+        """The hub's acceptance time: inside the relay's own window (the hub accepted the
+        command before it signed the relay) and at most ``max_relay_age`` old; a relay
+        without one (a hub from before it) is accepted now."""
+        at = commands.now()
+        if not relay.HasField("accept_time"):
+            return at
+        accepted = commands.from_timestamp(relay.accept_time)
+        if accepted > commands.from_timestamp(relay.issue_time) + self.window.max_skew:
+            raise errors.InvalidCommandError("relay accept_time is after its issue_time")
+        if at - accepted > self.deadlines.max_relay_age:
+            raise errors.CommandExpiredError(
+                f"relay accepted more than {self.deadlines.max_relay_age.total_seconds():g} s "
+                "ago (max_relay_age_s)"
+            )
+        return accepted
+
+    def _start_deadline(
+        self, cmd: command_pb2.Command, accepted: dt.datetime, expires: dt.datetime
+    ) -> tuple[dt.datetime | None, dt.datetime]:
+        """A spawn's start deadline (refused once passed), and until when its client nonce
+        is held: the latest deadline any acceptance inside the window could give. Any other
+        body has no deadline, and its nonce is held until its window ends."""
+        if cmd.WhichOneof("body") != "spawn_agent":
+            return None, expires
+        within = start_within(cmd.spawn_agent, self.deadlines.start_within)
+        start_by = accepted + within
+        if start_by <= commands.now():
+            raise errors.StartDeadlinePassedError(
+                f"spawn {cmd.command_id} can no longer start: its start deadline "
+                f"{start_by.isoformat()} has passed",
+                agent=cmd.command_id,
+            )
+        return start_by, expires + self.window.max_skew + within
 
     async def _admit(self, principal: str, *claims: NonceClaim) -> None:
         """The client's rate token, then every nonce, in one round trip (or none claimed)."""
         await self.admission.admit(principal, self.keys.rate(principal), claims)
 
-    def _claim(self, issuer: str, nonce: bytes, expires: dt.datetime) -> NonceClaim:
-        """A nonce is kept while its command can still be accepted: until it expires, plus
-        the clock skew; kept in Redis, so it survives a restart and binds every spoked on it."""
+    def _claim(self, issuer: str, nonce: bytes, until: dt.datetime) -> NonceClaim:
+        """A nonce is kept while its command can still be accepted or, for a spawn, started:
+        until then, plus the clock skew; kept in Redis, so it survives a restart and binds
+        every spoked on it."""
         return NonceClaim.until_expired(
-            self.keys.nonce(issuer, nonce.hex()), expires, self.window.max_skew
+            self.keys.nonce(issuer, nonce.hex()), until, self.window.max_skew
         )
 
     def _check_command(self, verified: envelope.Verified, body: str) -> command_pb2.Command:

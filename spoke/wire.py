@@ -57,6 +57,8 @@ def to_agent(spoke: str, rec: AgentRecord) -> agent_pb2.Agent:
         agent.receipt.CopyFrom(to_receipt(rec))
     if rec.state == AgentState.NEEDS_VERIFICATION and rec.verify_deadline_ms:
         agent.verify_deadline.FromMilliseconds(rec.verify_deadline_ms)
+    if rec.expire_ms and (rec.start_deadline_ms or rec.replays):
+        agent.start_deadline.FromMilliseconds(rec.expire_ms)  # a replay's own, if replayed
     return agent
 
 

@@ -7,7 +7,9 @@ the record in Redis, not the job, says what to run and whether it may still run:
 * a record STARTING/RUNNING was held by a worker that died: bullmq's stalled-job check
   handed it back. The old process group is killed (matched by pid *and* start time), then
   the agent is retried if its profile is retry-safe and attempts remain, else FAILED/LOST;
-* a command past its expire time never starts (FAILED/EXPIRED);
+* an agent not started by its start deadline (acceptance + start_within, spoke/deadline.py)
+  never starts: it ends EXPIRED (NOT_STARTED). A retry of an agent that did start in time is
+  not held to it (the deadline bounds the wait for the first start, not the retries);
 * a record that does not match the signed spawn kept with it, or whose spawn no longer
   verifies with the trust store, never starts (FAILED/TAMPERED, spoke/reverify.py): what runs
   is what the client signed, not what Redis holds.
@@ -41,6 +43,9 @@ from .outcome import decide, receipt_json
 from .output import parse_receipt
 from .profiles import Profile
 from .queue import AgentQueue
+
+NOT_STARTED = "NOT_STARTED"
+"""The reason of an agent that waited in the queue past its start deadline (EXPIRED)."""
 
 log = structlog.get_logger("hubspoke.spoke.worker")
 
@@ -230,11 +235,11 @@ class AgentWorker:
                 agent_id, waiting, AgentState.FAILED, "UNKNOWN_PROFILE"
             )
             raise UnrecoverableError("UNKNOWN_PROFILE")
-        if rec.expire_ms and time.time() * 1000 > rec.expire_ms:
+        if rec.state == AgentState.QUEUED and rec.expire_ms and time.time() * 1000 > rec.expire_ms:
             await self.queue.worker_records.transition(
-                agent_id, waiting, AgentState.FAILED, "EXPIRED"
+                agent_id, [AgentState.QUEUED], AgentState.EXPIRED, NOT_STARTED
             )
-            raise UnrecoverableError("EXPIRED")
+            raise UnrecoverableError(NOT_STARTED)
         lease_ms = self.config.lock_duration_ms
         limit = profile.max_concurrency
         if limit and not await self.queue.slots.acquire(profile.name, agent_id, limit, lease_ms):

@@ -43,6 +43,7 @@ ATTENTION_STATES: Final = (
     AgentState.FAILED,
     AgentState.DEAD_LETTERED,
     AgentState.TIMED_OUT,
+    AgentState.EXPIRED,
     AgentState.NEEDS_INPUT,
     AgentState.NEEDS_VERIFICATION,
 )

@@ -29,6 +29,7 @@ _STATE_CLASS: Final = {
     AgentState.SUCCEEDED: "ok",
     AgentState.FAILED: "bad",
     AgentState.DEAD_LETTERED: "bad",
+    AgentState.EXPIRED: "bad",
     AgentState.RUNNING: "run",
     AgentState.STARTING: "run",
     AgentState.RETRYING: "warn",

@@ -211,13 +211,18 @@ class Client:
         labels: Mapping[str, str] | None = None,
         max_attempts: int = 0,
         delay_s: float | None = None,
+        start_within_s: float | None = None,
     ) -> Agent:
         """Start an agent on ``spoke``; returns it as the spoke stored it (normally QUEUED).
 
         Args:
             timeout_s: the agent's maximum run time (not the RPC deadline).
             command_id: the idempotency key and the agent's id (default: a new UUID).
-            delay_s: do not start it before this many seconds have passed.
+            delay_s: do not start it before this many seconds have passed since its
+                acceptance (the hub's, or the spoke's for a direct call).
+            start_within_s: it may start until its acceptance plus this, else it ends
+                EXPIRED (default: the profile's, else the spoke's, normally 24 h).
+                Independent of the command's signature window.
         """
         body = command_pb2.SpawnAgentBody(
             profile=profile,
@@ -230,6 +235,8 @@ class Client:
             body.timeout.FromTimedelta(dt.timedelta(seconds=timeout_s))
         if delay_s is not None:
             body.delay.FromTimedelta(dt.timedelta(seconds=delay_s))
+        if start_within_s is not None:
+            body.start_within.FromTimedelta(dt.timedelta(seconds=start_within_s))
         cid = command_id or commands.new_command_id()
         sent, resp = await self._call(_rpc.SPAWN, spoke, body, cid)
         return self._agent_reply(sent, resp.reply, spoke, cid)

@@ -85,6 +85,7 @@ class SyncClient:
         labels: Mapping[str, str] | None = None,
         max_attempts: int = 0,
         delay_s: float | None = None,
+        start_within_s: float | None = None,
     ) -> Agent:
         """See :meth:`Client.spawn`."""
         return self._runner.run(
@@ -98,6 +99,7 @@ class SyncClient:
                 labels=labels,
                 max_attempts=max_attempts,
                 delay_s=delay_s,
+                start_within_s=start_within_s,
             )
         )
 

@@ -61,6 +61,8 @@ class AgentState(enum.IntEnum):
     NEEDS_VERIFICATION = agent_pb2.Agent.STATE_NEEDS_VERIFICATION
     """Its receipt said ``completed`` with items not passed: it waits for ``verify`` until
     ``Agent.verify_deadline``, then ends FAILED (VERIFICATION_TIMEOUT)."""
+    EXPIRED = agent_pb2.Agent.STATE_EXPIRED
+    """It did not start by ``Agent.start_deadline`` (reason NOT_STARTED) and never ran."""
 
     @property
     def final(self) -> bool:
@@ -93,6 +95,7 @@ FINAL_STATES: Final = frozenset(
         AgentState.KILLED,
         AgentState.TIMED_OUT,
         AgentState.DEAD_LETTERED,
+        AgentState.EXPIRED,
     }
 )
 """States an agent never leaves."""
@@ -292,6 +295,8 @@ class Agent:
     raw: agent_pb2.Agent = field(repr=False, compare=False)
     verify_deadline: dt.datetime | None = None
     """While NEEDS_VERIFICATION: when it fails unless its items are settled."""
+    start_deadline: dt.datetime | None = None
+    """When it must have started (acceptance + start_within), else it ends EXPIRED."""
 
     @property
     def final(self) -> bool:
@@ -325,6 +330,7 @@ class Agent:
             receipt=Receipt.from_proto(msg.receipt) if msg.HasField("receipt") else None,
             raw=msg,
             verify_deadline=_time(msg.verify_deadline, msg.HasField("verify_deadline")),
+            start_deadline=_time(msg.start_deadline, msg.HasField("start_deadline")),
         )
 
 

@@ -319,6 +319,7 @@ async def test_replay_keeps_the_owner_and_a_start_deadline_from_the_spawn(fed: F
         key = SpokeKeys("spoke-1").agent(agent_id)
         create_ms = int(await r.hget(key, "create_ms"))
         await r.hset(key, "expire_ms", 1000)  # the spawn's signature window is long over
+        await r.hdel(key, "start_deadline_ms")  # a record stored before start deadlines
 
         replayed = await op.replay(agent_id)
         assert replayed.issuer == "bob"
@@ -330,6 +331,31 @@ async def test_replay_keeps_the_owner_and_a_start_deadline_from_the_spawn(fed: F
 
         # Once replay_within_s has passed since the spawn, replay is refused.
         await r.hset(key, "create_ms", 1000)
+        late = await _fails(op.replay(agent_id))
+        assert (late.code, late.reason) == (
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "START_DEADLINE_PASSED",
+        )
+        assert (await op.get(agent_id)).state == Agent.STATE_DEAD_LETTERED
+
+
+async def test_replay_starts_by_the_agents_own_start_deadline(fed: Fed) -> None:
+    """An agent with a start deadline (issue 11) is replayed to start by that deadline, not
+    by ``replay_within_s`` after its storing; once it has passed, replay is refused."""
+    async with fed.client("bob") as bob, fed.client() as op, fed.redis() as r:
+        agent_id = await _dead_lettered(bob, "spoke-1", "synthetic", "duration=0 exit=2")
+        key = SpokeKeys("spoke-1").agent(agent_id)
+        deadline_ms = int(await r.hget(key, "start_deadline_ms"))
+        create_ms = int(await r.hget(key, "create_ms"))
+        assert deadline_ms > create_ms
+        await r.hset(key, "start_deadline_ms", deadline_ms - 1000)  # not replay_within_s's
+        replayed = await op.replay(agent_id)
+        assert replayed.start_deadline is not None
+        assert int(replayed.start_deadline.timestamp() * 1000) == deadline_ms - 1000
+        assert int(await r.hget(key, "expire_ms")) == deadline_ms - 1000
+        await bob.wait(agent_id, timeout=30)
+
+        await r.hset(key, "start_deadline_ms", 1000)  # its start deadline has passed
         late = await _fails(op.replay(agent_id))
         assert (late.code, late.reason) == (
             grpc.StatusCode.FAILED_PRECONDITION,

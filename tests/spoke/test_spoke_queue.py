@@ -117,18 +117,30 @@ def _agent_processes(agent_id: str) -> list[int]:
     return found
 
 
-async def test_command_expired_before_start_never_starts(start_spoke: Start) -> None:
+async def test_start_deadline_not_signature_decides_whether_a_queued_agent_starts(
+    start_spoke: Start,
+) -> None:
+    """Issue 11 replaced the rule this test pinned (a queued agent expired with its
+    command's signature, FAILED/EXPIRED): a spawn signed for 1 s still starts after its
+    window, and one whose start_within (1 s) has passed ends EXPIRED/NOT_STARTED unstarted."""
     _, client = await start_spoke()
     await _queue_rpc(client, "PauseQueue", "pause_queue")
-    cmd = commands.build_command(
-        issuer="operator", audience="spoke-1", validity=dt.timedelta(seconds=1)
-    )
-    cmd.spawn_agent.CopyFrom(command_pb2.SpawnAgentBody(profile="synthetic", task="duration=0"))
-    reply = await client.spawn_env(commands.sign_command(cmd, client.peers.operator))
+    ids = []
+    for within in (0, 1):
+        cmd = commands.build_command(
+            issuer="operator", audience="spoke-1", validity=dt.timedelta(seconds=1)
+        )
+        body = command_pb2.SpawnAgentBody(profile="synthetic", task="duration=0")
+        if within:
+            body.start_within.FromSeconds(within)
+        cmd.spawn_agent.CopyFrom(body)
+        reply = await client.spawn_env(commands.sign_command(cmd, client.peers.operator))
+        ids.append(reply.agent.agent_id)
     await asyncio.sleep(1.5)
     await _queue_rpc(client, "ResumeQueue", "resume_queue")
-    final = await client.wait_state(reply.agent.agent_id, "FAILED")
-    assert final.reason == "EXPIRED"
+    assert (await client.wait_state(ids[0], "SUCCEEDED")).attempt == 1
+    final = await client.wait_state(ids[1], "EXPIRED")
+    assert final.reason == "NOT_STARTED"
     assert final.attempt == 0
 
 

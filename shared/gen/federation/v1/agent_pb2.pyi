@@ -59,6 +59,10 @@ class Agent(_message.Message):
         """Exited 0 with receipt status "completed" but verification items not passed: waits
         for VerifyAgent until verify_deadline, then FAILED with reason VERIFICATION_TIMEOUT.
         """
+        STATE_EXPIRED: Agent._State.ValueType  # 12
+        """Final: it did not start by its start_deadline (reason NOT_STARTED: it waited in the
+        spoke's queue) and never ran. Reason UNDELIVERED is kept for the hub's outbox.
+        """
 
     class State(_State, metaclass=_StateEnumTypeWrapper):
         """The lifecycle state. Every transition is recorded as an event."""
@@ -88,6 +92,10 @@ class Agent(_message.Message):
     STATE_NEEDS_VERIFICATION: Agent.State.ValueType  # 11
     """Exited 0 with receipt status "completed" but verification items not passed: waits
     for VerifyAgent until verify_deadline, then FAILED with reason VERIFICATION_TIMEOUT.
+    """
+    STATE_EXPIRED: Agent.State.ValueType  # 12
+    """Final: it did not start by its start_deadline (reason NOT_STARTED: it waited in the
+    spoke's queue) and never ran. Reason UNDELIVERED is kept for the hub's outbox.
     """
 
     @_typing.final
@@ -134,6 +142,7 @@ class Agent(_message.Message):
     RECEIPT_FIELD_NUMBER: _builtins.int
     TRUNCATED_FIELD_NUMBER: _builtins.int
     VERIFY_DEADLINE_FIELD_NUMBER: _builtins.int
+    START_DEADLINE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The resource name, "spokes/{spoke}/agents/{agent_id}"."""
     agent_id: _builtins.str
@@ -200,6 +209,13 @@ class Agent(_message.Message):
     def verify_deadline(self) -> _timestamp_pb2.Timestamp:
         """While NEEDS_VERIFICATION: when it fails unless every pending item is settled."""
 
+    @_builtins.property
+    def start_deadline(self) -> _timestamp_pb2.Timestamp:
+        """The agent's start deadline: the acceptance time (the hub's, carried in its Relay, or the
+        spoke's own receive time for a direct call) plus the spawn's start_within. Not started by
+        then, it ends EXPIRED (NOT_STARTED). Unset for an agent stored before start deadlines.
+        """
+
     def __init__(
         self,
         *,
@@ -227,10 +243,11 @@ class Agent(_message.Message):
         receipt: Global___Receipt | None = ...,
         truncated: _builtins.bool = ...,
         verify_deadline: _timestamp_pb2.Timestamp | None = ...,
+        start_deadline: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "create_time", b"create_time", "end_time", b"end_time", "exit_code", b"exit_code", "receipt", b"receipt", "start_time", b"start_time", "timeout", b"timeout", "verify_deadline", b"verify_deadline"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "create_time", b"create_time", "end_time", b"end_time", "exit_code", b"exit_code", "receipt", b"receipt", "start_deadline", b"start_deadline", "start_time", b"start_time", "timeout", b"timeout", "verify_deadline", b"verify_deadline"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "agent_id", b"agent_id", "attempt", b"attempt", "create_time", b"create_time", "end_time", b"end_time", "exit_code", b"exit_code", "issuer", b"issuer", "labels", b"labels", "max_attempts", b"max_attempts", "name", b"name", "priority", b"priority", "profile", b"profile", "progress_message", b"progress_message", "progress_percent", b"progress_percent", "reason", b"reason", "receipt", b"receipt", "spoke", b"spoke", "start_time", b"start_time", "state", b"state", "stderr_tail", b"stderr_tail", "stdout_tail", b"stdout_tail", "task", b"task", "timeout", b"timeout", "truncated", b"truncated", "verify_deadline", b"verify_deadline"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "agent_id", b"agent_id", "attempt", b"attempt", "create_time", b"create_time", "end_time", b"end_time", "exit_code", b"exit_code", "issuer", b"issuer", "labels", b"labels", "max_attempts", b"max_attempts", "name", b"name", "priority", b"priority", "profile", b"profile", "progress_message", b"progress_message", "progress_percent", b"progress_percent", "reason", b"reason", "receipt", b"receipt", "spoke", b"spoke", "start_deadline", b"start_deadline", "start_time", b"start_time", "state", b"state", "stderr_tail", b"stderr_tail", "stdout_tail", b"stdout_tail", "task", b"task", "timeout", b"timeout", "truncated", b"truncated", "verify_deadline", b"verify_deadline"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exit_code: _TypeAlias = _typing.Literal["exit_code"]  # noqa: Y015
     _WhichOneofArgType__exit_code: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code"]  # noqa: Y015

@@ -245,6 +245,7 @@ class SpawnAgentBody(_message.Message):
     LABELS_FIELD_NUMBER: _builtins.int
     MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
     DELAY_FIELD_NUMBER: _builtins.int
+    START_WITHIN_FIELD_NUMBER: _builtins.int
     profile: _builtins.str
     """The name of a profile in the spoke's config, e.g. "synthetic"."""
     task: _builtins.str
@@ -263,7 +264,18 @@ class SpawnAgentBody(_message.Message):
 
     @_builtins.property
     def delay(self) -> _duration_pb2.Duration:
-        """Do not start the agent before this much time has passed since it was stored."""
+        """Do not start the agent before this much time has passed since its acceptance (the
+        hub's acceptance time for a relayed spawn, the spoke's receive time for a direct one).
+        """
+
+    @_builtins.property
+    def start_within(self) -> _duration_pb2.Duration:
+        """The agent may start until its acceptance time plus this; not started by then it ends
+        EXPIRED (reason NOT_STARTED) and never runs. Unset or zero: the profile's
+        start_within_seconds, else the spoke's default_start_within_s (24 h); at most the
+        spoke's max_start_within_s. Independent of the signature window (issue/expire_time),
+        which only guards against replay.
+        """
 
     def __init__(
         self,
@@ -275,10 +287,11 @@ class SpawnAgentBody(_message.Message):
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         max_attempts: _builtins.int = ...,
         delay: _duration_pb2.Duration | None = ...,
+        start_within: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["delay", b"delay", "timeout", b"timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delay", b"delay", "start_within", b"start_within", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["delay", b"delay", "labels", b"labels", "max_attempts", b"max_attempts", "priority", b"priority", "profile", b"profile", "task", b"task", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delay", b"delay", "labels", b"labels", "max_attempts", b"max_attempts", "priority", b"priority", "profile", b"profile", "start_within", b"start_within", "task", b"task", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -634,6 +647,7 @@ class Relay(_message.Message):
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     NONCE_FIELD_NUMBER: _builtins.int
     COMMAND_FIELD_NUMBER: _builtins.int
+    ACCEPT_TIME_FIELD_NUMBER: _builtins.int
     issuer: _builtins.str
     """The hub that relays, as the spoke's trust store knows it."""
     audience: _builtins.str
@@ -652,6 +666,13 @@ class Relay(_message.Message):
     def command(self) -> Global___SignedEnvelope:
         """The client's original envelope, exactly as the hub received and verified it."""
 
+    @_builtins.property
+    def accept_time(self) -> _timestamp_pb2.Timestamp:
+        """When the hub accepted the client's command (verified it inside its signature window).
+        The spoke checks the client's window against this instant, and a spawn's delay and
+        start deadline count from it. Unset (a hub from before it): the spoke's receive time.
+        """
+
     def __init__(
         self,
         *,
@@ -661,10 +682,11 @@ class Relay(_message.Message):
         expire_time: _timestamp_pb2.Timestamp | None = ...,
         nonce: _builtins.bytes = ...,
         command: Global___SignedEnvelope | None = ...,
+        accept_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "expire_time", b"expire_time", "issue_time", b"issue_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["accept_time", b"accept_time", "command", b"command", "expire_time", b"expire_time", "issue_time", b"issue_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "command", b"command", "expire_time", b"expire_time", "issue_time", b"issue_time", "issuer", b"issuer", "nonce", b"nonce"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept_time", b"accept_time", "audience", b"audience", "command", b"command", "expire_time", b"expire_time", "issue_time", b"issue_time", "issuer", b"issuer", "nonce", b"nonce"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,266 @@
+"""Start deadline versus signature window (issues 11 and 12), through real hubd and spoked
+processes on a real Redis and the real hubctl.
+
+Commands here are signed with a 3 s window, and both daemons allow 1 s of clock skew, so
+"minutes later" takes seconds: a paused queue resumed after the window still runs every
+spawn (they wait until their start deadline, acceptance + start_within, 24 h by default);
+with ``--start-within 2`` they end EXPIRED/NOT_STARTED and never run (each agent would
+write a marker file); a captured spawn is refused after its window straight to the spoke,
+through the hub and inside a fresh relay signed with the hub's key (the spoke holds the
+client's nonce until the start deadline); ``--delay`` beyond 5 minutes is bounded by
+``max_delay_s`` and the start deadline, not by the signature.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import os
+import secrets
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import redis.asyncio
+
+from hubspoke import commands, envelope, testing
+from hubspoke import grpc as sgrpc
+from hubspoke.client import Agent, AgentState, Client
+from hubspoke.gen.federation.v1 import (
+    command_pb2,
+    hub_service_pb2,
+    hub_service_pb2_grpc,
+    spoke_service_pb2,
+    spoke_service_pb2_grpc,
+)
+from hubspoke.spoke.keys import SpokeKeys
+
+REPO = Path(__file__).resolve().parents[2]
+WINDOW = dt.timedelta(seconds=3)
+"""The signature window of every command signed here."""
+SKEW_S = 1.0
+"""The clock skew both daemons allow here (30 s by default)."""
+SPOKE = "spoke-1"
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture
+async def fed(tmp_path: Path, redis_url: str) -> AsyncIterator[testing.Federation]:
+    federation = testing.Federation(
+        tmp_path / "fed",
+        [SPOKE],
+        redis_url=redis_url,
+        spoke_env={"SPOKE_MAX_SKEW_S": str(SKEW_S)},
+        hub_env={"HUB_MAX_SKEW_S": str(SKEW_S)},
+    )
+    try:
+        await federation.start()
+        yield federation
+    finally:
+        await federation.stop()
+
+
+def _signed(fed: testing.Federation, body: command_pb2.SpawnAgentBody) -> Any:
+    """A spawn for spoke-1 signed by the operator, valid for 3 s only."""
+    cmd = commands.build_command(issuer="operator", audience=SPOKE, validity=WINDOW)
+    cmd.spawn_agent.CopyFrom(body)
+    return commands.sign_command(cmd, fed.operator)
+
+
+def _touch(marker: Path) -> command_pb2.SpawnAgentBody:
+    return command_pb2.SpawnAgentBody(profile="shell", task=f"touch {marker}")
+
+
+async def _past_window(*envs: command_pb2.SignedEnvelope) -> None:
+    """Until every envelope's window, plus the skew, has passed (a few seconds)."""
+    last = max(commands.parse_command(e.payload).expire_time.ToDatetime(dt.UTC) for e in envs)
+    wait = (last - commands.now()).total_seconds() + SKEW_S + 0.5
+    await asyncio.sleep(max(wait, 0))
+
+
+async def _final(client: Client, agent_id: str, timeout_s: float = 30) -> Agent:
+    async with asyncio.timeout(timeout_s):
+        while True:
+            agent = await client.get(agent_id, SPOKE)
+            if agent.final:
+                return agent
+            await asyncio.sleep(0.1)
+
+
+async def hubctl(fed: testing.Federation, *argv: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "hubspoke.hub.cli",
+        "--config",
+        str(fed.files.hubctl_config),
+        "--hub",
+        fed.hub_address,
+        *argv,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_a_paused_queue_resumed_after_the_window_runs_every_spawn(
+    fed: testing.Federation, tmp_path: Path
+) -> None:
+    """Spawns signed with a 3 s window, through the hub and straight to the spoke, wait in a
+    paused queue past their window: on resume every one runs (today's rule ended them
+    FAILED/EXPIRED), and each shows its start deadline, acceptance + 24 h."""
+    hub = hub_service_pb2_grpc.HubServiceStub(sgrpc.open_channel(fed.hub_address))
+    spoke = spoke_service_pb2_grpc.SpokeServiceStub(sgrpc.open_channel(fed.address(SPOKE)))
+    markers = [tmp_path / f"ran-{i}" for i in range(6)]
+    async with fed.client() as client:
+        await client.pause(SPOKE)
+        envs = [_signed(fed, _touch(m)) for m in markers]
+        for env in envs[:4]:
+            await hub.SpawnAgent(hub_service_pb2.HubServiceSpawnAgentRequest(command=env))
+        for env in envs[4:]:
+            await spoke.SpawnAgent(spoke_service_pb2.SpokeServiceSpawnAgentRequest(command=env))
+        ids = [commands.parse_command(e.payload).command_id for e in envs]
+        before = await client.get(ids[0], SPOKE)
+        assert before.state == AgentState.QUEUED
+        assert before.start_deadline is not None
+        assert before.create_time is not None
+        within = before.start_deadline - before.create_time
+        assert dt.timedelta(hours=23, minutes=59) < within <= dt.timedelta(hours=24)
+        await _past_window(*envs)
+        assert not any(m.exists() for m in markers)
+        await client.resume(SPOKE)
+        ended = [await _final(client, agent_id) for agent_id in ids]
+    assert [a.state for a in ended] == [AgentState.SUCCEEDED] * len(ids), [
+        (a.state.name, a.reason) for a in ended
+    ]
+    assert all(m.exists() for m in markers)
+
+
+async def test_start_within_ends_waiting_agents_expired_and_they_never_run(
+    fed: testing.Federation, tmp_path: Path
+) -> None:
+    """``hubctl spawn --start-within 2`` and ``Client.spawn(start_within_s=2)`` into a paused
+    queue: resumed after 2 s, each ends EXPIRED (NOT_STARTED), its marker never written;
+    hubctl status prints the deadline. A delay that would outlast start_within is refused."""
+    markers = [tmp_path / "cli-marker", tmp_path / "client-marker"]
+    async with fed.client() as client:
+        await client.pause(SPOKE)
+        code, out, err = await hubctl(
+            fed,
+            "spawn",
+            "--spoke",
+            SPOKE,
+            "--profile",
+            "shell",
+            "--start-within",
+            "2",
+            "--json",
+            "--",
+            f"touch {markers[0]}",
+        )
+        assert code == 0, err
+        cli_id = json.loads(out)["agent_id"]
+        agent = await client.spawn(SPOKE, "shell", f"touch {markers[1]}", start_within_s=2)
+        assert agent.start_deadline is not None
+        assert agent.create_time is not None
+        assert agent.start_deadline - agent.create_time <= dt.timedelta(seconds=2)
+        code, out, err = await hubctl(fed, "status", cli_id)
+        assert code == 0, err
+        assert "start by" in out
+        assert agent.start_deadline is not None
+        await asyncio.sleep(max((agent.start_deadline - commands.now()).total_seconds(), 0) + 0.5)
+        await client.resume(SPOKE)
+        ended = [await _final(client, cli_id), await _final(client, agent.agent_id)]
+        code, _, err = await hubctl(
+            fed, "spawn", "--spoke", SPOKE, "--delay", "60", "--start-within", "30", "--", "x"
+        )
+        assert code != 0
+        assert "start_within" in err, err
+    assert [(a.state, a.reason) for a in ended] == [(AgentState.EXPIRED, "NOT_STARTED")] * 2
+    assert all(a.start_time is None for a in ended)
+    assert not any(m.exists() for m in markers)
+
+
+async def test_a_captured_spawn_is_refused_after_its_window_on_every_path(
+    fed: testing.Federation, tmp_path: Path, redis_url: str
+) -> None:
+    """A spawn accepted through the hub, captured, is sent again after its 3 s window:
+    straight to the spoke and through the hub it is refused as expired; wrapped in a fresh
+    relay signed with the hub's own key, carrying the hub's acceptance time from inside the
+    window, it is refused because the spoke still holds the client's nonce (until the start
+    deadline, not until the window ends); and it ran once."""
+    hub = hub_service_pb2_grpc.HubServiceStub(sgrpc.open_channel(fed.hub_address))
+    spoke = spoke_service_pb2_grpc.SpokeServiceStub(sgrpc.open_channel(fed.address(SPOKE)))
+    marker = tmp_path / "once"
+    env = _signed(fed, command_pb2.SpawnAgentBody(profile="shell", task=f"echo x >> {marker}"))
+    cmd = commands.parse_command(env.payload)
+    await hub.SpawnAgent(hub_service_pb2.HubServiceSpawnAgentRequest(command=env))
+    keys = SpokeKeys(SPOKE)
+    r = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        stored = await r.hget(keys.agent(cmd.command_id), "relay")
+        nonce_ttl_ms = await r.pttl(keys.nonce("operator", cmd.nonce.hex()))
+    finally:
+        await r.aclose()
+    assert stored
+    first = commands.parse_relay(command_pb2.SignedEnvelope.FromString(stored).payload)
+    assert first.HasField("accept_time")
+    # The client's nonce is held for the start deadline (24 h), not the 3 s window.
+    assert nonce_ttl_ms > 23 * 3600 * 1000
+    await _past_window(env)
+
+    with pytest.raises(grpc.aio.AioRpcError) as direct:
+        await spoke.SpawnAgent(spoke_service_pb2.SpokeServiceSpawnAgentRequest(command=env))
+    assert direct.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.aio.AioRpcError) as relayed:
+        await hub.SpawnAgent(hub_service_pb2.HubServiceSpawnAgentRequest(command=env))
+    assert relayed.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+    at = commands.now()
+    fresh = command_pb2.Relay(
+        issuer="hub",
+        audience=SPOKE,
+        issue_time=commands.to_timestamp(at),
+        expire_time=commands.to_timestamp(at + dt.timedelta(minutes=1)),
+        nonce=secrets.token_bytes(24),
+        command=env,
+        accept_time=first.accept_time,
+    )
+    rewrapped = envelope.sign(
+        fresh.SerializeToString(), envelope.PAYLOAD_TYPE_RELAY, fed.key("hub")
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as again:
+        await spoke.SpawnAgent(spoke_service_pb2.SpokeServiceSpawnAgentRequest(command=rewrapped))
+    # Not COMMAND_EXPIRED: the acceptance time is inside the window; the claim refuses it.
+    assert again.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "replayed" in (again.value.details() or ""), again.value.details()
+    async with fed.client() as client:
+        agent = await _final(client, cmd.command_id)
+    assert agent.state == AgentState.SUCCEEDED
+    assert marker.read_text() == "x\n"  # it ran once
+
+
+async def test_a_delay_beyond_five_minutes_is_accepted_and_keeps_its_deadline(
+    fed: testing.Federation,
+) -> None:
+    """``--delay 600`` is bounded by max_delay_s, not by the 5-minute signature: it is
+    stored QUEUED with its start deadline 24 h after acceptance, past its not-before."""
+    code, out, err = await hubctl(
+        fed, "spawn", "--spoke", SPOKE, "--delay", "600", "--json", "--", "duration=0.1"
+    )
+    assert code == 0, err
+    agent_id = json.loads(out)["agent_id"]
+    async with fed.client() as client:
+        agent = await client.get(agent_id, SPOKE)
+    assert agent.state == AgentState.QUEUED
+    assert agent.start_deadline is not None
+    assert agent.create_time is not None
+    assert agent.start_deadline - agent.create_time > dt.timedelta(hours=23)
