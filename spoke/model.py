@@ -44,6 +44,9 @@ FINAL_STATES = frozenset(
     }
 )
 
+NOT_STARTED = "NOT_STARTED"
+"""The reason of an agent that waited in the queue past its start deadline (EXPIRED)."""
+
 _Q, _S, _R = AgentState.QUEUED, AgentState.STARTING, AgentState.RUNNING
 _RETRY, _NI, _NV = AgentState.RETRYING, AgentState.NEEDS_INPUT, AgentState.NEEDS_VERIFICATION
 _F, _T, _D = AgentState.FAILED, AgentState.TIMED_OUT, AgentState.DEAD_LETTERED

@@ -1,5 +1,7 @@
-"""The sweeper forgets finished agents once their retention has passed, and fails agents
-whose verification window has closed.
+"""The sweeper forgets finished agents once their retention has passed, fails agents whose
+verification window has closed, and ends queued agents past their start deadline EXPIRED
+(NOT_STARTED) even while no worker takes them (a paused queue); a worker that takes one
+later skips it, and one that takes it first ends it the same way (spoke/worker.py).
 
 It runs in every spoked process: the retention sweep every ``sweep_interval_s``, the
 verification check every ``VERIFY_CHECK_S``. Both are idempotent, so several processes on
@@ -19,7 +21,7 @@ from hubspoke.aio import raise_if_cancelling
 
 from .backend import AgentMissingError, QueueError, TransitionError, now_ms
 from .config import SpokeConfig
-from .model import AgentState
+from .model import NOT_STARTED, AgentState
 from .records import Records
 
 log = structlog.get_logger("hubspoke.spoke.sweeper")
@@ -36,6 +38,7 @@ class Sweeper:
         self.config = config
         self.swept = 0
         self.timed_out = 0
+        self.expired = 0
 
     async def sweep_once(self) -> int:
         total = 0
@@ -48,6 +51,27 @@ class Sweeper:
         if total:
             log.info("sweep", swept=total)
         return total
+
+    async def expire_unstarted(self) -> int:
+        """QUEUED agents past their start deadline → EXPIRED (NOT_STARTED); one pass over the
+        index (two round trips per 500 agents), every ``sweep_interval_s``."""
+        now = now_ms()
+        due: list[str] = []
+        async for rows in self.records.scan_index("state", "expire_ms"):
+            for agent_id, (state, expire) in rows:
+                if state == b"QUEUED" and expire and 0 < int(expire) < now:
+                    due.append(agent_id)
+        expired = 0
+        for agent_id in due:
+            with contextlib.suppress(TransitionError, AgentMissingError):  # a worker was first
+                await self.records.transition(
+                    agent_id, [AgentState.QUEUED], AgentState.EXPIRED, NOT_STARTED
+                )
+                expired += 1
+        if expired:
+            self.expired += expired
+            log.info("start_deadline_passed", agents=expired)
+        return expired
 
     async def expire_verifications(self) -> int:
         """NEEDS_VERIFICATION agents past their deadline → FAILED (VERIFICATION_TIMEOUT)."""
@@ -77,6 +101,7 @@ class Sweeper:
             if time.monotonic() >= next_sweep:
                 next_sweep = time.monotonic() + self.config.sweep_interval_s
                 try:
+                    await self.expire_unstarted()
                     await self.sweep_once()
                 except QueueError as exc:
                     log.warning("sweep_failed", error=str(exc))

@@ -38,14 +38,11 @@ from .backend import BackendError, QueueError, TransitionError
 from .config import SpokeConfig
 from .events import OutputPump
 from .jobs import WorkerSettings
-from .model import AgentRecord, AgentState
+from .model import NOT_STARTED, AgentRecord, AgentState
 from .outcome import decide, receipt_json
 from .output import parse_receipt
 from .profiles import Profile
 from .queue import AgentQueue
-
-NOT_STARTED = "NOT_STARTED"
-"""The reason of an agent that waited in the queue past its start deadline (EXPIRED)."""
 
 log = structlog.get_logger("hubspoke.spoke.worker")
 

@@ -55,7 +55,7 @@ async def fed(tmp_path: Path, redis_url: str) -> AsyncIterator[testing.Federatio
         tmp_path / "fed",
         [SPOKE],
         redis_url=redis_url,
-        spoke_env={"SPOKE_MAX_SKEW_S": str(SKEW_S)},
+        spoke_env={"SPOKE_MAX_SKEW_S": str(SKEW_S), "SPOKE_SWEEP_INTERVAL_S": "0.5"},
         hub_env={"HUB_MAX_SKEW_S": str(SKEW_S)},
     )
     try:
@@ -148,8 +148,10 @@ async def test_start_within_ends_waiting_agents_expired_and_they_never_run(
     fed: testing.Federation, tmp_path: Path
 ) -> None:
     """``hubctl spawn --start-within 2`` and ``Client.spawn(start_within_s=2)`` into a paused
-    queue: resumed after 2 s, each ends EXPIRED (NOT_STARTED), its marker never written;
-    hubctl status prints the deadline. A delay that would outlast start_within is refused."""
+    queue: past 2 s each ends EXPIRED (NOT_STARTED) while the queue is still paused (the
+    sweeper, every 0.5 s here), and after the queue resumes and runs a later agent, neither
+    marker was ever written; hubctl status prints the deadline. A delay that would outlast
+    start_within is refused."""
     markers = [tmp_path / "cli-marker", tmp_path / "client-marker"]
     async with fed.client() as client:
         await client.pause(SPOKE)
@@ -176,9 +178,11 @@ async def test_start_within_ends_waiting_agents_expired_and_they_never_run(
         assert code == 0, err
         assert "start by" in out
         assert agent.start_deadline is not None
-        await asyncio.sleep(max((agent.start_deadline - commands.now()).total_seconds(), 0) + 0.5)
-        await client.resume(SPOKE)
         ended = [await _final(client, cli_id), await _final(client, agent.agent_id)]
+        assert (await client.queue_stats(SPOKE)).paused
+        await client.resume(SPOKE)
+        sentinel = await client.spawn(SPOKE, "shell", f"touch {tmp_path / 'sentinel'}")
+        assert (await _final(client, sentinel.agent_id)).state == AgentState.SUCCEEDED
         code, _, err = await hubctl(
             fed, "spawn", "--spoke", SPOKE, "--delay", "60", "--start-within", "30", "--", "x"
         )
