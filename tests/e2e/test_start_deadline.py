@@ -8,7 +8,9 @@ with ``--start-within 2`` they end EXPIRED/NOT_STARTED and never run (each agent
 write a marker file); a captured spawn is refused after its window straight to the spoke,
 through the hub and inside a fresh relay signed with the hub's key (the spoke holds the
 client's nonce until the start deadline); ``--delay`` beyond 5 minutes is bounded by
-``max_delay_s`` and the start deadline, not by the signature.
+``max_delay_s`` and the start deadline, not by the signature; and a relay signed with the
+hub's key shows how the spoke judges the hub's acceptance time (late delivery inside the
+window is taken, an acceptance too old or after the relay is not).
 """
 
 from __future__ import annotations
@@ -45,6 +47,15 @@ WINDOW = dt.timedelta(seconds=3)
 SKEW_S = 1.0
 """The clock skew both daemons allow here (30 s by default)."""
 SPOKE = "spoke-1"
+MAX_RELAY_AGE_S = 60
+"""The spoke's max_relay_age_s here (7 days by default)."""
+HURRIED = """
+[profiles.hurried]
+argv = ["sh", "-c", "{task}"]
+task_on_stdin = false
+unsafe = true
+start_within_seconds = 5
+"""
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -55,7 +66,12 @@ async def fed(tmp_path: Path, redis_url: str) -> AsyncIterator[testing.Federatio
         tmp_path / "fed",
         [SPOKE],
         redis_url=redis_url,
-        spoke_env={"SPOKE_MAX_SKEW_S": str(SKEW_S), "SPOKE_SWEEP_INTERVAL_S": "0.5"},
+        spoke_env={
+            "SPOKE_MAX_SKEW_S": str(SKEW_S),
+            "SPOKE_SWEEP_INTERVAL_S": "0.5",
+            "SPOKE_MAX_RELAY_AGE_S": str(MAX_RELAY_AGE_S),
+        },
+        spoke_profiles=testing.DEFAULT_PROFILES + HURRIED,
         hub_env={"HUB_MAX_SKEW_S": str(SKEW_S)},
     )
     try:
@@ -268,3 +284,88 @@ async def test_a_delay_beyond_five_minutes_is_accepted_and_keeps_its_deadline(
     assert agent.start_deadline is not None
     assert agent.create_time is not None
     assert agent.start_deadline - agent.create_time > dt.timedelta(hours=23)
+
+
+def _relay(fed: testing.Federation, env: Any, accepted: dt.datetime) -> Any:
+    """A fresh relay of ``env`` to spoke-1, signed with the hub's key, accepted at ``accepted``
+    (what the hub's outbox will send when it delivers a spawn late)."""
+    at = commands.now()
+    relay = command_pb2.Relay(
+        issuer="hub",
+        audience=SPOKE,
+        issue_time=commands.to_timestamp(at),
+        expire_time=commands.to_timestamp(at + dt.timedelta(minutes=1)),
+        nonce=secrets.token_bytes(24),
+        command=env,
+        accept_time=commands.to_timestamp(accepted),
+    )
+    return spoke_service_pb2.SpokeServiceSpawnAgentRequest(
+        command=envelope.sign(
+            relay.SerializeToString(), envelope.PAYLOAD_TYPE_RELAY, fed.key("hub")
+        )
+    )
+
+
+def _signed_at(fed: testing.Federation, at: dt.datetime, body: command_pb2.SpawnAgentBody) -> Any:
+    cmd = commands.build_command(issuer="operator", audience=SPOKE, validity=WINDOW, at=at)
+    cmd.spawn_agent.CopyFrom(body)
+    return commands.sign_command(cmd, fed.operator)
+
+
+async def test_the_spoke_judges_the_window_at_the_hubs_acceptance_time(
+    fed: testing.Federation, tmp_path: Path
+) -> None:
+    """A spawn accepted by the hub inside its window is taken late (its start deadline
+    counts from the acceptance, the profile's start_within_seconds applies); an acceptance
+    after the relay was signed, or older than max_relay_age_s, a start_within over the
+    spoke's maximum, or a spawn whose start deadline passed before delivery, is refused."""
+    spoke = spoke_service_pb2_grpc.SpokeServiceStub(sgrpc.open_channel(fed.address(SPOKE)))
+    now = commands.now()
+
+    async def refused(request: Any) -> grpc.aio.AioRpcError:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await spoke.SpawnAgent(request)
+        return err.value
+
+    # Signed 20 s ago for 3 s, accepted by the hub a second after: delivered now, it runs.
+    marker = tmp_path / "late"
+    late = _signed_at(fed, now - dt.timedelta(seconds=20), _touch(marker))
+    accepted = now - dt.timedelta(seconds=19)
+    reply = await spoke.SpawnAgent(_relay(fed, late, accepted))
+    assert reply.reply.payload
+    late_id = commands.parse_command(late.payload).command_id
+    async with fed.client() as client:
+        assert (await _final(client, late_id)).state == AgentState.SUCCEEDED
+        # The profile's start_within_seconds (5 s), counted from the hub's acceptance.
+        hurried = _signed_at(fed, now, command_pb2.SpawnAgentBody(profile="hurried", task="true"))
+        await spoke.SpawnAgent(_relay(fed, hurried, now))
+        agent = await client.get(commands.parse_command(hurried.payload).command_id, SPOKE)
+    assert agent.start_deadline is not None
+    assert abs((agent.start_deadline - now).total_seconds() - 5) < 0.01
+    assert marker.exists()
+
+    # Accepted after the relay was signed: no hub does that.
+    future = _signed_at(fed, now, _touch(tmp_path / "x"))
+    err = await refused(_relay(fed, future, commands.now() + dt.timedelta(seconds=30)))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # Accepted longer ago than max_relay_age_s, however long the spawn may wait.
+    old_at = now - dt.timedelta(seconds=MAX_RELAY_AGE_S + 30)
+    old = _signed_at(fed, old_at, _touch(tmp_path / "x"))
+    err = await refused(_relay(fed, old, old_at + dt.timedelta(seconds=1)))
+    assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "max_relay_age_s" in (err.details() or "")
+    # A start deadline that passed before delivery.
+    body = _touch(tmp_path / "x")
+    body.start_within.FromSeconds(5)
+    gone = _signed_at(fed, now - dt.timedelta(seconds=20), body)
+    err = await refused(_relay(fed, gone, now - dt.timedelta(seconds=19)))
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    # Longer than the spoke's max_start_within_s (7 days).
+    body = _touch(tmp_path / "x")
+    body.start_within.FromSeconds(8 * 86_400)
+    err = await refused(
+        spoke_service_pb2.SpokeServiceSpawnAgentRequest(command=_signed_at(fed, now, body))
+    )
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "max_start_within_s" in (err.details() or "")
+    assert not (tmp_path / "x").exists()
