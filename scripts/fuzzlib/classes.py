@@ -585,8 +585,8 @@ def wrong_audience(ctx: Ctx, n: int) -> Iterator[Probe]:
         verb = ep.verb or ""
         if mode == "hub":
             variant = HUB_AUDIENCE[r % len(HUB_AUDIENCE)]
-            if variant == "hub_as_audience" and verb == "list_agents":
-                variant = "unknown_spoke"  # audience = hub is a valid fan-out for list
+            if variant == "hub_as_audience" and verb in ("list_agents", "get_queue_stats"):
+                variant = "unknown_spoke"  # audience = hub is a valid fan-out for these
             if verb == "list_spokes":
                 # list_spokes is the hub's: any spoke as audience is INVALID_ARGUMENT (§5)
                 aud = {"hub_as_audience": SPOKE, "misrouted_by_hub": MISROUTED}.get(
