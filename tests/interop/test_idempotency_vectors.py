@@ -33,7 +33,7 @@ def spawn_body(fields: Mapping[str, Any]) -> command_pb2.SpawnAgentBody:
     """A vector's body: proto field names, durations as {seconds, nanos}."""
     body = command_pb2.SpawnAgentBody(profile=DOC["profile"])
     for name, value in fields.items():
-        if name in {"timeout", "delay"}:
+        if name in {"timeout", "delay", "start_within"}:
             getattr(body, name).CopyFrom(duration_pb2.Duration(**value))
         elif name == "labels":
             body.labels.update(value)
@@ -92,6 +92,7 @@ _CHANGED: dict[str, Any] = {
     "labels": {"team": "infra"},
     "max_attempts": 3,
     "delay": {"seconds": 0, "nanos": 6000000},
+    "start_within": {"seconds": 3600, "nanos": 0},
 }
 
 
