@@ -172,11 +172,13 @@ async def test_a_stopped_spoke_opens_its_circuit_and_calls_to_it_answer_at_once(
                 20,
                 "spoke-3's circuit open",
             )
+            answers: list[float] = []
             for _ in range(3):
                 started = time.monotonic()
                 with pytest.raises(CallError) as err:
                     await client.spawn("spoke-3", "synthetic", "duration=0")
                 took = time.monotonic() - started
+                answers.append(took)
                 assert err.value.reason == "SPOKE_CIRCUIT_OPEN", err.value
                 assert err.value.code == grpc.StatusCode.UNAVAILABLE
                 assert int(err.value.metadata["retry_after_ms"]) > 0
@@ -185,7 +187,11 @@ async def test_a_stopped_spoke_opens_its_circuit_and_calls_to_it_answer_at_once(
                 with pytest.raises(CallError) as err:
                     await client.list("spoke-3")
                 assert err.value.reason == "SPOKE_CIRCUIT_OPEN"
-                assert time.monotonic() - started < 1.0
+                answers.append(time.monotonic() - started)
+                assert answers[-1] < 1.0, f"list of a stopped spoke took {answers[-1]:.2f} s"
+            print(
+                f"circuit open: spawns and lists answered in at most {max(answers) * 1000:.0f} ms"
+            )
 
             # Fan-out over 8 with one stopped: 7 pages, the eighth named, within the deadline.
             started = time.monotonic()
