@@ -3,7 +3,8 @@
 argv → :class:`hubspoke.client.Client` → stdout and an exit code. Results go to stdout
 (``--json``: one JSON document, proto-JSON with snake_case names; otherwise text with every
 control character escaped, see ``cli_output``); errors go to stderr as one line
-``Error: <message> [<REASON>]``. Errors are converted here, once.
+``Error: <message> [<REASON>]``. Errors are converted here, once. The argparse tree is
+:mod:`hubspoke.hub.cli_parser`; this module runs the verbs.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ import os
 import re
 import sys
 import traceback
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final, NoReturn
+from typing import Any, Final
 
 import grpc
 
@@ -50,6 +51,7 @@ from .cli_output import (
     table,
     write_chunk,
 )
+from .cli_parser import DEFAULT_RPC_TIMEOUT_S, UsageError, build_parser, seconds
 
 __all__ = ["EXIT_CODES", "agent_json", "main", "spoke_json"]
 
@@ -72,304 +74,8 @@ EXIT_CODES: Final = {
 }
 """gRPC codes with their own exit code; any other failed call exits 1."""
 
-DEFAULT_RPC_TIMEOUT_S: Final = 15.0
-
-_EPILOG: Final = """\
-exit codes:
-  0  ok (with --wait: the agent SUCCEEDED)
-  1  the hub or a spoke refused or failed the command (with --wait: the agent ended
-     FAILED, KILLED, TIMED_OUT, DEAD_LETTERED or EXPIRED)
-  2  usage or config error
-  3  not found (NOT_FOUND)
-  4  not allowed (UNAUTHENTICATED, PERMISSION_DENIED)
-  5  hub or spoke unavailable (UNAVAILABLE, DEADLINE_EXCEEDED); safe to retry
-  6  with --wait: the agent is NEEDS_INPUT (its receipt said blocked)
-  7  with --wait: the agent is NEEDS_VERIFICATION (items wait for hubctl verify)
-
-environment: HUBCTL_CONFIG (--config), HUBCTL_HUB (--hub), HUBCTL_TIMEOUT (--timeout).
-"""
-# Shown under each verb's --help; tests/hub/test_cli_examples.py parses every one of them.
-EXAMPLES: Final[dict[str, tuple[str, ...]]] = {
-    "keygen": ("hubctl keygen --out keys --name alice",),
-    "spawn": (
-        "hubctl spawn --spoke spoke-1 -- duration=5 steps=5",
-        "hubctl spawn --spoke build-2 --profile tests --timeout 1800 --wait -- tests/test_api.py",
-        "hubctl spawn --spoke spoke-1 --id nightly-2026-11-30 --priority 8 --label team=infra "
-        "-- duration=1",
-        "hubctl spawn --spoke spoke-1 --delay 600 -- duration=1",
-    ),
-    "status": ("hubctl status AGENT", "hubctl status AGENT --wait", "hubctl --json status AGENT"),
-    "verify": ("hubctl verify AGENT --item tests=passed --item lint=failed",),
-    "kill": ("hubctl kill AGENT", "hubctl kill spokes/spoke-1/agents/AGENT"),
-    "list": (
-        "hubctl list",
-        "hubctl list --spoke spoke-1 --state FAILED --state DEAD_LETTERED",
-        "hubctl --json list --page-size 10",
-    ),
-    "spokes": ("hubctl spokes", "hubctl --json spokes"),
-    "watch": ("hubctl watch AGENT", "hubctl watch AGENT --after 12"),
-    "queue": (
-        "hubctl queue stats",
-        "hubctl queue stats --spoke spoke-1",
-        "hubctl queue pause --spoke spoke-1",
-    ),
-    "dlq": ("hubctl dlq list --spoke spoke-1", "hubctl dlq replay AGENT --spoke spoke-1"),
-    "certs": ("hubctl certs init --out tls --name hub --name build-2 --name alice",),
-    "keys": (
-        "hubctl keys rotate --out keys --name alice --trust trust.toml",
-        "hubctl keys revoke --trust trust.toml --key ed25519:BASE64",
-    ),
-    "init": (
-        "hubctl init hub --name hub --out /etc/hubspoke --address hub-host --operator alice",
-        "hubctl init spoke --name build-2 --out /etc/hubspoke --address build-host",
-    ),
-    "ui": ("hubctl ui", "hubctl ui --port 8800 --no-browser"),
-}
-"""Example command lines per verb (``AGENT`` stands for an agent id)."""
 
 _KEY_NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-
-
-class UsageError(Exception):
-    """Bad arguments or config: exit 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports ``Error: ...`` in one line and lets ``main`` pick the exit code."""
-
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{message} (see '{self.prog} --help')")
-
-
-def _common(timeout: bool) -> _Parser:
-    """Options accepted after the verb too; SUPPRESS keeps the global value when absent."""
-    p = _Parser(add_help=False)
-    sup = argparse.SUPPRESS
-    p.add_argument("--config", type=Path, default=sup, help=sup)
-    p.add_argument("--hub", default=sup, help=sup)
-    if timeout:
-        p.add_argument("--timeout", dest="rpc_timeout", type=_seconds, default=sup, help=sup)
-    p.add_argument("--json", action="store_true", default=sup, help=sup)
-    p.add_argument("-q", "--quiet", action="store_true", default=sup, help=sup)
-    p.add_argument("--debug", action="store_true", default=sup, help=sup)
-    return p
-
-
-def _label(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"label must be key=value, got {text!r}")
-    return key, value
-
-
-def _verdict(text: str) -> tuple[str, str]:
-    """``NAME=passed`` or ``NAME=failed`` (the name may itself contain ``=``)."""
-    name, sep, verdict = text.rpartition("=")
-    if not sep or not name or verdict not in ("passed", "failed"):
-        raise argparse.ArgumentTypeError(f"item must be NAME=passed or NAME=failed, got {text!r}")
-    return name, verdict
-
-
-def _priority(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 1 <= value <= 10:
-        raise argparse.ArgumentTypeError(f"priority must be 1-10, got {text!r}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
-    return value
-
-
-def _state(text: str) -> AgentState:
-    try:
-        return AgentState.parse(text)
-    except ValueError:
-        names = ", ".join(s.name for s in AgentState if s != AgentState.UNSPECIFIED)
-        raise argparse.ArgumentTypeError(f"unknown state {text!r}; one of {names}") from None
-
-
-def _version() -> str:
-    try:
-        return importlib.metadata.version("hubspoke")
-    except importlib.metadata.PackageNotFoundError:  # run from a checkout that is not installed
-        return "unknown"
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
-        prog="hubctl",
-        description="Operate a Hubspoke federation through its hub.",
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument(
-        "--config", type=Path, metavar="FILE", help="hubctl TOML config (or HUBCTL_CONFIG)"
-    )
-    p.add_argument(
-        "--hub", metavar="ADDR", help="hub address host:port (or HUBCTL_HUB; overrides the config)"
-    )
-    p.add_argument(
-        "--timeout",
-        dest="rpc_timeout",
-        type=_seconds,
-        metavar="SECONDS",
-        help=f"RPC deadline in seconds (or HUBCTL_TIMEOUT; default {DEFAULT_RPC_TIMEOUT_S:g})",
-    )
-    p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
-    p.add_argument("-q", "--quiet", action="store_true", help="print only the essentials")
-    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    p.add_argument("--version", action="version", version=f"hubctl {_version()}")
-    sub = p.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
-    sub.required = True
-    common, common_no_timeout = _common(timeout=True), _common(timeout=False)
-
-    kg = sub.add_parser("keygen", help="generate an Ed25519 keypair", parents=[common])
-    kg.add_argument("--out", type=Path, required=True, help="directory for NAME.key and NAME.pub")
-    kg.add_argument("--name", required=True, help="peer name the key belongs to")
-
-    sp = sub.add_parser(
-        "spawn",
-        help="start an agent on a spoke",
-        parents=[common_no_timeout],
-        usage="%(prog)s --spoke NAME [--profile P] [--priority 1-10] [--timeout SECONDS] "
-        "[--id COMMAND_ID] [--max-attempts N] [--label k=v]... [--wait] -- TASK...",
-    )
-    sp.add_argument("--spoke", required=True, help="the spoke to run on")
-    sp.add_argument("--profile", default="synthetic", help="profile name (default synthetic)")
-    sp.add_argument("--priority", type=_priority, default=0, help="1 (low) to 10 (urgent)")
-    sp.add_argument(
-        "--timeout",
-        "--run-timeout",
-        dest="agent_timeout",
-        type=_seconds,
-        default=None,
-        metavar="SECONDS",
-        help="the agent's maximum run time in seconds (here, not the RPC deadline)",
-    )
-    sp.add_argument("--id", dest="command_id", help="command id (idempotency key; default UUID)")
-    sp.add_argument("--max-attempts", type=int, default=0, help="attempts in all (0: default)")
-    sp.add_argument(
-        "--label", dest="labels", type=_label, action="append", default=[], help="key=value"
-    )
-    sp.add_argument(
-        "--delay",
-        type=_seconds,
-        default=None,
-        metavar="SECONDS",
-        help="do not start before this many seconds have passed since its acceptance",
-    )
-    sp.add_argument(
-        "--start-within",
-        type=_seconds,
-        default=None,
-        metavar="SECONDS",
-        help="it may start until its acceptance plus this, else it ends EXPIRED "
-        "(default: the profile's, else the spoke's, normally 24 h)",
-    )
-    sp.add_argument(
-        "--wait",
-        action="store_true",
-        help="wait until the agent ends or waits on a person; exit by its state: 0 SUCCEEDED, "
-        "1 FAILED/KILLED/TIMED_OUT/DEAD_LETTERED/EXPIRED, 6 NEEDS_INPUT, 7 NEEDS_VERIFICATION",
-    )
-    sp.add_argument("task", nargs="+", metavar="TASK", help="task words, joined by spaces")
-
-    st = sub.add_parser("status", help="show one agent", parents=[common])
-    st.add_argument("agent", metavar="AGENT", help="agent id or spokes/{spoke}/agents/{id}")
-    st.add_argument("--spoke", help="the spoke that runs it (default: the hub finds it)")
-    st.add_argument(
-        "--wait", action="store_true", help="wait as spawn --wait does, with its exit codes"
-    )
-
-    vf = sub.add_parser(
-        "verify",
-        help="settle verification items of a NEEDS_VERIFICATION agent",
-        parents=[common],
-        usage="%(prog)s AGENT --item NAME=passed|failed [--item ...] [--spoke NAME]",
-    )
-    vf.add_argument("agent", metavar="AGENT", help="agent id or spokes/{spoke}/agents/{id}")
-    vf.add_argument(
-        "--item",
-        dest="items",
-        type=_verdict,
-        action="append",
-        required=True,
-        metavar="NAME=passed|failed",
-        help="a verification item's name (as status shows it) and its verdict; repeatable",
-    )
-    vf.add_argument("--spoke", help="the spoke that runs it (default: the hub finds it)")
-
-    kl = sub.add_parser("kill", help="stop an agent", parents=[common])
-    kl.add_argument("agent", metavar="AGENT", help="agent id or spokes/{spoke}/agents/{id}")
-    kl.add_argument("--spoke", help="the spoke that runs it (default: the hub finds it)")
-
-    ls = sub.add_parser("list", help="list agents", parents=[common])
-    ls.add_argument("--spoke", help="one spoke (default: every spoke)")
-    ls.add_argument(
-        "--state", dest="states", type=_state, action="append", default=[], help="repeatable"
-    )
-    ls.add_argument("--page-size", type=int, default=50, help="agents per spoke (default 50)")
-
-    sub.add_parser("spokes", help="list the hub's spokes and their health", parents=[common])
-
-    wt = sub.add_parser(
-        "watch", help="follow an agent's state, progress and output live", parents=[common]
-    )
-    wt.add_argument("agent", metavar="AGENT", help="agent id or spokes/{spoke}/agents/{id}")
-    wt.add_argument("--spoke", help="the spoke that runs it (default: the hub's index)")
-    wt.add_argument(
-        "--after",
-        type=int,
-        default=0,
-        metavar="SEQ",
-        help="resume after this event sequence number (default: from the start)",
-    )
-
-    qu = sub.add_parser(
-        "queue", help="a spoke's queue: stats, pause, resume, drain", parents=[common]
-    )
-    qu.add_argument("action", choices=["stats", "pause", "resume", "drain"])
-    qu.add_argument(
-        "--spoke", help="the spoke whose queue (stats without it: every spoke, and the totals)"
-    )
-
-    dl = sub.add_parser("dlq", help="a spoke's dead-letter set: list, replay", parents=[common])
-    dl.add_argument("action", choices=["list", "replay"])
-    dl.add_argument("agent", nargs="?", metavar="AGENT", help="for replay: the agent to run again")
-    dl.add_argument("--spoke", help="the spoke (required for list)")
-    dl.add_argument("--page-size", type=int, default=50, help="agents per page (default 50)")
-
-    cli_certs.add_parser(sub, common)
-    cli_keys.add_parser(sub, common)
-    cli_init.add_parser(sub, common)
-    cli_completion.add_parser(sub, common)
-
-    ui = sub.add_parser(
-        "ui", help="serve the web console on 127.0.0.1 (needs hubspoke[ui])", parents=[common]
-    )
-    ui.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default 0: a free one)")
-    ui.add_argument("--no-browser", action="store_true", help="print the URL, do not open it")
-
-    dev = sub.add_parser("dev", help="run a local federation (hubctl dev --help)", add_help=False)
-    dev.add_argument("dev_args", nargs=argparse.REMAINDER)
-    for verb, lines in EXAMPLES.items():
-        verb_parser = sub.choices[verb]
-        examples = "examples:\n" + "".join(f"  {line}\n" for line in lines)
-        verb_parser.epilog = (
-            f"{verb_parser.epilog}\n\n{examples}" if verb_parser.epilog else examples
-        )
-        verb_parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    return p
 
 
 # -- output ---------------------------------------------------------------------------------
@@ -385,6 +91,15 @@ def _show_agent(out: Out, agent: Agent, brief: bool = False) -> None:
     else:
         for line in agent_lines(agent):
             out.line(line)
+
+
+def _warn_unreachable(spokes: Sequence[str], reasons: Mapping[str, str]) -> None:
+    """A fan-out's unreachable spokes (with why, where known), on stderr."""
+    if spokes:
+        unreachable = ", ".join(
+            escape(s) + (f" ({escape(why)})" if (why := reasons.get(s)) else "") for s in spokes
+        )
+        print(f"unreachable: {unreachable}", file=sys.stderr)
 
 
 # -- verbs -----------------------------------------------------------------------------------
@@ -471,12 +186,7 @@ async def _list(client: Client, args: argparse.Namespace, out: Out) -> int:
     ]
     for line in table(rows):
         out.line(line)
-    if result.unreachable_spokes:
-        unreachable = ", ".join(
-            escape(s) + (f" ({escape(why)})" if (why := result.unreachable_reasons.get(s)) else "")
-            for s in result.unreachable_spokes
-        )
-        print(f"unreachable: {unreachable}", file=sys.stderr)
+    _warn_unreachable(result.unreachable_spokes, result.unreachable_reasons)
     return EXIT_OK
 
 
@@ -568,12 +278,7 @@ async def _queue_stats_all(client: Client, out: Out) -> int:
     rows.append(["TOTAL", *(str(totals[c]) for c in cols), str(totals["paused"])])
     for line in table(rows):
         out.line(line)
-    if result.unreachable_spokes:
-        unreachable = ", ".join(
-            escape(s) + (f" ({escape(why)})" if (why := result.unreachable_reasons.get(s)) else "")
-            for s in result.unreachable_spokes
-        )
-        print(f"unreachable: {unreachable}", file=sys.stderr)
+    _warn_unreachable(result.unreachable_spokes, result.unreachable_reasons)
     return EXIT_OK
 
 
@@ -682,7 +387,7 @@ async def _run_verb(verb: _Verb, args: argparse.Namespace, out: Out) -> int:
     if timeout is None:
         raw = env.get("HUBCTL_TIMEOUT", "")
         try:
-            timeout = _seconds(raw) if raw else DEFAULT_RPC_TIMEOUT_S
+            timeout = seconds(raw) if raw else DEFAULT_RPC_TIMEOUT_S
         except argparse.ArgumentTypeError as exc:
             raise UsageError(f"HUBCTL_TIMEOUT {exc}") from None
     try:

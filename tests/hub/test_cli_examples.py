@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hubspoke.hub import cli
+from hubspoke.hub import cli_parser
 
 HUBCTL = str(Path(sys.executable).parent / "hubctl")
 # Verbs whose parser is another program's (dev) or that bring their own examples.
@@ -17,7 +17,7 @@ OWN_HELP = {"dev", "completion"}
 
 
 def _verbs() -> list[str]:
-    parser = cli.build_parser()
+    parser = cli_parser.build_parser()
     sub = next(
         a for a in parser._actions if a.dest == "verb"
     )  # argparse has no public API for subparsers
@@ -25,22 +25,22 @@ def _verbs() -> list[str]:
 
 
 def test_every_verb_has_examples() -> None:
-    assert sorted(set(_verbs()) - OWN_HELP) == sorted(cli.EXAMPLES)
+    assert sorted(set(_verbs()) - OWN_HELP) == sorted(cli_parser.EXAMPLES)
 
 
-@pytest.mark.parametrize("verb", sorted(cli.EXAMPLES))
+@pytest.mark.parametrize("verb", sorted(cli_parser.EXAMPLES))
 def test_help_shows_the_examples(verb: str) -> None:
     done = subprocess.run([HUBCTL, verb, "--help"], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert "examples:" in done.stdout
-    for line in cli.EXAMPLES[verb]:
+    for line in cli_parser.EXAMPLES[verb]:
         assert line in done.stdout
 
 
 @pytest.mark.parametrize(
-    "line", [line for lines in cli.EXAMPLES.values() for line in lines], ids=lambda s: s[:60]
+    "line", [line for lines in cli_parser.EXAMPLES.values() for line in lines], ids=lambda s: s[:60]
 )
 def test_every_example_parses(line: str) -> None:
     argv = shlex.split(line.split(" > ")[0])
     assert argv[0] == "hubctl"
-    cli.build_parser().parse_args(argv[1:])  # raises UsageError on a bad example
+    cli_parser.build_parser().parse_args(argv[1:])  # raises UsageError on a bad example

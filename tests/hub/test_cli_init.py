@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from hubspoke import client, keys, policy, tls, trust
-from hubspoke.hub import cli, cli_completion, init_join, init_templates
+from hubspoke.hub import cli, cli_completion, cli_parser, init_join, init_templates
 from hubspoke.hub.config import HubConfig
 from hubspoke.spoke.config import SpokeConfig
 
@@ -268,7 +268,7 @@ def test_zsh_and_fish_completion(
     shell: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     text = _script(shell, capsys)
-    nodes = list(cli_completion.walk(cli.build_parser()))
+    nodes = list(cli_completion.walk(cli_parser.build_parser()))
     paths = {" ".join(n.path) for n in nodes}
     assert {"", "init", "init hub", "init add-spoke", "keys rotate", "completion"} <= paths
     for sub in ("spawn", "init", "completion", "add-spoke", "accept"):

@@ -17,7 +17,7 @@ import pytest
 from hubspoke import client as hc
 from hubspoke import keys
 from hubspoke.gen.federation.v1 import agent_pb2, command_pb2
-from hubspoke.hub import cli
+from hubspoke.hub import cli, cli_parser
 from hubspoke.hub.federation_files import write_federation
 
 REPO = Path(__file__).resolve().parents[2]
@@ -95,7 +95,7 @@ def test_keygen_rejects_a_name_that_is_not_a_file_name(
 
 
 def test_timeout_before_the_verb_is_the_rpc_deadline_and_after_spawn_the_run_time() -> None:
-    p = cli.build_parser()
+    p = cli_parser.build_parser()
     a = p.parse_args(
         ["--timeout", "3", "spawn", "--spoke", "s", "--timeout", "30", "--", "a", "-b"]
     )
