@@ -1,4 +1,5 @@
-"""Agent records: the state machine, its Lua scripts, the event streams, and reading them.
+"""Agent records: the state machine, its event streams, and reading them (the Lua scripts that
+change a record: :mod:`hubspoke.spoke.records_lua`).
 
 This is the only module that changes an agent's state (kills while queued aside, which
 spoke/kills.py does in one script of the same shape). Every change is one Lua script (read,
@@ -16,6 +17,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from . import records_lua as lua
 from .backend import (
     AgentMissingError,
     AgentReusedError,
@@ -54,142 +56,6 @@ StateObserver = Callable[[AgentState, str], None]
 
 def _unobserved(state: AgentState, reason: str) -> None:
     pass
-
-
-_CREATE = """
--- KEYS: agent, index, events, then bullmq's wait, paused, prioritized, delayed, then waiting.
--- ARGV: agent_id, digest, now_ms, maxlen, max_backlog, issuer, quota, field, value, ...
--- The issuer's quota (0: none) counts its members ("issuer:agent_id") of the waiting set
--- (keys.py) with one ZLEXCOUNT: neither names nor ids contain ':'.
-local existing = redis.call('HGET', KEYS[1], 'digest')
-if existing then
-  return {'exists', existing}
-end
-local quota = tonumber(ARGV[7])
-if quota > 0 then
-  local mine = redis.call('ZLEXCOUNT', KEYS[8], '[' .. ARGV[6] .. ':', '(' .. ARGV[6] .. ';')
-  if mine >= quota then
-    return {'quota', tostring(mine)}
-  end
-end
-local backlog = redis.call('LLEN', KEYS[4]) + redis.call('LLEN', KEYS[5])
-  + redis.call('ZCARD', KEYS[6]) + redis.call('ZCARD', KEYS[7])
-if backlog >= tonumber(ARGV[5]) then
-  return {'full', tostring(backlog)}
-end
-redis.call('HSET', KEYS[1], unpack(ARGV, 8))
-redis.call('HSET', KEYS[1], 'state', 'QUEUED', 'seq', 1, 'digest', ARGV[2])
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
-redis.call('ZADD', KEYS[8], 0, ARGV[6] .. ':' .. ARGV[1])
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '1-0',
-  'kind', 'state', 'state', 'QUEUED', 'reason', '', 'time', ARGV[3])
-return {'created', ARGV[2]}
-"""
-
-_TRANSITION = """
--- KEYS: agent, events, waiting, verifying.
--- ARGV: from_csv, to, reason, now_ms, maxlen, owner_worker, owner_attempt, field, value, ...
--- With an owner, the record must still be held by that worker on that attempt: a worker
--- that was paused past its lease must not overwrite the attempt that replaced it.
--- The agent is a member of the waiting set exactly while its state is QUEUED or RETRYING
--- (the per-principal quota counts it), whichever transition moved it; likewise a member of
--- the verifying set, scored by its verify_deadline_ms, exactly while NEEDS_VERIFICATION.
-local cur = redis.call('HGET', KEYS[1], 'state')
-if not cur then return {'missing', ''} end
-local ok = false
-for s in string.gmatch(ARGV[1], '[^,]+') do if s == cur then ok = true end end
-if not ok then return {'illegal', cur} end
-if ARGV[6] ~= '' then
-  local held = redis.call('HMGET', KEYS[1], 'worker', 'attempt')
-  if held[1] ~= ARGV[6] or held[2] ~= ARGV[7] then return {'illegal', cur .. ' (superseded)'} end
-end
-redis.call('HSET', KEYS[1], 'state', ARGV[2], 'reason', ARGV[3])
-if #ARGV > 7 then redis.call('HSET', KEYS[1], unpack(ARGV, 8)) end
-local who = redis.call('HMGET', KEYS[1], 'issuer', 'agent_id')
-local member = (who[1] or '') .. ':' .. (who[2] or '')
-if ARGV[2] == 'QUEUED' or ARGV[2] == 'RETRYING' then
-  redis.call('ZADD', KEYS[3], 0, member)
-else
-  redis.call('ZREM', KEYS[3], member)
-end
-if ARGV[2] == 'NEEDS_VERIFICATION' then
-  local deadline = tonumber(redis.call('HGET', KEYS[1], 'verify_deadline_ms') or '0') or 0
-  redis.call('ZADD', KEYS[4], deadline, who[2] or '')
-else
-  redis.call('ZREM', KEYS[4], who[2] or '')
-end
-local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], seq .. '-0',
-  'kind', 'state', 'state', ARGV[2], 'reason', ARGV[3], 'time', ARGV[4])
-return {'ok', tostring(seq)}
-"""
-
-_SETTLE = """
--- KEYS: agent, events, verifying.
--- ARGV: now_ms, maxlen, verdicts_json ({name: status}), principal (who settles them).
--- Settles verification items of a NEEDS_VERIFICATION agent: a name it does not wait on is
--- refused; once any is failed the agent is FAILED (VERIFICATION_FAILED), once all passed
--- SUCCEEDED; otherwise it keeps waiting with the verdicts recorded.
-local cur = redis.call('HGET', KEYS[1], 'state')
-if not cur then return {'missing', ''} end
-if cur ~= 'NEEDS_VERIFICATION' then return {'illegal', cur} end
-local pending = cjson.decode(redis.call('HGET', KEYS[1], 'pending') or '[]')
-local verdicts = cjson.decode(redis.call('HGET', KEYS[1], 'verdicts') or '{}')
-if type(verdicts) ~= 'table' or next(verdicts) == nil then verdicts = {} end
-local wanted = {}
-for _, name in ipairs(pending) do wanted[name] = true end
-local by = cjson.decode(redis.call('HGET', KEYS[1], 'verified_by') or '{}')
-if type(by) ~= 'table' then by = {} end
-local given = cjson.decode(ARGV[3])
-for name, _ in pairs(given) do
-  if not wanted[name] then return {'unknown', name} end
-end
-for name, status in pairs(given) do
-  verdicts[name] = status
-  by[name] = ARGV[4]
-end
-redis.call('HSET', KEYS[1], 'verified_by', cjson.encode(by))
-local to, reason = 'SUCCEEDED', ''
-for _, name in ipairs(pending) do
-  local v = verdicts[name]
-  if v == 'failed' then to, reason = 'FAILED', 'VERIFICATION_FAILED'; break end
-  if v ~= 'passed' then to = '' end
-end
-if next(verdicts) == nil then
-  redis.call('HSET', KEYS[1], 'verdicts', '{}')
-else
-  redis.call('HSET', KEYS[1], 'verdicts', cjson.encode(verdicts))
-end
-if to == '' then return {'waiting', ''} end
-redis.call('HSET', KEYS[1], 'state', to, 'reason', reason, 'end_ms', ARGV[1])
-local id = redis.call('HGET', KEYS[1], 'agent_id') or ''
-redis.call('ZREM', KEYS[3], id)
-local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], seq .. '-0',
-  'kind', 'state', 'state', to, 'reason', reason, 'time', ARGV[1])
-return {to, reason}
-"""
-
-_EVENT = """
--- KEYS: agent, events. ARGV: kind, data, now_ms, maxlen, field, value, ...
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-if #ARGV > 4 then redis.call('HSET', KEYS[1], unpack(ARGV, 5)) end
-local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], seq .. '-0',
-  'kind', ARGV[1], 'data', ARGV[2], 'time', ARGV[3])
-return seq
-"""
-
-
-_COUNT_WAITING = """
--- KEYS: agent, waiting. Adds the agent to the waiting set if it waits (checked here, so a
--- scan that read an older state cannot add one that has moved on).
-local rec = redis.call('HMGET', KEYS[1], 'state', 'issuer', 'agent_id')
-if rec[1] == 'QUEUED' or rec[1] == 'RETRYING' then
-  return redis.call('ZADD', KEYS[2], 0, (rec[2] or '') .. ':' .. (rec[3] or ''))
-end
-return 0
-"""
 
 
 def pairs(fields: Mapping[str, object]) -> list[object]:
@@ -239,11 +105,11 @@ class Records:
         self.keys = keys
         self.fanout = fanout
         self.observe: StateObserver = observe or _unobserved
-        self._create = redis.register_script(_CREATE)
-        self._transition = redis.register_script(_TRANSITION)
-        self._event = redis.register_script(_EVENT)
-        self._count_waiting = redis.register_script(_COUNT_WAITING)
-        self._settle = redis.register_script(_SETTLE)
+        self._create = redis.register_script(lua.CREATE)
+        self._transition = redis.register_script(lua.TRANSITION)
+        self._event = redis.register_script(lua.EVENT)
+        self._count_waiting = redis.register_script(lua.COUNT_WAITING)
+        self._settle = redis.register_script(lua.SETTLE)
 
     # --- spawn ---------------------------------------------------------------
 
