@@ -29,7 +29,7 @@ from typing import Final, Self, TypeVar
 import grpc
 from google.protobuf.message import Message
 
-from hubspoke import commands, envelope, errors, fanout, keys
+from hubspoke import commands, envelope, errors, fanout, keys, version
 from hubspoke import grpc as sgrpc
 from hubspoke import tls as stls
 from hubspoke.gen.federation.v1 import agent_pb2, command_pb2, hub_service_pb2_grpc
@@ -331,7 +331,11 @@ class Client:
             cmd = self._command(spoke or self.hub_name, commands.new_command_id())
             _rpc.WATCH.attach(cmd, command_pb2.WatchAgentBody(agent=agent, after_sequence=last))
             sent = _Sent(cmd, commands.sign_command(cmd, self._key))
-            call = _rpc.WATCH.method(self._open())(_rpc.WATCH.request(sent.envelope), timeout=max_s)
+            call = _rpc.WATCH.method(self._open())(
+                _rpc.WATCH.request(sent.envelope),
+                timeout=max_s,
+                metadata=version.CALL_METADATA,
+            )
             try:
                 async for resp in call:
                     signer, reply = self._verify(
@@ -503,7 +507,9 @@ class Client:
             sent = _Sent(cmd, commands.sign_command(cmd, self._key))
             try:
                 resp = await verb.method(self._open())(
-                    verb.request(sent.envelope), timeout=self.timeout_s
+                    verb.request(sent.envelope),
+                    timeout=self.timeout_s,
+                    metadata=version.CALL_METADATA,
                 )
             except grpc.aio.AioRpcError as exc:
                 failure = sgrpc.from_rpc_error(exc)
