@@ -35,9 +35,7 @@ produced and signed by the hub (``hubspoke.fanout``).
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
-import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -45,16 +43,16 @@ from typing import Any
 import grpc
 import structlog
 
-from hubspoke import commands, envelope, errors, fanout
+from hubspoke import commands, envelope, errors
 from hubspoke.gen.federation.v1 import command_pb2, hub_service_pb2
 from hubspoke.keys import SigningKey
 from hubspoke.policy import BODY_VERBS, Policy, PolicyDeniedError
 from hubspoke.policy import Request as PolicyRequest
 from hubspoke.stream_caps import StreamCaps
 
-from . import relay
-from .circuit import Circuit, CircuitOpenError
-from .health import HealthMonitor, SpokeHealth, SpokeState
+from . import fanout_calls, relay
+from .circuit import Circuit
+from .health import HealthMonitor, SpokeHealth
 from .registry import Probe, SpokeRegistry
 from .relay import Gate, Inbound, Relayer
 from .store import HubStore
@@ -125,18 +123,6 @@ class RoutingConfig:
     """One deadline for every spoke a fan-out asks; those that did not answer are named."""
 
 
-@dataclass(frozen=True, slots=True)
-class _Fanned:
-    """What one spoke answered during a fan-out: a reply, or the error it raised."""
-
-    spoke: str
-    reply_env: command_pb2.SignedEnvelope | None = None
-    reply: command_pb2.Reply | None = None
-    error: errors.CommandError | None = None
-    reason: str = ""
-    """Why it gave no reply: circuit_open, disconnected, deadline, unavailable or error."""
-
-
 class HubServicer:
     """The HubService RPCs; each raises ``hubspoke.errors`` on failure (the transport converts)."""
 
@@ -159,6 +145,7 @@ class HubServicer:
         self._registry = registry
         self._store = store
         self._policy = policy
+        self._fanout = fanout_calls.FanOut(relayer, monitor, cfg.fanout_timeout_s)
         self._watches = StreamCaps(
             "watch",
             f"hub {cfg.hub_name}",
@@ -216,41 +203,14 @@ class HubServicer:
             raise errors.InvalidCommandError(
                 "page_token is per spoke: set the audience to the spoke that issued it"
             )
-        answers = await self._fan_out(inbound, self._permitted(inbound))
-        response = hub_service_pb2.HubServiceListAgentsResponse()
-        answered: list[str] = []
-        # Each spoke's page fits one message, not all of them together: the replies that
-        # would pass the limit stay out and are named (signed) for the client to list alone.
-        names = sum(len(a.spoke) + 4 for a in answers)  # each name twice: a list, the account
-        room = self._cfg.max_message_bytes - _FAN_OUT_ROOM - 2 * names
-        for a in answers:
-            if a.reply_env is not None:
-                room -= a.reply_env.ByteSize() + 6
-                if room < 0:
-                    response.omitted_spokes.append(a.spoke)
-                    continue
-                response.replies.append(a.reply_env)
-                answered.append(a.spoke)
-            else:
-                if a.reason == "error":
-                    log.warning(
-                        "list_spoke_failed", spoke=a.spoke, reason=getattr(a.error, "reason", "")
-                    )
-                response.unreachable_spokes.append(a.spoke)
-        reasons = {a.spoke: a.reason for a in answers if a.reply_env is None}
-        response.hub_reply.CopyFrom(
-            fanout.sign_fan_out(
-                hub=self._cfg.hub_name,
-                key=self._cfg.key,
-                command_id=inbound.command.command_id,
-                request_digest=inbound.digest,
-                answered=answered,
-                unreachable=response.unreachable_spokes,
-                omitted=response.omitted_spokes,
-                reasons=reasons,
-            )
+        answers = await self._fanout.ask(inbound, self._permitted(inbound))
+        return fanout_calls.list_response(
+            answers,
+            inbound,
+            hub=self._cfg.hub_name,
+            key=self._cfg.key,
+            max_message_bytes=self._cfg.max_message_bytes,
         )
-        return response
 
     async def ListSpokes(
         self, request: hub_service_pb2.HubServiceListSpokesRequest, context: _Ctx
@@ -317,26 +277,11 @@ class HubServicer:
             reply_env, _ = await self._relay(self._spoke_named(inbound.command.audience), inbound)
             return hub_service_pb2.HubServiceGetQueueStatsResponse(reply=reply_env)
         # Every spoke the caller may read, at once, under one deadline; the hub signs which
-        # answered and why the others did not (counts are small: no page limit needed).
-        answers = await self._fan_out(inbound, self._permitted(inbound))
-        response = hub_service_pb2.HubServiceGetQueueStatsResponse()
-        for a in answers:
-            if a.reply_env is not None:
-                response.replies.append(a.reply_env)
-            else:
-                response.unreachable_spokes.append(a.spoke)
-        response.hub_reply.CopyFrom(
-            fanout.sign_fan_out(
-                hub=self._cfg.hub_name,
-                key=self._cfg.key,
-                command_id=inbound.command.command_id,
-                request_digest=inbound.digest,
-                answered=[a.spoke for a in answers if a.reply_env is not None],
-                unreachable=response.unreachable_spokes,
-                reasons={a.spoke: a.reason for a in answers if a.reply_env is None},
-            )
+        # answered and why the others did not.
+        answers = await self._fanout.ask(inbound, self._permitted(inbound))
+        return fanout_calls.queue_stats_response(
+            answers, inbound, hub=self._cfg.hub_name, key=self._cfg.key
         )
-        return response
 
     async def ListDeadLetters(
         self, request: hub_service_pb2.HubServiceListDeadLettersRequest, context: _Ctx
@@ -509,66 +454,13 @@ class HubServicer:
         then UNAVAILABLE if some spoke did not answer, else NOT_FOUND.
         """
         names = [n for n in self._permitted(inbound) if n not in asked]
-        answers = await self._fan_out(inbound, names)
+        answers = await self._fanout.ask(inbound, names)
         found = [a for a in answers if a.reply_env is not None]
         for answer in found:
             await self._remember(agent_id, answer.spoke)
         if len(found) > 1:
             raise AgentAmbiguousError.of(agent_id, [a.spoke for a in found])
-        if found and found[0].reply_env is not None:
-            return found[0].reply_env
-        unreachable: list[str] = []
-        for answer in answers:
-            if answer.reason in _UNANSWERED:
-                unreachable.append(f"{answer.spoke} ({answer.reason})")
-            elif answer.error is not None and answer.error.code != grpc.StatusCode.NOT_FOUND:
-                raise answer.error
-        if unreachable:
-            raise errors.SpokeUnavailableError(
-                f"agent {agent_id} not found on the spokes that answered; "
-                f"unreachable: {', '.join(sorted(unreachable))}",
-                unreachable_spokes=",".join(sorted(a.split(" ")[0] for a in unreachable)),
-            )
-        raise errors.AgentNotFoundError(f"no spoke has agent {agent_id}", agent=agent_id)
-
-    async def _fan_out(self, inbound: Inbound, names: Sequence[str]) -> list[_Fanned]:
-        """Ask every spoke in ``names`` at once, all under one deadline (fanout_timeout_s).
-
-        A spoke whose circuit is open, or that the probe loop found DISCONNECTED, is not
-        asked; each spoke without a reply carries the reason (``_Fanned.reason``)."""
-        deadline = time.monotonic() + self._cfg.fanout_timeout_s
-        async with asyncio.TaskGroup() as tg:
-            tasks = [tg.create_task(self._try(n, inbound, deadline)) for n in names]
-        return [t.result() for t in tasks]
-
-    async def _try(self, spoke: str, inbound: Inbound, deadline: float) -> _Fanned:
-        try:
-            self._relayer.circuit_check(spoke)
-        except CircuitOpenError as exc:
-            return _Fanned(spoke=spoke, error=exc, reason="circuit_open")
-        record = self._monitor.get(spoke) if self._monitor is not None else None
-        if record is not None and record.state is SpokeState.DISCONNECTED:
-            return _Fanned(
-                spoke=spoke,
-                error=errors.SpokeUnavailableError(f"spoke {spoke} is disconnected", spoke=spoke),
-                reason="disconnected",
-            )
-        left = max(deadline - time.monotonic(), 0.001)
-        try:
-            # The gRPC deadline ends the call; the timeout is a backstop a hung task cannot pass.
-            async with asyncio.timeout(left + 0.5):
-                reply_env, reply = await self._relayer.call(spoke, inbound, timeout_s=left)
-        except CircuitOpenError as exc:
-            return _Fanned(spoke=spoke, error=exc, reason="circuit_open")
-        except errors.SpokeUnavailableError as exc:
-            late = time.monotonic() >= deadline - 0.01
-            return _Fanned(spoke=spoke, error=exc, reason="deadline" if late else "unavailable")
-        except TimeoutError:
-            failed = errors.SpokeUnavailableError(f"spoke {spoke} did not answer in time")
-            return _Fanned(spoke=spoke, error=failed, reason="deadline")
-        except errors.CommandError as exc:
-            return _Fanned(spoke=spoke, error=exc, reason="error")
-        return _Fanned(spoke=spoke, reply_env=reply_env, reply=reply)
+        return fanout_calls.found_agent(answers, agent_id)
 
     async def _remember(self, agent_id: str, spoke: str) -> None:
         # The index only speeds up routing; a Redis hiccup here must not fail a spawn that
@@ -582,13 +474,6 @@ class HubServicer:
 def _agent_not_found(exc: errors.CommandError) -> bool:
     """A spoke's NOT_FOUND for the agent (its own words, passed on by the relay)."""
     return exc.code == grpc.StatusCode.NOT_FOUND and exc.reason == "AGENT_NOT_FOUND"
-
-
-_UNANSWERED = frozenset({"circuit_open", "disconnected", "deadline", "unavailable"})
-"""Fan-out reasons of a spoke that gave no answer at all (an error is an answer)."""
-
-_FAN_OUT_ROOM = 4 * 1024
-"""Room under the message limit for a list fan-out's own parts (the hub's signed account)."""
 
 
 def _not_indexed(agent: str) -> errors.AgentNotFoundError:
