@@ -34,6 +34,8 @@ from hubspoke.gen.federation.v1 import command_pb2
 from hubspoke.trust import Role
 
 from . import classes as C
+from . import classes_signed as CS
+from . import classes_unsigned as CU
 from . import federation, isolation
 from .endpoints import Endpoint, discover
 from .forge import Forge
@@ -65,15 +67,15 @@ FULL_COUNTS: Final = {
     "re_relay": 300,
 }
 VARIANTS: Final = {
-    "unknown_method": len(C.UNKNOWN_METHOD),
-    "unsigned": len(C.UNSIGNED),
-    "forged": len(C.FORGED),
+    "unknown_method": len(CU.UNKNOWN_METHOD),
+    "unsigned": len(CU.UNSIGNED),
+    "forged": len(CU.FORGED),
     "expired": 2,
     "future_dated": 2,
-    "wrong_audience": max(len(C.HUB_AUDIENCE), len(C.RELAY_AUDIENCE)),
-    "malformed_signed": len(C.MALFORMED_HEADER) + max(len(v) for v in C.MALFORMED_BODY.values()),
-    "signed_out_of_range": len(C.OUT_OF_RANGE),
-    "oversized": len(C.OVERSIZED),
+    "wrong_audience": max(len(CS.HUB_AUDIENCE), len(CS.RELAY_AUDIENCE)),
+    "malformed_signed": len(CS.MALFORMED_HEADER) + max(len(v) for v in CS.MALFORMED_BODY.values()),
+    "signed_out_of_range": len(CS.OUT_OF_RANGE),
+    "oversized": len(CU.OVERSIZED),
 }
 """Rounds the reduced scale needs so that every endpoint meets every variant."""
 
@@ -89,56 +91,61 @@ def scale(name: str, endpoints: int) -> Scale:
 NEGATIVE: Final[
     list[tuple[str, Callable[[C.Ctx, int], Iterator[C.Probe]], frozenset[str], str]]
 ] = [
-    ("unknown_method", C.unknown_method, frozenset({C.UNIMPLEMENTED}), "no such method or service"),
+    (
+        "unknown_method",
+        CU.unknown_method,
+        frozenset({C.UNIMPLEMENTED}),
+        "no such method or service",
+    ),
     (
         "unsigned",
-        C.unsigned,
+        CU.unsigned,
         frozenset({C.UNAUTH, C.INVALID}),
         "no signature, empty/short/long signature or key id, no envelope, > 4 signatures",
     ),
     (
         "forged",
-        C.forged,
+        CU.forged,
         frozenset({C.UNAUTH, C.INVALID}),
         "bit flips in payload/payload_type/sig/key-id fingerprint, unknown key, unknown key id, "
         "trusted key id with another key's signature, wrong role",
     ),
-    ("expired", C.expired, frozenset({C.UNAUTH}), "expired beyond the skew, or long ago"),
+    ("expired", CS.expired, frozenset({C.UNAUTH}), "expired beyond the skew, or long ago"),
     (
         "future_dated",
-        C.future_dated,
+        CS.future_dated,
         frozenset({C.UNAUTH}),
         "issued further ahead than the skew allows",
     ),
     (
         "wrong_audience",
-        C.wrong_audience,
+        CS.wrong_audience,
         frozenset({C.DENIED, C.NOT_FOUND, C.INVALID}),
         "for another spoke or hub, misrouted by the hub, foreign resource names",
     ),
     (
         "malformed_signed",
-        C.malformed_signed,
-        C.MALFORMED_EXPECT,
+        CS.malformed_signed,
+        CS.MALFORMED_EXPECT,
         "correctly signed by a trusted client, one header or body field broken",
     ),
     (
         "signed_out_of_range",
-        C.signed_out_of_range,
+        CS.signed_out_of_range,
         frozenset({C.INVALID}),
         "correctly signed; times, nanos, durations or page offsets outside what the server "
         "can represent",
     ),
     (
         "fuzzed",
-        C.fuzzed,
-        C.FUZZ_EXPECT,
+        CU.fuzzed,
+        CU.FUZZ_EXPECT,
         "random bytes, empty, truncated and mutated valid requests, well-framed garbage, "
         "signed garbage",
     ),
     (
         "oversized",
-        C.oversized,
+        CU.oversized,
         frozenset({C.EXHAUSTED, C.INVALID}),
         "over max_message_bytes (raw and signed), tasks over max_task_bytes",
     ),
@@ -407,7 +414,7 @@ async def run(
             conc = 4 if name == "oversized" else None
             await runner.run(name, "negative", expected, gen(ctx, n), doc=doc, concurrency=conc)
 
-        pairs = C.replay_pairs(ctx, sc.counts["replayed"])
+        pairs = CS.replay_pairs(ctx, sc.counts["replayed"])
         await runner.run(
             "replay_primers",
             "primer",
@@ -442,7 +449,7 @@ async def run(
             "cross_hop",
             "probe",
             frozenset({C.UNAUTH}),
-            C.cross_hop(ctx, sc.counts["cross_hop"]),
+            CS.cross_hop(ctx, sc.counts["cross_hop"]),
             doc="known gap: a command the hub relayed, sent again straight to the spoke",
             concurrency=1,
         )
@@ -450,7 +457,7 @@ async def run(
             "re_relay",
             "probe",
             frozenset({C.UNAUTH}),
-            C.re_relay(ctx, sc.counts["re_relay"]),
+            CS.re_relay(ctx, sc.counts["re_relay"]),
             doc="known gap: a command the hub relayed, wrapped in a fresh hub-signed relay",
             concurrency=1,
         )
