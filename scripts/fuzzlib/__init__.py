@@ -18,4 +18,5 @@ Modules:
   One module per class family: ``isolation_access``, ``isolation_watch``,
   ``isolation_argv``, ``isolation_records``; ``isolation_sender`` sends as any principal.
 * ``run``: one whole run (every class, memory, health, queued agents) → summary JSON.
+* ``skew``: the one positive class, clock skew inside the window (``within_skew``).
 """
