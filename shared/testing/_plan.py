@@ -13,9 +13,12 @@ Layout under ``root``::
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from hubspoke import keys
 from hubspoke.hub import federation_files
@@ -38,6 +41,19 @@ Report = Callable[[str], None]
 
 def _quiet(_: str) -> None:
     """The default reporter: say nothing."""
+
+
+@dataclass(frozen=True, slots=True)
+class HubctlRun:
+    """One finished ``hubctl`` run: its exit code, stdout and stderr."""
+
+    code: int
+    stdout: str
+    stderr: str
+
+    def doc(self) -> Any:
+        """stdout as the JSON document ``--json`` prints (``None`` when stdout is empty)."""
+        return json.loads(self.stdout) if self.stdout.strip() else None
 
 
 class FederationPlan:
@@ -220,6 +236,33 @@ class FederationPlan:
         if self._trust is None:
             self._trust = TrustStore.from_file(self.files.trust_file)
         return self._trust
+
+    async def hubctl(self, *argv: str, timeout_s: float = 60.0) -> HubctlRun:
+        """Run this interpreter's ``hubctl`` as the operator against the (first) hub.
+
+        Args:
+            argv: hubctl's arguments after ``--config`` and ``--hub``.
+            timeout_s: how long the run may take; longer fails the caller.
+        """
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "hubspoke.hub.cli",
+            "--config",
+            str(self.files.hubctl_config),
+            "--hub",
+            self.hub_address,
+            *argv,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise
+        return HubctlRun(await proc.wait(), out.decode(), err.decode())
 
     def client(self, timeout_s: float = 15.0, *, hub: str | None = None) -> Client:
         """A hub client signing as the operator (open it with ``async with``).

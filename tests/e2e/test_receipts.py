@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +16,6 @@ import pytest
 from hubspoke import testing
 from hubspoke.client import AgentState, CallError, Client
 
-REPO = Path(__file__).resolve().parents[2]
 GRACE_S = 8.0
 """The spoke's verification_grace_s here: long enough for hubctl to start twice."""
 
@@ -41,24 +38,9 @@ async def fed(tmp_path: Path, redis_url: str) -> AsyncIterator[testing.Federatio
 
 
 async def hubctl(fed: testing.Federation, *argv: str) -> tuple[int, Any, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "hubspoke.hub.cli",
-        "--config",
-        str(fed.files.hubctl_config),
-        "--hub",
-        fed.hub_address,
-        *argv,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    text = out.decode()
-    doc: Any = json.loads(text) if "--json" in argv and text.strip() else text
-    return proc.returncode, doc, err.decode()
+    """hubctl as the operator: exit code, stdout (parsed with --json) and stderr."""
+    run = await fed.hubctl(*argv)
+    return run.code, run.doc() if "--json" in argv else run.stdout, run.stderr
 
 
 async def spawn_wait(fed: testing.Federation, task: str) -> tuple[int, dict[str, Any]]:

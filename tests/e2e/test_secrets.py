@@ -9,9 +9,7 @@ SHA-256 of what it got.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import os
 import secrets
 import sys
 from pathlib import Path
@@ -77,22 +75,9 @@ async def _redis_dump(url: str) -> bytes:
 
 
 async def _hubctl(fed: testing.Federation, *argv: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "hubspoke.hub.cli",
-        "--config",
-        str(fed.files.hubctl_config),
-        "--hub",
-        fed.hub_address,
-        *argv,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 45)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    """hubctl as the operator: exit code, stdout and stderr."""
+    run = await fed.hubctl(*argv)
+    return run.code, run.stdout, run.stderr
 
 
 async def test_the_agent_gets_its_secret_and_nothing_else_ever_holds_it(tmp_path: Path) -> None:

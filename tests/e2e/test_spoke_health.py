@@ -7,10 +7,7 @@ over 8 spokes with one stopped answers within its deadline and names the stopped
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -23,7 +20,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hubspoke import testing
 from hubspoke.client import CallError, CircuitState, Client, SpokeHealth
 
-REPO = Path(__file__).resolve().parents[2]
 PROBE_S = 0.3
 CALL_TIMEOUT_S = 10.0
 FAST = {
@@ -48,24 +44,9 @@ async def until(check: Callable[[], Awaitable[bool]], timeout_s: float, what: st
 
 
 async def hubctl(fed: testing.Federation, *argv: str) -> tuple[int, Any, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "hubspoke.hub.cli",
-        "--config",
-        str(fed.files.hubctl_config),
-        "--hub",
-        fed.hub_address,
-        *argv,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    text = out.decode()
-    doc: Any = json.loads(text) if "--json" in argv and text.strip() else text
-    return proc.returncode, doc, err.decode()
+    """hubctl as the operator: exit code, stdout (parsed with --json) and stderr."""
+    run = await fed.hubctl(*argv)
+    return run.code, run.doc() if "--json" in argv else run.stdout, run.stderr
 
 
 async def spoke_state(client: Client, name: str) -> SpokeHealth:

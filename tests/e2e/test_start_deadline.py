@@ -18,9 +18,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import os
 import secrets
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -41,7 +39,6 @@ from hubspoke.gen.federation.v1 import (
 )
 from hubspoke.spoke.keys import SpokeKeys
 
-REPO = Path(__file__).resolve().parents[2]
 WINDOW = dt.timedelta(seconds=3)
 """The signature window of every command signed here."""
 SKEW_S = 1.0
@@ -109,22 +106,9 @@ async def _final(client: Client, agent_id: str, timeout_s: float = 30) -> Agent:
 
 
 async def hubctl(fed: testing.Federation, *argv: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "hubspoke.hub.cli",
-        "--config",
-        str(fed.files.hubctl_config),
-        "--hub",
-        fed.hub_address,
-        *argv,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    """hubctl as the operator: exit code, stdout and stderr."""
+    run = await fed.hubctl(*argv)
+    return run.code, run.stdout, run.stderr
 
 
 async def test_a_paused_queue_resumed_after_the_window_runs_every_spawn(

@@ -35,6 +35,7 @@ def test_public_names_are_pinned() -> None:
         "FederationPlan",
         "HOST",
         "HarnessError",
+        "HubctlRun",
         "InProcessFederation",
         "LoopThread",
         "RedisServerError",
