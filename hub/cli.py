@@ -367,13 +367,8 @@ def _keygen(args: argparse.Namespace, out: Out) -> int:
 
 
 def _dev(dev_args: list[str]) -> int:
-    try:
-        dev = importlib.import_module(
-            "hubspoke.hub.dev"
-        )  # lazily: it starts servers, hubctl does not
-    except ImportError:
-        print("Error: dev federation is not available", file=sys.stderr)
-        return EXIT_USAGE
+    # Imported here, not at the top: it starts servers, and hubctl's other verbs load none.
+    dev = importlib.import_module("hubspoke.hub.dev")
     code: int = dev.main(dev_args)
     return code
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import socket
@@ -234,14 +233,6 @@ def test_exit_code_table(code: str, exit_code: int) -> None:
     import grpc
 
     assert cli.EXIT_CODES.get(grpc.StatusCode[code], 1) == exit_code
-
-
-def test_dev_without_the_dev_module(capsys: pytest.CaptureFixture[str]) -> None:
-    if importlib.util.find_spec("hubspoke.hub.dev") is not None:
-        pytest.skip("hubspoke.hub.dev exists; the dev federation has its own tests")
-    code, _, err = run(capsys, "dev", "up")
-    assert code == 2
-    assert err == "Error: dev federation is not available\n"
 
 
 # -- JSON shape -----------------------------------------------------------------------------
