@@ -32,7 +32,7 @@ from ._errors import HarnessError, RedisServerError
 from ._federation import Federation
 from ._loop import LoopThread
 from ._net import HOST, pick_free_port
-from ._plan import DEFAULT_PROFILES, FederationPlan, HubctlRun
+from ._plan import DEFAULT_PROFILES, FederationPlan, HubctlRun, run_hubctl
 from ._redis import ENV_VAR, AppendFsync, EmbeddedRedis, find_redis_server, redis_server_argv
 from ._redis_secure import TLS_ENV_VAR, RedisServerTls, find_tls_redis_server
 
@@ -60,6 +60,7 @@ __all__ = [
     "find_tls_redis_server",
     "pick_free_port",
     "redis_server_argv",
+    "run_hubctl",
     "server_argv",
     "server_env",
 ]

@@ -56,6 +56,36 @@ class HubctlRun:
         return json.loads(self.stdout) if self.stdout.strip() else None
 
 
+async def run_hubctl(config: Path, hub: str, *argv: str, timeout_s: float = 60.0) -> HubctlRun:
+    """Run this interpreter's ``hubctl --config CONFIG --hub HUB ARGV...`` to its end.
+
+    Args:
+        config: the hubctl.toml to use.
+        hub: the hub's address.
+        argv: hubctl's arguments after ``--config`` and ``--hub``.
+        timeout_s: how long the run may take; longer kills it and raises TimeoutError.
+    """
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "hubspoke.hub.cli",
+        "--config",
+        str(config),
+        "--hub",
+        hub,
+        *argv,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    return HubctlRun(await proc.wait(), out.decode(), err.decode())
+
+
 class FederationPlan:
     """The part of a federation that does not depend on how its servers run.
 
@@ -238,31 +268,10 @@ class FederationPlan:
         return self._trust
 
     async def hubctl(self, *argv: str, timeout_s: float = 60.0) -> HubctlRun:
-        """Run this interpreter's ``hubctl`` as the operator against the (first) hub.
-
-        Args:
-            argv: hubctl's arguments after ``--config`` and ``--hub``.
-            timeout_s: how long the run may take; longer fails the caller.
-        """
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "hubspoke.hub.cli",
-            "--config",
-            str(self.files.hubctl_config),
-            "--hub",
-            self.hub_address,
-            *argv,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+        """:func:`run_hubctl` as the operator against the (first) hub."""
+        return await run_hubctl(
+            self.files.hubctl_config, self.hub_address, *argv, timeout_s=timeout_s
         )
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            raise
-        return HubctlRun(await proc.wait(), out.decode(), err.decode())
 
     def client(self, timeout_s: float = 15.0, *, hub: str | None = None) -> Client:
         """A hub client signing as the operator (open it with ``async with``).

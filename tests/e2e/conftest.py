@@ -4,9 +4,6 @@ harness's in-process federation, so the servers run on the test's loop)."""
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,26 +30,13 @@ class Federation:
 
     async def hubctl(self, *argv: str) -> tuple[int, Any, str]:
         """Run hubctl in a subprocess (the hub and spoke keep serving on this loop)."""
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "hubspoke.hub.cli",
-            "--config",
-            str(self.files.hubctl_config),
-            "--hub",
-            self.hub_address,
-            *argv,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
+        run = await testing.run_hubctl(
+            self.files.hubctl_config, self.hub_address, *argv, timeout_s=45
         )
-        out, err = await asyncio.wait_for(proc.communicate(), 45)
-        assert proc.returncode is not None
-        text = out.decode()
-        doc: Any = text
-        if "--json" in argv and text.strip() and "watch" not in argv:  # watch: JSON lines
-            doc = json.loads(text)
-        return proc.returncode, doc, err.decode()
+        doc: Any = run.stdout
+        if "--json" in argv and run.stdout.strip() and "watch" not in argv:  # watch: JSON lines
+            doc = run.doc()
+        return run.code, doc, run.stderr
 
 
 @pytest.fixture

@@ -45,6 +45,7 @@ def test_public_names_are_pinned() -> None:
         "find_tls_redis_server",
         "pick_free_port",
         "redis_server_argv",
+        "run_hubctl",
         "server_argv",
         "server_env",
     ]
