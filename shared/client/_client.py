@@ -287,19 +287,13 @@ class Client:
             pages[signer] = self._page(reply.agent_page, signer)
         reasons: dict[str, str] = {}
         if spoke is None:  # a fan-out: the hub signs which spokes answered and which did not
-            try:
-                fan = fanout.verify_fan_out(
-                    resp.hub_reply if resp.HasField("hub_reply") else None,
-                    trust=self._trust,
-                    hub_name=self.hub_name,
-                    command_id=sent.command.command_id,
-                    command_payload=sent.envelope.payload,
-                    reply_signers=list(pages),
-                    unreachable_spokes=resp.unreachable_spokes,
-                    omitted_spokes=resp.omitted_spokes,
-                )
-            except fanout.FanOutInvalidError as exc:
-                raise CallError.invalid_reply(exc.message) from exc
+            fan = self._fan_out(
+                sent,
+                resp.hub_reply if resp.HasField("hub_reply") else None,
+                list(pages),
+                resp.unreachable_spokes,
+                resp.omitted_spokes,
+            )
             reasons = dict(fan.unreachable_reasons)
             for name in resp.omitted_spokes:
                 alone = await self.list(name, page_size, states)
@@ -429,23 +423,40 @@ class Client:
             if signer in per_spoke:
                 raise CallError.invalid_reply(f"two queue counts from spoke {signer}")
             per_spoke[signer] = QueueStats.from_proto(reply.queue_stats)
-        try:
-            fan = fanout.verify_fan_out(
-                resp.hub_reply if resp.HasField("hub_reply") else None,
-                trust=self._trust,
-                hub_name=self.hub_name,
-                command_id=sent.command.command_id,
-                command_payload=sent.envelope.payload,
-                reply_signers=list(per_spoke),
-                unreachable_spokes=resp.unreachable_spokes,
-            )
-        except fanout.FanOutInvalidError as exc:
-            raise CallError.invalid_reply(exc.message) from exc
+        fan = self._fan_out(
+            sent,
+            resp.hub_reply if resp.HasField("hub_reply") else None,
+            list(per_spoke),
+            resp.unreachable_spokes,
+        )
         return FederatedQueueStats(
             per_spoke=MappingProxyType(per_spoke),
             unreachable_spokes=list(resp.unreachable_spokes),
             unreachable_reasons=MappingProxyType(dict(fan.unreachable_reasons)),
         )
+
+    def _fan_out(
+        self,
+        sent: _Sent,
+        hub_reply: command_pb2.SignedEnvelope | None,
+        reply_signers: Collection[str],
+        unreachable: Collection[str],
+        omitted: Collection[str] = (),
+    ) -> command_pb2.FanOut:
+        """The hub's signed account of a fan-out, checked against the answers beside it."""
+        try:
+            return fanout.verify_fan_out(
+                hub_reply,
+                trust=self._trust,
+                hub_name=self.hub_name,
+                command_id=sent.command.command_id,
+                command_payload=sent.envelope.payload,
+                reply_signers=reply_signers,
+                unreachable_spokes=unreachable,
+                omitted_spokes=omitted,
+            )
+        except fanout.FanOutInvalidError as exc:
+            raise CallError.invalid_reply(exc.message) from exc
 
     async def pause(self, spoke: str) -> QueueStats:
         """Stop a spoke's workers from taking new agents (running ones go on)."""
