@@ -143,6 +143,8 @@ class Agent(_message.Message):
     TRUNCATED_FIELD_NUMBER: _builtins.int
     VERIFY_DEADLINE_FIELD_NUMBER: _builtins.int
     START_DEADLINE_FIELD_NUMBER: _builtins.int
+    DEDUPE_KEY_FIELD_NUMBER: _builtins.int
+    DEDUPLICATED_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The resource name, "spokes/{spoke}/agents/{agent_id}"."""
     agent_id: _builtins.str
@@ -180,6 +182,15 @@ class Agent(_message.Message):
     progress message or receipt the spoke cut to fit its list pages (each text keeps at most
     2,048 UTF-8 bytes: the start of the task and message, the end of each tail; a receipt
     keeps its status and the start of its summary). GetAgent returns the agent whole.
+    """
+    dedupe_key: _builtins.str
+    """The spawn's dedupe key (its dedupe_key, or the one derived from its profile and task);
+    empty for none.
+    """
+    deduplicated: _builtins.bool
+    """Output only. True in a spawn's reply that returned this existing, not yet final agent of
+    the same owner and dedupe key instead of creating one (the agent's id is then not the
+    spawn's command id).
     """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
@@ -244,10 +255,12 @@ class Agent(_message.Message):
         truncated: _builtins.bool = ...,
         verify_deadline: _timestamp_pb2.Timestamp | None = ...,
         start_deadline: _timestamp_pb2.Timestamp | None = ...,
+        dedupe_key: _builtins.str = ...,
+        deduplicated: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "create_time", b"create_time", "end_time", b"end_time", "exit_code", b"exit_code", "receipt", b"receipt", "start_deadline", b"start_deadline", "start_time", b"start_time", "timeout", b"timeout", "verify_deadline", b"verify_deadline"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "agent_id", b"agent_id", "attempt", b"attempt", "create_time", b"create_time", "end_time", b"end_time", "exit_code", b"exit_code", "issuer", b"issuer", "labels", b"labels", "max_attempts", b"max_attempts", "name", b"name", "priority", b"priority", "profile", b"profile", "progress_message", b"progress_message", "progress_percent", b"progress_percent", "reason", b"reason", "receipt", b"receipt", "spoke", b"spoke", "start_deadline", b"start_deadline", "start_time", b"start_time", "state", b"state", "stderr_tail", b"stderr_tail", "stdout_tail", b"stdout_tail", "task", b"task", "timeout", b"timeout", "truncated", b"truncated", "verify_deadline", b"verify_deadline"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "agent_id", b"agent_id", "attempt", b"attempt", "create_time", b"create_time", "dedupe_key", b"dedupe_key", "deduplicated", b"deduplicated", "end_time", b"end_time", "exit_code", b"exit_code", "issuer", b"issuer", "labels", b"labels", "max_attempts", b"max_attempts", "name", b"name", "priority", b"priority", "profile", b"profile", "progress_message", b"progress_message", "progress_percent", b"progress_percent", "reason", b"reason", "receipt", b"receipt", "spoke", b"spoke", "start_deadline", b"start_deadline", "start_time", b"start_time", "state", b"state", "stderr_tail", b"stderr_tail", "stdout_tail", b"stdout_tail", "task", b"task", "timeout", b"timeout", "truncated", b"truncated", "verify_deadline", b"verify_deadline"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exit_code: _TypeAlias = _typing.Literal["exit_code"]  # noqa: Y015
     _WhichOneofArgType__exit_code: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code"]  # noqa: Y015

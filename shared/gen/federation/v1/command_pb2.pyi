@@ -246,6 +246,8 @@ class SpawnAgentBody(_message.Message):
     MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
     DELAY_FIELD_NUMBER: _builtins.int
     START_WITHIN_FIELD_NUMBER: _builtins.int
+    DEDUPE_KEY_FIELD_NUMBER: _builtins.int
+    DEDUPE_FROM_TASK_FIELD_NUMBER: _builtins.int
     profile: _builtins.str
     """The name of a profile in the spoke's config, e.g. "synthetic"."""
     task: _builtins.str
@@ -254,6 +256,18 @@ class SpawnAgentBody(_message.Message):
     """1 (least urgent) to 10 (most urgent); 0 means the spoke's default."""
     max_attempts: _builtins.int
     """How many times the agent may be started in all; 0 means the profile's default."""
+    dedupe_key: _builtins.str
+    """A dedupe key: while an agent of the same owner (issuer) with this key is not final,
+    another spawn with it returns that agent (Agent.deduplicated set) instead of creating
+    one; once it is final the key is free. 1-128 characters of A-Z a-z 0-9 . _ - starting
+    alphanumeric (the id alphabet). Empty: none. Claimed at the spoke with the record for a
+    spawn to a named spoke (docs/protocol.md §4.7).
+    """
+    dedupe_from_task: _builtins.bool
+    """Derive the dedupe key from the profile and the task: "task-" followed by the lowercase
+    hex SHA-256 of UTF-8 profile, one 0x00 byte, UTF-8 task (docs/protocol.md §4.7). Not
+    together with dedupe_key.
+    """
     @_builtins.property
     def timeout(self) -> _duration_pb2.Duration:
         """The longest the agent may run; unset or zero means the profile's default."""
@@ -288,10 +302,12 @@ class SpawnAgentBody(_message.Message):
         max_attempts: _builtins.int = ...,
         delay: _duration_pb2.Duration | None = ...,
         start_within: _duration_pb2.Duration | None = ...,
+        dedupe_key: _builtins.str = ...,
+        dedupe_from_task: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["delay", b"delay", "start_within", b"start_within", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["delay", b"delay", "labels", b"labels", "max_attempts", b"max_attempts", "priority", b"priority", "profile", b"profile", "start_within", b"start_within", "task", b"task", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dedupe_from_task", b"dedupe_from_task", "dedupe_key", b"dedupe_key", "delay", b"delay", "labels", b"labels", "max_attempts", b"max_attempts", "priority", b"priority", "profile", b"profile", "start_within", b"start_within", "task", b"task", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -398,16 +414,54 @@ class ListAgentsBody(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     STATES_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    PROFILE_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
+    DEDUPE_KEY_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """The most agents to return; 0 means the server's default (50), values above 500 are capped."""
     page_token: _builtins.str
     """The next_page_token of a previous page, or empty for the first page."""
+    profile: _builtins.str
+    """Only agents of this profile; empty means any."""
+    owner: _builtins.str
+    """Only agents of this owner (the principal that issued the spawn); empty means any the
+    caller may see (a caller whose policy scope is own sees only its own agents anyway).
+    """
+    dedupe_key: _builtins.str
+    """Only agents with this dedupe key (Agent.dedupe_key); empty means any."""
     @_builtins.property
     def states(self) -> _containers.RepeatedScalarFieldContainer[_agent_pb2.Agent.State.ValueType]:
         """Only agents in these states; empty means all states."""
+
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Only agents carrying every one of these labels with exactly these values; empty means
+        any labels.
+        """
 
     def __init__(
         self,
@@ -415,10 +469,14 @@ class ListAgentsBody(_message.Message):
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         states: _abc.Iterable[_agent_pb2.Agent.State.ValueType] | None = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        profile: _builtins.str = ...,
+        owner: _builtins.str = ...,
+        dedupe_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "states", b"states"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dedupe_key", b"dedupe_key", "labels", b"labels", "owner", b"owner", "page_size", b"page_size", "page_token", b"page_token", "profile", b"profile", "states", b"states"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
