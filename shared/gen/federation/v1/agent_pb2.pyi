@@ -21,6 +21,34 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _RunMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RunModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RUN_MODE_UNSPECIFIED: _RunMode.ValueType  # 0
+    """Not known (before a worker took the agent, or a spoke from before modes)."""
+    RUN_MODE_LIVE: _RunMode.ValueType  # 1
+    """The profile's own program runs."""
+    RUN_MODE_SHADOW: _RunMode.ValueType  # 2
+    """Nothing runs: the agent ends SHADOWED with what would have run (its shadow_run)."""
+    RUN_MODE_SYNTHETIC: _RunMode.ValueType  # 3
+    """The built-in synthetic agent runs in place of the profile's program (rehearsal)."""
+
+class RunMode(_RunMode, metaclass=_RunModeEnumTypeWrapper):
+    """RunMode is how a spoke runs a profile's agents (spoke config and profile key mode)."""
+
+RUN_MODE_UNSPECIFIED: RunMode.ValueType  # 0
+"""Not known (before a worker took the agent, or a spoke from before modes)."""
+RUN_MODE_LIVE: RunMode.ValueType  # 1
+"""The profile's own program runs."""
+RUN_MODE_SHADOW: RunMode.ValueType  # 2
+"""Nothing runs: the agent ends SHADOWED with what would have run (its shadow_run)."""
+RUN_MODE_SYNTHETIC: RunMode.ValueType  # 3
+"""The built-in synthetic agent runs in place of the profile's program (rehearsal)."""
+Global___RunMode: _TypeAlias = RunMode  # noqa: Y015
+
 @_typing.final
 class Agent(_message.Message):
     """Agent is one run of a profile's program on a spoke, started by a spawn command."""
@@ -63,6 +91,11 @@ class Agent(_message.Message):
         """Final: it did not start by its start_deadline (reason NOT_STARTED: it waited in the
         spoke's queue) and never ran. Reason UNDELIVERED is kept for the hub's outbox.
         """
+        STATE_SHADOWED: Agent._State.ValueType  # 15
+        """Final: the spoke or profile runs in shadow mode. It was verified, authorized, queued
+        and taken by a worker (QUEUED -> STARTING -> SHADOWED) but its program never started;
+        shadow_run says what would have run (reason SHADOW_MODE).
+        """
 
     class State(_State, metaclass=_StateEnumTypeWrapper):
         """The lifecycle state. Every transition is recorded as an event."""
@@ -96,6 +129,11 @@ class Agent(_message.Message):
     STATE_EXPIRED: Agent.State.ValueType  # 12
     """Final: it did not start by its start_deadline (reason NOT_STARTED: it waited in the
     spoke's queue) and never ran. Reason UNDELIVERED is kept for the hub's outbox.
+    """
+    STATE_SHADOWED: Agent.State.ValueType  # 15
+    """Final: the spoke or profile runs in shadow mode. It was verified, authorized, queued
+    and taken by a worker (QUEUED -> STARTING -> SHADOWED) but its program never started;
+    shadow_run says what would have run (reason SHADOW_MODE).
     """
 
     @_typing.final
@@ -145,6 +183,8 @@ class Agent(_message.Message):
     START_DEADLINE_FIELD_NUMBER: _builtins.int
     DEDUPE_KEY_FIELD_NUMBER: _builtins.int
     DEDUPLICATED_FIELD_NUMBER: _builtins.int
+    SHADOW_RUN_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The resource name, "spokes/{spoke}/agents/{agent_id}"."""
     agent_id: _builtins.str
@@ -192,6 +232,10 @@ class Agent(_message.Message):
     the same owner and dedupe key instead of creating one (the agent's id is then not the
     spawn's command id).
     """
+    mode: Global___RunMode.ValueType
+    """The mode the spoke ran (or would run) the agent in, decided when a worker took it;
+    unspecified before that, or for an agent from a spoke without modes.
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the spawn was stored."""
@@ -227,6 +271,10 @@ class Agent(_message.Message):
         then, it ends EXPIRED (NOT_STARTED). Unset for an agent stored before start deadlines.
         """
 
+    @_builtins.property
+    def shadow_run(self) -> Global___ShadowRun:
+        """For a SHADOWED agent: what the spoke would have run (never a secret's value)."""
+
     def __init__(
         self,
         *,
@@ -257,16 +305,58 @@ class Agent(_message.Message):
         start_deadline: _timestamp_pb2.Timestamp | None = ...,
         dedupe_key: _builtins.str = ...,
         deduplicated: _builtins.bool = ...,
+        shadow_run: Global___ShadowRun | None = ...,
+        mode: Global___RunMode.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "create_time", b"create_time", "end_time", b"end_time", "exit_code", b"exit_code", "receipt", b"receipt", "start_deadline", b"start_deadline", "start_time", b"start_time", "timeout", b"timeout", "verify_deadline", b"verify_deadline"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "create_time", b"create_time", "end_time", b"end_time", "exit_code", b"exit_code", "receipt", b"receipt", "shadow_run", b"shadow_run", "start_deadline", b"start_deadline", "start_time", b"start_time", "timeout", b"timeout", "verify_deadline", b"verify_deadline"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "agent_id", b"agent_id", "attempt", b"attempt", "create_time", b"create_time", "dedupe_key", b"dedupe_key", "deduplicated", b"deduplicated", "end_time", b"end_time", "exit_code", b"exit_code", "issuer", b"issuer", "labels", b"labels", "max_attempts", b"max_attempts", "name", b"name", "priority", b"priority", "profile", b"profile", "progress_message", b"progress_message", "progress_percent", b"progress_percent", "reason", b"reason", "receipt", b"receipt", "spoke", b"spoke", "start_deadline", b"start_deadline", "start_time", b"start_time", "state", b"state", "stderr_tail", b"stderr_tail", "stdout_tail", b"stdout_tail", "task", b"task", "timeout", b"timeout", "truncated", b"truncated", "verify_deadline", b"verify_deadline"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "agent_id", b"agent_id", "attempt", b"attempt", "create_time", b"create_time", "dedupe_key", b"dedupe_key", "deduplicated", b"deduplicated", "end_time", b"end_time", "exit_code", b"exit_code", "issuer", b"issuer", "labels", b"labels", "max_attempts", b"max_attempts", "mode", b"mode", "name", b"name", "priority", b"priority", "profile", b"profile", "progress_message", b"progress_message", "progress_percent", b"progress_percent", "reason", b"reason", "receipt", b"receipt", "shadow_run", b"shadow_run", "spoke", b"spoke", "start_deadline", b"start_deadline", "start_time", b"start_time", "state", b"state", "stderr_tail", b"stderr_tail", "stdout_tail", b"stdout_tail", "task", b"task", "timeout", b"timeout", "truncated", b"truncated", "verify_deadline", b"verify_deadline"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exit_code: _TypeAlias = _typing.Literal["exit_code"]  # noqa: Y015
     _WhichOneofArgType__exit_code: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__exit_code) -> _WhichOneofReturnType__exit_code | None: ...
 
 Global___Agent: _TypeAlias = Agent  # noqa: Y015
+
+@_typing.final
+class ShadowRun(_message.Message):
+    """ShadowRun is what a shadow-mode spoke would have started for an agent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ARGV_FIELD_NUMBER: _builtins.int
+    CWD_FIELD_NUMBER: _builtins.int
+    ENV_NAMES_FIELD_NUMBER: _builtins.int
+    TASK_ON_STDIN_FIELD_NUMBER: _builtins.int
+    cwd: _builtins.str
+    """The working directory; empty: the spoke's own."""
+    task_on_stdin: _builtins.bool
+    """Whether the task would be written to its standard input."""
+    @_builtins.property
+    def argv(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The program and its arguments, with the task placed as the profile places it."""
+
+    @_builtins.property
+    def env_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The names of the environment variables it would get (sorted), secrets' included;
+        never their values.
+        """
+
+    def __init__(
+        self,
+        *,
+        argv: _abc.Iterable[_builtins.str] | None = ...,
+        cwd: _builtins.str = ...,
+        env_names: _abc.Iterable[_builtins.str] | None = ...,
+        task_on_stdin: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["argv", b"argv", "cwd", b"cwd", "env_names", b"env_names", "task_on_stdin", b"task_on_stdin"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShadowRun: _TypeAlias = ShadowRun  # noqa: Y015
 
 @_typing.final
 class Receipt(_message.Message):

@@ -1123,6 +1123,7 @@ class SpokeStatus(_message.Message):
     QUEUE_FULL_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     OBSERVE_TIME_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
     spoke: _builtins.str
     """The spoke's name."""
     redis_ok: _builtins.bool
@@ -1145,6 +1146,8 @@ class SpokeStatus(_message.Message):
     """True when queued + delayed agents reach max_queue_depth: spawns fail."""
     version: _builtins.str
     """The hubspoke release the spoke runs."""
+    mode: _agent_pb2.RunMode.ValueType
+    """The spoke's run mode (its config's mode); a profile may be safer (ProfileCapacity.mode)."""
     @_builtins.property
     def profiles(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProfileCapacity]:
         """Run slots per profile."""
@@ -1169,10 +1172,11 @@ class SpokeStatus(_message.Message):
         queue_full: _builtins.bool = ...,
         version: _builtins.str = ...,
         observe_time: _timestamp_pb2.Timestamp | None = ...,
+        mode: _agent_pb2.RunMode.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["observe_time", b"observe_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["delayed", b"delayed", "draining", b"draining", "max_queue_depth", b"max_queue_depth", "observe_time", b"observe_time", "paused", b"paused", "profiles", b"profiles", "protocol_version", b"protocol_version", "queue_full", b"queue_full", "queued", b"queued", "redis_ok", b"redis_ok", "running", b"running", "spoke", b"spoke", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delayed", b"delayed", "draining", b"draining", "max_queue_depth", b"max_queue_depth", "mode", b"mode", "observe_time", b"observe_time", "paused", b"paused", "profiles", b"profiles", "protocol_version", b"protocol_version", "queue_full", b"queue_full", "queued", b"queued", "redis_ok", b"redis_ok", "running", b"running", "spoke", b"spoke", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1187,22 +1191,26 @@ class ProfileCapacity(_message.Message):
     PROFILE_FIELD_NUMBER: _builtins.int
     MAX_CONCURRENCY_FIELD_NUMBER: _builtins.int
     FREE_SLOTS_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
     profile: _builtins.str
     """The profile's name."""
     max_concurrency: _builtins.int
     """Agents of this profile that may run at once (max_concurrency)."""
     free_slots: _builtins.int
     """Slots free now."""
+    mode: _agent_pb2.RunMode.ValueType
+    """The mode this profile's agents run in on the spoke (the spoke's, or a safer one)."""
     def __init__(
         self,
         *,
         profile: _builtins.str = ...,
         max_concurrency: _builtins.int = ...,
         free_slots: _builtins.int = ...,
+        mode: _agent_pb2.RunMode.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["free_slots", b"free_slots", "max_concurrency", b"max_concurrency", "profile", b"profile"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["free_slots", b"free_slots", "max_concurrency", b"max_concurrency", "mode", b"mode", "profile", b"profile"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
