@@ -643,6 +643,102 @@ class HubServiceDrainQueueResponse(_message.Message):
 Global___HubServiceDrainQueueResponse: _TypeAlias = HubServiceDrainQueueResponse  # noqa: Y015
 
 @_typing.final
+class HubServiceDrainSpokeRequest(_message.Message):
+    """HubServiceDrainSpokeRequest carries a signed drain_spoke command."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMMAND_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def command(self) -> _command_pb2.SignedEnvelope:
+        """A Command envelope signed by the client whose body is drain_spoke; audience: the hub."""
+
+    def __init__(
+        self,
+        *,
+        command: _command_pb2.SignedEnvelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HubServiceDrainSpokeRequest: _TypeAlias = HubServiceDrainSpokeRequest  # noqa: Y015
+
+@_typing.final
+class HubServiceDrainSpokeResponse(_message.Message):
+    """HubServiceDrainSpokeResponse carries the hub's signed reply."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def reply(self) -> _command_pb2.SignedEnvelope:
+        """A Reply signed by the hub whose result is the spoke, draining."""
+
+    def __init__(
+        self,
+        *,
+        reply: _command_pb2.SignedEnvelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reply", b"reply"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reply", b"reply"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HubServiceDrainSpokeResponse: _TypeAlias = HubServiceDrainSpokeResponse  # noqa: Y015
+
+@_typing.final
+class HubServiceUndrainSpokeRequest(_message.Message):
+    """HubServiceUndrainSpokeRequest carries a signed undrain_spoke command."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMMAND_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def command(self) -> _command_pb2.SignedEnvelope:
+        """A Command envelope signed by the client whose body is undrain_spoke; audience: the hub."""
+
+    def __init__(
+        self,
+        *,
+        command: _command_pb2.SignedEnvelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HubServiceUndrainSpokeRequest: _TypeAlias = HubServiceUndrainSpokeRequest  # noqa: Y015
+
+@_typing.final
+class HubServiceUndrainSpokeResponse(_message.Message):
+    """HubServiceUndrainSpokeResponse carries the hub's signed reply."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def reply(self) -> _command_pb2.SignedEnvelope:
+        """A Reply signed by the hub whose result is the spoke, no longer draining."""
+
+    def __init__(
+        self,
+        *,
+        reply: _command_pb2.SignedEnvelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reply", b"reply"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reply", b"reply"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HubServiceUndrainSpokeResponse: _TypeAlias = HubServiceUndrainSpokeResponse  # noqa: Y015
+
+@_typing.final
 class HubServiceVerifyAgentRequest(_message.Message):
     """HubServiceVerifyAgentRequest carries a signed verify_agent command."""
 

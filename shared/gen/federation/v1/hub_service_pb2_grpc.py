@@ -102,6 +102,16 @@ class HubServiceStub:
                 request_serializer=federation_dot_v1_dot_hub__service__pb2.HubServiceVerifyAgentRequest.SerializeToString,
                 response_deserializer=federation_dot_v1_dot_hub__service__pb2.HubServiceVerifyAgentResponse.FromString,
                 _registered_method=True)
+        self.DrainSpoke = channel.unary_unary(
+                '/federation.v1.HubService/DrainSpoke',
+                request_serializer=federation_dot_v1_dot_hub__service__pb2.HubServiceDrainSpokeRequest.SerializeToString,
+                response_deserializer=federation_dot_v1_dot_hub__service__pb2.HubServiceDrainSpokeResponse.FromString,
+                _registered_method=True)
+        self.UndrainSpoke = channel.unary_unary(
+                '/federation.v1.HubService/UndrainSpoke',
+                request_serializer=federation_dot_v1_dot_hub__service__pb2.HubServiceUndrainSpokeRequest.SerializeToString,
+                response_deserializer=federation_dot_v1_dot_hub__service__pb2.HubServiceUndrainSpokeResponse.FromString,
+                _registered_method=True)
 
 
 class HubServiceServicer:
@@ -203,6 +213,20 @@ class HubServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DrainSpoke(self, request, context):
+        """Stops new placements on one spoke, for every hub on this hub's Redis (answered by the hub).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UndrainSpoke(self, request, context):
+        """Lets a drained spoke take new placements again (answered by the hub).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HubServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -270,6 +294,16 @@ def add_HubServiceServicer_to_server(servicer, server):
                     servicer.VerifyAgent,
                     request_deserializer=federation_dot_v1_dot_hub__service__pb2.HubServiceVerifyAgentRequest.FromString,
                     response_serializer=federation_dot_v1_dot_hub__service__pb2.HubServiceVerifyAgentResponse.SerializeToString,
+            ),
+            'DrainSpoke': grpc.unary_unary_rpc_method_handler(
+                    servicer.DrainSpoke,
+                    request_deserializer=federation_dot_v1_dot_hub__service__pb2.HubServiceDrainSpokeRequest.FromString,
+                    response_serializer=federation_dot_v1_dot_hub__service__pb2.HubServiceDrainSpokeResponse.SerializeToString,
+            ),
+            'UndrainSpoke': grpc.unary_unary_rpc_method_handler(
+                    servicer.UndrainSpoke,
+                    request_deserializer=federation_dot_v1_dot_hub__service__pb2.HubServiceUndrainSpokeRequest.FromString,
+                    response_serializer=federation_dot_v1_dot_hub__service__pb2.HubServiceUndrainSpokeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -626,6 +660,60 @@ class HubService:
             '/federation.v1.HubService/VerifyAgent',
             federation_dot_v1_dot_hub__service__pb2.HubServiceVerifyAgentRequest.SerializeToString,
             federation_dot_v1_dot_hub__service__pb2.HubServiceVerifyAgentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DrainSpoke(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/federation.v1.HubService/DrainSpoke',
+            federation_dot_v1_dot_hub__service__pb2.HubServiceDrainSpokeRequest.SerializeToString,
+            federation_dot_v1_dot_hub__service__pb2.HubServiceDrainSpokeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UndrainSpoke(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/federation.v1.HubService/UndrainSpoke',
+            federation_dot_v1_dot_hub__service__pb2.HubServiceUndrainSpokeRequest.SerializeToString,
+            federation_dot_v1_dot_hub__service__pb2.HubServiceUndrainSpokeResponse.FromString,
             options,
             channel_credentials,
             insecure,

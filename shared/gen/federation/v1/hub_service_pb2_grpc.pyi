@@ -66,6 +66,10 @@ class HubServiceStub:
     """Relays a drain of one spoke's queue (audience: the spoke)."""
     VerifyAgent: _grpc.UnaryUnaryMultiCallable[_hub_service_pb2.HubServiceVerifyAgentRequest, _hub_service_pb2.HubServiceVerifyAgentResponse]
     """Relays a verification verdict to the spoke that holds the agent."""
+    DrainSpoke: _grpc.UnaryUnaryMultiCallable[_hub_service_pb2.HubServiceDrainSpokeRequest, _hub_service_pb2.HubServiceDrainSpokeResponse]
+    """Stops new placements on one spoke, for every hub on this hub's Redis (answered by the hub)."""
+    UndrainSpoke: _grpc.UnaryUnaryMultiCallable[_hub_service_pb2.HubServiceUndrainSpokeRequest, _hub_service_pb2.HubServiceUndrainSpokeResponse]
+    """Lets a drained spoke take new placements again (answered by the hub)."""
 
 @_typing.type_check_only
 class HubServiceAsyncStub(HubServiceStub):
@@ -105,6 +109,10 @@ class HubServiceAsyncStub(HubServiceStub):
     """Relays a drain of one spoke's queue (audience: the spoke)."""
     VerifyAgent: _aio.UnaryUnaryMultiCallable[_hub_service_pb2.HubServiceVerifyAgentRequest, _hub_service_pb2.HubServiceVerifyAgentResponse]  # type: ignore[assignment]
     """Relays a verification verdict to the spoke that holds the agent."""
+    DrainSpoke: _aio.UnaryUnaryMultiCallable[_hub_service_pb2.HubServiceDrainSpokeRequest, _hub_service_pb2.HubServiceDrainSpokeResponse]  # type: ignore[assignment]
+    """Stops new placements on one spoke, for every hub on this hub's Redis (answered by the hub)."""
+    UndrainSpoke: _aio.UnaryUnaryMultiCallable[_hub_service_pb2.HubServiceUndrainSpokeRequest, _hub_service_pb2.HubServiceUndrainSpokeResponse]  # type: ignore[assignment]
+    """Lets a drained spoke take new placements again (answered by the hub)."""
 
 class HubServiceServicer(metaclass=_abc_1.ABCMeta):
     """HubService takes commands signed by clients the hub trusts and relays them to spokes.
@@ -219,5 +227,21 @@ class HubServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_hub_service_pb2.HubServiceVerifyAgentResponse, _abc.Awaitable[_hub_service_pb2.HubServiceVerifyAgentResponse]]:
         """Relays a verification verdict to the spoke that holds the agent."""
+
+    @_abc_1.abstractmethod
+    def DrainSpoke(
+        self,
+        request: _hub_service_pb2.HubServiceDrainSpokeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_hub_service_pb2.HubServiceDrainSpokeResponse, _abc.Awaitable[_hub_service_pb2.HubServiceDrainSpokeResponse]]:
+        """Stops new placements on one spoke, for every hub on this hub's Redis (answered by the hub)."""
+
+    @_abc_1.abstractmethod
+    def UndrainSpoke(
+        self,
+        request: _hub_service_pb2.HubServiceUndrainSpokeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_hub_service_pb2.HubServiceUndrainSpokeResponse, _abc.Awaitable[_hub_service_pb2.HubServiceUndrainSpokeResponse]]:
+        """Lets a drained spoke take new placements again (answered by the hub)."""
 
 def add_HubServiceServicer_to_server(servicer: HubServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
