@@ -91,6 +91,15 @@ class Agent(_message.Message):
         """Final: it did not start by its start_deadline (reason NOT_STARTED: it waited in the
         spoke's queue) and never ran. Reason UNDELIVERED is kept for the hub's outbox.
         """
+        STATE_AWAITING_APPROVAL: Agent._State.ValueType  # 13
+        """A policy rule asks for approvals: the spoke holds it (it is not queued) until enough
+        distinct approvers sign ApproveAgent, one signs RejectAgent, or approval_deadline
+        passes.
+        """
+        STATE_REJECTED: Agent._State.ValueType  # 14
+        """Final: an approver rejected it (reason REJECTED_BY_APPROVER), or its approval window
+        closed first (reason APPROVAL_EXPIRED); it never ran.
+        """
         STATE_SHADOWED: Agent._State.ValueType  # 15
         """Final: the spoke or profile runs in shadow mode. It was verified, authorized, queued
         and taken by a worker (QUEUED -> STARTING -> SHADOWED) but its program never started;
@@ -129,6 +138,15 @@ class Agent(_message.Message):
     STATE_EXPIRED: Agent.State.ValueType  # 12
     """Final: it did not start by its start_deadline (reason NOT_STARTED: it waited in the
     spoke's queue) and never ran. Reason UNDELIVERED is kept for the hub's outbox.
+    """
+    STATE_AWAITING_APPROVAL: Agent.State.ValueType  # 13
+    """A policy rule asks for approvals: the spoke holds it (it is not queued) until enough
+    distinct approvers sign ApproveAgent, one signs RejectAgent, or approval_deadline
+    passes.
+    """
+    STATE_REJECTED: Agent.State.ValueType  # 14
+    """Final: an approver rejected it (reason REJECTED_BY_APPROVER), or its approval window
+    closed first (reason APPROVAL_EXPIRED); it never ran.
     """
     STATE_SHADOWED: Agent.State.ValueType  # 15
     """Final: the spoke or profile runs in shadow mode. It was verified, authorized, queued
@@ -181,6 +199,11 @@ class Agent(_message.Message):
     TRUNCATED_FIELD_NUMBER: _builtins.int
     VERIFY_DEADLINE_FIELD_NUMBER: _builtins.int
     START_DEADLINE_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
+    APPROVALS_REQUIRED_FIELD_NUMBER: _builtins.int
+    APPROVED_BY_FIELD_NUMBER: _builtins.int
+    APPROVAL_DEADLINE_FIELD_NUMBER: _builtins.int
+    APPROVERS_FIELD_NUMBER: _builtins.int
     DEDUPE_KEY_FIELD_NUMBER: _builtins.int
     DEDUPLICATED_FIELD_NUMBER: _builtins.int
     SHADOW_RUN_FIELD_NUMBER: _builtins.int
@@ -223,6 +246,10 @@ class Agent(_message.Message):
     2,048 UTF-8 bytes: the start of the task and message, the end of each tail; a receipt
     keeps its status and the start of its summary). GetAgent returns the agent whole.
     """
+    inputs: _builtins.int
+    """How many signed messages SendInput kept for it (each delivered through its inbox)."""
+    approvals_required: _builtins.int
+    """How many distinct approvals the policy asked for before it may be queued; 0: none."""
     dedupe_key: _builtins.str
     """The spawn's dedupe key (its dedupe_key, or the one derived from its profile and task);
     empty for none.
@@ -272,6 +299,18 @@ class Agent(_message.Message):
         """
 
     @_builtins.property
+    def approved_by(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The approvers (principals) whose signed ApproveAgent the spoke verified, in order."""
+
+    @_builtins.property
+    def approval_deadline(self) -> _timestamp_pb2.Timestamp:
+        """While AWAITING_APPROVAL: when it ends REJECTED (APPROVAL_EXPIRED) unless approved."""
+
+    @_builtins.property
+    def approvers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The principals that may approve or reject it, as the policy named them at acceptance."""
+
+    @_builtins.property
     def shadow_run(self) -> Global___ShadowRun:
         """For a SHADOWED agent: what the spoke would have run (never a secret's value)."""
 
@@ -303,14 +342,19 @@ class Agent(_message.Message):
         truncated: _builtins.bool = ...,
         verify_deadline: _timestamp_pb2.Timestamp | None = ...,
         start_deadline: _timestamp_pb2.Timestamp | None = ...,
+        inputs: _builtins.int = ...,
+        approvals_required: _builtins.int = ...,
+        approved_by: _abc.Iterable[_builtins.str] | None = ...,
+        approval_deadline: _timestamp_pb2.Timestamp | None = ...,
+        approvers: _abc.Iterable[_builtins.str] | None = ...,
         dedupe_key: _builtins.str = ...,
         deduplicated: _builtins.bool = ...,
         shadow_run: Global___ShadowRun | None = ...,
         mode: Global___RunMode.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "create_time", b"create_time", "end_time", b"end_time", "exit_code", b"exit_code", "receipt", b"receipt", "shadow_run", b"shadow_run", "start_deadline", b"start_deadline", "start_time", b"start_time", "timeout", b"timeout", "verify_deadline", b"verify_deadline"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "approval_deadline", b"approval_deadline", "create_time", b"create_time", "end_time", b"end_time", "exit_code", b"exit_code", "receipt", b"receipt", "shadow_run", b"shadow_run", "start_deadline", b"start_deadline", "start_time", b"start_time", "timeout", b"timeout", "verify_deadline", b"verify_deadline"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "agent_id", b"agent_id", "attempt", b"attempt", "create_time", b"create_time", "dedupe_key", b"dedupe_key", "deduplicated", b"deduplicated", "end_time", b"end_time", "exit_code", b"exit_code", "issuer", b"issuer", "labels", b"labels", "max_attempts", b"max_attempts", "mode", b"mode", "name", b"name", "priority", b"priority", "profile", b"profile", "progress_message", b"progress_message", "progress_percent", b"progress_percent", "reason", b"reason", "receipt", b"receipt", "shadow_run", b"shadow_run", "spoke", b"spoke", "start_deadline", b"start_deadline", "start_time", b"start_time", "state", b"state", "stderr_tail", b"stderr_tail", "stdout_tail", b"stdout_tail", "task", b"task", "timeout", b"timeout", "truncated", b"truncated", "verify_deadline", b"verify_deadline"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "agent_id", b"agent_id", "approval_deadline", b"approval_deadline", "approvals_required", b"approvals_required", "approved_by", b"approved_by", "approvers", b"approvers", "attempt", b"attempt", "create_time", b"create_time", "dedupe_key", b"dedupe_key", "deduplicated", b"deduplicated", "end_time", b"end_time", "exit_code", b"exit_code", "inputs", b"inputs", "issuer", b"issuer", "labels", b"labels", "max_attempts", b"max_attempts", "mode", b"mode", "name", b"name", "priority", b"priority", "profile", b"profile", "progress_message", b"progress_message", "progress_percent", b"progress_percent", "reason", b"reason", "receipt", b"receipt", "shadow_run", b"shadow_run", "spoke", b"spoke", "start_deadline", b"start_deadline", "start_time", b"start_time", "state", b"state", "stderr_tail", b"stderr_tail", "stdout_tail", b"stdout_tail", "task", b"task", "timeout", b"timeout", "truncated", b"truncated", "verify_deadline", b"verify_deadline"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exit_code: _TypeAlias = _typing.Literal["exit_code"]  # noqa: Y015
     _WhichOneofArgType__exit_code: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code"]  # noqa: Y015
@@ -538,6 +582,14 @@ class AgentEvent(_message.Message):
         """Nothing new; sent every few seconds so a watcher knows the stream is alive."""
         KIND_DROPPED: AgentEvent._Kind.ValueType  # 6
         """Output was produced faster than it is recorded; data holds the number of bytes dropped."""
+        KIND_INPUT: AgentEvent._Kind.ValueType  # 7
+        """A verified SendInput message was kept for the agent (and, if it runs, appended to its
+        inbox): data holds its text, sender its issuer, input_sequence its number.
+        """
+        KIND_APPROVAL: AgentEvent._Kind.ValueType  # 8
+        """A verified approval was recorded (the agent still waits); approver and data (the
+        approval's reason) are set. The release itself is a KIND_STATE event (QUEUED).
+        """
 
     class Kind(_Kind, metaclass=_KindEnumTypeWrapper):
         """What happened."""
@@ -556,6 +608,14 @@ class AgentEvent(_message.Message):
     """Nothing new; sent every few seconds so a watcher knows the stream is alive."""
     KIND_DROPPED: AgentEvent.Kind.ValueType  # 6
     """Output was produced faster than it is recorded; data holds the number of bytes dropped."""
+    KIND_INPUT: AgentEvent.Kind.ValueType  # 7
+    """A verified SendInput message was kept for the agent (and, if it runs, appended to its
+    inbox): data holds its text, sender its issuer, input_sequence its number.
+    """
+    KIND_APPROVAL: AgentEvent.Kind.ValueType  # 8
+    """A verified approval was recorded (the agent still waits); approver and data (the
+    approval's reason) are set. The release itself is a KIND_STATE event (QUEUED).
+    """
 
     AGENT_ID_FIELD_NUMBER: _builtins.int
     SEQUENCE_FIELD_NUMBER: _builtins.int
@@ -565,6 +625,9 @@ class AgentEvent(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
     PROGRESS_PERCENT_FIELD_NUMBER: _builtins.int
+    SENDER_FIELD_NUMBER: _builtins.int
+    INPUT_SEQUENCE_FIELD_NUMBER: _builtins.int
+    APPROVER_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     """The agent's id."""
     sequence: _builtins.int
@@ -579,6 +642,12 @@ class AgentEvent(_message.Message):
     """Output text, progress message, or dropped byte count, depending on kind."""
     progress_percent: _builtins.int
     """The reported progress, 0-100, for KIND_PROGRESS."""
+    sender: _builtins.str
+    """For KIND_INPUT: the principal that signed the message."""
+    input_sequence: _builtins.int
+    """For KIND_INPUT: the message's number among the agent's inputs, from 1 (its inbox "seq")."""
+    approver: _builtins.str
+    """For KIND_APPROVAL, and for the REJECTED state event of a rejection: the approver."""
     @_builtins.property
     def event_time(self) -> _timestamp_pb2.Timestamp:
         """When it happened."""
@@ -594,10 +663,13 @@ class AgentEvent(_message.Message):
         reason: _builtins.str = ...,
         data: _builtins.str = ...,
         progress_percent: _builtins.int = ...,
+        sender: _builtins.str = ...,
+        input_sequence: _builtins.int = ...,
+        approver: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event_time", b"event_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "data", b"data", "event_time", b"event_time", "kind", b"kind", "progress_percent", b"progress_percent", "reason", b"reason", "sequence", b"sequence", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "approver", b"approver", "data", b"data", "event_time", b"event_time", "input_sequence", b"input_sequence", "kind", b"kind", "progress_percent", b"progress_percent", "reason", b"reason", "sender", b"sender", "sequence", b"sequence", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

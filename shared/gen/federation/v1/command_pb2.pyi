@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from . import agent_pb2 as _agent_pb2
+from . import audit_pb2 as _audit_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
@@ -109,6 +110,13 @@ class Command(_message.Message):
     RESUME_QUEUE_FIELD_NUMBER: _builtins.int
     DRAIN_QUEUE_FIELD_NUMBER: _builtins.int
     VERIFY_AGENT_FIELD_NUMBER: _builtins.int
+    WATCH_EVENTS_FIELD_NUMBER: _builtins.int
+    DRAIN_SPOKE_FIELD_NUMBER: _builtins.int
+    UNDRAIN_SPOKE_FIELD_NUMBER: _builtins.int
+    SEND_INPUT_FIELD_NUMBER: _builtins.int
+    APPROVE_AGENT_FIELD_NUMBER: _builtins.int
+    REJECT_AGENT_FIELD_NUMBER: _builtins.int
+    READ_AUDIT_LOG_FIELD_NUMBER: _builtins.int
     command_id: _builtins.str
     """The client-chosen idempotency key, 1-128 characters of [A-Za-z0-9._:-]. A spawn's
     command_id becomes the agent's id.
@@ -179,6 +187,36 @@ class Command(_message.Message):
     def verify_agent(self) -> Global___VerifyAgentBody:
         """Settle verification items of a NEEDS_VERIFICATION agent."""
 
+    @_builtins.property
+    def watch_events(self) -> Global___WatchEventsBody:
+        """Stream the state changes of every agent the caller may see (the event feed)."""
+
+    @_builtins.property
+    def drain_spoke(self) -> Global___DrainSpokeBody:
+        """Stop new placements on one spoke (answered by the hub; kept in the hub's Redis)."""
+
+    @_builtins.property
+    def undrain_spoke(self) -> Global___UndrainSpokeBody:
+        """Let a drained spoke take new placements again (answered by the hub)."""
+
+    @_builtins.property
+    def send_input(self) -> Global___SendInputBody:
+        """Send text to an agent: appended to a running agent's inbox, or the answer that starts
+        a NEEDS_INPUT agent's next attempt.
+        """
+
+    @_builtins.property
+    def approve_agent(self) -> Global___ApproveAgentBody:
+        """Approve an AWAITING_APPROVAL agent (one of the approvals its policy rule asks for)."""
+
+    @_builtins.property
+    def reject_agent(self) -> Global___RejectAgentBody:
+        """Reject an AWAITING_APPROVAL agent: it ends REJECTED and never runs."""
+
+    @_builtins.property
+    def read_audit_log(self) -> _audit_pb2.ReadAuditLogBody:
+        """Read the hub's audit log (answered by the hub; policy verb "audit")."""
+
     def __init__(
         self,
         *,
@@ -201,12 +239,19 @@ class Command(_message.Message):
         resume_queue: Global___ResumeQueueBody | None = ...,
         drain_queue: Global___DrainQueueBody | None = ...,
         verify_agent: Global___VerifyAgentBody | None = ...,
+        watch_events: Global___WatchEventsBody | None = ...,
+        drain_spoke: Global___DrainSpokeBody | None = ...,
+        undrain_spoke: Global___UndrainSpokeBody | None = ...,
+        send_input: Global___SendInputBody | None = ...,
+        approve_agent: Global___ApproveAgentBody | None = ...,
+        reject_agent: Global___RejectAgentBody | None = ...,
+        read_audit_log: _audit_pb2.ReadAuditLogBody | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "drain_queue", b"drain_queue", "expire_time", b"expire_time", "get_agent", b"get_agent", "get_queue_stats", b"get_queue_stats", "issue_time", b"issue_time", "kill_agent", b"kill_agent", "list_agents", b"list_agents", "list_dead_letters", b"list_dead_letters", "list_spokes", b"list_spokes", "pause_queue", b"pause_queue", "replay_agent", b"replay_agent", "resume_queue", b"resume_queue", "spawn_agent", b"spawn_agent", "verify_agent", b"verify_agent", "watch_agent", b"watch_agent"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["approve_agent", b"approve_agent", "body", b"body", "drain_queue", b"drain_queue", "drain_spoke", b"drain_spoke", "expire_time", b"expire_time", "get_agent", b"get_agent", "get_queue_stats", b"get_queue_stats", "issue_time", b"issue_time", "kill_agent", b"kill_agent", "list_agents", b"list_agents", "list_dead_letters", b"list_dead_letters", "list_spokes", b"list_spokes", "pause_queue", b"pause_queue", "read_audit_log", b"read_audit_log", "reject_agent", b"reject_agent", "replay_agent", b"replay_agent", "resume_queue", b"resume_queue", "send_input", b"send_input", "spawn_agent", b"spawn_agent", "undrain_spoke", b"undrain_spoke", "verify_agent", b"verify_agent", "watch_agent", b"watch_agent", "watch_events", b"watch_events"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "body", b"body", "command_id", b"command_id", "drain_queue", b"drain_queue", "expire_time", b"expire_time", "get_agent", b"get_agent", "get_queue_stats", b"get_queue_stats", "issue_time", b"issue_time", "issuer", b"issuer", "kill_agent", b"kill_agent", "list_agents", b"list_agents", "list_dead_letters", b"list_dead_letters", "list_spokes", b"list_spokes", "nonce", b"nonce", "pause_queue", b"pause_queue", "replay_agent", b"replay_agent", "resume_queue", b"resume_queue", "spawn_agent", b"spawn_agent", "verify_agent", b"verify_agent", "watch_agent", b"watch_agent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approve_agent", b"approve_agent", "audience", b"audience", "body", b"body", "command_id", b"command_id", "drain_queue", b"drain_queue", "drain_spoke", b"drain_spoke", "expire_time", b"expire_time", "get_agent", b"get_agent", "get_queue_stats", b"get_queue_stats", "issue_time", b"issue_time", "issuer", b"issuer", "kill_agent", b"kill_agent", "list_agents", b"list_agents", "list_dead_letters", b"list_dead_letters", "list_spokes", b"list_spokes", "nonce", b"nonce", "pause_queue", b"pause_queue", "read_audit_log", b"read_audit_log", "reject_agent", b"reject_agent", "replay_agent", b"replay_agent", "resume_queue", b"resume_queue", "send_input", b"send_input", "spawn_agent", b"spawn_agent", "undrain_spoke", b"undrain_spoke", "verify_agent", b"verify_agent", "watch_agent", b"watch_agent", "watch_events", b"watch_events"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["spawn_agent", "get_agent", "kill_agent", "list_agents", "list_spokes", "watch_agent", "get_queue_stats", "list_dead_letters", "replay_agent", "pause_queue", "resume_queue", "drain_queue", "verify_agent"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["spawn_agent", "get_agent", "kill_agent", "list_agents", "list_spokes", "watch_agent", "get_queue_stats", "list_dead_letters", "replay_agent", "pause_queue", "resume_queue", "drain_queue", "verify_agent", "watch_events", "drain_spoke", "undrain_spoke", "send_input", "approve_agent", "reject_agent", "read_audit_log"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
@@ -238,6 +283,26 @@ class SpawnAgentBody(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class SelectorEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     PROFILE_FIELD_NUMBER: _builtins.int
     TASK_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
@@ -246,6 +311,8 @@ class SpawnAgentBody(_message.Message):
     MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
     DELAY_FIELD_NUMBER: _builtins.int
     START_WITHIN_FIELD_NUMBER: _builtins.int
+    SELECTOR_FIELD_NUMBER: _builtins.int
+    DRY_RUN_FIELD_NUMBER: _builtins.int
     DEDUPE_KEY_FIELD_NUMBER: _builtins.int
     DEDUPE_FROM_TASK_FIELD_NUMBER: _builtins.int
     profile: _builtins.str
@@ -256,6 +323,10 @@ class SpawnAgentBody(_message.Message):
     """1 (least urgent) to 10 (most urgent); 0 means the spoke's default."""
     max_attempts: _builtins.int
     """How many times the agent may be started in all; 0 means the profile's default."""
+    dry_run: _builtins.bool
+    """Rehearse: check signature, policy, profile, routing and limits, answer with a Reply whose
+    result is placement, and change nothing (no agent, no claim, no placement counted).
+    """
     dedupe_key: _builtins.str
     """A dedupe key: while an agent of the same owner (issuer) with this key is not final,
     another spawn with it returns that agent (Agent.deduplicated set) instead of creating
@@ -291,6 +362,15 @@ class SpawnAgentBody(_message.Message):
         which only guards against replay.
         """
 
+    @_builtins.property
+    def selector(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Let the hub choose the spoke: the command's audience is then the hub, and the hub picks,
+        among READY, not draining spokes whose operator labels (the hub's, never the spoke's own)
+        carry every one of these key=value pairs, that offer the profile and that the issuer's
+        policy allows, the least loaded relative to its size (docs/protocol.md §4.8). Empty: the
+        audience names the spoke.
+        """
+
     def __init__(
         self,
         *,
@@ -302,12 +382,14 @@ class SpawnAgentBody(_message.Message):
         max_attempts: _builtins.int = ...,
         delay: _duration_pb2.Duration | None = ...,
         start_within: _duration_pb2.Duration | None = ...,
+        selector: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        dry_run: _builtins.bool = ...,
         dedupe_key: _builtins.str = ...,
         dedupe_from_task: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["delay", b"delay", "start_within", b"start_within", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dedupe_from_task", b"dedupe_from_task", "dedupe_key", b"dedupe_key", "delay", b"delay", "labels", b"labels", "max_attempts", b"max_attempts", "priority", b"priority", "profile", b"profile", "start_within", b"start_within", "task", b"task", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dedupe_from_task", b"dedupe_from_task", "dedupe_key", b"dedupe_key", "delay", b"delay", "dry_run", b"dry_run", "labels", b"labels", "max_attempts", b"max_attempts", "priority", b"priority", "profile", b"profile", "selector", b"selector", "start_within", b"start_within", "task", b"task", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -385,6 +467,93 @@ class VerifyAgentBody(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___VerifyAgentBody: _TypeAlias = VerifyAgentBody  # noqa: Y015
+
+@_typing.final
+class ApproveAgentBody(_message.Message):
+    """ApproveAgentBody is one approver's approval of an AWAITING_APPROVAL agent. The spoke that
+    holds the agent checks it (signed by one of the agent's approvers, not its owner) and
+    keeps the signed command with the agent; with as many distinct approvals as the policy
+    asked for, the agent is queued.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    agent: _builtins.str
+    """The agent's id or resource name, as in GetAgentBody."""
+    reason: _builtins.str
+    """Why it is approved, for the record; at most 1,024 characters."""
+    def __init__(
+        self,
+        *,
+        agent: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApproveAgentBody: _TypeAlias = ApproveAgentBody  # noqa: Y015
+
+@_typing.final
+class RejectAgentBody(_message.Message):
+    """RejectAgentBody is one approver's rejection of an AWAITING_APPROVAL agent: it ends
+    REJECTED (reason REJECTED_BY_APPROVER) and never runs.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    agent: _builtins.str
+    """The agent's id or resource name, as in GetAgentBody."""
+    reason: _builtins.str
+    """Why it is rejected; at most 1,024 characters."""
+    def __init__(
+        self,
+        *,
+        agent: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RejectAgentBody: _TypeAlias = RejectAgentBody  # noqa: Y015
+
+@_typing.final
+class SendInputBody(_message.Message):
+    """SendInputBody sends text to one agent. A RUNNING (or STARTING) agent finds it appended to
+    its inbox; a NEEDS_INPUT agent is queued for its next attempt, which starts with every
+    message in its inbox. The spoke keeps the message with its signed envelope.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    agent: _builtins.str
+    """The agent's id or resource name, as in GetAgentBody."""
+    text: _builtins.str
+    """The message, UTF-8, no NUL; 1 byte to the spoke's max_input_bytes (64 KiB by default)."""
+    def __init__(
+        self,
+        *,
+        agent: _builtins.str = ...,
+        text: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SendInputBody: _TypeAlias = SendInputBody  # noqa: Y015
 
 @_typing.final
 class KillAgentBody(_message.Message):
@@ -526,6 +695,150 @@ class WatchAgentBody(_message.Message):
 Global___WatchAgentBody: _TypeAlias = WatchAgentBody  # noqa: Y015
 
 @_typing.final
+class WatchEventsBody(_message.Message):
+    """WatchEventsBody asks for the event feed: every state change of every agent the caller may
+    see (its own agents with an "own" rule for the verb "events", every agent with "any"), on
+    the audience spoke, or on every spoke the caller may read when the audience is the hub.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class AfterEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    AFTER_FIELD_NUMBER: _builtins.int
+    STATES_FIELD_NUMBER: _builtins.int
+    FOLLOW_FIELD_NUMBER: _builtins.int
+    follow: _builtins.bool
+    """Keep the stream open and send new entries as they happen (with heartbeats); false: send
+    the stored entries after the cursors, then end.
+    """
+    @_builtins.property
+    def after(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Resume positions, spoke name -> that spoke's feed cursor (FeedEntry.cursor of the last
+        entry seen); a spoke not named sends from the oldest entry it keeps.
+        """
+
+    @_builtins.property
+    def states(self) -> _containers.RepeatedScalarFieldContainer[_agent_pb2.Agent.State.ValueType]:
+        """Only these states; empty: every state."""
+
+    def __init__(
+        self,
+        *,
+        after: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        states: _abc.Iterable[_agent_pb2.Agent.State.ValueType] | None = ...,
+        follow: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "follow", b"follow", "states", b"states"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchEventsBody: _TypeAlias = WatchEventsBody  # noqa: Y015
+
+@_typing.final
+class FeedEntry(_message.Message):
+    """FeedEntry is one message of a WatchEvents stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Kind:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _KindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[FeedEntry._Kind.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        KIND_UNSPECIFIED: FeedEntry._Kind.ValueType  # 0
+        """Never sent."""
+        KIND_EVENT: FeedEntry._Kind.ValueType  # 1
+        """A state change: event (agent_id, sequence, state, reason, event_time) and owner set."""
+        KIND_HEARTBEAT: FeedEntry._Kind.ValueType  # 2
+        """Nothing new on this spoke; cursor is where it stands (sent every few seconds)."""
+        KIND_GAP: FeedEntry._Kind.ValueType  # 3
+        """Entries after the caller's cursor are no longer kept (the feed is capped by the
+        spoke's feed_maxlen) or the cursor is ahead of the feed (its Redis was reset): detail
+        says which; the stream goes on from cursor.
+        """
+        KIND_UNREACHABLE: FeedEntry._Kind.ValueType  # 4
+        """Signed by the hub: spoke could not be reached or its stream failed; detail says why."""
+
+    class Kind(_Kind, metaclass=_KindEnumTypeWrapper):
+        """What the entry is."""
+
+    KIND_UNSPECIFIED: FeedEntry.Kind.ValueType  # 0
+    """Never sent."""
+    KIND_EVENT: FeedEntry.Kind.ValueType  # 1
+    """A state change: event (agent_id, sequence, state, reason, event_time) and owner set."""
+    KIND_HEARTBEAT: FeedEntry.Kind.ValueType  # 2
+    """Nothing new on this spoke; cursor is where it stands (sent every few seconds)."""
+    KIND_GAP: FeedEntry.Kind.ValueType  # 3
+    """Entries after the caller's cursor are no longer kept (the feed is capped by the
+    spoke's feed_maxlen) or the cursor is ahead of the feed (its Redis was reset): detail
+    says which; the stream goes on from cursor.
+    """
+    KIND_UNREACHABLE: FeedEntry.Kind.ValueType  # 4
+    """Signed by the hub: spoke could not be reached or its stream failed; detail says why."""
+
+    KIND_FIELD_NUMBER: _builtins.int
+    SPOKE_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
+    EVENT_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    kind: Global___FeedEntry.Kind.ValueType
+    """What the entry is."""
+    spoke: _builtins.str
+    """The spoke whose feed this entry belongs to."""
+    cursor: _builtins.int
+    """The spoke's feed position of this entry, from 1, one per state change on that spoke;
+    hand it back in WatchEventsBody.after to resume after it.
+    """
+    owner: _builtins.str
+    """For KIND_EVENT: the agent's owner (the principal that spawned it)."""
+    detail: _builtins.str
+    """For KIND_GAP and KIND_UNREACHABLE: why, in words."""
+    @_builtins.property
+    def event(self) -> _agent_pb2.AgentEvent:
+        """For KIND_EVENT: the state change, as the agent's own stream numbers it (sequence)."""
+
+    def __init__(
+        self,
+        *,
+        kind: Global___FeedEntry.Kind.ValueType = ...,
+        spoke: _builtins.str = ...,
+        cursor: _builtins.int = ...,
+        event: _agent_pb2.AgentEvent | None = ...,
+        owner: _builtins.str = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "detail", b"detail", "event", b"event", "kind", b"kind", "owner", b"owner", "spoke", b"spoke"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeedEntry: _TypeAlias = FeedEntry  # noqa: Y015
+
+@_typing.final
 class GetQueueStatsBody(_message.Message):
     """GetQueueStatsBody asks for a spoke's queue counts."""
 
@@ -640,6 +953,128 @@ class DrainQueueBody(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DrainQueueBody: _TypeAlias = DrainQueueBody  # noqa: Y015
+
+@_typing.final
+class DrainSpokeBody(_message.Message):
+    """DrainSpokeBody asks the hub to place no new agents on one spoke; agents there go on, and
+    status, kill and list still reach it. Audience: the hub.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPOKE_FIELD_NUMBER: _builtins.int
+    spoke: _builtins.str
+    """The spoke's name."""
+    def __init__(
+        self,
+        *,
+        spoke: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["spoke", b"spoke"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DrainSpokeBody: _TypeAlias = DrainSpokeBody  # noqa: Y015
+
+@_typing.final
+class UndrainSpokeBody(_message.Message):
+    """UndrainSpokeBody lets a drained spoke take new placements again. Audience: the hub."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPOKE_FIELD_NUMBER: _builtins.int
+    spoke: _builtins.str
+    """The spoke's name."""
+    def __init__(
+        self,
+        *,
+        spoke: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["spoke", b"spoke"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UndrainSpokeBody: _TypeAlias = UndrainSpokeBody  # noqa: Y015
+
+@_typing.final
+class Placement(_message.Message):
+    """Placement is where a spawn goes and why: the hub's decision for a selector spawn, or a
+    spoke's answer to a dry-run spawn addressed to it (then the only candidate is itself).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPOKE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    CANDIDATES_FIELD_NUMBER: _builtins.int
+    CLAIMED_FIELD_NUMBER: _builtins.int
+    spoke: _builtins.str
+    """The chosen spoke; empty when no spoke fits (reason says what is missing)."""
+    reason: _builtins.str
+    """The decision in words, e.g. "least loaded of 3 candidates" or "no spoke has label gpu"."""
+    claimed: _builtins.bool
+    """True when the command id was already claimed for spoke (a retry goes where it went)."""
+    @_builtins.property
+    def candidates(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlacementCandidate]:
+        """Every spoke considered, in the hub's order, with why it was or was not chosen."""
+
+    def __init__(
+        self,
+        *,
+        spoke: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        candidates: _abc.Iterable[Global___PlacementCandidate] | None = ...,
+        claimed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "claimed", b"claimed", "reason", b"reason", "spoke", b"spoke"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Placement: _TypeAlias = Placement  # noqa: Y015
+
+@_typing.final
+class PlacementCandidate(_message.Message):
+    """PlacementCandidate is one spoke considered for a placement."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPOKE_FIELD_NUMBER: _builtins.int
+    CHOSEN_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    LOAD_FIELD_NUMBER: _builtins.int
+    CAPACITY_FIELD_NUMBER: _builtins.int
+    spoke: _builtins.str
+    """The spoke's name."""
+    chosen: _builtins.bool
+    """True for the chosen spoke."""
+    reason: _builtins.str
+    """Why it was chosen or not, e.g. "least loaded", "draining", "label zone=b != a"."""
+    load: _builtins.int
+    """Running + queued agents at its last status, plus placements since then."""
+    capacity: _builtins.int
+    """Its size: the profile's max_concurrency (1 when unlimited)."""
+    def __init__(
+        self,
+        *,
+        spoke: _builtins.str = ...,
+        chosen: _builtins.bool = ...,
+        reason: _builtins.str = ...,
+        load: _builtins.int = ...,
+        capacity: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "chosen", b"chosen", "load", b"load", "reason", b"reason", "spoke", b"spoke"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlacementCandidate: _TypeAlias = PlacementCandidate  # noqa: Y015
 
 @_typing.final
 class QueueStats(_message.Message):
@@ -769,6 +1204,10 @@ class Reply(_message.Message):
     AGENT_EVENT_FIELD_NUMBER: _builtins.int
     FAN_OUT_FIELD_NUMBER: _builtins.int
     SPOKE_STATUS_FIELD_NUMBER: _builtins.int
+    FEED_ENTRY_FIELD_NUMBER: _builtins.int
+    PLACEMENT_FIELD_NUMBER: _builtins.int
+    SPOKE_FIELD_NUMBER: _builtins.int
+    AUDIT_PAGE_FIELD_NUMBER: _builtins.int
     command_id: _builtins.str
     """The command_id of the command answered."""
     responder: _builtins.str
@@ -809,6 +1248,22 @@ class Reply(_message.Message):
         heartbeat carries the same signed Reply).
         """
 
+    @_builtins.property
+    def feed_entry(self) -> Global___FeedEntry:
+        """One entry of the event feed (WatchEvents)."""
+
+    @_builtins.property
+    def placement(self) -> Global___Placement:
+        """A spawn's placement decision (dry_run): the chosen spoke and every candidate."""
+
+    @_builtins.property
+    def spoke(self) -> Global___Spoke:
+        """One spoke's record as the hub now keeps it (DrainSpoke, UndrainSpoke), hub-signed."""
+
+    @_builtins.property
+    def audit_page(self) -> _audit_pb2.AuditPage:
+        """A page of the hub's audit log (read_audit_log)."""
+
     def __init__(
         self,
         *,
@@ -823,12 +1278,16 @@ class Reply(_message.Message):
         agent_event: _agent_pb2.AgentEvent | None = ...,
         fan_out: Global___FanOut | None = ...,
         spoke_status: Global___SpokeStatus | None = ...,
+        feed_entry: Global___FeedEntry | None = ...,
+        placement: Global___Placement | None = ...,
+        spoke: Global___Spoke | None = ...,
+        audit_page: _audit_pb2.AuditPage | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "agent_event", b"agent_event", "agent_page", b"agent_page", "fan_out", b"fan_out", "issue_time", b"issue_time", "queue_stats", b"queue_stats", "result", b"result", "spoke_page", b"spoke_page", "spoke_status", b"spoke_status"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "agent_event", b"agent_event", "agent_page", b"agent_page", "audit_page", b"audit_page", "fan_out", b"fan_out", "feed_entry", b"feed_entry", "issue_time", b"issue_time", "placement", b"placement", "queue_stats", b"queue_stats", "result", b"result", "spoke", b"spoke", "spoke_page", b"spoke_page", "spoke_status", b"spoke_status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "agent_event", b"agent_event", "agent_page", b"agent_page", "command_id", b"command_id", "fan_out", b"fan_out", "issue_time", b"issue_time", "queue_stats", b"queue_stats", "request_digest", b"request_digest", "responder", b"responder", "result", b"result", "spoke_page", b"spoke_page", "spoke_status", b"spoke_status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "agent_event", b"agent_event", "agent_page", b"agent_page", "audit_page", b"audit_page", "command_id", b"command_id", "fan_out", b"fan_out", "feed_entry", b"feed_entry", "issue_time", b"issue_time", "placement", b"placement", "queue_stats", b"queue_stats", "request_digest", b"request_digest", "responder", b"responder", "result", b"result", "spoke", b"spoke", "spoke_page", b"spoke_page", "spoke_status", b"spoke_status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["agent", "agent_page", "spoke_page", "queue_stats", "agent_event", "fan_out", "spoke_status"]  # noqa: Y015
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["agent", "agent_page", "spoke_page", "queue_stats", "agent_event", "fan_out", "spoke_status", "feed_entry", "placement", "spoke", "audit_page"]  # noqa: Y015
     _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
 
@@ -1044,6 +1503,7 @@ class Spoke(_message.Message):
     CIRCUIT_FIELD_NUMBER: _builtins.int
     HEALTH_DETAIL_FIELD_NUMBER: _builtins.int
     MISSED_PROBES_FIELD_NUMBER: _builtins.int
+    DRAINING_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The spoke's name."""
     address: _builtins.str
@@ -1060,6 +1520,8 @@ class Spoke(_message.Message):
     """Why the spoke is not READY, in words (e.g. "redis down", "queue paused")."""
     missed_probes: _builtins.int
     """Probes in a row the spoke missed."""
+    draining: _builtins.bool
+    """An operator drains it (hubctl spoke drain): no new placements, whatever its health."""
     @_builtins.property
     def last_probe_time(self) -> _timestamp_pb2.Timestamp:
         """When the hub last probed the spoke."""
@@ -1092,10 +1554,11 @@ class Spoke(_message.Message):
         circuit: Global___Spoke.Circuit.ValueType = ...,
         health_detail: _builtins.str = ...,
         missed_probes: _builtins.int = ...,
+        draining: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_probe_time", b"last_probe_time", "last_seen_time", b"last_seen_time", "status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "circuit", b"circuit", "health", b"health", "health_detail", b"health_detail", "labels", b"labels", "last_probe_time", b"last_probe_time", "last_seen_time", b"last_seen_time", "missed_probes", b"missed_probes", "name", b"name", "protocol_version", b"protocol_version", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "circuit", b"circuit", "draining", b"draining", "health", b"health", "health_detail", b"health_detail", "labels", b"labels", "last_probe_time", b"last_probe_time", "last_seen_time", b"last_seen_time", "missed_probes", b"missed_probes", "name", b"name", "protocol_version", b"protocol_version", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

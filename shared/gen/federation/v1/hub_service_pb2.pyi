@@ -331,6 +331,56 @@ class HubServiceWatchAgentResponse(_message.Message):
 Global___HubServiceWatchAgentResponse: _TypeAlias = HubServiceWatchAgentResponse  # noqa: Y015
 
 @_typing.final
+class HubServiceWatchEventsRequest(_message.Message):
+    """HubServiceWatchEventsRequest carries a client-signed watch_events command."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMMAND_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def command(self) -> _command_pb2.SignedEnvelope:
+        """A Command envelope signed by the client; its audience is a spoke or this hub."""
+
+    def __init__(
+        self,
+        *,
+        command: _command_pb2.SignedEnvelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HubServiceWatchEventsRequest: _TypeAlias = HubServiceWatchEventsRequest  # noqa: Y015
+
+@_typing.final
+class HubServiceWatchEventsResponse(_message.Message):
+    """HubServiceWatchEventsResponse carries one signed feed entry: a spoke's, intact, or the
+    hub's own (KIND_UNREACHABLE).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def reply(self) -> _command_pb2.SignedEnvelope:
+        """A Reply whose result is feed_entry."""
+
+    def __init__(
+        self,
+        *,
+        reply: _command_pb2.SignedEnvelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reply", b"reply"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reply", b"reply"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HubServiceWatchEventsResponse: _TypeAlias = HubServiceWatchEventsResponse  # noqa: Y015
+
+@_typing.final
 class HubServiceGetQueueStatsRequest(_message.Message):
     """HubServiceGetQueueStatsRequest carries a client-signed get_queue_stats command."""
 
@@ -785,3 +835,195 @@ class HubServiceVerifyAgentResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___HubServiceVerifyAgentResponse: _TypeAlias = HubServiceVerifyAgentResponse  # noqa: Y015
+
+@_typing.final
+class HubServiceSendInputRequest(_message.Message):
+    """HubServiceSendInputRequest carries a signed send_input command."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMMAND_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def command(self) -> _command_pb2.SignedEnvelope:
+        """A Command envelope whose command body is send_input."""
+
+    def __init__(
+        self,
+        *,
+        command: _command_pb2.SignedEnvelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HubServiceSendInputRequest: _TypeAlias = HubServiceSendInputRequest  # noqa: Y015
+
+@_typing.final
+class HubServiceSendInputResponse(_message.Message):
+    """HubServiceSendInputResponse carries the spoke's signed reply."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def reply(self) -> _command_pb2.SignedEnvelope:
+        """A Reply signed by the spoke whose result is the agent."""
+
+    def __init__(
+        self,
+        *,
+        reply: _command_pb2.SignedEnvelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reply", b"reply"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reply", b"reply"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HubServiceSendInputResponse: _TypeAlias = HubServiceSendInputResponse  # noqa: Y015
+
+@_typing.final
+class HubServiceApproveAgentRequest(_message.Message):
+    """HubServiceApproveAgentRequest carries a signed approve_agent command."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMMAND_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def command(self) -> _command_pb2.SignedEnvelope:
+        """A Command envelope signed by the client whose command body is approve_agent."""
+
+    def __init__(
+        self,
+        *,
+        command: _command_pb2.SignedEnvelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HubServiceApproveAgentRequest: _TypeAlias = HubServiceApproveAgentRequest  # noqa: Y015
+
+@_typing.final
+class HubServiceApproveAgentResponse(_message.Message):
+    """HubServiceApproveAgentResponse carries the spoke's signed reply."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def reply(self) -> _command_pb2.SignedEnvelope:
+        """A Reply signed by the spoke whose result is the agent."""
+
+    def __init__(
+        self,
+        *,
+        reply: _command_pb2.SignedEnvelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reply", b"reply"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reply", b"reply"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HubServiceApproveAgentResponse: _TypeAlias = HubServiceApproveAgentResponse  # noqa: Y015
+
+@_typing.final
+class HubServiceRejectAgentRequest(_message.Message):
+    """HubServiceRejectAgentRequest carries a signed reject_agent command."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMMAND_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def command(self) -> _command_pb2.SignedEnvelope:
+        """A Command envelope signed by the client whose command body is reject_agent."""
+
+    def __init__(
+        self,
+        *,
+        command: _command_pb2.SignedEnvelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HubServiceRejectAgentRequest: _TypeAlias = HubServiceRejectAgentRequest  # noqa: Y015
+
+@_typing.final
+class HubServiceRejectAgentResponse(_message.Message):
+    """HubServiceRejectAgentResponse carries the spoke's signed reply."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def reply(self) -> _command_pb2.SignedEnvelope:
+        """A Reply signed by the spoke whose result is the agent."""
+
+    def __init__(
+        self,
+        *,
+        reply: _command_pb2.SignedEnvelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reply", b"reply"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reply", b"reply"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HubServiceRejectAgentResponse: _TypeAlias = HubServiceRejectAgentResponse  # noqa: Y015
+
+@_typing.final
+class HubServiceReadAuditLogRequest(_message.Message):
+    """HubServiceReadAuditLogRequest carries a signed read_audit_log command."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMMAND_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def command(self) -> _command_pb2.SignedEnvelope:
+        """A Command envelope signed by the client; its audience is the hub."""
+
+    def __init__(
+        self,
+        *,
+        command: _command_pb2.SignedEnvelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HubServiceReadAuditLogRequest: _TypeAlias = HubServiceReadAuditLogRequest  # noqa: Y015
+
+@_typing.final
+class HubServiceReadAuditLogResponse(_message.Message):
+    """HubServiceReadAuditLogResponse carries the hub's signed reply."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def reply(self) -> _command_pb2.SignedEnvelope:
+        """A Reply signed by the hub whose result is audit_page."""
+
+    def __init__(
+        self,
+        *,
+        reply: _command_pb2.SignedEnvelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reply", b"reply"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reply", b"reply"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HubServiceReadAuditLogResponse: _TypeAlias = HubServiceReadAuditLogResponse  # noqa: Y015

@@ -67,6 +67,11 @@ class HubServiceStub:
                 request_serializer=federation_dot_v1_dot_hub__service__pb2.HubServiceWatchAgentRequest.SerializeToString,
                 response_deserializer=federation_dot_v1_dot_hub__service__pb2.HubServiceWatchAgentResponse.FromString,
                 _registered_method=True)
+        self.WatchEvents = channel.unary_stream(
+                '/federation.v1.HubService/WatchEvents',
+                request_serializer=federation_dot_v1_dot_hub__service__pb2.HubServiceWatchEventsRequest.SerializeToString,
+                response_deserializer=federation_dot_v1_dot_hub__service__pb2.HubServiceWatchEventsResponse.FromString,
+                _registered_method=True)
         self.GetQueueStats = channel.unary_unary(
                 '/federation.v1.HubService/GetQueueStats',
                 request_serializer=federation_dot_v1_dot_hub__service__pb2.HubServiceGetQueueStatsRequest.SerializeToString,
@@ -102,6 +107,11 @@ class HubServiceStub:
                 request_serializer=federation_dot_v1_dot_hub__service__pb2.HubServiceVerifyAgentRequest.SerializeToString,
                 response_deserializer=federation_dot_v1_dot_hub__service__pb2.HubServiceVerifyAgentResponse.FromString,
                 _registered_method=True)
+        self.SendInput = channel.unary_unary(
+                '/federation.v1.HubService/SendInput',
+                request_serializer=federation_dot_v1_dot_hub__service__pb2.HubServiceSendInputRequest.SerializeToString,
+                response_deserializer=federation_dot_v1_dot_hub__service__pb2.HubServiceSendInputResponse.FromString,
+                _registered_method=True)
         self.DrainSpoke = channel.unary_unary(
                 '/federation.v1.HubService/DrainSpoke',
                 request_serializer=federation_dot_v1_dot_hub__service__pb2.HubServiceDrainSpokeRequest.SerializeToString,
@@ -111,6 +121,21 @@ class HubServiceStub:
                 '/federation.v1.HubService/UndrainSpoke',
                 request_serializer=federation_dot_v1_dot_hub__service__pb2.HubServiceUndrainSpokeRequest.SerializeToString,
                 response_deserializer=federation_dot_v1_dot_hub__service__pb2.HubServiceUndrainSpokeResponse.FromString,
+                _registered_method=True)
+        self.ApproveAgent = channel.unary_unary(
+                '/federation.v1.HubService/ApproveAgent',
+                request_serializer=federation_dot_v1_dot_hub__service__pb2.HubServiceApproveAgentRequest.SerializeToString,
+                response_deserializer=federation_dot_v1_dot_hub__service__pb2.HubServiceApproveAgentResponse.FromString,
+                _registered_method=True)
+        self.RejectAgent = channel.unary_unary(
+                '/federation.v1.HubService/RejectAgent',
+                request_serializer=federation_dot_v1_dot_hub__service__pb2.HubServiceRejectAgentRequest.SerializeToString,
+                response_deserializer=federation_dot_v1_dot_hub__service__pb2.HubServiceRejectAgentResponse.FromString,
+                _registered_method=True)
+        self.ReadAuditLog = channel.unary_unary(
+                '/federation.v1.HubService/ReadAuditLog',
+                request_serializer=federation_dot_v1_dot_hub__service__pb2.HubServiceReadAuditLogRequest.SerializeToString,
+                response_deserializer=federation_dot_v1_dot_hub__service__pb2.HubServiceReadAuditLogResponse.FromString,
                 _registered_method=True)
 
 
@@ -158,6 +183,15 @@ class HubServiceServicer:
     def WatchAgent(self, request, context):
         """Relays a watch to the spoke that holds the agent and streams its signed events back,
         each a Reply signed by the spoke whose result is agent_event.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchEvents(self, request, context):
+        """Fans in the event feed of the audience spoke, or of every spoke the caller may read
+        (audience: the hub): each spoke's signed feed_entry replies pass through intact, and a
+        spoke that cannot be reached is named in a feed_entry (KIND_UNREACHABLE) signed by the hub.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -213,6 +247,13 @@ class HubServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SendInput(self, request, context):
+        """Relays a message for an agent to the spoke that holds it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DrainSpoke(self, request, context):
         """Stops new placements on one spoke, for every hub on this hub's Redis (answered by the hub).
         """
@@ -222,6 +263,28 @@ class HubServiceServicer:
 
     def UndrainSpoke(self, request, context):
         """Lets a drained spoke take new placements again (answered by the hub).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApproveAgent(self, request, context):
+        """Relays an approval to the spoke that holds the agent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RejectAgent(self, request, context):
+        """Relays a rejection to the spoke that holds the agent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadAuditLog(self, request, context):
+        """Read the hub's audit log, newest first (policy verb "audit"). The hub answers; the
+        reply is signed by the hub.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -260,6 +323,11 @@ def add_HubServiceServicer_to_server(servicer, server):
                     request_deserializer=federation_dot_v1_dot_hub__service__pb2.HubServiceWatchAgentRequest.FromString,
                     response_serializer=federation_dot_v1_dot_hub__service__pb2.HubServiceWatchAgentResponse.SerializeToString,
             ),
+            'WatchEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchEvents,
+                    request_deserializer=federation_dot_v1_dot_hub__service__pb2.HubServiceWatchEventsRequest.FromString,
+                    response_serializer=federation_dot_v1_dot_hub__service__pb2.HubServiceWatchEventsResponse.SerializeToString,
+            ),
             'GetQueueStats': grpc.unary_unary_rpc_method_handler(
                     servicer.GetQueueStats,
                     request_deserializer=federation_dot_v1_dot_hub__service__pb2.HubServiceGetQueueStatsRequest.FromString,
@@ -295,6 +363,11 @@ def add_HubServiceServicer_to_server(servicer, server):
                     request_deserializer=federation_dot_v1_dot_hub__service__pb2.HubServiceVerifyAgentRequest.FromString,
                     response_serializer=federation_dot_v1_dot_hub__service__pb2.HubServiceVerifyAgentResponse.SerializeToString,
             ),
+            'SendInput': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendInput,
+                    request_deserializer=federation_dot_v1_dot_hub__service__pb2.HubServiceSendInputRequest.FromString,
+                    response_serializer=federation_dot_v1_dot_hub__service__pb2.HubServiceSendInputResponse.SerializeToString,
+            ),
             'DrainSpoke': grpc.unary_unary_rpc_method_handler(
                     servicer.DrainSpoke,
                     request_deserializer=federation_dot_v1_dot_hub__service__pb2.HubServiceDrainSpokeRequest.FromString,
@@ -304,6 +377,21 @@ def add_HubServiceServicer_to_server(servicer, server):
                     servicer.UndrainSpoke,
                     request_deserializer=federation_dot_v1_dot_hub__service__pb2.HubServiceUndrainSpokeRequest.FromString,
                     response_serializer=federation_dot_v1_dot_hub__service__pb2.HubServiceUndrainSpokeResponse.SerializeToString,
+            ),
+            'ApproveAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApproveAgent,
+                    request_deserializer=federation_dot_v1_dot_hub__service__pb2.HubServiceApproveAgentRequest.FromString,
+                    response_serializer=federation_dot_v1_dot_hub__service__pb2.HubServiceApproveAgentResponse.SerializeToString,
+            ),
+            'RejectAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.RejectAgent,
+                    request_deserializer=federation_dot_v1_dot_hub__service__pb2.HubServiceRejectAgentRequest.FromString,
+                    response_serializer=federation_dot_v1_dot_hub__service__pb2.HubServiceRejectAgentResponse.SerializeToString,
+            ),
+            'ReadAuditLog': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReadAuditLog,
+                    request_deserializer=federation_dot_v1_dot_hub__service__pb2.HubServiceReadAuditLogRequest.FromString,
+                    response_serializer=federation_dot_v1_dot_hub__service__pb2.HubServiceReadAuditLogResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -471,6 +559,33 @@ class HubService:
             '/federation.v1.HubService/WatchAgent',
             federation_dot_v1_dot_hub__service__pb2.HubServiceWatchAgentRequest.SerializeToString,
             federation_dot_v1_dot_hub__service__pb2.HubServiceWatchAgentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/federation.v1.HubService/WatchEvents',
+            federation_dot_v1_dot_hub__service__pb2.HubServiceWatchEventsRequest.SerializeToString,
+            federation_dot_v1_dot_hub__service__pb2.HubServiceWatchEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -671,6 +786,33 @@ class HubService:
             _registered_method=True)
 
     @staticmethod
+    def SendInput(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/federation.v1.HubService/SendInput',
+            federation_dot_v1_dot_hub__service__pb2.HubServiceSendInputRequest.SerializeToString,
+            federation_dot_v1_dot_hub__service__pb2.HubServiceSendInputResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def DrainSpoke(request,
             target,
             options=(),
@@ -714,6 +856,87 @@ class HubService:
             '/federation.v1.HubService/UndrainSpoke',
             federation_dot_v1_dot_hub__service__pb2.HubServiceUndrainSpokeRequest.SerializeToString,
             federation_dot_v1_dot_hub__service__pb2.HubServiceUndrainSpokeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApproveAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/federation.v1.HubService/ApproveAgent',
+            federation_dot_v1_dot_hub__service__pb2.HubServiceApproveAgentRequest.SerializeToString,
+            federation_dot_v1_dot_hub__service__pb2.HubServiceApproveAgentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RejectAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/federation.v1.HubService/RejectAgent',
+            federation_dot_v1_dot_hub__service__pb2.HubServiceRejectAgentRequest.SerializeToString,
+            federation_dot_v1_dot_hub__service__pb2.HubServiceRejectAgentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadAuditLog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/federation.v1.HubService/ReadAuditLog',
+            federation_dot_v1_dot_hub__service__pb2.HubServiceReadAuditLogRequest.SerializeToString,
+            federation_dot_v1_dot_hub__service__pb2.HubServiceReadAuditLogResponse.FromString,
             options,
             channel_credentials,
             insecure,

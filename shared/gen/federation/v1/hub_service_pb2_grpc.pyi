@@ -50,6 +50,11 @@ class HubServiceStub:
     """Relays a watch to the spoke that holds the agent and streams its signed events back,
     each a Reply signed by the spoke whose result is agent_event.
     """
+    WatchEvents: _grpc.UnaryStreamMultiCallable[_hub_service_pb2.HubServiceWatchEventsRequest, _hub_service_pb2.HubServiceWatchEventsResponse]
+    """Fans in the event feed of the audience spoke, or of every spoke the caller may read
+    (audience: the hub): each spoke's signed feed_entry replies pass through intact, and a
+    spoke that cannot be reached is named in a feed_entry (KIND_UNREACHABLE) signed by the hub.
+    """
     GetQueueStats: _grpc.UnaryUnaryMultiCallable[_hub_service_pb2.HubServiceGetQueueStatsRequest, _hub_service_pb2.HubServiceGetQueueStatsResponse]
     """Relays a read of one spoke's queue counts (audience: the spoke), or of every spoke the
     caller may read at once (audience: the hub), with the hub's signed account as for ListAgents.
@@ -66,10 +71,20 @@ class HubServiceStub:
     """Relays a drain of one spoke's queue (audience: the spoke)."""
     VerifyAgent: _grpc.UnaryUnaryMultiCallable[_hub_service_pb2.HubServiceVerifyAgentRequest, _hub_service_pb2.HubServiceVerifyAgentResponse]
     """Relays a verification verdict to the spoke that holds the agent."""
+    SendInput: _grpc.UnaryUnaryMultiCallable[_hub_service_pb2.HubServiceSendInputRequest, _hub_service_pb2.HubServiceSendInputResponse]
+    """Relays a message for an agent to the spoke that holds it."""
     DrainSpoke: _grpc.UnaryUnaryMultiCallable[_hub_service_pb2.HubServiceDrainSpokeRequest, _hub_service_pb2.HubServiceDrainSpokeResponse]
     """Stops new placements on one spoke, for every hub on this hub's Redis (answered by the hub)."""
     UndrainSpoke: _grpc.UnaryUnaryMultiCallable[_hub_service_pb2.HubServiceUndrainSpokeRequest, _hub_service_pb2.HubServiceUndrainSpokeResponse]
     """Lets a drained spoke take new placements again (answered by the hub)."""
+    ApproveAgent: _grpc.UnaryUnaryMultiCallable[_hub_service_pb2.HubServiceApproveAgentRequest, _hub_service_pb2.HubServiceApproveAgentResponse]
+    """Relays an approval to the spoke that holds the agent."""
+    RejectAgent: _grpc.UnaryUnaryMultiCallable[_hub_service_pb2.HubServiceRejectAgentRequest, _hub_service_pb2.HubServiceRejectAgentResponse]
+    """Relays a rejection to the spoke that holds the agent."""
+    ReadAuditLog: _grpc.UnaryUnaryMultiCallable[_hub_service_pb2.HubServiceReadAuditLogRequest, _hub_service_pb2.HubServiceReadAuditLogResponse]
+    """Read the hub's audit log, newest first (policy verb "audit"). The hub answers; the
+    reply is signed by the hub.
+    """
 
 @_typing.type_check_only
 class HubServiceAsyncStub(HubServiceStub):
@@ -93,6 +108,11 @@ class HubServiceAsyncStub(HubServiceStub):
     """Relays a watch to the spoke that holds the agent and streams its signed events back,
     each a Reply signed by the spoke whose result is agent_event.
     """
+    WatchEvents: _aio.UnaryStreamMultiCallable[_hub_service_pb2.HubServiceWatchEventsRequest, _hub_service_pb2.HubServiceWatchEventsResponse]  # type: ignore[assignment]
+    """Fans in the event feed of the audience spoke, or of every spoke the caller may read
+    (audience: the hub): each spoke's signed feed_entry replies pass through intact, and a
+    spoke that cannot be reached is named in a feed_entry (KIND_UNREACHABLE) signed by the hub.
+    """
     GetQueueStats: _aio.UnaryUnaryMultiCallable[_hub_service_pb2.HubServiceGetQueueStatsRequest, _hub_service_pb2.HubServiceGetQueueStatsResponse]  # type: ignore[assignment]
     """Relays a read of one spoke's queue counts (audience: the spoke), or of every spoke the
     caller may read at once (audience: the hub), with the hub's signed account as for ListAgents.
@@ -109,10 +129,20 @@ class HubServiceAsyncStub(HubServiceStub):
     """Relays a drain of one spoke's queue (audience: the spoke)."""
     VerifyAgent: _aio.UnaryUnaryMultiCallable[_hub_service_pb2.HubServiceVerifyAgentRequest, _hub_service_pb2.HubServiceVerifyAgentResponse]  # type: ignore[assignment]
     """Relays a verification verdict to the spoke that holds the agent."""
+    SendInput: _aio.UnaryUnaryMultiCallable[_hub_service_pb2.HubServiceSendInputRequest, _hub_service_pb2.HubServiceSendInputResponse]  # type: ignore[assignment]
+    """Relays a message for an agent to the spoke that holds it."""
     DrainSpoke: _aio.UnaryUnaryMultiCallable[_hub_service_pb2.HubServiceDrainSpokeRequest, _hub_service_pb2.HubServiceDrainSpokeResponse]  # type: ignore[assignment]
     """Stops new placements on one spoke, for every hub on this hub's Redis (answered by the hub)."""
     UndrainSpoke: _aio.UnaryUnaryMultiCallable[_hub_service_pb2.HubServiceUndrainSpokeRequest, _hub_service_pb2.HubServiceUndrainSpokeResponse]  # type: ignore[assignment]
     """Lets a drained spoke take new placements again (answered by the hub)."""
+    ApproveAgent: _aio.UnaryUnaryMultiCallable[_hub_service_pb2.HubServiceApproveAgentRequest, _hub_service_pb2.HubServiceApproveAgentResponse]  # type: ignore[assignment]
+    """Relays an approval to the spoke that holds the agent."""
+    RejectAgent: _aio.UnaryUnaryMultiCallable[_hub_service_pb2.HubServiceRejectAgentRequest, _hub_service_pb2.HubServiceRejectAgentResponse]  # type: ignore[assignment]
+    """Relays a rejection to the spoke that holds the agent."""
+    ReadAuditLog: _aio.UnaryUnaryMultiCallable[_hub_service_pb2.HubServiceReadAuditLogRequest, _hub_service_pb2.HubServiceReadAuditLogResponse]  # type: ignore[assignment]
+    """Read the hub's audit log, newest first (policy verb "audit"). The hub answers; the
+    reply is signed by the hub.
+    """
 
 class HubServiceServicer(metaclass=_abc_1.ABCMeta):
     """HubService takes commands signed by clients the hub trusts and relays them to spokes.
@@ -168,6 +198,17 @@ class HubServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_hub_service_pb2.HubServiceWatchAgentResponse], _abc.AsyncIterator[_hub_service_pb2.HubServiceWatchAgentResponse]]:
         """Relays a watch to the spoke that holds the agent and streams its signed events back,
         each a Reply signed by the spoke whose result is agent_event.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchEvents(
+        self,
+        request: _hub_service_pb2.HubServiceWatchEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_hub_service_pb2.HubServiceWatchEventsResponse], _abc.AsyncIterator[_hub_service_pb2.HubServiceWatchEventsResponse]]:
+        """Fans in the event feed of the audience spoke, or of every spoke the caller may read
+        (audience: the hub): each spoke's signed feed_entry replies pass through intact, and a
+        spoke that cannot be reached is named in a feed_entry (KIND_UNREACHABLE) signed by the hub.
         """
 
     @_abc_1.abstractmethod
@@ -229,6 +270,14 @@ class HubServiceServicer(metaclass=_abc_1.ABCMeta):
         """Relays a verification verdict to the spoke that holds the agent."""
 
     @_abc_1.abstractmethod
+    def SendInput(
+        self,
+        request: _hub_service_pb2.HubServiceSendInputRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_hub_service_pb2.HubServiceSendInputResponse, _abc.Awaitable[_hub_service_pb2.HubServiceSendInputResponse]]:
+        """Relays a message for an agent to the spoke that holds it."""
+
+    @_abc_1.abstractmethod
     def DrainSpoke(
         self,
         request: _hub_service_pb2.HubServiceDrainSpokeRequest,
@@ -243,5 +292,31 @@ class HubServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_hub_service_pb2.HubServiceUndrainSpokeResponse, _abc.Awaitable[_hub_service_pb2.HubServiceUndrainSpokeResponse]]:
         """Lets a drained spoke take new placements again (answered by the hub)."""
+
+    @_abc_1.abstractmethod
+    def ApproveAgent(
+        self,
+        request: _hub_service_pb2.HubServiceApproveAgentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_hub_service_pb2.HubServiceApproveAgentResponse, _abc.Awaitable[_hub_service_pb2.HubServiceApproveAgentResponse]]:
+        """Relays an approval to the spoke that holds the agent."""
+
+    @_abc_1.abstractmethod
+    def RejectAgent(
+        self,
+        request: _hub_service_pb2.HubServiceRejectAgentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_hub_service_pb2.HubServiceRejectAgentResponse, _abc.Awaitable[_hub_service_pb2.HubServiceRejectAgentResponse]]:
+        """Relays a rejection to the spoke that holds the agent."""
+
+    @_abc_1.abstractmethod
+    def ReadAuditLog(
+        self,
+        request: _hub_service_pb2.HubServiceReadAuditLogRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_hub_service_pb2.HubServiceReadAuditLogResponse, _abc.Awaitable[_hub_service_pb2.HubServiceReadAuditLogResponse]]:
+        """Read the hub's audit log, newest first (policy verb "audit"). The hub answers; the
+        reply is signed by the hub.
+        """
 
 def add_HubServiceServicer_to_server(servicer: HubServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -258,6 +258,54 @@ class SpokeServiceWatchAgentResponse(_message.Message):
 Global___SpokeServiceWatchAgentResponse: _TypeAlias = SpokeServiceWatchAgentResponse  # noqa: Y015
 
 @_typing.final
+class SpokeServiceWatchEventsRequest(_message.Message):
+    """SpokeServiceWatchEventsRequest carries a signed watch_events command."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMMAND_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def command(self) -> _command_pb2.SignedEnvelope:
+        """A Command or Relay envelope whose command body is watch_events."""
+
+    def __init__(
+        self,
+        *,
+        command: _command_pb2.SignedEnvelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SpokeServiceWatchEventsRequest: _TypeAlias = SpokeServiceWatchEventsRequest  # noqa: Y015
+
+@_typing.final
+class SpokeServiceWatchEventsResponse(_message.Message):
+    """SpokeServiceWatchEventsResponse carries the spoke's signed reply."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def reply(self) -> _command_pb2.SignedEnvelope:
+        """A Reply whose result is feed_entry."""
+
+    def __init__(
+        self,
+        *,
+        reply: _command_pb2.SignedEnvelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reply", b"reply"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reply", b"reply"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SpokeServiceWatchEventsResponse: _TypeAlias = SpokeServiceWatchEventsResponse  # noqa: Y015
+
+@_typing.final
 class SpokeServiceGetQueueStatsRequest(_message.Message):
     """SpokeServiceGetQueueStatsRequest carries a signed get_queue_stats command."""
 
@@ -592,3 +640,147 @@ class SpokeServiceVerifyAgentResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SpokeServiceVerifyAgentResponse: _TypeAlias = SpokeServiceVerifyAgentResponse  # noqa: Y015
+
+@_typing.final
+class SpokeServiceSendInputRequest(_message.Message):
+    """SpokeServiceSendInputRequest carries a signed send_input command."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMMAND_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def command(self) -> _command_pb2.SignedEnvelope:
+        """A Command or Relay envelope whose command body is send_input."""
+
+    def __init__(
+        self,
+        *,
+        command: _command_pb2.SignedEnvelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SpokeServiceSendInputRequest: _TypeAlias = SpokeServiceSendInputRequest  # noqa: Y015
+
+@_typing.final
+class SpokeServiceSendInputResponse(_message.Message):
+    """SpokeServiceSendInputResponse carries the spoke's signed reply."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def reply(self) -> _command_pb2.SignedEnvelope:
+        """A Reply signed by the spoke whose result is the agent."""
+
+    def __init__(
+        self,
+        *,
+        reply: _command_pb2.SignedEnvelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reply", b"reply"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reply", b"reply"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SpokeServiceSendInputResponse: _TypeAlias = SpokeServiceSendInputResponse  # noqa: Y015
+
+@_typing.final
+class SpokeServiceApproveAgentRequest(_message.Message):
+    """SpokeServiceApproveAgentRequest carries a signed approve_agent command."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMMAND_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def command(self) -> _command_pb2.SignedEnvelope:
+        """A Command or Relay envelope whose command body is approve_agent."""
+
+    def __init__(
+        self,
+        *,
+        command: _command_pb2.SignedEnvelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SpokeServiceApproveAgentRequest: _TypeAlias = SpokeServiceApproveAgentRequest  # noqa: Y015
+
+@_typing.final
+class SpokeServiceApproveAgentResponse(_message.Message):
+    """SpokeServiceApproveAgentResponse carries the spoke's signed reply."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def reply(self) -> _command_pb2.SignedEnvelope:
+        """A Reply signed by the spoke whose result is the agent."""
+
+    def __init__(
+        self,
+        *,
+        reply: _command_pb2.SignedEnvelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reply", b"reply"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reply", b"reply"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SpokeServiceApproveAgentResponse: _TypeAlias = SpokeServiceApproveAgentResponse  # noqa: Y015
+
+@_typing.final
+class SpokeServiceRejectAgentRequest(_message.Message):
+    """SpokeServiceRejectAgentRequest carries a signed reject_agent command."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMMAND_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def command(self) -> _command_pb2.SignedEnvelope:
+        """A Command or Relay envelope whose command body is reject_agent."""
+
+    def __init__(
+        self,
+        *,
+        command: _command_pb2.SignedEnvelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SpokeServiceRejectAgentRequest: _TypeAlias = SpokeServiceRejectAgentRequest  # noqa: Y015
+
+@_typing.final
+class SpokeServiceRejectAgentResponse(_message.Message):
+    """SpokeServiceRejectAgentResponse carries the spoke's signed reply."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def reply(self) -> _command_pb2.SignedEnvelope:
+        """A Reply signed by the spoke whose result is the agent."""
+
+    def __init__(
+        self,
+        *,
+        reply: _command_pb2.SignedEnvelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reply", b"reply"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reply", b"reply"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SpokeServiceRejectAgentResponse: _TypeAlias = SpokeServiceRejectAgentResponse  # noqa: Y015

@@ -62,6 +62,11 @@ class SpokeServiceStub:
                 request_serializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceWatchAgentRequest.SerializeToString,
                 response_deserializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceWatchAgentResponse.FromString,
                 _registered_method=True)
+        self.WatchEvents = channel.unary_stream(
+                '/federation.v1.SpokeService/WatchEvents',
+                request_serializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceWatchEventsRequest.SerializeToString,
+                response_deserializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceWatchEventsResponse.FromString,
+                _registered_method=True)
         self.GetQueueStats = channel.unary_unary(
                 '/federation.v1.SpokeService/GetQueueStats',
                 request_serializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceGetQueueStatsRequest.SerializeToString,
@@ -96,6 +101,21 @@ class SpokeServiceStub:
                 '/federation.v1.SpokeService/VerifyAgent',
                 request_serializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceVerifyAgentRequest.SerializeToString,
                 response_deserializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceVerifyAgentResponse.FromString,
+                _registered_method=True)
+        self.SendInput = channel.unary_unary(
+                '/federation.v1.SpokeService/SendInput',
+                request_serializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceSendInputRequest.SerializeToString,
+                response_deserializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceSendInputResponse.FromString,
+                _registered_method=True)
+        self.ApproveAgent = channel.unary_unary(
+                '/federation.v1.SpokeService/ApproveAgent',
+                request_serializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceApproveAgentRequest.SerializeToString,
+                response_deserializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceApproveAgentResponse.FromString,
+                _registered_method=True)
+        self.RejectAgent = channel.unary_unary(
+                '/federation.v1.SpokeService/RejectAgent',
+                request_serializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceRejectAgentRequest.SerializeToString,
+                response_deserializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceRejectAgentResponse.FromString,
                 _registered_method=True)
 
 
@@ -138,6 +158,14 @@ class SpokeServiceServicer:
     def WatchAgent(self, request, context):
         """Streams an agent's events after a sequence number, then live until it ends, with
         heartbeats. Each message is a Reply signed by the spoke whose result is agent_event.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchEvents(self, request, context):
+        """Streams the state changes of this spoke's agents the caller may see, after a cursor
+        (the event feed). Each message is a Reply signed by the spoke whose result is feed_entry.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -192,6 +220,28 @@ class SpokeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SendInput(self, request, context):
+        """Keeps a signed message for an agent: appended to a running agent's inbox, or
+        the answer that queues a NEEDS_INPUT agent's next attempt; replies with the agent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApproveAgent(self, request, context):
+        """Records one approver's signed approval of an AWAITING_APPROVAL agent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RejectAgent(self, request, context):
+        """Ends an AWAITING_APPROVAL agent REJECTED on one approver's signed rejection.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SpokeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -219,6 +269,11 @@ def add_SpokeServiceServicer_to_server(servicer, server):
                     servicer.WatchAgent,
                     request_deserializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceWatchAgentRequest.FromString,
                     response_serializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceWatchAgentResponse.SerializeToString,
+            ),
+            'WatchEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchEvents,
+                    request_deserializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceWatchEventsRequest.FromString,
+                    response_serializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceWatchEventsResponse.SerializeToString,
             ),
             'GetQueueStats': grpc.unary_unary_rpc_method_handler(
                     servicer.GetQueueStats,
@@ -254,6 +309,21 @@ def add_SpokeServiceServicer_to_server(servicer, server):
                     servicer.VerifyAgent,
                     request_deserializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceVerifyAgentRequest.FromString,
                     response_serializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceVerifyAgentResponse.SerializeToString,
+            ),
+            'SendInput': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendInput,
+                    request_deserializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceSendInputRequest.FromString,
+                    response_serializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceSendInputResponse.SerializeToString,
+            ),
+            'ApproveAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApproveAgent,
+                    request_deserializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceApproveAgentRequest.FromString,
+                    response_serializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceApproveAgentResponse.SerializeToString,
+            ),
+            'RejectAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.RejectAgent,
+                    request_deserializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceRejectAgentRequest.FromString,
+                    response_serializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceRejectAgentResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -394,6 +464,33 @@ class SpokeService:
             '/federation.v1.SpokeService/WatchAgent',
             federation_dot_v1_dot_spoke__service__pb2.SpokeServiceWatchAgentRequest.SerializeToString,
             federation_dot_v1_dot_spoke__service__pb2.SpokeServiceWatchAgentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/federation.v1.SpokeService/WatchEvents',
+            federation_dot_v1_dot_spoke__service__pb2.SpokeServiceWatchEventsRequest.SerializeToString,
+            federation_dot_v1_dot_spoke__service__pb2.SpokeServiceWatchEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -583,6 +680,87 @@ class SpokeService:
             '/federation.v1.SpokeService/VerifyAgent',
             federation_dot_v1_dot_spoke__service__pb2.SpokeServiceVerifyAgentRequest.SerializeToString,
             federation_dot_v1_dot_spoke__service__pb2.SpokeServiceVerifyAgentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendInput(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/federation.v1.SpokeService/SendInput',
+            federation_dot_v1_dot_spoke__service__pb2.SpokeServiceSendInputRequest.SerializeToString,
+            federation_dot_v1_dot_spoke__service__pb2.SpokeServiceSendInputResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApproveAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/federation.v1.SpokeService/ApproveAgent',
+            federation_dot_v1_dot_spoke__service__pb2.SpokeServiceApproveAgentRequest.SerializeToString,
+            federation_dot_v1_dot_spoke__service__pb2.SpokeServiceApproveAgentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RejectAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/federation.v1.SpokeService/RejectAgent',
+            federation_dot_v1_dot_spoke__service__pb2.SpokeServiceRejectAgentRequest.SerializeToString,
+            federation_dot_v1_dot_spoke__service__pb2.SpokeServiceRejectAgentResponse.FromString,
             options,
             channel_credentials,
             insecure,

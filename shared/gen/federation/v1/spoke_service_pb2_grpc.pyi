@@ -52,6 +52,10 @@ class SpokeServiceStub:
     """Streams an agent's events after a sequence number, then live until it ends, with
     heartbeats. Each message is a Reply signed by the spoke whose result is agent_event.
     """
+    WatchEvents: _grpc.UnaryStreamMultiCallable[_spoke_service_pb2.SpokeServiceWatchEventsRequest, _spoke_service_pb2.SpokeServiceWatchEventsResponse]
+    """Streams the state changes of this spoke's agents the caller may see, after a cursor
+    (the event feed). Each message is a Reply signed by the spoke whose result is feed_entry.
+    """
     GetQueueStats: _grpc.UnaryUnaryMultiCallable[_spoke_service_pb2.SpokeServiceGetQueueStatsRequest, _spoke_service_pb2.SpokeServiceGetQueueStatsResponse]
     """Reads the queue's counts."""
     ListDeadLetters: _grpc.UnaryUnaryMultiCallable[_spoke_service_pb2.SpokeServiceListDeadLettersRequest, _spoke_service_pb2.SpokeServiceListDeadLettersResponse]
@@ -66,6 +70,14 @@ class SpokeServiceStub:
     """Cancels every waiting agent; they end KILLED with reason DRAINED."""
     VerifyAgent: _grpc.UnaryUnaryMultiCallable[_spoke_service_pb2.SpokeServiceVerifyAgentRequest, _spoke_service_pb2.SpokeServiceVerifyAgentResponse]
     """Settles verification items of a NEEDS_VERIFICATION agent; replies with the agent."""
+    SendInput: _grpc.UnaryUnaryMultiCallable[_spoke_service_pb2.SpokeServiceSendInputRequest, _spoke_service_pb2.SpokeServiceSendInputResponse]
+    """Keeps a signed message for an agent: appended to a running agent's inbox, or
+    the answer that queues a NEEDS_INPUT agent's next attempt; replies with the agent.
+    """
+    ApproveAgent: _grpc.UnaryUnaryMultiCallable[_spoke_service_pb2.SpokeServiceApproveAgentRequest, _spoke_service_pb2.SpokeServiceApproveAgentResponse]
+    """Records one approver's signed approval of an AWAITING_APPROVAL agent."""
+    RejectAgent: _grpc.UnaryUnaryMultiCallable[_spoke_service_pb2.SpokeServiceRejectAgentRequest, _spoke_service_pb2.SpokeServiceRejectAgentResponse]
+    """Ends an AWAITING_APPROVAL agent REJECTED on one approver's signed rejection."""
 
 @_typing.type_check_only
 class SpokeServiceAsyncStub(SpokeServiceStub):
@@ -91,6 +103,10 @@ class SpokeServiceAsyncStub(SpokeServiceStub):
     """Streams an agent's events after a sequence number, then live until it ends, with
     heartbeats. Each message is a Reply signed by the spoke whose result is agent_event.
     """
+    WatchEvents: _aio.UnaryStreamMultiCallable[_spoke_service_pb2.SpokeServiceWatchEventsRequest, _spoke_service_pb2.SpokeServiceWatchEventsResponse]  # type: ignore[assignment]
+    """Streams the state changes of this spoke's agents the caller may see, after a cursor
+    (the event feed). Each message is a Reply signed by the spoke whose result is feed_entry.
+    """
     GetQueueStats: _aio.UnaryUnaryMultiCallable[_spoke_service_pb2.SpokeServiceGetQueueStatsRequest, _spoke_service_pb2.SpokeServiceGetQueueStatsResponse]  # type: ignore[assignment]
     """Reads the queue's counts."""
     ListDeadLetters: _aio.UnaryUnaryMultiCallable[_spoke_service_pb2.SpokeServiceListDeadLettersRequest, _spoke_service_pb2.SpokeServiceListDeadLettersResponse]  # type: ignore[assignment]
@@ -105,6 +121,14 @@ class SpokeServiceAsyncStub(SpokeServiceStub):
     """Cancels every waiting agent; they end KILLED with reason DRAINED."""
     VerifyAgent: _aio.UnaryUnaryMultiCallable[_spoke_service_pb2.SpokeServiceVerifyAgentRequest, _spoke_service_pb2.SpokeServiceVerifyAgentResponse]  # type: ignore[assignment]
     """Settles verification items of a NEEDS_VERIFICATION agent; replies with the agent."""
+    SendInput: _aio.UnaryUnaryMultiCallable[_spoke_service_pb2.SpokeServiceSendInputRequest, _spoke_service_pb2.SpokeServiceSendInputResponse]  # type: ignore[assignment]
+    """Keeps a signed message for an agent: appended to a running agent's inbox, or
+    the answer that queues a NEEDS_INPUT agent's next attempt; replies with the agent.
+    """
+    ApproveAgent: _aio.UnaryUnaryMultiCallable[_spoke_service_pb2.SpokeServiceApproveAgentRequest, _spoke_service_pb2.SpokeServiceApproveAgentResponse]  # type: ignore[assignment]
+    """Records one approver's signed approval of an AWAITING_APPROVAL agent."""
+    RejectAgent: _aio.UnaryUnaryMultiCallable[_spoke_service_pb2.SpokeServiceRejectAgentRequest, _spoke_service_pb2.SpokeServiceRejectAgentResponse]  # type: ignore[assignment]
+    """Ends an AWAITING_APPROVAL agent REJECTED on one approver's signed rejection."""
 
 class SpokeServiceServicer(metaclass=_abc_1.ABCMeta):
     """SpokeService runs agents. Every request carries a SignedEnvelope: either a Command signed by
@@ -156,6 +180,16 @@ class SpokeServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_spoke_service_pb2.SpokeServiceWatchAgentResponse], _abc.AsyncIterator[_spoke_service_pb2.SpokeServiceWatchAgentResponse]]:
         """Streams an agent's events after a sequence number, then live until it ends, with
         heartbeats. Each message is a Reply signed by the spoke whose result is agent_event.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchEvents(
+        self,
+        request: _spoke_service_pb2.SpokeServiceWatchEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_spoke_service_pb2.SpokeServiceWatchEventsResponse], _abc.AsyncIterator[_spoke_service_pb2.SpokeServiceWatchEventsResponse]]:
+        """Streams the state changes of this spoke's agents the caller may see, after a cursor
+        (the event feed). Each message is a Reply signed by the spoke whose result is feed_entry.
         """
 
     @_abc_1.abstractmethod
@@ -213,5 +247,31 @@ class SpokeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_spoke_service_pb2.SpokeServiceVerifyAgentResponse, _abc.Awaitable[_spoke_service_pb2.SpokeServiceVerifyAgentResponse]]:
         """Settles verification items of a NEEDS_VERIFICATION agent; replies with the agent."""
+
+    @_abc_1.abstractmethod
+    def SendInput(
+        self,
+        request: _spoke_service_pb2.SpokeServiceSendInputRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_spoke_service_pb2.SpokeServiceSendInputResponse, _abc.Awaitable[_spoke_service_pb2.SpokeServiceSendInputResponse]]:
+        """Keeps a signed message for an agent: appended to a running agent's inbox, or
+        the answer that queues a NEEDS_INPUT agent's next attempt; replies with the agent.
+        """
+
+    @_abc_1.abstractmethod
+    def ApproveAgent(
+        self,
+        request: _spoke_service_pb2.SpokeServiceApproveAgentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_spoke_service_pb2.SpokeServiceApproveAgentResponse, _abc.Awaitable[_spoke_service_pb2.SpokeServiceApproveAgentResponse]]:
+        """Records one approver's signed approval of an AWAITING_APPROVAL agent."""
+
+    @_abc_1.abstractmethod
+    def RejectAgent(
+        self,
+        request: _spoke_service_pb2.SpokeServiceRejectAgentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_spoke_service_pb2.SpokeServiceRejectAgentResponse, _abc.Awaitable[_spoke_service_pb2.SpokeServiceRejectAgentResponse]]:
+        """Ends an AWAITING_APPROVAL agent REJECTED on one approver's signed rejection."""
 
 def add_SpokeServiceServicer_to_server(servicer: SpokeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
