@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from . import agent_pb2 as _agent_pb2
 from . import audit_pb2 as _audit_pb2
+from . import enrol_pb2 as _enrol_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
@@ -116,6 +117,9 @@ class Command(_message.Message):
     SEND_INPUT_FIELD_NUMBER: _builtins.int
     APPROVE_AGENT_FIELD_NUMBER: _builtins.int
     REJECT_AGENT_FIELD_NUMBER: _builtins.int
+    ENROLL_SPOKE_FIELD_NUMBER: _builtins.int
+    REMOVE_SPOKE_FIELD_NUMBER: _builtins.int
+    GET_MEMBERSHIP_FIELD_NUMBER: _builtins.int
     READ_AUDIT_LOG_FIELD_NUMBER: _builtins.int
     command_id: _builtins.str
     """The client-chosen idempotency key, 1-128 characters of [A-Za-z0-9._:-]. A spawn's
@@ -214,6 +218,18 @@ class Command(_message.Message):
         """Reject an AWAITING_APPROVAL agent: it ends REJECTED and never runs."""
 
     @_builtins.property
+    def enroll_spoke(self) -> _enrol_pb2.EnrollSpokeBody:
+        """Make a one-time enrolment token for a new spoke (audience: the hub)."""
+
+    @_builtins.property
+    def remove_spoke(self) -> _enrol_pb2.RemoveSpokeBody:
+        """Revoke an enrolled spoke's membership (audience: the hub)."""
+
+    @_builtins.property
+    def get_membership(self) -> _enrol_pb2.GetMembershipBody:
+        """Read the hub's signed membership list (audience: the hub)."""
+
+    @_builtins.property
     def read_audit_log(self) -> _audit_pb2.ReadAuditLogBody:
         """Read the hub's audit log (answered by the hub; policy verb "audit")."""
 
@@ -245,13 +261,16 @@ class Command(_message.Message):
         send_input: Global___SendInputBody | None = ...,
         approve_agent: Global___ApproveAgentBody | None = ...,
         reject_agent: Global___RejectAgentBody | None = ...,
+        enroll_spoke: _enrol_pb2.EnrollSpokeBody | None = ...,
+        remove_spoke: _enrol_pb2.RemoveSpokeBody | None = ...,
+        get_membership: _enrol_pb2.GetMembershipBody | None = ...,
         read_audit_log: _audit_pb2.ReadAuditLogBody | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["approve_agent", b"approve_agent", "body", b"body", "drain_queue", b"drain_queue", "drain_spoke", b"drain_spoke", "expire_time", b"expire_time", "get_agent", b"get_agent", "get_queue_stats", b"get_queue_stats", "issue_time", b"issue_time", "kill_agent", b"kill_agent", "list_agents", b"list_agents", "list_dead_letters", b"list_dead_letters", "list_spokes", b"list_spokes", "pause_queue", b"pause_queue", "read_audit_log", b"read_audit_log", "reject_agent", b"reject_agent", "replay_agent", b"replay_agent", "resume_queue", b"resume_queue", "send_input", b"send_input", "spawn_agent", b"spawn_agent", "undrain_spoke", b"undrain_spoke", "verify_agent", b"verify_agent", "watch_agent", b"watch_agent", "watch_events", b"watch_events"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["approve_agent", b"approve_agent", "body", b"body", "drain_queue", b"drain_queue", "drain_spoke", b"drain_spoke", "enroll_spoke", b"enroll_spoke", "expire_time", b"expire_time", "get_agent", b"get_agent", "get_membership", b"get_membership", "get_queue_stats", b"get_queue_stats", "issue_time", b"issue_time", "kill_agent", b"kill_agent", "list_agents", b"list_agents", "list_dead_letters", b"list_dead_letters", "list_spokes", b"list_spokes", "pause_queue", b"pause_queue", "read_audit_log", b"read_audit_log", "reject_agent", b"reject_agent", "remove_spoke", b"remove_spoke", "replay_agent", b"replay_agent", "resume_queue", b"resume_queue", "send_input", b"send_input", "spawn_agent", b"spawn_agent", "undrain_spoke", b"undrain_spoke", "verify_agent", b"verify_agent", "watch_agent", b"watch_agent", "watch_events", b"watch_events"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approve_agent", b"approve_agent", "audience", b"audience", "body", b"body", "command_id", b"command_id", "drain_queue", b"drain_queue", "drain_spoke", b"drain_spoke", "expire_time", b"expire_time", "get_agent", b"get_agent", "get_queue_stats", b"get_queue_stats", "issue_time", b"issue_time", "issuer", b"issuer", "kill_agent", b"kill_agent", "list_agents", b"list_agents", "list_dead_letters", b"list_dead_letters", "list_spokes", b"list_spokes", "nonce", b"nonce", "pause_queue", b"pause_queue", "read_audit_log", b"read_audit_log", "reject_agent", b"reject_agent", "replay_agent", b"replay_agent", "resume_queue", b"resume_queue", "send_input", b"send_input", "spawn_agent", b"spawn_agent", "undrain_spoke", b"undrain_spoke", "verify_agent", b"verify_agent", "watch_agent", b"watch_agent", "watch_events", b"watch_events"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approve_agent", b"approve_agent", "audience", b"audience", "body", b"body", "command_id", b"command_id", "drain_queue", b"drain_queue", "drain_spoke", b"drain_spoke", "enroll_spoke", b"enroll_spoke", "expire_time", b"expire_time", "get_agent", b"get_agent", "get_membership", b"get_membership", "get_queue_stats", b"get_queue_stats", "issue_time", b"issue_time", "issuer", b"issuer", "kill_agent", b"kill_agent", "list_agents", b"list_agents", "list_dead_letters", b"list_dead_letters", "list_spokes", b"list_spokes", "nonce", b"nonce", "pause_queue", b"pause_queue", "read_audit_log", b"read_audit_log", "reject_agent", b"reject_agent", "remove_spoke", b"remove_spoke", "replay_agent", b"replay_agent", "resume_queue", b"resume_queue", "send_input", b"send_input", "spawn_agent", b"spawn_agent", "undrain_spoke", b"undrain_spoke", "verify_agent", b"verify_agent", "watch_agent", b"watch_agent", "watch_events", b"watch_events"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["spawn_agent", "get_agent", "kill_agent", "list_agents", "list_spokes", "watch_agent", "get_queue_stats", "list_dead_letters", "replay_agent", "pause_queue", "resume_queue", "drain_queue", "verify_agent", "watch_events", "drain_spoke", "undrain_spoke", "send_input", "approve_agent", "reject_agent", "read_audit_log"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["spawn_agent", "get_agent", "kill_agent", "list_agents", "list_spokes", "watch_agent", "get_queue_stats", "list_dead_letters", "replay_agent", "pause_queue", "resume_queue", "drain_queue", "verify_agent", "watch_events", "drain_spoke", "undrain_spoke", "send_input", "approve_agent", "reject_agent", "enroll_spoke", "remove_spoke", "get_membership", "read_audit_log"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
@@ -1208,6 +1227,8 @@ class Reply(_message.Message):
     PLACEMENT_FIELD_NUMBER: _builtins.int
     SPOKE_FIELD_NUMBER: _builtins.int
     AUDIT_PAGE_FIELD_NUMBER: _builtins.int
+    ENROLMENT_TICKET_FIELD_NUMBER: _builtins.int
+    MEMBERSHIP_FIELD_NUMBER: _builtins.int
     command_id: _builtins.str
     """The command_id of the command answered."""
     responder: _builtins.str
@@ -1264,6 +1285,14 @@ class Reply(_message.Message):
     def audit_page(self) -> _audit_pb2.AuditPage:
         """A page of the hub's audit log (read_audit_log)."""
 
+    @_builtins.property
+    def enrolment_ticket(self) -> _enrol_pb2.EnrolmentTicket:
+        """A one-time enrolment token (enroll_spoke), hub-signed."""
+
+    @_builtins.property
+    def membership(self) -> _enrol_pb2.Membership:
+        """The hub's membership list (get_membership, remove_spoke), hub-signed."""
+
     def __init__(
         self,
         *,
@@ -1282,12 +1311,14 @@ class Reply(_message.Message):
         placement: Global___Placement | None = ...,
         spoke: Global___Spoke | None = ...,
         audit_page: _audit_pb2.AuditPage | None = ...,
+        enrolment_ticket: _enrol_pb2.EnrolmentTicket | None = ...,
+        membership: _enrol_pb2.Membership | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "agent_event", b"agent_event", "agent_page", b"agent_page", "audit_page", b"audit_page", "fan_out", b"fan_out", "feed_entry", b"feed_entry", "issue_time", b"issue_time", "placement", b"placement", "queue_stats", b"queue_stats", "result", b"result", "spoke", b"spoke", "spoke_page", b"spoke_page", "spoke_status", b"spoke_status"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "agent_event", b"agent_event", "agent_page", b"agent_page", "audit_page", b"audit_page", "enrolment_ticket", b"enrolment_ticket", "fan_out", b"fan_out", "feed_entry", b"feed_entry", "issue_time", b"issue_time", "membership", b"membership", "placement", b"placement", "queue_stats", b"queue_stats", "result", b"result", "spoke", b"spoke", "spoke_page", b"spoke_page", "spoke_status", b"spoke_status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "agent_event", b"agent_event", "agent_page", b"agent_page", "audit_page", b"audit_page", "command_id", b"command_id", "fan_out", b"fan_out", "feed_entry", b"feed_entry", "issue_time", b"issue_time", "placement", b"placement", "queue_stats", b"queue_stats", "request_digest", b"request_digest", "responder", b"responder", "result", b"result", "spoke", b"spoke", "spoke_page", b"spoke_page", "spoke_status", b"spoke_status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "agent_event", b"agent_event", "agent_page", b"agent_page", "audit_page", b"audit_page", "command_id", b"command_id", "enrolment_ticket", b"enrolment_ticket", "fan_out", b"fan_out", "feed_entry", b"feed_entry", "issue_time", b"issue_time", "membership", b"membership", "placement", b"placement", "queue_stats", b"queue_stats", "request_digest", b"request_digest", "responder", b"responder", "result", b"result", "spoke", b"spoke", "spoke_page", b"spoke_page", "spoke_status", b"spoke_status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["agent", "agent_page", "spoke_page", "queue_stats", "agent_event", "fan_out", "spoke_status", "feed_entry", "placement", "spoke", "audit_page"]  # noqa: Y015
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["agent", "agent_page", "spoke_page", "queue_stats", "agent_event", "fan_out", "spoke_status", "feed_entry", "placement", "spoke", "audit_page", "enrolment_ticket", "membership"]  # noqa: Y015
     _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
 

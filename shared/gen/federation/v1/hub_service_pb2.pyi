@@ -1027,3 +1027,147 @@ class HubServiceReadAuditLogResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___HubServiceReadAuditLogResponse: _TypeAlias = HubServiceReadAuditLogResponse  # noqa: Y015
+
+@_typing.final
+class HubServiceCreateEnrolmentRequest(_message.Message):
+    """HubServiceCreateEnrolmentRequest carries a client-signed enroll_spoke command."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMMAND_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def command(self) -> _command_pb2.SignedEnvelope:
+        """A Command envelope signed by the client; its audience is this hub."""
+
+    def __init__(
+        self,
+        *,
+        command: _command_pb2.SignedEnvelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HubServiceCreateEnrolmentRequest: _TypeAlias = HubServiceCreateEnrolmentRequest  # noqa: Y015
+
+@_typing.final
+class HubServiceCreateEnrolmentResponse(_message.Message):
+    """HubServiceCreateEnrolmentResponse carries the hub's signed enrolment_ticket reply."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def reply(self) -> _command_pb2.SignedEnvelope:
+        """A Reply whose result is enrolment_ticket, signed by the hub."""
+
+    def __init__(
+        self,
+        *,
+        reply: _command_pb2.SignedEnvelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reply", b"reply"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reply", b"reply"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HubServiceCreateEnrolmentResponse: _TypeAlias = HubServiceCreateEnrolmentResponse  # noqa: Y015
+
+@_typing.final
+class HubServiceRemoveSpokeRequest(_message.Message):
+    """HubServiceRemoveSpokeRequest carries a client-signed remove_spoke command."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMMAND_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def command(self) -> _command_pb2.SignedEnvelope:
+        """A Command envelope signed by the client; its audience is this hub."""
+
+    def __init__(
+        self,
+        *,
+        command: _command_pb2.SignedEnvelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HubServiceRemoveSpokeRequest: _TypeAlias = HubServiceRemoveSpokeRequest  # noqa: Y015
+
+@_typing.final
+class HubServiceRemoveSpokeResponse(_message.Message):
+    """HubServiceRemoveSpokeResponse carries the hub's signed membership after the removal."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def reply(self) -> _command_pb2.SignedEnvelope:
+        """A Reply whose result is membership, signed by the hub."""
+
+    def __init__(
+        self,
+        *,
+        reply: _command_pb2.SignedEnvelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reply", b"reply"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reply", b"reply"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HubServiceRemoveSpokeResponse: _TypeAlias = HubServiceRemoveSpokeResponse  # noqa: Y015
+
+@_typing.final
+class HubServiceGetMembershipRequest(_message.Message):
+    """HubServiceGetMembershipRequest carries a client-signed get_membership command."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMMAND_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def command(self) -> _command_pb2.SignedEnvelope:
+        """A Command envelope signed by the client; its audience is this hub."""
+
+    def __init__(
+        self,
+        *,
+        command: _command_pb2.SignedEnvelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HubServiceGetMembershipRequest: _TypeAlias = HubServiceGetMembershipRequest  # noqa: Y015
+
+@_typing.final
+class HubServiceGetMembershipResponse(_message.Message):
+    """HubServiceGetMembershipResponse carries the hub's signed membership list."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def reply(self) -> _command_pb2.SignedEnvelope:
+        """A Reply whose result is membership, signed by the hub."""
+
+    def __init__(
+        self,
+        *,
+        reply: _command_pb2.SignedEnvelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reply", b"reply"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reply", b"reply"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HubServiceGetMembershipResponse: _TypeAlias = HubServiceGetMembershipResponse  # noqa: Y015

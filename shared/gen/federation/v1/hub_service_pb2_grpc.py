@@ -37,6 +37,21 @@ class HubServiceStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.CreateEnrolment = channel.unary_unary(
+                '/federation.v1.HubService/CreateEnrolment',
+                request_serializer=federation_dot_v1_dot_hub__service__pb2.HubServiceCreateEnrolmentRequest.SerializeToString,
+                response_deserializer=federation_dot_v1_dot_hub__service__pb2.HubServiceCreateEnrolmentResponse.FromString,
+                _registered_method=True)
+        self.RemoveSpoke = channel.unary_unary(
+                '/federation.v1.HubService/RemoveSpoke',
+                request_serializer=federation_dot_v1_dot_hub__service__pb2.HubServiceRemoveSpokeRequest.SerializeToString,
+                response_deserializer=federation_dot_v1_dot_hub__service__pb2.HubServiceRemoveSpokeResponse.FromString,
+                _registered_method=True)
+        self.GetMembership = channel.unary_unary(
+                '/federation.v1.HubService/GetMembership',
+                request_serializer=federation_dot_v1_dot_hub__service__pb2.HubServiceGetMembershipRequest.SerializeToString,
+                response_deserializer=federation_dot_v1_dot_hub__service__pb2.HubServiceGetMembershipResponse.FromString,
+                _registered_method=True)
         self.SpawnAgent = channel.unary_unary(
                 '/federation.v1.HubService/SpawnAgent',
                 request_serializer=federation_dot_v1_dot_hub__service__pb2.HubServiceSpawnAgentRequest.SerializeToString,
@@ -144,6 +159,28 @@ class HubServiceServicer:
     Replies produced by a spoke come back with the spoke's signature intact; replies the hub
     produces itself (spoke listings) are signed by the hub.
     """
+
+    def CreateEnrolment(self, request, context):
+        """Makes a one-time enrolment token for a new spoke (enroll_spoke; audience: the hub).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveSpoke(self, request, context):
+        """Revokes an enrolled spoke (remove_spoke; audience: the hub): every hub on the same
+        Redis refuses its key at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetMembership(self, request, context):
+        """Answers the hub-signed membership list (get_membership; audience: the hub).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
     def SpawnAgent(self, request, context):
         """Relays a spawn to the spoke named by the command's audience.
@@ -293,6 +330,21 @@ class HubServiceServicer:
 
 def add_HubServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'CreateEnrolment': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateEnrolment,
+                    request_deserializer=federation_dot_v1_dot_hub__service__pb2.HubServiceCreateEnrolmentRequest.FromString,
+                    response_serializer=federation_dot_v1_dot_hub__service__pb2.HubServiceCreateEnrolmentResponse.SerializeToString,
+            ),
+            'RemoveSpoke': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveSpoke,
+                    request_deserializer=federation_dot_v1_dot_hub__service__pb2.HubServiceRemoveSpokeRequest.FromString,
+                    response_serializer=federation_dot_v1_dot_hub__service__pb2.HubServiceRemoveSpokeResponse.SerializeToString,
+            ),
+            'GetMembership': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMembership,
+                    request_deserializer=federation_dot_v1_dot_hub__service__pb2.HubServiceGetMembershipRequest.FromString,
+                    response_serializer=federation_dot_v1_dot_hub__service__pb2.HubServiceGetMembershipResponse.SerializeToString,
+            ),
             'SpawnAgent': grpc.unary_unary_rpc_method_handler(
                     servicer.SpawnAgent,
                     request_deserializer=federation_dot_v1_dot_hub__service__pb2.HubServiceSpawnAgentRequest.FromString,
@@ -406,6 +458,87 @@ class HubService:
     Replies produced by a spoke come back with the spoke's signature intact; replies the hub
     produces itself (spoke listings) are signed by the hub.
     """
+
+    @staticmethod
+    def CreateEnrolment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/federation.v1.HubService/CreateEnrolment',
+            federation_dot_v1_dot_hub__service__pb2.HubServiceCreateEnrolmentRequest.SerializeToString,
+            federation_dot_v1_dot_hub__service__pb2.HubServiceCreateEnrolmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveSpoke(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/federation.v1.HubService/RemoveSpoke',
+            federation_dot_v1_dot_hub__service__pb2.HubServiceRemoveSpokeRequest.SerializeToString,
+            federation_dot_v1_dot_hub__service__pb2.HubServiceRemoveSpokeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMembership(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/federation.v1.HubService/GetMembership',
+            federation_dot_v1_dot_hub__service__pb2.HubServiceGetMembershipRequest.SerializeToString,
+            federation_dot_v1_dot_hub__service__pb2.HubServiceGetMembershipResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def SpawnAgent(request,

@@ -36,6 +36,14 @@ class HubServiceStub:
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> HubServiceAsyncStub: ...
+    CreateEnrolment: _grpc.UnaryUnaryMultiCallable[_hub_service_pb2.HubServiceCreateEnrolmentRequest, _hub_service_pb2.HubServiceCreateEnrolmentResponse]
+    """Makes a one-time enrolment token for a new spoke (enroll_spoke; audience: the hub)."""
+    RemoveSpoke: _grpc.UnaryUnaryMultiCallable[_hub_service_pb2.HubServiceRemoveSpokeRequest, _hub_service_pb2.HubServiceRemoveSpokeResponse]
+    """Revokes an enrolled spoke (remove_spoke; audience: the hub): every hub on the same
+    Redis refuses its key at once.
+    """
+    GetMembership: _grpc.UnaryUnaryMultiCallable[_hub_service_pb2.HubServiceGetMembershipRequest, _hub_service_pb2.HubServiceGetMembershipResponse]
+    """Answers the hub-signed membership list (get_membership; audience: the hub)."""
     SpawnAgent: _grpc.UnaryUnaryMultiCallable[_hub_service_pb2.HubServiceSpawnAgentRequest, _hub_service_pb2.HubServiceSpawnAgentResponse]
     """Relays a spawn to the spoke named by the command's audience."""
     GetAgent: _grpc.UnaryUnaryMultiCallable[_hub_service_pb2.HubServiceGetAgentRequest, _hub_service_pb2.HubServiceGetAgentResponse]
@@ -94,6 +102,14 @@ class HubServiceAsyncStub(HubServiceStub):
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
+    CreateEnrolment: _aio.UnaryUnaryMultiCallable[_hub_service_pb2.HubServiceCreateEnrolmentRequest, _hub_service_pb2.HubServiceCreateEnrolmentResponse]  # type: ignore[assignment]
+    """Makes a one-time enrolment token for a new spoke (enroll_spoke; audience: the hub)."""
+    RemoveSpoke: _aio.UnaryUnaryMultiCallable[_hub_service_pb2.HubServiceRemoveSpokeRequest, _hub_service_pb2.HubServiceRemoveSpokeResponse]  # type: ignore[assignment]
+    """Revokes an enrolled spoke (remove_spoke; audience: the hub): every hub on the same
+    Redis refuses its key at once.
+    """
+    GetMembership: _aio.UnaryUnaryMultiCallable[_hub_service_pb2.HubServiceGetMembershipRequest, _hub_service_pb2.HubServiceGetMembershipResponse]  # type: ignore[assignment]
+    """Answers the hub-signed membership list (get_membership; audience: the hub)."""
     SpawnAgent: _aio.UnaryUnaryMultiCallable[_hub_service_pb2.HubServiceSpawnAgentRequest, _hub_service_pb2.HubServiceSpawnAgentResponse]  # type: ignore[assignment]
     """Relays a spawn to the spoke named by the command's audience."""
     GetAgent: _aio.UnaryUnaryMultiCallable[_hub_service_pb2.HubServiceGetAgentRequest, _hub_service_pb2.HubServiceGetAgentResponse]  # type: ignore[assignment]
@@ -149,6 +165,32 @@ class HubServiceServicer(metaclass=_abc_1.ABCMeta):
     Replies produced by a spoke come back with the spoke's signature intact; replies the hub
     produces itself (spoke listings) are signed by the hub.
     """
+
+    @_abc_1.abstractmethod
+    def CreateEnrolment(
+        self,
+        request: _hub_service_pb2.HubServiceCreateEnrolmentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_hub_service_pb2.HubServiceCreateEnrolmentResponse, _abc.Awaitable[_hub_service_pb2.HubServiceCreateEnrolmentResponse]]:
+        """Makes a one-time enrolment token for a new spoke (enroll_spoke; audience: the hub)."""
+
+    @_abc_1.abstractmethod
+    def RemoveSpoke(
+        self,
+        request: _hub_service_pb2.HubServiceRemoveSpokeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_hub_service_pb2.HubServiceRemoveSpokeResponse, _abc.Awaitable[_hub_service_pb2.HubServiceRemoveSpokeResponse]]:
+        """Revokes an enrolled spoke (remove_spoke; audience: the hub): every hub on the same
+        Redis refuses its key at once.
+        """
+
+    @_abc_1.abstractmethod
+    def GetMembership(
+        self,
+        request: _hub_service_pb2.HubServiceGetMembershipRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_hub_service_pb2.HubServiceGetMembershipResponse, _abc.Awaitable[_hub_service_pb2.HubServiceGetMembershipResponse]]:
+        """Answers the hub-signed membership list (get_membership; audience: the hub)."""
 
     @_abc_1.abstractmethod
     def SpawnAgent(
