@@ -90,6 +90,10 @@ BODY_VERBS: Mapping[str, str] = {
     "pause_queue": "pause",
     "resume_queue": "resume",
     "drain_queue": "drain",
+    # hubctl spoke drain|undrain stop or restart placements on a whole spoke: the verb drain,
+    # which only a rule of scope any covers (QUEUE_WIDE_VERBS).
+    "drain_spoke": "drain",
+    "undrain_spoke": "drain",
     "verify_agent": "verify",
 }
 """Command body case → policy verb."""
