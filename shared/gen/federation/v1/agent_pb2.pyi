@@ -199,11 +199,11 @@ class Agent(_message.Message):
     TRUNCATED_FIELD_NUMBER: _builtins.int
     VERIFY_DEADLINE_FIELD_NUMBER: _builtins.int
     START_DEADLINE_FIELD_NUMBER: _builtins.int
-    INPUTS_FIELD_NUMBER: _builtins.int
     APPROVALS_REQUIRED_FIELD_NUMBER: _builtins.int
     APPROVED_BY_FIELD_NUMBER: _builtins.int
     APPROVAL_DEADLINE_FIELD_NUMBER: _builtins.int
     APPROVERS_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
     DEDUPE_KEY_FIELD_NUMBER: _builtins.int
     DEDUPLICATED_FIELD_NUMBER: _builtins.int
     SHADOW_RUN_FIELD_NUMBER: _builtins.int
@@ -246,10 +246,10 @@ class Agent(_message.Message):
     2,048 UTF-8 bytes: the start of the task and message, the end of each tail; a receipt
     keeps its status and the start of its summary). GetAgent returns the agent whole.
     """
-    inputs: _builtins.int
-    """How many signed messages SendInput kept for it (each delivered through its inbox)."""
     approvals_required: _builtins.int
     """How many distinct approvals the policy asked for before it may be queued; 0: none."""
+    inputs: _builtins.int
+    """How many signed messages SendInput kept for it (each delivered through its inbox)."""
     dedupe_key: _builtins.str
     """The spawn's dedupe key (its dedupe_key, or the one derived from its profile and task);
     empty for none.
@@ -342,11 +342,11 @@ class Agent(_message.Message):
         truncated: _builtins.bool = ...,
         verify_deadline: _timestamp_pb2.Timestamp | None = ...,
         start_deadline: _timestamp_pb2.Timestamp | None = ...,
-        inputs: _builtins.int = ...,
         approvals_required: _builtins.int = ...,
         approved_by: _abc.Iterable[_builtins.str] | None = ...,
         approval_deadline: _timestamp_pb2.Timestamp | None = ...,
         approvers: _abc.Iterable[_builtins.str] | None = ...,
+        inputs: _builtins.int = ...,
         dedupe_key: _builtins.str = ...,
         deduplicated: _builtins.bool = ...,
         shadow_run: Global___ShadowRun | None = ...,
@@ -582,13 +582,13 @@ class AgentEvent(_message.Message):
         """Nothing new; sent every few seconds so a watcher knows the stream is alive."""
         KIND_DROPPED: AgentEvent._Kind.ValueType  # 6
         """Output was produced faster than it is recorded; data holds the number of bytes dropped."""
-        KIND_INPUT: AgentEvent._Kind.ValueType  # 7
-        """A verified SendInput message was kept for the agent (and, if it runs, appended to its
-        inbox): data holds its text, sender its issuer, input_sequence its number.
-        """
         KIND_APPROVAL: AgentEvent._Kind.ValueType  # 8
         """A verified approval was recorded (the agent still waits); approver and data (the
         approval's reason) are set. The release itself is a KIND_STATE event (QUEUED).
+        """
+        KIND_INPUT: AgentEvent._Kind.ValueType  # 7
+        """A verified SendInput message was kept for the agent (and, if it runs, appended to its
+        inbox): data holds its text, sender its issuer, input_sequence its number.
         """
 
     class Kind(_Kind, metaclass=_KindEnumTypeWrapper):
@@ -608,13 +608,13 @@ class AgentEvent(_message.Message):
     """Nothing new; sent every few seconds so a watcher knows the stream is alive."""
     KIND_DROPPED: AgentEvent.Kind.ValueType  # 6
     """Output was produced faster than it is recorded; data holds the number of bytes dropped."""
-    KIND_INPUT: AgentEvent.Kind.ValueType  # 7
-    """A verified SendInput message was kept for the agent (and, if it runs, appended to its
-    inbox): data holds its text, sender its issuer, input_sequence its number.
-    """
     KIND_APPROVAL: AgentEvent.Kind.ValueType  # 8
     """A verified approval was recorded (the agent still waits); approver and data (the
     approval's reason) are set. The release itself is a KIND_STATE event (QUEUED).
+    """
+    KIND_INPUT: AgentEvent.Kind.ValueType  # 7
+    """A verified SendInput message was kept for the agent (and, if it runs, appended to its
+    inbox): data holds its text, sender its issuer, input_sequence its number.
     """
 
     AGENT_ID_FIELD_NUMBER: _builtins.int
@@ -625,9 +625,9 @@ class AgentEvent(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
     PROGRESS_PERCENT_FIELD_NUMBER: _builtins.int
+    APPROVER_FIELD_NUMBER: _builtins.int
     SENDER_FIELD_NUMBER: _builtins.int
     INPUT_SEQUENCE_FIELD_NUMBER: _builtins.int
-    APPROVER_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     """The agent's id."""
     sequence: _builtins.int
@@ -642,12 +642,12 @@ class AgentEvent(_message.Message):
     """Output text, progress message, or dropped byte count, depending on kind."""
     progress_percent: _builtins.int
     """The reported progress, 0-100, for KIND_PROGRESS."""
+    approver: _builtins.str
+    """For KIND_APPROVAL, and for the REJECTED state event of a rejection: the approver."""
     sender: _builtins.str
     """For KIND_INPUT: the principal that signed the message."""
     input_sequence: _builtins.int
     """For KIND_INPUT: the message's number among the agent's inputs, from 1 (its inbox "seq")."""
-    approver: _builtins.str
-    """For KIND_APPROVAL, and for the REJECTED state event of a rejection: the approver."""
     @_builtins.property
     def event_time(self) -> _timestamp_pb2.Timestamp:
         """When it happened."""
@@ -663,9 +663,9 @@ class AgentEvent(_message.Message):
         reason: _builtins.str = ...,
         data: _builtins.str = ...,
         progress_percent: _builtins.int = ...,
+        approver: _builtins.str = ...,
         sender: _builtins.str = ...,
         input_sequence: _builtins.int = ...,
-        approver: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event_time", b"event_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...

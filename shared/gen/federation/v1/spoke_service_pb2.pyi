@@ -642,54 +642,6 @@ class SpokeServiceVerifyAgentResponse(_message.Message):
 Global___SpokeServiceVerifyAgentResponse: _TypeAlias = SpokeServiceVerifyAgentResponse  # noqa: Y015
 
 @_typing.final
-class SpokeServiceSendInputRequest(_message.Message):
-    """SpokeServiceSendInputRequest carries a signed send_input command."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    COMMAND_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def command(self) -> _command_pb2.SignedEnvelope:
-        """A Command or Relay envelope whose command body is send_input."""
-
-    def __init__(
-        self,
-        *,
-        command: _command_pb2.SignedEnvelope | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___SpokeServiceSendInputRequest: _TypeAlias = SpokeServiceSendInputRequest  # noqa: Y015
-
-@_typing.final
-class SpokeServiceSendInputResponse(_message.Message):
-    """SpokeServiceSendInputResponse carries the spoke's signed reply."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    REPLY_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def reply(self) -> _command_pb2.SignedEnvelope:
-        """A Reply signed by the spoke whose result is the agent."""
-
-    def __init__(
-        self,
-        *,
-        reply: _command_pb2.SignedEnvelope | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["reply", b"reply"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["reply", b"reply"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___SpokeServiceSendInputResponse: _TypeAlias = SpokeServiceSendInputResponse  # noqa: Y015
-
-@_typing.final
 class SpokeServiceApproveAgentRequest(_message.Message):
     """SpokeServiceApproveAgentRequest carries a signed approve_agent command."""
 
@@ -784,3 +736,51 @@ class SpokeServiceRejectAgentResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SpokeServiceRejectAgentResponse: _TypeAlias = SpokeServiceRejectAgentResponse  # noqa: Y015
+
+@_typing.final
+class SpokeServiceSendInputRequest(_message.Message):
+    """SpokeServiceSendInputRequest carries a signed send_input command."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMMAND_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def command(self) -> _command_pb2.SignedEnvelope:
+        """A Command or Relay envelope whose command body is send_input."""
+
+    def __init__(
+        self,
+        *,
+        command: _command_pb2.SignedEnvelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SpokeServiceSendInputRequest: _TypeAlias = SpokeServiceSendInputRequest  # noqa: Y015
+
+@_typing.final
+class SpokeServiceSendInputResponse(_message.Message):
+    """SpokeServiceSendInputResponse carries the spoke's signed reply."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def reply(self) -> _command_pb2.SignedEnvelope:
+        """A Reply signed by the spoke whose result is the agent."""
+
+    def __init__(
+        self,
+        *,
+        reply: _command_pb2.SignedEnvelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reply", b"reply"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reply", b"reply"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SpokeServiceSendInputResponse: _TypeAlias = SpokeServiceSendInputResponse  # noqa: Y015

@@ -102,11 +102,6 @@ class SpokeServiceStub:
                 request_serializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceVerifyAgentRequest.SerializeToString,
                 response_deserializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceVerifyAgentResponse.FromString,
                 _registered_method=True)
-        self.SendInput = channel.unary_unary(
-                '/federation.v1.SpokeService/SendInput',
-                request_serializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceSendInputRequest.SerializeToString,
-                response_deserializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceSendInputResponse.FromString,
-                _registered_method=True)
         self.ApproveAgent = channel.unary_unary(
                 '/federation.v1.SpokeService/ApproveAgent',
                 request_serializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceApproveAgentRequest.SerializeToString,
@@ -116,6 +111,11 @@ class SpokeServiceStub:
                 '/federation.v1.SpokeService/RejectAgent',
                 request_serializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceRejectAgentRequest.SerializeToString,
                 response_deserializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceRejectAgentResponse.FromString,
+                _registered_method=True)
+        self.SendInput = channel.unary_unary(
+                '/federation.v1.SpokeService/SendInput',
+                request_serializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceSendInputRequest.SerializeToString,
+                response_deserializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceSendInputResponse.FromString,
                 _registered_method=True)
 
 
@@ -220,14 +220,6 @@ class SpokeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def SendInput(self, request, context):
-        """Keeps a signed message for an agent: appended to a running agent's inbox, or
-        the answer that queues a NEEDS_INPUT agent's next attempt; replies with the agent.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
     def ApproveAgent(self, request, context):
         """Records one approver's signed approval of an AWAITING_APPROVAL agent.
         """
@@ -237,6 +229,14 @@ class SpokeServiceServicer:
 
     def RejectAgent(self, request, context):
         """Ends an AWAITING_APPROVAL agent REJECTED on one approver's signed rejection.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SendInput(self, request, context):
+        """Keeps a signed message for an agent: appended to a running agent's inbox, or
+        the answer that queues a NEEDS_INPUT agent's next attempt; replies with the agent.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -310,11 +310,6 @@ def add_SpokeServiceServicer_to_server(servicer, server):
                     request_deserializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceVerifyAgentRequest.FromString,
                     response_serializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceVerifyAgentResponse.SerializeToString,
             ),
-            'SendInput': grpc.unary_unary_rpc_method_handler(
-                    servicer.SendInput,
-                    request_deserializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceSendInputRequest.FromString,
-                    response_serializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceSendInputResponse.SerializeToString,
-            ),
             'ApproveAgent': grpc.unary_unary_rpc_method_handler(
                     servicer.ApproveAgent,
                     request_deserializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceApproveAgentRequest.FromString,
@@ -324,6 +319,11 @@ def add_SpokeServiceServicer_to_server(servicer, server):
                     servicer.RejectAgent,
                     request_deserializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceRejectAgentRequest.FromString,
                     response_serializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceRejectAgentResponse.SerializeToString,
+            ),
+            'SendInput': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendInput,
+                    request_deserializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceSendInputRequest.FromString,
+                    response_serializer=federation_dot_v1_dot_spoke__service__pb2.SpokeServiceSendInputResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -691,33 +691,6 @@ class SpokeService:
             _registered_method=True)
 
     @staticmethod
-    def SendInput(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/federation.v1.SpokeService/SendInput',
-            federation_dot_v1_dot_spoke__service__pb2.SpokeServiceSendInputRequest.SerializeToString,
-            federation_dot_v1_dot_spoke__service__pb2.SpokeServiceSendInputResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
     def ApproveAgent(request,
             target,
             options=(),
@@ -761,6 +734,33 @@ class SpokeService:
             '/federation.v1.SpokeService/RejectAgent',
             federation_dot_v1_dot_spoke__service__pb2.SpokeServiceRejectAgentRequest.SerializeToString,
             federation_dot_v1_dot_spoke__service__pb2.SpokeServiceRejectAgentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendInput(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/federation.v1.SpokeService/SendInput',
+            federation_dot_v1_dot_spoke__service__pb2.SpokeServiceSendInputRequest.SerializeToString,
+            federation_dot_v1_dot_spoke__service__pb2.SpokeServiceSendInputResponse.FromString,
             options,
             channel_credentials,
             insecure,

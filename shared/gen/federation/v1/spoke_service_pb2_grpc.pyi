@@ -70,14 +70,14 @@ class SpokeServiceStub:
     """Cancels every waiting agent; they end KILLED with reason DRAINED."""
     VerifyAgent: _grpc.UnaryUnaryMultiCallable[_spoke_service_pb2.SpokeServiceVerifyAgentRequest, _spoke_service_pb2.SpokeServiceVerifyAgentResponse]
     """Settles verification items of a NEEDS_VERIFICATION agent; replies with the agent."""
-    SendInput: _grpc.UnaryUnaryMultiCallable[_spoke_service_pb2.SpokeServiceSendInputRequest, _spoke_service_pb2.SpokeServiceSendInputResponse]
-    """Keeps a signed message for an agent: appended to a running agent's inbox, or
-    the answer that queues a NEEDS_INPUT agent's next attempt; replies with the agent.
-    """
     ApproveAgent: _grpc.UnaryUnaryMultiCallable[_spoke_service_pb2.SpokeServiceApproveAgentRequest, _spoke_service_pb2.SpokeServiceApproveAgentResponse]
     """Records one approver's signed approval of an AWAITING_APPROVAL agent."""
     RejectAgent: _grpc.UnaryUnaryMultiCallable[_spoke_service_pb2.SpokeServiceRejectAgentRequest, _spoke_service_pb2.SpokeServiceRejectAgentResponse]
     """Ends an AWAITING_APPROVAL agent REJECTED on one approver's signed rejection."""
+    SendInput: _grpc.UnaryUnaryMultiCallable[_spoke_service_pb2.SpokeServiceSendInputRequest, _spoke_service_pb2.SpokeServiceSendInputResponse]
+    """Keeps a signed message for an agent: appended to a running agent's inbox, or
+    the answer that queues a NEEDS_INPUT agent's next attempt; replies with the agent.
+    """
 
 @_typing.type_check_only
 class SpokeServiceAsyncStub(SpokeServiceStub):
@@ -121,14 +121,14 @@ class SpokeServiceAsyncStub(SpokeServiceStub):
     """Cancels every waiting agent; they end KILLED with reason DRAINED."""
     VerifyAgent: _aio.UnaryUnaryMultiCallable[_spoke_service_pb2.SpokeServiceVerifyAgentRequest, _spoke_service_pb2.SpokeServiceVerifyAgentResponse]  # type: ignore[assignment]
     """Settles verification items of a NEEDS_VERIFICATION agent; replies with the agent."""
-    SendInput: _aio.UnaryUnaryMultiCallable[_spoke_service_pb2.SpokeServiceSendInputRequest, _spoke_service_pb2.SpokeServiceSendInputResponse]  # type: ignore[assignment]
-    """Keeps a signed message for an agent: appended to a running agent's inbox, or
-    the answer that queues a NEEDS_INPUT agent's next attempt; replies with the agent.
-    """
     ApproveAgent: _aio.UnaryUnaryMultiCallable[_spoke_service_pb2.SpokeServiceApproveAgentRequest, _spoke_service_pb2.SpokeServiceApproveAgentResponse]  # type: ignore[assignment]
     """Records one approver's signed approval of an AWAITING_APPROVAL agent."""
     RejectAgent: _aio.UnaryUnaryMultiCallable[_spoke_service_pb2.SpokeServiceRejectAgentRequest, _spoke_service_pb2.SpokeServiceRejectAgentResponse]  # type: ignore[assignment]
     """Ends an AWAITING_APPROVAL agent REJECTED on one approver's signed rejection."""
+    SendInput: _aio.UnaryUnaryMultiCallable[_spoke_service_pb2.SpokeServiceSendInputRequest, _spoke_service_pb2.SpokeServiceSendInputResponse]  # type: ignore[assignment]
+    """Keeps a signed message for an agent: appended to a running agent's inbox, or
+    the answer that queues a NEEDS_INPUT agent's next attempt; replies with the agent.
+    """
 
 class SpokeServiceServicer(metaclass=_abc_1.ABCMeta):
     """SpokeService runs agents. Every request carries a SignedEnvelope: either a Command signed by
@@ -249,16 +249,6 @@ class SpokeServiceServicer(metaclass=_abc_1.ABCMeta):
         """Settles verification items of a NEEDS_VERIFICATION agent; replies with the agent."""
 
     @_abc_1.abstractmethod
-    def SendInput(
-        self,
-        request: _spoke_service_pb2.SpokeServiceSendInputRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_spoke_service_pb2.SpokeServiceSendInputResponse, _abc.Awaitable[_spoke_service_pb2.SpokeServiceSendInputResponse]]:
-        """Keeps a signed message for an agent: appended to a running agent's inbox, or
-        the answer that queues a NEEDS_INPUT agent's next attempt; replies with the agent.
-        """
-
-    @_abc_1.abstractmethod
     def ApproveAgent(
         self,
         request: _spoke_service_pb2.SpokeServiceApproveAgentRequest,
@@ -273,5 +263,15 @@ class SpokeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_spoke_service_pb2.SpokeServiceRejectAgentResponse, _abc.Awaitable[_spoke_service_pb2.SpokeServiceRejectAgentResponse]]:
         """Ends an AWAITING_APPROVAL agent REJECTED on one approver's signed rejection."""
+
+    @_abc_1.abstractmethod
+    def SendInput(
+        self,
+        request: _spoke_service_pb2.SpokeServiceSendInputRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_spoke_service_pb2.SpokeServiceSendInputResponse, _abc.Awaitable[_spoke_service_pb2.SpokeServiceSendInputResponse]]:
+        """Keeps a signed message for an agent: appended to a running agent's inbox, or
+        the answer that queues a NEEDS_INPUT agent's next attempt; replies with the agent.
+        """
 
 def add_SpokeServiceServicer_to_server(servicer: SpokeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
