@@ -78,6 +78,8 @@ PAUSE: Final = "pause_queue"
 RESUME: Final = "resume_queue"
 DRAIN: Final = "drain_queue"
 VERIFY: Final = "verify_agent"
+DRAIN_SPOKE: Final = "drain_spoke"
+UNDRAIN_SPOKE: Final = "undrain_spoke"
 Verb = str
 """A Command body case name, e.g. spawn_agent, get_agent, kill_agent, list_agents."""
 
@@ -378,6 +380,8 @@ class Relayer:
             self._metrics.reply_rejected(spoke)
             raise SpokeReplyError(f"spoke {spoke} sent a reply signed by another peer")
         want = _route(inbound.verb).result
+        if inbound.verb == SPAWN and inbound.command.spawn_agent.dry_run:
+            want = "placement"  # a rehearsal: the spoke answers with its Placement
         if (
             reply.command_id != inbound.command.command_id
             or reply.request_digest != inbound.digest

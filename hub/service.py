@@ -52,7 +52,10 @@ from hubspoke.stream_caps import StreamCaps
 
 from . import fanout_calls, relay
 from .circuit import Circuit
+from .drain import DrainStore
 from .health import HealthMonitor, SpokeHealth
+from .placement_claim import ClaimStore
+from .placement_route import Placer, PlacerConfig
 from .registry import Probe, SpokeRegistry
 from .relay import Gate, Inbound, Relayer
 from .store import HubStore
@@ -76,6 +79,8 @@ _Request = (
     | hub_service_pb2.HubServiceResumeQueueRequest
     | hub_service_pb2.HubServiceDrainQueueRequest
     | hub_service_pb2.HubServiceVerifyAgentRequest
+    | hub_service_pb2.HubServiceDrainSpokeRequest
+    | hub_service_pb2.HubServiceUndrainSpokeRequest
 )
 _RESOURCE_PREFIX = "spokes/"
 MAX_WATCHERS = 1024
@@ -121,6 +126,9 @@ class RoutingConfig:
     under it and names the others in ``omitted_spokes``."""
     fanout_timeout_s: float = 5.0
     """One deadline for every spoke a fan-out asks; those that did not answer are named."""
+    claim_ttl_s: float = 86400.0
+    """The shortest time a selector spawn's command id stays claimed for its spoke
+    (hub/placement_claim.py); a longer start_within keeps it longer."""
 
 
 class HubServicer:
@@ -146,6 +154,16 @@ class HubServicer:
         self._store = store
         self._policy = policy
         self._fanout = fanout_calls.FanOut(relayer, monitor, cfg.fanout_timeout_s)
+        self._drains = DrainStore(store.client, cfg.hub_name, store.timeout_s)
+        self._placer = Placer(  # selector spawns (hub/placement_route.py)
+            PlacerConfig(cfg.hub_name, cfg.key, cfg.claim_ttl_s),
+            registry,
+            monitor,
+            self._drains,
+            ClaimStore(store.client, cfg.hub_name, store.timeout_s),
+            lambda inbound, spoke: self._policy.allows(self._policy_request(inbound, spoke)),
+            self._relay,
+        )
         self._watches = StreamCaps(
             "watch",
             f"hub {cfg.hub_name}",
@@ -161,13 +179,21 @@ class HubServicer:
     ) -> hub_service_pb2.HubServiceSpawnAgentResponse:
         inbound = await self._admit(request, relay.SPAWN)
         audience = inbound.command.audience
+        body = inbound.command.spawn_agent
         if audience == self._cfg.hub_name:
-            raise errors.InvalidCommandError(
-                "spawn needs a spoke: set the audience to a spoke name"
-            )
-        spoke = self._spoke_named(audience)
-        reply_env, reply = await self._relay(spoke, inbound)
-        await self._remember(reply.agent.agent_id or inbound.command.command_id, spoke)
+            if not body.selector:
+                raise errors.InvalidCommandError(
+                    "spawn needs a spoke: set the audience to a spoke name, or a selector"
+                )
+            spoke, reply_env, reply = await self._placer.spawn(inbound)
+        else:
+            if body.selector:
+                raise errors.InvalidCommandError("a selector spawn's audience is the hub")
+            spoke = self._spoke_named(audience)
+            await self._drains.check(spoke)  # SPOKE_DRAINING, dry run or not
+            reply_env, reply = await self._relay(spoke, inbound)
+        if not body.dry_run:
+            await self._remember(reply.agent.agent_id or inbound.command.command_id, spoke)
         return hub_service_pb2.HubServiceSpawnAgentResponse(reply=reply_env)
 
     async def GetAgent(
@@ -190,6 +216,18 @@ class HubServicer:
         inbound = await self._admit(request, relay.VERIFY)
         reply_env = await self._agent_call(inbound, inbound.command.verify_agent.agent)
         return hub_service_pb2.HubServiceVerifyAgentResponse(reply=reply_env)
+
+    async def DrainSpoke(
+        self, request: hub_service_pb2.HubServiceDrainSpokeRequest, context: _Ctx
+    ) -> hub_service_pb2.HubServiceDrainSpokeResponse:
+        reply_env = await self._set_drain(await self._admit(request, relay.DRAIN_SPOKE), True)
+        return hub_service_pb2.HubServiceDrainSpokeResponse(reply=reply_env)
+
+    async def UndrainSpoke(
+        self, request: hub_service_pb2.HubServiceUndrainSpokeRequest, context: _Ctx
+    ) -> hub_service_pb2.HubServiceUndrainSpokeResponse:
+        reply_env = await self._set_drain(await self._admit(request, relay.UNDRAIN_SPOKE), False)
+        return hub_service_pb2.HubServiceUndrainSpokeResponse(reply=reply_env)
 
     async def ListAgents(
         self, request: hub_service_pb2.HubServiceListAgentsRequest, context: _Ctx
@@ -232,6 +270,7 @@ class HubServicer:
                 _health_pb(r, self._registry, self._monitor.circuit(r.name))
                 for r in self._monitor.records()
             ]
+        await self._mark_drained(spokes)
         reply = command_pb2.Reply(
             command_id=inbound.command.command_id,
             responder=self._cfg.hub_name,
@@ -313,6 +352,51 @@ class HubServicer:
     ) -> hub_service_pb2.HubServiceDrainQueueResponse:
         reply_env = await self._queue_call(request, relay.DRAIN)
         return hub_service_pb2.HubServiceDrainQueueResponse(reply=reply_env)
+
+    # -- drains (hub/drain.py) ---------------------------------------------------------------
+
+    async def _set_drain(self, inbound: Inbound, draining: bool) -> command_pb2.SignedEnvelope:
+        """Drain or undrain the spoke the body names, in the hub's Redis; answer its record."""
+        cmd = inbound.command
+        if cmd.audience != self._cfg.hub_name:
+            raise errors.InvalidCommandError(
+                f"{inbound.verb} is answered by the hub: set the audience to {self._cfg.hub_name}"
+            )
+        spoke = self._spoke_named(cmd.drain_spoke.spoke if draining else cmd.undrain_spoke.spoke)
+        self._authorize(inbound, spoke)
+        await self._drains.set(spoke, draining, cmd.issuer)
+        log.info("spoke_drain_set", spoke=spoke, draining=draining, by=cmd.issuer)
+        record, circuit = SpokeHealth(spoke), Circuit.CLOSED
+        if self._monitor is not None and self._monitor.get(spoke) is not None:
+            self._monitor.drain(spoke, draining)
+            record, circuit = self._monitor.get(spoke) or record, self._monitor.circuit(spoke)
+        msg = _health_pb(record, self._registry, circuit)
+        msg.draining = draining
+        reply = command_pb2.Reply(
+            command_id=cmd.command_id,
+            responder=self._cfg.hub_name,
+            request_digest=inbound.digest,
+            issue_time=commands.to_timestamp(commands.now()),
+            spoke=msg,
+        )
+        return envelope.sign(reply.SerializeToString(), envelope.PAYLOAD_TYPE_REPLY, self._cfg.key)
+
+    async def _mark_drained(self, spokes: Sequence[command_pb2.Spoke]) -> None:
+        """Show the drains every hub on this Redis set (DRAINING while otherwise READY)."""
+        try:
+            drained = await self._drains.drained()
+        except errors.BackendUnavailableError:
+            log.warning("drained_spokes_unreadable")
+            return
+        for msg in spokes:
+            msg.draining = msg.name in drained
+            record = self._monitor.get(msg.name) if self._monitor is not None else None
+            if self._monitor is not None and record is not None:
+                self._monitor.drain(msg.name, msg.draining)
+                record = self._monitor.get(msg.name) or record
+                msg.health = int(record.state)  # type: ignore[assignment]  # wire numbers
+            elif msg.draining and msg.health == command_pb2.Spoke.HEALTH_READY:
+                msg.health = command_pb2.Spoke.HEALTH_DRAINING
 
     # -- authorization ----------------------------------------------------------------------
 

@@ -110,6 +110,11 @@ class HubStore:
         self._closed = False
         self._remember = client.register_script(_REMEMBER)
 
+    @property
+    def client(self) -> redis.asyncio.Redis:
+        """The store's Redis client (text responses), for the hub's other keys (audit log)."""
+        return self._redis
+
     @classmethod
     def from_url(cls, url: str | RedisAccess, hub: str, timeout_s: float) -> HubStore:
         """A store on its own client; ``url`` is the hub's Redis access (user, password
@@ -123,6 +128,11 @@ class HubStore:
             **target.client_kwargs(),
         )
         return cls(client, hub, timeout_s)
+
+    @property
+    def timeout_s(self) -> float:
+        """The deadline of each Redis operation."""
+        return self._timeout
 
     @asynccontextmanager
     async def _guard(self) -> AsyncIterator[None]:

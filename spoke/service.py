@@ -34,6 +34,7 @@ from hubspoke.stream_caps import StreamCaps
 
 from . import backend, listing, pacing, wire
 from .config import SpokeConfig
+from .dryrun import rehearse
 from .model import AgentRecord, AgentState, SpawnRequest
 from .profiles import check_task
 from .queue import AgentQueue
@@ -119,6 +120,10 @@ class SpokeServicer:
     ) -> spoke_service_pb2.SpokeServiceSpawnAgentResponse:
         auth = await self._admit(request.command, "spawn_agent")
         req = self._spawn_request(auth)
+        if auth.command.spawn_agent.dry_run:  # checked as a spawn; nothing is stored
+            placement = await rehearse(self.config, self.agents, req)
+            reply = self._reply(auth, placement=placement)
+            return spoke_service_pb2.SpokeServiceSpawnAgentResponse(reply=reply)
         with _queue_errors():
             # Shielded: a client that times out must not leave a half-stored spawn behind.
             rec, _ = await asyncio.shield(
@@ -477,6 +482,8 @@ class SpokeServicer:
             "labels": labels,
             "delay_ms": body.delay.seconds * 1000 + body.delay.nanos // 1_000_000,
         }
+        if body.selector:  # a hub chose this spoke; absent from the meaning without one
+            meaning["selector"] = dict(body.selector)
         if body.HasField("start_within"):  # absent from the meaning of spawns before it
             meaning["start_within_ms"] = body.start_within.ToMilliseconds()
         digest = hashlib.sha256(json.dumps(meaning, sort_keys=True).encode()).hexdigest()

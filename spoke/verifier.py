@@ -70,6 +70,11 @@ SPOKE_ADDRESSED = frozenset({"spawn_agent", "pause_queue", "resume_queue", "drai
 """Bodies that must name the spoke itself as audience, even when relayed by a hub."""
 
 
+def _placed(cmd: command_pb2.Command) -> bool:
+    """A spawn whose client let the hub choose the spoke (a selector; protocol.md §4.8)."""
+    return cmd.WhichOneof("body") == "spawn_agent" and bool(cmd.spawn_agent.selector)
+
+
 class Verifier:
     def __init__(
         self,
@@ -130,9 +135,10 @@ class Verifier:
         cmd = self._check_command(inner, body)
         if cmd.audience not in (self.spoke, relay.issuer):
             raise errors.WrongAudienceError(f"command is for {cmd.audience!r}, not this spoke")
-        if body in SPOKE_ADDRESSED and cmd.audience != self.spoke:
+        if body in SPOKE_ADDRESSED and cmd.audience != self.spoke and not _placed(cmd):
             # A client lets a hub route reads and kills of an agent it names; it never lets
-            # the hub pick where new work runs or whose queue to change.
+            # the hub pick where new work runs or whose queue to change, unless its spawn
+            # carries a selector (the hub then picks among the spokes its labels match).
             raise errors.WrongAudienceError(f"a {body} command must name this spoke as audience")
         accepted = self._accepted(relay)
         expires = commands.check_window(

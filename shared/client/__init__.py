@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from ._client import Client
 from ._errors import REPLY_INVALID, CallError, ClientConfigError
+from ._placement import Placement, PlacementCandidate
 from ._sync import SyncClient
 from ._types import (
     FINAL_STATES,
@@ -57,6 +58,8 @@ __all__ = [
     "ClientConfigError",
     "EventKind",
     "FederatedQueueStats",
+    "Placement",
+    "PlacementCandidate",
     "ProfileCapacity",
     "QueueStats",
     "Receipt",

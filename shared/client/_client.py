@@ -24,7 +24,7 @@ from collections.abc import AsyncGenerator, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType, TracebackType
-from typing import Final, Self, TypeVar
+from typing import Any, Final, Self, TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -37,6 +37,7 @@ from hubspoke.trust import Role, TrustStore
 
 from . import _rpc
 from ._errors import CallError, ClientConfigError
+from ._placement import Placement, spawn_body
 from ._types import (
     Agent,
     AgentEvent,
@@ -212,6 +213,7 @@ class Client:
         max_attempts: int = 0,
         delay_s: float | None = None,
         start_within_s: float | None = None,
+        selector: Mapping[str, str] | None = None,
     ) -> Agent:
         """Start an agent on ``spoke``; returns it as the spoke stored it (normally QUEUED).
 
@@ -223,6 +225,9 @@ class Client:
             start_within_s: it may start until its acceptance plus this, else it ends
                 EXPIRED (default: the profile's, else the spoke's, normally 24 h).
                 Independent of the command's signature window.
+            selector: let the hub choose the spoke (pass ``spoke=""``): the least loaded,
+                relative to its size, of the READY spokes whose operator labels carry every
+                ``key=value`` here (docs/protocol.md §4.8).
         """
         body = command_pb2.SpawnAgentBody(
             profile=profile,
@@ -237,9 +242,55 @@ class Client:
             body.delay.FromTimedelta(dt.timedelta(seconds=delay_s))
         if start_within_s is not None:
             body.start_within.FromTimedelta(dt.timedelta(seconds=start_within_s))
+        body.selector.update(selector or {})
         cid = command_id or commands.new_command_id()
-        sent, resp = await self._call(_rpc.SPAWN, spoke, body, cid)
-        return self._agent_reply(sent, resp.reply, spoke, cid)
+        sent, resp = await self._call(_rpc.SPAWN, spoke or self.hub_name, body, cid)
+        return self._agent_reply(sent, resp.reply, spoke or None, cid)
+
+    async def plan_spawn(
+        self,
+        spoke: str,
+        profile: str,
+        task: str,
+        *,
+        command_id: str | None = None,
+        selector: Mapping[str, str] | None = None,
+        **options: Any,
+    ) -> Placement:
+        """Rehearse a spawn (``dry_run``): where it would go and why, changing nothing.
+
+        With ``selector`` (and ``spoke=""``) the hub screens and scores its spokes and asks
+        the chosen one to check the spawn; with a named ``spoke`` that spoke checks it.
+        ``options`` are spawn's (priority, timeout_s, labels, max_attempts, delay_s,
+        start_within_s). A refusal raises ``CallError`` as the spawn would.
+        """
+        body = spawn_body(profile, task, selector=selector, dry_run=True, **options)
+        sent, resp = await self._call(
+            _rpc.SPAWN, spoke or self.hub_name, body, command_id or commands.new_command_id()
+        )
+        role = Role.SPOKE if spoke else Role.HUB
+        signer = spoke or self.hub_name
+        who, reply = self._verify(sent, resp.reply, role, signer, "placement")
+        return Placement.from_proto(reply.placement, who)
+
+    async def drain_spoke(self, spoke: str) -> Spoke:
+        """Stop new placements on ``spoke`` (every hub on the hub's Redis); agents there go
+        on. Returns the spoke as the hub now shows it."""
+        return await self._drain_verb(_rpc.DRAIN_SPOKE, command_pb2.DrainSpokeBody(spoke=spoke))
+
+    async def undrain_spoke(self, spoke: str) -> Spoke:
+        """Let a drained spoke take new placements again."""
+        body = command_pb2.UndrainSpokeBody(spoke=spoke)
+        return await self._drain_verb(_rpc.UNDRAIN_SPOKE, body)
+
+    async def _drain_verb(
+        self,
+        verb: _rpc.Unary[_B, Any, Any],
+        body: _B,
+    ) -> Spoke:
+        sent, resp = await self._call(verb, self.hub_name, body)
+        _, reply = self._verify(sent, resp.reply, Role.HUB, self.hub_name, "spoke")
+        return Spoke.from_proto(reply.spoke)
 
     async def get(self, agent: str, spoke: str | None = None) -> Agent:
         """Read one agent, by id or resource name; ``spoke`` skips the hub's lookup."""

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DRAIN",
+    "DRAIN_SPOKE",
+    "UNDRAIN_SPOKE",
     "GET",
     "GET_QUEUE_STATS",
     "KILL",
@@ -41,7 +43,9 @@ __all__ = [
     "Unary",
 ]
 
-Result = Literal["agent", "agent_page", "spoke_page", "queue_stats", "agent_event"]
+Result = Literal[
+    "agent", "agent_page", "spoke_page", "queue_stats", "agent_event", "placement", "spoke"
+]
 """The ``Reply.result`` oneof names."""
 
 Envelope = command_pb2.SignedEnvelope
@@ -135,6 +139,26 @@ REPLAY: Final = Unary(
     lambda r: (r.reply,),
     Role.SPOKE,
     "agent",
+)
+DRAIN_SPOKE: Final = Unary(
+    "DrainSpoke",
+    command_pb2.DrainSpokeBody,
+    lambda c: c.drain_spoke,
+    lambda e: hs.HubServiceDrainSpokeRequest(command=e),
+    lambda s: s.DrainSpoke,
+    lambda r: (r.reply,),
+    Role.HUB,
+    "spoke",
+)
+UNDRAIN_SPOKE: Final = Unary(
+    "UndrainSpoke",
+    command_pb2.UndrainSpokeBody,
+    lambda c: c.undrain_spoke,
+    lambda e: hs.HubServiceUndrainSpokeRequest(command=e),
+    lambda s: s.UndrainSpoke,
+    lambda r: (r.reply,),
+    Role.HUB,
+    "spoke",
 )
 VERIFY: Final = Unary(
     "VerifyAgent",

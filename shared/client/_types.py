@@ -385,6 +385,8 @@ class Spoke:
     capacity: SpokeCapacity | None = None
     """Its last signed status (None if it never reported one)."""
     protocol_version: int = 0
+    draining: bool = False
+    """An operator drains it: no new placements (hubctl spoke drain)."""
 
     @classmethod
     def from_proto(cls, msg: command_pb2.Spoke) -> Spoke:
@@ -400,6 +402,7 @@ class Spoke:
             circuit=_enum(CircuitState, msg.circuit),
             capacity=SpokeCapacity.from_proto(msg.status) if msg.HasField("status") else None,
             protocol_version=msg.protocol_version,
+            draining=msg.draining,
         )
 
 
