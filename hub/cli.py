@@ -35,7 +35,7 @@ from hubspoke.client import (
     client_from_config,
 )
 
-from . import cli_certs, cli_completion, cli_init, cli_keys
+from . import cli_certs, cli_completion, cli_init, cli_keys, cli_shadow, cli_synthetic
 from .cli_output import (
     Out,
     agent_json,
@@ -44,6 +44,7 @@ from .cli_output import (
     escape,
     event_json,
     event_text,
+    mode_text,
     seen_ago,
     spoke_health_text,
     spoke_json,
@@ -195,12 +196,13 @@ async def _spokes(client: Client, args: argparse.Namespace, out: Out) -> int:
     if out.json:
         out.doc({"spokes": [spoke_json(s) for s in spokes]})
         return EXIT_OK
-    rows = [["NAME", "ADDRESS", "HEALTH", "LAST SEEN", "CAPACITY", "CIRCUIT", "LABELS"]]
+    rows = [["NAME", "ADDRESS", "HEALTH", "MODE", "LAST SEEN", "CAPACITY", "CIRCUIT", "LABELS"]]
     rows += [
         [
             s.name,
             s.address,
             spoke_health_text(s),
+            mode_text(s),
             seen_ago(s.last_seen_time),
             capacity_text(s),
             s.circuit.name.lower() if s.circuit else "-",
@@ -335,6 +337,8 @@ _VERBS: Final[dict[str, _Verb]] = {
     "queue": _queue,
     "dlq": _dlq,
     "ui": _ui,
+    "synthetic-all": cli_synthetic.run,
+    "shadow-summary": cli_shadow.run,
 }
 
 

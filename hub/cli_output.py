@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shlex
 import sys
 import unicodedata
 from collections.abc import Sequence
@@ -30,6 +31,7 @@ __all__ = [
     "escape_lines",
     "event_json",
     "event_text",
+    "mode_text",
     "seen_ago",
     "spoke_health_text",
     "spoke_json",
@@ -86,6 +88,8 @@ def agent_json(agent: Agent) -> dict[str, Any]:
     doc["exit_code"] = raw.exit_code if raw.HasField("exit_code") else None
     doc["stdout_tail"] = raw.stdout_tail
     doc["stderr_tail"] = raw.stderr_tail
+    if agent.mode:
+        doc["mode"] = agent.mode.label
     return doc
 
 
@@ -98,7 +102,19 @@ def spoke_json(spoke: Spoke) -> dict[str, Any]:
     doc["labels"] = dict(raw.labels)
     if raw.circuit:
         doc["circuit"] = spoke.circuit.name
+    if spoke.capacity is not None and spoke.capacity.mode:
+        doc["mode"] = spoke.capacity.mode.label
     return doc
+
+
+def mode_text(spoke: Spoke) -> str:
+    """The spoke's run mode, with its profiles that run more cautiously, e.g. ``live (deploy:
+    shadow)``; ``-`` when the spoke reported none."""
+    cap = spoke.capacity
+    if cap is None or not cap.mode:
+        return "-"
+    other = [f"{p.profile}: {p.mode.label}" for p in cap.profiles if p.mode and p.mode != cap.mode]
+    return cap.mode.label + (f" ({', '.join(other)})" if other else "")
 
 
 def spoke_health_text(spoke: Spoke) -> str:
@@ -176,6 +192,14 @@ def agent_lines(agent: Agent) -> list[str]:
         f"state     {agent.state.name}{reason}",
         f"profile   {escape(agent.profile)}",
     ]
+    if agent.mode and agent.mode.label != "live":
+        lines.append(f"mode      {agent.mode.label}")
+    if agent.shadow_run is not None:  # SHADOWED: what would have run (names of env only)
+        run = agent.shadow_run
+        lines.append(f"would run {escape(shlex.join(run.argv))}")
+        cwd = escape(run.cwd) if run.cwd else "(the spoke's own)"
+        lines.append(f"  cwd     {cwd}")
+        lines.append(f"  env     {escape(' '.join(run.env_names))}")
     if agent.exit_code is not None:
         lines.append(f"exit code {agent.exit_code}")
     if agent.progress_percent >= 0 and agent.progress_message:

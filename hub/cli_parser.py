@@ -12,7 +12,7 @@ from typing import Final, NoReturn
 
 from hubspoke.client import AgentState
 
-from . import cli_certs, cli_completion, cli_init, cli_keys
+from . import cli_certs, cli_completion, cli_init, cli_keys, cli_modes_args
 
 DEFAULT_RPC_TIMEOUT_S: Final = 15.0
 
@@ -66,6 +66,7 @@ EXAMPLES: Final[dict[str, tuple[str, ...]]] = {
         "hubctl init spoke --name build-2 --out /etc/hubspoke --address build-host",
     ),
     "ui": ("hubctl ui", "hubctl ui --port 8800 --no-browser"),
+    **cli_modes_args.EXAMPLES,
 }
 """Example command lines per verb (``AGENT`` stands for an agent id)."""
 
@@ -293,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_keys.add_parser(sub, common)
     cli_init.add_parser(sub, common)
     cli_completion.add_parser(sub, common)
+    cli_modes_args.add_parsers(sub, common)
 
     ui = sub.add_parser(
         "ui", help="serve the web console on 127.0.0.1 (needs hubspoke[ui])", parents=[common]

@@ -28,6 +28,7 @@ from hubspoke.metrics import MetricsConfigError, parse_listen
 from hubspoke.redis_access import RedisAccess
 
 from .profiles import Profile, ProfileConfigError, profile_from_mapping, synthetic_profile
+from .runmode import Mode, parse_mode
 
 __all__ = ["SpokeConfig", "SpokeConfigError"]
 
@@ -160,6 +161,9 @@ class SpokeConfig:
     tls: stls.TlsConfig | None = None
     """Transport TLS (``[tls]``, ``SPOKE_TLS_*``). Without it the spoke speaks plaintext,
     which it allows only on a loopback ``listen`` address."""
+    mode: str = "live"
+    """The run mode of every profile (``live``, ``synthetic`` or ``shadow``; spoke/modes.py):
+    a profile's own ``mode`` can only make it more cautious. ``SPOKE_MODE`` overrides it."""
 
     def __post_init__(self) -> None:
         sconfig.check_name(_LAYOUT, "name", self.name)
@@ -195,6 +199,10 @@ class SpokeConfig:
             raise SpokeConfigError(f"log_level must be one of {levels}")
         if not self.profiles:
             raise SpokeConfigError("at least one profile is required")
+        try:
+            object.__setattr__(self, "mode", parse_mode(self.mode).value)
+        except ValueError as exc:
+            raise SpokeConfigError(f"mode {exc}") from None
         if self.metrics_listen:
             try:
                 parse_listen(self.metrics_listen)
@@ -203,6 +211,11 @@ class SpokeConfig:
 
     def __repr__(self) -> str:
         return sconfig.config_repr(self)
+
+    @property
+    def run_mode(self) -> Mode:
+        """``mode`` as a :class:`Mode`."""
+        return Mode(self.mode)
 
     @property
     def redis(self) -> RedisAccess:

@@ -34,6 +34,8 @@ from hubspoke.keys import SigningKey
 from .backend import BackendError, now_ms
 from .config import SpokeConfig
 from .queue import AgentQueue
+from .runmode import effective_mode
+from .wire_modes import wire_mode
 
 __all__ = ["NONCE_KEY", "STATUS_KEY", "StatusMonitor"]
 
@@ -86,6 +88,7 @@ class StatusMonitor:
             max_queue_depth=self._cfg.max_queue_depth,
             version=_release(),
             observe_time=commands.to_timestamp(commands.now()),
+            mode=wire_mode(self._cfg.run_mode),
         )
         try:
             async with asyncio.timeout(max(self._interval_s, 1.0)):
@@ -121,7 +124,10 @@ class StatusMonitor:
                 taken = int(await self._agents.redis.zcount(key, now, "+inf"))
             status.profiles.append(
                 command_pb2.ProfileCapacity(
-                    profile=name, max_concurrency=limit, free_slots=max(limit - taken, 0)
+                    profile=name,
+                    max_concurrency=limit,
+                    free_slots=max(limit - taken, 0),
+                    mode=wire_mode(effective_mode(self._cfg.run_mode, profile.mode)),
                 )
             )
 

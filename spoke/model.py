@@ -27,6 +27,9 @@ class AgentState(StrEnum):
     the record's ``verify_deadline_ms``, then the agent FAILED (VERIFICATION_TIMEOUT)."""
     EXPIRED = "EXPIRED"
     """Final: not started by its start deadline (reason NOT_STARTED); it never ran."""
+    SHADOWED = "SHADOWED"
+    """Final: a shadow-mode worker took it and started nothing (reason SHADOW_MODE); the
+    record's ``shadow_run`` says what would have run (spoke/modes.py)."""
 
     @property
     def final(self) -> bool:
@@ -41,6 +44,7 @@ FINAL_STATES = frozenset(
         AgentState.TIMED_OUT,
         AgentState.DEAD_LETTERED,
         AgentState.EXPIRED,
+        AgentState.SHADOWED,
     }
 )
 
@@ -64,6 +68,7 @@ EDGES: Mapping[AgentState, frozenset[AgentState]] = {
     _NI: frozenset({_R}),
     _NV: frozenset({_R}),
     AgentState.EXPIRED: frozenset({_Q}),  # never started by its start deadline
+    AgentState.SHADOWED: frozenset({_S}),  # shadow mode: taken, never started
 }
 """Every state change an agent may make: ``EDGES[to]`` are the states it may come from.
 ``Records.transition`` refuses any other (spoke/kills.py's script makes the kill edges)."""
@@ -159,6 +164,10 @@ class AgentRecord:
     """The host boot where pid/pgid were recorded; they mean nothing on another."""
     spoked_pid: int | None = None
     spoked_ticks: int | None = None
+    mode: str = ""
+    """The run mode its last attempt was taken in (live, synthetic, shadow); "" before."""
+    shadow_run: str = ""
+    """SHADOWED: what would have run, as JSON (spoke/modes.py ShadowPlan)."""
     verify_deadline_ms: int = 0
     """While NEEDS_VERIFICATION: when it fails unless every pending item is settled."""
     pending: tuple[str, ...] = ()
@@ -201,6 +210,8 @@ class AgentRecord:
             pgid=_opt_int(raw, "pgid"),
             start_ticks=_opt_int(raw, "start_ticks"),
             worker=_text(raw, "worker"),
+            mode=_text(raw, "mode"),
+            shadow_run=_text(raw, "shadow_run"),
             kill_requested=_text(raw, "kill_requested"),
             seq=_int(raw, "seq"),
             job_id=_text(raw, "job_id"),

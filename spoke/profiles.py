@@ -44,6 +44,8 @@ from types import MappingProxyType
 from hubspoke.errors import ConfigError, InvalidCommandError
 from hubspoke.keys import owner_only_problem
 
+from .runmode import Mode, parse_mode
+
 __all__ = [
     "Profile",
     "ProfileConfigError",
@@ -114,6 +116,9 @@ class Profile:
     secrets: Mapping[str, str] = field(default_factory=_empty_env, hash=False)
     """Environment variable -> absolute path of an owner-only file holding its value, read
     when each agent starts (see the module docstring)."""
+    mode: Mode | None = None
+    """This profile's run mode (live, synthetic, shadow); None: the spoke's. It can only
+    make the spoke's more cautious (spoke/modes.py)."""
 
     _task_re: re.Pattern[str] | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -223,6 +228,7 @@ _KNOWN_KEYS = frozenset(
         "start_within_seconds",
         "unsafe",
         "secrets",
+        "mode",
     }
 )
 
@@ -360,6 +366,15 @@ def _int(name: str, raw: Mapping[str, object], key: str, default: int, *, minimu
     return value
 
 
+def _mode(name: str, raw: Mapping[str, object]) -> Mode | None:
+    if "mode" not in raw:
+        return None
+    try:
+        return parse_mode(raw["mode"])
+    except ValueError as exc:
+        raise _err(name, "mode", str(exc)) from None
+
+
 def profile_from_mapping(name: str, raw: Mapping[str, object]) -> Profile:
     """Validate a TOML profile table and build the :class:`Profile`.
 
@@ -369,7 +384,8 @@ def profile_from_mapping(name: str, raw: Mapping[str, object]) -> Profile:
     in full), ``timeout_seconds`` (> 0), ``kill_grace_seconds`` (>= 0), ``max_attempts``
     (integer >= 1), ``max_concurrency`` (integer >= 0, 0 = unlimited),
     ``start_within_seconds`` (> 0: the start deadline of a spawn that names none), ``secrets``
-    (a table of environment variable = absolute path of an owner-only file).
+    (a table of environment variable = absolute path of an owner-only file), ``mode``
+    (``live``, ``synthetic`` or ``shadow``: only ever more cautious than the spoke's).
 
     An ``argv`` element that begins with ``{task}`` needs a ``--`` element before it or a
     ``task_pattern`` (or ``unsafe = true``): see the module docstring.
@@ -411,6 +427,7 @@ def profile_from_mapping(name: str, raw: Mapping[str, object]) -> Profile:
             name, raw, "start_within_seconds", base.start_within_s, allow_zero=False
         ),
         secrets=_secrets(name, raw, env, base.secrets),
+        mode=_mode(name, raw),
     )
     check_secret_files(profile)
     return profile

@@ -8,6 +8,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from hubspoke.gen.federation.v1 import agent_pb2
 
+from . import wire_modes
 from .model import AgentEvent, AgentRecord, AgentState
 
 
@@ -45,6 +46,7 @@ def to_agent(spoke: str, rec: AgentRecord) -> agent_pb2.Agent:
             seconds=rec.timeout_ms // 1000, nanos=(rec.timeout_ms % 1000) * 1_000_000
         ),
     )
+    wire_modes.add_mode(agent, rec)
     for field, ms in (("create_time", rec.create_ms), ("start_time", rec.start_ms)):
         ts = _ts(ms)
         if ts is not None:

@@ -12,7 +12,9 @@ the record in Redis, not the job, says what to run and whether it may still run:
   not held to it (the deadline bounds the wait for the first start, not the retries);
 * a record that does not match the signed spawn kept with it, or whose spawn no longer
   verifies with the trust store, never starts (FAILED/TAMPERED, spoke/reverify.py): what runs
-  is what the client signed, not what Redis holds.
+  is what the client signed, not what Redis holds;
+* the run mode (spoke/modes.py) is decided as it starts: a shadow-mode agent goes on from
+  STARTING to SHADOWED and nothing runs; a synthetic-mode one runs the synthetic agent.
 
 Kills arrive on a pub/sub channel every worker listens to, with a once-a-second check of
 the record as a fallback; the worker that holds the agent terminates its process group.
@@ -33,7 +35,7 @@ from redis.exceptions import RedisError
 
 from hubspoke.trust import TrustStore
 
-from . import processes, reverify, runtime
+from . import modes, processes, reverify, runtime
 from .backend import BackendError, QueueError, TransitionError
 from .config import SpokeConfig
 from .events import OutputPump
@@ -43,6 +45,7 @@ from .outcome import decide, receipt_json
 from .output import parse_receipt
 from .profiles import Profile
 from .queue import AgentQueue
+from .runmode import Mode, effective_mode
 
 log = structlog.get_logger("hubspoke.spoke.worker")
 
@@ -260,12 +263,14 @@ class AgentWorker:
         agent_id = rec.agent_id
         waiting = [AgentState.QUEUED, AgentState.RETRYING]
         attempt = rec.attempt + 1
+        mode = effective_mode(self.config.run_mode, profile.mode)
         try:
             await self.queue.worker_records.transition(
                 agent_id,
                 waiting,
                 AgentState.STARTING,
                 fields={
+                    "mode": mode.value,
                     "attempt": attempt,
                     "worker": self.worker_id,
                     "boot_id": self._boot,
@@ -276,6 +281,10 @@ class AgentWorker:
         except TransitionError:
             return "skipped"  # killed between our read and now
         self._owned[agent_id] = (self.worker_id, attempt)
+        if mode is Mode.SHADOW:  # spoke/modes.py: record what would run, start nothing
+            return await modes.shadow(self.queue.worker_records, rec, profile, self.worker_id)
+        if mode is Mode.SYNTHETIC:
+            profile = modes.synthetic_stand_in(profile)
         return await self._execute(rec, profile, attempt)
 
     async def reap_dead_local_workers(self) -> int:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from ._client import Client
 from ._errors import REPLY_INVALID, CallError, ClientConfigError
+from ._modes import RunMode, ShadowRun
 from ._placement import Placement, PlacementCandidate
 from ._sync import SyncClient
 from ._types import (
@@ -63,6 +64,8 @@ __all__ = [
     "ProfileCapacity",
     "QueueStats",
     "Receipt",
+    "RunMode",
+    "ShadowRun",
     "Spoke",
     "SpokeCapacity",
     "SpokeHealth",

@@ -19,6 +19,8 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from hubspoke.gen.federation.v1 import agent_pb2, command_pb2
 
+from ._modes import RunMode, ShadowRun
+
 __all__ = [
     "FINAL_STATES",
     "WAITING_ON_PEOPLE",
@@ -63,6 +65,9 @@ class AgentState(enum.IntEnum):
     ``Agent.verify_deadline``, then ends FAILED (VERIFICATION_TIMEOUT)."""
     EXPIRED = agent_pb2.Agent.STATE_EXPIRED
     """It did not start by ``Agent.start_deadline`` (reason NOT_STARTED) and never ran."""
+    SHADOWED = agent_pb2.Agent.STATE_SHADOWED
+    """Its spoke or profile runs in shadow mode: it never ran; ``Agent.shadow_run`` says what
+    would have."""
 
     @property
     def final(self) -> bool:
@@ -96,6 +101,7 @@ FINAL_STATES: Final = frozenset(
         AgentState.TIMED_OUT,
         AgentState.DEAD_LETTERED,
         AgentState.EXPIRED,
+        AgentState.SHADOWED,
     }
 )
 """States an agent never leaves."""
@@ -148,6 +154,8 @@ class ProfileCapacity:
     profile: str
     max_concurrency: int
     free_slots: int
+    mode: RunMode = RunMode.UNSPECIFIED
+    """The mode its agents run in on the spoke."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +173,8 @@ class SpokeCapacity:
     version: str
     observed: dt.datetime | None
     raw: command_pb2.SpokeStatus = field(repr=False, compare=False)
+    mode: RunMode = RunMode.UNSPECIFIED
+    """The spoke's run mode (live, shadow, synthetic); UNSPECIFIED from an older spoke."""
 
     @classmethod
     def from_proto(cls, msg: command_pb2.SpokeStatus) -> SpokeCapacity:
@@ -177,11 +187,13 @@ class SpokeCapacity:
             draining=msg.draining,
             queue_full=msg.queue_full,
             profiles=tuple(
-                ProfileCapacity(p.profile, p.max_concurrency, p.free_slots) for p in msg.profiles
+                ProfileCapacity(p.profile, p.max_concurrency, p.free_slots, RunMode.of(p.mode))
+                for p in msg.profiles
             ),
             version=msg.version,
             observed=_time(msg.observe_time, msg.HasField("observe_time")),
             raw=msg,
+            mode=RunMode.of(msg.mode),
         )
 
 
@@ -297,6 +309,10 @@ class Agent:
     """While NEEDS_VERIFICATION: when it fails unless its items are settled."""
     start_deadline: dt.datetime | None = None
     """When it must have started (acceptance + start_within), else it ends EXPIRED."""
+    mode: RunMode = RunMode.UNSPECIFIED
+    """The mode its spoke ran it in (decided when a worker took it)."""
+    shadow_run: ShadowRun | None = None
+    """SHADOWED: what would have run."""
 
     @property
     def final(self) -> bool:
@@ -331,6 +347,10 @@ class Agent:
             raw=msg,
             verify_deadline=_time(msg.verify_deadline, msg.HasField("verify_deadline")),
             start_deadline=_time(msg.start_deadline, msg.HasField("start_deadline")),
+            mode=RunMode.of(msg.mode),
+            shadow_run=(
+                ShadowRun.from_proto(msg.shadow_run) if msg.HasField("shadow_run") else None
+            ),
         )
 
 
