@@ -28,6 +28,9 @@ from hubspoke.policy import Policy, PolicyConfigError
 from hubspoke.trust import TrustStore
 
 from .circuit import CircuitConfig, Circuits
+from . import audit_wiring, enrol_wiring
+from .audit_checkpoints import CheckpointWriter
+from .audit_service import Audited
 from .config import HubConfig
 from .health import HealthConfig, HealthMonitor
 from .metrics import HubMetrics
@@ -85,6 +88,7 @@ class HubApp:
     @property
     def port(self) -> int:
         """The bound port; only valid after ``start()``."""
+        self._checkpoints: tuple[CheckpointWriter, asyncio.Task[None]] | None = None
         if self._built is None:
             raise RuntimeError("HubApp is not started")
         return self._built.port
@@ -154,6 +158,7 @@ class HubApp:
                 max_watchers_per_principal=cfg.max_watchers_per_principal,
                 max_message_bytes=cfg.max_message_bytes,
                 fanout_timeout_s=cfg.fanout_timeout_s,
+        audit = audit_wiring.audit_log(cfg, self._store.client)
             ),
             Gate(
                 self._trust,
@@ -179,6 +184,14 @@ class HubApp:
             )
         except RuntimeError as exc:  # grpcio reports a failed bind as RuntimeError
             raise OSError(f"could not bind {cfg.listen}: address in use or unavailable") from exc
+            audit=audit,
+        )
+        served: object = servicer
+        if audit is not None:
+            audit_wiring.record_circuits(audit, circuits)
+            served = Audited(servicer, audit, cfg.audit_unverified_per_s)
+        self._enrolment = await enrol_wiring.start(
+            cfg, self._key, self._trust, self._registry, servicer
         self._built = built
         await built.server.start()
         if cfg.metrics_listen:
@@ -203,6 +216,7 @@ class HubApp:
 
     async def shutdown(self, grace: float | None = None) -> None:
         """Stop serving and release everything; safe to call more than once.
+        self._checkpoints = audit_wiring.checkpoint_task(cfg, audit, self._key)
 
         Args:
             grace: seconds in-flight calls may still finish; ``shutdown_grace_s`` if None.
@@ -234,6 +248,12 @@ class HubApp:
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
+            if self._checkpoints is not None:
+                writer, task = self._checkpoints
+                task.cancel()
+                await asyncio.wait({task}, timeout=grace_s)
+                with contextlib.suppress(errors.BackendUnavailableError, OSError):
+                    await writer.write_once()  # the head as this hubd leaves it
         tb: TracebackType | None,
     ) -> None:
         await self.shutdown()

@@ -65,10 +65,18 @@ class CircuitConfig:
 class CircuitBreaker:
     """One spoke's breaker; not thread-safe (one event loop)."""
 
-    def __init__(self, spoke: str, cfg: CircuitConfig, clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self,
+        spoke: str,
+        cfg: CircuitConfig,
+        clock: Clock = time.monotonic,
+        notify: Callable[[str, Circuit, int], None] | None = None,
+    ) -> None:
+        """``notify(spoke, new state, failures)``: told when the circuit opens or closes."""
         self.spoke = spoke
         self._cfg = cfg
         self._clock = clock
+        self._notify = notify
         self._failures = 0
         self._opened_at: float | None = None
 
@@ -114,6 +122,8 @@ class CircuitBreaker:
         closed = self._opened_at is not None
         self._failures = 0
         self._opened_at = None
+        if closed and self._notify is not None:
+            self._notify(self.spoke, Circuit.CLOSED, 0)
         return closed
 
     def failure(self) -> bool:
@@ -124,6 +134,8 @@ class CircuitBreaker:
             state is Circuit.CLOSED and self._failures >= self._cfg.failures
         ):
             self._opened_at = self._clock()
+            if self._notify is not None:
+                self._notify(self.spoke, Circuit.OPEN, self._failures)
             return True
         return False
 
@@ -135,7 +147,16 @@ class Circuits:
         self, names: Iterable[str], cfg: CircuitConfig, clock: Clock = time.monotonic
     ) -> None:
         self.config = cfg
-        self._breakers = {n: CircuitBreaker(n, cfg, clock) for n in names}
+        self._listeners: list[Callable[[str, Circuit, int], None]] = []
+        self._breakers = {n: CircuitBreaker(n, cfg, clock, self._changed) for n in names}
+
+    def listen(self, listener: Callable[[str, Circuit, int], None]) -> None:
+        """Call ``listener(spoke, state, failures)`` whenever a circuit opens or closes."""
+        self._listeners.append(listener)
+
+    def _changed(self, spoke: str, state: Circuit, failures: int) -> None:
+        for listener in self._listeners:
+            listener(spoke, state, failures)
 
     def __getitem__(self, spoke: str) -> CircuitBreaker:
         return self._breakers[spoke]

@@ -35,7 +35,18 @@ from hubspoke.client import (
     client_from_config,
 )
 
-from . import cli_certs, cli_completion, cli_init, cli_keys, cli_shadow, cli_synthetic
+from . import (
+    cli_audit,
+    cli_certs,
+    cli_completion,
+    cli_events,
+    cli_init,
+    cli_keys,
+    cli_routing,
+    cli_send,
+    cli_shadow,
+    cli_synthetic,
+)
 from .cli_output import (
     Out,
     agent_json,
@@ -421,6 +432,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cli_completion.run(args, parser)
         if args.verb == "certs":
             return cli_certs.run(args, args.json)
+def _audit(args: argparse.Namespace, out: Out) -> int:
+    """``audit verify`` reads the hub's Redis with the hub's config; ``audit tail`` asks the
+    hub, like every other verb."""
+    try:
+        if args.action == "verify":
+            return cli_audit.verify(args, out)
+        return asyncio.run(_run_verb(cli_audit.tail, args, out))
+    except cli_audit.AuditUsageError as exc:
+        raise UsageError(str(exc)) from None
+
+
         if args.verb == "keygen":
             return _keygen(args, out)
         return asyncio.run(_run_verb(_VERBS[args.verb], args, out))
@@ -452,3 +474,5 @@ def _report(line: str, debug: bool) -> None:
 
 if __name__ == "__main__":
     sys.exit(main())
+        if args.verb == "audit":
+            return _audit(args, out)

@@ -12,7 +12,17 @@ from typing import Final, NoReturn
 
 from hubspoke.client import AgentState
 
-from . import cli_certs, cli_completion, cli_init, cli_keys, cli_modes_args
+from . import (
+    cli_audit,
+    cli_certs,
+    cli_completion,
+    cli_events,
+    cli_init,
+    cli_keys,
+    cli_modes_args,
+    cli_send,
+)
+from .cli_routing import add_spawn_options, add_spoke_parser
 
 DEFAULT_RPC_TIMEOUT_S: Final = 15.0
 
@@ -78,6 +88,9 @@ class UsageError(Exception):
 class _Parser(argparse.ArgumentParser):
     """argparse that reports ``Error: ...`` in one line and lets ``main`` pick the exit code."""
 
+    **cli_send.EXAMPLES,
+    **cli_events.EXAMPLES,
+    **cli_audit.EXAMPLES,
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
@@ -312,3 +325,6 @@ def build_parser() -> argparse.ArgumentParser:
         )
         verb_parser.formatter_class = argparse.RawDescriptionHelpFormatter
     return p
+    cli_send.add_parser(sub, common)
+    cli_events.add_parser(sub, common)
+    cli_audit.add_parser(sub, common)

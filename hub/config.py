@@ -170,6 +170,59 @@ class HubConfig:
     it the hub speaks plaintext, which it allows only on loopback."""
 
     def __post_init__(self) -> None:
+    max_input_bytes: int = 64 * 1024
+    """The longest text a SendInput (hubctl send) may carry, in UTF-8 bytes; a longer one is
+    refused with INVALID_ARGUMENT before it is relayed (each spoke has its own bound too)."""
+    enrol_token_ttl_s: float = 3600.0
+    """How long, in seconds, an enrolment token (``hubctl spoke enroll``) stays usable at
+    most; a shorter ``--ttl`` may be asked for."""
+    enrol_listen: str = ""
+    """With ``[tls]``: ``host:port`` of the enrolment listener (EnrolService over TLS that
+    asks no client certificate, since a new spoke has none yet); empty: no enrolment over
+    TLS. Without ``[tls]``, EnrolService is served on ``listen``."""
+    enrol_address: str = ""
+    """The ``host:port`` enrolment tokens tell spokes to dial; empty: the enrolment
+    listener's own host and bound port."""
+    enrol_ca_key_file: Path | None = None
+    """With ``[tls]``: the federation CA's private key (mode 0600), with which the hub signs
+    enrolled spokes' certificate requests; its certificate is ``tls.ca_file``."""
+    enrol_cert_days: int = 825
+    """Days an enrolled spoke's TLS certificate is valid (never past the CA's)."""
+    audit_enabled: bool = True
+    """Keep the hash-chained audit log of every call and decision in the hub's Redis
+    (hub/audit.py); ``hubctl audit tail`` reads it, ``hubctl audit verify`` checks it."""
+    audit_max_entries: int = 1_000_000
+    """Most entries the audit log keeps; older ones are trimmed (the chain stays verifiable
+    from the oldest kept)."""
+    audit_retention_s: float = 90 * 86400.0
+    """Audit entries older than this, in seconds, are trimmed."""
+    audit_max_bytes_kept: int = 65536
+    """Signed bytes longer than this are kept in an audit entry only as size and SHA-256."""
+    audit_unverified_per_s: float = 10.0
+    """Audit entries per second for calls refused before their signature verified; more are
+    counted in metrics only, so nobody without a key can fill the log."""
+    audit_checkpoint_file: Path | None = None
+    """File outside Redis to which the hub appends a signed checkpoint of the audit chain's
+    head (``hubctl audit verify --checkpoints``); empty: none, and a Redis writer could
+    rebuild the chain undetected."""
+    audit_checkpoint_interval_s: float = 60.0
+    """How often, in seconds, a checkpoint is written (when the chain moved)."""
+    link_hello_timeout_s: float = 10.0
+    """Connect mode: how long, in seconds, a spoke's new Control or Serve stream may take to
+    send its first message (hello, open)."""
+    link_max_pending_calls: int = 256
+    """Connect mode: calls in flight to one spoke; more fail at once with RESOURCE_EXHAUSTED
+    (LINK_BUSY)."""
+    link_call_buffer: int = 16
+    """Connect mode: response messages of one call the hub holds before it stops reading the
+    spoke's Serve stream (flow control then slows the spoke)."""
+    link_missed_heartbeats: int = 3
+    """Connect mode: heartbeat intervals without a heartbeat after which the hub ends the
+    spoke's session; the spoke then shows DISCONNECTED and calls to it fail at once."""
+    link_min_heartbeat_s: float = 0.2
+    """Connect mode: the shortest heartbeat interval the hub accepts from a spoke."""
+    link_max_heartbeat_s: float = 60.0
+    """Connect mode: the longest heartbeat interval the hub accepts from a spoke."""
         _check_name("name", self.name)
         sconfig.check_address(_LAYOUT, "listen", self.listen)
         for opt in ("key_file", "trust_file"):
@@ -217,6 +270,10 @@ class HubConfig:
     def redis(self) -> RedisAccess:
         """The ``redis_*`` options as one value: every Redis client is built from it."""
         return sconfig.redis_access(_LAYOUT, self)
+        if self.audit_max_entries < 1 or self.audit_max_bytes_kept < 0:
+            raise HubConfigError("audit_max_entries must be positive, audit_max_bytes_kept >= 0")
+        if self.audit_unverified_per_s < 0:
+            raise HubConfigError("audit_unverified_per_s must not be negative")
 
     def replace(self, **changes: Any) -> HubConfig:
         """A copy with some options changed (e.g. from flags), validated again."""

@@ -213,6 +213,7 @@ def write_federation(
         f"key_file = {_s(f'keys/{hub_name}.key')}\n"
         'trust_file = "trust.toml"\n'
         'policy_file = "policy.toml"\n'
+        'audit_checkpoint_file = "audit-checkpoints.jsonl"\n'
         + _redis_lines(hub_redis_url, root)
         + "".join(f"\n[[spokes]]\nname = {_s(n)}\naddress = {_s(addr)}\n" for n, addr, _ in spokes)
         + tls_section(hub_name)

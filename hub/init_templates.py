@@ -68,6 +68,13 @@ HUB_OPTIONS: Final[Mapping[str, str]] = {
     "redis_timeout_s": "Deadline, in seconds, of each Redis operation.",
     "shutdown_grace_s": "How long, in seconds, in-flight calls may finish on shutdown.",
     "max_message_bytes": "Largest request or response, in bytes.",
+    "audit_enabled": "Keep the hash-chained audit log of every call and decision in Redis.",
+    "audit_max_entries": "Most audit entries kept; older ones are trimmed (still verifiable).",
+    "audit_retention_s": "Audit entries older than this, in seconds, are trimmed.",
+    "audit_max_bytes_kept": "Signed bytes over this are kept in the audit log as size + SHA-256.",
+    "audit_unverified_per_s": "Audit entries per second for calls refused before verification.",
+    "audit_checkpoint_file": "Signed checkpoints of the audit chain, outside Redis (audit verify).",
+    "audit_checkpoint_interval_s": "Seconds between audit checkpoints (when the chain moved).",
     "log_level": "debug, info, warning, error or critical (JSON lines on stderr).",
     "metrics_listen": 'host:port of a Prometheus /metrics endpoint; "" serves none.',
     "tls": "Transport TLS: the [tls] table below.",
@@ -207,6 +214,7 @@ def hub_toml(name: str, listen: str, redis_url: str) -> str:
         "trust_file": _s("trust.toml"),
         "policy_file": _s("policy.toml"),
         "redis_url": _s(redis_url),
+        "audit_checkpoint_file": _s("audit-checkpoints.jsonl"),
     }
     tail = (
         "\n# The spokes this hub relays to. `hubctl init add-spoke` appends one table per spoke:\n"

@@ -50,7 +50,8 @@ from hubspoke.policy import BODY_VERBS, Policy, PolicyDeniedError
 from hubspoke.policy import Request as PolicyRequest
 from hubspoke.stream_caps import StreamCaps
 
-from . import fanout_calls, relay
+from . import audit_read, events, fanout_calls, relay
+from .audit import AuditLog
 from .circuit import Circuit
 from .drain import DrainStore
 from .health import HealthMonitor, SpokeHealth
@@ -81,6 +82,8 @@ _Request = (
     | hub_service_pb2.HubServiceVerifyAgentRequest
     | hub_service_pb2.HubServiceDrainSpokeRequest
     | hub_service_pb2.HubServiceUndrainSpokeRequest
+    | hub_service_pb2.HubServiceWatchEventsRequest
+    | hub_service_pb2.HubServiceReadAuditLogRequest
 )
 _RESOURCE_PREFIX = "spokes/"
 MAX_WATCHERS = 1024
@@ -145,15 +148,18 @@ class HubServicer:
         monitor: HealthMonitor | None = None,
     ) -> None:
         """``monitor``: the background probe loop's health records (hub/health.py); without
-        it, ListSpokes probes every spoke itself and fan-outs ask every spoke."""
+        it, ListSpokes probes every spoke itself and fan-outs ask every spoke. ``audit``:
+        the audit log ReadAuditLog reads (None: the log is off)."""
         self._monitor = monitor
         self._cfg = cfg
         self._gate = gate
         self._relayer = relayer
+        audit: AuditLog | None = None,
         self._registry = registry
         self._store = store
         self._policy = policy
         self._fanout = fanout_calls.FanOut(relayer, monitor, cfg.fanout_timeout_s)
+        self._audit = audit
         self._drains = DrainStore(store.client, cfg.hub_name, store.timeout_s)
         self._placer = Placer(  # selector spawns (hub/placement_route.py)
             PlacerConfig(cfg.hub_name, cfg.key, cfg.claim_ttl_s),
@@ -404,6 +410,20 @@ class HubServicer:
         cmd = inbound.command
         entry = self._registry.entry(spoke) if spoke else None
         spawn: dict[str, Any] = {}
+    async def ReadAuditLog(
+        self, request: hub_service_pb2.HubServiceReadAuditLogRequest, context: _Ctx
+    ) -> hub_service_pb2.HubServiceReadAuditLogResponse:
+        inbound = await self._admit(request, "read_audit_log")
+        reply_env = await audit_read.read_page(
+            inbound,
+            self._audit,
+            self._policy,
+            self._cfg.hub_name,
+            self._cfg.key,
+            self._cfg.max_message_bytes,
+        )
+        return hub_service_pb2.HubServiceReadAuditLogResponse(reply=reply_env)
+
         if inbound.verb == relay.SPAWN:
             body = cmd.spawn_agent
             spawn = {

@@ -13,10 +13,23 @@ The policy is a TOML file of rules; a command is allowed only if some rule allow
     max_priority = 5                  # for spawn: 1-10
     max_runtime_seconds = 1800        # for spawn: the agent's timeout
     max_attempts = 2                  # for spawn
+    approvals = 2                     # for spawn: held AWAITING_APPROVAL until 2 approve
+    approvers = ["alice", "bob"]      # who may approve or reject those spawns
+    approval_window_seconds = 3600    # optional; else the spoke's approval_window_s (24 h)
 
-Verbs: spawn, get, kill, list, watch, replay, verify, spokes, queue_stats, dead_letters, pause,
-resume, drain. Groups: ``read`` (get, list, watch, spokes, queue_stats, dead_letters),
-``operate`` (spawn, kill, replay, verify), ``admin`` (pause, resume, drain).
+Verbs: spawn, get, kill, list, watch, replay, verify, send, spokes, queue_stats, dead_letters,
+pause, resume, drain, approve, reject, audit. Groups: ``read`` (get, list, watch, spokes,
+queue_stats, dead_letters), ``operate`` (spawn, kill, replay, verify, send, approve, reject),
+``admin`` (pause, resume, drain, audit: reading the hub's audit log, own entries only under
+scope own).
+
+Approvals (spoke/approvals.py): a spawn that a rule with ``approvals = N`` allows is held
+AWAITING_APPROVAL until N distinct principals of that rule's ``approvers`` (never the
+requester) approve it; one reject, or the approval window closing, ends it REJECTED. When
+several rules allow a spawn, the one asking for the most approvals decides (a rule without
+approvals cannot waive another's). ``approve`` and ``reject`` take no owner scope: the
+approvers stored with the agent are the authority, and the principal also needs a rule
+allowing the verb on the spoke.
 
 Every agent has an owner: the principal that spawned it (its record's ``issuer``; a replay
 keeps it). Every rule states its ``scope``, and a rule without one is refused at start-up
@@ -37,7 +50,7 @@ An agent the principal may not act on is answered exactly as an unknown one (NOT
 only the spoke, which holds the record, knows the owner, so it is the authority. Replay is
 also authorized as a spawn of the agent's profile by the replaying principal (with the
 record's priority, timeout and attempts), and the agent keeps its owner. Verbs of other
-open issues (approve, send, events, audit) will take a scope when they are added.
+open issues (events, audit) will take a scope when they are added.
 
 The hub and every spoke enforce the policy they are configured with, each for itself; the
 spoke judges the original client (chain of custody), with the values it resolved (its own
@@ -69,12 +82,23 @@ VERBS = frozenset(
         "resume",
         "drain",
         "verify",
+        "send",
+        "approve",
+        "reject",
+        "events",
+        # enrolment (hub-level, admin, scope any only): hubctl spoke enroll|remove
+        "enroll",
+        "unenroll",
+        # reading the hub's audit log (hub-level; scope own: only one's own entries)
+        "audit",
     }
 )
 GROUPS: Mapping[str, frozenset[str]] = {
-    "read": frozenset({"get", "list", "watch", "spokes", "queue_stats", "dead_letters"}),
-    "operate": frozenset({"spawn", "kill", "replay", "verify"}),
-    "admin": frozenset({"pause", "resume", "drain"}),
+    "read": frozenset(
+        {"get", "list", "watch", "spokes", "queue_stats", "dead_letters", "events"}
+    ),
+    "operate": frozenset({"spawn", "kill", "replay", "verify", "send", "approve", "reject"}),
+    "admin": frozenset({"pause", "resume", "drain", "audit", "enroll", "unenroll"}),
     "*": VERBS,
 }
 BODY_VERBS: Mapping[str, str] = {
@@ -95,6 +119,15 @@ BODY_VERBS: Mapping[str, str] = {
     "drain_spoke": "drain",
     "undrain_spoke": "drain",
     "verify_agent": "verify",
+    "send_input": "send",
+    "approve_agent": "approve",
+    "reject_agent": "reject",
+    "watch_events": "events",
+    "read_audit_log": "audit",
+    # enrolment: a token, a removal (admin verbs), the membership list (read, as spokes)
+    "enroll_spoke": "enroll",
+    "remove_spoke": "unenroll",
+    "get_membership": "spokes",
 }
 """Command body case → policy verb."""
 

@@ -15,6 +15,7 @@ Errors (``hubspoke.errors.HubspokeError`` is the root)::
 
 from __future__ import annotations
 
+from ._audit import AuditPage, AuditRecord
 from ._client import Client
 from ._errors import REPLY_INVALID, CallError, ClientConfigError
 from ._modes import RunMode, ShadowRun
@@ -53,6 +54,8 @@ __all__ = [
     "AgentState",
     "Artifact",
     "CallError",
+    "AuditPage",
+    "AuditRecord",
     "CircuitState",
     "Client",
     "ClientConfig",

@@ -32,10 +32,11 @@ from google.protobuf.message import Message
 from hubspoke import commands, envelope, errors, fanout, keys, version
 from hubspoke import grpc as sgrpc
 from hubspoke import tls as stls
-from hubspoke.gen.federation.v1 import agent_pb2, command_pb2, hub_service_pb2_grpc
+from hubspoke.gen.federation.v1 import agent_pb2, audit_pb2, command_pb2, hub_service_pb2_grpc
 from hubspoke.trust import Role, TrustStore
 
-from . import _rpc
+from . import _events, _rpc
+from ._audit import AuditPage, AuditRecord
 from ._errors import CallError, ClientConfigError
 from ._placement import Placement, spawn_body
 from ._types import (
@@ -526,6 +527,23 @@ class Client:
     ) -> AgentPage:
         """A page of one spoke's dead-letter set."""
         body = command_pb2.ListDeadLettersBody(page_size=page_size, page_token=page_token)
+    # -- the hub's audit log -----------------------------------------------------------------
+
+    async def audit_log(
+        self, *, page_size: int = 50, before_seq: int = 0, agent: str = "", principal: str = ""
+    ) -> AuditPage:
+        """A page of the hub's audit log, newest first, as the hub signed it (policy verb
+        ``audit``; under an ``own`` rule only the caller's own entries)."""
+        body = audit_pb2.ReadAuditLogBody(
+            page_size=page_size, before_seq=before_seq, agent=agent, principal=principal
+        )
+        sent, resp = await self._call(_rpc.READ_AUDIT_LOG, self.hub_name, body)
+        _, reply = self._verify(sent, resp.reply, Role.HUB, self.hub_name, "audit_page")
+        page = reply.audit_page
+        return AuditPage(
+            tuple(AuditRecord.from_proto(e) for e in page.entries), page.next_before_seq
+        )
+
         sent, resp = await self._call(_rpc.LIST_DEAD_LETTERS, spoke, body)
         signer, reply = self._verify(sent, resp.reply, Role.SPOKE, spoke, "agent_page")
         return self._page(reply.agent_page, signer)

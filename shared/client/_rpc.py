@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Final, Generic, Literal, TypeAlias, TypeVar
 from google.protobuf.message import Message
 from grpc import aio
 
-from hubspoke.gen.federation.v1 import command_pb2, hub_service_pb2
+from hubspoke.gen.federation.v1 import audit_pb2, command_pb2, hub_service_pb2
 from hubspoke.trust import Role
 
 if TYPE_CHECKING:
@@ -33,6 +33,8 @@ __all__ = [
     "LIST_DEAD_LETTERS",
     "LIST_SPOKES",
     "PAUSE",
+    "READ_AUDIT_LOG",
+    "REJECT",
     "REPLAY",
     "RESUME",
     "SPAWN",
@@ -44,7 +46,14 @@ __all__ = [
 ]
 
 Result = Literal[
-    "agent", "agent_page", "spoke_page", "queue_stats", "agent_event", "placement", "spoke"
+    "agent",
+    "agent_page",
+    "spoke_page",
+    "queue_stats",
+    "agent_event",
+    "audit_page",
+    "placement",
+    "spoke",
 ]
 """The ``Reply.result`` oneof names."""
 
@@ -249,4 +258,14 @@ WATCH: Final = Stream(
     lambda r: r.reply,
     Role.SPOKE,
     "agent_event",
+)
+READ_AUDIT_LOG: Final = Unary(
+    "ReadAuditLog",
+    audit_pb2.ReadAuditLogBody,
+    lambda c: c.read_audit_log,
+    lambda e: hs.HubServiceReadAuditLogRequest(command=e),
+    lambda s: s.ReadAuditLog,
+    lambda r: (r.reply,),
+    Role.HUB,
+    "audit_page",
 )

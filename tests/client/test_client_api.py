@@ -26,6 +26,8 @@ def test_public_names_are_pinned() -> None:
             "AgentPage",
             "AgentState",
             "Artifact",
+            "AuditPage",
+            "AuditRecord",
             "CallError",
             "CircuitState",
             "Client",

@@ -1,0 +1,174 @@
+"""The audit log's entries and their hash chain: what one entry holds and the bytes hashed.
+
+An entry's hash is SHA-256 over, in this order (docs/security.md, "Audit log")::
+
+    b"hubspoke-audit-v1\\n"
+    then for each field of FIELDS, in order: name, value, each as a 4-byte big-endian length
+    followed by the bytes (text as UTF-8)
+
+``prev`` (the previous entry's hash, hex; 64 zeros for the first entry) is one of the fields,
+so changing, removing or reordering any entry breaks every link after it. Replies are joined
+into one field: each a 4-byte big-endian length and the bytes.
+
+In Redis an entry is one stream entry whose fields are FIELDS plus ``hash``; bytes fields
+(``request``, ``replies``) are stored base64-encoded (the hub's Redis client decodes text).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from hubspoke.commands import to_timestamp
+from hubspoke.gen.federation.v1 import audit_pb2
+
+__all__ = ["FIELDS", "GENESIS", "Entry", "entry_hash", "from_fields", "join_replies"]
+
+DOMAIN = b"hubspoke-audit-v1\n"
+GENESIS = "0" * 64
+"""The ``prev`` of the first entry ever appended."""
+
+FIELDS = (
+    "seq",
+    "time_ms",
+    "hub",
+    "kind",
+    "action",
+    "outcome",
+    "principal",
+    "command_id",
+    "audience",
+    "agent",
+    "spoke",
+    "detail",
+    "request",
+    "replies",
+    "prev",
+)
+"""The hashed fields, in hashing order; ``request`` and ``replies`` are bytes, the rest text."""
+
+_BYTES_FIELDS = frozenset({"request", "replies"})
+
+
+def join_replies(replies: Sequence[bytes]) -> bytes:
+    """Several serialized envelopes as one field: each as a 4-byte length and its bytes."""
+    return b"".join(struct.pack(">I", len(r)) + r for r in replies)
+
+
+def split_replies(joined: bytes) -> list[bytes]:
+    """The inverse of :func:`join_replies` (ValueError if the bytes do not parse)."""
+    out: list[bytes] = []
+    at = 0
+    while at < len(joined):
+        if at + 4 > len(joined):
+            raise ValueError("truncated reply length")
+        (n,) = struct.unpack_from(">I", joined, at)
+        at += 4
+        if at + n > len(joined):
+            raise ValueError("truncated reply")
+        out.append(joined[at : at + n])
+        at += n
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One audit entry; ``seq``, ``prev`` and ``hash`` are set when it is chained."""
+
+    kind: str
+    action: str
+    outcome: str = "OK"
+    principal: str = ""
+    command_id: str = ""
+    audience: str = ""
+    agent: str = ""
+    spoke: str = ""
+    detail: str = "{}"
+    request: bytes = b""
+    replies: bytes = b""
+    """Joined with :func:`join_replies`."""
+    hub: str = ""
+    time_ms: int = 0
+    seq: int = 0
+    prev: str = ""
+    hash: str = field(default="", compare=False)
+
+    def value(self, name: str) -> bytes:
+        """A hashed field's bytes."""
+        raw = getattr(self, name)
+        if isinstance(raw, bytes):
+            return raw
+        return str(raw).encode("utf-8")
+
+    def chained(self, seq: int, prev: str, time_ms: int, hub: str) -> Entry:
+        """This entry at position ``seq`` after an entry whose hash is ``prev``."""
+        bare = Entry(
+            **{n: getattr(self, n) for n in FIELDS if n not in ("seq", "prev", "time_ms", "hub")},
+            seq=seq,
+            prev=prev,
+            time_ms=time_ms,
+            hub=hub,
+        )
+        return Entry(**{n: getattr(bare, n) for n in FIELDS}, hash=entry_hash(bare))
+
+    def to_fields(self) -> dict[str, str]:
+        """The Redis stream fields of a chained entry."""
+        out = {
+            n: base64.b64encode(self.value(n)).decode()
+            if n in _BYTES_FIELDS
+            else str(getattr(self, n))
+            for n in FIELDS
+        }
+        out["hash"] = self.hash
+        return out
+
+    def to_pb(self) -> audit_pb2.AuditEntry:
+        return audit_pb2.AuditEntry(
+            seq=self.seq,
+            time=to_timestamp(dt.datetime.fromtimestamp(self.time_ms / 1000, dt.UTC)),
+            kind=self.kind,
+            action=self.action,
+            outcome=self.outcome,
+            principal=self.principal,
+            command_id=self.command_id,
+            audience=self.audience,
+            agent=self.agent,
+            spoke=self.spoke,
+            detail=self.detail,
+            request=self.request,
+            replies=split_replies(self.replies) if self.replies else [],
+            hub=self.hub,
+            prev_hash=self.prev,
+            hash=self.hash,
+        )
+
+
+def entry_hash(entry: Entry) -> str:
+    """The SHA-256 (hex) of an entry's FIELDS (module docstring)."""
+    h = hashlib.sha256(DOMAIN)
+    for name in FIELDS:
+        key = name.encode()
+        value = entry.value(name)
+        h.update(struct.pack(">I", len(key)) + key + struct.pack(">I", len(value)) + value)
+    return h.hexdigest()
+
+
+def from_fields(fields: Mapping[str, str]) -> Entry:
+    """An entry as stored in Redis (ValueError if a field is missing or malformed)."""
+    missing = [n for n in (*FIELDS, "hash") if n not in fields]
+    if missing:
+        raise ValueError(f"missing field {missing[0]}")
+    values: dict[str, object] = {}
+    for n in FIELDS:
+        text = fields[n]
+        if n in _BYTES_FIELDS:
+            values[n] = base64.b64decode(text, validate=True)
+        elif n in ("seq", "time_ms"):
+            values[n] = int(text)
+        else:
+            values[n] = text
+    return Entry(**values, hash=fields["hash"])  # type: ignore[arg-type]
