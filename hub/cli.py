@@ -75,6 +75,7 @@ EXIT_DENIED: Final = 4
 EXIT_UNAVAILABLE: Final = 5
 EXIT_NEEDS_INPUT: Final = 6
 EXIT_NEEDS_VERIFICATION: Final = 7
+EXIT_AWAITING_APPROVAL: Final = 8
 EXIT_INTERRUPTED: Final = 130
 
 EXIT_CODES: Final = {
@@ -121,6 +122,7 @@ _WAIT_EXITS: Final = {
     AgentState.SUCCEEDED: EXIT_OK,
     AgentState.NEEDS_INPUT: EXIT_NEEDS_INPUT,
     AgentState.NEEDS_VERIFICATION: EXIT_NEEDS_VERIFICATION,
+    AgentState.AWAITING_APPROVAL: EXIT_AWAITING_APPROVAL,
 }
 
 
@@ -160,6 +162,18 @@ async def _status(client: Client, args: argparse.Namespace, out: Out) -> int:
 
 async def _verify(client: Client, args: argparse.Namespace, out: Out) -> int:
     agent = await client.verify(args.agent, dict(args.items), args.spoke)
+    _show_agent(out, agent)
+    return EXIT_OK
+
+
+async def _approve(client: Client, args: argparse.Namespace, out: Out) -> int:
+    agent = await client.approve(args.agent, args.reason, args.spoke)
+    _show_agent(out, agent)
+    return EXIT_OK
+
+
+async def _reject(client: Client, args: argparse.Namespace, out: Out) -> int:
+    agent = await client.reject(args.agent, args.reason, args.spoke)
     _show_agent(out, agent)
     return EXIT_OK
 
@@ -342,6 +356,8 @@ _VERBS: Final[dict[str, _Verb]] = {
     "status": _status,
     "kill": _kill,
     "verify": _verify,
+    "approve": _approve,
+    "reject": _reject,
     "list": _list,
     "spokes": _spokes,
     "watch": _watch,

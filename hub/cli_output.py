@@ -219,6 +219,12 @@ def agent_lines(agent: Agent) -> list[str]:
         lines.append(f"verify by {agent.verify_deadline.isoformat(timespec='seconds')}")
     if agent.start_deadline is not None:
         lines.append(f"start by  {agent.start_deadline.isoformat(timespec='seconds')}")
+    if agent.approvals_required:  # approvals: who signed, of whom, until when
+        got = ", ".join(escape(a) for a in agent.approved_by) or "none yet"
+        lines.append(f"approvals {len(agent.approved_by)}/{agent.approvals_required}: {got}")
+        lines.append(f"approvers {escape(', '.join(agent.approvers))}")
+    if agent.approval_deadline is not None:
+        lines.append(f"approve by {agent.approval_deadline.isoformat(timespec='seconds')}")
     for label, tail in (("stdout", agent.stdout_tail), ("stderr", agent.stderr_tail)):
         if tail:
             lines.append(f"--- {label} (tail) ---")
@@ -236,6 +242,8 @@ def event_text(event: AgentEvent) -> str | None:
         return f"[{seq}] progress {event.progress_percent}% {escape(event.data)}".rstrip()
     if event.kind == EventKind.DROPPED:
         return f"[{seq}] ({escape(event.data)} bytes of output not recorded)"
+    if event.kind == EventKind.APPROVAL:
+        return f"[{seq}] approval by {escape(event.approver)}: {escape(event.data)}".rstrip()
     return None
 
 

@@ -37,6 +37,7 @@ exit codes:
   5  hub or spoke unavailable (UNAVAILABLE, DEADLINE_EXCEEDED); safe to retry
   6  with --wait: the agent is NEEDS_INPUT (its receipt said blocked)
   7  with --wait: the agent is NEEDS_VERIFICATION (items wait for hubctl verify)
+  8  with --wait: the agent is AWAITING_APPROVAL (it waits for hubctl approve)
 
 environment: HUBCTL_CONFIG (--config), HUBCTL_HUB (--hub), HUBCTL_TIMEOUT (--timeout).
 """
@@ -52,6 +53,11 @@ EXAMPLES: Final[dict[str, tuple[str, ...]]] = {
     ),
     "status": ("hubctl status AGENT", "hubctl status AGENT --wait", "hubctl --json status AGENT"),
     "verify": ("hubctl verify AGENT --item tests=passed --item lint=failed",),
+    "approve": (
+        "hubctl list --state AWAITING_APPROVAL",
+        'hubctl approve AGENT --reason "read the plan; fine"',
+    ),
+    "reject": ('hubctl reject AGENT --reason "not during the freeze"',),
     "kill": ("hubctl kill AGENT", "hubctl kill spokes/spoke-1/agents/AGENT"),
     "list": (
         "hubctl list",
@@ -234,7 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--wait",
         action="store_true",
         help="wait until the agent ends or waits on a person; exit by its state: 0 SUCCEEDED, "
-        "1 FAILED/KILLED/TIMED_OUT/DEAD_LETTERED/EXPIRED, 6 NEEDS_INPUT, 7 NEEDS_VERIFICATION",
+        "1 FAILED/KILLED/TIMED_OUT/DEAD_LETTERED/EXPIRED/REJECTED, 6 NEEDS_INPUT, "
+        "7 NEEDS_VERIFICATION, 8 AWAITING_APPROVAL",
     )
     sp.add_argument("task", nargs="+", metavar="TASK", help="task words, joined by spaces")
 
@@ -262,6 +269,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="a verification item's name (as status shows it) and its verdict; repeatable",
     )
     vf.add_argument("--spoke", help="the spoke that runs it (default: the hub finds it)")
+
+    for verb, what in (
+        ("approve", "approve an AWAITING_APPROVAL agent (as one of its approvers)"),
+        ("reject", "reject an AWAITING_APPROVAL agent: it ends REJECTED, never runs"),
+    ):
+        ap = sub.add_parser(verb, help=what, parents=[common])
+        ap.add_argument("agent", metavar="AGENT", help="agent id or spokes/{spoke}/agents/{id}")
+        ap.add_argument(
+            "--reason",
+            default="",
+            help="why, kept with the signed approval (at most 1,024 characters)",
+        )
+        ap.add_argument("--spoke", help="the spoke that holds it (default: the hub finds it)")
 
     kl = sub.add_parser("kill", help="stop an agent", parents=[common])
     kl.add_argument("agent", metavar="AGENT", help="agent id or spokes/{spoke}/agents/{id}")

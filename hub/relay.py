@@ -80,6 +80,8 @@ DRAIN: Final = "drain_queue"
 VERIFY: Final = "verify_agent"
 DRAIN_SPOKE: Final = "drain_spoke"
 UNDRAIN_SPOKE: Final = "undrain_spoke"
+APPROVE: Final = "approve_agent"
+REJECT: Final = "reject_agent"
 Verb = str
 """A Command body case name, e.g. spawn_agent, get_agent, kill_agent, list_agents."""
 
@@ -114,6 +116,8 @@ _ROUTES: Final[dict[str, _Route]] = {
     ),
     WATCH: _Route("WatchAgent", spoke_service_pb2.SpokeServiceWatchAgentRequest, "agent_event"),
     VERIFY: _Route("VerifyAgent", spoke_service_pb2.SpokeServiceVerifyAgentRequest, "agent"),
+    APPROVE: _Route("ApproveAgent", spoke_service_pb2.SpokeServiceApproveAgentRequest, "agent"),
+    REJECT: _Route("RejectAgent", spoke_service_pb2.SpokeServiceRejectAgentRequest, "agent"),
 }
 
 HELD_EVENTS: Final = 16

@@ -84,6 +84,8 @@ _Request = (
     | hub_service_pb2.HubServiceUndrainSpokeRequest
     | hub_service_pb2.HubServiceWatchEventsRequest
     | hub_service_pb2.HubServiceReadAuditLogRequest
+    | hub_service_pb2.HubServiceApproveAgentRequest
+    | hub_service_pb2.HubServiceRejectAgentRequest
 )
 _RESOURCE_PREFIX = "spokes/"
 MAX_WATCHERS = 1024
@@ -222,6 +224,21 @@ class HubServicer:
         inbound = await self._admit(request, relay.VERIFY)
         reply_env = await self._agent_call(inbound, inbound.command.verify_agent.agent)
         return hub_service_pb2.HubServiceVerifyAgentResponse(reply=reply_env)
+
+    async def ApproveAgent(
+        self, request: hub_service_pb2.HubServiceApproveAgentRequest, context: _Ctx
+    ) -> hub_service_pb2.HubServiceApproveAgentResponse:
+        """Relayed as it is: the spoke that holds the agent checks the approver."""
+        inbound = await self._admit(request, relay.APPROVE)
+        reply_env = await self._agent_call(inbound, inbound.command.approve_agent.agent)
+        return hub_service_pb2.HubServiceApproveAgentResponse(reply=reply_env)
+
+    async def RejectAgent(
+        self, request: hub_service_pb2.HubServiceRejectAgentRequest, context: _Ctx
+    ) -> hub_service_pb2.HubServiceRejectAgentResponse:
+        inbound = await self._admit(request, relay.REJECT)
+        reply_env = await self._agent_call(inbound, inbound.command.reject_agent.agent)
+        return hub_service_pb2.HubServiceRejectAgentResponse(reply=reply_env)
 
     async def DrainSpoke(
         self, request: hub_service_pb2.HubServiceDrainSpokeRequest, context: _Ctx

@@ -26,7 +26,15 @@ COMMAND_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 characters of ``A-Z a-z 0-9 . _ -``, the first alphanumeric. No ``:``, the separator of
 every Redis key we and bullmq build, so no id can name another key (``w2:lock`` would be
 the lock of agent ``w2``'s job); no ``/``, which separates a resource name's parts."""
-AGENT_BODIES = ("get_agent", "kill_agent", "watch_agent", "replay_agent", "verify_agent")
+AGENT_BODIES = (
+    "get_agent",
+    "kill_agent",
+    "watch_agent",
+    "replay_agent",
+    "verify_agent",
+    "approve_agent",
+    "reject_agent",
+)
 """The command bodies that name an agent in their ``agent`` field."""
 NONCE_MIN, NONCE_MAX = 16, 64
 DEFAULT_VALIDITY = dt.timedelta(minutes=5)

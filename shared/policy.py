@@ -161,6 +161,12 @@ class Rule:
     max_priority: int = 10
     max_runtime_s: float | None = None
     max_attempts: int | None = None
+    approvals: int = 0
+    """For spawn: distinct approvals a spawn this rule allows waits for (0: none)."""
+    approvers: frozenset[str] = frozenset()
+    """Who may approve or reject those spawns (never the requester itself)."""
+    approval_window_s: float | None = None
+    """How long such a spawn waits for its approvals; None: the spoke's approval_window_s."""
 
     def covers(
         self,
@@ -237,6 +243,18 @@ class Policy:
             first_problem = first_problem or problem
         raise PolicyDeniedError(first_problem, rule=rules[0].name, verb=req.verb)
 
+    def approval_rule(self, req: Request) -> Rule | None:
+        """For an allowed spawn: the rule that asks for the most approvals among those that
+        allow it, or None when none asks for any (module docstring, Approvals)."""
+        rules = [
+            r
+            for r in self._covering(req)
+            if (req.profile is None or {req.profile, "*"} & r.profiles)
+            and not _limit_problem(r, req)
+        ]
+        strictest = max(rules, key=lambda r: r.approvals, default=None)
+        return strictest if strictest is not None and strictest.approvals > 0 else None
+
     def scope_of(self, req: Request) -> str:
         """``any`` if some rule with that scope allows ``req``, else ``own`` if some rule
         allows it, else PolicyDeniedError: how much of a listing the principal may see."""
@@ -306,6 +324,9 @@ _RULE_KEYS = frozenset(
         "max_priority",
         "max_runtime_seconds",
         "max_attempts",
+        "approvals",
+        "approvers",
+        "approval_window_seconds",
     }
 )
 
@@ -362,6 +383,7 @@ def _rule(t: object, where: str) -> Rule:
     attempts = t.get("max_attempts")
     if attempts is not None and (not isinstance(attempts, int) or attempts < 1):
         raise PolicyConfigError(f"{where}: max_attempts must be at least 1")
+    approvals, approvers, window = _approval(t, where, verbs)
     return Rule(
         name=name,
         principals=_names(t, "principals", where, None),
@@ -373,7 +395,48 @@ def _rule(t: object, where: str) -> Rule:
         max_priority=prio,
         max_runtime_s=float(runtime) if runtime is not None else None,
         max_attempts=attempts,
+        approvals=approvals,
+        approvers=approvers,
+        approval_window_s=window,
     )
+
+
+MAX_APPROVERS = 64
+"""The most approvers one rule may name (each approval's envelope is kept with the agent)."""
+
+
+def _approval(
+    t: Mapping[str, object], where: str, verbs: set[str]
+) -> tuple[int, frozenset[str], float | None]:
+    """A rule's approval fields, checked: approvals 0-64 with at least that many approvers
+    (named, no "*"), only on a rule that allows spawn."""
+    approvals = t.get("approvals", 0)
+    if not isinstance(approvals, int) or isinstance(approvals, bool) or approvals < 0:
+        raise PolicyConfigError(f"{where}: approvals must be a whole number, 0 or more")
+    approvers = _names(t, "approvers", where, [])
+    window = t.get("approval_window_seconds")
+    if window is not None and (
+        not isinstance(window, int | float) or isinstance(window, bool) or window <= 0
+    ):
+        raise PolicyConfigError(f"{where}: approval_window_seconds must be positive")
+    if not approvals:
+        if approvers or window is not None:
+            raise PolicyConfigError(
+                f"{where}: approvers and approval_window_seconds need approvals = N (N >= 1)"
+            )
+        return 0, frozenset(), None
+    if "spawn" not in verbs:
+        raise PolicyConfigError(f"{where}: approvals apply to spawns: the rule must allow spawn")
+    if "*" in approvers:
+        raise PolicyConfigError(f'{where}: approvers must name principals, not "*"')
+    if len(approvers) > MAX_APPROVERS:
+        raise PolicyConfigError(f"{where}: at most {MAX_APPROVERS} approvers")
+    if len(approvers) < approvals:
+        raise PolicyConfigError(
+            f"{where}: approvals = {approvals} needs at least {approvals} approvers, "
+            f"got {len(approvers)}"
+        )
+    return approvals, approvers, float(window) if window is not None else None
 
 
 ALLOW_OPERATOR_EVERYTHING = """\

@@ -142,6 +142,10 @@ class SpokeConfig:
     """Events all of one principal's watch streams on this process may carry at once."""
     kill_wait_s: float = 8.0
     """How long a KillAgent call waits for the agent to reach its final state."""
+    approval_window_s: float = 86400.0
+    """How long a spawn held for approvals waits for them, from its acceptance, when its
+    policy rule names no ``approval_window_seconds``; then it ends REJECTED
+    (APPROVAL_EXPIRED), checked every ``sweep_interval_s``."""
     verification_grace_s: float = 120.0
     """How long a NEEDS_VERIFICATION agent waits for ``hubctl verify`` before it is FAILED
     (VERIFICATION_TIMEOUT)."""

@@ -28,7 +28,7 @@ _REQUEST_KILL = """
 local cur = redis.call('HGET', KEYS[1], 'state')
 if not cur then return {'missing', ''} end
 if cur == 'QUEUED' or cur == 'RETRYING' or cur == 'NEEDS_INPUT'
-    or cur == 'NEEDS_VERIFICATION' then
+    or cur == 'NEEDS_VERIFICATION' or cur == 'AWAITING_APPROVAL' then
   redis.call('HSET', KEYS[1], 'state', 'KILLED', 'reason', 'KILL_REQUESTED',
     'end_ms', ARGV[2], 'kill_requested', ARGV[1])
   local who = redis.call('HMGET', KEYS[1], 'issuer', 'agent_id')

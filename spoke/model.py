@@ -27,6 +27,11 @@ class AgentState(StrEnum):
     the record's ``verify_deadline_ms``, then the agent FAILED (VERIFICATION_TIMEOUT)."""
     EXPIRED = "EXPIRED"
     """Final: not started by its start deadline (reason NOT_STARTED); it never ran."""
+    AWAITING_APPROVAL = "AWAITING_APPROVAL"
+    """A policy rule asks for approvals: held, with no job, until enough approvers sign
+    (then QUEUED), one rejects or the approval window closes (REJECTED; spoke/approvals.py)."""
+    REJECTED = "REJECTED"
+    """Final: rejected by an approver, or not approved in its window; it never ran."""
     SHADOWED = "SHADOWED"
     """Final: a shadow-mode worker took it and started nothing (reason SHADOW_MODE); the
     record's ``shadow_run`` says what would have run (spoke/modes.py)."""
@@ -44,6 +49,7 @@ FINAL_STATES = frozenset(
         AgentState.TIMED_OUT,
         AgentState.DEAD_LETTERED,
         AgentState.EXPIRED,
+        AgentState.REJECTED,  # approvals
         AgentState.SHADOWED,
     }
 )
@@ -56,18 +62,20 @@ _RETRY, _NI, _NV = AgentState.RETRYING, AgentState.NEEDS_INPUT, AgentState.NEEDS
 _F, _T, _D = AgentState.FAILED, AgentState.TIMED_OUT, AgentState.DEAD_LETTERED
 
 EDGES: Mapping[AgentState, frozenset[AgentState]] = {
-    _Q: frozenset({_F, _T, _D}),  # replay
+    _Q: frozenset({_F, _T, _D, AgentState.AWAITING_APPROVAL}),  # replay; approvals release
     _S: frozenset({_Q, _RETRY}),
     _R: frozenset({_S}),
     _RETRY: frozenset({_S, _R}),  # a failed attempt, or a lost one
     AgentState.SUCCEEDED: frozenset({_R, _NV}),
     _F: frozenset({_Q, _RETRY, _S, _R, _NV}),
-    AgentState.KILLED: frozenset({_Q, _RETRY, _R, _NI, _NV}),
+    AgentState.KILLED: frozenset({_Q, _RETRY, _R, _NI, _NV, AgentState.AWAITING_APPROVAL}),
     _T: frozenset({_R}),
     _D: frozenset({_R}),
     _NI: frozenset({_R}),
     _NV: frozenset({_R}),
     AgentState.EXPIRED: frozenset({_Q}),  # never started by its start deadline
+    AgentState.AWAITING_APPROVAL: frozenset({_Q}),  # held for approvals as it is stored
+    AgentState.REJECTED: frozenset({AgentState.AWAITING_APPROVAL}),  # rejected, or expired
     AgentState.SHADOWED: frozenset({_S}),  # shadow mode: taken, never started
 }
 """Every state change an agent may make: ``EDGES[to]`` are the states it may come from.
@@ -100,6 +108,12 @@ class SpawnRequest:
     """Base of the exponential retry backoff."""
     accept_ms: int = 0
     """The acceptance time (the hub's, or the spoke's receive time); 0: when stored."""
+    approvals_required: int = 0
+    """Approvals its policy rule asks for (0: none): stored AWAITING_APPROVAL, no job."""
+    approvers: tuple[str, ...] = ()
+    """Who may approve or reject it (the rule's approvers)."""
+    approval_deadline_ms: int = 0
+    """When it ends REJECTED (APPROVAL_EXPIRED) unless approved: acceptance + window."""
 
 
 def _text(raw: Mapping[bytes, bytes], key: str, default: str = "") -> str:
@@ -179,6 +193,16 @@ class AgentRecord:
     start_deadline_ms: int = 0
     """The spawn's start deadline as accepted; 0 for a record stored before start deadlines.
     Unlike ``expire_ms`` (which a replay moves to its own deadline) it never changes."""
+    approvals_required: int = 0
+    """Distinct approvals its policy rule asked for before it may be queued; 0: none."""
+    approvers: tuple[str, ...] = ()
+    """Who may approve or reject it, as the policy named them when it was stored."""
+    approved_by: tuple[str, ...] = ()
+    """The approvers whose signed approvals the spoke verified and kept, in order."""
+    approval_deadline_ms: int = 0
+    """While AWAITING_APPROVAL: when it ends REJECTED (APPROVAL_EXPIRED)."""
+    rejected_by: str = ""
+    """REJECTED by an approver: who (the reason text is in the REJECTED event)."""
 
     @classmethod
     def from_hash(cls, raw: Mapping[bytes, bytes]) -> AgentRecord:
@@ -227,6 +251,11 @@ class AgentRecord:
             verdicts=_json_map(_text(raw, "verdicts")),
             verified_by=_json_map(_text(raw, "verified_by")),
             start_deadline_ms=_int(raw, "start_deadline_ms"),
+            approvals_required=_int(raw, "approvals_required"),
+            approvers=tuple(json.loads(_text(raw, "approvers") or "[]")),
+            approved_by=tuple(json.loads(_text(raw, "approved_by") or "[]")),
+            approval_deadline_ms=_int(raw, "approval_deadline_ms"),
+            rejected_by=_text(raw, "rejected_by"),
         )
 
 
@@ -241,3 +270,5 @@ class AgentEvent:
     state: str = ""
     reason: str = ""
     data: str = ""
+    approver: str = ""
+    """For an ``approval`` event and the REJECTED state event of a rejection."""

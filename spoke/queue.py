@@ -23,6 +23,7 @@ from typing import Any
 
 from hubspoke.redis_access import RedisAccess
 
+from . import approvals
 from .backend import AgentMissingError, TransitionError, backend, command_client
 from .fanout import StreamFanout
 from .jobs import Jobs
@@ -61,6 +62,7 @@ class AgentQueue:
         self.jobs = Jobs(redis, self.keys)
         self.kills = Kills(self.records, self.jobs)
         self.slots = Slots(self.worker_redis, self.keys)
+        self.approvals = approvals.Approvals(self.records, self.jobs)
 
     async def close(self) -> None:
         await self.fanout.close()
@@ -82,7 +84,9 @@ class AgentQueue:
         mid-call cannot tear it. Two round trips in all.
         """
         rec, created = await self.records.insert(req, max_backlog, max_per_principal)
-        if created or rec.state is AgentState.QUEUED:
+        if (created or rec.state is AgentState.QUEUED) and approvals.held(rec):
+            rec = await self.approvals.hold(rec)  # no job until approved (spoke/approvals.py)
+        elif created or rec.state is AgentState.QUEUED:
             await self.jobs.enqueue(rec)  # for an existing one: heals a crash between the two
         return rec, created
 
@@ -179,7 +183,11 @@ class AgentQueue:
             present = await self.jobs.exist(job for _, job in queued)
             for (agent_id, _), there in zip(queued, present, strict=True):
                 if not there:
-                    await self.jobs.enqueue(await self.records.get(agent_id))
+                    orphan = await self.records.get(agent_id)
+                    if approvals.held(orphan):  # stored, crashed before it was held
+                        await self.approvals.hold(orphan)
+                        continue
+                    await self.jobs.enqueue(orphan)
                     healed += 1
         return healed
 

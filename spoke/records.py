@@ -86,6 +86,7 @@ def parse_events(rows: Iterable[tuple[bytes, Mapping[bytes, bytes]]]) -> list[Ag
                 state=fields.get("state", ""),
                 reason=fields.get("reason", ""),
                 data=fields.get("data", ""),
+                approver=fields.get("approver", ""),  # approvals
             )
         )
     return out
@@ -141,6 +142,9 @@ class Records:
             not_before_ms=(req.accept_ms or now) + req.delay_ms,  # delay counts from acceptance
             seq=1,
             start_deadline_ms=req.expire_ms if req.accept_ms else 0,
+            approvals_required=req.approvals_required,
+            approvers=req.approvers,
+            approval_deadline_ms=req.approval_deadline_ms,
         )
         fields = {
             "agent_id": rec.agent_id,
@@ -160,6 +164,10 @@ class Records:
             "not_before_ms": rec.not_before_ms,
             "start_deadline_ms": rec.start_deadline_ms,
         }
+        if req.approvals_required:  # approvals: queue.create holds it (spoke/approvals.py)
+            fields["approvals_required"] = req.approvals_required
+            fields["approvers"] = json.dumps(list(req.approvers))
+            fields["approval_deadline_ms"] = req.approval_deadline_ms
         audit: dict[str, object] = {"envelope": req.envelope, "relay": req.relay}
         args: list[Any] = [
             req.agent_id,

@@ -32,7 +32,7 @@ from hubspoke.policy import BODY_VERBS, Policy
 from hubspoke.policy import Request as PolicyRequest
 from hubspoke.stream_caps import StreamCaps
 
-from . import backend, listing, pacing, wire
+from . import approvals, backend, listing, pacing, wire
 from .config import SpokeConfig
 from .dryrun import rehearse
 from .model import AgentRecord, AgentState, SpawnRequest
@@ -297,7 +297,51 @@ class SpokeServicer:
             reply=self._reply(auth, agent=wire.to_agent(self.config.name, rec))
         )
 
+    async def ApproveAgent(
+        self, request: spoke_service_pb2.SpokeServiceApproveAgentRequest, context: Any
+    ) -> spoke_service_pb2.SpokeServiceApproveAgentResponse:
+        rec = await self._approval(request.command, "approve_agent")
+        return spoke_service_pb2.SpokeServiceApproveAgentResponse(reply=rec)
+
+    async def RejectAgent(
+        self, request: spoke_service_pb2.SpokeServiceRejectAgentRequest, context: Any
+    ) -> spoke_service_pb2.SpokeServiceRejectAgentResponse:
+        rec = await self._approval(request.command, "reject_agent")
+        return spoke_service_pb2.SpokeServiceRejectAgentResponse(reply=rec)
+
     # --- helpers -------------------------------------------------------------
+
+    async def _approval(
+        self, env: command_pb2.SignedEnvelope, body_name: str
+    ) -> command_pb2.SignedEnvelope:
+        """An approve or reject, verified here whoever relayed it (spoke/approvals.py): the
+        signer must be one of the agent's approvers and not its owner."""
+        auth = await self._admit(env, body_name)
+        body = getattr(auth.command, body_name)
+        agent_id = self._agent_id(body.agent)
+        reason = approvals.check_reason(body.reason)
+        verb = BODY_VERBS[body_name]
+        with _queue_errors():
+            rec = await self.agents.records.get_or_none(agent_id)
+            if rec is None or not (
+                auth.principal in rec.approvers
+                or self.policy.allows(self._policy_request(auth, "get_agent", owner=rec.issuer))
+            ):
+                raise backend.AgentMissingError(f"agent {agent_id} not found")
+            approvals.check_approver(rec, auth.principal, verb)
+            signed = auth.client_envelope.SerializeToString()
+            try:
+                if verb == "approve":
+                    rec = await self.agents.approvals.approve(rec, auth.principal, reason, signed)
+                else:
+                    rec = await self.agents.approvals.reject(rec, auth.principal, reason, signed)
+            except backend.TransitionError as exc:
+                raise errors.AgentNotRunningError(
+                    f"agent {agent_id} is {exc.current}, not AWAITING_APPROVAL: "
+                    f"there is nothing to {verb}",
+                    state=exc.current,
+                ) from exc
+        return self._reply(auth, agent=wire.to_agent(self.config.name, rec))
 
     async def _admit(self, env: command_pb2.SignedEnvelope, body: str) -> Authorized:
         """Verify, then authorize the verb (spawn is authorized once its values resolve)."""
@@ -459,15 +503,17 @@ class SpokeServicer:
             raise errors.InvalidCommandError(
                 f"label keys and values are at most {LABEL_BYTES} bytes"
             )
-        self.policy.check(
-            self._policy_request(
-                auth,
-                "spawn_agent",
-                profile=profile.name,
-                priority=priority,
-                runtime_s=(timeout_ms or limit_ms) / 1000,
-                attempts=attempts,
-            )
+        resolved = self._policy_request(
+            auth,
+            "spawn_agent",
+            profile=profile.name,
+            priority=priority,
+            runtime_s=(timeout_ms or limit_ms) / 1000,
+            attempts=attempts,
+        )
+        self.policy.check(resolved)
+        need, approvers, approve_by = approvals.requirement(
+            self.policy, resolved, cfg.approval_window_s, int(accepted.timestamp() * 1000)
         )
         check_task(profile, body.task)  # argv option injection: refused before it is stored
         # The spawn's meaning, as the client sent it (not as this spoke's config resolved it,
@@ -503,6 +549,9 @@ class SpokeServicer:
             backoff_ms=cfg.retry_backoff_ms,
             envelope=auth.client_envelope.SerializeToString(),
             relay=auth.relay_envelope.SerializeToString() if auth.relay_envelope else b"",
+            approvals_required=need,
+            approvers=approvers,
+            approval_deadline_ms=approve_by,
         )
 
     def _reply(self, auth: Authorized, **result: Any) -> command_pb2.SignedEnvelope:

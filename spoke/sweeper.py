@@ -19,6 +19,7 @@ import structlog
 
 from hubspoke.aio import raise_if_cancelling
 
+from . import approvals
 from .backend import AgentMissingError, QueueError, TransitionError, now_ms
 from .config import SpokeConfig
 from .model import NOT_STARTED, AgentState
@@ -93,6 +94,13 @@ class Sweeper:
             log.info("verification_timed_out", agents=failed)
         return failed
 
+    async def expire_approvals(self) -> int:
+        """AWAITING_APPROVAL agents past their approval window → REJECTED (APPROVAL_EXPIRED)."""
+        expired = await approvals.expire_overdue(self.records)
+        if expired:
+            log.info("approval_expired", agents=expired)
+        return expired
+
     async def run(self) -> None:
         next_sweep = 0.0
         while True:
@@ -102,6 +110,7 @@ class Sweeper:
                 next_sweep = time.monotonic() + self.config.sweep_interval_s
                 try:
                     await self.expire_unstarted()
+                    await self.expire_approvals()
                     await self.sweep_once()
                 except QueueError as exc:
                     log.warning("sweep_failed", error=str(exc))

@@ -59,6 +59,12 @@ def to_agent(spoke: str, rec: AgentRecord) -> agent_pb2.Agent:
         agent.receipt.CopyFrom(to_receipt(rec))
     if rec.state == AgentState.NEEDS_VERIFICATION and rec.verify_deadline_ms:
         agent.verify_deadline.FromMilliseconds(rec.verify_deadline_ms)
+    if rec.approvals_required:  # approvals (spoke/approvals.py)
+        agent.approvals_required = rec.approvals_required
+        agent.approvers.extend(rec.approvers)
+        agent.approved_by.extend(rec.approved_by)
+        if rec.state == AgentState.AWAITING_APPROVAL:
+            agent.approval_deadline.FromMilliseconds(rec.approval_deadline_ms)
     if rec.expire_ms and (rec.start_deadline_ms or rec.replays):
         agent.start_deadline.FromMilliseconds(rec.expire_ms)  # a replay's own, if replayed
     return agent
@@ -93,6 +99,7 @@ _KINDS = {
     "stderr": agent_pb2.AgentEvent.Kind.KIND_STDERR,
     "heartbeat": agent_pb2.AgentEvent.Kind.KIND_HEARTBEAT,
     "dropped": agent_pb2.AgentEvent.Kind.KIND_DROPPED,
+    "approval": agent_pb2.AgentEvent.Kind.KIND_APPROVAL,
 }
 
 
@@ -103,6 +110,7 @@ def to_event(agent_id: str, ev: AgentEvent) -> agent_pb2.AgentEvent:
         kind=_KINDS.get(ev.kind, agent_pb2.AgentEvent.Kind.KIND_UNSPECIFIED),
         reason=ev.reason,
         data=ev.data,
+        approver=ev.approver,
     )
     out.event_time.FromMilliseconds(ev.time_ms)
     if ev.kind == "state" and ev.state:

@@ -65,6 +65,8 @@ _AB = TypeVar(
     command_pb2.KillAgentBody,
     command_pb2.ReplayAgentBody,
     command_pb2.VerifyAgentBody,
+    command_pb2.ApproveAgentBody,
+    command_pb2.RejectAgentBody,
 )
 
 
@@ -313,6 +315,20 @@ class Client:
         NEEDS_VERIFICATION."""
         body = command_pb2.VerifyAgentBody(agent=agent, items=dict(items))
         return await self._agent_verb(_rpc.VERIFY, body, spoke)
+
+    async def approve(self, agent: str, reason: str = "", spoke: str | None = None) -> Agent:
+        """Approve an AWAITING_APPROVAL agent as one of its approvers (``reason``: at most
+        1,024 characters). Returns the agent: QUEUED once it has every approval it needs,
+        else still AWAITING_APPROVAL with this approval in ``approved_by``. Its requester,
+        and anyone not among its ``approvers``, is refused (PERMISSION_DENIED)."""
+        body = command_pb2.ApproveAgentBody(agent=agent, reason=reason)
+        return await self._agent_verb(_rpc.APPROVE, body, spoke)
+
+    async def reject(self, agent: str, reason: str = "", spoke: str | None = None) -> Agent:
+        """Reject an AWAITING_APPROVAL agent as one of its approvers: it ends REJECTED
+        (REJECTED_BY_APPROVER) and never runs."""
+        body = command_pb2.RejectAgentBody(agent=agent, reason=reason)
+        return await self._agent_verb(_rpc.REJECT, body, spoke)
 
     async def list(
         self,

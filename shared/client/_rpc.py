@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     Stub: TypeAlias = hub_service_pb2_grpc.HubServiceAsyncStub  # exists for type checkers only
 
 __all__ = [
+    "APPROVE",
     "DRAIN",
     "DRAIN_SPOKE",
     "UNDRAIN_SPOKE",
@@ -175,6 +176,26 @@ VERIFY: Final = Unary(
     lambda c: c.verify_agent,
     lambda e: hs.HubServiceVerifyAgentRequest(command=e),
     lambda s: s.VerifyAgent,
+    lambda r: (r.reply,),
+    Role.SPOKE,
+    "agent",
+)
+APPROVE: Final = Unary(
+    "ApproveAgent",
+    command_pb2.ApproveAgentBody,
+    lambda c: c.approve_agent,
+    lambda e: hs.HubServiceApproveAgentRequest(command=e),
+    lambda s: s.ApproveAgent,
+    lambda r: (r.reply,),
+    Role.SPOKE,
+    "agent",
+)
+REJECT: Final = Unary(
+    "RejectAgent",
+    command_pb2.RejectAgentBody,
+    lambda c: c.reject_agent,
+    lambda e: hs.HubServiceRejectAgentRequest(command=e),
+    lambda s: s.RejectAgent,
     lambda r: (r.reply,),
     Role.SPOKE,
     "agent",

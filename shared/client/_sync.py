@@ -115,6 +115,14 @@ class SyncClient:
         """See :meth:`Client.verify`."""
         return self._runner.run(self.client.verify(agent, items, spoke))
 
+    def approve(self, agent: str, reason: str = "", spoke: str | None = None) -> Agent:
+        """See :meth:`Client.approve`."""
+        return self._runner.run(self.client.approve(agent, reason, spoke))
+
+    def reject(self, agent: str, reason: str = "", spoke: str | None = None) -> Agent:
+        """See :meth:`Client.reject`."""
+        return self._runner.run(self.client.reject(agent, reason, spoke))
+
     def replay(self, agent: str, spoke: str | None = None) -> Agent:
         """See :meth:`Client.replay`."""
         return self._runner.run(self.client.replay(agent, spoke))

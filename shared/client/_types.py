@@ -65,6 +65,12 @@ class AgentState(enum.IntEnum):
     ``Agent.verify_deadline``, then ends FAILED (VERIFICATION_TIMEOUT)."""
     EXPIRED = agent_pb2.Agent.STATE_EXPIRED
     """It did not start by ``Agent.start_deadline`` (reason NOT_STARTED) and never ran."""
+    AWAITING_APPROVAL = agent_pb2.Agent.STATE_AWAITING_APPROVAL
+    """Its policy asks for approvals: held at its spoke until ``approve`` by enough
+    approvers (then QUEUED), a ``reject``, or ``Agent.approval_deadline``."""
+    REJECTED = agent_pb2.Agent.STATE_REJECTED
+    """Rejected by an approver (REJECTED_BY_APPROVER) or not approved in its window
+    (APPROVAL_EXPIRED); it never ran."""
     SHADOWED = agent_pb2.Agent.STATE_SHADOWED
     """Its spoke or profile runs in shadow mode: it never ran; ``Agent.shadow_run`` says what
     would have."""
@@ -102,11 +108,14 @@ FINAL_STATES: Final = frozenset(
         AgentState.DEAD_LETTERED,
         AgentState.EXPIRED,
         AgentState.SHADOWED,
+        AgentState.REJECTED,
     }
 )
 """States an agent never leaves."""
 
-WAITING_ON_PEOPLE: Final = frozenset({AgentState.NEEDS_INPUT, AgentState.NEEDS_VERIFICATION})
+WAITING_ON_PEOPLE: Final = frozenset(
+    {AgentState.NEEDS_INPUT, AgentState.NEEDS_VERIFICATION, AgentState.AWAITING_APPROVAL}
+)
 """States an agent leaves only when someone acts (send, verify, kill) or a window closes."""
 
 
@@ -120,6 +129,9 @@ class EventKind(enum.IntEnum):
     STDERR = agent_pb2.AgentEvent.KIND_STDERR
     HEARTBEAT = agent_pb2.AgentEvent.KIND_HEARTBEAT
     DROPPED = agent_pb2.AgentEvent.KIND_DROPPED
+    APPROVAL = agent_pb2.AgentEvent.KIND_APPROVAL
+    """An approver's verified approval (``approver``; ``data`` its reason), or rejection
+    (``data`` ``rejected: <reason>``)."""
 
 
 class SpokeHealth(enum.IntEnum):
@@ -313,6 +325,14 @@ class Agent:
     """The mode its spoke ran it in (decided when a worker took it)."""
     shadow_run: ShadowRun | None = None
     """SHADOWED: what would have run."""
+    approvals_required: int = 0
+    """Distinct approvals its policy asked for before it could be queued; 0: none."""
+    approvers: tuple[str, ...] = ()
+    """Who may approve or reject it."""
+    approved_by: tuple[str, ...] = ()
+    """The approvers whose signed approvals its spoke verified, in order."""
+    approval_deadline: dt.datetime | None = None
+    """While AWAITING_APPROVAL: when it ends REJECTED (APPROVAL_EXPIRED)."""
 
     @property
     def final(self) -> bool:
@@ -351,6 +371,10 @@ class Agent:
             shadow_run=(
                 ShadowRun.from_proto(msg.shadow_run) if msg.HasField("shadow_run") else None
             ),
+            approvals_required=msg.approvals_required,
+            approvers=tuple(msg.approvers),
+            approved_by=tuple(msg.approved_by),
+            approval_deadline=_time(msg.approval_deadline, msg.HasField("approval_deadline")),
         )
 
 
@@ -371,6 +395,8 @@ class AgentEvent:
     not recorded (``DROPPED``)."""
     progress_percent: int
     raw: agent_pb2.AgentEvent = field(repr=False, compare=False)
+    approver: str = ""
+    """For ``APPROVAL`` events: who approved or rejected."""
 
     @classmethod
     def from_proto(cls, msg: agent_pb2.AgentEvent) -> AgentEvent:
@@ -384,6 +410,7 @@ class AgentEvent:
             data=msg.data,
             progress_percent=msg.progress_percent,
             raw=msg,
+            approver=msg.approver,
         )
 
 

@@ -1,0 +1,201 @@
+"""Approvals: a spawn a policy rule asks approvals for is held at the spoke until released.
+
+The spoke that holds the agent is the authority (docs/security.md, Approvals), so a call
+straight to it cannot skip them:
+
+* at the spawn, ``requirement`` asks the policy (shared/policy.py ``approval_rule``) how
+  many approvals, from whom, and until when; the record is stored with them and ``hold``
+  moves it QUEUED → AWAITING_APPROVAL (reason APPROVAL_REQUIRED) before any job exists;
+* each ``approve``/``reject`` arrives as a signed command the spoke's verifier checked;
+  ``check_approver`` refuses the agent's owner (the requester) and anyone not among the
+  approvers stored with the agent (PERMISSION_DENIED); the approval's signed envelope is
+  kept on the record (one field per approver, so distinct approvers count once and the
+  copies are bounded by the rule's approvers, at most ``policy.MAX_APPROVERS``);
+* with as many distinct approvals as required the agent is released (AWAITING_APPROVAL →
+  QUEUED, reason APPROVED) and its job queued; one rejection ends it REJECTED (reason
+  REJECTED_BY_APPROVER; who and why are on the record and in its ``approval`` event);
+* the sweeper ends agents whose window closed REJECTED (APPROVAL_EXPIRED), see
+  ``expire_overdue``.
+
+A crash between recording the last approval and the release leaves the agent waiting with
+enough approvals: a retry of any approval releases it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Final
+
+from hubspoke import errors
+from hubspoke.policy import Policy
+from hubspoke.policy import Request as PolicyRequest
+
+from .backend import AgentMissingError, TransitionError, backend, now_ms
+from .jobs import Jobs
+from .model import AgentRecord, AgentState
+from .records import EVENTS_MAXLEN, Records
+
+MAX_REASON_CHARS: Final = 1024
+"""The longest reason an approve or reject may carry (protocol limit)."""
+
+APPROVAL_REQUIRED: Final = "APPROVAL_REQUIRED"
+APPROVED: Final = "APPROVED"
+REJECTED_BY_APPROVER: Final = "REJECTED_BY_APPROVER"
+APPROVAL_EXPIRED: Final = "APPROVAL_EXPIRED"
+
+_RECORD = """
+-- KEYS: agent, events. ARGV: principal, text, now_ms, maxlen, envelope, verdict.
+-- Records one approver's signed approval (verdict "approve": once per approver) or
+-- rejection, with its event, while the agent is AWAITING_APPROVAL.
+local cur = redis.call('HGET', KEYS[1], 'state')
+if not cur then return {'missing', ''} end
+local list = cjson.decode(redis.call('HGET', KEYS[1], 'approved_by') or '[]')
+for _, p in ipairs(list) do
+  if p == ARGV[1] and ARGV[6] == 'approve' then return {'counted', tostring(#list)} end
+end
+if cur ~= 'AWAITING_APPROVAL' then return {'illegal', cur} end
+local data = ARGV[2]
+if ARGV[6] == 'approve' then
+  table.insert(list, ARGV[1])
+  redis.call('HSET', KEYS[1], 'approved_by', cjson.encode(list), 'approval:' .. ARGV[1], ARGV[5])
+else
+  redis.call('HSET', KEYS[1], 'rejected_by', ARGV[1], 'rejection', ARGV[5],
+    'rejection_reason', ARGV[2])
+  data = 'rejected: ' .. ARGV[2]
+end
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], seq .. '-0',
+  'kind', 'approval', 'approver', ARGV[1], 'data', data, 'time', ARGV[3])
+return {'recorded', tostring(#list)}
+"""
+
+
+def requirement(
+    policy: Policy, req: PolicyRequest, default_window_s: float, accept_ms: int
+) -> tuple[int, tuple[str, ...], int]:
+    """For an allowed spawn: (approvals, approvers, approval deadline in ms), or (0, (), 0)
+    when no rule that allows it asks for approvals. The window is the rule's
+    ``approval_window_seconds``, else the spoke's ``approval_window_s``, from acceptance."""
+    rule = policy.approval_rule(req)
+    if rule is None:
+        return 0, (), 0
+    window_s = rule.approval_window_s or default_window_s
+    return rule.approvals, tuple(sorted(rule.approvers)), accept_ms + int(window_s * 1000)
+
+
+def held(rec: AgentRecord) -> bool:
+    """Whether the record still waits for approvals (it must have no job)."""
+    return rec.approvals_required > len(rec.approved_by)
+
+
+def check_reason(reason: str) -> str:
+    if len(reason) > MAX_REASON_CHARS:
+        raise errors.InvalidCommandError(
+            f"reason is longer than {MAX_REASON_CHARS} characters", limit="reason"
+        )
+    if "\x00" in reason:
+        raise errors.InvalidCommandError("reason must not contain NUL characters")
+    return reason
+
+
+def check_approver(rec: AgentRecord, principal: str, verb: str) -> None:
+    """PERMISSION_DENIED unless ``principal`` is one of the agent's approvers and not its
+    owner (the requester)."""
+    if principal == rec.issuer:
+        raise errors.KeyNotAuthorizedError(
+            f"{principal} requested agent {rec.agent_id} and cannot {verb} it: "
+            "approvals come from other principals",
+            verb=verb,
+        )
+    if principal not in rec.approvers:
+        raise errors.KeyNotAuthorizedError(
+            f"{principal} is not an approver of agent {rec.agent_id} "
+            f"(approvers: {', '.join(rec.approvers) or 'none'})",
+            verb=verb,
+        )
+
+
+class Approvals:
+    """Holding, approving, rejecting and expiring agents that wait for approvals."""
+
+    def __init__(self, records: Records, jobs: Jobs) -> None:
+        self.records = records
+        self.jobs = jobs
+        self._record = records.redis.register_script(_RECORD)
+
+    async def hold(self, rec: AgentRecord) -> AgentRecord:
+        """QUEUED (just stored, no job) → AWAITING_APPROVAL; a record already held is
+        returned as it is."""
+        with contextlib.suppress(TransitionError):
+            await self.records.transition(
+                rec.agent_id, [AgentState.QUEUED], AgentState.AWAITING_APPROVAL, APPROVAL_REQUIRED
+            )
+        return await self.records.get(rec.agent_id)
+
+    async def approve(
+        self, rec: AgentRecord, principal: str, reason: str, envelope: bytes
+    ) -> AgentRecord:
+        """Record ``principal``'s approval (once), and release the agent once it has enough.
+        Raises TransitionError when it no longer waits (and this approver never counted)."""
+        _, count = await self._apply(rec.agent_id, principal, reason, envelope, "approve")
+        if count >= rec.approvals_required:
+            await self._release(rec.agent_id)
+        return await self.records.get(rec.agent_id)
+
+    async def reject(
+        self, rec: AgentRecord, principal: str, reason: str, envelope: bytes
+    ) -> AgentRecord:
+        """End the agent REJECTED (REJECTED_BY_APPROVER), the rejection kept on its record."""
+        await self._apply(rec.agent_id, principal, reason, envelope, "reject")
+        await self.records.transition(
+            rec.agent_id,
+            [AgentState.AWAITING_APPROVAL],
+            AgentState.REJECTED,
+            REJECTED_BY_APPROVER,
+        )
+        return await self.records.get(rec.agent_id)
+
+    @backend
+    async def _apply(
+        self, agent_id: str, principal: str, text: str, envelope: bytes, verdict: str
+    ) -> tuple[str, int]:
+        keys = [self.records.keys.agent(agent_id), self.records.keys.events(agent_id)]
+        args: list[Any] = [principal, text, now_ms(), EVENTS_MAXLEN, envelope, verdict]
+        status, detail = await self._record(keys=keys, args=args)
+        if status == b"missing":
+            raise AgentMissingError(f"agent {agent_id} not found")
+        if status == b"illegal":
+            raise TransitionError(agent_id, detail.decode())
+        return status.decode(), int(detail)
+
+    async def _release(self, agent_id: str) -> None:
+        try:
+            await self.records.transition(
+                agent_id, [AgentState.AWAITING_APPROVAL], AgentState.QUEUED, APPROVED
+            )
+        except TransitionError:
+            return  # released (or ended) by another call meanwhile
+        await self.jobs.enqueue(await self.records.get(agent_id))
+
+
+async def expire_overdue(records: Records) -> int:
+    """AWAITING_APPROVAL agents past their approval deadline → REJECTED
+    (APPROVAL_EXPIRED); one pass over the index (the sweeper, every
+    ``sweep_interval_s``)."""
+    now = now_ms()
+    due: list[str] = []
+    async for rows in records.scan_index("state", "approval_deadline_ms"):
+        for agent_id, (state, deadline) in rows:
+            if state == b"AWAITING_APPROVAL" and deadline and 0 < int(deadline) < now:
+                due.append(agent_id)
+    expired = 0
+    for agent_id in due:
+        with contextlib.suppress(TransitionError, AgentMissingError):  # approved meanwhile
+            await records.transition(
+                agent_id,
+                [AgentState.AWAITING_APPROVAL],
+                AgentState.REJECTED,
+                APPROVAL_EXPIRED,
+            )
+            expired += 1
+    return expired
