@@ -38,6 +38,8 @@ def test_public_names_are_pinned() -> None:
             "ProfileCapacity",
             "QueueStats",
             "Receipt",
+            "RunMode",
+            "ShadowRun",
             "Spoke",
             "SpokeCapacity",
             "SpokeHealth",
