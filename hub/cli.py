@@ -132,6 +132,9 @@ def _exit_for(agent: Agent) -> int:
 
 
 async def _spawn(client: Client, args: argparse.Namespace, out: Out) -> int:
+    chosen = cli_routing.spawn_selector(args)  # exactly one of --spoke, --selector
+    if args.dry_run:
+        return await cli_routing.dry_run(client, args, out)
     agent = await client.spawn(
         args.spoke,
         args.profile,
@@ -143,6 +146,7 @@ async def _spawn(client: Client, args: argparse.Namespace, out: Out) -> int:
         max_attempts=args.max_attempts,
         delay_s=args.delay,
         start_within_s=args.start_within,
+        selector=chosen or None,
     )
     if not args.wait:
         _show_agent(out, agent, brief=True)
@@ -360,6 +364,7 @@ _VERBS: Final[dict[str, _Verb]] = {
     "reject": _reject,
     "list": _list,
     "spokes": _spokes,
+    "spoke": cli_routing.spoke_verb,
     "watch": _watch,
     "queue": _queue,
     "dlq": _dlq,

@@ -100,6 +100,7 @@ def spoke_json(spoke: Spoke) -> dict[str, Any]:
     doc["address"] = raw.address
     doc["health"] = spoke.health.name
     doc["labels"] = dict(raw.labels)
+    doc["draining"] = raw.draining
     if raw.circuit:
         doc["circuit"] = spoke.circuit.name
     if spoke.capacity is not None and spoke.capacity.mode:

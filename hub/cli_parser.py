@@ -44,8 +44,11 @@ environment: HUBCTL_CONFIG (--config), HUBCTL_HUB (--hub), HUBCTL_TIMEOUT (--tim
 # Shown under each verb's --help; tests/hub/test_cli_examples.py parses every one of them.
 EXAMPLES: Final[dict[str, tuple[str, ...]]] = {
     "keygen": ("hubctl keygen --out keys --name alice",),
+    "spoke": ("hubctl spoke drain spoke-2", "hubctl --json spoke undrain spoke-2"),
     "spawn": (
         "hubctl spawn --spoke spoke-1 -- duration=5 steps=5",
+        "hubctl spawn --selector gpu=yes,zone=a -- duration=60",
+        "hubctl spawn --selector gpu=yes --dry-run -- duration=1",
         "hubctl spawn --spoke build-2 --profile tests --timeout 1800 --wait -- tests/test_api.py",
         "hubctl spawn --spoke spoke-1 --id nightly-2026-11-30 --priority 8 --label team=infra "
         "-- duration=1",
@@ -201,10 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
         "spawn",
         help="start an agent on a spoke",
         parents=[common_no_timeout],
-        usage="%(prog)s --spoke NAME [--profile P] [--priority 1-10] [--timeout SECONDS] "
+        usage="%(prog)s (--spoke NAME | --selector K=V[,K=V]) [--dry-run] [--profile P] "
+        "[--priority 1-10] [--timeout SECONDS] "
         "[--id COMMAND_ID] [--max-attempts N] [--label k=v]... [--wait] -- TASK...",
     )
-    sp.add_argument("--spoke", required=True, help="the spoke to run on")
+    sp.add_argument("--spoke", default="", help="the spoke to run on (or --selector)")
+    add_spawn_options(sp)  # --selector, --dry-run (cli_routing.py)
     sp.add_argument("--profile", default="synthetic", help="profile name (default synthetic)")
     sp.add_argument("--priority", type=_priority, default=0, help="1 (low) to 10 (urgent)")
     sp.add_argument(
@@ -295,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--page-size", type=int, default=50, help="agents per spoke (default 50)")
 
     sub.add_parser("spokes", help="list the hub's spokes and their health", parents=[common])
+    add_spoke_parser(sub, common)  # hubctl spoke drain|undrain NAME
 
     wt = sub.add_parser(
         "watch", help="follow an agent's state, progress and output live", parents=[common]

@@ -57,6 +57,7 @@ def _signed_command(
 ) -> command_pb2.Command:
     """The client's command in ``stored``, verified (and, with ``relay``, the hub's relay
     around it verified and holding exactly those signed bytes)."""
+    via = ""  # the relaying hub, if any
     try:
         env = command_pb2.SignedEnvelope.FromString(stored)
         if relay:
@@ -68,6 +69,7 @@ def _signed_command(
             if wrapped.issuer != outer.peer or wrapped.audience != spoke:
                 raise TamperedError("relay")
             inner = wrapped.command
+            via = wrapped.issuer
             if inner.payload != env.payload or inner.payload_type != env.payload_type:
                 raise TamperedError("relay")
         verified = envelope.verify(
@@ -78,7 +80,9 @@ def _signed_command(
         raise TamperedError("signature") from exc
     if cmd.issuer != verified.peer:
         raise TamperedError("issuer")
-    if cmd.WhichOneof("body") != "spawn_agent" or cmd.audience != spoke:
+    # A selector spawn names the hub that placed it (spoke/verifier.py); any other, this spoke.
+    placed = bool(via) and cmd.audience == via and bool(cmd.spawn_agent.selector)
+    if cmd.WhichOneof("body") != "spawn_agent" or (cmd.audience != spoke and not placed):
         raise TamperedError("command")
     return cmd
 
