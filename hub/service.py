@@ -43,7 +43,7 @@ from typing import Any
 import grpc
 import structlog
 
-from hubspoke import commands, envelope, errors
+from hubspoke import approval_text, commands, envelope, errors
 from hubspoke.gen.federation.v1 import command_pb2, hub_service_pb2
 from hubspoke.keys import SigningKey
 from hubspoke.policy import BODY_VERBS, Policy, PolicyDeniedError
@@ -230,6 +230,7 @@ class HubServicer:
     ) -> hub_service_pb2.HubServiceApproveAgentResponse:
         """Relayed as it is: the spoke that holds the agent checks the approver."""
         inbound = await self._admit(request, relay.APPROVE)
+        approval_text.check_reason(inbound.command.approve_agent.reason)
         reply_env = await self._agent_call(inbound, inbound.command.approve_agent.agent)
         return hub_service_pb2.HubServiceApproveAgentResponse(reply=reply_env)
 
@@ -237,6 +238,7 @@ class HubServicer:
         self, request: hub_service_pb2.HubServiceRejectAgentRequest, context: _Ctx
     ) -> hub_service_pb2.HubServiceRejectAgentResponse:
         inbound = await self._admit(request, relay.REJECT)
+        approval_text.check_reason(inbound.command.reject_agent.reason)
         reply_env = await self._agent_call(inbound, inbound.command.reject_agent.agent)
         return hub_service_pb2.HubServiceRejectAgentResponse(reply=reply_env)
 

@@ -27,6 +27,7 @@ import contextlib
 from typing import Any, Final
 
 from hubspoke import errors
+from hubspoke.approval_text import check_reason as check_reason  # the service checks with it
 from hubspoke.policy import Policy
 from hubspoke.policy import Request as PolicyRequest
 
@@ -34,9 +35,6 @@ from .backend import AgentMissingError, TransitionError, backend, now_ms
 from .jobs import Jobs
 from .model import AgentRecord, AgentState
 from .records import EVENTS_MAXLEN, Records
-
-MAX_REASON_CHARS: Final = 1024
-"""The longest reason an approve or reject may carry (protocol limit)."""
 
 APPROVAL_REQUIRED: Final = "APPROVAL_REQUIRED"
 APPROVED: Final = "APPROVED"
@@ -86,16 +84,6 @@ def requirement(
 def held(rec: AgentRecord) -> bool:
     """Whether the record still waits for approvals (it must have no job)."""
     return rec.approvals_required > len(rec.approved_by)
-
-
-def check_reason(reason: str) -> str:
-    if len(reason) > MAX_REASON_CHARS:
-        raise errors.InvalidCommandError(
-            f"reason is longer than {MAX_REASON_CHARS} characters", limit="reason"
-        )
-    if "\x00" in reason:
-        raise errors.InvalidCommandError("reason must not contain NUL characters")
-    return reason
 
 
 def check_approver(rec: AgentRecord, principal: str, verb: str) -> None:

@@ -78,6 +78,8 @@ MALFORMED_BODY: Final[dict[str, tuple[str, ...]]] = {
     "kill_agent": ("agent_bad_id",),
     "replay_agent": ("agent_bad_id",),
     "verify_agent": ("agent_bad_id",),
+    "approve_agent": ("agent_bad_id", "reason_too_long"),
+    "reject_agent": ("agent_bad_id", "reason_too_long"),
 }
 MALFORMED_EXPECT: Final = _s(INVALID, UNAUTH, DENIED)
 
@@ -144,6 +146,8 @@ def _malformed_cmd(
         b["page_token"] = rng.choice(["!!", "bm9wZQ", "o:-1", ascii_token(rng, 30), "x" * 5000])
     elif variant == "after_sequence_negative":
         b["after_sequence"] = -1
+    elif variant == "reason_too_long":  # approvals: at most 1,024 characters
+        b["reason"] = "r" * rng.choice([1025, 4096])
     elif variant == "agent_bad_id":
         b["agent"] = rng.choice(
             ["a b", "../x", "", "spokes/x", f"spokes/{SPOKE}/agents/a b", "spokes//agents/x"]

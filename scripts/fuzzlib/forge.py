@@ -34,7 +34,17 @@ REPLY = envelope.PAYLOAD_TYPE_REPLY
 VALIDITY = dt.timedelta(minutes=5)
 RELAY_VALIDITY = dt.timedelta(seconds=60)
 SPOKE_ADDRESSED = frozenset({"spawn_agent", "pause_queue", "resume_queue", "drain_queue"})
-AGENT_VERBS = frozenset({"get_agent", "kill_agent", "replay_agent", "watch_agent", "verify_agent"})
+AGENT_VERBS = frozenset(
+    {
+        "get_agent",
+        "kill_agent",
+        "replay_agent",
+        "watch_agent",
+        "verify_agent",
+        "approve_agent",
+        "reject_agent",
+    }
+)
 
 
 def ts(t: dt.datetime) -> timestamp_pb2.Timestamp:
