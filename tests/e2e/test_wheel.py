@@ -121,6 +121,7 @@ def test_the_wheel_installs_one_top_level_package(fresh: FreshVenv) -> None:
     assert "hubspoke/gen/federation/v1/agent_pb2.pyi" in members  # typed stubs ship
     assert "hubspoke/py.typed" in members
     assert {"hubspoke/hub/cli.py", "hubspoke/spoke/app.py"} <= members
+    assert "hubspoke/hub/fixtures/synthetic.toml" in members  # synthetic-all's package data
 
 
 def test_the_fresh_venv_imports_hubspoke_from_the_wheel(fresh: FreshVenv) -> None:
@@ -196,3 +197,13 @@ def test_a_spawn_through_the_wheels_hubctl_succeeds(
     daemons = [c for c in children if "hubd" in c or "spoked" in c]
     assert len(daemons) == 2, children
     assert all(str(fresh.bin) in c for c in daemons), daemons
+
+
+def test_synthetic_all_from_the_wheel_passes_on_hubctl_dev_up(
+    fresh: FreshVenv, dev_federation: DevUp
+) -> None:
+    """The shipped fixtures (package data) run end to end on the dev federation (issue 12)."""
+    config = str(dev_federation.root / "hubctl.toml")
+    done = fresh.run("hubctl", "--config", config, "--json", "synthetic-all", timeout=150)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert '"passed": true' in done.stdout
