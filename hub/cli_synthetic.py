@@ -34,6 +34,8 @@ DEFAULT_WAIT_TIMEOUT_S: Final = 120.0
 """How long one fixture's agent may take to settle (``--wait-timeout``)."""
 FIXTURE_LABEL: Final = "synthetic-all"
 """The label every fixture agent carries (its value: the run's id); shadow-summary skips them."""
+PROBE_WAIT_S: Final = 10.0
+"""How long to wait for a hub that has not yet probed every spoke (it just started)."""
 _EXIT_OK: Final = 0
 _EXIT_DIVERGED: Final = 1
 
@@ -63,9 +65,7 @@ async def run(client: Client, args: argparse.Namespace, out: Out) -> int:
         fixtures = select(load_fixtures(args.fixtures), args.only)
     except FixtureError as exc:
         raise UsageError(str(exc)) from None
-    spokes = list(args.spokes) or [
-        s.name for s in await client.spokes() if s.health == SpokeHealth.READY
-    ]
+    spokes = list(args.spokes) or await _ready_spokes(client)
     if not spokes:
         raise UsageError("no READY spoke to run the fixtures on (see hubctl spokes)")
     run_id = uuid.uuid4().hex[:12]
@@ -86,6 +86,18 @@ async def run(client: Client, args: argparse.Namespace, out: Out) -> int:
     else:
         _print(out, results, spokes, diverged)
     return _EXIT_DIVERGED if diverged else _EXIT_OK
+
+
+async def _ready_spokes(client: Client) -> list[str]:
+    """The spokes the hub reports READY, once it has probed each (a hub just started has
+    not: it is given up to PROBE_WAIT_S)."""
+    deadline = asyncio.get_running_loop().time() + PROBE_WAIT_S
+    while True:
+        spokes = await client.spokes()
+        unprobed = [s for s in spokes if s.health == SpokeHealth.UNSPECIFIED]
+        if not unprobed or asyncio.get_running_loop().time() > deadline:
+            return [s.name for s in spokes if s.health == SpokeHealth.READY]
+        await asyncio.sleep(0.5)
 
 
 def _print(out: Out, results: list[Result], spokes: list[str], diverged: list[str]) -> None:
