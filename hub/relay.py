@@ -78,6 +78,7 @@ PAUSE: Final = "pause_queue"
 RESUME: Final = "resume_queue"
 DRAIN: Final = "drain_queue"
 VERIFY: Final = "verify_agent"
+SEND: Final = "send_input"
 DRAIN_SPOKE: Final = "drain_spoke"
 UNDRAIN_SPOKE: Final = "undrain_spoke"
 APPROVE: Final = "approve_agent"
@@ -116,6 +117,7 @@ _ROUTES: Final[dict[str, _Route]] = {
     ),
     WATCH: _Route("WatchAgent", spoke_service_pb2.SpokeServiceWatchAgentRequest, "agent_event"),
     VERIFY: _Route("VerifyAgent", spoke_service_pb2.SpokeServiceVerifyAgentRequest, "agent"),
+    SEND: _Route("SendInput", spoke_service_pb2.SpokeServiceSendInputRequest, "agent"),
     APPROVE: _Route("ApproveAgent", spoke_service_pb2.SpokeServiceApproveAgentRequest, "agent"),
     REJECT: _Route("RejectAgent", spoke_service_pb2.SpokeServiceRejectAgentRequest, "agent"),
 }

@@ -43,7 +43,7 @@ from typing import Any
 import grpc
 import structlog
 
-from hubspoke import approval_text, commands, envelope, errors
+from hubspoke import approval_text, commands, envelope, errors, input_text
 from hubspoke.gen.federation.v1 import command_pb2, hub_service_pb2
 from hubspoke.keys import SigningKey
 from hubspoke.policy import BODY_VERBS, Policy, PolicyDeniedError
@@ -80,6 +80,7 @@ _Request = (
     | hub_service_pb2.HubServiceResumeQueueRequest
     | hub_service_pb2.HubServiceDrainQueueRequest
     | hub_service_pb2.HubServiceVerifyAgentRequest
+    | hub_service_pb2.HubServiceSendInputRequest
     | hub_service_pb2.HubServiceDrainSpokeRequest
     | hub_service_pb2.HubServiceUndrainSpokeRequest
     | hub_service_pb2.HubServiceWatchEventsRequest
@@ -131,6 +132,8 @@ class RoutingConfig:
     under it and names the others in ``omitted_spokes``."""
     fanout_timeout_s: float = 5.0
     """One deadline for every spoke a fan-out asks; those that did not answer are named."""
+    max_input_bytes: int = 64 * 1024
+    """The longest SendInput text (UTF-8 bytes) relayed; a longer one is refused here."""
     claim_ttl_s: float = 86400.0
     """The shortest time a selector spawn's command id stays claimed for its spoke
     (hub/placement_claim.py); a longer start_within keeps it longer."""
@@ -224,6 +227,15 @@ class HubServicer:
         inbound = await self._admit(request, relay.VERIFY)
         reply_env = await self._agent_call(inbound, inbound.command.verify_agent.agent)
         return hub_service_pb2.HubServiceVerifyAgentResponse(reply=reply_env)
+
+    async def SendInput(
+        self, request: hub_service_pb2.HubServiceSendInputRequest, context: _Ctx
+    ) -> hub_service_pb2.HubServiceSendInputResponse:
+        inbound = await self._admit(request, relay.SEND)
+        body = inbound.command.send_input
+        input_text.check(body.text, self._cfg.max_input_bytes, f"hub {self._cfg.hub_name}")
+        reply_env = await self._agent_call(inbound, body.agent)
+        return hub_service_pb2.HubServiceSendInputResponse(reply=reply_env)
 
     async def ApproveAgent(
         self, request: hub_service_pb2.HubServiceApproveAgentRequest, context: _Ctx

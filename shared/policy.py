@@ -39,7 +39,7 @@ with an error naming it (there is no default: docs/security.md shows the migrati
 verb                          ``own``                      ``any``
 ============================  ===========================  ===============================
 get, kill, watch, replay,     the principal's own agents   every agent
-verify
+verify, send
 list, dead_letters            lists only its own agents    lists every agent
 spawn, spokes, queue_stats    allowed (spawn: the new agent's owner is the principal)
 pause, resume, drain          never (they act on           allowed
@@ -132,7 +132,7 @@ BODY_VERBS: Mapping[str, str] = {
 """Command body case → policy verb."""
 
 SCOPES = frozenset({"own", "any"})
-AGENT_VERBS = frozenset({"get", "kill", "watch", "replay", "verify"})
+AGENT_VERBS = frozenset({"get", "kill", "watch", "replay", "verify", "send"})
 """Verbs on one agent: an ``own`` rule covers them only on the principal's own agents."""
 LISTING_VERBS = frozenset({"list", "dead_letters"})
 """Verbs that list agents: an ``own`` rule lets the principal list only its own agents."""

@@ -152,6 +152,16 @@ class SpokeConfig:
     max_receipt_bytes: int = 64 * 1024
     """Largest receipt (its JSON text, UTF-8 bytes) kept; a longer one is recorded as
     ``receipt: over N bytes`` instead."""
+    max_input_bytes: int = 64 * 1024
+    """The longest message ``hubctl send`` may carry (SendInput text, UTF-8 bytes); a longer
+    one is refused with INVALID_ARGUMENT and nothing is kept."""
+    max_inputs_per_agent: int = 100
+    """The most messages kept for one agent (each with its signed envelope); one more is
+    refused with RESOURCE_EXHAUSTED (QUOTA_EXCEEDED)."""
+    inbox_dir: Path | None = None
+    """The directory of the agents' inboxes (a file or FIFO per agent, named by its id, that
+    a profile's ``inbox`` key asks for); created owner-only. Empty: ``hubspoke-inbox-UID-NAME``
+    under the system's temporary directory."""
     shutdown_grace_s: float = 5.0
     """How long, in seconds, in-flight calls and agent workers may finish on shutdown."""
     allow_eviction: bool = False
@@ -181,6 +191,8 @@ class SpokeConfig:
             "max_task_bytes",
             "output_tail_bytes",
             "max_receipt_bytes",
+            "max_input_bytes",
+            "max_inputs_per_agent",
             "lock_duration_ms",
             "stalled_interval_ms",
             "retry_backoff_ms",

@@ -52,6 +52,15 @@ class SpokeKeys:
         (ms), kept by the scripts that change state; the sweeper fails those past it."""
         return f"{self.prefix}:verifying"
 
+    def inbox(self, agent_id: str) -> str:
+        """List of the messages ``hubctl send`` kept for an agent, oldest first, each JSON with
+        its signed envelope (spoke/inbox.py); message ``seq`` N is element N-1."""
+        return f"{self.prefix}:inbox:{agent_id}"
+
+    def inbox_ids(self, agent_id: str) -> str:
+        """Hash of the command ids of an agent's messages to ``seq/digest`` (retries)."""
+        return f"{self.prefix}:inbox-ids:{agent_id}"
+
     @staticmethod
     def waiting_member(issuer: str, agent_id: str) -> str:
         """``issuer:agent_id``: neither a principal's name nor an agent id contains ``:``."""

@@ -193,6 +193,8 @@ class AgentRecord:
     start_deadline_ms: int = 0
     """The spawn's start deadline as accepted; 0 for a record stored before start deadlines.
     Unlike ``expire_ms`` (which a replay moves to its own deadline) it never changes."""
+    inputs: int = 0
+    """How many signed messages ``hubctl send`` kept for it (spoke/inbox.py)."""
     approvals_required: int = 0
     """Distinct approvals its policy rule asked for before it may be queued; 0: none."""
     approvers: tuple[str, ...] = ()
@@ -251,6 +253,7 @@ class AgentRecord:
             verdicts=_json_map(_text(raw, "verdicts")),
             verified_by=_json_map(_text(raw, "verified_by")),
             start_deadline_ms=_int(raw, "start_deadline_ms"),
+            inputs=_int(raw, "inputs"),
             approvals_required=_int(raw, "approvals_required"),
             approvers=tuple(json.loads(_text(raw, "approvers") or "[]")),
             approved_by=tuple(json.loads(_text(raw, "approved_by") or "[]")),
@@ -270,5 +273,9 @@ class AgentEvent:
     state: str = ""
     reason: str = ""
     data: str = ""
+    sender: str = ""
+    """For an ``input`` event: who signed the message (its text is ``data``)."""
+    input_seq: int = 0
+    """For an ``input`` event: the message's number in the agent's inbox, from 1."""
     approver: str = ""
     """For an ``approval`` event and the REJECTED state event of a rejection."""

@@ -44,6 +44,7 @@ from types import MappingProxyType
 from hubspoke.errors import ConfigError, InvalidCommandError
 from hubspoke.keys import owner_only_problem
 
+from .inbox_files import INBOX_KINDS
 from .runmode import Mode, parse_mode
 
 __all__ = [
@@ -116,6 +117,9 @@ class Profile:
     secrets: Mapping[str, str] = field(default_factory=_empty_env, hash=False)
     """Environment variable -> absolute path of an owner-only file holding its value, read
     when each agent starts (see the module docstring)."""
+    inbox: str = "file"
+    """How ``hubctl send`` messages reach the agent (spoke/inbox_files.py): ``file`` (a file
+    of JSON lines), ``fifo`` (a named pipe) or ``none``; its path is ``HUBSPOKE_INBOX``."""
     mode: Mode | None = None
     """This profile's run mode (live, synthetic, shadow); None: the spoke's. It can only
     make the spoke's more cautious (spoke/modes.py)."""
@@ -228,6 +232,7 @@ _KNOWN_KEYS = frozenset(
         "start_within_seconds",
         "unsafe",
         "secrets",
+        "inbox",
         "mode",
     }
 )
@@ -375,6 +380,13 @@ def _mode(name: str, raw: Mapping[str, object]) -> Mode | None:
         raise _err(name, "mode", str(exc)) from None
 
 
+def _inbox(name: str, raw: Mapping[str, object], default: str) -> str:
+    value = raw.get("inbox", default)
+    if value not in INBOX_KINDS:
+        raise _err(name, "inbox", f"must be one of {', '.join(INBOX_KINDS)}")
+    return str(value)
+
+
 def profile_from_mapping(name: str, raw: Mapping[str, object]) -> Profile:
     """Validate a TOML profile table and build the :class:`Profile`.
 
@@ -384,7 +396,8 @@ def profile_from_mapping(name: str, raw: Mapping[str, object]) -> Profile:
     in full), ``timeout_seconds`` (> 0), ``kill_grace_seconds`` (>= 0), ``max_attempts``
     (integer >= 1), ``max_concurrency`` (integer >= 0, 0 = unlimited),
     ``start_within_seconds`` (> 0: the start deadline of a spawn that names none), ``secrets``
-    (a table of environment variable = absolute path of an owner-only file), ``mode``
+    (a table of environment variable = absolute path of an owner-only file), ``inbox``
+    (``file``, ``fifo`` or ``none``: how ``hubctl send`` messages reach the agent), ``mode``
     (``live``, ``synthetic`` or ``shadow``: only ever more cautious than the spoke's).
 
     An ``argv`` element that begins with ``{task}`` needs a ``--`` element before it or a
@@ -427,6 +440,7 @@ def profile_from_mapping(name: str, raw: Mapping[str, object]) -> Profile:
             name, raw, "start_within_seconds", base.start_within_s, allow_zero=False
         ),
         secrets=_secrets(name, raw, env, base.secrets),
+        inbox=_inbox(name, raw, base.inbox),
         mode=_mode(name, raw),
     )
     check_secret_files(profile)

@@ -26,6 +26,7 @@ from hubspoke.redis_access import RedisAccess
 from . import approvals
 from .backend import AgentMissingError, TransitionError, backend, command_client
 from .fanout import StreamFanout
+from .inbox import Inboxes
 from .jobs import Jobs
 from .keys import SpokeKeys
 from .kills import Kills
@@ -62,6 +63,9 @@ class AgentQueue:
         self.jobs = Jobs(redis, self.keys)
         self.kills = Kills(self.records, self.jobs)
         self.slots = Slots(self.worker_redis, self.keys)
+        self.inboxes = Inboxes(self.redis, self.keys)
+        """Messages ``hubctl send`` kept for agents (spoke/inbox.py)."""
+        self.worker_inboxes = Inboxes(self.worker_redis, self.keys)
         self.approvals = approvals.Approvals(self.records, self.jobs)
 
     async def close(self) -> None:

@@ -86,6 +86,8 @@ def parse_events(rows: Iterable[tuple[bytes, Mapping[bytes, bytes]]]) -> list[Ag
                 state=fields.get("state", ""),
                 reason=fields.get("reason", ""),
                 data=fields.get("data", ""),
+                sender=fields.get("sender", ""),
+                input_seq=int(fields.get("input_seq") or 0),
                 approver=fields.get("approver", ""),  # approvals
             )
         )
@@ -455,6 +457,7 @@ class Records:
             if rec is not None:  # a final agent is no member; a stray one goes with it
                 pipe.zrem(self.keys.waiting, SpokeKeys.waiting_member(rec.issuer, agent_id))
             pipe.zrem(self.keys.verifying, agent_id)
+            pipe.delete(self.keys.inbox(agent_id), self.keys.inbox_ids(agent_id))
             await pipe.execute()
             swept += 1
         return swept

@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 from hubspoke import commands, envelope, errors
+from hubspoke import input_text
 from hubspoke.gen.federation.v1 import agent_pb2, command_pb2, spoke_service_pb2
 from hubspoke.keys import SigningKey
 from hubspoke.pacing import WatchPacing
@@ -33,6 +34,7 @@ from hubspoke.policy import Request as PolicyRequest
 from hubspoke.stream_caps import StreamCaps
 
 from . import approvals, backend, listing, pacing, wire
+from . import service_input
 from .config import SpokeConfig
 from .dryrun import rehearse
 from .model import AgentRecord, AgentState, SpawnRequest
@@ -308,6 +310,23 @@ class SpokeServicer:
     ) -> spoke_service_pb2.SpokeServiceRejectAgentResponse:
         rec = await self._approval(request.command, "reject_agent")
         return spoke_service_pb2.SpokeServiceRejectAgentResponse(reply=rec)
+
+    async def SendInput(
+        self, request: spoke_service_pb2.SpokeServiceSendInputRequest, context: Any
+    ) -> spoke_service_pb2.SpokeServiceSendInputResponse:
+        auth = await self._admit(request.command, "send_input")
+        agent_id = self._agent_id(auth.command.send_input.agent)
+        input_text.check(
+            auth.command.send_input.text, self.config.max_input_bytes, f"spoke {self.config.name}"
+        )
+        await self._visible(auth, "send_input", agent_id)
+        with _queue_errors():
+            rec = await service_input.send_input(
+                self.agents, auth, agent_id, self.config.max_inputs_per_agent
+            )
+        return spoke_service_pb2.SpokeServiceSendInputResponse(
+            reply=self._reply(auth, agent=wire.to_agent(self.config.name, rec))
+        )
 
     # --- helpers -------------------------------------------------------------
 

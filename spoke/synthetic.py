@@ -29,6 +29,15 @@ Directives:
   ``blockers``.
 - ``fenced``: print the receipt pretty-printed inside a ```` ```json ```` fence, with prose
   before and after it, instead of as the last line.
+- ``wait_input``: instead of the timed steps, wait (up to the duration) until a message
+  arrives in the inbox (``HUBSPOKE_INBOX``), then finish.
+
+Input (``hubctl send``): every message in the inbox (a file, or a FIFO, of JSON lines
+``{"seq", "from", "text", "time"}``) is echoed as ``INPUT <seq> <from> <text>``: those there
+at the start, and with ``wait_input`` the one that ends the wait. An attempt that finds a
+message in its inbox answers ``receipt=blocked`` with a completed receipt (it got its
+answer), and its summary ends with ``input: <latest text>``; ``HUBSPOKE_INPUT`` (the latest
+message, set on an attempt resumed by one) counts as such a message when there is no inbox.
 
 Stdout: progress lines ``PROGRESS <percent> <message>`` (one per step, flushed),
 then, as the LAST line, the JSON receipt::
@@ -48,6 +57,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import sys
 import time
 
@@ -76,6 +86,7 @@ class Directives:
         "stderr",
         "steps",
         "verify",
+        "wait_input",
     )
 
     def __init__(
@@ -92,6 +103,7 @@ class Directives:
         verify: tuple[str, ...] = (),
         rich: bool = False,
         fenced: bool = False,
+        wait_input: bool = False,
     ) -> None:
         self.duration = duration
         self.steps = steps
@@ -106,6 +118,7 @@ class Directives:
         """Names of verification items left unpassed."""
         self.rich = rich
         self.fenced = fenced
+        self.wait_input = wait_input
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
@@ -116,7 +129,7 @@ def parse_directives(task: str) -> Directives:
     """Parse the task text; unknown words and malformed values are ignored."""
     duration, steps, exit_code, output = 1.0, 5, 0, 0
     stderr: str | None = None
-    ignore_term = spawn_child = rich = fenced = False
+    ignore_term = spawn_child = rich = fenced = wait_input = False
     receipt: str | None = None
     verify: list[str] = []
     for word in task.split():
@@ -133,6 +146,8 @@ def parse_directives(task: str) -> Directives:
                     rich = True
                 elif key == "fenced":
                     fenced = True
+                elif key == "wait_input":
+                    wait_input = True
             elif key == "duration":
                 seconds = float(value)
                 if seconds >= 0 and seconds != float("inf"):
@@ -165,6 +180,7 @@ def parse_directives(task: str) -> Directives:
         verify=tuple(verify),
         rich=rich,
         fenced=fenced,
+        wait_input=wait_input,
     )
 
 
@@ -201,14 +217,67 @@ def _stop_child(pid: int) -> None:
         pass
 
 
-def _print_receipt(d: Directives, status: str) -> None:
+class _Inbox:
+    """The agent's inbox as it reads it: every whole JSON line so far (module docstring).
+    A regular file is read on from where the last read stopped; a FIFO is held open."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self.messages: list[dict[str, object]] = []
+        self._fifo: int | None = None
+        self._offset = 0
+        self._buf = b""
+
+    def _chunk(self, path: str) -> bytes:
+        if self._fifo is None and stat.S_ISFIFO(os.stat(path).st_mode):
+            self._fifo = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        if self._fifo is not None:
+            try:
+                return os.read(self._fifo, 65536)
+            except BlockingIOError:
+                return b""
+        with open(path, "rb") as fh:
+            fh.seek(self._offset)
+            data = fh.read()
+        self._offset += len(data)
+        return data
+
+    def read(self) -> list[dict[str, object]]:
+        """The messages that arrived since the last call."""
+        if not self.path:
+            return []
+        try:
+            self._buf += self._chunk(self.path)
+        except OSError:
+            return []
+        fresh: list[dict[str, object]] = []
+        while b"\n" in self._buf:
+            line, self._buf = self._buf.split(b"\n", 1)
+            try:
+                doc = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(doc, dict):
+                fresh.append(doc)
+        self.messages += fresh
+        return fresh
+
+
+def _echo(messages: list[dict[str, object]]) -> None:
+    for m in messages:
+        text = str(m.get("text", "")).replace("\n", " ")
+        print(f"INPUT {m.get('seq')} {m.get('from')} {text}", flush=True)
+
+
+def _print_receipt(d: Directives, status: str, answer: str | None = None) -> None:
     items: list[dict[str, str]] = [
         {"name": "synthetic", "status": "passed" if status == "completed" else "failed"}
     ]
     items += [{"kind": "check", "value": name, "expected": "passed"} for name in d.verify]
     receipt: dict[str, object] = {
         "status": status,
-        "summary": f"synthetic agent ran {d.duration:g}s, exit code {d.exit_code}",
+        "summary": f"synthetic agent ran {d.duration:g}s, exit code {d.exit_code}"
+        + (f"; input: {answer}" if answer is not None else ""),
         "artifacts": [],
         "verification": items,
     }
@@ -235,20 +304,34 @@ def run(d: Directives) -> int:
             print(d.stderr, file=sys.stderr, flush=True)
         if d.output:
             _print_filler(d.output)
+        inbox = _Inbox(os.environ.get("HUBSPOKE_INBOX"))
+        _echo(inbox.read())
         start = time.monotonic()
-        if d.steps == 0:
+        if d.wait_input:
+            before = len(inbox.messages)
+            while len(inbox.messages) == before and time.monotonic() - start < d.duration:
+                time.sleep(0.05)
+                _echo(inbox.read())
+        elif d.steps == 0:
             time.sleep(d.duration)
-        for step in range(1, d.steps + 1):
+        for step in range(1, 0 if d.wait_input else d.steps + 1):
             delay = start + d.duration * step / d.steps - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
             percent = step * 100 // d.steps
             print(f"PROGRESS {percent} step {step}/{d.steps}", flush=True)
         status = d.receipt or ("completed" if d.exit_code == 0 else "failed")
+        answer: str | None = None
+        if inbox.messages:
+            answer = str(inbox.messages[-1].get("text", ""))
+        elif "HUBSPOKE_INPUT" in os.environ:
+            answer = os.environ["HUBSPOKE_INPUT"]
+        if answer is not None and status == "blocked":
+            status = "completed"  # it got its answer
         if status == "malformed":
             print('{"status": "completed", "summary": "cut short', flush=True)
         elif status != "none":
-            _print_receipt(d, status)
+            _print_receipt(d, status, answer)
     finally:
         if child is not None:
             _stop_child(child)

@@ -55,6 +55,7 @@ def to_agent(spoke: str, rec: AgentRecord) -> agent_pb2.Agent:
         agent.end_time.FromMilliseconds(rec.end_ms)
     if rec.exit_code is not None:
         agent.exit_code = rec.exit_code
+    agent.inputs = rec.inputs
     if rec.receipt_json:
         agent.receipt.CopyFrom(to_receipt(rec))
     if rec.state == AgentState.NEEDS_VERIFICATION and rec.verify_deadline_ms:
@@ -99,6 +100,7 @@ _KINDS = {
     "stderr": agent_pb2.AgentEvent.Kind.KIND_STDERR,
     "heartbeat": agent_pb2.AgentEvent.Kind.KIND_HEARTBEAT,
     "dropped": agent_pb2.AgentEvent.Kind.KIND_DROPPED,
+    "input": agent_pb2.AgentEvent.Kind.KIND_INPUT,
     "approval": agent_pb2.AgentEvent.Kind.KIND_APPROVAL,
 }
 
@@ -113,6 +115,8 @@ def to_event(agent_id: str, ev: AgentEvent) -> agent_pb2.AgentEvent:
         approver=ev.approver,
     )
     out.event_time.FromMilliseconds(ev.time_ms)
+    if ev.kind == "input":
+        out.sender, out.input_sequence = ev.sender, ev.input_seq
     if ev.kind == "state" and ev.state:
         out.state = agent_pb2.Agent.State.Value(f"STATE_{ev.state}")
     if ev.kind == "progress":

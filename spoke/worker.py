@@ -39,6 +39,7 @@ from . import modes, processes, reverify, runtime
 from .backend import BackendError, QueueError, TransitionError
 from .config import SpokeConfig
 from .events import OutputPump
+from .inbox_delivery import AgentInbox
 from .jobs import WorkerSettings
 from .model import NOT_STARTED, AgentRecord, AgentState
 from .outcome import decide, receipt_json
@@ -80,6 +81,8 @@ class AgentWorker:
         self._kill_events: dict[str, asyncio.Event] = {}
         self._owned: dict[str, tuple[str, int]] = {}
         """Agents this worker started: (worker id, attempt), guarding every later change."""
+        self._inboxes: dict[str, AgentInbox] = {}
+        """The inbox of each agent this worker starts (spoke/inbox_delivery.py)."""
         self._worker: Any = None  # bullmq.Worker, untyped
         self._stopped = asyncio.Event()
         self._ready = asyncio.Event()
@@ -171,6 +174,8 @@ class AgentWorker:
             with contextlib.suppress(QueueError):
                 if await self.queue.worker_records.kill_requested(agent_id):
                     ev.set()
+                if agent_id in self._inboxes:  # messages kept since: into its inbox
+                    await self._inboxes[agent_id].poll()
                 if profile.max_concurrency:
                     await self.queue.slots.acquire(
                         profile.name,
@@ -210,6 +215,9 @@ class AgentWorker:
             return "internal-error"
         finally:
             self._owned.pop(agent_id, None)
+            inbox = self._inboxes.pop(agent_id, None)
+            if inbox is not None:
+                inbox.close()
             structlog.contextvars.unbind_contextvars("job", "worker")
 
     async def _run(self, agent_id: str, job: Any, token: str) -> str:
@@ -335,6 +343,8 @@ class AgentWorker:
         agent_id = rec.agent_id
         pump = OutputPump(self.queue.worker_records, agent_id)
         try:
+            inbox = AgentInbox(self.queue.worker_inboxes, self.config, profile, agent_id)
+            self._inboxes[agent_id] = inbox
             proc = await runtime.start_agent(
                 profile,
                 task=rec.task,
@@ -342,6 +352,7 @@ class AgentWorker:
                 attempt=attempt,
                 on_output=pump.feed,
                 tail_bytes=self.config.output_tail_bytes,
+                extra_env=await inbox.prepare(),
             )
         except runtime.AgentStartError as exc:
             await self.queue.worker_records.transition(

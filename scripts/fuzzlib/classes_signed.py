@@ -12,7 +12,7 @@ from typing import Final
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from hubspoke import commands
+from hubspoke import commands, input_text
 from hubspoke.gen.federation.v1 import command_pb2
 
 from .classes import (
@@ -78,6 +78,7 @@ MALFORMED_BODY: Final[dict[str, tuple[str, ...]]] = {
     "kill_agent": ("agent_bad_id",),
     "replay_agent": ("agent_bad_id",),
     "verify_agent": ("agent_bad_id",),
+    "send_input": ("agent_bad_id", "text_empty", "text_nul", "text_over_max_input_bytes"),
     "approve_agent": ("agent_bad_id", "reason_too_long"),
     "reject_agent": ("agent_bad_id", "reason_too_long"),
 }
@@ -148,6 +149,12 @@ def _malformed_cmd(
         b["after_sequence"] = -1
     elif variant == "reason_too_long":  # approvals: at most 1,024 characters
         b["reason"] = "r" * rng.choice([1025, 4096])
+    elif variant == "text_empty":
+        b["text"] = ""
+    elif variant == "text_nul":
+        b["text"] = "yes\x00no"
+    elif variant == "text_over_max_input_bytes":  # the hub's and the spoke's default
+        b["text"] = "x" * (input_text.DEFAULT_MAX_INPUT_BYTES + 1)
     elif variant == "agent_bad_id":
         b["agent"] = rng.choice(
             ["a b", "../x", "", "spokes/x", f"spokes/{SPOKE}/agents/a b", "spokes//agents/x"]

@@ -41,6 +41,7 @@ AGENT_VERBS = frozenset(
         "replay_agent",
         "watch_agent",
         "verify_agent",
+        "send_input",
         "approve_agent",
         "reject_agent",
     }
@@ -95,6 +96,8 @@ class Forge:
             body.page_size = 10
         if "items" in fields and "items" not in overrides:
             body.items["check"] = "passed"
+        if "text" in fields:
+            body.text = "fuzz"
         for k, v in overrides.items():
             if isinstance(v, Message):
                 getattr(body, k).CopyFrom(v)

@@ -65,6 +65,7 @@ _AB = TypeVar(
     command_pb2.KillAgentBody,
     command_pb2.ReplayAgentBody,
     command_pb2.VerifyAgentBody,
+    command_pb2.SendInputBody,
     command_pb2.ApproveAgentBody,
     command_pb2.RejectAgentBody,
 )
@@ -315,6 +316,15 @@ class Client:
         NEEDS_VERIFICATION."""
         body = command_pb2.VerifyAgentBody(agent=agent, items=dict(items))
         return await self._agent_verb(_rpc.VERIFY, body, spoke)
+
+    async def send(self, agent: str, text: str, spoke: str | None = None) -> Agent:
+        """Send ``text`` to an agent (signed, kept by its spoke with the signature). A
+        running agent finds it appended to its inbox (``HUBSPOKE_INBOX``); a NEEDS_INPUT
+        agent is queued for its next attempt, which starts with it (the reply shows it
+        QUEUED). A final agent is refused (FAILED_PRECONDITION), and so is text over the
+        hub's or the spoke's ``max_input_bytes`` (INVALID_ARGUMENT). Returns the agent."""
+        body = command_pb2.SendInputBody(agent=agent, text=text)
+        return await self._agent_verb(_rpc.SEND, body, spoke)
 
     async def approve(self, agent: str, reason: str = "", spoke: str | None = None) -> Agent:
         """Approve an AWAITING_APPROVAL agent as one of its approvers (``reason``: at most

@@ -180,6 +180,16 @@ VERIFY: Final = Unary(
     Role.SPOKE,
     "agent",
 )
+SEND: Final = Unary(
+    "SendInput",
+    command_pb2.SendInputBody,
+    lambda c: c.send_input,
+    lambda e: hs.HubServiceSendInputRequest(command=e),
+    lambda s: s.SendInput,
+    lambda r: (r.reply,),
+    Role.SPOKE,
+    "agent",
+)
 APPROVE: Final = Unary(
     "ApproveAgent",
     command_pb2.ApproveAgentBody,

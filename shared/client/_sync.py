@@ -115,6 +115,10 @@ class SyncClient:
         """See :meth:`Client.verify`."""
         return self._runner.run(self.client.verify(agent, items, spoke))
 
+    def send(self, agent: str, text: str, spoke: str | None = None) -> Agent:
+        """See :meth:`Client.send`."""
+        return self._runner.run(self.client.send(agent, text, spoke))
+
     def approve(self, agent: str, reason: str = "", spoke: str | None = None) -> Agent:
         """See :meth:`Client.approve`."""
         return self._runner.run(self.client.approve(agent, reason, spoke))

@@ -129,6 +129,7 @@ class EventKind(enum.IntEnum):
     STDERR = agent_pb2.AgentEvent.KIND_STDERR
     HEARTBEAT = agent_pb2.AgentEvent.KIND_HEARTBEAT
     DROPPED = agent_pb2.AgentEvent.KIND_DROPPED
+    INPUT = agent_pb2.AgentEvent.KIND_INPUT
     APPROVAL = agent_pb2.AgentEvent.KIND_APPROVAL
     """An approver's verified approval (``approver``; ``data`` its reason), or rejection
     (``data`` ``rejected: <reason>``)."""
@@ -321,6 +322,8 @@ class Agent:
     """While NEEDS_VERIFICATION: when it fails unless its items are settled."""
     start_deadline: dt.datetime | None = None
     """When it must have started (acceptance + start_within), else it ends EXPIRED."""
+    inputs: int = 0
+    """How many messages ``send`` kept for it."""
     mode: RunMode = RunMode.UNSPECIFIED
     """The mode its spoke ran it in (decided when a worker took it)."""
     shadow_run: ShadowRun | None = None
@@ -367,6 +370,7 @@ class Agent:
             raw=msg,
             verify_deadline=_time(msg.verify_deadline, msg.HasField("verify_deadline")),
             start_deadline=_time(msg.start_deadline, msg.HasField("start_deadline")),
+            inputs=msg.inputs,
             mode=RunMode.of(msg.mode),
             shadow_run=(
                 ShadowRun.from_proto(msg.shadow_run) if msg.HasField("shadow_run") else None
@@ -395,6 +399,10 @@ class AgentEvent:
     not recorded (``DROPPED``)."""
     progress_percent: int
     raw: agent_pb2.AgentEvent = field(repr=False, compare=False)
+    sender: str = ""
+    """For ``INPUT`` events: who sent the message (its text is ``data``)."""
+    input_sequence: int = 0
+    """For ``INPUT`` events: the message's number in the agent's inbox, from 1."""
     approver: str = ""
     """For ``APPROVAL`` events: who approved or rejected."""
 
@@ -410,6 +418,8 @@ class AgentEvent:
             data=msg.data,
             progress_percent=msg.progress_percent,
             raw=msg,
+            sender=msg.sender,
+            input_sequence=msg.input_sequence,
             approver=msg.approver,
         )
 

@@ -1,0 +1,71 @@
+"""One attempt's inbox, as the worker runs it: messages from Redis to the agent's file.
+
+Before the program starts, :meth:`AgentInbox.prepare` reads every message kept for the agent
+(spoke/inbox.py) and writes the inbox (spoke/inbox_files.py); it returns the variables the
+agent gets (``HUBSPOKE_INBOX``, and ``HUBSPOKE_INPUT`` with the latest text when there is
+one). While the program runs the worker calls :meth:`AgentInbox.poll` once a second (with
+its kill check), which appends the messages kept since. :meth:`AgentInbox.close` removes
+the file when the attempt is over. Only the worker that holds the agent writes its inbox,
+so messages reach the host the agent runs on, whichever spoked took the SendInput call.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import structlog
+
+from .config import SpokeConfig
+from .inbox import Inboxes
+from .inbox_files import InboxFile, inbox_path
+from .profiles import Profile
+
+__all__ = ["AgentInbox", "inbox_root"]
+
+log = structlog.get_logger("hubspoke.spoke.inbox")
+
+
+def inbox_root(config: SpokeConfig) -> Path:
+    """The spoke's inbox directory: ``inbox_dir``, or one of its own under the system's
+    temporary directory."""
+    if config.inbox_dir is not None:
+        return config.inbox_dir
+    return Path(tempfile.gettempdir()) / f"hubspoke-inbox-{os.getuid()}-{config.name}"
+
+
+class AgentInbox:
+    """The inbox of one attempt of one agent (module docstring)."""
+
+    def __init__(
+        self, inboxes: Inboxes, config: SpokeConfig, profile: Profile, agent_id: str
+    ) -> None:
+        self._inboxes = inboxes
+        self.agent_id = agent_id
+        self.file = InboxFile(profile.inbox, inbox_path(inbox_root(config), agent_id))
+
+    async def prepare(self) -> Mapping[str, str]:
+        """Write the inbox with every message so far; the agent's extra environment."""
+        messages = await self._inboxes.messages(self.agent_id)
+        self.file.prepare(messages)
+        return self.file.environment(messages)
+
+    async def poll(self) -> int:
+        """Append the messages kept since the last call; how many. A file that cannot be
+        written is logged, not raised (the agent runs on; Redis keeps the messages)."""
+        if self.file.kind == "none":
+            return 0
+        messages = await self._inboxes.messages(self.agent_id, self.file.delivered)
+        try:
+            return self.file.deliver(messages)
+        except OSError as exc:
+            log.warning("inbox_write_failed", agent=self.agent_id, error=exc.strerror)
+            return 0
+
+    def close(self) -> None:
+        try:
+            self.file.close()
+        except OSError as exc:
+            log.warning("inbox_remove_failed", agent=self.agent_id, error=exc.strerror)

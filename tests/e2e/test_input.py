@@ -1,0 +1,286 @@
+"""Input to agents (issue 12), through real hubd and spoked processes on real Redis and the
+real hubctl: ``hubctl send`` resumes a NEEDS_INPUT agent with its answer and appends a
+message to a running agent's inbox; it is a signed verb (owner scope, size bounded at the
+hub and at the spoke), and a SendInput straight to the spoke needs a valid signature.
+
+Principals: ``operator`` (everything), ``alice`` (everything on her own agents, ``own``),
+``viewer`` (read only, every agent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import pytest_asyncio
+
+from hubspoke import commands, keys, testing
+from hubspoke import grpc as sgrpc
+from hubspoke.client import AgentState, CallError, Client, EventKind
+from hubspoke.gen.federation.v1 import command_pb2, spoke_service_pb2, spoke_service_pb2_grpc
+
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(120)]
+
+SPOKE = "spoke-1"
+SPOKE_MAX_INPUT = 1024
+HUB_MAX_INPUT = 2048
+RULES = """
+[[rule]]
+name = "alice-own"
+principals = ["alice"]
+verbs = ["*"]
+scope = "own"
+spokes = ["*"]
+
+[[rule]]
+name = "viewer-reads"
+principals = ["viewer"]
+verbs = ["read"]
+scope = "any"
+spokes = ["*"]
+"""
+OTHERS = ("alice", "viewer")
+
+
+@dataclass
+class Fed:
+    fed: testing.Federation
+    operator: Client
+    configs: dict[str, Path]
+    inbox_dir: Path
+
+    async def hubctl(self, *argv: str, who: str = "operator") -> testing.HubctlRun:
+        return await testing.run_hubctl(self.configs[who], self.fed.hub_address, *argv)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def fed(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Fed]:
+    root = tmp_path_factory.mktemp("input")
+    inbox_dir = root / "inboxes"
+    fed = testing.Federation(
+        root,
+        [SPOKE],
+        spoke_env={
+            "SPOKE_INBOX_DIR": str(inbox_dir),
+            "SPOKE_MAX_INPUT_BYTES": str(SPOKE_MAX_INPUT),
+        },
+        hub_env={"HUB_MAX_INPUT_BYTES": str(HUB_MAX_INPUT)},
+    )
+    try:
+        files = await fed.prepare()
+        configs = {"operator": files.hubctl_config}
+        base = files.hubctl_config.read_text()
+        for name in OTHERS:
+            key = keys.generate(name)
+            keys.write_keypair(key, files.keys_dir)
+            with files.trust_file.open("a") as fh:
+                fh.write(
+                    f'\n[[peer]]\nname = "{name}"\nrole = "client"\n'
+                    f'keys = ["{keys.encode_public(key.public)}"]\n'
+                )
+            configs[name] = root / f"hubctl-{name}.toml"
+            configs[name].write_text(
+                base.replace('principal = "operator"', f'principal = "{name}"').replace(
+                    "keys/operator.key", f"keys/{name}.key"
+                )
+            )
+        with (root / "policy.toml").open("a") as fh:
+            fh.write(RULES)
+        await fed.start()
+        async with fed.client(timeout_s=30) as operator:
+            yield Fed(fed, operator, configs, inbox_dir)
+    finally:
+        await fed.stop()
+
+
+async def until(check: Callable[[], Awaitable[bool]], timeout_s: float = 30) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not await check():  # noqa: ASYNC110 - a condition in another process
+            await asyncio.sleep(0.05)
+
+
+async def blocked_agent(fed: Fed, who: str = "operator") -> str:
+    """A synthetic agent that ended its first attempt blocked: NEEDS_INPUT."""
+    run = await fed.hubctl(
+        "spawn", "--spoke", SPOKE, "--wait", "--json", "--", "duration=0", "steps=0",
+        "receipt=blocked", who=who,
+    )  # fmt: skip
+    doc: dict[str, Any] = run.doc()
+    assert run.code == 6, run.stderr  # the documented exit code of NEEDS_INPUT
+    assert (doc["state"], doc["reason"]) == ("NEEDS_INPUT", "BLOCKED")
+    return str(doc["agent_id"])
+
+
+async def events_of(client: Client, agent_id: str) -> list[Any]:
+    """Every event of the agent until it is final."""
+    seen: list[Any] = []
+    async with asyncio.timeout(30):
+        async for event in client.watch(agent_id, SPOKE):
+            if event.kind != EventKind.HEARTBEAT:
+                seen.append(event)
+            if event.state.final:
+                return seen
+    return seen
+
+
+async def history(client: Client, agent_id: str) -> list[Any]:
+    """The agent's events so far (up to the first heartbeat)."""
+    seen: list[Any] = []
+    async with asyncio.timeout(30):
+        async for event in client.watch(agent_id, SPOKE):
+            if event.kind == EventKind.HEARTBEAT or event.state.final:
+                return seen
+            seen.append(event)
+    return seen
+
+
+async def test_send_resumes_a_needs_input_agent_to_succeeded_with_its_answer(fed: Fed) -> None:
+    agent_id = await blocked_agent(fed)
+
+    sent = await fed.hubctl("send", agent_id, "--json", "--", "use", "the", "staging", "db")
+    assert sent.code == 0, sent.stderr
+    doc = sent.doc()
+    assert doc["inputs"] == 1
+    assert doc["state"] in ("QUEUED", "STARTING", "RUNNING", "SUCCEEDED")
+
+    done = await fed.hubctl("status", agent_id, "--wait", "--json")
+    assert done.code == 0, done.stderr  # --wait: SUCCEEDED exits 0
+    agent = done.doc()
+    assert agent["state"] == "SUCCEEDED"
+    assert agent["attempt"] == 2  # the answer started its next attempt
+    assert "INPUT 1 operator use the staging db" in agent["stdout_tail"]
+    assert agent["receipt"]["summary"].endswith("input: use the staging db")
+
+    events = await events_of(fed.operator, agent_id)
+    states = [(e.state.name, e.reason) for e in events if e.kind == EventKind.STATE]
+    assert states[-5:] == [
+        ("NEEDS_INPUT", "BLOCKED"),
+        ("QUEUED", "INPUT_RECEIVED"),
+        ("STARTING", ""),
+        ("RUNNING", ""),
+        ("SUCCEEDED", ""),
+    ]
+    inputs = [e for e in events if e.kind == EventKind.INPUT]
+    assert [(e.data, e.sender, e.input_sequence) for e in inputs] == [
+        ("use the staging db", "operator", 1)
+    ]
+    # The message came before the resume (watch shows it in order).
+    assert inputs[0].sequence < next(e.sequence for e in events if e.reason == "INPUT_RECEIVED")
+
+    # Final now: a message is refused, and an unknown agent is not found.
+    late = await fed.hubctl("send", agent_id, "--", "too late")
+    assert late.code == 1, late.stderr
+    assert "is SUCCEEDED: it takes no input [AGENT_NOT_RUNNING]" in late.stderr, late.stderr
+    with pytest.raises(CallError) as caught:
+        await fed.operator.send(agent_id, "too late")
+    assert caught.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    unknown = await fed.hubctl("send", "no-such-agent", "--spoke", SPOKE, "--", "hello")
+    assert unknown.code == 3, unknown.stderr
+
+
+async def test_a_message_to_a_running_agent_lands_in_its_inbox(fed: Fed) -> None:
+    agent = await fed.operator.spawn(SPOKE, "synthetic", "wait_input duration=60")
+
+    async def running() -> bool:
+        return (await fed.operator.get(agent.agent_id, SPOKE)).state == AgentState.RUNNING
+
+    await until(running)
+    inbox = fed.inbox_dir / f"{agent.agent_id}.inbox"
+    assert inbox.exists()  # the profile's inbox, under the spoke's inbox_dir
+    message = fed.inbox_dir.parent / "message.txt"
+    message.write_text("hello, running agent")
+    sent = await fed.hubctl("send", agent.agent_id, "--file", str(message))
+    assert sent.code == 0, sent.stderr
+
+    done = await fed.operator.wait(agent, timeout=30)
+    assert done.state == AgentState.SUCCEEDED
+    assert done.attempt == 1  # the same attempt read it
+    assert "INPUT 1 operator hello, running agent" in done.stdout_tail
+    assert done.receipt is not None
+    assert done.receipt.summary.endswith("hello, running agent")
+    assert not inbox.exists()  # removed once the attempt ended; Redis keeps the message
+
+
+async def test_send_is_authorized_with_owner_scope(fed: Fed) -> None:
+    agent_id = await blocked_agent(fed)
+    viewer = await fed.hubctl("send", agent_id, "--spoke", SPOKE, "--", "hi", who="viewer")
+    assert viewer.code == 4, viewer.stderr
+    assert "[KEY_NOT_AUTHORIZED]" in viewer.stderr, viewer.stderr
+    alice = await fed.hubctl("send", agent_id, "--spoke", SPOKE, "--", "hi", who="alice")
+    assert alice.code == 3, alice.stderr  # not hers: answered as an unknown agent
+    agent = await fed.operator.get(agent_id, SPOKE)
+    assert (agent.state, agent.inputs) == (AgentState.NEEDS_INPUT, 0)
+
+    # Her own agent she may answer.
+    own = await blocked_agent(fed, who="alice")
+    sent = await fed.hubctl("send", own, "--", "mine", who="alice")
+    assert sent.code == 0, sent.stderr
+    await fed.operator.kill(agent_id, SPOKE)
+
+
+async def test_oversize_or_empty_text_is_invalid_argument(fed: Fed) -> None:
+    agent_id = await blocked_agent(fed)
+    over_hub = await fed.hubctl("send", agent_id, "--", "x" * (HUB_MAX_INPUT + 1))
+    assert over_hub.code == 1, over_hub.stderr
+    assert "[INVALID_COMMAND]" in over_hub.stderr, over_hub.stderr
+    assert "max_input_bytes" in over_hub.stderr
+    assert "hub" in over_hub.stderr
+    over_spoke = await fed.hubctl("send", agent_id, "--", "x" * (SPOKE_MAX_INPUT + 1))
+    assert over_spoke.code == 1
+    assert "[INVALID_COMMAND]" in over_spoke.stderr
+    assert f"spoke {SPOKE}" in over_spoke.stderr
+    empty = await fed.hubctl("send", agent_id, "--spoke", SPOKE, "--", "")
+    assert empty.code == 1, empty.stderr
+    assert "message is empty" in empty.stderr, empty.stderr
+    with pytest.raises(CallError) as caught:
+        await fed.operator.send(agent_id, "y" * (SPOKE_MAX_INPUT + 1), SPOKE)
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.metadata["limit"] == "max_input_bytes"
+    agent = await fed.operator.get(agent_id, SPOKE)
+    assert (agent.state, agent.inputs) == (AgentState.NEEDS_INPUT, 0)
+    await fed.operator.kill(agent_id, SPOKE)
+
+
+async def test_straight_to_the_spoke_an_unsigned_or_forged_send_delivers_nothing(
+    fed: Fed,
+) -> None:
+    agent_id = await blocked_agent(fed)
+    spoke = spoke_service_pb2_grpc.SpokeServiceStub(sgrpc.open_channel(fed.fed.address(SPOKE)))
+
+    def signed(text: str, key: keys.SigningKey) -> command_pb2.SignedEnvelope:
+        cmd = commands.build_command(issuer="operator", audience=SPOKE)
+        cmd.send_input.CopyFrom(command_pb2.SendInputBody(agent=agent_id, text=text))
+        return commands.sign_command(cmd, key)
+
+    async def refused(env: command_pb2.SignedEnvelope) -> grpc.StatusCode:
+        with pytest.raises(grpc.aio.AioRpcError) as exc:
+            await spoke.SendInput(spoke_service_pb2.SpokeServiceSendInputRequest(command=env))
+        return exc.value.code()
+
+    genuine = signed("the real answer", fed.fed.operator)
+    unsigned = command_pb2.SignedEnvelope(
+        payload=genuine.payload, payload_type=genuine.payload_type
+    )
+    assert await refused(unsigned) == grpc.StatusCode.UNAUTHENTICATED
+    tampered = command_pb2.SignedEnvelope()
+    tampered.CopyFrom(genuine)
+    tampered.payload = genuine.payload.replace(b"the real answer", b"the fake answer")
+    assert await refused(tampered) == grpc.StatusCode.UNAUTHENTICATED
+    impostor = signed("an impostor's answer", keys.generate("operator"))
+    assert await refused(impostor) == grpc.StatusCode.UNAUTHENTICATED
+
+    agent = await fed.operator.get(agent_id, SPOKE)
+    assert (agent.state, agent.inputs) == (AgentState.NEEDS_INPUT, 0)
+    assert not [e for e in await history(fed.operator, agent_id) if e.kind == EventKind.INPUT]
+
+    # The genuine one, straight to the spoke, counts like any other.
+    ok = await spoke.SendInput(spoke_service_pb2.SpokeServiceSendInputRequest(command=genuine))
+    assert ok.reply.payload
+    done = await fed.operator.wait(await fed.operator.get(agent_id, SPOKE), timeout=30)
+    assert done.state == AgentState.SUCCEEDED
+    assert "INPUT 1 operator the real answer" in done.stdout_tail
