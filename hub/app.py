@@ -158,6 +158,7 @@ class HubApp:
                 max_watchers_per_principal=cfg.max_watchers_per_principal,
                 max_message_bytes=cfg.max_message_bytes,
                 fanout_timeout_s=cfg.fanout_timeout_s,
+                max_input_bytes=cfg.max_input_bytes,
         audit = audit_wiring.audit_log(cfg, self._store.client)
             ),
             Gate(

@@ -170,6 +170,12 @@ async def _verify(client: Client, args: argparse.Namespace, out: Out) -> int:
     return EXIT_OK
 
 
+async def _send(client: Client, args: argparse.Namespace, out: Out) -> int:
+    agent = await client.send(*cli_send.message_of(args), args.spoke)
+    _show_agent(out, agent)
+    return EXIT_OK
+
+
 async def _approve(client: Client, args: argparse.Namespace, out: Out) -> int:
     agent = await client.approve(args.agent, args.reason, args.spoke)
     _show_agent(out, agent)
@@ -360,6 +366,7 @@ _VERBS: Final[dict[str, _Verb]] = {
     "status": _status,
     "kill": _kill,
     "verify": _verify,
+    "send": _send,
     "approve": _approve,
     "reject": _reject,
     "list": _list,
