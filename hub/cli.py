@@ -147,7 +147,14 @@ async def _spawn(client: Client, args: argparse.Namespace, out: Out) -> int:
         delay_s=args.delay,
         start_within_s=args.start_within,
         selector=chosen or None,
+        dedupe_key=args.dedupe_key,
+        dedupe_from_task=args.dedupe_task,
     )
+    if agent.raw.deduplicated and not out.json:  # said on stderr: stdout stays the agent
+        print(
+            f"deduplicated: your agent with dedupe key {agent.raw.dedupe_key} is not final",
+            file=sys.stderr,
+        )
     if not args.wait:
         _show_agent(out, agent, brief=True)
         return EXIT_OK
@@ -195,13 +202,26 @@ async def _kill(client: Client, args: argparse.Namespace, out: Out) -> int:
 
 
 async def _list(client: Client, args: argparse.Namespace, out: Out) -> int:
-    result = await client.list(args.spoke, args.page_size, args.states)
+    if args.page_token and not args.spoke:
+        raise UsageError("--page-token is per spoke: name it with --spoke")
+    result = await client.list(
+        args.spoke,
+        args.page_size,
+        args.states,
+        args.page_token,
+        labels=dict(args.labels),
+        profile=args.profile,
+        owner=args.owner,
+        dedupe_key=args.dedupe_key,
+    )
+    tokens = {s: p.next_page_token for s, p in result.pages.items() if p.next_page_token}
     if out.json:
         out.doc(
             {
                 "agents": [agent_json(a) for a in result.agents],
                 "unreachable_spokes": list(result.unreachable_spokes),
                 "unreachable_reasons": dict(result.unreachable_reasons),
+                "next_page_tokens": tokens,
             }
         )
         return EXIT_OK
@@ -222,6 +242,8 @@ async def _list(client: Client, args: argparse.Namespace, out: Out) -> int:
     ]
     for line in table(rows):
         out.line(line)
+    for spoke, token in sorted(tokens.items()):  # more pages: how to ask for the next
+        out.line(f"next page: --spoke {escape(spoke)} --page-token {escape(token)}")
     _warn_unreachable(result.unreachable_spokes, result.unreachable_reasons)
     return EXIT_OK
 

@@ -66,6 +66,8 @@ EXAMPLES: Final[dict[str, tuple[str, ...]]] = {
         "hubctl list",
         "hubctl list --spoke spoke-1 --state FAILED --state DEAD_LETTERED",
         "hubctl --json list --page-size 10",
+        "hubctl list --label team=infra --profile synthetic --owner operator",
+        "hubctl list --spoke spoke-1 --page-size 10 --page-token TOKEN",
     ),
     "spokes": ("hubctl spokes", "hubctl --json spokes"),
     "watch": ("hubctl watch AGENT", "hubctl watch AGENT --after 12"),
@@ -241,6 +243,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="it may start until its acceptance plus this, else it ends EXPIRED "
         "(default: the profile's, else the spoke's, normally 24 h)",
     )
+    dd = sp.add_mutually_exclusive_group()
+    dd.add_argument(
+        "--dedupe-key",
+        metavar="KEY",
+        default="",
+        help="while an agent of yours with this key is not final, return it instead of "
+        "starting another (KEY: 1-128 of A-Z a-z 0-9 . _ -)",
+    )
+    dd.add_argument(
+        "--dedupe-task",
+        action="store_true",
+        help="the same, with a key derived from the profile and the task",
+    )
     sp.add_argument(
         "--wait",
         action="store_true",
@@ -298,6 +313,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--state", dest="states", type=_state, action="append", default=[], help="repeatable"
     )
     ls.add_argument("--page-size", type=int, default=50, help="agents per spoke (default 50)")
+    ls.add_argument(
+        "--label",
+        dest="labels",
+        type=_label,
+        action="append",
+        default=[],
+        help="only agents with this label, key=value (repeatable: all must match)",
+    )
+    ls.add_argument("--profile", default="", help="only agents of this profile")
+    ls.add_argument("--owner", default="", help="only agents this principal spawned")
+    ls.add_argument("--dedupe-key", default="", metavar="KEY", help="only agents with this key")
+    ls.add_argument(
+        "--page-token",
+        default="",
+        help="the next page of one spoke, as the previous page printed it (needs --spoke)",
+    )
 
     sub.add_parser("spokes", help="list the hub's spokes and their health", parents=[common])
     add_spoke_parser(sub, common)  # hubctl spoke drain|undrain NAME

@@ -7,6 +7,7 @@ Keys with a TTL: nonces, and finished agents' records and streams (set by the sw
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 QUEUE_NAME = "agents"
@@ -70,6 +71,12 @@ class SpokeKeys:
     def waiting_range(issuer: str) -> tuple[str, str]:
         """The ZLEXCOUNT bounds of ``issuer``'s members (``;`` follows ``:``)."""
         return f"[{issuer}:", f"({issuer};"
+
+    def dedupe(self, owner: str, key: str) -> str:
+        """The claim of a dedupe key by an owner: the id of its agent (spoke/dedupe.py). Named
+        by a hash, so neither the principal's name nor the key can reach another key."""
+        digest = hashlib.sha256(f"{owner}\x00{key}".encode()).hexdigest()[:40]
+        return f"{self.prefix}:dedupe:{digest}"
 
     @property
     def kill_channel(self) -> str:

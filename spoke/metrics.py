@@ -9,6 +9,12 @@
     Agents in the site's queue by state (waiting, delayed, active, failed = dead-lettered);
     every spoked on one Redis reports the same site-wide figures. Refreshed every
     ``refresh_s`` seconds, with ``hubspoke_queue_refresh_timestamp_seconds`` saying when.
+``hubspoke_agent_queue_wait_seconds{profile}`` (histogram)
+    From storing a spawn to its first start, per profile (spoke/timings.py says exactly
+    what is measured); buckets ``QUEUE_WAIT_BUCKETS``, 10 ms to a day.
+``hubspoke_agent_run_seconds{profile}`` (histogram)
+    From an attempt's start to the end of its run, per profile; buckets ``RUN_BUCKETS``,
+    100 ms to a day.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import time
 from collections.abc import Callable
 
 import structlog
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 from hubspoke.aio import raise_if_cancelling
 from hubspoke.metrics import Metrics
@@ -30,6 +36,14 @@ from .queue import AgentQueue
 log = structlog.get_logger("hubspoke.spoke.metrics")
 
 QUEUE_STATES = ("waiting", "delayed", "active", "failed")
+
+QUEUE_WAIT_BUCKETS = (
+    0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400, 86400,
+)  # fmt: skip
+"""Seconds: a queue's wait is milliseconds when idle, hours in a backlog or a paused queue."""
+
+RUN_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 1800, 3600, 14400, 86400)
+"""Seconds: from a quick script to a long coding agent (profiles allow runs of hours)."""
 
 
 class SpokeMetrics(Metrics):
@@ -52,11 +66,30 @@ class SpokeMetrics(Metrics):
             ["state"],
             registry=self.registry,
         )
+        self.queue_wait = Histogram(
+            "hubspoke_agent_queue_wait_seconds",
+            "From storing a spawn to its first start, by profile (seconds)",
+            ["profile"],
+            buckets=QUEUE_WAIT_BUCKETS,
+            registry=self.registry,
+        )
+        self.run_time = Histogram(
+            "hubspoke_agent_run_seconds",
+            "From an attempt's start to the end of its run, by profile (seconds)",
+            ["profile"],
+            buckets=RUN_BUCKETS,
+            registry=self.registry,
+        )
         self.queue_refreshed = Gauge(
             "hubspoke_queue_refresh_timestamp_seconds",
             "When hubspoke_queue_agents was last read from Redis (Unix time)",
             registry=self.registry,
         )
+
+    def observe_timing(self, span: str, profile: str, seconds: float) -> None:
+        """spoke/timings.py's sink: ``queue_wait`` or ``run`` of one agent of ``profile``."""
+        histogram = self.queue_wait if span == "queue_wait" else self.run_time
+        histogram.labels(profile).observe(seconds)
 
     def observe_transition(self, state: AgentState, reason: str) -> None:
         self.transitions.labels(state.value, reason).inc()

@@ -114,6 +114,8 @@ class SpawnRequest:
     """Who may approve or reject it (the rule's approvers)."""
     approval_deadline_ms: int = 0
     """When it ends REJECTED (APPROVAL_EXPIRED) unless approved: acceptance + window."""
+    dedupe_key: str = ""
+    """The spawn's dedupe key (its own or derived, hubspoke.dedupe); "" for none."""
 
 
 def _text(raw: Mapping[bytes, bytes], key: str, default: str = "") -> str:
@@ -205,6 +207,8 @@ class AgentRecord:
     """While AWAITING_APPROVAL: when it ends REJECTED (APPROVAL_EXPIRED)."""
     rejected_by: str = ""
     """REJECTED by an approver: who (the reason text is in the REJECTED event)."""
+    dedupe_key: str = ""
+    """The spawn's dedupe key; "" for none (spoke/dedupe.py)."""
 
     @classmethod
     def from_hash(cls, raw: Mapping[bytes, bytes]) -> AgentRecord:
@@ -259,6 +263,7 @@ class AgentRecord:
             approved_by=tuple(json.loads(_text(raw, "approved_by") or "[]")),
             approval_deadline_ms=_int(raw, "approval_deadline_ms"),
             rejected_by=_text(raw, "rejected_by"),
+            dedupe_key=_text(raw, "dedupe_key"),
         )
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from . import dedupe, timings
 from . import records_lua as lua
 from .backend import (
     AgentMissingError,
@@ -108,6 +109,8 @@ class Records:
         self.keys = keys
         self.fanout = fanout
         self.observe: StateObserver = observe or _unobserved
+        self.timed: timings.TimingSink | None = None
+        """Told how long agents waited and ran (spoke/timings.py), when set."""
         self._create = redis.register_script(lua.CREATE)
         self._transition = redis.register_script(lua.TRANSITION)
         self._event = redis.register_script(lua.EVENT)
@@ -147,6 +150,7 @@ class Records:
             approvals_required=req.approvals_required,
             approvers=req.approvers,
             approval_deadline_ms=req.approval_deadline_ms,
+            dedupe_key=req.dedupe_key,
         )
         fields = {
             "agent_id": rec.agent_id,
@@ -170,6 +174,8 @@ class Records:
             fields["approvals_required"] = req.approvals_required
             fields["approvers"] = json.dumps(list(req.approvers))
             fields["approval_deadline_ms"] = req.approval_deadline_ms
+        if req.dedupe_key:
+            fields["dedupe_key"] = req.dedupe_key
         audit: dict[str, object] = {"envelope": req.envelope, "relay": req.relay}
         args: list[Any] = [
             req.agent_id,
@@ -189,7 +195,15 @@ class Records:
             *(self.keys.bull(kind) for kind in ("wait", "paused", "prioritized", "delayed")),
             self.keys.waiting,
         ]
-        status, detail = await self._create(keys=keys, args=args)
+        for _ in range(dedupe.STALE_RETRIES):
+            claim = await dedupe.claim_keys(self.redis, self.keys, req.issuer, req.dedupe_key)
+            status, detail = await self._create(keys=keys + claim, args=args)
+            if status != b"stale":
+                break
+        if status == b"dedupe":
+            raise dedupe.DeduplicatedError(detail.decode())
+        if status == b"stale":
+            raise dedupe.ContendedError(req.dedupe_key)
         if status == b"exists":
             existing = await self.get(req.agent_id)
             if existing.digest != req.digest:
@@ -241,9 +255,11 @@ class Records:
         token: str,
         states: Iterable[AgentState] = (),
         owner: str | None = None,
+        match: Callable[[AgentRecord], bool] | None = None,
     ) -> Page:
-        """Newest first. The token is an opaque offset into the time index. With ``states``
-        or ``owner`` (an issuer), only matching agents, pages filled as spoke/pages.py says."""
+        """Newest first. The token is an opaque offset into the time index. With ``states``,
+        ``owner`` (an issuer) or ``match`` (spoke/list_filter.py), only matching agents, pages
+        filled as spoke/pages.py says."""
         wanted = set(states)
 
         async def read(offset: int, count: int) -> list[str]:
@@ -253,9 +269,13 @@ class Records:
             return [i.decode() for i in ids]
 
         def keep(rec: AgentRecord) -> bool:
-            return (not wanted or rec.state in wanted) and (owner is None or rec.issuer == owner)
+            return (
+                (not wanted or rec.state in wanted)
+                and (owner is None or rec.issuer == owner)
+                and (match is None or match(rec))
+            )
 
-        filtered = bool(wanted) or owner is not None
+        filtered = bool(wanted) or owner is not None or match is not None
         return await collect(read, self.get_aligned, token, page_size, keep if filtered else None)
 
     @backend
@@ -393,6 +413,8 @@ class Records:
         if status == b"illegal":
             raise TransitionError(agent_id, detail.decode())
         self.observe(to, reason)
+        if self.timed is not None:
+            await timings.observe(self.redis, self.keys, self.timed, agent_id, allowed_from, to)
         return int(detail)
 
     @backend
@@ -459,6 +481,8 @@ class Records:
             pipe.zrem(self.keys.verifying, agent_id)
             pipe.delete(self.keys.inbox(agent_id), self.keys.inbox_ids(agent_id))
             await pipe.execute()
+            if rec is not None:
+                await dedupe.release(self.redis, self.keys, rec.issuer, rec.dedupe_key, agent_id)
             swept += 1
         return swept
 

@@ -8,14 +8,34 @@ from __future__ import annotations
 
 from typing import Final
 
-CREATE: Final = """
--- KEYS: agent, index, events, then bullmq's wait, paused, prioritized, delayed, then waiting.
+from .model import FINAL_STATES
+
+_LUA_FINAL: Final = "{" + ", ".join(f"{s.value}=true" for s in sorted(FINAL_STATES)) + "}"
+"""The final states as a Lua table (a dedupe key's claim ends with its agent's)."""
+
+CREATE: Final = (
+    """
+-- KEYS: agent, index, events, then bullmq's wait, paused, prioritized, delayed, then waiting,
+-- then, for a spawn with a dedupe key (spoke/dedupe.py), its claim and the record of the agent
+-- the caller read from the claim (the agent key of "" when it read none).
 -- ARGV: agent_id, digest, now_ms, maxlen, max_backlog, issuer, quota, field, value, ...
 -- The issuer's quota (0: none) counts its members ("issuer:agent_id") of the waiting set
 -- (keys.py) with one ZLEXCOUNT: neither names nor ids contain ':'.
 local existing = redis.call('HGET', KEYS[1], 'digest')
 if existing then
   return {'exists', existing}
+end
+if KEYS[9] then
+  local held = redis.call('GET', KEYS[9])
+  if held then
+    local base = string.sub(KEYS[1], 1, #KEYS[1] - #ARGV[1])
+    if base .. held ~= KEYS[10] then return {'stale', held} end
+    local st = redis.call('HGET', KEYS[10], 'state')
+    local final = """
+    + _LUA_FINAL
+    + """
+    if st and not final[st] then return {'dedupe', held} end
+  end
 end
 local quota = tonumber(ARGV[7])
 if quota > 0 then
@@ -35,8 +55,10 @@ redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 redis.call('ZADD', KEYS[8], 0, ARGV[6] .. ':' .. ARGV[1])
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '1-0',
   'kind', 'state', 'state', 'QUEUED', 'reason', '', 'time', ARGV[3])
+if KEYS[9] then redis.call('SET', KEYS[9], ARGV[1]) end
 return {'created', ARGV[2]}
 """
+)
 
 TRANSITION: Final = """
 -- KEYS: agent, events, waiting, verifying.

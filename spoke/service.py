@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 from hubspoke import commands, envelope, errors
+from hubspoke import dedupe as shared_dedupe
 from hubspoke import input_text
 from hubspoke.gen.federation.v1 import agent_pb2, command_pb2, spoke_service_pb2
 from hubspoke.keys import SigningKey
@@ -33,7 +34,7 @@ from hubspoke.policy import BODY_VERBS, Policy
 from hubspoke.policy import Request as PolicyRequest
 from hubspoke.stream_caps import StreamCaps
 
-from . import approvals, backend, listing, pacing, wire
+from . import approvals, backend, dedupe, list_filter, listing, pacing, wire
 from . import service_input
 from .config import SpokeConfig
 from .dryrun import rehearse
@@ -126,14 +127,22 @@ class SpokeServicer:
             placement = await rehearse(self.config, self.agents, req)
             reply = self._reply(auth, placement=placement)
             return spoke_service_pb2.SpokeServiceSpawnAgentResponse(reply=reply)
+        deduplicated = False
         with _queue_errors():
-            # Shielded: a client that times out must not leave a half-stored spawn behind.
-            rec, _ = await asyncio.shield(
-                self.agents.create(
-                    req, self.config.max_queue_depth, self.config.max_queued_per_principal
+            try:
+                # Shielded: a client that times out must not leave a half-stored spawn behind.
+                rec, _ = await asyncio.shield(
+                    self.agents.create(
+                        req, self.config.max_queue_depth, self.config.max_queued_per_principal
+                    )
                 )
-            )
-        reply = self._reply(auth, agent=wire.to_agent(self.config.name, rec))
+            except dedupe.DeduplicatedError as exc:  # the owner's key is held: that agent
+                rec, deduplicated = await self.agents.records.get(exc.agent_id), True
+            except dedupe.ContendedError as exc:
+                raise errors.ConcurrentModificationError(str(exc)) from exc
+        agent = wire.to_agent(self.config.name, rec)
+        agent.deduplicated = deduplicated
+        reply = self._reply(auth, agent=agent)
         return spoke_service_pb2.SpokeServiceSpawnAgentResponse(reply=reply)
 
     async def GetAgent(
@@ -171,9 +180,13 @@ class SpokeServicer:
             if s
         ]
         owner = self._listing_owner(auth, "list_agents")
+        match = list_filter.from_body(body, self.config.max_labels)
         with _queue_errors():
             agent_page = await self._bounded_page(
-                lambda n: self.agents.records.list_page(n, body.page_token, states, owner), size
+                lambda n: self.agents.records.list_page(
+                    n, body.page_token, states, owner, None if match.empty else match
+                ),
+                size,
             )
         return spoke_service_pb2.SpokeServiceListAgentsResponse(
             reply=self._reply(auth, agent_page=agent_page)
@@ -551,6 +564,10 @@ class SpokeServicer:
             meaning["selector"] = dict(body.selector)
         if body.HasField("start_within"):  # absent from the meaning of spawns before it
             meaning["start_within_ms"] = body.start_within.ToMilliseconds()
+        dedupe_key = shared_dedupe.resolve(
+            body.dedupe_key, body.dedupe_from_task, body.profile, body.task
+        )
+        meaning.update(shared_dedupe.meaning(body.dedupe_key, body.dedupe_from_task))
         digest = hashlib.sha256(json.dumps(meaning, sort_keys=True).encode()).hexdigest()
         return SpawnRequest(
             agent_id=auth.command.command_id,
@@ -568,6 +585,7 @@ class SpokeServicer:
             backoff_ms=cfg.retry_backoff_ms,
             envelope=auth.client_envelope.SerializeToString(),
             relay=auth.relay_envelope.SerializeToString() if auth.relay_envelope else b"",
+            dedupe_key=dedupe_key,
             approvals_required=need,
             approvers=approvers,
             approval_deadline_ms=approve_by,

@@ -68,6 +68,7 @@ def to_agent(spoke: str, rec: AgentRecord) -> agent_pb2.Agent:
             agent.approval_deadline.FromMilliseconds(rec.approval_deadline_ms)
     if rec.expire_ms and (rec.start_deadline_ms or rec.replays):
         agent.start_deadline.FromMilliseconds(rec.expire_ms)  # a replay's own, if replayed
+    agent.dedupe_key = rec.dedupe_key
     return agent
 
 

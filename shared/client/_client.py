@@ -29,7 +29,7 @@ from typing import Any, Final, Self, TypeVar
 import grpc
 from google.protobuf.message import Message
 
-from hubspoke import commands, envelope, errors, fanout, keys, version
+from hubspoke import commands, dedupe, envelope, errors, fanout, keys, version
 from hubspoke import grpc as sgrpc
 from hubspoke import tls as stls
 from hubspoke.gen.federation.v1 import agent_pb2, audit_pb2, command_pb2, hub_service_pb2_grpc
@@ -217,6 +217,8 @@ class Client:
         max_attempts: int = 0,
         delay_s: float | None = None,
         start_within_s: float | None = None,
+        dedupe_key: str = "",
+        dedupe_from_task: bool = False,
         selector: Mapping[str, str] | None = None,
     ) -> Agent:
         """Start an agent on ``spoke``; returns it as the spoke stored it (normally QUEUED).
@@ -232,6 +234,10 @@ class Client:
             selector: let the hub choose the spoke (pass ``spoke=""``): the least loaded,
                 relative to its size, of the READY spokes whose operator labels carry every
                 ``key=value`` here (docs/protocol.md §4.8).
+            dedupe_key: while an agent of this caller with this key is not final, the spawn
+                returns that agent (``agent.raw.deduplicated``) instead of a new one.
+            dedupe_from_task: the same with a key derived from profile and task
+                (docs/protocol.md §4.7).
         """
         body = command_pb2.SpawnAgentBody(
             profile=profile,
@@ -239,6 +245,8 @@ class Client:
             priority=priority,
             labels=dict(labels or {}),
             max_attempts=max_attempts,
+            dedupe_key=dedupe_key,
+            dedupe_from_task=dedupe_from_task,
         )
         if timeout_s is not None:
             body.timeout.FromTimedelta(dt.timedelta(seconds=timeout_s))
@@ -249,6 +257,8 @@ class Client:
         body.selector.update(selector or {})
         cid = command_id or commands.new_command_id()
         sent, resp = await self._call(_rpc.SPAWN, spoke or self.hub_name, body, cid)
+        if dedupe_key or dedupe_from_task:
+            return self._deduped_reply(sent, resp.reply, spoke or None, cid, body)
         return self._agent_reply(sent, resp.reply, spoke or None, cid)
 
     async def plan_spawn(
@@ -346,8 +356,18 @@ class Client:
         page_size: int = 50,
         states: Collection[int] = (),
         page_token: str = "",
+        *,
+        labels: Mapping[str, str] | None = None,
+        profile: str = "",
+        owner: str = "",
+        dedupe_key: str = "",
     ) -> AgentList:
         """A page of agents from one spoke, or from every spoke when ``spoke`` is None.
+
+        Only agents in ``states`` (empty: any), carrying every one of ``labels``, and of
+        ``profile``, ``owner`` (the issuer) and ``dedupe_key`` when set; each spoke filters
+        its own. A page token is per spoke: pass it with that ``spoke`` (each page's
+        ``next_page_token`` is in ``pages``).
 
         A fan-out whose pages did not all fit in the hub's response names the spokes it left
         out (signed); each of them is then listed alone, so the result has every page."""
@@ -355,6 +375,10 @@ class Client:
             page_size=page_size,
             page_token=page_token,
             states=[agent_pb2.Agent.State.ValueType(s) for s in states],
+            labels=dict(labels or {}),
+            profile=profile,
+            owner=owner,
+            dedupe_key=dedupe_key,
         )
         sent, resp = await self._call(_rpc.LIST_AGENTS, spoke or self.hub_name, body)
         pages: dict[str, AgentPage] = {}
@@ -374,7 +398,15 @@ class Client:
             )
             reasons = dict(fan.unreachable_reasons)
             for name in resp.omitted_spokes:
-                alone = await self.list(name, page_size, states)
+                alone = await self.list(
+                    name,
+                    page_size,
+                    states,
+                    labels=labels,
+                    profile=profile,
+                    owner=owner,
+                    dedupe_key=dedupe_key,
+                )
                 pages.update(alone.pages)
         return AgentList(
             agents=[a for p in pages.values() for a in p.agents],
@@ -664,6 +696,26 @@ class Client:
         """The agent a reply carries, once it is the agent asked for, from its own spoke."""
         signer, reply = self._verify(sent, reply_env, Role.SPOKE, spoke, "agent")
         return _checked_agent(reply.agent, signer, agent_id)
+
+    def _deduped_reply(
+        self,
+        sent: _Sent,
+        reply_env: command_pb2.SignedEnvelope,
+        spoke: str | None,
+        command_id: str,
+        body: command_pb2.SpawnAgentBody,
+    ) -> Agent:
+        """A dedupe spawn's agent: the one it created, or (``deduplicated``) the caller's
+        agent that holds the same key."""
+        signer, reply = self._verify(sent, reply_env, Role.SPOKE, spoke, "agent")
+        if not reply.agent.deduplicated:
+            return _checked_agent(reply.agent, signer, command_id)
+        key = dedupe.resolve(body.dedupe_key, body.dedupe_from_task, body.profile, body.task)
+        if reply.agent.dedupe_key != key or reply.agent.issuer != self.principal:
+            raise CallError.invalid_reply(
+                f"agent {reply.agent.agent_id!r} does not hold this caller's dedupe key {key}"
+            )
+        return _checked_agent(reply.agent, signer, None)
 
     @staticmethod
     def _page(page: command_pb2.AgentPage, signer: str) -> AgentPage:

@@ -86,6 +86,8 @@ class SyncClient:
         max_attempts: int = 0,
         delay_s: float | None = None,
         start_within_s: float | None = None,
+        dedupe_key: str = "",
+        dedupe_from_task: bool = False,
     ) -> Agent:
         """See :meth:`Client.spawn`."""
         return self._runner.run(
@@ -100,6 +102,8 @@ class SyncClient:
                 max_attempts=max_attempts,
                 delay_s=delay_s,
                 start_within_s=start_within_s,
+                dedupe_key=dedupe_key,
+                dedupe_from_task=dedupe_from_task,
             )
         )
 
@@ -137,9 +141,25 @@ class SyncClient:
         page_size: int = 50,
         states: Collection[int] = (),
         page_token: str = "",
+        *,
+        labels: Mapping[str, str] | None = None,
+        profile: str = "",
+        owner: str = "",
+        dedupe_key: str = "",
     ) -> AgentList:
         """See :meth:`Client.list`."""
-        return self._runner.run(self.client.list(spoke, page_size, states, page_token))
+        return self._runner.run(
+            self.client.list(
+                spoke,
+                page_size,
+                states,
+                page_token,
+                labels=labels,
+                profile=profile,
+                owner=owner,
+                dedupe_key=dedupe_key,
+            )
+        )
 
     def watch(self, agent: str, spoke: str | None = None, after: int = 0) -> Iterator[AgentEvent]:
         """See :meth:`Client.watch`; each ``next`` runs the stream until its next event."""

@@ -93,6 +93,8 @@ _CHANGED: dict[str, Any] = {
     "max_attempts": 3,
     "delay": {"seconds": 0, "nanos": 6000000},
     "start_within": {"seconds": 3600, "nanos": 0},
+    "dedupe_key": "vector-other-key",
+    "dedupe_from_task": True,
 }
 
 
