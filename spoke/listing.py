@@ -6,7 +6,8 @@ spoke looks unreachable for as long as the agents are kept. So:
 
 * every list item is cut (``list_item``): its task and progress message keep their first
   ``LIST_TEXT_BYTES``, its stdout and stderr tails their last, its receipt its status and the
-  start of its summary, and ``Agent.truncated`` says so (GetAgent returns the agent whole);
+  start of its summary, a SHADOWED agent's ``shadow_run`` over that is left out (its argv
+  holds the task), and ``Agent.truncated`` says so (GetAgent returns the agent whole);
 * a page stops adding items before its signed reply would pass the message limit, less
   ``REPLY_ROOM_BYTES`` for the reply's header, signature and envelopes (``bounded_page``):
   it is read again with as many items as fit, so its page token resumes right after the
@@ -65,6 +66,9 @@ def list_item(spoke: str, rec: AgentRecord, limit: int = LIST_TEXT_BYTES) -> age
             status=_head(agent.receipt.status, 64), summary=_head(agent.receipt.summary, limit)
         )
         agent.receipt.CopyFrom(receipt)
+        agent.truncated = True
+    if agent.HasField("shadow_run") and agent.shadow_run.ByteSize() > limit:  # its argv holds
+        agent.ClearField("shadow_run")  # the task: GetAgent has it whole
         agent.truncated = True
     return agent
 
