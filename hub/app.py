@@ -8,6 +8,7 @@ the spoke channels and Redis. ``run()`` serves until SIGINT or SIGTERM.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 from collections.abc import Callable
 from pathlib import Path
@@ -27,12 +28,13 @@ from hubspoke.pacing import PacingConfig
 from hubspoke.policy import Policy, PolicyConfigError
 from hubspoke.trust import TrustStore
 
-from .circuit import CircuitConfig, Circuits
 from . import audit_wiring, enrol_wiring
 from .audit_checkpoints import CheckpointWriter
 from .audit_service import Audited
+from .circuit import CircuitConfig, Circuits
 from .config import HubConfig
 from .health import HealthConfig, HealthMonitor
+from .membership import MemberKeys
 from .metrics import HubMetrics
 from .registry import SpokeRegistry
 from .relay import Gate, RelayConfig, Relayer
@@ -60,7 +62,8 @@ class HubApp:
     def __init__(self, config: HubConfig) -> None:
         self.config = config
         self._key = keys.load_private(config.key_file, config.name)
-        self._trust = TrustStore.from_file(config.trust_file)
+        # Static peers, then the spokes enrolled in Redis (hub/membership.py).
+        self._trust = MemberKeys(TrustStore.from_file(config.trust_file))
         if config.policy_file == Path():
             raise PolicyConfigError(
                 "policy_file is required: authorization is default-deny (docs/security.md)"
@@ -79,7 +82,9 @@ class HubApp:
         self._built: sgrpc.BuiltServer | None = None
         self._store: HubStore | None = None
         self._registry: SpokeRegistry | None = None
+        self._enrolment: enrol_wiring.EnrolWiring | None = None
         self._monitor_task: asyncio.Task[None] | None = None
+        self._checkpoints: tuple[CheckpointWriter, asyncio.Task[None]] | None = None
         self._stopping: asyncio.Event | None = None
         self._shutdown_done = False
         self._metrics = HubMetrics()
@@ -88,7 +93,6 @@ class HubApp:
     @property
     def port(self) -> int:
         """The bound port; only valid after ``start()``."""
-        self._checkpoints: tuple[CheckpointWriter, asyncio.Task[None]] | None = None
         if self._built is None:
             raise RuntimeError("HubApp is not started")
         return self._built.port
@@ -148,6 +152,7 @@ class HubApp:
             self._metrics,
             circuits,
         )
+        audit = audit_wiring.audit_log(cfg, self._store.client)
         servicer = HubServicer(
             RoutingConfig(
                 hub_name=cfg.name,
@@ -159,7 +164,6 @@ class HubApp:
                 max_message_bytes=cfg.max_message_bytes,
                 fanout_timeout_s=cfg.fanout_timeout_s,
                 max_input_bytes=cfg.max_input_bytes,
-        audit = audit_wiring.audit_log(cfg, self._store.client)
             ),
             Gate(
                 self._trust,
@@ -174,17 +178,6 @@ class HubApp:
             self._store,
             self._policy,
             monitor,
-        )
-        try:
-            built = sgrpc.build_server(
-                [sgrpc.Service(HUB_SERVICE, servicer)],
-                cfg.listen,
-                self._options,
-                self._server_creds,
-                observe=self._metrics.observe_rpc,
-            )
-        except RuntimeError as exc:  # grpcio reports a failed bind as RuntimeError
-            raise OSError(f"could not bind {cfg.listen}: address in use or unavailable") from exc
             audit=audit,
         )
         served: object = servicer
@@ -193,13 +186,26 @@ class HubApp:
             served = Audited(servicer, audit, cfg.audit_unverified_per_s)
         self._enrolment = await enrol_wiring.start(
             cfg, self._key, self._trust, self._registry, servicer
+        )
+        try:
+            built = sgrpc.build_server(
+                [sgrpc.Service(HUB_SERVICE, served)],
+                cfg.listen,
+                self._options,
+                self._server_creds,
+                observe=self._metrics.observe_rpc,
+            )
+        except RuntimeError as exc:  # grpcio reports a failed bind as RuntimeError
+            raise OSError(f"could not bind {cfg.listen}: address in use or unavailable") from exc
         self._built = built
+        await self._enrolment.serve(built.server, built.port, self._options)
         await built.server.start()
         if cfg.metrics_listen:
             self._metrics_server = self._metrics.serve(cfg.metrics_listen)
             log.info("metrics_serving", port=self._metrics_server.port)
         await built.serving([HUB_SERVICE.full_name])
         self._monitor_task = asyncio.create_task(monitor.run(), name="spoke-health")
+        self._checkpoints = audit_wiring.checkpoint_task(cfg, audit, self._key)
         if not await self._store.ping():
             log.warning("redis_unreachable", hint="commands fail with UNAVAILABLE until it answers")
         log.info("hub_serving", hub=cfg.name, port=built.port, spokes=len(cfg.spokes))
@@ -217,7 +223,6 @@ class HubApp:
 
     async def shutdown(self, grace: float | None = None) -> None:
         """Stop serving and release everything; safe to call more than once.
-        self._checkpoints = audit_wiring.checkpoint_task(cfg, audit, self._key)
 
         Args:
             grace: seconds in-flight calls may still finish; ``shutdown_grace_s`` if None.
@@ -232,7 +237,15 @@ class HubApp:
                 await asyncio.wait({self._monitor_task}, timeout=grace_s)
             if self._built is not None:
                 await self._built.stop(grace_s)
+            if self._checkpoints is not None:
+                writer, task = self._checkpoints
+                task.cancel()
+                await asyncio.wait({task}, timeout=grace_s)
+                with contextlib.suppress(errors.BackendUnavailableError, OSError):
+                    await writer.write_once()  # the head as this hubd leaves it
         finally:
+            if self._enrolment is not None:
+                await self._enrolment.close()
             if self._registry is not None:
                 await self._registry.close()
             if self._store is not None:
@@ -249,12 +262,6 @@ class HubApp:
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
-            if self._checkpoints is not None:
-                writer, task = self._checkpoints
-                task.cancel()
-                await asyncio.wait({task}, timeout=grace_s)
-                with contextlib.suppress(errors.BackendUnavailableError, OSError):
-                    await writer.write_once()  # the head as this hubd leaves it
         tb: TracebackType | None,
     ) -> None:
         await self.shutdown()

@@ -39,6 +39,7 @@ from . import (
     cli_audit,
     cli_certs,
     cli_completion,
+    cli_enrol,
     cli_events,
     cli_init,
     cli_keys,
@@ -401,6 +402,7 @@ _VERBS: Final[dict[str, _Verb]] = {
     "synthetic-all": cli_synthetic.run,
     "shadow-summary": cli_shadow.run,
 }
+_VERBS["spoke"] = cli_enrol.spoke_verb(_VERBS.get("spoke"))  # enroll|remove|members
 
 
 def _keygen(args: argparse.Namespace, out: Out) -> int:
@@ -429,6 +431,17 @@ def _keygen(args: argparse.Namespace, out: Out) -> int:
     else:
         out.line(f"{public} {name}")
     return EXIT_OK
+
+
+def _audit(args: argparse.Namespace, out: Out) -> int:
+    """``audit verify`` reads the hub's Redis with the hub's config; ``audit tail`` asks the
+    hub, like every other verb."""
+    try:
+        if args.action == "verify":
+            return cli_audit.verify(args, out)
+        return asyncio.run(_run_verb(cli_audit.tail, args, out))
+    except cli_audit.AuditUsageError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _dev(dev_args: list[str]) -> int:
@@ -482,19 +495,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cli_completion.run(args, parser)
         if args.verb == "certs":
             return cli_certs.run(args, args.json)
-def _audit(args: argparse.Namespace, out: Out) -> int:
-    """``audit verify`` reads the hub's Redis with the hub's config; ``audit tail`` asks the
-    hub, like every other verb."""
-    try:
-        if args.action == "verify":
-            return cli_audit.verify(args, out)
-        return asyncio.run(_run_verb(cli_audit.tail, args, out))
-    except cli_audit.AuditUsageError as exc:
-        raise UsageError(str(exc)) from None
-
-
         if args.verb == "keygen":
             return _keygen(args, out)
+        if args.verb == "audit":
+            return _audit(args, out)
         return asyncio.run(_run_verb(_VERBS[args.verb], args, out))
     except SystemExit as exc:  # --help, --version: argparse's own exit
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
@@ -524,5 +528,3 @@ def _report(line: str, debug: bool) -> None:
 
 if __name__ == "__main__":
     sys.exit(main())
-        if args.verb == "audit":
-            return _audit(args, out)

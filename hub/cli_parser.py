@@ -16,6 +16,7 @@ from . import (
     cli_audit,
     cli_certs,
     cli_completion,
+    cli_enrol,
     cli_events,
     cli_init,
     cli_keys,
@@ -88,6 +89,9 @@ EXAMPLES: Final[dict[str, tuple[str, ...]]] = {
     ),
     "ui": ("hubctl ui", "hubctl ui --port 8800 --no-browser"),
     **cli_modes_args.EXAMPLES,
+    **cli_send.EXAMPLES,
+    **cli_events.EXAMPLES,
+    **cli_audit.EXAMPLES,
 }
 """Example command lines per verb (``AGENT`` stands for an agent id)."""
 
@@ -99,9 +103,6 @@ class UsageError(Exception):
 class _Parser(argparse.ArgumentParser):
     """argparse that reports ``Error: ...`` in one line and lets ``main`` pick the exit code."""
 
-    **cli_send.EXAMPLES,
-    **cli_events.EXAMPLES,
-    **cli_audit.EXAMPLES,
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
@@ -332,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("spokes", help="list the hub's spokes and their health", parents=[common])
     add_spoke_parser(sub, common)  # hubctl spoke drain|undrain NAME
+    cli_enrol.add_parser(sub, common)  # hubctl spoke enroll|remove|members
 
     wt = sub.add_parser(
         "watch", help="follow an agent's state, progress and output live", parents=[common]
@@ -365,6 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     cli_init.add_parser(sub, common)
     cli_completion.add_parser(sub, common)
     cli_modes_args.add_parsers(sub, common)
+    cli_send.add_parser(sub, common)
+    cli_events.add_parser(sub, common)
+    cli_audit.add_parser(sub, common)
 
     ui = sub.add_parser(
         "ui", help="serve the web console on 127.0.0.1 (needs hubspoke[ui])", parents=[common]
@@ -382,6 +387,3 @@ def build_parser() -> argparse.ArgumentParser:
         )
         verb_parser.formatter_class = argparse.RawDescriptionHelpFormatter
     return p
-    cli_send.add_parser(sub, common)
-    cli_events.add_parser(sub, common)
-    cli_audit.add_parser(sub, common)

@@ -128,7 +128,8 @@ class HealthMonitor:
 
     def records(self) -> list[SpokeHealth]:
         """Every spoke's record, in config order."""
-        return [self._records[n] for n in self._registry.names()]
+        # Enrolled spokes join and leave at run time: one not probed yet has a fresh record.
+        return [self._records.get(n) or SpokeHealth(n) for n in self._registry.names()]
 
     def circuit(self, name: str) -> Circuit:
         breaker = self._circuits.get(name)
@@ -161,7 +162,7 @@ class HealthMonitor:
 
     def drain(self, name: str, draining: bool) -> None:
         """Mark a spoke drained by an operator (DRAINING while it answers), or not."""
-        record = self._records[name]
+        record = self._records.get(name) or SpokeHealth(name)
         self._set(replace(record, draining=draining, state=_state_of(record, draining)))
 
     def observe_probe(self, probe: Probe) -> SpokeHealth:

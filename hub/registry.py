@@ -26,6 +26,8 @@ from .config import SpokeEntry
 if TYPE_CHECKING:
     from hubspoke.gen.federation.v1.spoke_service_pb2_grpc import SpokeServiceAsyncStub
 
+    from .membership import Membership
+
 __all__ = ["STATUS_KEY", "STATUS_NONCE_KEY", "Probe", "SpokeLink", "SpokeRegistry"]
 
 log = structlog.get_logger("hubspoke.hub.registry")
@@ -76,17 +78,44 @@ class SpokeRegistry:
         entries: Sequence[SpokeEntry],
         options: sgrpc.ServerOptions,
         credentials: grpc.ChannelCredentials | None = None,
+        membership: Membership | None = None,
     ) -> None:
         """``credentials``: dial every spoke over TLS, checking its certificate carries
-        ``tls_server_name`` or, by default, the spoke's name."""
-        self._entries: Mapping[str, SpokeEntry] = {e.name: e for e in entries}
+        ``tls_server_name`` or, by default, the spoke's name. ``membership``: enrolled
+        spokes (hub/membership.py), served after the static ones."""
+        self._membership = membership
+        self._static: Mapping[str, SpokeEntry] = {e.name: e for e in entries}
         self._options = options
         self._credentials = credentials
         self._links: dict[str, SpokeLink] = {}
+        self._retired: list[SpokeLink] = []
         self._closed = False
 
+    @property
+    def _entries(self) -> Mapping[str, SpokeEntry]:
+        """Static spokes in config order, then enrolled ones (dial mode) by name."""
+        if self._membership is None:
+            return self._static
+        enrolled = self._membership.entries()
+        if not enrolled:
+            return self._static
+        return {**self._static, **{n: e for n, e in enrolled.items() if n not in self._static}}
+
+    def static_names(self) -> list[str]:
+        """The spokes from the hub's config, in config order."""
+        return list(self._static)
+
+    def use_membership(self, membership: Membership) -> None:
+        """Serve the enrolled spokes of ``membership`` too (hub/membership.py)."""
+        self._membership = membership
+
+    async def fresh(self) -> None:
+        """Re-read the membership if it changed (one Redis GET otherwise)."""
+        if self._membership is not None:
+            await self._membership.fresh()
+
     def names(self) -> list[str]:
-        """Spoke names in config order."""
+        """Spoke names in config order, then enrolled spokes by name."""
         return list(self._entries)
 
     def __contains__(self, name: object) -> bool:
@@ -97,12 +126,14 @@ class SpokeRegistry:
 
     def link(self, name: str) -> SpokeLink:
         """The open link to a configured spoke (KeyError if it is not configured)."""
+        entry = self._entries[name]
         found = self._links.get(name)
-        if found is not None:
+        if found is not None and found.entry == entry:
             return found
+        if found is not None:  # re-enrolled elsewhere: closed with the rest at close()
+            self._retired.append(found)
         if self._closed:
             raise RuntimeError("spoke registry is closed")
-        entry = self._entries[name]
         channel = sgrpc.open_channel(
             entry.address,
             self._options,
@@ -177,6 +208,7 @@ class SpokeRegistry:
     async def close(self) -> None:
         """Close every channel; idempotent."""
         self._closed = True
-        links, self._links = list(self._links.values()), {}
+        links, self._links = [*self._links.values(), *self._retired], {}
+        self._retired = []
         for link in links:
             await link.channel.close(None)

@@ -329,6 +329,7 @@ class Relayer:
         self._metrics.observe_spoke_call(spoke, grpc.StatusCode.OK, time.monotonic() - started)
         self._count(spoke, True)
         reply_env: command_pb2.SignedEnvelope = response.reply
+        await self._registry.fresh()  # membership revision: a removed spoke is refused now
         return reply_env, self.check_reply(spoke, inbound, reply_env)
 
     async def stream(
@@ -359,6 +360,7 @@ class Relayer:
         )
         try:
             async for response in call:
+                await self._registry.fresh()
                 yield response.reply, self.check_reply(spoke, inbound, response.reply)
         except grpc.aio.AioRpcError as exc:
             raise _spoke_error(spoke, exc) from exc

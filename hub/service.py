@@ -54,6 +54,7 @@ from . import audit_read, events, fanout_calls, relay
 from .audit import AuditLog
 from .circuit import Circuit
 from .drain import DrainStore
+from .enrol import ENROLL, MEMBERSHIP, REMOVE, EnrolCalls, EnrolmentDisabledError
 from .health import HealthMonitor, SpokeHealth
 from .placement_claim import ClaimStore
 from .placement_route import Placer, PlacerConfig
@@ -435,6 +436,43 @@ class HubServicer:
             elif msg.draining and msg.health == command_pb2.Spoke.HEALTH_READY:
                 msg.health = command_pb2.Spoke.HEALTH_DRAINING
 
+    # -- enrolment (hub/enrol.py) -------------------------------------------------------------
+
+    _enrol: EnrolCalls | None = None
+
+    def serve_enrolment(self, calls: EnrolCalls) -> None:
+        """Answer CreateEnrolment, RemoveSpoke and GetMembership with ``calls``."""
+        self._enrol = calls
+
+    async def CreateEnrolment(
+        self, request: hub_service_pb2.HubServiceCreateEnrolmentRequest, context: _Ctx
+    ) -> hub_service_pb2.HubServiceCreateEnrolmentResponse:
+        inbound = await self._gate.admit(request.command, ENROLL)
+        self._authorize(inbound, None)
+        reply = await self._enrol_calls().create(inbound)
+        return hub_service_pb2.HubServiceCreateEnrolmentResponse(reply=reply)
+
+    async def RemoveSpoke(
+        self, request: hub_service_pb2.HubServiceRemoveSpokeRequest, context: _Ctx
+    ) -> hub_service_pb2.HubServiceRemoveSpokeResponse:
+        inbound = await self._gate.admit(request.command, REMOVE)
+        self._authorize(inbound, None)
+        reply = await self._enrol_calls().remove(inbound)
+        return hub_service_pb2.HubServiceRemoveSpokeResponse(reply=reply)
+
+    async def GetMembership(
+        self, request: hub_service_pb2.HubServiceGetMembershipRequest, context: _Ctx
+    ) -> hub_service_pb2.HubServiceGetMembershipResponse:
+        inbound = await self._gate.admit(request.command, MEMBERSHIP)
+        self._authorize(inbound, None)
+        reply = await self._enrol_calls().membership(inbound)
+        return hub_service_pb2.HubServiceGetMembershipResponse(reply=reply)
+
+    def _enrol_calls(self) -> EnrolCalls:
+        if self._enrol is None:
+            raise EnrolmentDisabledError("this hub serves no enrolment")
+        return self._enrol
+
     # -- authorization ----------------------------------------------------------------------
 
     def _policy_request(self, inbound: Inbound, spoke: str | None) -> PolicyRequest:
@@ -540,7 +578,9 @@ class HubServicer:
     async def _admit(self, request: _Request, verb: relay.Verb) -> Inbound:
         if not request.HasField("command"):
             raise errors.InvalidCommandError("request carries no command envelope")
-        return await self._gate.admit(request.command, verb)  # binds command_id, issuer
+        inbound = await self._gate.admit(request.command, verb)  # binds command_id, issuer
+        await self._registry.fresh()  # enrolled spokes: one GET of the membership revision
+        return inbound
 
     def _spoke_named(self, name: str) -> str:
         if name not in self._registry:

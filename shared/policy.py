@@ -136,8 +136,9 @@ AGENT_VERBS = frozenset({"get", "kill", "watch", "replay", "verify", "send"})
 """Verbs on one agent: an ``own`` rule covers them only on the principal's own agents."""
 LISTING_VERBS = frozenset({"list", "dead_letters"})
 """Verbs that list agents: an ``own`` rule lets the principal list only its own agents."""
-QUEUE_WIDE_VERBS = frozenset({"pause", "resume", "drain"})
-"""Verbs that act on everyone's agents at once: only an ``any`` rule covers them."""
+QUEUE_WIDE_VERBS = frozenset({"pause", "resume", "drain", "enroll", "unenroll"})
+"""Verbs that act on everyone's agents at once, or on the federation's membership (enroll,
+unenroll): only an ``any`` rule covers them."""
 
 
 class PolicyConfigError(errors.ConfigError):

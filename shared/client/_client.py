@@ -37,6 +37,7 @@ from hubspoke.trust import Role, TrustStore
 
 from . import _events, _rpc
 from ._audit import AuditPage, AuditRecord
+from . import _enrol
 from ._errors import CallError, ClientConfigError
 from ._placement import Placement, spawn_body
 from ._types import (
@@ -144,7 +145,9 @@ class Client:
         self.hub_name = hub_name
         self.timeout_s = timeout_s
         self._key = key
-        self._trust = trust
+        # Static trust, then the hub's signed membership list (enrolled spokes).
+        self._trust: TrustStore = _enrol.MembershipTrust(trust)
+        self.membership_max_age_s = _enrol.MEMBERSHIP_MAX_AGE_S
         self._channel: grpc.aio.Channel | None = None
         self._stub: hub_service_pb2_grpc.HubServiceAsyncStub | None = None
 
@@ -442,6 +445,7 @@ class Client:
             )
             try:
                 async for resp in call:
+                    await _enrol.know_signers(self, [_rpc.WATCH.reply(resp)])
                     signer, reply = self._verify(
                         sent, _rpc.WATCH.reply(resp), Role.SPOKE, signer, "agent_event"
                     )
@@ -507,6 +511,33 @@ class Client:
                 if current.state.settled:
                     return current
                 await asyncio.sleep(poll_s)
+
+    # -- enrolment (shared/client/_enrol.py) ------------------------------------------------
+
+    async def enroll_spoke(
+        self,
+        name: str,
+        *,
+        labels: Mapping[str, str] | None = None,
+        address: str = "",
+        connect: bool = False,
+        ttl_s: float | None = None,
+    ) -> _enrol.EnrolmentTicket:
+        """A one-time token that enrols spoke ``name`` (``spoked --enroll TOKEN``), with the
+        operator's ``labels`` and its ``address`` (or ``connect`` mode), usable once within
+        ``ttl_s`` (capped by the hub's enrol_token_ttl_s)."""
+        return await _enrol.enroll_spoke(
+            self, name, labels=labels, address=address, connect=connect, ttl_s=ttl_s
+        )
+
+    async def remove_spoke(self, name: str) -> _enrol.Membership:
+        """Revoke an enrolled spoke: every hub on the hub's Redis refuses its key at once.
+        Returns the membership after the removal, as the hub signed it."""
+        return await _enrol.remove_spoke(self, name)
+
+    async def membership(self) -> _enrol.Membership:
+        """The hub's signed membership list (enrolled spokes, their keys, labels, modes)."""
+        return await _enrol.membership(self)
 
     # -- spokes and queues ------------------------------------------------------------------
 
@@ -585,6 +616,7 @@ class Client:
     ) -> AgentPage:
         """A page of one spoke's dead-letter set."""
         body = command_pb2.ListDeadLettersBody(page_size=page_size, page_token=page_token)
+
     # -- the hub's audit log -----------------------------------------------------------------
 
     async def audit_log(
@@ -654,6 +686,7 @@ class Client:
                 if not _retryable(failure) or attempt + 1 == _ATTEMPTS:
                     raise CallError.from_failure(failure) from exc
             else:
+                await _enrol.know_signers(self, verb.replies(resp))
                 return sent, resp
             await asyncio.sleep(_BACKOFF_S[attempt])
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises

@@ -1,0 +1,241 @@
+"""Enrolment (issue 10), on real hubd and spoked processes, real Redis and the real hubctl.
+
+``hubctl spoke enroll`` prints a token; ``spoked --enroll TOKEN`` joins with it (new keys,
+no file edited by hand); a spawn through hubctl then works although neither the hub's nor
+the operator's trust file names the spoke. A second hubd on the same Redis sees it too.
+``hubctl spoke remove`` revokes it: both hubds refuse its replies at once, and so does a
+client holding one of its earlier replies. A used token, an expired token and a token
+presented to another federation's hub are refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from hubspoke import enrol_token as tokens
+from hubspoke import envelope, errors, testing
+from hubspoke.client import CallError, _enrol, _rpc
+from hubspoke.gen.federation.v1 import command_pb2
+from hubspoke.trust import Role
+
+pytestmark = [pytest.mark.timeout(120), pytest.mark.asyncio(loop_scope="module")]
+
+EDGE = "edge-1"
+SPOKED = testing.server_argv("spoked", "hubspoke.spoke")
+
+
+@dataclass
+class Env:
+    fed: testing.Federation
+    root: Path
+    edge_port: int
+    hub_b: str
+    """The address of a second hubd on the same Redis, which also dials edge-1 statically
+    (its trust file has no key for it: only the membership vouches for edge-1)."""
+    agent: str = ""
+    token: str = ""
+
+
+def spoke_config(fed: testing.Federation, name: str, port: int, where: str) -> Path:
+    """A config for a new spoke beside the federation's files: its own keys, trust and
+    policy under ``where`` (none of them exist yet), spoke-1's Redis, the test profiles."""
+    base = fed.files.spoke_configs["spoke-1"].read_text()
+    redis = "".join(line + "\n" for line in base.splitlines() if line.startswith("redis_"))
+    path = fed.files.root / f"{where}.toml"
+    path.write_text(
+        f'name = "{name}"\nlisten = "127.0.0.1:{port}"\n'
+        f'key_file = "{where}/keys/{name}.key"\ntrust_file = "{where}/trust.toml"\n'
+        f'policy_file = "{where}/policy.toml"\n' + redis + testing.DEFAULT_PROFILES
+    )
+    return path
+
+
+async def enrol_run(token: str, config: Path) -> tuple[int, str]:
+    """``spoked --enroll TOKEN`` that is expected to refuse: its exit code and stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        *SPOKED,
+        "--enroll",
+        token,
+        "--config",
+        str(config),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=testing.server_env(),
+    )
+    try:
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    return await proc.wait(), err.decode()
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def env(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Env]:
+    root = tmp_path_factory.mktemp("enrol")
+    fed = testing.Federation(root / "fed", ["spoke-1"], hub_env={"HUB_PROBE_INTERVAL_S": "0.5"})
+    try:
+        await fed.start()
+        edge_port = testing.pick_free_port()
+        hub_b = await fed.start_hub(
+            "hub-b",
+            spokes={
+                "spoke-1": fed.address("spoke-1"),
+                EDGE: f"127.0.0.1:{edge_port}",
+            },
+        )
+        yield Env(fed, root, edge_port, f"127.0.0.1:{hub_b.port}")
+    finally:
+        await fed.stop()
+
+
+async def test_enrol_spawn_with_untouched_trust_files(env: Env) -> None:
+    fed = env.fed
+    trust_before = digest(fed.files.trust_file)
+    run = await fed.hubctl(
+        "--json", "spoke", "enroll", EDGE, "--label", "zone=edge", "--label", "gpu=no",
+        "--address", f"127.0.0.1:{env.edge_port}",
+    )  # fmt: skip
+    assert run.code == 0, run.stderr
+    env.token = token = run.doc()["token"]
+    assert token.startswith(tokens.PREFIX)
+    pins = tokens.decode(token)
+    assert (pins.name, pins.hub, pins.ca_fingerprint) == (EDGE, fed.hub_name, b"")
+
+    config = spoke_config(fed, EDGE, env.edge_port, "edge")
+    edge = testing.Daemon(
+        EDGE,
+        [
+            *SPOKED,
+            "--enroll",
+            token,
+            "--config",
+            str(config),
+        ],
+        fed.logs / f"{EDGE}.log",
+    )
+    fed.spokeds[EDGE] = [edge]  # stopped with the federation
+    await edge.start()
+    assert (fed.files.root / "edge" / "keys" / f"{EDGE}.key").stat().st_mode & 0o077 == 0
+
+    # The operator's (and the hub's) trust file does not name edge-1, and was not edited.
+    assert EDGE not in fed.files.trust_file.read_text()
+    run = await fed.hubctl("--json", "spawn", "--spoke", EDGE, "--wait", "--", "duration=0.1")
+    assert run.code == 0, run.stderr
+    env.agent = run.doc()["agent_id"]
+    assert digest(fed.files.trust_file) == trust_before
+
+    run = await fed.hubctl("--json", "spoke", "members")
+    assert run.code == 0, run.stderr
+    [member] = run.doc()["members"]
+    assert (member["name"], member["mode"]) == (EDGE, "dial")
+    assert member["labels"] == {"zone": "edge", "gpu": "no"}
+    assert member["address"] == f"127.0.0.1:{env.edge_port}"
+    assert "synthetic" in member["profiles"]
+
+    run = await fed.hubctl("--json", "spokes")
+    assert run.code == 0, run.stderr
+    listed = {s["name"]: s for s in run.doc()["spokes"]}
+    assert listed[EDGE]["labels"] == {"zone": "edge", "gpu": "no"}
+
+
+async def test_used_expired_and_foreign_tokens_are_refused(env: Env) -> None:
+    fed = env.fed
+    assert env.agent, "runs after the enrolment test"
+    run = await fed.hubctl("--json", "spoke", "enroll", "edge-2", "--ttl", "0.3")
+    assert run.code == 0, run.stderr
+    expired = run.doc()["token"]
+    run = await fed.hubctl("--json", "spoke", "enroll", "edge-3")
+    assert run.code == 0, run.stderr
+    fresh = run.doc()["token"]
+
+    # A used token: edge-1's own, presented again with new keys.
+    again = spoke_config(fed, EDGE, testing.pick_free_port(), "edge-again")
+    code, err = await enrol_run(env.token, again)
+    assert code == 2, err
+    assert "ENROL_TOKEN_USED" in err, err
+
+    # Expired.
+    await asyncio.sleep(0.5)
+    code, err = await enrol_run(expired, spoke_config(fed, "edge-2", 1, "edge-2"))
+    assert code == 2, err
+    assert "ENROL_TOKEN_EXPIRED" in err, err
+
+    # A token presented to another, independent federation's hub: the spoke refuses before
+    # it sends the token (the other hub cannot prove the pinned key), and writes nothing.
+    other = testing.Federation(env.root / "other", ["x-1"])
+    try:
+        await other.start(spokeds=False)
+        pins = tokens.decode(fresh)
+        pins.address = other.hub_address
+        redirected = tokens.encode(pins)
+        config = spoke_config(fed, "edge-3", 1, "edge-3")
+        code, err = await enrol_run(redirected, config)
+        assert code == 2, err
+        assert "token presented to another hub" in err, err
+        assert not (fed.files.root / "edge-3" / "keys" / "edge-3.key").exists()
+    finally:
+        await other.stop()
+    # The token itself is still good at its own hub (it was never sent anywhere).
+    members = await _members(fed)
+    assert "edge-3" not in members
+
+
+async def _members(fed: testing.Federation) -> list[str]:
+    run = await fed.hubctl("--json", "spoke", "members")
+    assert run.code == 0, run.stderr
+    return [m["name"] for m in run.doc()["members"]]
+
+
+async def test_remove_is_refused_at_once_by_every_hub_and_by_the_client(env: Env) -> None:
+    fed = env.fed
+    assert env.agent, "runs after the enrolment test"
+    async with fed.client() as client, fed.client(hub=env.hub_b) as via_b:
+        # Before: both hubds relay to edge-1 and verify its replies (hub-b only through the
+        # membership: its trust file has no key for edge-1).
+        _, resp = await client._call(_rpc.GET, EDGE, command_pb2.GetAgentBody(agent=env.agent))
+        old_reply = resp.reply
+        assert (await via_b.get(env.agent, EDGE)).agent_id == env.agent
+
+        run = await fed.hubctl("--json", "spoke", "remove", EDGE)
+        assert run.code == 0, run.stderr
+        assert EDGE not in [m["name"] for m in run.doc()["members"]]
+
+        # At once, through the other hubd: the reply is refused (its key is not trusted any
+        # more), not relayed.
+        started = time.monotonic()
+        with pytest.raises(CallError) as refused:
+            await via_b.get(env.agent, EDGE)
+        assert refused.value.reason == "SPOKE_REPLY_INVALID", refused.value
+        assert time.monotonic() - started < 5
+        # The hub that removed it does not route to it any more.
+        with pytest.raises(CallError) as gone:
+            await client.get(env.agent, EDGE)
+        assert gone.value.reason == "SPOKE_NOT_FOUND", gone.value
+
+    # hubctl: the spoke is gone from the list, and a client refuses an earlier reply of it.
+    run = await fed.hubctl("status", env.agent, "--spoke", EDGE)
+    assert run.code == 3, run.stderr
+    assert "SPOKE_NOT_FOUND" in run.stderr, run.stderr
+    async with fed.client() as fresh:
+        await _enrol.know_signers(fresh, [old_reply])
+        with pytest.raises(errors.SignatureInvalidError):
+            envelope.verify(
+                old_reply,
+                payload_type=envelope.PAYLOAD_TYPE_REPLY,
+                trust=fresh._trust,
+                roles={Role.SPOKE},
+            )

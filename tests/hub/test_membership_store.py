@@ -1,0 +1,114 @@
+"""The membership and enrolment tokens in a real Redis (hub/membership_store.py, membership.py):
+single-use tokens (two hubs racing for one get it once), expiry and "used" told apart from
+"unknown", revision-checked copies that see another hub's enrolments and removals at once,
+and the keys' hash tags."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from hubspoke import commands, keys
+from hubspoke.gen.federation.v1 import enrol_pb2
+from hubspoke.hub.membership import MemberKeys, Membership
+from hubspoke.hub.membership_store import (
+    MembershipStore,
+    TokenRecord,
+    TokenState,
+    index_key,
+    member_key,
+    revision_key,
+    token_key,
+)
+from hubspoke.trust import Role, TrustStore
+
+
+@pytest.fixture
+async def stores(redis_url: str) -> AsyncIterator[tuple[MembershipStore, MembershipStore]]:
+    a = MembershipStore.from_url(redis_url, "hub", 2.0)
+    b = MembershipStore.from_url(redis_url, "hub", 2.0)
+    try:
+        yield a, b
+    finally:
+        await a.close()
+        await b.close()
+
+
+def record(name: str = "edge-1") -> TokenRecord:
+    return TokenRecord(name, {"zone": "a"}, "127.0.0.1:1", False, 0)
+
+
+def member(name: str) -> tuple[enrol_pb2.Member, keys.SigningKey]:
+    key = keys.generate(name)
+    return (
+        enrol_pb2.Member(
+            name=name,
+            key_id=key.key_id,
+            public_key=keys.encode_public(key.public),
+            labels={"zone": "a"},
+            mode="dial",
+            address="127.0.0.1:1",
+            enroll_time=commands.to_timestamp(commands.now()),
+        ),
+        key,
+    )
+
+
+def test_keys_carry_hash_tags() -> None:
+    assert index_key("h").split("{")[1].split("}")[0] == "h"
+    assert revision_key("h").split("{")[1].split("}")[0] == "h"
+    assert member_key("h", "s").endswith(":{s}")
+    assert token_key("h", "ab").endswith(":{ab}")
+
+
+async def test_a_token_is_used_once_even_by_two_hubs_at_once(
+    stores: tuple[MembershipStore, MembershipStore],
+) -> None:
+    a, b = stores
+    await a.create_token("t1", record(), 60_000)
+    results = await asyncio.gather(a.consume_token("t1"), b.consume_token("t1"))
+    states = sorted(state for state, _ in results)
+    assert states == [TokenState.OK, TokenState.USED]
+    [found] = [r for _, r in results if r is not None]
+    assert (found.name, dict(found.labels), found.address) == (
+        "edge-1",
+        {"zone": "a"},
+        "127.0.0.1:1",
+    )
+    assert (await a.consume_token("never"))[0] is TokenState.UNKNOWN
+
+
+async def test_an_expired_token_is_told_apart(
+    stores: tuple[MembershipStore, MembershipStore],
+) -> None:
+    a, _ = stores
+    await a.create_token("t2", record(), 50)
+    await asyncio.sleep(0.1)
+    assert (await a.consume_token("t2"))[0] is TokenState.EXPIRED
+
+
+async def test_copies_follow_the_revision(stores: tuple[MembershipStore, MembershipStore]) -> None:
+    a, b = stores
+    seen_by_b = Membership(b)
+    await seen_by_b.fresh()
+    assert seen_by_b.members() == []
+    m, key = member("edge-1")
+    revision = await a.add(m)
+    await seen_by_b.fresh()
+    [got] = seen_by_b.members()
+    assert (got.name, got.revision) == ("edge-1", revision)
+    assert "edge-1" in seen_by_b.entries()
+
+    trust = MemberKeys(TrustStore(()))
+    trust.attach(seen_by_b)
+    fp = keys.fingerprint(key.public)
+    assert [k.peer for k in trust.candidates(fp, commands.now())] == ["edge-1"]
+    assert trust.role_of("edge-1") is Role.SPOKE
+
+    assert await a.remove("edge-1") == revision + 1
+    assert await a.remove("edge-1") is None
+    await seen_by_b.fresh()
+    assert seen_by_b.members() == []
+    assert trust.candidates(fp, commands.now()) == []
