@@ -155,10 +155,15 @@ async def test_a_retry_through_a_second_hub_goes_to_the_claimed_spoke(
                 "", "synthetic", LONG, selector={"gpu": "yes"}, command_id="claim-once"
             )
             fresh = await second_hub.spawn("", "synthetic", LONG, selector={"gpu": "yes"})
+            with pytest.raises(CallError) as reused:  # the selector is part of the meaning
+                await second_hub.spawn(
+                    "", "synthetic", LONG, selector={"zone": "a"}, command_id="claim-once"
+                )
         finally:
             await first_hub.undrain_spoke(agent.spoke)
     assert (again.spoke, again.agent_id) == (agent.spoke, "claim-once")
     assert fresh.spoke != agent.spoke
+    assert reused.value.reason == "COMMAND_ID_REUSED"
 
 
 async def test_no_matching_spoke_names_what_is_missing(fed: testing.Federation) -> None:
