@@ -19,6 +19,12 @@ straight to it cannot skip them:
 
 A crash between recording the last approval and the release leaves the agent waiting with
 enough approvals: a retry of any approval releases it.
+
+Before each start the worker checks the kept approvals again (``verify_kept``, with the trust
+store as it is then, like the spawn itself: spoke/reverify.py): each must still verify, be
+signed by the approver it is kept for, one of the agent's approvers and not its owner, and
+name this agent; fewer valid ones than required and the agent ends FAILED ``TAMPERED``. So
+writing ``approved_by`` into the spoke's Redis does not release an agent.
 """
 
 from __future__ import annotations
@@ -26,15 +32,20 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Final
 
-from hubspoke import errors
+from google.protobuf.message import DecodeError
+
+from hubspoke import commands, envelope, errors
 from hubspoke.approval_text import check_reason as check_reason  # the service checks with it
+from hubspoke.gen.federation.v1 import command_pb2
 from hubspoke.policy import Policy
 from hubspoke.policy import Request as PolicyRequest
+from hubspoke.trust import Role, TrustStore
 
 from .backend import AgentMissingError, TransitionError, backend, now_ms
 from .jobs import Jobs
 from .model import AgentRecord, AgentState
 from .records import EVENTS_MAXLEN, Records
+from .reverify import TamperedError
 
 APPROVAL_REQUIRED: Final = "APPROVAL_REQUIRED"
 APPROVED: Final = "APPROVED"
@@ -187,3 +198,43 @@ async def expire_overdue(records: Records) -> int:
             )
             expired += 1
     return expired
+
+
+@backend
+async def kept_approvals(records: Records, rec: AgentRecord) -> dict[str, bytes]:
+    """The signed approvals kept with ``rec``, by approver (those ``approved_by`` names)."""
+    if not rec.approved_by:
+        return {}
+    fields = [f"approval:{name}" for name in rec.approved_by]
+    rows: list[bytes | None] = await records.redis.hmget(records.keys.agent(rec.agent_id), fields)  # type: ignore[assignment]  # bytes: decode_responses is off
+    return {name: raw for name, raw in zip(rec.approved_by, rows, strict=True) if raw}
+
+
+def verify_kept(rec: AgentRecord, kept: dict[str, bytes], *, spoke: str, trust: TrustStore) -> None:
+    """TamperedError("approvals") unless ``rec`` has as many valid kept approvals as it
+    requires (module docstring); nothing to check for an agent that required none."""
+    if not rec.approvals_required:
+        return
+    names = {rec.agent_id, f"spokes/{spoke}/agents/{rec.agent_id}"}
+    valid: set[str] = set()
+    for name, raw in kept.items():
+        try:
+            verified = envelope.verify(
+                command_pb2.SignedEnvelope.FromString(raw),
+                payload_type=envelope.PAYLOAD_TYPE_COMMAND,
+                trust=trust,
+                roles={Role.CLIENT},
+            )
+            cmd = commands.parse_command(verified.payload)
+        except (errors.CommandError, DecodeError):
+            continue
+        if (
+            cmd.WhichOneof("body") == "approve_agent"
+            and cmd.approve_agent.agent in names
+            and cmd.issuer == verified.peer == name
+            and name in rec.approvers
+            and name != rec.issuer
+        ):
+            valid.add(name)
+    if len(valid) < rec.approvals_required:
+        raise TamperedError("approvals")

@@ -35,7 +35,7 @@ from redis.exceptions import RedisError
 
 from hubspoke.trust import TrustStore
 
-from . import modes, processes, reverify, runtime
+from . import approvals, modes, processes, reverify, runtime
 from .backend import BackendError, QueueError, TransitionError
 from .config import SpokeConfig
 from .events import OutputPump
@@ -263,6 +263,9 @@ class AgentWorker:
     async def _verified(self, rec: AgentRecord, profile: Profile | None) -> AgentRecord:
         """The record as this attempt may run it, checked against its signed spawn."""
         stored, relay = await self.queue.worker_records.signed_copies(rec.agent_id)
+        if rec.approvals_required:  # the approvals that released it verify too
+            kept = await approvals.kept_approvals(self.queue.worker_records, rec)
+            approvals.verify_kept(rec, kept, spoke=self.config.name, trust=self.trust)
         return reverify.verified_record(
             rec, stored, relay, spoke=self.config.name, trust=self.trust, profile=profile
         )

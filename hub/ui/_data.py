@@ -46,6 +46,8 @@ ATTENTION_STATES: Final = (
     AgentState.EXPIRED,
     AgentState.NEEDS_INPUT,
     AgentState.NEEDS_VERIFICATION,
+    AgentState.AWAITING_APPROVAL,
+    AgentState.REJECTED,
 )
 """States that ask for the operator's eye (final ones, and those waiting on a person)."""
 _EPOCH: Final = dt.datetime.min.replace(tzinfo=dt.UTC)

@@ -38,6 +38,8 @@ _STATE_CLASS: Final = {
     AgentState.QUEUED: "idle",
     AgentState.NEEDS_INPUT: "warn",
     AgentState.NEEDS_VERIFICATION: "warn",
+    AgentState.AWAITING_APPROVAL: "warn",
+    AgentState.REJECTED: "bad",
 }
 _HEALTH_CLASS: Final = {
     SpokeHealth.READY: "ok",

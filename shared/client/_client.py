@@ -478,8 +478,9 @@ class Client:
     ) -> Agent:
         """Wait until an agent ends or waits on a person; returns it then.
 
-        It returns in a final state, or in NEEDS_INPUT or NEEDS_VERIFICATION (the states
-        that wait for someone's ``send`` or ``verify``: :attr:`AgentState.settled`).
+        It returns in a final state, or in NEEDS_INPUT, NEEDS_VERIFICATION or
+        AWAITING_APPROVAL (the states that wait for someone's ``send``, ``verify`` or
+        ``approve``: :attr:`AgentState.settled`).
         Follows the agent's events (:meth:`watch`) and reads it once such a state comes;
         if the watch fails or ends early, polls :meth:`get` every ``poll_s`` seconds instead.
 
