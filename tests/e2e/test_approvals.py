@@ -19,11 +19,13 @@ from typing import Any
 import grpc
 import pytest
 import pytest_asyncio
+import redis.asyncio
 
 from hubspoke import commands, keys, testing
 from hubspoke import grpc as sgrpc
 from hubspoke.client import AgentState, Client
 from hubspoke.gen.federation.v1 import command_pb2, spoke_service_pb2, spoke_service_pb2_grpc
+from hubspoke.spoke.keys import SpokeKeys
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(120)]
 
@@ -318,3 +320,27 @@ async def test_a_restarted_spoked_still_holds_it_then_releases_it(fed: Fed) -> N
     done = await fed.hubctl("operator", "status", agent_id, "--wait")
     assert done.code == 0, (done.stdout, done.stderr)
     assert ledger.read_text() == "ran\n"
+
+
+async def test_approvals_written_into_redis_do_not_release_it(fed: Fed) -> None:
+    """Whoever can write the spoke's Redis marks a held agent approved and queued; the
+    worker checks the kept signed approvals before it starts it (there are none): FAILED
+    TAMPERED, and it never ran."""
+    agent_id, ledger = await spawn_held(fed, "forged-in-redis")
+    r = redis.asyncio.Redis.from_url(fed.fed.redis["spoke-1"].url)
+    try:
+        await r.hset(
+            SpokeKeys(SPOKE).agent(agent_id),
+            mapping={"approved_by": '["alice", "bob"]', "state": "QUEUED"},
+        )
+    finally:
+        await r.aclose()
+    await fed.fed.spoked(SPOKE).restart()  # start-up queues a QUEUED record with no job
+
+    async def failed() -> bool:
+        return (await fed.operator.get(agent_id, SPOKE)).state == AgentState.FAILED
+
+    await until(failed, 30)
+    agent = await fed.operator.get(agent_id, SPOKE)
+    assert agent.reason == "TAMPERED"
+    assert not ledger.exists()
