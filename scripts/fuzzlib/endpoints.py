@@ -47,6 +47,10 @@ class Endpoint:
         return f"{self.server}:{self.method}"
 
 
+VERB_OF: Final[dict[str, str]] = {"CreateEnrolment": "enroll_spoke"}
+"""RPCs whose body case is not their name in snake case."""
+
+
 def snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
@@ -59,7 +63,7 @@ def discover() -> list[Endpoint]:
                 raise NotImplementedError(
                     f"{svc.full_name}/{m.name} is client-streaming: teach fuzzlib to send it"
                 )
-            verb = snake(m.name)
+            verb = VERB_OF.get(m.name) or snake(m.name)
             out.append(
                 Endpoint(
                     server=server,
