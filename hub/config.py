@@ -169,7 +169,6 @@ class HubConfig:
     """Transport TLS (``[tls]``, ``HUB_TLS_*``): serve it and dial spokes with it. Without
     it the hub speaks plaintext, which it allows only on loopback."""
 
-    def __post_init__(self) -> None:
     max_input_bytes: int = 64 * 1024
     """The longest text a SendInput (hubctl send) may carry, in UTF-8 bytes; a longer one is
     refused with INVALID_ARGUMENT before it is relayed (each spoke has its own bound too)."""
@@ -223,6 +222,8 @@ class HubConfig:
     """Connect mode: the shortest heartbeat interval the hub accepts from a spoke."""
     link_max_heartbeat_s: float = 60.0
     """Connect mode: the longest heartbeat interval the hub accepts from a spoke."""
+
+    def __post_init__(self) -> None:
         _check_name("name", self.name)
         sconfig.check_address(_LAYOUT, "listen", self.listen)
         for opt in ("key_file", "trust_file"):
