@@ -32,6 +32,7 @@ AGENT_BODIES = (
     "watch_agent",
     "replay_agent",
     "verify_agent",
+    "send_input",
     "approve_agent",
     "reject_agent",
 )

@@ -62,7 +62,7 @@ _RETRY, _NI, _NV = AgentState.RETRYING, AgentState.NEEDS_INPUT, AgentState.NEEDS
 _F, _T, _D = AgentState.FAILED, AgentState.TIMED_OUT, AgentState.DEAD_LETTERED
 
 EDGES: Mapping[AgentState, frozenset[AgentState]] = {
-    _Q: frozenset({_F, _T, _D, AgentState.AWAITING_APPROVAL}),  # replay; approvals release
+    _Q: frozenset({_F, _T, _D, _NI, AgentState.AWAITING_APPROVAL}),  # replay; approvals release
     _S: frozenset({_Q, _RETRY}),
     _R: frozenset({_S}),
     _RETRY: frozenset({_S, _R}),  # a failed attempt, or a lost one
