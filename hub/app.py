@@ -34,6 +34,9 @@ from .audit_service import Audited
 from .circuit import CircuitConfig, Circuits
 from .config import HubConfig
 from .health import HealthConfig, HealthMonitor
+from .link_metrics import LinkMetrics
+from .link_registry import LinkingRegistry, connect_mode, link_config
+from .link_sessions import LinkSessions
 from .membership import MemberKeys
 from .metrics import HubMetrics
 from .registry import SpokeRegistry
@@ -74,7 +77,8 @@ class HubApp:
         if config.tls is None:
             stls.require_loopback("listen", config.listen)
             for entry in config.spokes:
-                stls.require_loopback(f"spoke {entry.name} at", entry.address)
+                if entry.link == "dial":  # a connect-mode spoke dials in: no address
+                    stls.require_loopback(f"spoke {entry.name} at", entry.address)
         else:
             self._server_creds = stls.server_credentials(config.tls)
             self._channel_creds = stls.channel_credentials(config.tls)
@@ -117,7 +121,9 @@ class HubApp:
         cfg.redis.check()  # the password file and TLS files (ConfigError), before connecting
         self._store = HubStore.from_url(cfg.redis, cfg.name, cfg.redis_timeout_s)
         await self._check_schema(self._store)
-        self._registry = SpokeRegistry(cfg.spokes, self._options, self._channel_creds)
+        self._registry = registry = LinkingRegistry(
+            cfg.spokes, self._options, self._channel_creds, LinkSessions(link_config(cfg))
+        )
         circuits = Circuits(
             self._registry.names(),
             CircuitConfig(cfg.circuit_failures, cfg.circuit_open_s, cfg.probe_interval_s),
@@ -163,7 +169,6 @@ class HubApp:
                 max_watchers_per_principal=cfg.max_watchers_per_principal,
                 max_message_bytes=cfg.max_message_bytes,
                 fanout_timeout_s=cfg.fanout_timeout_s,
-                claim_ttl_s=cfg.claim_ttl_s,
                 max_input_bytes=cfg.max_input_bytes,
             ),
             Gate(
@@ -200,6 +205,11 @@ class HubApp:
             raise OSError(f"could not bind {cfg.listen}: address in use or unavailable") from exc
         self._built = built
         await self._enrolment.serve(built.server, built.port, self._options)
+        # Connect-mode spokes dial in on the same port (hub/link_service.py).
+        link = connect_mode(
+            cfg, registry, self._trust, monitor, LinkMetrics(self._metrics.registry)
+        )
+        built.server.add_generic_rpc_handlers((link.handler(),))
         await built.server.start()
         if cfg.metrics_listen:
             self._metrics_server = self._metrics.serve(cfg.metrics_listen)

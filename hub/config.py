@@ -12,6 +12,9 @@ File format (relative paths resolve against the file's directory)::
     address = "127.0.0.1:7101"
     labels = { gpu = "no" }
     tls_server_name = "spoke-1"   # optional: the name its certificate carries
+    [[spokes]]
+    name = "laptop-1"
+    link = "connect"              # it dials the hub (no address): connect link mode
     [tls]                         # optional; without it, plaintext on loopback only
     cert_file = "tls/hub.crt"
     key_file = "tls/hub.tls.key"
@@ -20,8 +23,9 @@ File format (relative paths resolve against the file's directory)::
 
 Every scalar option also has an environment variable, ``HUB_`` + its name in upper case
 (``HUB_LISTEN``, ``HUB_SPOKE_CALL_TIMEOUT_S``, ...); ``REDIS_URL`` is read when
-``HUB_REDIS_URL`` is not set, and ``HUB_SPOKES`` (``name=host:port,...``) replaces the
-file's spokes. ``HUB_TLS_CERT_FILE``, ``HUB_TLS_KEY_FILE``, ``HUB_TLS_CA_FILE`` and
+``HUB_REDIS_URL`` is not set, and ``HUB_SPOKES`` (``name=host:port,...``; ``name=connect`` for
+a connect-mode spoke) replaces the file's spokes. ``HUB_TLS_CERT_FILE``, ``HUB_TLS_KEY_FILE``,
+``HUB_TLS_CA_FILE`` and
 ``HUB_TLS_REQUIRE_CLIENT_CERT`` override the ``[tls]`` options one by one. Flags are
 applied by the caller with :meth:`HubConfig.replace`.
 
@@ -52,6 +56,8 @@ __all__ = ["HubConfig", "HubConfigError", "SpokeEntry"]
 NAME_RE: Final = sconfig.NAME_RE
 """Peer names: they appear in Redis keys and in resource names ``spokes/{name}/...``."""
 LOG_LEVELS: Final = sconfig.LOG_LEVELS
+LINK_MODES: Final = ("dial", "connect")
+"""How the hub reaches a spoke (SpokeEntry.link)."""
 
 
 class HubConfigError(sconfig.DaemonConfigError):
@@ -74,6 +80,9 @@ class SpokeEntry:
     """Free-form labels shown by ListSpokes (e.g. ``{"gpu": "no"}``)."""
     tls_server_name: str = ""
     """With ``[tls]``: the name the spoke's certificate must carry; empty means its name."""
+    link: str = "dial"
+    """``dial``: the hub dials ``address``. ``connect``: the spoke dials the hub and keeps a
+    control stream open (no address; docs/protocol.md "Connect mode")."""
 
 
 def _default_path() -> Path:
@@ -140,10 +149,6 @@ class HubConfig:
     did not answer by then are named, with the reason."""
     agent_index_ttl_s: float = 7 * 86400.0
     """How long, in seconds, the hub remembers which spoke runs an agent."""
-    claim_ttl_s: float = 86400.0
-    """The shortest time, in seconds, a selector spawn's command id stays claimed for the
-    spoke the hub chose (so a retry through any hub goes there); a spawn whose start_within
-    (plus delay) is longer keeps it that long, plus its signature window."""
     max_watchers: int = 1024
     """Concurrent watch streams this hub relays, from all principals; more get
     RESOURCE_EXHAUSTED."""
@@ -165,6 +170,22 @@ class HubConfig:
     """How long, in seconds, in-flight calls may finish on shutdown."""
     max_message_bytes: int = 4 * 1024 * 1024
     """Largest request or response, in bytes."""
+    link_hello_timeout_s: float = 10.0
+    """Connect mode: how long, in seconds, a spoke's new Control or Serve stream may take to
+    send its first message (hello, open)."""
+    link_max_pending_calls: int = 256
+    """Connect mode: calls in flight to one spoke; more fail at once with RESOURCE_EXHAUSTED
+    (LINK_BUSY)."""
+    link_call_buffer: int = 16
+    """Connect mode: response messages of one call the hub holds before it stops reading the
+    spoke's Serve stream (flow control then slows the spoke)."""
+    link_missed_heartbeats: int = 3
+    """Connect mode: heartbeat intervals without a heartbeat after which the hub ends the
+    spoke's session; the spoke then shows DISCONNECTED and calls to it fail at once."""
+    link_min_heartbeat_s: float = 0.2
+    """Connect mode: the shortest heartbeat interval the hub accepts from a spoke."""
+    link_max_heartbeat_s: float = 60.0
+    """Connect mode: the longest heartbeat interval the hub accepts from a spoke."""
     log_level: str = "info"
     """One of debug, info, warning, error, critical."""
     metrics_listen: str = ""
@@ -239,7 +260,12 @@ class HubConfig:
         seen: set[str] = set()
         for s in self.spokes:
             _check_name("spokes.name", s.name)
-            sconfig.check_address(_LAYOUT, f"spokes[{s.name}].address", s.address)
+            if s.link not in LINK_MODES:
+                raise HubConfigError(f"spokes[{s.name}].link must be dial or connect")
+            if s.link == "dial":
+                sconfig.check_address(_LAYOUT, f"spokes[{s.name}].address", s.address)
+            elif s.address:
+                raise HubConfigError(f"spokes[{s.name}]: a connect-mode spoke has no address")
             if s.name == self.name:
                 raise HubConfigError(f"spoke {s.name!r} has the hub's own name")
             if s.name in seen:
@@ -249,6 +275,9 @@ class HubConfig:
         for key in (
             "missed_probes_down",
             "circuit_failures",
+            "link_max_pending_calls",
+            "link_call_buffer",
+            "link_missed_heartbeats",
             "max_watchers",
             "max_watchers_per_principal",
             "watch_event_rate",
@@ -309,12 +338,15 @@ def _parse_spokes(value: object, base: Path | None, path: str) -> tuple[SpokeEnt
         where = f"{path}: spokes #{i + 1}"
         if not isinstance(item, dict):
             raise HubConfigError(f"{where} must be a table")
-        unknown = set(item) - {"name", "address", "labels", "tls_server_name"}
+        unknown = set(item) - {"name", "address", "labels", "tls_server_name", "link"}
         if unknown:
             raise HubConfigError(f"{where}: unknown option {sorted(unknown)[0]!r}")
-        name, address = item.get("name"), item.get("address")
+        name, link = item.get("name"), item.get("link", "dial")
+        address = item.get("address", "" if link == "connect" else None)
         if not isinstance(name, str) or not isinstance(address, str):
             raise HubConfigError(f"{where} needs a name and an address (strings)")
+        if not isinstance(link, str):
+            raise HubConfigError(f"{where} ({name}): link must be dial or connect")
         labels = item.get("labels", {})
         if not isinstance(labels, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
@@ -323,7 +355,7 @@ def _parse_spokes(value: object, base: Path | None, path: str) -> tuple[SpokeEnt
         server_name = item.get("tls_server_name", "")
         if not isinstance(server_name, str):
             raise HubConfigError(f"{where} ({name}): tls_server_name must be a string")
-        entries.append(SpokeEntry(name, address, MappingProxyType(dict(labels)), server_name))
+        entries.append(SpokeEntry(name, address, MappingProxyType(dict(labels)), server_name, link))
     return tuple(entries)
 
 
@@ -333,6 +365,9 @@ def _parse_spokes_env(text: str) -> tuple[SpokeEntry, ...]:
         name, sep, address = item.partition("=")
         if not sep:
             raise HubConfigError("HUB_SPOKES must be name=host:port[,name=host:port...]")
+        if address.strip() == "connect":  # name=connect: a connect-mode spoke
+            entries.append(SpokeEntry(name.strip(), "", link="connect"))
+            continue
         entries.append(SpokeEntry(name.strip(), address.strip()))
     return tuple(entries)
 

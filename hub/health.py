@@ -18,8 +18,11 @@ Each probe also feeds the spoke's circuit breaker (hub/circuit.py): a probe that
 answer is a success (and closes a half-open circuit), one that did not is a failure.
 
 The status is the spoke's own signed Reply (spoke/health.py), verified here: signed by that
-spoke, bound to the probe's nonce. A connect-mode heartbeat carries the same signed Reply and
-will feed :meth:`HealthMonitor.observe_status` the same way.
+spoke, bound to the probe's nonce. A connect-mode spoke is not probed: each heartbeat on its
+control stream carries the same signed Reply, bound to the session's nonce, and feeds
+:meth:`HealthMonitor.observe_heartbeat` (READY or DEGRADED as above, ``last_seen`` its time);
+when its session ends (the spoke left, or missed ``link_missed_heartbeats`` heartbeats)
+:meth:`HealthMonitor.observe_link_closed` makes it DISCONNECTED (hub/link_service.py).
 
 The records live in this hubd's memory; issue 11 moves them into Redis so several hubds share
 them.
@@ -35,7 +38,7 @@ from dataclasses import dataclass, replace
 
 import structlog
 
-from hubspoke import commands, envelope, errors
+from hubspoke import commands, envelope, errors, version
 from hubspoke.gen.federation.v1 import command_pb2
 from hubspoke.trust import Role, TrustStore
 
@@ -212,6 +215,38 @@ class HealthMonitor:
         if reply.WhichOneof("result") != "spoke_status" or reply.spoke_status.spoke != name:
             raise errors.InvalidCommandError("reply carries no status of this spoke")
         return reply.spoke_status
+
+    def observe_heartbeat(
+        self, name: str, status: command_pb2.SpokeStatus, at: dt.datetime
+    ) -> SpokeHealth:
+        """A connect-mode spoke's verified heartbeat (``observe_status`` checked it)."""
+        prev = self._records.get(name, SpokeHealth(name))
+        breaker = self._circuits.get(name)
+        if breaker is not None and breaker.success():
+            log.info("spoke_circuit_closed", spoke=name)
+        self._publish_circuit(name)
+        base = replace(
+            prev,
+            last_probe=at,
+            last_seen=at,
+            missed=0,
+            protocol=status.protocol_version or version.PROTOCOL_VERSION,
+            status=status,
+        )
+        detail = _degraded(status)
+        if detail:
+            return self._set(replace(base, state=SpokeState.DEGRADED, detail=detail))
+        state = SpokeState.DRAINING if base.draining else SpokeState.READY
+        return self._set(replace(base, state=state, detail=""))
+
+    def observe_link_closed(self, name: str, at: dt.datetime | None, why: str) -> SpokeHealth:
+        """A connect-mode spoke has no session (yet, or any more): DISCONNECTED."""
+        prev = self._records.get(name, SpokeHealth(name))
+        return self._set(
+            replace(
+                prev, state=SpokeState.DISCONNECTED, detail=why, last_probe=at or prev.last_probe
+            )
+        )
 
     def _answered(self, prev: SpokeHealth, probe: Probe) -> SpokeHealth:
         name = probe.entry.name

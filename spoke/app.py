@@ -16,7 +16,7 @@ from hubspoke import commands, daemon, keys
 from hubspoke import tls as stls
 from hubspoke.admission import Admission, RateLimit
 from hubspoke.gen.federation.v1 import spoke_service_pb2
-from hubspoke.grpc import BuiltServer, ServerOptions, Service, build_server
+from hubspoke.grpc import BuiltServer, ServerOptions, Service
 from hubspoke.metrics import MetricsServer
 from hubspoke.policy import Policy
 from hubspoke.trust import TrustStore
@@ -26,6 +26,7 @@ from .config import SpokeConfig, SpokeConfigError
 from .deadline import Deadlines
 from .health import StatusMonitor
 from .keys import SpokeKeys
+from .link_server import server_factory
 from .metrics import SpokeMetrics
 from .queue import AgentQueue
 from .schema import ensure_spoke_schema
@@ -111,7 +112,8 @@ class SpokeApp:
         admission = Admission(agents.redis, RateLimit(cfg.rate_per_principal, cfg.rate_burst))
         verifier = Verifier(cfg.name, trust, window, admission, Deadlines.of(cfg))
         servicer = SpokeServicer(cfg, key, verifier, agents, policy)
-        self._server = build_server(
+        # Connect mode: no listening socket; the spoke dials its hub (spoke/link_server.py).
+        self._server = server_factory(cfg)(
             [Service(SERVICE, servicer)],
             cfg.listen,
             ServerOptions(max_message_bytes=cfg.max_message_bytes),

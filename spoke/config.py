@@ -46,7 +46,24 @@ class SpokeConfig:
     name: str = "spoke"
     """This spoke's name: the audience commands must carry, and its Redis key prefix."""
     listen: str = "127.0.0.1:7101"
-    """host:port the gRPC server binds; port 0 picks a free one."""
+    """host:port the gRPC server binds; port 0 picks a free one (dial link mode only)."""
+    link: str = "dial"
+    """``dial``: the hub dials ``listen``. ``connect``: this spoke opens no listening socket;
+    it dials ``hub_address`` and keeps a control stream open (docs/protocol.md "Connect
+    mode"), over ``[tls]`` (its certificate; the hub's checked against ``tls.ca_file``)."""
+    hub_address: str = ""
+    """Connect mode: ``host:port`` of the hub to dial. Plaintext only to a loopback hub."""
+    hub_name: str = "hub"
+    """Connect mode: the hub's peer name (the audience of the hello; the name the hub's
+    certificate must carry unless ``hub_tls_server_name`` says another)."""
+    hub_tls_server_name: str = ""
+    """Connect mode, with ``[tls]``: the name the hub's certificate must carry; empty: hub_name."""
+    heartbeat_interval_s: float = 5.0
+    """Connect mode: how often the spoke sends its signed status on the control stream."""
+    link_reconnect_min_s: float = 0.5
+    """Connect mode: the first wait before dialling the hub again after a lost session."""
+    link_reconnect_max_s: float = 30.0
+    """Connect mode: the longest wait between two dials (the wait doubles, with jitter)."""
     key_file: Path = Path("spoke.key")
     """The spoke's Ed25519 private key (mode 0600): it signs every reply."""
     trust_file: Path = Path("trust.toml")
@@ -182,6 +199,7 @@ class SpokeConfig:
     def __post_init__(self) -> None:
         sconfig.check_name(_LAYOUT, "name", self.name)
         sconfig.check_address(_LAYOUT, "listen", self.listen)
+        _check_link(self)
         sconfig.redis_access(_LAYOUT, self)
         sconfig.check_positive_seconds(_LAYOUT, self)
         positive = (
@@ -258,6 +276,19 @@ class SpokeConfig:
         if "tls" in values:
             values["tls"] = _tls(values["tls"])
         return sconfig.construct(cls, values, _LAYOUT)
+
+
+def _check_link(cfg: SpokeConfig) -> None:
+    """The connect-mode options hang together."""
+    if cfg.link not in ("dial", "connect"):
+        raise SpokeConfigError("link must be dial or connect")
+    if cfg.link == "connect":
+        if not cfg.hub_address:
+            raise SpokeConfigError("link = connect needs hub_address (host:port of the hub)")
+        sconfig.check_address(_LAYOUT, "hub_address", cfg.hub_address)
+        sconfig.check_name(_LAYOUT, "hub_name", cfg.hub_name)
+    if cfg.link_reconnect_max_s < cfg.link_reconnect_min_s:
+        raise SpokeConfigError("link_reconnect_max_s must not be below link_reconnect_min_s")
 
 
 def _tls(options: Mapping[str, Path | bool]) -> stls.TlsConfig:

@@ -13,6 +13,8 @@
   in this process by the production factories (imported on first use, so ``hubctl dev``
   never loads a server module).
 * :class:`LoopThread`: a background event loop for synchronous owners (session fixtures).
+* :func:`connect_env`: the environment that makes a federation's spokes dial their hub
+  (connect link mode).
 
 Hierarchy of its errors::
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
+from ._connect import connect_env
 from ._daemon import Daemon, DaemonError, server_argv, server_env
 from ._errors import HarnessError, RedisServerError
 from ._federation import Federation
@@ -57,6 +60,7 @@ __all__ = [
     "RedisServerError",
     "RedisServerTls",
     "find_redis_server",
+    "connect_env",
     "find_tls_redis_server",
     "pick_free_port",
     "redis_server_argv",
