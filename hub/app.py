@@ -169,6 +169,7 @@ class HubApp:
                 max_watchers_per_principal=cfg.max_watchers_per_principal,
                 max_message_bytes=cfg.max_message_bytes,
                 fanout_timeout_s=cfg.fanout_timeout_s,
+                claim_ttl_s=cfg.claim_ttl_s,
                 max_input_bytes=cfg.max_input_bytes,
             ),
             Gate(

@@ -149,6 +149,10 @@ class HubConfig:
     did not answer by then are named, with the reason."""
     agent_index_ttl_s: float = 7 * 86400.0
     """How long, in seconds, the hub remembers which spoke runs an agent."""
+    claim_ttl_s: float = 86400.0
+    """The shortest time, in seconds, a selector spawn's command id stays claimed for the
+    spoke the hub chose (so a retry through any hub goes there); a spawn whose start_within
+    (plus delay) is longer keeps it that long, plus its signature window."""
     max_watchers: int = 1024
     """Concurrent watch streams this hub relays, from all principals; more get
     RESOURCE_EXHAUSTED."""

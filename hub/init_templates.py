@@ -59,6 +59,7 @@ HUB_OPTIONS: Final[Mapping[str, str]] = {
     "circuit_open_s": "Seconds an open circuit waits before a probe may close it.",
     "fanout_timeout_s": "One deadline, in seconds, for a list or lookup across spokes.",
     "agent_index_ttl_s": "How long, in seconds, the hub remembers which spoke runs an agent.",
+    "claim_ttl_s": "Shortest time, in seconds, a selector spawn's id stays claimed for its spoke.",
     "max_watchers": "Concurrent watch streams this hub relays, from all principals.",
     "max_watchers_per_principal": "Concurrent watch streams one principal may hold via this hub.",
     "watch_event_rate": "Events per second one relayed watch may carry (progress coalesced).",
