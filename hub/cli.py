@@ -396,6 +396,7 @@ _VERBS: Final[dict[str, _Verb]] = {
     "spokes": _spokes,
     "spoke": cli_routing.spoke_verb,
     "watch": _watch,
+    "events": cli_events.run,
     "queue": _queue,
     "dlq": _dlq,
     "ui": _ui,

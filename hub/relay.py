@@ -78,9 +78,10 @@ PAUSE: Final = "pause_queue"
 RESUME: Final = "resume_queue"
 DRAIN: Final = "drain_queue"
 VERIFY: Final = "verify_agent"
-SEND: Final = "send_input"
 DRAIN_SPOKE: Final = "drain_spoke"
 UNDRAIN_SPOKE: Final = "undrain_spoke"
+WATCH_EVENTS: Final = "watch_events"
+SEND: Final = "send_input"
 APPROVE: Final = "approve_agent"
 REJECT: Final = "reject_agent"
 Verb = str
@@ -116,6 +117,9 @@ _ROUTES: Final[dict[str, _Route]] = {
         "DrainQueue", spoke_service_pb2.SpokeServiceDrainQueueRequest, "queue_stats", True
     ),
     WATCH: _Route("WatchAgent", spoke_service_pb2.SpokeServiceWatchAgentRequest, "agent_event"),
+    WATCH_EVENTS: _Route(
+        "WatchEvents", spoke_service_pb2.SpokeServiceWatchEventsRequest, "feed_entry"
+    ),
     VERIFY: _Route("VerifyAgent", spoke_service_pb2.SpokeServiceVerifyAgentRequest, "agent"),
     SEND: _Route("SendInput", spoke_service_pb2.SpokeServiceSendInputRequest, "agent"),
     APPROVE: _Route("ApproveAgent", spoke_service_pb2.SpokeServiceApproveAgentRequest, "agent"),
@@ -347,13 +351,20 @@ class Relayer:
                 async for reply_env, _ in events:
                     yield reply_env
 
+    def feed(
+        self, spoke: str, inbound: Inbound, timeout_s: float
+    ) -> AsyncIterator[tuple[command_pb2.SignedEnvelope, command_pb2.Reply]]:
+        """Relay a watch_events; yield each verified feed entry reply, unpaced (the entries
+        are state changes, which are never dropped or held back)."""
+        return self._stream(spoke, inbound, timeout_s)
+
     async def _stream(
         self, spoke: str, inbound: Inbound, timeout_s: float
     ) -> AsyncIterator[tuple[command_pb2.SignedEnvelope, command_pb2.Reply]]:
         self.circuit_check(spoke)
         link = self._registry.link(spoke)
         route = _route(inbound.verb)
-        call = link.stub.WatchAgent(
+        call = getattr(link.stub, route.rpc)(  # WatchAgent, or WatchEvents (hub/events.py)
             route.request(command=self.wrap(spoke, inbound)),
             timeout=timeout_s,
             metadata=version.CALL_METADATA,

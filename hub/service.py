@@ -35,6 +35,7 @@ produced and signed by the hub (``hubspoke.fanout``).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -345,6 +346,26 @@ class HubServicer:
                 if via_index and not started and _agent_not_found(exc):
                     raise _not_indexed(agent) from None  # another owner's: as if unknown
                 raise
+
+    async def WatchEvents(
+        self, request: hub_service_pb2.HubServiceWatchEventsRequest, context: _Ctx
+    ) -> AsyncIterator[hub_service_pb2.HubServiceWatchEventsResponse]:
+        inbound = await self._admit(request, relay.WATCH_EVENTS)
+        audience = inbound.command.audience
+        if audience != self._cfg.hub_name:
+            spokes = [self._spoke_named(audience)]
+            self._authorize(inbound, spokes[0])
+        else:
+            spokes = self._permitted(inbound)
+        remaining = context.time_remaining()
+        limit = min(remaining or self._cfg.watch_max_s, self._cfg.watch_max_s)
+        with self._watches.hold(inbound.command.issuer):
+            replies = events.fan_in(
+                self._relayer, inbound, spokes, limit, self._cfg.hub_name, self._cfg.key
+            )
+            async with contextlib.aclosing(replies):  # type: ignore[type-var]  # an async generator
+                async for reply_env in replies:
+                    yield hub_service_pb2.HubServiceWatchEventsResponse(reply=reply_env)
 
     async def GetQueueStats(
         self, request: hub_service_pb2.HubServiceGetQueueStatsRequest, context: _Ctx

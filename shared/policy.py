@@ -134,7 +134,7 @@ BODY_VERBS: Mapping[str, str] = {
 SCOPES = frozenset({"own", "any"})
 AGENT_VERBS = frozenset({"get", "kill", "watch", "replay", "verify", "send"})
 """Verbs on one agent: an ``own`` rule covers them only on the principal's own agents."""
-LISTING_VERBS = frozenset({"list", "dead_letters"})
+LISTING_VERBS = frozenset({"list", "dead_letters", "events"})
 """Verbs that list agents: an ``own`` rule lets the principal list only its own agents."""
 QUEUE_WIDE_VERBS = frozenset({"pause", "resume", "drain", "enroll", "unenroll"})
 """Verbs that act on everyone's agents at once, or on the federation's membership (enroll,

@@ -25,6 +25,7 @@ from .backend import BackendError
 from .config import SpokeConfig, SpokeConfigError
 from .deadline import Deadlines
 from .health import StatusMonitor
+from .hooks import Hooks, HookSettings
 from .keys import SpokeKeys
 from .link_server import server_factory
 from .metrics import SpokeMetrics
@@ -53,6 +54,7 @@ class SpokeApp:
         self._requeue_task: asyncio.Task[None] | None = None
         self._metrics_task: asyncio.Task[None] | None = None
         self._status_task: asyncio.Task[None] | None = None
+        self._hooks: Hooks | None = None
         self._metrics_server: MetricsServer | None = None
         self._stopping = False
         self._stopped = asyncio.Event()
@@ -105,6 +107,10 @@ class SpokeApp:
                 "Set it to noeviction, or allow_eviction = true to accept the risk"
             )
         await self._check_schema(agents)
+        try:
+            await agents.feed.configure(cfg.feed_maxlen)
+        except BackendError as exc:
+            raise SpokeConfigError(f"cannot reach Redis at {cfg.redis_url}: {exc}") from exc
         window = commands.Window(
             max_skew=dt.timedelta(seconds=cfg.max_skew_s),
             max_validity=dt.timedelta(seconds=cfg.max_validity_s),
@@ -137,6 +143,8 @@ class SpokeApp:
         monitor = StatusMonitor(cfg, key, agents, self._server.health, [SERVICE.full_name])
         self._server.health.status_source = monitor.signed
         self._status_task = asyncio.create_task(monitor.run(), name="status")
+        self._hooks = Hooks(cfg.hooks, cfg.name, agents.feed, agents.redis, _hook_settings(cfg))
+        self._hooks.start()  # background runners: no worker waits on a hook
         log.info("spoke_serving", spoke=cfg.name, port=self._server.port)
         # After serving: on a large backlog this scan takes a while and must not delay start.
         self._requeue_task = asyncio.create_task(self._requeue(agents), name="requeue")
@@ -197,6 +205,8 @@ class SpokeApp:
                     done, _ = await asyncio.wait({task}, timeout=grace)
                     if not done:
                         log.warning("task_did_not_stop", task=task.get_name())
+            if self._hooks is not None:
+                await self._hooks.close()
             if self._server is not None:
                 await self._server.stop(grace)
             if self._worker is not None:
@@ -236,3 +246,12 @@ class SpokeApp:
         tb: TracebackType | None,
     ) -> None:
         await self.shutdown()
+
+
+def _hook_settings(cfg: SpokeConfig) -> HookSettings:
+    return HookSettings(
+        timeout_s=cfg.hook_timeout_s,
+        retries=cfg.hook_retries,
+        backoff_s=cfg.hook_backoff_s,
+        heartbeat_s=cfg.watch_heartbeat_s,
+    )

@@ -27,6 +27,7 @@ from hubspoke import tls as stls
 from hubspoke.metrics import MetricsConfigError, parse_listen
 from hubspoke.redis_access import RedisAccess
 
+from .hooks import Hook, HookConfigError, hooks_from_table
 from .profiles import Profile, ProfileConfigError, profile_from_mapping, synthetic_profile
 from .runmode import Mode, parse_mode
 
@@ -157,6 +158,18 @@ class SpokeConfig:
     """Events per second all of one principal's watch streams on this process may carry."""
     watch_event_burst_per_principal: int = 400
     """Events all of one principal's watch streams on this process may carry at once."""
+    feed_maxlen: int = 50_000
+    """State changes the event feed keeps (approximately; oldest trimmed first): a
+    WatchEvents cursor older than that is told of the gap (spoke/feed.py)."""
+    hooks: tuple[Hook, ...] = ()
+    """Notification hooks, ``[[hooks]]`` tables (spoke/hooks.py)."""
+    hook_timeout_s: float = 10.0
+    """How long one run of a hook program may take before its process group is killed
+    (a hook's own ``timeout_seconds`` overrides it)."""
+    hook_retries: int = 3
+    """How many times a failed hook run is tried again (a hook's ``retries`` overrides it)."""
+    hook_backoff_s: float = 1.0
+    """The wait before a hook's first retry; each further retry waits twice as long."""
     kill_wait_s: float = 8.0
     """How long a KillAgent call waits for the agent to reach its final state."""
     approval_window_s: float = 86400.0
@@ -220,10 +233,13 @@ class SpokeConfig:
             "watch_event_burst",
             "watch_event_rate_per_principal",
             "watch_event_burst_per_principal",
+            "feed_maxlen",
         )
         for key in positive:
             if getattr(self, key) <= 0:
                 raise SpokeConfigError(f"{key} must be positive")
+        if self.hook_retries < 0:
+            raise SpokeConfigError("hook_retries must not be negative")
         if self.max_message_bytes < 1024:
             raise SpokeConfigError("max_message_bytes must be at least 1024")
         if not 1 <= self.default_priority <= 10:
@@ -298,6 +314,13 @@ def _tls(options: Mapping[str, Path | bool]) -> stls.TlsConfig:
         raise SpokeConfigError(str(exc)) from exc
 
 
+def _hooks(value: object, base: Path | None, where: str) -> tuple[Hook, ...]:
+    try:
+        return hooks_from_table(value, base, where)
+    except HookConfigError as exc:
+        raise SpokeConfigError(str(exc)) from exc
+
+
 def _labels(value: object, base: Path | None, where: str) -> Mapping[str, str]:
     if not isinstance(value, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in value.items()
@@ -333,7 +356,7 @@ def _profiles(value: object, base: Path | None, where: str) -> Mapping[str, Prof
 _LAYOUT: Final = sconfig.Layout(
     prefix="SPOKE_",
     error=SpokeConfigError,
-    tables={"profiles": _profiles, "labels": _labels},
+    tables={"profiles": _profiles, "labels": _labels, "hooks": _hooks},
     env_tables={"labels": ("SPOKE_LABELS", _labels_env)},
     fallbacks={"redis_url": "REDIS_URL"},
 )

@@ -79,6 +79,25 @@ class SpokeKeys:
         return f"{self.prefix}:dedupe:{digest}"
 
     @property
+    def feed(self) -> str:
+        """The event feed: one stream of every agent's state changes, ids ``n-0`` from a
+        counter of its own (spoke/feed.py; written by records_lua.FEED, which derives it)."""
+        return f"{self.prefix}:feed"
+
+    @property
+    def feed_meta(self) -> str:
+        """Hash of the feed's counter (``seq``) and cap (``cap``)."""
+        return f"{self.prefix}:feed-meta"
+
+    def hook_cursor(self, hook: str) -> str:
+        """Where a notification hook's runner stands in the feed (spoke/hooks.py)."""
+        return f"{self.prefix}:hook-cursor:{hook}"
+
+    def hook_lease(self, hook: str) -> str:
+        """Which spoked process runs a hook now (a lease that expires, spoke/hooks.py)."""
+        return f"{self.prefix}:hook-lease:{hook}"
+
+    @property
     def kill_channel(self) -> str:
         """Pub/sub channel that carries kill requests to whichever worker holds the agent."""
         return f"{self.prefix}:kill"

@@ -21,6 +21,7 @@ from .backend import AgentMissingError, TransitionError, backend, now_ms
 from .jobs import Jobs
 from .model import AgentState
 from .records import EVENTS_MAXLEN, Records
+from .records_lua import with_feed
 
 _REQUEST_KILL = """
 -- KEYS: agent, events, waiting, verifying. ARGV: kill_command_id, now_ms, maxlen
@@ -37,6 +38,7 @@ if cur == 'QUEUED' or cur == 'RETRYING' or cur == 'NEEDS_INPUT'
   local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], seq .. '-0',
     'kind', 'state', 'state', 'KILLED', 'reason', 'KILL_REQUESTED', 'time', ARGV[2])
+  feed_append(KEYS[1], 'KILLED', 'KILL_REQUESTED', ARGV[2], seq)
   return {'killed', cur}
 end
 if cur == 'STARTING' or cur == 'RUNNING' then
@@ -64,7 +66,7 @@ class Kills:
         self.records = records
         self.jobs = jobs
         self.keys = records.keys
-        self._kill = records.redis.register_script(_REQUEST_KILL)
+        self._kill = records.redis.register_script(with_feed(_REQUEST_KILL))
 
     @backend
     async def request(self, agent_id: str, kill_command_id: str) -> KillOutcome:

@@ -26,6 +26,7 @@ from hubspoke.redis_access import RedisAccess
 from . import approvals
 from .backend import AgentMissingError, TransitionError, backend, command_client
 from .fanout import StreamFanout
+from .feed import Feed
 from .inbox import Inboxes
 from .jobs import Jobs
 from .keys import SpokeKeys
@@ -62,6 +63,7 @@ class AgentQueue:
         self.worker_records = Records(self.worker_redis, self.keys, self.fanout, observe)
         self.jobs = Jobs(redis, self.keys)
         self.kills = Kills(self.records, self.jobs)
+        self.feed = Feed(self.redis, self.keys, self.fanout)  # every state change, in order
         self.slots = Slots(self.worker_redis, self.keys)
         self.inboxes = Inboxes(self.redis, self.keys)
         """Messages ``hubctl send`` kept for agents (spoke/inbox.py)."""

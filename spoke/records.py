@@ -111,11 +111,11 @@ class Records:
         self.observe: StateObserver = observe or _unobserved
         self.timed: timings.TimingSink | None = None
         """Told how long agents waited and ran (spoke/timings.py), when set."""
-        self._create = redis.register_script(lua.CREATE)
-        self._transition = redis.register_script(lua.TRANSITION)
+        self._create = redis.register_script(lua.with_feed(lua.CREATE))
+        self._transition = redis.register_script(lua.with_feed(lua.TRANSITION))
         self._event = redis.register_script(lua.EVENT)
         self._count_waiting = redis.register_script(lua.COUNT_WAITING)
-        self._settle = redis.register_script(lua.SETTLE)
+        self._settle = redis.register_script(lua.with_feed(lua.SETTLE))
 
     # --- spawn ---------------------------------------------------------------
 

@@ -10,6 +10,36 @@ from typing import Final
 
 from .model import FINAL_STATES
 
+FEED_MAXLEN_DEFAULT: Final = 50_000
+"""The feed's cap when the spoke has not stored its own (``feed_maxlen``, spoke/feed.py)."""
+
+FEED: Final = (
+    """
+-- The event feed (spoke/feed.py): every state change of every agent of the spoke, in one
+-- stream whose ids are a counter of its own ("n-0", n from 1), appended by the same script
+-- that makes the change, so none is missed. Its keys sit beside the agent's record (agent
+-- "<prefix>:agent:<id>": "<prefix>:feed" and "<prefix>:feed-meta", with the counter "seq"
+-- and the cap "cap"), derived here as the dedupe claim's base is: one Redis, no cluster.
+local function feed_append(agent_key, state, reason, time_ms, seq)
+  local base = string.match(agent_key, '^(.*):agent:[^:]*$')
+  local meta = base .. ':feed-meta'
+  local n = redis.call('HINCRBY', meta, 'seq', 1)
+  local cap = tonumber(redis.call('HGET', meta, 'cap') or '') or """
+    + str(FEED_MAXLEN_DEFAULT)
+    + """
+  local who = redis.call('HMGET', agent_key, 'issuer', 'agent_id')
+  redis.call('XADD', base .. ':feed', 'MAXLEN', '~', cap, n .. '-0', 'agent_id', who[2] or '',
+    'owner', who[1] or '', 'state', state, 'reason', reason, 'time', time_ms, 'seq', seq)
+end
+"""
+)
+
+
+def with_feed(script: str) -> str:
+    """``script`` with ``feed_append`` defined before it (every script that changes state)."""
+    return FEED + script
+
+
 _LUA_FINAL: Final = "{" + ", ".join(f"{s.value}=true" for s in sorted(FINAL_STATES)) + "}"
 """The final states as a Lua table (a dedupe key's claim ends with its agent's)."""
 
@@ -55,6 +85,7 @@ redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 redis.call('ZADD', KEYS[8], 0, ARGV[6] .. ':' .. ARGV[1])
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '1-0',
   'kind', 'state', 'state', 'QUEUED', 'reason', '', 'time', ARGV[3])
+feed_append(KEYS[1], 'QUEUED', '', ARGV[3], 1)
 if KEYS[9] then redis.call('SET', KEYS[9], ARGV[1]) end
 return {'created', ARGV[2]}
 """
@@ -95,6 +126,7 @@ end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], seq .. '-0',
   'kind', 'state', 'state', ARGV[2], 'reason', ARGV[3], 'time', ARGV[4])
+feed_append(KEYS[1], ARGV[2], ARGV[3], ARGV[4], seq)
 return {'ok', tostring(seq)}
 """
 
@@ -141,6 +173,7 @@ redis.call('ZREM', KEYS[3], id)
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], seq .. '-0',
   'kind', 'state', 'state', to, 'reason', reason, 'time', ARGV[1])
+feed_append(KEYS[1], to, reason, ARGV[1], seq)
 return {to, reason}
 """
 

@@ -34,8 +34,17 @@ from hubspoke.policy import BODY_VERBS, Policy
 from hubspoke.policy import Request as PolicyRequest
 from hubspoke.stream_caps import StreamCaps
 
-from . import approvals, backend, dedupe, list_filter, listing, pacing, wire
-from . import service_input
+from . import (
+    approvals,
+    backend,
+    dedupe,
+    feed_stream,
+    list_filter,
+    listing,
+    pacing,
+    service_input,
+    wire,
+)
 from .config import SpokeConfig
 from .dryrun import rehearse
 from .model import AgentRecord, AgentState, SpawnRequest
@@ -216,6 +225,24 @@ class SpokeServicer:
                 async for event in events:
                     reply = self._reply(auth, agent_event=wire.to_event(agent_id, event))
                     yield spoke_service_pb2.SpokeServiceWatchAgentResponse(reply=reply)
+
+    async def WatchEvents(
+        self, request: spoke_service_pb2.SpokeServiceWatchEventsRequest, context: Any
+    ) -> AsyncIterator[spoke_service_pb2.SpokeServiceWatchEventsResponse]:
+        auth = await self._admit(request.command, "watch_events")
+        body = auth.command.watch_events
+        items = feed_stream.items(
+            self.agents.feed,
+            body,
+            self.config.name,
+            self._listing_owner(auth, "watch_events"),
+            self.config.watch_heartbeat_s,
+        )
+        with self._watches.hold(auth.principal), _queue_errors():
+            async with contextlib.aclosing(items):
+                async for entry in items:
+                    reply = self._reply(auth, feed_entry=entry)
+                    yield spoke_service_pb2.SpokeServiceWatchEventsResponse(reply=reply)
 
     async def GetQueueStats(
         self, request: spoke_service_pb2.SpokeServiceGetQueueStatsRequest, context: Any

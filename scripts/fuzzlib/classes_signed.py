@@ -81,6 +81,7 @@ MALFORMED_BODY: Final[dict[str, tuple[str, ...]]] = {
     "send_input": ("agent_bad_id", "text_empty", "text_nul", "text_over_max_input_bytes"),
     "approve_agent": ("agent_bad_id", "reason_too_long"),
     "reject_agent": ("agent_bad_id", "reason_too_long"),
+    "watch_events": ("feed_cursor_negative",),
 }
 MALFORMED_EXPECT: Final = _s(INVALID, UNAUTH, DENIED)
 
@@ -147,6 +148,8 @@ def _malformed_cmd(
         b["page_token"] = rng.choice(["!!", "bm9wZQ", "o:-1", ascii_token(rng, 30), "x" * 5000])
     elif variant == "after_sequence_negative":
         b["after_sequence"] = -1
+    elif variant == "feed_cursor_negative":  # any spoke's, not only the one asked
+        b["after"] = {rng.choice([SPOKE, "elsewhere"]): rng.choice([-1, -(2**62)])}
     elif variant == "reason_too_long":  # approvals: at most 1,024 characters
         b["reason"] = "r" * rng.choice([1025, 4096])
     elif variant == "text_empty":

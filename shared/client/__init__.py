@@ -18,6 +18,7 @@ from __future__ import annotations
 from ._audit import AuditPage, AuditRecord
 from ._client import Client
 from ._errors import REPLY_INVALID, CallError, ClientConfigError
+from ._events import FeedEvent, FeedKind
 from ._modes import RunMode, ShadowRun
 from ._placement import Placement, PlacementCandidate
 from ._sync import SyncClient
@@ -62,6 +63,8 @@ __all__ = [
     "ClientConfigError",
     "EventKind",
     "FederatedQueueStats",
+    "FeedEvent",
+    "FeedKind",
     "Placement",
     "PlacementCandidate",
     "ProfileCapacity",

@@ -39,12 +39,14 @@ from . import _events, _rpc
 from ._audit import AuditPage, AuditRecord
 from . import _enrol
 from ._errors import CallError, ClientConfigError
+from ._events import FeedEvent
 from ._placement import Placement, spawn_body
 from ._types import (
     Agent,
     AgentEvent,
     AgentList,
     AgentPage,
+    AgentState,
     EventKind,
     FederatedQueueStats,
     QueueStats,
@@ -467,6 +469,24 @@ class Client:
             finally:
                 call.cancel()
             await asyncio.sleep(_BACKOFF_S[attempt])
+
+    def events(
+        self,
+        *,
+        spoke: str | None = None,
+        states: Collection[AgentState | str] = (),
+        since: str | Mapping[str, int] | None = None,
+        follow: bool = False,
+        max_s: float = _WATCH_MAX_S,
+    ) -> AsyncGenerator[FeedEvent, None]:
+        """The event feed: every state change of every agent the caller may see, on ``spoke``
+        or on every spoke, after ``since`` (a :attr:`FeedEvent.token`, or spoke → cursor),
+        only ``states`` if given; with ``follow`` live until ``max_s``, else what is kept,
+        ending with each spoke's heartbeat. Each entry is verified (hubspoke.client._events).
+        """
+        return _events.follow(
+            self, spoke=spoke, states=states, since=since, live=follow, max_s=max_s
+        )
 
     async def wait(
         self,
