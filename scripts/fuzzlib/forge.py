@@ -87,7 +87,7 @@ class Forge:
         cls = message_factory.GetMessageClass(desc)
         body = cls()
         fields = cls.DESCRIPTOR.fields_by_name
-        if "profile" in fields:
+        if "profile" in fields and "task" in fields:  # a spawn (ListAgentsBody filters by profile)
             body.profile = "synthetic"
             body.task = "duration=0"
         if "agent" in fields:

@@ -75,6 +75,8 @@ async def within_skew(ctx: C.Ctx, runner: Runner, fed: federation.Federation) ->
             )
             await send("get_agent", label, agent=a)
             await send("watch_agent", label, agent=a)
+            # A message to the long agent both rounds have alive (killed last, below).
+            await send("send_input", label, agent=long_runners[1], text="skewed")
             await send("kill_agent", label, agent=long_runners[0 if label == "ahead" else 1])
             await send("replay_agent", label, agent=failing_ones[0])
             await send("verify_agent", label, agent=verifying[0], items={"c": "passed"})
@@ -92,7 +94,15 @@ async def within_skew(ctx: C.Ctx, runner: Runner, fed: federation.Federation) ->
 
 
 _AGENT_FLOW: Final = frozenset(
-    {"spawn_agent", "get_agent", "watch_agent", "kill_agent", "replay_agent", "verify_agent"}
+    {
+        "spawn_agent",
+        "get_agent",
+        "watch_agent",
+        "kill_agent",
+        "replay_agent",
+        "verify_agent",
+        "send_input",
+    }
 )
 
 
