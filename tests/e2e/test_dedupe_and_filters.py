@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import re
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -68,10 +69,10 @@ async def fed(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Fed]:
             )
         with (root / "policy.toml").open("a") as fh:
             fh.write(ALICE_RULE)
-        port = testing.pick_free_port()
         await fed.start(spokeds=["spoke-2"], hub=False)
-        await fed.start_spoked("spoke-1", env={"SPOKE_METRICS_LISTEN": f"127.0.0.1:{port}"})
+        await fed.start_spoked("spoke-1", env={"SPOKE_METRICS_LISTEN": "127.0.0.1:0"})
         await fed.start_hub()
+        port = metrics_port(fed.logs / "spoke-1.log")
         trust = TrustStore.from_file(files.trust_file)
         async with (
             fed.client(timeout_s=30) as operator,
@@ -82,6 +83,14 @@ async def fed(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Fed]:
             yield Fed(fed, operator, alice_client, f"http://127.0.0.1:{port}/metrics", ledger)
     finally:
         await fed.stop()
+
+
+def metrics_port(log: Path) -> int:
+    """The port spoke-1 logged for its metrics endpoint (it chose a free one: port 0)."""
+    for line in log.read_text().splitlines():
+        if '"metrics_serving"' in line:
+            return int(json.loads(line)["port"])
+    raise AssertionError(f"no metrics_serving in {log}")
 
 
 async def until(check: Callable[[], Awaitable[bool]], timeout_s: float = 30) -> None:
