@@ -65,7 +65,8 @@ def test_the_edge_table() -> None:
         S.FAILED,
         S.KILLED,
     }
-    assert {to for to in EDGES if S.NEEDS_INPUT in EDGES[to]} == {S.KILLED}
+    # A kill ends it; a message (hubctl send) queues its next attempt (spoke/inbox.py).
+    assert {to for to in EDGES if S.NEEDS_INPUT in EDGES[to]} == {S.KILLED, S.QUEUED}
 
 
 async def test_an_edge_outside_the_table_is_refused(q: AgentQueue) -> None:
