@@ -59,7 +59,7 @@ from .config import SpokeConfig
 __all__ = ["ANOTHER_HUB", "EnrolError", "Enrolled", "enrol"]
 
 ANOTHER_HUB: Final = "token presented to another hub"
-_ENCODING_DER: Final = 1  # _ssl.ENCODING_DER, which typeshed does not list
+_ENCODING_DER: Final = 2  # _ssl.ENCODING_DER, which typeshed does not list
 CALL_TIMEOUT_S: Final = 15.0
 """Deadline of each enrolment call (and of reading the hub's TLS chain)."""
 

@@ -17,13 +17,19 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import pytest
 import pytest_asyncio
 
+from hubspoke import commands, envelope, errors, keys, testing
 from hubspoke import enrol_token as tokens
-from hubspoke import envelope, errors, testing
 from hubspoke.client import CallError, _enrol, _rpc
-from hubspoke.gen.federation.v1 import command_pb2
+from hubspoke.gen.federation.v1 import (
+    command_pb2,
+    enrol_pb2,
+    enrol_service_pb2,
+    enrol_service_pb2_grpc,
+)
 from hubspoke.trust import Role
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.asyncio(loop_scope="module")]
@@ -92,6 +98,8 @@ async def env(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Env]:
         edge_port = testing.pick_free_port()
         hub_b = await fed.start_hub(
             "hub-b",
+            # edge-1 does not exist until a test enrols it: its breaker must not open first.
+            env={"HUB_CIRCUIT_FAILURES": "100000"},
             spokes={
                 "spoke-1": fed.address("spoke-1"),
                 EDGE: f"127.0.0.1:{edge_port}",
@@ -239,3 +247,104 @@ async def test_remove_is_refused_at_once_by_every_hub_and_by_the_client(env: Env
                 trust=fresh._trust,
                 roles={Role.SPOKE},
             )
+
+
+async def test_enrolment_over_tls_pins_the_ca(tmp_path: Path) -> None:
+    """With [tls], the spoke reads the hub's chain on enrol_listen, keeps only the CA its
+    token pins, and gets its certificate from the hub's CA; another CA is refused."""
+    fed = testing.Federation(tmp_path / "tls", ["spoke-1"], tls=True)
+    try:
+        await fed.start()
+        tls_dir = fed.files.tls_dir
+        assert tls_dir is not None
+        hub = await fed.start_hub(
+            "hub-tls",
+            env={
+                "HUB_ENROL_LISTEN": "127.0.0.1:0",
+                "HUB_ENROL_CA_KEY_FILE": str(tls_dir / "ca.key"),
+            },
+        )
+        edge_port = testing.pick_free_port()
+        run = await testing.run_hubctl(
+            fed.files.hubctl_config,
+            f"127.0.0.1:{hub.port}",
+            "--json", "spoke", "enroll", EDGE, "--address", f"127.0.0.1:{edge_port}",
+        )  # fmt: skip
+        assert run.code == 0, run.stderr
+        token = run.doc()["token"]
+        assert len(tokens.decode(token).ca_fingerprint) == 32
+
+        # The same token with another CA pinned: refused before the token leaves the spoke.
+        pins = tokens.decode(token)
+        pins.ca_fingerprint = bytes(32)
+        config = spoke_config(fed, EDGE, edge_port, "edge")
+        with config.open("a") as fh:
+            fh.write(
+                '\n[tls]\ncert_file = "edge/edge-1.crt"\nkey_file = "edge/edge-1.tls.key"\n'
+                'ca_file = "edge/ca.crt"\n'
+            )
+        code, err = await enrol_run(tokens.encode(pins), config)
+        assert code == 2, err
+        assert "token presented to another hub" in err, err
+
+        edge = testing.Daemon(
+            EDGE, [*SPOKED, "--enroll", token, "--config", str(config)], fed.logs / "edge.log"
+        )
+        fed.spokeds[EDGE] = [edge]
+        await edge.start()
+        assert (fed.files.root / "edge" / "edge-1.crt").exists()
+        run = await testing.run_hubctl(
+            fed.files.hubctl_config,
+            f"127.0.0.1:{hub.port}",
+            "--json", "spawn", "--spoke", EDGE, "--wait", "--", "duration=0.1",
+        )  # fmt: skip
+        assert run.code == 0, run.stderr
+    finally:
+        await fed.stop()
+
+
+async def test_enrol_service_refuses_bad_input(env: Env) -> None:
+    """EnrolService takes no client signature: its own checks answer bad input clearly."""
+    fed = env.fed
+    channel = grpc.aio.insecure_channel(fed.hub_address)
+    stub = enrol_service_pb2_grpc.EnrolServiceStub(channel)
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as short:
+            await stub.ProveHub(
+                enrol_service_pb2.EnrolServiceProveHubRequest(challenge=b"x"), timeout=5
+            )
+        assert short.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+        spoke_key = keys.generate("edge-9")
+        request = enrol_pb2.EnrolmentRequest(
+            token=tokens.PREFIX + "garbage",
+            name="edge-9",
+            issue_time=commands.to_timestamp(commands.now()),
+        )
+        signed = envelope.sign(request.SerializeToString(), tokens.PAYLOAD_TYPE_REQUEST, spoke_key)
+        cases = {
+            "unsigned": (
+                command_pb2.SignedEnvelope(
+                    payload=signed.payload, payload_type=signed.payload_type
+                ),
+                spoke_key,
+            ),
+            "forged": (signed, keys.generate("other")),
+            "bad token": (signed, spoke_key),
+        }
+        want = {
+            "unsigned": grpc.StatusCode.UNAUTHENTICATED,
+            "forged": grpc.StatusCode.UNAUTHENTICATED,
+            "bad token": grpc.StatusCode.INVALID_ARGUMENT,
+        }
+        for what, (env_, key) in cases.items():
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.EnrollSpoke(
+                    enrol_service_pb2.EnrolServiceEnrollSpokeRequest(
+                        request=env_, public_key=key.public.public_bytes_raw()
+                    ),
+                    timeout=5,
+                )
+            assert refused.value.code() == want[what], (what, refused.value.details())
+    finally:
+        await channel.close(None)
