@@ -7,6 +7,7 @@ from collections import abc as _abc
 from . import agent_pb2 as _agent_pb2
 from . import audit_pb2 as _audit_pb2
 from . import enrol_pb2 as _enrol_pb2
+from . import outbox_pb2 as _outbox_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
@@ -121,6 +122,7 @@ class Command(_message.Message):
     REMOVE_SPOKE_FIELD_NUMBER: _builtins.int
     GET_MEMBERSHIP_FIELD_NUMBER: _builtins.int
     READ_AUDIT_LOG_FIELD_NUMBER: _builtins.int
+    LIST_OUTBOX_FIELD_NUMBER: _builtins.int
     command_id: _builtins.str
     """The client-chosen idempotency key, 1-128 characters of [A-Za-z0-9._:-]. A spawn's
     command_id becomes the agent's id.
@@ -233,6 +235,10 @@ class Command(_message.Message):
     def read_audit_log(self) -> _audit_pb2.ReadAuditLogBody:
         """Read the hub's audit log (answered by the hub; policy verb "audit")."""
 
+    @_builtins.property
+    def list_outbox(self) -> _outbox_pb2.ListOutboxBody:
+        """List the commands the hub holds for unreachable spokes (answered by the hub)."""
+
     def __init__(
         self,
         *,
@@ -265,12 +271,13 @@ class Command(_message.Message):
         remove_spoke: _enrol_pb2.RemoveSpokeBody | None = ...,
         get_membership: _enrol_pb2.GetMembershipBody | None = ...,
         read_audit_log: _audit_pb2.ReadAuditLogBody | None = ...,
+        list_outbox: _outbox_pb2.ListOutboxBody | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["approve_agent", b"approve_agent", "body", b"body", "drain_queue", b"drain_queue", "drain_spoke", b"drain_spoke", "enroll_spoke", b"enroll_spoke", "expire_time", b"expire_time", "get_agent", b"get_agent", "get_membership", b"get_membership", "get_queue_stats", b"get_queue_stats", "issue_time", b"issue_time", "kill_agent", b"kill_agent", "list_agents", b"list_agents", "list_dead_letters", b"list_dead_letters", "list_spokes", b"list_spokes", "pause_queue", b"pause_queue", "read_audit_log", b"read_audit_log", "reject_agent", b"reject_agent", "remove_spoke", b"remove_spoke", "replay_agent", b"replay_agent", "resume_queue", b"resume_queue", "send_input", b"send_input", "spawn_agent", b"spawn_agent", "undrain_spoke", b"undrain_spoke", "verify_agent", b"verify_agent", "watch_agent", b"watch_agent", "watch_events", b"watch_events"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["approve_agent", b"approve_agent", "body", b"body", "drain_queue", b"drain_queue", "drain_spoke", b"drain_spoke", "enroll_spoke", b"enroll_spoke", "expire_time", b"expire_time", "get_agent", b"get_agent", "get_membership", b"get_membership", "get_queue_stats", b"get_queue_stats", "issue_time", b"issue_time", "kill_agent", b"kill_agent", "list_agents", b"list_agents", "list_dead_letters", b"list_dead_letters", "list_outbox", b"list_outbox", "list_spokes", b"list_spokes", "pause_queue", b"pause_queue", "read_audit_log", b"read_audit_log", "reject_agent", b"reject_agent", "remove_spoke", b"remove_spoke", "replay_agent", b"replay_agent", "resume_queue", b"resume_queue", "send_input", b"send_input", "spawn_agent", b"spawn_agent", "undrain_spoke", b"undrain_spoke", "verify_agent", b"verify_agent", "watch_agent", b"watch_agent", "watch_events", b"watch_events"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approve_agent", b"approve_agent", "audience", b"audience", "body", b"body", "command_id", b"command_id", "drain_queue", b"drain_queue", "drain_spoke", b"drain_spoke", "enroll_spoke", b"enroll_spoke", "expire_time", b"expire_time", "get_agent", b"get_agent", "get_membership", b"get_membership", "get_queue_stats", b"get_queue_stats", "issue_time", b"issue_time", "issuer", b"issuer", "kill_agent", b"kill_agent", "list_agents", b"list_agents", "list_dead_letters", b"list_dead_letters", "list_spokes", b"list_spokes", "nonce", b"nonce", "pause_queue", b"pause_queue", "read_audit_log", b"read_audit_log", "reject_agent", b"reject_agent", "remove_spoke", b"remove_spoke", "replay_agent", b"replay_agent", "resume_queue", b"resume_queue", "send_input", b"send_input", "spawn_agent", b"spawn_agent", "undrain_spoke", b"undrain_spoke", "verify_agent", b"verify_agent", "watch_agent", b"watch_agent", "watch_events", b"watch_events"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approve_agent", b"approve_agent", "audience", b"audience", "body", b"body", "command_id", b"command_id", "drain_queue", b"drain_queue", "drain_spoke", b"drain_spoke", "enroll_spoke", b"enroll_spoke", "expire_time", b"expire_time", "get_agent", b"get_agent", "get_membership", b"get_membership", "get_queue_stats", b"get_queue_stats", "issue_time", b"issue_time", "issuer", b"issuer", "kill_agent", b"kill_agent", "list_agents", b"list_agents", "list_dead_letters", b"list_dead_letters", "list_outbox", b"list_outbox", "list_spokes", b"list_spokes", "nonce", b"nonce", "pause_queue", b"pause_queue", "read_audit_log", b"read_audit_log", "reject_agent", b"reject_agent", "remove_spoke", b"remove_spoke", "replay_agent", b"replay_agent", "resume_queue", b"resume_queue", "send_input", b"send_input", "spawn_agent", b"spawn_agent", "undrain_spoke", b"undrain_spoke", "verify_agent", b"verify_agent", "watch_agent", b"watch_agent", "watch_events", b"watch_events"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["spawn_agent", "get_agent", "kill_agent", "list_agents", "list_spokes", "watch_agent", "get_queue_stats", "list_dead_letters", "replay_agent", "pause_queue", "resume_queue", "drain_queue", "verify_agent", "watch_events", "drain_spoke", "undrain_spoke", "send_input", "approve_agent", "reject_agent", "enroll_spoke", "remove_spoke", "get_membership", "read_audit_log"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["spawn_agent", "get_agent", "kill_agent", "list_agents", "list_spokes", "watch_agent", "get_queue_stats", "list_dead_letters", "replay_agent", "pause_queue", "resume_queue", "drain_queue", "verify_agent", "watch_events", "drain_spoke", "undrain_spoke", "send_input", "approve_agent", "reject_agent", "enroll_spoke", "remove_spoke", "get_membership", "read_audit_log", "list_outbox"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
@@ -1229,6 +1236,7 @@ class Reply(_message.Message):
     AUDIT_PAGE_FIELD_NUMBER: _builtins.int
     ENROLMENT_TICKET_FIELD_NUMBER: _builtins.int
     MEMBERSHIP_FIELD_NUMBER: _builtins.int
+    OUTBOX_PAGE_FIELD_NUMBER: _builtins.int
     command_id: _builtins.str
     """The command_id of the command answered."""
     responder: _builtins.str
@@ -1293,6 +1301,10 @@ class Reply(_message.Message):
     def membership(self) -> _enrol_pb2.Membership:
         """The hub's membership list (get_membership, remove_spoke), hub-signed."""
 
+    @_builtins.property
+    def outbox_page(self) -> _outbox_pb2.OutboxPage:
+        """The hub's outbox entries (list_outbox)."""
+
     def __init__(
         self,
         *,
@@ -1313,12 +1325,13 @@ class Reply(_message.Message):
         audit_page: _audit_pb2.AuditPage | None = ...,
         enrolment_ticket: _enrol_pb2.EnrolmentTicket | None = ...,
         membership: _enrol_pb2.Membership | None = ...,
+        outbox_page: _outbox_pb2.OutboxPage | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "agent_event", b"agent_event", "agent_page", b"agent_page", "audit_page", b"audit_page", "enrolment_ticket", b"enrolment_ticket", "fan_out", b"fan_out", "feed_entry", b"feed_entry", "issue_time", b"issue_time", "membership", b"membership", "placement", b"placement", "queue_stats", b"queue_stats", "result", b"result", "spoke", b"spoke", "spoke_page", b"spoke_page", "spoke_status", b"spoke_status"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "agent_event", b"agent_event", "agent_page", b"agent_page", "audit_page", b"audit_page", "enrolment_ticket", b"enrolment_ticket", "fan_out", b"fan_out", "feed_entry", b"feed_entry", "issue_time", b"issue_time", "membership", b"membership", "outbox_page", b"outbox_page", "placement", b"placement", "queue_stats", b"queue_stats", "result", b"result", "spoke", b"spoke", "spoke_page", b"spoke_page", "spoke_status", b"spoke_status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "agent_event", b"agent_event", "agent_page", b"agent_page", "audit_page", b"audit_page", "command_id", b"command_id", "enrolment_ticket", b"enrolment_ticket", "fan_out", b"fan_out", "feed_entry", b"feed_entry", "issue_time", b"issue_time", "membership", b"membership", "placement", b"placement", "queue_stats", b"queue_stats", "request_digest", b"request_digest", "responder", b"responder", "result", b"result", "spoke", b"spoke", "spoke_page", b"spoke_page", "spoke_status", b"spoke_status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "agent_event", b"agent_event", "agent_page", b"agent_page", "audit_page", b"audit_page", "command_id", b"command_id", "enrolment_ticket", b"enrolment_ticket", "fan_out", b"fan_out", "feed_entry", b"feed_entry", "issue_time", b"issue_time", "membership", b"membership", "outbox_page", b"outbox_page", "placement", b"placement", "queue_stats", b"queue_stats", "request_digest", b"request_digest", "responder", b"responder", "result", b"result", "spoke", b"spoke", "spoke_page", b"spoke_page", "spoke_status", b"spoke_status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["agent", "agent_page", "spoke_page", "queue_stats", "agent_event", "fan_out", "spoke_status", "feed_entry", "placement", "spoke", "audit_page", "enrolment_ticket", "membership"]  # noqa: Y015
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["agent", "agent_page", "spoke_page", "queue_stats", "agent_event", "fan_out", "spoke_status", "feed_entry", "placement", "spoke", "audit_page", "enrolment_ticket", "membership", "outbox_page"]  # noqa: Y015
     _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
 
@@ -1535,6 +1548,10 @@ class Spoke(_message.Message):
     HEALTH_DETAIL_FIELD_NUMBER: _builtins.int
     MISSED_PROBES_FIELD_NUMBER: _builtins.int
     DRAINING_FIELD_NUMBER: _builtins.int
+    ENROLLED_FIELD_NUMBER: _builtins.int
+    LINK_MODE_FIELD_NUMBER: _builtins.int
+    OUTBOX_DEPTH_FIELD_NUMBER: _builtins.int
+    OLDEST_OUTBOX_TIME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The spoke's name."""
     address: _builtins.str
@@ -1553,6 +1570,14 @@ class Spoke(_message.Message):
     """Probes in a row the spoke missed."""
     draining: _builtins.bool
     """An operator drains it (hubctl spoke drain): no new placements, whatever its health."""
+    enrolled: _builtins.bool
+    """It joined with an enrolment token (hubctl spoke enroll): its key and labels come from the
+    hub's membership (protocol.md §13), not from the hub's config.
+    """
+    link_mode: _builtins.str
+    """How the hub reaches it: "dial" (the hub dials address) or "connect" (it dials the hub)."""
+    outbox_depth: _builtins.int
+    """Commands the hub holds for this spoke in its outbox (spawns and kills)."""
     @_builtins.property
     def last_probe_time(self) -> _timestamp_pb2.Timestamp:
         """When the hub last probed the spoke."""
@@ -1571,6 +1596,10 @@ class Spoke(_message.Message):
         unset if it never reported one. Shown, never trusted for placement beyond counts.
         """
 
+    @_builtins.property
+    def oldest_outbox_time(self) -> _timestamp_pb2.Timestamp:
+        """When the oldest of them was accepted; unset when the outbox is empty."""
+
     def __init__(
         self,
         *,
@@ -1586,10 +1615,14 @@ class Spoke(_message.Message):
         health_detail: _builtins.str = ...,
         missed_probes: _builtins.int = ...,
         draining: _builtins.bool = ...,
+        enrolled: _builtins.bool = ...,
+        link_mode: _builtins.str = ...,
+        outbox_depth: _builtins.int = ...,
+        oldest_outbox_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["last_probe_time", b"last_probe_time", "last_seen_time", b"last_seen_time", "status", b"status"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_probe_time", b"last_probe_time", "last_seen_time", b"last_seen_time", "oldest_outbox_time", b"oldest_outbox_time", "status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "circuit", b"circuit", "draining", b"draining", "health", b"health", "health_detail", b"health_detail", "labels", b"labels", "last_probe_time", b"last_probe_time", "last_seen_time", b"last_seen_time", "missed_probes", b"missed_probes", "name", b"name", "protocol_version", b"protocol_version", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "circuit", b"circuit", "draining", b"draining", "enrolled", b"enrolled", "health", b"health", "health_detail", b"health_detail", "labels", b"labels", "last_probe_time", b"last_probe_time", "last_seen_time", b"last_seen_time", "link_mode", b"link_mode", "missed_probes", b"missed_probes", "name", b"name", "oldest_outbox_time", b"oldest_outbox_time", "outbox_depth", b"outbox_depth", "protocol_version", b"protocol_version", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
