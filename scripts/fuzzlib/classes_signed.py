@@ -38,10 +38,14 @@ from .endpoints import Endpoint
 from .federation import HUB, MISROUTED, SPOKE
 from .forge import (
     AGENT_VERBS,
+    HUB_ANSWERED,
     SPOKE_ADDRESSED,
     Built,
     ascii_token,
 )
+
+DRAINING_CODE: Final = "FAILED_PRECONDITION"
+DRAINING: Final = "SPOKE_DRAINING"
 
 # -- malformed but correctly signed -----------------------------------------------------------
 
@@ -324,7 +328,7 @@ def wrong_audience(ctx: Ctx, n: int) -> Iterator[Probe]:
             variant = HUB_AUDIENCE[r % len(HUB_AUDIENCE)]
             if variant == "hub_as_audience" and verb in ("list_agents", "get_queue_stats"):
                 variant = "unknown_spoke"  # audience = hub is a valid fan-out for these
-            if verb == "list_spokes":
+            if verb in HUB_ANSWERED:
                 # list_spokes is the hub's: any spoke as audience is INVALID_ARGUMENT (§5)
                 aud = {"hub_as_audience": SPOKE, "misrouted_by_hub": MISROUTED}.get(
                     variant, f"spoke-{ascii_token(rng, 6)}"
@@ -339,6 +343,8 @@ def wrong_audience(ctx: Ctx, n: int) -> Iterator[Probe]:
             elif variant == "misrouted_by_hub":
                 # the hub's config sends spoke-2 to spoke-1's address: spoke-1 must refuse
                 cmd, expect, reasons = f.command(ep, audience=MISROUTED), _s(DENIED), _s(WRONG)
+                if verb == "spawn_agent":  # a drained spoke-2 is refused at the hub (DRAINED)
+                    expect, reasons = expect | _s(DRAINING_CODE), reasons | _s(DRAINING)
             elif verb in AGENT_VERBS:
                 body = f.body(verb, agent=f"spokes/spoke-{ascii_token(rng, 6)}/agents/x")
                 cmd = f.command(ep, audience=HUB, body=body)

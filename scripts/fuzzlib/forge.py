@@ -26,7 +26,7 @@ from hubspoke import commands, envelope, keys
 from hubspoke.gen.federation.v1 import command_pb2
 
 from .endpoints import Endpoint
-from .federation import HUB, SPOKE, Keys
+from .federation import HUB, MISROUTED, SPOKE, Keys
 
 COMMAND = envelope.PAYLOAD_TYPE_COMMAND
 RELAY = envelope.PAYLOAD_TYPE_RELAY
@@ -34,6 +34,11 @@ REPLY = envelope.PAYLOAD_TYPE_REPLY
 VALIDITY = dt.timedelta(minutes=5)
 RELAY_VALIDITY = dt.timedelta(seconds=60)
 SPOKE_ADDRESSED = frozenset({"spawn_agent", "pause_queue", "resume_queue", "drain_queue"})
+HUB_ANSWERED = frozenset({"list_spokes", "drain_spoke", "undrain_spoke"})
+"""Verbs the hub answers and signs itself: their audience is the hub."""
+DRAINED = MISROUTED
+"""The spoke a valid drain_spoke names: spoke-1 stays open for spawns (a spawn to spoke-2 may
+then meet SPOKE_DRAINING at the hub instead of WRONG_SPOKE at spoke-1)."""
 AGENT_VERBS = frozenset(
     {
         "get_agent",
@@ -92,6 +97,8 @@ class Forge:
             body.task = "duration=0"
         if "agent" in fields:
             body.agent = self.agent_id()
+        if verb in ("drain_spoke", "undrain_spoke"):
+            body.spoke = DRAINED
         if "page_size" in fields:
             body.page_size = 10
         if "items" in fields and "items" not in overrides:
@@ -108,7 +115,7 @@ class Forge:
         return body
 
     def audience(self, ep: Endpoint) -> str:
-        if ep.server == "hub" and ep.verb == "list_spokes":
+        if ep.server == "hub" and ep.verb in HUB_ANSWERED:
             return self.hub_name
         return self.spoke_name
 

@@ -19,6 +19,7 @@ from hubspoke.trust import Role
 from . import classes as C
 from . import federation
 from .endpoints import Endpoint
+from .forge import HUB_ANSWERED
 from .runner import ClassStats, Runner, rss_mb
 
 
@@ -141,7 +142,7 @@ def _replies_verified(
     """1 if the call brought at least one signed reply and every one of them verifies (by
     the right role) and answers this very command (command_id, request_digest), else 0."""
     good = bad = 0
-    role = Role.HUB if ep.verb == "list_spokes" else Role.SPOKE
+    role = Role.HUB if ep.verb in HUB_ANSWERED else Role.SPOKE
     for raw in responses:
         resp = ep.response.FromString(raw)
         envs = list(getattr(resp, "replies", [])) or [resp.reply]  # type: ignore[attr-defined]
