@@ -226,6 +226,8 @@ def agent_lines(agent: Agent) -> list[str]:
         lines.append(f"approvers {escape(', '.join(agent.approvers))}")
     if agent.approval_deadline is not None:
         lines.append(f"approve by {agent.approval_deadline.isoformat(timespec='seconds')}")
+    if agent.dedupe_key:  # a later spawn with it returns this agent until it is final
+        lines.append(f"dedupe    {escape(agent.dedupe_key)}")
     for label, tail in (("stdout", agent.stdout_tail), ("stderr", agent.stderr_tail)):
         if tail:
             lines.append(f"--- {label} (tail) ---")

@@ -336,6 +336,11 @@ class Agent:
     """The approvers whose signed approvals its spoke verified, in order."""
     approval_deadline: dt.datetime | None = None
     """While AWAITING_APPROVAL: when it ends REJECTED (APPROVAL_EXPIRED)."""
+    dedupe_key: str = ""
+    """The spawn's dedupe key (its own, or derived from profile and task); "" for none."""
+    deduplicated: bool = False
+    """In a spawn's answer: this is the caller's unfinished agent holding the spawn's dedupe
+    key, returned instead of a new one (its id is not the spawn's command id)."""
 
     @property
     def final(self) -> bool:
@@ -379,6 +384,8 @@ class Agent:
             approvers=tuple(msg.approvers),
             approved_by=tuple(msg.approved_by),
             approval_deadline=_time(msg.approval_deadline, msg.HasField("approval_deadline")),
+            dedupe_key=msg.dedupe_key,
+            deduplicated=msg.deduplicated,
         )
 
 

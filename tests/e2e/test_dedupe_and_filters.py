@@ -119,7 +119,10 @@ async def test_a_dedupe_key_returns_the_unfinished_agent_then_frees_with_it(fed:
 
     again = await fed.operator.spawn("spoke-1", "shell", task, dedupe_key="build-42")
     assert again.agent_id == first.agent_id
-    assert again.raw.deduplicated
+    assert again.deduplicated
+    assert again.dedupe_key == "build-42"
+    status = await fed.hubctl("status", first.agent_id)
+    assert "dedupe    build-42" in status.stdout
     run = await fed.hubctl(
         "--json", "spawn", "--spoke", "spoke-1", "--profile", "shell", "--dedupe-key",
         "build-42", "--", task,
@@ -142,6 +145,20 @@ async def test_a_dedupe_key_returns_the_unfinished_agent_then_frees_with_it(fed:
     fresh = await fed.operator.spawn("spoke-1", "synthetic", "duration=0.1", dedupe_key="build-42")
     assert fresh.agent_id != first.agent_id
     assert not fresh.raw.deduplicated
+
+
+async def test_spawns_racing_with_one_key_make_one_agent(fed: Fed) -> None:
+    agents = await asyncio.gather(
+        *(
+            fed.operator.spawn("spoke-2", "synthetic", f"duration=60 n={i}", dedupe_key="race-1")
+            for i in range(8)
+        )
+    )
+    assert len({a.agent_id for a in agents}) == 1
+    assert sum(not a.raw.deduplicated for a in agents) == 1
+    listed = await fed.operator.list("spoke-2", dedupe_key="race-1")
+    assert [a.agent_id for a in listed.agents] == [agents[0].agent_id]
+    await fed.operator.kill(agents[0].agent_id)
 
 
 async def test_a_key_derived_from_profile_and_task(fed: Fed) -> None:
