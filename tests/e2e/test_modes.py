@@ -137,6 +137,20 @@ async def test_a_shadow_spoke_never_starts_the_program(fed: Fed) -> None:
     assert "API_TOKEN" in doc["shadow_run"]["env_names"]
 
 
+async def test_a_list_item_leaves_out_a_long_shadow_run(fed: Fed) -> None:
+    long_task = "x" * 3000  # its argv holds the task: over the list item's 2,048 bytes
+    async with fed.fed.client() as client:
+        short = await _settled(client, await client.spawn("shadow-1", "marker", "short"))
+        long = await _settled(client, await client.spawn("shadow-1", "marker", long_task))
+        items = {a.agent_id: a for a in (await client.list("shadow-1", 50)).agents}
+        assert items[short.agent_id].shadow_run is not None
+        assert items[long.agent_id].shadow_run is None
+        assert items[long.agent_id].raw.truncated
+        whole = await client.get(long.agent_id)
+        assert whole.shadow_run is not None
+        assert whole.shadow_run.argv[-1].endswith(long_task)
+
+
 async def test_the_same_profile_runs_on_a_live_spoke(fed: Fed) -> None:
     """The control: the marker profile really does write its file when it runs."""
     async with fed.fed.client() as client:
