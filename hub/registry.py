@@ -105,6 +105,16 @@ class SpokeRegistry:
         """The spokes from the hub's config, in config order."""
         return list(self._static)
 
+    def link_facts(self, name: str) -> tuple[bool, str]:
+        """Whether ``name`` joined by enrolment, and how the hub reaches it (dial, connect)."""
+        entry = self._entries.get(name)
+        link = str(getattr(entry, "link", "dial")) if entry is not None else ""
+        enrolled = name not in self._static and self._membership is not None
+        member = self._membership.member(name) if enrolled and self._membership else None
+        if member is not None:
+            return True, member.mode or link or "dial"
+        return False, link
+
     def use_membership(self, membership: Membership) -> None:
         """Serve the enrolled spokes of ``membership`` too (hub/membership.py)."""
         self._membership = membership

@@ -718,6 +718,7 @@ def _health_pb(r: SpokeHealth, registry: SpokeRegistry, circuit: Circuit) -> com
         health_detail=r.detail,
         missed_probes=r.missed,
     )
+    msg.enrolled, msg.link_mode = registry.link_facts(r.name)  # hub/membership.py
     if r.last_probe is not None:
         msg.last_probe_time.CopyFrom(commands.to_timestamp(r.last_probe.astimezone(dt.UTC)))
     if r.last_seen is not None:

@@ -14,6 +14,7 @@ from collections.abc import AsyncGenerator, Collection, Iterator, Mapping
 from types import TracebackType
 from typing import Self
 
+from . import _enrol
 from ._client import Client
 from ._types import (
     Agent,
@@ -182,6 +183,30 @@ class SyncClient:
     def spokes(self) -> builtins.list[Spoke]:
         """See :meth:`Client.spokes`."""
         return self._runner.run(self.client.spokes())
+
+    def enroll_spoke(
+        self,
+        name: str,
+        *,
+        labels: Mapping[str, str] | None = None,
+        address: str = "",
+        connect: bool = False,
+        ttl_s: float | None = None,
+    ) -> _enrol.EnrolmentTicket:
+        """See :meth:`Client.enroll_spoke`."""
+        return self._runner.run(
+            self.client.enroll_spoke(
+                name, labels=labels, address=address, connect=connect, ttl_s=ttl_s
+            )
+        )
+
+    def remove_spoke(self, name: str) -> _enrol.Membership:
+        """See :meth:`Client.remove_spoke`."""
+        return self._runner.run(self.client.remove_spoke(name))
+
+    def membership(self) -> _enrol.Membership:
+        """See :meth:`Client.membership`."""
+        return self._runner.run(self.client.membership())
 
     def queue_stats(self, spoke: str) -> QueueStats:
         """See :meth:`Client.queue_stats`."""

@@ -451,6 +451,10 @@ class Spoke:
     protocol_version: int = 0
     draining: bool = False
     """An operator drains it: no new placements (hubctl spoke drain)."""
+    enrolled: bool = False
+    """It joined with a token (hubctl spoke enroll), not from the hub's config."""
+    link_mode: str = ""
+    """How the hub reaches it: ``dial`` or ``connect`` (empty: a hub that does not say)."""
 
     @classmethod
     def from_proto(cls, msg: command_pb2.Spoke) -> Spoke:
@@ -467,6 +471,8 @@ class Spoke:
             capacity=SpokeCapacity.from_proto(msg.status) if msg.HasField("status") else None,
             protocol_version=msg.protocol_version,
             draining=msg.draining,
+            enrolled=msg.enrolled,
+            link_mode=msg.link_mode,
         )
 
 

@@ -158,6 +158,11 @@ async def test_enrol_spawn_with_untouched_trust_files(env: Env) -> None:
     assert run.code == 0, run.stderr
     listed = {s["name"]: s for s in run.doc()["spokes"]}
     assert listed[EDGE]["labels"] == {"zone": "edge", "gpu": "no"}
+    assert (listed[EDGE]["enrolled"], listed[EDGE]["link_mode"]) == (True, "dial")
+    assert (listed["spoke-1"].get("enrolled", False), listed["spoke-1"]["link_mode"]) == (
+        False,
+        "dial",
+    )
 
 
 async def test_used_expired_and_foreign_tokens_are_refused(env: Env) -> None:
