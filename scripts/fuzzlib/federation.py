@@ -38,7 +38,30 @@ HUB: Final = "hub"
 SPOKE: Final = "spoke-1"
 MISROUTED: Final = "spoke-2"
 """In the hub's config and trust store, but its address is spoke-1's."""
-PROFILES: Final = "\n[profiles.synthetic]\n"
+PROFILES: Final = (
+    "\n[profiles.synthetic]\n"
+    # Approvals: the operator's spawns of "held" wait for one approval by "approver".
+    '\n[profiles.held]\nargv = ["true"]\ntask_on_stdin = false\n'
+)
+APPROVER: Final = "approver"
+APPROVAL_RULES: Final = f"""
+[[rule]]
+name = "held-needs-one-approval"
+principals = ["operator"]
+verbs = ["spawn"]
+scope = "own"
+spokes = ["*"]
+profiles = ["held"]
+approvals = 1
+approvers = ["{APPROVER}"]
+
+[[rule]]
+name = "approver"
+principals = ["{APPROVER}"]
+verbs = ["read", "approve", "reject"]
+scope = "any"
+spokes = ["*"]
+"""
 CLIENT_MAX_BYTES: Final = 64 * 1024 * 1024
 """The fuzz client's own message limit: far above the servers', so they do the refusing."""
 SPOKE_GRACE_S: Final = 2.0
@@ -57,6 +80,9 @@ class Keys:
     spoke: keys.SigningKey
     intruder: keys.SigningKey
     """A well-formed key that no trust store lists."""
+    approver: keys.SigningKey = field(default_factory=lambda: keys.generate(APPROVER))
+    """A trusted client that may approve the operator's "held" spawns (APPROVAL_RULES); in
+    a federation that does not trust it (tenants.py), a key of that name nobody lists."""
 
 
 def _hub_config(config: HubConfig) -> HubConfig:
@@ -239,7 +265,16 @@ async def start(root: Path, redis_url: str | None = None) -> Federation:
         configure_spoke=_spoke_config,
         spoke_grace_s=SPOKE_GRACE_S,
     )
-    await harness.prepare()
+    files = await harness.prepare()
+    approver = keys.generate(APPROVER)
+    keys.write_keypair(approver, files.keys_dir)
+    with files.trust_file.open("a") as fh:
+        fh.write(
+            f'\n[[peer]]\nname = "{APPROVER}"\nrole = "client"\n'
+            f'keys = ["{keys.encode_public(approver.public)}"]\n'
+        )
+    with (files.root / "policy.toml").open("a") as fh:
+        fh.write(APPROVAL_RULES)
     fed = Federation(
         root=root,
         harness=harness,
@@ -248,6 +283,7 @@ async def start(root: Path, redis_url: str | None = None) -> Federation:
             hub=harness.key(HUB),
             spoke=harness.key(SPOKE),
             intruder=keys.generate("intruder"),
+            approver=approver,
         ),
         redis_url=redis_url,
         _embedded=embedded,

@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Any, Final
 
-from hubspoke import commands, envelope
+from hubspoke import commands, envelope, keys
 from hubspoke.gen.federation.v1 import command_pb2
 from hubspoke.trust import Role
 
@@ -81,6 +81,11 @@ async def within_skew(ctx: C.Ctx, runner: Runner, fed: federation.Federation) ->
             await send("kill_agent", label, agent=long_runners[0 if label == "ahead" else 1])
             await send("replay_agent", label, agent=failing_ones[0])
             await send("verify_agent", label, agent=verifying[0], items={"c": "passed"})
+            # Approvals: two held spawns, one approved and one rejected by the approver.
+            held = [await send("spawn_agent", label, profile="held", task="x") for _ in "ar"]
+            approver = ctx.forge.keys.approver
+            for verb, agent in (("approve_agent", held[0]), ("reject_agent", held[1])):
+                await sender.send(eps[verb], mode, label, key=approver, agent=agent, reason="ok")
             for verb in sorted(set(eps) - _AGENT_FLOW):
                 await send(verb, label)
     st.duration_s = time.monotonic() - start
@@ -103,6 +108,8 @@ _AGENT_FLOW: Final = frozenset(
         "replay_agent",
         "verify_agent",
         "send_input",
+        "approve_agent",
+        "reject_agent",
     }
 )
 
@@ -114,8 +121,16 @@ class _SkewedSender:
         self.covered: set[str] = set()
         self.replies_ok = 0
 
-    async def send(self, ep: Endpoint, mode: str, label: str, **body: Any) -> str:
-        """Send one skewed command; return its command_id (the agent id of a spawn)."""
+    async def send(
+        self,
+        ep: Endpoint,
+        mode: str,
+        label: str,
+        key: keys.SigningKey | None = None,
+        **body: Any,
+    ) -> str:
+        """Send one skewed command, signed as the operator (or ``key``'s principal); return
+        its command_id (the agent id of a spawn)."""
         f, now = self.ctx.forge, commands.now()
         if label == "ahead":
             at = rat = now + self.margin
@@ -123,9 +138,10 @@ class _SkewedSender:
             at = now - self.margin - dt.timedelta(minutes=5)
             rat = now - self.margin - dt.timedelta(seconds=60)
         assert ep.verb is not None
-        cmd = f.command(ep, at=at, body=f.body(ep.verb, **body) if body else None)
+        issuer = key.name if key is not None else "operator"
+        cmd = f.command(ep, at=at, body=f.body(ep.verb, **body) if body else None, issuer=issuer)
         payload = cmd.SerializeToString()
-        client = f.sign(payload)
+        client = f.sign(payload, key)
         outer = f.relay(client, at=rat) if mode == "relay" else client
         p = C.probe(ep, f.request(ep, outer), f"{label}@{mode}", frozenset({C.OK}))
         o = await self.runner.call(p, read_all=True, deadline_s=30)
