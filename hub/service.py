@@ -44,7 +44,7 @@ from typing import Any
 import grpc
 import structlog
 
-from hubspoke import approval_text, commands, envelope, errors, input_text
+from hubspoke import approval_text, commands, envelope, errors, input_text, list_filters
 from hubspoke.gen.federation.v1 import command_pb2, hub_service_pb2
 from hubspoke.keys import SigningKey
 from hubspoke.policy import BODY_VERBS, Policy, PolicyDeniedError
@@ -280,6 +280,7 @@ class HubServicer:
             raise errors.InvalidCommandError(
                 "page_token is per spoke: set the audience to the spoke that issued it"
             )
+        list_filters.check(inbound.command.list_agents)  # once here, not by every spoke
         answers = await self._fanout.ask(inbound, self._permitted(inbound))
         return fanout_calls.list_response(
             answers,

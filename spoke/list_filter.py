@@ -8,13 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hubspoke import dedupe, errors
+from hubspoke import errors, list_filters
 from hubspoke.gen.federation.v1 import command_pb2
 
 from .model import AgentRecord
-
-FILTER_TEXT_BYTES = 256
-"""The longest label key or value, profile or owner a list filter may name (UTF-8 bytes)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,20 +38,12 @@ class AgentFilter:
 
 
 def from_body(body: command_pb2.ListAgentsBody, max_labels: int) -> AgentFilter:
-    """The body's filters, checked: at most ``max_labels`` labels (the spoke's limit on a
-    spawn's labels) and texts of at most ``FILTER_TEXT_BYTES``; else INVALID_ARGUMENT."""
+    """The body's filters, checked (hubspoke.list_filters), and at most ``max_labels`` labels
+    (the spoke's limit on a spawn's labels); else INVALID_ARGUMENT."""
     labels = tuple(sorted(body.labels.items()))
     if len(labels) > max_labels:
         raise errors.InvalidCommandError(f"a list filters by at most {max_labels} labels")
-    texts = [body.profile, body.owner, *(t for pair in labels for t in pair)]
-    if any(len(t.encode()) > FILTER_TEXT_BYTES for t in texts):
-        raise errors.InvalidCommandError(
-            f"list filters (labels, profile, owner) are at most {FILTER_TEXT_BYTES} bytes each"
-        )
-    if any(not k for k, _ in labels):
-        raise errors.InvalidCommandError("a label filter needs a key")
-    if body.dedupe_key:
-        dedupe.check_key(body.dedupe_key)
+    list_filters.check(body)
     return AgentFilter(
         labels=labels, profile=body.profile, owner=body.owner, dedupe_key=body.dedupe_key
     )

@@ -279,6 +279,18 @@ async def test_list_filters_match_exactly_over_two_spokes_and_pages(fed: Fed) ->
         await fed.operator.kill(agent_id)
 
 
+async def test_bad_list_filters_are_one_invalid_argument(fed: Fed) -> None:
+    for spoke in (None, "spoke-1"):  # the hub's fan-out, and one spoke through the hub
+        for filters in ({"dedupe_key": "a:b"}, {"labels": {"k": "v" * 257}}, {"owner": "o" * 300}):
+            with pytest.raises(hc.CallError) as info:
+                await fed.operator.list(spoke, **filters)
+            assert info.value.reason == "INVALID_COMMAND", (spoke, filters)
+    run = await fed.hubctl("list", "--dedupe-key", "a:b")
+    assert run.code == 1
+    assert run.stderr.count("\n") == 1
+    assert "INVALID_COMMAND" in run.stderr
+
+
 # -- histograms --------------------------------------------------------------------------------
 
 
