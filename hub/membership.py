@@ -49,6 +49,7 @@ def entry_of(member: enrol_pb2.Member) -> SpokeEntry:
         name=member.name,
         address=member.address,
         labels=MappingProxyType(dict(member.labels)),
+        link=MODE_CONNECT if member.mode == MODE_CONNECT else MODE_DIAL,
     )
 
 
@@ -88,9 +89,7 @@ class Membership:
             found[key.fingerprint] = key
         self._members = MappingProxyType(by_name)
         self._keys = MappingProxyType(found)
-        self._entries = MappingProxyType(
-            {m.name: entry_of(m) for m in members if m.mode != MODE_CONNECT}
-        )
+        self._entries = MappingProxyType({m.name: entry_of(m) for m in members})
         if revision != self._revision:
             log.info("membership_loaded", revision=revision, members=len(by_name))
         self._revision = revision
@@ -103,7 +102,8 @@ class Membership:
         return self._members.get(name)
 
     def entries(self) -> Mapping[str, SpokeEntry]:
-        """Dial-mode members as registry entries (connect mode is the link's: CONNECT)."""
+        """Every member as a registry entry; a connect-mode one has ``link = "connect"`` and
+        no address (the hub reaches it over the session it opens: hub/link_registry.py)."""
         return self._entries
 
     def candidates(self, fingerprint: str, now: dt.datetime) -> list[TrustedKey]:

@@ -93,7 +93,7 @@ class SpokeRegistry:
 
     @property
     def _entries(self) -> Mapping[str, SpokeEntry]:
-        """Static spokes in config order, then enrolled ones (dial mode) by name."""
+        """Static spokes in config order, then enrolled ones by name."""
         if self._membership is None:
             return self._static
         enrolled = self._membership.entries()

@@ -50,7 +50,9 @@ class Env:
     token: str = ""
 
 
-def spoke_config(fed: testing.Federation, name: str, port: int, where: str) -> Path:
+def spoke_config(
+    fed: testing.Federation, name: str, port: int, where: str, extra: str = ""
+) -> Path:
     """A config for a new spoke beside the federation's files: its own keys, trust and
     policy under ``where`` (none of them exist yet), spoke-1's Redis, the test profiles."""
     base = fed.files.spoke_configs["spoke-1"].read_text()
@@ -59,7 +61,7 @@ def spoke_config(fed: testing.Federation, name: str, port: int, where: str) -> P
     path.write_text(
         f'name = "{name}"\nlisten = "127.0.0.1:{port}"\n'
         f'key_file = "{where}/keys/{name}.key"\ntrust_file = "{where}/trust.toml"\n'
-        f'policy_file = "{where}/policy.toml"\n' + redis + testing.DEFAULT_PROFILES
+        f'policy_file = "{where}/policy.toml"\n' + extra + redis + testing.DEFAULT_PROFILES
     )
     return path
 
@@ -353,3 +355,32 @@ async def test_enrol_service_refuses_bad_input(env: Env) -> None:
             assert refused.value.code() == want[what], (what, refused.value.details())
     finally:
         await channel.close(None)
+
+
+async def test_a_connect_mode_spoke_enrols_and_serves(env: Env) -> None:
+    """--connect: the member has no address; the spoke dials the hub after enrolling."""
+    fed = env.fed
+    run = await fed.hubctl("--json", "spoke", "enroll", "edge-c", "--connect")
+    assert run.code == 0, run.stderr
+    token = run.doc()["token"]
+    extra = f'link = "connect"\nhub_address = "{fed.hub_address}"\n'
+    config = spoke_config(fed, "edge-c", testing.pick_free_port(), "edge-c", extra)
+    spoke = testing.Daemon(
+        "edge-c", [*SPOKED, "--enroll", token, "--config", str(config)], fed.logs / "edge-c.log"
+    )
+    fed.spokeds["edge-c"] = [spoke]
+    await spoke.start()
+    run = await fed.hubctl("--json", "spoke", "members")
+    member = {m["name"]: m for m in run.doc()["members"]}["edge-c"]
+    assert (member["mode"], member["address"]) == ("connect", "")
+    async with fed.client() as client:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                agent = await client.spawn("edge-c", "synthetic", "duration=0.1")
+                break
+            except CallError as exc:  # UNAVAILABLE until its control stream is up
+                if exc.code.name != "UNAVAILABLE" or time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
+        assert agent.spoke == "edge-c"
