@@ -218,6 +218,8 @@ def agent_lines(agent: Agent) -> list[str]:
             lines.append(f"verify    {escape(item.name)}: {escape(item.status)}{by}")
     if agent.verify_deadline is not None:
         lines.append(f"verify by {agent.verify_deadline.isoformat(timespec='seconds')}")
+    if agent.inputs:  # hubctl send: messages kept for it (watch shows each)
+        lines.append(f"inputs    {agent.inputs}")
     if agent.start_deadline is not None:
         lines.append(f"start by  {agent.start_deadline.isoformat(timespec='seconds')}")
     if agent.approvals_required:  # approvals: who signed, of whom, until when
@@ -245,6 +247,9 @@ def event_text(event: AgentEvent) -> str | None:
         return f"[{seq}] progress {event.progress_percent}% {escape(event.data)}".rstrip()
     if event.kind == EventKind.DROPPED:
         return f"[{seq}] ({escape(event.data)} bytes of output not recorded)"
+    if event.kind == EventKind.INPUT:
+        who = escape(event.sender)
+        return f"[{seq}] input #{event.input_sequence} from {who}: {escape(event.data)}".rstrip()
     if event.kind == EventKind.APPROVAL:
         return f"[{seq}] approval by {escape(event.approver)}: {escape(event.data)}".rstrip()
     return None

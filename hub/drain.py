@@ -67,7 +67,7 @@ class DrainStore:
                 found = await self._redis.hgetall(self._key)
         except (*_REDIS_DOWN, TimeoutError) as exc:
             raise errors.BackendUnavailableError("the hub's Redis is unavailable") from exc
-        return {str(k): str(v) for k, v in found.items()}
+        return {_text(k): _text(v) for k, v in found.items()}
 
     async def check(self, spoke: str) -> None:
         """Raise ``SpokeDrainingError`` if ``spoke`` is drained."""
@@ -77,3 +77,8 @@ class DrainStore:
                 f"(hubctl spoke undrain {spoke} lifts it)",
                 spoke=spoke,
             )
+
+
+def _text(value: object) -> str:
+    """A Redis reply as text, whether the client decodes responses or not."""
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -104,7 +104,7 @@ class ClaimStore:
                 found = await self._redis.get(claim_key(self._hub, issuer, command_id))
         except (*_REDIS_DOWN, TimeoutError) as exc:
             raise errors.BackendUnavailableError("the hub's Redis is unavailable") from exc
-        return str(found) if found else ""
+        return _text(found) if found else ""
 
     async def place(
         self,
@@ -133,4 +133,9 @@ class ClaimStore:
         except (*_REDIS_DOWN, TimeoutError) as exc:
             raise errors.BackendUnavailableError("the hub's Redis is unavailable") from exc
         spoke, already, *placed = out
-        return Claimed(str(spoke), bool(int(already)), tuple(int(p) for p in placed))
+        return Claimed(_text(spoke), bool(int(already)), tuple(int(p) for p in placed))
+
+
+def _text(value: object) -> str:
+    """A Redis reply as text, whether the client decodes responses or not."""
+    return value.decode() if isinstance(value, bytes) else str(value)

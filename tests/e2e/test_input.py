@@ -169,6 +169,10 @@ async def test_send_resumes_a_needs_input_agent_to_succeeded_with_its_answer(fed
     assert [(e.data, e.sender, e.input_sequence) for e in inputs] == [
         ("use the staging db", "operator", 1)
     ]
+    watched = await fed.hubctl("watch", agent_id)
+    assert "input #1 from operator: use the staging db" in watched.stderr  # event lines
+    shown = await fed.hubctl("status", agent_id)
+    assert "inputs    1" in shown.stdout
     # The message came before the resume (watch shows it in order).
     assert inputs[0].sequence < next(e.sequence for e in events if e.reason == "INPUT_RECEIVED")
 
