@@ -141,13 +141,16 @@ class CircuitBreaker:
 
 
 class Circuits:
-    """A breaker for each configured spoke; names outside the config have none."""
+    """A breaker for each spoke: those configured at start, and each spoke enrolled later
+    (hub/membership.py), whose breaker is made the first time it is asked for. Callers ask
+    only for spokes the registry knows."""
 
     def __init__(
         self, names: Iterable[str], cfg: CircuitConfig, clock: Clock = time.monotonic
     ) -> None:
         self.config = cfg
         self._listeners: list[Callable[[str, Circuit, int], None]] = []
+        self._clock = clock
         self._breakers = {n: CircuitBreaker(n, cfg, clock, self._changed) for n in names}
 
     def listen(self, listener: Callable[[str, Circuit, int], None]) -> None:
@@ -162,7 +165,12 @@ class Circuits:
         return self._breakers[spoke]
 
     def get(self, spoke: str) -> CircuitBreaker | None:
-        return self._breakers.get(spoke)
+        found = self._breakers.get(spoke)
+        if found is None and spoke:
+            found = self._breakers[spoke] = CircuitBreaker(
+                spoke, self.config, self._clock, self._changed
+            )
+        return found
 
     def items(self) -> list[tuple[str, CircuitBreaker]]:
         return list(self._breakers.items())

@@ -12,6 +12,7 @@ import pytest
 
 from hubspoke import commands, keys
 from hubspoke.gen.federation.v1 import enrol_pb2
+from hubspoke.hub.circuit import Circuit, CircuitConfig, Circuits
 from hubspoke.hub.membership import MemberKeys, Membership
 from hubspoke.hub.membership_store import (
     MembershipStore,
@@ -112,3 +113,14 @@ async def test_copies_follow_the_revision(stores: tuple[MembershipStore, Members
     await seen_by_b.fresh()
     assert seen_by_b.members() == []
     assert trust.candidates(fp, commands.now()) == []
+
+
+def test_an_enrolled_spoke_gets_a_circuit_breaker() -> None:
+    """Breakers are built from the config at start; one enrolled later gets its own."""
+    circuits = Circuits(["spoke-1"], CircuitConfig(failures=2, open_s=30.0, probe_interval_s=1.0))
+    breaker = circuits.get("edge-1")
+    assert breaker is not None
+    assert circuits.get("edge-1") is breaker
+    breaker.failure()
+    breaker.failure()
+    assert breaker.state is Circuit.OPEN
