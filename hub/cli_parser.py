@@ -211,8 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
         "[--priority 1-10] [--timeout SECONDS] "
         "[--id COMMAND_ID] [--max-attempts N] [--label k=v]... [--wait] -- TASK...",
     )
-    sp.add_argument("--spoke", default="", help="the spoke to run on (or --selector)")
-    add_spawn_options(sp)  # --selector, --dry-run (cli_routing.py)
+    where = sp.add_mutually_exclusive_group(required=True)
+    where.add_argument("--spoke", default="", help="the spoke to run on (or --selector)")
+    add_spawn_options(sp, where)  # --selector, --dry-run (cli_routing.py)
     sp.add_argument("--profile", default="synthetic", help="profile name (default synthetic)")
     sp.add_argument("--priority", type=_priority, default=0, help="1 (low) to 10 (urgent)")
     sp.add_argument(

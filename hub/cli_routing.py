@@ -35,9 +35,10 @@ def selector(text: str) -> dict[str, str]:
     return pairs
 
 
-def add_spawn_options(sp: argparse.ArgumentParser) -> None:
-    """``--selector`` and ``--dry-run`` on ``hubctl spawn``."""
-    sp.add_argument(
+def add_spawn_options(sp: argparse.ArgumentParser, where: Any) -> None:
+    """``--selector`` (in ``where``, the group that holds ``--spoke``: exactly one of them)
+    and ``--dry-run`` on ``hubctl spawn``."""
+    where.add_argument(
         "--selector",
         type=selector,
         action="append",
