@@ -28,7 +28,7 @@ from hubspoke.pacing import PacingConfig
 from hubspoke.policy import Policy, PolicyConfigError
 from hubspoke.trust import TrustStore
 
-from . import audit_wiring, enrol_wiring
+from . import audit_wiring, enrol_wiring, outbox_wiring
 from .audit_checkpoints import CheckpointWriter
 from .audit_service import Audited
 from .circuit import CircuitConfig, Circuits
@@ -89,6 +89,7 @@ class HubApp:
         self._enrolment: enrol_wiring.EnrolWiring | None = None
         self._monitor_task: asyncio.Task[None] | None = None
         self._checkpoints: tuple[CheckpointWriter, asyncio.Task[None]] | None = None
+        self._delivery: asyncio.Task[None] | None = None
         self._stopping: asyncio.Event | None = None
         self._shutdown_done = False
         self._metrics = HubMetrics()
@@ -159,6 +160,9 @@ class HubApp:
             circuits,
         )
         audit = audit_wiring.audit_log(cfg, self._store.client)
+        desk = outbox_wiring.outbox_desk(
+            cfg, self._store.client, relayer, monitor, self._key, audit
+        )
         servicer = HubServicer(
             RoutingConfig(
                 hub_name=cfg.name,
@@ -186,6 +190,7 @@ class HubApp:
             self._policy,
             monitor,
             audit=audit,
+            outbox=desk,
         )
         served: object = servicer
         if audit is not None:
@@ -218,6 +223,7 @@ class HubApp:
         await built.serving([HUB_SERVICE.full_name])
         self._monitor_task = asyncio.create_task(monitor.run(), name="spoke-health")
         self._checkpoints = audit_wiring.checkpoint_task(cfg, audit, self._key)
+        self._delivery = outbox_wiring.start_delivery(cfg, desk, relayer, servicer.remember, audit)
         if not await self._store.ping():
             log.warning("redis_unreachable", hint="commands fail with UNAVAILABLE until it answers")
         log.info("hub_serving", hub=cfg.name, port=built.port, spokes=len(cfg.spokes))
@@ -244,9 +250,10 @@ class HubApp:
         self._shutdown_done = True
         grace_s = self.config.shutdown_grace_s if grace is None else grace
         try:
-            if self._monitor_task is not None:
-                self._monitor_task.cancel()
-                await asyncio.wait({self._monitor_task}, timeout=grace_s)
+            for task in (self._monitor_task, self._delivery):
+                if task is not None:
+                    task.cancel()
+                    await asyncio.wait({task}, timeout=grace_s)
             if self._built is not None:
                 await self._built.stop(grace_s)
             if self._checkpoints is not None:

@@ -43,6 +43,7 @@ from . import (
     cli_events,
     cli_init,
     cli_keys,
+    cli_outbox,
     cli_routing,
     cli_send,
     cli_shadow,
@@ -57,6 +58,7 @@ from .cli_output import (
     event_json,
     event_text,
     mode_text,
+    outbox_text,
     seen_ago,
     spoke_health_text,
     spoke_json,
@@ -254,7 +256,8 @@ async def _spokes(client: Client, args: argparse.Namespace, out: Out) -> int:
     if out.json:
         out.doc({"spokes": [spoke_json(s) for s in spokes]})
         return EXIT_OK
-    rows = [["NAME", "ADDRESS", "HEALTH", "MODE", "LAST SEEN", "CAPACITY", "CIRCUIT", "LABELS"]]
+    head = ["NAME", "ADDRESS", "HEALTH", "MODE", "LAST SEEN", "CAPACITY", "CIRCUIT", "OUTBOX"]
+    rows = [[*head, "LABELS"]]
     rows += [
         [
             s.name,
@@ -264,6 +267,7 @@ async def _spokes(client: Client, args: argparse.Namespace, out: Out) -> int:
             seen_ago(s.last_seen_time),
             capacity_text(s),
             s.circuit.name.lower() if s.circuit else "-",
+            outbox_text(s),
             ",".join(f"{k}={v}" for k, v in sorted(s.labels.items())),
         ]
         for s in spokes
@@ -400,6 +404,7 @@ _VERBS: Final[dict[str, _Verb]] = {
     "queue": _queue,
     "dlq": _dlq,
     "ui": _ui,
+    "outbox": cli_outbox.run,
     "synthetic-all": cli_synthetic.run,
     "shadow-summary": cli_shadow.run,
 }

@@ -101,6 +101,7 @@ def spoke_json(spoke: Spoke) -> dict[str, Any]:
     doc["health"] = spoke.health.name
     doc["labels"] = dict(raw.labels)
     doc["draining"] = raw.draining
+    doc["outbox_depth"] = raw.outbox_depth
     if raw.circuit:
         doc["circuit"] = spoke.circuit.name
     if spoke.capacity is not None and spoke.capacity.mode:
@@ -116,6 +117,14 @@ def mode_text(spoke: Spoke) -> str:
         return "-"
     other = [f"{p.profile}: {p.mode.label}" for p in cap.profiles if p.mode and p.mode != cap.mode]
     return cap.mode.label + (f" ({', '.join(other)})" if other else "")
+
+
+def outbox_text(spoke: Spoke) -> str:
+    """``-``, or how many commands the hub holds for the spoke and the oldest's age."""
+    if not spoke.outbox_depth:
+        return "-"
+    oldest = seen_ago(spoke.oldest_outbox_time) if spoke.oldest_outbox_time else ""
+    return f"{spoke.outbox_depth} (oldest {oldest})" if oldest else str(spoke.outbox_depth)
 
 
 def spoke_health_text(spoke: Spoke) -> str:

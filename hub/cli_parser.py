@@ -21,6 +21,7 @@ from . import (
     cli_init,
     cli_keys,
     cli_modes_args,
+    cli_outbox,
     cli_send,
 )
 from .cli_routing import add_spawn_options, add_spoke_parser
@@ -92,6 +93,7 @@ EXAMPLES: Final[dict[str, tuple[str, ...]]] = {
     **cli_send.EXAMPLES,
     **cli_events.EXAMPLES,
     **cli_audit.EXAMPLES,
+    **cli_outbox.EXAMPLES,
 }
 """Example command lines per verb (``AGENT`` stands for an agent id)."""
 
@@ -371,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_send.add_parser(sub, common)
     cli_events.add_parser(sub, common)
     cli_audit.add_parser(sub, common)
+    cli_outbox.add_parser(sub, common)
 
     ui = sub.add_parser(
         "ui", help="serve the web console on 127.0.0.1 (needs hubspoke[ui])", parents=[common]

@@ -192,6 +192,24 @@ class HubConfig:
     """Connect mode: the longest heartbeat interval the hub accepts from a spoke."""
     log_level: str = "info"
     """One of debug, info, warning, error, critical."""
+    outbox_enabled: bool = True
+    """Hold spawns (and kills) for unreachable spokes in the hub's Redis and deliver them
+    when the spoke is back (hub/outbox.py); off: such calls fail UNAVAILABLE as before."""
+    outbox_max_per_spoke: int = 10_000
+    """Most commands held for one spoke; more get RESOURCE_EXHAUSTED (OUTBOX_FULL)."""
+    outbox_max_total: int = 100_000
+    """Most commands held for all spokes together; more get RESOURCE_EXHAUSTED."""
+    outbox_default_start_within_s: float = 86400.0
+    """Start deadline, in seconds after acceptance, of a held spawn that names none (the
+    spoke's own default applies again at delivery)."""
+    outbox_poll_s: float = 1.0
+    """How often, in seconds, the hub tries to deliver held commands."""
+    outbox_retry_base_s: float = 1.0
+    """First delay, in seconds, after a failed delivery; doubled per attempt."""
+    outbox_retry_max_s: float = 60.0
+    """Longest delay, in seconds, between delivery attempts of one command."""
+    outbox_lease_s: float = 30.0
+    """How long, in seconds, one hubd holds a command it is delivering before another may."""
     metrics_listen: str = ""
     """``host:port`` of the Prometheus endpoint (``/metrics``); empty: no endpoint."""
     tls: stls.TlsConfig | None = None
@@ -274,6 +292,12 @@ class HubConfig:
                 raise HubConfigError(f"spoke {s.name!r} has the hub's own name")
             if s.name in seen:
                 raise HubConfigError(f"spoke {s.name!r} is listed twice")
+        if self.outbox_max_per_spoke < 1 or self.outbox_max_total < 1:
+            raise HubConfigError("outbox_max_per_spoke and outbox_max_total must be positive")
+        if self.audit_max_entries < 1 or self.audit_max_bytes_kept < 0:
+            raise HubConfigError("audit_max_entries must be positive, audit_max_bytes_kept >= 0")
+        if self.audit_unverified_per_s < 0:
+            raise HubConfigError("audit_unverified_per_s must not be negative")
             seen.add(s.name)
         sconfig.check_positive_seconds(_LAYOUT, self)
         for key in (

@@ -36,6 +36,7 @@ produced and signed by the hub (``hubspoke.fanout``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -51,12 +52,13 @@ from hubspoke.policy import BODY_VERBS, Policy, PolicyDeniedError
 from hubspoke.policy import Request as PolicyRequest
 from hubspoke.stream_caps import StreamCaps
 
-from . import audit_read, events, fanout_calls, relay
+from . import audit_read, events, fanout_calls, outbox_read, relay
 from .audit import AuditLog
 from .circuit import Circuit
 from .drain import DrainStore
 from .enrol import ENROLL, MEMBERSHIP, REMOVE, EnrolCalls, EnrolmentDisabledError
 from .health import HealthMonitor, SpokeHealth
+from .outbox_desk import HELD_VERBS, OutboxDesk
 from .placement_claim import ClaimStore
 from .placement_route import Placer, PlacerConfig
 from .registry import Probe, SpokeRegistry
@@ -84,6 +86,10 @@ _Request = (
     | hub_service_pb2.HubServiceVerifyAgentRequest
     | hub_service_pb2.HubServiceSendInputRequest
     | hub_service_pb2.HubServiceDrainSpokeRequest
+    | hub_service_pb2.HubServiceListOutboxRequest
+    | hub_service_pb2.HubServiceDrainSpokeRequest
+    | hub_service_pb2.HubServiceUndrainSpokeRequest
+    | hub_service_pb2.HubServiceSendInputRequest
     | hub_service_pb2.HubServiceUndrainSpokeRequest
     | hub_service_pb2.HubServiceWatchEventsRequest
     | hub_service_pb2.HubServiceReadAuditLogRequest
@@ -150,11 +156,15 @@ class HubServicer:
         gate: Gate,
         relayer: Relayer,
         registry: SpokeRegistry,
+        audit: AuditLog | None = None,
+        outbox: OutboxDesk | None = None,
         store: HubStore,
         policy: Policy,
         monitor: HealthMonitor | None = None,
     ) -> None:
         """``monitor``: the background probe loop's health records (hub/health.py); without
+        self._audit = audit
+        self._outbox = outbox
         it, ListSpokes probes every spoke itself and fan-outs ask every spoke. ``audit``:
         the audit log ReadAuditLog reads (None: the log is off)."""
         self._monitor = monitor
@@ -306,6 +316,8 @@ class HubServicer:
             # The probe loop keeps these fresh: answer at once, never waiting on a spoke
             # (only right after start, until every spoke has been probed once).
             await self._monitor.first_round(self._cfg.probe_timeout_s + 1.0)
+        if self._outbox is not None:
+            await outbox_read.annotate_spokes(self._outbox.outbox, spokes)
             spokes = [
                 _health_pb(r, self._registry, self._monitor.circuit(r.name))
                 for r in self._monitor.records()
@@ -408,6 +420,34 @@ class HubServicer:
         return hub_service_pb2.HubServiceResumeQueueResponse(reply=reply_env)
 
     async def DrainQueue(
+    async def ListOutbox(
+        self, request: hub_service_pb2.HubServiceListOutboxRequest, context: _Ctx
+    ) -> hub_service_pb2.HubServiceListOutboxResponse:
+        inbound = await self._admit(request, "list_outbox")
+        reply_env = await outbox_read.read_page(
+            inbound,
+            self._outbox.outbox if self._outbox is not None else None,
+            self._policy,
+            self._cfg.hub_name,
+            self._cfg.key,
+            self._registry.names(),
+        )
+        return hub_service_pb2.HubServiceListOutboxResponse(reply=reply_env)
+
+    async def ReadAuditLog(
+        self, request: hub_service_pb2.HubServiceReadAuditLogRequest, context: _Ctx
+    ) -> hub_service_pb2.HubServiceReadAuditLogResponse:
+        inbound = await self._admit(request, "read_audit_log")
+        reply_env = await audit_read.read_page(
+            inbound,
+            self._audit,
+            self._policy,
+            self._cfg.hub_name,
+            self._cfg.key,
+            self._cfg.max_message_bytes,
+        )
+        return hub_service_pb2.HubServiceReadAuditLogResponse(reply=reply_env)
+
         self, request: hub_service_pb2.HubServiceDrainQueueRequest, context: _Ctx
     ) -> hub_service_pb2.HubServiceDrainQueueResponse:
         reply_env = await self._queue_call(request, relay.DRAIN)
@@ -536,6 +576,16 @@ class HubServicer:
     def _authorize(self, inbound: Inbound, spoke: str | None) -> None:
         self._policy.check(self._policy_request(inbound, spoke))
 
+        if self._outbox is not None and inbound.verb in HELD_VERBS:
+            # Hold what cannot reach the spoke; answer for what the hub holds (outbox_desk).
+            return await self._outbox.relay(
+                spoke,
+                inbound,
+                lambda: self._relayer.call(spoke, inbound),
+                lambda owner: self._policy.allows(
+                    dataclasses.replace(self._policy_request(inbound, spoke), owner=owner)
+                ),
+            )
     def _permitted(self, inbound: Inbound) -> list[str]:
         """The spokes a fan-out may reach; none at all is a denial, never "all" (fail closed)."""
         names = [
@@ -640,6 +690,10 @@ class HubServicer:
         return await self._find_and_call(inbound, agent, asked)
 
     async def _find_and_call(
+    async def remember(self, agent_id: str, spoke: str) -> None:
+        """Index ``agent_id`` on ``spoke`` (the outbox's deliveries call it)."""
+        await self._remember(agent_id, spoke)
+
         self, inbound: Inbound, agent_id: str, asked: Sequence[str] = ()
     ) -> command_pb2.SignedEnvelope:
         """Ask every spoke the caller may read at once, and wait for all: exactly one may have

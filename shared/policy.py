@@ -18,10 +18,10 @@ The policy is a TOML file of rules; a command is allowed only if some rule allow
     approval_window_seconds = 3600    # optional; else the spoke's approval_window_s (24 h)
 
 Verbs: spawn, get, kill, list, watch, replay, verify, send, spokes, queue_stats, dead_letters,
-pause, resume, drain, approve, reject, audit. Groups: ``read`` (get, list, watch, spokes,
-queue_stats, dead_letters), ``operate`` (spawn, kill, replay, verify, send, approve, reject),
-``admin`` (pause, resume, drain, audit: reading the hub's audit log, own entries only under
-scope own).
+pause, resume, drain, approve, reject, audit, outbox. Groups: ``read`` (get, list, watch,
+spokes, queue_stats, dead_letters, events, outbox: the hub's held commands), ``operate``
+(spawn, kill, replay, verify, send, approve, reject), ``admin`` (pause, resume, drain, audit:
+reading the hub's audit log). Under scope own, audit and outbox show one's own entries only.
 
 Approvals (spoke/approvals.py): a spawn that a rule with ``approvals = N`` allows is held
 AWAITING_APPROVAL until N distinct principals of that rule's ``approvers`` (never the
@@ -91,11 +91,13 @@ VERBS = frozenset(
         "unenroll",
         # reading the hub's audit log (hub-level; scope own: only one's own entries)
         "audit",
+        # reading the hub's outbox (hubctl outbox list; scope own: only one's own entries)
+        "outbox",
     }
 )
 GROUPS: Mapping[str, frozenset[str]] = {
     "read": frozenset(
-        {"get", "list", "watch", "spokes", "queue_stats", "dead_letters", "events"}
+        {"get", "list", "watch", "spokes", "queue_stats", "dead_letters", "events", "outbox"}
     ),
     "operate": frozenset({"spawn", "kill", "replay", "verify", "send", "approve", "reject"}),
     "admin": frozenset({"pause", "resume", "drain", "audit", "enroll", "unenroll"}),
@@ -124,6 +126,7 @@ BODY_VERBS: Mapping[str, str] = {
     "reject_agent": "reject",
     "watch_events": "events",
     "read_audit_log": "audit",
+    "list_outbox": "outbox",
     # enrolment: a token, a removal (admin verbs), the membership list (read, as spokes)
     "enroll_spoke": "enroll",
     "remove_spoke": "unenroll",

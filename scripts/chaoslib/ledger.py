@@ -26,9 +26,11 @@ misreported  a run ended ok but the final state is not SUCCEEDED (except FAILED/
 orphans      processes of this scenario's agents still alive after it (pids)
 max_concurrent  most runs alive at one instant (a missing end counts up to the next run of
              the same id, or the agent's end time)
-outage       spawns sent and answered wholly inside a window when the system cannot accept
+outage       spawns sent and answered wholly inside a window when the spoke cannot accept
              work (from the fault until the repair begins: the replacement process is
-             launched or the proxy heals); any OK among them is a violation
+             launched or the proxy heals); any OK from the spoke among them is a violation,
+             while one the hub held in its outbox (PENDING_DELIVERY, code HELD) is counted
+             in ``outage_held`` and must then run like any acked spawn
 """
 
 from __future__ import annotations
@@ -140,6 +142,7 @@ class Verdict:
     over_limit_s: float = 0.0
     outage_ops: int = 0
     outage_ok: int = 0
+    outage_held: int = 0
     outage_codes: dict[str, int] = field(default_factory=dict)
     client_outcomes: dict[str, int] = field(default_factory=dict)
     final_states: dict[str, int] = field(default_factory=dict)
@@ -311,6 +314,7 @@ def check(
 
     inside = [o for o in spawns if any(w.start <= o.t0 and o.t1 <= w.end for w in windows)]
     v.outage_ops = len(inside)
-    v.outage_ok = sum(1 for o in inside if o.outcome == "ok")
+    v.outage_ok = sum(1 for o in inside if o.outcome == "ok" and o.code != "HELD")
+    v.outage_held = sum(1 for o in inside if o.code == "HELD")
     v.outage_codes = dict(Counter(o.code for o in inside))
     return v

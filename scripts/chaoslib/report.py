@@ -28,6 +28,7 @@ _COLUMNS = (
     ("limit", "limit"),
     ("outage ops", "outage_ops"),
     ("outage OK", "outage_ok"),
+    ("outage held", "outage_held"),
 )
 
 

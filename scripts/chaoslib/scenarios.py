@@ -177,7 +177,7 @@ class Driver:
             t0 = time.time()
             retry_after_ms = 500
             try:
-                await self.client.spawn(self.cluster.spoke, profile, task, command_id=cid)
+                agent = await self.client.spawn(self.cluster.spoke, profile, task, command_id=cid)
             except hub_client.CallError as exc:
                 outcome = "unknown" if exc.code in UNKNOWN_CODES else "failed"
                 code, detail = exc.code.name, exc.reason
@@ -185,7 +185,9 @@ class Driver:
             except (grpc.aio.AioRpcError, OSError) as exc:  # a channel torn down mid-call
                 outcome, code, detail = "unknown", type(exc).__name__, str(exc)[:200]
             else:
-                outcome, code, detail = "ok", "OK", ""
+                # Held in the hub's outbox (its spoke unreachable): accepted, delivered later.
+                held = agent.state == hub_client.AgentState.PENDING_DELIVERY
+                outcome, code, detail = "ok", "HELD" if held else "OK", ""
             self.ops.append(ClientOp("spawn", cid, outcome, code, t0, time.time(), profile, detail))
             if time.monotonic() > deadline:
                 return outcome

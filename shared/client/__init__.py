@@ -20,6 +20,7 @@ from ._client import Client
 from ._errors import REPLY_INVALID, CallError, ClientConfigError
 from ._events import FeedEvent, FeedKind
 from ._modes import RunMode, ShadowRun
+from ._outbox import OutboxItem, OutboxList
 from ._placement import Placement, PlacementCandidate
 from ._sync import SyncClient
 from ._types import (
@@ -65,6 +66,8 @@ __all__ = [
     "FederatedQueueStats",
     "FeedEvent",
     "FeedKind",
+    "OutboxItem",
+    "OutboxList",
     "Placement",
     "PlacementCandidate",
     "ProfileCapacity",

@@ -32,13 +32,20 @@ from google.protobuf.message import Message
 from hubspoke import commands, dedupe, envelope, errors, fanout, keys, version
 from hubspoke import grpc as sgrpc
 from hubspoke import tls as stls
-from hubspoke.gen.federation.v1 import agent_pb2, audit_pb2, command_pb2, hub_service_pb2_grpc
+from hubspoke.gen.federation.v1 import (
+    agent_pb2,
+    audit_pb2,
+    command_pb2,
+    hub_service_pb2_grpc,
+    outbox_pb2,
+)
 from hubspoke.trust import Role, TrustStore
 
 from . import _events, _rpc
 from ._audit import AuditPage, AuditRecord
 from . import _enrol
 from ._errors import CallError, ClientConfigError
+from ._outbox import OutboxItem, OutboxList
 from ._events import FeedEvent
 from ._placement import Placement, spawn_body
 from ._types import (
@@ -532,6 +539,34 @@ class Client:
                 if current.state.settled:
                     return current
                 await asyncio.sleep(poll_s)
+    # -- the hub's outbox --------------------------------------------------------------------
+
+    async def outbox(self, spoke: str | None = None, page_size: int = 100) -> OutboxList:
+        """The commands the hub holds for spokes it could not reach (kills first), as the
+        hub signed them (policy verb ``outbox``; under an ``own`` rule only the caller's)."""
+        body = outbox_pb2.ListOutboxBody(spoke=spoke or "", page_size=page_size)
+        sent, resp = await self._call(_rpc.LIST_OUTBOX, self.hub_name, body)
+        _, reply = self._verify(sent, resp.reply, Role.HUB, self.hub_name, "outbox_page")
+        page = reply.outbox_page
+        return OutboxList(tuple(OutboxItem.from_proto(e) for e in page.entries), page.total)
+
+    # -- the hub's audit log -----------------------------------------------------------------
+
+    async def audit_log(
+        self, *, page_size: int = 50, before_seq: int = 0, agent: str = "", principal: str = ""
+    ) -> AuditPage:
+        """A page of the hub's audit log, newest first, as the hub signed it (policy verb
+        ``audit``; under an ``own`` rule only the caller's own entries)."""
+        body = audit_pb2.ReadAuditLogBody(
+            page_size=page_size, before_seq=before_seq, agent=agent, principal=principal
+        )
+        sent, resp = await self._call(_rpc.READ_AUDIT_LOG, self.hub_name, body)
+        _, reply = self._verify(sent, resp.reply, Role.HUB, self.hub_name, "audit_page")
+        page = reply.audit_page
+        return AuditPage(
+            tuple(AuditRecord.from_proto(e) for e in page.entries), page.next_before_seq
+        )
+
 
     # -- enrolment (shared/client/_enrol.py) ------------------------------------------------
 
@@ -739,6 +774,33 @@ class Client:
         if reply.WhichOneof("result") != result:
             raise CallError.invalid_reply(f"reply carries no {result}")
         return verified.peer, reply
+    def _hub_held(
+        self,
+        sent: _Sent,
+        reply_env: command_pb2.SignedEnvelope,
+        spoke: str | None,
+        agent_id: str | None,
+    ) -> Agent | None:
+        """An agent answered and signed by the hub because it holds it in its outbox
+        (docs/protocol.md, "Store and forward"), or None if the reply is not one."""
+        try:
+            _, reply = self._verify(sent, reply_env, Role.HUB, self.hub_name, "agent")
+        except CallError:
+            return None
+        agent = reply.agent
+        if not hub_may_answer(agent):
+            raise CallError.invalid_reply(
+                f"the hub signed agent {agent.agent_id!r} in state "
+                f"{agent_pb2.Agent.State.Name(agent.state)}, which only its spoke may"
+            )
+        if spoke is not None and agent.spoke != spoke:
+            raise CallError.invalid_reply(
+                f"asked spoke {spoke}, the hub answered for {agent.spoke}"
+            )
+        if agent_id is not None and agent.agent_id != agent_id:
+            raise CallError.invalid_reply(f"asked for agent {agent_id}, got {agent.agent_id!r}")
+        return Agent.from_proto(agent)
+
 
     def _agent_reply(
         self,
@@ -747,8 +809,15 @@ class Client:
         spoke: str | None,
         agent_id: str | None = None,
     ) -> Agent:
-        """The agent a reply carries, once it is the agent asked for, from its own spoke."""
-        signer, reply = self._verify(sent, reply_env, Role.SPOKE, spoke, "agent")
+        """The agent a reply carries, once it is the agent asked for, from its own spoke (or
+        from the hub, for an agent the hub holds in its outbox: ``_hub_held``)."""
+        try:
+            signer, reply = self._verify(sent, reply_env, Role.SPOKE, spoke, "agent")
+        except CallError:
+            held = self._hub_held(sent, reply_env, spoke, agent_id)
+            if held is None:
+                raise
+            return held
         return _checked_agent(reply.agent, signer, agent_id)
 
     def _deduped_reply(
@@ -759,6 +828,20 @@ class Client:
         command_id: str,
         body: command_pb2.SpawnAgentBody,
     ) -> Agent:
+def hub_may_answer(agent: agent_pb2.Agent) -> bool:
+    """Whether the hub may sign ``agent``: one it holds in its outbox, one that ended there, or
+    one whose kill it holds (docs/protocol.md, "Store and forward")."""
+    state = agent.state
+    if agent.kill_pending:
+        return state == agent_pb2.Agent.STATE_UNSPECIFIED
+    return (
+        state == agent_pb2.Agent.STATE_PENDING_DELIVERY
+        or (state == agent_pb2.Agent.STATE_EXPIRED and agent.reason == "UNDELIVERED")
+        or (state == agent_pb2.Agent.STATE_KILLED and agent.reason == "KILLED_BEFORE_DELIVERY")
+        or (state == agent_pb2.Agent.STATE_FAILED and agent.reason.startswith("DELIVERY_REFUSED"))
+    )
+
+
         """A dedupe spawn's agent: the one it created, or (``deduplicated``) the caller's
         agent that holds the same key."""
         signer, reply = self._verify(sent, reply_env, Role.SPOKE, spoke, "agent")

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Final, Generic, Literal, TypeAlias, TypeVar
 from google.protobuf.message import Message
 from grpc import aio
 
-from hubspoke.gen.federation.v1 import audit_pb2, command_pb2, hub_service_pb2
+from hubspoke.gen.federation.v1 import audit_pb2, command_pb2, hub_service_pb2, outbox_pb2
 from hubspoke.trust import Role
 
 if TYPE_CHECKING:
@@ -31,6 +31,7 @@ __all__ = [
     "GET_QUEUE_STATS",
     "KILL",
     "LIST_AGENTS",
+    "LIST_OUTBOX",
     "LIST_DEAD_LETTERS",
     "LIST_SPOKES",
     "PAUSE",
@@ -55,6 +56,7 @@ Result = Literal[
     "audit_page",
     "placement",
     "spoke",
+    "outbox_page",
 ]
 """The ``Reply.result`` oneof names."""
 
@@ -299,4 +301,14 @@ READ_AUDIT_LOG: Final = Unary(
     lambda r: (r.reply,),
     Role.HUB,
     "audit_page",
+)
+LIST_OUTBOX: Final = Unary(
+    "ListOutbox",
+    outbox_pb2.ListOutboxBody,
+    lambda c: c.list_outbox,
+    lambda e: hs.HubServiceListOutboxRequest(command=e),
+    lambda s: s.ListOutbox,
+    lambda r: (r.reply,),
+    Role.HUB,
+    "outbox_page",
 )

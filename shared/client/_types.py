@@ -74,6 +74,9 @@ class AgentState(enum.IntEnum):
     SHADOWED = agent_pb2.Agent.STATE_SHADOWED
     """Its spoke or profile runs in shadow mode: it never ran; ``Agent.shadow_run`` says what
     would have."""
+    PENDING_DELIVERY = agent_pb2.Agent.STATE_PENDING_DELIVERY
+    """Its spoke was unreachable: the hub holds the spawn in its outbox and delivers it when
+    the spoke is back, or ends it EXPIRED (UNDELIVERED) at ``Agent.start_deadline``."""
 
     @property
     def final(self) -> bool:
@@ -324,6 +327,8 @@ class Agent:
     """When it must have started (acceptance + start_within), else it ends EXPIRED."""
     inputs: int = 0
     """How many messages ``send`` kept for it."""
+    kill_pending: bool = False
+    """A kill of it waits in the hub's outbox until its spoke is reachable (hub-signed)."""
     mode: RunMode = RunMode.UNSPECIFIED
     """The mode its spoke ran it in (decided when a worker took it)."""
     shadow_run: ShadowRun | None = None
@@ -376,6 +381,7 @@ class Agent:
             verify_deadline=_time(msg.verify_deadline, msg.HasField("verify_deadline")),
             start_deadline=_time(msg.start_deadline, msg.HasField("start_deadline")),
             inputs=msg.inputs,
+            kill_pending=msg.kill_pending,
             mode=RunMode.of(msg.mode),
             shadow_run=(
                 ShadowRun.from_proto(msg.shadow_run) if msg.HasField("shadow_run") else None
@@ -455,6 +461,10 @@ class Spoke:
     """It joined with a token (hubctl spoke enroll), not from the hub's config."""
     link_mode: str = ""
     """How the hub reaches it: ``dial`` or ``connect`` (empty: a hub that does not say)."""
+    outbox_depth: int = 0
+    """Commands the hub holds for it until it is reachable (spawns and kills)."""
+    oldest_outbox_time: dt.datetime | None = None
+    """When the oldest of them was accepted (None: none held)."""
 
     @classmethod
     def from_proto(cls, msg: command_pb2.Spoke) -> Spoke:
@@ -473,6 +483,8 @@ class Spoke:
             draining=msg.draining,
             enrolled=msg.enrolled,
             link_mode=msg.link_mode,
+            outbox_depth=msg.outbox_depth,
+            oldest_outbox_time=_time(msg.oldest_outbox_time, msg.HasField("oldest_outbox_time")),
         )
 
 

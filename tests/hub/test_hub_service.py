@@ -459,17 +459,37 @@ async def test_spawn_needs_a_spoke(fed: Fed) -> None:
 
 
 async def test_unreachable_spoke_is_unavailable_after_retries(fed: Fed) -> None:
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    async with fed.client() as client:
-        with pytest.raises(hc.CallError) as info:
-            await client.spawn("dead", "synthetic", "hello")
+    """With the outbox off (outbox_enabled = false), a spawn to a spoke nobody answers for
+    fails UNAVAILABLE after the client's retries, as before store and forward."""
+    cfg = fed.config.replace(outbox_enabled=False, listen="127.0.0.1:0")
+    async with HubApp(cfg) as app:
+        client = hc.Client(f"127.0.0.1:{app.port}", "operator", fed.operator, fed.trust, "hub", 5)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        async with client:
+            with pytest.raises(hc.CallError) as info:
+                await client.spawn("dead", "synthetic", "hello")
     assert (info.value.code, info.value.reason) == (
         grpc.StatusCode.UNAVAILABLE,
         "SPOKE_UNAVAILABLE",
     )
     assert "spoke dead is unreachable" in info.value.message
     assert loop.time() - started >= 0.6  # two backoffs: 0.2 s + 0.4 s
+
+
+async def test_a_spawn_to_an_unreachable_spoke_is_held_and_answered_by_the_hub(
+    fed: Fed,
+) -> None:
+    """With the outbox (the default) the same spawn is held: the hub answers, signed by
+    itself, PENDING_DELIVERY, and status by id finds it (tests/e2e/test_outbox.py delivers)."""
+    async with fed.client() as client:
+        held = await client.spawn("dead", "synthetic", "hello")
+        again = await client.get(held.agent_id)
+        outbox = await client.outbox("dead")
+    assert held.state == hc.AgentState.PENDING_DELIVERY
+    assert held.spoke == "dead"
+    assert again.state == hc.AgentState.PENDING_DELIVERY
+    assert [(i.kind, i.agent) for i in outbox.items] == [("spawn", held.agent_id)]
 
 
 async def test_spawn_relays_the_client_envelope_unchanged(
