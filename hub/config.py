@@ -370,11 +370,11 @@ def _parse_spokes(value: object, base: Path | None, path: str) -> tuple[SpokeEnt
         if unknown:
             raise HubConfigError(f"{where}: unknown option {sorted(unknown)[0]!r}")
         name, link = item.get("name"), item.get("link", "dial")
+        if link not in LINK_MODES:
+            raise HubConfigError(f"{where} ({name}): link must be dial or connect")
         address = item.get("address", "" if link == "connect" else None)
         if not isinstance(name, str) or not isinstance(address, str):
             raise HubConfigError(f"{where} needs a name and an address (strings)")
-        if not isinstance(link, str):
-            raise HubConfigError(f"{where} ({name}): link must be dial or connect")
         labels = item.get("labels", {})
         if not isinstance(labels, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
