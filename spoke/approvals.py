@@ -55,12 +55,17 @@ APPROVAL_EXPIRED: Final = "APPROVAL_EXPIRED"
 _RECORD = """
 -- KEYS: agent, events. ARGV: principal, text, now_ms, maxlen, envelope, verdict.
 -- Records one approver's signed approval (verdict "approve": once per approver) or
--- rejection, with its event, while the agent is AWAITING_APPROVAL.
+-- rejection, with its event, while the agent is AWAITING_APPROVAL. "counted": this
+-- approver's approval (or the rejection that ended it) is already recorded: a retry.
 local cur = redis.call('HGET', KEYS[1], 'state')
 if not cur then return {'missing', ''} end
 local list = cjson.decode(redis.call('HGET', KEYS[1], 'approved_by') or '[]')
 for _, p in ipairs(list) do
   if p == ARGV[1] and ARGV[6] == 'approve' then return {'counted', tostring(#list)} end
+end
+if cur == 'REJECTED' and ARGV[6] == 'reject'
+    and redis.call('HGET', KEYS[1], 'rejected_by') == ARGV[1] then
+  return {'counted', tostring(#list)}
 end
 if cur ~= 'AWAITING_APPROVAL' then return {'illegal', cur} end
 local data = ARGV[2]
@@ -145,7 +150,9 @@ class Approvals:
         self, rec: AgentRecord, principal: str, reason: str, envelope: bytes
     ) -> AgentRecord:
         """End the agent REJECTED (REJECTED_BY_APPROVER), the rejection kept on its record."""
-        await self._apply(rec.agent_id, principal, reason, envelope, "reject")
+        status, _ = await self._apply(rec.agent_id, principal, reason, envelope, "reject")
+        if status == "counted":  # this approver's rejection ended it already: a retry
+            return await self.records.get(rec.agent_id)
         await self.records.transition(
             rec.agent_id,
             [AgentState.AWAITING_APPROVAL],

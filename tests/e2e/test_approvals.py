@@ -227,6 +227,9 @@ async def test_a_reject_ends_it_rejected_and_it_never_runs(fed: Fed) -> None:
     assert run.code == 0, run.stderr
     doc = run.doc()
     assert (doc["state"], doc["reason"]) == ("REJECTED", "REJECTED_BY_APPROVER")
+    again = await fed.hubctl("alice", "--json", "reject", agent_id, "--reason", "not on friday")
+    assert again.code == 0, again.stderr  # a retry of the rejection is answered with the agent
+    assert again.doc()["state"] == "REJECTED"
     late = await fed.hubctl("bob", "approve", agent_id)
     assert late.code == 1, late.stderr
     assert "AGENT_NOT_RUNNING" in late.stderr, late.stderr
