@@ -1,0 +1,121 @@
+"""Store and forward (issue 11) through real hubd, spoked, Redis and hubctl processes: while a
+spoke is stopped (SIGSTOP) the hub holds spawns and kills in its outbox and answers for them
+itself; when the spoke is back (SIGCONT) it delivers them, kills first, each exactly once; a
+spawn whose start deadline passes in the outbox ends EXPIRED/UNDELIVERED and never runs.
+tests/e2e/test_partition.py does the same across a network namespace with its link down."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from hubspoke import testing
+from hubspoke.client import Agent, AgentState, Client
+
+SPOKE = "spoke-1"
+HUB_ENV = {
+    "HUB_PROBE_INTERVAL_S": "0.3",
+    "HUB_PROBE_TIMEOUT_S": "0.3",
+    "HUB_CIRCUIT_FAILURES": "2",
+    "HUB_CIRCUIT_OPEN_S": "1",
+    "HUB_SPOKE_CALL_TIMEOUT_S": "1",
+    "HUB_OUTBOX_POLL_S": "0.2",
+    "HUB_OUTBOX_RETRY_BASE_S": "0.2",
+    "HUB_OUTBOX_RETRY_MAX_S": "1",
+}
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture
+async def fed(tmp_path: Path, redis_url: str) -> AsyncIterator[testing.Federation]:
+    federation = testing.Federation(tmp_path / "fed", [SPOKE], redis_url=redis_url, hub_env=HUB_ENV)
+    try:
+        await federation.start()
+        yield federation
+    finally:
+        spoked = federation.spoked(SPOKE)
+        if spoked.running:
+            spoked.signal(signal.SIGCONT)
+        await federation.stop()
+
+
+async def _until(check: Callable[[], Awaitable[bool]], timeout_s: float = 30.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        while True:
+            if await check():
+                return
+            await asyncio.sleep(0.1)
+
+
+async def _state(client: Client, agent: str) -> Agent:
+    return await client.get(agent, SPOKE)
+
+
+def _marker(tmp: Path, name: str) -> str:
+    return f"echo ran >> {tmp / name}"
+
+
+async def test_held_while_stopped_then_delivered_once(
+    fed: testing.Federation, tmp_path: Path
+) -> None:
+    async with fed.client() as client:
+        running = await client.spawn(SPOKE, "synthetic", "duration=120 steps=4")
+        await _until(lambda: _is(client, running.agent_id, AgentState.RUNNING))
+
+        fed.spoked(SPOKE).signal(signal.SIGSTOP)
+        later = await client.spawn(SPOKE, "shell", _marker(tmp_path, "later"))
+        assert later.state == AgentState.PENDING_DELIVERY
+        assert later.raw.reason.startswith("SPOKE_UNREACHABLE")
+        again = await client.spawn(
+            SPOKE, "shell", _marker(tmp_path, "later"), command_id=later.agent_id
+        )
+        assert again.agent_id == later.agent_id
+        assert again.state == AgentState.PENDING_DELIVERY
+        hurried = await client.spawn(
+            SPOKE, "shell", _marker(tmp_path, "hurried"), start_within_s=2.0
+        )
+        assert hurried.state == AgentState.PENDING_DELIVERY
+        doomed = await client.spawn(SPOKE, "shell", _marker(tmp_path, "doomed"))
+        killed = await client.kill(doomed.agent_id, SPOKE)
+        assert killed.state == AgentState.KILLED
+        assert killed.reason == "KILLED_BEFORE_DELIVERY"
+        held_kill = await client.kill(running.agent_id, SPOKE)
+        assert held_kill.kill_pending
+        assert (await _state(client, running.agent_id)).kill_pending
+
+        held = await client.outbox(SPOKE)
+        assert [(i.kind, i.agent) for i in held.items] == [
+            ("kill", running.agent_id),
+            ("spawn", later.agent_id),
+            ("spawn", hurried.agent_id),
+        ]
+        listed = await fed.hubctl("--json", "spokes")
+        assert listed.code == 0, listed.stderr
+        assert listed.doc()["spokes"][0]["outbox_depth"] == 3
+        table = await fed.hubctl("outbox", "list")
+        assert "kill" in table.stdout
+        assert later.agent_id in table.stdout
+
+        await _until(lambda: _is(client, hurried.agent_id, AgentState.EXPIRED))
+        expired = await _state(client, hurried.agent_id)
+        assert expired.reason == "UNDELIVERED"
+
+        fed.spoked(SPOKE).signal(signal.SIGCONT)
+        await _until(lambda: _is(client, later.agent_id, AgentState.SUCCEEDED))
+        await _until(lambda: _is(client, running.agent_id, AgentState.KILLED))
+        assert (await client.outbox(SPOKE)).total == 0
+        assert (tmp_path / "later").read_text() == "ran\n"
+        assert not (tmp_path / "hurried").exists()
+        assert not (tmp_path / "doomed").exists()
+        # The spoke itself signs the delivered agent now; the others stay the hub's answer.
+        assert (await _state(client, later.agent_id)).raw.issuer == "operator"
+        assert (await _state(client, doomed.agent_id)).state == AgentState.KILLED
+
+
+async def _is(client: Client, agent: str, state: AgentState) -> bool:
+    return (await _state(client, agent)).state == state
