@@ -10,6 +10,7 @@ Principals: ``operator`` (everything), ``alice`` (everything on her own agents, 
 from __future__ import annotations
 
 import asyncio
+import stat
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +69,9 @@ async def fed(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Fed]:
         spoke_env={
             "SPOKE_INBOX_DIR": str(inbox_dir),
             "SPOKE_MAX_INPUT_BYTES": str(SPOKE_MAX_INPUT),
+            # A crashed spoked's agents come back soon (the last test).
+            "SPOKE_LOCK_DURATION_MS": "2000",
+            "SPOKE_STALLED_INTERVAL_MS": "1000",
         },
         hub_env={"HUB_MAX_INPUT_BYTES": str(HUB_MAX_INPUT)},
     )
@@ -104,12 +108,14 @@ async def until(check: Callable[[], Awaitable[bool]], timeout_s: float = 30) -> 
             await asyncio.sleep(0.05)
 
 
-async def blocked_agent(fed: Fed, who: str = "operator") -> str:
+async def blocked_agent(fed: Fed, who: str = "operator", *, via_hubctl: bool = False) -> str:
     """A synthetic agent that ended its first attempt blocked: NEEDS_INPUT."""
-    run = await fed.hubctl(
-        "spawn", "--spoke", SPOKE, "--wait", "--json", "--", "duration=0", "steps=0",
-        "receipt=blocked", who=who,
-    )  # fmt: skip
+    task = "duration=0 steps=0 receipt=blocked"
+    if who == "operator" and not via_hubctl:
+        agent = await fed.operator.wait(await fed.operator.spawn(SPOKE, "synthetic", task), 30)
+        assert (agent.state, agent.reason) == (AgentState.NEEDS_INPUT, "BLOCKED")
+        return agent.agent_id
+    run = await fed.hubctl("spawn", "--spoke", SPOKE, "--wait", "--json", "--", task, who=who)
     doc: dict[str, Any] = run.doc()
     assert run.code == 6, run.stderr  # the documented exit code of NEEDS_INPUT
     assert (doc["state"], doc["reason"]) == ("NEEDS_INPUT", "BLOCKED")
@@ -140,7 +146,7 @@ async def history(client: Client, agent_id: str) -> list[Any]:
 
 
 async def test_send_resumes_a_needs_input_agent_to_succeeded_with_its_answer(fed: Fed) -> None:
-    agent_id = await blocked_agent(fed)
+    agent_id = await blocked_agent(fed, via_hubctl=True)
 
     sent = await fed.hubctl("send", agent_id, "--json", "--", "use", "the", "staging", "db")
     assert sent.code == 0, sent.stderr
@@ -148,13 +154,15 @@ async def test_send_resumes_a_needs_input_agent_to_succeeded_with_its_answer(fed
     assert doc["inputs"] == 1
     assert doc["state"] in ("QUEUED", "STARTING", "RUNNING", "SUCCEEDED")
 
-    done = await fed.hubctl("status", agent_id, "--wait", "--json")
+    done = await fed.hubctl("status", agent_id, "--wait")
     assert done.code == 0, done.stderr  # --wait: SUCCEEDED exits 0
-    agent = done.doc()
-    assert agent["state"] == "SUCCEEDED"
-    assert agent["attempt"] == 2  # the answer started its next attempt
-    assert "INPUT 1 operator use the staging db" in agent["stdout_tail"]
-    assert agent["receipt"]["summary"].endswith("input: use the staging db")
+    assert "inputs    1" in done.stdout
+    agent = await fed.operator.get(agent_id, SPOKE)
+    assert agent.state == AgentState.SUCCEEDED
+    assert agent.attempt == 2  # the answer started its next attempt
+    assert "INPUT 1 operator use the staging db" in agent.stdout_tail
+    assert agent.receipt is not None
+    assert agent.receipt.summary.endswith("input: use the staging db")
 
     events = await events_of(fed.operator, agent_id)
     states = [(e.state.name, e.reason) for e in events if e.kind == EventKind.STATE]
@@ -171,8 +179,6 @@ async def test_send_resumes_a_needs_input_agent_to_succeeded_with_its_answer(fed
     ]
     watched = await fed.hubctl("watch", agent_id)
     assert "input #1 from operator: use the staging db" in watched.stderr  # event lines
-    shown = await fed.hubctl("status", agent_id)
-    assert "inputs    1" in shown.stdout
     # The message came before the resume (watch shows it in order).
     assert inputs[0].sequence < next(e.sequence for e in events if e.reason == "INPUT_RECEIVED")
 
@@ -183,8 +189,9 @@ async def test_send_resumes_a_needs_input_agent_to_succeeded_with_its_answer(fed
     with pytest.raises(CallError) as caught:
         await fed.operator.send(agent_id, "too late")
     assert caught.value.code == grpc.StatusCode.FAILED_PRECONDITION
-    unknown = await fed.hubctl("send", "no-such-agent", "--spoke", SPOKE, "--", "hello")
-    assert unknown.code == 3, unknown.stderr
+    with pytest.raises(CallError) as caught:
+        await fed.operator.send("no-such-agent", "hello", SPOKE)
+    assert caught.value.code == grpc.StatusCode.NOT_FOUND
 
 
 async def test_a_message_to_a_running_agent_lands_in_its_inbox(fed: Fed) -> None:
@@ -288,3 +295,34 @@ async def test_straight_to_the_spoke_an_unsigned_or_forged_send_delivers_nothing
     done = await fed.operator.wait(await fed.operator.get(agent_id, SPOKE), timeout=30)
     assert done.state == AgentState.SUCCEEDED
     assert "INPUT 1 operator the real answer" in done.stdout_tail
+
+
+async def test_the_inbox_is_a_file_that_outlives_a_spoked_crash(fed: Fed) -> None:
+    """Last in this module: it kills the spoked."""
+    agent = await fed.operator.spawn(SPOKE, "synthetic", "wait_input duration=60", max_attempts=2)
+
+    async def running(attempt: int) -> bool:
+        try:
+            now = await fed.operator.get(agent.agent_id, SPOKE)
+        except CallError:  # the hub's circuit to the restarted spoke is not closed yet
+            return False
+        return (now.state, now.attempt) == (AgentState.RUNNING, attempt)
+
+    await until(lambda: running(1))
+    inbox = fed.inbox_dir / f"{agent.agent_id}.inbox"
+    spoked = fed.fed.spoked(SPOKE)
+    await spoked.kill()  # SIGKILL, as a crash
+    assert stat.S_ISREG(inbox.stat().st_mode)  # a file on disk, not a pipe spoked held
+    await spoked.start()
+    await until(lambda: running(2), 60)  # reaped and retried (retry_safe, 2 attempts)
+    assert inbox.exists()
+
+    async def sent() -> bool:
+        run = await fed.hubctl("send", agent.agent_id, "--spoke", SPOKE, "--", "after the crash")
+        assert run.code in (0, 5), run.stderr  # 5: unavailable for a moment, retried
+        return run.code == 0
+
+    await until(sent)
+    done = await fed.operator.wait(agent, timeout=30)
+    assert (done.state, done.attempt) == (AgentState.SUCCEEDED, 2)
+    assert "INPUT 1 operator after the crash" in done.stdout_tail
