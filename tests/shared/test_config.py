@@ -67,6 +67,7 @@ _STRINGS = {
     "redis_username": "other-user",
     "log_level": "debug",
     "metrics_listen": "127.0.0.1:0",
+    "mode": "shadow",
 }
 
 
