@@ -46,6 +46,9 @@ class Env:
     hub_b: str
     """The address of a second hubd on the same Redis, which also dials edge-1 statically
     (its trust file has no key for it: only the membership vouches for edge-1)."""
+    hub_c: str
+    """A third hubd on the same Redis whose config names only spoke-1: it knows edge-1 from
+    the membership alone."""
     agent: str = ""
     token: str = ""
 
@@ -107,7 +110,8 @@ async def env(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Env]:
                 EDGE: f"127.0.0.1:{edge_port}",
             },
         )
-        yield Env(fed, root, edge_port, f"127.0.0.1:{hub_b.port}")
+        hub_c = await fed.start_hub("hub-c", spokes={"spoke-1": fed.address("spoke-1")})
+        yield Env(fed, root, edge_port, f"127.0.0.1:{hub_b.port}", f"127.0.0.1:{hub_c.port}")
     finally:
         await fed.stop()
 
@@ -147,6 +151,8 @@ async def test_enrol_spawn_with_untouched_trust_files(env: Env) -> None:
     assert run.code == 0, run.stderr
     env.agent = run.doc()["agent_id"]
     assert digest(fed.files.trust_file) == trust_before
+    async with fed.client(hub=env.hub_c) as via_c:  # another hubd: from the membership alone
+        assert (await via_c.get(env.agent, EDGE)).agent_id == env.agent
 
     run = await fed.hubctl("--json", "spoke", "members")
     assert run.code == 0, run.stderr
@@ -218,7 +224,11 @@ async def _members(fed: testing.Federation) -> list[str]:
 async def test_remove_is_refused_at_once_by_every_hub_and_by_the_client(env: Env) -> None:
     fed = env.fed
     assert env.agent, "runs after the enrolment test"
-    async with fed.client() as client, fed.client(hub=env.hub_b) as via_b:
+    async with (
+        fed.client() as client,
+        fed.client(hub=env.hub_b) as via_b,
+        fed.client(hub=env.hub_c) as via_c,
+    ):
         # Before: both hubds relay to edge-1 and verify its replies (hub-b only through the
         # membership: its trust file has no key for edge-1).
         _, resp = await client._call(_rpc.GET, EDGE, command_pb2.GetAgentBody(agent=env.agent))
@@ -236,10 +246,11 @@ async def test_remove_is_refused_at_once_by_every_hub_and_by_the_client(env: Env
             await via_b.get(env.agent, EDGE)
         assert refused.value.reason == "SPOKE_REPLY_INVALID", refused.value
         assert time.monotonic() - started < 5
-        # The hub that removed it does not route to it any more.
-        with pytest.raises(CallError) as gone:
-            await client.get(env.agent, EDGE)
-        assert gone.value.reason == "SPOKE_NOT_FOUND", gone.value
+        # Neither does the hub that removed it, nor the one that knew it from the membership.
+        for hub in (client, via_c):
+            with pytest.raises(CallError) as gone:
+                await hub.get(env.agent, EDGE)
+            assert gone.value.reason == "SPOKE_NOT_FOUND", gone.value
 
     # hubctl: the spoke is gone from the list, and a client refuses an earlier reply of it.
     run = await fed.hubctl("status", env.agent, "--spoke", EDGE)
