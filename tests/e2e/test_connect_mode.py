@@ -17,6 +17,7 @@ import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -227,6 +228,19 @@ async def test_the_link_service_refuses_unsigned_replayed_and_out_of_order_input
     assert replayed.code() == grpc.StatusCode.UNAUTHENTICATED, replayed.details()
     assert "already used" in (replayed.details() or "")
     await until(lambda: health_is(fed, "READY"), 20, "the spoke READY again")
+
+
+async def test_a_silent_spoke_is_disconnected_after_missed_heartbeats_then_returns(
+    fed: testing.Federation,
+) -> None:
+    spoked = fed.spoked()
+    spoked.signal(signal.SIGSTOP)
+    try:
+        await until(lambda: health_is(fed, "DISCONNECTED"), 15, "the silent spoke DISCONNECTED")
+        assert (await spoke_row(fed))["health_detail"] == "missed 3 heartbeats"
+    finally:
+        spoked.signal(signal.SIGCONT)
+    await until(lambda: health_is(fed, "READY"), 20, "the spoke READY after SIGCONT")
 
 
 async def test_a_stopped_spoke_is_disconnected_and_fails_at_once_then_returns(
