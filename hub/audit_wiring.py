@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import socket
 
 import redis.asyncio
 
@@ -26,6 +28,7 @@ def audit_log(cfg: HubConfig, client: redis.asyncio.Redis) -> AuditLog | None:
         client,
         AuditConfig(
             hub_name=cfg.name,
+            process=f"{cfg.name}@{socket.gethostname()}:{os.getpid()}",
             max_entries=cfg.audit_max_entries,
             retention_s=cfg.audit_retention_s,
             max_bytes_kept=cfg.audit_max_bytes_kept,

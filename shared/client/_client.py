@@ -133,7 +133,9 @@ class Client:
         server_name: str | None = None,
     ) -> None:
         """Args:
-            address: the hub's host:port.
+            address: the hub's host:port, or several hubds of one federation (they share
+                one identity and one Redis) as ``host:port,host:port``: a call that finds
+                no hubd answering is sent again to the next.
             principal: the name this client signs as (a ``client`` peer of the trust store).
             key: the principal's signing key.
             trust: the store that names the hub (role hub) and the spokes (role spoke).
@@ -145,8 +147,12 @@ class Client:
         Raises:
             ClientConfigError: no credentials and ``address`` is not on loopback.
         """
-        if credentials is None and not stls.is_loopback(address):
-            raise ClientConfigError(f"hub {address}: {stls.PLAINTEXT_REFUSED}")
+        self._addresses = [a.strip() for a in address.split(",") if a.strip()]
+        if not self._addresses:
+            raise ClientConfigError("no hub address")
+        for one in self._addresses:
+            if credentials is None and not stls.is_loopback(one):
+                raise ClientConfigError(f"hub {one}: {stls.PLAINTEXT_REFUSED}")
         self._credentials = credentials
         self._server_name = server_name or hub_name
         self.address = address
@@ -157,6 +163,7 @@ class Client:
         # Static trust, then the hub's signed membership list (enrolled spokes).
         self._trust: TrustStore = _enrol.MembershipTrust(trust)
         self.membership_max_age_s = _enrol.MEMBERSHIP_MAX_AGE_S
+        self._retired: list[grpc.aio.Channel] = []
         self._channel: grpc.aio.Channel | None = None
         self._stub: hub_service_pb2_grpc.HubServiceAsyncStub | None = None
 
@@ -203,16 +210,28 @@ class Client:
     def _open(self) -> hub_service_pb2_grpc.HubServiceAsyncStub:
         if self._stub is None:
             self._channel = sgrpc.open_channel(
-                self.address, None, self._credentials, self._server_name
+                self._addresses[0], None, self._credentials, self._server_name
             )
             self._stub = hub_service_pb2_grpc.HubServiceStub(self._channel)
         return self._stub
+    def _next_hub(self, failed: str) -> None:
+        """Move on from ``failed``, one of several hub addresses where a call found nobody
+        (unless a concurrent call already did); its channel is closed with the client, so
+        calls still on it are not cut short."""
+        if self._addresses[0] != failed:
+            return
+        self._addresses.append(self._addresses.pop(0))
+        if self._channel is not None:
+            self._retired.append(self._channel)
+        self._channel, self._stub = None, None
+
 
     async def close(self) -> None:
         """Close the channel; idempotent. The client opens a new one if used again."""
         channel, self._channel, self._stub = self._channel, None, None
-        if channel is not None:
-            await channel.close(None)
+        retired, self._retired = self._retired, []
+        for old in [*retired, *([channel] if channel is not None else [])]:
+            await old.close(None)
 
     # -- agents -----------------------------------------------------------------------------
 
@@ -446,6 +465,7 @@ class Client:
         for attempt in range(_ATTEMPTS):
             cmd = self._command(spoke or self.hub_name, commands.new_command_id())
             _rpc.WATCH.attach(cmd, command_pb2.WatchAgentBody(agent=agent, after_sequence=last))
+            dialled = self._addresses[0]
             sent = _Sent(cmd, commands.sign_command(cmd, self._key))
             call = _rpc.WATCH.method(self._open())(
                 _rpc.WATCH.request(sent.envelope),
@@ -470,6 +490,9 @@ class Client:
             except grpc.aio.AioRpcError as exc:
                 failure = sgrpc.from_rpc_error(exc)
                 if not _retryable(failure) or attempt + 1 == _ATTEMPTS:
+                if not failure.reason and len(self._addresses) > 1:
+                    self._next_hub(dialled)  # no hubd answered there: try the next one at once
+                    continue
                     raise CallError.from_failure(failure) from exc
             else:
                 return
@@ -712,6 +735,7 @@ class Client:
         _, reply = self._verify(sent, reply_env, Role.SPOKE, spoke, "queue_stats")
         return QueueStats.from_proto(reply.queue_stats)
 
+            dialled = self._addresses[0]
     def _command(self, audience: str, command_id: str) -> command_pb2.Command:
         return commands.build_command(
             issuer=self.principal, audience=audience, command_id=command_id
@@ -722,6 +746,9 @@ class Client:
         verb: _rpc.Unary[_B, _Q, _S],
         audience: str,
         payload: _B,
+                if not failure.reason and len(self._addresses) > 1:
+                    self._next_hub(dialled)  # no hubd answered there: try the next one at once
+                    continue
         command_id: str | None = None,
     ) -> tuple[_Sent, _S]:
         """Sign and send one command; on UNAVAILABLE sign it again (fresh nonce, same

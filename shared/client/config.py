@@ -2,7 +2,8 @@
 
 The file (relative paths resolve against its directory)::
 
-    hub = "127.0.0.1:7100"      # HUBCTL_HUB overrides it, an explicit address both
+    hub = "127.0.0.1:7100"      # HUBCTL_HUB overrides it, an explicit address both; several
+                                # hubds: ["a:7100", "b:7100"] (or "a:7100,b:7100")
     hub_name = "hub"
     principal = "operator"
     key_file = "keys/operator.key"
@@ -41,7 +42,8 @@ class ClientConfig:
     """What a client needs to reach and trust a hub."""
 
     hub: str = "127.0.0.1:7100"
-    """The hub's host:port."""
+    """The hub's host:port, or several hubds' as ``host:port,host:port`` (tried in turn when
+    one does not answer)."""
     hub_name: str = "hub"
     """The hub's peer name: the audience of commands for the hub itself."""
     principal: str = "operator"
@@ -91,7 +93,12 @@ def load_client_config(
         q = Path(p).expanduser()
         return q if q.is_absolute() else path.parent / q
 
-    address = hub or env.get("HUBCTL_HUB") or raw.get("hub", "127.0.0.1:7100")
+    configured = raw.get("hub", "127.0.0.1:7100")
+    if isinstance(configured, list):  # several hubds of one federation
+        if not configured or not all(isinstance(a, str) and a for a in configured):
+            raise ClientConfigError(f"{path}: hub must be host:port or a list of them")
+        configured = ",".join(configured)
+    address = hub or env.get("HUBCTL_HUB") or configured
     return ClientConfig(
         hub=address,
         hub_name=raw.get("hub_name", "hub"),
