@@ -96,7 +96,8 @@ class SpokeApp:
         metrics = SpokeMetrics()
         cfg.redis.check()  # the password file and TLS files (ConfigError), before connecting
         self._queue = agents = AgentQueue(cfg.redis, cfg.name, observe=metrics.observe_transition)
-        agents.records.timed = agents.worker_records.timed = metrics.observe_timing
+        if cfg.metrics_listen:  # the histograms' samples cost a read per start and end
+            agents.records.timed = agents.worker_records.timed = metrics.observe_timing
         try:
             eviction = await agents.maxmemory_policy()
         except BackendError as exc:
