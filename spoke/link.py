@@ -34,6 +34,7 @@ from google.protobuf.message import DecodeError, Message
 from hubspoke import errors, version
 from hubspoke.gen.federation.v1 import command_pb2, link_service_pb2, link_service_pb2_grpc
 from hubspoke.grpc.channel import channel_args
+from hubspoke.grpc.peer import TransportPeer, assume_peer
 from hubspoke.grpc.server import ServerOptions
 from hubspoke.keys import SigningKey
 from hubspoke.link_protocol import SpokeMethod, sign_hello, spoke_method, status_of
@@ -224,6 +225,10 @@ class HubLink:
 
     async def _dispatch(self, call: Any, asked: link_service_pb2.LinkServeCall) -> None:
         started = time.monotonic()
+        if self._credentials is not None and not self.cfg.tls_server_name:
+            # This task serves the hub whose certificate named hub_name when we dialled: a
+            # relay must be signed by it, as over a server's mutual TLS (bind_signer).
+            assume_peer(TransportPeer(tls=True, dns_names=frozenset({self.cfg.hub_name.lower()})))
         failure: BaseException | None = None
         name = asked.method[:64]
         try:

@@ -25,7 +25,14 @@ import grpc
 
 from hubspoke import errors
 
-__all__ = ["TransportPeer", "bind_signer", "current_peer", "peer_of", "remember_peer"]
+__all__ = [
+    "TransportPeer",
+    "assume_peer",
+    "bind_signer",
+    "current_peer",
+    "peer_of",
+    "remember_peer",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +89,13 @@ def remember_peer(context: grpc.aio.ServicerContext[Any, Any]) -> None:
     """Keep the call's transport identity for :func:`bind_signer` (the server's handler
     wrapper calls it first, for every call)."""
     _current.set(peer_of(context))
+
+
+def assume_peer(peer: TransportPeer) -> None:
+    """Set the transport identity for a call that did not arrive on a server: a connect-mode
+    spoke serving its hub's call names the hub whose certificate it checked when it dialled
+    (spoke/link.py), so :func:`bind_signer` holds relays to that hub as over a server."""
+    _current.set(peer)
 
 
 def current_peer() -> TransportPeer:
