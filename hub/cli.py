@@ -257,7 +257,7 @@ async def _spokes(client: Client, args: argparse.Namespace, out: Out) -> int:
         out.doc({"spokes": [spoke_json(s) for s in spokes]})
         return EXIT_OK
     head = ["NAME", "ADDRESS", "HEALTH", "MODE", "LAST SEEN", "CAPACITY", "CIRCUIT", "OUTBOX"]
-    rows = [[*head, "LABELS"]]
+    rows = [[*head, "LINK", "LABELS"]]
     rows += [
         [
             s.name,
@@ -268,6 +268,7 @@ async def _spokes(client: Client, args: argparse.Namespace, out: Out) -> int:
             capacity_text(s),
             s.circuit.name.lower() if s.circuit else "-",
             outbox_text(s),
+            (s.link_mode or "-") + (" (enrolled)" if s.enrolled else ""),
             ",".join(f"{k}={v}" for k, v in sorted(s.labels.items())),
         ]
         for s in spokes

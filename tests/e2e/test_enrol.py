@@ -167,6 +167,11 @@ async def test_enrol_spawn_with_untouched_trust_files(env: Env) -> None:
     listed = {s["name"]: s for s in run.doc()["spokes"]}
     assert listed[EDGE]["labels"] == {"zone": "edge", "gpu": "no"}
     assert (listed[EDGE]["enrolled"], listed[EDGE]["link_mode"]) == (True, "dial")
+    run = await fed.hubctl("spokes")
+    assert run.code == 0, run.stderr
+    [row] = [line for line in run.stdout.splitlines() if line.startswith(EDGE)]
+    assert "dial (enrolled)" in row, row
+    assert "gpu=no,zone=edge" in row, row
     assert (listed["spoke-1"].get("enrolled", False), listed["spoke-1"]["link_mode"]) == (
         False,
         "dial",
