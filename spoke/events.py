@@ -15,6 +15,8 @@ import re
 
 import structlog
 
+from hubspoke import aio
+
 from .backend import QueueError
 from .records import Records
 
@@ -77,6 +79,9 @@ class OutputPump:
 
     async def _flush_loop(self) -> None:
         while True:
+            # redis-py can swallow close()'s cancel mid-flush (shared/aio.py): the worker
+            # then waited in close() for ever, its agent shown RUNNING after it exited.
+            aio.raise_if_cancelling()
             await asyncio.sleep(FLUSH_S)
             try:
                 await self._flush()

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
+from hubspoke import aio
+
 from .backend import backend
 from .fanout import StreamFanout
 from .keys import SpokeKeys
@@ -128,6 +130,7 @@ class Feed:
                     batch = await self.read(after)
                     catch_up = len(batch) == FEED_READ_COUNT
                 else:
+                    aio.raise_if_cancelling()  # a cancel redis-py swallowed (shared/aio.py)
                     batch = parse_entries(await sub.next(FEED_IDLE_S))
                 fresh = [item for item in batch if item.cursor > after]
                 sent = self._checked(after, fresh, keep)

@@ -38,7 +38,7 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 
-from hubspoke import errors
+from hubspoke import aio, errors
 
 from .backend import BackendError
 from .feed import Feed, FeedItem
@@ -192,6 +192,7 @@ class HookRunner:
 
     async def run(self) -> None:
         while True:
+            aio.raise_if_cancelling()  # a cancel redis-py swallowed (shared/aio.py)
             try:
                 if await self._hold():
                     await self._follow()
