@@ -39,6 +39,9 @@ log = structlog.get_logger("hubspoke.hub.audit")
 _Ctx = grpc.aio.ServicerContext[Any, Any]
 _UNVERIFIED = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT})
 """Refusals that may come before the signature was checked: the bytes are not kept."""
+SECRET_REPLIES = frozenset({"CreateEnrolment"})
+"""RPCs whose replies carry a secret (an unused enrolment token): only their size and digest
+are kept, so reading the audit log never yields a token (docs/security.md §22)."""
 
 
 class Audited:
@@ -119,7 +122,7 @@ class Audited:
         if raw and not request_kept:
             detail["request"] = {"bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
         joined = join_replies(replies)
-        if len(joined) > cfg.max_bytes_kept:
+        if len(joined) > cfg.max_bytes_kept or (joined and rpc in SECRET_REPLIES):
             detail["replies"] = {
                 "count": len(replies),
                 "bytes": len(joined),

@@ -153,6 +153,12 @@ async def test_enrol_spawn_with_untouched_trust_files(env: Env) -> None:
     assert digest(fed.files.trust_file) == trust_before
     async with fed.client(hub=env.hub_c) as via_c:  # another hubd: from the membership alone
         assert (await via_c.get(env.agent, EDGE)).agent_id == env.agent
+    async with fed.client() as client:  # the audit log keeps no token, only its digest
+        page = await client.audit_log(page_size=500)
+        [entry] = [r for r in page.records if r.action == "CreateEnrolment"]
+        assert entry.replies == ()
+        assert "sha256" in entry.detail
+        assert all(token.encode() not in r.request + b"".join(r.replies) for r in page.records)
 
     run = await fed.hubctl("--json", "spoke", "members")
     assert run.code == 0, run.stderr
