@@ -67,6 +67,8 @@ class Views:
             web.get(agent, self.agent),
             web.post(agent + "/kill", self.kill),
             web.post(agent + "/replay", self.replay),
+            web.post(agent + "/approve", self.approve),
+            web.post(agent + "/reject", self.reject),
             web.get("/spokes/{spoke}", self.spoke),
             web.post("/spokes/{spoke}/pause", self.pause),
             web.post("/spokes/{spoke}/resume", self.resume),
@@ -160,6 +162,25 @@ class Views:
             agent = await self.client.replay(agent_id, spoke)
         except CallError as exc:
             return self._refused(request, exc, f"Replay {agent_id} refused")
+        return self._done(request, agent_url(agent))
+
+    async def approve(self, request: web.Request) -> web.Response:
+        """Approve a held agent as the console's principal (the spoke checks it)."""
+        return await self._approval(request, "approve")
+
+    async def reject(self, request: web.Request) -> web.Response:
+        return await self._approval(request, "reject")
+
+    async def _approval(self, request: web.Request, verb: str) -> web.Response:
+        spoke, agent_id = route_name(request, "spoke"), route_name(request, "agent")
+        form = await request.post()
+        reason = form.get("reason", "")
+        text = reason.strip() if isinstance(reason, str) else ""
+        act = self.client.approve if verb == "approve" else self.client.reject
+        try:
+            agent = await act(agent_id, text, spoke)
+        except CallError as exc:
+            return self._refused(request, exc, f"{verb.capitalize()} {agent_id} refused")
         return self._done(request, agent_url(agent))
 
     # -- spawn ----------------------------------------------------------------------------
