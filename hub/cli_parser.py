@@ -32,7 +32,7 @@ _EPILOG: Final = """\
 exit codes:
   0  ok (with --wait: the agent SUCCEEDED)
   1  the hub or a spoke refused or failed the command (with --wait: the agent ended
-     FAILED, KILLED, TIMED_OUT, DEAD_LETTERED or EXPIRED)
+     FAILED, KILLED, TIMED_OUT, DEAD_LETTERED, EXPIRED or SHADOWED)
   2  usage or config error
   3  not found (NOT_FOUND)
   4  not allowed (UNAUTHENTICATED, PERMISSION_DENIED)
@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--wait",
         action="store_true",
         help="wait until the agent ends or waits on a person; exit by its state: 0 SUCCEEDED, "
-        "1 FAILED/KILLED/TIMED_OUT/DEAD_LETTERED/EXPIRED/REJECTED, 6 NEEDS_INPUT, "
+        "1 FAILED/KILLED/TIMED_OUT/DEAD_LETTERED/EXPIRED/REJECTED/SHADOWED, 6 NEEDS_INPUT, "
         "7 NEEDS_VERIFICATION, 8 AWAITING_APPROVAL",
     )
     sp.add_argument("task", nargs="+", metavar="TASK", help="task words, joined by spaces")
