@@ -187,6 +187,15 @@ async def test_enrol_spawn_with_untouched_trust_files(env: Env) -> None:
 async def test_used_expired_and_foreign_tokens_are_refused(env: Env) -> None:
     fed = env.fed
     assert env.agent, "runs after the enrolment test"
+    # Bad input: one readable line, the documented exit code.
+    run = await fed.hubctl("spoke", "enroll", "spoke-1")
+    assert run.code == 1, run.stderr
+    assert run.stderr.count("\n") == 1, run.stderr
+    assert "SPOKE_NAME_TAKEN" in run.stderr, run.stderr
+    run = await fed.hubctl("spoke", "enroll")
+    assert run.code == 2, run.stderr
+    assert "needs NAME" in run.stderr, run.stderr
+
     run = await fed.hubctl("--json", "spoke", "enroll", "edge-2", "--ttl", "0.3")
     assert run.code == 0, run.stderr
     expired = run.doc()["token"]
