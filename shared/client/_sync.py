@@ -12,10 +12,11 @@ import builtins
 import os
 from collections.abc import AsyncGenerator, Collection, Iterator, Mapping
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from . import _enrol
 from ._client import Client
+from ._placement import Placement
 from ._types import (
     Agent,
     AgentEvent,
@@ -89,6 +90,7 @@ class SyncClient:
         start_within_s: float | None = None,
         dedupe_key: str = "",
         dedupe_from_task: bool = False,
+        selector: Mapping[str, str] | None = None,
     ) -> Agent:
         """See :meth:`Client.spawn`."""
         return self._runner.run(
@@ -105,6 +107,24 @@ class SyncClient:
                 start_within_s=start_within_s,
                 dedupe_key=dedupe_key,
                 dedupe_from_task=dedupe_from_task,
+                selector=selector,
+            )
+        )
+
+    def plan_spawn(
+        self,
+        spoke: str,
+        profile: str,
+        task: str,
+        *,
+        command_id: str | None = None,
+        selector: Mapping[str, str] | None = None,
+        **options: Any,
+    ) -> Placement:
+        """See :meth:`Client.plan_spawn`."""
+        return self._runner.run(
+            self.client.plan_spawn(
+                spoke, profile, task, command_id=command_id, selector=selector, **options
             )
         )
 
@@ -183,6 +203,14 @@ class SyncClient:
     def spokes(self) -> builtins.list[Spoke]:
         """See :meth:`Client.spokes`."""
         return self._runner.run(self.client.spokes())
+
+    def drain_spoke(self, spoke: str) -> Spoke:
+        """See :meth:`Client.drain_spoke`."""
+        return self._runner.run(self.client.drain_spoke(spoke))
+
+    def undrain_spoke(self, spoke: str) -> Spoke:
+        """See :meth:`Client.undrain_spoke`."""
+        return self._runner.run(self.client.undrain_spoke(spoke))
 
     def enroll_spoke(
         self,

@@ -35,6 +35,8 @@ def test_public_names_are_pinned() -> None:
             "ClientConfigError",
             "EventKind",
             "FederatedQueueStats",
+            "Placement",
+            "PlacementCandidate",
             "OutboxItem",
             "OutboxList",
             "FeedEvent",
