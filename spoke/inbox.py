@@ -54,12 +54,11 @@ TAKES_INPUT: Final = frozenset(
         AgentState.RUNNING,
         AgentState.RETRYING,
         AgentState.NEEDS_INPUT,
+        AgentState.AWAITING_APPROVAL,
     }
 )
-"""States in which a message is kept: delivered now (running), at the next start (waiting),
-or as the answer that starts the next attempt (NEEDS_INPUT). An agent held for approval
-takes one too (it is delivered when it starts)."""
-_ALSO_TAKES: Final = ("AWAITING_APPROVAL",)
+"""States in which a message is kept: delivered now (running), at the next start (waiting,
+or held for approval), or as the answer that starts the next attempt (NEEDS_INPUT)."""
 
 RESUMED: Final = "INPUT_RECEIVED"
 """The reason of the NEEDS_INPUT → QUEUED change a message makes."""
@@ -154,7 +153,7 @@ class Inboxes:
             },
             ensure_ascii=False,
         )
-        states = ",".join([*(s.value for s in TAKES_INPUT), *_ALSO_TAKES])
+        states = ",".join(sorted(s.value for s in TAKES_INPUT))
         keys = [
             self.keys.agent(agent_id),
             self.keys.events(agent_id),
