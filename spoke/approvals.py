@@ -35,6 +35,7 @@ from typing import Any, Final
 from google.protobuf.message import DecodeError
 
 from hubspoke import commands, envelope, errors
+from hubspoke.approval_text import ApprovalRequiredError
 from hubspoke.approval_text import check_reason as check_reason  # the service checks with it
 from hubspoke.gen.federation.v1 import command_pb2
 from hubspoke.policy import Policy
@@ -95,6 +96,20 @@ def requirement(
         return 0, (), 0
     window_s = rule.approval_window_s or default_window_s
     return rule.approvals, tuple(sorted(rule.approvers)), accept_ms + int(window_s * 1000)
+
+
+def check_replay(policy: Policy, req: PolicyRequest, rec: AgentRecord, command_id: str) -> None:
+    """A replay runs the agent again without asking anyone: refused (FAILED_PRECONDITION
+    APPROVAL_REQUIRED) when its run needed approvals or its profile needs them now for
+    ``req`` (the replay as a spawn). A retry of a replay that happened is let through."""
+    if rec.replay_command == command_id:
+        return
+    if rec.approvals_required or policy.approval_rule(req) is not None:
+        raise ApprovalRequiredError(
+            f"agent {rec.agent_id} runs only with approvals: it cannot be replayed; "
+            "spawn it again and it waits for them",
+            agent=rec.agent_id,
+        )
 
 
 def held(rec: AgentRecord) -> bool:

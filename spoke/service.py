@@ -274,6 +274,9 @@ class SpokeServicer:
         agent_id = self._agent_id(auth.command.replay_agent.agent)
         rec = await self._visible(auth, "replay_agent", agent_id)
         self._authorize_replay(auth, rec)
+        approvals.check_replay(
+            self.policy, self._replay_as_spawn(auth, rec), rec, auth.command.command_id
+        )
         with _queue_errors():
             rec = await self.agents.replay(
                 agent_id, auth.command.command_id, self._replay_deadline_ms(rec)
@@ -462,6 +465,17 @@ class SpokeServicer:
                 f"agent {rec.agent_id} cannot be replayed: {why}; spawn it again instead",
                 agent=rec.agent_id,
             )
+
+    def _replay_as_spawn(self, auth: Authorized, rec: AgentRecord) -> PolicyRequest:
+        """A replay, as the spawn of the record's profile and values by the replaying one."""
+        return self._policy_request(
+            auth,
+            "spawn_agent",
+            profile=rec.profile,
+            priority=rec.priority,
+            runtime_s=rec.timeout_ms / 1000,
+            attempts=rec.max_attempts,
+        )
 
     def _replay_deadline_ms(self, rec: AgentRecord) -> int:
         """When a replay of ``rec`` must have started: the agent's own start deadline, or,

@@ -23,7 +23,7 @@ import redis.asyncio
 
 from hubspoke import commands, keys, testing
 from hubspoke import grpc as sgrpc
-from hubspoke.client import AgentState, Client
+from hubspoke.client import AgentState, CallError, Client
 from hubspoke.gen.federation.v1 import command_pb2, spoke_service_pb2, spoke_service_pb2_grpc
 from hubspoke.spoke.keys import SpokeKeys
 
@@ -347,3 +347,21 @@ async def test_approvals_written_into_redis_do_not_release_it(fed: Fed) -> None:
     agent = await fed.operator.get(agent_id, SPOKE)
     assert agent.reason == "TAMPERED"
     assert not ledger.exists()
+
+
+async def test_an_agent_that_needed_approvals_is_not_replayed(fed: Fed) -> None:
+    """A replay would run it again with no one asked: refused; a new spawn waits again."""
+    ledger = fed.ledgers / "replayed"
+    agent = await fed.operator.spawn(SPOKE, "deploy", f"echo ran >> {ledger}; exit 3")
+    assert agent.state == AgentState.AWAITING_APPROVAL
+    for who in ("alice", "bob"):
+        run = await fed.hubctl(who, "approve", agent.agent_id)
+        assert run.code == 0, run.stderr
+    done = await fed.hubctl("operator", "status", agent.agent_id, "--wait")
+    assert done.code == 1, done.stdout
+    assert ledger.read_text() == "ran\n"
+    with pytest.raises(CallError) as refused:
+        await fed.operator.replay(agent.agent_id, SPOKE)
+    assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert refused.value.reason == "APPROVAL_REQUIRED"
+    assert ledger.read_text() == "ran\n"  # refused before anything was queued
