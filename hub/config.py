@@ -234,6 +234,11 @@ class HubConfig:
     enrolled spokes' certificate requests; its certificate is ``tls.ca_file``."""
     enrol_cert_days: int = 825
     """Days an enrolled spoke's TLS certificate is valid (never past the CA's)."""
+    enrol_rate: float = 2.0
+    """EnrolService calls per second one caller address may make to this hubd (it takes no
+    client signature); 0 disables the limit."""
+    enrol_burst: int = 10
+    """EnrolService calls one caller address may make at once."""
     audit_enabled: bool = True
     """Keep the hash-chained audit log of every call and decision in the hub's Redis
     (hub/audit.py); ``hubctl audit tail`` reads it, ``hubctl audit verify`` checks it."""
@@ -317,6 +322,8 @@ class HubConfig:
                 raise HubConfigError(f"{key} must be positive")
         if self.max_message_bytes < 1024:
             raise HubConfigError("max_message_bytes must be at least 1024")
+        if self.enrol_rate < 0 or self.enrol_burst < 1:
+            raise HubConfigError("enrol_rate must not be negative and enrol_burst at least 1")
         if self.log_level not in LOG_LEVELS:
             raise HubConfigError(f"log_level must be one of {', '.join(sorted(LOG_LEVELS))}")
         if self.metrics_listen:

@@ -114,6 +114,10 @@ class EnrolSettings:
     trust_file: Path | None = None
     policy_file: Path | None = None
     max_skew_s: float = 30.0
+    rate_per_s: float = 2.0
+    """EnrolService calls per second one caller address may make (0: no limit)."""
+    rate_burst: int = 10
+    """EnrolService calls one caller address may make at once."""
 
 
 class EnrolCalls:

@@ -38,6 +38,7 @@ from .enrol import (
     TokenUnknownError,
     TokenUsedError,
 )
+from .enrol_limits import EnrolRateLimit
 from .membership import MODE_CONNECT, MODE_DIAL, Membership
 from .membership_store import TokenState
 
@@ -65,6 +66,7 @@ class EnrolServicer:
     def __init__(self, calls: EnrolCalls, membership: Membership) -> None:
         self._calls = calls
         self._membership = membership
+        self._limit = EnrolRateLimit(calls.settings.rate_per_s, calls.settings.rate_burst)
 
     @property
     def _cfg(self) -> EnrolSettings:
@@ -73,6 +75,7 @@ class EnrolServicer:
     async def ProveHub(
         self, request: enrol_service_pb2.EnrolServiceProveHubRequest, context: _Ctx
     ) -> enrol_service_pb2.EnrolServiceProveHubResponse:
+        self._limit.check(context.peer())
         if not _MIN_CHALLENGE <= len(request.challenge) <= _MAX_CHALLENGE:
             raise errors.InvalidCommandError(
                 f"challenge must be {_MIN_CHALLENGE}-{_MAX_CHALLENGE} bytes"
@@ -90,6 +93,7 @@ class EnrolServicer:
     async def EnrollSpoke(
         self, request: enrol_service_pb2.EnrolServiceEnrollSpokeRequest, context: _Ctx
     ) -> enrol_service_pb2.EnrolServiceEnrollSpokeResponse:
+        self._limit.check(context.peer())
         if not self._cfg.address:
             raise errors.InvalidCommandError("this hub serves no enrolment")
         public = _public_key(request.public_key)

@@ -118,6 +118,8 @@ async def start(
         trust_file=cfg.trust_file,
         policy_file=cfg.policy_file,
         max_skew_s=cfg.max_skew_s,
+        rate_per_s=cfg.enrol_rate,
+        rate_burst=cfg.enrol_burst,
     )
     calls = EnrolCalls(settings, membership, registry.static_names, trust.static)
     servicer.serve_enrolment(calls)

@@ -90,6 +90,8 @@ HUB_OPTIONS: Final[Mapping[str, str]] = {
     "enrol_address": 'host:port enrolment tokens tell spokes to dial; "": the listener\'s own.',
     "enrol_ca_key_file": "With [tls]: the CA key that signs enrolled spokes' certificates (0600).",
     "enrol_cert_days": "Days an enrolled spoke's TLS certificate is valid.",
+    "enrol_rate": "EnrolService calls per second one address may make (0: no limit).",
+    "enrol_burst": "EnrolService calls one address may make at once.",
     "log_level": "debug, info, warning, error or critical (JSON lines on stderr).",
     "metrics_listen": 'host:port of a Prometheus /metrics endpoint; "" serves none.',
     "tls": "Transport TLS: the [tls] table below.",

@@ -415,3 +415,24 @@ async def test_a_connect_mode_spoke_enrols_and_serves(env: Env) -> None:
                     raise
                 await asyncio.sleep(0.2)
         assert agent.spoke == "edge-c"
+
+
+async def test_enrol_service_is_rate_limited_per_caller(env: Env) -> None:
+    """EnrolService takes no signature: one address may call it enrol_burst times at once
+    (10), then enrol_rate a second (2); over that, RESOURCE_EXHAUSTED RATE_LIMITED."""
+    channel = grpc.aio.insecure_channel(env.hub_b)  # its own buckets: hub-b's memory
+    stub = enrol_service_pb2_grpc.EnrolServiceStub(channel)
+    codes: list[grpc.StatusCode] = []
+    try:
+        for _ in range(14):
+            try:
+                await stub.ProveHub(
+                    enrol_service_pb2.EnrolServiceProveHubRequest(challenge=bytes(16)), timeout=5
+                )
+                codes.append(grpc.StatusCode.OK)
+            except grpc.aio.AioRpcError as exc:
+                codes.append(exc.code())
+    finally:
+        await channel.close(None)
+    assert codes[:10] == [grpc.StatusCode.OK] * 10
+    assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes[10:]
