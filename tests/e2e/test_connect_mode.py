@@ -31,7 +31,7 @@ import pytest_asyncio
 
 from hubspoke import keys, testing, version
 from hubspoke.gen.federation.v1 import link_service_pb2, link_service_pb2_grpc
-from hubspoke.link_protocol import sign_hello
+from hubspoke.link_protocol import CONTROL, SERVE, SERVICE, sign_hello
 from hubspoke.redis_access import RedisAccess
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(180)]
@@ -181,6 +181,12 @@ async def test_a_forged_hello_is_refused(fed: testing.Federation) -> None:
     assert await health_is(fed, "READY")
 
 
+async def test_every_link_method_has_its_refusals_in_this_module() -> None:
+    assert [m.name for m in SERVICE.methods] == ["Control", "Serve"], (
+        "a new SpokeLinkService method needs its refusal cases below"
+    )
+
+
 async def test_the_link_service_refuses_unsigned_replayed_and_out_of_order_input(
     fed: testing.Federation,
 ) -> None:
@@ -188,6 +194,15 @@ async def test_the_link_service_refuses_unsigned_replayed_and_out_of_order_input
     unsigned = type(genuine)(payload=genuine.payload, payload_type=genuine.payload_type)
     refused = await _control(fed.hub_address, unsigned)
     assert refused.code() == grpc.StatusCode.UNAUTHENTICATED, refused.details()
+
+    # Bytes that are no protobuf message, on either stream.
+    for path in (CONTROL, SERVE):
+        async with grpc.aio.insecure_channel(fed.hub_address) as channel:
+            raw = channel.stream_stream(path)(metadata=version.CALL_METADATA)
+            await raw.write(b"\xff\xff\xff")
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await raw.read()
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, path
 
     # A heartbeat before any hello.
     async with grpc.aio.insecure_channel(fed.hub_address) as channel:
