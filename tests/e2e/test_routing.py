@@ -122,7 +122,6 @@ async def test_drain_and_degraded_are_skipped_and_spawns_spread_by_relative_size
         for _ in range(100):
             agent = await client.spawn("", "synthetic", LONG, selector={"gpu": "yes"})
             placed[agent.spoke] += 1
-    print("placed:", dict(placed))
     assert set(placed) <= {"spoke-a", "spoke-b", "spoke-c"}, placed
     for spoke, share in (("spoke-a", 2 / 14), ("spoke-b", 4 / 14), ("spoke-c", 8 / 14)):
         assert abs(placed[spoke] / 100 - share) <= 0.10, (spoke, placed)
