@@ -105,6 +105,11 @@ class Agent(_message.Message):
         and taken by a worker (QUEUED -> STARTING -> SHADOWED) but its program never started;
         shadow_run says what would have run (reason SHADOW_MODE).
         """
+        STATE_PENDING_DELIVERY: Agent._State.ValueType  # 16
+        """The hub holds the spawn in its outbox: the spoke was unreachable when it arrived. The
+        hub delivers it when the spoke is back; undelivered by start_deadline it ends EXPIRED
+        (reason UNDELIVERED). Answered and signed by the hub, not the spoke.
+        """
 
     class State(_State, metaclass=_StateEnumTypeWrapper):
         """The lifecycle state. Every transition is recorded as an event."""
@@ -152,6 +157,11 @@ class Agent(_message.Message):
     """Final: the spoke or profile runs in shadow mode. It was verified, authorized, queued
     and taken by a worker (QUEUED -> STARTING -> SHADOWED) but its program never started;
     shadow_run says what would have run (reason SHADOW_MODE).
+    """
+    STATE_PENDING_DELIVERY: Agent.State.ValueType  # 16
+    """The hub holds the spawn in its outbox: the spoke was unreachable when it arrived. The
+    hub delivers it when the spoke is back; undelivered by start_deadline it ends EXPIRED
+    (reason UNDELIVERED). Answered and signed by the hub, not the spoke.
     """
 
     @_typing.final
@@ -208,6 +218,7 @@ class Agent(_message.Message):
     DEDUPLICATED_FIELD_NUMBER: _builtins.int
     SHADOW_RUN_FIELD_NUMBER: _builtins.int
     MODE_FIELD_NUMBER: _builtins.int
+    KILL_PENDING_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The resource name, "spokes/{spoke}/agents/{agent_id}"."""
     agent_id: _builtins.str
@@ -262,6 +273,10 @@ class Agent(_message.Message):
     mode: Global___RunMode.ValueType
     """The mode the spoke ran (or would run) the agent in, decided when a worker took it;
     unspecified before that, or for an agent from a spoke without modes.
+    """
+    kill_pending: _builtins.bool
+    """A kill of this agent waits in the hub's outbox until its spoke is reachable again (a
+    hub-signed answer while the spoke is unreachable; the state is then unknown to the hub).
     """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
@@ -351,10 +366,11 @@ class Agent(_message.Message):
         deduplicated: _builtins.bool = ...,
         shadow_run: Global___ShadowRun | None = ...,
         mode: Global___RunMode.ValueType = ...,
+        kill_pending: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "approval_deadline", b"approval_deadline", "create_time", b"create_time", "end_time", b"end_time", "exit_code", b"exit_code", "receipt", b"receipt", "shadow_run", b"shadow_run", "start_deadline", b"start_deadline", "start_time", b"start_time", "timeout", b"timeout", "verify_deadline", b"verify_deadline"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "agent_id", b"agent_id", "approval_deadline", b"approval_deadline", "approvals_required", b"approvals_required", "approved_by", b"approved_by", "approvers", b"approvers", "attempt", b"attempt", "create_time", b"create_time", "dedupe_key", b"dedupe_key", "deduplicated", b"deduplicated", "end_time", b"end_time", "exit_code", b"exit_code", "inputs", b"inputs", "issuer", b"issuer", "labels", b"labels", "max_attempts", b"max_attempts", "mode", b"mode", "name", b"name", "priority", b"priority", "profile", b"profile", "progress_message", b"progress_message", "progress_percent", b"progress_percent", "reason", b"reason", "receipt", b"receipt", "shadow_run", b"shadow_run", "spoke", b"spoke", "start_deadline", b"start_deadline", "start_time", b"start_time", "state", b"state", "stderr_tail", b"stderr_tail", "stdout_tail", b"stdout_tail", "task", b"task", "timeout", b"timeout", "truncated", b"truncated", "verify_deadline", b"verify_deadline"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "agent_id", b"agent_id", "approval_deadline", b"approval_deadline", "approvals_required", b"approvals_required", "approved_by", b"approved_by", "approvers", b"approvers", "attempt", b"attempt", "create_time", b"create_time", "dedupe_key", b"dedupe_key", "deduplicated", b"deduplicated", "end_time", b"end_time", "exit_code", b"exit_code", "inputs", b"inputs", "issuer", b"issuer", "kill_pending", b"kill_pending", "labels", b"labels", "max_attempts", b"max_attempts", "mode", b"mode", "name", b"name", "priority", b"priority", "profile", b"profile", "progress_message", b"progress_message", "progress_percent", b"progress_percent", "reason", b"reason", "receipt", b"receipt", "shadow_run", b"shadow_run", "spoke", b"spoke", "start_deadline", b"start_deadline", "start_time", b"start_time", "state", b"state", "stderr_tail", b"stderr_tail", "stdout_tail", b"stdout_tail", "task", b"task", "timeout", b"timeout", "truncated", b"truncated", "verify_deadline", b"verify_deadline"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exit_code: _TypeAlias = _typing.Literal["exit_code"]  # noqa: Y015
     _WhichOneofArgType__exit_code: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code"]  # noqa: Y015

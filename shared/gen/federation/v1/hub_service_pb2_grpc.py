@@ -152,6 +152,11 @@ class HubServiceStub:
                 request_serializer=federation_dot_v1_dot_hub__service__pb2.HubServiceReadAuditLogRequest.SerializeToString,
                 response_deserializer=federation_dot_v1_dot_hub__service__pb2.HubServiceReadAuditLogResponse.FromString,
                 _registered_method=True)
+        self.ListOutbox = channel.unary_unary(
+                '/federation.v1.HubService/ListOutbox',
+                request_serializer=federation_dot_v1_dot_hub__service__pb2.HubServiceListOutboxRequest.SerializeToString,
+                response_deserializer=federation_dot_v1_dot_hub__service__pb2.HubServiceListOutboxResponse.FromString,
+                _registered_method=True)
 
 
 class HubServiceServicer:
@@ -327,6 +332,14 @@ class HubServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListOutbox(self, request, context):
+        """The commands the hub holds for unreachable spokes (policy verb "outbox"), signed by the
+        hub.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HubServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -444,6 +457,11 @@ def add_HubServiceServicer_to_server(servicer, server):
                     servicer.ReadAuditLog,
                     request_deserializer=federation_dot_v1_dot_hub__service__pb2.HubServiceReadAuditLogRequest.FromString,
                     response_serializer=federation_dot_v1_dot_hub__service__pb2.HubServiceReadAuditLogResponse.SerializeToString,
+            ),
+            'ListOutbox': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListOutbox,
+                    request_deserializer=federation_dot_v1_dot_hub__service__pb2.HubServiceListOutboxRequest.FromString,
+                    response_serializer=federation_dot_v1_dot_hub__service__pb2.HubServiceListOutboxResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1070,6 +1088,33 @@ class HubService:
             '/federation.v1.HubService/ReadAuditLog',
             federation_dot_v1_dot_hub__service__pb2.HubServiceReadAuditLogRequest.SerializeToString,
             federation_dot_v1_dot_hub__service__pb2.HubServiceReadAuditLogResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListOutbox(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/federation.v1.HubService/ListOutbox',
+            federation_dot_v1_dot_hub__service__pb2.HubServiceListOutboxRequest.SerializeToString,
+            federation_dot_v1_dot_hub__service__pb2.HubServiceListOutboxResponse.FromString,
             options,
             channel_credentials,
             insecure,

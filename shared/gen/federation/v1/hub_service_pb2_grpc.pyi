@@ -93,6 +93,10 @@ class HubServiceStub:
     """Read the hub's audit log, newest first (policy verb "audit"). The hub answers; the
     reply is signed by the hub.
     """
+    ListOutbox: _grpc.UnaryUnaryMultiCallable[_hub_service_pb2.HubServiceListOutboxRequest, _hub_service_pb2.HubServiceListOutboxResponse]
+    """The commands the hub holds for unreachable spokes (policy verb "outbox"), signed by the
+    hub.
+    """
 
 @_typing.type_check_only
 class HubServiceAsyncStub(HubServiceStub):
@@ -158,6 +162,10 @@ class HubServiceAsyncStub(HubServiceStub):
     ReadAuditLog: _aio.UnaryUnaryMultiCallable[_hub_service_pb2.HubServiceReadAuditLogRequest, _hub_service_pb2.HubServiceReadAuditLogResponse]  # type: ignore[assignment]
     """Read the hub's audit log, newest first (policy verb "audit"). The hub answers; the
     reply is signed by the hub.
+    """
+    ListOutbox: _aio.UnaryUnaryMultiCallable[_hub_service_pb2.HubServiceListOutboxRequest, _hub_service_pb2.HubServiceListOutboxResponse]  # type: ignore[assignment]
+    """The commands the hub holds for unreachable spokes (policy verb "outbox"), signed by the
+    hub.
     """
 
 class HubServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -359,6 +367,16 @@ class HubServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_hub_service_pb2.HubServiceReadAuditLogResponse, _abc.Awaitable[_hub_service_pb2.HubServiceReadAuditLogResponse]]:
         """Read the hub's audit log, newest first (policy verb "audit"). The hub answers; the
         reply is signed by the hub.
+        """
+
+    @_abc_1.abstractmethod
+    def ListOutbox(
+        self,
+        request: _hub_service_pb2.HubServiceListOutboxRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_hub_service_pb2.HubServiceListOutboxResponse, _abc.Awaitable[_hub_service_pb2.HubServiceListOutboxResponse]]:
+        """The commands the hub holds for unreachable spokes (policy verb "outbox"), signed by the
+        hub.
         """
 
 def add_HubServiceServicer_to_server(servicer: HubServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
