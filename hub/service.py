@@ -156,27 +156,25 @@ class HubServicer:
         gate: Gate,
         relayer: Relayer,
         registry: SpokeRegistry,
-        audit: AuditLog | None = None,
-        outbox: OutboxDesk | None = None,
         store: HubStore,
         policy: Policy,
         monitor: HealthMonitor | None = None,
+        audit: AuditLog | None = None,
+        outbox: OutboxDesk | None = None,
     ) -> None:
         """``monitor``: the background probe loop's health records (hub/health.py); without
-        self._audit = audit
-        self._outbox = outbox
         it, ListSpokes probes every spoke itself and fan-outs ask every spoke. ``audit``:
         the audit log ReadAuditLog reads (None: the log is off)."""
         self._monitor = monitor
+        self._audit = audit
+        self._outbox = outbox
         self._cfg = cfg
         self._gate = gate
         self._relayer = relayer
-        audit: AuditLog | None = None,
         self._registry = registry
         self._store = store
         self._policy = policy
         self._fanout = fanout_calls.FanOut(relayer, monitor, cfg.fanout_timeout_s)
-        self._audit = audit
         self._drains = DrainStore(store.client, cfg.hub_name, store.timeout_s)
         self._placer = Placer(  # selector spawns (hub/placement_route.py)
             PlacerConfig(cfg.hub_name, cfg.key, cfg.claim_ttl_s),
