@@ -84,15 +84,12 @@ _Request = (
     | hub_service_pb2.HubServiceResumeQueueRequest
     | hub_service_pb2.HubServiceDrainQueueRequest
     | hub_service_pb2.HubServiceVerifyAgentRequest
-    | hub_service_pb2.HubServiceSendInputRequest
-    | hub_service_pb2.HubServiceDrainSpokeRequest
+    | hub_service_pb2.HubServiceWatchEventsRequest
+    | hub_service_pb2.HubServiceReadAuditLogRequest
     | hub_service_pb2.HubServiceListOutboxRequest
     | hub_service_pb2.HubServiceDrainSpokeRequest
     | hub_service_pb2.HubServiceUndrainSpokeRequest
     | hub_service_pb2.HubServiceSendInputRequest
-    | hub_service_pb2.HubServiceUndrainSpokeRequest
-    | hub_service_pb2.HubServiceWatchEventsRequest
-    | hub_service_pb2.HubServiceReadAuditLogRequest
     | hub_service_pb2.HubServiceApproveAgentRequest
     | hub_service_pb2.HubServiceRejectAgentRequest
 )
@@ -140,11 +137,11 @@ class RoutingConfig:
     under it and names the others in ``omitted_spokes``."""
     fanout_timeout_s: float = 5.0
     """One deadline for every spoke a fan-out asks; those that did not answer are named."""
-    max_input_bytes: int = 64 * 1024
-    """The longest SendInput text (UTF-8 bytes) relayed; a longer one is refused here."""
     claim_ttl_s: float = 86400.0
     """The shortest time a selector spawn's command id stays claimed for its spoke
     (hub/placement_claim.py); a longer start_within keeps it longer."""
+    max_input_bytes: int = 64 * 1024
+    """The longest SendInput text (UTF-8 bytes) relayed; a longer one is refused here."""
 
 
 class HubServicer:
@@ -314,13 +311,13 @@ class HubServicer:
             # The probe loop keeps these fresh: answer at once, never waiting on a spoke
             # (only right after start, until every spoke has been probed once).
             await self._monitor.first_round(self._cfg.probe_timeout_s + 1.0)
-        if self._outbox is not None:
-            await outbox_read.annotate_spokes(self._outbox.outbox, spokes)
             spokes = [
                 _health_pb(r, self._registry, self._monitor.circuit(r.name))
                 for r in self._monitor.records()
             ]
         await self._mark_drained(spokes)
+        if self._outbox is not None:
+            await outbox_read.annotate_spokes(self._outbox.outbox, spokes)
         reply = command_pb2.Reply(
             command_id=inbound.command.command_id,
             responder=self._cfg.hub_name,
@@ -418,6 +415,11 @@ class HubServicer:
         return hub_service_pb2.HubServiceResumeQueueResponse(reply=reply_env)
 
     async def DrainQueue(
+        self, request: hub_service_pb2.HubServiceDrainQueueRequest, context: _Ctx
+    ) -> hub_service_pb2.HubServiceDrainQueueResponse:
+        reply_env = await self._queue_call(request, relay.DRAIN)
+        return hub_service_pb2.HubServiceDrainQueueResponse(reply=reply_env)
+
     async def ListOutbox(
         self, request: hub_service_pb2.HubServiceListOutboxRequest, context: _Ctx
     ) -> hub_service_pb2.HubServiceListOutboxResponse:
@@ -445,11 +447,6 @@ class HubServicer:
             self._cfg.max_message_bytes,
         )
         return hub_service_pb2.HubServiceReadAuditLogResponse(reply=reply_env)
-
-        self, request: hub_service_pb2.HubServiceDrainQueueRequest, context: _Ctx
-    ) -> hub_service_pb2.HubServiceDrainQueueResponse:
-        reply_env = await self._queue_call(request, relay.DRAIN)
-        return hub_service_pb2.HubServiceDrainQueueResponse(reply=reply_env)
 
     # -- drains (hub/drain.py) ---------------------------------------------------------------
 
@@ -539,20 +536,6 @@ class HubServicer:
         cmd = inbound.command
         entry = self._registry.entry(spoke) if spoke else None
         spawn: dict[str, Any] = {}
-    async def ReadAuditLog(
-        self, request: hub_service_pb2.HubServiceReadAuditLogRequest, context: _Ctx
-    ) -> hub_service_pb2.HubServiceReadAuditLogResponse:
-        inbound = await self._admit(request, "read_audit_log")
-        reply_env = await audit_read.read_page(
-            inbound,
-            self._audit,
-            self._policy,
-            self._cfg.hub_name,
-            self._cfg.key,
-            self._cfg.max_message_bytes,
-        )
-        return hub_service_pb2.HubServiceReadAuditLogResponse(reply=reply_env)
-
         if inbound.verb == relay.SPAWN:
             body = cmd.spawn_agent
             spawn = {
@@ -574,16 +557,6 @@ class HubServicer:
     def _authorize(self, inbound: Inbound, spoke: str | None) -> None:
         self._policy.check(self._policy_request(inbound, spoke))
 
-        if self._outbox is not None and inbound.verb in HELD_VERBS:
-            # Hold what cannot reach the spoke; answer for what the hub holds (outbox_desk).
-            return await self._outbox.relay(
-                spoke,
-                inbound,
-                lambda: self._relayer.call(spoke, inbound),
-                lambda owner: self._policy.allows(
-                    dataclasses.replace(self._policy_request(inbound, spoke), owner=owner)
-                ),
-            )
     def _permitted(self, inbound: Inbound) -> list[str]:
         """The spokes a fan-out may reach; none at all is a denial, never "all" (fail closed)."""
         names = [
@@ -603,6 +576,16 @@ class HubServicer:
         self, spoke: str, inbound: Inbound
     ) -> tuple[command_pb2.SignedEnvelope, command_pb2.Reply]:
         self._authorize(inbound, spoke)
+        if self._outbox is not None and inbound.verb in HELD_VERBS:
+            # Hold what cannot reach the spoke; answer for what the hub holds (outbox_desk).
+            return await self._outbox.relay(
+                spoke,
+                inbound,
+                lambda: self._relayer.call(spoke, inbound),
+                lambda owner: self._policy.allows(
+                    dataclasses.replace(self._policy_request(inbound, spoke), owner=owner)
+                ),
+            )
         return await self._relayer.call(spoke, inbound)
 
     # -- routing ----------------------------------------------------------------------------
@@ -688,10 +671,6 @@ class HubServicer:
         return await self._find_and_call(inbound, agent, asked)
 
     async def _find_and_call(
-    async def remember(self, agent_id: str, spoke: str) -> None:
-        """Index ``agent_id`` on ``spoke`` (the outbox's deliveries call it)."""
-        await self._remember(agent_id, spoke)
-
         self, inbound: Inbound, agent_id: str, asked: Sequence[str] = ()
     ) -> command_pb2.SignedEnvelope:
         """Ask every spoke the caller may read at once, and wait for all: exactly one may have
@@ -710,6 +689,10 @@ class HubServicer:
         if len(found) > 1:
             raise AgentAmbiguousError.of(agent_id, [a.spoke for a in found])
         return fanout_calls.found_agent(answers, agent_id)
+
+    async def remember(self, agent_id: str, spoke: str) -> None:
+        """Index ``agent_id`` on ``spoke`` (the outbox's deliveries call it)."""
+        await self._remember(agent_id, spoke)
 
     async def _remember(self, agent_id: str, spoke: str) -> None:
         # The index only speeds up routing; a Redis hiccup here must not fail a spawn that
