@@ -114,33 +114,43 @@ class LinkServicer:
             reader.cancel()
             with contextlib.suppress(BaseException):
                 await reader
-            if reader.done() and not reader.cancelled() and reader.exception() is None:
-                why = reader.result()
+            if reader.done() and not reader.cancelled():
+                failed = reader.exception()
+                why = reader.result() if failed is None else f"refused: {failed}"
             self._sessions.close(session, why)
-            self._monitor.observe_link_closed(hello.spoke, commands.now(), why)
+            if self._sessions.get(hello.spoke) is None:  # not replaced by a newer session
+                self._monitor.observe_link_closed(hello.spoke, commands.now(), why)
         if reader.done() and not reader.cancelled():
-            failed = reader.exception()
-            if isinstance(failed, errors.CommandError):
-                raise failed
+            error = reader.exception()
+            if isinstance(error, errors.CommandError):
+                raise error
 
     async def _heartbeats(self, requests: AsyncIterator[ControlIn], session: LinkSession) -> str:
         """Read heartbeats until the stream ends or one is missing; say why it ended."""
         limit = session.interval_s * self._sessions.cfg.missed_heartbeats
+        why = "the control stream failed"
         try:
             while True:
                 try:
                     async with asyncio.timeout(limit):
                         msg = await anext(requests)
                 except StopAsyncIteration:
-                    return "the spoke closed its control stream"
+                    why = "the spoke closed its control stream"
+                    return why
                 except TimeoutError:
                     log.warning("link_heartbeats_missed", spoke=session.spoke, seconds=limit)
-                    return f"missed {self._sessions.cfg.missed_heartbeats} heartbeats"
+                    why = f"missed {self._sessions.cfg.missed_heartbeats} heartbeats"
+                    return why
                 if msg.WhichOneof("kind") != "heartbeat":
+                    why = "a message other than a heartbeat after the hello"
                     raise errors.InvalidCommandError("after the hello, only heartbeats")
-                self._heartbeat(session, msg.heartbeat)
+                try:
+                    self._heartbeat(session, msg.heartbeat)
+                except errors.CommandError as exc:
+                    why = f"a heartbeat was refused: {exc.message}"
+                    raise
         finally:
-            self._sessions.close(session, "control stream ended")
+            self._sessions.close(session, why)
 
     def _heartbeat(self, session: LinkSession, beat: link_service_pb2.LinkHeartbeat) -> None:
         at = commands.now()
