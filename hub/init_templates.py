@@ -142,6 +142,7 @@ SPOKE_OPTIONS: Final[Mapping[str, str]] = {
     "replay_within_s": "How long, in seconds, after its spawn a dead letter may be replayed.",
     "verification_grace_s": "Seconds a NEEDS_VERIFICATION agent waits for hubctl verify.",
     "approval_window_s": "Seconds a spawn held for approvals waits (unless its rule says).",
+    "max_awaiting_per_principal": "Agents one principal may have waiting for approvals here.",
     "max_receipt_bytes": "Largest final JSON receipt kept, in bytes; a longer one is an error.",
     "max_input_bytes": "Longest hubctl send message kept, in UTF-8 bytes.",
     "max_inputs_per_agent": "Most hubctl send messages kept per agent (with their signatures).",

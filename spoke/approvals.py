@@ -20,6 +20,12 @@ straight to it cannot skip them:
 A crash between recording the last approval and the release leaves the agent waiting with
 enough approvals: a retry of any approval releases it.
 
+Held agents are in no queue, so the queue's caps do not count them; ``awaiting_of`` counts a
+principal's, for the spoke's ``max_awaiting_per_principal`` (checked before a spawn that
+needs approvals is stored). The count is a sorted set of ``issuer:agent_id`` members added
+when an agent is held, each checked against its record when counted (members of agents that
+no longer wait, however they left, are dropped then).
+
 Before each start the worker checks the kept approvals again (``verify_kept``, with the trust
 store as it is then, like the spawn itself: spoke/reverify.py): each must still verify, be
 signed by the approver it is kept for, one of the agent's approvers and not its owner, and
@@ -44,7 +50,7 @@ from hubspoke.trust import Role, TrustStore
 
 from .backend import AgentMissingError, TransitionError, backend, now_ms
 from .jobs import Jobs
-from .model import AgentRecord, AgentState
+from .model import AgentRecord, AgentState, SpawnRequest
 from .records import EVENTS_MAXLEN, Records
 from .reverify import TamperedError
 
@@ -134,6 +140,45 @@ def check_approver(rec: AgentRecord, principal: str, verb: str) -> None:
         )
 
 
+def awaiting_key(records: Records) -> str:
+    """The sorted set of held agents: ``issuer:agent_id`` members, every score 0 (read by
+    lexical range, as the waiting set is)."""
+    return f"{records.keys.prefix}:awaiting"
+
+
+@backend
+async def awaiting_of(records: Records, issuer: str) -> int:
+    """How many of ``issuer``'s agents wait for approvals on this spoke (stale members
+    dropped)."""
+    key = awaiting_key(records)
+    members: list[bytes] = await records.redis.zrangebylex(key, f"[{issuer}:", f"({issuer};")  # type: ignore[assignment]  # bytes: decode_responses is off
+    if not members:
+        return 0
+    pipe = records.redis.pipeline(transaction=False)
+    for member in members:
+        pipe.hget(records.keys.agent(member.decode().split(":", 1)[1]), "state")
+    states = await pipe.execute()
+    stale = [m for m, s in zip(members, states, strict=True) if s != b"AWAITING_APPROVAL"]
+    if stale:
+        await records.redis.zrem(key, *stale)
+    return len(members) - len(stale)
+
+
+async def check_quota(records: Records, req: SpawnRequest, limit: int) -> None:
+    """RESOURCE_EXHAUSTED (QUOTA_EXCEEDED) when a new spawn that needs approvals would give
+    its issuer more than ``limit`` held agents (a retry of a stored spawn passes)."""
+    if not req.approvals_required or await records.get_or_none(req.agent_id) is not None:
+        return
+    held_now = await awaiting_of(records, req.issuer)
+    if held_now >= limit:
+        raise errors.QuotaExceededError(
+            f"{req.issuer} has {held_now} agents waiting for approvals on this spoke, "
+            "its limit (max_awaiting_per_principal)",
+            limit="max_awaiting_per_principal",
+            max=str(limit),
+        )
+
+
 class Approvals:
     """Holding, approving, rejecting and expiring agents that wait for approvals."""
 
@@ -149,7 +194,15 @@ class Approvals:
             await self.records.transition(
                 rec.agent_id, [AgentState.QUEUED], AgentState.AWAITING_APPROVAL, APPROVAL_REQUIRED
             )
-        return await self.records.get(rec.agent_id)
+        held_rec = await self.records.get(rec.agent_id)
+        if held_rec.state is AgentState.AWAITING_APPROVAL:
+            member = f"{held_rec.issuer}:{held_rec.agent_id}"
+            await self._count(member)
+        return held_rec
+
+    @backend
+    async def _count(self, member: str) -> None:
+        await self.records.redis.zadd(awaiting_key(self.records), {member: 0})
 
     async def approve(
         self, rec: AgentRecord, principal: str, reason: str, envelope: bytes

@@ -172,6 +172,10 @@ class SpokeConfig:
     """The wait before a hook's first retry; each further retry waits twice as long."""
     kill_wait_s: float = 8.0
     """How long a KillAgent call waits for the agent to reach its final state."""
+    max_awaiting_per_principal: int = 100
+    """Agents of one principal that may wait for approvals here at once (they are in no
+    queue, so max_queued_per_principal does not count them); one more spawn that needs
+    approvals is refused with RESOURCE_EXHAUSTED (QUOTA_EXCEEDED) before it is stored."""
     approval_window_s: float = 86400.0
     """How long a spawn held for approvals waits for them, from its acceptance, when its
     policy rule names no ``approval_window_seconds``; then it ends REJECTED
@@ -224,6 +228,7 @@ class SpokeConfig:
             "max_receipt_bytes",
             "max_input_bytes",
             "max_inputs_per_agent",
+            "max_awaiting_per_principal",
             "lock_duration_ms",
             "stalled_interval_ms",
             "retry_backoff_ms",

@@ -138,6 +138,9 @@ class SpokeServicer:
             return spoke_service_pb2.SpokeServiceSpawnAgentResponse(reply=reply)
         deduplicated = False
         with _queue_errors():
+            await approvals.check_quota(
+                self.agents.records, req, self.config.max_awaiting_per_principal
+            )
             try:
                 # Shielded: a client that times out must not leave a half-stored spawn behind.
                 rec, _ = await asyncio.shield(

@@ -92,7 +92,10 @@ class Fed:
 async def fed(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Fed]:
     root = tmp_path_factory.mktemp("approvals")
     fed = testing.Federation(
-        root, [SPOKE], spoke_profiles=PROFILES, spoke_env={"SPOKE_SWEEP_INTERVAL_S": "0.5"}
+        root,
+        [SPOKE],
+        spoke_profiles=PROFILES,
+        spoke_env={"SPOKE_SWEEP_INTERVAL_S": "0.5", "SPOKE_MAX_AWAITING_PER_PRINCIPAL": "2"},
     )
     try:
         files = await fed.prepare()
@@ -365,3 +368,23 @@ async def test_an_agent_that_needed_approvals_is_not_replayed(fed: Fed) -> None:
     assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION
     assert refused.value.reason == "APPROVAL_REQUIRED"
     assert ledger.read_text() == "ran\n"  # refused before anything was queued
+
+
+async def test_a_principal_may_hold_only_so_many_agents_awaiting_approval(fed: Fed) -> None:
+    """Held agents are in no queue; max_awaiting_per_principal (2 here) bounds them: carol's
+    third is refused before it is stored, and once one of hers ends she may spawn again."""
+    spawn = ("--json", "spawn", "--spoke", SPOKE, "--profile", "deploy", "--", "true")
+    first, second = [await fed.hubctl("carol", *spawn) for _ in range(2)]
+    assert first.code == 0, first.stderr
+    assert second.code == 0, second.stderr
+    third = await fed.hubctl("carol", *spawn)
+    assert third.code == 1, third.stdout
+    assert "QUOTA_EXCEEDED" in third.stderr, third.stderr
+    assert "max_awaiting_per_principal" in third.stderr
+    rejected = await fed.hubctl("alice", "reject", first.doc()["agent_id"], "--reason", "one")
+    assert rejected.code == 0, rejected.stderr
+    fourth = await fed.hubctl("carol", *spawn)
+    assert fourth.code == 0, fourth.stderr
+    assert fourth.doc()["state"] == "AWAITING_APPROVAL"
+    for doc in (second.doc(), fourth.doc()):
+        await fed.hubctl("alice", "reject", doc["agent_id"])
