@@ -35,7 +35,7 @@ from .circuit import CircuitConfig, Circuits
 from .config import HubConfig
 from .health import HealthConfig, HealthMonitor
 from .link_metrics import LinkMetrics
-from .link_registry import LinkingRegistry, connect_mode, link_config
+from .link_registry import LinkingRegistry, connect_mode, link_config, stop_serving
 from .link_sessions import LinkSessions
 from .membership import MemberKeys
 from .metrics import HubMetrics
@@ -255,7 +255,7 @@ class HubApp:
                     task.cancel()
                     await asyncio.wait({task}, timeout=grace_s)
             if self._built is not None:
-                await self._built.stop(grace_s)
+                await stop_serving(self._built, self._registry, grace_s)  # link sessions too
             if self._checkpoints is not None:
                 writer, task = self._checkpoints
                 task.cancel()

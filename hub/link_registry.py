@@ -30,7 +30,7 @@ from .registry import Probe, SpokeLink, SpokeRegistry
 if TYPE_CHECKING:
     from hubspoke.gen.federation.v1.spoke_service_pb2_grpc import SpokeServiceAsyncStub
 
-__all__ = ["LinkingRegistry", "connect_mode"]
+__all__ = ["LinkingRegistry", "connect_mode", "link_config", "stop_serving"]
 
 
 class LinkingRegistry(SpokeRegistry):
@@ -73,6 +73,19 @@ class LinkingRegistry(SpokeRegistry):
     async def close(self) -> None:
         self.sessions.close_all()
         await super().close()
+
+
+async def stop_serving(
+    built: sgrpc.BuiltServer, registry: SpokeRegistry | None, grace_s: float
+) -> None:
+    """Stop the hub's server: calls in flight may finish for ``grace_s``; connect-mode
+    sessions end as soon as no call to their spokes is in flight (their control streams
+    would otherwise hold the server for the whole grace)."""
+    stopping = asyncio.create_task(built.stop(grace_s))
+    if isinstance(registry, LinkingRegistry):
+        await registry.sessions.idle(grace_s)
+        registry.sessions.close_all()
+    await stopping
 
 
 def link_config(cfg: HubConfig) -> LinkConfig:

@@ -22,6 +22,7 @@ Serve stream then waits: gRPC flow control pushes back on the spoke), one sessio
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import functools
 import secrets
@@ -190,6 +191,9 @@ class LinkSessions:
         self._sessions: dict[str, LinkSession] = {}
         self._calls: dict[str, tuple[LinkSession, PendingCall]] = {}
         self._nonces: dict[tuple[str, bytes], float] = {}
+        self._idle = asyncio.Event()
+        """Set while no call is in flight."""
+        self._idle.set()
         self.on_change: Callable[[str, LinkSession | None], None] | None = None
         """Told when a spoke's session opens (the session) or closes (None)."""
 
@@ -249,6 +253,12 @@ class LinkSessions:
         for session in list(self._sessions.values()):
             self.close(session, "hub stopping")
 
+    async def idle(self, timeout_s: float) -> None:
+        """Wait (at most ``timeout_s``) until no call is in flight to any spoke."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._idle.wait()
+
     def claim(self, call_id: str, spoke: str) -> PendingCall:
         """The announced call a Serve stream of ``spoke`` names; each is served once.
 
@@ -285,6 +295,7 @@ class LinkSessions:
         call = PendingCall(method.name, request.SerializeToString(), timeout, self.cfg.call_buffer)
         session.pending[call.call_id] = call
         self._calls[call.call_id] = (session, call)
+        self._idle.clear()
         try:
             session.announce(call)
             while True:
@@ -306,6 +317,8 @@ class LinkSessions:
             call.abandoned.set()
             session.pending.pop(call.call_id, None)
             self._calls.pop(call.call_id, None)
+            if not self._calls:
+                self._idle.set()
 
 
 def _rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:

@@ -108,3 +108,18 @@ async def test_heartbeats_must_be_newer_and_a_new_session_replaces_the_old() -> 
     sessions.claim_nonce(SPOKE, b"n" * 24)
     with pytest.raises(Exception, match="already used"):
         sessions.claim_nonce(SPOKE, b"n" * 24)
+
+
+async def test_idle_waits_for_calls_in_flight_then_returns_at_once() -> None:
+    sessions = LinkSessions(LinkConfig())
+    sessions.open(SPOKE, 1.0)
+    await asyncio.wait_for(sessions.idle(5), 1)  # nothing in flight
+    call = asyncio.create_task(ConnectStub(sessions, SPOKE).GetAgent(REQUEST, timeout=5))
+    pending = sessions.claim(await announced(sessions), SPOKE)
+    started = time.monotonic()
+    await sessions.idle(0.2)  # the call is still in flight: the whole wait
+    assert time.monotonic() - started >= 0.2
+    await pending.inbox.put(link_service_pb2.LinkServeStatus(code=0))
+    with pytest.raises(grpc.aio.AioRpcError):
+        await call  # OK without a message: INTERNAL
+    await asyncio.wait_for(sessions.idle(5), 1)
