@@ -8,6 +8,8 @@ the map of each spoke's last cursor (WatchEventsBody.after), and the order withi
 the spoke's. A spoke that cannot be reached, or whose stream fails, is named in a feed entry
 of kind KIND_UNREACHABLE that the hub signs itself (detail: why); the other spokes' entries go
 on. The stream ends when every spoke's has (without ``follow``, once each sent what it keeps).
+With one spoke as the audience there is no fan-in: its failure is the call's error, as for
+WatchAgent.
 """
 
 from __future__ import annotations
@@ -41,7 +43,12 @@ async def fan_in(
     key: SigningKey,
 ) -> AsyncIterator[command_pb2.SignedEnvelope]:
     """Every spoke's signed feed entries as they arrive, and the hub's own for a spoke that
-    failed; ends once every spoke's stream has."""
+    failed; ends once every spoke's stream has. With a spoke as the command's audience there
+    is no fan-in: that spoke's entries, and its failure as the call's own error."""
+    if inbound.command.audience != hub:
+        async for reply_env, _ in relayer.feed(spokes[0], inbound, timeout_s):
+            yield reply_env
+        return
     queue: asyncio.Queue[command_pb2.SignedEnvelope | object] = asyncio.Queue(FAN_IN_BUFFER)
 
     async def pump(spoke: str) -> None:

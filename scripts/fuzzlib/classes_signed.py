@@ -326,7 +326,8 @@ def wrong_audience(ctx: Ctx, n: int) -> Iterator[Probe]:
         verb = ep.verb or ""
         if mode == "hub":
             variant = HUB_AUDIENCE[r % len(HUB_AUDIENCE)]
-            if variant == "hub_as_audience" and verb in ("list_agents", "get_queue_stats"):
+            fan_outs = ("list_agents", "get_queue_stats", "watch_events")
+            if variant == "hub_as_audience" and verb in fan_outs:
                 variant = "unknown_spoke"  # audience = hub is a valid fan-out for these
             if verb in HUB_ANSWERED:
                 # list_spokes is the hub's: any spoke as audience is INVALID_ARGUMENT (§5)
