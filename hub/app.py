@@ -223,7 +223,9 @@ class HubApp:
         await built.serving([HUB_SERVICE.full_name])
         self._monitor_task = asyncio.create_task(monitor.run(), name="spoke-health")
         self._checkpoints = audit_wiring.checkpoint_task(cfg, audit, self._key)
-        self._delivery = outbox_wiring.start_delivery(cfg, desk, relayer, servicer.remember, audit)
+        self._delivery = outbox_wiring.start_delivery(
+            cfg, desk, relayer, servicer.remember, audit, circuits
+        )
         if not await self._store.ping():
             log.warning("redis_unreachable", hint="commands fail with UNAVAILABLE until it answers")
         log.info("hub_serving", hub=cfg.name, port=built.port, spokes=len(cfg.spokes))

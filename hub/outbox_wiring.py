@@ -10,6 +10,7 @@ import redis.asyncio
 from hubspoke.keys import SigningKey
 
 from .audit import AuditLog
+from .circuit import Circuit, Circuits
 from .config import HubConfig
 from .health import HealthMonitor
 from .outbox import Outbox, OutboxConfig
@@ -55,9 +56,17 @@ def start_delivery(
     relayer: Relayer,
     remember: Callable[[str, str], Awaitable[None]],
     audit: AuditLog | None,
+    circuits: Circuits,
 ) -> asyncio.Task[None] | None:
-    """Start delivering the outbox in the background (None when it is off)."""
+    """Start delivering the outbox in the background (None when it is off); a spoke's
+    circuit closing (a good probe after an outage) starts a delivery round at once."""
     if desk is None:
         return None
     deliverer = Deliverer(desk, relayer, cfg.outbox_poll_s, remember, audit)
+
+    def closed(spoke: str, state: Circuit, failures: int) -> None:
+        if state is Circuit.CLOSED:
+            deliverer.wake()
+
+    circuits.listen(closed)
     return asyncio.create_task(deliverer.run(), name="outbox-delivery")

@@ -74,6 +74,8 @@ class Cluster:
     via_proxy: bool = False
     spoke: str = SPOKE
     proxy: CuttableProxy | None = None
+    hub_env: dict[str, str] = field(default_factory=dict)
+    """Variables for every hubd (e.g. a shorter circuit_open_s)."""
     federation: testing.Federation = field(init=False)
 
     def __post_init__(self) -> None:
@@ -84,6 +86,7 @@ class Cluster:
             ready_timeout_s=READY_TIMEOUT_S,
             stop_grace_s=STOP_GRACE_S,
             spoke_env={"SPOKE_LOG_LEVEL": "info"},
+            hub_env=self.hub_env,
         )
 
     @property

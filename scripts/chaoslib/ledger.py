@@ -55,7 +55,9 @@ __all__ = [
     "runs_from_lines",
 ]
 
-FAILED_FINAL = frozenset({"FAILED", "KILLED", "TIMED_OUT", "DEAD_LETTERED"})
+FAILED_FINAL = frozenset({"FAILED", "KILLED", "TIMED_OUT", "DEAD_LETTERED", "EXPIRED"})
+"""Final states that say, with a reason, that the work did not (all) run; EXPIRED: it
+could not start by its start deadline (NOT_STARTED, or UNDELIVERED from the hub's outbox)."""
 FINAL = FAILED_FINAL | {"SUCCEEDED"}
 ABSENT = "ABSENT"
 """Final state of a command id the spoke does not know (NOT_FOUND)."""

@@ -167,7 +167,14 @@ class Driver:
     def new_cid(self) -> str:
         return f"{self.tag}-{next(self._n):04d}-{uuid.uuid4().hex[:8]}"
 
-    async def spawn(self, cid: str, profile: str, task: str, settle_s: float = 90.0) -> str:
+    async def spawn(
+        self,
+        cid: str,
+        profile: str,
+        task: str,
+        settle_s: float = 90.0,
+        start_within_s: float | None = None,
+    ) -> str:
         """Send until answered (OK or a definitive refusal) or ``settle_s`` passes; the last
         outcome (``ok``, ``failed`` or ``unknown``)."""
         self.profile_of[cid] = profile
@@ -177,7 +184,9 @@ class Driver:
             t0 = time.time()
             retry_after_ms = 500
             try:
-                agent = await self.client.spawn(self.cluster.spoke, profile, task, command_id=cid)
+                agent = await self.client.spawn(
+                    self.cluster.spoke, profile, task, command_id=cid, start_within_s=start_within_s
+                )
             except hub_client.CallError as exc:
                 outcome = "unknown" if exc.code in UNKNOWN_CODES else "failed"
                 code, detail = exc.code.name, exc.reason
@@ -200,9 +209,13 @@ class Driver:
             await asyncio.sleep(min(wait, 5.0) + random.random() / 4)  # noqa: S311 - jitter
             pause = min(pause * 2, 2.0)
 
-    def launch(self, profile: str, task: str, settle_s: float = 90.0) -> str:
+    def launch(
+        self, profile: str, task: str, settle_s: float = 90.0, start_within_s: float | None = None
+    ) -> str:
         cid = self.new_cid()
-        self._tasks.append(asyncio.create_task(self.spawn(cid, profile, task, settle_s)))
+        self._tasks.append(
+            asyncio.create_task(self.spawn(cid, profile, task, settle_s, start_within_s))
+        )
         return cid
 
     async def stream(self, count: int, rate: float, pick: Callable[[int], tuple[str, str]]) -> None:
@@ -566,6 +579,16 @@ async def netem(scale: Scale, root: Path, outcome: Outcome) -> None:
 
 
 Scenario = Callable[[Scale, Path, Outcome], Awaitable[None]]
+
+
+def outbox_scenarios() -> dict[str, Scenario]:
+    """The hub's outbox and several hubds (issue 11), in a module of their own that builds on
+    this one's Driver, hence imported here, once everything above exists."""
+    from .scenarios_outbox import SCENARIOS as OUTBOX
+
+    return OUTBOX
+
+
 SCENARIOS: dict[str, Scenario] = {
     "spoked-sigkill": spoked_sigkill,
     "spoke-sigstop": spoke_sigstop,
@@ -574,6 +597,7 @@ SCENARIOS: dict[str, Scenario] = {
     "partition": partition,
     "overload": overload,
     "netem": netem,
+    **outbox_scenarios(),
 }
 
 

@@ -159,3 +159,24 @@ def test_checker_counts_what_it_claims() -> None:
     assert v.max_concurrent == 5  # b, c, d, e and f at t=1.5..2.0 (f ends with its record)
     assert v.outage_ok == 1
     assert v.outage_held == 1
+
+
+@pytest.mark.timeout(120)
+async def test_outbox_across_a_partition(tmp_path: Path) -> None:
+    """Issue 11: spawns during a cut are held (HELD, never an OK from the spoke); early start
+    deadlines end EXPIRED/UNDELIVERED and never run, late ones run once, a held kill reaches a
+    running agent soon after the heal."""
+    outcome = await _run("outbox-deadlines", tmp_path)
+    v = _expected(outcome, check_limit=True)
+    assert v.outage_held > 0
+    assert set(v.outage_codes) <= {"HELD", "UNAVAILABLE", "RESOURCE_EXHAUSTED"}
+    assert v.duplicated == 0
+
+
+@pytest.mark.timeout(120)
+async def test_two_hubds_one_killed(tmp_path: Path) -> None:
+    """Issue 11: two hubds on one Redis, one SIGKILLed mid-stream: every spawn answered,
+    exactly one agent per command id."""
+    v = _expected(await _run("two-hubds", tmp_path), check_limit=True)
+    assert v.acked == v.sent
+    assert v.duplicated == 0
