@@ -1,0 +1,109 @@
+"""The spoke's event feed on a real Redis: written by the state-change scripts themselves,
+numbered without holes, a reader told of a gap when the cap trimmed past its cursor or its
+cursor is ahead of the feed; and the ``[[hooks]]`` table refused with one readable line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hubspoke.spoke.config import SpokeConfig, SpokeConfigError
+from hubspoke.spoke.feed import FeedItem
+from hubspoke.spoke.model import AgentState, SpawnRequest
+from hubspoke.spoke.queue import AgentQueue
+
+
+def _spawn(agent_id: str, issuer: str = "operator") -> SpawnRequest:
+    return SpawnRequest(
+        agent_id=agent_id,
+        issuer=issuer,
+        profile="synthetic",
+        task="duration=0",
+        priority=5,
+        timeout_ms=60_000,
+        max_attempts=1,
+        labels={},
+        digest=agent_id,
+        expire_ms=2**41,
+        accept_ms=0,
+        delay_ms=0,
+        backoff_ms=1000,
+        envelope=b"",
+        relay=b"",
+    )
+
+
+async def _items(queue: AgentQueue, after: int) -> list[FeedItem]:
+    return [i async for i in queue.feed.follow(after, live=False, heartbeat_s=5)]
+
+
+async def test_every_change_is_in_the_feed_in_order_and_a_trimmed_cursor_gets_a_gap(
+    redis_url: str,
+) -> None:
+    queue = AgentQueue(redis_url, "spoke-t")
+    try:
+        await queue.records.insert(_spawn("a1"), 10_000)
+        await queue.records.transition("a1", [AgentState.QUEUED], AgentState.STARTING)
+        await queue.kills.request("a1", "k1")  # STARTING: a kill asks the worker
+        await queue.records.insert(_spawn("a2", "alice"), 10_000)
+        await queue.kills.request("a2", "k2")  # QUEUED: killed by the kill script
+        items = await _items(queue, 0)
+        events = [(i.cursor, i.agent_id, i.state, i.owner) for i in items if i.kind == "event"]
+        assert events == [
+            (1, "a1", "QUEUED", "operator"),
+            (2, "a1", "STARTING", "operator"),
+            (3, "a2", "QUEUED", "alice"),
+            (4, "a2", "KILLED", "alice"),
+        ]
+        assert items[-1] == FeedItem(kind="heartbeat", cursor=4)
+        # A cursor ahead of the feed (its Redis was reset): told, then everything kept.
+        ahead = await _items(queue, 99)
+        assert ahead[0].kind == "gap"
+        assert "ahead" in ahead[0].detail
+        assert [i.cursor for i in ahead[1:-1]] == [1, 2, 3, 4]
+        # The cap trims the oldest entries; a cursor before them is told which are gone.
+        await queue.feed.configure(5)
+        for n in range(400):
+            await queue.records.insert(_spawn(f"b{n}"), 10_000)
+        kept = await queue.redis.xlen(queue.keys.feed)
+        assert kept < 400
+        first = (await queue.feed.read(0, 1))[0].cursor
+        trimmed = await _items(queue, 2)
+        assert trimmed[0].kind == "gap"
+        assert f"entries 3-{first - 1} " in trimmed[0].detail
+        assert trimmed[1].cursor == first
+        assert [i.cursor for i in trimmed[1:-1]] == list(range(first, 405))
+    finally:
+        await queue.close()
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ('[[hooks]]\nname = "x"\non = ["EXPLODED"]\nprogram = "/bin/true"\n', "unknown state"),
+        ('[[hooks]]\nname = "x"\non = ["FAILED"]\n', "program must be a path"),
+        ('[[hooks]]\non = ["FAILED"]\nprogram = "/bin/true"\n', "name must be"),
+        (
+            '[[hooks]]\nname = "x"\non = ["FAILED"]\nprogram = "/bin/true"\ntimeout_seconds = 0\n',
+            "timeout_seconds must be a positive number",
+        ),
+        ('[hooks]\nname = "x"\n', "hooks must be an array of tables"),
+    ],
+)
+def test_a_bad_hooks_table_is_one_readable_line(tmp_path: Path, table: str, message: str) -> None:
+    path = tmp_path / "spoke.toml"
+    path.write_text('name = "s"\n' + table)
+    with pytest.raises(SpokeConfigError, match=message):
+        SpokeConfig.load(path, {})
+
+
+def test_a_hook_program_is_resolved_against_the_config_file(tmp_path: Path) -> None:
+    path = tmp_path / "spoke.toml"
+    path.write_text(
+        'name = "s"\n[[hooks]]\nname = "pager"\non = ["FAILED", "NEEDS_INPUT"]\n'
+        'program = "bin/notify"\nargs = ["--to", "ops"]\nretries = 0\n'
+    )
+    [hook] = SpokeConfig.load(path, {}).hooks
+    assert hook.program == tmp_path / "bin/notify"
+    assert (hook.args, hook.retries, hook.on) == (("--to", "ops"), 0, {"FAILED", "NEEDS_INPUT"})
