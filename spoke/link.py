@@ -72,7 +72,21 @@ class HubLinkConfig:
 
 
 class HubLink:
-    """One spoke's link to its hub, dialled again whenever it is lost."""
+    """One spoke's link to its hub, dialled again whenever it is lost.
+
+    As a library (many simulated spokes in one process, each with its own key and its own
+    TCP connection)::
+
+        link = HubLink(
+            HubLinkConfig(spoke="sim-17", hub_address="hub:7100", heartbeat_interval_s=5),
+            key,                       # the spoke's SigningKey (its trust entry at the hub)
+            status=lambda nonce: ...,  # a signed status Reply bound to nonce (spoke/health.py)
+            servicer=my_spoke_service, # SpawnAgent(request, None) -> response, ...
+            credentials=channel_credentials,
+        )
+        task = asyncio.create_task(link.run())   # cancel it to stop
+        await link.connected.wait()
+    """
 
     def __init__(
         self,
