@@ -106,6 +106,18 @@ class ClaimStore:
             raise errors.BackendUnavailableError("the hub's Redis is unavailable") from exc
         return _text(found) if found else ""
 
+    async def pin(self, issuer: str, command_id: str, spoke: str, claim_ttl_s: float) -> None:
+        """Claim ``command_id`` for ``spoke`` whatever it held (a dedupe key sent it there)."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._redis.set(
+                    claim_key(self._hub, issuer, command_id),
+                    spoke,
+                    px=max(1, int(claim_ttl_s * 1000)),
+                )
+        except (*_REDIS_DOWN, TimeoutError) as exc:
+            raise errors.BackendUnavailableError("the hub's Redis is unavailable") from exc
+
     async def place(
         self,
         issuer: str,

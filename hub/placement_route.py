@@ -16,9 +16,10 @@ nothing; it relays the dry run to the chosen spoke (which checks its own verifie
 profile and limits and creates nothing) and answers with a hub-signed Reply whose result is
 a ``Placement``: the decision and every spoke considered, with why.
 
-Dedupe keys (hub/dedupe.py, another part of issue 12) would be claimed here, between the
-choice and the relay, for selector spawns; until that helper exists the spoke's own dedupe
-check is the only one (see ``_dedupe_seam``).
+Dedupe keys (hub/dedupe.py): a selector spawn with a dedupe key whose owner already placed
+that key goes to that spoke (whose own check then answers with the agent holding it); else
+the key is claimed for the chosen spoke right after the choice. Either way the command id is
+claimed for the spoke the spawn is relayed to.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from hubspoke.gen.federation.v1 import command_pb2
 from hubspoke.keys import SigningKey
 
 from .circuit import Circuit
+from .dedupe import DedupeClaims, spawn_key
 from .drain import DrainStore
 from .health import HealthMonitor
 from .placement import Candidate, NoMatchingSpokeError, format_selector, no_match, screen
@@ -82,7 +84,9 @@ class Placer:
         claims: ClaimStore,
         allowed: Callable[[Inbound, str], bool],
         relay: Relay,
+        dedupe: DedupeClaims | None = None,
     ) -> None:
+        """``dedupe``: the hub's dedupe-key claims (None: only the spokes deduplicate)."""
         self._cfg = cfg
         self._registry = registry
         self._monitor = monitor
@@ -90,6 +94,7 @@ class Placer:
         self._claims = claims
         self._allowed = allowed
         self._relay = relay
+        self._dedupe = dedupe
 
     async def spawn(
         self, inbound: Inbound
@@ -109,6 +114,15 @@ class Placer:
                 )
                 return earlier, *self._signed(inbound, placement)
             return earlier, *await self._relay(earlier, inbound)
+        key = spawn_key(body) if self._dedupe is not None else ""
+        held = await self._dedupe.held(cmd.issuer, key) if self._dedupe and key else None
+        if held is not None:  # the owner's key lives on that spoke: it answers with that agent
+            if body.dry_run:
+                why = f"dedupe key {key} is held on {held.spoke} (command {held.command_id})"
+                placement = command_pb2.Placement(spoke=held.spoke, reason=why)
+                return held.spoke, *self._signed(inbound, placement)
+            await self._claims.pin(cmd.issuer, cmd.command_id, held.spoke, self._claim_ttl(inbound))
+            return held.spoke, *await self._relay(held.spoke, inbound)
         if self._monitor is not None:
             await self._monitor.first_round(1.0)
         screened = screen(
@@ -138,8 +152,14 @@ class Placer:
             dry_run=body.dry_run,
         )
         if not body.dry_run:
-            await _dedupe_seam(inbound, result.spoke)
-            return result.spoke, *await self._relay(result.spoke, inbound)
+            spoke = result.spoke
+            if self._dedupe is not None and key and not result.already:
+                ttl = self._claim_ttl(inbound)
+                won = await self._dedupe.claim(cmd.issuer, key, spoke, cmd.command_id, ttl)
+                if won.spoke != spoke:  # another hub placed the key first: follow it there
+                    spoke = won.spoke
+                    await self._claims.pin(cmd.issuer, cmd.command_id, spoke, ttl)
+            return spoke, *await self._relay(spoke, inbound)
         if result.already:  # claimed by another hub between our read and the script
             placement = command_pb2.Placement(
                 spoke=result.spoke, claimed=True, reason="already placed there"
@@ -219,13 +239,3 @@ def _decision(candidates: list[Candidate], result: Claimed) -> command_pb2.Place
 def _add_refused(placement: command_pb2.Placement, refused: tuple[tuple[str, str], ...]) -> None:
     for spoke, why in refused:
         placement.candidates.append(command_pb2.PlacementCandidate(spoke=spoke, reason=why))
-
-
-async def _dedupe_seam(inbound: Inbound, spoke: str) -> None:
-    """Where a hub-side dedupe claim for selector spawns belongs (hub/dedupe.py, DEDUPE).
-
-    Not wired: the spoke checks the spawn's dedupe key when it stores it, which covers a
-    selector spawn placed on that spoke; a hub-side claim would also catch the same key
-    placed on two different spokes.
-    """
-    del inbound, spoke

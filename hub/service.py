@@ -55,6 +55,7 @@ from hubspoke.stream_caps import StreamCaps
 from . import audit_read, events, fanout_calls, outbox_read, relay
 from .audit import AuditLog
 from .circuit import Circuit
+from .dedupe import DedupeClaims
 from .drain import DrainStore
 from .enrol import ENROLL, MEMBERSHIP, REMOVE, EnrolCalls, EnrolmentDisabledError
 from .health import HealthMonitor, SpokeHealth
@@ -181,6 +182,7 @@ class HubServicer:
             ClaimStore(store.client, cfg.hub_name, store.timeout_s),
             lambda inbound, spoke: self._policy.allows(self._policy_request(inbound, spoke)),
             self._relay,
+            DedupeClaims(store.client, cfg.hub_name, store.timeout_s),
         )
         self._watches = StreamCaps(
             "watch",

@@ -207,3 +207,22 @@ async def test_dry_run_explains_and_creates_nothing(fed: testing.Federation) -> 
             "", "synthetic", "duration=0.1", selector={"gpu": "yes"}, command_id="rehearsed"
         )
     assert real.agent_id == "rehearsed"
+
+
+async def test_a_dedupe_key_keeps_selector_spawns_on_one_spoke(fed: testing.Federation) -> None:
+    """The hub claims an owner's dedupe key for the spoke it placed it on (hub/dedupe.py):
+    a second selector spawn with the key goes there and gets the agent that holds it."""
+    async with fed.client() as client:
+        first = await client.spawn(
+            "", "synthetic", LONG, selector={"gpu": "yes"}, dedupe_key="nightly-build"
+        )
+        # Drained, its spoke would get no new placement: the key still leads there.
+        await client.drain_spoke(first.spoke)
+        try:
+            second = await client.spawn(
+                "", "synthetic", LONG, selector={"gpu": "yes"}, dedupe_key="nightly-build"
+            )
+        finally:
+            await client.undrain_spoke(first.spoke)
+    assert (second.spoke, second.agent_id) == (first.spoke, first.agent_id)
+    assert second.raw.deduplicated
