@@ -4,8 +4,10 @@ Before the program starts, :meth:`AgentInbox.prepare` reads every message kept f
 (spoke/inbox.py) and writes the inbox (spoke/inbox_files.py); it returns the variables the
 agent gets (``HUBSPOKE_INBOX``, and ``HUBSPOKE_INPUT`` with the latest text when there is
 one). While the program runs the worker calls :meth:`AgentInbox.poll` once a second (with
-its kill check), which appends the messages kept since. :meth:`AgentInbox.close` removes
-the file when the attempt is over. Only the worker that holds the agent writes its inbox,
+its kill check), which appends the messages kept since. An attempt that ends NEEDS_INPUT
+while a message it never got waits (kept after the last poll, or for a profile with no
+inbox) is resumed by it at once (:meth:`AgentInbox.unread`, spoke/inbox.py ``resume``).
+:meth:`AgentInbox.close` removes the file when the attempt is over. Only the worker that holds the agent writes its inbox,
 so messages reach the host the agent runs on, whichever spoked took the SendInput call.
 """
 
@@ -45,12 +47,21 @@ class AgentInbox:
         self._inboxes = inboxes
         self.agent_id = agent_id
         self.file = InboxFile(profile.inbox, inbox_path(inbox_root(config), agent_id))
+        self._seen = 0
+        """The last message the attempt started with."""
 
     async def prepare(self) -> Mapping[str, str]:
         """Write the inbox with every message so far; the agent's extra environment."""
         messages = await self._inboxes.messages(self.agent_id)
         self.file.prepare(messages)
+        self._seen = messages[-1].seq if messages else 0
         return self.file.environment(messages)
+
+    async def unread(self) -> int:
+        """The first message kept for the agent that this attempt never got (kept after its
+        last poll, or with no inbox to write it to): its seq, or 0 when there is none."""
+        fresh = await self._inboxes.messages(self.agent_id, max(self._seen, self.file.delivered))
+        return fresh[0].seq if fresh else 0
 
     async def poll(self) -> int:
         """Append the messages kept since the last call; how many. A file that cannot be

@@ -35,7 +35,7 @@ from redis.exceptions import RedisError
 
 from hubspoke.trust import TrustStore
 
-from . import approvals, modes, processes, reverify, runtime
+from . import approvals, inbox, modes, processes, reverify, runtime
 from .backend import BackendError, QueueError, TransitionError
 from .config import SpokeConfig
 from .events import OutputPump
@@ -459,7 +459,16 @@ class AgentWorker:
             raise UnrecoverableError(reason)  # bullmq's failed set is the dead-letter set
         await self._record_end(rec.agent_id, state, reason, fields, attempt)
         log.info("agent_finished", state=state.value, reason=reason, exit_code=code)
+        if state is AgentState.NEEDS_INPUT:
+            await self._answered_meanwhile(rec.agent_id)
         return state.value
+
+    async def _answered_meanwhile(self, agent_id: str) -> None:
+        """NEEDS_INPUT, but a message this attempt never got is waiting: it answers now."""
+        held = self._inboxes.get(agent_id)
+        seq = await held.unread() if held is not None else 0
+        if seq:
+            await inbox.resume(self.queue.worker_records, self.queue.jobs, agent_id, seq)
 
     async def _record_end(
         self,

@@ -36,6 +36,10 @@ PROFILES = (
 [profiles.synthetic-fifo]
 argv = [{json.dumps(sys.executable)}, "-m", "hubspoke.spoke.synthetic"]
 inbox = "fifo"
+
+[profiles.synthetic-none]
+argv = [{json.dumps(sys.executable)}, "-m", "hubspoke.spoke.synthetic"]
+inbox = "none"
 """
 )
 SPOKE_MAX_INPUT = 1024
@@ -247,6 +251,26 @@ async def test_a_fifo_inbox_reaches_a_running_agent_that_reads_it(fed: Fed) -> N
     assert done.state == AgentState.SUCCEEDED
     assert "INPUT 1 operator through the pipe" in done.stdout_tail
     assert not inbox.exists()
+
+
+async def test_a_message_the_attempt_never_got_answers_its_needs_input_at_once(fed: Fed) -> None:
+    # No inbox: a message kept while it runs cannot reach it; it ends blocked all the same,
+    # and that message resumes it (HUBSPOKE_INPUT) without another send.
+    agent = await fed.operator.spawn(SPOKE, "synthetic-none", "receipt=blocked duration=3")
+
+    async def running() -> bool:
+        return (await fed.operator.get(agent.agent_id, SPOKE)).state == AgentState.RUNNING
+
+    await until(running)
+    assert not (fed.inbox_dir / f"{agent.agent_id}.inbox").exists()
+    kept = await fed.operator.send(agent.agent_id, "before you blocked", SPOKE)
+    assert (kept.state, kept.attempt) == (AgentState.RUNNING, 1)  # kept while it ran
+    done = await fed.operator.wait(agent, timeout=30)
+    assert (done.state, done.attempt) == (AgentState.SUCCEEDED, 2)
+    assert done.receipt is not None
+    assert done.receipt.summary.endswith("input: before you blocked")
+    states = [(e.state.name, e.reason) for e in await events_of(fed.operator, agent.agent_id)]
+    assert ("QUEUED", "INPUT_RECEIVED") in states
 
 
 async def test_send_is_authorized_with_owner_scope(fed: Fed) -> None:
