@@ -7,8 +7,9 @@ one). While the program runs the worker calls :meth:`AgentInbox.poll` once a sec
 its kill check), which appends the messages kept since. An attempt that ends NEEDS_INPUT
 while a message it never got waits (kept after the last poll, or for a profile with no
 inbox) is resumed by it at once (:meth:`AgentInbox.unread`, spoke/inbox.py ``resume``).
-:meth:`AgentInbox.close` removes the file when the attempt is over. Only the worker that holds the agent writes its inbox,
-so messages reach the host the agent runs on, whichever spoked took the SendInput call.
+:meth:`AgentInbox.close` removes the file when the attempt is over. Only the worker that
+holds the agent writes its inbox, so messages reach the host the agent runs on, whichever
+spoked took the SendInput call.
 """
 
 from __future__ import annotations
