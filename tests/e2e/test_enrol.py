@@ -151,6 +151,9 @@ async def test_enrol_spawn_with_untouched_trust_files(env: Env) -> None:
     assert run.code == 0, run.stderr
     env.agent = run.doc()["agent_id"]
     assert digest(fed.files.trust_file) == trust_before
+    await fed.hub.restart()  # the membership lives in the hub's Redis: it survives a restart
+    run = await fed.hubctl("--json", "status", env.agent, "--spoke", EDGE)
+    assert run.code == 0, run.stderr
     async with fed.client(hub=env.hub_c) as via_c:  # another hubd: from the membership alone
         assert (await via_c.get(env.agent, EDGE)).agent_id == env.agent
     async with fed.client() as client:  # the audit log keeps no token, only its digest
