@@ -126,6 +126,9 @@ _ROUTES: Final[dict[str, _Route]] = {
     REJECT: _Route("RejectAgent", spoke_service_pb2.SpokeServiceRejectAgentRequest, "agent"),
 }
 
+MEMBERSHIP_RECHECK_S: Final = 0.5
+"""How often a relayed stream checks the membership revision (hub/membership.py): a removed
+spoke's watch ends within this, without a Redis read per event."""
 HELD_EVENTS: Final = 16
 """Events one relayed watch holds back while over its rate before it stops reading the spoke
 (which then merges output itself)."""
@@ -370,8 +373,11 @@ class Relayer:
             metadata=version.CALL_METADATA,
         )
         try:
+            checked = 0.0
             async for response in call:
-                await self._registry.fresh()
+                if time.monotonic() - checked >= MEMBERSHIP_RECHECK_S:
+                    await self._registry.fresh()  # a removed spoke's stream ends within it
+                    checked = time.monotonic()
                 yield response.reply, self.check_reply(spoke, inbound, response.reply)
         except grpc.aio.AioRpcError as exc:
             raise _spoke_error(spoke, exc) from exc
