@@ -121,6 +121,7 @@ async def test_spawn_status_watch_kill_through_a_connect_mode_spoke(
     assert row["health"] == "READY", row
     assert row["last_seen_time"]
     assert not row.get("address")
+    assert row["link_mode"] == "connect"
     assert row["status"]["redis_ok"] is True
 
     run = await fed.hubctl("--json", "spawn", "--spoke", SPOKE, "--wait", "--", "duration=0.2")
