@@ -31,7 +31,32 @@ log = structlog.get_logger("hubspoke.hub.events")
 FAN_IN_BUFFER = 256
 """Entries the hub holds between the spokes' streams and the client's (then it stops reading)."""
 
+FEED_SILENCE_S = 30.0
+"""How long a following spoke may send nothing before the hub gives up on it (it sends a
+heartbeat every watch_heartbeat_s, 5 s by default); without follow, the hub's
+fanout_timeout_s."""
+
 _DONE = object()
+
+
+async def _spoke_feed(
+    relayer: Relayer, inbound: Inbound, spoke: str, timeout_s: float, silence_s: float
+) -> AsyncIterator[command_pb2.SignedEnvelope]:
+    """One spoke's verified entries; SpokeUnavailableError once it is silent ``silence_s``
+    (a stopped process keeps its connection open, so the call alone would wait its deadline)."""
+    stream = relayer.feed(spoke, inbound, timeout_s)
+    async with contextlib.aclosing(stream):  # type: ignore[type-var]  # an async generator
+        while True:
+            try:
+                async with asyncio.timeout(silence_s):
+                    reply_env, _ = await anext(stream)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise errors.SpokeUnavailableError(
+                    f"spoke {spoke} sent nothing for {silence_s:g} s", spoke=spoke
+                ) from None
+            yield reply_env
 
 
 async def fan_in(
@@ -41,19 +66,23 @@ async def fan_in(
     timeout_s: float,
     hub: str,
     key: SigningKey,
+    *,
+    idle_s: float,
 ) -> AsyncIterator[command_pb2.SignedEnvelope]:
     """Every spoke's signed feed entries as they arrive, and the hub's own for a spoke that
     failed; ends once every spoke's stream has. With a spoke as the command's audience there
     is no fan-in: that spoke's entries, and its failure as the call's own error."""
+    live = inbound.command.watch_events.follow
+    silence = max(idle_s, FEED_SILENCE_S) if live else idle_s
     if inbound.command.audience != hub:
-        async for reply_env, _ in relayer.feed(spokes[0], inbound, timeout_s):
+        async for reply_env in _spoke_feed(relayer, inbound, spokes[0], timeout_s, silence):
             yield reply_env
         return
     queue: asyncio.Queue[command_pb2.SignedEnvelope | object] = asyncio.Queue(FAN_IN_BUFFER)
 
     async def pump(spoke: str) -> None:
         try:
-            async for reply_env, _ in relayer.feed(spoke, inbound, timeout_s):
+            async for reply_env in _spoke_feed(relayer, inbound, spoke, timeout_s, silence):
                 await queue.put(reply_env)
         except errors.CommandError as exc:
             log.info("feed_spoke_failed", spoke=spoke, reason=exc.reason)

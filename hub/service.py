@@ -371,7 +371,13 @@ class HubServicer:
         limit = min(remaining or self._cfg.watch_max_s, self._cfg.watch_max_s)
         with self._watches.hold(inbound.command.issuer):
             replies = events.fan_in(
-                self._relayer, inbound, spokes, limit, self._cfg.hub_name, self._cfg.key
+                self._relayer,
+                inbound,
+                spokes,
+                limit,
+                self._cfg.hub_name,
+                self._cfg.key,
+                idle_s=self._cfg.fanout_timeout_s,
             )
             async with contextlib.aclosing(replies):  # type: ignore[type-var]  # an async generator
                 async for reply_env in replies:

@@ -246,3 +246,18 @@ async def test_hooks_get_failed_and_needs_input_and_never_delay_agents(fed: Fed)
         doc = got[agent_id]
         assert (doc["state"], doc["spoke"], doc["owner"]) == (state, "spoke-1", "operator")
         assert doc["agent"] == f"spokes/spoke-1/agents/{agent_id}"
+
+
+async def test_a_spoke_that_does_not_answer_is_named_and_the_others_still_come(fed: Fed) -> None:
+    agent = await fed.operator.spawn("spoke-1", "synthetic", "duration=0 steps=0")
+    await fed.operator.wait(agent.agent_id, "spoke-1", timeout=30)
+    stopped = fed.fed.spoked("spoke-2")
+    stopped.signal(signal.SIGSTOP)  # its connection stays open: only silence tells
+    try:
+        run = await fed.fed.hubctl("events", "--state", "SUCCEEDED")
+    finally:
+        stopped.signal(signal.SIGCONT)
+    assert run.code == 5, run.stderr
+    assert "spoke spoke-2 unreachable" in run.stderr
+    assert agent.agent_id in run.stdout
+    assert "since spoke-1=" in run.stderr
