@@ -119,6 +119,7 @@ async def run(client: Client, args: argparse.Namespace, out: Out) -> int:
         unreachable = False
         async for event in feed:
             token = event.token
+            unreachable = unreachable or event.kind == FeedKind.UNREACHABLE
             if out.json:
                 if event.kind != FeedKind.HEARTBEAT:
                     print(json.dumps(event_doc(event), sort_keys=True), flush=True)
@@ -128,7 +129,6 @@ async def run(client: Client, args: argparse.Namespace, out: Out) -> int:
                 if args.follow and not out.quiet:
                     print(f"since {token}", file=sys.stderr, flush=True)
             elif event.kind == FeedKind.UNREACHABLE:
-                unreachable = True
                 print(
                     f"Warning: spoke {escape(event.spoke)} unreachable: {escape(event.detail)}",
                     file=sys.stderr,
@@ -142,6 +142,6 @@ async def run(client: Client, args: argparse.Namespace, out: Out) -> int:
                 )
     except ValueError as exc:  # a malformed --since
         raise cli_parser.UsageError(f"--since: {exc}") from None
-    if not out.json and not out.quiet:
+    if not out.quiet:  # stderr, also with --json: the resume token after the last entry
         print(f"since {token}", file=sys.stderr, flush=True)
     return EXIT_UNREACHABLE if unreachable else 0

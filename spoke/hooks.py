@@ -234,6 +234,7 @@ class HookRunner:
         retries = self.hook.retries if self.hook.retries is not None else self.settings.retries
         data = event_json(self.spoke, item)
         for attempt in range(1, retries + 2):
+            await self._hold()  # renewed per attempt: retries may outlast one lease
             outcome = await self._run_once(data)
             if outcome == "ok":
                 log.info("hook_ran", hook=self.hook.name, agent=item.agent_id, state=item.state)
