@@ -12,22 +12,26 @@ import builtins
 import os
 from collections.abc import AsyncGenerator, Collection, Iterator, Mapping
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from . import _enrol
 from ._client import Client
+from ._events import FeedEvent
 from ._placement import Placement
 from ._types import (
     Agent,
     AgentEvent,
     AgentList,
     AgentPage,
+    AgentState,
     FederatedQueueStats,
     QueueStats,
     Spoke,
 )
 
 __all__ = ["SyncClient"]
+
+_E = TypeVar("_E")
 
 
 class SyncClient:
@@ -194,6 +198,25 @@ class SyncClient:
         finally:
             self._runner.run(events.aclose())
 
+    def events(
+        self,
+        *,
+        spoke: str | None = None,
+        states: Collection[AgentState | str] = (),
+        since: str | Mapping[str, int] | None = None,
+        follow: bool = False,
+    ) -> Iterator[FeedEvent]:
+        """See :meth:`Client.events`; each ``next`` runs the stream until its next entry."""
+        entries = self.client.events(spoke=spoke, states=states, since=since, follow=follow)
+        try:
+            while True:
+                try:
+                    yield self._runner.run(_next(entries))
+                except StopAsyncIteration:
+                    return
+        finally:
+            self._runner.run(entries.aclose())
+
     def wait(
         self, agent: str | Agent, spoke: str | None = None, *, timeout: float | None = None
     ) -> Agent:
@@ -261,5 +284,5 @@ class SyncClient:
         return self._runner.run(self.client.dead_letters(spoke, page_size, page_token))
 
 
-async def _next(events: AsyncGenerator[AgentEvent, None]) -> AgentEvent:
+async def _next(events: AsyncGenerator[_E, None]) -> _E:
     return await anext(events)
