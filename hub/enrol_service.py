@@ -34,6 +34,7 @@ from . import init_join
 from .enrol import (
     EnrolCalls,
     EnrolSettings,
+    SpokeNameTakenError,
     TokenExpiredError,
     TokenUnknownError,
     TokenUsedError,
@@ -124,8 +125,17 @@ class EnrolServicer:
                 f"the token enrols {token.name!r}, the request names {asked.name!r}"
             )
         self._calls.check_free(asked.name)
+        token_hash = tokens.secret_hash(token.secret)
+        early = await self._membership.store.peek_token(token_hash)
+        if early is not TokenState.OK:  # say why the token is no good before anything else
+            raise _REFUSALS[early](f"the enrolment token {_WORDS[early]}", spoke=asked.name)
+        await self._membership.fresh()
+        if self._membership.member(asked.name) is not None:  # two tokens for one name
+            raise SpokeNameTakenError(
+                f"spoke {asked.name!r} is enrolled already: remove it first", spoke=asked.name
+            )
         join = self._join_request(asked, public)
-        state, record = await self._membership.store.consume_token(tokens.secret_hash(token.secret))
+        state, record = await self._membership.store.consume_token(token_hash)
         if record is None:
             log.warning("enrol_token_refused", spoke=asked.name, state=str(state))
             raise _REFUSALS[state](f"the enrolment token {_WORDS[state]}", spoke=asked.name)

@@ -182,6 +182,21 @@ class MembershipStore:
             )
         return int(expire)
 
+    async def peek_token(self, token_hash: str) -> TokenState:
+        """What using the token would find now, without using it (a hint: only
+        :meth:`consume_token` decides)."""
+        async with self._guard():
+            found = await self._redis.hmget(token_key(self._hub, token_hash), "used", "expire_ms")
+            now_s, now_us = await self._redis.time()
+        used, expire = found
+        if expire is None:
+            return TokenState.UNKNOWN
+        if used == "1":
+            return TokenState.USED
+        if int(now_s) * 1000 + int(now_us) // 1000 >= int(expire):
+            return TokenState.EXPIRED
+        return TokenState.OK
+
     async def consume_token(self, token_hash: str) -> tuple[TokenState, TokenRecord | None]:
         """Use a token once: its record, or why it cannot be used."""
         async with self._guard():

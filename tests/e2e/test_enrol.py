@@ -90,6 +90,30 @@ async def enrol_run(token: str, config: Path) -> tuple[int, str]:
     return await proc.wait(), err.decode()
 
 
+async def enrol_direct(address: str, token: str, name: str) -> grpc.StatusCode:
+    """EnrollSpoke as a plaintext spoke would send it (a new key, no CSR): the status."""
+    key = keys.generate(name)
+    request = enrol_pb2.EnrolmentRequest(
+        token=token,
+        name=name,
+        address="127.0.0.1:9",
+        issue_time=commands.to_timestamp(commands.now()),
+    )
+    signed = envelope.sign(request.SerializeToString(), tokens.PAYLOAD_TYPE_REQUEST, key)
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = enrol_service_pb2_grpc.EnrolServiceStub(channel)
+        try:
+            await stub.EnrollSpoke(
+                enrol_service_pb2.EnrolServiceEnrollSpokeRequest(
+                    request=signed, public_key=key.public.public_bytes_raw()
+                ),
+                timeout=10,
+            )
+        except grpc.aio.AioRpcError as exc:
+            return exc.code()
+    return grpc.StatusCode.OK
+
+
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -211,6 +235,21 @@ async def test_used_expired_and_foreign_tokens_are_refused(env: Env) -> None:
     code, err = await enrol_run(env.token, again)
     assert code == 2, err
     assert "ENROL_TOKEN_USED" in err, err
+
+    # Two tokens for one name: the second is refused once the first enrolled, and not used up.
+    twice = []
+    for _ in range(2):
+        run = await fed.hubctl("--json", "spoke", "enroll", "edge-4", "--address", "127.0.0.1:9")
+        assert run.code == 0, run.stderr
+        twice.append(run.doc()["token"])
+    assert (await enrol_direct(fed.hub_address, twice[0], "edge-4")) == grpc.StatusCode.OK
+    assert (await enrol_direct(fed.hub_address, twice[1], "edge-4")) == (
+        grpc.StatusCode.FAILED_PRECONDITION
+    )
+    run = await fed.hubctl("spoke", "remove", "edge-4")
+    assert run.code == 0, run.stderr
+    assert (await enrol_direct(fed.hub_address, twice[1], "edge-4")) == grpc.StatusCode.OK
+    assert (await fed.hubctl("spoke", "remove", "edge-4")).code == 0
 
     # Expired.
     await asyncio.sleep(0.5)

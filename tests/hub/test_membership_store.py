@@ -69,6 +69,7 @@ async def test_a_token_is_used_once_even_by_two_hubs_at_once(
 ) -> None:
     a, b = stores
     await a.create_token("t1", record(), 60_000)
+    assert await b.peek_token("t1") is TokenState.OK
     results = await asyncio.gather(a.consume_token("t1"), b.consume_token("t1"))
     states = sorted(state for state, _ in results)
     assert states == [TokenState.OK, TokenState.USED]
@@ -79,6 +80,8 @@ async def test_a_token_is_used_once_even_by_two_hubs_at_once(
         "127.0.0.1:1",
     )
     assert (await a.consume_token("never"))[0] is TokenState.UNKNOWN
+    assert await a.peek_token("t1") is TokenState.USED
+    assert await a.peek_token("never") is TokenState.UNKNOWN
 
 
 async def test_an_expired_token_is_told_apart(
@@ -87,6 +90,7 @@ async def test_an_expired_token_is_told_apart(
     a, _ = stores
     await a.create_token("t2", record(), 50)
     await asyncio.sleep(0.1)
+    assert await a.peek_token("t2") is TokenState.EXPIRED
     assert (await a.consume_token("t2"))[0] is TokenState.EXPIRED
 
 
