@@ -357,20 +357,21 @@ async def test_the_inbox_is_a_file_that_outlives_a_spoked_crash(fed: Fed) -> Non
     """Last in this module: it kills the spoked."""
     agent = await fed.operator.spawn(SPOKE, "synthetic", "wait_input duration=60", max_attempts=2)
 
-    async def running(attempt: int) -> bool:
+    async def running(attempts: tuple[int, ...]) -> bool:
         try:
             now = await fed.operator.get(agent.agent_id, SPOKE)
         except CallError:  # the hub's circuit to the restarted spoke is not closed yet
             return False
-        return (now.state, now.attempt) == (AgentState.RUNNING, attempt)
+        return now.state == AgentState.RUNNING and now.attempt in attempts
 
-    await until(lambda: running(1))
+    await until(lambda: running((1,)))
     inbox = fed.inbox_dir / f"{agent.agent_id}.inbox"
     spoked = fed.fed.spoked(SPOKE)
     await spoked.kill()  # SIGKILL, as a crash
     assert stat.S_ISREG(inbox.stat().st_mode)  # a file on disk, not a pipe spoked held
     await spoked.start()
-    await until(lambda: running(2), 60)  # reaped and retried (retry_safe, 2 attempts)
+    # Retried (retry_safe, 2 attempts), or re-attached where a supervisor kept it running.
+    await until(lambda: running((1, 2)), 60)
     assert inbox.exists()
 
     async def sent() -> bool:
@@ -380,5 +381,5 @@ async def test_the_inbox_is_a_file_that_outlives_a_spoked_crash(fed: Fed) -> Non
 
     await until(sent)
     done = await fed.operator.wait(agent, timeout=30)
-    assert (done.state, done.attempt) == (AgentState.SUCCEEDED, 2)
+    assert done.state == AgentState.SUCCEEDED
     assert "INPUT 1 operator after the crash" in done.stdout_tail
