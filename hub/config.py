@@ -174,48 +174,6 @@ class HubConfig:
     """How long, in seconds, in-flight calls may finish on shutdown."""
     max_message_bytes: int = 4 * 1024 * 1024
     """Largest request or response, in bytes."""
-    link_hello_timeout_s: float = 10.0
-    """Connect mode: how long, in seconds, a spoke's new Control or Serve stream may take to
-    send its first message (hello, open)."""
-    link_max_pending_calls: int = 256
-    """Connect mode: calls in flight to one spoke; more fail at once with RESOURCE_EXHAUSTED
-    (LINK_BUSY)."""
-    link_call_buffer: int = 16
-    """Connect mode: response messages of one call the hub holds before it stops reading the
-    spoke's Serve stream (flow control then slows the spoke)."""
-    link_missed_heartbeats: int = 3
-    """Connect mode: heartbeat intervals without a heartbeat after which the hub ends the
-    spoke's session; the spoke then shows DISCONNECTED and calls to it fail at once."""
-    link_min_heartbeat_s: float = 0.2
-    """Connect mode: the shortest heartbeat interval the hub accepts from a spoke."""
-    link_max_heartbeat_s: float = 60.0
-    """Connect mode: the longest heartbeat interval the hub accepts from a spoke."""
-    log_level: str = "info"
-    """One of debug, info, warning, error, critical."""
-    outbox_enabled: bool = True
-    """Hold spawns (and kills) for unreachable spokes in the hub's Redis and deliver them
-    when the spoke is back (hub/outbox.py); off: such calls fail UNAVAILABLE as before."""
-    outbox_max_per_spoke: int = 10_000
-    """Most commands held for one spoke; more get RESOURCE_EXHAUSTED (OUTBOX_FULL)."""
-    outbox_max_total: int = 100_000
-    """Most commands held for all spokes together; more get RESOURCE_EXHAUSTED."""
-    outbox_default_start_within_s: float = 86400.0
-    """Start deadline, in seconds after acceptance, of a held spawn that names none (the
-    spoke's own default applies again at delivery)."""
-    outbox_poll_s: float = 1.0
-    """How often, in seconds, the hub tries to deliver held commands."""
-    outbox_retry_base_s: float = 1.0
-    """First delay, in seconds, after a failed delivery; doubled per attempt."""
-    outbox_retry_max_s: float = 60.0
-    """Longest delay, in seconds, between delivery attempts of one command."""
-    outbox_lease_s: float = 30.0
-    """How long, in seconds, one hubd holds a command it is delivering before another may."""
-    metrics_listen: str = ""
-    """``host:port`` of the Prometheus endpoint (``/metrics``); empty: no endpoint."""
-    tls: stls.TlsConfig | None = None
-    """Transport TLS (``[tls]``, ``HUB_TLS_*``): serve it and dial spokes with it. Without
-    it the hub speaks plaintext, which it allows only on loopback."""
-
     max_input_bytes: int = 64 * 1024
     """The longest text a SendInput (hubctl send) may carry, in UTF-8 bytes; a longer one is
     refused with INVALID_ARGUMENT before it is relayed (each spoke has its own bound too)."""
@@ -239,6 +197,24 @@ class HubConfig:
     client signature); 0 disables the limit."""
     enrol_burst: int = 10
     """EnrolService calls one caller address may make at once."""
+    outbox_enabled: bool = True
+    """Hold spawns (and kills) for unreachable spokes in the hub's Redis and deliver them
+    when the spoke is back (hub/outbox.py); off: such calls fail UNAVAILABLE as before."""
+    outbox_max_per_spoke: int = 10_000
+    """Most commands held for one spoke; more get RESOURCE_EXHAUSTED (OUTBOX_FULL)."""
+    outbox_max_total: int = 100_000
+    """Most commands held for all spokes together; more get RESOURCE_EXHAUSTED."""
+    outbox_default_start_within_s: float = 86400.0
+    """Start deadline, in seconds after acceptance, of a held spawn that names none (the
+    spoke's own default applies again at delivery)."""
+    outbox_poll_s: float = 1.0
+    """How often, in seconds, the hub tries to deliver held commands."""
+    outbox_retry_base_s: float = 1.0
+    """First delay, in seconds, after a failed delivery; doubled per attempt."""
+    outbox_retry_max_s: float = 60.0
+    """Longest delay, in seconds, between delivery attempts of one command."""
+    outbox_lease_s: float = 30.0
+    """How long, in seconds, one hubd holds a command it is delivering before another may."""
     audit_enabled: bool = True
     """Keep the hash-chained audit log of every call and decision in the hub's Redis
     (hub/audit.py); ``hubctl audit tail`` reads it, ``hubctl audit verify`` checks it."""
@@ -274,6 +250,13 @@ class HubConfig:
     """Connect mode: the shortest heartbeat interval the hub accepts from a spoke."""
     link_max_heartbeat_s: float = 60.0
     """Connect mode: the longest heartbeat interval the hub accepts from a spoke."""
+    log_level: str = "info"
+    """One of debug, info, warning, error, critical."""
+    metrics_listen: str = ""
+    """``host:port`` of the Prometheus endpoint (``/metrics``); empty: no endpoint."""
+    tls: stls.TlsConfig | None = None
+    """Transport TLS (``[tls]``, ``HUB_TLS_*``): serve it and dial spokes with it. Without
+    it the hub speaks plaintext, which it allows only on loopback."""
 
     def __post_init__(self) -> None:
         _check_name("name", self.name)
@@ -297,12 +280,6 @@ class HubConfig:
                 raise HubConfigError(f"spoke {s.name!r} has the hub's own name")
             if s.name in seen:
                 raise HubConfigError(f"spoke {s.name!r} is listed twice")
-        if self.outbox_max_per_spoke < 1 or self.outbox_max_total < 1:
-            raise HubConfigError("outbox_max_per_spoke and outbox_max_total must be positive")
-        if self.audit_max_entries < 1 or self.audit_max_bytes_kept < 0:
-            raise HubConfigError("audit_max_entries must be positive, audit_max_bytes_kept >= 0")
-        if self.audit_unverified_per_s < 0:
-            raise HubConfigError("audit_unverified_per_s must not be negative")
             seen.add(s.name)
         sconfig.check_positive_seconds(_LAYOUT, self)
         for key in (
@@ -320,6 +297,12 @@ class HubConfig:
         ):
             if getattr(self, key) <= 0:
                 raise HubConfigError(f"{key} must be positive")
+        if self.outbox_max_per_spoke < 1 or self.outbox_max_total < 1:
+            raise HubConfigError("outbox_max_per_spoke and outbox_max_total must be positive")
+        if self.audit_max_entries < 1 or self.audit_max_bytes_kept < 0:
+            raise HubConfigError("audit_max_entries must be positive, audit_max_bytes_kept >= 0")
+        if self.audit_unverified_per_s < 0:
+            raise HubConfigError("audit_unverified_per_s must not be negative")
         if self.max_message_bytes < 1024:
             raise HubConfigError("max_message_bytes must be at least 1024")
         if self.enrol_rate < 0 or self.enrol_burst < 1:
@@ -339,10 +322,6 @@ class HubConfig:
     def redis(self) -> RedisAccess:
         """The ``redis_*`` options as one value: every Redis client is built from it."""
         return sconfig.redis_access(_LAYOUT, self)
-        if self.audit_max_entries < 1 or self.audit_max_bytes_kept < 0:
-            raise HubConfigError("audit_max_entries must be positive, audit_max_bytes_kept >= 0")
-        if self.audit_unverified_per_s < 0:
-            raise HubConfigError("audit_unverified_per_s must not be negative")
 
     def replace(self, **changes: Any) -> HubConfig:
         """A copy with some options changed (e.g. from flags), validated again."""

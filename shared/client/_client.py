@@ -41,12 +41,11 @@ from hubspoke.gen.federation.v1 import (
 )
 from hubspoke.trust import Role, TrustStore
 
-from . import _events, _rpc
+from . import _enrol, _events, _rpc
 from ._audit import AuditPage, AuditRecord
-from . import _enrol
 from ._errors import CallError, ClientConfigError
-from ._outbox import OutboxItem, OutboxList
 from ._events import FeedEvent
+from ._outbox import OutboxItem, OutboxList
 from ._placement import Placement, spawn_body
 from ._types import (
     Agent,
@@ -163,8 +162,8 @@ class Client:
         # Static trust, then the hub's signed membership list (enrolled spokes).
         self._trust: TrustStore = _enrol.MembershipTrust(trust)
         self.membership_max_age_s = _enrol.MEMBERSHIP_MAX_AGE_S
-        self._retired: list[grpc.aio.Channel] = []
         self._channel: grpc.aio.Channel | None = None
+        self._retired: list[grpc.aio.Channel] = []
         self._stub: hub_service_pb2_grpc.HubServiceAsyncStub | None = None
 
     @classmethod
@@ -214,6 +213,7 @@ class Client:
             )
             self._stub = hub_service_pb2_grpc.HubServiceStub(self._channel)
         return self._stub
+
     def _next_hub(self, failed: str) -> None:
         """Move on from ``failed``, one of several hub addresses where a call found nobody
         (unless a concurrent call already did); its channel is closed with the client, so
@@ -224,7 +224,6 @@ class Client:
         if self._channel is not None:
             self._retired.append(self._channel)
         self._channel, self._stub = None, None
-
 
     async def close(self) -> None:
         """Close the channel; idempotent. The client opens a new one if used again."""
@@ -465,8 +464,8 @@ class Client:
         for attempt in range(_ATTEMPTS):
             cmd = self._command(spoke or self.hub_name, commands.new_command_id())
             _rpc.WATCH.attach(cmd, command_pb2.WatchAgentBody(agent=agent, after_sequence=last))
-            dialled = self._addresses[0]
             sent = _Sent(cmd, commands.sign_command(cmd, self._key))
+            dialled = self._addresses[0]
             call = _rpc.WATCH.method(self._open())(
                 _rpc.WATCH.request(sent.envelope),
                 timeout=max_s,
@@ -490,10 +489,10 @@ class Client:
             except grpc.aio.AioRpcError as exc:
                 failure = sgrpc.from_rpc_error(exc)
                 if not _retryable(failure) or attempt + 1 == _ATTEMPTS:
+                    raise CallError.from_failure(failure) from exc
                 if not failure.reason and len(self._addresses) > 1:
                     self._next_hub(dialled)  # no hubd answered there: try the next one at once
                     continue
-                    raise CallError.from_failure(failure) from exc
             else:
                 return
             finally:
@@ -562,6 +561,7 @@ class Client:
                 if current.state.settled:
                     return current
                 await asyncio.sleep(poll_s)
+
     # -- the hub's outbox --------------------------------------------------------------------
 
     async def outbox(self, spoke: str | None = None, page_size: int = 100) -> OutboxList:
@@ -589,7 +589,6 @@ class Client:
         return AuditPage(
             tuple(AuditRecord.from_proto(e) for e in page.entries), page.next_before_seq
         )
-
 
     # -- enrolment (shared/client/_enrol.py) ------------------------------------------------
 
@@ -695,24 +694,6 @@ class Client:
     ) -> AgentPage:
         """A page of one spoke's dead-letter set."""
         body = command_pb2.ListDeadLettersBody(page_size=page_size, page_token=page_token)
-
-    # -- the hub's audit log -----------------------------------------------------------------
-
-    async def audit_log(
-        self, *, page_size: int = 50, before_seq: int = 0, agent: str = "", principal: str = ""
-    ) -> AuditPage:
-        """A page of the hub's audit log, newest first, as the hub signed it (policy verb
-        ``audit``; under an ``own`` rule only the caller's own entries)."""
-        body = audit_pb2.ReadAuditLogBody(
-            page_size=page_size, before_seq=before_seq, agent=agent, principal=principal
-        )
-        sent, resp = await self._call(_rpc.READ_AUDIT_LOG, self.hub_name, body)
-        _, reply = self._verify(sent, resp.reply, Role.HUB, self.hub_name, "audit_page")
-        page = reply.audit_page
-        return AuditPage(
-            tuple(AuditRecord.from_proto(e) for e in page.entries), page.next_before_seq
-        )
-
         sent, resp = await self._call(_rpc.LIST_DEAD_LETTERS, spoke, body)
         signer, reply = self._verify(sent, resp.reply, Role.SPOKE, spoke, "agent_page")
         return self._page(reply.agent_page, signer)
@@ -735,7 +716,6 @@ class Client:
         _, reply = self._verify(sent, reply_env, Role.SPOKE, spoke, "queue_stats")
         return QueueStats.from_proto(reply.queue_stats)
 
-            dialled = self._addresses[0]
     def _command(self, audience: str, command_id: str) -> command_pb2.Command:
         return commands.build_command(
             issuer=self.principal, audience=audience, command_id=command_id
@@ -746,9 +726,6 @@ class Client:
         verb: _rpc.Unary[_B, _Q, _S],
         audience: str,
         payload: _B,
-                if not failure.reason and len(self._addresses) > 1:
-                    self._next_hub(dialled)  # no hubd answered there: try the next one at once
-                    continue
         command_id: str | None = None,
     ) -> tuple[_Sent, _S]:
         """Sign and send one command; on UNAVAILABLE sign it again (fresh nonce, same
@@ -758,6 +735,7 @@ class Client:
             cmd = self._command(audience, cid)
             verb.attach(cmd, payload)
             sent = _Sent(cmd, commands.sign_command(cmd, self._key))
+            dialled = self._addresses[0]
             try:
                 resp = await verb.method(self._open())(
                     verb.request(sent.envelope),
@@ -768,6 +746,9 @@ class Client:
                 failure = sgrpc.from_rpc_error(exc)
                 if not _retryable(failure) or attempt + 1 == _ATTEMPTS:
                     raise CallError.from_failure(failure) from exc
+                if not failure.reason and len(self._addresses) > 1:
+                    self._next_hub(dialled)  # no hubd answered there: try the next one at once
+                    continue
             else:
                 await _enrol.know_signers(self, verb.replies(resp))
                 return sent, resp
@@ -801,6 +782,25 @@ class Client:
         if reply.WhichOneof("result") != result:
             raise CallError.invalid_reply(f"reply carries no {result}")
         return verified.peer, reply
+
+    def _agent_reply(
+        self,
+        sent: _Sent,
+        reply_env: command_pb2.SignedEnvelope,
+        spoke: str | None,
+        agent_id: str | None = None,
+    ) -> Agent:
+        """The agent a reply carries, once it is the agent asked for, from its own spoke (or
+        from the hub, for an agent the hub holds in its outbox: ``_hub_held``)."""
+        try:
+            signer, reply = self._verify(sent, reply_env, Role.SPOKE, spoke, "agent")
+        except CallError:
+            held = self._hub_held(sent, reply_env, spoke, agent_id)
+            if held is None:
+                raise
+            return held
+        return _checked_agent(reply.agent, signer, agent_id)
+
     def _hub_held(
         self,
         sent: _Sent,
@@ -828,25 +828,6 @@ class Client:
             raise CallError.invalid_reply(f"asked for agent {agent_id}, got {agent.agent_id!r}")
         return Agent.from_proto(agent)
 
-
-    def _agent_reply(
-        self,
-        sent: _Sent,
-        reply_env: command_pb2.SignedEnvelope,
-        spoke: str | None,
-        agent_id: str | None = None,
-    ) -> Agent:
-        """The agent a reply carries, once it is the agent asked for, from its own spoke (or
-        from the hub, for an agent the hub holds in its outbox: ``_hub_held``)."""
-        try:
-            signer, reply = self._verify(sent, reply_env, Role.SPOKE, spoke, "agent")
-        except CallError:
-            held = self._hub_held(sent, reply_env, spoke, agent_id)
-            if held is None:
-                raise
-            return held
-        return _checked_agent(reply.agent, signer, agent_id)
-
     def _deduped_reply(
         self,
         sent: _Sent,
@@ -855,20 +836,6 @@ class Client:
         command_id: str,
         body: command_pb2.SpawnAgentBody,
     ) -> Agent:
-def hub_may_answer(agent: agent_pb2.Agent) -> bool:
-    """Whether the hub may sign ``agent``: one it holds in its outbox, one that ended there, or
-    one whose kill it holds (docs/protocol.md, "Store and forward")."""
-    state = agent.state
-    if agent.kill_pending:
-        return state == agent_pb2.Agent.STATE_UNSPECIFIED
-    return (
-        state == agent_pb2.Agent.STATE_PENDING_DELIVERY
-        or (state == agent_pb2.Agent.STATE_EXPIRED and agent.reason == "UNDELIVERED")
-        or (state == agent_pb2.Agent.STATE_KILLED and agent.reason == "KILLED_BEFORE_DELIVERY")
-        or (state == agent_pb2.Agent.STATE_FAILED and agent.reason.startswith("DELIVERY_REFUSED"))
-    )
-
-
         """A dedupe spawn's agent: the one it created, or (``deduplicated``) the caller's
         agent that holds the same key."""
         signer, reply = self._verify(sent, reply_env, Role.SPOKE, spoke, "agent")
@@ -886,6 +853,20 @@ def hub_may_answer(agent: agent_pb2.Agent) -> bool:
         for agent in page.agents:
             _checked_agent(agent, signer, None)
         return AgentPage.from_proto(page)
+
+
+def hub_may_answer(agent: agent_pb2.Agent) -> bool:
+    """Whether the hub may sign ``agent``: one it holds in its outbox, one that ended there, or
+    one whose kill it holds (docs/protocol.md, "Store and forward")."""
+    state = agent.state
+    if agent.kill_pending:
+        return state == agent_pb2.Agent.STATE_UNSPECIFIED
+    return (
+        state == agent_pb2.Agent.STATE_PENDING_DELIVERY
+        or (state == agent_pb2.Agent.STATE_EXPIRED and agent.reason == "UNDELIVERED")
+        or (state == agent_pb2.Agent.STATE_KILLED and agent.reason == "KILLED_BEFORE_DELIVERY")
+        or (state == agent_pb2.Agent.STATE_FAILED and agent.reason.startswith("DELIVERY_REFUSED"))
+    )
 
 
 def _checked_agent(agent: agent_pb2.Agent, signer: str, agent_id: str | None) -> Agent:
