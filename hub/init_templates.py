@@ -161,6 +161,11 @@ SPOKE_OPTIONS: Final[Mapping[str, str]] = {
     "watch_event_rate_per_principal": "Events per second one principal's watches may carry here.",
     "watch_event_burst_per_principal": "Events one principal's watches may carry here at once.",
     "watch_heartbeat_s": "Seconds between heartbeats on an idle watch stream.",
+    "feed_maxlen": "State changes the event feed (hubctl events) keeps; older are trimmed.",
+    "hooks": "Notification hooks: [[hooks]] tables (name, on, program, args); operations.md.",
+    "hook_timeout_s": "How long, in seconds, one run of a hook program may take.",
+    "hook_retries": "How many times a failed hook run is tried again.",
+    "hook_backoff_s": "Seconds before a hook's first retry; doubled for each further one.",
     "kill_wait_s": "How long, in seconds, a kill waits for the agent's final state.",
     "shutdown_grace_s": "How long, in seconds, calls and agents may finish on shutdown.",
     "allow_eviction": "Start even if Redis may evict keys (risks losing queued agents).",
@@ -189,6 +194,8 @@ def _value(value: object) -> str:
         return str(value)
     if isinstance(value, Path):
         return _s(str(value))
+    if value == ():  # an empty array of tables (hooks)
+        return "[]"
     return _s(str(value))
 
 
