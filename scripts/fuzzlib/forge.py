@@ -34,7 +34,16 @@ REPLY = envelope.PAYLOAD_TYPE_REPLY
 VALIDITY = dt.timedelta(minutes=5)
 RELAY_VALIDITY = dt.timedelta(seconds=60)
 SPOKE_ADDRESSED = frozenset({"spawn_agent", "pause_queue", "resume_queue", "drain_queue"})
-HUB_ANSWERED = frozenset({"list_spokes", "drain_spoke", "undrain_spoke"})
+HUB_ANSWERED = frozenset(
+    {
+        "list_spokes",
+        "drain_spoke",
+        "undrain_spoke",
+        "enroll_spoke",
+        "remove_spoke",
+        "get_membership",
+    }
+)
 """Verbs the hub answers and signs itself: their audience is the hub."""
 DRAINED = MISROUTED
 """The spoke a valid drain_spoke names: spoke-1 stays open for spawns (a spawn to spoke-2 may
