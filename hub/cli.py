@@ -59,11 +59,13 @@ from .cli_output import (
     event_text,
     mode_text,
     outbox_text,
+    profiles_text,
     seen_ago,
     spoke_health_text,
     spoke_json,
     stats_json,
     table,
+    version_text,
     write_chunk,
 )
 from .cli_parser import DEFAULT_RPC_TIMEOUT_S, UsageError, build_parser, seconds
@@ -257,7 +259,7 @@ async def _spokes(client: Client, args: argparse.Namespace, out: Out) -> int:
         out.doc({"spokes": [spoke_json(s) for s in spokes]})
         return EXIT_OK
     head = ["NAME", "ADDRESS", "HEALTH", "MODE", "LAST SEEN", "CAPACITY", "CIRCUIT", "OUTBOX"]
-    rows = [[*head, "LINK", "LABELS"]]
+    rows = [[*head, "LINK", "PROFILES", "VERSION", "LABELS"]]
     rows += [
         [
             s.name,
@@ -269,6 +271,8 @@ async def _spokes(client: Client, args: argparse.Namespace, out: Out) -> int:
             s.circuit.name.lower() if s.circuit else "-",
             outbox_text(s),
             (s.link_mode or "-") + (" (enrolled)" if s.enrolled else ""),
+            profiles_text(s),
+            version_text(s),
             ",".join(f"{k}={v}" for k, v in sorted(s.labels.items())),
         ]
         for s in spokes

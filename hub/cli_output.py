@@ -119,6 +119,22 @@ def mode_text(spoke: Spoke) -> str:
     return cap.mode.label + (f" ({', '.join(other)})" if other else "")
 
 
+def profiles_text(spoke: Spoke) -> str:
+    """The profiles the spoke reported in its last signed status (``-``: none yet)."""
+    cap = spoke.capacity
+    return ",".join(p.profile for p in cap.profiles) if cap is not None and cap.profiles else "-"
+
+
+def version_text(spoke: Spoke) -> str:
+    """The spoke's software and protocol version, e.g. ``0.1.0 (protocol 1)``."""
+    cap = spoke.capacity
+    software = cap.version if cap is not None and cap.version else ""
+    protocol = f"protocol {spoke.protocol_version}" if spoke.protocol_version else ""
+    if software and protocol:
+        return f"{software} ({protocol})"
+    return software or protocol or "-"
+
+
 def outbox_text(spoke: Spoke) -> str:
     """``-``, or how many commands the hub holds for the spoke and the oldest's age."""
     if not spoke.outbox_depth:

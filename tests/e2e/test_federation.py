@@ -104,6 +104,14 @@ async def test_hubctl_spawn_wait_status_list_kill(federation: Federation) -> Non
     code, doc, err = await federation.hubctl("--json", "spokes")
     assert code == 0, err
     assert doc["spokes"][0]["health"] == "READY"
+    # The table shows state, last seen, capacity, profiles and version (issue 10).
+    code, text, err = await federation.hubctl("spokes")
+    assert code == 0, err
+    header, row = text.splitlines()[:2]
+    for column in ("HEALTH", "LAST SEEN", "CAPACITY", "PROFILES", "VERSION", "LABELS"):
+        assert column in header
+    assert "synthetic" in row
+    assert "(protocol 1)" in row
 
 
 async def test_hubctl_exit_codes(federation: Federation) -> None:
