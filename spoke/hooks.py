@@ -42,28 +42,11 @@ from hubspoke import aio, errors
 
 from .backend import BackendError
 from .feed import Feed, FeedItem
+from .model import AgentState
 
 log = structlog.get_logger("hubspoke.spoke.hooks")
 
-HOOK_STATES = frozenset(
-    {
-        "QUEUED",
-        "STARTING",
-        "RUNNING",
-        "SUCCEEDED",
-        "FAILED",
-        "KILLED",
-        "TIMED_OUT",
-        "DEAD_LETTERED",
-        "RETRYING",
-        "NEEDS_INPUT",
-        "NEEDS_VERIFICATION",
-        "EXPIRED",
-        "AWAITING_APPROVAL",
-        "REJECTED",
-        "SHADOWED",
-    }
-)
+HOOK_STATES = frozenset(s.value for s in AgentState)
 """States a hook may name in ``on``."""
 
 LEASE_MS = 30_000
