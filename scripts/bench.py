@@ -19,7 +19,7 @@ SCRIPTS = Path(__file__).resolve().parent
 REPO = SCRIPTS.parent
 sys.path[:0] = [str(SCRIPTS), str(REPO)]
 
-from benchlib import report, run  # noqa: E402 - after the path set-up above
+from benchlib import federation_run, report, run  # noqa: E402 - after the path set-up above
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,7 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--arms",
         default="",
-        help="comma-separated arm names or groups (floor, ours, rival, scale); default all",
+        help="comma-separated arm names or groups (floor, ours, rival, scale, federation: "
+        "1,000 connect-mode spokes, only when named); default all but federation",
     )
     p.add_argument("--out", type=Path, default=REPO / "bench-out", help="results directory")
     p.add_argument(
@@ -66,6 +67,14 @@ def main(argv: list[str] | None = None) -> int:
     if rounds < 1 or args.concurrency < 1:
         print("Error: --rounds and --concurrency must be at least 1", file=sys.stderr)
         return 2
+    if "federation" in arms:  # its own hubd and simulated spokes (benchlib/federation.py)
+        docs = args.docs == "yes" or (args.docs == "auto" and not args.quick)
+        federation_run.run(
+            quick=args.quick, out=args.out.resolve(), docs=docs_dir if docs else None
+        )
+        arms = tuple(a for a in arms if a != "federation")
+        if not arms:
+            return 0
     write_docs = args.docs == "yes" or (args.docs == "auto" and not args.quick and not arms)
     opts = run.Options(
         quick=args.quick,

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from . import notes
+from . import federation_report, notes
 from .fmt import DASH, fmt, num, span
 
 PLOTS = ("latency.png", "ratios.png", "cpu.png", "fanout.png", "scale.png")
@@ -212,7 +212,10 @@ def write_docs(doc: dict[str, Any], docs: Path) -> None:
     bench.mkdir(parents=True, exist_ok=True)
     write_plots(doc, bench)
     (bench / "results.json").write_text(json.dumps(doc, indent=1))
-    (docs / "benchmarks.md").write_text(markdown(doc, plot_dir="bench"))
+    page = docs / "benchmarks.md"
+    old = page.read_text() if page.exists() else ""
+    # The federation arm's section (its own run) stays: federation_report.keep.
+    page.write_text(federation_report.keep(old, markdown(doc, plot_dir="bench")))
 
 
 # -- plots ----------------------------------------------------------------------------------
