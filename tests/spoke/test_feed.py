@@ -1,15 +1,20 @@
 """The spoke's event feed on a real Redis: written by the state-change scripts themselves,
 numbered without holes, a reader told of a gap when the cap trimmed past its cursor or its
-cursor is ahead of the feed; and the ``[[hooks]]`` table refused with one readable line."""
+cursor is ahead of the feed; the ``[[hooks]]`` table refused with one readable line; a hook
+that resumes from its cursor in Redis after a restart."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import sys
 from pathlib import Path
 
 import pytest
 
 from hubspoke.spoke.config import SpokeConfig, SpokeConfigError
 from hubspoke.spoke.feed import FeedItem
+from hubspoke.spoke.hooks import Hook, Hooks, HookSettings
 from hubspoke.spoke.model import AgentState, SpawnRequest
 from hubspoke.spoke.queue import AgentQueue
 
@@ -107,3 +112,48 @@ def test_a_hook_program_is_resolved_against_the_config_file(tmp_path: Path) -> N
     [hook] = SpokeConfig.load(path, {}).hooks
     assert hook.program == tmp_path / "bin/notify"
     assert (hook.args, hook.retries, hook.on) == (("--to", "ops"), 0, {"FAILED", "NEEDS_INPUT"})
+
+
+def _read(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+async def _lines_of(path: Path, n: int) -> list[dict[str, object]]:
+    async with asyncio.timeout(20):
+        while len(_read(path)) < n:  # noqa: ASYNC110  # a file the hook's process writes: polled
+            await asyncio.sleep(0.05)
+    return _read(path)
+
+
+async def test_a_hook_resumes_from_its_cursor_after_a_restart(
+    redis_url: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "got.jsonl"
+    program = tmp_path / "record"
+    program.write_text(
+        f"#!{sys.executable}\nimport sys\nopen(sys.argv[1], 'a').write(sys.stdin.read())\n"
+    )
+    program.chmod(0o755)
+    hook = Hook(name="rec", on=frozenset({"KILLED"}), program=program, args=(str(out),))
+    settings = HookSettings(timeout_s=5, retries=0, backoff_s=0.1, heartbeat_s=0.2)
+    queue = AgentQueue(redis_url, "spoke-h")
+    try:
+        hooks = Hooks([hook], "spoke-h", queue.feed, queue.redis, settings)
+        hooks.start()
+        await asyncio.sleep(0.3)  # a new hook starts with the changes after it started
+        await queue.records.insert(_spawn("k1"), 10_000)
+        await queue.kills.request("k1", "c1")
+        assert [d["agent_id"] for d in await _lines_of(out, 1)] == ["k1"]
+        await hooks.close()  # spoked stops; changes go on meanwhile (another spoked)
+        for n in (2, 3):
+            await queue.records.insert(_spawn(f"k{n}"), 10_000)
+            await queue.kills.request(f"k{n}", f"c{n}")
+        await queue.redis.delete(queue.keys.hook_lease("rec"))  # the old lease lapsed
+        hooks = Hooks([hook], "spoke-h", queue.feed, queue.redis, settings)
+        hooks.start()
+        got = await _lines_of(out, 3)
+        await hooks.close()
+        assert [d["agent_id"] for d in got] == ["k1", "k2", "k3"]  # none twice, none lost
+        assert {d["state"] for d in got} == {"KILLED"}
+    finally:
+        await queue.close()
