@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from bullmq import Queue, Worker
+from bullmq import Job, Queue, Worker
 
 from hubspoke.redis_access import RedisAccess
 
@@ -79,6 +79,43 @@ def jittered_backoff(attempts_made: int, _type: str, _err: object, job: Any) -> 
     return int(step / 2 + random.random() * step / 2)  # noqa: S311 - jitter, not a secret
 
 
+PRIORITIZED_KEYS = [
+    "marker",
+    "meta",
+    "id",
+    "prioritized",
+    "delayed",
+    "completed",
+    "active",
+    "events",
+    "pc",
+]
+"""The keys of bullmq's ``addPrioritizedJob`` script, in its order (bullmq's ``Scripts``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BullAdd:
+    """One call of bullmq's ``addPrioritizedJob`` script: its keys, arguments and text."""
+
+    keys: list[str]
+    args: list[Any]
+    script: str
+
+
+def job_options(job_id: str, priority: int, backoff_ms: int) -> dict[str, Any]:
+    """bullmq job options of an agent's job (without a delay)."""
+    return {
+        "jobId": job_id,
+        "priority": priority_to_bullmq(priority),
+        "attempts": JOB_ATTEMPTS,
+        "backoff": {"type": BACKOFF_TYPE, "delay": max(backoff_ms, 1)},
+        # Finished jobs are our records' business; bullmq keeps only recent ones, and the
+        # failed set (the dead letters) much longer.
+        "removeOnComplete": {"count": 1000},
+        "removeOnFail": {"count": 100_000},
+    }
+
+
 class Jobs:
     """This spoke's bullmq queue, on a bullmq client of its own."""
 
@@ -98,19 +135,27 @@ class Jobs:
         """Add the agent's job (at its priority, after its not-before time). bullmq ignores
         an add whose job id exists: that is the idempotency we want here."""
         delay_ms = max(0, rec.not_before_ms - now_ms())
-        opts: dict[str, Any] = {
-            "jobId": rec.job_id or SpokeKeys.job_id(rec.agent_id),
-            "priority": priority_to_bullmq(rec.priority),
-            "attempts": JOB_ATTEMPTS,
-            "backoff": {"type": BACKOFF_TYPE, "delay": max(rec.backoff_ms, 1)},
-            # Finished jobs are our records' business; bullmq keeps only recent ones, and the
-            # failed set (the dead letters) much longer.
-            "removeOnComplete": {"count": 1000},
-            "removeOnFail": {"count": 100_000},
-        }
+        opts = job_options(
+            rec.job_id or SpokeKeys.job_id(rec.agent_id), rec.priority, rec.backoff_ms
+        )
         if delay_ms > 0:
             opts["delay"] = delay_ms
         await self.queue.add("agent", {"agent_id": rec.agent_id}, opts)
+
+    def add_call(self, agent_id: str, priority: int, backoff_ms: int) -> BullAdd:
+        """The keys and arguments of bullmq's own ``addPrioritizedJob`` script for the job of an
+        agent due now, exactly as ``Queue.add`` builds them (bullmq's ``Job`` and
+        ``Scripts.addJobArgs``), for a script of ours that runs it (spoke/spawn_lua.py)."""
+        opts = {
+            **self.queue.jobsOpts,
+            **job_options(SpokeKeys.job_id(agent_id), priority, backoff_ms),
+        }
+        job = Job(self.queue, "agent", {"agent_id": agent_id}, opts)
+        scripts = self.queue.backend.scripts
+        keys = scripts.getKeys(PRIORITIZED_KEYS)
+        # bullmq-python passes the priority where the script's last argument is (Scripts.addJob).
+        args = [*scripts.addJobArgs(job), job.opts.get("priority")]
+        return BullAdd(keys, args, scripts.commands["addPrioritizedJob"].script)
 
     @backend
     async def remove(self, job_id: str) -> None:

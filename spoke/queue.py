@@ -24,7 +24,7 @@ from typing import Any
 from hubspoke.redis_access import RedisAccess
 
 from . import approvals
-from .backend import AgentMissingError, TransitionError, backend, command_client
+from .backend import AgentMissingError, TransitionError, backend, command_client, now_ms
 from .fanout import StreamFanout
 from .feed import Feed
 from .inbox import Inboxes
@@ -87,12 +87,17 @@ class AgentQueue:
         (``Records.insert``), the bullmq job after it: a crash between the two leaves a
         QUEUED record that ``requeue_orphans`` (and any retry of the same spawn) puts back
         on the queue. Callers shield this from cancellation, so a client that gives up
-        mid-call cannot tear it. Two round trips in all.
+        mid-call cannot tear it. Two round trips in all; one for a spawn due now that needs
+        no approvals, whose job bullmq's add script writes inside the create script
+        (spoke/spawn_lua.py: a crash cannot come between the two).
         """
-        rec, created = await self.records.insert(req, max_backlog, max_per_principal)
+        add = None
+        if req.delay_ms <= 0 and req.accept_ms <= now_ms() and not req.approvals_required:
+            add = self.jobs.add_call(req.agent_id, req.priority, req.backoff_ms)
+        rec, created = await self.records.insert(req, max_backlog, max_per_principal, add)
         if (created or rec.state is AgentState.QUEUED) and approvals.held(rec):
             rec = await self.approvals.hold(rec)  # no job until approved (spoke/approvals.py)
-        elif created or rec.state is AgentState.QUEUED:
+        elif (created and add is None) or (not created and rec.state is AgentState.QUEUED):
             await self.jobs.enqueue(rec)  # for an existing one: heals a crash between the two
         return rec, created
 

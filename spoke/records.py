@@ -12,12 +12,19 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+)
 from typing import Any
 
 import redis.asyncio as aioredis
 
-from . import dedupe, timings
+from . import dedupe, spawn_lua, timings
 from . import records_lua as lua
 from .backend import (
     AgentMissingError,
@@ -30,6 +37,7 @@ from .backend import (
     now_ms,
 )
 from .fanout import StreamFanout
+from .jobs import BullAdd
 from .keys import SpokeKeys
 from .model import EDGES, FINAL_STATES, AgentEvent, AgentRecord, AgentState, SpawnRequest
 from .pages import Page, collect
@@ -50,6 +58,8 @@ CATCH_UP_COUNT = 500
 class UnknownItemError(QueueError):
     """A verdict names a verification item the agent does not wait on."""
 
+
+AsyncScript = Callable[[list[str], list[Any]], Awaitable[Any]]
 
 StateObserver = Callable[[AgentState, str], None]
 """Told of every state change this process makes: (new state, reason code)."""
@@ -116,18 +126,25 @@ class Records:
         self._event = redis.register_script(lua.EVENT)
         self._count_waiting = redis.register_script(lua.COUNT_WAITING)
         self._settle = redis.register_script(lua.with_feed(lua.SETTLE))
+        self._joined: tuple[str, Any] | None = None  # spawn_lua: (bullmq's text, script)
 
     # --- spawn ---------------------------------------------------------------
 
     @backend
     async def insert(
-        self, req: SpawnRequest, max_backlog: int, max_per_principal: int = 0
+        self,
+        req: SpawnRequest,
+        max_backlog: int,
+        max_per_principal: int = 0,
+        add: BullAdd | None = None,
     ) -> tuple[AgentRecord, bool]:
         """Store a spawn's record, idempotent on the agent id: the record, and whether this
         call created it. One script checks the id, the issuer's quota of waiting agents
         (``max_per_principal``; 0: none) and the backlog cap, and only then writes the record
         with the audit copies of the signed envelopes, its index and waiting entries and its
-        first event. The caller queues its job (spoke/queue.py)."""
+        first event. The caller queues its job (spoke/queue.py), unless it passes ``add``:
+        then bullmq's add script for the job runs in the same script, only if the record is
+        created (spoke/spawn_lua.py), and the spawn is one round trip."""
         now = now_ms()
         rec = AgentRecord(
             agent_id=req.agent_id,
@@ -197,7 +214,12 @@ class Records:
         ]
         for _ in range(dedupe.STALE_RETRIES):
             claim = await dedupe.claim_keys(self.redis, self.keys, req.issuer, req.dedupe_key)
-            status, detail = await self._create(keys=keys + claim, args=args)
+            if add is None:
+                status, detail = await self._create(keys=keys + claim, args=args)
+            else:
+                status, detail, *_ = await self._create_and_add(add)(
+                    *spawn_lua.call_args(keys + claim, args, add.keys, add.args)
+                )
             if status != b"stale":
                 break
         if status == b"dedupe":
@@ -218,6 +240,18 @@ class Records:
             raise QueueFullError(f"queue holds {detail.decode()} waiting agents, its limit")
         self.observe(AgentState.QUEUED, "")
         return rec, True
+
+    def _create_and_add(self, add: BullAdd) -> AsyncScript:
+        """The create script joined with bullmq's add script (one per bullmq text, so once)."""
+        if self._joined is None or self._joined[0] != add.script:
+            text = spawn_lua.create_and_add(lua.with_feed(lua.CREATE), add.script)
+            self._joined = (add.script, self.redis.register_script(text))
+        script = self._joined[1]
+
+        async def call(keys: list[str], args: list[Any]) -> Any:
+            return await script(keys=keys, args=args)
+
+        return call
 
     # --- reads -------------------------------------------------------------
 
