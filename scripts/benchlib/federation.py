@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import shutil
 import signal
 import sys
@@ -45,7 +46,7 @@ from hubspoke import testing
 
 from . import environment, stats
 from .federation_net import hub_links
-from .procs import cpu_seconds, rss_bytes
+from .procs import cpu_seconds, machine_busy_seconds, rss_bytes
 
 SIM = Path(__file__).resolve().parent / "sim_spokes.py"
 SELECTOR = {"bench": "fed"}
@@ -180,8 +181,10 @@ def _say(text: str) -> None:
     print(f"bench: federation: {text}", file=sys.stderr, flush=True)
 
 
-async def _cpu_window(pid: int, seconds: float) -> dict[str, float]:
-    """The hub's CPU (% of one core) over ``seconds``, and its RSS at the end."""
+async def _cpu_window(pid: int, seconds: float, sims: Sequence[int] = ()) -> dict[str, float]:
+    """The hub's CPU (% of one core) over ``seconds``, its RSS at the end, the simulators'
+    CPU and the share of the machine other work used meanwhile."""
+    meter = CpuMeter(pid, sims)
     c0, t0 = cpu_seconds(pid), time.perf_counter()
     peak = rss_bytes(pid)
     end = t0 + seconds
@@ -189,12 +192,40 @@ async def _cpu_window(pid: int, seconds: float) -> dict[str, float]:
         await asyncio.sleep(min(left, 1.0))
         peak = max(peak, rss_bytes(pid))
     c1, t1 = cpu_seconds(pid), time.perf_counter()
+    used = meter.done(1)
     return {
         "cpu_pct": (c1 - c0) / (t1 - t0) * 100,
+        "simulators_cpu_pct": used["simulators_cpu_s_per_op"] / (t1 - t0) * 100,
+        "foreign_cpu_share": used["foreign_cpu_share"],
         "wall_s": t1 - t0,
         "rss_bytes": rss_bytes(pid),
         "rss_peak_bytes": peak,
     }
+
+
+class CpuMeter:
+    """CPU seconds of the hubd, the simulators, this process (the client) and the machine's
+    other work, over a phase."""
+
+    def __init__(self, hub: int, sims: Sequence[int]) -> None:
+        self._roles = {"hub": [hub], "simulators": list(sims), "client": [os.getpid()]}
+        self._t0 = time.perf_counter()
+        self._c0 = self._sample()
+        self._busy0 = machine_busy_seconds()
+
+    def _sample(self) -> dict[str, float]:
+        return {r: sum(cpu_seconds(p) for p in pids) for r, pids in self._roles.items()}
+
+    def done(self, ops: int) -> dict[str, float]:
+        """CPU seconds per op of each role, and the share of the machine's CPU other work
+        used meanwhile (a noisy phase shows there)."""
+        wall = time.perf_counter() - self._t0
+        c1 = self._sample()
+        used = {r: c1[r] - self._c0[r] for r in c1}
+        foreign = machine_busy_seconds() - self._busy0 - sum(used.values())
+        out = {f"{r}_cpu_s_per_op": v / ops for r, v in used.items()}
+        out["foreign_cpu_share"] = max(foreign, 0.0) / (wall * (os.cpu_count() or 1))
+        return out
 
 
 async def _timed(op: Callable[[], Awaitable[None]], n: int, warmup: int = 2) -> list[float]:
@@ -351,12 +382,16 @@ async def run_federation(sizes: FedSizes, out_dir: Path) -> dict[str, Any]:
             raise RuntimeError(f"{links} distinct TCP connections at the hub, not {sizes.spokes}")
         _say(f"{links} distinct connections, every spoke READY; settling {sizes.settle_s:g} s")
         await asyncio.sleep(sizes.settle_s)
-        idle = await _cpu_window(pid, sizes.window_s)
+        idle = await _cpu_window(pid, sizes.window_s, sims.pids)
         mib = idle["rss_bytes"] / 2**20
         _say(f"idle: hub {idle['cpu_pct']:.1f} % of one core, RSS {mib:.0f} MiB")
+        meter = CpuMeter(pid, sims.pids)
         fan = await _fanout(big, sizes.spokes, sizes.fanout_calls)
+        fan["cpu"] = meter.done(sizes.fanout_calls + 2)
         _say(f"fan-out list p50 {fan['latency']['p50_ms']:.0f} ms")
+        meter = CpuMeter(pid, sims.pids)
         spawn = await _spawns(big, solo, sizes.spawns)
+        spawn_cpu = meter.done(2 * (sizes.spawns + 2))
         after = hub_links(pid, port, sims.pids)
         result |= {
             "connect_s": connect_s,
@@ -376,6 +411,7 @@ async def run_federation(sizes: FedSizes, out_dir: Path) -> dict[str, Any]:
             * 1e6,
             "fanout": fan,
             "selector_spawn": spawn,
+            "selector_spawn_cpu": spawn_cpu,
             "selector_spawn_ratio_p50": spawn["big"]["latency"]["p50_ms"]
             / spawn["solo"]["latency"]["p50_ms"],
         }

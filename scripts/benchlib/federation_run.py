@@ -25,9 +25,10 @@ def run(*, quick: bool, out: Path, docs: Path | None) -> dict[str, Any]:
     print(f"bench: federation arm, {sizes.spokes} spokes, under {out_dir}", file=sys.stderr)
     result = asyncio.run(federation.run_federation(sizes, out_dir))
     (out_dir / "federation.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out_dir / "federation.md").write_text(federation_report.section(result))
+    text = federation_report.section(result, federation_report.notes(result))
+    (out_dir / "federation.md").write_text(text)
     if docs is not None:
-        federation_report.write(result, docs, federation_report.NOTES)
+        federation_report.write(result, docs, federation_report.notes(result))
     targets = ", ".join(
         f"{k} {v['value']:.1f} (target {v['target']:g}: {'met' if v['met'] else 'missed'})"
         for k, v in result["targets"].items()
