@@ -28,7 +28,7 @@ from hubspoke.pacing import PacingConfig
 from hubspoke.policy import Policy, PolicyConfigError
 from hubspoke.trust import TrustStore
 
-from . import audit_wiring, enrol_wiring, outbox_wiring
+from . import audit_wiring, enrol_wiring, forward_wiring, outbox_wiring
 from .audit_checkpoints import CheckpointWriter
 from .audit_service import Audited
 from .circuit import CircuitConfig, Circuits
@@ -90,6 +90,7 @@ class HubApp:
         self._monitor_task: asyncio.Task[None] | None = None
         self._checkpoints: tuple[CheckpointWriter, asyncio.Task[None]] | None = None
         self._delivery: asyncio.Task[None] | None = None
+        self._forward: forward_wiring.ForwardWiring | None = None
         self._stopping: asyncio.Event | None = None
         self._shutdown_done = False
         self._metrics = HubMetrics()
@@ -211,9 +212,21 @@ class HubApp:
             raise OSError(f"could not bind {cfg.listen}: address in use or unavailable") from exc
         self._built = built
         await self._enrolment.serve(built.server, built.port, self._options)
+        # Several hubds: spoke leases, forwarded calls, shared hello nonces (forward_wiring).
+        self._forward = fwd = forward_wiring.start(
+            cfg,
+            self._key,
+            self._store.client,
+            registry,
+            monitor,
+            built.port,
+            self._options,
+            self._channel_creds,
+        )
+        built.server.add_generic_rpc_handlers((fwd.servicer.handler(),))
         # Connect-mode spokes dial in on the same port (hub/link_service.py).
         link = connect_mode(
-            cfg, registry, self._trust, monitor, LinkMetrics(self._metrics.registry)
+            cfg, registry, self._trust, monitor, LinkMetrics(self._metrics.registry), fwd.keeper
         )
         built.server.add_generic_rpc_handlers((link.handler(),))
         await built.server.start()
@@ -265,6 +278,8 @@ class HubApp:
                 with contextlib.suppress(errors.BackendUnavailableError, OSError):
                     await writer.write_once()  # the head as this hubd leaves it
         finally:
+            if self._forward is not None:
+                await self._forward.close()
             if self._enrolment is not None:
                 await self._enrolment.close()
             if self._registry is not None:

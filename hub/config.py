@@ -250,6 +250,20 @@ class HubConfig:
     """Connect mode: the shortest heartbeat interval the hub accepts from a spoke."""
     link_max_heartbeat_s: float = 60.0
     """Connect mode: the longest heartbeat interval the hub accepts from a spoke."""
+    link_lease_ttl_s: float = 15.0
+    """Several hubds: how long, in seconds, a connect-mode spoke's lease in Redis (which hubd
+    holds its session) lives without a heartbeat renewing it; at least the heartbeat interval
+    x ``link_missed_heartbeats``. A dead holder's lease expires after it."""
+    link_lease_poll_s: float = 1.0
+    """Several hubds: how often, in seconds, a hubd reads the leases of connect-mode spokes
+    held by another, for their health (READY via the holder, else DISCONNECTED)."""
+    link_forward_timeout_s: float = 3.0
+    """Several hubds: how long, in seconds, a hubd waits to connect to the hubd holding a
+    spoke's session before the call fails with UNAVAILABLE (SPOKE_DISCONNECTED)."""
+    link_forward_address: str = ""
+    """Several hubds: ``host:port`` at which the other hubds reach this one to forward calls
+    (HubForwardService, on the listen port); empty: the listen host (this host's name for a
+    wildcard) with the bound port."""
     log_level: str = "info"
     """One of debug, info, warning, error, critical."""
     metrics_listen: str = ""
@@ -261,6 +275,8 @@ class HubConfig:
     def __post_init__(self) -> None:
         _check_name("name", self.name)
         sconfig.check_address(_LAYOUT, "listen", self.listen)
+        if self.link_forward_address:
+            sconfig.check_address(_LAYOUT, "link_forward_address", self.link_forward_address)
         for opt in ("key_file", "trust_file"):
             if getattr(self, opt) == Path():
                 raise HubConfigError(

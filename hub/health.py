@@ -217,9 +217,10 @@ class HealthMonitor:
         return reply.spoke_status
 
     def observe_heartbeat(
-        self, name: str, status: command_pb2.SpokeStatus, at: dt.datetime
+        self, name: str, status: command_pb2.SpokeStatus, at: dt.datetime, via: str = ""
     ) -> SpokeHealth:
-        """A connect-mode spoke's verified heartbeat (``observe_status`` checked it)."""
+        """A connect-mode spoke's verified heartbeat (``observe_status`` checked it); ``via``:
+        the hubd holding its session when that is another one (read from its lease)."""
         prev = self._records.get(name, SpokeHealth(name))
         breaker = self._circuits.get(name)
         if breaker is not None and breaker.success():
@@ -237,7 +238,7 @@ class HealthMonitor:
         if detail:
             return self._set(replace(base, state=SpokeState.DEGRADED, detail=detail))
         state = SpokeState.DRAINING if base.draining else SpokeState.READY
-        return self._set(replace(base, state=state, detail=""))
+        return self._set(replace(base, state=state, detail=f"via hubd {via}" if via else ""))
 
     def observe_link_closed(self, name: str, at: dt.datetime | None, why: str) -> SpokeHealth:
         """A connect-mode spoke has no session (yet, or any more): DISCONNECTED."""

@@ -21,10 +21,11 @@ from hubspoke import grpc as sgrpc
 from hubspoke.trust import TrustStore
 
 from .config import HubConfig, SpokeEntry
+from .forward_hooks import LeaseKeeper
 from .health import HealthMonitor
 from .link_metrics import LinkMetrics
 from .link_service import LinkServicer
-from .link_sessions import ConnectStub, LinkConfig, LinkSession, LinkSessions
+from .link_sessions import ConnectStub, Exchanger, LinkConfig, LinkSession, LinkSessions
 from .registry import Probe, SpokeLink, SpokeRegistry
 
 if TYPE_CHECKING:
@@ -46,6 +47,8 @@ class LinkingRegistry(SpokeRegistry):
     ) -> None:
         super().__init__(entries, options, credentials, **more)
         self.sessions = sessions or LinkSessions(LinkConfig())
+        self.forwarder: Exchanger | None = None
+        """Set with several hubds: carries calls to spokes held by another (hub/forward_*)."""
 
     def connects(self, name: str) -> bool:
         """Whether ``name`` is a spoke this hub links in connect mode."""
@@ -58,7 +61,7 @@ class LinkingRegistry(SpokeRegistry):
         entry = self.entry(name)
         if entry is None or entry.link != "connect":
             return super().link(name)
-        stub = cast("SpokeServiceAsyncStub", ConnectStub(self.sessions, name))
+        stub = cast("SpokeServiceAsyncStub", ConnectStub(self.sessions, name, self.forwarder))
         # A connect link has no channel of its own: only probes use one, and connect-mode
         # spokes are not probed (their heartbeats say how they are).
         return SpokeLink(entry=entry, channel=cast(grpc.aio.Channel, None), stub=stub)
@@ -107,8 +110,10 @@ def connect_mode(
     trust: TrustStore,
     monitor: HealthMonitor,
     metrics: LinkMetrics | None,
+    leases: LeaseKeeper | None = None,
 ) -> LinkServicer:
-    """The hub's SpokeLinkService over ``registry``'s sessions, feeding ``monitor``."""
+    """The hub's SpokeLinkService over ``registry``'s sessions, feeding ``monitor``;
+    ``leases``: the sessions' leases and hello nonces in Redis (hub/forward_hooks.py)."""
     sessions = registry.sessions
     for name in registry.names():
         if registry.connects(name):
@@ -123,4 +128,4 @@ def connect_mode(
                 metrics.opened(spoke, count)
 
     sessions.on_change = changed
-    return LinkServicer(cfg.name, trust, sessions, monitor, registry.connects, metrics)
+    return LinkServicer(cfg.name, trust, sessions, monitor, registry.connects, metrics, leases)

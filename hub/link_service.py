@@ -34,6 +34,7 @@ from hubspoke.grpc.peer import remember_peer
 from hubspoke.link_protocol import SERVICE, verify_hello
 from hubspoke.trust import TrustStore
 
+from .forward_hooks import LeaseKeeper
 from .health import HealthMonitor
 from .link_metrics import LinkMetrics
 from .link_sessions import LinkSession, LinkSessions, PendingCall, refuse_unknown
@@ -60,14 +61,18 @@ class LinkServicer:
         monitor: HealthMonitor,
         accepts: Callable[[str], bool],
         metrics: LinkMetrics | None = None,
+        leases: LeaseKeeper | None = None,
     ) -> None:
-        """``accepts``: whether a spoke may link in connect mode (the registry decides)."""
+        """``accepts``: whether a spoke may link in connect mode (the registry decides).
+        ``leases``: the shared hello nonces and the spokes' leases in the hub's Redis, for
+        several hubds (hub/forward_hooks.py); None: this hubd alone."""
         self._hub = hub
         self._trust = trust
         self._sessions = sessions
         self._monitor = monitor
         self._accepts = accepts
         self._metrics = metrics
+        self._leases = leases
 
     def handler(self) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]  # stubs lag grpcio
         """The generic handler to add to the hub's server."""
@@ -98,11 +103,15 @@ class LinkServicer:
         if not self._accepts(hello.spoke):
             raise refuse_unknown(hello.spoke)
         self._sessions.claim_nonce(hello.spoke, hello.nonce)
+        if self._leases is not None:  # a hello replayed to another hubd is refused too
+            await self._leases.claim_hello(hello.spoke, hello.nonce)
         interval = hello.heartbeat_interval.ToMilliseconds() / 1000
         session = self._sessions.open(hello.spoke, interval)
         reader = asyncio.create_task(self._heartbeats(requests, session), name="link-heartbeats")
         why = "stream ended"
         try:
+            if self._leases is not None:
+                await self._leases.opened(session)
             welcome = link_service_pb2.LinkWelcome(
                 hub=self._hub, nonce=session.nonce, protocol_version=version.PROTOCOL_VERSION
             )
@@ -118,6 +127,8 @@ class LinkServicer:
                 failed = reader.exception()
                 why = reader.result() if failed is None else f"refused: {failed}"
             self._sessions.close(session, why)
+            if self._leases is not None:
+                self._leases.closed(session)
             if self._sessions.get(hello.spoke) is None:  # not replaced by a newer session
                 self._monitor.observe_link_closed(hello.spoke, commands.now(), why)
         if reader.done() and not reader.cancelled():
@@ -149,6 +160,8 @@ class LinkServicer:
                 except errors.CommandError as exc:
                     why = f"a heartbeat was refused: {exc.message}"
                     raise
+                if self._leases is not None:
+                    await self._leases.beat(session, msg.heartbeat.status)
         finally:
             self._sessions.close(session, why)
 

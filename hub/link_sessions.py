@@ -29,7 +29,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import grpc
 import structlog
@@ -348,12 +348,32 @@ def _ignore_result(task: asyncio.Future[Any]) -> None:
         task.exception()
 
 
-class ConnectStub:
-    """The SpokeService stub surface hub/relay.py uses, over one spoke's session."""
+class Exchanger(Protocol):
+    """Carries a call to a spoke without a session here (hub/forward_stub.py ``Forwarder``)."""
 
-    def __init__(self, sessions: LinkSessions, spoke: str) -> None:
+    def exchange(
+        self, spoke: str, method: SpokeMethod, request: Message, timeout_s: float | None
+    ) -> AsyncIterator[Message]: ...
+
+
+class ConnectStub:
+    """The SpokeService stub surface hub/relay.py uses, over one spoke's session: this
+    hubd's, or (with ``forwarder``) the session another hubd holds (docs/protocol.md
+    "Several hubds")."""
+
+    def __init__(
+        self, sessions: LinkSessions, spoke: str, forwarder: Exchanger | None = None
+    ) -> None:
         self._sessions = sessions
         self._spoke = spoke
+        self._forwarder = forwarder
+
+    def _exchange(
+        self, method: SpokeMethod, request: Message, timeout: float | None
+    ) -> AsyncIterator[Message]:
+        if self._forwarder is not None and self._sessions.get(self._spoke) is None:
+            return self._forwarder.exchange(self._spoke, method, request, timeout)
+        return self._sessions.exchange(self._spoke, method, request, timeout)
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
         try:
@@ -373,7 +393,7 @@ class ConnectStub:
         **_: Any,
     ) -> Message:
         answer: Message | None = None
-        responses = self._sessions.exchange(self._spoke, method, request, timeout)
+        responses = self._exchange(method, request, timeout)
         async for response in responses:
             answer = response if answer is None else answer
         if answer is None:
@@ -383,7 +403,7 @@ class ConnectStub:
     def _stream(
         self, method: SpokeMethod, request: Message, *, timeout: float | None = None, **_: Any
     ) -> ConnectStreamCall:
-        return ConnectStreamCall(self._sessions.exchange(self._spoke, method, request, timeout))
+        return ConnectStreamCall(self._exchange(method, request, timeout))
 
 
 def refuse_unknown(spoke: str) -> LinkRefusedError:

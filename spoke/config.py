@@ -53,7 +53,8 @@ class SpokeConfig:
     it dials ``hub_address`` and keeps a control stream open (docs/protocol.md "Connect
     mode"), over ``[tls]`` (its certificate; the hub's checked against ``tls.ca_file``)."""
     hub_address: str = ""
-    """Connect mode: ``host:port`` of the hub to dial. Plaintext only to a loopback hub."""
+    """Connect mode: ``host:port`` of the hub to dial, or of several hubds of one hub
+    (``a:7100,b:7100``), tried in turn when a session fails. Plaintext only to a loopback hub."""
     hub_name: str = "hub"
     """Connect mode: the hub's peer name (the audience of the hello; the name the hub's
     certificate must carry unless ``hub_tls_server_name`` says another)."""
@@ -306,7 +307,8 @@ def _check_link(cfg: SpokeConfig) -> None:
     if cfg.link == "connect":
         if not cfg.hub_address:
             raise SpokeConfigError("link = connect needs hub_address (host:port of the hub)")
-        sconfig.check_address(_LAYOUT, "hub_address", cfg.hub_address)
+        for address in cfg.hub_address.split(","):  # several hubds: a:7100,b:7100
+            sconfig.check_address(_LAYOUT, "hub_address", address.strip())
         sconfig.check_name(_LAYOUT, "hub_name", cfg.hub_name)
     if cfg.link_reconnect_max_s < cfg.link_reconnect_min_s:
         raise SpokeConfigError("link_reconnect_max_s must not be below link_reconnect_min_s")

@@ -39,7 +39,7 @@ from hubspoke.grpc.server import ServerOptions
 from hubspoke.keys import SigningKey
 from hubspoke.link_protocol import SpokeMethod, sign_hello, spoke_method, status_of
 
-__all__ = ["HubLink", "HubLinkConfig"]
+__all__ = ["HubLink", "HubLinkConfig", "hub_addresses"]
 
 log = structlog.get_logger("hubspoke.spoke.link")
 
@@ -62,6 +62,8 @@ class HubLinkConfig:
 
     spoke: str
     hub_address: str
+    """``host:port`` of the hub, or of several hubds of one hub, comma-separated: a failed or
+    lost session moves on to the next one."""
     hub_name: str = "hub"
     tls_server_name: str = ""
     """With TLS: the name the hub's certificate must carry; empty: ``hub_name``."""
@@ -112,28 +114,42 @@ class HubLink:
         """Sessions opened so far."""
         self.heartbeats = 0
         """Heartbeats sent so far."""
+        self._addresses = hub_addresses(cfg.hub_address)
+        self._at = 0
+
+    @property
+    def address(self) -> str:
+        """The hubd this link dials now (or last dialled)."""
+        return self._addresses[self._at]
 
     async def run(self) -> None:
-        """Keep a session open until cancelled, dialling again after each loss."""
+        """Keep a session open until cancelled, dialling again after each loss: the next of
+        several hubds at once, the same one (or the first again) after a wait."""
         wait = self.cfg.reconnect_min_s
+        tried = 0
         while True:
             started = time.monotonic()
             try:
                 await self.session()
-                log.info("link_session_ended", hub=self.cfg.hub_address)
+                log.info("link_session_ended", hub=self.address)
             except grpc.aio.AioRpcError as exc:
                 log.warning(
                     "link_session_failed",
-                    hub=self.cfg.hub_address,
+                    hub=self.address,
                     code=exc.code().name,
                     detail=exc.details(),
                 )
             except (OSError, errors.HubspokeError) as exc:
-                log.warning("link_session_failed", hub=self.cfg.hub_address, error=str(exc))
+                log.warning("link_session_failed", hub=self.address, error=str(exc))
             finally:
                 self.connected.clear()
             if time.monotonic() - started >= STABLE_S:
-                wait = self.cfg.reconnect_min_s
+                wait, tried = self.cfg.reconnect_min_s, 0
+            self._at = (self._at + 1) % len(self._addresses)
+            tried += 1
+            if tried < len(self._addresses):
+                continue  # another hubd of the hub may hold the spoke at once
+            tried = 0
             await asyncio.sleep(wait * random.uniform(0.5, 1.0))  # noqa: S311  # jitter, not a secret
             wait = min(wait * 2, self.cfg.reconnect_max_s)
 
@@ -144,11 +160,11 @@ class HubLink:
             ("grpc.use_local_subchannel_pool", 1),
         ]
         if self._credentials is None:
-            return grpc.aio.insecure_channel(self.cfg.hub_address, options=args)
+            return grpc.aio.insecure_channel(self.address, options=args)
         args.append(
             ("grpc.ssl_target_name_override", self.cfg.tls_server_name or self.cfg.hub_name)
         )
-        return grpc.aio.secure_channel(self.cfg.hub_address, self._credentials, options=args)
+        return grpc.aio.secure_channel(self.address, self._credentials, options=args)
 
     async def session(self) -> None:
         """One session: hello, welcome, then heartbeats and calls until it ends."""
@@ -299,3 +315,11 @@ async def _read_or_fail(control: Any, beating: asyncio.Task[None]) -> ControlIn 
         return None
     msg = reading.result()
     return None if msg is EOF else msg
+
+
+def hub_addresses(text: str) -> list[str]:
+    """The hubd addresses of ``hub_address`` (``a:7100`` or ``a:7100,b:7100``), in order."""
+    found = [a.strip() for a in text.split(",") if a.strip()]
+    if not found:
+        raise errors.InvalidCommandError("hub_address names no hub")
+    return found

@@ -22,7 +22,7 @@ from hubspoke import tls as stls
 from hubspoke.grpc import BuiltServer, ServerOptions, Service, build_server
 
 from .config import SpokeConfig, SpokeConfigError
-from .link import HubLink, HubLinkConfig, RpcObserver
+from .link import HubLink, HubLinkConfig, RpcObserver, hub_addresses
 
 __all__ = ["LinkedServer", "server_factory"]
 
@@ -70,7 +70,8 @@ def link_config(cfg: SpokeConfig) -> HubLinkConfig:
 def _credentials(cfg: SpokeConfig) -> grpc.ChannelCredentials | None:
     try:
         if cfg.tls is None:
-            stls.require_loopback("hub_address", cfg.hub_address)
+            for address in hub_addresses(cfg.hub_address):
+                stls.require_loopback("hub_address", address)
             return None
         return stls.channel_credentials(cfg.tls)
     except stls.TlsError as exc:

@@ -15,11 +15,14 @@ def connect_env(
     spokes: Sequence[str] | None = None,
     *,
     heartbeat_interval_s: float = 1.0,
+    hub_addresses: Sequence[str] | None = None,
 ) -> tuple[dict[str, str], dict[str, str]]:
     """``(hub_env, spoke_env)`` for a :class:`Federation` whose ``spokes`` (all by default)
     link in connect mode: the hub lists them as ``name=connect`` (``HUB_SPOKES``, which
     replaces the config's spokes, so list every spoke the hub should know), the spokeds dial
-    the plan's hub address and heartbeat every ``heartbeat_interval_s``.
+    the plan's hub address (or ``hub_addresses``, several hubds of the hub, tried in turn:
+    pass the others' listen addresses to :meth:`Federation.start_hub`) and heartbeat every
+    ``heartbeat_interval_s``.
 
     Example::
 
@@ -33,7 +36,7 @@ def connect_env(
     hub_env = {"HUB_SPOKES": ",".join(f"{n}=connect" for n in names)}
     spoke_env = {
         "SPOKE_LINK": "connect",
-        "SPOKE_HUB_ADDRESS": plan.hub_address,
+        "SPOKE_HUB_ADDRESS": ",".join(hub_addresses or [plan.hub_address]),
         "SPOKE_HUB_NAME": plan.hub_name,
         "SPOKE_HEARTBEAT_INTERVAL_S": repr(heartbeat_interval_s),
         "SPOKE_LINK_RECONNECT_MIN_S": "0.2",

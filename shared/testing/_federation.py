@@ -143,6 +143,7 @@ class Federation(FederationPlan):
         *,
         spokes: Mapping[str, str] | None = None,
         env: Mapping[str, str] | None = None,
+        listen: str | None = None,
     ) -> Daemon:
         """Start a hubd with the hub's identity, Redis and config.
 
@@ -152,11 +153,13 @@ class Federation(FederationPlan):
             spokes: spoke name → the address to dial (``HUB_SPOKES``), instead of every
                 site at its own address: a subset, or a proxy in between.
             env: variables for this hubd over ``hub_env``.
+            listen: its address, when it must be known before (a connect-mode spoke's list
+                of hubds); by default as above.
         """
         name = name or self.hub_name
         if name in self.hubs:
             raise HarnessError(f"hubd {name!r} is already started")
-        listen = self.hub_address if not self.hubs else address(pick_free_port())
+        listen = listen or (self.hub_address if not self.hubs else address(pick_free_port()))
         argv = [*server_argv("hubd", "hubspoke.hub"), "--config", str(self.files.hub_config)]
         if listen != self.hub_address:
             argv += ["--listen", listen]
