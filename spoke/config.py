@@ -197,6 +197,18 @@ class SpokeConfig:
     """The directory of the agents' inboxes (a file or FIFO per agent, named by its id, that
     a profile's ``inbox`` key asks for); created owner-only. Empty: ``hubspoke-inbox-UID-NAME``
     under the system's temporary directory."""
+    supervise: bool = True
+    """Run each agent under a supervisor of its own (spoke/supervisor.sh, issue 13) that
+    outlives spoked: its output and exit go to files a restarted spoked reads on from, so a
+    spoked crash or upgrade loses no running agent. False: spoked holds the agent's pipes."""
+    agent_state_dir: Path | None = None
+    """The supervised agents' state directories (output, exit status; one per attempt),
+    created owner-only. Empty: ``hubspoke-agents-UID-NAME`` under the system's temporary
+    directory. Keep it across restarts: a restarted spoked finds running agents there."""
+    leave_agents_on_shutdown: bool = True
+    """With ``supervise``: SIGTERM (an upgrade) stops taking jobs and leaves running agents
+    running for the next spoked to re-attach; False: they get the shutdown's drain, then a
+    kill, as without supervisors."""
     shutdown_grace_s: float = 5.0
     """How long, in seconds, in-flight calls and agent workers may finish on shutdown."""
     allow_eviction: bool = False

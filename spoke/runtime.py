@@ -50,6 +50,7 @@ __all__ = [
     "AgentStartError",
     "OutputCallback",
     "agent_environment",
+    "command_line",
     "read_secrets",
     "start_agent",
 ]
@@ -304,7 +305,7 @@ class AgentProcess:
             self._close_pipes()
 
 
-def _command_line(profile: Profile, task: str) -> list[str]:
+def command_line(profile: Profile, task: str) -> list[str]:
     """The argv with ``{task}`` substituted; checks the cwd (a quick stat) and, again, that
     the profile may run this task (the spoke checked it at spawn: this holds for a record
     stored before a config change, or written to Redis by someone else)."""
@@ -359,7 +360,7 @@ async def start_agent(
     leading ``-`` where argv would read it as an option), a secret cannot be read (the
     message names its variable), or the task cannot be passed (e.g. NUL bytes, too long).
     """
-    argv = _command_line(profile, task)
+    argv = command_line(profile, task)
     env = agent_environment(
         profile,
         task=task,

@@ -19,6 +19,14 @@ the record in Redis, not the job, says what to run and whether it may still run:
 Kills arrive on a pub/sub channel every worker listens to, with a once-a-second check of
 the record as a fallback; the worker that holds the agent terminates its process group.
 bullmq renews the job lock on its own task, so output handling never delays it.
+
+With ``supervise`` (the default) each attempt runs under a supervisor of its own that
+outlives spoked (spoke/supervisor.py): a job handed back while its agent's supervisor still
+runs, or after it wrote the agent's exit, is re-attached (the record is adopted, output read
+on from the recorded offsets, the real exit recorded), never retried nor failed LOST; only a
+held agent with neither goes through the recovery above. On shutdown running agents are left
+running (``leave_agents_on_shutdown``): their jobs stay active and the next spoked's stall
+check hands them back.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import asyncio
 import contextlib
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import structlog
@@ -47,6 +56,7 @@ from .output import parse_receipt
 from .profiles import Profile
 from .queue import AgentQueue
 from .runmode import Mode, effective_mode
+from .supervised_run import AgentRun, SupervisedRuns, running_fields
 
 log = structlog.get_logger("hubspoke.spoke.worker")
 
@@ -67,7 +77,7 @@ class AttemptFailedError(Exception):
     hands the job back (the record is already RETRYING)."""
 
 
-class AgentWorker:
+class AgentWorker(SupervisedRuns):
     """Runs agents for one spoke process. ``run()`` until ``shutdown()``."""
 
     def __init__(self, queue: AgentQueue, config: SpokeConfig, trust: TrustStore) -> None:
@@ -83,6 +93,7 @@ class AgentWorker:
         """Agents this worker started: (worker id, attempt), guarding every later change."""
         self._inboxes: dict[str, AgentInbox] = {}
         """The inbox of each agent this worker starts (spoke/inbox_delivery.py)."""
+        self._init_supervision()  # spoke/supervised_run.py
         self._worker: Any = None  # bullmq.Worker, untyped
         self._stopped = asyncio.Event()
         self._ready = asyncio.Event()
@@ -136,6 +147,9 @@ class AgentWorker:
         if self._closing:
             return
         self._closing = True
+        if self.config.supervise and self.config.leave_agents_on_shutdown:
+            await self._detach_all(drain_s)  # an upgrade: the next spoked re-attaches
+            return
         if self._worker is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._ready.wait(), timeout=drain_s)
@@ -176,6 +190,8 @@ class AgentWorker:
                     ev.set()
                 if agent_id in self._inboxes:  # messages kept since: into its inbox
                     await self._inboxes[agent_id].poll()
+                if agent_id in self._supervised:  # how far its output files are read
+                    await self._save_offsets(agent_id, self._supervised[agent_id])
                 if profile.max_concurrency:
                     await self.queue.slots.acquire(
                         profile.name,
@@ -215,8 +231,9 @@ class AgentWorker:
             return "internal-error"
         finally:
             self._owned.pop(agent_id, None)
+            self._supervised.pop(agent_id, None)
             inbox = self._inboxes.pop(agent_id, None)
-            if inbox is not None:
+            if inbox is not None and not self._detaching:  # a detached agent still reads it
                 inbox.close()
             structlog.contextvars.unbind_contextvars("job", "worker")
 
@@ -226,6 +243,10 @@ class AgentWorker:
             return "skipped"
         profile = self.config.profiles.get(rec.profile)
         if rec.state in (AgentState.STARTING, AgentState.RUNNING):
+            if self.config.supervise:  # its supervisor may outlive the spoked that died
+                attached = await self._reattach(rec, profile)
+                if attached is not None:
+                    return attached
             if not await self._recover(rec, profile):
                 raise UnrecoverableError("LOST")  # into the dead-letter set, replayable
             rec = await self.queue.worker_records.get(agent_id)
@@ -248,6 +269,9 @@ class AgentWorker:
                 agent_id, [AgentState.QUEUED], AgentState.EXPIRED, NOT_STARTED
             )
             raise UnrecoverableError(NOT_STARTED)
+        if self._adoptions_fill_slots(len(self._kill_events)):  # spoke/supervised_run.py
+            await job.moveToDelayed(int(time.time() * 1000) + SLOT_RETRY_MS, token)
+            raise DelayedError  # a predecessor's agents still run here: they come first
         lease_ms = self.config.lock_duration_ms
         limit = profile.max_concurrency
         if limit and not await self.queue.slots.acquire(profile.name, agent_id, limit, lease_ms):
@@ -308,6 +332,9 @@ class AgentWorker:
                 continue  # another host's or boot's: its own spoked, or the stall check
             if processes.process_alive(rec.spoked_pid, rec.spoked_ticks):
                 continue  # a live spoked on this host holds it
+            if self.config.supervise and self._locate(rec) is not None:
+                self._expect_adoption(rec.agent_id)  # counted in concurrency from now on
+                continue  # its supervisor runs on or wrote the exit: re-attached with its job
             with contextlib.suppress(TransitionError):
                 await self._recover(rec, self.config.profiles.get(rec.profile))
                 reaped += 1
@@ -348,15 +375,7 @@ class AgentWorker:
         try:
             inbox = AgentInbox(self.queue.worker_inboxes, self.config, profile, agent_id)
             self._inboxes[agent_id] = inbox
-            proc = await runtime.start_agent(
-                profile,
-                task=rec.task,
-                agent_id=agent_id,
-                attempt=attempt,
-                on_output=pump.feed,
-                tail_bytes=self.config.output_tail_bytes,
-                extra_env=await inbox.prepare(),
-            )
+            proc = await self._start_process(rec, profile, attempt, pump, await inbox.prepare())
         except runtime.AgentStartError as exc:
             await self.queue.worker_records.transition(
                 agent_id,
@@ -367,41 +386,54 @@ class AgentWorker:
                 owner=(self.worker_id, attempt),
             )
             raise UnrecoverableError("START_FAILED") from exc
-        ident = proc.identity
+        timeout_s = (rec.timeout_ms or int(profile.timeout_s * 1000)) / 1000
+        running = running_fields(proc)
+        return await self._run_agent(rec, profile, proc, pump, attempt, timeout_s, running)
+
+    async def _run_agent(
+        self,
+        rec: AgentRecord,
+        profile: Profile,
+        proc: AgentRun,
+        pump: OutputPump,
+        attempt: int,
+        timeout_s: float,
+        running: Mapping[str, object] | None,
+    ) -> str:
+        """Watch a started (or re-attached) attempt to its end and record it; ``running``:
+        the fields of its STARTING → RUNNING edge, None when it is RUNNING already."""
+        agent_id = rec.agent_id
         kill = asyncio.Event()
         self._kill_events[agent_id] = kill
         outcome = "exit"
         try:
-            await self.queue.worker_records.transition(
-                agent_id,
-                [AgentState.STARTING],
-                AgentState.RUNNING,
-                fields={
-                    "pid": ident.pid,
-                    "pgid": ident.pgid,
-                    "start_ticks": ident.start_ticks,
-                    "start_ms": int(time.time() * 1000),
-                },
-                owner=(self.worker_id, attempt),
-            )
-            log.info("agent_running", pid=ident.pid, attempt=attempt)
-            timeout_s = (rec.timeout_ms or int(profile.timeout_s * 1000)) / 1000
+            if running is not None:
+                await self.queue.worker_records.transition(
+                    agent_id,
+                    [AgentState.STARTING],
+                    AgentState.RUNNING,
+                    fields=running,
+                    owner=(self.worker_id, attempt),
+                )
+                log.info("agent_running", pid=proc.pid, attempt=attempt)
             outcome = await self._supervise(proc, kill, agent_id, timeout_s, profile)
             if outcome != "exit":
                 await proc.terminate(profile.kill_grace_s)
         except BaseException:
-            # Never leave an agent running unsupervised (cancellation, Redis failure, …).
-            await asyncio.shield(proc.terminate(profile.kill_grace_s))
+            # Never leave an agent running unsupervised (cancellation, Redis failure, …),
+            # unless it has a supervisor and spoked is being upgraded.
+            if not await asyncio.shield(self._detached(agent_id, proc, pump)):
+                await asyncio.shield(proc.terminate(profile.kill_grace_s))
             raise
         finally:
             self._kill_events.pop(agent_id, None)
         code = await proc.wait()
         await pump.close()
-        return await self._finish(rec, proc, code, outcome)
+        return await self._finish(rec, proc, code, outcome, attempt)
 
     async def _supervise(
         self,
-        proc: runtime.AgentProcess,
+        proc: AgentRun,
         kill: asyncio.Event,
         agent_id: str,
         timeout_s: float,
@@ -425,7 +457,7 @@ class AgentWorker:
         return "killed" if killer in done else "timeout"
 
     async def _finish(
-        self, rec: AgentRecord, proc: runtime.AgentProcess, code: int, outcome: str
+        self, rec: AgentRecord, proc: AgentRun, code: int, outcome: str, attempt: int
     ) -> str:
         stdout = proc.stdout.text()
         receipt = parse_receipt(stdout, self.config.max_receipt_bytes)
@@ -446,18 +478,17 @@ class AgentWorker:
             decided = decide(code, receipt, int(time.time() * 1000), grace_ms)
             state, reason = decided.state, decided.reason
             fields.update(decided.fields)
-        attempt = rec.attempt + 1
         if state in RETRYABLE and attempt < rec.max_attempts:
-            await self._record_end(rec.agent_id, AgentState.RETRYING, reason, fields, attempt)
+            await self._record_end(rec.agent_id, AgentState.RETRYING, reason, fields, attempt, proc)
             log.info("agent_retrying", reason=reason, exit_code=code, attempt=attempt)
             raise AttemptFailedError(reason)  # bullmq backs off, then hands the job back
         if state in RETRYABLE:
             if rec.max_attempts > 1:
                 state = AgentState.DEAD_LETTERED
-            await self._record_end(rec.agent_id, state, reason, fields, attempt)
+            await self._record_end(rec.agent_id, state, reason, fields, attempt, proc)
             log.info("agent_finished", state=state.value, reason=reason, exit_code=code)
             raise UnrecoverableError(reason)  # bullmq's failed set is the dead-letter set
-        await self._record_end(rec.agent_id, state, reason, fields, attempt)
+        await self._record_end(rec.agent_id, state, reason, fields, attempt, proc)
         log.info("agent_finished", state=state.value, reason=reason, exit_code=code)
         if state is AgentState.NEEDS_INPUT:
             await self._answered_meanwhile(rec.agent_id)
@@ -477,6 +508,7 @@ class AgentWorker:
         reason: str,
         fields: dict[str, object],
         attempt: int,
+        proc: AgentRun | None = None,
     ) -> None:
         """Record how an attempt ended. The outcome is known only here, so a Redis outage
         is waited out (up to RECORD_END_WAIT_S) rather than losing it."""
@@ -497,4 +529,6 @@ class AgentWorker:
                 log.warning("record_end_waiting_for_redis", state=state.value)
                 await asyncio.sleep(1.0)
             else:
+                if proc is not None:
+                    self._forget_attempt(proc)
                 return

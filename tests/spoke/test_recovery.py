@@ -30,6 +30,10 @@ State = agent_pb2.Agent.State
 Start = Callable[..., Awaitable[tuple[SpokeApp, SpokeClient]]]
 pytestmark = pytest.mark.slow
 
+# The spokeds killed here hold their agents' pipes (supervise = false): the recovery of an
+# agent with no supervisor (or whose supervisor died with it). Supervised agents survive a
+# spoked restart instead: tests/e2e/test_supervised_restart.py.
+
 RECOVERY_BOUND_S = 15.0
 """Documented in docs/operations.md: lock 8 s + two stall checks of 3 s, plus slack."""
 
@@ -128,7 +132,7 @@ PROFILES = {"synthetic": {}, "once": ONCE, "safe": SAFE, "sh": SH}
 async def _crash_mid_run(
     spokeds: Any, profile: str, task: str = "duration=60 spawn_child", **spawn: Any
 ) -> tuple[SpokeClient, str, list[int], float]:
-    first, client = await spokeds(profiles=PROFILES)
+    first, client = await spokeds(profiles=PROFILES, supervise=False)
     reply = await client.spawn(task, profile=profile, **spawn)
     agent_id = reply.agent.agent_id
     await client.wait_state(agent_id, "RUNNING")
@@ -137,7 +141,7 @@ async def _crash_mid_run(
     await first.kill()
     crashed_at = time.monotonic()
     assert _agent_processes(agent_id), "the agent must outlive its worker for this test"
-    _, client2 = await spokeds(profiles=PROFILES)
+    _, client2 = await spokeds(profiles=PROFILES, supervise=False)
     return client2, agent_id, orphans, crashed_at
 
 
@@ -155,13 +159,13 @@ async def test_sigkill_of_spoked_marks_unsafe_agent_lost_and_kills_its_group(spo
 async def test_recovery_kills_children_of_a_leader_that_died_with_its_spoke(spokeds) -> None:
     """The agent's leader exits after its spoke died; its child lives on. Recovery finds
     the child by process group and agent marker and kills it: no orphan remains."""
-    first, client = await spokeds(profiles=PROFILES)
+    first, client = await spokeds(profiles=PROFILES, supervise=False)
     agent_id = (await client.spawn("sleep 600 & sleep 2", profile="sh")).agent.agent_id
     await client.wait_state(agent_id, "RUNNING")
     await first.kill()
     await asyncio.sleep(2.5)  # the leader (sh) has exited; its child sleep lives on
     assert _agent_processes(agent_id), "a child must outlive its leader for this test"
-    _, client = await spokeds(profiles=PROFILES)
+    _, client = await spokeds(profiles=PROFILES, supervise=False)
     final = await client.wait_state(agent_id, "FAILED", within=RECOVERY_BOUND_S + 5)
     assert final.reason == "LOST"
     await asyncio.sleep(0.5)
@@ -285,12 +289,12 @@ async def test_a_restarted_spoked_reaps_its_predecessors_agents_before_new_work(
 ) -> None:
     """Same host, new spoked process: the dead one's agents are recovered at start-up,
     before any job is taken, so they never run beside new agents (the concurrency limit)."""
-    first, client = await spokeds(profiles=PROFILES, concurrency=1)
+    first, client = await spokeds(profiles=PROFILES, concurrency=1, supervise=False)
     old = (await client.spawn("duration=60 spawn_child", profile="once")).agent.agent_id
     await client.wait_state(old, "RUNNING")
     await first.kill()
     t0 = time.monotonic()
-    _, client2 = await spokeds(profiles=PROFILES, concurrency=1)
+    _, client2 = await spokeds(profiles=PROFILES, concurrency=1, supervise=False)
     final = await client2.wait_state(old, "FAILED", within=10)
     assert final.reason == "LOST"
     assert time.monotonic() - t0 < 5.0, "reaped at start-up, not after the stall bound"
