@@ -261,6 +261,9 @@ class HookRunner:
             return "timeout"
         except asyncio.CancelledError:
             _kill_group(proc.pid)
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                async with asyncio.timeout(5):  # reaped, so no process outlives the runner
+                    await proc.wait()
             raise
         return "ok" if proc.returncode == 0 else f"exit {proc.returncode}"
 
