@@ -235,6 +235,28 @@ class Federation:
             n += 1
         return n
 
+    async def add_member(self, name: str) -> None:
+        """Record an enrolled spoke named ``name`` (a fresh key) in the hub's membership, as
+        an enrolment would, so that a RemoveSpoke of it has something to remove."""
+        from hubspoke import keys
+        from hubspoke.gen.federation.v1 import enrol_pb2
+        from hubspoke.hub.membership_store import MembershipStore
+
+        key = keys.generate(name)
+        store = MembershipStore.from_url(self.redis_url, HUB, 5.0)
+        try:
+            await store.add(
+                enrol_pb2.Member(
+                    name=name,
+                    key_id=key.key_id,
+                    public_key=keys.encode_public(key.public),
+                    mode="dial",
+                    address="127.0.0.1:9",
+                )
+            )
+        finally:
+            await store.close()
+
     async def agent_state(self, agent_id: str) -> str:
         assert self.redis is not None
         raw = await self.redis.hget(SpokeKeys(SPOKE).agent(agent_id), "state")

@@ -42,6 +42,8 @@ HUB_ANSWERED = frozenset(
         "enroll_spoke",
         "remove_spoke",
         "get_membership",
+        "read_audit_log",
+        "list_outbox",
     }
 )
 """Verbs the hub answers and signs itself: their audience is the hub."""

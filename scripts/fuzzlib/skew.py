@@ -87,7 +87,13 @@ async def within_skew(ctx: C.Ctx, runner: Runner, fed: federation.Federation) ->
             for verb, agent in (("approve_agent", held[0]), ("reject_agent", held[1])):
                 await sender.send(eps[verb], mode, label, key=approver, agent=agent, reason="ok")
             for verb in sorted(set(eps) - _AGENT_FLOW):
-                await send(verb, label)
+                if verb == "enroll_spoke":  # a token for a new name
+                    await send(verb, label, name=f"fuzz-{label}")
+                elif verb == "remove_spoke":  # an enrolled spoke to remove
+                    await fed.add_member(f"fuzz-member-{label}")
+                    await send(verb, label, name=f"fuzz-member-{label}")
+                else:
+                    await send(verb, label)
     st.duration_s = time.monotonic() - start
     st.queued_after = await fed.agent_count()
     gc.collect()
