@@ -374,13 +374,18 @@ def _spoke(args: argparse.Namespace) -> _Report:
         exec_start=[_binary("spoked"), "--config", str(root / "spoke.toml")],
         read_write=[data_dir],
         note=(
-            "Agents are spoked's child processes: they run as this user, in this sandbox (add\n"
-            "their working directories to ReadWritePaths; PrivateDevices and ProtectHome apply\n"
-            "to them too), and they die with spoked today: stopping or restarting the unit\n"
-            "stops its running agents. KillMode stays the default (control-group) on purpose,\n"
-            "so no agent outlives spoked unsupervised. What the next start does with them:\n"
-            "docs/operations.md (recovery on restart)."
+            "Agents run as this user, in this sandbox (add their working directories to\n"
+            "ReadWritePaths; PrivateDevices and ProtectHome apply to them too), each under a\n"
+            "supervisor of its own (spoke/supervisor.sh) that owns its output and exit files.\n"
+            "KillMode=process: stopping or restarting the unit signals spoked only, so running\n"
+            "agents keep running and the next spoked re-attaches to them (an upgrade loses\n"
+            "none; docs/reliability.md). `systemctl kill spoked` still reaches them all.\n"
+            "With supervise = false in spoke.toml, agents would die with spoked instead:\n"
+            "remove KillMode then. Per-agent cgroups need Delegate=yes and\n"
+            "ProtectControlGroups=no (docs/deploy.md); without, a kill reaches the agent's\n"
+            "process group."
         ),
+        kill_mode="process",
     )
     (root / "spoked.service").write_text(t.systemd_unit(unit))
     request = init_join.JoinRequest(

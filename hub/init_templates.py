@@ -171,11 +171,15 @@ SPOKE_OPTIONS: Final[Mapping[str, str]] = {
     "hook_retries": "How many times a failed hook run is tried again.",
     "hook_backoff_s": "Seconds before a hook's first retry; doubled for each further one.",
     "kill_wait_s": "How long, in seconds, a kill waits for the agent's final state.",
+    "supervise": "Run each agent under its own supervisor, so a spoked restart loses none.",
+    "agent_state_dir": "Supervised agents' output and exit files; keep it across restarts.",
+    "leave_agents_on_shutdown": "SIGTERM leaves supervised agents running (the next re-attaches).",
     "shutdown_grace_s": "How long, in seconds, calls and agents may finish on shutdown.",
     "allow_eviction": "Start even if Redis may evict keys (risks losing queued agents).",
     "log_level": "debug, info, warning, error or critical (JSON lines on stderr).",
     "metrics_listen": 'host:port of a Prometheus /metrics endpoint; "" serves none.',
     "metrics_refresh_s": "How often, in seconds, the queue-depth gauges are read from Redis.",
+    "mode": "Run mode of every profile: live, synthetic or shadow (a profile: only stricter).",
     "tls": "Transport TLS: the [tls] table below.",
 }
 """What each spoke option does, one line each (shown above the option in spoke.toml)."""
@@ -297,11 +301,14 @@ def spoke_toml(
         "trust_file": _s("trust.toml"),
         "policy_file": _s("policy.toml"),
         "redis_url": _s(redis_url),
+        # Not under /tmp: PrivateTmp's directory goes when the unit stops (docs/deploy.md).
+        "agent_state_dir": _s(str(data_dir / "agents")),
     }
     shown = ", ".join(f"{_s(k)} = {_s(v)}" for k, v in labels.items())
     profiles = (
         "\n# What agents may run. A spoke runs only the profiles named here; an agent runs as\n"
-        "# spoked's user, inside spoked's systemd sandbox, and dies with spoked today.\n"
+        "# spoked's user, inside spoked's systemd sandbox, under a supervisor of its own\n"
+        "# that outlives a spoked restart (docs/reliability.md).\n"
         "# The built-in fake agent, for checks (`hubctl spawn ... -- duration=1`):\n"
         "[profiles.synthetic]\n\n"
         "# An example of a real profile (argv is run directly, never through a shell;\n"
@@ -401,6 +408,8 @@ class Unit:
     """The only paths the service may write (ProtectSystem=strict makes the rest read-only)."""
     note: str = ""
     """Extra comment lines (without ``#``) placed in [Service]."""
+    kill_mode: str = ""
+    """``KillMode=`` (after the note, which says why); empty: systemd's default."""
 
 
 def systemd_unit(unit: Unit) -> str:
@@ -431,6 +440,7 @@ def systemd_unit(unit: Unit) -> str:
         "User=hubspoke\n"
         "Group=hubspoke\n"
         + note
+        + (f"KillMode={unit.kill_mode}\n" if unit.kill_mode else "")
         + "# Hardening: the daemon may write only ReadWritePaths.\n"
         + state
         + "NoNewPrivileges=yes\n"
