@@ -9,6 +9,8 @@ calls through it work again within 10 s. A hello used at one hubd is refused at 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import secrets
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,9 +20,16 @@ import grpc
 import pytest
 import pytest_asyncio
 
-from hubspoke import testing, version
+from hubspoke import commands, envelope, keys, testing, version
 from hubspoke.client import AgentState, CallError, Client, EventKind
-from hubspoke.gen.federation.v1 import link_service_pb2, link_service_pb2_grpc
+from hubspoke.gen.federation.v1 import (
+    command_pb2,
+    hub_forward_pb2,
+    link_service_pb2,
+    link_service_pb2_grpc,
+)
+from hubspoke.hub.forward_service import FORWARD_SERVICE
+from hubspoke.hub.forward_wire import PAYLOAD_TYPE_FORWARD
 from hubspoke.link_protocol import sign_hello
 from hubspoke.testing import Daemon
 
@@ -131,6 +140,75 @@ async def test_a_hello_used_at_one_hubd_is_refused_at_the_other(fed: testing.Fed
         assert refused is not None
         assert refused.code() is grpc.StatusCode.UNAUTHENTICATED
         assert "already used" in (refused.details() or "")
+
+
+def _forward(
+    key: keys.SigningKey, *, hub: str, method: str = "GetAgent", age_s: float = 0.0
+) -> command_pb2.SignedEnvelope:
+    """A HubForward signed by ``key`` (the hub's, or a forger's)."""
+    issued = commands.now() - dt.timedelta(seconds=age_s)
+    fwd = hub_forward_pb2.HubForward(
+        hub=hub,
+        spoke=SPOKE,
+        method=method,
+        request=b"",
+        issue_time=commands.to_timestamp(issued),
+        nonce=secrets.token_bytes(24),
+    )
+    fwd.timeout.FromSeconds(5)
+    return envelope.sign(fwd.SerializeToString(), PAYLOAD_TYPE_FORWARD, key)
+
+
+async def _forward_call(address: str, raw: bytes) -> tuple[grpc.StatusCode, str, list[Any]]:
+    """Send ``raw`` to ForwardCall: its code, details and the messages it streamed."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        call = channel.unary_stream(
+            f"/{FORWARD_SERVICE.full_name}/ForwardCall",
+            response_deserializer=hub_forward_pb2.HubForwardServiceForwardCallResponse.FromString,
+        )(raw, timeout=10, metadata=version.CALL_METADATA)
+        got: list[Any] = []
+        try:
+            got.extend([m async for m in call])
+        except grpc.aio.AioRpcError as exc:
+            return exc.code(), exc.details() or "", got
+        return grpc.StatusCode.OK, "", got
+
+
+async def test_the_forward_service_takes_only_the_hubs_own_fresh_forwards(
+    fed: testing.Federation,
+) -> None:
+    """Unsigned, forged (a spoke's key), for another hub, stale or malformed: refused before
+    any spoke is called; a good forward for a spoke this hubd does not hold ends
+    UNAVAILABLE (SPOKE_DISCONNECTED) in its status message."""
+    held_by = await _held(fed)
+    (other,) = (a for a in hubds(fed) if a != held_by)
+    hub_key = fed.key(fed.hub_name)
+    good = _forward(hub_key, hub=fed.hub_name)
+    unsigned = command_pb2.SignedEnvelope(payload=good.payload, payload_type=good.payload_type)
+    cases = {
+        "garbage": (b"\xff\xff", grpc.StatusCode.INVALID_ARGUMENT),
+        "unsigned": (unsigned, grpc.StatusCode.UNAUTHENTICATED),
+        "forged": (_forward(fed.key(SPOKE), hub=fed.hub_name), grpc.StatusCode.UNAUTHENTICATED),
+        "other hub": (_forward(hub_key, hub="another-hub"), grpc.StatusCode.PERMISSION_DENIED),
+        "stale": (_forward(hub_key, hub=fed.hub_name, age_s=3600), grpc.StatusCode.UNAUTHENTICATED),
+        "no method": (
+            _forward(hub_key, hub=fed.hub_name, method="Shutdown"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+    }
+    for name, (signed, code) in cases.items():
+        raw = signed if isinstance(signed, bytes) else _request(signed)
+        got, details, streamed = await _forward_call(held_by, raw)
+        assert (got, streamed) == (code, []), (name, got, details)
+    code, _, streamed = await _forward_call(other, _request(good))
+    assert code is grpc.StatusCode.OK
+    (end,) = streamed
+    assert end.status.code == grpc.StatusCode.UNAVAILABLE.value[0], end
+    assert "not connected" in end.status.message
+
+
+def _request(signed: command_pb2.SignedEnvelope) -> bytes:
+    return hub_forward_pb2.HubForwardServiceForwardCallRequest(forward=signed).SerializeToString()
 
 
 async def _state_is(client: Client, agent: str, state: AgentState) -> bool:
