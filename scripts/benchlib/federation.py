@@ -45,6 +45,7 @@ from typing import IO, Any
 from hubspoke import testing
 
 from . import environment, stats
+from .federation_floor import run_floor
 from .federation_net import hub_links
 from .procs import cpu_seconds, machine_busy_seconds, rss_bytes
 
@@ -67,6 +68,7 @@ class FedSizes:
     baseline_s: float = 10.0
     settle_s: float = 15.0
     window_s: float = 60.0
+    floor_window_s: float = 30.0
     fanout_calls: int = 50
     spawns: int = 50
     connect_timeout_s: float = 180.0
@@ -80,6 +82,7 @@ QUICK_FED = FedSizes(
     baseline_s=1.0,
     settle_s=1.0,
     window_s=3.0,
+    floor_window_s=2.0,
     fanout_calls=5,
     spawns=5,
     connect_timeout_s=60.0,
@@ -127,11 +130,18 @@ class Simulators:
         self.procs: list[asyncio.subprocess.Process] = []
         self._logs: list[IO[bytes]] = []
 
-    async def start(self, specs: Sequence[Sequence[dict[str, str]]], heartbeat_s: float) -> None:
+    async def start(
+        self,
+        specs: Sequence[Sequence[dict[str, str]]],
+        heartbeat_s: float,
+        mode: str = "hublink",
+    ) -> None:
+        """One simulator per spec; ``mode``: ``hublink`` or ``floor`` (sim_spokes.py)."""
         for i, links in enumerate(specs):
-            spec = self.root / f"sim-{i}.json"
-            spec.write_text(json.dumps({"heartbeat_interval_s": heartbeat_s, "links": links}))
-            log = (self.root / f"sim-{i}.log").open("wb")
+            spec = self.root / f"{mode}-{i}.json"
+            doc = {"heartbeat_interval_s": heartbeat_s, "mode": mode, "links": links}
+            spec.write_text(json.dumps(doc))
+            log = (self.root / f"{mode}-{i}.log").open("wb")
             self._logs.append(log)
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -319,8 +329,15 @@ def _judge(result: dict[str, Any]) -> dict[str, Any]:
         "cpu_pct": result["idle"]["cpu_pct"],
         "fanout_p99_ms": result["fanout"]["latency"]["p99_ms"],
     }
+    here = {"kb_per_spoke": result["floor"]["kb_per_spoke"], "cpu_pct": result["floor"]["cpu_pct"]}
     return {
-        k: {"value": got[k], "target": t, "floor": FLOORS.get(k), "met": got[k] <= t}
+        k: {
+            "value": got[k],
+            "target": t,
+            "floor": FLOORS.get(k),
+            "floor_here": here.get(k),
+            "met": got[k] <= t,
+        }
         for k, t in TARGETS.items()
     }
 
@@ -368,6 +385,11 @@ async def run_federation(sizes: FedSizes, out_dir: Path) -> dict[str, Any]:
         base = await _cpu_window(pid, sizes.baseline_s / 2)
         chunks = [list(names[i :: sizes.processes]) for i in range(sizes.processes)]
         specs = [[link_spec(big, n) for n in chunk] for chunk in chunks]
+        _say(f"the floor: bare TLS streams, {sizes.floor_window_s:g} s window")
+        floor = await run_floor(
+            big, specs, lambda: Simulators(out_dir), _cpu_window, sizes, out_dir
+        )
+        _say(f"floor: {floor['cpu_pct']:.1f} % of one core, {floor['kb_per_spoke']:.1f} KB/spoke")
         specs[0].append(link_spec(solo, "solo-0001"))
         t0 = time.perf_counter()
         await sims.start(specs, sizes.heartbeat_s)
@@ -409,6 +431,7 @@ async def run_federation(sizes: FedSizes, out_dir: Path) -> dict[str, Any]:
             / 100
             / (sizes.spokes / sizes.heartbeat_s)
             * 1e6,
+            "floor": floor,
             "fanout": fan,
             "selector_spawn": spawn,
             "selector_spawn_cpu": spawn_cpu,

@@ -4,7 +4,7 @@ process, each with its own key, its own TLS certificate and its own TCP connecti
 Run as ``python scripts/benchlib/sim_spokes.py SPEC.json`` (the parent is
 :mod:`benchlib.federation`). The spec::
 
-    {"heartbeat_interval_s": 5.0,
+    {"heartbeat_interval_s": 5.0, "mode": "hublink",
      "links": [{"spoke": "sim-0001", "hub_address": "127.0.0.1:7100", "hub_name": "hub",
                 "key_file": ".../keys/sim-0001.key", "cert_file": ".../tls/sim-0001.crt",
                 "tls_key_file": ".../tls/sim-0001.tls.key", "ca_file": ".../tls/ca.crt"}]}
@@ -19,6 +19,9 @@ Each link is the real :class:`hubspoke.spoke.link.HubLink` with
   envelope payload). It stores nothing and does not check the hub's signature: the bench
   measures the hub, and a spoke's own checks are other arms'.
 
+With ``"mode": "floor"`` each link is a :class:`FloorLink` instead: the bare stream of the
+floor (benchlib/floor_server.py).
+
 The links start spread over one heartbeat interval (the heartbeats arrive evenly). Prints
 ``ready N`` once every session is open, and ``lost N`` whenever some are not; exits on
 SIGTERM.
@@ -30,11 +33,13 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
+import grpc
 import structlog
 
 from hubspoke import commands, envelope, keys, version
@@ -42,6 +47,7 @@ from hubspoke import tls as stls
 from hubspoke.gen.federation.v1 import agent_pb2, command_pb2, spoke_service_pb2
 from hubspoke.spoke.link import HubLink, HubLinkConfig
 
+FLOOR_METHOD = "/floor.Floor/Stream"
 PROFILE = "synthetic"
 SLOTS = 8
 
@@ -151,9 +157,45 @@ def make_link(spec: dict[str, str], heartbeat_s: float) -> HubLink:
     )
 
 
+class FloorLink:
+    """The floor's client (``"mode": "floor"``): one bare bidirectional stream over TLS on
+    its own connection, the spoke's name, then its signed status every interval; no
+    session, no calls (benchlib/floor_server.py)."""
+
+    def __init__(self, spec: dict[str, str], heartbeat_s: float) -> None:
+        self._name = spec["spoke"]
+        key = keys.load_private(Path(spec["key_file"]), self._name)
+        self._status = status_source(self._name, key)
+        tls = stls.TlsConfig(
+            Path(spec["cert_file"]), Path(spec["tls_key_file"]), Path(spec["ca_file"]), True
+        )
+        self._creds = stls.channel_credentials(tls)
+        self._address = spec["hub_address"]
+        self._server_name = spec["hub_name"]
+        self._interval = heartbeat_s
+        self.connected = asyncio.Event()
+
+    async def run(self) -> None:
+        options = [
+            ("grpc.use_local_subchannel_pool", 1),
+            ("grpc.ssl_target_name_override", self._server_name),
+        ]
+        async with grpc.aio.secure_channel(self._address, self._creds, options=options) as ch:
+            raw: Any = ch  # raw bytes both ways: no serializers (grpc-stubs want them)
+            call = raw.stream_stream(FLOOR_METHOD)()
+            await call.write(self._name.encode())
+            self.connected.set()
+            while True:
+                await call.write(self._status(os.urandom(32)))
+                await asyncio.sleep(self._interval)
+
+
 async def main(spec: dict[str, Any]) -> None:
     heartbeat_s = float(spec["heartbeat_interval_s"])
-    links = [make_link(s, heartbeat_s) for s in spec["links"]]
+    floor = spec.get("mode") == "floor"
+    links: list[HubLink | FloorLink] = [
+        FloorLink(s, heartbeat_s) if floor else make_link(s, heartbeat_s) for s in spec["links"]
+    ]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)

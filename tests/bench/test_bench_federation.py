@@ -1,9 +1,9 @@
 """The federation bench arm (issue 10) at a reduced scale: ``scripts/bench.py --quick --arms
 federation`` starts a real TLS hubd with 50 connect-mode spokes (real HubLink sessions in a
 simulator process), checks 50 distinct TCP connections at the hub and every spoke READY,
-and measures CPU, memory, fan-out list and selector spawn. No performance thresholds: only
-that it ran, counted what it must and produced finite numbers. The full run (1,000 spokes,
-minutes) is ``scripts/bench --arms federation``.
+and measures CPU, memory, fan-out list, selector spawn and the bare-stream floor. No
+performance thresholds: only that it ran, counted what it must and produced finite
+numbers. The full run (1,000 spokes, minutes) is ``scripts/bench --arms federation``.
 
 Also: the federation section of docs/benchmarks.md survives the page being regenerated.
 """
@@ -63,6 +63,7 @@ def test_quick_federation_arm_links_every_spoke_and_measures(tmp_path: Path) -> 
     assert n == 50
     assert result["connections"] == {"at_start": n, "at_end": n}
     assert result["ready"] == n
+    assert result["floor"]["connections"] == n  # the bare-stream floor, same run
     for value in (
         result["idle"]["cpu_pct"],
         result["memory"]["kb_per_spoke"],
@@ -70,6 +71,8 @@ def test_quick_federation_arm_links_every_spoke_and_measures(tmp_path: Path) -> 
         result["fanout"]["latency"]["p99_ms"],
         result["selector_spawn"]["big"]["latency"]["p50_ms"],
         result["selector_spawn"]["solo"]["latency"]["p50_ms"],
+        result["floor"]["cpu_pct"],
+        result["floor"]["kb_per_spoke"],
     ):
         assert _finite(value), result
     assert result["idle"]["rss_bytes"] > result["baseline"]["rss_bytes"]
