@@ -108,7 +108,8 @@ class HubConfig:
     rate_burst: int = 200
     """Commands one principal may send at once after being idle."""
     redis_url: str = "redis://127.0.0.1:6379/0"
-    """Redis for nonces and the agent index (``redis://``, ``rediss://`` or ``unix://``)."""
+    """Redis for the hub's state (``redis://``, ``rediss://`` or ``unix://``), or a Redis
+    Cluster by one of its nodes (``redis+cluster://``, ``rediss+cluster://``)."""
     redis_username: str = ""
     """An ACL user to authenticate to Redis as (empty: the ``default`` user)."""
     redis_password_file: Path | None = None
@@ -408,4 +409,5 @@ _LAYOUT: Final = sconfig.Layout(
     tables={"spokes": _parse_spokes},
     env_tables={"spokes": ("HUB_SPOKES", _parse_spokes_env)},
     fallbacks={"redis_url": "REDIS_URL"},
+    redis_cluster=True,
 )

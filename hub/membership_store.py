@@ -38,7 +38,7 @@ from google.protobuf import json_format
 
 from hubspoke import errors
 from hubspoke.gen.federation.v1 import enrol_pb2
-from hubspoke.redis_access import RedisAccess, access
+from hubspoke.redis_access import RedisAccess, access, open_client
 
 __all__ = [
     "TOKEN_KEEP_S",
@@ -146,15 +146,7 @@ class MembershipStore:
     @classmethod
     def from_url(cls, url: str | RedisAccess, hub: str, timeout_s: float) -> MembershipStore:
         """A store on its own client, as ``HubStore.from_url`` builds one."""
-        target = access(url)
-        client = redis.asyncio.Redis.from_url(
-            target.url,
-            decode_responses=True,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            **target.client_kwargs(),
-        )
-        return cls(client, hub, timeout_s)
+        return cls(open_client(access(url), timeout_s), hub, timeout_s)
 
     @asynccontextmanager
     async def _guard(self) -> AsyncIterator[None]:

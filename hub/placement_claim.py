@@ -1,7 +1,7 @@
-"""Score candidates, claim the command id for the chosen spoke and count the placement, in
-one Redis script, so several hubs on one Redis never place one command twice.
+"""Score candidates, claim the command id for the chosen spoke and count the placement, so
+several hubs on one Redis (or one Redis Cluster) never place one command twice.
 
-Keys::
+Keys (no hash tags: each script touches one key, so they spread over a cluster's nodes)::
 
     federation:hub:{hub}:claim:{issuer}:{command_id}   the spoke a command was placed on;
                                                        SET NX, TTL the claim TTL
@@ -12,11 +12,29 @@ Score of a candidate: (running + queued at its last status + placements since th
 / capacity; the lowest wins, ties to the first in the order given (the caller shuffles, so
 ties break at random). A command id already claimed goes to its claimed spoke whatever the
 candidates. A dry run reads the same numbers and writes nothing.
+
+Steps, each on one key (one hash slot), in this order:
+
+1. read the claim and every candidate's placement count (one pipeline, reads only);
+2. count the placement on the chosen spoke (a member unique to this attempt);
+3. claim the command id with ``SET NX``; if another hub claimed it meanwhile, take back the
+   count of step 2 and follow the holder.
+
+Only step 3 decides where a command goes, and it is one atomic ``SET NX`` on one key, so a
+command is placed once however the steps of several hubs interleave. The counts are a load
+hint: counting before claiming means a concurrent placement sees this one as early as
+possible; a hub that dies between steps 2 and 3 leaves one count too many, which stops
+counting at the spoke's next status (placements before it are in its numbers) or after
+``KEEP_MS``. Two hubs may read the same counts and choose the same spoke (one script over
+every candidate's set would serialise them, but cannot run on a cluster): a skew of at most
+the placements in flight, corrected by the counts of step 2 and the next status.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -31,35 +49,20 @@ __all__ = ["ClaimStore", "Claimed", "claim_key", "placed_key"]
 
 _REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
-# KEYS[1] claim key, KEYS[2..] placed sets (one per candidate, in order).
-# ARGV: member, claim ttl ms, dry ("1"/"0"), keep ms, then per candidate: name, base,
-# capacity, observed ms. Returns {spoke, claimed (0/1), placed count per candidate...}.
-_PLACE = """
-local claimed = redis.call('GET', KEYS[1])
-if claimed then return {claimed, 1} end
+# KEYS[1] a spoke's placed set. ARGV: member, keep ms. Counts one placement at Redis time.
+_COUNT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local keep = tonumber(ARGV[4])
-local best, best_score = nil, nil
-local counts = {}
-for i = 2, #KEYS do
-  local j = 5 + (i - 2) * 4
-  local placed = redis.call('ZCOUNT', KEYS[i], '(' .. ARGV[j + 3], '+inf')
-  counts[#counts + 1] = placed
-  local score = (tonumber(ARGV[j + 1]) + placed) / tonumber(ARGV[j + 2])
-  if best == nil or score < best_score then best, best_score = i, score end
-end
-if best == nil then return {'', 0} end
-local name = ARGV[5 + (best - 2) * 4]
-if ARGV[3] == '0' then
-  redis.call('SET', KEYS[1], name, 'PX', ARGV[2], 'NX')
-  redis.call('ZADD', KEYS[best], now, ARGV[1])
-  redis.call('ZREMRANGEBYSCORE', KEYS[best], '-inf', now - keep)
-  redis.call('PEXPIRE', KEYS[best], keep)
-end
-local out = {name, 0}
-for _, c in ipairs(counts) do out[#out + 1] = c end
-return out
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return now
+"""
+
+# KEYS[1] the claim. ARGV: spoke, ttl ms. Returns {holder, 1 if this call took it}.
+_CLAIM = """
+if redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') then return {ARGV[1], 1} end
+return {redis.call('GET', KEYS[1]), 0}
 """
 
 
@@ -95,7 +98,8 @@ class ClaimStore:
         self._redis = client
         self._hub = hub
         self._timeout = timeout_s
-        self._place = client.register_script(_PLACE)
+        self._count = client.register_script(_COUNT)
+        self._claim = client.register_script(_CLAIM)
 
     async def claimed(self, issuer: str, command_id: str) -> str:
         """The spoke ``command_id`` of ``issuer`` was placed on, or ""."""
@@ -128,24 +132,47 @@ class ClaimStore:
         dry_run: bool,
     ) -> Claimed:
         """Pick the least loaded candidate (or the claimed spoke) and, unless ``dry_run``,
-        claim the command id for it and count the placement."""
-        keys = [claim_key(self._hub, issuer, command_id)]
-        args: list[str | int] = [
-            f"{issuer}:{command_id}",
-            max(1, int(claim_ttl_s * 1000)),
-            "1" if dry_run else "0",
-            self.KEEP_MS,
-        ]
-        for c in candidates:
-            keys.append(placed_key(self._hub, c.spoke))
-            args += [c.spoke, c.base, c.capacity, c.observed_ms]
+        count the placement and claim the command id for it (see the module docs)."""
+        claim = claim_key(self._hub, issuer, command_id)
         try:
             async with asyncio.timeout(self._timeout):
-                out = await self._place(keys=keys, args=args)
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    pipe.get(claim)
+                    for c in candidates:
+                        pipe.zcount(placed_key(self._hub, c.spoke), f"({c.observed_ms}", "+inf")
+                    found, *counts = await pipe.execute()
+                if found:
+                    return Claimed(_text(found), True)
+                placed = tuple(int(n) for n in counts)
+                best = _least_loaded(candidates, placed)
+                if best is None:
+                    return Claimed("", False)
+                spoke = candidates[best].spoke
+                if dry_run:
+                    return Claimed(spoke, False, placed)
+                member = f"{issuer}:{command_id}:{secrets.token_hex(4)}"
+                counted = placed_key(self._hub, spoke)
+                await self._count(keys=[counted], args=[member, self.KEEP_MS])
+                holder, took = await self._claim(
+                    keys=[claim], args=[spoke, max(1, int(claim_ttl_s * 1000))]
+                )
+                if not int(took):  # another hub claimed it between our read and our SET
+                    await self._redis.zrem(counted, member)
+                    return Claimed(_text(holder), True)
         except (*_REDIS_DOWN, TimeoutError) as exc:
             raise errors.BackendUnavailableError("the hub's Redis is unavailable") from exc
-        spoke, already, *placed = out
-        return Claimed(_text(spoke), bool(int(already)), tuple(int(p) for p in placed))
+        return Claimed(spoke, False, placed)
+
+
+def _least_loaded(candidates: Sequence[Candidate], placed: Sequence[int]) -> int | None:
+    """The index of the lowest (base + placed) / capacity; ties to the first."""
+    best: int | None = None
+    best_score = 0.0
+    for i, (c, n) in enumerate(zip(candidates, placed, strict=True)):
+        score = (c.base + n) / c.capacity if c.capacity > 0 else math.inf
+        if best is None or score < best_score:
+            best, best_score = i, score
+    return best
 
 
 def _text(value: object) -> str:

@@ -1,11 +1,19 @@
 """The hub's state in Redis: seen nonces and the agent index. All hub keys are built here.
 
-Keys (each has a TTL; the hub holds no state outside Redis)::
+Keys (each has a TTL; the hub holds no state outside Redis; ``H`` the hub, ``P`` a
+principal; braces are Redis Cluster hash tags)::
 
-    federation:hub:{hub}:nonce:{issuer}:{nonce hex}   "1", until the command expires + skew
-    federation:hub:{hub}:schema                       the schema version (no TTL; see below)
-    federation:hub:{hub}:agent-at:{agent_id}          hash: spoke name → expiry (epoch ms)
-    federation:hub:{hub}:agent:{agent_id}             old layout, read only (see below)
+    federation:hub:{H:p:P}:nonce:<nonce hex>      "1", until the command expires + skew
+    federation:hub:{H:p:P}:rate                   hash: P's token bucket (shared/admission.py)
+    federation:hub:H:schema                       the schema version (no TTL; see below)
+    federation:hub:H:agent-at:<agent_id>          hash: spoke name → expiry (epoch ms)
+    federation:hub:H:agent:<agent_id>             old layout, read only (see below)
+    federation:hub:H:nonce:P:<nonce hex>          schema 1 layout, read only (see below)
+
+Admission touches a principal's bucket and nonce in one script, so both carry the tag
+``{H:p:P}``: on a Redis Cluster (``redis+cluster://``, ``hubspoke.redis_access``) they share
+a slot, and different principals spread over the nodes. The agent index keys have no tag
+(each is used alone), so they spread by their whole name.
 
 The agent index is keyed by spoke and id: the same id spawned on two spokes is two entries,
 and recording one never overwrites the other. Each entry lives ``agent_index_ttl``; the
@@ -16,7 +24,12 @@ spawn). Those keys are never written again but are still read, as one more entry
 their own TTL (at most one ``agent_index_ttl``) removes them; nothing is migrated at start-up.
 
 Schema: ``ensure_schema`` runs at start-up (``hubspoke.schema``): a Redis written by a newer
-hub is refused, an older one migrated.
+hub is refused, an older one migrated. Version 2 (per-principal tags) moves nothing: a
+nonce claimed under its schema 1 name is still checked (never written) on every admission
+on one Redis, so no nonce is forgotten early during an upgrade, even with schema 1 hubds
+still serving beside new ones; those keys expire within one command window. Rate buckets
+start full under their new names (at most one extra burst per principal, once). A cluster
+never held schema 1 keys (those hubs had no cluster client), so the check is skipped there.
 
 Redis failures surface as ``hubspoke.errors.BackendUnavailableError`` (UNAVAILABLE), so a
 client may retry.
@@ -28,13 +41,14 @@ import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import redis.asyncio
 import redis.exceptions
 
 from hubspoke import errors
 from hubspoke.admission import Admission, NonceClaim, RateLimit
-from hubspoke.redis_access import RedisAccess, access
+from hubspoke.redis_access import RedisAccess, access, open_client
 from hubspoke.schema import Migration, SchemaState, ensure_schema
 from hubspoke.version import HUB_SCHEMA_VERSION
 
@@ -43,7 +57,9 @@ __all__ = [
     "HubStore",
     "agent_index_key",
     "agent_key",
+    "legacy_nonce_key",
     "nonce_key",
+    "principal_tag",
     "rate_key",
     "schema_key",
 ]
@@ -58,13 +74,29 @@ async def _unversioned_to_1(client: redis.asyncio.Redis) -> None:
     """Version 1 is the unversioned layout plus the schema key: nothing to move."""
 
 
-_MIGRATIONS: dict[int, Migration] = {0: _unversioned_to_1}
+async def _per_principal_tags_2(client: redis.asyncio.Redis) -> None:
+    """Version 2 tags nonce and rate keys per principal; the old nonce keys are read until
+    they expire (:func:`legacy_nonce_key`), nothing is moved."""
+
+
+_MIGRATIONS: dict[int, Migration] = {0: _unversioned_to_1, 1: _per_principal_tags_2}
 """Schema steps ``n -> n+1`` by ``n`` (0: before the key existed)."""
 
 _REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
 
+def principal_tag(hub: str, principal: str) -> str:
+    """The hash tag of one principal's admission keys (bucket and nonces)."""
+    return f"{{{hub}:p:{principal}}}"
+
+
 def nonce_key(hub: str, issuer: str, nonce: bytes) -> str:
+    """A claimed nonce of ``issuer`` (same slot as its rate bucket)."""
+    return f"federation:hub:{principal_tag(hub, issuer)}:nonce:{nonce.hex()}"
+
+
+def legacy_nonce_key(hub: str, issuer: str, nonce: bytes) -> str:
+    """The schema 1 name of a claimed nonce: checked on one Redis, never written."""
     return f"federation:hub:{hub}:nonce:{issuer}:{nonce.hex()}"
 
 
@@ -74,7 +106,8 @@ def schema_key(hub: str) -> str:
 
 
 def rate_key(hub: str, principal: str) -> str:
-    return f"federation:hub:{hub}:rate:{principal}"
+    """``principal``'s token bucket (same slot as its nonces)."""
+    return f"federation:hub:{principal_tag(hub, principal)}:rate"
 
 
 def agent_key(hub: str, agent_id: str) -> str:
@@ -101,12 +134,16 @@ return expires
 
 
 class HubStore:
-    """Nonce claims and the agent → spoke index over one Redis client (which it owns)."""
+    """Nonce claims and the agent → spoke index over one Redis client (which it owns).
+    ``cluster``: the client is a ``RedisCluster`` (``hubspoke.redis_access.open_client``)."""
 
-    def __init__(self, client: redis.asyncio.Redis, hub: str, timeout_s: float) -> None:
+    def __init__(
+        self, client: redis.asyncio.Redis, hub: str, timeout_s: float, *, cluster: bool = False
+    ) -> None:
         self._redis = client
         self._hub = hub
         self._timeout = timeout_s
+        self._cluster = cluster
         self._closed = False
         self._remember = client.register_script(_REMEMBER)
 
@@ -120,14 +157,12 @@ class HubStore:
         """A store on its own client; ``url`` is the hub's Redis access (user, password
         file, TLS) or a bare URL. Raises ``RedisAccessError`` for an unusable password file."""
         target = access(url)
-        client = redis.asyncio.Redis.from_url(
-            target.url,
-            decode_responses=True,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            **target.client_kwargs(),
-        )
-        return cls(client, hub, timeout_s)
+        return cls(open_client(target, timeout_s), hub, timeout_s, cluster=target.cluster)
+
+    @property
+    def cluster(self) -> bool:
+        """Whether the hub's Redis is a Redis Cluster."""
+        return self._cluster
 
     @property
     def timeout_s(self) -> float:
@@ -154,8 +189,9 @@ class HubStore:
             claim = NonceClaim.until_expired(
                 nonce_key(self._hub, principal, nonce), expires, max_skew
             )
+            seen = () if self._cluster else (legacy_nonce_key(self._hub, principal, nonce),)
             async with self._guard():
-                await admission.admit(principal, rate_key(self._hub, principal), [claim])
+                await admission.admit(principal, rate_key(self._hub, principal), [claim], seen)
 
         return admit
 
@@ -176,13 +212,21 @@ class HubStore:
 
     async def find_agent(self, agent_id: str) -> tuple[str, ...]:
         """Every spoke the hub routed ``agent_id`` to and still indexes, sorted by name."""
-        async with self._guard(), self._redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(agent_index_key(self._hub, agent_id))
-            pipe.get(agent_key(self._hub, agent_id))
-            pipe.time()
-            entries, legacy, (secs, micros) = await pipe.execute()
+        entries: dict[Any, Any]
+        legacy: object
+        if self._cluster:  # no old layout on a cluster; TIME cannot be pipelined there
+            async with self._guard():
+                entries = await self._redis.hgetall(agent_index_key(self._hub, agent_id))
+                secs, micros = await self._redis.time()
+            legacy = None
+        else:
+            async with self._guard(), self._redis.pipeline(transaction=False) as pipe:
+                pipe.hgetall(agent_index_key(self._hub, agent_id))
+                pipe.get(agent_key(self._hub, agent_id))
+                pipe.time()
+                entries, legacy, (secs, micros) = await pipe.execute()
         now_ms = int(secs) * 1000 + int(micros) // 1000
-        spokes = {s for s, until in entries.items() if _int(until) > now_ms}
+        spokes = {str(s) for s, until in entries.items() if _int(str(until)) > now_ms}
         if isinstance(legacy, str) and legacy:
             spokes.add(legacy)
         return tuple(sorted(spokes))
@@ -198,6 +242,9 @@ class HubStore:
         async def has_data() -> bool:
             # Everything the hub keeps expires, and no key is always there: look at a
             # bounded number of SCAN pages; past them, assume data (migrating is then safe).
+            # On a cluster there is no data before the schema key (see the module docs).
+            if self._cluster:
+                return False
             cursor, pattern = 0, f"federation:hub:{self._hub}:*"
             for _ in range(_SCHEMA_SCAN_PAGES):
                 cursor, found = await self._redis.scan(cursor, match=pattern, count=1000)

@@ -7,7 +7,11 @@ second refill a bucket of ``burst``; each request takes one. An empty bucket ans
 RESOURCE_EXHAUSTED with the wait in ``retry_after_ms`` metadata, and claims nothing, so a
 flood cannot fill the nonce store. A nonce is ``SET`` with a TTL that covers its command's
 validity; a command carrying a nonce already seen claims none of its nonces (a relay
-carries two: the hub's and the client's).
+carries two: the hub's and the client's). Keys only checked (``seen``) count as seen nonces
+but are never written: the hub passes the nonce's key in its old layout there, so a nonce
+claimed before an upgrade stays claimed until it expires.
+
+Every key of one call must share a Redis Cluster hash slot (the hub tags them per principal).
 """
 
 from __future__ import annotations
@@ -24,8 +28,9 @@ from . import commands, errors
 __all__ = ["Admission", "NonceClaim", "RateLimit", "RateLimitedError"]
 
 _ADMIT = """
--- KEYS[1]: the principal's bucket; KEYS[2..]: nonce keys.
--- ARGV[1]: rate per s (<= 0: no limit), ARGV[2]: burst, ARGV[3..]: each nonce's TTL (ms).
+-- KEYS[1]: the principal's bucket; KEYS[2..n+1]: nonce keys to claim; KEYS[n+2..]: nonce keys
+-- only checked. ARGV[1]: rate per s (<= 0: no limit), ARGV[2]: burst, ARGV[3..n+2]: each
+-- claimed nonce's TTL (ms), n = #ARGV - 2.
 -- Returns {0, 0} admitted, {1, wait_ms} over the rate, {2, i} nonce i was seen before.
 -- Time comes from Redis itself: callers' clocks differ, and their calls arrive out of order.
 local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -53,7 +58,7 @@ for i = 2, #KEYS do
     return {2, i - 1}
   end
 end
-for i = 2, #KEYS do
+for i = 2, #ARGV - 1 do
   redis.call('SET', KEYS[i], '1', 'PX', ARGV[i + 1])
 end
 return {0, 0}
@@ -93,15 +98,22 @@ class Admission:
         self._limit = limit
         self._script = redis.register_script(_ADMIT)
 
-    async def admit(self, principal: str, rate_key: str, claims: Sequence[NonceClaim]) -> None:
-        """Take a token from ``principal``'s bucket, then claim every nonce, atomically.
+    async def admit(
+        self,
+        principal: str,
+        rate_key: str,
+        claims: Sequence[NonceClaim],
+        seen: Sequence[str] = (),
+    ) -> None:
+        """Take a token from ``principal``'s bucket, then claim every nonce, atomically;
+        a key in ``seen`` that exists refuses the command as a claimed nonce would.
 
         Raises:
             RateLimitedError: the bucket is empty; nothing was claimed.
             NonceReusedError: a nonce was seen before; none was claimed (the token is spent).
             BackendUnavailableError: Redis did not answer.
         """
-        keys = [rate_key, *(c.key for c in claims)]
+        keys = [rate_key, *(c.key for c in claims), *seen]
         args = [self._limit.rate, self._limit.burst, *(max(c.ttl_ms, 1000) for c in claims)]
         try:
             verdict, detail = await self._script(keys=keys, args=args)

@@ -42,7 +42,7 @@ from urllib.parse import urlsplit
 
 from . import tls as stls
 from .errors import ConfigError
-from .redis_access import RedisAccess, RedisAccessError
+from .redis_access import CLUSTER_SCHEMES, RedisAccess, RedisAccessError
 
 __all__ = [
     "LOG_LEVELS",
@@ -105,6 +105,8 @@ class Layout:
     """Non-scalar fields that also have an environment variable: field → (variable, parser)."""
     fallbacks: Mapping[str, str] = field(default_factory=dict)
     """Field → an unprefixed variable read when the prefixed one is unset (``REDIS_URL``)."""
+    redis_cluster: bool = False
+    """Whether ``redis_url`` may name a Redis Cluster (``redis+cluster://``): the hub's may."""
 
     def fail(self, message: str) -> DaemonConfigError:
         return self.error(message)
@@ -323,8 +325,14 @@ def check_address(layout: Layout, opt: str, value: str) -> None:
 
 
 def check_redis_url(layout: Layout, value: str) -> None:
-    if urlsplit(value).scheme not in REDIS_SCHEMES:
-        raise layout.fail("redis_url must start with redis://, rediss:// or unix://")
+    scheme = urlsplit(value).scheme
+    if layout.redis_cluster and scheme in CLUSTER_SCHEMES:
+        return
+    if scheme in CLUSTER_SCHEMES:
+        raise layout.fail("redis_url: only the hub runs on a Redis Cluster; use one Redis")
+    if scheme not in REDIS_SCHEMES:
+        cluster = ", redis+cluster:// or rediss+cluster://" if layout.redis_cluster else ""
+        raise layout.fail(f"redis_url must start with redis://, rediss:// or unix://{cluster}")
 
 
 REDIS_ACCESS_FIELDS: Final = (

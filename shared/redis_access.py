@@ -10,6 +10,12 @@ Both daemons' configs carry the same options (``hubspoke.config`` reads them; ``
     redis_tls_cert_file = "tls/spoke-1.crt"       # rediss:// only: a client certificate,
     redis_tls_key_file = "tls/spoke-1.tls.key"    #   for a Redis with tls-auth-clients yes
 
+A Redis Cluster (the hub only: a spoke's queue needs one Redis) is named by the scheme
+``redis+cluster://`` (``rediss+cluster://`` with TLS) and the address of any one of its
+nodes: the client learns the others from it (``CLUSTER SLOTS``) and follows the slots as
+they move. Same user, password file and TLS options, given to every node.
+``redis_url = "redis+cluster://10.0.0.5:7000"``.
+
 :class:`RedisAccess` holds them; :meth:`RedisAccess.client_kwargs` turns them into redis-py
 keyword arguments, reading the password file each time (so a client built after a password
 rotation uses the new one). Every Redis client a daemon opens is built from one.
@@ -27,13 +33,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
 from urllib.parse import urlsplit
+
+import redis.asyncio
+import redis.asyncio.cluster
 
 from . import keys
 from .errors import ConfigError
 
-__all__ = ["MAX_PASSWORD_BYTES", "RedisAccess", "RedisAccessError", "access", "read_password"]
+__all__ = [
+    "CLUSTER_SCHEMES",
+    "MAX_PASSWORD_BYTES",
+    "RedisAccess",
+    "RedisAccessError",
+    "access",
+    "open_client",
+    "read_password",
+]
+
+CLUSTER_SCHEMES: Final = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+"""URL schemes that name a Redis Cluster (by one of its nodes) → the node's own scheme."""
 
 MAX_PASSWORD_BYTES: Final = 4096
 """A password file longer than this is refused (it is surely the wrong file)."""
@@ -90,7 +110,7 @@ class RedisAccess:
     def __post_init__(self) -> None:
         parts = urlsplit(self.url)
         tls_files = (self.tls_ca_file, self.tls_cert_file, self.tls_key_file)
-        if parts.scheme != "rediss" and any(f is not None for f in tls_files):
+        if not self.tls and any(f is not None for f in tls_files):
             raise RedisAccessError("redis_tls_* files need a rediss:// redis_url")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise RedisAccessError("redis_tls_cert_file and redis_tls_key_file go together")
@@ -113,8 +133,20 @@ class RedisAccess:
 
     @property
     def tls(self) -> bool:
-        """Whether the connection is TLS (``rediss://``)."""
-        return urlsplit(self.url).scheme == "rediss"
+        """Whether the connection is TLS (``rediss://`` or ``rediss+cluster://``)."""
+        return urlsplit(self.url).scheme in ("rediss", "rediss+cluster")
+
+    @property
+    def cluster(self) -> bool:
+        """Whether the URL names a Redis Cluster (``redis+cluster://``, ``rediss+cluster://``)."""
+        return urlsplit(self.url).scheme in CLUSTER_SCHEMES
+
+    @property
+    def node_url(self) -> str:
+        """The URL redis-py connects with: for a cluster, its startup node's ``redis://``
+        (or ``rediss://``) URL; else the URL itself."""
+        scheme, sep, rest = self.url.partition("://")
+        return f"{CLUSTER_SCHEMES[scheme]}{sep}{rest}" if scheme in CLUSTER_SCHEMES else self.url
 
     def check(self) -> None:
         """Read what the clients will read (the password file, the TLS key's mode) now, so a
@@ -154,6 +186,32 @@ class RedisAccess:
                 out["ssl_certfile"] = str(self.tls_cert_file)
                 out["ssl_keyfile"] = str(self.tls_key_file)
         return out
+
+
+def open_client(
+    target: str | RedisAccess, timeout_s: float, *, decode_responses: bool = True
+) -> redis.asyncio.Redis:
+    """A client of ``target``: ``redis.asyncio.Redis``, or for a ``+cluster`` URL a
+    ``redis.asyncio.cluster.RedisCluster`` with the same credentials, TLS and timeouts.
+
+    The cluster client is typed as ``Redis``: its callers use only what both offer (single
+    key commands, scripts and ``MULTI`` whose keys share one hash slot, key-routed
+    pipelines, ``TIME``, ``aclose``); a multi-key call across slots fails with CROSSSLOT.
+
+    Raises:
+        RedisAccessError: the password file is unusable.
+    """
+    found = access(target)
+    options: dict[str, Any] = {
+        "decode_responses": decode_responses,
+        "socket_timeout": timeout_s,
+        "socket_connect_timeout": timeout_s,
+        **found.client_kwargs(),
+    }
+    if found.cluster:
+        cluster = redis.asyncio.cluster.RedisCluster.from_url(found.node_url, **options)
+        return cast("redis.asyncio.Redis", cluster)
+    return redis.asyncio.Redis.from_url(found.url, **options)
 
 
 def access(target: str | RedisAccess) -> RedisAccess:

@@ -4,6 +4,8 @@
 
 * :class:`EmbeddedRedis`: a private ``redis-server`` (AOF on, ``noeviction``, owner-only
   data), optionally with a password file and TLS (:class:`RedisServerTls`).
+* :class:`EmbeddedRedisCluster`: a private Redis Cluster of 3 or more primaries (the hub's
+  Redis in the cluster tests, ``redis+cluster://``).
 * :class:`Daemon`: one server process that prints ``serving <port>`` when ready; logs to a
   file, signal, kill, stop with a grace, restart.
 * :class:`Federation`: keys, trust store, policy and configs, a Redis per peer (or one
@@ -37,6 +39,7 @@ from ._loop import LoopThread
 from ._net import HOST, pick_free_port
 from ._plan import DEFAULT_PROFILES, FederationPlan, HubctlRun, run_hubctl
 from ._redis import ENV_VAR, AppendFsync, EmbeddedRedis, find_redis_server, redis_server_argv
+from ._redis_cluster import EmbeddedRedisCluster, find_redis_cli
 from ._redis_secure import TLS_ENV_VAR, RedisServerTls, find_tls_redis_server
 
 if TYPE_CHECKING:
@@ -51,6 +54,7 @@ __all__ = [
     "Daemon",
     "DaemonError",
     "EmbeddedRedis",
+    "EmbeddedRedisCluster",
     "Federation",
     "FederationPlan",
     "HarnessError",
@@ -60,6 +64,7 @@ __all__ = [
     "RedisServerError",
     "RedisServerTls",
     "connect_env",
+    "find_redis_cli",
     "find_redis_server",
     "find_tls_redis_server",
     "pick_free_port",

@@ -101,6 +101,7 @@ class FederationPlan:
         hub_name: str = "hub",
         spoke_profiles: str = DEFAULT_PROFILES,
         redis_url: str | RedisAccess | None = None,
+        hub_redis: str | RedisAccess | None = None,
         addresses: Mapping[str, str] | None = None,
         base_port: int = 0,
         keep_keys: bool = False,
@@ -120,6 +121,8 @@ class FederationPlan:
                 with credentials; None starts a private redis-server per peer in
                 ``root/redis/<peer>``, each requiring the password in ``root/redis/password``
                 (created owner-only; every config names it), with owner-only data.
+            hub_redis: the hub's Redis, whatever ``redis_url`` says (a Redis Cluster's
+                ``redis+cluster://`` URL: ``EmbeddedRedisCluster``); the spokes' as above.
             addresses: listen addresses for some peers (two spokes may share one).
             base_port: the hub on P, the N-th spoke on P+N; 0 picks free ports.
             keep_keys: reuse the keys an earlier run left in ``root``.
@@ -136,6 +139,7 @@ class FederationPlan:
         self.redis: dict[str, EmbeddedRedis] = {}
         """Peer name → its private redis-server (empty with ``redis_url``)."""
         self._redis_url = redis_url
+        self._hub_redis = hub_redis
         self._addresses = dict(addresses or {})
         self._base_port = base_port
         self._files: FederationFiles | None = None
@@ -171,7 +175,7 @@ class FederationPlan:
         return self._files
 
     async def _start_redis(self) -> None:
-        names = [self.hub_name, *self.spoke_names]
+        names = [self.hub_name, *self.spoke_names] if self._hub_redis is None else self.spoke_names
         self.report(f"starting {len(names)} private redis-servers (data in {self.root / 'redis'})")
         # The password and every peer's data: owner-only from the directory down.
         (self.root / "redis").mkdir(mode=0o700, exist_ok=True)
@@ -233,12 +237,16 @@ class FederationPlan:
     def redis_url(self, name: str) -> str:
         """The URL a client of a peer's Redis connects with (a private server's carries
         its password: never log it)."""
+        if name == self.hub_name and self._hub_redis is not None:
+            return access(self._hub_redis).url
         if self._redis_url is not None:
             return access(self._redis_url).url
         return self._server(name).url
 
     def redis_access(self, name: str) -> RedisAccess:
         """A peer's Redis as its config names it (URL, password file, TLS files)."""
+        if name == self.hub_name and self._hub_redis is not None:
+            return access(self._hub_redis)
         if self._redis_url is not None:
             return access(self._redis_url)
         return self._server(name).access

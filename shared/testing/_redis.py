@@ -27,6 +27,7 @@ import shlex
 import shutil
 import signal
 import ssl
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Final, Literal, Self
@@ -242,6 +243,7 @@ class EmbeddedRedis:
         start_timeout: float = 10.0,
         password_file: Path | None = None,
         tls: RedisServerTls | None = None,
+        extra_args: Sequence[str] = (),
     ) -> None:
         """Describe a server; nothing runs until `start`.
 
@@ -258,6 +260,8 @@ class EmbeddedRedis:
             password_file: Require the password in this file (created owner-only with a
                 random password if missing; it must be owner-only).
             tls: Listen on TLS only (the port is then a TLS port).
+            extra_args: more redis-server flags, last (``--cluster-enabled yes``: a
+                cluster node, see ``EmbeddedRedisCluster``).
         """
         if appendfsync not in ("always", "everysec", "no"):
             raise ValueError(f"appendfsync must be always, everysec or no, not {appendfsync!r}")
@@ -268,6 +272,7 @@ class EmbeddedRedis:
         self._binary = binary
         self.password_file = password_file
         self.tls = tls
+        self.extra_args = tuple(extra_args)
         self._password: str | None = None
         self._port: int | None = port or None
         self._unix_socket = data_dir / "redis.sock" if unix_socket else None
@@ -398,6 +403,7 @@ class EmbeddedRedis:
             config_file=self._auth_conf(),
             tls=self.tls,
         )
+        argv += self.extra_args
         log_offset = log_size(self.log_file)
         # Early failures (a bad flag) go to stderr before the log file is open; append them
         # to the same file so one tail explains any failure.

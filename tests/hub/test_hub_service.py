@@ -38,6 +38,7 @@ from hubspoke.gen.federation.v1 import (
 from hubspoke.hub.app import HubApp
 from hubspoke.hub.config import HubConfig, SpokeEntry
 from hubspoke.hub.federation_files import FederationFiles, write_federation
+from hubspoke.hub.store import nonce_key
 from hubspoke.trust import Role, TrustStore
 
 REPO = Path(__file__).resolve().parents[2]
@@ -366,7 +367,7 @@ async def test_replayed_nonce_is_unauthenticated(
     failure = await call_fails(fed.stub.ListSpokes(req, timeout=5))
     assert (failure.code, failure.reason) == (grpc.StatusCode.UNAUTHENTICATED, "NONCE_REUSED")
     cmd = commands.parse_command(env.payload)
-    key = f"federation:hub:hub:nonce:operator:{cmd.nonce.hex()}"
+    key = nonce_key("hub", "operator", cmd.nonce)  # tagged per principal (hub/store.py)
     ttl_ms = await redis_client.pttl(key)
     # Kept until the command expires plus the allowed skew, not forever.
     assert 0 < ttl_ms <= (commands.DEFAULT_VALIDITY.total_seconds() + fed.config.max_skew_s) * 1000
