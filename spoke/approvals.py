@@ -36,6 +36,7 @@ writing ``approved_by`` into the spoke's Redis does not release an agent.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import AsyncIterator
 from typing import Any, Final
 
 from google.protobuf.message import DecodeError
@@ -252,13 +253,33 @@ class Approvals:
         await self.jobs.enqueue(await self.records.get(agent_id))
 
 
+async def _scan_held(
+    records: Records, *fields: str, batch: int = 500
+) -> AsyncIterator[list[tuple[str, list[bytes | None]]]]:
+    """The agents of the held set (``awaiting_key``) with some of their record's fields, in
+    pipelined batches (two round trips per ``batch``)."""
+    offset = 0
+    while True:
+        members: list[bytes] = await records.redis.zrange(  # type: ignore[assignment]  # bytes
+            awaiting_key(records), offset, offset + batch - 1
+        )
+        if not members:
+            return
+        offset += len(members)
+        ids = [m.decode().split(":", 1)[-1] for m in members]
+        pipe = records.redis.pipeline(transaction=False)
+        for agent_id in ids:
+            pipe.hmget(records.keys.agent(agent_id), *fields)
+        yield list(zip(ids, await pipe.execute(), strict=True))
+
+
 async def expire_overdue(records: Records) -> int:
     """AWAITING_APPROVAL agents past their approval deadline → REJECTED
-    (APPROVAL_EXPIRED); one pass over the index (the sweeper, every
-    ``sweep_interval_s``)."""
+    (APPROVAL_EXPIRED); one pass over the held agents' set, not every record (the sweeper,
+    every ``sweep_interval_s``)."""
     now = now_ms()
     due: list[str] = []
-    async for rows in records.scan_index("state", "approval_deadline_ms"):
+    async for rows in _scan_held(records, "state", "approval_deadline_ms"):
         for agent_id, (state, deadline) in rows:
             if state == b"AWAITING_APPROVAL" and deadline and 0 < int(deadline) < now:
                 due.append(agent_id)

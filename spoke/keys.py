@@ -48,6 +48,13 @@ class SpokeKeys:
         return f"{self.prefix}:waiting"
 
     @property
+    def start_deadlines(self) -> str:
+        """Sorted set of agent ids scored by their start deadline (``expire_ms``), added when
+        the record is stored (or replayed) with one; the sweeper takes the due ones from it
+        instead of scanning every record (spoke/sweeper.py)."""
+        return f"{self.prefix}:start-deadlines"
+
+    @property
     def verifying(self) -> str:
         """Sorted set of NEEDS_VERIFICATION agent ids scored by their verification deadline
         (ms), kept by the scripts that change state; the sweeper fails those past it."""

@@ -23,7 +23,7 @@ from typing import Any
 
 from hubspoke.redis_access import RedisAccess
 
-from . import approvals
+from . import approvals, start_deadlines
 from .backend import AgentMissingError, TransitionError, backend, command_client, now_ms
 from .fanout import StreamFanout
 from .feed import Feed
@@ -37,6 +37,9 @@ from .records import Records, StateObserver
 from .slots import Slots
 
 REPLAYABLE = (AgentState.FAILED, AgentState.TIMED_OUT, AgentState.DEAD_LETTERED)
+
+WAIT = (b"QUEUED", b"AWAITING_APPROVAL")
+"""Stored states of agents not started yet (their start deadline is in the sweeper's index)."""
 
 
 class AgentQueue:
@@ -132,6 +135,7 @@ class AgentQueue:
                 "expire_ms": start_by_ms,
             },
         )
+        await start_deadlines.add(self.redis, self.keys, [(agent_id, start_by_ms)])
         if rec.job_id:
             await self.jobs.remove(rec.job_id)
         again = await self.records.get(agent_id)
@@ -180,13 +184,18 @@ class AgentQueue:
         Also counts every waiting agent in its principal's quota (``Records.count_waiting``):
         agents stored by a release before the quota existed were never counted."""
         healed = 0
-        async for rows in self.records.scan_index("state", "job_id"):
+        async for rows in self.records.scan_index("state", "job_id", "expire_ms"):
             await self.records.count_waiting(
-                agent_id for agent_id, (state, _) in rows if state in (b"QUEUED", b"RETRYING")
+                agent_id for agent_id, (state, _, _) in rows if state in (b"QUEUED", b"RETRYING")
+            )
+            await start_deadlines.add(  # stored before the index of start deadlines existed
+                self.redis,
+                self.keys,
+                ((agent_id, int(ms or 0)) for agent_id, (state, _, ms) in rows if state in WAIT),
             )
             queued = [
                 (agent_id, (job or b"").decode() or SpokeKeys.job_id(agent_id))
-                for agent_id, (state, job) in rows
+                for agent_id, (state, job, _) in rows
                 if state == b"QUEUED"
             ]
             if not queued:

@@ -81,6 +81,11 @@ if backlog >= tonumber(ARGV[5]) then
 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 8))
 redis.call('HSET', KEYS[1], 'state', 'QUEUED', 'seq', 1, 'digest', ARGV[2])
+local start_by = tonumber(redis.call('HGET', KEYS[1], 'expire_ms') or '') or 0
+if start_by > 0 then  -- the sweeper's index of start deadlines (keys.py start_deadlines)
+  redis.call('ZADD', string.sub(KEYS[1], 1, #KEYS[1] - #ARGV[1] - 6) .. 'start-deadlines',
+    start_by, ARGV[1])
+end
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 redis.call('ZADD', KEYS[8], 0, ARGV[6] .. ':' .. ARGV[1])
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '1-0',

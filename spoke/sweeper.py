@@ -19,7 +19,7 @@ import structlog
 
 from hubspoke.aio import raise_if_cancelling
 
-from . import approvals
+from . import approvals, start_deadlines
 from .backend import AgentMissingError, QueueError, TransitionError, now_ms
 from .config import SpokeConfig
 from .model import NOT_STARTED, AgentState
@@ -54,21 +54,26 @@ class Sweeper:
         return total
 
     async def expire_unstarted(self) -> int:
-        """QUEUED agents past their start deadline → EXPIRED (NOT_STARTED); one pass over the
-        index (two round trips per 500 agents), every ``sweep_interval_s``."""
+        """QUEUED agents past their start deadline → EXPIRED (NOT_STARTED), every
+        ``sweep_interval_s``: only the due part of the deadline index (spoke/start_deadlines.py,
+        two round trips per 500 due agents), never the whole backlog. Agents that started,
+        ended or are gone leave the index; a held one (not queued yet) stays in it."""
         now = now_ms()
-        due: list[str] = []
-        async for rows in self.records.scan_index("state", "expire_ms"):
-            for agent_id, (state, expire) in rows:
-                if state == b"QUEUED" and expire and 0 < int(expire) < now:
-                    due.append(agent_id)
-        expired = 0
-        for agent_id in due:
-            with contextlib.suppress(TransitionError, AgentMissingError):  # a worker was first
-                await self.records.transition(
-                    agent_id, [AgentState.QUEUED], AgentState.EXPIRED, NOT_STARTED
-                )
-                expired += 1
+        redis, keys = self.records.redis, self.records.keys
+        expired = offset = 0
+        while rows := await start_deadlines.due(redis, keys, now, offset):
+            done: list[str] = []
+            for agent_id, state in rows:
+                if state == AgentState.QUEUED.value.encode():
+                    with contextlib.suppress(TransitionError, AgentMissingError):  # a worker won
+                        await self.records.transition(
+                            agent_id, [AgentState.QUEUED], AgentState.EXPIRED, NOT_STARTED
+                        )
+                        expired += 1
+                if state not in start_deadlines.NOT_YET_QUEUED:
+                    done.append(agent_id)
+            await start_deadlines.forget(redis, keys, done)
+            offset += len(rows) - len(done)  # the held ones stay ahead of the next batch
         if expired:
             self.expired += expired
             log.info("start_deadline_passed", agents=expired)
