@@ -21,6 +21,7 @@ import pytest
 import pytest_asyncio
 
 from hubspoke import commands, envelope, keys, testing, version
+from hubspoke import tls as stls
 from hubspoke.client import AgentState, CallError, Client, EventKind
 from hubspoke.gen.federation.v1 import (
     command_pb2,
@@ -159,9 +160,18 @@ def _forward(
     return envelope.sign(fwd.SerializeToString(), PAYLOAD_TYPE_FORWARD, key)
 
 
-async def _forward_call(address: str, raw: bytes) -> tuple[grpc.StatusCode, str, list[Any]]:
-    """Send ``raw`` to ForwardCall: its code, details and the messages it streamed."""
-    async with grpc.aio.insecure_channel(address) as channel:
+async def _forward_call(
+    address: str, raw: bytes, tls: tuple[grpc.ChannelCredentials, str] | None = None
+) -> tuple[grpc.StatusCode, str, list[Any]]:
+    """Send ``raw`` to ForwardCall (over TLS: credentials and the name the server's
+    certificate must carry): its code, details and the messages it streamed."""
+    if tls is None:
+        opened = grpc.aio.insecure_channel(address)
+    else:
+        opened = grpc.aio.secure_channel(
+            address, tls[0], options=[("grpc.ssl_target_name_override", tls[1])]
+        )
+    async with opened as channel:
         call = channel.unary_stream(
             f"/{FORWARD_SERVICE.full_name}/ForwardCall",
             response_deserializer=hub_forward_pb2.HubForwardServiceForwardCallResponse.FromString,
@@ -264,3 +274,51 @@ async def test_calls_through_the_other_hubd_reach_the_spoke_and_survive_its_hold
             await until(lambda a=agent: _state_is(client, a, AgentState.SUCCEEDED), 20, "ran")
         health, detail = await view(fed, other)
         assert (health, detail) == ("READY", ""), (health, detail)  # held here now
+
+
+async def test_over_mutual_tls_a_call_is_forwarded_with_the_hubs_certificate(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """With TLS the forwarding hubd dials the holder with the hub's certificate (the holder
+    requires it to name the hub) and checks the holder's: a spawn through the other hubd
+    runs on the spoke."""
+    federation = testing.Federation(
+        tmp_path_factory.mktemp("forward-tls"), [SPOKE], hub_env=HUB_ENV, tls=True
+    )
+    second = f"127.0.0.1:{testing.pick_free_port()}"
+    hub_env, spoke_env = testing.connect_env(
+        federation, heartbeat_interval_s=HEARTBEAT_S, hub_addresses=[federation.hub_address, second]
+    )
+    federation.hub_env.update(hub_env)
+    federation.spoke_env.update(spoke_env)
+    try:
+        await federation.start()
+        await federation.start_hub("hub-2", listen=second)
+        held_by = await _held(federation)
+        (other,) = (a for a in hubds(federation) if a != held_by)
+        async with federation.client(timeout_s=5, hub=other) as client:
+            agent = await client.spawn(SPOKE, "synthetic", "duration=0.1")
+            assert agent.state is not AgentState.PENDING_DELIVERY
+            done = AgentState.SUCCEEDED
+            await until(lambda: _state_is(client, agent.agent_id, done), 20, "done")
+        # A forward signed with the hub's key, sent with the spoke's certificate: refused.
+        tls_dir = federation.files.tls_dir
+        assert tls_dir is not None
+        for peer, want in ((SPOKE, grpc.StatusCode.UNAUTHENTICATED), (federation.hub_name, None)):
+            creds = stls.channel_credentials(
+                stls.TlsConfig(
+                    tls_dir / f"{peer}.crt", tls_dir / f"{peer}.tls.key", tls_dir / "ca.crt"
+                )
+            )
+            got = await _forward_call(
+                held_by,
+                _request(_forward(federation.key(federation.hub_name), hub=federation.hub_name)),
+                (creds, federation.hub_name),
+            )
+            if want is None:  # the hub's own certificate: carried (request b"" refused by it)
+                assert got[0] is grpc.StatusCode.OK, got
+            else:
+                assert got[0] is want, got
+                assert "certificate" in got[1], got
+    finally:
+        await federation.stop()
