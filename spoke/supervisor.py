@@ -345,13 +345,22 @@ def _check_program(profile: Profile, argv0: str, env: Mapping[str, str]) -> None
         raise AgentStartError(f"profile {profile.name!r}: program {argv0!r} is not executable")
 
 
+def _own_session(pid: int) -> bool:
+    """True once the agent leads its own session (``setsid`` ran: a signal to its group
+    reaches it), or is gone already."""
+    try:
+        return os.getsid(pid) == pid
+    except OSError:
+        return True
+
+
 async def _agent_pid(state: Path, child: asyncio.subprocess.Process) -> int | None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + PID_WAIT_S
     delay = 0.001
     while loop.time() < deadline:
         pid = _read_line_int(state / "pid")
-        if pid is not None:
+        if pid is not None and _own_session(pid):
             return pid
         if child.returncode is not None:
             return _read_line_int(state / "pid")
