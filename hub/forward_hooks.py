@@ -45,12 +45,20 @@ class LeaseKeeper:
         await self._leases.claim_hello(spoke, nonce, self._hello_keep_s)
 
     async def opened(self, session: LinkSession) -> None:
-        lease = new_lease(session.spoke, self._own, session_id(session), session.nonce)
+        lease = new_lease(
+            session.spoke,
+            self._own,
+            session_id(session),
+            session.nonce,
+            stale_s=self._stale(session),
+        )
         await self._quietly("take", self._leases.take(lease, self._ttl(session)))
 
     async def beat(self, session: LinkSession, status: command_pb2.SignedEnvelope) -> None:
+        signed = status.SerializeToString()
+        sid = session_id(session)
         lease = new_lease(
-            session.spoke, self._own, session_id(session), session.nonce, status.SerializeToString()
+            session.spoke, self._own, sid, session.nonce, signed, self._stale(session)
         )
         await self._quietly("renew", self._renew(session, lease))
 
@@ -66,8 +74,11 @@ class LeaseKeeper:
         if not await self._leases.renew(lease, self._ttl(session)):
             log.info("link_lease_taken_over", spoke=session.spoke)
 
+    def _stale(self, session: LinkSession) -> float:
+        return session.interval_s * self._missed
+
     def _ttl(self, session: LinkSession) -> float:
-        return max(self._leases.ttl_s, session.interval_s * self._missed)
+        return max(self._leases.ttl_s, self._stale(session))
 
     async def _quietly(self, what: str, op: Awaitable[object]) -> None:
         try:

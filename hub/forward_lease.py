@@ -11,9 +11,11 @@ Keys (one hash tag per spoke, so a Redis Cluster spreads them; one key per opera
     federation:hub:{<hub>:s:<spoke>}:hello:<nonce hex>  "1", TTL twice the clock skew
 
 A lease is JSON ``{"holder": forward address, "session": id, "at": epoch s, "nonce": hex,
-"status": base64}``: ``nonce`` is the session nonce the spoke's heartbeats are bound to and
-``status`` its last signed status (a serialized SignedEnvelope), so a reader verifies the
-spoke's own signature instead of trusting Redis for its health. The holder takes the lease
+"status": base64, "stale_after_s": s}``: ``nonce`` is the session nonce the spoke's
+heartbeats are bound to and ``status`` its last signed status (a serialized SignedEnvelope),
+so a reader verifies the spoke's own signature instead of trusting Redis for its health;
+``stale_after_s`` (heartbeat interval x missed heartbeats) tells a reader when a lease that
+was not renewed means a dead holder, before its TTL ends. The holder takes the lease
 when a session opens (over whatever lease was there: the spoke chose this hubd, so an older
 holder's session is dead or about to be replaced), renews it with each heartbeat, and
 releases it when the session ends; renewal and release touch the lease only while it still
@@ -72,6 +74,9 @@ class Lease:
     """The session nonce the spoke's heartbeats are bound to."""
     status: bytes = b""
     """The spoke's last signed status (a serialized SignedEnvelope), empty before one."""
+    stale_after_s: float = 0.0
+    """How long after ``at`` the holder itself would end a silent session (heartbeat
+    interval x ``link_missed_heartbeats``); 0: unknown."""
 
 
 class LeaseStore:
@@ -115,6 +120,7 @@ class LeaseStore:
                 at=float(data["at"]),
                 nonce=bytes.fromhex(data.get("nonce", "")),
                 status=base64.b64decode(data.get("status", "")),
+                stale_after_s=float(data.get("stale_after_s", 0.0)),
             )
         except (ValueError, KeyError, TypeError):
             return None  # not a lease this code wrote: nobody to forward to
@@ -137,8 +143,10 @@ class LeaseStore:
             raise errors.BackendUnavailableError("the hub's Redis does not answer") from exc
 
 
-def new_lease(spoke: str, holder: str, session: str, nonce: bytes, status: bytes = b"") -> Lease:
-    return Lease(spoke, holder, session, time.time(), nonce, status)
+def new_lease(
+    spoke: str, holder: str, session: str, nonce: bytes, status: bytes = b"", stale_s: float = 0.0
+) -> Lease:
+    return Lease(spoke, holder, session, time.time(), nonce, status, stale_s)
 
 
 def _encode(lease: Lease) -> str:
@@ -149,6 +157,7 @@ def _encode(lease: Lease) -> str:
             "at": lease.at,
             "nonce": lease.nonce.hex(),
             "status": base64.b64encode(lease.status).decode("ascii"),
+            "stale_after_s": lease.stale_after_s,
         }
     )
 

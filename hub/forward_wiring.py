@@ -26,7 +26,7 @@ from .forward_hooks import LeaseKeeper
 from .forward_lease import LeaseStore
 from .forward_service import ForwardServicer
 from .forward_stub import Forwarder
-from .forward_watch import watch_leases
+from .forward_watch import LeaseWatcher
 from .health import HealthMonitor
 from .link_registry import LinkingRegistry
 
@@ -80,7 +80,6 @@ def start(
     )
     registry.forwarder = forwarder
     servicer = ForwardServicer(cfg.name, key, registry.sessions, skew)
-    watcher = asyncio.create_task(
-        watch_leases(registry, monitor, leases, own, cfg.link_lease_poll_s), name="lease-watch"
-    )
+    watch = LeaseWatcher(registry, monitor, leases, own, cfg.link_lease_poll_s)
+    watcher = asyncio.create_task(watch.run(), name="lease-watch")
     return ForwardWiring(keeper, forwarder, servicer, watcher)

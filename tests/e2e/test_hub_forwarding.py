@@ -276,12 +276,13 @@ async def test_calls_through_the_other_hubd_reach_the_spoke_and_survive_its_hold
         assert (health, detail) == ("READY", ""), (health, detail)  # held here now
 
 
-async def test_over_mutual_tls_a_call_is_forwarded_with_the_hubs_certificate(
+async def test_over_mutual_tls_a_call_is_forwarded_and_a_dead_holders_lease_is_not_trusted(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     """With TLS the forwarding hubd dials the holder with the hub's certificate (the holder
     requires it to name the hub) and checks the holder's: a spawn through the other hubd
-    runs on the spoke."""
+    runs on the spoke. A holder SIGKILLed while the spoke is stopped leaves a lease the other
+    hubd stops trusting within seconds (DISCONNECTED, not READY via a dead hubd)."""
     federation = testing.Federation(
         tmp_path_factory.mktemp("forward-tls"), [SPOKE], hub_env=HUB_ENV, tls=True
     )
@@ -320,5 +321,28 @@ async def test_over_mutual_tls_a_call_is_forwarded_with_the_hubs_certificate(
             else:
                 assert got[0] is want, got
                 assert "certificate" in got[1], got
+
+        # The holder dies while the spoke cannot reconnect: the other hubd stops trusting the
+        # lease once it is not renewed (3 heartbeats + a poll), well before its 15 s TTL.
+        spoked = federation.spoked(SPOKE)
+        spoked.signal(signal.SIGSTOP)
+        hubds(federation)[held_by].signal(signal.SIGKILL)
+        stopped_at = time.monotonic()
+
+        async def disconnected() -> bool:
+            return (await view(federation, other))[0] == "DISCONNECTED"
+
+        await until(disconnected, 10, "the spoke DISCONNECTED at the other hubd")
+        assert time.monotonic() - stopped_at < 8
+        _, detail = await view(federation, other)
+        assert "stopped renewing" in detail, detail
+        spoked.signal(signal.SIGCONT)
+        await until(lambda: _ready_here(federation, other), 20, "the spoke back, held here")
     finally:
+        if federation.spoked(SPOKE).running:
+            federation.spoked(SPOKE).signal(signal.SIGCONT)
         await federation.stop()
+
+
+async def _ready_here(fed: testing.Federation, address: str) -> bool:
+    return await view(fed, address) == ("READY", "")
