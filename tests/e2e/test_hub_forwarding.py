@@ -184,6 +184,12 @@ async def _forward_call(
         return grpc.StatusCode.OK, "", got
 
 
+async def test_every_forward_method_has_its_refusals_in_this_module() -> None:
+    assert [m.name for m in FORWARD_SERVICE.methods] == ["ForwardCall"], (
+        "a new HubForwardService method needs its refusal cases below"
+    )
+
+
 async def test_the_forward_service_takes_only_the_hubs_own_fresh_forwards(
     fed: testing.Federation,
 ) -> None:
