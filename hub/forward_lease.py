@@ -139,8 +139,8 @@ class LeaseStore:
     async def _call(self, op: Any) -> Any:
         try:
             return await op
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            raise errors.BackendUnavailableError("the hub's Redis does not answer") from exc
+        except redis.exceptions.RedisError as exc:  # down, timed out, a cluster moving slots
+            raise errors.BackendUnavailableError(f"the hub's Redis failed: {exc}") from exc
 
 
 def new_lease(
