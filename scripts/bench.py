@@ -19,7 +19,7 @@ SCRIPTS = Path(__file__).resolve().parent
 REPO = SCRIPTS.parent
 sys.path[:0] = [str(SCRIPTS), str(REPO)]
 
-from benchlib import federation_run, report, run  # noqa: E402 - after the path set-up above
+from benchlib import federation_run, hub_cluster, report, run  # noqa: E402 - after the path set-up
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,7 +30,8 @@ def _parser() -> argparse.ArgumentParser:
         "--arms",
         default="",
         help="comma-separated arm names or groups (floor, ours, rival, scale, federation: "
-        "1,000 connect-mode spokes, only when named); default all but federation",
+        "1,000 connect-mode spokes, only when named; hub-cluster: hub spawns on one Redis "
+        "and on a Redis Cluster, only when named); default all but federation and hub-cluster",
     )
     p.add_argument("--out", type=Path, default=REPO / "bench-out", help="results directory")
     p.add_argument(
@@ -67,6 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     if rounds < 1 or args.concurrency < 1:
         print("Error: --rounds and --concurrency must be at least 1", file=sys.stderr)
         return 2
+    if "hub-cluster" in arms:  # its own hubds, spoke and cluster (benchlib/hub_cluster.py)
+        hub_cluster.run(quick=args.quick, out=args.out.resolve(), concurrency=args.concurrency)
+        arms = tuple(a for a in arms if a != "hub-cluster")
+        if not arms:
+            return 0
     if "federation" in arms:  # its own hubd and simulated spokes (benchlib/federation.py)
         docs = args.docs == "yes" or (args.docs == "auto" and not args.quick)
         federation_run.run(
