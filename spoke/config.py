@@ -203,8 +203,9 @@ class SpokeConfig:
     spoked crash or upgrade loses no running agent. False: spoked holds the agent's pipes."""
     agent_state_dir: Path | None = None
     """The supervised agents' state directories (output, exit status; one per attempt),
-    created owner-only. Empty: ``hubspoke-agents-UID-NAME`` under the system's temporary
-    directory. Keep it across restarts: a restarted spoked finds running agents there."""
+    created owner-only. Empty: ``hubspoke-agents-UID-NAME-SITE`` under the system's temporary
+    directory (SITE: a hash of ``redis_url``). Keep it across restarts: a restarted spoked
+    finds running agents there."""
     leave_agents_on_shutdown: bool = True
     """With ``supervise``: SIGTERM (an upgrade) stops taking jobs and leaves running agents
     running for the next spoked to re-attach; False: they get the shutdown's drain, then a

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -37,6 +38,8 @@ __all__ = ["AgentRun", "SupervisedRuns", "running_fields"]
 
 log = structlog.get_logger("hubspoke.spoke.worker")
 
+STRAY_GRACE_S = 2.0
+"""SIGTERM to SIGKILL, for an agent left running whose attempt no record holds."""
 ADOPTION_SLACK_S = 5.0
 """How much longer than the stall bound a predecessor's agent is waited for."""
 
@@ -74,7 +77,9 @@ class SupervisedRuns:
     def _init_supervision(self) -> None:
         self._supervised: dict[str, supervisor.SupervisedAgent] = {}
         """The supervised agents this worker watches, for their output offsets."""
-        self._state_root = supervisor.state_root(self.config.agent_state_dir, self.config.name)
+        self._state_root = supervisor.state_root(
+            self.config.agent_state_dir, self.config.name, self.config.redis_url
+        )
         self._cgroups = detect() if self.config.supervise else CgroupSupport(None, "supervise off")
         self._detaching = False
         """Shutting down with running agents left running (``leave_agents_on_shutdown``)."""
@@ -208,6 +213,33 @@ class SupervisedRuns:
             if profile.max_concurrency:  # its slot, renewed while it ran
                 with contextlib.suppress(QueueError):
                     await self.queue.slots.release(profile.name, rec.agent_id)
+
+    async def _sweep_states(self) -> int:
+        """Start-up: state directories of attempts no record holds any more (ended, or taken
+        over by a spoked on another host while this one was down): what still runs there is
+        killed (by pid and start time), the directory removed. How many."""
+        try:
+            entries = sorted(os.listdir(self._state_root))
+        except OSError:
+            return 0
+        swept = 0
+        for entry in entries:
+            agent_id, _, number = entry.rpartition(".")
+            if not agent_id or not number.isdigit():
+                continue
+            rec = await self.queue.worker_records.get_or_none(agent_id)
+            if rec is None:
+                continue  # not this site's (a directory shared with another), or long gone
+            held = (AgentState.STARTING, AgentState.RUNNING, AgentState.RETRYING)
+            if rec.state in held and rec.attempt <= int(number):
+                continue  # its attempt (or one being started or recorded) is alive
+            found = supervisor.locate(self._state_root, agent_id, int(number), None)
+            if found is not None and found.exit_status is None and found.agent is not None:
+                log.warning("killing_unheld_supervised_agent", agent=agent_id, pid=found.agent.pid)
+                await processes.kill_identity(found.agent, STRAY_GRACE_S)
+            supervisor.remove_state(self._state_root / entry)
+            swept += 1
+        return swept
 
     async def _save_offsets(self, agent_id: str, proc: supervisor.SupervisedAgent) -> None:
         out, err = proc.offsets

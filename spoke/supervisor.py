@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import shutil
 import signal
@@ -86,12 +87,14 @@ def shell() -> str:
     return shutil.which("dash") or "/bin/sh"
 
 
-def state_root(configured: Path | None, spoke_name: str) -> Path:
+def state_root(configured: Path | None, spoke_name: str, redis_url: str = "") -> Path:
     """The spoke's agent state directory: ``agent_state_dir``, or one of its own under the
-    system's temporary directory."""
+    system's temporary directory, named for the spoke and its site's Redis (so two sites of
+    one name on a host, e.g. tests, never share one)."""
     if configured is not None:
         return configured.absolute()
-    return Path(tempfile.gettempdir()) / f"hubspoke-agents-{os.getuid()}-{spoke_name}"
+    site = hashlib.sha256(redis_url.encode()).hexdigest()[:8]
+    return Path(tempfile.gettempdir()) / f"hubspoke-agents-{os.getuid()}-{spoke_name}-{site}"
 
 
 def attempt_dir(root: Path, agent_id: str, attempt: int) -> Path:

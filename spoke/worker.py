@@ -340,6 +340,8 @@ class AgentWorker(SupervisedRuns):
                 reaped += 1
         if reaped:
             log.warning("reaped_agents_of_dead_spoked", count=reaped)
+        if self.config.supervise and await self._sweep_states():
+            log.warning("swept_unheld_agent_states")
         return reaped
 
     async def _recover(self, rec: AgentRecord, profile: Profile | None) -> bool:

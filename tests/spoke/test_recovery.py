@@ -302,3 +302,23 @@ async def test_a_restarted_spoked_reaps_its_predecessors_agents_before_new_work(
     await client2.wait_state(new, "RUNNING", "SUCCEEDED")
     assert not _agent_processes(old), "the old agent was gone before new work started"
     await client2.wait_state(new, "SUCCEEDED")
+
+
+async def test_a_restarted_spoked_reattaches_a_supervised_agent_within_its_limit(
+    spokeds,
+) -> None:
+    """Supervised (the default): the dead spoked's agent runs on under its supervisor; the
+    next spoked re-attaches it (same attempt, same process, its real end) and, with
+    concurrency 1, starts new work only once it has ended."""
+    first, client = await spokeds(profiles=PROFILES, concurrency=1)
+    old = (await client.spawn("duration=5", profile="once")).agent.agent_id
+    await client.wait_state(old, "RUNNING")
+    pids = _agent_processes(old)
+    await first.kill()
+    assert _agent_processes(old) == pids, "it runs on without its spoked"
+    _, client2 = await spokeds(profiles=PROFILES, concurrency=1)
+    new = (await client2.spawn("duration=0.2", profile="once")).agent.agent_id
+    done = await client2.wait_state(old, "SUCCEEDED", "FAILED", within=RECOVERY_BOUND_S + 10)
+    assert (State.Name(done.state), done.attempt, done.exit_code) == ("STATE_SUCCEEDED", 1, 0)
+    after = await client2.wait_state(new, "SUCCEEDED", within=20)
+    assert after.start_time.ToNanoseconds() >= done.end_time.ToNanoseconds()
