@@ -62,9 +62,19 @@ def notes(result: dict[str, Any]) -> str:
         "check per spoke, health, capacity), then its placement claim script gets every "
         "candidate (four arguments each) to score in Redis. Both are linear in the spokes "
         "matching the selector; no target was set for it.",
-        f"- **Heartbeats:** about {result['cpu_us_per_heartbeat']:,.0f} µs of hub "
-        "CPU each (one signature check, the nonce binding, the health update): "
-        f"{result['idle']['cpu_pct']:.1f} % of one core against the floor's {floor_cpu}.",
+        f"- **Heartbeats:** {result['idle']['cpu_pct']:.1f} % of one core against the "
+        f"floor's {floor_cpu}. Where a heartbeat's time goes (py-spy of the hubd at idle, "
+        "share of samples): the check of the spoke's signed status about 11 %, the health "
+        "record, circuit and metric updates about 19 %, and the renewal of the spoke's "
+        "session lease in the hub's Redis with that status (`LeaseKeeper.beat`, "
+        "`hub/forward_hooks.py`: one Redis round trip per heartbeat, added with the "
+        "several-hubds work on 2026-11-30 06:17) about 15 %; the rest is gRPC's polling "
+        "thread and the event loop. The first full run, before the lease, measured 9.2 %.",
+        "- **With 0 sessions** the hubd is not idle: its lease watcher "
+        "(`hub/forward_watch.py`) reads the lease of every connect-mode spoke that has no "
+        "session here every `link_lease_poll_s` (1 s), one Redis GET after another: "
+        f"{n:,} per second, {result['baseline']['cpu_pct']:.1f} % of one core. It stops "
+        "once the sessions are here, so it is not part of the idle figure.",
     ]
     missing, slow = _fanout_misses(result)
     at = lines.index("FANOUT")
@@ -215,9 +225,9 @@ def section(result: dict[str, Any], notes: str = "") -> str:
         f"{s['spokes']:,} (peak in the window "
         f"{result['idle']['rss_peak_bytes'] / 2**20:.1f} MiB).",
         f"- **CPU:** over a {result['idle']['wall_s']:.0f} s window of heartbeats only "
-        f"(utime+stime of the hubd); with 0 sessions it used "
-        f"{result['baseline']['cpu_pct']:.1f} %, so about "
-        f"{result['cpu_us_per_heartbeat']:,.0f} µs of hub CPU per heartbeat. The simulators "
+        f"(utime+stime of the hubd), {result['cpu_us_per_heartbeat']:,.0f} µs of hub CPU "
+        f"per heartbeat if they cost it all. With 0 sessions the same hubd used "
+        f"{result['baseline']['cpu_pct']:.1f} % (see below). The simulators "
         f"used {result['idle']['simulators_cpu_pct']:.1f} % of one core meanwhile; other work "
         f"on the machine {result['idle']['foreign_cpu_share']:.0%} of all its cores.",
         *_floor_line(result),
