@@ -2,11 +2,13 @@
 
 :class:`LeaseKeeper` is called by hub/link_service.py: each hello's nonce is claimed across
 every hubd (a hello replayed to another hubd is refused), a session that opens takes the
-spoke's lease (hub/forward_lease.py), each heartbeat renews it with the spoke's signed status,
-and a session that ends releases it. The lease lives ``max(link_lease_ttl_s, heartbeat
-interval x link_missed_heartbeats)``, so it outlives the gap the hub allows between
-heartbeats. Redis failures on the lease are logged and the session goes on (its own calls do
-not need Redis); a hello whose nonce cannot be claimed is refused (UNAVAILABLE).
+spoke's lease (hub/forward_lease.py), each heartbeat renews it with the spoke's signed status
+(a session whose lease a newer session took over, at another hubd, is ended: a spoke holds
+one session at a time, so it has left this one), and a session that ends releases it. The
+lease lives ``max(link_lease_ttl_s, heartbeat interval x link_missed_heartbeats)``, so it
+outlives the gap the hub allows between heartbeats. Redis failures on the lease are logged
+and the session goes on (its own calls do not need Redis); a hello whose nonce cannot be
+claimed is refused (UNAVAILABLE).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import structlog
 from hubspoke import errors
 from hubspoke.gen.federation.v1 import command_pb2
 
-from .forward_lease import Lease, LeaseStore, new_lease
+from .forward_lease import LeaseStore, new_lease
 from .link_sessions import LinkSession
 
 __all__ = ["LeaseKeeper"]
@@ -54,13 +56,23 @@ class LeaseKeeper:
         )
         await self._quietly("take", self._leases.take(lease, self._ttl(session)))
 
-    async def beat(self, session: LinkSession, status: command_pb2.SignedEnvelope) -> None:
+    async def beat(self, session: LinkSession, status: command_pb2.SignedEnvelope) -> bool:
+        """Renew the lease with this heartbeat's status; False when a newer session of the
+        spoke (at another hubd: a spoke holds one session at a time) took it over, so this one
+        is stale and should end. Redis failing: True (the session goes on)."""
         signed = status.SerializeToString()
         sid = session_id(session)
         lease = new_lease(
             session.spoke, self._own, sid, session.nonce, signed, self._stale(session)
         )
-        await self._quietly("renew", self._renew(session, lease))
+        try:
+            if await self._leases.renew(lease, self._ttl(session)):
+                return True
+        except errors.BackendUnavailableError as exc:
+            log.warning("link_lease_failed", op="renew", error=exc.message)
+            return True
+        log.info("link_lease_taken_over", spoke=session.spoke)
+        return False
 
     def closed(self, session: LinkSession) -> None:
         """Release the lease in the background (the stream that ends may be cancelled)."""
@@ -69,10 +81,6 @@ class LeaseKeeper:
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    async def _renew(self, session: LinkSession, lease: Lease) -> None:
-        if not await self._leases.renew(lease, self._ttl(session)):
-            log.info("link_lease_taken_over", spoke=session.spoke)
 
     def _stale(self, session: LinkSession) -> float:
         return session.interval_s * self._missed

@@ -160,8 +160,11 @@ class LinkServicer:
                 except errors.CommandError as exc:
                     why = f"a heartbeat was refused: {exc.message}"
                     raise
-                if self._leases is not None:
-                    await self._leases.beat(session, msg.heartbeat.status)
+                if self._leases is not None and not await self._leases.beat(
+                    session, msg.heartbeat.status
+                ):
+                    why = "a newer session of the spoke at another hubd took its lease over"
+                    return why
         finally:
             self._sessions.close(session, why)
 
