@@ -40,7 +40,7 @@ HUB_OPTIONS: Final[Mapping[str, str]] = {
     "policy_file": "Default-deny authorization rules; hubd will not start without them.",
     "rate_per_principal": "Sustained commands per second one principal may send (0: no limit).",
     "rate_burst": "Commands one principal may send at once after being idle.",
-    "redis_url": "The hub's Redis: replay nonces and the agent index (not the spokes' queues).",
+    "redis_url": "The hub's Redis (all its state; not the spokes' queues), or redis+cluster://node.",
     "redis_username": "A Redis ACL user to log in as (empty: the default user).",
     "redis_password_file": "File with the Redis password on its first line (mode 0600).",
     "redis_tls_ca_file": "rediss:// only: the CA the Redis server's certificate must chain to.",
@@ -112,7 +112,8 @@ SPOKE_OPTIONS: Final[Mapping[str, str]] = {
     "name": "This spoke's peer name: commands are addressed to it, its certificate carries it.",
     "listen": "host:port spoked serves on (the hub dials it). Without [tls], loopback only.",
     "link": "dial (the hub dials listen) or connect (this spoke dials hub_address; no socket).",
-    "hub_address": "Connect mode: host:port of the hub to dial (plaintext: loopback only).",
+    "hub_address": "Connect mode: host:port of the hub, or several hubds a:7100,b:7100 "
+    "(tried in turn; plaintext: loopback only).",
     "hub_name": "Connect mode: the hub's peer name (its certificate must carry it).",
     "hub_tls_server_name": "Connect mode: another name the hub's certificate carries.",
     "heartbeat_interval_s": "Connect mode: seconds between this spoke's signed heartbeats.",
