@@ -112,8 +112,7 @@ SPOKE_OPTIONS: Final[Mapping[str, str]] = {
     "name": "This spoke's peer name: commands are addressed to it, its certificate carries it.",
     "listen": "host:port spoked serves on (the hub dials it). Without [tls], loopback only.",
     "link": "dial (the hub dials listen) or connect (this spoke dials hub_address; no socket).",
-    "hub_address": "Connect mode: host:port of the hub, or several hubds a:7100,b:7100 "
-    "(tried in turn; plaintext: loopback only).",
+    "hub_address": "Connect mode: host:port of the hub to dial (plaintext: loopback only).",
     "hub_name": "Connect mode: the hub's peer name (its certificate must carry it).",
     "hub_tls_server_name": "Connect mode: another name the hub's certificate carries.",
     "heartbeat_interval_s": "Connect mode: seconds between this spoke's signed heartbeats.",
