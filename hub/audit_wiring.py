@@ -16,8 +16,9 @@ from .audit_chain import Entry
 from .audit_checkpoints import CheckpointWriter
 from .circuit import Circuit, Circuits
 from .config import HubConfig
+from .relay import Inbound
 
-__all__ = ["audit_log", "checkpoint_task", "record_circuits"]
+__all__ = ["audit_log", "checkpoint_task", "record_circuits", "route_entry"]
 
 
 def audit_log(cfg: HubConfig, client: redis.asyncio.Redis) -> AuditLog | None:
@@ -52,6 +53,23 @@ def record_circuits(audit: AuditLog, circuits: Circuits) -> None:
         )
 
     circuits.listen(changed)
+
+
+def route_entry(inbound: Inbound, spoke: str) -> Entry:
+    """The decision where a selector spawn went (its reply, with the spoke's answer, is in
+    the call's own entry)."""
+    cmd = inbound.command
+    return Entry(
+        kind="decision",
+        action="route",
+        principal=cmd.issuer,
+        command_id=cmd.command_id,
+        agent=cmd.command_id,
+        spoke=spoke,
+        detail=json.dumps(
+            {"selector": dict(sorted(cmd.spawn_agent.selector.items()))}, separators=(",", ":")
+        ),
+    )
 
 
 def checkpoint_task(

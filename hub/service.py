@@ -52,7 +52,7 @@ from hubspoke.policy import BODY_VERBS, Policy, PolicyDeniedError
 from hubspoke.policy import Request as PolicyRequest
 from hubspoke.stream_caps import StreamCaps
 
-from . import audit_read, events, fanout_calls, outbox_read, relay
+from . import audit_read, audit_wiring, events, fanout_calls, outbox_read, relay
 from .audit import AuditLog
 from .circuit import Circuit
 from .dedupe import DedupeClaims
@@ -206,6 +206,8 @@ class HubServicer:
                     "spawn needs a spoke: set the audience to a spoke name, or a selector"
                 )
             spoke, reply_env, reply = await self._placer.spawn(inbound)
+            if spoke and not body.dry_run and self._audit is not None:
+                self._audit.decide(audit_wiring.route_entry(inbound, spoke))
         else:
             if body.selector:
                 raise errors.InvalidCommandError("a selector spawn's audience is the hub")

@@ -122,6 +122,16 @@ async def test_drain_and_degraded_are_skipped_and_spawns_spread_by_relative_size
         for _ in range(100):
             agent = await client.spawn("", "synthetic", LONG, selector={"gpu": "yes"})
             placed[agent.spoke] += 1
+        # Each placement is a decision in the hub's audit log (issue 11), appended without
+        # holding up the spawn's answer.
+        last = agent
+
+        async def routed() -> bool:
+            page = await client.audit_log(agent=last.agent_id)
+            decisions = [(r.action, r.spoke) for r in page.records if r.kind == "decision"]
+            return decisions == [("route", last.spoke)]
+
+        await until(routed, 10, "the route decision in the audit log")
     assert set(placed) <= {"spoke-a", "spoke-b", "spoke-c"}, placed
     for spoke, share in (("spoke-a", 2 / 14), ("spoke-b", 4 / 14), ("spoke-c", 8 / 14)):
         assert abs(placed[spoke] / 100 - share) <= 0.10, (spoke, placed)
