@@ -69,6 +69,7 @@ class SupervisedRuns:
     _boot: str
     _me: processes.ProcessIdentity
     _owned: dict[str, tuple[str, int]]
+    _kill_events: dict[str, asyncio.Event]
     _inboxes: dict[str, AgentInbox]
     _worker: Any
     _ready: asyncio.Event
@@ -83,6 +84,8 @@ class SupervisedRuns:
         self._cgroups = detect() if self.config.supervise else CgroupSupport(None, "supervise off")
         self._detaching = False
         """Shutting down with running agents left running (``leave_agents_on_shutdown``)."""
+        self._admitted: set[str] = set()
+        """New starts past the concurrency check, until their job ends."""
         self._adoptable: dict[str, float] = {}
         """A dead predecessor's supervised agents found at start-up, until their jobs come
         back: agent id → when to stop counting it (the stall bound, and some)."""
@@ -147,16 +150,20 @@ class SupervisedRuns:
         bound_s = (self.config.lock_duration_ms + 3 * self.config.stalled_interval_ms) / 1000
         self._adoptable[agent_id] = time.monotonic() + bound_s + ADOPTION_SLACK_S
 
-    def _adoptions_fill_slots(self, running: int) -> bool:
-        """Whether a new start must wait: the agents running here plus the predecessor's
-        agents not yet re-attached fill ``concurrency`` (so a restart never runs more)."""
-        if not self._adoptable:
-            return False
-        now = time.monotonic()
-        for agent_id, until in list(self._adoptable.items()):
-            if until < now:
-                del self._adoptable[agent_id]
-        return running + len(self._adoptable) >= self.config.concurrency
+    def _adoptions_fill_slots(self, agent_id: str) -> bool:
+        """Whether this new start must wait: the agents starting or running here plus the
+        predecessor's agents not yet re-attached fill ``concurrency`` (so a restart never
+        runs more). Otherwise it counts as starting from now on."""
+        if self._adoptable:
+            now = time.monotonic()
+            for waiting, until in list(self._adoptable.items()):
+                if until < now:
+                    del self._adoptable[waiting]
+            here = len(self._admitted | self._kill_events.keys())
+            if here + len(self._adoptable) >= self.config.concurrency:
+                return True
+        self._admitted.add(agent_id)
+        return False
 
     async def _reattach(self, rec: AgentRecord, profile: Profile | None) -> str | None:
         """Take over a held attempt whose supervisor runs on or wrote the exit (module

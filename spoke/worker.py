@@ -232,6 +232,7 @@ class AgentWorker(SupervisedRuns):
         finally:
             self._owned.pop(agent_id, None)
             self._supervised.pop(agent_id, None)
+            self._admitted.discard(agent_id)
             inbox = self._inboxes.pop(agent_id, None)
             if inbox is not None and not self._detaching:  # a detached agent still reads it
                 inbox.close()
@@ -269,7 +270,7 @@ class AgentWorker(SupervisedRuns):
                 agent_id, [AgentState.QUEUED], AgentState.EXPIRED, NOT_STARTED
             )
             raise UnrecoverableError(NOT_STARTED)
-        if self._adoptions_fill_slots(len(self._kill_events)):  # spoke/supervised_run.py
+        if self._adoptions_fill_slots(agent_id):  # spoke/supervised_run.py
             await job.moveToDelayed(int(time.time() * 1000) + SLOT_RETRY_MS, token)
             raise DelayedError  # a predecessor's agents still run here: they come first
         lease_ms = self.config.lock_duration_ms
