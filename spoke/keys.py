@@ -32,6 +32,12 @@ class SpokeKeys:
     def agent(self, agent_id: str) -> str:
         return f"{self.prefix}:agent:{agent_id}"
 
+    def signed(self, agent_id: str) -> str:
+        """String: the spawn's signed envelope and the hub's relay as received, stored once
+        outside the record so that the record hash keeps Redis's compact encoding:
+        ``<length of the envelope>:<envelope><relay>`` (spoke/records.py ``signed_copies``)."""
+        return f"{self.prefix}:signed:{agent_id}"
+
     def events(self, agent_id: str) -> str:
         return f"{self.prefix}:events:{agent_id}"
 

@@ -319,7 +319,20 @@ class Records:
         rows: list[tuple[bytes, dict[bytes, bytes]]] = await self.redis.xrange(  # type: ignore[assignment]  # bytes: decode_responses is off
             self.keys.events(agent_id), min=f"({after_seq}-0", max="+", count=count
         )
-        return parse_events(rows)
+        events = parse_events(rows)
+        if after_seq < 1 and (not events or events[0].seq == 2):
+            first = await self.first_event(agent_id)
+            events = [first, *events[: count - 1]] if first else events
+        return events
+
+    async def first_event(self, agent_id: str) -> AgentEvent | None:
+        """Event 1 (QUEUED at create time), which the create script does not store: an agent's
+        event stream is created by its second event, so a queued agent costs no stream (issue
+        13, memory per queued agent). None when the record is gone."""
+        created: bytes | None = await self.redis.hget(self.keys.agent(agent_id), "create_ms")  # type: ignore[assignment]  # bytes: decode_responses is off
+        if created is None:
+            return None
+        return AgentEvent(seq=1, kind="state", time_ms=int(created), state="QUEUED")
 
     async def wait_final(self, agent_id: str, timeout_s: float) -> AgentRecord:
         """The agent's record once it is final, or as it is when ``timeout_s`` runs out.
@@ -392,7 +405,12 @@ class Records:
     @backend
     async def signed_copies(self, agent_id: str) -> tuple[bytes, bytes]:
         """The client's signed envelope and the hub's relay (empty if none) stored with the
-        record as received: what the worker verifies again before each start."""
+        record as received: what the worker verifies again before each start (their own key,
+        keys.py ``signed``; in the record's hash for agents stored before it)."""
+        raw: bytes | None = await self.redis.get(self.keys.signed(agent_id))  # type: ignore[assignment]  # bytes: decode_responses is off
+        if raw is not None:
+            length, _, both = raw.partition(b":")
+            return both[: int(length)], both[int(length) :]
         row: list[bytes | None] = await self.redis.hmget(  # type: ignore[assignment]  # bytes: decode_responses is off
             self.keys.agent(agent_id), "envelope", "relay"
         )
@@ -508,7 +526,9 @@ class Records:
             if rec is not None and not (rec.state.final and (rec.end_ms or 0) < cutoff):
                 continue
             pipe = self.redis.pipeline(transaction=True)
-            pipe.delete(self.keys.agent(agent_id), self.keys.events(agent_id))
+            pipe.delete(
+                self.keys.agent(agent_id), self.keys.events(agent_id), self.keys.signed(agent_id)
+            )
             pipe.zrem(self.keys.agent_index, agent_id)
             if rec is not None:  # a final agent is no member; a stray one goes with it
                 pipe.zrem(self.keys.waiting, SpokeKeys.waiting_member(rec.issuer, agent_id))

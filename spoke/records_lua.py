@@ -79,17 +79,26 @@ local backlog = redis.call('LLEN', KEYS[4]) + redis.call('LLEN', KEYS[5])
 if backlog >= tonumber(ARGV[5]) then
   return {'full', tostring(backlog)}
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 8))
+-- The signed copies (fields envelope and relay) go to a key of their own (keys.py signed),
+-- so that the record hash stays small enough for Redis's compact encoding.
+local base = string.sub(KEYS[1], 1, #KEYS[1] - #ARGV[1] - 6)
+local fields, signed = {}, {envelope = '', relay = ''}
+for i = 8, #ARGV, 2 do
+  if signed[ARGV[i]] then signed[ARGV[i]] = ARGV[i + 1]
+  else fields[#fields + 1] = ARGV[i]; fields[#fields + 1] = ARGV[i + 1] end
+end
+if #fields > 0 then redis.call('HSET', KEYS[1], unpack(fields)) end
+redis.call('SET', base .. 'signed:' .. ARGV[1],
+  #signed.envelope .. ':' .. signed.envelope .. signed.relay)
 redis.call('HSET', KEYS[1], 'state', 'QUEUED', 'seq', 1, 'digest', ARGV[2])
 local start_by = tonumber(redis.call('HGET', KEYS[1], 'expire_ms') or '') or 0
 if start_by > 0 then  -- the sweeper's index of start deadlines (keys.py start_deadlines)
-  redis.call('ZADD', string.sub(KEYS[1], 1, #KEYS[1] - #ARGV[1] - 6) .. 'start-deadlines',
-    start_by, ARGV[1])
+  redis.call('ZADD', base .. 'start-deadlines', start_by, ARGV[1])
 end
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 redis.call('ZADD', KEYS[8], 0, ARGV[6] .. ':' .. ARGV[1])
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '1-0',
-  'kind', 'state', 'state', 'QUEUED', 'reason', '', 'time', ARGV[3])
+-- No event stream yet (KEYS[3] stays unwritten): event 1 (QUEUED, at create_ms) is read from
+-- the record (records.py first_event) until the first event after it creates the stream at 2.
 feed_append(KEYS[1], 'QUEUED', '', ARGV[3], 1)
 if KEYS[9] then redis.call('SET', KEYS[9], ARGV[1]) end
 return {'created', ARGV[2]}

@@ -210,7 +210,9 @@ async def test_a_captured_spawn_is_refused_after_its_window_on_every_path(
     keys = SpokeKeys(SPOKE)
     r = redis.asyncio.Redis.from_url(redis_url)
     try:
-        stored = await r.hget(keys.agent(cmd.command_id), "relay")
+        signed = await r.get(keys.signed(cmd.command_id))  # "<n>:<envelope><relay>" (keys.py)
+        length, _, both = signed.partition(b":")
+        stored = both[int(length) :]
         nonce_ttl_ms = await r.pttl(keys.nonce("operator", cmd.nonce.hex()))
     finally:
         await r.aclose()

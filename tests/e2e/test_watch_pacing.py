@@ -27,6 +27,7 @@ from hubspoke.gen.federation.v1 import (
     spoke_service_pb2_grpc,
 )
 from hubspoke.spoke.keys import SpokeKeys
+from hubspoke.spoke.model import AgentEvent
 from hubspoke.spoke.records import parse_events
 
 pytestmark = pytest.mark.slow
@@ -71,13 +72,13 @@ async def _stored_states(fed: testing.Federation, agent_id: str) -> list[int]:
     client = redis.asyncio.Redis.from_url(fed.redis_url("spoke-1"))
     try:
         rows = await client.xrange(SpokeKeys("spoke-1").events(agent_id))
+        created = await client.hget(SpokeKeys("spoke-1").agent(agent_id), "create_ms")
     finally:
         await client.aclose()
-    return [
-        agent_pb2.Agent.State.Value(f"STATE_{e.state}")
-        for e in parse_events(rows)
-        if e.kind == "state"
-    ]
+    stored = parse_events(rows)
+    if created is not None and (not stored or stored[0].seq == 2):  # event 1 is not stored
+        stored.insert(0, AgentEvent(seq=1, kind="state", time_ms=int(created), state="QUEUED"))
+    return [agent_pb2.Agent.State.Value(f"STATE_{e.state}") for e in stored if e.kind == "state"]
 
 
 def _check(watched: Watched, stored_states: list[int]) -> None:

@@ -191,7 +191,8 @@ async def test_signed_envelopes_are_kept_with_the_agent_for_audit(
     inner = client.command("spawn_agent", SPAWN)
     relay = client.relay(inner)
     reply = await client.spawn_env(relay)
-    stored = await redis_client.hmget(
-        f"federation:{SPOKE}:agent:{reply.agent.agent_id}", "envelope", "relay"
-    )
-    assert stored == [inner.SerializeToString(), relay.SerializeToString()]
+    # Stored once, beside the record: "<length of the envelope>:<envelope><relay>" (keys.py).
+    stored = await redis_client.get(f"federation:{SPOKE}:signed:{reply.agent.agent_id}")
+    length, _, both = stored.partition(b":")
+    stored_pair = [both[: int(length)], both[int(length) :]]
+    assert stored_pair == [inner.SerializeToString(), relay.SerializeToString()]
