@@ -82,7 +82,7 @@ QUICK_FED = FedSizes(
     baseline_s=1.0,
     settle_s=1.0,
     window_s=3.0,
-    floor_window_s=2.0,
+    floor_window_s=1.0,
     fanout_calls=5,
     spawns=5,
     connect_timeout_s=60.0,
@@ -172,19 +172,30 @@ class Simulators:
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs]
 
-    async def stop(self) -> None:
+    async def stop(self) -> dict[str, int]:
+        """Stop every simulator; what they say they did: links, sessions opened (more than
+        links: reconnects), heartbeats sent, and times some link was down after all were up."""
         for proc in self.procs:
             if proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     proc.send_signal(signal.SIGTERM)
+        totals = {"links": 0, "sessions": 0, "heartbeats": 0, "lost_reports": 0}
         for proc in self.procs:
             try:
-                await asyncio.wait_for(proc.wait(), 15)
+                out, _ = await asyncio.wait_for(proc.communicate(), 15)
             except TimeoutError:
                 proc.kill()
-                await proc.wait()
+                out, _ = await proc.communicate()
+            for line in out.decode().splitlines():
+                if line.startswith("lost "):
+                    totals["lost_reports"] += 1
+                elif line.startswith("final "):
+                    for pair in line.split()[1:]:
+                        key, value = pair.split("=")
+                        totals[key] += int(value)
         for log in self._logs:
             log.close()
+        return totals
 
 
 def _say(text: str) -> None:
@@ -415,6 +426,7 @@ async def run_federation(sizes: FedSizes, out_dir: Path) -> dict[str, Any]:
         spawn = await _spawns(big, solo, sizes.spawns)
         spawn_cpu = meter.done(2 * (sizes.spawns + 2))
         after = hub_links(pid, port, sims.pids)
+        sessions = await sims.stop()
         result |= {
             "connect_s": connect_s,
             "connections": {"at_start": links, "at_end": after},
@@ -436,6 +448,7 @@ async def run_federation(sizes: FedSizes, out_dir: Path) -> dict[str, Any]:
             "fanout": fan,
             "selector_spawn": spawn,
             "selector_spawn_cpu": spawn_cpu,
+            "sessions": sessions,
             "selector_spawn_ratio_p50": spawn["big"]["latency"]["p50_ms"]
             / spawn["solo"]["latency"]["p50_ms"],
         }

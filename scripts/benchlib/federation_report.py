@@ -146,6 +146,19 @@ def _floor_line(result: dict[str, Any]) -> list[str]:
     ]
 
 
+def _sessions(result: dict[str, Any]) -> str:
+    seen = result.get("sessions")
+    if seen is None:
+        return ""
+    again = seen["sessions"] - seen["links"]
+    return (
+        f" Over the whole run the simulators opened {seen['sessions']:,} sessions for "
+        f"{seen['links']:,} links ({again:,} reconnects; a link was down "
+        f"{seen['lost_reports']:,} times after all were up) and sent "
+        f"{seen['heartbeats']:,} heartbeats."
+    )
+
+
 def _complete(fan: dict[str, Any], spokes: int) -> str:
     if not fan["incomplete_calls"]:
         return f"Every call carried all {spokes:,} pages."
@@ -217,7 +230,8 @@ def section(result: dict[str, Any], notes: str = "") -> str:
         f"{result['connections']['at_start']:,} sessions were distinct ESTABLISHED TCP "
         "connections at the hub's port (matched by port in `/proc/<pid>/net/tcp` of the hubd "
         f"and the simulators; {result['connections']['at_end']:,} at the end) and every spoke "
-        f"was READY in `hubctl --json spokes`; the sessions opened in {result['connect_s']:.1f} s.",
+        f"was READY in `hubctl --json spokes`; the sessions opened in {result['connect_s']:.1f} s."
+        + _sessions(result),
         "",
         "| measure | measured | target | floor: the issue's · this run's | met |",
         "|---|---|---|---|---|",

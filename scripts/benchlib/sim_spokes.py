@@ -23,8 +23,8 @@ With ``"mode": "floor"`` each link is a :class:`FloorLink` instead: the bare str
 floor (benchlib/floor_server.py).
 
 The links start spread over one heartbeat interval (the heartbeats arrive evenly). Prints
-``ready N`` once every session is open, and ``lost N`` whenever some are not; exits on
-SIGTERM.
+``ready N`` once every session is open, and ``lost N`` whenever some are not; on SIGTERM,
+``final links=N sessions=S heartbeats=H`` (sessions opened, so S - N reconnects) and exits.
 """
 
 from __future__ import annotations
@@ -216,6 +216,9 @@ async def main(spec: dict[str, Any]) -> None:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+    sessions = sum(getattr(link, "sessions", 1) for link in links)
+    beats = sum(getattr(link, "heartbeats", 0) for link in links)
+    print(f"final links={len(links)} sessions={sessions} heartbeats={beats}", flush=True)
 
 
 if __name__ == "__main__":

@@ -64,6 +64,11 @@ def test_quick_federation_arm_links_every_spoke_and_measures(tmp_path: Path) -> 
     assert result["connections"] == {"at_start": n, "at_end": n}
     assert result["ready"] == n
     assert result["floor"]["connections"] == n  # the bare-stream floor, same run
+    sessions = result["sessions"]  # the real HubLink sessions (and the 1-spoke one) held
+    assert sessions["links"] == n + 1
+    assert sessions["sessions"] == n + 1
+    assert sessions["lost_reports"] == 0
+    assert sessions["heartbeats"] >= n + 1
     for value in (
         result["idle"]["cpu_pct"],
         result["memory"]["kb_per_spoke"],
