@@ -7,21 +7,24 @@ unreachable spoke is held too and delivered before anything else when the spoke 
 ``hub/outbox_delivery.py`` delivers; every delivery is a fresh relay carrying the acceptance
 time, and the spoke's claim on the command id makes delivery exactly-once in effect.
 
-Keys (one hash tag, so a Redis Cluster keeps each script on one node)::
+Keys (``T`` = ``{<hub>:o<shard>}``, the hash tag of the spoke's shard, hub/outbox_keys.py:
+each script touches one hash slot, and a Redis Cluster spreads the shards over its nodes)::
 
-    federation:hub:{<hub>}:outbox-due:<spoke>          zset: entry key -> next attempt (ms);
-                                                       kills score -1e15 + time, first
-    federation:hub:{<hub>}:outbox:<spoke>:<kind>:<id>  hash: the entry (``Held``)
-    federation:hub:{<hub>}:outbox-age:<spoke>          zset: entry key -> acceptance (ms)
-    federation:hub:{<hub>}:outbox-deadline:<spoke>     zset: entry key -> deadline (ms)
-    federation:hub:{<hub>}:outbox-spokes               set: spokes with entries
-    federation:hub:{<hub>}:outbox-total                count of entries, every spoke
-    federation:hub:{<hub>}:outbox-lease:<entry key>    the hubd delivering it, with a TTL
-    federation:hub:{<hub>}:outbox-done:<spoke>:<id>    hash: how an undelivered spawn ended
-                                                       (EXPIRED/UNDELIVERED, KILLED), with a TTL
+    federation:hub:T:outbox-due:<spoke>          zset: entry key -> next attempt (ms);
+                                                 kills score -1e15 + time, first
+    federation:hub:T:outbox:<spoke>:<kind>:<id>  hash: the entry (``Held``)
+    federation:hub:T:outbox-age:<spoke>          zset: entry key -> acceptance (ms)
+    federation:hub:T:outbox-deadline:<spoke>     zset: entry key -> deadline (ms)
+    federation:hub:T:outbox-spokes               set: the shard's spokes with entries
+    federation:hub:T:outbox-total                count of the shard's entries
+    federation:hub:T:outbox-lease:<entry key>    the hubd delivering it, with a TTL
+    federation:hub:T:outbox-done:<spoke>:<id>    hash: how an undelivered spawn ended
+                                                 (EXPIRED/UNDELIVERED, KILLED), with a TTL
 
 Bounds: ``max_per_spoke`` and ``max_total`` entries (RESOURCE_EXHAUSTED beyond; a retry of a
-held command id finds its entry and adds nothing).
+held command id finds its entry and adds nothing). The total is the sum of the shards'
+counts, read before each hold (hub/outbox_keys.py says by how much concurrent holds may
+pass it).
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ import redis.asyncio
 import redis.exceptions
 
 from hubspoke import errors
+
+from .outbox_keys import SHARDS, shard_base, shard_of
 
 __all__ = ["Ended", "Held", "Outbox", "OutboxConfig", "OutboxFullError"]
 
@@ -198,10 +203,6 @@ class Outbox:
         self._redis = client
         self._cfg = cfg
         self._timeout = timeout_s
-        base = f"federation:hub:{{{cfg.hub_name}}}"
-        self._base = base
-        self._spokes = f"{base}:outbox-spokes"
-        self._total = f"{base}:outbox-total"
         self._hold = client.register_script(_HOLD)
         self._finish = client.register_script(_FINISH)
 
@@ -209,23 +210,38 @@ class Outbox:
     def config(self) -> OutboxConfig:
         return self._cfg
 
+    def _base(self, spoke: str) -> str:
+        return shard_base(self._cfg.hub_name, shard_of(spoke))
+
+    def _spokes(self, spoke: str) -> str:
+        """The set of spokes with entries, of ``spoke``'s shard."""
+        return f"{self._base(spoke)}:outbox-spokes"
+
+    def _total(self, spoke: str) -> str:
+        """The count of entries of ``spoke``'s shard."""
+        return f"{self._base(spoke)}:outbox-total"
+
     def _due(self, spoke: str) -> str:
-        return f"{self._base}:outbox-due:{spoke}"
+        return f"{self._base(spoke)}:outbox-due:{spoke}"
 
     def _deadline(self, spoke: str) -> str:
-        return f"{self._base}:outbox-deadline:{spoke}"
+        return f"{self._base(spoke)}:outbox-deadline:{spoke}"
 
     def _age(self, spoke: str) -> str:
-        return f"{self._base}:outbox-age:{spoke}"
+        return f"{self._base(spoke)}:outbox-age:{spoke}"
 
     def _entry(self, spoke: str, key: str) -> str:
-        return f"{self._base}:outbox:{spoke}:{key}"
+        return f"{self._base(spoke)}:outbox:{spoke}:{key}"
 
     def _done(self, spoke: str, agent: str) -> str:
-        return f"{self._base}:outbox-done:{spoke}:{agent}"
+        return f"{self._base(spoke)}:outbox-done:{spoke}:{agent}"
 
     def _lease(self, spoke: str, key: str) -> str:
-        return f"{self._base}:outbox-lease:{spoke}:{key}"
+        return f"{self._base(spoke)}:outbox-lease:{spoke}:{key}"
+
+    def _shard_keys(self, name: str) -> list[str]:
+        """``name`` (outbox-spokes or outbox-total) of every shard."""
+        return [f"{shard_base(self._cfg.hub_name, n)}:{name}" for n in range(SHARDS)]
 
     async def hold(self, held: Held) -> bool:
         """Keep ``held``; False if that command was already held (nothing added).
@@ -243,14 +259,19 @@ class Outbox:
         ]
         for name, value in held.fields().items():
             args += [name, value]
+        if await self.total() >= self._cfg.max_total:  # the sum of the shards' counts
+            raise OutboxFullError(
+                f"the hub holds {self._cfg.max_total} commands for unreachable spokes "
+                "(outbox_max_total)"
+            )
         async with self._guard():
             done = int(
                 await self._hold(
                     keys=[
                         self._due(held.spoke),
                         self._entry(held.spoke, held.key),
-                        self._spokes,
-                        self._total,
+                        self._spokes(held.spoke),
+                        self._total(held.spoke),
                         self._age(held.spoke),
                         self._deadline(held.spoke),
                     ],
@@ -328,8 +349,8 @@ class Outbox:
                 keys=[
                     self._due(held.spoke),
                     self._entry(held.spoke, held.key),
-                    self._spokes,
-                    self._total,
+                    self._spokes(held.spoke),
+                    self._total(held.spoke),
                     done_key,
                     self._lease(held.spoke, held.key),
                     self._age(held.spoke),
@@ -407,9 +428,12 @@ class Outbox:
         return [h for h in found if h is not None]
 
     async def spokes(self) -> list[str]:
-        """Spokes with held commands."""
-        async with self._guard():
-            return sorted(_text(s) for s in await self._redis.smembers(self._spokes))
+        """Spokes with held commands (every shard's)."""
+        async with self._guard(), self._redis.pipeline(transaction=False) as pipe:
+            for key in self._shard_keys("outbox-spokes"):
+                pipe.smembers(key)
+            found = await pipe.execute()
+        return sorted({_text(s) for members in found for s in members})
 
     async def entries(self, spoke: str, limit: int) -> list[Held]:
         """Up to ``limit`` of ``spoke``'s entries, kills first, then spawns by acceptance."""
@@ -435,8 +459,12 @@ class Outbox:
         return out
 
     async def total(self) -> int:
-        async with self._guard():
-            return int(await self._redis.get(self._total) or 0)
+        """Entries held for every spoke: the sum of the shards' counts."""
+        async with self._guard(), self._redis.pipeline(transaction=False) as pipe:
+            for key in self._shard_keys("outbox-total"):
+                pipe.get(key)
+            found = await pipe.execute()
+        return sum(int(n or 0) for n in found)
 
     @contextlib.asynccontextmanager
     async def _guard(self) -> AsyncIterator[None]:

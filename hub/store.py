@@ -30,6 +30,8 @@ on one Redis, so no nonce is forgotten early during an upgrade, even with schema
 still serving beside new ones; those keys expire within one command window. Rate buckets
 start full under their new names (at most one extra burst per principal, once). A cluster
 never held schema 1 keys (those hubs had no cluster client), so the check is skipped there.
+Version 3 moves the outbox from one hash tag per hub to one per shard of spokes
+(hub/outbox_keys.py), at start-up, on one Redis or a cluster.
 
 Redis failures surface as ``hubspoke.errors.BackendUnavailableError`` (UNAVAILABLE), so a
 client may retry.
@@ -51,6 +53,8 @@ from hubspoke.admission import Admission, NonceClaim, RateLimit
 from hubspoke.redis_access import RedisAccess, access, open_client
 from hubspoke.schema import Migration, SchemaState, ensure_schema
 from hubspoke.version import HUB_SCHEMA_VERSION
+
+from .outbox_keys import move_from_hub_tag
 
 __all__ = [
     "Admit",
@@ -79,8 +83,15 @@ async def _per_principal_tags_2(client: redis.asyncio.Redis) -> None:
     they expire (:func:`legacy_nonce_key`), nothing is moved."""
 
 
-_MIGRATIONS: dict[int, Migration] = {0: _unversioned_to_1, 1: _per_principal_tags_2}
-"""Schema steps ``n -> n+1`` by ``n`` (0: before the key existed)."""
+def _migrations(hub: str) -> dict[int, Migration]:
+    """Schema steps ``n -> n+1`` by ``n`` (0: before the key existed)."""
+
+    async def outbox_shards_3(client: redis.asyncio.Redis) -> None:
+        """Version 3 spreads the outbox over shards of spokes (hub/outbox_keys.py)."""
+        await move_from_hub_tag(client, hub)
+
+    return {0: _unversioned_to_1, 1: _per_principal_tags_2, 2: outbox_shards_3}
+
 
 _REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
@@ -259,7 +270,7 @@ class HubStore:
                 self._redis,
                 schema_key(self._hub),
                 HUB_SCHEMA_VERSION,
-                _MIGRATIONS,
+                _migrations(self._hub),
                 owner=f"hub {self._hub}",
                 has_data=has_data,
             )

@@ -50,9 +50,10 @@ UNANNOUNCED_PROTOCOL_VERSION: Final = 1
 
 SPOKE_SCHEMA_VERSION: Final = 1
 """Layout of a spoke site's Redis (``federation:{spoke}:*``). 0: before the version key."""
-HUB_SCHEMA_VERSION: Final = 2
+HUB_SCHEMA_VERSION: Final = 3
 """Layout of a hub's Redis (``federation:hub:{hub}:*``). 0: before the version key; 2: nonce
-and rate keys tagged per principal for Redis Cluster (hub/store.py)."""
+and rate keys tagged per principal for Redis Cluster (hub/store.py); 3: the outbox in shards
+of spokes, one hash tag each (hub/outbox_keys.py)."""
 
 
 class ProtocolVersionError(errors.CommandError):

@@ -50,7 +50,7 @@ async def test_schema_1_nonces_stay_claimed_after_the_upgrade(redis_url: str) ->
         # What a schema 1 hubd wrote when it admitted a command a moment ago.
         await raw.set(legacy_nonce_key("hub", "alice", old_nonce), "1", px=60_000)
         state = await store.ensure_schema()
-        assert (state.found, state.current, state.migrated) == (1, HUB_SCHEMA_VERSION, (1,))
+        assert (state.found, state.current, state.migrated) == (1, HUB_SCHEMA_VERSION, (1, 2))
         admit = store.admission(RateLimit(), dt.timedelta(seconds=30))
         expires = commands.now() + dt.timedelta(minutes=5)
         with pytest.raises(errors.NonceReusedError):
