@@ -26,7 +26,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from google.protobuf.message import DecodeError
 
-from hubspoke import commands, envelope, errors
+from hubspoke import aio, commands, envelope, errors
 from hubspoke.gen.federation.v1 import command_pb2
 from hubspoke.keys import SigningKey
 
@@ -129,6 +129,7 @@ class CheckpointWriter:
                 await self.write_once()
             except (errors.BackendUnavailableError, OSError) as exc:
                 log.warning("audit_checkpoint_failed", problem=str(exc))
+            aio.raise_if_cancelling()  # redis-py may have swallowed a cancel (hubspoke.aio)
             await asyncio.sleep(self._interval)
 
 

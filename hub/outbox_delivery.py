@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from hubspoke import commands, errors
+from hubspoke import aio, commands, errors
 from hubspoke.gen.federation.v1 import command_pb2
 
 from .audit import AuditLog
@@ -76,6 +76,7 @@ class Deliverer:
                 await self.round()
             except errors.BackendUnavailableError as exc:
                 log.warning("outbox_round_failed", problem=exc.message)
+            aio.raise_if_cancelling()  # redis-py may have swallowed a cancel (hubspoke.aio)
             self._wake.clear()
             try:
                 async with asyncio.timeout(self._poll_s):
