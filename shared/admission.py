@@ -19,9 +19,10 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from . import commands, errors
 
@@ -113,12 +114,33 @@ class Admission:
             NonceReusedError: a nonce was seen before; none was claimed (the token is spent).
             BackendUnavailableError: Redis did not answer.
         """
+        await self.admit_and_read(principal, rate_key, claims, seen)
+
+    async def admit_and_read(
+        self,
+        principal: str,
+        rate_key: str,
+        claims: Sequence[NonceClaim],
+        seen: Sequence[str] = (),
+        read: str | None = None,
+    ) -> dict[bytes, bytes] | None:
+        """``admit``, and with ``read`` the HGETALL of that hash right after the script in the
+        same round trip (a status command's record: one round trip in all). Returns the hash
+        read (empty if it does not exist), or None without ``read``."""
         keys = [rate_key, *(c.key for c in claims), *seen]
         args = [self._limit.rate, self._limit.burst, *(max(c.ttl_ms, 1000) for c in claims)]
+        raw: dict[bytes, bytes] | None = None
         try:
-            verdict, detail = await self._script(keys=keys, args=args)
+            if read is None:
+                verdict, detail = await self._script(keys=keys, args=args)
+            else:
+                (verdict, detail), raw = await read_after_script(self._script, keys, args, read)
         except (RedisError, OSError) as exc:
             raise errors.BackendUnavailableError("redis unavailable") from exc
+        self._refuse(principal, int(verdict), detail)
+        return raw
+
+    def _refuse(self, principal: str, verdict: int, detail: Any) -> None:
         if int(verdict) == 1:
             raise RateLimitedError(
                 f"{principal} is over its rate of {self._limit.rate:g} requests/s",
@@ -126,3 +148,25 @@ class Admission:
             )
         if int(verdict) == 2:
             raise errors.NonceReusedError("nonce already used: replayed command")
+
+
+async def read_after_script(
+    script: Any, keys: Sequence[str], args: Sequence[object], read: str
+) -> tuple[Any, dict[bytes, bytes]]:
+    """The script's reply and the HGETALL of ``read``, in one pipelined round trip: EVALSHA
+    directly (a redis-py pipeline of Script objects would send SCRIPT EXISTS first), loading
+    the script once if Redis does not have it."""
+    client: aioredis.Redis = script.registered_client
+    for attempt in range(2):
+        pipe = client.pipeline(transaction=False)
+        pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        pipe.hgetall(read)
+        reply, raw = await pipe.execute(raise_on_error=False)
+        if isinstance(reply, NoScriptError) and attempt == 0:
+            await client.script_load(script.script)
+            continue
+        for result in (reply, raw):
+            if isinstance(result, Exception):
+                raise result
+        return reply, raw
+    raise NoScriptError("script not loaded")

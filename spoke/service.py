@@ -43,6 +43,7 @@ from . import (
     listing,
     pacing,
     service_input,
+    status_read,
     wire,
 )
 from .config import SpokeConfig
@@ -124,6 +125,7 @@ class SpokeServicer:
             setting="max_watchers",
         )
         self._pacing = WatchPacing(pacing.pacing_config(config))  # events per stream/principal
+        verifier.prefetch = status_read.prefetcher(self._agent_id, agents.keys)  # issue 13
 
     # --- RPCs ----------------------------------------------------------------
 
@@ -428,8 +430,10 @@ class SpokeServicer:
         """The agent, if a rule lets the caller use this verb on it (its scope covers the
         agent's owner); else NOT_FOUND exactly as for an id that does not exist."""
         with _queue_errors():
-            rec = await self.agents.records.get_or_none(agent_id)
-            if rec is None or not self.policy.allows(
+            rec = status_read.record(auth, self.agents.keys.agent(agent_id))
+            if rec is status_read.UNREAD:
+                rec = await self.agents.records.get_or_none(agent_id)
+            if not isinstance(rec, AgentRecord) or not self.policy.allows(
                 self._policy_request(auth, body, owner=rec.issuer)
             ):
                 raise backend.AgentMissingError(f"agent {agent_id} not found")

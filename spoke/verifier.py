@@ -34,6 +34,7 @@ principal the spoke does not trust.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from hubspoke import commands, envelope, errors
@@ -64,6 +65,8 @@ class Authorized:
     """The acceptance time: the hub's (Relay.accept_time) or this spoke's receive time."""
     start_deadline: dt.datetime | None = None
     """A spawn's start deadline: ``accepted`` + its start_within (None for other bodies)."""
+    prefetched: tuple[str, dict[bytes, bytes]] | None = None
+    """(key, hash) read in the admission's round trip (``Verifier.prefetch``), if any."""
 
 
 SPOKE_ADDRESSED = frozenset({"spawn_agent", "pause_queue", "resume_queue", "drain_queue"})
@@ -90,6 +93,9 @@ class Verifier:
         self.admission = admission
         self.deadlines = deadlines or Deadlines()
         self.keys = SpokeKeys(spoke)
+        self.prefetch: Callable[[command_pb2.Command, str], str | None] | None = None
+        """Set by the service: the hash a direct command will read first (a status command's
+        record), read in the admission script's round trip (issue 13: one per status)."""
 
     async def verify(self, env: command_pb2.SignedEnvelope, body: str) -> Authorized:
         if env.payload_type == envelope.PAYLOAD_TYPE_RELAY:
@@ -108,9 +114,24 @@ class Verifier:
             cmd.issue_time, cmd.expire_time, cmd.nonce, self.window, at=accepted
         )
         start_by, hold = self._start_deadline(cmd, accepted, expires)
-        await self._admit(cmd.issuer, self._claim(cmd.issuer, cmd.nonce, hold))
+        read = self.prefetch(cmd, body) if self.prefetch is not None else None
+        raw = await self.admission.admit_and_read(
+            cmd.issuer,
+            self.keys.rate(cmd.issuer),
+            [self._claim(cmd.issuer, cmd.nonce, hold)],
+            read=read,
+        )
         return Authorized(
-            cmd.issuer, cmd, verified.payload, env, None, "", expires, accepted, start_by
+            cmd.issuer,
+            cmd,
+            verified.payload,
+            env,
+            None,
+            "",
+            expires,
+            accepted,
+            start_by,
+            (read, raw) if read is not None and raw is not None else None,
         )
 
     async def _relayed(self, env: command_pb2.SignedEnvelope, body: str) -> Authorized:
