@@ -55,8 +55,9 @@ def notes(result: dict[str, Any]) -> str:
         "hub's Python state per session (its LinkSession with the outgoing queue, the "
         "control stream's handler and heartbeat reader tasks, the health record holding the "
         "last signed status, per-spoke metric series); not broken "
-        "down per object. The four full runs of 2026-11-30 measured 120.5, 120.7, 120.5 and "
-        "121.3 KB: steadily just over the target, not noise around it.",
+        "down per object. Four earlier full runs of 2026-11-30 measured 120.5, 120.7, 120.5 "
+        f"and 121.3 KB, this one {mem:.1f} KB: steadily about at the target, not clearly "
+        "under it.",
         f"- **Selector spawn grows with the federation** ({big:.0f} ms p50 over {n:,} spokes "
         f"against {solo:.0f} ms over one): the hub screens every spoke (labels, a policy "
         "check per spoke, health, capacity), then its placement claim script gets every "
@@ -69,7 +70,11 @@ def notes(result: dict[str, Any]) -> str:
         "session lease in the hub's Redis with that status (`LeaseKeeper.beat`, "
         "`hub/forward_hooks.py`: one Redis round trip per heartbeat, added with the "
         "several-hubds work on 2026-11-30 06:17) about 15 %; the rest is gRPC's polling "
-        "thread and the event loop. The first full run, before the lease, measured 9.2 %.",
+        "thread and the event loop (the same shares in a second profile at 06:43). The two "
+        "full runs before the lease measured 9.1 and 9.2 %, the three after it 14.7, 15.7 "
+        "and 19.5 %: the lease costs about 5 points, and runs of the same code spread by "
+        "several more, with other work on the machine using between a fifth and nine tenths "
+        "of its cores.",
         "- **With 0 sessions** the hubd is not idle: its lease watcher "
         "(`hub/forward_watch.py`) reads the lease of every connect-mode spoke that has no "
         "session here every `link_lease_poll_s` (1 s), one Redis GET after another: "
@@ -217,7 +222,8 @@ def section(result: dict[str, Any], notes: str = "") -> str:
         BEGIN,
         f"## Federation: {s['spokes']:,} connect-mode spokes",
         "",
-        f"`scripts/bench --arms federation` ({env['date']}, commit {env['git_commit']}, "
+        f"`scripts/bench --arms federation` ({env['date']}, commit {env['git_commit']}"
+        f"{' with uncommitted changes in the tree' if env.get('git_dirty') else ''}, "
         f"{result['elapsed_s']:.0f} s). Raw numbers: [`bench/federation.json`]"
         "(bench/federation.json). Issue #10.",
         "",
