@@ -2,19 +2,21 @@
 when the rest of the page is generated again, and its raw numbers in docs/bench/.
 
 :func:`write` puts ``docs/bench/federation.json`` and the section in place (replacing the
-old one, or before ``## Plots`` the first time); :func:`keep` carries the section over into a
-page :mod:`benchlib.report` has just generated.
+old one, or before ``## Plots`` the first time); :func:`keep` carries the section (and any other
+hand-kept section between markers) over into a page :mod:`benchlib.report` has just generated.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 BEGIN = "<!-- federation:begin (scripts/bench --arms federation) -->"
 END = "<!-- federation:end -->"
 ANCHOR = "\n## Plots"
+_BLOCK = re.compile(r"<!-- ([a-z0-9_-]+):begin[^>]*-->.*?<!-- \1:end -->\n?", re.DOTALL)
 
 
 def notes(result: dict[str, Any]) -> str:
@@ -286,11 +288,15 @@ def section(result: dict[str, Any], notes: str = "") -> str:
 
 
 def keep(old: str, new: str) -> str:
-    """``new`` (a regenerated page) with the federation section of ``old`` carried over."""
-    if BEGIN not in old or END not in old or BEGIN in new:
-        return new
-    block = old[old.index(BEGIN) : old.index(END) + len(END)] + "\n"
-    return put(new, block)
+    """``new`` (a regenerated page) with the hand-kept sections of ``old`` carried over:
+    this arm's (before ``## Plots``) and any other between ``<!-- NAME:begin`` and
+    ``<!-- NAME:end -->`` markers (at the end, in their order), unless ``new`` has them."""
+    for found in _BLOCK.finditer(old):
+        name, block = found.group(1), found.group(0).rstrip("\n") + "\n"
+        if f"<!-- {name}:begin" in new:
+            continue
+        new = put(new, block) if name == "federation" else new.rstrip("\n") + "\n\n" + block
+    return new
 
 
 def put(page: str, block: str) -> str:

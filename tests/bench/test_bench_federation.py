@@ -102,6 +102,10 @@ def test_the_federation_section_survives_a_regenerated_page() -> None:
     assert "old" not in kept
     assert kept.count(federation_report.BEGIN) == 1
     assert "figures" in kept
+    other = "<!-- perf:begin (by hand) -->\n## Perf\n\nkept too\n<!-- perf:end -->\n"
+    kept_both = federation_report.keep(placed + "\n" + other, regenerated)
+    assert kept_both.index("## Federation") < kept_both.index("## Plots")
+    assert kept_both.index("## Plots") < kept_both.index("kept too")
     newer = block.replace("figures", "newer figures")
     assert federation_report.put(kept, newer).count("figures") == 1
     assert "newer figures" in federation_report.put(kept, newer)
