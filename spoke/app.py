@@ -59,6 +59,9 @@ class SpokeApp:
         self._stopping = False
         self._stopped = asyncio.Event()
         self._stop_requested: asyncio.Event | None = None
+        self._leave_agents = False
+        """Shut down leaving supervised agents running: only when a signal stops ``run()``
+        (an upgrade) and ``leave_agents_on_shutdown``; a direct ``shutdown()`` kills them."""
 
     @property
     def port(self) -> int:
@@ -211,7 +214,7 @@ class SpokeApp:
             if self._server is not None:
                 await self._server.stop(grace)
             if self._worker is not None:
-                await self._worker.shutdown()
+                await self._worker.shutdown(leave=self._leave_agents)
             if self._worker_task is not None:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await asyncio.wait_for(self._worker_task, timeout=grace + 10)
@@ -234,6 +237,7 @@ class SpokeApp:
             on_serving: called with the bound port once the server accepts calls.
         """
         self._stop_requested = asyncio.Event()
+        self._leave_agents = self.config.leave_agents_on_shutdown  # SIGTERM: an upgrade
         await daemon.serve_until_stopped(self, self._stop_requested, on_serving)
 
     async def __aenter__(self) -> SpokeApp:

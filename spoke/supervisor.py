@@ -35,7 +35,6 @@ import hashlib
 import os
 import shutil
 import signal
-import subprocess
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -55,6 +54,7 @@ from .processes import (
 from .profiles import Profile
 from .runtime import AgentStartError, OutputCallback, agent_environment, command_line, read_secrets
 from .supervisor_cgroup import CgroupSupport, agent_cgroup, kill_cgroup, remove_cgroup
+from .supervisor_spawn import ChildExit, spawn
 
 __all__ = [
     "SCRIPT",
@@ -78,6 +78,8 @@ TAIL_S = 0.2
 """How often a supervised agent's output files and exit file are looked at."""
 PID_WAIT_S = 10.0
 """How long a start waits for the supervisor to report the agent's pid."""
+REAP_WAIT_S = 2.0
+"""How long a finished agent's supervisor (spoked's child) is waited for, to reap it."""
 MAX_READ_BYTES = 1024 * 1024
 """The most output read from one stream per look (a flood waits for the next one)."""
 
@@ -198,7 +200,7 @@ class SupervisedAgent:
         supervisor: ProcessIdentity,
         identity: ProcessIdentity,
         *,
-        child: asyncio.subprocess.Process | None = None,
+        child: ChildExit | None = None,
         on_output: OutputCallback | None = None,
         tail_bytes: int = 65536,
         offsets: tuple[int, int] = (0, 0),
@@ -291,7 +293,7 @@ class SupervisedAgent:
                     log.exception("on_output_failed", pid=self.identity.pid, stream=name)
 
     async def _watch(self) -> int:
-        child_exit = None if self._child is None else asyncio.ensure_future(self._child.wait())
+        child_exit = self._child
         try:
             while True:
                 self._read_output(MAX_READ_BYTES)
@@ -307,8 +309,8 @@ class SupervisedAgent:
                         status = 128 + signal.SIGKILL
                     break
                 if child_exit is not None:
-                    await asyncio.wait({child_exit}, timeout=TAIL_S)
-                    if child_exit.done() and _read_line_int(self.dir / "exit") is None:
+                    await child_exit.wait(TAIL_S)
+                    if child_exit.exited and _read_line_int(self.dir / "exit") is None:
                         log.warning("supervisor_vanished", pid=sup.pid, agent=self.identity.pid)
                         self._signal(signal.SIGKILL)
                         status = 128 + signal.SIGKILL
@@ -316,9 +318,11 @@ class SupervisedAgent:
                 else:
                     await asyncio.sleep(TAIL_S)
             self._read_output(None)
+            if child_exit is not None:  # it exits right after the rename: reap it
+                await child_exit.wait(REAP_WAIT_S)
         finally:
-            if child_exit is not None and not child_exit.done():
-                child_exit.cancel()
+            if child_exit is not None:  # detached or done: stop watching, never kill it
+                child_exit.close()
         self.stdout = _tail_of(self.dir / "stdout", self._tail_bytes)
         self.stderr = _tail_of(self.dir / "stderr", self._tail_bytes)
         self._returncode = code_of(status)
@@ -357,7 +361,7 @@ def _own_session(pid: int) -> bool:
         return True
 
 
-async def _agent_pid(state: Path, child: asyncio.subprocess.Process) -> int | None:
+async def _agent_pid(state: Path, child: ChildExit) -> int | None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + PID_WAIT_S
     delay = 0.001
@@ -365,7 +369,7 @@ async def _agent_pid(state: Path, child: asyncio.subprocess.Process) -> int | No
         pid = _read_line_int(state / "pid")
         if pid is not None and _own_session(pid):
             return pid
-        if child.returncode is not None:
+        if child.exited:
             return _read_line_int(state / "pid")
         await asyncio.sleep(delay)
         delay = min(delay * 2, 0.05)
@@ -383,6 +387,8 @@ def _prepare_state(state: Path, profile: Profile, task: str, cgroup: Path | None
         (state / name).touch(mode=0o600)
     if profile.task_on_stdin:
         (state / "stdin").write_bytes(task.encode("utf-8", errors="replace"))
+    if profile.cwd is not None:  # the supervisor changes to it (posix_spawn cannot)
+        (state / "cwd").write_text(f"{os.path.abspath(profile.cwd)}\n")
     if cgroup is not None:
         (state / "cgroup").write_text(f"{cgroup}\n")
     flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
@@ -414,24 +420,16 @@ async def start_supervised(
         secrets=read_secrets(profile),
     )
     _check_program(profile, argv[0], env)
+    if profile.cwd is not None and "\n" in profile.cwd:
+        raise AgentStartError(f"profile {profile.name!r}: working directory holds a newline")
     state = attempt_dir(root, agent_id, attempt)
     try:
         err = _prepare_state(state, profile, task, agent_cgroup(cgroups, agent_id, attempt))
         try:
-            child = await asyncio.create_subprocess_exec(
-                shell(),
-                str(SCRIPT),
-                str(state),
-                *argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-                cwd=profile.cwd,
-                env=env,
-                start_new_session=True,
-            )
+            pid = spawn([shell(), str(SCRIPT), str(state), *argv], env, err)
         finally:
             os.close(err)
+        child = ChildExit(pid)
     except (OSError, ValueError) as exc:
         raise AgentStartError(
             f"profile {profile.name!r}: cannot start the supervisor of {argv[0]!r}: {exc}"
@@ -440,17 +438,21 @@ async def start_supervised(
     supervisor = ProcessIdentity(
         child.pid, child.pid, UNKNOWN_START_TICKS if sup_ticks is None else sup_ticks
     )
-    pid = await _agent_pid(state, child)
-    if pid is None:
+    agent_pid = await _agent_pid(state, child)
+    if agent_pid is None:
         signal_group(child.pid, signal.SIGKILL)
-        with contextlib.suppress(ProcessLookupError):
-            await child.wait()
+        await child.wait(PID_WAIT_S)
+        child.close()
         why = _read_text(state / "supervisor.err")[-500:] or "it did not start the agent"
         remove_state(state)
         raise AgentStartError(f"profile {profile.name!r}: supervisor failed: {why}")
-    ticks = read_start_ticks(pid)
-    identity = ProcessIdentity(pid, pid, UNKNOWN_START_TICKS if ticks is None else ticks)
-    log.info("agent_started", pid=pid, supervisor=child.pid, profile=profile.name, attempt=attempt)
+    ticks = read_start_ticks(agent_pid)
+    identity = ProcessIdentity(
+        agent_pid, agent_pid, UNKNOWN_START_TICKS if ticks is None else ticks
+    )
+    log.info(
+        "agent_started", pid=agent_pid, supervisor=child.pid, profile=profile.name, attempt=attempt
+    )
     return SupervisedAgent(
         state, supervisor, identity, child=child, on_output=on_output, tail_bytes=tail_bytes
     )

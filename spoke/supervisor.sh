@@ -5,7 +5,7 @@
 # spoked starts this in a session of its own, so neither a SIGKILL nor a SIGTERM of spoked
 # (nor systemd with KillMode=process) reaches it. It starts PROGRAM in a session and process
 # group of its own too (setsid), with stdin from DIR/stdin (the task, when the profile has
-# task_on_stdin) or /dev/null, and stdout/stderr appended to DIR/stdout and DIR/stderr:
+# task_on_stdin) or /dev/null, in the directory DIR/cwd names (if any), and stdout/stderr appended to DIR/stdout and DIR/stderr:
 # files, not pipes held by spoked, so output survives spoked and a restarted spoked reads it
 # from the offset it last recorded.
 #
@@ -21,6 +21,10 @@ dir=$1
 shift
 echo $$ > "$dir/sup"
 trap '' HUP PIPE
+if [ -f "$dir/cwd" ]; then
+    IFS= read -r wd < "$dir/cwd"
+    cd "$wd" || exit 126
+fi
 in=/dev/null
 if [ -f "$dir/stdin" ]; then in=$dir/stdin; fi
 cg=

@@ -142,13 +142,15 @@ class AgentWorker(SupervisedRuns):
                 await asyncio.wait_for(runner, timeout=5)
             await bull.connection.aclose()
 
-    async def shutdown(self, drain_s: float = 10.0) -> None:
-        """Stop taking jobs; give running agents ``drain_s``, then kill them."""
+    async def shutdown(self, drain_s: float = 10.0, *, leave: bool = False) -> None:
+        """Stop taking jobs; give running agents ``drain_s``, then kill them. With ``leave``
+        (and ``supervise``), leave them running instead: an upgrade, the next spoked
+        re-attaches."""
         if self._closing:
             return
         self._closing = True
-        if self.config.supervise and self.config.leave_agents_on_shutdown:
-            await self._detach_all(drain_s)  # an upgrade: the next spoked re-attaches
+        if leave and self.config.supervise:
+            await self._detach_all(drain_s)
             return
         if self._worker is not None:
             with contextlib.suppress(TimeoutError):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import sys
 import time
@@ -38,14 +39,23 @@ SPOKE = "spoke-1"
 AGENTS = 100
 DOWN_S = 10.0
 
+# Runs until AFTER seconds past the moment the test writes READY/go (the fault), whenever it
+# started: so every agent is running at the fault, and when each ends is known beforehand.
 AGENT = """
-import json, os, sys
+import json, os, sys, time
 sys.path.insert(0, {agents!r})
 import ledger_agent
 me = os.environ["HUBSPOKE_AGENT_ID"]
+opts = dict(w.split("=", 1) for w in os.environ["HUBSPOKE_TASK"].split())
 print("begin", me, flush=True)
+open(os.path.join(opts["ready"], me), "w").close()
+go = os.path.join(opts["ready"], "go")
+while not os.path.exists(go):
+    time.sleep(0.05)
+fault = float(open(go).read())
+os.environ["HUBSPOKE_TASK"] = "sleep=%.3f" % max(0.0, fault + float(opts["after"]) - time.time())
 ledger_agent.main()
-code = int(dict(w.split("=", 1) for w in os.environ["HUBSPOKE_TASK"].split())["code"])
+code = int(opts["code"])
 status = "completed" if code == 0 else "failed"
 print(json.dumps({{"status": status, "summary": "end " + me}}), flush=True)
 sys.exit(code)
@@ -171,14 +181,26 @@ def _check(
         assert f'"summary": "end {agent_id}"' in agent.stdout_tail
 
 
-async def _spawn_running(fed: Fed, sleeps: list[float]) -> tuple[list[str], dict[str, int]]:
-    tasks = [f"sleep={s} code={i % 3}" for i, s in enumerate(sleeps)]
+async def _spawn_running(
+    fed: Fed, after: list[float], ready: Path
+) -> tuple[list[str], dict[str, int]]:
+    """Spawn one agent per ``after``; return once every one is running, waiting for go."""
+    os.mkdir(ready)
+    tasks = [f"ready={ready} after={a} code={i % 3}" for i, a in enumerate(after)]
     ids = await _spawn_all(fed.client, tasks)
     codes = {agent_id: i % 3 for i, agent_id in enumerate(ids)}
-    async with asyncio.timeout(60):  # every agent has started (its ledger line; no RPCs)
-        while _running_at(_ledger(fed.ledger, set(ids)), time.time()) < len(ids):  # noqa: ASYNC110
+    async with asyncio.timeout(60):  # every agent has started (its file; no RPCs)
+        while len(os.listdir(ready)) < len(ids):  # noqa: ASYNC110 - files: nothing to await
             await asyncio.sleep(0.1)
     return ids, codes
+
+
+def _go(ready: Path) -> float:
+    """Let the agents run on: their end times count from now (the fault)."""
+    now = time.time()
+    (ready / "go.tmp").write_text(repr(now))
+    (ready / "go.tmp").rename(ready / "go")
+    return now
 
 
 def _running_at(runs: dict[str, list[dict[str, Any]]], t: float) -> int:
@@ -191,34 +213,37 @@ def _running_at(runs: dict[str, list[dict[str, Any]]], t: float) -> int:
 
 
 async def test_sigkill_and_restart_10s_later_loses_and_repeats_nothing(fed: Fed) -> None:
-    # 12-21 s runs: 100 running when spoked dies; some end while it is down, some after.
+    # 100 running when spoked dies; they end 2, 4, ... 20 s later: 40 while it is down (10 s),
+    # 50 after its restart.
     began = time.monotonic()
-    ids, codes = await _spawn_running(fed, [12 + (i % 10) for i in range(AGENTS)])
+    ready = fed.ledger.parent / "ready-kill"
+    ids, codes = await _spawn_running(fed, [2.0 + 2 * (i % 10) for i in range(AGENTS)], ready)
     print(f"100 running after {time.monotonic() - began:.1f} s")
     spoked = fed.fed.spoked(SPOKE)
+    killed_at = _go(ready)
     await spoked.kill()
-    killed_at = time.time()
     await asyncio.sleep(DOWN_S)
     restarted_at = time.time()
     await spoked.start()
     final = await _until_all(fed.client, ids, lambda a: a.state in hc.FINAL_STATES, 60)
     runs = _ledger(fed.ledger, set(ids))
-    assert _running_at(runs, killed_at) == AGENTS
+    assert _running_at(runs, killed_at + 1) == AGENTS  # all started, none ended, at the kill
     _check(final, codes, runs)
     print(f"all final {time.time() - restarted_at:.1f} s after the restart")
     ended = [e["t"] for r in runs.values() for e in r if e["ev"] == "end"]
     while_down = sum(killed_at < t < restarted_at for t in ended)
     after = sum(t > restarted_at for t in ended)
-    assert while_down >= 10, (while_down, after)
-    assert after >= 10, (while_down, after)
+    assert while_down >= 20, (while_down, after)
+    assert after >= 20, (while_down, after)
     assert not list(fed.state_dir.iterdir())  # every attempt's state removed once recorded
 
 
 async def test_sigterm_upgrade_leaves_running_agents_running(fed: Fed) -> None:
-    ids, codes = await _spawn_running(fed, [10 + (i % 4) for i in range(AGENTS)])
+    ready = fed.ledger.parent / "ready-term"
+    ids, codes = await _spawn_running(fed, [3.0 + (i % 4) for i in range(AGENTS)], ready)
     spoked = fed.fed.spoked(SPOKE)
+    termed_at = _go(ready)
     spoked.signal(signal.SIGTERM)
-    termed_at = time.time()
     async with asyncio.timeout(15):  # within its grace period: it does not wait for them
         while spoked.running:  # noqa: ASYNC110 - its exit is no event we may await unreaped
             await asyncio.sleep(0.05)
@@ -228,7 +253,7 @@ async def test_sigterm_upgrade_leaves_running_agents_running(fed: Fed) -> None:
     await spoked.start()
     final = await _until_all(fed.client, ids, lambda a: a.state in hc.FINAL_STATES, 60)
     runs = _ledger(fed.ledger, set(ids))
-    assert _running_at(runs, termed_at) == AGENTS
+    assert _running_at(runs, termed_at + 1) == AGENTS  # all started, none ended, at SIGTERM
     _check(final, codes, runs)  # none killed: each ran once, to its end ("ok")
     ended_later = sum(e["t"] > stopped_at for r in runs.values() for e in r if e["ev"] == "end")
     assert ended_later >= AGENTS // 2, ended_later  # they outlived the spoked that ran them

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from hubspoke.spoke import supervisor
-from hubspoke.spoke.processes import process_alive, read_start_ticks
+from hubspoke.spoke.processes import process_alive
 from hubspoke.spoke.profiles import Profile
 from hubspoke.spoke.runtime import AgentStartError
 from hubspoke.spoke.supervisor_cgroup import CgroupSupport, detect
@@ -47,7 +47,7 @@ async def start(
 
 async def test_output_and_exit_go_to_files_the_watcher_reads(tmp_path: Path) -> None:
     chunks: list[tuple[str, bytes]] = []
-    profile = Profile(name="cat", argv=("sh", "-c", "echo out; cat; echo err >&2; exit 3"))
+    profile = Profile(name="cat", argv=("sh", "-c", "echo out; cat; echo err >&2; sleep 1; exit 3"))
     agent = await supervisor.start_supervised(
         profile,
         task="the task\n",
@@ -172,3 +172,11 @@ async def test_a_cgroup_per_agent_where_the_host_allows_one(tmp_path: Path) -> N
     await asyncio.sleep(0.3)
     assert not (cgroup / "cgroup.procs").read_text().split()  # the setsid one too
     agent.cleanup()
+
+
+async def test_the_agent_runs_in_its_profile_cwd(tmp_path: Path) -> None:
+    workdir = tmp_path / "work dir"
+    workdir.mkdir()
+    agent = await start(tmp_path / "state", Profile(name="pwd", argv=("pwd",), cwd=str(workdir)))
+    assert await agent.wait() == 0
+    assert agent.stdout.text() == f"{workdir}\n"
