@@ -13,6 +13,7 @@ enrolment refuses the name of a static peer.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -59,6 +60,9 @@ class Membership:
     def __init__(self, store: MembershipStore) -> None:
         self._store = store
         self._revision = -1
+        self._check_task: asyncio.Future[None] | None = None
+        self._check_number = 0
+        self._checks_started = 0
         self._members: Mapping[str, enrol_pb2.Member] = MappingProxyType({})
         self._keys: Mapping[str, TrustedKey] = MappingProxyType({})
         self._entries: Mapping[str, SpokeEntry] = MappingProxyType({})
@@ -73,7 +77,28 @@ class Membership:
         return self._revision
 
     async def fresh(self) -> None:
-        """Bring the copy up to date if the revision moved (raises BackendUnavailableError)."""
+        """Bring the copy up to date if the revision moved (raises BackendUnavailableError).
+
+        Concurrent callers share the check, yet each is answered by a read that began after
+        it called: a caller that finds a check in flight waits for it, then joins (or
+        starts) the next one. A fan-out of a thousand relayed calls costs two GETs, not a
+        thousand, and a removal is still seen by every call made after it."""
+        need = self._checks_started + 1  # a check numbered >= need began after this call
+        while True:
+            task = self._check_task
+            if task is not None and not task.done():
+                joinable = self._check_number >= need
+                await asyncio.shield(task)
+                if joinable:
+                    return
+                continue
+            self._checks_started += 1
+            self._check_number = self._checks_started
+            self._check_task = asyncio.ensure_future(self._check())
+            await asyncio.shield(self._check_task)
+            return
+
+    async def _check(self) -> None:
         if await self._store.revision() != self._revision:
             await self.reload()
 
