@@ -41,6 +41,7 @@ from ._plan import DEFAULT_PROFILES, FederationPlan, HubctlRun, run_hubctl
 from ._redis import ENV_VAR, AppendFsync, EmbeddedRedis, find_redis_server, redis_server_argv
 from ._redis_cluster import EmbeddedRedisCluster, find_redis_cli
 from ._redis_secure import TLS_ENV_VAR, RedisServerTls, find_tls_redis_server
+from ._wait import until
 
 if TYPE_CHECKING:
     from ._inprocess import InProcessFederation
@@ -72,6 +73,7 @@ __all__ = [
     "run_hubctl",
     "server_argv",
     "server_env",
+    "until",
 ]
 
 _LAZY = {"InProcessFederation": "._inprocess"}

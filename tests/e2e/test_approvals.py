@@ -11,7 +11,7 @@ One federation serves the module.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from hubspoke import grpc as sgrpc
 from hubspoke.client import AgentState, CallError, Client
 from hubspoke.gen.federation.v1 import command_pb2, spoke_service_pb2, spoke_service_pb2_grpc
 from hubspoke.spoke.keys import SpokeKeys
+from hubspoke.testing import until
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(120)]
 
@@ -126,12 +127,6 @@ async def fed(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Fed]:
             yield Fed(fed, operator, configs, ledgers, signers)
     finally:
         await fed.stop()
-
-
-async def until(check: Callable[[], Awaitable[bool]], timeout_s: float = 30) -> None:
-    async with asyncio.timeout(timeout_s):
-        while not await check():  # noqa: ASYNC110 - the condition is another process's state
-            await asyncio.sleep(0.05)
 
 
 async def spawn_held(fed: Fed, name: str, profile: str = "deploy") -> tuple[str, Path]:

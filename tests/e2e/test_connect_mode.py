@@ -21,7 +21,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -33,20 +33,12 @@ from hubspoke import keys, testing, version
 from hubspoke.gen.federation.v1 import link_service_pb2, link_service_pb2_grpc
 from hubspoke.link_protocol import CONTROL, SERVE, SERVICE, sign_hello
 from hubspoke.redis_access import RedisAccess
+from hubspoke.testing import until
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(180)]
 
 SPOKE = "spoke-1"
 HEARTBEAT_S = 0.5
-
-
-async def until(check: Callable[[], Awaitable[bool]], timeout_s: float, what: str) -> None:
-    """Wait for ``check()`` to hold, polling; fail naming ``what`` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 async def spoke_row(fed: testing.Federation, name: str = SPOKE) -> dict[str, Any]:

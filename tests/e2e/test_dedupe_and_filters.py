@@ -10,7 +10,7 @@ import hashlib
 import json
 import re
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ import pytest_asyncio
 from hubspoke import client as hc
 from hubspoke import keys, testing
 from hubspoke.gen.federation.v1 import agent_pb2
+from hubspoke.testing import until
 from hubspoke.trust import TrustStore
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(120)]
@@ -91,12 +92,6 @@ def metrics_port(log: Path) -> int:
         if '"metrics_serving"' in line:
             return int(json.loads(line)["port"])
     raise AssertionError(f"no metrics_serving in {log}")
-
-
-async def until(check: Callable[[], Awaitable[bool]], timeout_s: float = 30) -> None:
-    async with asyncio.timeout(timeout_s):
-        while not await check():  # noqa: ASYNC110  # a state in another process: polled
-            await asyncio.sleep(0.05)
 
 
 async def running(client: hc.Client, agent_id: str) -> None:

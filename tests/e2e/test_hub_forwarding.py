@@ -13,7 +13,7 @@ import datetime as dt
 import secrets
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -32,7 +32,7 @@ from hubspoke.gen.federation.v1 import (
 from hubspoke.hub.forward_service import FORWARD_SERVICE
 from hubspoke.hub.forward_wire import PAYLOAD_TYPE_FORWARD
 from hubspoke.link_protocol import sign_hello
-from hubspoke.testing import Daemon
+from hubspoke.testing import Daemon, until
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(180)]
 
@@ -40,14 +40,6 @@ SPOKE = "spoke-1"
 HEARTBEAT_S = 0.5
 FAILOVER_LIMIT_S = 10.0
 HUB_ENV = {"HUB_LINK_LEASE_POLL_S": "0.3", "HUB_RATE_PER_PRINCIPAL": "0"}
-
-
-async def until(check: Callable[[], Awaitable[bool]], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

@@ -13,7 +13,7 @@ import asyncio
 import json
 import stat
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from hubspoke import commands, keys, testing
 from hubspoke import grpc as sgrpc
 from hubspoke.client import AgentState, CallError, Client, EventKind
 from hubspoke.gen.federation.v1 import command_pb2, spoke_service_pb2, spoke_service_pb2_grpc
+from hubspoke.testing import until
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(120)]
 
@@ -120,12 +121,6 @@ async def fed(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Fed]:
             yield Fed(fed, operator, configs, inbox_dir)
     finally:
         await fed.stop()
-
-
-async def until(check: Callable[[], Awaitable[bool]], timeout_s: float = 30) -> None:
-    async with asyncio.timeout(timeout_s):
-        while not await check():  # noqa: ASYNC110 - a condition in another process
-            await asyncio.sleep(0.05)
 
 
 async def blocked_agent(fed: Fed, who: str = "operator", *, via_hubctl: bool = False) -> str:

@@ -6,15 +6,15 @@ tests/e2e/test_partition.py does the same across a network namespace with its li
 
 from __future__ import annotations
 
-import asyncio
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from hubspoke import testing
 from hubspoke.client import Agent, AgentState, Client
+from hubspoke.testing import until
 
 SPOKE = "spoke-1"
 HUB_ENV = {
@@ -44,14 +44,6 @@ async def fed(tmp_path: Path, redis_url: str) -> AsyncIterator[testing.Federatio
         await federation.stop()
 
 
-async def _until(check: Callable[[], Awaitable[bool]], timeout_s: float = 30.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        while True:
-            if await check():
-                return
-            await asyncio.sleep(0.1)
-
-
 async def _state(client: Client, agent: str) -> Agent:
     return await client.get(agent, SPOKE)
 
@@ -65,7 +57,7 @@ async def test_held_while_stopped_then_delivered_once(
 ) -> None:
     async with fed.client() as client:
         running = await client.spawn(SPOKE, "synthetic", "duration=120 steps=4")
-        await _until(lambda: _is(client, running.agent_id, AgentState.RUNNING))
+        await until(lambda: _is(client, running.agent_id, AgentState.RUNNING))
 
         fed.spoked(SPOKE).signal(signal.SIGSTOP)
         later = await client.spawn(SPOKE, "shell", _marker(tmp_path, "later"))
@@ -101,13 +93,13 @@ async def test_held_while_stopped_then_delivered_once(
         assert "kill" in table.stdout
         assert later.agent_id in table.stdout
 
-        await _until(lambda: _is(client, hurried.agent_id, AgentState.EXPIRED))
+        await until(lambda: _is(client, hurried.agent_id, AgentState.EXPIRED))
         expired = await _state(client, hurried.agent_id)
         assert expired.reason == "UNDELIVERED"
 
         fed.spoked(SPOKE).signal(signal.SIGCONT)
-        await _until(lambda: _is(client, later.agent_id, AgentState.SUCCEEDED))
-        await _until(lambda: _is(client, running.agent_id, AgentState.KILLED))
+        await until(lambda: _is(client, later.agent_id, AgentState.SUCCEEDED))
+        await until(lambda: _is(client, running.agent_id, AgentState.KILLED))
         assert (await client.outbox(SPOKE)).total == 0
         assert (tmp_path / "later").read_text() == "ran\n"
         assert not (tmp_path / "hurried").exists()

@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 import grpc
@@ -25,6 +25,7 @@ import pytest
 from hubspoke import testing
 from hubspoke.client import Agent, AgentState, CallError, Client
 from hubspoke.redis_access import RedisAccess
+from hubspoke.testing import until
 
 SPOKE = "spoke-1"
 CUT_S = 30.0
@@ -118,15 +119,6 @@ async def fed(tmp_path: Path) -> AsyncIterator[SpokeInNamespace]:
             _ip_quiet("netns", "del", netns)
 
 
-async def _until(check: Callable[[], Awaitable[bool]], timeout_s: float) -> float:
-    started = time.monotonic()
-    async with asyncio.timeout(timeout_s):
-        while True:
-            if await check():
-                return time.monotonic() - started
-            await asyncio.sleep(0.2)
-
-
 async def _state(client: Client, agent: str) -> Agent:
     return await client.get(agent, SPOKE)
 
@@ -149,7 +141,7 @@ async def test_a_30_s_partition_holds_expires_and_delivers_once(
     link = fed.link
     async with fed.client(timeout_s=10) as client:
         running = await client.spawn(SPOKE, "synthetic", "duration=300 steps=10")
-        await _until(lambda: _is(client, running.agent_id, AgentState.RUNNING), 30)
+        await until(lambda: _is(client, running.agent_id, AgentState.RUNNING), 30)
         _ip("-n", fed.netns, "link", "set", link, "down")
         cut_at = time.monotonic()
         early, late = [], []
@@ -171,7 +163,7 @@ async def test_a_30_s_partition_holds_expires_and_delivers_once(
         assert held_kill.kill_pending
         await asyncio.sleep(max(0.0, CUT_S - (time.monotonic() - cut_at)))
         _ip("-n", fed.netns, "link", "set", link, "up")
-        took = await _until(lambda: _is(client, running.agent_id, AgentState.KILLED), 60)
+        took = await until(lambda: _is(client, running.agent_id, AgentState.KILLED), 60)
         assert took <= KILLED_WITHIN_S, f"the held kill reached the agent {took:.1f} s after"
 
         async def settled() -> bool:
@@ -179,7 +171,7 @@ async def test_a_30_s_partition_holds_expires_and_delivers_once(
                 [(await _state(client, c)).state.final for c in late]
             )
 
-        await _until(settled, 120)
+        await until(settled, 120)
         finals = {c: await _state(client, c) for c in early + late + [doomed]}
     runs = Counter(ledger.read_text().split()) if ledger.exists() else Counter()
     assert all(

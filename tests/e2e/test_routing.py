@@ -12,9 +12,8 @@ missing; a dry run lists every spoke with its reason and creates nothing.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ import pytest_asyncio
 
 from hubspoke import testing
 from hubspoke.client import CallError, Client, SpokeHealth
+from hubspoke.testing import until
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(180)]
 
@@ -31,14 +31,6 @@ SIZES = {"spoke-a": 2, "spoke-b": 4, "spoke-c": 8, "spoke-d": 2, "spoke-e": 2, "
 GPU = {"spoke-d": "no"}
 LONG = "duration=120 steps=0"  # outlives the test: every placement stays counted
 FAST_HUB = {"HUB_PROBE_INTERVAL_S": "0.3", "HUB_PROBE_TIMEOUT_S": "0.5"}
-
-
-async def until(check: Callable[[], Awaitable[bool]], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def hubctl(fed: testing.Federation, *argv: str) -> tuple[int, Any, str]:

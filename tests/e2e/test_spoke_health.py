@@ -6,10 +6,9 @@ over 8 spokes with one stopped answers within its deadline and names the stopped
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hubspoke import testing
 from hubspoke.client import AgentState, CallError, CircuitState, Client, SpokeHealth
+from hubspoke.testing import until
 
 PROBE_S = 0.3
 CALL_TIMEOUT_S = 10.0
@@ -32,15 +32,6 @@ FAST = {
 }
 
 pytestmark = pytest.mark.timeout(180)
-
-
-async def until(check: Callable[[], Awaitable[bool]], timeout_s: float, what: str) -> None:
-    """Wait for ``check()`` to hold, polling; fail naming ``what`` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def hubctl(fed: testing.Federation, *argv: str) -> tuple[int, Any, str]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -16,6 +16,7 @@ import pytest
 
 from hubspoke import testing
 from hubspoke.client import Agent, AgentState, CallError, Client
+from hubspoke.testing import until
 
 SPOKE = "spoke-1"
 HUB_ENV = {
@@ -45,14 +46,6 @@ async def fed(tmp_path: Path, redis_url: str) -> AsyncIterator[testing.Federatio
         if spoked.running:
             spoked.signal(signal.SIGCONT)
         await federation.stop()
-
-
-async def _until(check: Callable[[], Awaitable[bool]], timeout_s: float = 60.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        while True:
-            if await check():
-                return
-            await asyncio.sleep(0.2)
 
 
 async def _spawn(client: Client, cid: str, task: str) -> Agent:
@@ -89,7 +82,7 @@ async def test_a_hubd_killed_mid_burst_loses_and_doubles_nothing(
             await asyncio.sleep(0.02)
         answered = await asyncio.gather(*tasks)
         assert {a.agent_id for a in answered} == set(ids)
-        await _until(lambda: _all_final(client, ids))
+        await until(lambda: _all_final(client, ids))
         states = Counter([(await client.get(cid, SPOKE)).state for cid in ids])
         audit = await client.audit_log(page_size=500)
     served_by = {r.hub for r in audit.records if r.action == "SpawnAgent" and r.outcome == "OK"}
@@ -111,7 +104,7 @@ async def test_the_outbox_of_a_dead_hubd_is_delivered_by_the_other(
         assert {a.state for a in held} == {AgentState.PENDING_DELIVERY}
         fed.hub.signal(signal.SIGKILL)
         fed.spoked(SPOKE).signal(signal.SIGCONT)
-        await _until(lambda: _all_final(other, ids))
+        await until(lambda: _all_final(other, ids))
         states = Counter([(await other.get(cid, SPOKE)).state for cid in ids])
         assert (await other.outbox()).total == 0
     assert states == {AgentState.SUCCEEDED: len(ids)}

@@ -31,6 +31,7 @@ def test_public_names_are_pinned() -> None:
         "DaemonError",
         "ENV_VAR",
         "EmbeddedRedis",
+        "EmbeddedRedisCluster",
         "Federation",
         "FederationPlan",
         "HOST",
@@ -41,6 +42,8 @@ def test_public_names_are_pinned() -> None:
         "RedisServerError",
         "RedisServerTls",
         "TLS_ENV_VAR",
+        "connect_env",
+        "find_redis_cli",
         "find_redis_server",
         "find_tls_redis_server",
         "pick_free_port",
@@ -48,6 +51,7 @@ def test_public_names_are_pinned() -> None:
         "run_hubctl",
         "server_argv",
         "server_env",
+        "until",
     ]
     for name in testing.__all__:
         assert getattr(testing, name) is not None
@@ -166,3 +170,18 @@ async def test_federation_of_processes_serves_and_stops(tmp_path: Path) -> None:
         await fed.stop()
     assert [d for d in fed.daemons if d.running] == []
     assert [r for r in fed.redis.values() if r.running] == []
+
+
+async def test_until_returns_the_wait_and_names_what_timed_out() -> None:
+    ticks = iter(range(100))
+
+    async def third_time() -> bool:
+        return next(ticks) >= 2
+
+    assert await testing.until(third_time, 5, "the third poll", poll_s=0.01) >= 0
+
+    async def never() -> bool:
+        return False
+
+    with pytest.raises(AssertionError, match="waiting for the impossible"):
+        await testing.until(never, 0.05, "the impossible", poll_s=0.01)
