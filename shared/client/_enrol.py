@@ -28,7 +28,7 @@ from hubspoke.trust import Role, TrustedKey, TrustStore
 from ._errors import CallError
 
 if TYPE_CHECKING:
-    from ._client import Client
+    from ._session import Session
 
 __all__ = [
     "MEMBERSHIP_MAX_AGE_S",
@@ -166,7 +166,7 @@ class MembershipTrust(TrustStore):
         return self._static.is_revoked(fingerprint)
 
 
-async def know_signers(client: Client, envelopes: Iterable[command_pb2.SignedEnvelope]) -> None:
+async def know_signers(client: Session, envelopes: Iterable[command_pb2.SignedEnvelope]) -> None:
     """Fetch the hub's membership list if a reply's signer needs it (see the module doc).
     A failed fetch is not an error here: the reply's check then fails as for any unknown key."""
     trust = client._trust
@@ -181,7 +181,7 @@ async def know_signers(client: Client, envelopes: Iterable[command_pb2.SignedEnv
 
 
 async def enroll_spoke(
-    client: Client,
+    client: Session,
     name: str,
     *,
     labels: Mapping[str, str] | None = None,
@@ -201,14 +201,14 @@ async def enroll_spoke(
     return EnrolmentTicket(t.token, t.name, commands.from_timestamp(t.expire_time))
 
 
-async def remove_spoke(client: Client, name: str) -> Membership:
+async def remove_spoke(client: Session, name: str) -> Membership:
     reply = await _hub_call(
         client, "RemoveSpoke", "remove_spoke", enrol_pb2.RemoveSpokeBody(name=name)
     )
     return _membership_of(reply)
 
 
-async def membership(client: Client) -> Membership:
+async def membership(client: Session) -> Membership:
     reply = await _hub_call(
         client, "GetMembership", "get_membership", enrol_pb2.GetMembershipBody()
     )
@@ -229,7 +229,7 @@ _REQUESTS: Final[dict[str, Any]] = {
 }
 
 
-async def _hub_call(client: Client, rpc: str, body_field: str, body: Any) -> command_pb2.Reply:
+async def _hub_call(client: Session, rpc: str, body_field: str, body: Any) -> command_pb2.Reply:
     """Sign one command for the hub itself, send it, and verify the hub's signed reply."""
     cmd = commands.build_command(
         issuer=client.principal, audience=client.hub_name, command_id=commands.new_command_id()

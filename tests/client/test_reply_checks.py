@@ -89,3 +89,51 @@ async def test_wait_reads_the_agent_when_the_spoke_cannot_watch(fed: Fed) -> Non
         record.state = Agent.STATE_SUCCEEDED
         final = await waiting
     assert (final.agent_id, final.state) == ("w1", hc.AgentState.SUCCEEDED)
+
+
+@pytest.mark.parametrize(
+    ("state", "reason", "kill_pending", "believed"),
+    [
+        (Agent.STATE_PENDING_DELIVERY, "SPOKE_UNREACHABLE: circuit_open", False, True),
+        (Agent.STATE_EXPIRED, "UNDELIVERED", False, True),
+        (Agent.STATE_KILLED, "KILLED_BEFORE_DELIVERY", False, True),
+        (Agent.STATE_UNSPECIFIED, "KILL_PENDING_DELIVERY", True, True),
+        (Agent.STATE_RUNNING, "", False, False),
+        (Agent.STATE_SUCCEEDED, "", False, False),
+        (Agent.STATE_EXPIRED, "NOT_STARTED", False, False),
+        (Agent.STATE_RUNNING, "", True, False),
+    ],
+)
+def test_the_hub_may_sign_an_agent_only_in_the_outbox_states(
+    state: int, reason: str, kill_pending: bool, believed: bool
+) -> None:
+    """An agent reply signed by the hub (not the spoke) is believed only for what the hub's
+    outbox holds (protocol.md §14): a stolen hub key cannot make a client see an agent of a
+    spoke RUNNING or SUCCEEDED."""
+    from hubspoke import commands, envelope, keys
+    from hubspoke.client._session import Sent
+    from hubspoke.gen.federation.v1 import command_pb2
+    from hubspoke.trust import Role, TrustedKey, TrustStore
+
+    hub, operator = keys.generate("hub"), keys.generate("operator")
+    trust = TrustStore([TrustedKey("hub", Role.HUB, hub.public, keys.fingerprint(hub.public))])
+    client = hc.Client("127.0.0.1:1", "operator", operator, trust, "hub", 1)
+    cmd = commands.build_command(issuer="operator", audience="spoke-1", command_id="a1")
+    cmd.get_agent.agent = "a1"
+    sent = Sent(cmd, commands.sign_command(cmd, operator))
+    agent = Agent(
+        agent_id="a1", spoke="spoke-1", state=state, reason=reason, kill_pending=kill_pending
+    )
+    reply = command_pb2.Reply(
+        command_id="a1",
+        responder="hub",
+        request_digest=commands.digest(sent.envelope.payload),
+        agent=agent,
+    )
+    signed = envelope.sign(reply.SerializeToString(), envelope.PAYLOAD_TYPE_REPLY, hub)
+    if believed:
+        assert client._agent_reply(sent, signed, "spoke-1", "a1").state == state
+    else:
+        with pytest.raises(hc.CallError) as info:
+            client._agent_reply(sent, signed, "spoke-1", "a1")
+        assert (info.value.code, info.value.reason) == REPLY_INVALID

@@ -411,11 +411,11 @@ async def test_a_real_spokes_errors_keep_their_reason(fed: Fed) -> None:
 
 async def _list_raw(
     fed: Fed, principal: str = "operator"
-) -> tuple[hc._client._Sent, hub_service_pb2.HubServiceListAgentsResponse]:
+) -> tuple[hc._session.Sent, hub_service_pb2.HubServiceListAgentsResponse]:
     key = keys.load_private(fed.root / "keys" / f"{principal}.key", principal)
     cmd = commands.build_command(issuer=principal, audience="hub")
     cmd.list_agents.page_size = 10
-    sent = hc._client._Sent(cmd, commands.sign_command(cmd, key))
+    sent = hc._session.Sent(cmd, commands.sign_command(cmd, key))
     channel = sgrpc.open_channel(fed.hub_address)
     try:
         stub = hub_service_pb2_grpc.HubServiceStub(channel)
@@ -429,7 +429,7 @@ async def _list_raw(
 
 def _check(
     fed: Fed,
-    sent: hc._client._Sent,
+    sent: hc._session.Sent,
     resp: hub_service_pb2.HubServiceListAgentsResponse,
     signers: Sequence[str],
 ) -> None:

@@ -659,7 +659,7 @@ async def test_client_rejects_a_reply_not_bound_to_its_command(fed: Fed) -> None
             timeout=5,
         )
         mine = fed.command("spoke-1", command_id="cmd-c")
-        sent = hc._client._Sent(mine, commands.sign_command(mine, fed.operator))
+        sent = hc._session.Sent(mine, commands.sign_command(mine, fed.operator))
         with pytest.raises(hc.CallError) as info:
             client._agent_reply(sent, resp.reply, "spoke-1")
     assert info.value.reason == "REPLY_INVALID"
