@@ -37,33 +37,38 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime as dt
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import structlog
 
-from hubspoke import approval_text, commands, envelope, errors, input_text, list_filters
+from hubspoke import approval_text, errors, input_text, list_filters
 from hubspoke.gen.federation.v1 import command_pb2, hub_service_pb2
-from hubspoke.keys import SigningKey
 from hubspoke.policy import BODY_VERBS, Policy, PolicyDeniedError
 from hubspoke.policy import Request as PolicyRequest
 from hubspoke.stream_caps import StreamCaps
 
 from . import audit_read, audit_wiring, events, fanout_calls, outbox_read, relay
 from .audit import AuditLog
-from .circuit import Circuit
 from .dedupe import DedupeClaims
 from .drain import DrainStore
 from .enrol import ENROLL, MEMBERSHIP, REMOVE, EnrolCalls, EnrolmentDisabledError
-from .health import HealthMonitor, SpokeHealth
+from .health import HealthMonitor
 from .outbox_desk import HELD_VERBS, OutboxDesk
 from .placement_claim import ClaimStore
 from .placement_route import Placer, PlacerConfig
-from .registry import Probe, SpokeRegistry
+from .registry import SpokeRegistry
 from .relay import Gate, Inbound, Relayer
+from .routing_config import (
+    RESOURCE_PREFIX,
+    AgentAmbiguousError,
+    RoutingConfig,
+    agent_not_found,
+    not_indexed,
+    spoke_of_resource,
+)
+from .spoke_desk import SpokeDesk
 from .store import HubStore
 
 __all__ = ["AgentAmbiguousError", "HubServicer", "RoutingConfig"]
@@ -94,55 +99,6 @@ _Request = (
     | hub_service_pb2.HubServiceApproveAgentRequest
     | hub_service_pb2.HubServiceRejectAgentRequest
 )
-_RESOURCE_PREFIX = "spokes/"
-MAX_WATCHERS = 1024
-"""Default of ``RoutingConfig.max_watchers``."""
-MAX_WATCHERS_PER_PRINCIPAL = 32
-"""Default of ``RoutingConfig.max_watchers_per_principal``."""
-
-
-class AgentAmbiguousError(errors.CommandError):
-    """A bare agent id names agents on several spokes the caller may act on."""
-
-    code = grpc.StatusCode.FAILED_PRECONDITION
-    reason = "AGENT_AMBIGUOUS"
-
-    @classmethod
-    def of(cls, agent: str, spokes: Sequence[str]) -> AgentAmbiguousError:
-        names = sorted(spokes)
-        return cls(
-            f"agent {agent} exists on several spokes: {', '.join(names)}; name one "
-            f"(audience, or the resource name spokes/{{spoke}}/agents/{agent})",
-            agent=agent,
-            spokes=",".join(names),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class RoutingConfig:
-    """What the service needs to know beyond its collaborators."""
-
-    hub_name: str
-    key: SigningKey
-    agent_index_ttl_s: float
-    probe_timeout_s: float
-    watch_max_s: float = 3600.0
-    """The longest a relayed watch stream may last."""
-    max_watchers: int = MAX_WATCHERS
-    """Concurrent relayed watch streams this hub process holds; more get RESOURCE_EXHAUSTED."""
-    max_watchers_per_principal: int = MAX_WATCHERS_PER_PRINCIPAL
-    """Concurrent relayed watch streams one principal may hold here; more get
-    RESOURCE_EXHAUSTED (each spoke also caps them per principal)."""
-    max_message_bytes: int = 4 * 1024 * 1024
-    """The largest message this hub sends: a list fan-out carries the spokes' pages that fit
-    under it and names the others in ``omitted_spokes``."""
-    fanout_timeout_s: float = 5.0
-    """One deadline for every spoke a fan-out asks; those that did not answer are named."""
-    claim_ttl_s: float = 86400.0
-    """The shortest time a selector spawn's command id stays claimed for its spoke
-    (hub/placement_claim.py); a longer start_within keeps it longer."""
-    max_input_bytes: int = 64 * 1024
-    """The longest SendInput text (UTF-8 bytes) relayed; a longer one is refused here."""
 
 
 class HubServicer:
@@ -174,6 +130,9 @@ class HubServicer:
         self._policy = policy
         self._fanout = fanout_calls.FanOut(relayer, monitor, cfg.fanout_timeout_s)
         self._drains = DrainStore(store.client, cfg.hub_name, store.timeout_s)
+        self._spokes = SpokeDesk(  # ListSpokes, drains (hub/spoke_desk.py)
+            cfg.hub_name, cfg.key, cfg.probe_timeout_s, registry, monitor, self._drains, outbox
+        )
         self._placer = Placer(  # selector spawns (hub/placement_route.py)
             PlacerConfig(cfg.hub_name, cfg.key, cfg.claim_ttl_s),
             registry,
@@ -308,30 +267,7 @@ class HubServicer:
                 f"list_spokes is answered by the hub: set the audience to {self._cfg.hub_name}"
             )
         self._authorize(inbound, None)
-        if self._monitor is None:
-            probes = await self._registry.probe_all(self._cfg.probe_timeout_s)
-            spokes = [_spoke_pb(p) for p in probes]
-        else:
-            # The probe loop keeps these fresh: answer at once, never waiting on a spoke
-            # (only right after start, until every spoke has been probed once).
-            await self._monitor.first_round(self._cfg.probe_timeout_s + 1.0)
-            spokes = [
-                _health_pb(r, self._registry, self._monitor.circuit(r.name))
-                for r in self._monitor.records()
-            ]
-        await self._mark_drained(spokes)
-        if self._outbox is not None:
-            await outbox_read.annotate_spokes(self._outbox.outbox, spokes)
-        reply = command_pb2.Reply(
-            command_id=inbound.command.command_id,
-            responder=self._cfg.hub_name,
-            request_digest=inbound.digest,
-            issue_time=commands.to_timestamp(commands.now()),
-            spoke_page=command_pb2.SpokePage(spokes=spokes),
-        )
-        signed = envelope.sign(
-            reply.SerializeToString(), envelope.PAYLOAD_TYPE_REPLY, self._cfg.key
-        )
+        signed = await self._spokes.listing(inbound)
         return hub_service_pb2.HubServiceListSpokesResponse(reply=signed)
 
     async def WatchAgent(
@@ -346,7 +282,7 @@ class HubServicer:
         )
         self._authorize(inbound, spoke)
         via_index = inbound.command.audience == self._cfg.hub_name and not agent.startswith(
-            _RESOURCE_PREFIX
+            RESOURCE_PREFIX
         )
         with self._watches.hold(inbound.command.issuer):
             started = False
@@ -355,8 +291,8 @@ class HubServicer:
                     started = True
                     yield hub_service_pb2.HubServiceWatchAgentResponse(reply=reply_env)
             except errors.CommandError as exc:
-                if via_index and not started and _agent_not_found(exc):
-                    raise _not_indexed(agent) from None  # another owner's: as if unknown
+                if via_index and not started and agent_not_found(exc):
+                    raise not_indexed(agent) from None  # another owner's: as if unknown
                 raise
 
     async def WatchEvents(
@@ -458,10 +394,10 @@ class HubServicer:
         )
         return hub_service_pb2.HubServiceReadAuditLogResponse(reply=reply_env)
 
-    # -- drains (hub/drain.py) ---------------------------------------------------------------
+    # -- drains (hub/drain.py, hub/spoke_desk.py) -------------------------------------------
 
     async def _set_drain(self, inbound: Inbound, draining: bool) -> command_pb2.SignedEnvelope:
-        """Drain or undrain the spoke the body names, in the hub's Redis; answer its record."""
+        """Drain or undrain the spoke the body names; answer its record, signed."""
         cmd = inbound.command
         if cmd.audience != self._cfg.hub_name:
             raise errors.InvalidCommandError(
@@ -469,39 +405,7 @@ class HubServicer:
             )
         spoke = self._spoke_named(cmd.drain_spoke.spoke if draining else cmd.undrain_spoke.spoke)
         self._authorize(inbound, spoke)
-        await self._drains.set(spoke, draining, cmd.issuer)
-        log.info("spoke_drain_set", spoke=spoke, draining=draining, by=cmd.issuer)
-        record, circuit = SpokeHealth(spoke), Circuit.CLOSED
-        if self._monitor is not None and self._monitor.get(spoke) is not None:
-            self._monitor.drain(spoke, draining)
-            record, circuit = self._monitor.get(spoke) or record, self._monitor.circuit(spoke)
-        msg = _health_pb(record, self._registry, circuit)
-        msg.draining = draining
-        reply = command_pb2.Reply(
-            command_id=cmd.command_id,
-            responder=self._cfg.hub_name,
-            request_digest=inbound.digest,
-            issue_time=commands.to_timestamp(commands.now()),
-            spoke=msg,
-        )
-        return envelope.sign(reply.SerializeToString(), envelope.PAYLOAD_TYPE_REPLY, self._cfg.key)
-
-    async def _mark_drained(self, spokes: Sequence[command_pb2.Spoke]) -> None:
-        """Show the drains every hub on this Redis set (DRAINING while otherwise READY)."""
-        try:
-            drained = await self._drains.drained()
-        except errors.BackendUnavailableError:
-            log.warning("drained_spokes_unreadable")
-            return
-        for msg in spokes:
-            msg.draining = msg.name in drained
-            record = self._monitor.get(msg.name) if self._monitor is not None else None
-            if self._monitor is not None and record is not None:
-                self._monitor.drain(msg.name, msg.draining)
-                record = self._monitor.get(msg.name) or record
-                msg.health = int(record.state)  # type: ignore[assignment]  # wire numbers
-            elif msg.draining and msg.health == command_pb2.Spoke.HEALTH_READY:
-                msg.health = command_pb2.Spoke.HEALTH_DRAINING
+        return await self._spokes.set_drain(inbound, spoke, draining)
 
     # -- enrolment (hub/enrol.py) -------------------------------------------------------------
 
@@ -616,11 +520,11 @@ class HubServicer:
         audience = inbound.command.audience
         if audience != self._cfg.hub_name:
             return self._spoke_named(audience)
-        if agent.startswith(_RESOURCE_PREFIX):
-            return self._spoke_named(_spoke_of_resource(agent))
+        if agent.startswith(RESOURCE_PREFIX):
+            return self._spoke_named(spoke_of_resource(agent))
         indexed = await self._indexed(inbound, agent)
         if indexed is None:
-            raise _not_indexed(agent)
+            raise not_indexed(agent)
         return indexed
 
     async def _indexed(self, inbound: Inbound, agent: str) -> str | None:
@@ -658,8 +562,8 @@ class HubServicer:
             return reply_env
         if not agent:
             raise errors.InvalidCommandError("agent is required")
-        if agent.startswith(_RESOURCE_PREFIX):
-            spoke = _spoke_of_resource(agent)
+        if agent.startswith(RESOURCE_PREFIX):
+            spoke = spoke_of_resource(agent)
             reply_env, _ = await self._relay(self._spoke_named(spoke), inbound)
             return reply_env
         indexed = await self._indexed(inbound, agent)
@@ -670,14 +574,14 @@ class HubServicer:
             except errors.CommandError as exc:
                 # Not there for this caller (another owner's, or gone): answer as for an id
                 # the hub never indexed, so the index tells nothing about other owners.
-                if not _agent_not_found(exc):
+                if not agent_not_found(exc):
                     raise
                 asked = (indexed,)  # its nonce is spent there: ask only the others
             else:
                 return reply_env
         if inbound.verb != relay.GET:
             # Never fan a kill or replay out: the same id may exist on two spokes.
-            raise _not_indexed(agent)
+            raise not_indexed(agent)
         return await self._find_and_call(inbound, agent, asked)
 
     async def _find_and_call(
@@ -711,64 +615,3 @@ class HubServicer:
             await self._store.remember_agent(agent_id, spoke, self._cfg.agent_index_ttl_s)
         except errors.BackendUnavailableError:
             log.warning("agent_index_write_failed", agent=agent_id, spoke=spoke)
-
-
-def _agent_not_found(exc: errors.CommandError) -> bool:
-    """A spoke's NOT_FOUND for the agent (its own words, passed on by the relay)."""
-    return exc.code == grpc.StatusCode.NOT_FOUND and exc.reason == "AGENT_NOT_FOUND"
-
-
-def _not_indexed(agent: str) -> errors.AgentNotFoundError:
-    """The one answer for a bare id the hub cannot route, whether or not it exists elsewhere."""
-    return errors.AgentNotFoundError(
-        f"agent {agent} is not in this hub's index: name its spoke "
-        "(audience, or the resource name spokes/{spoke}/agents/{id})",
-        agent=agent,
-    )
-
-
-def _spoke_of_resource(name: str) -> str:
-    """The spoke part of ``spokes/{spoke}/agents/{agent}``."""
-    parts = name.split("/")
-    if len(parts) != 4 or parts[0] != "spokes" or parts[2] != "agents" or not all(parts):
-        raise errors.InvalidCommandError(
-            "agent must be an id or a resource name spokes/{spoke}/agents/{agent}"
-        )
-    return parts[1]
-
-
-def _spoke_pb(p: Probe) -> command_pb2.Spoke:
-    health = command_pb2.Spoke.HEALTH_READY if p.ready else command_pb2.Spoke.HEALTH_UNREACHABLE
-    if p.incompatible:
-        health = command_pb2.Spoke.HEALTH_INCOMPATIBLE
-    return command_pb2.Spoke(
-        name=p.entry.name,
-        address=p.entry.address,
-        health=health,
-        last_probe_time=commands.to_timestamp(p.at.astimezone(dt.UTC)),
-        labels=dict(p.entry.labels),
-        protocol_version=p.protocol,
-    )
-
-
-def _health_pb(r: SpokeHealth, registry: SpokeRegistry, circuit: Circuit) -> command_pb2.Spoke:
-    """A spoke's health record, as ListSpokes signs it."""
-    entry = registry.entry(r.name)
-    msg = command_pb2.Spoke(
-        name=r.name,
-        address=entry.address if entry else "",
-        health=int(r.state),  # type: ignore[arg-type]  # SpokeState carries the wire numbers
-        labels=dict(entry.labels) if entry else {},
-        protocol_version=r.protocol,
-        circuit=circuit.value,  # type: ignore[arg-type]  # Circuit carries the wire numbers
-        health_detail=r.detail,
-        missed_probes=r.missed,
-    )
-    msg.enrolled, msg.link_mode = registry.link_facts(r.name)  # hub/membership.py
-    if r.last_probe is not None:
-        msg.last_probe_time.CopyFrom(commands.to_timestamp(r.last_probe.astimezone(dt.UTC)))
-    if r.last_seen is not None:
-        msg.last_seen_time.CopyFrom(commands.to_timestamp(r.last_seen.astimezone(dt.UTC)))
-    if r.status is not None:
-        msg.status.CopyFrom(r.status)
-    return msg

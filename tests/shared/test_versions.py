@@ -26,7 +26,7 @@ from hubspoke.gen.federation.v1 import command_pb2
 from hubspoke.hub.app import HUB_SERVICE, HubApp
 from hubspoke.hub.config import HubConfig, SpokeEntry
 from hubspoke.hub.registry import SpokeRegistry
-from hubspoke.hub.service import _spoke_pb
+from hubspoke.hub.spoke_desk import spoke_pb as _spoke_pb
 from hubspoke.hub.store import schema_key
 from hubspoke.spoke.keys import SpokeKeys
 
