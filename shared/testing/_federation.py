@@ -59,13 +59,15 @@ class Federation(FederationPlan):
         Args:
             ready_timeout_s: how long each daemon may take to print ``serving <port>``.
             stop_grace_s: SIGTERM to SIGKILL, per daemon.
-            spoke_env: variables for every spoked (e.g. ``SPOKE_CONCURRENCY``).
+            spoke_env: variables for every spoked (e.g. ``SPOKE_CONCURRENCY``). Unless it
+                says otherwise, ``SPOKE_LEAVE_AGENTS_ON_SHUTDOWN=false``: stopping a spoked
+                (SIGTERM) ends its agents, so none outlives the test.
             hub_env: variables for every hubd.
         """
         super().__init__(root, list(spokes), **plan)
         self.ready_timeout_s = ready_timeout_s
         self.stop_grace_s = stop_grace_s
-        self.spoke_env = dict(spoke_env or {})
+        self.spoke_env = {"SPOKE_LEAVE_AGENTS_ON_SHUTDOWN": "false", **(spoke_env or {})}
         self.hub_env = dict(hub_env or {})
         self.hubs: dict[str, Daemon] = {}
         """Every hubd by name, in start order (the first is :attr:`hub`)."""

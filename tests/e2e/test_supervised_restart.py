@@ -93,6 +93,7 @@ async def fed(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Fed]:
             "SPOKE_RATE_BURST": "1000",  # the test reads 100 agents every second
             "SPOKE_RATE_PER_PRINCIPAL": "1000",
             "SPOKE_AGENT_STATE_DIR": str(state_dir),
+            "SPOKE_LEAVE_AGENTS_ON_SHUTDOWN": "true",  # the production default (harness: false)
             # The dead spoked's jobs come back soon after the restart.
             "SPOKE_LOCK_DURATION_MS": "3000",
             "SPOKE_STALLED_INTERVAL_MS": "1000",
