@@ -1,4 +1,5 @@
-"""``spoked``: run one spoke. ``spoked --config FILE [--listen ADDR] [--log-level L]``.
+"""``spoked``: run one spoke. ``spoked --config FILE [--listen ADDR] [--log-level L]
+[--workers N]`` (N server processes on one port: spoke/workers.py).
 
 Precedence: flags > ``SPOKE_*`` environment > file. Prints ``serving <port>`` on stdout once the
 server accepts calls, so a parent process can wait for readiness. Exit codes: 0 after a clean
@@ -21,6 +22,7 @@ from pathlib import Path
 from hubspoke import daemon
 from hubspoke.errors import ConfigError
 
+from . import workers
 from .app import SpokeApp
 from .config import SpokeConfig
 
@@ -39,6 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if code:
             return code
         args = _without_enroll(args)
+    args = workers.take_workers_flag(args, os.environ)  # --workers N (spoke/workers.py)
     return daemon.command_line(
         args,
         prog="spoked",

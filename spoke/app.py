@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import os
 from collections.abc import Callable
 from types import TracebackType
 
@@ -21,6 +22,7 @@ from hubspoke.metrics import MetricsServer
 from hubspoke.policy import Policy
 from hubspoke.trust import TrustStore
 
+from . import workers
 from .backend import BackendError
 from .config import SpokeConfig, SpokeConfigError
 from .deadline import Deadlines
@@ -59,6 +61,12 @@ class SpokeApp:
         self._stopping = False
         self._stopped = asyncio.Event()
         self._stop_requested: asyncio.Event | None = None
+        self._plan = workers.Plan.from_env(os.environ)
+        """``spoked --workers N``: whether this process is the primary or a helper."""
+        if self._plan.workers > 1 and config.link == "connect":
+            raise SpokeConfigError("--workers needs dial mode: a connect-mode spoke dials its hub")
+        self._helpers = workers.Helpers()
+        self._parent = os.getppid()
         self._leave_agents = False
         """Shut down leaving supervised agents running: only when a signal stops ``run()``
         (an upgrade) and ``leave_agents_on_shutdown``; a direct ``shutdown()`` kills them."""
@@ -126,11 +134,19 @@ class SpokeApp:
         self._server = server_factory(cfg)(
             [Service(SERVICE, servicer)],
             cfg.listen,
-            ServerOptions(max_message_bytes=cfg.max_message_bytes),
+            ServerOptions(
+                max_message_bytes=cfg.max_message_bytes,
+                reuse_port=self._plan.workers > 1 or self._plan.serve_only,
+            ),
             credentials,
             observe=metrics.observe_rpc,
         )
         await self._server.server.start()
+        if self._plan.serve_only:  # a helper of spoked --workers: RPCs only (spoke/workers.py)
+            return await self._serve_only(self._server, agents, key)
+        if self._plan.primary_of_many:
+            host = workers.listen_host(cfg.listen)
+            await self._helpers.start(self._plan.workers - 1, host, self._server.port)
         self._worker = worker = AgentWorker(agents, cfg, trust)
         metrics.track_running(lambda: len(worker.running_agents))
         self._worker_task = asyncio.create_task(self._worker.run(), name="worker")
@@ -153,6 +169,23 @@ class SpokeApp:
         # After serving: on a large backlog this scan takes a while and must not delay start.
         self._requeue_task = asyncio.create_task(self._requeue(agents), name="requeue")
         return self._server.port
+
+    async def _serve_only(
+        self, server: BuiltServer, agents: AgentQueue, key: keys.SigningKey
+    ) -> int:
+        """A helper's start: serve, report health, and stop when the primary is gone."""
+        await server.serving([SERVICE.full_name])
+        monitor = StatusMonitor(self.config, key, agents, server.health, [SERVICE.full_name])
+        server.health.status_source = monitor.signed
+        self._status_task = asyncio.create_task(monitor.run(), name="status")
+        self._requeue_task = asyncio.create_task(self._stop_when_orphaned(), name="orphan")
+        log.info("spoke_serving", spoke=self.config.name, port=server.port, serve_only=True)
+        return server.port
+
+    async def _stop_when_orphaned(self) -> None:
+        await workers.until_orphaned(self._parent)
+        log.warning("primary_gone", parent=self._parent)
+        self.request_stop()
 
     async def _check_schema(self, agents: AgentQueue) -> None:
         """Refuse a Redis written by a newer hubspoke; migrate an older one (spoke/schema.py)."""
@@ -211,6 +244,7 @@ class SpokeApp:
                         log.warning("task_did_not_stop", task=task.get_name())
             if self._hooks is not None:
                 await self._hooks.close()
+            await self._helpers.stop(grace)
             if self._server is not None:
                 await self._server.stop(grace)
             if self._worker is not None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -182,6 +183,8 @@ class Cluster:
             await site.daemon.start()
             return
         env = {"SPOKE_CONCURRENCY": str(site.concurrency)}
+        # spoked --workers N for every site (spoke/workers.py); helpers' CPU is not counted.
+        env["SPOKE_WORKERS"] = os.environ.get("BENCH_SPOKE_WORKERS", "1")
         site.daemon = await self.federation.start_spoked(name, env=env)
 
     async def stop_spoke(self, name: str) -> None:

@@ -54,11 +54,14 @@ class ServerOptions:
     min_ping_interval_ms: int = 10_000
     """Pings closer than this from a client are a protocol violation (GOAWAY)."""
     max_concurrent_streams: int = 256
+    reuse_port: bool = False
+    """SO_REUSEPORT: several processes serve one port (``spoked --workers``, spoke/workers.py);
+    off, a taken port fails the start."""
 
 
 def _server_args(opts: ServerOptions) -> list[tuple[str, int]]:
     return [
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", 1 if opts.reuse_port else 0),
         ("grpc.max_receive_message_length", opts.max_message_bytes),
         ("grpc.max_send_message_length", opts.max_message_bytes),
         ("grpc.keepalive_time_ms", opts.keepalive_time_ms),
