@@ -26,6 +26,7 @@ class Relay:
     turns: int = 0
     answered: bool = True
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    writers: list[asyncio.StreamWriter] = field(default_factory=list)
 
 
 async def _pump(
@@ -48,6 +49,7 @@ async def relayed(redis_url: str) -> AsyncIterator[tuple[aioredis.Redis, Relay]]
 
     async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_r, up_w = await asyncio.open_connection(target.hostname, target.port)
+        relay.writers += [writer, up_w]
         relay.tasks += [
             asyncio.create_task(_pump(reader, up_w, relay, True)),
             asyncio.create_task(_pump(up_r, writer, relay, False)),
@@ -64,6 +66,12 @@ async def relayed(redis_url: str) -> AsyncIterator[tuple[aioredis.Redis, Relay]]
         server.close()
         for task in relay.tasks:
             task.cancel()
+        await asyncio.gather(*relay.tasks, return_exceptions=True)
+        for writer in relay.writers:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+        await server.wait_closed()
 
 
 async def test_admission_and_the_record_read_are_one_round_trip(
