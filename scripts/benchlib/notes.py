@@ -41,13 +41,14 @@ def _spawn(doc: dict[str, Any]) -> list[str]:
         "its throughput (target 0.55x).** The echo floor moves the same bytes and does nothing "
         "else. A spawn that is acknowledged only once it is stored also does four signature "
         "operations (client sign, spoke verify, spoke sign of the reply, client verify: "
-        f"~{fmt(crypto_us, 0)} µs together) and three sequential Redis round trips "
+        f"~{fmt(crypto_us, 0)} µs together) and two sequential Redis round trips "
         f"(`redis_rtt` is {fmt(val(a.get('redis_rtt', {}).get('p50')), 3)} ms each): the "
         "admission script (the per-principal rate token and the nonce claim, "
-        "shared/admission.py), the spoke's create script (checks the id and the backlog cap, "
-        "writes the record, audit envelopes, index entry and first event), then bullmq's "
-        f"`addJob`. In all {fmt(cmds, 0)} Redis commands per spawn, {fmt(scripts, 0)} of them "
-        "Lua scripts (commands inside a script count too).",
+        "shared/admission.py), then one script that is the spoke's create script (checks the "
+        "id and the backlog cap, writes the record, the signed copies, the index entries) and "
+        "bullmq's own `addPrioritizedJob`, run only when the record was created "
+        f"(spoke/spawn_lua.py). In all {fmt(cmds, 0)} Redis commands per spawn, "
+        f"{fmt(scripts, 0)} of them Lua scripts (commands inside a script count too).",
         f"- Throughput is bounded by CPU, not by waiting: client + spoke + Redis spend "
         f"{fmt(total, 0)} µs of CPU per spawn against {fmt(echo_total, 0)} µs per echo, so two "
         f"cores cannot exceed ~{fmt(bound, 0)} spawns/s however many are in flight. Most of it "
@@ -153,23 +154,22 @@ def _scale(doc: dict[str, Any]) -> list[str]:
             f"{fmt(sr['pickup'])}x and status {fmt(sr['status'])}x their {sr['from']:,} cost "
             f"(target 1.1x{', met' if sr['met'] else ', missed'}).** No step on these paths "
             "scans the backlog (hash reads, O(log n) inserts into the bullmq priority set), "
-            "but Redis itself grows: its memory (below), so more cache misses per lookup, and "
-            "AOF rewrites of a file of gigabytes on the same two cores. Each level is one "
-            "measurement, minutes apart, not interleaved rounds, yet status p50 by level ("
+            "and since issue 13 neither does the sweeper (it read every record twice per "
+            "`sweep_interval_s`; now only the due part of an index of start deadlines and the "
+            "held agents), but Redis itself grows: its memory (below), so more cache misses "
+            "per lookup, and AOF rewrites on the same two cores. Each level is one "
+            "measurement, minutes apart, not interleaved rounds; status p50 by level: "
             + ", ".join(f"{lv['agents']:,}: {fmt(lv['status']['p50_ms'])} ms" for lv in levels)
-            + ") moves steadily with the backlog, so treat the growth as real, not noise; its "
-            "cause was not profiled. The costs that clearly grow with the backlog are memory "
-            "and restart, below."
+            + ". The costs that clearly grow with the backlog are memory and restart, below."
         )
     bpa = val({"median": last["bytes_per_agent"]})
     lines.append(
         f"- **Memory: ~{fmt(bpa, 0)} bytes per queued agent** (`INFO used_memory` over the "
-        "agents stored). Per agent there is an event stream (a single-entry Redis stream "
-        "still allocates a ~4 KB listpack: ~4.7 KB), the record hash (~2.4 KB, kept as a "
-        "hashtable because the signed envelope exceeds `hash-max-ziplist-value`), bullmq's job "
-        "hash (~1 KB) and a nonce key. 1M queued agents would need about "
-        f"{fmt(bpa * 1e6 / 2**30, 1)} GiB of Redis memory. Creating the stream lazily (on the "
-        "first event after QUEUED) would roughly halve it."
+        "agents stored). Per agent there is the record hash (~0.5 KB, in Redis's compact "
+        "listpack encoding), the signed copies outside it (the envelope's size plus ~100 "
+        "bytes), bullmq's job hash (~0.75 KB), index entries and a nonce key; no event stream "
+        "until the agent's second event (issue 13). 1M queued agents would need about "
+        f"{fmt(bpa * 1e6 / 2**30, 1)} GiB of Redis memory."
     )
     rs = last["restart"]
     lines.append(
