@@ -9,7 +9,7 @@ import pytest
 
 from hubspoke import client as hc
 from hubspoke.gen.federation.v1 import agent_pb2
-from hubspoke.hub.service import MAX_WATCHERS_PER_PRINCIPAL
+from hubspoke.hub.routing_config import MAX_WATCHERS_PER_PRINCIPAL
 
 from .conftest import Federation, wait_state
 
