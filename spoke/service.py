@@ -24,9 +24,8 @@ import json
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
-from hubspoke import commands, envelope, errors
+from hubspoke import commands, envelope, errors, input_text
 from hubspoke import dedupe as shared_dedupe
-from hubspoke import input_text
 from hubspoke.gen.federation.v1 import agent_pb2, command_pb2, spoke_service_pb2
 from hubspoke.keys import SigningKey
 from hubspoke.pacing import WatchPacing
