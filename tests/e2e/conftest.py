@@ -4,6 +4,8 @@ harness's in-process federation, so the servers run on the test's loop)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,20 @@ from hubspoke.gen.federation.v1 import agent_pb2
 from hubspoke.hub.federation_files import FederationFiles
 
 REPO = Path(__file__).resolve().parents[2]
+SPOKE = "spoke-1"
+OUTBOX_HUB_ENV: dict[str, str] = {
+    "HUB_PROBE_INTERVAL_S": "0.3",
+    "HUB_PROBE_TIMEOUT_S": "0.3",
+    "HUB_CIRCUIT_FAILURES": "2",
+    "HUB_CIRCUIT_OPEN_S": "1",
+    "HUB_SPOKE_CALL_TIMEOUT_S": "1",
+    "HUB_OUTBOX_POLL_S": "0.2",
+    "HUB_OUTBOX_RETRY_BASE_S": "0.2",
+    "HUB_OUTBOX_RETRY_MAX_S": "1",
+    "HUB_OUTBOX_LEASE_S": "2",
+    "HUB_RATE_PER_PRINCIPAL": "0",
+}
+"""A hub that finds a stopped spoke in a second and tries its outbox every 0.2 s."""
 Agent = agent_pb2.Agent
 
 
@@ -64,3 +80,23 @@ async def wait_state(client: hc.Client, agent_id: str, state: int, timeout_s: fl
             if (await client.get(agent_id)).state == state:
                 return
             await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def stoppable_federation(
+    root: Path, *, redis_url: str | None = None, hub_redis: str | None = None
+) -> AsyncIterator[testing.Federation]:
+    """A started federation of one spoke (``SPOKE``) and a hub with ``OUTBOX_HUB_ENV``, whose
+    spoked a test may SIGSTOP: it is resumed before everything stops. ``hub_redis``: the
+    hub's state elsewhere (a Redis Cluster), the spoke on a private server."""
+    federation = testing.Federation(
+        root, [SPOKE], redis_url=redis_url, hub_redis=hub_redis, hub_env=OUTBOX_HUB_ENV
+    )
+    try:
+        await federation.start()
+        yield federation
+    finally:
+        spoked = federation.spoked(SPOKE)
+        if spoked.running:
+            spoked.signal(signal.SIGCONT)
+        await federation.stop()

@@ -18,34 +18,15 @@ from hubspoke import testing
 from hubspoke.client import Agent, AgentState, CallError, Client
 from hubspoke.testing import until
 
-SPOKE = "spoke-1"
-HUB_ENV = {
-    "HUB_PROBE_INTERVAL_S": "0.3",
-    "HUB_PROBE_TIMEOUT_S": "0.3",
-    "HUB_CIRCUIT_FAILURES": "2",
-    "HUB_CIRCUIT_OPEN_S": "1",
-    "HUB_SPOKE_CALL_TIMEOUT_S": "1",
-    "HUB_OUTBOX_POLL_S": "0.2",
-    "HUB_OUTBOX_RETRY_BASE_S": "0.2",
-    "HUB_OUTBOX_RETRY_MAX_S": "1",
-    "HUB_OUTBOX_LEASE_S": "2",
-    "HUB_RATE_PER_PRINCIPAL": "0",
-}
+from .conftest import SPOKE, stoppable_federation
 
 pytestmark = pytest.mark.timeout(180)
 
 
 @pytest.fixture
 async def fed(tmp_path: Path, redis_url: str) -> AsyncIterator[testing.Federation]:
-    federation = testing.Federation(tmp_path / "fed", [SPOKE], redis_url=redis_url, hub_env=HUB_ENV)
-    try:
-        await federation.start()
+    async with stoppable_federation(tmp_path / "fed", redis_url=redis_url) as federation:
         yield federation
-    finally:
-        spoked = federation.spoked(SPOKE)
-        if spoked.running:
-            spoked.signal(signal.SIGCONT)
-        await federation.stop()
 
 
 async def _spawn(client: Client, cid: str, task: str) -> Agent:
