@@ -68,12 +68,21 @@ _STRINGS = {
     "log_level": "debug",
     "metrics_listen": "127.0.0.1:0",
     "mode": "shadow",
+    "link": "connect",
+    "hub_address": "127.0.0.1:7100,127.0.0.1:7200",
+    "hub_name": "other-hub",
+    "hub_tls_server_name": "hub.example",
+    "enrol_listen": "127.0.0.1:0",
+    "enrol_address": "hub.example:7443",
+    "link_forward_address": "127.0.0.1:7300",
 }
 
 
 def _needs(prefix: str, name: str) -> dict[str, str]:
-    """What else an option needs to be valid: Redis TLS files need a rediss:// URL, and a
-    client certificate its key."""
+    """What else an option needs to be valid: Redis TLS files need a rediss:// URL, a
+    client certificate its key, and connect mode the hub's address."""
+    if name == "link":
+        return {prefix + "HUB_ADDRESS": "127.0.0.1:7100"}
     if not name.startswith("redis_tls_"):
         return {}
     extra = {prefix + "REDIS_URL": "rediss://other:6380/0"}
@@ -110,7 +119,7 @@ def test_every_scalar_field_has_an_env_var_named_after_it(
 def test_spoke_keeps_every_env_var_it_had_and_covers_every_scalar_field() -> None:
     names = set(sconfig.env_names(SpokeConfig, spoke_config._LAYOUT))
     assert names >= OLD_SPOKE_VARS
-    non_scalar = {"labels", "profiles", "tls"}
+    non_scalar = {"labels", "profiles", "tls", "hooks"}
     fields = {f.name for f in dataclasses.fields(SpokeConfig)} - non_scalar
     assert fields == set(sconfig.scalar_fields(SpokeConfig))
 
