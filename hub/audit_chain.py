@@ -17,13 +17,12 @@ In Redis an entry is one stream entry whose fields are FIELDS plus ``hash``; byt
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import hashlib
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from hubspoke.commands import to_timestamp
+from hubspoke.commands import from_epoch_ms, to_timestamp
 from hubspoke.gen.federation.v1 import audit_pb2
 
 __all__ = ["FIELDS", "GENESIS", "Entry", "entry_hash", "from_fields", "join_replies"]
@@ -129,7 +128,7 @@ class Entry:
     def to_pb(self) -> audit_pb2.AuditEntry:
         return audit_pb2.AuditEntry(
             seq=self.seq,
-            time=to_timestamp(dt.datetime.fromtimestamp(self.time_ms / 1000, dt.UTC)),
+            time=to_timestamp(from_epoch_ms(self.time_ms)),
             kind=self.kind,
             action=self.action,
             outcome=self.outcome,

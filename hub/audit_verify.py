@@ -14,13 +14,12 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
 
-from hubspoke import envelope, errors
+from hubspoke import commands, envelope, errors
 from hubspoke.gen.federation.v1 import command_pb2
 from hubspoke.trust import Role, TrustStore
 
@@ -155,7 +154,7 @@ def _count(entry: Entry) -> int:
 
 def _signatures(entry: Entry, trust: TrustStore) -> str:
     """Why a kept signature of ``entry`` does not verify ("" if they all do)."""
-    at = dt.datetime.fromtimestamp(entry.time_ms / 1000, dt.UTC)
+    at = commands.from_epoch_ms(entry.time_ms)
     if entry.request and entry.outcome == "OK":
         try:
             env = command_pb2.SignedEnvelope.FromString(entry.request)

@@ -21,7 +21,6 @@ Exception hierarchy (the hub's own; the rest are ``hubspoke.errors``)::
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 import secrets
 from collections.abc import Callable, Collection
@@ -209,7 +208,7 @@ class EnrolCalls:
         ticket = enrol_pb2.EnrolmentTicket(
             token=tokens.encode(token),
             name=body.name,
-            expire_time=commands.to_timestamp(dt.datetime.fromtimestamp(expire_ms / 1000, dt.UTC)),
+            expire_time=commands.to_timestamp(commands.from_epoch_ms(expire_ms)),
         )
         return self._sign(inbound, enrolment_ticket=ticket)
 

@@ -10,8 +10,6 @@ by their hub only in these cases (docs/protocol.md, "Store and forward").
 
 from __future__ import annotations
 
-import datetime as dt
-
 from google.protobuf import timestamp_pb2
 
 from hubspoke import commands, envelope
@@ -27,7 +25,7 @@ State = agent_pb2.Agent.State
 
 
 def _ts(ms: int) -> timestamp_pb2.Timestamp:
-    return commands.to_timestamp(dt.datetime.fromtimestamp(ms / 1000, dt.UTC))
+    return commands.to_timestamp(commands.from_epoch_ms(ms))
 
 
 def _name(spoke: str, agent: str) -> str:

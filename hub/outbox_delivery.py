@@ -18,7 +18,6 @@ takes a lease in Redis (so each entry is delivered by one hubd at a time), then:
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import json
 import os
 import socket
@@ -119,7 +118,7 @@ class Deliverer:
         inbound = Inbound(
             envelope=env,
             command=commands.parse_command(env.payload),
-            accepted=_at(held.accepted_ms),
+            accepted=commands.from_epoch_ms(held.accepted_ms),
         )
         try:
             _, reply = await self._relayer.call(held.spoke, inbound)
@@ -151,7 +150,3 @@ class Deliverer:
                     detail=json.dumps({"kind": held.kind, **detail}, separators=(",", ":")),
                 )
             )
-
-
-def _at(ms: int) -> dt.datetime:
-    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC)

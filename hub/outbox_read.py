@@ -6,8 +6,6 @@ every entry, an ``own`` rule only the caller's own. The page is signed by the hu
 
 from __future__ import annotations
 
-import datetime as dt
-
 from google.protobuf import timestamp_pb2
 
 from hubspoke import commands, envelope, errors
@@ -25,7 +23,7 @@ MAX_PAGE = 1000
 
 
 def _ts(ms: int) -> timestamp_pb2.Timestamp:
-    return commands.to_timestamp(dt.datetime.fromtimestamp(ms / 1000, dt.UTC))
+    return commands.to_timestamp(commands.from_epoch_ms(ms))
 
 
 def entry_pb(held: Held) -> outbox_pb2.OutboxEntry:

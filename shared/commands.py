@@ -62,6 +62,11 @@ def to_timestamp(t: dt.datetime) -> timestamp_pb2.Timestamp:
     return ts
 
 
+def from_epoch_ms(ms: int) -> dt.datetime:
+    """Unix milliseconds (as Redis records times) as an aware UTC datetime."""
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
+
+
 def from_timestamp(ts: timestamp_pb2.Timestamp) -> dt.datetime:
     """A Timestamp as an aware datetime; InvalidCommandError if it is out of range."""
     if not 0 <= ts.nanos < 1_000_000_000:

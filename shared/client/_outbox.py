@@ -7,11 +7,9 @@ from dataclasses import dataclass
 
 from hubspoke.gen.federation.v1 import outbox_pb2
 
+from ._types import _time
+
 __all__ = ["OutboxItem", "OutboxList"]
-
-
-def _time(ts: object, present: bool) -> dt.datetime | None:
-    return ts.ToDatetime(dt.UTC) if present else None  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True, slots=True)
