@@ -25,22 +25,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis.asyncio
-import redis.exceptions
 import structlog
 
 from hubspoke import errors
 
 from .audit_chain import GENESIS, Entry, from_fields
+from .store import redis_guard
 
 __all__ = ["AuditConfig", "AuditLog", "Head", "audit_keys"]
 
 log = structlog.get_logger("hubspoke.hub.audit")
 
-_REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
 # KEYS: stream, head, trimmed. ARGV: expected head ("" if none), new head, max entries,
 # oldest time_ms kept, then per entry its stream id ("<seq>-0"), a count n and n
@@ -202,13 +201,10 @@ class AuditLog:
                 args.append(f"{link.seq}-0")
                 args.append(len(flat))
                 args.extend(flat)
-            try:
-                async with asyncio.timeout(self._timeout):
-                    ok, current = await self._append(
-                        keys=[self._stream, self._head_key, self._trimmed_key], args=args
-                    )
-            except (*_REDIS_DOWN, TimeoutError) as exc:
-                raise errors.BackendUnavailableError("the hub's Redis is unavailable") from exc
+            async with self._guard():
+                ok, current = await self._append(
+                    keys=[self._stream, self._head_key, self._trimmed_key], args=args
+                )
             if int(ok) == 1:
                 self._head = at
                 return [link.seq for link in chained]
@@ -272,13 +268,8 @@ class AuditLog:
                 out.extend((_text(sid), _fields(fields)) for sid, fields in got)
                 low = f"({out[-1][0]}"
 
-    @contextlib.asynccontextmanager
-    async def _guard(self) -> AsyncIterator[None]:
-        try:
-            async with asyncio.timeout(self._timeout):
-                yield
-        except (*_REDIS_DOWN, TimeoutError) as exc:
-            raise errors.BackendUnavailableError("the hub's Redis is unavailable") from exc
+    def _guard(self) -> contextlib.AbstractAsyncContextManager[None]:
+        return redis_guard(self._timeout)
 
 
 def _text(value: object) -> str:

@@ -24,21 +24,20 @@ Redis failures surface as ``hubspoke.errors.BackendUnavailableError`` (UNAVAILAB
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import json
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
 import redis.asyncio
-import redis.exceptions
 from google.protobuf import json_format
 
-from hubspoke import errors
 from hubspoke.gen.federation.v1 import enrol_pb2
 from hubspoke.redis_access import RedisAccess, access, open_client
+
+from .store import redis_guard
 
 __all__ = [
     "TOKEN_KEEP_S",
@@ -53,8 +52,6 @@ __all__ = [
 
 TOKEN_KEEP_S: Final = 86400
 """Seconds a token's record outlives its expiry, to answer a late use clearly."""
-
-_REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
 
 def index_key(hub: str) -> str:
@@ -148,13 +145,8 @@ class MembershipStore:
         """A store on its own client, as ``HubStore.from_url`` builds one."""
         return cls(open_client(access(url), timeout_s), hub, timeout_s)
 
-    @asynccontextmanager
-    async def _guard(self) -> AsyncIterator[None]:
-        try:
-            async with asyncio.timeout(self._timeout):
-                yield
-        except (*_REDIS_DOWN, TimeoutError) as exc:
-            raise errors.BackendUnavailableError("the hub's Redis is unavailable") from exc
+    def _guard(self) -> contextlib.AbstractAsyncContextManager[None]:
+        return redis_guard(self._timeout)
 
     # -- tokens ---------------------------------------------------------------------------
 

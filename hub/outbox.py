@@ -29,22 +29,20 @@ pass it).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import dataclasses
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Final
 
 import grpc
 import redis.asyncio
-import redis.exceptions
 
 from hubspoke import errors
 
 from .outbox_keys import SHARDS, shard_base, shard_of
+from .store import redis_guard
 
 __all__ = ["Ended", "Held", "Outbox", "OutboxConfig", "OutboxFullError"]
 
@@ -52,7 +50,6 @@ SPAWN: Final = "spawn"
 KILL: Final = "kill"
 _KILL_FIRST = -(10**15)
 """Kills sort before every spawn in a spoke's due set (their score is this plus their time)."""
-_REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
 # KEYS: due zset, entry hash, spokes set, total, age zset, deadline zset. ARGV: spoke,
 # entry key, score, max per spoke, max total, acceptance ms, deadline ms, then the entry's
@@ -466,13 +463,8 @@ class Outbox:
             found = await pipe.execute()
         return sum(int(n or 0) for n in found)
 
-    @contextlib.asynccontextmanager
-    async def _guard(self) -> AsyncIterator[None]:
-        try:
-            async with asyncio.timeout(self._timeout):
-                yield
-        except (*_REDIS_DOWN, TimeoutError) as exc:
-            raise errors.BackendUnavailableError("the hub's Redis is unavailable") from exc
+    def _guard(self) -> contextlib.AbstractAsyncContextManager[None]:
+        return redis_guard(self._timeout)
 
 
 def _now_ms() -> int:

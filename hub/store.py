@@ -40,6 +40,7 @@ client may retry.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -65,6 +66,7 @@ __all__ = [
     "nonce_key",
     "principal_tag",
     "rate_key",
+    "redis_guard",
     "schema_key",
 ]
 
@@ -144,6 +146,17 @@ return expires
 """
 
 
+@asynccontextmanager
+async def redis_guard(timeout_s: float) -> AsyncIterator[None]:
+    """One operation on the hub's Redis, within ``timeout_s``: Redis down or slow surfaces as
+    ``BackendUnavailableError`` (UNAVAILABLE, safe to retry). Every hub store uses it."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            yield
+    except (*_REDIS_DOWN, TimeoutError) as exc:
+        raise errors.BackendUnavailableError("the hub's Redis is unavailable") from exc
+
+
 class HubStore:
     """Nonce claims and the agent → spoke index over one Redis client (which it owns).
     ``cluster``: the client is a ``RedisCluster`` (``hubspoke.redis_access.open_client``)."""
@@ -180,13 +193,8 @@ class HubStore:
         """The deadline of each Redis operation."""
         return self._timeout
 
-    @asynccontextmanager
-    async def _guard(self) -> AsyncIterator[None]:
-        try:
-            async with asyncio.timeout(self._timeout):
-                yield
-        except (*_REDIS_DOWN, TimeoutError) as exc:
-            raise errors.BackendUnavailableError("the hub's Redis is unavailable") from exc
+    def _guard(self) -> contextlib.AbstractAsyncContextManager[None]:
+        return redis_guard(self._timeout)
 
     def admission(self, limit: RateLimit, max_skew: dt.timedelta) -> Admit:
         """Take a rate token for the principal and claim the command's nonce (kept until
