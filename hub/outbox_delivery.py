@@ -11,8 +11,11 @@ takes a lease in Redis (so each entry is delivered by one hubd at a time), then:
   claim on the command id makes a second delivery return the same agent;
 * the spoke answered (a reply, or an error of its own such as PERMISSION_DENIED): the entry
   is done (a refused spawn ends FAILED with the spoke's reason, DELIVERY_REFUSED);
-* no answer: the attempt is counted and the next pushed back exponentially
-  (``retry_base_s`` .. ``retry_max_s``), and the spoke's other entries wait for the next round.
+* no answer, or an answer that says "later" (``TRY_LATER``: the spoke's rate limit for the
+  principal, its Redis unavailable, a concurrent change): the attempt is counted and the
+  next pushed back exponentially (``retry_base_s`` .. ``retry_max_s``), and the spoke's
+  other entries wait for the next round. A heal after a long partition delivers a burst of
+  one principal's commands; the spoke's rate limit paces it and refuses none.
 """
 
 from __future__ import annotations
@@ -36,7 +39,10 @@ from .outbox import SPAWN, Held, Outbox
 from .outbox_desk import OutboxDesk
 from .relay import Inbound, Relayer
 
-__all__ = ["Deliverer"]
+__all__ = ["TRY_LATER", "Deliverer"]
+
+TRY_LATER = frozenset({"RATE_LIMITED", "BACKEND_UNAVAILABLE", "CONCURRENT_MODIFICATION"})
+"""A spoke's refusals that mean "not now": the held command is tried again, not ended."""
 
 log = structlog.get_logger("hubspoke.hub.outbox")
 
@@ -109,7 +115,8 @@ class Deliverer:
         return count
 
     async def _deliver(self, held: Held) -> str:
-        """Try ``held`` once: ``done``, ``retry`` or ``unreachable``."""
+        """Try ``held`` once: ``done``, or ``unreachable`` (no answer, or one of
+        :data:`TRY_LATER`: retried later, and the spoke's other entries wait too)."""
         if held.kind == SPAWN and held.deadline_ms <= int(time.time() * 1000):
             if await self._outbox.finish(held, "EXPIRED", "UNDELIVERED"):
                 self._decide("outbox_expired", held, {})
@@ -126,6 +133,9 @@ class Deliverer:
             await self._outbox.retry_later(held, exc.message)
             return "unreachable"
         except errors.CommandError as exc:  # the spoke (or a reply check) said no
+            if exc.reason in TRY_LATER:
+                await self._outbox.retry_later(held, f"{exc.reason}: {exc.message}")
+                return "unreachable"
             state = "FAILED" if held.kind == SPAWN else ""
             await self._outbox.finish(held, state, f"DELIVERY_REFUSED: {exc.reason}")
             self._decide("outbox_refused", held, {"code": exc.code.name, "reason": exc.reason})

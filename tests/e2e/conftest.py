@@ -84,13 +84,22 @@ async def wait_state(client: hc.Client, agent_id: str, state: int, timeout_s: fl
 
 @contextlib.asynccontextmanager
 async def stoppable_federation(
-    root: Path, *, redis_url: str | None = None, hub_redis: str | None = None
+    root: Path,
+    *,
+    redis_url: str | None = None,
+    hub_redis: str | None = None,
+    spoke_env: dict[str, str] | None = None,
 ) -> AsyncIterator[testing.Federation]:
     """A started federation of one spoke (``SPOKE``) and a hub with ``OUTBOX_HUB_ENV``, whose
     spoked a test may SIGSTOP: it is resumed before everything stops. ``hub_redis``: the
     hub's state elsewhere (a Redis Cluster), the spoke on a private server."""
     federation = testing.Federation(
-        root, [SPOKE], redis_url=redis_url, hub_redis=hub_redis, hub_env=OUTBOX_HUB_ENV
+        root,
+        [SPOKE],
+        redis_url=redis_url,
+        hub_redis=hub_redis,
+        hub_env=OUTBOX_HUB_ENV,
+        spoke_env=spoke_env,
     )
     try:
         await federation.start()
