@@ -48,6 +48,7 @@ from typing import Any, Final
 
 from hubspoke import config as sconfig
 from hubspoke import tls as stls
+from hubspoke.event_loop import check_event_loop
 from hubspoke.metrics import MetricsConfigError, parse_listen
 from hubspoke.redis_access import RedisAccess
 
@@ -267,6 +268,9 @@ class HubConfig:
     wildcard) with the bound port."""
     log_level: str = "info"
     """One of debug, info, warning, error, critical."""
+    event_loop: str = "asyncio"
+    """The event loop hubd runs on: ``asyncio`` or ``uvloop`` (hubspoke/event_loop.py);
+    ``HUBSPOKE_EVENT_LOOP`` when ``HUB_EVENT_LOOP`` is unset."""
     metrics_listen: str = ""
     """``host:port`` of the Prometheus endpoint (``/metrics``); empty: no endpoint."""
     tls: stls.TlsConfig | None = None
@@ -326,6 +330,8 @@ class HubConfig:
             raise HubConfigError("enrol_rate must not be negative and enrol_burst at least 1")
         if self.log_level not in LOG_LEVELS:
             raise HubConfigError(f"log_level must be one of {', '.join(sorted(LOG_LEVELS))}")
+        if (loop_error := check_event_loop(self.event_loop)) is not None:
+            raise HubConfigError(loop_error)
         if self.metrics_listen:
             try:
                 parse_listen(self.metrics_listen)
@@ -408,6 +414,6 @@ _LAYOUT: Final = sconfig.Layout(
     error=HubConfigError,
     tables={"spokes": _parse_spokes},
     env_tables={"spokes": ("HUB_SPOKES", _parse_spokes_env)},
-    fallbacks={"redis_url": "REDIS_URL"},
+    fallbacks={"redis_url": "REDIS_URL", "event_loop": "HUBSPOKE_EVENT_LOOP"},
     redis_cluster=True,
 )

@@ -21,6 +21,7 @@ from typing import Any, Protocol, Self, TypeVar
 
 import structlog
 
+from . import event_loop
 from . import logging as slogging
 from .config import LOG_LEVELS, redact
 from .errors import ConfigError, HubspokeError
@@ -47,6 +48,9 @@ class DaemonConfig(Protocol):
 
     @property
     def log_level(self) -> str: ...
+
+    @property
+    def event_loop(self) -> str: ...
 
     def replace(self, **changes: Any) -> Self: ...
 
@@ -76,6 +80,7 @@ async def serve_until_stopped(
             loop.add_signal_handler(sig, on_signal, sig)
             installed.append(sig)
         port = await app.start()
+        log.info("event_loop", loop=f"{type(loop).__module__}.{type(loop).__name__}")
         if on_serving is not None:
             on_serving(port)
         await stopping.wait()
@@ -85,8 +90,9 @@ async def serve_until_stopped(
         await app.shutdown()
 
 
-def main_edge(build: Callable[[], Daemon]) -> int:
-    """Build the app (load config, configure logging, read keys) and run it until a signal.
+def main_edge(build: Callable[[], Daemon], loop: Callable[[], str] = lambda: "asyncio") -> int:
+    """Build the app (load config, configure logging, read keys) and run it until a signal,
+    on the event loop ``loop()`` names once ``build`` has returned (``event_loop``).
 
     Every error we raise on purpose becomes one line on stderr (URL passwords redacted):
     exit 2 for a ``ConfigError``, 1 for any other ``HubspokeError`` or an ``OSError``
@@ -94,7 +100,7 @@ def main_edge(build: Callable[[], Daemon]) -> int:
     """
     try:
         app = build()
-        asyncio.run(app.run(on_serving=print_serving))
+        event_loop.run(app.run(on_serving=print_serving), loop())
     except ConfigError as exc:
         print(f"Error: {redact(str(exc))}", file=sys.stderr)
         return 2
@@ -140,12 +146,15 @@ def command_line(
     if path is None and env.get(f"{prefix}_CONFIG"):
         path = Path(env[f"{prefix}_CONFIG"])
 
+    chosen: list[str] = []  # the config's event_loop, once built
+
     def build() -> Daemon:
         cfg = load(path, env)
         flags = {k: v for k, v in (("listen", args.listen), ("log_level", args.log_level)) if v}
         if flags:
             cfg = cfg.replace(**flags)
         slogging.configure(cfg.log_level)
+        chosen.append(cfg.event_loop)
         return make(cfg)
 
-    return main_edge(build)
+    return main_edge(build, lambda: chosen[-1])

@@ -24,6 +24,7 @@ from typing import Any, Final
 
 from hubspoke import config as sconfig
 from hubspoke import tls as stls
+from hubspoke.event_loop import check_event_loop
 from hubspoke.metrics import MetricsConfigError, parse_listen
 from hubspoke.redis_access import RedisAccess
 
@@ -216,6 +217,9 @@ class SpokeConfig:
     """Start even if Redis' maxmemory-policy is not noeviction (risks losing queued agents)."""
     log_level: str = "info"
     """debug, info, warning or error."""
+    event_loop: str = "asyncio"
+    """The event loop spoked runs on: ``asyncio`` or ``uvloop`` (hubspoke/event_loop.py);
+    ``HUBSPOKE_EVENT_LOOP`` when ``SPOKE_EVENT_LOOP`` is unset."""
     metrics_listen: str = ""
     """host:port of the Prometheus endpoint (``/metrics``); empty: no endpoint."""
     metrics_refresh_s: float = 5.0
@@ -266,6 +270,8 @@ class SpokeConfig:
         if self.log_level.lower() not in sconfig.LOG_LEVELS:
             levels = ", ".join(sorted(sconfig.LOG_LEVELS))
             raise SpokeConfigError(f"log_level must be one of {levels}")
+        if (loop_error := check_event_loop(self.event_loop)) is not None:
+            raise SpokeConfigError(loop_error)
         if not self.profiles:
             raise SpokeConfigError("at least one profile is required")
         try:
@@ -378,5 +384,5 @@ _LAYOUT: Final = sconfig.Layout(
     error=SpokeConfigError,
     tables={"profiles": _profiles, "labels": _labels, "hooks": _hooks},
     env_tables={"labels": ("SPOKE_LABELS", _labels_env)},
-    fallbacks={"redis_url": "REDIS_URL"},
+    fallbacks={"redis_url": "REDIS_URL", "event_loop": "HUBSPOKE_EVENT_LOOP"},
 )

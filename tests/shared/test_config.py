@@ -75,6 +75,7 @@ _STRINGS = {
     "enrol_listen": "127.0.0.1:0",
     "enrol_address": "hub.example:7443",
     "link_forward_address": "127.0.0.1:7300",
+    "event_loop": "uvloop",
 }
 
 
@@ -151,6 +152,7 @@ def test_spoke_env_wins_over_file_and_redis_url_is_the_fallback(tmp_path: Path) 
         ({"kill_wait_s": 0.0}, "kill_wait_s must be a positive"),
         ({"default_priority": 11}, "default_priority"),
         ({"log_level": "loud"}, "log_level"),
+        ({"event_loop": "tokio"}, "event_loop must be one of asyncio, uvloop"),
         ({"profiles": {}}, "at least one profile"),
         ({"metrics_listen": "nowhere"}, "metrics_listen"),
     ],
@@ -225,6 +227,7 @@ def test_a_bad_config_is_one_line_and_exit_2_from_both_daemons(module: str, tmp_
         (["--config", str(tmp_path / "absent.toml")], {}, "config file not found"),
         ([], {**HUB_BASE, f"{prefix}MAX_SKEW_S": "soon"}, f"{prefix}MAX_SKEW_S must be a number"),
         ([], {**HUB_BASE, f"{prefix}KEY_FILE": str(tmp_path / "none.key")}, "not found"),
+        ([], {**HUB_BASE, f"{prefix}EVENT_LOOP": "tokio"}, "event_loop must be one of"),
     ]:
         done = _run(module, args, env)
         assert done.returncode == 2, done.stderr
