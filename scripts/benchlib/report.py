@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from . import federation_report, notes
+from . import federation_report, issue13, notes
 from .fmt import DASH, fmt, num, span
 
 PLOTS = ("latency.png", "ratios.png", "cpu.png", "fanout.png", "scale.png")
@@ -167,6 +167,10 @@ def markdown(doc: dict[str, Any], plot_dir: str) -> str:
         "## Targets",
         "",
         *_targets_table(doc),
+        "",
+        "### Issue 13",
+        "",
+        *issue13.render(issue13.from_doc(doc)),
         "",
         *notes.render(doc),
         "",

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from . import environment, harness, report, stats
+from . import environment, harness, issue13, report, stats
 from .clients import ReadySocket
 from .cluster import Cluster
 from .context import FULL, QUICK, Env
@@ -258,6 +258,7 @@ async def run(opts: Options) -> dict[str, Any]:
         "fanout_fit": fanout_fit(results, opts.rounds),
         "scale": scale,
         "scale_ratios": scale_ratios(scale),
+        "issue13": issue13.table(results, scale),
         "elapsed_s": time.perf_counter() - started,
     }
     doc = _json_safe(doc)
