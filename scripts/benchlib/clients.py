@@ -103,6 +103,15 @@ class DirectClient:
         )
         return self._verified(env, resp.reply).agent
 
+    async def list(self, page_size: int, page_token: str = "") -> command_pb2.AgentPage:
+        """One signed ListAgents page, newest first (no filters)."""
+        body = command_pb2.ListAgentsBody(page_size=page_size, page_token=page_token)
+        env = self.signed("list_agents", body)
+        resp = await self._stub.ListAgents(
+            spoke_service_pb2.SpokeServiceListAgentsRequest(command=env), timeout=CALL_TIMEOUT_S
+        )
+        return self._verified(env, resp.reply).agent_page
+
     async def kill(self, agent_id: str) -> agent_pb2.Agent:
         env = self.signed("kill_agent", command_pb2.KillAgentBody(agent=agent_id))
         resp = await self._stub.KillAgent(

@@ -22,6 +22,7 @@ from hubspoke.spoke.keys import QUEUE_NAME, SpokeKeys
 from .cluster import READY_PROFILE, RUNNER, Site
 from .context import SPAWN_SPOKE, Env, new_id
 from .harness import Arm, Check
+from .list_arm import list_arms
 
 FINAL = {b"SUCCEEDED", b"FAILED", b"KILLED", b"TIMED_OUT", b"DEAD_LETTERED"}
 SETTLE_S = 60.0
@@ -344,4 +345,10 @@ def _fanout_arms(env: Env) -> list[Arm]:
 
 
 def our_arms(env: Env) -> list[Arm]:
-    return [*_spawn_arms(env), *_status_arms(env), *_runner_arms(env), *_fanout_arms(env)]
+    return [
+        *_spawn_arms(env),
+        *_status_arms(env),
+        *list_arms(env),
+        *_runner_arms(env),
+        *_fanout_arms(env),
+    ]

@@ -29,6 +29,7 @@ ARMS = {
     "spawn_hub",
     "status_direct",
     "status_hub",
+    "list_page",
     "spawn_to_running",
     "kill_to_gone",
     "fanout_1",
@@ -45,6 +46,7 @@ THROUGHPUT_ARMS = {
     "spawn_hub",
     "status_direct",
     "status_hub",
+    "list_page",
     "celery_apply_async",
     "bullmq_add",
 }
