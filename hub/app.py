@@ -28,7 +28,7 @@ from hubspoke.pacing import PacingConfig
 from hubspoke.policy import Policy, PolicyConfigError
 from hubspoke.trust import TrustStore
 
-from . import audit_wiring, enrol_wiring, forward_wiring, outbox_wiring
+from . import audit_wiring, enrol_wiring, forward_wiring, outbox_wiring, prefetch
 from .audit_checkpoints import CheckpointWriter
 from .audit_service import Audited
 from .circuit import CircuitConfig, Circuits
@@ -184,6 +184,7 @@ class HubApp:
                     RateLimit(cfg.rate_per_principal, cfg.rate_burst), window.max_skew
                 ),
                 cfg.name,
+                prefetch.prefetcher(cfg.name, self._store, desk, registry),
             ),
             relayer,
             self._registry,

@@ -22,7 +22,7 @@ import redis.exceptions
 
 from hubspoke import errors
 
-__all__ = ["DrainStore", "SpokeDrainingError", "drained_key"]
+__all__ = ["DrainStore", "SpokeDrainingError", "drained_key", "parse_drained"]
 
 _REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
@@ -67,16 +67,24 @@ class DrainStore:
                 found = await self._redis.hgetall(self._key)
         except (*_REDIS_DOWN, TimeoutError) as exc:
             raise errors.BackendUnavailableError("the hub's Redis is unavailable") from exc
-        return {_text(k): _text(v) for k, v in found.items()}
+        return parse_drained(found)
 
-    async def check(self, spoke: str) -> None:
-        """Raise ``SpokeDrainingError`` if ``spoke`` is drained."""
-        if spoke in await self.drained():
+    async def check(self, spoke: str, drained: Mapping[str, str] | None = None) -> None:
+        """Raise ``SpokeDrainingError`` if ``spoke`` is drained; ``drained``: the hash as
+        already read (hub/prefetch.py), else it is read now."""
+        if spoke in (await self.drained() if drained is None else drained):
             raise SpokeDrainingError(
                 f"spoke {spoke} is draining: it takes no new agents "
                 f"(hubctl spoke undrain {spoke} lifts it)",
                 spoke=spoke,
             )
+
+
+def parse_drained(found: object) -> dict[str, str]:
+    """The drained-spokes hash as read (HGETALL): spoke -> "<epoch ms> <principal>"."""
+    if not isinstance(found, dict):
+        return {}
+    return {_text(k): _text(v) for k, v in found.items()}
 
 
 def _text(value: object) -> str:

@@ -33,6 +33,7 @@ import base64
 import contextlib
 import dataclasses
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -44,7 +45,7 @@ from hubspoke import errors
 from .outbox_keys import SHARDS, shard_base, shard_of
 from .store import redis_guard
 
-__all__ = ["Ended", "Held", "Outbox", "OutboxConfig", "OutboxFullError"]
+__all__ = ["Ended", "Held", "Lookup", "Outbox", "OutboxConfig", "OutboxFullError", "parse_lookup"]
 
 SPAWN: Final = "spawn"
 KILL: Final = "kill"
@@ -296,19 +297,19 @@ class Outbox:
         """The held kill of ``agent`` on ``spoke``, if any."""
         return await self._get(spoke, f"{KILL}:{agent}")
 
-    async def lookup(self, spoke: str, agent: str) -> tuple[Held | None, Ended | None, Held | None]:
+    async def lookup(self, spoke: str, agent: str) -> Lookup:
         """In one round trip: the held spawn of ``agent``, how it ended in the outbox, and a
         held kill of it (each None when there is none)."""
         async with self._guard(), self._redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(self._entry(spoke, f"{SPAWN}:{agent}"))
-            pipe.hgetall(self._done(spoke, agent))
-            pipe.hgetall(self._entry(spoke, f"{KILL}:{agent}"))
-            spawn, done, kill = await pipe.execute()
-        return (
-            Held.parse(_texts(spawn)) if spawn else None,
-            _ended(_texts(done)) if done else None,
-            Held.parse(_texts(kill)) if kill else None,
-        )
+            self.queue_lookup(pipe, spoke, agent)
+            return parse_lookup(await pipe.execute())
+
+    def queue_lookup(self, pipe: Any, spoke: str, agent: str) -> None:
+        """Add :meth:`lookup`'s reads to ``pipe`` (three replies, for :func:`parse_lookup`):
+        the hub reads them in its admission's round trip (hub/prefetch.py)."""
+        pipe.hgetall(self._entry(spoke, f"{SPAWN}:{agent}"))
+        pipe.hgetall(self._done(spoke, agent))
+        pipe.hgetall(self._entry(spoke, f"{KILL}:{agent}"))
 
     async def _get(self, spoke: str, key: str) -> Held | None:
         async with self._guard():
@@ -465,6 +466,20 @@ class Outbox:
 
     def _guard(self) -> contextlib.AbstractAsyncContextManager[None]:
         return redis_guard(self._timeout)
+
+
+Lookup = tuple[Held | None, Ended | None, Held | None]
+"""A held spawn of an agent, how it ended in the outbox, and a held kill of it."""
+
+
+def parse_lookup(replies: Sequence[Any]) -> Lookup:
+    """:meth:`Outbox.lookup`'s answer from the three replies ``queue_lookup`` asked for."""
+    spawn, done, kill = replies
+    return (
+        Held.parse(_texts(spawn)) if spawn else None,
+        _ended(_texts(done)) if done else None,
+        Held.parse(_texts(kill)) if kill else None,
+    )
 
 
 def _now_ms() -> int:

@@ -31,7 +31,7 @@ from .audit import AuditLog
 from .audit_chain import Entry
 from .circuit import CircuitOpenError
 from .health import HealthMonitor, SpokeState
-from .outbox import KILL, SPAWN, Held, Outbox
+from .outbox import KILL, SPAWN, Held, Lookup, Outbox
 from .relay import GET, Inbound, Relayer
 from .relay import KILL as KILL_VERB
 from .relay import SPAWN as SPAWN_VERB
@@ -111,7 +111,7 @@ class OutboxDesk:
         if inbound.verb == SPAWN_VERB:
             return await self._spawn(spoke, inbound, call)
         agent = _agent_of(inbound)
-        held, ended, held_kill = await self._outbox.lookup(spoke, agent)
+        held, ended, held_kill = await self._lookup(inbound, spoke, agent)
         if held is not None:
             if not may_see(held.principal):
                 raise errors.AgentNotFoundError(f"agent {agent} not found on spoke {spoke}")
@@ -138,6 +138,12 @@ class OutboxDesk:
                 return self._sign(inbound, answers.held_kill_agent(held_kill))
             raise
 
+    async def _lookup(self, inbound: Inbound, spoke: str, agent: str) -> Lookup:
+        """The outbox's lookup of ``agent`` on ``spoke``: as read with the command's
+        admission (hub/prefetch.py), else read now."""
+        found = inbound.prefetched.outbox_lookup(spoke, agent)
+        return await self._outbox.lookup(spoke, agent) if found is None else found
+
     async def _hold_kill(self, spoke: str, inbound: Inbound, agent: str, why: str) -> Reply:
         held_kill = await self._hold(spoke, inbound, KILL, agent, why)
         return self._sign(inbound, answers.held_kill_agent(held_kill))
@@ -148,7 +154,7 @@ class OutboxDesk:
         cmd = inbound.command
         if cmd.spawn_agent.dry_run:
             return await call()
-        held, ended, _ = await self._outbox.lookup(spoke, cmd.command_id)
+        held, ended, _ = await self._lookup(inbound, spoke, cmd.command_id)
         if held is not None:  # a retry of a held spawn: the same answer, nothing added
             return self._sign(inbound, answers.pending_agent(held))
         if ended is not None:

@@ -119,10 +119,16 @@ class SpokeRegistry:
         """Serve the enrolled spokes of ``membership`` too (hub/membership.py)."""
         self._membership = membership
 
-    async def fresh(self) -> None:
-        """Re-read the membership if it changed (one Redis GET otherwise)."""
-        if self._membership is not None:
-            await self._membership.fresh()
+    @property
+    def enrolled(self) -> bool:
+        """Whether it serves enrolled spokes (checking the membership revision)."""
+        return self._membership is not None
+
+    async def fresh(self, revision: int | None = None) -> None:
+        """Re-read the membership if it changed (one Redis GET otherwise). ``revision``:
+        the revision as read just now (hub/prefetch.py): no GET unless it moved."""
+        if self._membership is not None and revision != self._membership.revision:
+            await self._membership.fresh()  # None (not read yet) is never a revision
 
     def names(self) -> list[str]:
         """Spoke names in config order, then enrolled spokes by name."""

@@ -47,6 +47,7 @@ from hubspoke.pacing import PacingConfig, Treatment, WatchPacing, paced
 from hubspoke.trust import Role, TrustStore
 
 from .metrics import HubMetrics
+from .prefetch import NOTHING, Prefetched, Prefetcher
 from .store import Admit
 
 if TYPE_CHECKING:
@@ -179,6 +180,8 @@ class Inbound:
     """When the hub accepted it (inside its window): every relay of it carries this as
     ``accept_time``; the spoke judges the client's window, a spawn's delay and its start
     deadline by it (spoke/verifier.py)."""
+    prefetched: Prefetched = NOTHING
+    """What the hub read from its Redis for it with the admission (hub/prefetch.py)."""
 
     @property
     def verb(self) -> Verb:
@@ -198,11 +201,14 @@ class Gate:
         window: commands.Window,
         admit: Admit,
         hub_name: str,
+        prefetch: Prefetcher | None = None,
     ) -> None:
+        """``prefetch``: the reads each command needs, read with its admission."""
         self._trust = trust
         self._window = window
         self._admit = admit
         self._hub = hub_name
+        self._prefetch = prefetch
 
     async def admit(self, env: command_pb2.SignedEnvelope, verb: Verb) -> Inbound:
         """Verify ``env`` as a client's command whose body is ``verb``; claim its nonce.
@@ -233,8 +239,12 @@ class Gate:
             commands.check_agent_ref(getattr(cmd, body).agent)
         if not cmd.audience:
             raise errors.InvalidCommandError("command has no audience")
-        await self._admit(cmd.issuer, cmd.nonce, expires)
-        return Inbound(envelope=env, command=cmd, accepted=accepted)
+        if self._prefetch is None:
+            await self._admit(cmd.issuer, cmd.nonce, expires)
+            return Inbound(envelope=env, command=cmd, accepted=accepted)
+        plan = self._prefetch.plan(cmd)
+        replies = await self._admit(cmd.issuer, cmd.nonce, expires, plan.queue)
+        return Inbound(env, cmd, accepted, plan.parse(replies))
 
 
 @dataclass(frozen=True, slots=True)

@@ -171,7 +171,7 @@ class HubServicer:
             if body.selector:
                 raise errors.InvalidCommandError("a selector spawn's audience is the hub")
             spoke = self._spoke_named(audience)
-            await self._drains.check(spoke)  # SPOKE_DRAINING, dry run or not
+            await self._drains.check(spoke, inbound.prefetched.drained)  # SPOKE_DRAINING
             reply_env, reply = await self._relay(spoke, inbound)
         if not body.dry_run:
             await self._remember(reply.agent.agent_id or inbound.command.command_id, spoke)
@@ -533,9 +533,10 @@ class HubServicer:
         Entries on spokes the caller may not act on are ignored (an agent there answers as
         an unknown one does); several entries the caller may act on are ambiguous.
         """
+        found = inbound.prefetched.indexed(agent)  # read with the admission (hub/prefetch.py)
         visible = [
             s
-            for s in await self._store.find_agent(agent)
+            for s in (await self._store.find_agent(agent) if found is None else found)
             if s in self._registry and self._policy.allows(self._policy_request(inbound, s))
         ]
         if len(visible) > 1:
@@ -546,7 +547,8 @@ class HubServicer:
         if not request.HasField("command"):
             raise errors.InvalidCommandError("request carries no command envelope")
         inbound = await self._gate.admit(request.command, verb)  # binds command_id, issuer
-        await self._registry.fresh()  # enrolled spokes: one GET of the membership revision
+        # Enrolled spokes: the membership revision, read with the admission (hub/prefetch.py).
+        await self._registry.fresh(inbound.prefetched.revision)
         return inbound
 
     def _spoke_named(self, name: str) -> str:

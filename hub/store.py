@@ -42,9 +42,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import redis.asyncio
 import redis.exceptions
@@ -64,14 +64,27 @@ __all__ = [
     "agent_key",
     "legacy_nonce_key",
     "nonce_key",
+    "parse_found",
     "principal_tag",
     "rate_key",
     "redis_guard",
     "schema_key",
 ]
 
-Admit = Callable[[str, bytes, dt.datetime], Awaitable[None]]
-"""Admit a command of ``(principal, nonce, expires)``: a rate token, then its nonce."""
+
+class Admit(Protocol):
+    """Admit a command of ``(principal, nonce, expires)``: a rate token, then its nonce;
+    with ``queue``, the reads it adds to a pipeline go in the same round trip, and their
+    replies are returned (hub/prefetch.py); without, an empty list."""
+
+    def __call__(
+        self,
+        principal: str,
+        nonce: bytes,
+        expires: dt.datetime,
+        queue: Callable[[Any], object] | None = None,
+    ) -> Awaitable[list[Any]]: ...
+
 
 _SCHEMA_SCAN_PAGES = 20
 
@@ -204,13 +217,22 @@ class HubStore:
         """
         admission = Admission(self._redis, limit)
 
-        async def admit(principal: str, nonce: bytes, expires: dt.datetime) -> None:
+        async def admit(
+            principal: str,
+            nonce: bytes,
+            expires: dt.datetime,
+            queue: Callable[[Any], object] | None = None,
+        ) -> list[Any]:
             claim = NonceClaim.until_expired(
                 nonce_key(self._hub, principal, nonce), expires, max_skew
             )
             seen = () if self._cluster else (legacy_nonce_key(self._hub, principal, nonce),)
+            rate = rate_key(self._hub, principal)
             async with self._guard():
-                await admission.admit(principal, rate_key(self._hub, principal), [claim], seen)
+                if queue is None:
+                    await admission.admit(principal, rate, [claim], seen)
+                    return []
+                return await admission.admit_then(principal, rate, [claim], seen, queue)
 
         return admit
 
@@ -240,15 +262,16 @@ class HubStore:
             legacy = None
         else:
             async with self._guard(), self._redis.pipeline(transaction=False) as pipe:
-                pipe.hgetall(agent_index_key(self._hub, agent_id))
-                pipe.get(agent_key(self._hub, agent_id))
-                pipe.time()
-                entries, legacy, (secs, micros) = await pipe.execute()
-        now_ms = int(secs) * 1000 + int(micros) // 1000
-        spokes = {str(s) for s, until in entries.items() if _int(str(until)) > now_ms}
-        if isinstance(legacy, str) and legacy:
-            spokes.add(legacy)
-        return tuple(sorted(spokes))
+                self.queue_find(pipe, agent_id)
+                return parse_found(await pipe.execute())
+        return parse_found([entries, legacy, (secs, micros)])
+
+    def queue_find(self, pipe: Any, agent_id: str) -> None:
+        """Add :meth:`find_agent`'s reads to ``pipe`` (one Redis, not a cluster: three
+        replies, for :func:`parse_found`); hub/prefetch.py reads them with the admission."""
+        pipe.hgetall(agent_index_key(self._hub, agent_id))
+        pipe.get(agent_key(self._hub, agent_id))
+        pipe.time()
 
     async def ensure_schema(self) -> SchemaState:
         """Check, migrate or create this hub's schema version key (``hubspoke.schema``).
@@ -287,6 +310,17 @@ class HubStore:
         if not self._closed:
             self._closed = True
             await self._redis.aclose()
+
+
+def parse_found(replies: Sequence[Any]) -> tuple[str, ...]:
+    """The spokes an agent is indexed on, from the replies ``HubStore.queue_find`` asked
+    for: entries not yet expired by Redis's clock, and an old-layout entry."""
+    entries, legacy, (secs, micros) = replies
+    now_ms = int(secs) * 1000 + int(micros) // 1000
+    spokes = {str(s) for s, until in entries.items() if _int(str(until)) > now_ms}
+    if isinstance(legacy, str) and legacy:
+        spokes.add(legacy)
+    return tuple(sorted(spokes))
 
 
 def _int(text: str) -> int:

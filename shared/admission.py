@@ -17,7 +17,7 @@ Every key of one call must share a Redis Cluster hash slot (the hub tags them pe
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -140,6 +140,26 @@ class Admission:
         self._refuse(principal, int(verdict), detail)
         return raw
 
+    async def admit_then(
+        self,
+        principal: str,
+        rate_key: str,
+        claims: Sequence[NonceClaim],
+        seen: Sequence[str],
+        queue: Callable[[Any], object],
+    ) -> list[Any]:
+        """``admit``, and the reads ``queue`` adds to a pipeline right after the script, in
+        the same round trip (the hub's per-command reads: hub/prefetch.py). Returns their
+        replies (an error reply as its exception); raises as ``admit`` does."""
+        keys = [rate_key, *(c.key for c in claims), *seen]
+        args = [self._limit.rate, self._limit.burst, *(max(c.ttl_ms, 1000) for c in claims)]
+        try:
+            (verdict, detail), *replies = await queue_after_script(self._script, keys, args, queue)
+        except (RedisError, OSError) as exc:
+            raise errors.BackendUnavailableError("redis unavailable") from exc
+        self._refuse(principal, int(verdict), detail)
+        return replies
+
     def _refuse(self, principal: str, verdict: int, detail: Any) -> None:
         if int(verdict) == 1:
             raise RateLimitedError(
@@ -169,4 +189,25 @@ async def read_after_script(
             if isinstance(result, Exception):
                 raise result
         return reply, raw
+    raise NoScriptError("script not loaded")
+
+
+async def queue_after_script(
+    script: Any, keys: Sequence[str], args: Sequence[object], queue: Callable[[Any], object]
+) -> list[Any]:
+    """The script's reply, then the replies of what ``queue`` adds to the pipeline, in one
+    round trip, as :func:`read_after_script` (EVALSHA, the script loaded once if missing).
+    The script's error raises; the others' are returned as exceptions."""
+    client: aioredis.Redis = script.registered_client
+    for attempt in range(2):
+        pipe = client.pipeline(transaction=False)
+        pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        queue(pipe)
+        reply, *rest = await pipe.execute(raise_on_error=False)
+        if isinstance(reply, NoScriptError) and attempt == 0:
+            await client.script_load(script.script)
+            continue
+        if isinstance(reply, Exception):
+            raise reply
+        return [reply, *rest]
     raise NoScriptError("script not loaded")
