@@ -39,11 +39,15 @@ PageReader = Callable[[int], Awaitable[Page]]
 
 
 def _head(text: str, limit: int) -> str:
+    if len(text) * 4 <= limit:  # a code point is at most 4 UTF-8 bytes: it fits, uncounted
+        return text
     raw = text.encode()
     return raw[:limit].decode("utf-8", "ignore") if len(raw) > limit else text
 
 
 def _tail(text: str, limit: int) -> str:
+    if len(text) * 4 <= limit:
+        return text
     raw = text.encode()
     return raw[-limit:].decode("utf-8", "ignore") if len(raw) > limit else text
 
@@ -51,15 +55,16 @@ def _tail(text: str, limit: int) -> str:
 def list_item(spoke: str, rec: AgentRecord, limit: int = LIST_TEXT_BYTES) -> agent_pb2.Agent:
     """The agent as a list shows it: long texts cut, marked ``truncated``."""
     agent = wire.to_agent(spoke, rec)
-    cut = {
-        "task": _head(agent.task, limit),
-        "progress_message": _head(agent.progress_message, limit),
-        "stdout_tail": _tail(agent.stdout_tail, limit),
-        "stderr_tail": _tail(agent.stderr_tail, limit),
-    }
-    for name, text in cut.items():
-        if text != getattr(agent, name):
-            setattr(agent, name, text)
+    # The record's own texts (what to_agent copied): a text that fits comes back as itself.
+    for name, text, cut in (
+        ("task", rec.task, _head),
+        ("progress_message", rec.progress_message, _head),
+        ("stdout_tail", rec.stdout_tail, _tail),
+        ("stderr_tail", rec.stderr_tail, _tail),
+    ):
+        short = cut(text, limit)
+        if short is not text:
+            setattr(agent, name, short)
             agent.truncated = True
     if agent.HasField("receipt") and agent.receipt.ByteSize() > limit:
         receipt = agent_pb2.Receipt(

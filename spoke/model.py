@@ -118,25 +118,43 @@ class SpawnRequest:
     """The spawn's dedupe key (its own or derived, hubspoke.dedupe); "" for none."""
 
 
-def _text(raw: Mapping[bytes, bytes], key: str, default: str = "") -> str:
-    v = raw.get(key.encode())
-    return v.decode("utf-8", "replace") if v is not None else default
+def _s(v: bytes | None) -> str:
+    """A stored text field ("" when absent)."""
+    return v.decode("utf-8", "replace") if v is not None else ""
 
 
-def _int(raw: Mapping[bytes, bytes], key: str, default: int = 0) -> int:
-    v = raw.get(key.encode())
-    return int(v) if v not in (None, b"") else default
+def _i(v: bytes | None, default: int = 0) -> int:
+    """A stored integer field (``default`` when absent or empty)."""
+    return int(v) if v else default
 
 
-def _json_map(text: str) -> dict[str, str]:
+def _oi(v: bytes | None) -> int | None:
+    """A stored integer field that may be unset (absent or empty: None)."""
+    return int(v) if v else None
+
+
+_EMPTY_JSON = (b"", b"{}", b"[]")
+
+
+def _labels(v: bytes | None) -> dict[str, str]:
+    """The labels' JSON object; an absent or empty field is no labels."""
+    if v is None or v == b"" or v == b"{}":
+        return {}
+    value: dict[str, str] = json.loads(v.decode("utf-8", "replace"))
+    return value
+
+
+def _names(v: bytes | None) -> tuple[str, ...]:
+    """A JSON list of names (pending items, approvers); absent or empty: ()."""
+    return tuple(json.loads(v.decode("utf-8", "replace"))) if v and v != b"[]" else ()
+
+
+def _map(v: bytes | None) -> dict[str, str]:
     """A JSON object of strings (Lua's cjson writes an empty one as ``{}`` or ``[]``)."""
-    value = json.loads(text) if text else {}
-    return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
-
-
-def _opt_int(raw: Mapping[bytes, bytes], key: str) -> int | None:
-    v = raw.get(key.encode())
-    return int(v) if v not in (None, b"") else None
+    if v is None or v in _EMPTY_JSON:
+        return {}
+    value = json.loads(v.decode("utf-8", "replace"))
+    return {str(k): str(x) for k, x in value.items()} if isinstance(value, dict) else {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,58 +230,60 @@ class AgentRecord:
 
     @classmethod
     def from_hash(cls, raw: Mapping[bytes, bytes]) -> AgentRecord:
-        labels_text = _text(raw, "labels", "{}")
+        # One dict lookup per field with bytes keys, and JSON parsed only where a field holds
+        # more than its empty value: a list page converts every record it shows (issue 13).
+        g = raw.get
         return cls(
-            agent_id=_text(raw, "agent_id"),
-            state=AgentState(_text(raw, "state")),
-            profile=_text(raw, "profile"),
-            task=_text(raw, "task"),
-            issuer=_text(raw, "issuer"),
-            priority=_int(raw, "priority"),
-            digest=_text(raw, "digest"),
-            create_ms=_int(raw, "create_ms"),
-            timeout_ms=_int(raw, "timeout_ms"),
-            max_attempts=_int(raw, "max_attempts", 1),
-            attempt=_int(raw, "attempt"),
-            reason=_text(raw, "reason"),
-            start_ms=_opt_int(raw, "start_ms"),
-            end_ms=_opt_int(raw, "end_ms"),
-            exit_code=_opt_int(raw, "exit_code"),
-            expire_ms=_int(raw, "expire_ms"),
-            labels=json.loads(labels_text) if labels_text else {},
-            stdout_tail=_text(raw, "stdout_tail"),
-            stderr_tail=_text(raw, "stderr_tail"),
-            progress_percent=_int(raw, "progress_percent", -1),
-            progress_message=_text(raw, "progress_message"),
-            receipt_json=_text(raw, "receipt"),
-            pid=_opt_int(raw, "pid"),
-            pgid=_opt_int(raw, "pgid"),
-            start_ticks=_opt_int(raw, "start_ticks"),
-            worker=_text(raw, "worker"),
-            mode=_text(raw, "mode"),
-            shadow_run=_text(raw, "shadow_run"),
-            kill_requested=_text(raw, "kill_requested"),
-            seq=_int(raw, "seq"),
-            job_id=_text(raw, "job_id"),
-            backoff_ms=_int(raw, "backoff_ms", 1000),
-            replays=_int(raw, "replays"),
-            not_before_ms=_int(raw, "not_before_ms"),
-            replay_command=_text(raw, "replay_command"),
-            boot_id=_text(raw, "boot_id"),
-            spoked_pid=_opt_int(raw, "spoked_pid"),
-            spoked_ticks=_opt_int(raw, "spoked_ticks"),
-            verify_deadline_ms=_int(raw, "verify_deadline_ms"),
-            pending=tuple(json.loads(_text(raw, "pending") or "[]")),
-            verdicts=_json_map(_text(raw, "verdicts")),
-            verified_by=_json_map(_text(raw, "verified_by")),
-            start_deadline_ms=_int(raw, "start_deadline_ms"),
-            inputs=_int(raw, "inputs"),
-            approvals_required=_int(raw, "approvals_required"),
-            approvers=tuple(json.loads(_text(raw, "approvers") or "[]")),
-            approved_by=tuple(json.loads(_text(raw, "approved_by") or "[]")),
-            approval_deadline_ms=_int(raw, "approval_deadline_ms"),
-            rejected_by=_text(raw, "rejected_by"),
-            dedupe_key=_text(raw, "dedupe_key"),
+            agent_id=_s(g(b"agent_id")),
+            state=AgentState(_s(g(b"state"))),
+            profile=_s(g(b"profile")),
+            task=_s(g(b"task")),
+            issuer=_s(g(b"issuer")),
+            priority=_i(g(b"priority")),
+            digest=_s(g(b"digest")),
+            create_ms=_i(g(b"create_ms")),
+            timeout_ms=_i(g(b"timeout_ms")),
+            max_attempts=_i(g(b"max_attempts"), 1),
+            attempt=_i(g(b"attempt")),
+            reason=_s(g(b"reason")),
+            start_ms=_oi(g(b"start_ms")),
+            end_ms=_oi(g(b"end_ms")),
+            exit_code=_oi(g(b"exit_code")),
+            expire_ms=_i(g(b"expire_ms")),
+            labels=_labels(g(b"labels")),
+            stdout_tail=_s(g(b"stdout_tail")),
+            stderr_tail=_s(g(b"stderr_tail")),
+            progress_percent=_i(g(b"progress_percent"), -1),
+            progress_message=_s(g(b"progress_message")),
+            receipt_json=_s(g(b"receipt")),
+            pid=_oi(g(b"pid")),
+            pgid=_oi(g(b"pgid")),
+            start_ticks=_oi(g(b"start_ticks")),
+            worker=_s(g(b"worker")),
+            mode=_s(g(b"mode")),
+            shadow_run=_s(g(b"shadow_run")),
+            kill_requested=_s(g(b"kill_requested")),
+            seq=_i(g(b"seq")),
+            job_id=_s(g(b"job_id")),
+            backoff_ms=_i(g(b"backoff_ms"), 1000),
+            replays=_i(g(b"replays")),
+            not_before_ms=_i(g(b"not_before_ms")),
+            replay_command=_s(g(b"replay_command")),
+            boot_id=_s(g(b"boot_id")),
+            spoked_pid=_oi(g(b"spoked_pid")),
+            spoked_ticks=_oi(g(b"spoked_ticks")),
+            verify_deadline_ms=_i(g(b"verify_deadline_ms")),
+            pending=_names(g(b"pending")),
+            verdicts=_map(g(b"verdicts")),
+            verified_by=_map(g(b"verified_by")),
+            start_deadline_ms=_i(g(b"start_deadline_ms")),
+            inputs=_i(g(b"inputs")),
+            approvals_required=_i(g(b"approvals_required")),
+            approvers=_names(g(b"approvers")),
+            approved_by=_names(g(b"approved_by")),
+            approval_deadline_ms=_i(g(b"approval_deadline_ms")),
+            rejected_by=_s(g(b"rejected_by")),
+            dedupe_key=_s(g(b"dedupe_key")),
         )
 
 

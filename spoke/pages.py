@@ -27,6 +27,9 @@ IdReader = Callable[[int, int], Awaitable[list[str]]]
 """(offset, count) → the ids at those positions of the index (fewer at its end)."""
 RecordLoader = Callable[[list[str]], Awaitable[list[AgentRecord | None]]]
 """ids → their records, aligned (None for one that no longer exists)."""
+Scan = Callable[[int, int], Awaitable[tuple[list[str], list[AgentRecord | None]]]]
+"""(offset, count) → the ids at those positions and their records, aligned: an index read
+and its records' read together (spoke/list_read.py does both in one round trip)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,16 +71,31 @@ async def collect(
 ) -> Page:
     """The page at ``token``: with ``keep``, only the records it keeps, read on until the
     page is full, the index ends, or ``SCAN_LIMIT`` entries were read (module docstring)."""
+
+    async def scan(offset: int, count: int) -> tuple[list[str], list[AgentRecord | None]]:
+        ids = await read(offset, count)
+        return ids, await load(ids)
+
+    return await collect_scanned(scan, token, page_size, keep)
+
+
+async def collect_scanned(
+    scan: Scan,
+    token: str,
+    page_size: int,
+    keep: Callable[[AgentRecord], bool] | None = None,
+) -> Page:
+    """``collect`` with the index and its records read by one ``scan`` per batch."""
     offset = decode_token(token)
     if keep is None:
-        ids = await read(offset, page_size)
-        agents = [a for a in await load(ids) if a is not None]
+        ids, records = await scan(offset, page_size)
+        agents = [a for a in records if a is not None]
         return Page(agents=agents, next_token=next_token(offset, page_size, len(ids)))
     kept: list[AgentRecord] = []
     pos = offset
     while pos - offset < SCAN_LIMIT:
-        ids = await read(pos, page_size)
-        for i, rec in enumerate(await load(ids)):
+        ids, records = await scan(pos, page_size)
+        for i, rec in enumerate(records):
             if rec is not None and keep(rec):
                 kept.append(rec)
                 if len(kept) == page_size:

@@ -39,8 +39,9 @@ from .backend import (
 from .fanout import StreamFanout
 from .jobs import BullAdd
 from .keys import SpokeKeys
+from .list_read import IndexRun
 from .model import EDGES, FINAL_STATES, AgentEvent, AgentRecord, AgentState, SpawnRequest
-from .pages import Page, collect
+from .pages import Page, collect_scanned
 
 EVENTS_MAXLEN = 2000
 """Approximate cap on each agent's event stream (oldest trimmed first)."""
@@ -127,6 +128,7 @@ class Records:
         self._count_waiting = redis.register_script(lua.COUNT_WAITING)
         self._settle = redis.register_script(lua.with_feed(lua.SETTLE))
         self._joined: tuple[str, Any] | None = None  # spawn_lua: (bullmq's text, script)
+        self._index_run = IndexRun(redis, keys)  # list pages: one round trip (issue 13)
 
     # --- spawn ---------------------------------------------------------------
 
@@ -296,12 +298,6 @@ class Records:
         filled as spoke/pages.py says."""
         wanted = set(states)
 
-        async def read(offset: int, count: int) -> list[str]:
-            ids: list[bytes] = await self.redis.zrevrange(  # type: ignore[assignment]  # bytes: decode_responses is off
-                self.keys.agent_index, offset, offset + count - 1
-            )
-            return [i.decode() for i in ids]
-
         def keep(rec: AgentRecord) -> bool:
             return (
                 (not wanted or rec.state in wanted)
@@ -310,7 +306,7 @@ class Records:
             )
 
         filtered = bool(wanted) or owner is not None or match is not None
-        return await collect(read, self.get_aligned, token, page_size, keep if filtered else None)
+        return await collect_scanned(self._index_run, token, page_size, keep if filtered else None)
 
     @backend
     async def events(self, agent_id: str, after_seq: int, count: int = 500) -> list[AgentEvent]:

@@ -1,0 +1,157 @@
+"""A list page costs the spoke one Redis round trip for its records (issue 13): the time
+index and the page's records are read by one script (spoke/list_read.py), not a ZREVRANGE
+and then a pipeline of HGETALLs. Round trips are counted by a TCP relay in front of a real
+Redis (each time the client writes again after Redis answered is one more); the agents are
+stored by the spoke's own create path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from urllib.parse import urlparse
+
+import pytest
+import redis.asyncio as aioredis
+
+from hubspoke.spoke.fanout import StreamFanout
+from hubspoke.spoke.keys import SpokeKeys
+from hubspoke.spoke.model import AgentState, SpawnRequest
+from hubspoke.spoke.queue import AgentQueue
+from hubspoke.spoke.records import Records
+
+SPOKE = "spoke-1"
+AGENTS = 25
+
+
+@dataclass
+class Turns:
+    """The client's write turns through the relay."""
+
+    count: int = 0
+    answered: bool = True
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    writers: list[asyncio.StreamWriter] = field(default_factory=list)
+
+
+async def _pump(
+    src: asyncio.StreamReader, dst: asyncio.StreamWriter, turns: Turns, upstream: bool
+) -> None:
+    with contextlib.suppress(ConnectionError):
+        while data := await src.read(65536):
+            if upstream and turns.answered:
+                turns.count += 1
+            turns.answered = not upstream
+            dst.write(data)
+            await dst.drain()
+    dst.close()
+
+
+@pytest.fixture
+async def relayed(redis_url: str) -> AsyncIterator[tuple[aioredis.Redis, Turns]]:
+    target = urlparse(redis_url)
+    turns = Turns()
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_r, up_w = await asyncio.open_connection(target.hostname, target.port)
+        turns.writers += [writer, up_w]
+        turns.tasks += [
+            asyncio.create_task(_pump(reader, up_w, turns, True)),
+            asyncio.create_task(_pump(up_r, writer, turns, False)),
+        ]
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = aioredis.Redis.from_url(f"redis://127.0.0.1:{port}{target.path or ''}")
+    await client.ping()
+    try:
+        yield client, turns
+    finally:
+        await client.aclose()
+        server.close()
+        for task in turns.tasks:
+            task.cancel()
+        await asyncio.gather(*turns.tasks, return_exceptions=True)
+        for writer in turns.writers:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+        await server.wait_closed()
+
+
+def _request(n: int) -> SpawnRequest:
+    agent_id = str(uuid.uuid4())
+    return SpawnRequest(
+        agent_id=agent_id,
+        issuer="operator" if n % 2 else "other",
+        profile="synthetic",
+        task=f"task {n}",
+        priority=0,
+        timeout_ms=60_000,
+        max_attempts=1,
+        labels={"n": str(n)},
+        digest=hashlib.sha256(agent_id.encode()).hexdigest(),
+        expire_ms=int((time.time() + 3600) * 1000),
+        envelope=b"signed",
+    )
+
+
+@pytest.fixture
+async def stored(redis_url: str) -> list[str]:
+    """AGENTS agents queued through the spoke's create path, oldest first."""
+    queue = AgentQueue(redis_url, SPOKE)
+    ids = []
+    try:
+        for n in range(AGENTS):
+            rec, _ = await queue.create(_request(n), 10**6)
+            ids.append(rec.agent_id)
+            await asyncio.sleep(0.002)  # distinct create_ms: the index orders by time
+    finally:
+        await queue.close()
+    return ids
+
+
+async def test_a_page_reads_its_index_and_records_in_one_round_trip(
+    relayed: tuple[aioredis.Redis, Turns], stored: list[str], redis_url: str
+) -> None:
+    client, turns = relayed
+    keys = SpokeKeys(SPOKE)
+    fanout = StreamFanout(redis_url, keys, client)
+    records = Records(client, keys, fanout)
+    try:
+        await records.list_page(1, "")  # loads the script once (NOSCRIPT, SCRIPT LOAD)
+        newest_first = stored[::-1]
+
+        before = turns.count
+        page = await records.list_page(10, "")
+        assert turns.count - before == 1  # was 2: ZREVRANGE, then 10 HGETALLs
+        assert [a.agent_id for a in page.agents] == newest_first[:10]
+        assert all(a.state is AgentState.QUEUED for a in page.agents)
+        assert page.agents[0].labels == {"n": str(AGENTS - 1)}
+
+        token = await _token_after(records, 2)
+        before = turns.count
+        last = await records.list_page(10, token)
+        assert turns.count - before == 1
+        assert [a.agent_id for a in last.agents] == newest_first[20:]
+        assert last.next_token == ""  # a short page ends the listing
+
+        # A filtered page reads batch after batch: one round trip per batch of the index.
+        before = turns.count
+        mine = await records.list_page(10, "", owner="operator")
+        assert turns.count - before == 2  # 20 entries read to keep 10 (every other one)
+        assert [a.agent_id for a in mine.agents] == stored[1::2][::-1][:10]
+    finally:
+        await fanout.close()
+
+
+async def _token_after(records: Records, pages: int) -> str:
+    token = ""
+    for _ in range(pages):
+        token = (await records.list_page(10, token)).next_token
+    return token
