@@ -25,6 +25,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError
 
 from . import commands, errors
+from .redis_mux import RedisMux, ScriptRef
 
 __all__ = ["Admission", "NonceClaim", "RateLimit", "RateLimitedError"]
 
@@ -95,9 +96,14 @@ class RateLimitedError(errors.CapacityExceededError):
 
 
 class Admission:
-    def __init__(self, redis: aioredis.Redis, limit: RateLimit) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, limit: RateLimit, mux: RedisMux | None = None
+    ) -> None:
         self._limit = limit
         self._script = redis.register_script(_ADMIT)
+        self._mux = mux
+        """The spoke's pipelined connection (shared/redis_mux.py), when it has one."""
+        self._ref = ScriptRef.of(self._script)
 
     async def admit(
         self,
@@ -131,7 +137,9 @@ class Admission:
         args = [self._limit.rate, self._limit.burst, *(max(c.ttl_ms, 1000) for c in claims)]
         raw: dict[bytes, bytes] | None = None
         try:
-            if read is None:
+            if self._mux is not None:
+                (verdict, detail), raw = await _on_mux(self._mux, self._ref, keys, args, read)
+            elif read is None:
                 verdict, detail = await self._script(keys=keys, args=args)
             else:
                 (verdict, detail), raw = await read_after_script(self._script, keys, args, read)
@@ -168,6 +176,20 @@ class Admission:
             )
         if int(verdict) == 2:
             raise errors.NonceReusedError("nonce already used: replayed command")
+
+
+async def _on_mux(
+    mux: RedisMux, ref: ScriptRef, keys: Sequence[str], args: Sequence[object], read: str | None
+) -> tuple[Any, dict[bytes, bytes] | None]:
+    """The script's reply (and ``read``'s HGETALL after it, in the same round trip) on the
+    spoke's pipelined connection."""
+    replies = await mux.checked_script(ref, keys, args, *([("HGETALL", read)] if read else []))
+    if read is None:
+        return replies[0], None
+    flat = replies[1]  # a map under RESP3, a flat list of fields and values under RESP2
+    if isinstance(flat, dict):
+        return replies[0], flat
+    return replies[0], dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 async def read_after_script(

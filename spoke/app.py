@@ -127,7 +127,9 @@ class SpokeApp:
             max_skew=dt.timedelta(seconds=cfg.max_skew_s),
             max_validity=dt.timedelta(seconds=cfg.max_validity_s),
         )
-        admission = Admission(agents.redis, RateLimit(cfg.rate_per_principal, cfg.rate_burst))
+        admission = Admission(
+            agents.redis, RateLimit(cfg.rate_per_principal, cfg.rate_burst), mux=agents.mux
+        )
         verifier = Verifier(cfg.name, trust, window, admission, Deadlines.of(cfg))
         servicer = SpokeServicer(cfg, key, verifier, agents, policy)
         # Connect mode: no listening socket; the spoke dials its hub (spoke/link_server.py).

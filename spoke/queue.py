@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from hubspoke.redis_access import RedisAccess
+from hubspoke.redis_mux import RedisMux
 
 from . import approvals, start_deadlines
 from .backend import AgentMissingError, TransitionError, backend, command_client, now_ms
@@ -61,8 +62,11 @@ class AgentQueue:
         # number of callers can starve the worker's state writes.
         self.redis = command_client(redis, op_timeout_s)
         self.worker_redis = command_client(redis, op_timeout_s)
+        self.mux = RedisMux.of(self.redis, op_timeout_s)
+        """Callers' hot path (admission, status read, spawn script) on one pipelined
+        connection (shared/redis_mux.py; issue 13)."""
         self.fanout = StreamFanout(redis, self.keys, self.redis)
-        self.records = Records(self.redis, self.keys, self.fanout, observe)
+        self.records = Records(self.redis, self.keys, self.fanout, observe, mux=self.mux)
         self.worker_records = Records(self.worker_redis, self.keys, self.fanout, observe)
         self.jobs = Jobs(redis, self.keys)
         self.kills = Kills(self.records, self.jobs)
@@ -75,6 +79,7 @@ class AgentQueue:
 
     async def close(self) -> None:
         await self.fanout.close()
+        await self.mux.close()
         await self.jobs.close()
         await self.redis.aclose()
         await self.worker_redis.aclose()

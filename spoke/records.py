@@ -24,6 +24,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from hubspoke.redis_mux import RedisMux, ScriptRef
+
 from . import dedupe, spawn_lua, timings
 from . import records_lua as lua
 from .backend import (
@@ -115,8 +117,12 @@ class Records:
         keys: SpokeKeys,
         fanout: StreamFanout,
         observe: StateObserver | None = None,
+        *,
+        mux: RedisMux | None = None,
     ) -> None:
         self.redis = redis
+        self.mux = mux
+        """The one-round-trip spawn script's pipelined connection (shared/redis_mux.py)."""
         self.keys = keys
         self.fanout = fanout
         self.observe: StateObserver = observe or _unobserved
@@ -248,7 +254,14 @@ class Records:
         if self._joined is None or self._joined[0] != add.script:
             text = spawn_lua.create_and_add(lua.with_feed(lua.CREATE), add.script)
             self._joined = (add.script, self.redis.register_script(text))
-        script = self._joined[1]
+        script, mux = self._joined[1], self.mux
+        if mux is not None:  # one EVALSHA on the pipelined connection (issue 13)
+            ref = ScriptRef.of(script)
+
+            async def on_mux(keys: list[str], args: list[Any]) -> Any:
+                return (await mux.checked_script(ref, keys, args))[0]
+
+            return on_mux
 
         async def call(keys: list[str], args: list[Any]) -> Any:
             return await script(keys=keys, args=args)
