@@ -16,6 +16,7 @@ from bullmq import Job, Queue, Worker
 
 from hubspoke.redis_access import RedisAccess
 
+from . import bull_args
 from .backend import backend, bullmq_client, now_ms
 from .keys import QUEUE_NAME, SpokeKeys
 from .model import AgentRecord
@@ -125,6 +126,9 @@ class Jobs:
         self.keys = keys
         self.redis: aioredis.Redis = bullmq_client(redis)
         self.queue = Queue(QUEUE_NAME, {"connection": self.redis, "prefix": keys.prefix})
+        self._add_keys: list[str] | None = None
+        self._add_templates: dict[tuple[int, int], bull_args.AddTemplate | None] = {}
+        """``add_call``'s templates (spoke/bull_args.py), per (priority, backoff_ms)."""
 
     async def close(self) -> None:
         await self.queue.close()
@@ -145,17 +149,42 @@ class Jobs:
     def add_call(self, agent_id: str, priority: int, backoff_ms: int) -> BullAdd:
         """The keys and arguments of bullmq's own ``addPrioritizedJob`` script for the job of an
         agent due now, exactly as ``Queue.add`` builds them (bullmq's ``Job`` and
-        ``Scripts.addJobArgs``), for a script of ours that runs it (spoke/spawn_lua.py)."""
-        opts = {
-            **self.queue.jobsOpts,
-            **job_options(SpokeKeys.job_id(agent_id), priority, backoff_ms),
-        }
-        job = Job(self.queue, "agent", {"agent_id": agent_id}, opts)
+        ``Scripts.addJobArgs``), for a script of ours that runs it (spoke/spawn_lua.py). Built
+        from a template per (priority, backoff) that bullmq's own code made (spoke/bull_args.py;
+        issue 13), or by bullmq's code itself if it has no template."""
+        job_id = SpokeKeys.job_id(agent_id)
         scripts = self.queue.backend.scripts
-        keys = scripts.getKeys(PRIORITIZED_KEYS)
+        if self._add_keys is None:
+            self._add_keys = scripts.getKeys(PRIORITIZED_KEYS)
+        key = (priority, backoff_ms)
+        if key not in self._add_templates:
+            self._add_templates[key] = bull_args.template(
+                lambda jid, ts: self._bullmq_args(jid, jid, priority, backoff_ms, ts)
+            )
+        made = self._add_templates[key]
+        args = (
+            made.args(job_id, agent_id)
+            if made is not None
+            else self._bullmq_args(job_id, agent_id, priority, backoff_ms)
+        )
+        return BullAdd(list(self._add_keys), args, scripts.commands["addPrioritizedJob"].script)
+
+    def _bullmq_args(
+        self,
+        job_id: str,
+        agent_id: str,
+        priority: int,
+        backoff_ms: int,
+        timestamp: int | None = None,
+    ) -> list[Any]:
+        """bullmq's own arguments of ``addPrioritizedJob`` for this job (``timestamp``: its
+        creation time, else now, as bullmq's ``Job`` takes it)."""
+        opts = {**self.queue.jobsOpts, **job_options(job_id, priority, backoff_ms)}
+        job = Job(self.queue, "agent", {"agent_id": agent_id}, opts)
+        if timestamp is not None:
+            job.timestamp = timestamp
         # bullmq-python passes the priority where the script's last argument is (Scripts.addJob).
-        args = [*scripts.addJobArgs(job), job.opts.get("priority")]
-        return BullAdd(keys, args, scripts.commands["addPrioritizedJob"].script)
+        return [*self.queue.backend.scripts.addJobArgs(job), job.opts.get("priority")]
 
     @backend
     async def remove(self, job_id: str) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import Any
 
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
@@ -80,6 +81,9 @@ class SpokeMetrics(Metrics):
             buckets=RUN_BUCKETS,
             registry=self.registry,
         )
+        self._transition_series: dict[tuple[AgentState, str], Any] = {}
+        """Each (state, reason)'s counter, looked up once (issue 13: QUEUED on every spawn);
+        our own reason codes, a closed set."""
         self.queue_refreshed = Gauge(
             "hubspoke_queue_refresh_timestamp_seconds",
             "When hubspoke_queue_agents was last read from Redis (Unix time)",
@@ -92,7 +96,12 @@ class SpokeMetrics(Metrics):
         histogram.labels(profile).observe(seconds)
 
     def observe_transition(self, state: AgentState, reason: str) -> None:
-        self.transitions.labels(state.value, reason).inc()
+        series = self._transition_series.get((state, reason))
+        if series is None:
+            series = self._transition_series[state, reason] = self.transitions.labels(
+                state.value, reason
+            )
+        series.inc()
 
     def track_running(self, count: Callable[[], int]) -> None:
         self.running.set_function(lambda: float(count()))

@@ -4,20 +4,13 @@ from __future__ import annotations
 
 import json
 
-from google.protobuf import duration_pb2, timestamp_pb2
-
 from hubspoke.gen.federation.v1 import agent_pb2
 
 from . import wire_modes
 from .model import AgentEvent, AgentRecord, AgentState
 
-
-def _ts(ms: int | None) -> timestamp_pb2.Timestamp | None:
-    if ms is None:
-        return None
-    ts = timestamp_pb2.Timestamp()
-    ts.FromMilliseconds(ms)
-    return ts
+_STATES = {state: agent_pb2.Agent.State.Value(f"STATE_{state.value}") for state in AgentState}
+"""Each state's wire number, looked up once (issue 13: a status's conversion is per request)."""
 
 
 def agent_name(spoke: str, agent_id: str) -> str:
@@ -26,11 +19,11 @@ def agent_name(spoke: str, agent_id: str) -> str:
 
 def to_agent(spoke: str, rec: AgentRecord) -> agent_pb2.Agent:
     agent = agent_pb2.Agent(
-        name=agent_name(spoke, rec.agent_id),
+        name=f"spokes/{spoke}/agents/{rec.agent_id}",
         agent_id=rec.agent_id,
         spoke=spoke,
         profile=rec.profile,
-        state=agent_pb2.Agent.State.Value(f"STATE_{rec.state.value}"),
+        state=_STATES[rec.state],
         priority=rec.priority,
         issuer=rec.issuer,
         task=rec.task,
@@ -39,18 +32,19 @@ def to_agent(spoke: str, rec: AgentRecord) -> agent_pb2.Agent:
         stderr_tail=rec.stderr_tail,
         attempt=rec.attempt,
         max_attempts=rec.max_attempts,
-        labels=dict(rec.labels),
         progress_percent=rec.progress_percent,
         progress_message=rec.progress_message,
-        timeout=duration_pb2.Duration(
-            seconds=rec.timeout_ms // 1000, nanos=(rec.timeout_ms % 1000) * 1_000_000
-        ),
     )
+    if rec.labels:
+        agent.labels.update(rec.labels)
+    timeout = agent.timeout  # present even when zero, as a Duration(0) always was
+    timeout.SetInParent()
+    timeout.seconds, timeout.nanos = rec.timeout_ms // 1000, (rec.timeout_ms % 1000) * 1_000_000
     wire_modes.add_mode(agent, rec)
-    for field, ms in (("create_time", rec.create_ms), ("start_time", rec.start_ms)):
-        ts = _ts(ms)
-        if ts is not None:
-            getattr(agent, field).CopyFrom(ts)
+    if rec.create_ms is not None:
+        agent.create_time.FromMilliseconds(rec.create_ms)
+    if rec.start_ms is not None:
+        agent.start_time.FromMilliseconds(rec.start_ms)
     if rec.state.final and rec.end_ms is not None:
         agent.end_time.FromMilliseconds(rec.end_ms)
     if rec.exit_code is not None:

@@ -12,7 +12,9 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
+from hubspoke.spoke import bull_args
 from hubspoke.spoke.backend import QueueFullError
+from hubspoke.spoke.jobs import PRIORITIZED_KEYS
 from hubspoke.spoke.keys import SpokeKeys
 from hubspoke.spoke.model import AgentState, SpawnRequest
 from hubspoke.spoke.queue import AgentQueue
@@ -100,3 +102,21 @@ async def test_a_refused_spawn_writes_no_job(queue: AgentQueue) -> None:
 async def test_a_delayed_spawn_is_a_delayed_job(queue: AgentQueue) -> None:
     rec, _ = await queue.create(dataclasses.replace(REQ, delay_ms=60_000), 100)
     assert await queue.jobs.queue.getJobState(rec.job_id) == "delayed"
+
+
+async def test_the_add_arguments_are_bullmqs_own_from_a_template(
+    queue: AgentQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """spoke/bull_args.py: per (priority, backoff) a template bullmq's own code made; each
+    spawn's arguments are exactly those bullmq's ``Job`` and ``addJobArgs`` give (issue 13)."""
+    monkeypatch.setattr("time.time", lambda: 1_764_490_000.123)
+    jobs = queue.jobs
+    for priority in (1, 5, 10):
+        for agent_id in ("a", "4c4a012c-696a-4311-b2f5-98319bd4e191", "é-" + "x" * 80):
+            job_id = SpokeKeys.job_id(agent_id)
+            made = jobs.add_call(agent_id, priority, 250)
+            assert made.args == jobs._bullmq_args(job_id, agent_id, priority, 250)
+            assert made.keys == jobs.queue.backend.scripts.getKeys(PRIORITIZED_KEYS)
+        assert bull_args.template(
+            lambda jid, ts, p=priority: jobs._bullmq_args(jid, jid, p, 250, ts)
+        )  # the template path, not the fallback
