@@ -16,6 +16,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from hubspoke.redis_mux import RedisMux, ScriptRef
+
 from .keys import SpokeKeys
 from .model import AgentRecord
 
@@ -43,16 +45,23 @@ class IndexRun:
     """``(offset, count)`` → the ids at those positions of the time index, newest first, and
     their records aligned (None where one no longer exists): spoke/pages.py's ``Scan``."""
 
-    def __init__(self, redis: aioredis.Redis, keys: SpokeKeys) -> None:
+    def __init__(self, redis: aioredis.Redis, keys: SpokeKeys, mux: RedisMux | None = None) -> None:
         self._script = redis.register_script(SCRIPT)
+        self._ref = ScriptRef.of(self._script)
+        self._mux = mux
+        """The spoke's pipelined connection (shared/redis_mux.py), when it has one: the read
+        goes out with whatever else the loop writes in the same iteration."""
         self._index = keys.agent_index
         self._prefix = keys.agent("")
 
     async def __call__(self, offset: int, count: int) -> tuple[list[str], list[AgentRecord | None]]:
         if count <= 0:  # ZREVRANGE first..first-1 would be the whole index from first
             return [], []
-        reply: list[Any] = await self._script(
-            keys=[self._index], args=[offset, count, self._prefix]
-        )
+        keys, args = [self._index], [offset, count, self._prefix]
+        reply: list[Any]
+        if self._mux is not None:
+            (reply,) = await self._mux.checked_script(self._ref, keys, args)
+        else:
+            reply = await self._script(keys=keys, args=args)
         ids = [i.decode() for i in reply[0]]
         return ids, [_record(flat) for flat in reply[1:]]

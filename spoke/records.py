@@ -134,7 +134,7 @@ class Records:
         self._count_waiting = redis.register_script(lua.COUNT_WAITING)
         self._settle = redis.register_script(lua.with_feed(lua.SETTLE))
         self._joined: tuple[str, Any] | None = None  # spawn_lua: (bullmq's text, script)
-        self._index_run = IndexRun(redis, keys)  # list pages: one round trip (issue 13)
+        self._index_run = IndexRun(redis, keys, mux)  # list pages: one round trip (issue 13)
 
     # --- spawn ---------------------------------------------------------------
 

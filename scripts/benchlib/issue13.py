@@ -113,8 +113,11 @@ def _list_cpu(results: Rounds, scale: dict[str, Any] | None) -> Measured:
     rounds = results.get("list_page")
     if not rounds:
         return Measured(not_run="not run (list_page)")
-    values = tuple(_cpu("spoke")(r) / LIST_PAGE_SIZE for r in rounds)
-    return Measured(values=values, detail=f"µs per listed agent, pages of {LIST_PAGE_SIZE}")
+    pages = [_cpu("spoke")(r) for r in rounds]
+    return Measured(
+        values=tuple(p / LIST_PAGE_SIZE for p in pages),
+        detail=f"{fmt(_median(pages), 0)} µs spoke CPU per page of {LIST_PAGE_SIZE}",
+    )
 
 
 def _levels(scale: dict[str, Any] | None) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 import pytest
 import redis.asyncio as aioredis
 
+from hubspoke.redis_mux import RedisMux
 from hubspoke.spoke.fanout import StreamFanout
 from hubspoke.spoke.keys import SpokeKeys
 from hubspoke.spoke.model import AgentState, SpawnRequest
@@ -116,13 +117,15 @@ async def stored(redis_url: str) -> list[str]:
     return ids
 
 
+@pytest.mark.parametrize("on_mux", [False, True], ids=["command-client", "mux"])
 async def test_a_page_reads_its_index_and_records_in_one_round_trip(
-    relayed: tuple[aioredis.Redis, Turns], stored: list[str], redis_url: str
+    relayed: tuple[aioredis.Redis, Turns], stored: list[str], redis_url: str, on_mux: bool
 ) -> None:
     client, turns = relayed
     keys = SpokeKeys(SPOKE)
     fanout = StreamFanout(redis_url, keys, client)
-    records = Records(client, keys, fanout)
+    mux = RedisMux.of(client, 5.0) if on_mux else None  # the spoke's pipelined connection
+    records = Records(client, keys, fanout, mux=mux)
     try:
         await records.list_page(1, "")  # loads the script once (NOSCRIPT, SCRIPT LOAD)
         newest_first = stored[::-1]
@@ -147,6 +150,8 @@ async def test_a_page_reads_its_index_and_records_in_one_round_trip(
         assert turns.count - before == 2  # 20 entries read to keep 10 (every other one)
         assert [a.agent_id for a in mine.agents] == stored[1::2][::-1][:10]
     finally:
+        if mux is not None:
+            await mux.close()
         await fanout.close()
 
 
