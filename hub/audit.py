@@ -25,15 +25,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio
 import structlog
 
 from hubspoke import errors
+from hubspoke.admission import queue_after_script
 
 from .audit_chain import GENESIS, Entry, from_fields
+from .call_writes import Write, write_alone
 from .store import redis_guard
 
 __all__ = ["AuditConfig", "AuditLog", "Head", "audit_keys"]
@@ -126,20 +129,21 @@ class AuditLog:
         self._stream, self._head_key, self._trimmed_key = audit_keys(cfg.hub_name)
         self._append = client.register_script(_APPEND)
         self._head: Head | None = None
-        self._pending: list[tuple[Entry, asyncio.Future[int]]] = []
+        self._pending: list[tuple[Entry, asyncio.Future[int], tuple[Write, ...]]] = []
         self._flushing: asyncio.Task[None] | None = None
 
     @property
     def config(self) -> AuditConfig:
         return self._cfg
 
-    async def record(self, entry: Entry) -> int:
-        """Append ``entry`` and wait for its commit; return its sequence number.
+    async def record(self, entry: Entry, writes: tuple[Write, ...] = ()) -> int:
+        """Append ``entry`` and wait for its commit; return its sequence number. ``writes``
+        (hub/call_writes.py) go in the commit's round trip, made by the time it returns.
 
         Raises BackendUnavailableError when Redis does not answer."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[int] = loop.create_future()
-        self._pending.append((entry, done))
+        self._pending.append((entry, done, writes))
         self._kick()
         return await asyncio.shield(done)
 
@@ -151,7 +155,7 @@ class AuditLog:
             return
         done: asyncio.Future[int] = loop.create_future()
         done.add_done_callback(_log_failure)
-        self._pending.append((entry, done))
+        self._pending.append((entry, done, ()))
         self._kick()
 
     def _kick(self) -> None:
@@ -162,7 +166,9 @@ class AuditLog:
         while self._pending:
             batch, self._pending = self._pending, []
             try:
-                seqs = await self._commit([e for e, _ in batch])
+                seqs = await self._commit(
+                    [e for e, _, _ in batch], [w for *_, ws in batch for w in ws]
+                )
             except Exception as exc:  # every waiter learns it; the next batch tries again
                 self._head = None
                 failure = (
@@ -170,15 +176,15 @@ class AuditLog:
                     if isinstance(exc, errors.CommandError)
                     else errors.BackendUnavailableError("the hub's Redis is unavailable")
                 )
-                for _, done in batch:
+                for _, done, _ in batch:
                     if not done.done():
                         done.set_exception(failure)
                 continue
-            for (_, done), seq in zip(batch, seqs, strict=True):
+            for (_, done, _), seq in zip(batch, seqs, strict=True):
                 if not done.done():
                     done.set_result(seq)
 
-    async def _commit(self, entries: Sequence[Entry]) -> list[int]:
+    async def _commit(self, entries: Sequence[Entry], writes: Sequence[Write] = ()) -> list[int]:
         for _ in range(64):
             head = self._head if self._head is not None else await self.head()
             now_ms = int(time.time() * 1000)
@@ -201,10 +207,20 @@ class AuditLog:
                 args.append(f"{link.seq}-0")
                 args.append(len(flat))
                 args.extend(flat)
+            keys = [self._stream, self._head_key, self._trimmed_key]
+            riding, writes = tuple(writes), ()  # the first attempt carries them
+            failed: tuple[Write, ...] = ()
             async with self._guard():
-                ok, current = await self._append(
-                    keys=[self._stream, self._head_key, self._trimmed_key], args=args
-                )
+                if riding:
+                    (ok, current), *replies = await queue_after_script(
+                        self._append, keys, args, _queue_all(riding)
+                    )
+                    failed = tuple(
+                        w for w, r in zip(riding, replies, strict=True) if isinstance(r, Exception)
+                    )
+                else:
+                    ok, current = await self._append(keys=keys, args=args)
+            await write_alone(failed)  # e.g. NOSCRIPT: each made by itself
             if int(ok) == 1:
                 self._head = at
                 return [link.seq for link in chained]
@@ -282,6 +298,14 @@ def _fields(raw: object) -> dict[str, str]:
     if not isinstance(raw, dict):
         return {}
     return {_text(k): _text(v) for k, v in raw.items()}
+
+
+def _queue_all(writes: tuple[Write, ...]) -> Callable[[Any], None]:
+    def queue(pipe: Any) -> None:
+        for write in writes:
+            write.queue(pipe)
+
+    return queue
 
 
 def _log_failure(done: asyncio.Future[int]) -> None:

@@ -29,6 +29,7 @@ from google.protobuf.message import DecodeError, Message
 from hubspoke import errors
 from hubspoke.gen.federation.v1 import command_pb2
 
+from . import call_writes
 from .audit import AuditLog
 from .audit_chain import Entry, join_replies
 
@@ -66,13 +67,15 @@ class Audited:
         self, rpc: str, impl: Callable[[Message, _Ctx], Awaitable[Message]]
     ) -> Callable[[Message, _Ctx], Awaitable[Message]]:
         async def call(request: Message, context: _Ctx) -> Message:
-            try:
-                response = await impl(request, context)
-            except errors.CommandError as exc:
-                await self._note(rpc, request, (), exc)
-                raise
-            await self._note(rpc, request, _replies(response), None)
-            return response
+            # The call's own writes ride on its entry's commit (hub/call_writes.py).
+            with call_writes.collecting() as writes:
+                try:
+                    response = await impl(request, context)
+                except errors.CommandError as exc:
+                    await self._note(rpc, request, (), exc, writes.take())
+                    raise
+                await self._note(rpc, request, _replies(response), None, writes.take())
+                return response
 
         return call
 
@@ -101,6 +104,7 @@ class Audited:
         request: Message,
         replies: Sequence[bytes],
         failure: errors.CommandError | None,
+        writes: tuple[call_writes.Write, ...] = (),
     ) -> None:
         env: command_pb2.SignedEnvelope | None = getattr(request, "command", None)
         raw = env.SerializeToString() if env is not None else b""
@@ -115,6 +119,7 @@ class Audited:
             if failure.code in _UNVERIFIED:
                 keep_request = False
                 if not self._take():
+                    await call_writes.write_alone(writes)
                     return  # over the rate for unverified refusals: counted in metrics only
                 detail["claimed"] = True
         cfg = self._audit.config
@@ -144,7 +149,7 @@ class Audited:
             replies=joined,
         )
         try:
-            await self._audit.record(entry)
+            await self._audit.record(entry, writes)
         except errors.CommandError:
             if failure is None:
                 raise  # an accepted command is answered only once it is on record

@@ -50,6 +50,7 @@ from hubspoke.policy import Request as PolicyRequest
 from hubspoke.stream_caps import StreamCaps
 
 from . import audit_read, audit_wiring, events, fanout_calls, outbox_read, relay
+from .agent_index import IndexWriter
 from .audit import AuditLog
 from .dedupe import DedupeClaims
 from .drain import DrainStore
@@ -128,6 +129,7 @@ class HubServicer:
         self._registry = registry
         self._store = store
         self._policy = policy
+        self._index = IndexWriter(store, cfg.agent_index_ttl_s, audited=audit is not None)
         self._fanout = fanout_calls.FanOut(relayer, monitor, cfg.fanout_timeout_s)
         self._drains = DrainStore(store.client, cfg.hub_name, store.timeout_s)
         self._spokes = SpokeDesk(  # ListSpokes, drains (hub/spoke_desk.py)
@@ -174,7 +176,7 @@ class HubServicer:
             await self._drains.check(spoke, inbound.prefetched.drained)  # SPOKE_DRAINING
             reply_env, reply = await self._relay(spoke, inbound)
         if not body.dry_run:
-            await self._remember(reply.agent.agent_id or inbound.command.command_id, spoke)
+            await self._index.remember(reply.agent.agent_id or inbound.command.command_id, spoke)
         return hub_service_pb2.HubServiceSpawnAgentResponse(reply=reply_env)
 
     async def GetAgent(
@@ -601,19 +603,11 @@ class HubServicer:
         answers = await self._fanout.ask(inbound, names)
         found = [a for a in answers if a.reply_env is not None]
         for answer in found:
-            await self._remember(agent_id, answer.spoke)
+            await self._index.remember(agent_id, answer.spoke)
         if len(found) > 1:
             raise AgentAmbiguousError.of(agent_id, [a.spoke for a in found])
         return fanout_calls.found_agent(answers, agent_id)
 
     async def remember(self, agent_id: str, spoke: str) -> None:
         """Index ``agent_id`` on ``spoke`` (the outbox's deliveries call it)."""
-        await self._remember(agent_id, spoke)
-
-    async def _remember(self, agent_id: str, spoke: str) -> None:
-        # The index only speeds up routing; a Redis hiccup here must not fail a spawn that
-        # the spoke already accepted (a later lookup falls back to asking every spoke).
-        try:
-            await self._store.remember_agent(agent_id, spoke, self._cfg.agent_index_ttl_s)
-        except errors.BackendUnavailableError:
-            log.warning("agent_index_write_failed", agent=agent_id, spoke=spoke)
+        await self._index.remember(agent_id, spoke)

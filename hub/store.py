@@ -251,6 +251,13 @@ class HubStore:
         async with self._guard():
             await self._remember(keys=[agent_index_key(self._hub, agent_id)], args=[spoke, ttl_ms])
 
+    def queue_remember(self, pipe: Any, agent_id: str, spoke: str, ttl_s: float) -> None:
+        """Add :meth:`remember_agent`'s script to ``pipe`` as one EVALSHA (a NOSCRIPT reply
+        means: call :meth:`remember_agent`, which loads it): hub/call_writes.py."""
+        ttl_ms = max(1, int(ttl_s * 1000))
+        key = agent_index_key(self._hub, agent_id)
+        pipe.execute_command("EVALSHA", self._remember.sha, 1, key, spoke, ttl_ms)
+
     async def find_agent(self, agent_id: str) -> tuple[str, ...]:
         """Every spoke the hub routed ``agent_id`` to and still indexes, sorted by name."""
         entries: dict[Any, Any]

@@ -1,0 +1,130 @@
+"""hubd's round trips to its Redis per relayed command (issue 13): a spawn named to a spoke
+costs three (the admission with the membership revision, the drained spokes and the
+outbox lookup read in its pipeline; the membership revision again before the spoke's reply
+is verified; the audit entry with the agent index write), a status by bare id four (the
+admission with the agent index; the outbox lookup on the spoke the index names; the
+revision; the audit entry). Before hub/prefetch.py and hub/call_writes.py: 7 and 6.
+
+Round trips are counted by a TCP relay between the hub (in process) and a real Redis: each
+time a connection writes again after Redis answered it is one more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+from hubspoke import client as hc
+from hubspoke import testing
+from hubspoke.hub.config import HubConfig
+
+SPOKE = "spoke-1"
+
+
+@dataclass
+class Relay:
+    """Counts each connection's write turns between the hub and Redis."""
+
+    turns: int = 0
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    writers: list[asyncio.StreamWriter] = field(default_factory=list)
+
+
+async def _pump(
+    src: asyncio.StreamReader,
+    dst: asyncio.StreamWriter,
+    relay: Relay,
+    answered: list[bool],
+    upstream: bool,
+) -> None:
+    with contextlib.suppress(ConnectionError):
+        while data := await src.read(65536):
+            if upstream and answered[0]:
+                relay.turns += 1
+            answered[0] = not upstream
+            dst.write(data)
+            await dst.drain()
+    dst.close()
+
+
+@contextlib.asynccontextmanager
+async def relay_to(url: str) -> AsyncIterator[tuple[str, Relay]]:
+    target = urlparse(url)
+    relay = Relay()
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_r, up_w = await asyncio.open_connection(target.hostname, target.port)
+        answered = [True]  # per connection: pipelines of several connections interleave
+        relay.writers += [writer, up_w]
+        relay.tasks += [
+            asyncio.create_task(_pump(reader, up_w, relay, answered, True)),
+            asyncio.create_task(_pump(up_r, writer, relay, answered, False)),
+        ]
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"redis://127.0.0.1:{port}{target.path or ''}", relay
+    finally:
+        server.close()
+        for task in relay.tasks:
+            task.cancel()
+        await asyncio.gather(*relay.tasks, return_exceptions=True)
+        for writer in relay.writers:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+        await server.wait_closed()
+
+
+@dataclass
+class Counted:
+    client: hc.Client
+    relay: Relay
+
+
+@pytest.fixture
+async def counted(tmp_path: Path, redis_url: str) -> AsyncIterator[Counted]:
+    async with relay_to(redis_url) as (relayed, relay):
+
+        def through_relay(cfg: HubConfig) -> HubConfig:  # no outbox polls while counting
+            return cfg.replace(redis_url=relayed, outbox_poll_s=3600.0)
+
+        fed = testing.InProcessFederation(
+            tmp_path, [SPOKE], redis_url=redis_url, configure_hub=through_relay
+        )
+        try:
+            await fed.start()
+            async with hc.client_from_config(
+                fed.files.hubctl_config, hub=fed.hub_address, env={}
+            ) as client:
+                await client.spawn(SPOKE, "synthetic", "duration=0")  # scripts loaded
+                yield Counted(client, relay)
+        finally:
+            await fed.stop()
+
+
+async def test_a_relayed_spawn_costs_three_round_trips_and_a_status_four(
+    counted: Counted,
+) -> None:
+    client, relay = counted.client, counted.relay
+    ops = 10
+    before = relay.turns
+    ids = [(await client.spawn(SPOKE, "synthetic", "duration=0")).agent_id for _ in range(ops)]
+    assert (relay.turns - before) / ops == 3
+
+    before = relay.turns
+    for agent_id in ids:  # by bare id: the agent index (written with the spawn's entry)
+        assert (await client.get(agent_id)).agent_id == agent_id
+    assert (relay.turns - before) / ops == 4
+
+    page = await client.audit_log(page_size=2 * ops)  # every call is still on record
+    assert [(e.action, e.outcome) for e in page.records] == [("GetAgent", "OK")] * ops + [
+        ("SpawnAgent", "OK")
+    ] * ops
