@@ -27,7 +27,7 @@ import io
 import os
 import signal
 import subprocess
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -337,6 +337,17 @@ async def _connect_reader(
     return transport
 
 
+def _refuse_nul(profile: Profile, argv: Sequence[str], env: Mapping[str, str]) -> None:
+    """A NUL byte cannot be passed to exec. asyncio's subprocess raises ValueError for one;
+    uvloop's (``event_loop = uvloop``) would cut the string at it and start the agent with
+    less than its task, so refuse it here, on either loop."""
+    for text in (*argv, *env.keys(), *env.values()):
+        if "\0" in text:
+            raise AgentStartError(
+                f"profile {profile.name!r}: cannot start {argv[0]!r}: embedded null byte"
+            )
+
+
 async def start_agent(
     profile: Profile,
     *,
@@ -369,6 +380,7 @@ async def start_agent(
         extra_env=extra_env,
         secrets=read_secrets(profile),
     )
+    _refuse_nul(profile, argv, env)
     stdout_tail = OutputTail(tail_bytes)
     stderr_tail = OutputTail(tail_bytes)
     loop = asyncio.get_running_loop()

@@ -452,6 +452,18 @@ async def test_start_errors(tmp_path: Path) -> None:
         await start_agent(synthetic_profile(), task="z" * 200_000, agent_id="a", attempt=1)
 
 
+def test_a_nul_byte_is_refused_on_uvloop_too() -> None:
+    """uvloop's subprocess cuts a string at a NUL byte where asyncio's raises: the agent
+    must not start with less than its task on either loop (``event_loop = uvloop``)."""
+    from hubspoke import event_loop
+
+    async def start() -> None:
+        with pytest.raises(AgentStartError, match="embedded null byte"):
+            await start_agent(synthetic_profile(), task="nul\x00byte", agent_id="a", attempt=1)
+
+    event_loop.run(start(), "uvloop")
+
+
 async def test_read_start_ticks_and_identity() -> None:
     ticks = read_start_ticks(os.getpid())
     assert isinstance(ticks, int)
