@@ -133,8 +133,9 @@ def _fanout(doc: dict[str, Any]) -> list[str]:
     return [
         f"- **Status fan-out grows {fmt(slope, 2)} ms per spoke** (no target). The hub asks "
         "every spoke at once, but here all spokes, the hub and the client share two cores, so "
-        "each spoke's CPU for a 10-agent page (ten ~35-field `HGETALL`s through redis-py, ten "
-        f"record-to-proto conversions, a reply signature: {fmt(per_spoke, 0)} µs) adds up, "
+        "each spoke's CPU for a 10-agent page (the admission script; one script reading the "
+        "time index and the page's ten records in one round trip, spoke/list_read.py; ten "
+        f"record-to-proto conversions; a reply signature: {fmt(per_spoke, 0)} µs) adds up, "
         "and the client verifies one signed reply per spoke. On separate machines the slope "
         "would be the hub's and the client's per-reply cost only.",
     ]
@@ -243,7 +244,9 @@ def method(doc: dict[str, Any]) -> list[str]:
         "- Sites: one redis-server (AOF, `appendfsync everysec`, `noeviction`) per spoke, one "
         "for the hubs. Spawn and status arms use a spoke whose bullmq queue is paused, so the "
         "agents they create stay QUEUED and no agent runs during those arms; a second spoke "
-        "(concurrency 4) runs agents for spawn-to-running and kill-to-gone. One hubd routes to "
+        "(concurrency 4) runs agents for spawn-to-running and kill-to-gone; `list_page` asks "
+        "the paused spoke directly for the newest 10 of its backlog (issue 13's CPU per listed "
+        "agent is its spoke CPU per page / 10). One hubd routes to "
         "every spoke; one hubd per fan-out N routes to N paused spokes, each holding at least "
         "10 agents.",
         "- The agent (`ready` profile) is `python -c` of a three-line program that sends one "
