@@ -51,9 +51,12 @@ class AgentInbox:
         self._seen = 0
         """The last message the attempt started with."""
 
-    async def prepare(self) -> Mapping[str, str]:
-        """Write the inbox with every message so far; the agent's extra environment."""
-        messages = await self._inboxes.messages(self.agent_id)
+    async def prepare(self, kept: int | None = None) -> Mapping[str, str]:
+        """Write the inbox with every message so far; the agent's extra environment.
+        ``kept``: how many messages the agent's record counted (``inputs``) when the worker
+        read it; 0 skips reading them (a first attempt's usual case: one round trip less
+        before it starts). One sent since reaches the agent with the next :meth:`poll`."""
+        messages = await self._inboxes.messages(self.agent_id) if kept != 0 else []
         self.file.prepare(messages)
         self._seen = messages[-1].seq if messages else 0
         return self.file.environment(messages)

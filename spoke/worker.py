@@ -241,7 +241,12 @@ class AgentWorker(SupervisedRuns):
             structlog.contextvars.unbind_contextvars("job", "worker")
 
     async def _run(self, agent_id: str, job: Any, token: str) -> str:
-        rec = await self.queue.worker_records.get_or_none(agent_id)
+        # Both reads at once (one round trip's wait, not two): the signed copies are what
+        # the record is checked against before it starts (_verified).
+        rec, copies = await asyncio.gather(
+            self.queue.worker_records.get_or_none(agent_id),
+            self.queue.worker_records.signed_copies(agent_id),
+        )
         if rec is None or rec.state.final:
             return "skipped"
         profile = self.config.profiles.get(rec.profile)
@@ -255,7 +260,7 @@ class AgentWorker(SupervisedRuns):
             rec = await self.queue.worker_records.get(agent_id)
         waiting = [AgentState.QUEUED, AgentState.RETRYING]
         try:
-            rec = await self._verified(rec, profile)
+            rec = await self._verified(rec, profile, copies)
         except reverify.TamperedError as exc:
             log.warning("agent_tampered", check=exc.what)
             await self.queue.worker_records.transition(
@@ -287,9 +292,12 @@ class AgentWorker(SupervisedRuns):
                 with contextlib.suppress(QueueError):
                     await self.queue.slots.release(profile.name, agent_id)
 
-    async def _verified(self, rec: AgentRecord, profile: Profile | None) -> AgentRecord:
-        """The record as this attempt may run it, checked against its signed spawn."""
-        stored, relay = await self.queue.worker_records.signed_copies(rec.agent_id)
+    async def _verified(
+        self, rec: AgentRecord, profile: Profile | None, copies: tuple[bytes, bytes]
+    ) -> AgentRecord:
+        """The record as this attempt may run it, checked against its signed spawn
+        (``copies``: the envelope and relay stored with it, Records.signed_copies)."""
+        stored, relay = copies
         if rec.approvals_required:  # the approvals that released it verify too
             kept = await approvals.kept_approvals(self.queue.worker_records, rec)
             approvals.verify_kept(rec, kept, spoke=self.config.name, trust=self.trust)
@@ -380,7 +388,9 @@ class AgentWorker(SupervisedRuns):
         try:
             inbox = AgentInbox(self.queue.worker_inboxes, self.config, profile, agent_id)
             self._inboxes[agent_id] = inbox
-            proc = await self._start_process(rec, profile, attempt, pump, await inbox.prepare())
+            proc = await self._start_process(
+                rec, profile, attempt, pump, await inbox.prepare(rec.inputs)
+            )
         except runtime.AgentStartError as exc:
             await self.queue.worker_records.transition(
                 agent_id,
