@@ -57,7 +57,8 @@ class IndexRun:
     async def __call__(self, offset: int, count: int) -> tuple[list[str], list[AgentRecord | None]]:
         if count <= 0:  # ZREVRANGE first..first-1 would be the whole index from first
             return [], []
-        keys, args = [self._index], [offset, count, self._prefix]
+        keys: list[str] = [self._index]
+        args: list[int | str] = [offset, count, self._prefix]
         reply: list[Any]
         if self._mux is not None:
             (reply,) = await self._mux.checked_script(self._ref, keys, args)
