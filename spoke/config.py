@@ -24,7 +24,7 @@ from typing import Any, Final
 
 from hubspoke import config as sconfig
 from hubspoke import tls as stls
-from hubspoke.event_loop import check_event_loop
+from hubspoke.event_loop import DEFAULT_EVENT_LOOP, check_event_loop
 from hubspoke.metrics import MetricsConfigError, parse_listen
 from hubspoke.redis_access import RedisAccess
 
@@ -217,8 +217,9 @@ class SpokeConfig:
     """Start even if Redis' maxmemory-policy is not noeviction (risks losing queued agents)."""
     log_level: str = "info"
     """debug, info, warning or error."""
-    event_loop: str = "asyncio"
-    """The event loop spoked runs on: ``asyncio`` or ``uvloop`` (hubspoke/event_loop.py);
+    event_loop: str = DEFAULT_EVENT_LOOP
+    """The event loop spoked runs on: ``uvloop`` (the default where it is installed) or
+    ``asyncio`` (hubspoke/event_loop.py);
     ``HUBSPOKE_EVENT_LOOP`` when ``SPOKE_EVENT_LOOP`` is unset."""
     metrics_listen: str = ""
     """host:port of the Prometheus endpoint (``/metrics``); empty: no endpoint."""

@@ -1,16 +1,19 @@
-"""The ``event_loop`` option (issue 13): hubd and spoked on uvloop serve, relay, run and kill
-agents (supervised: the supervisor's posix_spawn and pidfd path too) as on asyncio's loop,
-and each says in its log which loop it runs on."""
+"""The ``event_loop`` option (issue 13): uvloop by default where installed; hubd and spoked on
+uvloop serve, relay, run and kill agents (supervised: the supervisor's posix_spawn and pidfd
+path too) as on asyncio's loop, and each says in its log which loop it runs on."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from hubspoke import testing
+from hubspoke import event_loop, testing
 from hubspoke.client import AgentState, Client
+from hubspoke.hub.config import HubConfig
+from hubspoke.spoke.config import SpokeConfig
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -28,6 +31,20 @@ async def uv_federation(tmp_path: Path) -> AsyncIterator[testing.Federation]:
         yield federation
     finally:
         await federation.stop()
+
+
+def test_uvloop_is_the_default_where_it_is_installed() -> None:
+    assert SpokeConfig().event_loop == "uvloop"
+    assert HubConfig.load(None, {"HUB_KEY_FILE": "/k", "HUB_TRUST_FILE": "/t"}).event_loop == (
+        "uvloop"
+    )
+    assert event_loop.run(_loop_name(), "uvloop") == "uvloop.Loop"
+    assert event_loop.run(_loop_name(), "asyncio") != "uvloop.Loop"
+
+
+async def _loop_name() -> str:
+    loop = asyncio.get_running_loop()
+    return f"{type(loop).__module__}.{type(loop).__name__}"
 
 
 def _loops(logs: Path) -> dict[str, str]:

@@ -75,7 +75,7 @@ _STRINGS = {
     "enrol_listen": "127.0.0.1:0",
     "enrol_address": "hub.example:7443",
     "link_forward_address": "127.0.0.1:7300",
-    "event_loop": "uvloop",
+    "event_loop": "asyncio",  # the default is uvloop where it is installed
 }
 
 
