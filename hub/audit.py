@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,7 +37,8 @@ from hubspoke import errors
 from hubspoke.admission import queue_after_script
 
 from .audit_chain import GENESIS, Entry, from_fields
-from .call_writes import Write, write_alone
+from .call_writes import MembershipMovedError, Write, write_alone
+from .membership_store import revision_key
 from .store import redis_guard
 
 __all__ = ["AuditConfig", "AuditLog", "Head", "audit_keys"]
@@ -44,13 +46,18 @@ __all__ = ["AuditConfig", "AuditLog", "Head", "audit_keys"]
 log = structlog.get_logger("hubspoke.hub.audit")
 
 
-# KEYS: stream, head, trimmed. ARGV: expected head ("" if none), new head, max entries,
-# oldest time_ms kept, then per entry its stream id ("<seq>-0"), a count n and n
-# names/values. Returns {1, head}, or {0, current head} if the head moved.
+# KEYS: stream, head, trimmed, the membership revision. ARGV: expected head ("" if none),
+# new head, max entries, oldest time_ms kept, the membership revision required ("": none),
+# then per entry its stream id ("<seq>-0"), a count n and n names/values. Returns {1, head},
+# {0, current head} if the head moved, or {2, current revision} if the revision is not the
+# one required (nothing appended: hub/call_writes.py).
 _APPEND = """
+if ARGV[5] ~= '' and (redis.call('GET', KEYS[4]) or '0') ~= ARGV[5] then
+  return {2, redis.call('GET', KEYS[4]) or '0'}
+end
 local head = redis.call('GET', KEYS[2]) or ''
 if head ~= ARGV[1] then return {0, head} end
-local i = 5
+local i = 6
 while i <= #ARGV do
   local id = ARGV[i]
   local n = tonumber(ARGV[i + 1])
@@ -129,21 +136,26 @@ class AuditLog:
         self._stream, self._head_key, self._trimmed_key = audit_keys(cfg.hub_name)
         self._append = client.register_script(_APPEND)
         self._head: Head | None = None
-        self._pending: list[tuple[Entry, asyncio.Future[int], tuple[Write, ...]]] = []
+        self._revision_key = revision_key(cfg.hub_name)  # same hash tag as the log's keys
+        self._pending: list[_Pending] = []
         self._flushing: asyncio.Task[None] | None = None
 
     @property
     def config(self) -> AuditConfig:
         return self._cfg
 
-    async def record(self, entry: Entry, writes: tuple[Write, ...] = ()) -> int:
+    async def record(
+        self, entry: Entry, writes: tuple[Write, ...] = (), revision: int | None = None
+    ) -> int:
         """Append ``entry`` and wait for its commit; return its sequence number. ``writes``
         (hub/call_writes.py) go in the commit's round trip, made by the time it returns.
+        ``revision``: append only while the membership revision is this one.
 
-        Raises BackendUnavailableError when Redis does not answer."""
+        Raises BackendUnavailableError when Redis does not answer, MembershipMovedError
+        when the revision is another (nothing appended)."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[int] = loop.create_future()
-        self._pending.append((entry, done, writes))
+        self._pending.append(_Pending(entry, done, writes, revision))
         self._kick()
         return await asyncio.shield(done)
 
@@ -155,7 +167,7 @@ class AuditLog:
             return
         done: asyncio.Future[int] = loop.create_future()
         done.add_done_callback(_log_failure)
-        self._pending.append((entry, done, ()))
+        self._pending.append(_Pending(entry, done))
         self._kick()
 
     def _kick(self) -> None:
@@ -165,10 +177,22 @@ class AuditLog:
     async def _flush_all(self) -> None:
         while self._pending:
             batch, self._pending = self._pending, []
+            revisions = {p.revision for p in batch if p.revision is not None}
+            if len(revisions) > 1 or -1 in revisions:  # no one revision fits them all
+                batch = [p for p in batch if not _moved(p, drop_writes=True)]
+                revisions = set()
+            required = revisions.pop() if revisions else None
             try:
                 seqs = await self._commit(
-                    [e for e, _, _ in batch], [w for *_, ws in batch for w in ws]
+                    [p.entry for p in batch], [w for p in batch for w in p.writes], required
                 )
+            except _RevisionMoved:  # the rest go again, their writes made already
+                self._pending[:0] = [
+                    dataclasses.replace(p, writes=())
+                    for p in batch
+                    if not _moved(p, drop_writes=False)
+                ]
+                continue
             except Exception as exc:  # every waiter learns it; the next batch tries again
                 self._head = None
                 failure = (
@@ -176,15 +200,17 @@ class AuditLog:
                     if isinstance(exc, errors.CommandError)
                     else errors.BackendUnavailableError("the hub's Redis is unavailable")
                 )
-                for _, done, _ in batch:
-                    if not done.done():
-                        done.set_exception(failure)
+                for p in batch:
+                    if not p.done.done():
+                        p.done.set_exception(failure)
                 continue
-            for (_, done, _), seq in zip(batch, seqs, strict=True):
-                if not done.done():
-                    done.set_result(seq)
+            for p, seq in zip(batch, seqs, strict=True):
+                if not p.done.done():
+                    p.done.set_result(seq)
 
-    async def _commit(self, entries: Sequence[Entry], writes: Sequence[Write] = ()) -> list[int]:
+    async def _commit(
+        self, entries: Sequence[Entry], writes: Sequence[Write] = (), revision: int | None = None
+    ) -> list[int]:
         for _ in range(64):
             head = self._head if self._head is not None else await self.head()
             now_ms = int(time.time() * 1000)
@@ -201,13 +227,14 @@ class AuditLog:
                 at.text(),
                 self._cfg.max_entries,
                 max(0, now_ms - int(self._cfg.retention_s * 1000)),
+                "" if revision is None else str(revision),
             ]
             for link in chained:
                 flat = [x for pair in link.to_fields().items() for x in pair]
                 args.append(f"{link.seq}-0")
                 args.append(len(flat))
                 args.extend(flat)
-            keys = [self._stream, self._head_key, self._trimmed_key]
+            keys = [self._stream, self._head_key, self._trimmed_key, self._revision_key]
             riding, writes = tuple(writes), ()  # the first attempt carries them
             failed: tuple[Write, ...] = ()
             async with self._guard():
@@ -221,6 +248,8 @@ class AuditLog:
                 else:
                     ok, current = await self._append(keys=keys, args=args)
             await write_alone(failed)  # e.g. NOSCRIPT: each made by itself
+            if int(ok) == 2:
+                raise _RevisionMoved(current)
             if int(ok) == 1:
                 self._head = at
                 return [link.seq for link in chained]
@@ -298,6 +327,37 @@ def _fields(raw: object) -> dict[str, str]:
     if not isinstance(raw, dict):
         return {}
     return {_text(k): _text(v) for k, v in raw.items()}
+
+
+class _RevisionMoved(Exception):
+    """The commit required a membership revision Redis no longer has."""
+
+
+@dataclass(slots=True)
+class _Pending:
+    """An entry waiting for its commit."""
+
+    entry: Entry
+    done: asyncio.Future[int]
+    writes: tuple[Write, ...] = ()
+    revision: int | None = None
+
+
+def _moved(p: _Pending, *, drop_writes: bool) -> bool:
+    """If ``p`` required a revision, tell its waiter the membership moved (its writes made
+    alone when ``drop_writes``: they did not go out); True if so."""
+    if p.revision is None:
+        return False
+    if not p.done.done():
+        p.done.set_exception(MembershipMovedError())
+    if drop_writes and p.writes:
+        task = asyncio.get_running_loop().create_task(write_alone(p.writes))
+        _BACKGROUND.add(task)
+        task.add_done_callback(_BACKGROUND.discard)
+    return True
+
+
+_BACKGROUND: set[asyncio.Task[None]] = set()
 
 
 def _queue_all(writes: tuple[Write, ...]) -> Callable[[Any], None]:

@@ -67,14 +67,24 @@ class Audited:
         self, rpc: str, impl: Callable[[Message, _Ctx], Awaitable[Message]]
     ) -> Callable[[Message, _Ctx], Awaitable[Message]]:
         async def call(request: Message, context: _Ctx) -> Message:
-            # The call's own writes ride on its entry's commit (hub/call_writes.py).
-            with call_writes.collecting() as writes:
+            # The call's own writes and reply checks ride on its entry (hub/call_writes.py).
+            with call_writes.collecting() as pending:
                 try:
                     response = await impl(request, context)
                 except errors.CommandError as exc:
-                    await self._note(rpc, request, (), exc, writes.take())
-                    raise
-                await self._note(rpc, request, _replies(response), None, writes.take())
+                    failure = await _rechecked(pending, exc)
+                    await self._note(rpc, request, (), failure, pending.take())
+                    raise failure from (None if failure is exc else exc)
+                replies = _replies(response)
+                try:
+                    await self._note(rpc, request, replies, None, pending.take(), pending.revision)
+                except call_writes.MembershipMovedError:  # verify the replies again first
+                    try:
+                        await pending.recheck()
+                    except errors.CommandError as exc:
+                        await self._note(rpc, request, (), exc)
+                        raise
+                    await self._note(rpc, request, replies, None)
                 return response
 
         return call
@@ -105,6 +115,7 @@ class Audited:
         replies: Sequence[bytes],
         failure: errors.CommandError | None,
         writes: tuple[call_writes.Write, ...] = (),
+        revision: int | None = None,
     ) -> None:
         env: command_pb2.SignedEnvelope | None = getattr(request, "command", None)
         raw = env.SerializeToString() if env is not None else b""
@@ -149,7 +160,7 @@ class Audited:
             replies=joined,
         )
         try:
-            await self._audit.record(entry, writes)
+            await self._audit.record(entry, writes, revision)
         except errors.CommandError:
             if failure is None:
                 raise  # an accepted command is answered only once it is on record
@@ -163,6 +174,20 @@ class Audited:
             self._tokens -= 1.0
             return True
         return False
+
+
+async def _rechecked(
+    pending: call_writes.Collector, failure: errors.CommandError
+) -> errors.CommandError:
+    """A call that failed after a relayed reply it left unchecked (hub/call_writes.py): that
+    reply's check comes first, as it did when the hub checked before going on."""
+    if not pending.rechecks:
+        return failure
+    try:
+        await pending.recheck()
+    except errors.CommandError as exc:
+        return exc
+    return failure
 
 
 def _is_stream(impl: object) -> bool:

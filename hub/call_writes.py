@@ -10,6 +10,14 @@ as before.
 
 A write whose reply is an error (e.g. NOSCRIPT after Redis lost its scripts), or that could
 not ride (the call's entry was not written), is made alone by its ``alone`` callable.
+
+The membership check of a relayed reply rides too (:func:`check_later`): the hub verifies
+the spoke's reply against the membership copy it holds (read at admission, hub/prefetch.py),
+and the audit script appends the call's entry only if the membership revision is still that
+copy's (hub/audit.py); if it moved (a spoke was removed or enrolled meanwhile), nothing is
+appended, :class:`MembershipMovedError` is raised, and the call re-reads the membership and
+verifies its replies again (:meth:`Collector.recheck`) before it answers, as when the hub
+read the revision before verifying.
 """
 
 from __future__ import annotations
@@ -23,7 +31,16 @@ from typing import Any
 
 import structlog
 
-__all__ = ["Collector", "Write", "collecting", "defer", "write_alone"]
+__all__ = [
+    "Collector",
+    "MembershipMovedError",
+    "Write",
+    "check_later",
+    "collecting",
+    "collecting_now",
+    "defer",
+    "write_alone",
+]
 
 log = structlog.get_logger("hubspoke.hub.call_writes")
 
@@ -36,12 +53,36 @@ class Write:
     alone: Callable[[], Awaitable[None]]
 
 
+class MembershipMovedError(Exception):
+    """The membership revision moved after a reply was verified: verify it again."""
+
+
 @dataclass(slots=True)
 class Collector:
     """The writes one call deferred; closed once the audit entry took them."""
 
     writes: list[Write] = field(default_factory=list)
     closed: bool = False
+    revisions: set[int] = field(default_factory=set)
+    """The membership revisions the call's replies were verified against."""
+    rechecks: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    """Each re-reads the membership and verifies one reply again (raises if it fails)."""
+
+    @property
+    def revision(self) -> int | None:
+        """The revision the call's entry must be appended under (None: no condition; -1:
+        replies verified against different revisions, which no entry can be)."""
+        if not self.revisions:
+            return None
+        return next(iter(self.revisions)) if len(self.revisions) == 1 else -1
+
+    async def recheck(self) -> None:
+        """Verify every deferred reply again with a fresh membership; raise the first
+        failure (SpokeReplyError). Each runs once."""
+        rechecks, self.rechecks = self.rechecks, []
+        self.revisions.clear()
+        for check in rechecks:
+            await check()
 
     def take(self) -> tuple[Write, ...]:
         """Close the collector and return its writes (later ones are made alone)."""
@@ -76,6 +117,23 @@ def defer(write: Write) -> bool:
     if collector is None or collector.closed:
         return False
     collector.writes.append(write)
+    return True
+
+
+def collecting_now() -> bool:
+    """Whether the current call's audit entry can still take writes and checks."""
+    collector = _CURRENT.get()
+    return collector is not None and not collector.closed
+
+
+def check_later(revision: int, recheck: Callable[[], Awaitable[None]]) -> bool:
+    """Leave the membership check of a reply verified under ``revision`` to the call's audit
+    commit; False if the call has none (read the revision now, as before)."""
+    collector = _CURRENT.get()
+    if collector is None or collector.closed:
+        return False
+    collector.revisions.add(revision)
+    collector.rechecks.append(recheck)
     return True
 
 

@@ -120,6 +120,11 @@ class SpokeRegistry:
         self._membership = membership
 
     @property
+    def revision(self) -> int | None:
+        """The membership revision of the copy held (None: no membership)."""
+        return self._membership.revision if self._membership is not None else None
+
+    @property
     def enrolled(self) -> bool:
         """Whether it serves enrolled spokes (checking the membership revision)."""
         return self._membership is not None

@@ -31,7 +31,7 @@ import contextlib
 import datetime as dt
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
@@ -46,6 +46,7 @@ from hubspoke.metrics import known_reasons
 from hubspoke.pacing import PacingConfig, Treatment, WatchPacing, paced
 from hubspoke.trust import Role, TrustStore
 
+from . import call_writes
 from .metrics import HubMetrics
 from .prefetch import NOTHING, Prefetched, Prefetcher
 from .store import Admit
@@ -310,12 +311,20 @@ class Relayer:
         return envelope.sign(relay.SerializeToString(), envelope.PAYLOAD_TYPE_RELAY, self._cfg.key)
 
     async def call(
-        self, spoke: str, inbound: Inbound, timeout_s: float | None = None
+        self,
+        spoke: str,
+        inbound: Inbound,
+        timeout_s: float | None = None,
+        *,
+        check_later: bool = False,
     ) -> tuple[command_pb2.SignedEnvelope, command_pb2.Reply]:
         """Relay ``inbound`` to ``spoke``; return the spoke's signed reply and its parsed form.
 
         Args:
             timeout_s: a shorter deadline than the verb's own (a fan-out's remaining time).
+            check_later: the call answers with this reply (no fan-out or rehearsal judges
+                it): in an audited call, leave the membership revision check to the call's
+                audit commit (hub/call_writes.py) instead of reading it now.
 
         Raises:
             CircuitOpenError: the spoke's circuit is open; nothing was sent.
@@ -346,8 +355,26 @@ class Relayer:
         self._metrics.observe_spoke_call(spoke, grpc.StatusCode.OK, time.monotonic() - started)
         self._count(spoke, True)
         reply_env: command_pb2.SignedEnvelope = response.reply
+        revision = self._registry.revision
+        if check_later and revision is not None and call_writes.collecting_now():
+            try:  # against the copy read at admission; the audit commit checks it still holds
+                reply = self.check_reply(spoke, inbound, reply_env, quiet=True)
+            except SpokeReplyError:
+                pass  # e.g. re-enrolled meanwhile: verified again with a fresh copy, below
+            else:
+                call_writes.check_later(revision, self._recheck(spoke, inbound, reply_env))
+                return reply_env, reply
         await self._registry.fresh()  # membership revision: a removed spoke is refused now
         return reply_env, self.check_reply(spoke, inbound, reply_env)
+
+    def _recheck(
+        self, spoke: str, inbound: Inbound, reply_env: command_pb2.SignedEnvelope
+    ) -> Callable[[], Awaitable[None]]:
+        async def recheck() -> None:
+            await self._registry.fresh()
+            self.check_reply(spoke, inbound, reply_env)
+
+        return recheck
 
     async def stream(
         self, spoke: str, inbound: Inbound, timeout_s: float
@@ -395,9 +422,15 @@ class Relayer:
             call.cancel()
 
     def check_reply(
-        self, spoke: str, inbound: Inbound, reply_env: command_pb2.SignedEnvelope
+        self,
+        spoke: str,
+        inbound: Inbound,
+        reply_env: command_pb2.SignedEnvelope,
+        *,
+        quiet: bool = False,
     ) -> command_pb2.Reply:
-        """Verify a spoke's reply: signed by ``spoke``, answering exactly this command."""
+        """Verify a spoke's reply: signed by ``spoke``, answering exactly this command.
+        ``quiet``: a refusal is neither logged nor counted (it is checked again)."""
         try:
             verified = envelope.verify(
                 reply_env,
@@ -407,12 +440,10 @@ class Relayer:
             )
             reply = commands.parse_reply(verified.payload)
         except errors.CommandError as exc:
-            log.warning("spoke_reply_invalid", spoke=spoke, problem=exc.message)
-            self._metrics.reply_rejected(spoke)
+            self._rejected(quiet, "spoke_reply_invalid", spoke, problem=exc.message)
             raise SpokeReplyError(f"spoke {spoke} sent a reply that failed verification") from exc
         if verified.peer != spoke or reply.responder != spoke:
-            log.warning("spoke_reply_wrong_signer", spoke=spoke, signer=verified.peer)
-            self._metrics.reply_rejected(spoke)
+            self._rejected(quiet, "spoke_reply_wrong_signer", spoke, signer=verified.peer)
             raise SpokeReplyError(f"spoke {spoke} sent a reply signed by another peer")
         want = _route(inbound.verb).result
         if inbound.verb == SPAWN and inbound.command.spawn_agent.dry_run:
@@ -422,10 +453,14 @@ class Relayer:
             or reply.request_digest != inbound.digest
             or reply.WhichOneof("result") != want
         ):
-            log.warning("spoke_reply_mismatch", spoke=spoke)
-            self._metrics.reply_rejected(spoke)
+            self._rejected(quiet, "spoke_reply_mismatch", spoke)
             raise SpokeReplyError("spoke reply does not match the command")
         return reply
+
+    def _rejected(self, quiet: bool, event: str, spoke: str, **detail: str) -> None:
+        if not quiet:
+            log.warning(event, spoke=spoke, **detail)
+            self._metrics.reply_rejected(spoke)
 
 
 _EVENT_TREATMENTS: Final = {

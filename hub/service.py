@@ -174,7 +174,7 @@ class HubServicer:
                 raise errors.InvalidCommandError("a selector spawn's audience is the hub")
             spoke = self._spoke_named(audience)
             await self._drains.check(spoke, inbound.prefetched.drained)  # SPOKE_DRAINING
-            reply_env, reply = await self._relay(spoke, inbound)
+            reply_env, reply = await self._relay(spoke, inbound, check_later=True)
         if not body.dry_run:
             await self._index.remember(reply.agent.agent_id or inbound.command.command_id, spoke)
         return hub_service_pb2.HubServiceSpawnAgentResponse(reply=reply_env)
@@ -489,20 +489,21 @@ class HubServicer:
         return names
 
     async def _relay(
-        self, spoke: str, inbound: Inbound
+        self, spoke: str, inbound: Inbound, *, check_later: bool = False
     ) -> tuple[command_pb2.SignedEnvelope, command_pb2.Reply]:
+        """``check_later``: this reply is the answer (Relayer.call, hub/call_writes.py)."""
         self._authorize(inbound, spoke)
         if self._outbox is not None and inbound.verb in HELD_VERBS:
             # Hold what cannot reach the spoke; answer for what the hub holds (outbox_desk).
             return await self._outbox.relay(
                 spoke,
                 inbound,
-                lambda: self._relayer.call(spoke, inbound),
+                lambda: self._relayer.call(spoke, inbound, check_later=check_later),
                 lambda owner: self._policy.allows(
                     dataclasses.replace(self._policy_request(inbound, spoke), owner=owner)
                 ),
             )
-        return await self._relayer.call(spoke, inbound)
+        return await self._relayer.call(spoke, inbound, check_later=check_later)
 
     # -- routing ----------------------------------------------------------------------------
 
@@ -514,7 +515,7 @@ class HubServicer:
             raise errors.InvalidCommandError(
                 f"{verb} acts on one spoke's queue: set the audience to a spoke name"
             )
-        reply_env, _ = await self._relay(self._spoke_named(audience), inbound)
+        reply_env, _ = await self._relay(self._spoke_named(audience), inbound, check_later=True)
         return reply_env
 
     async def _spoke_holding(self, inbound: Inbound, agent: str) -> str:
@@ -562,19 +563,19 @@ class HubServicer:
         """Route a get/kill: explicit spoke, resource name, agent index, or ask everyone."""
         audience = inbound.command.audience
         if audience != self._cfg.hub_name:
-            reply_env, _ = await self._relay(self._spoke_named(audience), inbound)
+            reply_env, _ = await self._relay(self._spoke_named(audience), inbound, check_later=True)
             return reply_env
         if not agent:
             raise errors.InvalidCommandError("agent is required")
         if agent.startswith(RESOURCE_PREFIX):
             spoke = spoke_of_resource(agent)
-            reply_env, _ = await self._relay(self._spoke_named(spoke), inbound)
+            reply_env, _ = await self._relay(self._spoke_named(spoke), inbound, check_later=True)
             return reply_env
         indexed = await self._indexed(inbound, agent)
         asked: tuple[str, ...] = ()
         if indexed is not None:
             try:
-                reply_env, _ = await self._relay(indexed, inbound)
+                reply_env, _ = await self._relay(indexed, inbound, check_later=True)
             except errors.CommandError as exc:
                 # Not there for this caller (another owner's, or gone): answer as for an id
                 # the hub never indexed, so the index tells nothing about other owners.

@@ -1,9 +1,9 @@
 """hubd's round trips to its Redis per relayed command (issue 13): a spawn named to a spoke
-costs three (the admission with the membership revision, the drained spokes and the
-outbox lookup read in its pipeline; the membership revision again before the spoke's reply
-is verified; the audit entry with the agent index write), a status by bare id four (the
-admission with the agent index; the outbox lookup on the spoke the index names; the
-revision; the audit entry). Before hub/prefetch.py and hub/call_writes.py: 7 and 6.
+costs two (the admission, with the membership revision, the drained spokes and the outbox
+lookup read in its pipeline; the audit entry, with the agent index write and the membership
+revision check of the spoke's reply), a status by bare id three (the admission with the
+agent index; the outbox lookup on the spoke the index names; the audit entry). Before
+hub/prefetch.py and hub/call_writes.py: 7 and 6.
 
 Round trips are counted by a TCP relay between the hub (in process) and a real Redis: each
 time a connection writes again after Redis answered it is one more.
@@ -110,19 +110,19 @@ async def counted(tmp_path: Path, redis_url: str) -> AsyncIterator[Counted]:
             await fed.stop()
 
 
-async def test_a_relayed_spawn_costs_three_round_trips_and_a_status_four(
+async def test_a_relayed_spawn_costs_two_round_trips_and_a_status_three(
     counted: Counted,
 ) -> None:
     client, relay = counted.client, counted.relay
     ops = 10
     before = relay.turns
     ids = [(await client.spawn(SPOKE, "synthetic", "duration=0")).agent_id for _ in range(ops)]
-    assert (relay.turns - before) / ops == 3
+    assert (relay.turns - before) / ops == 2
 
     before = relay.turns
     for agent_id in ids:  # by bare id: the agent index (written with the spawn's entry)
         assert (await client.get(agent_id)).agent_id == agent_id
-    assert (relay.turns - before) / ops == 4
+    assert (relay.turns - before) / ops == 3
 
     page = await client.audit_log(page_size=2 * ops)  # every call is still on record
     assert [(e.action, e.outcome) for e in page.records] == [("GetAgent", "OK")] * ops + [
