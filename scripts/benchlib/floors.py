@@ -59,7 +59,9 @@ def _echo_arm(env: Env, name: str, daemon_names: list[str], description: str) ->
         op,
         lat_n=env.sizes.rpc_lat,
         tput_n=env.sizes.rpc_tput,
-        roles={"server": daemon_names},
+        # echo_relay: "server" is the relay and the echo server behind it (what the relayed
+        # echo costs), "relay" the forwarding process alone (issue13's hub row shows both).
+        roles={"server": daemon_names, **({"relay": ["relay"]} if "relay" in daemon_names else {})},
         begin=begin,
         check=check,
     )
