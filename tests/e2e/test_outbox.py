@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from hubspoke import testing
-from hubspoke.client import Agent, AgentState, CallError, Client
+from hubspoke.client import Agent, AgentState, Client
 from hubspoke.testing import until
 
 from .conftest import SPOKE, stoppable_federation
@@ -51,10 +51,6 @@ async def test_held_while_stopped_then_delivered_once(
         )
         assert again.agent_id == later.agent_id
         assert again.state == AgentState.PENDING_DELIVERY
-        hurried = await client.spawn(
-            SPOKE, "shell", _marker(tmp_path, "hurried"), start_within_s=2.0
-        )
-        assert hurried.state == AgentState.PENDING_DELIVERY
         doomed = await client.spawn(SPOKE, "shell", _marker(tmp_path, "doomed"))
         killed = await client.kill(doomed.agent_id, SPOKE)
         assert killed.state == AgentState.KILLED
@@ -67,14 +63,20 @@ async def test_held_while_stopped_then_delivered_once(
         assert [(i.kind, i.agent) for i in held.items] == [
             ("kill", running.agent_id),
             ("spawn", later.agent_id),
-            ("spawn", hurried.agent_id),
         ]
         listed = await fed.hubctl("--json", "spokes")
         assert listed.code == 0, listed.stderr
-        assert listed.doc()["spokes"][0]["outbox_depth"] == 3
+        assert listed.doc()["spokes"][0]["outbox_depth"] == 2
         table = await fed.hubctl("outbox", "list")
         assert "kill" in table.stdout
         assert later.agent_id in table.stdout
+
+        # Spawned last: its 2 s deadline must not pass before the checks above (a busy
+        # machine's hubctl takes seconds), since the outbox ends it EXPIRED while it waits.
+        hurried = await client.spawn(
+            SPOKE, "shell", _marker(tmp_path, "hurried"), start_within_s=2.0
+        )
+        assert hurried.state == AgentState.PENDING_DELIVERY
 
         await until(lambda: _is(client, hurried.agent_id, AgentState.EXPIRED))
         expired = await _state(client, hurried.agent_id)
@@ -90,52 +92,6 @@ async def test_held_while_stopped_then_delivered_once(
         # The spoke itself signs the delivered agent now; the others stay the hub's answer.
         assert (await _state(client, later.agent_id)).raw.issuer == "operator"
         assert (await _state(client, doomed.agent_id)).state == AgentState.KILLED
-
-
-RATE_LIMITED_SPOKE = {"SPOKE_RATE_PER_PRINCIPAL": "2", "SPOKE_RATE_BURST": "3"}
-"""A spoke that takes 3 commands of one principal at once, then 2 a second."""
-
-
-async def test_a_burst_the_spoke_rate_limits_is_paced_not_refused(
-    tmp_path: Path, redis_url: str
-) -> None:
-    """After a partition the outbox delivers one principal's commands in a burst; the spoke's
-    RATE_LIMITED means "later": every held spawn runs once, none ends DELIVERY_REFUSED."""
-    ledger = tmp_path / "ledger"
-    count = 8
-    async with (
-        stoppable_federation(
-            tmp_path / "fed", redis_url=redis_url, spoke_env=RATE_LIMITED_SPOKE
-        ) as fed,
-        fed.client() as client,
-    ):
-        fed.spoked(SPOKE).signal(signal.SIGSTOP)
-        held = [await client.spawn(SPOKE, "shell", f"echo {i} >> {ledger}") for i in range(count)]
-        assert {a.state for a in held} == {AgentState.PENDING_DELIVERY}
-        fed.spoked(SPOKE).signal(signal.SIGCONT)
-
-        def ran() -> list[str]:
-            return ledger.read_text().split() if ledger.exists() else []
-
-        async def delivered() -> bool:  # the hub answers the outbox: no spoke token spent
-            return (await client.outbox(SPOKE)).total == 0 and len(ran()) == count
-
-        await until(delivered, 60)
-        assert sorted(ran(), key=int) == [str(i) for i in range(count)]
-
-        final: list[AgentState] = []
-
-        async def listed() -> bool:
-            try:
-                final[:] = [a.state for a in (await client.list(SPOKE)).agents]
-            except CallError as exc:  # this read may meet the rate limit too
-                if exc.reason != "RATE_LIMITED":
-                    raise
-                return False
-            return True
-
-        await until(listed, 30)
-        assert final == [AgentState.SUCCEEDED] * count
 
 
 async def _is(client: Client, agent: str, state: AgentState) -> bool:
