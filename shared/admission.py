@@ -27,7 +27,7 @@ from redis.exceptions import NoScriptError, RedisError
 from . import commands, errors
 from .redis_mux import RedisMux, ScriptRef
 
-__all__ = ["Admission", "NonceClaim", "RateLimit", "RateLimitedError"]
+__all__ = ["ADMIT_SCRIPT", "Admission", "NonceClaim", "RateLimit", "RateLimitedError"]
 
 _ADMIT = """
 -- KEYS[1]: the principal's bucket; KEYS[2..n+1]: nonce keys to claim; KEYS[n+2..]: nonce keys
@@ -65,6 +65,9 @@ for i = 2, #ARGV - 1 do
 end
 return {0, 0}
 """
+
+ADMIT_SCRIPT = _ADMIT
+"""The admission script's text (its reply: ``{verdict, detail}``, verdict 0 when admitted)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,8 +136,7 @@ class Admission:
         """``admit``, and with ``read`` the HGETALL of that hash right after the script in the
         same round trip (a status command's record: one round trip in all). Returns the hash
         read (empty if it does not exist), or None without ``read``."""
-        keys = [rate_key, *(c.key for c in claims), *seen]
-        args = [self._limit.rate, self._limit.burst, *(max(c.ttl_ms, 1000) for c in claims)]
+        keys, args = self.call(rate_key, claims, seen)
         raw: dict[bytes, bytes] | None = None
         try:
             if self._mux is not None:
@@ -167,6 +169,24 @@ class Admission:
             raise errors.BackendUnavailableError("redis unavailable") from exc
         self._refuse(principal, int(verdict), detail)
         return replies
+
+    def call(
+        self, rate_key: str, claims: Sequence[NonceClaim], seen: Sequence[str] = ()
+    ) -> tuple[list[str], list[Any]]:
+        """The admission script's keys and arguments, for a script of the caller's that runs
+        ``ADMIT_SCRIPT`` first and the rest only if it admits (spoke/spawn_lua.py: a spawn
+        in one round trip); ``refuse`` then answers its verdict as ``admit`` would."""
+        keys = [rate_key, *(c.key for c in claims), *seen]
+        args: list[Any] = [
+            self._limit.rate,
+            self._limit.burst,
+            *(max(c.ttl_ms, 1000) for c in claims),
+        ]
+        return keys, args
+
+    def refuse(self, principal: str, verdict: int, detail: Any) -> None:
+        """Raise what ``admit`` raises for the script's ``verdict`` (nothing when 0)."""
+        self._refuse(principal, verdict, detail)
 
     def _refuse(self, principal: str, verdict: int, detail: Any) -> None:
         if int(verdict) == 1:

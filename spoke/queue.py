@@ -84,8 +84,23 @@ class AgentQueue:
         await self.redis.aclose()
         await self.worker_redis.aclose()
 
+    @staticmethod
+    def one_trip(req: SpawnRequest) -> bool:
+        """Whether ``create`` can take the command's admission along (``admit``): a spawn due
+        now, without approvals or a dedupe key (nothing to read before it is stored)."""
+        return (
+            req.delay_ms <= 0
+            and req.accept_ms <= now_ms()
+            and not req.approvals_required
+            and not req.dedupe_key
+        )
+
     async def create(
-        self, req: SpawnRequest, max_backlog: int, max_per_principal: int = 0
+        self,
+        req: SpawnRequest,
+        max_backlog: int,
+        max_per_principal: int = 0,
+        admit: tuple[list[str], list[Any]] | None = None,
     ) -> tuple[AgentRecord, bool]:
         """Store a spawn and queue it; idempotent on the agent id. Refused before anything is
         stored when the issuer already has ``max_per_principal`` agents waiting (0: no quota)
@@ -97,12 +112,16 @@ class AgentQueue:
         on the queue. Callers shield this from cancellation, so a client that gives up
         mid-call cannot tear it. Two round trips in all; one for a spawn due now that needs
         no approvals, whose job bullmq's add script writes inside the create script
-        (spoke/spawn_lua.py: a crash cannot come between the two).
+        (spoke/spawn_lua.py: a crash cannot come between the two). With ``admit`` (only when
+        ``one_trip(req)``) the command's admission runs first in that script: one round trip
+        per spawn in all (spoke/spawn_lua.py ``AdmissionRefusedError`` when it refuses).
         """
         add = None
         if req.delay_ms <= 0 and req.accept_ms <= now_ms() and not req.approvals_required:
             add = self.jobs.add_call(req.agent_id, req.priority, req.backoff_ms)
-        rec, created = await self.records.insert(req, max_backlog, max_per_principal, add)
+        if admit is not None and (add is None or not self.one_trip(req)):
+            raise ValueError("an admission rides only on a spawn create() stores in one script")
+        rec, created = await self.records.insert(req, max_backlog, max_per_principal, add, admit)
         if (created or rec.state is AgentState.QUEUED) and approvals.held(rec):
             rec = await self.approvals.hold(rec)  # no job until approved (spoke/approvals.py)
         elif (created and add is None) or (not created and rec.state is AgentState.QUEUED):

@@ -24,6 +24,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from hubspoke.admission import ADMIT_SCRIPT
 from hubspoke.redis_mux import RedisMux, ScriptRef
 
 from . import dedupe, spawn_lua, timings
@@ -133,7 +134,8 @@ class Records:
         self._event = redis.register_script(lua.EVENT)
         self._count_waiting = redis.register_script(lua.COUNT_WAITING)
         self._settle = redis.register_script(lua.with_feed(lua.SETTLE))
-        self._joined: tuple[str, Any] | None = None  # spawn_lua: (bullmq's text, script)
+        self._joined: dict[str, tuple[str, Any, ScriptRef]] = {}
+        """spawn_lua's joined scripts by kind: (bullmq's text, script, its reference)."""
         self._index_run = IndexRun(redis, keys, mux)  # list pages: one round trip (issue 13)
 
     # --- spawn ---------------------------------------------------------------
@@ -145,6 +147,7 @@ class Records:
         max_backlog: int,
         max_per_principal: int = 0,
         add: BullAdd | None = None,
+        admit: tuple[list[str], list[Any]] | None = None,
     ) -> tuple[AgentRecord, bool]:
         """Store a spawn's record, idempotent on the agent id: the record, and whether this
         call created it. One script checks the id, the issuer's quota of waiting agents
@@ -152,7 +155,12 @@ class Records:
         with the audit copies of the signed envelopes, its index and waiting entries and its
         first event. The caller queues its job (spoke/queue.py), unless it passes ``add``:
         then bullmq's add script for the job runs in the same script, only if the record is
-        created (spoke/spawn_lua.py), and the spawn is one round trip."""
+        created (spoke/spawn_lua.py), and the spawn is one round trip. With ``admit`` too (the
+        command's admission: ``Admission.call``; no dedupe key), the admission script runs
+        first in that same script, and the rest only if it admits.
+
+        Raises:
+            spawn_lua.AdmissionRefusedError: ``admit`` refused; nothing was written."""
         now = now_ms()
         rec = AgentRecord(
             agent_id=req.agent_id,
@@ -222,6 +230,15 @@ class Records:
         ]
         for _ in range(dedupe.STALE_RETRIES):
             claim = await dedupe.claim_keys(self.redis, self.keys, req.issuer, req.dedupe_key)
+            if admit is not None and add is not None and not claim:
+                status, detail, *rest = await self._admit_create_and_add(add)(
+                    *spawn_lua.admit_call_args(admit, keys, args, add.keys, add.args)
+                )
+                if status == b"refused":
+                    raise spawn_lua.AdmissionRefusedError(int(detail), rest[0])
+                break  # admitted once: never again (no dedupe claim, so never stale)
+            if admit is not None:
+                raise ValueError("an admission rides only on a spawn due now without a dedupe key")
             if add is None:
                 status, detail = await self._create(keys=keys + claim, args=args)
             else:
@@ -251,12 +268,28 @@ class Records:
 
     def _create_and_add(self, add: BullAdd) -> AsyncScript:
         """The create script joined with bullmq's add script (one per bullmq text, so once)."""
-        if self._joined is None or self._joined[0] != add.script:
-            text = spawn_lua.create_and_add(lua.with_feed(lua.CREATE), add.script)
-            self._joined = (add.script, self.redis.register_script(text))
-        script, mux = self._joined[1], self.mux
+        return self._joined_call(
+            "create", add, lambda: spawn_lua.create_and_add(lua.with_feed(lua.CREATE), add.script)
+        )
+
+    def _admit_create_and_add(self, add: BullAdd) -> AsyncScript:
+        """The admission script, then the create script and bullmq's add (issue 13)."""
+        return self._joined_call(
+            "admit",
+            add,
+            lambda: spawn_lua.admit_create_and_add(
+                ADMIT_SCRIPT, lua.with_feed(lua.CREATE), add.script
+            ),
+        )
+
+    def _joined_call(self, kind: str, add: BullAdd, text: Callable[[], str]) -> AsyncScript:
+        joined = self._joined.get(kind)
+        if joined is None or joined[0] != add.script:
+            script = self.redis.register_script(text())
+            joined = self._joined[kind] = (add.script, script, ScriptRef.of(script))
+        _, script, ref = joined
+        mux = self.mux
         if mux is not None:  # one EVALSHA on the pipelined connection (issue 13)
-            ref = ScriptRef.of(script)
 
             async def on_mux(keys: list[str], args: list[Any]) -> Any:
                 return (await mux.checked_script(ref, keys, args))[0]

@@ -42,6 +42,7 @@ from . import (
     listing,
     pacing,
     service_input,
+    spawn_one_trip,
     status_read,
     wire,
 )
@@ -131,8 +132,20 @@ class SpokeServicer:
     async def SpawnAgent(
         self, request: spoke_service_pb2.SpokeServiceSpawnAgentRequest, context: Any
     ) -> spoke_service_pb2.SpokeServiceSpawnAgentResponse:
-        auth = await self._admit(request.command, "spawn_agent")
-        req = self._spawn_request(auth)
+        auth, pending = self.verifier.check(request.command, "spawn_agent")
+        try:
+            req = self._spawn_request(auth)
+        except Exception:
+            await self.verifier.admit(pending)  # its refusals come first, as for every command
+            raise
+        if self.agents.one_trip(req) and not auth.command.spawn_agent.dry_run:
+            with _queue_errors():  # the admission, the record and its job in one script
+                rec = await spawn_one_trip.create(
+                    self.agents, self.verifier, pending, req, self.config
+                )
+            reply = self._reply(auth, agent=wire.to_agent(self.config.name, rec))
+            return spoke_service_pb2.SpokeServiceSpawnAgentResponse(reply=reply)
+        await self.verifier.admit(pending)
         if auth.command.spawn_agent.dry_run:  # checked as a spawn; nothing is stored
             placement = await rehearse(self.config, self.agents, req)
             reply = self._reply(auth, placement=placement)

@@ -33,9 +33,11 @@ principal the spoke does not trust.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from hubspoke import commands, envelope, errors
 from hubspoke import grpc as sgrpc
@@ -69,6 +71,16 @@ class Authorized:
     """(key, hash) read in the admission's round trip (``Verifier.prefetch``), if any."""
 
 
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A checked command's admission, still to run: ``principal``'s rate token, then every
+    nonce claim, in one round trip (or none claimed)."""
+
+    principal: str
+    rate_key: str
+    claims: tuple[NonceClaim, ...]
+
+
 SPOKE_ADDRESSED = frozenset({"spawn_agent", "pause_queue", "resume_queue", "drain_queue"})
 """Bodies that must name the spoke itself as audience, even when relayed by a hub."""
 
@@ -98,8 +110,35 @@ class Verifier:
         record), read in the admission script's round trip (issue 13: one per status)."""
 
     async def verify(self, env: command_pb2.SignedEnvelope, body: str) -> Authorized:
+        """Every check, the admission (rate token, nonces) last."""
+        auth, pending = self.check(env, body)
+        read = self.prefetch(auth.command, body) if self.prefetch and not auth.via else None
+        raw = await self.admit(pending, read)
+        if read is not None and raw is not None:
+            return dataclasses.replace(auth, prefetched=(read, raw))
+        return auth
+
+    async def admit(self, pending: Pending, read: str | None = None) -> dict[bytes, bytes] | None:
+        """The admission ``check`` left: the client's rate token, then every nonce, in one
+        round trip (with ``read``: that hash's HGETALL in it too)."""
+        return await self.admission.admit_and_read(
+            pending.principal, pending.rate_key, pending.claims, read=read
+        )
+
+    def admission_call(self, pending: Pending) -> tuple[list[str], list[Any]]:
+        """``pending``'s admission script keys and arguments, for a script that runs it first
+        (``AgentQueue.create(admit=)``: a spawn in one round trip)."""
+        return self.admission.call(pending.rate_key, pending.claims)
+
+    def refuse(self, pending: Pending, verdict: int, detail: object) -> None:
+        """Raise what the admission raises for a refusal inside another script."""
+        self.admission.refuse(pending.principal, verdict, detail)
+
+    def check(self, env: command_pb2.SignedEnvelope, body: str) -> tuple[Authorized, Pending]:
+        """Every check but the admission, which the caller must run (``admit``, or inside a
+        script with ``admission_call``) before anything else is done for the command."""
         if env.payload_type == envelope.PAYLOAD_TYPE_RELAY:
-            return await self._relayed(env, body)
+            return self._relayed(env, body)
         if env.payload_type != envelope.PAYLOAD_TYPE_COMMAND:
             raise errors.InvalidCommandError("unknown or missing payload_type")
         verified = envelope.verify(
@@ -114,27 +153,12 @@ class Verifier:
             cmd.issue_time, cmd.expire_time, cmd.nonce, self.window, at=accepted
         )
         start_by, hold = self._start_deadline(cmd, accepted, expires)
-        read = self.prefetch(cmd, body) if self.prefetch is not None else None
-        raw = await self.admission.admit_and_read(
-            cmd.issuer,
-            self.keys.rate(cmd.issuer),
-            [self._claim(cmd.issuer, cmd.nonce, hold)],
-            read=read,
+        auth = Authorized(
+            cmd.issuer, cmd, verified.payload, env, None, "", expires, accepted, start_by
         )
-        return Authorized(
-            cmd.issuer,
-            cmd,
-            verified.payload,
-            env,
-            None,
-            "",
-            expires,
-            accepted,
-            start_by,
-            (read, raw) if read is not None and raw is not None else None,
-        )
+        return auth, self._pending(cmd.issuer, self._claim(cmd.issuer, cmd.nonce, hold))
 
-    async def _relayed(self, env: command_pb2.SignedEnvelope, body: str) -> Authorized:
+    def _relayed(self, env: command_pb2.SignedEnvelope, body: str) -> tuple[Authorized, Pending]:
         outer = envelope.verify(
             env, payload_type=envelope.PAYLOAD_TYPE_RELAY, trust=self.trust, roles={Role.HUB}
         )
@@ -168,15 +192,7 @@ class Verifier:
         if body != "spawn_agent":  # only a spawn is delivered after its window
             commands.check_window(cmd.issue_time, cmd.expire_time, cmd.nonce, self.window)
         start_by, hold = self._start_deadline(cmd, accepted, expires)
-        # The client's own nonce too: otherwise a command the hub relayed once could be sent
-        # again straight to this spoke, or re-wrapped by whoever holds the hub key. The
-        # key is the same one a direct call claims. Clients re-sign every retry.
-        await self._admit(
-            cmd.issuer,
-            self._claim(relay.issuer, relay.nonce, relay_expires),
-            self._claim(cmd.issuer, cmd.nonce, hold),
-        )
-        return Authorized(
+        auth = Authorized(
             cmd.issuer,
             cmd,
             inner.payload,
@@ -187,6 +203,17 @@ class Verifier:
             accepted,
             start_by,
         )
+        # The client's own nonce too: otherwise a command the hub relayed once could be sent
+        # again straight to this spoke, or re-wrapped by whoever holds the hub key. The
+        # key is the same one a direct call claims. Clients re-sign every retry.
+        return auth, self._pending(
+            cmd.issuer,
+            self._claim(relay.issuer, relay.nonce, relay_expires),
+            self._claim(cmd.issuer, cmd.nonce, hold),
+        )
+
+    def _pending(self, principal: str, *claims: NonceClaim) -> Pending:
+        return Pending(principal, self.keys.rate(principal), claims)
 
     def _accepted(self, relay: command_pb2.Relay) -> dt.datetime:
         """The hub's acceptance time: inside the relay's own window (the hub accepted the
@@ -222,10 +249,6 @@ class Verifier:
                 agent=cmd.command_id,
             )
         return start_by, expires + self.window.max_skew + within
-
-    async def _admit(self, principal: str, *claims: NonceClaim) -> None:
-        """The client's rate token, then every nonce, in one round trip (or none claimed)."""
-        await self.admission.admit(principal, self.keys.rate(principal), claims)
 
     def _claim(self, issuer: str, nonce: bytes, until: dt.datetime) -> NonceClaim:
         """A nonce is kept while its command can still be accepted or, for a spawn, started:
