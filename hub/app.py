@@ -160,9 +160,9 @@ class HubApp:
             self._metrics,
             circuits,
         )
-        audit = audit_wiring.audit_log(cfg, self._store.client)
+        audit = audit_wiring.audit_log(cfg, self._store.client, self._store.mux)
         desk = outbox_wiring.outbox_desk(
-            cfg, self._store.client, relayer, monitor, self._key, audit
+            cfg, self._store.client, relayer, monitor, self._key, audit, self._store.mux
         )
         servicer = HubServicer(
             RoutingConfig(

@@ -35,10 +35,12 @@ import structlog
 
 from hubspoke import errors
 from hubspoke.admission import queue_after_script
+from hubspoke.redis_mux import RedisMux, ScriptRef
 
 from .audit_chain import GENESIS, Entry, from_fields
 from .call_writes import MembershipMovedError, Write, write_alone
 from .membership_store import revision_key
+from .mux_pipe import MuxPipe, text
 from .store import redis_guard
 
 __all__ = ["AuditConfig", "AuditLog", "Head", "audit_keys"]
@@ -128,13 +130,22 @@ class AuditConfig:
 class AuditLog:
     """Appends entries to the hub's chain and reads them back (module docstring)."""
 
-    def __init__(self, client: redis.asyncio.Redis, cfg: AuditConfig, timeout_s: float) -> None:
-        """``client`` must decode responses (text); the log does not own it."""
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        cfg: AuditConfig,
+        timeout_s: float,
+        mux: RedisMux | None = None,
+    ) -> None:
+        """``client`` must decode responses (text); the log does not own it. ``mux``: the
+        hub's pipelined connection (hub/mux_pipe.py), for the commits."""
         self._redis = client
+        self._mux = mux
         self._cfg = cfg
         self._timeout = timeout_s
         self._stream, self._head_key, self._trimmed_key = audit_keys(cfg.hub_name)
         self._append = client.register_script(_APPEND)
+        self._append_ref = ScriptRef.of(self._append)
         self._head: Head | None = None
         self._revision_key = revision_key(cfg.hub_name)  # same hash tag as the log's keys
         self._pending: list[_Pending] = []
@@ -238,15 +249,19 @@ class AuditLog:
             riding, writes = tuple(writes), ()  # the first attempt carries them
             failed: tuple[Write, ...] = ()
             async with self._guard():
-                if riding:
+                if self._mux is not None:
+                    (ok, current), replies = await self._append_on_mux(
+                        self._mux, keys, args, riding
+                    )
+                elif riding:
                     (ok, current), *replies = await queue_after_script(
                         self._append, keys, args, _queue_all(riding)
                     )
-                    failed = tuple(
-                        w for w, r in zip(riding, replies, strict=True) if isinstance(r, Exception)
-                    )
                 else:
-                    ok, current = await self._append(keys=keys, args=args)
+                    (ok, current), replies = await self._append(keys=keys, args=args), []
+                failed = tuple(
+                    w for w, r in zip(riding, replies, strict=True) if isinstance(r, Exception)
+                )
             await write_alone(failed)  # e.g. NOSCRIPT: each made by itself
             if int(ok) == 2:
                 raise _RevisionMoved(current)
@@ -255,6 +270,18 @@ class AuditLog:
                 return [link.seq for link in chained]
             self._head = Head.parse(current)  # another hubd appended: chain after its entry
         raise errors.BackendUnavailableError("the audit log is too busy to append to")
+
+    async def _append_on_mux(
+        self, mux: RedisMux, keys: list[str], args: list[str | int], riding: tuple[Write, ...]
+    ) -> tuple[Any, list[Any]]:
+        """The append script, then the riding writes, on the pipelined connection."""
+        pipe = MuxPipe()
+        for write in riding:
+            write.queue(pipe)
+        first, *rest = await mux.script(self._append_ref, keys, args, *pipe.commands)
+        if isinstance(first, Exception):
+            raise first
+        return text(first), pipe.replies(rest)
 
     async def head(self) -> Head:
         """The newest entry's position (Head() when the log is empty)."""

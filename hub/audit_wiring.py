@@ -10,6 +10,7 @@ import socket
 import redis.asyncio
 
 from hubspoke.keys import SigningKey
+from hubspoke.redis_mux import RedisMux
 
 from .audit import AuditConfig, AuditLog
 from .audit_chain import Entry
@@ -21,8 +22,11 @@ from .relay import Inbound
 __all__ = ["audit_log", "checkpoint_task", "record_circuits", "route_entry"]
 
 
-def audit_log(cfg: HubConfig, client: redis.asyncio.Redis) -> AuditLog | None:
-    """The hub's audit log over ``client`` (the hub store's), or None when it is off."""
+def audit_log(
+    cfg: HubConfig, client: redis.asyncio.Redis, mux: RedisMux | None = None
+) -> AuditLog | None:
+    """The hub's audit log over ``client`` (the hub store's), or None when it is off;
+    ``mux``: the store's pipelined connection, for its commits."""
     if not cfg.audit_enabled:
         return None
     return AuditLog(
@@ -35,6 +39,7 @@ def audit_log(cfg: HubConfig, client: redis.asyncio.Redis) -> AuditLog | None:
             max_bytes_kept=cfg.audit_max_bytes_kept,
         ),
         cfg.redis_timeout_s,
+        mux,
     )
 
 

@@ -41,7 +41,9 @@ import grpc
 import redis.asyncio
 
 from hubspoke import errors
+from hubspoke.redis_mux import RedisMux
 
+from .mux_pipe import MuxPipe
 from .outbox_keys import SHARDS, shard_base, shard_of
 from .store import redis_guard
 
@@ -196,9 +198,17 @@ class Ended:
 class Outbox:
     """The hub's held commands (module docstring); Redis errors → BackendUnavailableError."""
 
-    def __init__(self, client: redis.asyncio.Redis, cfg: OutboxConfig, timeout_s: float) -> None:
-        """``client`` must decode responses (text); the outbox does not own it."""
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        cfg: OutboxConfig,
+        timeout_s: float,
+        mux: RedisMux | None = None,
+    ) -> None:
+        """``client`` must decode responses (text); the outbox does not own it. ``mux``: the
+        hub's pipelined connection (hub/mux_pipe.py), for :meth:`lookup`."""
         self._redis = client
+        self._mux = mux
         self._cfg = cfg
         self._timeout = timeout_s
         self._hold = client.register_script(_HOLD)
@@ -300,6 +310,12 @@ class Outbox:
     async def lookup(self, spoke: str, agent: str) -> Lookup:
         """In one round trip: the held spawn of ``agent``, how it ended in the outbox, and a
         held kill of it (each None when there is none)."""
+        if self._mux is not None:
+            reads = MuxPipe()
+            self.queue_lookup(reads, spoke, agent)
+            async with self._guard():
+                replies = reads.replies(await self._mux.checked(*reads.commands))
+            return parse_lookup(replies)
         async with self._guard(), self._redis.pipeline(transaction=False) as pipe:
             self.queue_lookup(pipe, spoke, agent)
             return parse_lookup(await pipe.execute())

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 import redis.asyncio
 
 from hubspoke.keys import SigningKey
+from hubspoke.redis_mux import RedisMux
 
 from .audit import AuditLog
 from .circuit import Circuit, Circuits
@@ -28,8 +29,10 @@ def outbox_desk(
     monitor: HealthMonitor | None,
     key: SigningKey,
     audit: AuditLog | None,
+    mux: RedisMux | None = None,
 ) -> OutboxDesk | None:
-    """The outbox over ``client`` (the hub store's), or None when it is off."""
+    """The outbox over ``client`` (the hub store's), or None when it is off; ``mux``: the
+    store's pipelined connection, for the lookups on the relay path."""
     if not cfg.outbox_enabled:
         return None
     outbox = Outbox(
@@ -44,6 +47,7 @@ def outbox_desk(
             done_ttl_s=cfg.agent_index_ttl_s,
         ),
         cfg.redis_timeout_s,
+        mux,
     )
     return OutboxDesk(
         outbox, relayer, monitor, cfg.name, key, cfg.outbox_default_start_within_s, audit

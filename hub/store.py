@@ -50,11 +50,13 @@ import redis.asyncio
 import redis.exceptions
 
 from hubspoke import errors
-from hubspoke.admission import Admission, NonceClaim, RateLimit
+from hubspoke.admission import ADMIT_SCRIPT, Admission, NonceClaim, RateLimit
 from hubspoke.redis_access import RedisAccess, access, open_client
+from hubspoke.redis_mux import RedisMux, ScriptRef
 from hubspoke.schema import Migration, SchemaState, ensure_schema
 from hubspoke.version import HUB_SCHEMA_VERSION
 
+from .mux_pipe import MuxPipe
 from .outbox_keys import move_from_hub_tag
 
 __all__ = [
@@ -183,6 +185,8 @@ class HubStore:
         self._cluster = cluster
         self._closed = False
         self._remember = client.register_script(_REMEMBER)
+        self._mux = None if cluster else RedisMux.of(client, timeout_s)
+        """The hot path's pipelined connection (hub/mux_pipe.py); none on a cluster."""
 
     @property
     def client(self) -> redis.asyncio.Redis:
@@ -216,6 +220,7 @@ class HubStore:
         The callable raises RateLimitedError, NonceReusedError or BackendUnavailableError.
         """
         admission = Admission(self._redis, limit)
+        script = ScriptRef.of(self._redis.register_script(ADMIT_SCRIPT))
 
         async def admit(
             principal: str,
@@ -232,7 +237,19 @@ class HubStore:
                 if queue is None:
                     await admission.admit(principal, rate, [claim], seen)
                     return []
-                return await admission.admit_then(principal, rate, [claim], seen, queue)
+                if self._mux is None:
+                    return await admission.admit_then(principal, rate, [claim], seen, queue)
+                pipe = MuxPipe()  # on the shared pipelined connection (hub/mux_pipe.py)
+                queue(pipe)
+                keys, args = admission.call(rate, [claim], seen)
+                try:
+                    first, *rest = await self._mux.script(script, keys, args, *pipe.commands)
+                except redis.exceptions.RedisError as exc:
+                    raise errors.BackendUnavailableError("the hub's Redis is unavailable") from exc
+                if isinstance(first, Exception):
+                    raise errors.BackendUnavailableError("the hub's Redis is unavailable")
+                admission.refuse(principal, int(first[0]), first[1])
+                return pipe.replies(rest)
 
         return admit
 
@@ -313,9 +330,16 @@ class HubStore:
                 has_data=has_data,
             )
 
+    @property
+    def mux(self) -> RedisMux | None:
+        """The hot path's pipelined connection (None on a cluster)."""
+        return self._mux
+
     async def close(self) -> None:
         if not self._closed:
             self._closed = True
+            if self._mux is not None:
+                await self._mux.close()
             await self._redis.aclose()
 
 

@@ -32,6 +32,7 @@ class Relay:
     """Counts each connection's write turns between the hub and Redis."""
 
     turns: int = 0
+    connections: int = 0
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     writers: list[asyncio.StreamWriter] = field(default_factory=list)
 
@@ -60,6 +61,7 @@ async def relay_to(url: str) -> AsyncIterator[tuple[str, Relay]]:
 
     async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_r, up_w = await asyncio.open_connection(target.hostname, target.port)
+        relay.connections += 1
         answered = [True]  # per connection: pipelines of several connections interleave
         relay.writers += [writer, up_w]
         relay.tasks += [
@@ -128,3 +130,17 @@ async def test_a_relayed_spawn_costs_two_round_trips_and_a_status_three(
     assert [(e.action, e.outcome) for e in page.records] == [("GetAgent", "OK")] * ops + [
         ("SpawnAgent", "OK")
     ] * ops
+
+
+async def test_concurrent_relayed_calls_share_one_redis_connection(counted: Counted) -> None:
+    """The relay path's Redis calls go on hubd's one pipelined connection (hub/mux_pipe.py):
+    32 spawns and then 32 statuses at once open no connection (one per call in flight
+    without it)."""
+    client, relay = counted.client, counted.relay
+    before = relay.connections
+    spawned = await asyncio.gather(
+        *(client.spawn(SPOKE, "synthetic", "duration=0") for _ in range(32))
+    )
+    got = await asyncio.gather(*(client.get(a.agent_id) for a in spawned))
+    assert [a.agent_id for a in got] == [a.agent_id for a in spawned]
+    assert relay.connections - before == 0
