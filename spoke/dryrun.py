@@ -1,7 +1,7 @@
 """A dry-run spawn at the spoke: every check a real spawn passes, and nothing stored.
 
 By the time :func:`rehearse` runs, the command passed the verifier (signature, audience,
-window, rate, nonce) and ``SpokeServicer._spawn_request`` (policy, profile, task, priority,
+window, rate, nonce) and ``spawn_request.spawn_request`` (policy, profile, task, priority,
 timeout, delay, attempts, labels). It adds what the store would check: an agent that already
 holds the command id (the real spawn would return it, or refuse a different one with
 COMMAND_ID_REUSED) and the queue's backlog (``max_queue_depth``). The per-principal quota

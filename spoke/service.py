@@ -1,8 +1,9 @@
 """SpokeService: pb ↔ domain translation, validation, and orchestration of a spoke's calls.
 
 Each RPC verifies its envelope (spoke/verifier.py), validates the body against this spoke's
-config and limits, calls the queue, and answers with a Reply signed by this spoke that
-binds the command id and the SHA-256 of the client's signed bytes.
+config and limits (a spawn's in spoke/spawn_request.py), calls the queue, and answers with a
+Reply signed by this spoke that binds the command id and the SHA-256 of the client's signed
+bytes.
 
 Owners (shared/policy.py, scopes): every agent is owned by its record's issuer. A caller may
 use get, kill, watch or replay on an agent only through a rule whose scope covers it (``own``:
@@ -19,13 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import json
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 from hubspoke import commands, envelope, errors, input_text
-from hubspoke import dedupe as shared_dedupe
 from hubspoke.gen.federation.v1 import agent_pb2, command_pb2, spoke_service_pb2
 from hubspoke.keys import SigningKey
 from hubspoke.pacing import WatchPacing
@@ -48,16 +46,14 @@ from . import (
 )
 from .config import SpokeConfig
 from .dryrun import rehearse
-from .model import AgentRecord, AgentState, SpawnRequest
-from .profiles import check_task
+from .model import AgentRecord, AgentState
 from .queue import AgentQueue
 from .records import UnknownItemError
+from .spawn_request import policy_request, spawn_request
 from .verifier import Authorized, Verifier
 
 MAX_PAGE_SIZE = 500
 DEFAULT_PAGE_SIZE = 50
-MAX_ATTEMPTS_LIMIT = 10
-LABEL_BYTES = 256
 MAX_DELAY_MS = 30 * 86_400_000
 """The longest not-before delay a spawn may ask for (30 days)."""
 MAX_VERIFY_ITEMS = 256
@@ -134,7 +130,7 @@ class SpokeServicer:
     ) -> spoke_service_pb2.SpokeServiceSpawnAgentResponse:
         auth, pending = self.verifier.check(request.command, "spawn_agent")
         try:
-            req = self._spawn_request(auth)
+            req = spawn_request(auth, self.config, self.policy)
         except Exception:
             await self.verifier.admit(pending)  # its refusals come first, as for every command
             raise
@@ -430,13 +426,7 @@ class SpokeServicer:
         return auth
 
     def _policy_request(self, auth: Authorized, body: str, **spawn: Any) -> PolicyRequest:
-        return PolicyRequest(
-            principal=auth.principal,
-            verb=BODY_VERBS[body],
-            spoke=self.config.name,
-            spoke_labels=self.config.labels,
-            **spawn,
-        )
+        return policy_request(auth, self.config, body, **spawn)
 
     async def _visible(self, auth: Authorized, body: str, agent_id: str) -> AgentRecord:
         """The agent, if a rule lets the caller use this verb on it (its scope covers the
@@ -539,117 +529,6 @@ class SpokeServicer:
             agent = parts[3]
         commands.check_command_id(agent)
         return agent
-
-    def _spawn_request(self, auth: Authorized) -> SpawnRequest:
-        body = auth.command.spawn_agent
-        cfg = self.config
-        # Authorize the named profile before looking it up: a principal that may not spawn it
-        # here learns nothing of this spoke's profiles (UNKNOWN_PROFILE lists them).
-        self.policy.check(self._policy_request(auth, "spawn_agent", profile=body.profile))
-        profile = cfg.profiles.get(body.profile)
-        if profile is None:
-            raise errors.UnknownProfileError(
-                f"profile {body.profile!r} is not configured on spoke {cfg.name}",
-                profiles=",".join(sorted(cfg.profiles)),
-            )
-        if len(body.task.encode()) > cfg.max_task_bytes:
-            raise errors.InvalidCommandError(f"task is longer than {cfg.max_task_bytes} bytes")
-        if "\x00" in body.task:
-            raise errors.InvalidCommandError("task must not contain NUL characters")
-        priority = body.priority or cfg.default_priority
-        if not 1 <= priority <= 10:
-            raise errors.InvalidCommandError("priority must be 1-10")
-        timeout_ms = body.timeout.seconds * 1000 + body.timeout.nanos // 1_000_000
-        limit_ms = int(profile.timeout_s * 1000)
-        if timeout_ms < 0:
-            raise errors.InvalidCommandError("timeout must not be negative")
-        if timeout_ms > limit_ms:
-            raise errors.InvalidCommandError(
-                f"timeout exceeds profile {profile.name}'s limit of {profile.timeout_s:g} s"
-            )
-        delay_ms = body.delay.seconds * 1000 + body.delay.nanos // 1_000_000
-        max_delay_ms = int(cfg.max_delay_s * 1000)
-        if not 0 <= delay_ms <= max_delay_ms or not 0 <= body.delay.nanos < 1_000_000_000:
-            raise errors.InvalidCommandError(
-                f"delay must be 0-{cfg.max_delay_s:g} s on spoke {cfg.name} (max_delay_s)",
-                limit="max_delay_s",
-            )
-        if not 0 <= body.timeout.nanos < 1_000_000_000:
-            raise errors.InvalidCommandError("timeout nanos must be 0-999999999")
-        accepted, start_by = auth.accepted or commands.now(), auth.start_deadline
-        if start_by is not None and delay_ms >= (start_by - accepted).total_seconds() * 1000:
-            raise errors.InvalidCommandError(
-                "delay must be shorter than start_within: the agent could never start",
-                limit="start_within",
-            )
-        attempts = body.max_attempts or profile.max_attempts
-        if not 1 <= attempts <= MAX_ATTEMPTS_LIMIT:
-            raise errors.InvalidCommandError(f"max_attempts must be 1-{MAX_ATTEMPTS_LIMIT}")
-        labels = dict(body.labels)
-        if len(labels) > cfg.max_labels:
-            raise errors.InvalidCommandError(f"more than {cfg.max_labels} labels")
-        if any(
-            len(k.encode()) > LABEL_BYTES or len(v.encode()) > LABEL_BYTES
-            for k, v in labels.items()
-        ):
-            raise errors.InvalidCommandError(
-                f"label keys and values are at most {LABEL_BYTES} bytes"
-            )
-        resolved = self._policy_request(
-            auth,
-            "spawn_agent",
-            profile=profile.name,
-            priority=priority,
-            runtime_s=(timeout_ms or limit_ms) / 1000,
-            attempts=attempts,
-        )
-        self.policy.check(resolved)
-        need, approvers, approve_by = approvals.requirement(
-            self.policy, resolved, cfg.approval_window_s, int(accepted.timestamp() * 1000)
-        )
-        check_task(profile, body.task)  # argv option injection: refused before it is stored
-        # The spawn's meaning, as the client sent it (not as this spoke's config resolved it,
-        # so a config change between two tries of one spawn does not make them differ).
-        meaning = {
-            "issuer": auth.principal,
-            "profile": body.profile,
-            "task": body.task,
-            "priority": body.priority,
-            "timeout_ms": timeout_ms,
-            "max_attempts": body.max_attempts,
-            "labels": labels,
-            "delay_ms": body.delay.seconds * 1000 + body.delay.nanos // 1_000_000,
-        }
-        if body.selector:  # a hub chose this spoke; absent from the meaning without one
-            meaning["selector"] = dict(body.selector)
-        if body.HasField("start_within"):  # absent from the meaning of spawns before it
-            meaning["start_within_ms"] = body.start_within.ToMilliseconds()
-        dedupe_key = shared_dedupe.resolve(
-            body.dedupe_key, body.dedupe_from_task, body.profile, body.task
-        )
-        meaning.update(shared_dedupe.meaning(body.dedupe_key, body.dedupe_from_task))
-        digest = hashlib.sha256(json.dumps(meaning, sort_keys=True).encode()).hexdigest()
-        return SpawnRequest(
-            agent_id=auth.command.command_id,
-            issuer=auth.principal,
-            profile=profile.name,
-            task=body.task,
-            priority=priority,
-            timeout_ms=timeout_ms or limit_ms,
-            max_attempts=attempts,
-            labels=labels,
-            digest=digest,
-            expire_ms=int((start_by or auth.expires).timestamp() * 1000),
-            accept_ms=int(accepted.timestamp() * 1000),
-            delay_ms=body.delay.seconds * 1000 + body.delay.nanos // 1_000_000,
-            backoff_ms=cfg.retry_backoff_ms,
-            envelope=auth.client_envelope.SerializeToString(),
-            relay=auth.relay_envelope.SerializeToString() if auth.relay_envelope else b"",
-            dedupe_key=dedupe_key,
-            approvals_required=need,
-            approvers=approvers,
-            approval_deadline_ms=approve_by,
-        )
 
     def _reply(self, auth: Authorized, **result: Any) -> command_pb2.SignedEnvelope:
         reply = command_pb2.Reply(
