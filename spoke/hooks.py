@@ -121,6 +121,8 @@ def _hook(table: Mapping[str, object], base: Path | None, where: str) -> Hook:
     args = table.get("args", [])
     if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
         raise HookConfigError(f"{where}: args must be a list of strings")
+    if any("\0" in text for text in (program, *args)):  # exec cannot pass one; uvloop cuts at it
+        raise HookConfigError(f"{where}: program and args must not hold a NUL byte")
     timeout = table.get("timeout_seconds")
     if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
         raise HookConfigError(f"{where}: timeout_seconds must be a positive number")

@@ -94,6 +94,10 @@ async def test_every_change_is_in_the_feed_in_order_and_a_trimmed_cursor_gets_a_
             "timeout_seconds must be a positive number",
         ),
         ('[hooks]\nname = "x"\n', "hooks must be an array of tables"),
+        (
+            '[[hooks]]\nname = "x"\non = ["FAILED"]\nprogram = "/bin/true"\nargs = ["a\\u0000b"]\n',
+            "must not hold a NUL byte",
+        ),
     ],
 )
 def test_a_bad_hooks_table_is_one_readable_line(tmp_path: Path, table: str, message: str) -> None:
