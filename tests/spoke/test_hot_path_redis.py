@@ -46,8 +46,10 @@ async def test_concurrent_spawns_and_statuses_share_one_connection(
     assert [reply.agent.agent_id for reply in read] == ids
 
     conns_after, evalshas_after = await _stats(redis_client)
-    # redis-py's pool opened a connection for each caller in flight (dozens here).
-    assert conns_after - conns <= 2  # 0 on the mux; slack for a background reconnect
+    # redis-py's pool opened a connection for each caller in flight (29-45 here). On the mux
+    # none; the slack is for the spoke's background work (its sweeper, metrics and worker
+    # pools open connections of their own when they overlap, as on a busy machine: 3 seen).
+    assert conns_after - conns <= 8
     # One script per spawn (admission, record, job: 2 before), one per status.
     assert evalshas_after - evalshas == 2 * CALLS
 
