@@ -35,36 +35,43 @@ def _spawn(doc: dict[str, Any]) -> list[str]:
     crypto_us = 2000 * (
         val(a.get("ed25519_verify", {}).get("p50")) + val(a.get("ed25519_sign", {}).get("p50"))
     )
+    rtt = val(a.get("redis_rtt", {}).get("p50"))
+    echo_us = max(val(a["echo_direct"]["p50"]) * 1000, 1e-9)
+    floor_x = 1 + crypto_us / echo_us + rtt * 1000 / echo_us
     return [
         f"- **Signed spawn direct: {fmt(ratio(doc, 'spawn_direct p50 / echo p50'))}x the echo "
         f"p50 (target 1.6x), {fmt(ratio(doc, 'spawn_direct throughput / echo throughput'))}x "
         "its throughput (target 0.55x).** The echo floor moves the same bytes and does nothing "
         "else. A spawn that is acknowledged only once it is stored also does four signature "
         "operations (client sign, spoke verify, spoke sign of the reply, client verify: "
-        f"~{fmt(crypto_us, 0)} µs together) and two sequential Redis round trips "
-        f"(`redis_rtt` is {fmt(val(a.get('redis_rtt', {}).get('p50')), 3)} ms each): the "
-        "admission script (the per-principal rate token and the nonce claim, "
-        "shared/admission.py), then one script that is the spoke's create script (checks the "
-        "id and the backlog cap, writes the record, the signed copies, the index entries) and "
-        "bullmq's own `addPrioritizedJob`, run only when the record was created "
-        f"(spoke/spawn_lua.py). In all {fmt(cmds, 0)} Redis commands per spawn, "
-        f"{fmt(scripts, 0)} of them Lua scripts (commands inside a script count too).",
+        f"~{fmt(crypto_us, 0)} µs together) and one Redis round trip "
+        f"(`redis_rtt` is {fmt(rtt, 3)} ms): one script that runs the admission script (the "
+        "per-principal rate token and the nonce claim, shared/admission.py), then the "
+        "spoke's create script (checks the id and the backlog cap, writes the record, the "
+        "signed copies, the index entries), then bullmq's own `addPrioritizedJob`, each only "
+        "when the step before it passed (spoke/spawn_one_trip.py, spoke/spawn_lua.py). In all "
+        f"{fmt(cmds, 0)} Redis commands per spawn, {fmt(scripts, 0)} of them Lua scripts "
+        "(commands inside a script count too).",
         f"- Throughput is bounded by CPU, not by waiting: client + spoke + Redis spend "
         f"{fmt(total, 0)} µs of CPU per spawn against {fmt(echo_total, 0)} µs per echo, so two "
         f"cores cannot exceed ~{fmt(bound, 0)} spawns/s however many are in flight. Most of it "
-        f"is the spoke ({fmt(_cpu(doc, 'spawn_direct', 'spoke'), 0)} µs), and it is spread "
-        "over many small steps rather than one hot spot: each redis-py asyncio command costs "
-        "on the order of 100 µs of Python (connection checkout, packing; replies are parsed "
-        "by `hiredis`), and grpc.aio costs about what the whole echo server does. A py-spy "
-        "profile of spoked under this arm (2026-11-22) put ~37% of its samples in gRPC's "
-        "core and the event loop, ~15% in Ed25519 (verify the command, sign the reply), ~14% "
-        "in redis-py and ~3% in the canonical log line; no single step of ours stands out.",
+        f"is the spoke ({fmt(_cpu(doc, 'spawn_direct', 'spoke'), 0)} µs), spread over many "
+        "small steps rather than one hot spot. Its Redis calls share one pipelined connection "
+        "(shared/redis_mux.py: ~25-40 µs of Python per call where redis-py's pool took "
+        "~90-140), and grpc.aio costs about what the whole echo server does. A py-spy "
+        "profile of spoked under this arm (2026-11-30, asyncio loop: "
+        "docs/bench/flame-spoked-spawn-after.svg) put 15-16% of its samples in gRPC's core "
+        "threads, 27-36% in the loop's callbacks (mostly grpc.aio's), ~10% in the pipelined "
+        "Redis connection and its send syscalls, Ed25519 at 67 µs to verify the command and "
+        "37 µs to sign the reply, and ~2% in the canonical log line.",
         "- The floor under the target: the four signature operations alone are "
-        f"~{fmt(crypto_us / max(val(a['echo_direct']['p50']) * 1000, 1e-9), 2)}x the echo "
-        "p50, and three Redis round trips add as much again, so 1.6x cannot be reached by "
-        "any spawn that is signed both ways and stored before the reply without batching "
-        "many commands per round trip. For throughput, more than one spoke process per "
-        "site helps (they share the Redis and the queue by design).",
+        f"~{fmt(crypto_us / echo_us, 2)}x the echo p50 and the Redis round trip "
+        f"~{fmt(rtt * 1000 / echo_us, 2)}x, so the echo plus those two is already "
+        f"~{fmt(floor_x, 2)}x: 1.6x leaves nothing for the spoke's own Python (checks, "
+        "policy, the record, the log line) and issue 13's 2.0x leaves "
+        f"~{fmt(max(2.0 - floor_x, 0.0) * echo_us, 0)} µs. For throughput, more than one "
+        "spoke process per site helps (`spoked --workers N`; they share the Redis and the "
+        "queue by design).",
     ]
 
 
@@ -78,7 +85,10 @@ def _hub(doc: dict[str, Any]) -> list[str]:
         "admission (signature verify, then the rate token and nonce claim in one script on "
         "the hub's Redis), a relay signature, a second verify at the spoke (relay and client "
         "command, whose two nonces it claims in its one admission script), the hub's check "
-        "of the spoke's signed reply, and the hub's agent-index write. hubd spends "
+        "of the spoke's signed reply, and its audit entry with the agent-index write. hubd "
+        "makes two round trips to its Redis per relayed spawn, on one pipelined connection: "
+        "its admission with the reads the call needs (membership revision, drains, outbox "
+        "lookup: hub/prefetch.py), and the audit commit (hub/call_writes.py). hubd spends "
         f"{fmt(_cpu(doc, 'spawn_hub', 'hub'), 0)} µs of CPU per spawn against "
         f"{fmt(_cpu(doc, 'echo_relay', 'server'), 0)} µs for both echo processes "
         "together.",
@@ -215,7 +225,10 @@ HISTORY = (
     "moved after serving: 5.99x, 0.19x, 13.50x, 7.51 ms and 0.39 s. Since then the rate "
     "token and the nonce claims are one admission script (one round trip fewer per request "
     "at the hub and at the spoke, two fewer for a relayed command at the spoke), `hiredis` "
-    "parses Redis replies, and a signing key's id is computed once instead of per signature."
+    "parses Redis replies, and a signing key's id is computed once instead of per signature. "
+    "Issue 13's second round (2026-11-30): one pipelined Redis connection on the spoke's and "
+    "the hub's hot paths, a spoke spawn in one round trip, hubd's round trips per relayed "
+    "spawn 7 -> 2, uvloop the default loop, a list page's records in one script."
 )
 
 
