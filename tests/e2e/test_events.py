@@ -11,7 +11,6 @@ import contextlib
 import json
 import signal
 import sys
-import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -47,7 +46,8 @@ args = ["{out}"]
 name = "hang"
 on = ["FAILED", "NEEDS_INPUT", "SUCCEEDED"]
 program = "{hang}"
-timeout_seconds = 1
+args = ["{hung}"]
+timeout_seconds = 2
 retries = 1
 
 [[hooks]]
@@ -65,6 +65,8 @@ class Fed:
     operator: hc.Client
     alice: hc.Client
     hook_out: Path
+    hook_hung: Path
+    """The agent ids the hanging hook was run for, one per run."""
 
 
 def _script(path: Path, body: str) -> str:
@@ -85,7 +87,14 @@ async def fed(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Fed]:
             "import sys\nwith open(sys.argv[1], 'a') as f:\n    f.write(sys.stdin.read())\n",
         ),
         out=out,
-        hang=_script(bin_dir / "hang", "import time\ntime.sleep(60)\n"),
+        hang=_script(
+            bin_dir / "hang",
+            "import json, sys, time\n"
+            "with open(sys.argv[1], 'a') as f:\n"
+            "    f.write(json.load(sys.stdin)['agent_id'] + '\\n')\n"
+            "time.sleep(60)\n",
+        ),
+        hung=root / "hang-runs",
         broken=_script(bin_dir / "broken", "import sys\nsys.exit(3)\n"),
     )
     fed = testing.Federation(
@@ -113,7 +122,7 @@ async def fed(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Fed]:
             fed.client(timeout_s=30) as operator,
             hc.Client(fed.hub_address, "alice", alice, trust, "hub", 30) as alice_client,
         ):
-            yield Fed(fed, operator, alice_client, out)
+            yield Fed(fed, operator, alice_client, out, root / "hang-runs")
     finally:
         await fed.stop()
 
@@ -224,14 +233,17 @@ async def test_hooks_get_failed_and_needs_input_and_never_delay_agents(fed: Fed)
         "spoke-1", "synthetic", "duration=0 steps=0 receipt=failed", max_attempts=1
     )
     blocked = await fed.operator.spawn("spoke-1", "synthetic", "duration=0 steps=0 receipt=blocked")
-    started = time.monotonic()
     quick = await asyncio.gather(
         *(fed.operator.spawn("spoke-1", "synthetic", "duration=0 steps=0") for _ in range(6))
     )
-    for agent in quick:  # the hanging hook (1 s, retried) runs on every SUCCEEDED meanwhile
-        done = await fed.operator.wait(agent.agent_id, "spoke-1", timeout=30)
+    for agent in quick:  # the hanging hook (2 s, once retried) is on its way through these
+        done = await fed.operator.wait(agent.agent_id, "spoke-1", timeout=60)
         assert done.state == hc.AgentState.SUCCEEDED
-    assert time.monotonic() - started < 10
+    # Every quick agent ended while the hanging hook still lagged behind their events (each
+    # costs it 4 s and more): no agent waited for it. A hook run on the worker's path would
+    # have run for each agent before the agent's end was recorded.
+    hung = fed.hook_hung.read_text().split() if fed.hook_hung.exists() else []
+    assert not {a.agent_id for a in quick} <= set(hung), hung
     want = {failed.agent_id: "FAILED", blocked.agent_id: "NEEDS_INPUT"}
     got: dict[str, dict[str, Any]] = {}
     async with asyncio.timeout(30):
