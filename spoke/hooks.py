@@ -186,6 +186,10 @@ class HookRunner:
             except (RedisError, OSError, BackendError) as exc:
                 log.warning("hook_feed_retrying", hook=self.hook.name, error=type(exc).__name__)
                 await asyncio.sleep(1.0)
+            except Exception as exc:  # a runner that stopped would stop its hook for good
+                # the error's type only: a traceback may carry the event or the environment
+                log.error("hook_runner_failed", hook=self.hook.name, error=type(exc).__name__)  # noqa: TRY400
+                await asyncio.sleep(1.0)
 
     async def _hold(self) -> bool:
         """Take or renew this hook's lease; whether this runner holds it."""
@@ -255,8 +259,12 @@ class HookRunner:
             return "not started"
         try:
             async with asyncio.timeout(timeout):
-                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                try:
                     await proc.communicate(data)
+                except (BrokenPipeError, ConnectionResetError, RuntimeError):
+                    # It closed its stdin before reading the event (uvloop raises
+                    # RuntimeError for a pipe it saw close): its exit status decides.
+                    await proc.wait()
         except TimeoutError:
             _kill_group(proc.pid)
             await proc.wait()

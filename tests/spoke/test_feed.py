@@ -166,3 +166,39 @@ async def test_a_hook_resumes_from_its_cursor_after_a_restart(
         assert {d["state"] for d in got} == {"KILLED"}
     finally:
         await queue.close()
+
+
+def test_a_hook_that_exits_without_reading_its_event_does_not_stop_its_runner(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """On uvloop (the daemons' default loop) writing the event to a hook that already closed
+    its stdin raised RuntimeError, which ended the hook's runner for the life of spoked (seen
+    in a loaded CI run: the hook never ran again). Each event must reach the hook's cursor."""
+    uvloop = pytest.importorskip("uvloop")
+    quits = tmp_path / "quit"
+    quits.write_text("#!/bin/sh\nexec 0<&-\nexit 0\n")  # closes its stdin, reads nothing
+    quits.chmod(0o755)
+    hook = Hook(name="quit", on=frozenset({"KILLED"}), program=quits)
+    settings = HookSettings(timeout_s=5, retries=0, backoff_s=0.1, heartbeat_s=0.2)
+    events = 40
+
+    async def run() -> None:
+        queue = AgentQueue(redis_url, "spoke-q")
+        hooks = Hooks([hook], "spoke-q", queue.feed, queue.redis, settings)
+        try:
+            hooks.start()
+            await asyncio.sleep(0.3)  # a new hook starts with the changes after it started
+            for n in range(events):
+                await queue.records.insert(_spawn(f"q{n}"), 10_000)
+                await queue.kills.request(f"q{n}", f"c{n}")
+            last = await queue.feed.last()
+            cursor_key = queue.keys.hook_cursor("quit")
+            async with asyncio.timeout(60):
+                while int(await queue.redis.get(cursor_key) or 0) < last:  # noqa: ASYNC110  # in Redis: polled
+                    await asyncio.sleep(0.05)
+        finally:
+            await hooks.close()
+            await queue.close()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(run())
