@@ -12,11 +12,9 @@ time a connection writes again after Redis answered it is one more.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
 import pytest
 
@@ -24,76 +22,20 @@ from hubspoke import client as hc
 from hubspoke import testing
 from hubspoke.hub.config import HubConfig
 
+from ..round_trips import RoundTrips, count_round_trips
+
 SPOKE = "spoke-1"
-
-
-@dataclass
-class Relay:
-    """Counts each connection's write turns between the hub and Redis."""
-
-    turns: int = 0
-    connections: int = 0
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    writers: list[asyncio.StreamWriter] = field(default_factory=list)
-
-
-async def _pump(
-    src: asyncio.StreamReader,
-    dst: asyncio.StreamWriter,
-    relay: Relay,
-    answered: list[bool],
-    upstream: bool,
-) -> None:
-    with contextlib.suppress(ConnectionError):
-        while data := await src.read(65536):
-            if upstream and answered[0]:
-                relay.turns += 1
-            answered[0] = not upstream
-            dst.write(data)
-            await dst.drain()
-    dst.close()
-
-
-@contextlib.asynccontextmanager
-async def relay_to(url: str) -> AsyncIterator[tuple[str, Relay]]:
-    target = urlparse(url)
-    relay = Relay()
-
-    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_r, up_w = await asyncio.open_connection(target.hostname, target.port)
-        relay.connections += 1
-        answered = [True]  # per connection: pipelines of several connections interleave
-        relay.writers += [writer, up_w]
-        relay.tasks += [
-            asyncio.create_task(_pump(reader, up_w, relay, answered, True)),
-            asyncio.create_task(_pump(up_r, writer, relay, answered, False)),
-        ]
-
-    server = await asyncio.start_server(accept, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        yield f"redis://127.0.0.1:{port}{target.path or ''}", relay
-    finally:
-        server.close()
-        for task in relay.tasks:
-            task.cancel()
-        await asyncio.gather(*relay.tasks, return_exceptions=True)
-        for writer in relay.writers:
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
-        await server.wait_closed()
 
 
 @dataclass
 class Counted:
     client: hc.Client
-    relay: Relay
+    relay: RoundTrips
 
 
 @pytest.fixture
 async def counted(tmp_path: Path, redis_url: str) -> AsyncIterator[Counted]:
-    async with relay_to(redis_url) as (relayed, relay):
+    async with count_round_trips(redis_url) as (relayed, relay):
 
         def through_relay(cfg: HubConfig) -> HubConfig:  # no outbox polls while counting
             return cfg.replace(redis_url=relayed, outbox_poll_s=3600.0)

@@ -8,13 +8,10 @@ stored by the spoke's own create path.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from urllib.parse import urlparse
 
 import pytest
 import redis.asyncio as aioredis
@@ -26,63 +23,21 @@ from hubspoke.spoke.model import AgentState, SpawnRequest
 from hubspoke.spoke.queue import AgentQueue
 from hubspoke.spoke.records import Records
 
+from ..round_trips import RoundTrips, count_round_trips
+
 SPOKE = "spoke-1"
 AGENTS = 25
 
 
-@dataclass
-class Turns:
-    """The client's write turns through the relay."""
-
-    count: int = 0
-    answered: bool = True
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    writers: list[asyncio.StreamWriter] = field(default_factory=list)
-
-
-async def _pump(
-    src: asyncio.StreamReader, dst: asyncio.StreamWriter, turns: Turns, upstream: bool
-) -> None:
-    with contextlib.suppress(ConnectionError):
-        while data := await src.read(65536):
-            if upstream and turns.answered:
-                turns.count += 1
-            turns.answered = not upstream
-            dst.write(data)
-            await dst.drain()
-    dst.close()
-
-
 @pytest.fixture
-async def relayed(redis_url: str) -> AsyncIterator[tuple[aioredis.Redis, Turns]]:
-    target = urlparse(redis_url)
-    turns = Turns()
-
-    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_r, up_w = await asyncio.open_connection(target.hostname, target.port)
-        turns.writers += [writer, up_w]
-        turns.tasks += [
-            asyncio.create_task(_pump(reader, up_w, turns, True)),
-            asyncio.create_task(_pump(up_r, writer, turns, False)),
-        ]
-
-    server = await asyncio.start_server(accept, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    client = aioredis.Redis.from_url(f"redis://127.0.0.1:{port}{target.path or ''}")
-    await client.ping()
-    try:
-        yield client, turns
-    finally:
-        await client.aclose()
-        server.close()
-        for task in turns.tasks:
-            task.cancel()
-        await asyncio.gather(*turns.tasks, return_exceptions=True)
-        for writer in turns.writers:
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
-        await server.wait_closed()
+async def relayed(redis_url: str) -> AsyncIterator[tuple[aioredis.Redis, RoundTrips]]:
+    async with count_round_trips(redis_url) as (url, seen):
+        client = aioredis.Redis.from_url(url)
+        await client.ping()
+        try:
+            yield client, seen
+        finally:
+            await client.aclose()
 
 
 def _request(n: int) -> SpawnRequest:
@@ -119,9 +74,9 @@ async def stored(redis_url: str) -> list[str]:
 
 @pytest.mark.parametrize("on_mux", [False, True], ids=["command-client", "mux"])
 async def test_a_page_reads_its_index_and_records_in_one_round_trip(
-    relayed: tuple[aioredis.Redis, Turns], stored: list[str], redis_url: str, on_mux: bool
+    relayed: tuple[aioredis.Redis, RoundTrips], stored: list[str], redis_url: str, on_mux: bool
 ) -> None:
-    client, turns = relayed
+    client, seen = relayed
     keys = SpokeKeys(SPOKE)
     fanout = StreamFanout(redis_url, keys, client)
     mux = RedisMux.of(client, 5.0) if on_mux else None  # the spoke's pipelined connection
@@ -130,24 +85,24 @@ async def test_a_page_reads_its_index_and_records_in_one_round_trip(
         await records.list_page(1, "")  # loads the script once (NOSCRIPT, SCRIPT LOAD)
         newest_first = stored[::-1]
 
-        before = turns.count
+        before = seen.turns
         page = await records.list_page(10, "")
-        assert turns.count - before == 1  # was 2: ZREVRANGE, then 10 HGETALLs
+        assert seen.turns - before == 1  # was 2: ZREVRANGE, then 10 HGETALLs
         assert [a.agent_id for a in page.agents] == newest_first[:10]
         assert all(a.state is AgentState.QUEUED for a in page.agents)
         assert page.agents[0].labels == {"n": str(AGENTS - 1)}
 
         token = await _token_after(records, 2)
-        before = turns.count
+        before = seen.turns
         last = await records.list_page(10, token)
-        assert turns.count - before == 1
+        assert seen.turns - before == 1
         assert [a.agent_id for a in last.agents] == newest_first[20:]
         assert last.next_token == ""  # a short page ends the listing
 
         # A filtered page reads batch after batch: one round trip per batch of the index.
-        before = turns.count
+        before = seen.turns
         mine = await records.list_page(10, "", owner="operator")
-        assert turns.count - before == 2  # 20 entries read to keep 10 (every other one)
+        assert seen.turns - before == 2  # 20 entries read to keep 10 (every other one)
         assert [a.agent_id for a in mine.agents] == stored[1::2][::-1][:10]
     finally:
         if mux is not None:
