@@ -9,6 +9,8 @@ Layout (every name is a spoke site with its own EmbeddedRedis):
 * ``scale``: started only by the scale phase (concurrency 1).
 * hubd ``main`` routes to every spoke; hubd ``fan-N`` to the first N paused spokes.
 * ``echo`` and ``relay`` (a second process forwarding to ``echo``) for the gRPC floor.
+* ``floor_signed``: the design floor of a signed spawn on ``spoke-01``'s Redis
+  (:mod:`benchlib.floor_signed`).
 
 The harness picks the ports and writes them into the configs.
 """
@@ -86,6 +88,7 @@ class Cluster:
     hub_addresses: dict[str, str] = field(default_factory=dict)
     echo: Daemon | None = None
     relay: Daemon | None = None
+    floor_signed: Daemon | None = None
     federation: testing.Federation = field(init=False)
 
     def __post_init__(self) -> None:
@@ -156,6 +159,21 @@ class Cluster:
             env,
         )
         await self.relay.start()
+        self.floor_signed = self._floor_signed(env)
+        await self.floor_signed.start()
+
+    def _floor_signed(self, env: dict[str, str]) -> Daemon:
+        """The design-floor server, as spoke-01 on spoke-01's Redis."""
+        site = self.sites[spoke_name(1)]
+        floor_env = {
+            **env,
+            "FLOOR_NAME": site.name,
+            "FLOOR_KEY_FILE": str(self.files.keys_dir / f"{site.name}.key"),
+            "FLOOR_TRUST_FILE": str(self.files.trust_file),
+            "FLOOR_REDIS_URL": site.redis.url,
+        }
+        argv = [sys.executable, "-m", "benchlib.floor_signed"]
+        return self._daemon("floor_signed", argv, floor_env)
 
     def _daemon(self, name: str, argv: list[str], env: dict[str, str]) -> Daemon:
         log = self.federation.logs / f"{name}.log"
@@ -224,14 +242,14 @@ class Cluster:
             out["redis:hub"] = self.hub_redis.pid
         for key, daemon in self.hubs.items():
             out[f"hub:{key}"] = daemon.pid
-        for extra in (self.echo, self.relay):
+        for extra in (self.echo, self.relay, self.floor_signed):
             if extra is not None and extra.port:
                 out[extra.name] = extra.pid
         return out
 
     async def stop(self) -> None:
         """Stop everything, daemons before their Redis; never raises for one failure."""
-        extras = [d for d in (self.relay, self.echo) if d is not None]
+        extras = [d for d in (self.relay, self.echo, self.floor_signed) if d is not None]
         await asyncio.gather(*(d.stop() for d in extras), return_exceptions=True)
         await asyncio.gather(*(d.kill() for d in extras), return_exceptions=True)
         await self.federation.stop()

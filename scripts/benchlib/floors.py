@@ -1,6 +1,7 @@
 """Floors: what any design pays. A unary gRPC echo of a signed spawn's size (direct, and
-through a relay process), one Redis round trip, Ed25519 sign and verify, and a bare asyncio
-subprocess spawn up to its readiness byte (a tiny program and the Python agent)."""
+through a relay process), one Redis round trip, Ed25519 sign and verify, a bare asyncio
+subprocess spawn up to its readiness byte (a tiny program and the Python agent), and the
+design floor of a signed spawn (``floor_signed``: :mod:`benchlib.floor_signed`)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import redis.asyncio as aioredis
 from hubspoke import envelope
 from hubspoke.grpc import open_channel
 
-from . import echo
+from . import echo, floor_signed
 from .clients import READY_CODE
 from .context import SPAWN_SPOKE, Env, new_id
 from .harness import Arm
@@ -87,6 +88,39 @@ def _redis_arm(env: Env) -> Arm:
         tput_n=env.sizes.rpc_tput,
         roles={"redis": [redis_name]},
         redis=[redis_name],
+    )
+
+
+def _floor_signed_arm(env: Env) -> Arm:
+    """Sign, one gRPC call to the floor server (verify, one EVALSHA, sign), verify."""
+    daemon = env.cluster.floor_signed
+    assert daemon is not None
+    state: dict[str, Any] = {}
+
+    async def begin() -> None:
+        if "client" not in state:
+            channel = open_channel(f"127.0.0.1:{daemon.port}")
+            env.stack.push_async_callback(channel.close, None)
+            state["client"] = floor_signed.open_client(
+                channel, env.cluster.operator, SPAWN_SPOKE, env.cluster.trust
+            )
+
+    async def op(i: int) -> float:
+        t0 = time.perf_counter()
+        await state["client"].spawn()
+        return time.perf_counter() - t0
+
+    redis_name = f"redis:{SPAWN_SPOKE}"
+    return Arm(
+        "floor_signed",
+        "floor",
+        "design floor: sign, grpc.aio call, verify + one EVALSHA + sign, verify the reply",
+        op,
+        lat_n=env.sizes.rpc_lat,
+        tput_n=env.sizes.rpc_tput,
+        roles={"server": ["floor_signed"], "redis": [redis_name]},
+        redis=[redis_name],
+        begin=begin,
     )
 
 
@@ -185,6 +219,7 @@ def floor_arms(env: Env) -> list[Arm]:
             env, "echo_relay", ["echo", "relay"], "the same echo through a forwarding process"
         ),
         _redis_arm(env),
+        _floor_signed_arm(env),
         *_crypto_arms(env),
         *_spawn_arms(env),
     ]

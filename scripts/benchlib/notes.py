@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from . import floor_notes
 from .fmt import fmt, ratio, val
 
 
@@ -234,7 +235,7 @@ HISTORY = (
 
 def render(doc: dict[str, Any]) -> list[str]:
     lines = ["### Where we fall short, and why", ""]
-    for part in (_spawn, _hub, _running, _kill, _fanout, _scale, _rivals):
+    for part in (_spawn, floor_notes.render, _hub, _running, _kill, _fanout, _scale, _rivals):
         lines += part(doc)
     lines += ["", HISTORY]
     lines += [

@@ -69,6 +69,14 @@ RATIOS = (
     Ratio("status_direct p50 / echo p50", ("status_direct", "p50"), ("echo_direct", "p50")),
     Ratio("status_hub p50 / relayed echo p50", ("status_hub", "p50"), ("echo_relay", "p50")),
     Ratio("relayed echo p50 / echo p50", ("echo_relay", "p50"), ("echo_direct", "p50")),
+    Ratio("floor_signed p50 / echo p50", ("floor_signed", "p50"), ("echo_direct", "p50")),
+    Ratio(
+        "floor_signed throughput / echo throughput",
+        ("floor_signed", "tput"),
+        ("echo_direct", "tput"),
+        better="ge",
+    ),
+    Ratio("spawn_direct p50 / floor_signed p50", ("spawn_direct", "p50"), ("floor_signed", "p50")),
     Ratio("spawn_direct p50 / celery p50", ("spawn_direct", "p50"), ("celery_apply_async", "p50")),
     Ratio("spawn_direct p50 / bullmq p50", ("spawn_direct", "p50"), ("bullmq_add", "p50")),
     Ratio(

@@ -21,6 +21,7 @@ ARMS = {
     "echo_direct",
     "echo_relay",
     "redis_rtt",
+    "floor_signed",
     "ed25519_sign",
     "ed25519_verify",
     "spawn_tiny",
@@ -42,6 +43,7 @@ THROUGHPUT_ARMS = {
     "echo_direct",
     "echo_relay",
     "redis_rtt",
+    "floor_signed",
     "spawn_direct",
     "spawn_hub",
     "status_direct",
@@ -95,6 +97,14 @@ def test_quick_run_measures_every_arm_without_losing_agents(tmp_path: Path) -> N
         assert correctness["duplicates"] == 0, (name, correctness)
         assert correctness["errors"] == 0, (name, correctness)
         assert correctness["ok"] > 0, (name, correctness)
+
+    # The design floor: every role's CPU, and its ratios to the echo and from spawn_direct.
+    floor = doc["arms"]["floor_signed"]
+    assert floor["kind"] == "floor"
+    assert set(floor["cpu_us_per_op"]) == {"client", "server", "redis"}
+    assert all(_finite(v["median"]) for v in floor["cpu_us_per_op"].values())
+    ratio_names = {r["name"] for r in doc["ratios"]}
+    assert {"floor_signed p50 / echo p50", "spawn_direct p50 / floor_signed p50"} <= ratio_names
 
     for name in ("spawn_direct", "spawn_hub", "spawn_to_running", "kill_to_gone"):
         correctness = doc["arms"][name]["correctness"]
