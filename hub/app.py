@@ -164,6 +164,9 @@ class HubApp:
         desk = outbox_wiring.outbox_desk(
             cfg, self._store.client, relayer, monitor, self._key, audit, self._store.mux
         )
+        prefetcher = prefetch.prefetcher(cfg.name, self._store, desk, registry)
+        if prefetcher is not None:
+            await prefetcher.load()  # its script; a failure is logged, loaded again on use
         servicer = HubServicer(
             RoutingConfig(
                 hub_name=cfg.name,
@@ -184,7 +187,7 @@ class HubApp:
                     RateLimit(cfg.rate_per_principal, cfg.rate_burst), window.max_skew
                 ),
                 cfg.name,
-                prefetch.prefetcher(cfg.name, self._store, desk, registry),
+                prefetcher,
             ),
             relayer,
             self._registry,

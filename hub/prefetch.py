@@ -11,7 +11,8 @@ answers as a read of its own would; a refused command's reads are dropped:
   lookup of its command id (hub/outbox.py);
 * a verb on one agent: by a spoke named in the audience or the agent's resource name, the
   outbox's lookup of the agent there; by bare id through the hub, the agent index
-  (hub/store.py; the outbox's lookup follows once the index names the spoke).
+  (hub/store.py) and, with an outbox, the outbox's lookup of the agent on the spokes the
+  index names, in one script (hub/index_lookup.py).
 
 A read that fails, or a hub on a Redis Cluster (whose keys span slots), prefetches nothing:
 the caller then reads as before, one round trip per read.
@@ -24,10 +25,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
+import redis.exceptions
+
 from hubspoke import errors
 from hubspoke.gen.federation.v1 import command_pb2
 
 from .drain import drained_key, parse_drained
+from .index_lookup import Found, IndexLookup
 from .membership_store import revision_key
 from .outbox import Lookup, Outbox, parse_lookup
 from .routing_config import RESOURCE_PREFIX, spoke_of_resource
@@ -63,15 +67,21 @@ class Prefetched:
     """(spoke, agent, the outbox's lookup of that agent on that spoke)."""
     index: tuple[str, tuple[str, ...]] | None = None
     """(agent id, the spokes the agent index holds it on)."""
+    found: Found | None = None
+    """By bare id with an outbox: the index and the outbox's lookups (hub/index_lookup.py)."""
 
     def outbox_lookup(self, spoke: str, agent: str) -> Lookup | None:
         """The prefetched outbox lookup of ``agent`` on ``spoke``, if that one was read."""
+        if self.found is not None and self.found.agent == agent:
+            return self.found.lookups.get(spoke)
         if self.lookup is None or self.lookup[:2] != (spoke, agent):
             return None
         return self.lookup[2]
 
     def indexed(self, agent: str) -> tuple[str, ...] | None:
         """The spokes the index holds ``agent`` on, if that agent was looked up."""
+        if self.found is not None and self.found.agent == agent:
+            return self.found.spokes
         if self.index is None or self.index[0] != agent:
             return None
         return self.index[1]
@@ -89,6 +99,8 @@ class Plan:
         default_factory=tuple
     )
     """(reply count, queue, parse, Prefetched field) per read."""
+    noscript: Callable[[], None] | None = None
+    """Called when a read answered NOSCRIPT (a script of the plan must be loaded again)."""
 
     def queue(self, pipe: Any) -> None:
         for _, add, _, _ in self.steps:
@@ -101,6 +113,10 @@ class Plan:
             got = replies[at : at + count]
             at += count
             if len(got) != count or any(isinstance(r, Exception) for r in got):
+                if self.noscript is not None and any(
+                    isinstance(r, redis.exceptions.NoScriptError) for r in got
+                ):
+                    self.noscript()
                 continue  # not prefetched: the caller reads it itself
             found[name] = read(got)
         return Prefetched(**found)
@@ -115,13 +131,21 @@ class Prefetcher:
         store: HubStore,
         outbox: Outbox | None,
         membership: Callable[[], bool],
+        index_lookup: IndexLookup | None = None,
     ) -> None:
         """``membership()``: whether the hub serves enrolled spokes (then it checks the
-        membership revision on every command)."""
+        membership revision on every command). ``index_lookup``: the index and outbox
+        lookups of a bare id in one script (with an outbox; hub/index_lookup.py)."""
         self._hub = hub
         self._store = store
         self._outbox = outbox
         self._membership = membership
+        self._index_lookup = index_lookup
+
+    async def load(self) -> None:
+        """Load the plan's scripts into Redis (hubd's start-up)."""
+        if self._index_lookup is not None:
+            await self._index_lookup.load()
 
     def plan(self, cmd: command_pb2.Command) -> Plan:
         steps: list[tuple[int, Callable[[Any], None], Callable[[Sequence[Any]], Any], str]] = []
@@ -144,6 +168,10 @@ class Prefetcher:
             elif ref.startswith(RESOURCE_PREFIX):
                 with contextlib.suppress(errors.InvalidCommandError):  # refused later, as ever
                     spoke, agent = spoke_of_resource(ref), _agent_id(ref)
+            elif ref and self._outbox is not None and (lookup := self._script()) is not None:
+                steps.append(
+                    (1, lambda p: lookup.queue(p, ref), lambda r: lookup.parse(ref, r), "found")
+                )
             elif ref:
                 store = self._store
                 steps.append(
@@ -165,7 +193,12 @@ class Prefetcher:
                     "lookup",
                 )
             )
-        return Plan(tuple(steps))
+        return Plan(tuple(steps), self._index_lookup.lost if self._index_lookup else None)
+
+    def _script(self) -> IndexLookup | None:
+        """The index lookup script, if it may be used now (if not loaded, it starts loading)."""
+        lookup = self._index_lookup
+        return lookup if lookup is not None and lookup.ready else None
 
 
 def _agent_id(ref: str) -> str:
@@ -180,5 +213,9 @@ def prefetcher(
     if store.cluster:
         return None
     return Prefetcher(
-        hub, store, desk.outbox if desk is not None else None, lambda: registry.enrolled
+        hub,
+        store,
+        desk.outbox if desk is not None else None,
+        lambda: registry.enrolled,
+        IndexLookup(store.client, hub) if desk is not None else None,
     )
