@@ -14,7 +14,8 @@ predecessor died before it recorded anything. There:
 
 ==========  ==============================================================
 ``sup``     the supervisor's pid
-``pid``     the agent's pid (its process group's id too)
+``pid``     the agent's pid (its process group's id too); also reported once on the
+            supervisor's stdout, a pipe spoked reads (spoke/supervisor_report.py)
 ``stdin``   the task, for a profile with ``task_on_stdin``
 ``stdout``  the agent's stdout, appended (``stderr`` likewise)
 ``exit``    the agent's wait status as sh gives it (128+N: killed by signal N)
@@ -54,6 +55,7 @@ from .processes import (
 from .profiles import Profile
 from .runtime import AgentStartError, OutputCallback, agent_environment, command_line, read_secrets
 from .supervisor_cgroup import CgroupSupport, agent_cgroup, kill_cgroup, remove_cgroup
+from .supervisor_report import PidReport
 from .supervisor_spawn import ChildExit, spawn
 
 __all__ = [
@@ -78,6 +80,8 @@ TAIL_S = 0.2
 """How often a supervised agent's output files and exit file are looked at."""
 PID_WAIT_S = 10.0
 """How long a start waits for the supervisor to report the agent's pid."""
+SESSION_POLL_S = 0.0002
+"""The first look again for the reported agent leading its own session (doubling to 10 ms)."""
 REAP_WAIT_S = 2.0
 """How long a finished agent's supervisor (spoked's child) is waited for, to reap it."""
 MAX_READ_BYTES = 1024 * 1024
@@ -361,19 +365,25 @@ def _own_session(pid: int) -> bool:
         return True
 
 
-async def _agent_pid(state: Path, child: ChildExit) -> int | None:
+async def _agent_pid(state: Path, child: ChildExit, report: PidReport) -> int | None:
+    """The agent's pid once it leads its own session (a signal to its group reaches it), as
+    the supervisor reports it on its pipe (spoke/supervisor_report.py); None if it did not
+    start one within PID_WAIT_S. A supervisor that ended without a report: its pid file."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + PID_WAIT_S
-    delay = 0.001
-    while loop.time() < deadline:
-        pid = _read_line_int(state / "pid")
-        if pid is not None and _own_session(pid):
-            return pid
+    pid = await report.pid(PID_WAIT_S)
+    if pid is None:  # it closed its stdout without a line: ending, or failed
+        await child.wait(max(0.0, deadline - loop.time()))
+        return _read_line_int(state / "pid") if child.exited else None
+    delay = SESSION_POLL_S  # setsid(1) runs in the agent's process right after the fork
+    while not _own_session(pid):
         if child.exited:
-            return _read_line_int(state / "pid")
+            break
+        if loop.time() >= deadline:
+            return None
         await asyncio.sleep(delay)
-        delay = min(delay * 2, 0.05)
-    return None
+        delay = min(delay * 2, 0.01)
+    return pid
 
 
 def _prepare_state(state: Path, profile: Profile, task: str, cgroup: Path | None) -> int:
@@ -425,11 +435,16 @@ async def start_supervised(
     state = attempt_dir(root, agent_id, attempt)
     try:
         err = _prepare_state(state, profile, task, agent_cgroup(cgroups, agent_id, attempt))
+        report = PidReport()
         try:
-            pid = spawn([shell(), str(SCRIPT), str(state), *argv], env, err)
+            pid = spawn([shell(), str(SCRIPT), str(state), *argv], env, err, report.write_fd)
+            report.started()
+            child = ChildExit(pid)
+        except BaseException:
+            report.close()
+            raise
         finally:
             os.close(err)
-        child = ChildExit(pid)
     except (OSError, ValueError) as exc:
         raise AgentStartError(
             f"profile {profile.name!r}: cannot start the supervisor of {argv[0]!r}: {exc}"
@@ -438,7 +453,10 @@ async def start_supervised(
     supervisor = ProcessIdentity(
         child.pid, child.pid, UNKNOWN_START_TICKS if sup_ticks is None else sup_ticks
     )
-    agent_pid = await _agent_pid(state, child)
+    try:
+        agent_pid = await _agent_pid(state, child, report)
+    finally:
+        report.close()
     if agent_pid is None:
         signal_group(child.pid, signal.SIGKILL)
         await child.wait(PID_WAIT_S)

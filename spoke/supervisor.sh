@@ -11,7 +11,8 @@
 #
 # Files it writes in DIR:
 #   sup   its own pid (a line), written first
-#   pid   the agent's pid (a line), once it is started
+#   pid   the agent's pid (a line), once it is started; the same line goes to stdout
+#         (spoked's pipe, which is then closed)
 #   exit  the agent's wait status as sh reports it (a line: 0-255, 128+N = killed by signal
 #         N), written to exit.tmp and renamed, so a reader sees all of it or nothing
 # When DIR/cgroup names a cgroup v2 directory, the agent joins it before it runs, and every
@@ -36,6 +37,10 @@ else
 fi
 agent=$!
 echo "$agent" > "$dir/pid"
+# The same line on stdout, a pipe spoked reads (no polling of the pid file), then let it go:
+# nothing else is written there, and spoked may be gone later.
+echo "$agent"
+exec > /dev/null
 wait "$agent"
 status=$?
 # The agent (the group leader) is gone: what is left of its group goes too, as before.

@@ -19,12 +19,19 @@ from collections.abc import Mapping, Sequence
 __all__ = ["ChildExit", "spawn"]
 
 
-def spawn(argv: Sequence[str], env: Mapping[str, str], stderr_fd: int) -> int:
-    """Start ``argv`` in a new session, stdin and stdout /dev/null, stderr ``stderr_fd``;
-    its pid. Raises OSError (or ValueError for a NUL byte) as exec would."""
+def spawn(
+    argv: Sequence[str], env: Mapping[str, str], stderr_fd: int, stdout_fd: int | None = None
+) -> int:
+    """Start ``argv`` in a new session, stdin /dev/null, stdout ``stdout_fd`` (or /dev/null),
+    stderr ``stderr_fd``; its pid. Raises OSError (or ValueError for a NUL byte) as exec
+    would."""
+    out: tuple[int, int, str, int, int] | tuple[int, int, int]
+    out = (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0)
+    if stdout_fd is not None:
+        out = (os.POSIX_SPAWN_DUP2, stdout_fd, 1)
     actions = [
         (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-        (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+        out,
         (os.POSIX_SPAWN_DUP2, stderr_fd, 2),
     ]
     return os.posix_spawn(argv[0], list(argv), dict(env), file_actions=actions, setsid=True)
