@@ -160,6 +160,8 @@ SPOKE_OPTIONS: Final[Mapping[str, str]] = {
     "max_message_bytes": "Largest gRPC message accepted or sent, in bytes.",
     "retry_backoff_ms": "Base of the exponential retry backoff, in ms.",
     "sweep_interval_s": "How often, in seconds, finished agents past retention are forgotten.",
+    "start_up_scan_batch": "Records the start-up scan (orphaned jobs) reads per step.",
+    "start_up_scan_pause_ms": "Pause between steps of the start-up scan, in ms (0: none).",
     "max_watchers": "Concurrent watch streams this process serves.",
     "max_watchers_per_principal": "Concurrent watch streams one principal may hold here.",
     "watch_event_rate": "Events per second one watch may carry (progress coalesced).",

@@ -48,8 +48,10 @@ CALL_METADATA: Final = ((PROTOCOL_METADATA_KEY, str(PROTOCOL_VERSION)),)
 UNANNOUNCED_PROTOCOL_VERSION: Final = 1
 """What a peer that sends no ``hubspoke-protocol`` speaks: the protocol before the header."""
 
-SPOKE_SCHEMA_VERSION: Final = 1
-"""Layout of a spoke site's Redis (``federation:{spoke}:*``). 0: before the version key."""
+SPOKE_SCHEMA_VERSION: Final = 2
+"""Layout of a spoke site's Redis (``federation:{spoke}:*``). 0: before the version key; 2: the
+index of two-step writes that spoked's start-up scan reads instead of every record
+(spoke/schema.py)."""
 HUB_SCHEMA_VERSION: Final = 3
 """Layout of a hub's Redis (``federation:hub:{hub}:*``). 0: before the version key; 2: nonce
 and rate keys tagged per principal for Redis Cluster (hub/store.py); 3: the outbox in shards

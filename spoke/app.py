@@ -22,7 +22,7 @@ from hubspoke.metrics import MetricsServer
 from hubspoke.policy import Policy
 from hubspoke.trust import TrustStore
 
-from . import workers
+from . import start_up_scan, workers
 from .backend import BackendError
 from .config import SpokeConfig, SpokeConfigError
 from .deadline import Deadlines
@@ -210,12 +210,19 @@ class SpokeApp:
             raise SpokeConfigError(str(exc)) from exc
 
     async def _requeue(self, agents: AgentQueue) -> None:
-        try:
-            healed = await agents.requeue_orphans()
+        try:  # the marked two-step writes only, after the one-time full scan (issue 13)
+            done = await start_up_scan.run(agents, start_up_scan.Pacing.of(self.config))
         except BackendError as exc:
             log.warning("requeue_failed", error=str(exc))
             return
-        log.info("requeue_done", requeued=healed)
+        log.info(
+            "requeue_done",
+            requeued=done.requeued,
+            full_scan=done.full,
+            records=done.records,
+            marks=done.marks,
+            seconds=round(done.seconds, 3),
+        )
 
     def _worker_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None and not self._stopping:

@@ -49,6 +49,7 @@ from hubspoke.policy import Policy
 from hubspoke.policy import Request as PolicyRequest
 from hubspoke.trust import Role, TrustStore
 
+from . import job_pending
 from .backend import AgentMissingError, TransitionError, backend, now_ms
 from .jobs import Jobs
 from .model import AgentRecord, AgentState, SpawnRequest
@@ -244,13 +245,15 @@ class Approvals:
         return status.decode(), int(detail)
 
     async def _release(self, agent_id: str) -> None:
-        try:
-            await self.records.transition(
-                agent_id, [AgentState.AWAITING_APPROVAL], AgentState.QUEUED, APPROVED
-            )
-        except TransitionError:
-            return  # released (or ended) by another call meanwhile
-        await self.jobs.enqueue(await self.records.get(agent_id))
+        redis, keys = self.records.redis, self.records.keys
+        async with job_pending.two_step(redis, keys, agent_id):  # record, then job
+            try:
+                await self.records.transition(
+                    agent_id, [AgentState.AWAITING_APPROVAL], AgentState.QUEUED, APPROVED
+                )
+            except TransitionError:
+                return  # released (or ended) by another call meanwhile
+            await self.jobs.enqueue(await self.records.get(agent_id))
 
 
 async def _scan_held(

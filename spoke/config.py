@@ -144,6 +144,12 @@ class SpokeConfig:
     """Base of the exponential retry backoff (each wait is half to all of base·2^(n-1))."""
     sweep_interval_s: float = 30.0
     """How often finished agents past their retention are forgotten."""
+    start_up_scan_batch: int = 500
+    """Records (or marks of two-step writes) the start-up scan reads per step
+    (spoke/start_up_scan.py)."""
+    start_up_scan_pause_ms: int = 10
+    """Sleep between two steps of the start-up scan, so that the calls served meanwhile do
+    not pay for it (0: none)."""
     max_watchers: int = 256
     """Concurrent WatchAgent streams this process serves; more get RESOURCE_EXHAUSTED."""
     max_watchers_per_principal: int = 32
@@ -258,10 +264,13 @@ class SpokeConfig:
             "watch_event_rate_per_principal",
             "watch_event_burst_per_principal",
             "feed_maxlen",
+            "start_up_scan_batch",
         )
         for key in positive:
             if getattr(self, key) <= 0:
                 raise SpokeConfigError(f"{key} must be positive")
+        if self.start_up_scan_pause_ms < 0:
+            raise SpokeConfigError("start_up_scan_pause_ms must not be negative")
         if self.hook_retries < 0:
             raise SpokeConfigError("hook_retries must not be negative")
         if self.max_message_bytes < 1024:

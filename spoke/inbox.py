@@ -31,6 +31,7 @@ from typing import Any, Final
 
 from redis import asyncio as aioredis
 
+from . import job_pending
 from .backend import (
     AgentMissingError,
     AgentReusedError,
@@ -221,26 +222,27 @@ async def resume(records: Records, jobs: Jobs, agent_id: str, seq: int) -> bool:
     if rec.state is not AgentState.NEEDS_INPUT:
         return False
     job_id = f"input{seq}-a{rec.attempt}-{agent_id}"  # not cmd-…: see SpokeKeys.replay_job_id
-    try:
-        await records.transition(
-            agent_id,
-            [AgentState.NEEDS_INPUT],
-            AgentState.QUEUED,
-            RESUMED,
-            {
-                "job_id": job_id,
-                "exit_code": "",
-                "end_ms": "",
-                "kill_requested": "",
-                "pid": "",
-                "pgid": "",
-                "start_ticks": "",
-                "not_before_ms": "",
-                # It started in time once: the next attempt waits for its turn, not a deadline.
-                "expire_ms": "",
-            },
-        )
-    except TransitionError:
-        return False
-    await jobs.enqueue(await records.get(agent_id))
+    async with job_pending.two_step(records.redis, records.keys, agent_id):  # two steps
+        try:
+            await records.transition(
+                agent_id,
+                [AgentState.NEEDS_INPUT],
+                AgentState.QUEUED,
+                RESUMED,
+                {
+                    "job_id": job_id,
+                    "exit_code": "",
+                    "end_ms": "",
+                    "kill_requested": "",
+                    "pid": "",
+                    "pgid": "",
+                    "start_ticks": "",
+                    "not_before_ms": "",
+                    # It started in time once: the next attempt waits for its turn, not a deadline.
+                    "expire_ms": "",
+                },
+            )
+        except TransitionError:
+            return False
+        await jobs.enqueue(await records.get(agent_id))
     return True

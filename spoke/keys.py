@@ -61,6 +61,19 @@ class SpokeKeys:
         return f"{self.prefix}:start-deadlines"
 
     @property
+    def job_pending(self) -> str:
+        """Sorted set of the two-step writes in flight ("record written, job pending"):
+        ``<agent id>:<token>`` scored by when it was marked (spoke/job_pending.py); spoked's
+        start-up scan reads only these, not the backlog (spoke/start_up_scan.py)."""
+        return f"{self.prefix}:job-pending"
+
+    @property
+    def full_scan_owed(self) -> str:
+        """Present while the one-time scan of every record a schema upgrade to 2 asks for
+        (quota recount, start deadlines, orphaned jobs) has not finished (spoke/schema.py)."""
+        return f"{self.prefix}:full-scan-owed"
+
+    @property
     def verifying(self) -> str:
         """Sorted set of NEEDS_VERIFICATION agent ids scored by their verification deadline
         (ms), kept by the scripts that change state; the sweeper fails those past it."""

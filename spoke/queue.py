@@ -24,7 +24,7 @@ from typing import Any
 from hubspoke.redis_access import RedisAccess
 from hubspoke.redis_mux import RedisMux
 
-from . import approvals, start_deadlines
+from . import approvals, job_pending, start_deadlines, start_up_scan
 from .backend import AgentMissingError, TransitionError, backend, command_client, now_ms
 from .fanout import StreamFanout
 from .feed import Feed
@@ -38,9 +38,6 @@ from .records import Records, StateObserver
 from .slots import Slots
 
 REPLAYABLE = (AgentState.FAILED, AgentState.TIMED_OUT, AgentState.DEAD_LETTERED)
-
-WAIT = (b"QUEUED", b"AWAITING_APPROVAL")
-"""Stored states of agents not started yet (their start deadline is in the sweeper's index)."""
 
 
 class AgentQueue:
@@ -108,7 +105,8 @@ class AgentQueue:
 
         Returns the record and whether this call created it. The record is written first
         (``Records.insert``), the bullmq job after it: a crash between the two leaves a
-        QUEUED record that ``requeue_orphans`` (and any retry of the same spawn) puts back
+        QUEUED record that spoked's start-up scan (spoke/start_up_scan.py: the write is
+        marked in spoke/job_pending.py's index first) and any retry of the same spawn put back
         on the queue. Callers shield this from cancellation, so a client that gives up
         mid-call cannot tear it. Two round trips in all; one for a spawn due now that needs
         no approvals, whose job bullmq's add script writes inside the create script
@@ -121,11 +119,15 @@ class AgentQueue:
             add = self.jobs.add_call(req.agent_id, req.priority, req.backoff_ms)
         if admit is not None and (add is None or not self.one_trip(req)):
             raise ValueError("an admission rides only on a spawn create() stores in one script")
-        rec, created = await self.records.insert(req, max_backlog, max_per_principal, add, admit)
-        if (created or rec.state is AgentState.QUEUED) and approvals.held(rec):
-            rec = await self.approvals.hold(rec)  # no job until approved (spoke/approvals.py)
-        elif (created and add is None) or (not created and rec.state is AgentState.QUEUED):
-            await self.jobs.enqueue(rec)  # for an existing one: heals a crash between the two
+        # Two steps without ``add``: marked until the job is there (spoke/job_pending.py).
+        async with job_pending.two_step(self.redis, self.keys, req.agent_id, when=add is None):
+            rec, created = await self.records.insert(
+                req, max_backlog, max_per_principal, add, admit
+            )
+            if (created or rec.state is AgentState.QUEUED) and approvals.held(rec):
+                rec = await self.approvals.hold(rec)  # no job until approved (spoke/approvals.py)
+            elif (created and add is None) or (not created and rec.state is AgentState.QUEUED):
+                await self.jobs.enqueue(rec)  # for an existing one: heals a crash between the two
         return rec, created
 
     async def replay(self, agent_id: str, command_id: str, start_by_ms: int) -> AgentRecord:
@@ -136,34 +138,35 @@ class AgentQueue:
         rec = await self.records.get(agent_id)
         if rec.replay_command == command_id:
             return rec
-        replays = rec.replays + 1
-        new_job = SpokeKeys.replay_job_id(agent_id, replays)
-        await self.records.transition(
-            agent_id,
-            REPLAYABLE,
-            AgentState.QUEUED,
-            "REPLAYED",
-            {
-                "attempt": 0,
-                "replays": replays,
-                "replay_command": command_id,
-                "job_id": new_job,
-                "exit_code": "",
-                "end_ms": "",
-                "start_ms": "",
-                "kill_requested": "",
-                "pid": "",
-                "pgid": "",
-                "start_ticks": "",
-                # The replay's start deadline, counted from the original spawn: never cleared.
-                "expire_ms": start_by_ms,
-            },
-        )
-        await start_deadlines.add(self.redis, self.keys, [(agent_id, start_by_ms)])
-        if rec.job_id:
-            await self.jobs.remove(rec.job_id)
-        again = await self.records.get(agent_id)
-        await self.jobs.enqueue(again)
+        async with job_pending.two_step(self.redis, self.keys, agent_id):  # two steps
+            replays = rec.replays + 1
+            new_job = SpokeKeys.replay_job_id(agent_id, replays)
+            await self.records.transition(
+                agent_id,
+                REPLAYABLE,
+                AgentState.QUEUED,
+                "REPLAYED",
+                {
+                    "attempt": 0,
+                    "replays": replays,
+                    "replay_command": command_id,
+                    "job_id": new_job,
+                    "exit_code": "",
+                    "end_ms": "",
+                    "start_ms": "",
+                    "kill_requested": "",
+                    "pid": "",
+                    "pgid": "",
+                    "start_ticks": "",
+                    # The replay's start deadline, counted from the original spawn: never cleared.
+                    "expire_ms": start_by_ms,
+                },
+            )
+            await start_deadlines.add(self.redis, self.keys, [(agent_id, start_by_ms)])
+            if rec.job_id:
+                await self.jobs.remove(rec.job_id)
+            again = await self.records.get(agent_id)
+            await self.jobs.enqueue(again)
         return again
 
     async def dead_letters(self, page_size: int, token: str, owner: str | None = None) -> Page:
@@ -201,39 +204,12 @@ class AgentQueue:
                     pass  # already started or gone: not ours to cancel
                 await self.jobs.remove(job_id)
 
-    @backend
     async def requeue_orphans(self) -> int:
-        """Put QUEUED records with no bullmq job back on the queue (crash between writes).
-
-        Also counts every waiting agent in its principal's quota (``Records.count_waiting``):
-        agents stored by a release before the quota existed were never counted."""
-        healed = 0
-        async for rows in self.records.scan_index("state", "job_id", "expire_ms"):
-            await self.records.count_waiting(
-                agent_id for agent_id, (state, _, _) in rows if state in (b"QUEUED", b"RETRYING")
-            )
-            await start_deadlines.add(  # stored before the index of start deadlines existed
-                self.redis,
-                self.keys,
-                ((agent_id, int(ms or 0)) for agent_id, (state, _, ms) in rows if state in WAIT),
-            )
-            queued = [
-                (agent_id, (job or b"").decode() or SpokeKeys.job_id(agent_id))
-                for agent_id, (state, job, _) in rows
-                if state == b"QUEUED"
-            ]
-            if not queued:
-                continue
-            present = await self.jobs.exist(job for _, job in queued)
-            for (agent_id, _), there in zip(queued, present, strict=True):
-                if not there:
-                    orphan = await self.records.get(agent_id)
-                    if approvals.held(orphan):  # stored, crashed before it was held
-                        await self.approvals.hold(orphan)
-                        continue
-                    await self.jobs.enqueue(orphan)
-                    healed += 1
-        return healed
+        """Scan every record once (spoke/start_up_scan.py ``full_scan``, owed after the schema
+        step 1 -> 2): count waiting agents in their quota, index start deadlines, and put
+        QUEUED records with no bullmq job back on the queue; how many were."""
+        requeued, _ = await start_up_scan.full_scan(self, start_up_scan.Pacing())
+        return requeued
 
     @backend
     async def maxmemory_policy(self) -> str:

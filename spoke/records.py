@@ -437,12 +437,14 @@ class Records:
     @backend
     async def count_waiting(self, agent_ids: Iterable[str]) -> int:
         """Put these agents in the waiting set if they wait (idempotent); how many were not
-        counted before. For agents stored before the quota existed (start-up)."""
-        added = 0
+        counted before. For agents stored before the quota existed (the one-time start-up
+        scan, spoke/start_up_scan.py): one pipelined round trip for them all."""
+        pipe = self.redis.pipeline(transaction=False)
         for agent_id in agent_ids:
-            keys = [self.keys.agent(agent_id), self.keys.waiting]
-            added += int(await self._count_waiting(keys=keys))
-        return added
+            await self._count_waiting(
+                keys=[self.keys.agent(agent_id), self.keys.waiting], client=pipe
+            )
+        return sum(int(n) for n in await pipe.execute())
 
     @backend
     async def signed_copies(self, agent_id: str) -> tuple[bytes, bytes]:

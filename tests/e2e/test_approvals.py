@@ -25,6 +25,7 @@ from hubspoke import commands, keys, testing
 from hubspoke import grpc as sgrpc
 from hubspoke.client import AgentState, CallError, Client
 from hubspoke.gen.federation.v1 import command_pb2, spoke_service_pb2, spoke_service_pb2_grpc
+from hubspoke.spoke import job_pending
 from hubspoke.spoke.keys import SpokeKeys
 from hubspoke.testing import until
 
@@ -324,8 +325,9 @@ async def test_a_restarted_spoked_still_holds_it_then_releases_it(fed: Fed) -> N
 
 
 async def test_approvals_written_into_redis_do_not_release_it(fed: Fed) -> None:
-    """Whoever can write the spoke's Redis marks a held agent approved and queued; the
-    worker checks the kept signed approvals before it starts it (there are none): FAILED
+    """Whoever can write the spoke's Redis marks a held agent approved and queued (and as a
+    write cut between record and job, so that the start-up scan queues it); the worker
+    checks the kept signed approvals before it starts it (there are none): FAILED
     TAMPERED, and it never ran."""
     agent_id, ledger = await spawn_held(fed, "forged-in-redis")
     r = redis.asyncio.Redis.from_url(fed.fed.redis["spoke-1"].url)
@@ -334,9 +336,10 @@ async def test_approvals_written_into_redis_do_not_release_it(fed: Fed) -> None:
             SpokeKeys(SPOKE).agent(agent_id),
             mapping={"approved_by": '["alice", "bob"]', "state": "QUEUED"},
         )
+        await job_pending.mark(r, SpokeKeys(SPOKE), agent_id)  # spoke/job_pending.py
     finally:
         await r.aclose()
-    await fed.fed.spoked(SPOKE).restart()  # start-up queues a QUEUED record with no job
+    await fed.fed.spoked(SPOKE).restart()  # start-up queues a marked QUEUED record with no job
 
     async def failed() -> bool:
         return (await fed.operator.get(agent_id, SPOKE)).state == AgentState.FAILED

@@ -98,8 +98,9 @@ async def test_spoked_refuses_a_redis_with_a_newer_schema(
     assert stdout == b""
     text = stderr.decode()
     assert text.count("\n") == 1, text
-    assert text.startswith(f"Error: spoke {SPOKE}: its Redis holds schema version 2"), text
-    assert "newer than the 1 this hubspoke understands" in text
+    newer, ours = version.SPOKE_SCHEMA_VERSION + 1, version.SPOKE_SCHEMA_VERSION
+    assert text.startswith(f"Error: spoke {SPOKE}: its Redis holds schema version {newer}"), text
+    assert f"newer than the {ours} this hubspoke understands" in text
     assert await db.get(SPOKE_SCHEMA) == str(version.SPOKE_SCHEMA_VERSION + 1)  # untouched
 
 
