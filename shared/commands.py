@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import os
 import re
 import secrets
-import uuid
+import time
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -78,7 +79,13 @@ def from_timestamp(ts: timestamp_pb2.Timestamp) -> dt.datetime:
 
 
 def new_command_id() -> str:
-    return str(uuid.uuid4())
+    """A random UUID (version 4) as text, as ``str(uuid.uuid4())`` writes it, without the
+    ``UUID`` object (a third of the cost)."""
+    b = bytearray(os.urandom(16))
+    b[6] = (b[6] & 0x0F) | 0x40  # version 4
+    b[8] = (b[8] & 0x3F) | 0x80  # the RFC 4122 variant
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def check_command_id(command_id: str) -> None:
@@ -145,16 +152,32 @@ def build_command(
     validity: dt.timedelta = DEFAULT_VALIDITY,
     at: dt.datetime | None = None,
 ) -> command_pb2.Command:
-    """A Command with a fresh header; the caller sets exactly one body."""
-    at = at or now()
+    """A Command with a fresh header; the caller sets exactly one body.
+
+    Its times have microsecond precision, as a ``datetime`` has (``at``, else the clock now)."""
+    if at is None:
+        issue_us = time.time_ns() // 1000
+    else:
+        issue_us = (at.replace(tzinfo=at.tzinfo or dt.UTC) - _EPOCH) // _MICROSECOND
+    expire_us = issue_us + validity // _MICROSECOND
     return command_pb2.Command(
         command_id=command_id or new_command_id(),
         issuer=issuer,
         audience=audience,
-        issue_time=to_timestamp(at),
-        expire_time=to_timestamp(at + validity),
+        issue_time=_stamp(issue_us),
+        expire_time=_stamp(expire_us),
         nonce=secrets.token_bytes(24),
     )
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_MICROSECOND = dt.timedelta(microseconds=1)
+
+
+def _stamp(us: int) -> timestamp_pb2.Timestamp:
+    """Microseconds since the epoch as a Timestamp (what ``to_timestamp`` makes of them)."""
+    seconds, micros = divmod(us, 1_000_000)
+    return timestamp_pb2.Timestamp(seconds=seconds, nanos=micros * 1000)
 
 
 def sign_command(cmd: command_pb2.Command, key: SigningKey) -> command_pb2.SignedEnvelope:

@@ -1,8 +1,11 @@
 """Clients the arms drive: signed commands straight to a spoke, and the agents' ready signal.
 
 ``DirectClient`` does what a client of one spoke does (the idea of tests/spoke/conftest.py):
-build a Command, sign it as ``operator``, call SpokeService, and verify the spoke's signed
-reply before believing it, as ``hubspoke.client.Client`` does for the hub path.
+build a Command and sign it as ``operator`` with the client library's code
+(``hubspoke.commands``), call SpokeService, and believe the spoke's signed reply only after
+the very checks ``hubspoke.client.Client`` makes of every reply (its ``_reply_check``: the
+signature by this spoke, the responder, the command id and digest, the result, and the
+agent's spoke and id), returning the library's own types, as ``Client`` does.
 """
 
 from __future__ import annotations
@@ -18,9 +21,11 @@ from typing import Any, Self
 import grpc
 from google.protobuf.message import Message
 
-from hubspoke import commands, envelope, keys
+from hubspoke import commands, keys
+from hubspoke.client import Agent, AgentPage, CallError
+from hubspoke.client._reply_check import check_reply, checked_agent
+from hubspoke.client._rpc import Result
 from hubspoke.gen.federation.v1 import (
-    agent_pb2,
     command_pb2,
     spoke_service_pb2,
     spoke_service_pb2_grpc,
@@ -73,11 +78,16 @@ class DirectClient:
 
     def signed(self, body: str, msg: Message, command_id: str | None = None) -> Any:
         """A signed envelope carrying ``msg`` as the command's ``body``."""
+        return self._sign(body, msg, command_id)[1]
+
+    def _sign(
+        self, body: str, msg: Message, command_id: str | None = None
+    ) -> tuple[str, command_pb2.SignedEnvelope]:
         cmd = commands.build_command(
             issuer=self._key.name, audience=self.spoke, command_id=command_id
         )
         getattr(cmd, body).CopyFrom(msg)
-        return commands.sign_command(cmd, self._key)
+        return cmd.command_id, commands.sign_command(cmd, self._key)
 
     def spawn_request(self, profile: str, task: str, priority: int = 0) -> Message:
         """The SpawnAgent request as sent (its size sets the echo floor's message size)."""
@@ -88,48 +98,63 @@ class DirectClient:
 
     async def spawn(
         self, profile: str, task: str, *, priority: int = 0, command_id: str | None = None
-    ) -> agent_pb2.Agent:
+    ) -> Agent:
         body = command_pb2.SpawnAgentBody(profile=profile, task=task, priority=priority)
-        env = self.signed("spawn_agent", body, command_id)
+        cid, env = self._sign("spawn_agent", body, command_id)
         resp = await self._stub.SpawnAgent(
             spoke_service_pb2.SpokeServiceSpawnAgentRequest(command=env), timeout=CALL_TIMEOUT_S
         )
-        return self._verified(env, resp.reply).agent
+        return self._agent(cid, env, resp.reply, cid)
 
-    async def get(self, agent_id: str) -> agent_pb2.Agent:
-        env = self.signed("get_agent", command_pb2.GetAgentBody(agent=agent_id))
+    async def get(self, agent_id: str) -> Agent:
+        cid, env = self._sign("get_agent", command_pb2.GetAgentBody(agent=agent_id))
         resp = await self._stub.GetAgent(
             spoke_service_pb2.SpokeServiceGetAgentRequest(command=env), timeout=CALL_TIMEOUT_S
         )
-        return self._verified(env, resp.reply).agent
+        return self._agent(cid, env, resp.reply, agent_id)
 
-    async def list(self, page_size: int, page_token: str = "") -> command_pb2.AgentPage:
+    async def list(self, page_size: int, page_token: str = "") -> AgentPage:
         """One signed ListAgents page, newest first (no filters)."""
         body = command_pb2.ListAgentsBody(page_size=page_size, page_token=page_token)
-        env = self.signed("list_agents", body)
+        cid, env = self._sign("list_agents", body)
         resp = await self._stub.ListAgents(
             spoke_service_pb2.SpokeServiceListAgentsRequest(command=env), timeout=CALL_TIMEOUT_S
         )
-        return self._verified(env, resp.reply).agent_page
+        page = self._verified(cid, env, resp.reply, "agent_page").agent_page
+        try:
+            for agent in page.agents:
+                checked_agent(agent, self.spoke, None)
+        except CallError as exc:
+            raise ReplyError(exc.message) from exc
+        return AgentPage.from_proto(page)
 
-    async def kill(self, agent_id: str) -> agent_pb2.Agent:
-        env = self.signed("kill_agent", command_pb2.KillAgentBody(agent=agent_id))
+    async def kill(self, agent_id: str) -> Agent:
+        cid, env = self._sign("kill_agent", command_pb2.KillAgentBody(agent=agent_id))
         resp = await self._stub.KillAgent(
             spoke_service_pb2.SpokeServiceKillAgentRequest(command=env), timeout=CALL_TIMEOUT_S
         )
-        return self._verified(env, resp.reply).agent
+        return self._agent(cid, env, resp.reply, agent_id)
 
-    def _verified(self, sent: Any, reply_env: Any) -> command_pb2.Reply:
-        verified = envelope.verify(
-            reply_env,
-            payload_type=envelope.PAYLOAD_TYPE_REPLY,
-            trust=self._trust,
-            roles={Role.SPOKE},
-        )
-        reply = commands.parse_reply(verified.payload)
-        if verified.peer != self.spoke or reply.request_digest != commands.digest(sent.payload):
-            raise ReplyError("reply is not the spoke's answer to the command sent")
+    def _verified(
+        self, command_id: str, sent: command_pb2.SignedEnvelope, reply_env: Any, result: Result
+    ) -> command_pb2.Reply:
+        """The reply, once the client library's checks prove it is this spoke's answer."""
+        try:
+            _, reply = check_reply(
+                command_id, sent.payload, reply_env, self._trust, Role.SPOKE, self.spoke, result
+            )
+        except CallError as exc:
+            raise ReplyError(exc.message) from exc
         return reply
+
+    def _agent(
+        self, command_id: str, sent: command_pb2.SignedEnvelope, reply_env: Any, agent_id: str
+    ) -> Agent:
+        reply = self._verified(command_id, sent, reply_env, "agent")
+        try:
+            return checked_agent(reply.agent, self.spoke, agent_id)
+        except CallError as exc:
+            raise ReplyError(exc.message) from exc
 
 
 class ReadySocket:

@@ -26,7 +26,7 @@ from typing import Final, Self, TypeVar
 import grpc
 from google.protobuf.message import Message
 
-from hubspoke import commands, dedupe, envelope, errors, keys, version
+from hubspoke import commands, dedupe, keys, version
 from hubspoke import grpc as sgrpc
 from hubspoke import tls as stls
 from hubspoke.gen.federation.v1 import (
@@ -38,6 +38,7 @@ from hubspoke.trust import Role, TrustStore
 
 from . import _enrol, _rpc
 from ._errors import CallError, ClientConfigError
+from ._reply_check import check_reply, checked_agent
 from ._types import (
     Agent,
     AgentPage,
@@ -246,24 +247,15 @@ class Session:
         result: _rpc.Result,
     ) -> tuple[str, command_pb2.Reply]:
         """The reply's signer and the reply, once it is proven to answer ``sent``."""
-        try:
-            verified = envelope.verify(
-                reply_env, payload_type=envelope.PAYLOAD_TYPE_REPLY, trust=self._trust, roles={role}
-            )
-            reply = commands.parse_reply(verified.payload)
-        except errors.CommandError as exc:
-            raise CallError.invalid_reply(f"reply failed verification: {exc.message}") from exc
-        if signer is not None and verified.peer != signer:
-            raise CallError.invalid_reply(f"reply is signed by {verified.peer}, not by {signer}")
-        if reply.responder != verified.peer:
-            raise CallError.invalid_reply("reply's responder is not its signer")
-        if reply.command_id != sent.command.command_id or reply.request_digest != commands.digest(
-            sent.envelope.payload
-        ):
-            raise CallError.invalid_reply("reply does not answer the command sent")
-        if reply.WhichOneof("result") != result:
-            raise CallError.invalid_reply(f"reply carries no {result}")
-        return verified.peer, reply
+        return check_reply(
+            sent.command.command_id,
+            sent.envelope.payload,
+            reply_env,
+            self._trust,
+            role,
+            signer,
+            result,
+        )
 
     def _agent_reply(
         self,
@@ -281,7 +273,7 @@ class Session:
             if held is None:
                 raise
             return held
-        return _checked_agent(reply.agent, signer, agent_id)
+        return checked_agent(reply.agent, signer, agent_id)
 
     def _hub_held(
         self,
@@ -322,18 +314,18 @@ class Session:
         agent that holds the same key."""
         signer, reply = self._verify(sent, reply_env, Role.SPOKE, spoke, "agent")
         if not reply.agent.deduplicated:
-            return _checked_agent(reply.agent, signer, command_id)
+            return checked_agent(reply.agent, signer, command_id)
         key = dedupe.resolve(body.dedupe_key, body.dedupe_from_task, body.profile, body.task)
         if reply.agent.dedupe_key != key or reply.agent.issuer != self.principal:
             raise CallError.invalid_reply(
                 f"agent {reply.agent.agent_id!r} does not hold this caller's dedupe key {key}"
             )
-        return _checked_agent(reply.agent, signer, None)
+        return checked_agent(reply.agent, signer, None)
 
     @staticmethod
     def _page(page: command_pb2.AgentPage, signer: str) -> AgentPage:
         for agent in page.agents:
-            _checked_agent(agent, signer, None)
+            checked_agent(agent, signer, None)
         return AgentPage.from_proto(page)
 
 
@@ -349,20 +341,6 @@ def hub_may_answer(agent: agent_pb2.Agent) -> bool:
         or (state == agent_pb2.Agent.STATE_KILLED and agent.reason == "KILLED_BEFORE_DELIVERY")
         or (state == agent_pb2.Agent.STATE_FAILED and agent.reason.startswith("DELIVERY_REFUSED"))
     )
-
-
-def _checked_agent(agent: agent_pb2.Agent, signer: str, agent_id: str | None) -> Agent:
-    """``agent`` as the client's type, once it is on the spoke that signed it (and is
-    ``agent_id``, when one was asked for)."""
-    if agent.spoke != signer:
-        raise CallError.invalid_reply(
-            f"spoke {signer} answered for agent {agent.agent_id!r} of spoke {agent.spoke!r}"
-        )
-    if agent_id is not None and agent.agent_id != agent_id:
-        raise CallError.invalid_reply(f"asked for agent {agent_id}, got {agent.agent_id!r}")
-    if agent.name and agent.name != f"spokes/{signer}/agents/{agent.agent_id}":
-        raise CallError.invalid_reply(f"agent {agent.agent_id!r} is named {agent.name!r}")
-    return Agent.from_proto(agent)
 
 
 def retryable(failure: sgrpc.CallFailure) -> bool:

@@ -220,8 +220,20 @@ def _enum(cls: type[_E], value: int) -> _E:
         return cls(0)  # a newer server's value: UNSPECIFIED here, still in ``raw``
 
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_MIN_SECONDS, _MAX_SECONDS = -62_135_596_800, 253_402_300_799
+"""The seconds of 0001-01-01 and 9999-12-31T23:59:59 UTC: a Timestamp's valid range."""
+
+
 def _time(ts: timestamp_pb2.Timestamp, present: bool) -> dt.datetime | None:
-    return ts.ToDatetime(tzinfo=dt.UTC) if present else None
+    """``ts.ToDatetime(tzinfo=dt.UTC)`` (microseconds, rounded toward zero), without its
+    checks and time-zone conversion when the value is in range (else that, which raises)."""
+    if not present:
+        return None
+    seconds, nanos = ts.seconds, ts.nanos
+    if 0 <= nanos < 1_000_000_000 and _MIN_SECONDS <= seconds <= _MAX_SECONDS:
+        return _EPOCH + dt.timedelta(seconds=seconds, microseconds=nanos // 1000)
+    return ts.ToDatetime(tzinfo=dt.UTC)
 
 
 def _span(d: duration_pb2.Duration, present: bool) -> dt.timedelta | None:
