@@ -241,7 +241,7 @@ class AuditLog:
                 "" if revision is None else str(revision),
             ]
             for link in chained:
-                flat = [x for pair in link.to_fields().items() for x in pair]
+                flat = link.to_flat()
                 args.append(f"{link.seq}-0")
                 args.append(len(flat))
                 args.extend(flat)

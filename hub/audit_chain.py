@@ -105,25 +105,63 @@ class Entry:
 
     def chained(self, seq: int, prev: str, time_ms: int, hub: str) -> Entry:
         """This entry at position ``seq`` after an entry whose hash is ``prev``."""
-        bare = Entry(
-            **{n: getattr(self, n) for n in FIELDS if n not in ("seq", "prev", "time_ms", "hub")},
+        texts = self._texts(seq, prev, time_ms, hub)
+        return Entry(
+            kind=self.kind,
+            action=self.action,
+            outcome=self.outcome,
+            principal=self.principal,
+            command_id=self.command_id,
+            audience=self.audience,
+            agent=self.agent,
+            spoke=self.spoke,
+            detail=self.detail,
+            request=self.request,
+            replies=self.replies,
+            hub=hub,
+            time_ms=time_ms,
             seq=seq,
             prev=prev,
-            time_ms=time_ms,
-            hub=hub,
+            hash=_hash_of(texts, self.request, self.replies),
         )
-        return Entry(**{n: getattr(bare, n) for n in FIELDS}, hash=entry_hash(bare))
+
+    def _texts(self, seq: int, prev: str, time_ms: int, hub: str) -> tuple[str, ...]:
+        """The text fields of FIELDS, in order, as this entry chained so would hold them."""
+        return (
+            str(seq),
+            str(time_ms),
+            hub,
+            self.kind,
+            self.action,
+            self.outcome,
+            self.principal,
+            self.command_id,
+            self.audience,
+            self.agent,
+            self.spoke,
+            self.detail,
+            prev,
+        )
 
     def to_fields(self) -> dict[str, str]:
         """The Redis stream fields of a chained entry."""
-        out = {
-            n: base64.b64encode(self.value(n)).decode()
-            if n in _BYTES_FIELDS
-            else str(getattr(self, n))
-            for n in FIELDS
-        }
-        out["hash"] = self.hash
-        return out
+        flat = self.to_flat()
+        return dict(zip(flat[::2], flat[1::2], strict=True))
+
+    def to_flat(self) -> list[str]:
+        """:meth:`to_fields` as a flat list of names and values, in FIELDS order, then hash."""
+        t = self._texts(self.seq, self.prev, self.time_ms, self.hub)
+        return [
+            *(x for pair in zip(_TEXT_HEAD, t[:12], strict=True) for x in pair),
+            "request",
+            base64.b64encode(self.request).decode(),
+            "replies",
+            base64.b64encode(self.replies).decode(),
+            "prev",
+            t[12],
+            "hash",
+            self.hash,
+        ]
 
     def to_pb(self) -> audit_pb2.AuditEntry:
         return audit_pb2.AuditEntry(
@@ -148,12 +186,32 @@ class Entry:
 
 def entry_hash(entry: Entry) -> str:
     """The SHA-256 (hex) of an entry's FIELDS (module docstring)."""
-    h = hashlib.sha256(DOMAIN)
-    for name in FIELDS:
-        key = name.encode()
-        value = entry.value(name)
-        h.update(struct.pack(">I", len(key)) + key + struct.pack(">I", len(value)) + value)
-    return h.hexdigest()
+    texts = entry._texts(entry.seq, entry.prev, entry.time_ms, entry.hub)
+    return _hash_of(texts, entry.request, entry.replies)
+
+
+_TEXT_HEAD = FIELDS[:12]
+"""The text fields before ``request`` and ``replies`` (``prev`` follows them)."""
+_NAMED = {n: struct.pack(">I", len(n)) + n.encode() for n in FIELDS}
+"""Each field's name as hashed: its 4-byte length and its bytes."""
+_LEN = struct.Struct(">I").pack
+
+if FIELDS[12:] != ("request", "replies", "prev") or set(_TEXT_HEAD) & _BYTES_FIELDS:
+    raise AssertionError("hub/audit_chain.py: _hash_of and to_flat follow FIELDS' order")
+
+
+def _hash_of(texts: Sequence[str], request: bytes, replies: bytes) -> str:
+    """SHA-256 over DOMAIN and each field's name and value (module docstring): ``texts`` the
+    text fields in FIELDS order (Entry._texts), then the two bytes fields before ``prev``."""
+    parts = [DOMAIN]
+    for name, text in zip(_TEXT_HEAD, texts, strict=False):
+        value = text.encode()
+        parts += (_NAMED[name], _LEN(len(value)), value)
+    parts += (_NAMED["request"], _LEN(len(request)), request)
+    parts += (_NAMED["replies"], _LEN(len(replies)), replies)
+    prev = texts[12].encode()
+    parts += (_NAMED["prev"], _LEN(len(prev)), prev)
+    return hashlib.sha256(b"".join(parts)).hexdigest()
 
 
 def from_fields(fields: Mapping[str, str]) -> Entry:

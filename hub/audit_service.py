@@ -155,7 +155,7 @@ class Audited:
             audience=cmd.audience if cmd else "",
             agent=agent,
             spoke=spoke,
-            detail=json.dumps(detail, sort_keys=True, separators=(",", ":")),
+            detail=json.dumps(detail, sort_keys=True, separators=(",", ":")) if detail else "{}",
             request=request_kept,
             replies=joined,
         )

@@ -51,6 +51,8 @@ class HubMetrics(Metrics):
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self._call_series: dict[tuple[str, grpc.StatusCode], tuple[Counter, Histogram]] = {}
+        """The series of observe_spoke_call, looked up once per (spoke, code)."""
         self.replies_rejected = Counter(
             "hubspoke_spoke_replies_rejected",
             "Spoke replies that failed verification and were not passed on",
@@ -80,8 +82,14 @@ class HubMetrics(Metrics):
             self.spoke_health.labels(spoke, name).set(1 if name == state.lower() else 0)
 
     def observe_spoke_call(self, spoke: str, code: grpc.StatusCode, seconds: float) -> None:
-        self.spoke_calls.labels(spoke, code.name).inc()
-        self.spoke_call_seconds.labels(spoke).observe(seconds)
+        series = self._call_series.get((spoke, code))
+        if series is None:  # once per (spoke, code): both sets are bounded (module docstring)
+            series = self._call_series[(spoke, code)] = (
+                self.spoke_calls.labels(spoke, code.name),
+                self.spoke_call_seconds.labels(spoke),
+            )
+        series[0].inc()
+        series[1].observe(seconds)
 
     def reply_rejected(self, spoke: str) -> None:
         self.replies_rejected.labels(spoke).inc()

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import grpc
 import structlog
+from google.protobuf import timestamp_pb2
 
 from hubspoke import commands, envelope, errors, version
 from hubspoke import grpc as sgrpc
@@ -136,6 +137,10 @@ HELD_EVENTS: Final = 16
 (which then merges output itself)."""
 
 _UNREACHABLE: Final = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+_CALL_METADATA: Final = grpc.aio.Metadata(*version.CALL_METADATA)
+"""version.CALL_METADATA as grpc.aio takes it, built once (each call copies it)."""
+_EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_MICROSECOND: Final = dt.timedelta(microseconds=1)
 
 
 class SpokeReplyError(errors.CommandError):
@@ -302,11 +307,11 @@ class Relayer:
         relay = command_pb2.Relay(
             issuer=self._cfg.hub_name,
             audience=spoke,
-            issue_time=commands.to_timestamp(at),
-            expire_time=commands.to_timestamp(at + self._cfg.relay_validity),
+            issue_time=_stamp(at),
+            expire_time=_stamp(at + self._cfg.relay_validity),
             nonce=secrets.token_bytes(24),
             command=inbound.envelope,
-            accept_time=commands.to_timestamp(min(inbound.accepted, at)),
+            accept_time=_stamp(min(inbound.accepted, at)),
         )
         return envelope.sign(relay.SerializeToString(), envelope.PAYLOAD_TYPE_RELAY, self._cfg.key)
 
@@ -343,9 +348,7 @@ class Relayer:
         try:
             method = getattr(link.stub, route.rpc)
             response = await method(
-                route.request(command=relay_env),
-                timeout=timeout,
-                metadata=version.CALL_METADATA,
+                route.request(command=relay_env), timeout=timeout, metadata=_CALL_METADATA
             )
         except grpc.aio.AioRpcError as exc:
             self._metrics.observe_spoke_call(spoke, exc.code(), time.monotonic() - started)
@@ -473,6 +476,13 @@ _EVENT_TREATMENTS: Final = {
 def _treatment(event: tuple[command_pb2.SignedEnvelope, command_pb2.Reply]) -> Treatment:
     """How a relayed event waits when its stream is over its rate (hubspoke.pacing)."""
     return _EVENT_TREATMENTS.get(event[1].agent_event.kind, Treatment.ORDERED)
+
+
+def _stamp(at: dt.datetime) -> timestamp_pb2.Timestamp:
+    """``commands.to_timestamp(at)`` (an aware datetime) without Timestamp.FromDatetime's
+    per-call conversions: the same seconds and nanos."""
+    seconds, micros = divmod((at - _EPOCH) // _MICROSECOND, 1_000_000)
+    return timestamp_pb2.Timestamp(seconds=seconds, nanos=micros * 1000)
 
 
 def _route(verb: Verb) -> _Route:
