@@ -280,7 +280,8 @@ def _plot_ratios(plt: Any, doc: dict[str, Any]) -> Any:
             ax.plot([r["target"]] * 2, [y - 0.4, y + 0.4], color="black", linewidth=2)
     ax.set_yticks(ys, [r["name"] for r in rs], fontsize=8)
     ax.invert_yaxis()
-    ax.set_xscale("log")
+    if rs:  # a run of floors alone has no ratio: a log axis of nothing cannot draw
+        ax.set_xscale("log")
     ax.set_xlabel("ratio (median over rounds; black tick: target; green met, red missed)")
     return fig
 
@@ -290,7 +291,7 @@ def _plot_cpu(plt: Any, doc: dict[str, Any]) -> Any:
     arms = [
         (n, a)
         for n, a in doc["arms"].items()
-        if (a["kind"] != "floor" or "echo" in n)
+        if (a["kind"] != "floor" or "echo" in n or n == "floor_signed")
         and not (n.startswith("fanout_") and n != "fanout_1")
     ]
     fig, ax = plt.subplots(figsize=(8, 0.32 * len(arms) + 1.2))
