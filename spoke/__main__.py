@@ -22,7 +22,7 @@ from pathlib import Path
 from hubspoke import daemon
 from hubspoke.errors import ConfigError
 
-from . import workers
+from . import heap, workers
 from .app import SpokeApp
 from .config import SpokeConfig
 
@@ -42,6 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return code
         args = _without_enroll(args)
     args = workers.take_workers_flag(args, os.environ)  # --workers N (spoke/workers.py)
+    heap.enable()  # the start-up heap is frozen once serving (spoke/heap.py)
     return daemon.command_line(
         args,
         prog="spoked",

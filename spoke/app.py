@@ -22,7 +22,7 @@ from hubspoke.metrics import MetricsServer
 from hubspoke.policy import Policy
 from hubspoke.trust import TrustStore
 
-from . import start_up_scan, workers
+from . import heap, start_up_scan, workers
 from .backend import BackendError
 from .config import SpokeConfig, SpokeConfigError
 from .deadline import Deadlines
@@ -168,6 +168,7 @@ class SpokeApp:
         self._hooks = Hooks(cfg.hooks, cfg.name, agents.feed, agents.redis, _hook_settings(cfg))
         self._hooks.start()  # background runners: no worker waits on a hook
         log.info("spoke_serving", spoke=cfg.name, port=self._server.port)
+        heap.freeze_start_up()  # spoked only: the start-up heap leaves the collector's passes
         # After serving: on a large backlog this scan takes a while and must not delay start.
         self._requeue_task = asyncio.create_task(self._requeue(agents), name="requeue")
         return self._server.port

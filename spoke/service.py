@@ -535,7 +535,7 @@ class SpokeServicer:
             command_id=auth.command.command_id,
             responder=self.config.name,
             request_digest=commands.digest(auth.command_payload),
-            issue_time=commands.to_timestamp(commands.now()),
+            issue_time=wire.timestamp_now(),
             **result,
         )
         return envelope.sign(reply.SerializeToString(), envelope.PAYLOAD_TYPE_REPLY, self.key)

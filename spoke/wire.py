@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import time
+
+from google.protobuf import timestamp_pb2
 
 from hubspoke.gen.federation.v1 import agent_pb2
 
@@ -11,6 +14,15 @@ from .model import AgentEvent, AgentRecord, AgentState
 
 _STATES = {state: agent_pb2.Agent.State.Value(f"STATE_{state.value}") for state in AgentState}
 """Each state's wire number, looked up once (issue 13: a status's conversion is per request)."""
+
+
+def timestamp_now() -> timestamp_pb2.Timestamp:
+    """Now, to the microsecond, as ``commands.to_timestamp(commands.now())`` gives it, without
+    the datetime round trip (issue 13: every reply's issue_time)."""
+    ns = time.time_ns()
+    return timestamp_pb2.Timestamp(
+        seconds=ns // 1_000_000_000, nanos=ns % 1_000_000_000 // 1000 * 1000
+    )
 
 
 def agent_name(spoke: str, agent_id: str) -> str:
