@@ -12,12 +12,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from bullmq import Job, Queue, Worker
+from bullmq import Job, Queue
 
 from hubspoke.redis_access import RedisAccess
 
 from . import bull_args
 from .backend import backend, bullmq_client, now_ms
+from .bull_worker import SpokeWorker
 from .keys import QUEUE_NAME, SpokeKeys
 from .model import AgentRecord
 
@@ -235,7 +236,7 @@ class Jobs:
         """A bullmq Worker for this queue on a connection of its own (not started: its
         owner calls ``run()``)."""
         connection = bullmq_client(self.access)
-        worker = Worker(
+        worker = SpokeWorker(  # spoke/bull_worker.py: one fetch in flight at a time
             QUEUE_NAME,
             process,
             {
