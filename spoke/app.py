@@ -183,6 +183,7 @@ class SpokeApp:
         self._status_task = asyncio.create_task(monitor.run(), name="status")
         self._requeue_task = asyncio.create_task(self._stop_when_orphaned(), name="orphan")
         log.info("spoke_serving", spoke=self.config.name, port=server.port, serve_only=True)
+        heap.freeze_start_up()  # a helper answers RPCs: its heap too (spoke/heap.py)
         return server.port
 
     async def _stop_when_orphaned(self) -> None:
