@@ -144,7 +144,7 @@ class SpokeConfig:
     """Base of the exponential retry backoff (each wait is half to all of base·2^(n-1))."""
     sweep_interval_s: float = 30.0
     """How often finished agents past their retention are forgotten."""
-    start_up_scan_batch: int = 500
+    start_up_scan_batch: int = 100
     """Records (or marks of two-step writes) the start-up scan reads per step
     (spoke/start_up_scan.py)."""
     start_up_scan_pause_ms: int = 10

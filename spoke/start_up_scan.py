@@ -26,8 +26,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from . import approvals, job_pending, start_deadlines
+from . import approvals, job_pending
 from .backend import backend, now_ms
+from .full_scan_lua import ScanStep
 from .keys import SpokeKeys
 from .model import AgentState
 
@@ -37,17 +38,15 @@ if TYPE_CHECKING:
 
 __all__ = ["Pacing", "ScanResult", "full_scan", "heal", "pending_scan", "run"]
 
-WAIT = (b"QUEUED", b"AWAITING_APPROVAL")
-"""Stored states of agents not started yet (their start deadline is in the sweeper's index)."""
-
 
 @dataclass(frozen=True, slots=True)
 class Pacing:
     """How the scan shares spoked and Redis with the calls it serves meanwhile."""
 
-    batch: int = 500
-    """Records (or marks) read per step: two pipelined round trips, plus one per step that
-    finds waiting agents."""
+    batch: int = 100
+    """Records (or marks) read per step: two round trips (the full scan's second is one
+    script, spoke/full_scan_lua.py), plus one per orphan found. Redis runs a step's script
+    at once, so a call served meanwhile may wait for one step: keep it small."""
     pause_s: float = 0.01
     """Sleep between steps."""
 
@@ -92,11 +91,15 @@ async def heal(agents: AgentQueue, queued: Iterable[tuple[str, str]]) -> int:
     rows = list(dict(queued).items())  # one per agent
     if not rows:
         return 0
-    healed = 0
     present = await agents.jobs.exist(job for _, job in rows)
-    for (agent_id, _), there in zip(rows, present, strict=True):
-        if there:
-            continue
+    missing = [agent_id for (agent_id, _), there in zip(rows, present, strict=True) if not there]
+    return await _requeue(agents, missing)
+
+
+async def _requeue(agents: AgentQueue, orphans: Iterable[str]) -> int:
+    """Queue (or hold) each of these agents found QUEUED without a job, if it still is."""
+    healed = 0
+    for agent_id in orphans:
         orphan = await agents.records.get_or_none(agent_id)
         if orphan is None or orphan.state is not AgentState.QUEUED:
             continue  # moved on (or swept) since it was read
@@ -144,19 +147,23 @@ async def pending_scan(agents: AgentQueue, pacing: Pacing) -> tuple[int, int]:
 @backend
 async def full_scan(agents: AgentQueue, pacing: Pacing) -> tuple[int, int]:
     """Every record, once per site (module docstring): count waiting agents in their quota,
-    index start deadlines, heal QUEUED records without a job. Returns (requeued, records)."""
+    index start deadlines, heal QUEUED records without a job; one script per step
+    (spoke/full_scan_lua.py). Returns (requeued, records)."""
+    step = ScanStep(agents.redis, agents.keys)
     requeued, records = 0, 0
-    scan = agents.records.scan_index("state", "job_id", "expire_ms", batch=pacing.batch)
-    async for rows in scan:
+    # By create time from a cursor, not by rank: the sweeper forgetting old agents meanwhile
+    # must not shift the scan past records it has not read.
+    low: float | str = "-inf"
+    at_low = 0  # members scored ``low`` already read
+    while True:
+        rows: list[tuple[bytes, float]] = await agents.redis.zrangebyscore(  # type: ignore[assignment]  # bytes
+            agents.keys.agent_index, low, "+inf", start=at_low, num=pacing.batch, withscores=True
+        )
+        if not rows:
+            return requeued, records
         records += len(rows)
-        await agents.records.count_waiting(
-            agent_id for agent_id, (state, _, _) in rows if state in (b"QUEUED", b"RETRYING")
-        )
-        await start_deadlines.add(  # stored before the index of start deadlines existed
-            agents.redis,
-            agents.keys,
-            ((agent_id, int(ms or 0)) for agent_id, (state, _, ms) in rows if state in WAIT),
-        )
-        requeued += await heal(agents, _queued(rows))
+        requeued += await _requeue(agents, await step([raw.decode() for raw, _ in rows]))
+        last = rows[-1][1]
+        at_low = (at_low if last == low else 0) + sum(1 for _, score in rows if score == last)
+        low = last
         await asyncio.sleep(pacing.pause_s)
-    return requeued, records
