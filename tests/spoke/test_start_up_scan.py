@@ -21,13 +21,14 @@ from google.protobuf import duration_pb2
 from hubspoke.grpc import open_channel
 from hubspoke.spoke import job_pending, start_up_scan
 from hubspoke.spoke.backend import QueueFullError, now_ms
+from hubspoke.spoke.config import SpokeConfigError
 from hubspoke.spoke.keys import SpokeKeys
 from hubspoke.spoke.model import AgentState, SpawnRequest
 from hubspoke.spoke.queue import AgentQueue
 from hubspoke.spoke.schema import ensure_spoke_schema
 from hubspoke.version import SPOKE_SCHEMA_VERSION
 
-from .conftest import SPOKE, Peers, SpokeClient, spoke_mapping
+from .conftest import SPOKE, Peers, SpokeClient, spoke_config, spoke_mapping
 from .test_recovery import SpokedProcess, write_spoke_toml
 
 S = AgentState
@@ -273,3 +274,19 @@ async def test_a_spoked_killed_between_record_and_job_finds_the_job_added_after_
         if spoked is not None:
             await spoked.stop()
         await q.close()
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("start_up_scan_batch", 0, "start_up_scan_batch must be positive"),
+        ("start_up_scan_pause_ms", -1, "start_up_scan_pause_ms must not be negative"),
+    ],
+)
+def test_the_scan_pacing_options_are_checked(
+    peers: Peers, option: str, value: int, message: str
+) -> None:
+    with pytest.raises(SpokeConfigError, match=message):
+        spoke_config(peers, "redis://127.0.0.1:6379/0", **{option: value})
+    paced = start_up_scan.Pacing.of(spoke_config(peers, "redis://127.0.0.1:6379/0"))
+    assert paced == start_up_scan.Pacing(batch=100, pause_s=0.01)
