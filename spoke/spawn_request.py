@@ -43,23 +43,26 @@ def spawn_request(auth: Authorized, cfg: SpokeConfig, policy: Policy) -> SpawnRe
     what the queue stores (raises InvalidCommandError, UnknownProfileError, or the policy's
     refusal)."""
     body = auth.command.spawn_agent
+    # Each field read once (issue 13: every read of a protobuf field builds a Python object).
+    named, task, timeout, delay = body.profile, body.task, body.timeout, body.delay
     # Authorize the named profile before looking it up: a principal that may not spawn it
     # here learns nothing of this spoke's profiles (UNKNOWN_PROFILE lists them).
-    policy.check(policy_request(auth, cfg, "spawn_agent", profile=body.profile))
-    profile = cfg.profiles.get(body.profile)
+    policy.check(policy_request(auth, cfg, "spawn_agent", profile=named))
+    profile = cfg.profiles.get(named)
     if profile is None:
         raise errors.UnknownProfileError(
-            f"profile {body.profile!r} is not configured on spoke {cfg.name}",
+            f"profile {named!r} is not configured on spoke {cfg.name}",
             profiles=",".join(sorted(cfg.profiles)),
         )
-    if len(body.task.encode()) > cfg.max_task_bytes:
+    if len(task.encode()) > cfg.max_task_bytes:
         raise errors.InvalidCommandError(f"task is longer than {cfg.max_task_bytes} bytes")
-    if "\x00" in body.task:
+    if "\x00" in task:
         raise errors.InvalidCommandError("task must not contain NUL characters")
     priority = body.priority or cfg.default_priority
     if not 1 <= priority <= 10:
         raise errors.InvalidCommandError("priority must be 1-10")
-    timeout_ms = body.timeout.seconds * 1000 + body.timeout.nanos // 1_000_000
+    timeout_nanos = timeout.nanos
+    timeout_ms = timeout.seconds * 1000 + timeout_nanos // 1_000_000
     limit_ms = int(profile.timeout_s * 1000)
     if timeout_ms < 0:
         raise errors.InvalidCommandError("timeout must not be negative")
@@ -67,14 +70,15 @@ def spawn_request(auth: Authorized, cfg: SpokeConfig, policy: Policy) -> SpawnRe
         raise errors.InvalidCommandError(
             f"timeout exceeds profile {profile.name}'s limit of {profile.timeout_s:g} s"
         )
-    delay_ms = body.delay.seconds * 1000 + body.delay.nanos // 1_000_000
+    delay_nanos = delay.nanos
+    delay_ms = delay.seconds * 1000 + delay_nanos // 1_000_000
     max_delay_ms = int(cfg.max_delay_s * 1000)
-    if not 0 <= delay_ms <= max_delay_ms or not 0 <= body.delay.nanos < 1_000_000_000:
+    if not 0 <= delay_ms <= max_delay_ms or not 0 <= delay_nanos < 1_000_000_000:
         raise errors.InvalidCommandError(
             f"delay must be 0-{cfg.max_delay_s:g} s on spoke {cfg.name} (max_delay_s)",
             limit="max_delay_s",
         )
-    if not 0 <= body.timeout.nanos < 1_000_000_000:
+    if not 0 <= timeout_nanos < 1_000_000_000:
         raise errors.InvalidCommandError("timeout nanos must be 0-999999999")
     accepted, start_by = auth.accepted or commands.now(), auth.start_deadline
     if start_by is not None and delay_ms >= (start_by - accepted).total_seconds() * 1000:
@@ -82,7 +86,8 @@ def spawn_request(auth: Authorized, cfg: SpokeConfig, policy: Policy) -> SpawnRe
             "delay must be shorter than start_within: the agent could never start",
             limit="start_within",
         )
-    attempts = body.max_attempts or profile.max_attempts
+    max_attempts = body.max_attempts
+    attempts = max_attempts or profile.max_attempts
     if not 1 <= attempts <= MAX_ATTEMPTS_LIMIT:
         raise errors.InvalidCommandError(f"max_attempts must be 1-{MAX_ATTEMPTS_LIMIT}")
     labels = dict(body.labels)
@@ -105,33 +110,33 @@ def spawn_request(auth: Authorized, cfg: SpokeConfig, policy: Policy) -> SpawnRe
     need, approvers, approve_by = approvals.requirement(
         policy, resolved, cfg.approval_window_s, int(accepted.timestamp() * 1000)
     )
-    check_task(profile, body.task)  # argv option injection: refused before it is stored
+    check_task(profile, task)  # argv option injection: refused before it is stored
     # The spawn's meaning, as the client sent it (not as this spoke's config resolved it,
     # so a config change between two tries of one spawn does not make them differ).
     meaning = {
         "issuer": auth.principal,
-        "profile": body.profile,
-        "task": body.task,
+        "profile": named,
+        "task": task,
         "priority": body.priority,
         "timeout_ms": timeout_ms,
-        "max_attempts": body.max_attempts,
+        "max_attempts": max_attempts,
         "labels": labels,
-        "delay_ms": body.delay.seconds * 1000 + body.delay.nanos // 1_000_000,
+        "delay_ms": delay_ms,
     }
-    if body.selector:  # a hub chose this spoke; absent from the meaning without one
-        meaning["selector"] = dict(body.selector)
+    selector = body.selector
+    if selector:  # a hub chose this spoke; absent from the meaning without one
+        meaning["selector"] = dict(selector)
     if body.HasField("start_within"):  # absent from the meaning of spawns before it
         meaning["start_within_ms"] = body.start_within.ToMilliseconds()
-    dedupe_key = shared_dedupe.resolve(
-        body.dedupe_key, body.dedupe_from_task, body.profile, body.task
-    )
-    meaning.update(shared_dedupe.meaning(body.dedupe_key, body.dedupe_from_task))
+    asked_key, from_task = body.dedupe_key, body.dedupe_from_task
+    dedupe_key = shared_dedupe.resolve(asked_key, from_task, named, task)
+    meaning.update(shared_dedupe.meaning(asked_key, from_task))
     digest = hashlib.sha256(json.dumps(meaning, sort_keys=True).encode()).hexdigest()
     return SpawnRequest(
         agent_id=auth.command.command_id,
         issuer=auth.principal,
         profile=profile.name,
-        task=body.task,
+        task=task,
         priority=priority,
         timeout_ms=timeout_ms or limit_ms,
         max_attempts=attempts,
@@ -139,7 +144,7 @@ def spawn_request(auth: Authorized, cfg: SpokeConfig, policy: Policy) -> SpawnRe
         digest=digest,
         expire_ms=int((start_by or auth.expires).timestamp() * 1000),
         accept_ms=int(accepted.timestamp() * 1000),
-        delay_ms=body.delay.seconds * 1000 + body.delay.nanos // 1_000_000,
+        delay_ms=delay_ms,
         backoff_ms=cfg.retry_backoff_ms,
         envelope=auth.client_envelope.SerializeToString(),
         relay=auth.relay_envelope.SerializeToString() if auth.relay_envelope else b"",
