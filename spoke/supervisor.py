@@ -81,7 +81,9 @@ TAIL_S = 0.2
 PID_WAIT_S = 10.0
 """How long a start waits for the supervisor to report the agent's pid."""
 SESSION_POLL_S = 0.0002
-"""The first look again for the reported agent leading its own session (doubling to 10 ms)."""
+"""The first look again for the reported agent leading its own session (doubling up to
+SESSION_POLL_MAX_S: on a busy host its setsid(1) can take several milliseconds)."""
+SESSION_POLL_MAX_S = 0.002
 REAP_WAIT_S = 2.0
 """How long a finished agent's supervisor (spoked's child) is waited for, to reap it."""
 MAX_READ_BYTES = 1024 * 1024
@@ -382,7 +384,7 @@ async def _agent_pid(state: Path, child: ChildExit, report: PidReport) -> int | 
         if loop.time() >= deadline:
             return None
         await asyncio.sleep(delay)
-        delay = min(delay * 2, 0.01)
+        delay = min(delay * 2, SESSION_POLL_MAX_S)
     return pid
 
 
