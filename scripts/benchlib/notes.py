@@ -267,6 +267,17 @@ def method(doc: dict[str, Any]) -> list[str]:
         "datagram to the harness and exits (or sleeps, for kill-to-gone). The bare-spawn floor "
         "runs the very same program with `asyncio.create_subprocess_exec`, so the spoke's "
         "overhead is the only difference.",
+        "- Clients: the direct arms' client (`benchlib.clients.DirectClient`) builds and signs "
+        "each command with the client library's code (`hubspoke.commands`) and believes a "
+        "reply only after the library's own checks (`hubspoke.client._reply_check`: the "
+        "spoke's signature, responder, command id, digest, result, the agent's spoke and id), "
+        "as `hubspoke.client.Client` does for the hub arms. Its CPU per op (role `client`) "
+        "holds, besides that Python (~20-30 µs per call) and Ed25519 (~80 µs), grpc.aio's own "
+        "cost of a call, which grows with how long the answer takes: an echo held 2, 5 and "
+        "10 ms by its server (another process) cost its client about 100-150, 250-330 and "
+        "350-400 µs more CPU per call than an immediate one, on asyncio and uvloop alike "
+        "(2026-11-30, this machine under others' load). Compare client CPU between arms of "
+        "similar latency.",
         "- Limits: every spoke and hub runs its per-principal rate limiter at 10,000/s with a "
         "10,000,000-token bucket (set through `SPOKE_RATE_PER_PRINCIPAL`, `HUB_RATE_*` and "
         "the spoke config), so its Redis script is paid on every request but never refuses. "
