@@ -58,6 +58,11 @@ async def test_held_while_stopped_then_delivered_once(
         held_kill = await client.kill(running.agent_id, SPOKE)
         assert held_kill.kill_pending
         assert (await _state(client, running.agent_id)).kill_pending
+        # By bare id: the index and the outbox's lookups come from one script read with the
+        # admission (hub/index_lookup.py); the answers are the same.
+        assert (await client.get(later.agent_id)).state == AgentState.PENDING_DELIVERY
+        assert (await client.get(doomed.agent_id)).reason == "KILLED_BEFORE_DELIVERY"
+        assert (await client.get(running.agent_id)).kill_pending
 
         held = await client.outbox(SPOKE)
         assert [(i.kind, i.agent) for i in held.items] == [
