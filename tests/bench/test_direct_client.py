@@ -18,7 +18,8 @@ import grpc
 import pytest
 
 from hubspoke import commands, envelope, keys
-from hubspoke.gen.federation.v1 import agent_pb2, command_pb2, spoke_service_pb2
+from hubspoke.client import Client
+from hubspoke.gen.federation.v1 import agent_pb2, command_pb2, hub_service_pb2, spoke_service_pb2
 from hubspoke.trust import Role, TrustedKey, TrustStore
 
 REPO = Path(__file__).resolve().parents[2]
@@ -56,6 +57,8 @@ class _Spoke:
         self.alter: Alter = lambda reply: None
 
     def answer(self, request: bytes, kind: type[Any]) -> bytes:
+        """The signed reply to ``request`` (a SpokeService or HubService spawn or get: the
+        same fields), serialized as either response (the same fields too)."""
         env = kind.FromString(request).command
         cmd = commands.parse_command(env.payload)
         agent_id = cmd.command_id if cmd.HasField("spawn_agent") else cmd.get_agent.agent
@@ -83,13 +86,26 @@ class _Spoke:
         async def get(request: bytes, context: Any) -> bytes:
             return self.answer(request, spoke_service_pb2.SpokeServiceGetAgentRequest)
 
-        return grpc.method_handlers_generic_handler(
-            "federation.v1.SpokeService",
-            {
-                "SpawnAgent": grpc.unary_unary_rpc_method_handler(spawn),
-                "GetAgent": grpc.unary_unary_rpc_method_handler(get),
-            },
-        )
+        methods = {
+            "SpawnAgent": grpc.unary_unary_rpc_method_handler(spawn),
+            "GetAgent": grpc.unary_unary_rpc_method_handler(get),
+        }
+        return grpc.method_handlers_generic_handler("federation.v1.SpokeService", methods)
+
+    def hub_handler(self) -> grpc.GenericRpcHandler:
+        """The same answers as HubService (a hub relaying to this spoke, for ``Client``)."""
+
+        async def spawn(request: bytes, context: Any) -> bytes:
+            return self.answer(request, hub_service_pb2.HubServiceSpawnAgentRequest)
+
+        async def get(request: bytes, context: Any) -> bytes:
+            return self.answer(request, hub_service_pb2.HubServiceGetAgentRequest)
+
+        methods = {
+            "SpawnAgent": grpc.unary_unary_rpc_method_handler(spawn),
+            "GetAgent": grpc.unary_unary_rpc_method_handler(get),
+        }
+        return grpc.method_handlers_generic_handler("federation.v1.HubService", methods)
 
 
 @pytest.fixture
@@ -112,7 +128,7 @@ async def setup() -> AsyncIterator[tuple[DirectClient, _Spoke, dict[str, int]]]:
     )
     spoke = _Spoke(spoke_key)
     server = grpc.aio.server()
-    server.add_generic_rpc_handlers([spoke.handler()])
+    server.add_generic_rpc_handlers([spoke.handler(), spoke.hub_handler()])
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:
@@ -120,6 +136,19 @@ async def setup() -> AsyncIterator[tuple[DirectClient, _Spoke, dict[str, int]]]:
             yield client, spoke, counts
     finally:
         await server.stop(None)
+
+
+async def test_the_library_client_too_signs_once_and_verifies_once(
+    setup: tuple[DirectClient, _Spoke, dict[str, int]],
+) -> None:
+    """``hubspoke.client.Client`` (the hub arms' client) against the same peer as a hub."""
+    direct, _, counts = setup
+    async with Client(direct.address, "operator", direct._key, direct._trust, "hub", 10) as client:
+        agent = await client.spawn(SPOKE, "ready", "t1", command_id="agent-1")
+        assert (agent.agent_id, agent.spoke) == ("agent-1", SPOKE)
+        assert counts == {"sign": 1, "verify": 1}
+        assert (await client.get("agent-1", SPOKE)).agent_id == "agent-1"
+        assert counts == {"sign": 2, "verify": 2}
 
 
 async def test_a_spawn_and_a_status_sign_once_and_verify_once(
