@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
         "--report-only",
         type=Path,
         metavar="RESULTS_JSON",
-        help="only re-render docs/ from a saved results.json",
+        help="only re-render docs/ from a saved results.json (refused with --docs no)",
     )
     return p
 
@@ -61,6 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     docs_dir = REPO / "docs"
     if args.report_only is not None:
+        if args.docs == "no":
+            print(
+                "Error: --report-only rewrites docs/; with --docs no it has nothing to do",
+                file=sys.stderr,
+            )
+            return 2
         report.copy_results(args.report_only, docs_dir)
         return 0
     arms = tuple(a.strip() for a in args.arms.split(",") if a.strip())
