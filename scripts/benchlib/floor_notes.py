@@ -40,10 +40,12 @@ def render(doc: dict[str, Any]) -> list[str]:
     if not math.isnan(x) and not math.isnan(spawn):
         spoke = _cpu(doc, "spawn_direct", "spoke")
         server = _cpu(doc, "floor_signed", "server")
+        tput = ratio(doc, "floor_signed throughput / echo throughput")
         lines.append(
             f"  On this stack a signed spawn cannot go below ~{fmt(x)}x the echo p50 (issue "
-            f"13's aim is 1.6x, its bound 2.0x); `spawn_direct` is {fmt(spawn)}x this floor, "
-            f"and spoked spends {fmt(spoke, 0)} µs of CPU per spawn where the floor's server "
+            f"13's aim is 1.6x, its bound 2.0x) nor above ~{fmt(tput)}x its throughput (aim "
+            f"0.55x, bound 0.40x); `spawn_direct` is {fmt(spawn)}x this floor's p50, and "
+            f"spoked spends {fmt(spoke, 0)} µs of CPU per spawn where the floor's server "
             f"spends {fmt(server, 0)} µs."
         )
     return lines

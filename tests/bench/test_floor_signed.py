@@ -128,5 +128,8 @@ def test_the_report_notes_the_floor_with_every_role_and_its_ratio_to_echo() -> N
     for part in ("0.800 ms p50, 2.00x the echo", "0.60x its throughput", "client 260 µs"):
         assert part in text
     assert "server 350 µs, Redis 35 µs" in text
-    assert "`spawn_direct` is 2.50x this floor" in text
+    assert "`spawn_direct` is 2.50x this floor's p50" in text
+    assert "below ~2.00x the echo p50" in text
+    assert "above ~0.60x its throughput" in text
+    assert "spoked spends 900 µs of CPU per spawn where the floor's server spends 350 µs" in text
     assert floor_notes.render({"arms": {"echo_direct": doc["arms"]["echo_direct"]}}) == []
