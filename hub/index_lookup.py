@@ -109,9 +109,11 @@ _check_prefix()
 class IndexLookup:
     """The script, its loading, and its reply read back (module docstring)."""
 
-    def __init__(self, client: redis.asyncio.Redis, hub: str) -> None:
+    def __init__(self, client: redis.asyncio.Redis, hub: str, timeout_s: float = 2.0) -> None:
+        """``timeout_s``: how long a load may take (the hub's ``redis_timeout_s``)."""
         self._redis = client
         self._hub = hub
+        self._timeout = timeout_s
         self._script = client.register_script(_SCRIPT)
         self._loaded = False
         self._loading: asyncio.Task[None] | None = None
@@ -124,14 +126,14 @@ class IndexLookup:
         """Load the script into Redis (hubd's start-up; again after NOSCRIPT). A failure is
         logged: the reads are then made as before."""
         try:
-            await self._redis.script_load(_SCRIPT)
-        except (redis.exceptions.RedisError, OSError) as exc:
-            log.warning("index_lookup_not_loaded", problem=str(exc))
+            async with asyncio.timeout(self._timeout):
+                await self._redis.script_load(_SCRIPT)
+        except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
+            log.warning("index_lookup_not_loaded", problem=str(exc) or type(exc).__name__)
             return
         self._loaded = True
 
-    @property
-    def ready(self) -> bool:
+    def usable(self) -> bool:
         """Whether the script may be used now; if not, start loading it (once at a time)."""
         if not self._loaded and (self._loading is None or self._loading.done()):
             self._loading = asyncio.get_running_loop().create_task(self.load())

@@ -198,7 +198,7 @@ class Prefetcher:
     def _script(self) -> IndexLookup | None:
         """The index lookup script, if it may be used now (if not loaded, it starts loading)."""
         lookup = self._index_lookup
-        return lookup if lookup is not None and lookup.ready else None
+        return lookup if lookup is not None and lookup.usable() else None
 
 
 def _agent_id(ref: str) -> str:
@@ -217,5 +217,5 @@ def prefetcher(
         store,
         desk.outbox if desk is not None else None,
         lambda: registry.enrolled,
-        IndexLookup(store.client, hub) if desk is not None else None,
+        IndexLookup(store.client, hub, store.timeout_s) if desk is not None else None,
     )
