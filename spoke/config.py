@@ -147,7 +147,7 @@ class SpokeConfig:
     start_up_scan_batch: int = 100
     """Records (or marks of two-step writes) the start-up scan reads per step
     (spoke/start_up_scan.py)."""
-    start_up_scan_pause_ms: int = 10
+    start_up_scan_pause_ms: int = 25
     """Sleep between two steps of the start-up scan, so that the calls served meanwhile do
     not pay for it (0: none)."""
     max_watchers: int = 256

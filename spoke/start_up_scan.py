@@ -47,7 +47,7 @@ class Pacing:
     """Records (or marks) read per step: two round trips (the full scan's second is one
     script, spoke/full_scan_lua.py), plus one per orphan found. Redis runs a step's script
     at once, so a call served meanwhile may wait for one step: keep it small."""
-    pause_s: float = 0.01
+    pause_s: float = 0.025
     """Sleep between steps."""
 
     @classmethod

@@ -289,4 +289,4 @@ def test_the_scan_pacing_options_are_checked(
     with pytest.raises(SpokeConfigError, match=message):
         spoke_config(peers, "redis://127.0.0.1:6379/0", **{option: value})
     paced = start_up_scan.Pacing.of(spoke_config(peers, "redis://127.0.0.1:6379/0"))
-    assert paced == start_up_scan.Pacing(batch=100, pause_s=0.01)
+    assert paced == start_up_scan.Pacing(batch=100, pause_s=0.025)
