@@ -27,6 +27,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Final
 
 import redis.asyncio as aioredis
 
@@ -66,16 +67,21 @@ async def clear(redis: aioredis.Redis, keys: SpokeKeys, *members: str) -> None:
         await redis.zrem(keys.job_pending, *members)
 
 
-@contextlib.asynccontextmanager
-async def two_step(
+_UNMARKED: Final = contextlib.nullcontext()
+"""What ``two_step`` gives a write done in one script: nothing to mark, nothing allocated."""
+
+
+def two_step(
     redis: aioredis.Redis, keys: SpokeKeys, agent_id: str, *, when: bool = True
-) -> AsyncIterator[None]:
+) -> contextlib.AbstractAsyncContextManager[None]:
     """Mark ``agent_id`` around a write that stores its QUEUED record and then adds its job in
     another round trip; the mark goes once the body returned (or Redis refused it cleanly).
-    With ``when`` false (the write is one script) nothing is marked."""
-    if not when:
-        yield
-        return
+    With ``when`` false (the write is one script: the spawn's hot path) nothing is marked."""
+    return _marked(redis, keys, agent_id) if when else _UNMARKED
+
+
+@contextlib.asynccontextmanager
+async def _marked(redis: aioredis.Redis, keys: SpokeKeys, agent_id: str) -> AsyncIterator[None]:
     member = await mark(redis, keys, agent_id)
     try:
         yield
