@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 import pytest
 from google.protobuf import duration_pb2
 
+from hubspoke.gen.federation.v1 import command_pb2, spoke_service_pb2
 from hubspoke.grpc import open_channel
 from hubspoke.spoke import job_pending, start_up_scan
 from hubspoke.spoke.backend import QueueFullError, now_ms
@@ -178,6 +179,7 @@ class Gate:
     ``pattern`` and everything its connection sends after it."""
 
     pattern: re.Pattern[bytes]
+    armed: bool = True
     held: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[None]] = dataclasses.field(default_factory=list)
     writers: list[asyncio.StreamWriter] = dataclasses.field(default_factory=list)
@@ -186,7 +188,7 @@ class Gate:
         frozen = False
         with contextlib.suppress(ConnectionError):
             while data := await src.read(65536):
-                if up and (frozen or self.pattern.search(data)):
+                if up and (frozen or (self.armed and self.pattern.search(data))):
                     frozen = True
                     self.held.set()
                     continue
@@ -227,12 +229,21 @@ async def _until(check: Any, within: float = 30.0) -> None:
             await asyncio.sleep(0.05)
 
 
+async def _replay(client: SpokeClient, agent_id: str) -> Any:
+    env = client.command("replay_agent", command_pb2.ReplayAgentBody(agent=agent_id))
+    return await client.stub.ReplayAgent(
+        spoke_service_pb2.SpokeServiceReplayAgentRequest(command=env), timeout=10
+    )
+
+
+@pytest.mark.parametrize("write", ["delayed spawn", "replay"])
 async def test_a_spoked_killed_between_record_and_job_finds_the_job_added_after_restart(
-    peers: Peers, redis_url: str, tmp_path: Path
+    peers: Peers, redis_url: str, tmp_path: Path, write: str
 ) -> None:
     """A delayed spawn stores its record, then adds its job in a second round trip (bullmq's
-    add, on bullmq's own connection). That add is held in a TCP gate, spoked is SIGKILLed
-    there, and a new spoked on the same Redis adds the job: the record is not orphaned."""
+    add, on bullmq's own connection); so does a replay (a transition to QUEUED, then the new
+    job). That add is held in a TCP gate, spoked is SIGKILLed there, and a new spoked on the
+    same Redis adds the job: the record is not orphaned."""
     q = AgentQueue(redis_url, SPOKE)
     agent_id = "cut-between"
     job_data = re.compile(rb'"agent_id":\s*"' + agent_id.encode() + rb'"')
@@ -244,11 +255,17 @@ async def test_a_spoked_killed_between_record_and_job_finds_the_job_added_after_
             await spoked.start()
             channel = open_channel(f"127.0.0.1:{spoked.port}")
             client = SpokeClient(channel, peers)
-            call = asyncio.ensure_future(
-                client.spawn(
-                    "duration=0.1", command_id=agent_id, delay=duration_pb2.Duration(seconds=60)
+            if write == "replay":  # an agent that failed: its first job passes the gate
+                g.armed = False
+                await client.spawn("fail", command_id=agent_id)
+                await client.wait_state(agent_id, "FAILED")
+                g.armed = True
+                call = asyncio.ensure_future(_replay(client, agent_id))
+            else:
+                delay = duration_pb2.Duration(seconds=60)
+                call = asyncio.ensure_future(
+                    client.spawn("duration=0.1", command_id=agent_id, delay=delay)
                 )
-            )
             await asyncio.wait_for(g.held.wait(), 20)
             await spoked.kill()  # between the record (written) and its job (held in the gate)
             call.cancel()
@@ -259,6 +276,7 @@ async def test_a_spoked_killed_between_record_and_job_finds_the_job_added_after_
         assert rec.state is S.QUEUED
         assert not await _job_exists(q, agent_id)
         assert await q.redis.zcard(q.keys.job_pending) == 1
+        await q.jobs.pause()  # the restarted spoked must add the job, not run it
 
         spoked = SpokedProcess(
             write_spoke_toml(tmp_path / "direct.toml", spoke_mapping(peers, redis_url))
