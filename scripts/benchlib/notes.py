@@ -116,10 +116,12 @@ def _running(doc: dict[str, Any]) -> list[str]:
         f"- **Spawn-to-running: {fmt(r)}x a bare asyncio spawn of the same Python agent "
         f"(target 1.2x), so it {verdict} the target.** Median split (wall clocks, ms "
         f"resolution): {med('send_to_stored')} ms from sending the spawn to the record being "
-        f"stored, {med('stored_to_exec')} ms from stored to the agent exec'd (bullmq worker "
-        "wake-up, `moveToActive`, record read, STARTING and RUNNING transitions, pipes), and "
-        f"{med('exec_to_ready')} ms from exec to the agent's ready datagram, which is the "
-        "interpreter's own start-up and is the same in the floor. Python start-up dominates, "
+        f"stored, {med('stored_to_exec')} ms from stored to RUNNING written (bullmq worker "
+        "wake-up, `moveToActive`, record read, the STARTING transition, the supervisor's "
+        "start until it reports the agent's pid on a pipe; RUNNING is written after the "
+        f"exec), and {med('exec_to_ready')} ms from then to the agent's ready datagram, "
+        "which is mostly the interpreter's own start-up and is the same in the floor. "
+        "Python start-up dominates, "
         "which is why the ratio is small while the spoke's share is several milliseconds.",
     ]
 
@@ -187,9 +189,11 @@ def _scale(doc: dict[str, Any]) -> list[str]:
     lines.append(
         f"- **Restart at {last['agents']:,} queued: Redis loads its AOF in "
         f"{fmt(rs['redis_aof_load_s'])} s and spoked serves {fmt(rs['spoke_start_s'])} s "
-        "later.** The scan for orphaned jobs (`requeue_orphans`) is pipelined in batches of "
-        "500 and runs after the server starts, so start-up does not grow with the backlog; "
-        "the AOF load does."
+        "later.** The start-up scan runs after the server starts and, since issue 13's third "
+        "round, reads only the index of two-step writes (`federation:{spoke}:job-pending`, "
+        "spoke/start_up_scan.py); the scan of every record runs once per site, after the "
+        "schema 1 -> 2 migration, paced by `start_up_scan_batch` and "
+        "`start_up_scan_pause_ms`. Start-up does not grow with the backlog; the AOF load does."
     )
     if scale["scale_max"] < 1_000_000:
         fill = val({"median": last["fill_per_s"]})
