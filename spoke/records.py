@@ -27,7 +27,7 @@ import redis.asyncio as aioredis
 from hubspoke.admission import ADMIT_SCRIPT
 from hubspoke.redis_mux import RedisMux, ScriptRef
 
-from . import dedupe, spawn_lua, timings
+from . import dedupe, held_scan, spawn_lua, timings
 from . import records_lua as lua
 from .backend import (
     AgentMissingError,
@@ -588,12 +588,10 @@ class Records:
     async def held_agents(self) -> list[AgentRecord]:
         """Every agent a worker holds (STARTING or RUNNING)."""
         held: list[AgentRecord] = []
-        async for rows in self.scan_index("state"):
-            for agent_id, (state,) in rows:
-                if state in (b"STARTING", b"RUNNING"):
-                    rec = await self.get_or_none(agent_id)
-                    if rec is not None:
-                        held.append(rec)
+        for agent_id in await held_scan.held_ids(self.redis, self.keys):  # one script a step
+            rec = await self.get_or_none(agent_id)
+            if rec is not None:
+                held.append(rec)
         return held
 
     async def scan_index(

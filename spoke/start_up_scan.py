@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 from . import approvals, job_pending
 from .backend import backend, now_ms
 from .full_scan_lua import ScanStep
+from .index_walk import walk
 from .keys import SpokeKeys
 from .model import AgentState
 
@@ -151,19 +152,8 @@ async def full_scan(agents: AgentQueue, pacing: Pacing) -> tuple[int, int]:
     (spoke/full_scan_lua.py). Returns (requeued, records)."""
     step = ScanStep(agents.redis, agents.keys)
     requeued, records = 0, 0
-    # By create time from a cursor, not by rank: the sweeper forgetting old agents meanwhile
-    # must not shift the scan past records it has not read.
-    low: float | str = "-inf"
-    at_low = 0  # members scored ``low`` already read
-    while True:
-        rows: list[tuple[bytes, float]] = await agents.redis.zrangebyscore(  # type: ignore[assignment]  # bytes
-            agents.keys.agent_index, low, "+inf", start=at_low, num=pacing.batch, withscores=True
-        )
-        if not rows:
-            return requeued, records
-        records += len(rows)
-        requeued += await _requeue(agents, await step([raw.decode() for raw, _ in rows]))
-        last = rows[-1][1]
-        at_low = (at_low if last == low else 0) + sum(1 for _, score in rows if score == last)
-        low = last
+    async for ids in walk(agents.redis, agents.keys, pacing.batch):
+        records += len(ids)
+        requeued += await _requeue(agents, await step(ids))
         await asyncio.sleep(pacing.pause_s)
+    return requeued, records

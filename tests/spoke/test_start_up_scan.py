@@ -20,13 +20,14 @@ from google.protobuf import duration_pb2
 
 from hubspoke.gen.federation.v1 import command_pb2, spoke_service_pb2
 from hubspoke.grpc import open_channel
-from hubspoke.spoke import job_pending, start_up_scan
+from hubspoke.spoke import held_scan, index_walk, job_pending, start_up_scan
 from hubspoke.spoke.backend import QueueFullError, now_ms
 from hubspoke.spoke.config import SpokeConfigError
 from hubspoke.spoke.keys import SpokeKeys
 from hubspoke.spoke.model import AgentState, SpawnRequest
 from hubspoke.spoke.queue import AgentQueue
 from hubspoke.spoke.schema import ensure_spoke_schema
+from hubspoke.testing import Federation
 from hubspoke.version import SPOKE_SCHEMA_VERSION
 
 from .conftest import SPOKE, Peers, SpokeClient, spoke_config, spoke_mapping
@@ -61,11 +62,13 @@ async def q(redis_url: str) -> AsyncIterator[AgentQueue]:
         await queue.close()
 
 
-async def _reads(q: AgentQueue) -> int:
-    """Record reads Redis served so far (HMGET, HGET, HGETALL)."""
+async def _reads(q: AgentQueue, *commands: str) -> int:
+    """Calls of these commands (default: the record reads HMGET, HGET, HGETALL) Redis served
+    so far, scripts' included."""
     stats = await q.redis.info("commandstats")
     return sum(
-        int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("hmget", "hget", "hgetall")
+        int(stats.get(f"cmdstat_{c}", {}).get("calls", 0))
+        for c in commands or ("hmget", "hget", "hgetall")
     )
 
 
@@ -308,3 +311,51 @@ def test_the_scan_pacing_options_are_checked(
         spoke_config(peers, "redis://127.0.0.1:6379/0", **{option: value})
     paced = start_up_scan.Pacing.of(spoke_config(peers, "redis://127.0.0.1:6379/0"))
     assert paced == start_up_scan.Pacing(batch=100, pause_s=0.025)
+
+
+async def test_a_restarted_spoked_reads_no_record_of_its_backlog(tmp_path: Path) -> None:
+    """A real spoked restarted on 1,500 queued agents: its start-up scan (done once its log
+    says ``requeue_done``) reads no record; the scan of every record read each one (1,500
+    HMGETs and as many scripts). (The worker's look for held agents reads each state with
+    HGET inside one script per 1,000 records, spoke/held_scan.py: not counted here.)"""
+    fed = Federation(tmp_path / "fed", ["spoke-1"], ready_timeout_s=30)
+    try:
+        await fed.start(hub=False)
+        q = AgentQueue(fed.redis_access("spoke-1"), "spoke-1")
+        try:
+            await q.jobs.pause()
+            for n in range(BACKLOG):
+                await q.create(dataclasses.replace(REQ, agent_id=f"bg-{n}"), 10**6)
+            log = fed.logs / "spoke-1.log"
+            await fed.spoked("spoke-1").stop()
+            before = await _reads(q, "hmget", "evalsha")
+            await fed.spoked("spoke-1").start()
+
+            async def scanned() -> bool:
+                return log.read_text(errors="replace").count('"requeue_done"') >= 2
+
+            await _until(scanned)
+            assert await _reads(q, "hmget", "evalsha") - before < 50
+            done = [line for line in log.read_text().splitlines() if '"requeue_done"' in line]
+            assert '"full_scan": false' in done[-1]
+        finally:
+            await q.close()
+    finally:
+        await fed.stop()
+
+
+async def test_the_walks_read_every_record_once_across_equal_create_times(q: AgentQueue) -> None:
+    """Both walks of the agent index (the full scan's, and the held agents' script) go by
+    create time from a cursor: steps smaller than a run of equal create times still read
+    each record once."""
+    for n in range(10):
+        await q.create(dataclasses.replace(REQ, agent_id=f"w-{n}"), 10**6)
+    await q.redis.zadd(q.keys.agent_index, {f"w-{n}": 5 if n < 7 else 9 for n in range(10)})
+    for n in (0, 4, 6, 9):
+        await q.records.transition(f"w-{n}", [S.QUEUED], S.STARTING)
+    await q.records.transition("w-4", [S.STARTING], S.RUNNING)
+    seen = [i async for ids in index_walk.walk(q.redis, q.keys, 3) for i in ids]
+    assert sorted(seen) == [f"w-{n}" for n in range(10)]
+    held = await held_scan.held_ids(q.redis, q.keys, step=3)
+    assert sorted(held) == ["w-0", "w-4", "w-6", "w-9"]
+    assert sorted(r.agent_id for r in await q.records.held_agents()) == sorted(held)
