@@ -21,6 +21,7 @@ from .backend import backend, bullmq_client, now_ms
 from .bull_worker import SpokeWorker
 from .keys import QUEUE_NAME, SpokeKeys
 from .model import AgentRecord
+from .start_handoff import StartHandoff
 
 JOB_ATTEMPTS = 64
 """bullmq's own attempt cap per job. Our record decides whether an agent retries (the worker
@@ -130,6 +131,8 @@ class Jobs:
         self._add_keys: list[str] | None = None
         self._add_templates: dict[tuple[int, int], bull_args.AddTemplate | None] = {}
         """``add_call``'s templates (spoke/bull_args.py), per (priority, backoff_ms)."""
+        self.handoff = StartHandoff()
+        """Records this process just stored, for its own worker (spoke/start_handoff.py)."""
 
     async def close(self) -> None:
         await self.queue.close()
@@ -226,11 +229,13 @@ class Jobs:
 
     @backend
     async def pause(self) -> None:
+        self.handoff.hold()  # a job that waits is read from Redis (spoke/start_handoff.py)
         await self.queue.pause()
 
     @backend
     async def resume(self) -> None:
         await self.queue.resume()
+        self.handoff.release()
 
     def worker(self, process: Processor, settings: WorkerSettings) -> BullWorker:
         """A bullmq Worker for this queue on a connection of its own (not started: its

@@ -36,7 +36,7 @@ async def create(
     """
     try:
         # Shielded: a client that times out must not leave a half-stored spawn behind.
-        rec, _ = await asyncio.shield(
+        rec, created = await asyncio.shield(
             agents.create(
                 req,
                 cfg.max_queue_depth,
@@ -47,4 +47,6 @@ async def create(
     except AdmissionRefusedError as exc:
         verifier.refuse(pending, exc.verdict, exc.detail)
         raise errors.BackendUnavailableError(f"unexpected admission verdict {exc.verdict}") from exc
+    if created:  # for this process's worker: no read back (spoke/start_handoff.py)
+        agents.jobs.handoff.put(rec, req.envelope, req.relay)
     return rec

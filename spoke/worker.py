@@ -241,12 +241,7 @@ class AgentWorker(SupervisedRuns):
             structlog.contextvars.unbind_contextvars("job", "worker")
 
     async def _run(self, agent_id: str, job: Any, token: str) -> str:
-        # Both reads at once (one round trip's wait, not two): the signed copies are what
-        # the record is checked against before it starts (_verified).
-        rec, copies = await asyncio.gather(
-            self.queue.worker_records.get_or_none(agent_id),
-            self.queue.worker_records.signed_copies(agent_id),
-        )
+        rec, copies = await self._read(agent_id)
         if rec is None or rec.state.final:
             return "skipped"
         profile = self.config.profiles.get(rec.profile)
@@ -291,6 +286,18 @@ class AgentWorker(SupervisedRuns):
             if limit:
                 with contextlib.suppress(QueueError):
                     await self.queue.slots.release(profile.name, agent_id)
+
+    async def _read(self, agent_id: str) -> tuple[AgentRecord | None, tuple[bytes, bytes]]:
+        """The record and the signed copies it is checked against before it starts
+        (_verified): as this process's spawn handler just stored them (spoke/start_handoff.py),
+        else both read at once (one round trip's wait, not two)."""
+        handed = self.queue.jobs.handoff.take(agent_id)
+        if handed is not None:
+            return handed.record, handed.copies
+        return await asyncio.gather(
+            self.queue.worker_records.get_or_none(agent_id),
+            self.queue.worker_records.signed_copies(agent_id),
+        )
 
     async def _verified(
         self, rec: AgentRecord, profile: Profile | None, copies: tuple[bytes, bytes]
