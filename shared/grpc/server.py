@@ -27,6 +27,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from hubspoke import errors, version
+from hubspoke.log_processors import clear_and_bind
 
 from . import status
 from .peer import remember_peer
@@ -113,8 +114,7 @@ def _parse(req_cls: type[Message], raw: bytes) -> Message:
 
 
 def _begin(rpc: str, context: grpc.aio.ServicerContext[Any, Any]) -> float:
-    structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(rpc=rpc, peer=context.peer())
+    clear_and_bind(rpc=rpc, peer=context.peer())  # structlog's clear + bind, in one pass
     remember_peer(context)  # for bind_signer: the TLS identity is checked against signers
     return time.monotonic()
 
