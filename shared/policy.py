@@ -180,7 +180,7 @@ class Rule:
         labels: Mapping[str, str],
         owner: str | None = None,
     ) -> bool:
-        if not ({principal, "*"} & self.principals) or verb not in self.verbs:
+        if verb not in self.verbs or not (principal in self.principals or "*" in self.principals):
             return False
         if self.scope != "any":
             if verb in QUEUE_WIDE_VERBS:
@@ -189,7 +189,7 @@ class Rule:
                 return False
         if spoke is None:  # a hub-level verb (spokes): no spoke to match
             return True
-        if not ({spoke, "*"} & self.spokes):
+        if not (spoke in self.spokes or "*" in self.spokes):
             return False
         return all(labels.get(k) == v for k, v in self.spoke_labels.items())
 
@@ -226,17 +226,16 @@ class Policy:
 
     def check(self, req: Request) -> Rule:
         """The first rule that allows ``req``; PolicyDeniedError naming why none does."""
-        where = f" on spoke {req.spoke}" if req.spoke else ""
         rules = self._covering(req)
         if not rules:
             raise PolicyDeniedError(
-                f"no policy rule lets {req.principal} {req.verb}{where}", verb=req.verb
+                f"no policy rule lets {req.principal} {req.verb}{_where(req)}", verb=req.verb
             )
         if req.profile is not None:
-            rules = [r for r in rules if {req.profile, "*"} & r.profiles]
+            rules = [r for r in rules if req.profile in r.profiles or "*" in r.profiles]
             if not rules:
                 raise PolicyDeniedError(
-                    f"no policy rule lets {req.principal} run profile {req.profile}{where}",
+                    f"no policy rule lets {req.principal} run profile {req.profile}{_where(req)}",
                     verb=req.verb,
                 )
         first_problem = ""
@@ -253,7 +252,7 @@ class Policy:
         rules = [
             r
             for r in self._covering(req)
-            if (req.profile is None or {req.profile, "*"} & r.profiles)
+            if (req.profile is None or req.profile in r.profiles or "*" in r.profiles)
             and not _limit_problem(r, req)
         ]
         strictest = max(rules, key=lambda r: r.approvals, default=None)
@@ -298,6 +297,10 @@ class Policy:
         if len(set(names)) != len(names):
             raise PolicyConfigError(f"{source}: rule names must be unique")
         return cls(rules)
+
+
+def _where(req: Request) -> str:
+    return f" on spoke {req.spoke}" if req.spoke else ""
 
 
 def _limit_problem(r: Rule, req: Request) -> str:
