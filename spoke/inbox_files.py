@@ -120,6 +120,9 @@ class InboxFile:
         for msg in messages:
             data += line_of(msg)
             self._delivered = max(self._delivered, msg.seq)
+        if not data:  # nothing can be seen half-written: created in place, no temp and rename
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+            return
         tmp = self.path.with_name(self.path.name + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:

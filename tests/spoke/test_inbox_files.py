@@ -97,3 +97,19 @@ def test_a_profile_names_its_inbox_kind() -> None:
     assert profile_from_mapping("p", {"argv": ["true"], "inbox": "fifo"}).inbox == "fifo"
     with pytest.raises(ProfileConfigError, match="key 'inbox' must be one of file, fifo, none"):
         profile_from_mapping("p", {"argv": ["true"], "inbox": "socket"})
+
+
+def test_an_empty_inbox_is_created_in_place(tmp_path: Path) -> None:
+    """A first attempt with no message (issue 13): the empty file is made where the agent
+    looks, with no temp file and rename (a stray ``.tmp`` directory cannot stop it), as a new
+    owner-only file: an earlier attempt's reader keeps what it had open."""
+    path = inbox_path(tmp_path / "inbox", "a1")
+    earlier = InboxFile("file", path)
+    earlier.prepare([msg(1)])
+    with path.open("rb") as held:
+        (tmp_path / "inbox" / "a1.inbox.tmp").mkdir()  # the old way wrote through this name
+        InboxFile("file", path).prepare([])
+        st = os.stat(path)
+        assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
+        assert path.read_bytes() == b""
+        assert held.read() == line_of(msg(1))  # its own inode, untouched
