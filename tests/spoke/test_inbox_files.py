@@ -110,6 +110,7 @@ def test_an_empty_inbox_is_created_in_place(tmp_path: Path) -> None:
         (tmp_path / "inbox" / "a1.inbox.tmp").mkdir()  # the old way wrote through this name
         InboxFile("file", path).prepare([])
         st = os.stat(path)
-        assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
+        assert stat.S_ISREG(st.st_mode)
+        assert stat.S_IMODE(st.st_mode) == 0o600
         assert path.read_bytes() == b""
         assert held.read() == line_of(msg(1))  # its own inode, untouched
