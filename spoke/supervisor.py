@@ -391,12 +391,18 @@ async def _agent_pid(state: Path, child: ChildExit, report: PidReport) -> int | 
 def _prepare_state(state: Path, profile: Profile, task: str, cgroup: Path | None) -> int:
     """Create the attempt's state directory; an fd of its ``supervisor.err`` (the
     supervisor's own stderr)."""
-    state.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if state.exists():  # left by a start that died before the supervisor ran
+    # Few system calls (issue 13: each is a chance for another thread to take the GIL): the
+    # directory is made at once, its parent only when missing (a first attempt).
+    try:
+        os.mkdir(state, 0o700)
+    except FileNotFoundError:
+        state.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.mkdir(state, 0o700)
+    except FileExistsError:  # left by a start that died before the supervisor ran
         remove_state(state)
-    state.mkdir(mode=0o700)
-    for name in ("stdout", "stderr"):
-        (state / name).touch(mode=0o600)
+        os.mkdir(state, 0o700)
+    for name in ("stdout", "stderr"):  # new and empty: the directory is new
+        os.close(os.open(state / name, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
     if profile.task_on_stdin:
         (state / "stdin").write_bytes(task.encode("utf-8", errors="replace"))
     if profile.cwd is not None:  # the supervisor changes to it (posix_spawn cannot)
