@@ -150,6 +150,11 @@ class SpokeConfig:
     start_up_scan_pause_ms: int = 25
     """Sleep between two steps of the start-up scan, so that the calls served meanwhile do
     not pay for it (0: none)."""
+    start_handoff_ms: int = 2_000
+    """How long a spawn this process stored waits in memory for its own worker to start it
+    without reading it back from Redis (spoke/start_handoff.py; 0: never)."""
+    start_handoff_max: int = 1_024
+    """The most such spawns kept at once (oldest out first)."""
     max_watchers: int = 256
     """Concurrent WatchAgent streams this process serves; more get RESOURCE_EXHAUSTED."""
     max_watchers_per_principal: int = 32
@@ -271,6 +276,8 @@ class SpokeConfig:
                 raise SpokeConfigError(f"{key} must be positive")
         if self.start_up_scan_pause_ms < 0:
             raise SpokeConfigError("start_up_scan_pause_ms must not be negative")
+        if self.start_handoff_ms < 0 or self.start_handoff_max < 0:
+            raise SpokeConfigError("start_handoff_ms and start_handoff_max must not be negative")
         if self.hook_retries < 0:
             raise SpokeConfigError("hook_retries must not be negative")
         if self.max_message_bytes < 1024:

@@ -16,8 +16,9 @@ it starts (FAILED, TAMPERED): an edit made within ``ttl_ms`` of the store, to a 
 that soon, is not run (the signed copy is) but not reported either. A queue paused through
 this process keeps nothing (``hold``), so a job that waits there is read from Redis.
 
-Entries live ``ttl_ms`` at most and the map holds ``max_entries`` at most (oldest out first),
-so spawns no worker here takes (another process's pickup, a full queue) cost nothing lasting.
+Entries live ``ttl_ms`` at most and the map holds ``max_entries`` at most, oldest out first
+(spoke config ``start_handoff_ms`` / ``start_handoff_max``), so spawns no worker here takes
+(another process's pickup, a full queue) cost nothing lasting.
 """
 
 from __future__ import annotations
@@ -67,6 +68,12 @@ class StartHandoff:
 
     def release(self) -> None:
         self._held = False
+
+    def configure(self, ttl_ms: int, max_entries: int) -> None:
+        """Spoke config ``start_handoff_ms`` / ``start_handoff_max`` (0: keep nothing)."""
+        self.ttl_s = max(ttl_ms, 0) / 1000
+        self.max_entries = max(max_entries, 0)
+        self._entries.clear()
 
     def __len__(self) -> int:
         return len(self._entries)

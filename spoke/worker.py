@@ -94,6 +94,7 @@ class AgentWorker(SupervisedRuns):
         self._inboxes: dict[str, AgentInbox] = {}
         """The inbox of each agent this worker starts (spoke/inbox_delivery.py)."""
         self._init_supervision()  # spoke/supervised_run.py
+        queue.jobs.handoff.configure(config.start_handoff_ms, config.start_handoff_max)
         self._worker: Any = None  # bullmq.Worker, untyped
         self._stopped = asyncio.Event()
         self._ready = asyncio.Event()
