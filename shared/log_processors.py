@@ -34,6 +34,7 @@ from structlog.processors import _json_fallback_handler
 from structlog.types import EventDict, WrappedLogger
 
 __all__ = [
+    "bind_call",
     "clear_and_bind",
     "format_exc_info",
     "iso_utc",
@@ -87,6 +88,19 @@ def clear_and_bind(**kw: Any) -> None:
             var.set(kw[key])
         elif var.get() is not Ellipsis:
             var.set(Ellipsis)
+
+
+_RPC = _var("rpc")
+_PEER = _var("peer")
+
+
+def bind_call(rpc: str, peer: str) -> None:
+    """``clear_and_bind(rpc=rpc, peer=peer)``, the server wrapper's, without the keywords."""
+    for _, var in _structlog_vars():
+        if var is not _RPC and var is not _PEER and var.get() is not Ellipsis:
+            var.set(Ellipsis)
+    _RPC.set(rpc)
+    _PEER.set(peer)
 
 
 _second = -1

@@ -27,7 +27,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from hubspoke import errors, version
-from hubspoke.log_processors import clear_and_bind
+from hubspoke.log_processors import bind_call
 
 from . import status
 from .peer import remember_peer
@@ -114,7 +114,7 @@ def _parse(req_cls: type[Message], raw: bytes) -> Message:
 
 
 def _begin(rpc: str, context: grpc.aio.ServicerContext[Any, Any]) -> float:
-    clear_and_bind(rpc=rpc, peer=context.peer())  # structlog's clear + bind, in one pass
+    bind_call(rpc, context.peer())  # structlog's clear + bind of rpc and peer, in one pass
     remember_peer(context)  # for bind_signer: the TLS identity is checked against signers
     return time.monotonic()
 
@@ -126,9 +126,20 @@ def bind_command(command_id: str, issuer: str) -> None:
     structlog.contextvars.bind_contextvars(command_id=command_id, issuer=issuer)
 
 
+_ACCEPTED_MAX = 16
+_accepted: set[str | None] = set()
+"""Announcements already found to name our major version (at most ``_ACCEPTED_MAX``, so a
+caller cannot grow it): checked again by a set lookup, not parsed per call (issue 13)."""
+
+
 def _check_protocol(context: grpc.aio.ServicerContext[Any, Any]) -> None:
     """Refuse a caller that announced another major protocol version (hubspoke.version)."""
-    version.check_peer_protocol(version.peer_protocol(context.invocation_metadata()), "the caller")
+    announced = version.peer_protocol(context.invocation_metadata())
+    if announced in _accepted:
+        return
+    version.check_peer_protocol(announced, "the caller")
+    if len(_accepted) < _ACCEPTED_MAX:
+        _accepted.add(announced)
 
 
 class _Health(health_aio.HealthServicer):  # type: ignore[misc]  # grpc_health is untyped

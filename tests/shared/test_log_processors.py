@@ -173,6 +173,15 @@ def test_clear_and_bind_leaves_what_clear_then_bind_leaves() -> None:
     }
 
 
+def test_bind_call_leaves_what_clear_then_bind_leaves() -> None:
+    def ours() -> dict[str, Any]:
+        structlog.contextvars.bind_contextvars(job="j", command_id="c", rpc="old")
+        log_processors.bind_call("/a/B", "ipv4:1")
+        return structlog.contextvars.get_contextvars()
+
+    assert contextvars.copy_context().run(ours) == {"rpc": "/a/B", "peer": "ipv4:1"}
+
+
 def test_merge_keeps_the_lines_own_values_first() -> None:
     def run() -> dict[str, Any]:
         log_processors.clear_and_bind(rpc="/a/B", peer="p")
