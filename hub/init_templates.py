@@ -162,6 +162,9 @@ SPOKE_OPTIONS: Final[Mapping[str, str]] = {
     "sweep_interval_s": "How often, in seconds, finished agents past retention are forgotten.",
     "start_up_scan_batch": "Records the start-up scan (orphaned jobs) reads per step.",
     "start_up_scan_pause_ms": "Pause between steps of the start-up scan, in ms (0: none).",
+    "start_handoff_ms": "How long a just-stored spawn waits in memory for this spoked's worker "
+    "(ms; 0: the worker always reads Redis).",
+    "start_handoff_max": "Just-stored spawns held in memory for this spoked's worker.",
     "max_watchers": "Concurrent watch streams this process serves.",
     "max_watchers_per_principal": "Concurrent watch streams one principal may hold here.",
     "watch_event_rate": "Events per second one watch may carry (progress coalesced).",
