@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import statistics
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
+from hubspoke.gen.federation.v1 import agent_pb2
 from hubspoke.spoke.app import SpokeApp
 from hubspoke.spoke.config import SpokeConfigError
 from hubspoke.spoke.keys import SpokeKeys
@@ -82,3 +84,27 @@ async def test_start_handoff_ms_0_reads_every_start_from_redis(
 def test_a_negative_hand_off_limit_is_refused(peers: Peers, key: str) -> None:
     with pytest.raises(SpokeConfigError, match=key):
         spoke_config(peers, "redis://127.0.0.1:1/0", **{key: -1})
+
+
+async def test_a_spawn_killed_while_handed_over_never_runs(
+    start_spoke: object, redis_client: aioredis.Redis, tmp_path: Path
+) -> None:
+    """The hand-off skips the worker's read, not its checks: a spawn killed while its entry
+    waits (the one slot busy) is never started from the entry, because the start's
+    transition is conditional on the state in Redis."""
+    app, client = await start_spoke(concurrency=1, start_handoff_ms=60_000)  # type: ignore[operator]
+    handoff = app._queue.jobs.handoff
+    busy = (await client.spawn("sleep 60", profile="shell")).agent.agent_id
+    await client.wait_state(busy, "RUNNING")
+    marker = tmp_path / "ran"
+    killed = (await client.spawn(f"touch {marker}", profile="shell")).agent.agent_id
+    assert len(handoff) == 1  # its entry waits for the busy slot
+    assert (await client.kill(killed)).agent.state == agent_pb2.Agent.STATE_KILLED
+    await client.kill(busy)
+    await client.wait_state(busy, "KILLED")
+    # The next spawn runs only after the worker went past the killed one (FIFO, one slot).
+    after = (await client.spawn("duration=0")).agent.agent_id
+    await client.wait_state(after, "SUCCEEDED")
+    gone = await client.wait_state(killed, "KILLED")
+    assert gone.attempt == 0
+    assert not marker.exists()
