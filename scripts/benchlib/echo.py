@@ -43,7 +43,16 @@ async def serve(listen: str, forward: str | None) -> None:
             return answer
 
         server.add_generic_rpc_handlers([_handler(relay)])
-    port = server.add_insecure_port(listen)
+    try:
+        await serve_until_signalled(server, server.add_insecure_port(listen))
+    finally:
+        if channel is not None:
+            await channel.close(None)
+
+
+async def serve_until_signalled(server: grpc.aio.Server, port: int) -> None:
+    """Start ``server`` (bound to ``port``), print ``serving <port>`` once it accepts calls,
+    and stop it on SIGINT or SIGTERM (the floor servers' shared life cycle)."""
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -54,8 +63,6 @@ async def serve(listen: str, forward: str | None) -> None:
         await stop.wait()
     finally:
         await server.stop(1)
-        if channel is not None:
-            await channel.close(None)
 
 
 def main() -> None:

@@ -24,11 +24,9 @@ spoked's default (``hubspoke.event_loop``: uvloop where installed).
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 import secrets
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +40,8 @@ from hubspoke import envelope, event_loop, keys
 from hubspoke.gen.federation.v1 import command_pb2
 from hubspoke.redis_mux import RedisMux, ScriptRef
 from hubspoke.trust import Role, TrustStore
+
+from .echo import serve_until_signalled
 
 SERVICE = "bench.FloorSigned"
 METHOD = f"/{SERVICE}/Spawn"
@@ -141,17 +141,9 @@ async def serve() -> None:
     )
     server = grpc.aio.server(options=_OPTIONS)
     server.add_generic_rpc_handlers([handler])
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    print(f"serving {port}", flush=True)
     try:
-        await stop.wait()
+        await serve_until_signalled(server, server.add_insecure_port("127.0.0.1:0"))
     finally:
-        await server.stop(1)
         await mux.close()
         await client.aclose()
 
