@@ -80,32 +80,36 @@ class _Spoke:
         )
 
     def handler(self) -> grpc.GenericRpcHandler:
-        async def spawn(request: bytes, context: Any) -> bytes:
-            return self.answer(request, spoke_service_pb2.SpokeServiceSpawnAgentRequest)
-
-        async def get(request: bytes, context: Any) -> bytes:
-            return self.answer(request, spoke_service_pb2.SpokeServiceGetAgentRequest)
-
-        methods = {
-            "SpawnAgent": grpc.unary_unary_rpc_method_handler(spawn),
-            "GetAgent": grpc.unary_unary_rpc_method_handler(get),
-        }
-        return grpc.method_handlers_generic_handler("federation.v1.SpokeService", methods)
+        return self._service(
+            "federation.v1.SpokeService",
+            spoke_service_pb2.SpokeServiceSpawnAgentRequest,
+            spoke_service_pb2.SpokeServiceGetAgentRequest,
+        )
 
     def hub_handler(self) -> grpc.GenericRpcHandler:
         """The same answers as HubService (a hub relaying to this spoke, for ``Client``)."""
+        return self._service(
+            "federation.v1.HubService",
+            hub_service_pb2.HubServiceSpawnAgentRequest,
+            hub_service_pb2.HubServiceGetAgentRequest,
+        )
+
+    def _service(
+        self, name: str, spawn_req: type[Any], get_req: type[Any]
+    ) -> grpc.GenericRpcHandler:
+        """SpawnAgent and GetAgent of service ``name``, answered from requests of these types."""
 
         async def spawn(request: bytes, context: Any) -> bytes:
-            return self.answer(request, hub_service_pb2.HubServiceSpawnAgentRequest)
+            return self.answer(request, spawn_req)
 
         async def get(request: bytes, context: Any) -> bytes:
-            return self.answer(request, hub_service_pb2.HubServiceGetAgentRequest)
+            return self.answer(request, get_req)
 
         methods = {
             "SpawnAgent": grpc.unary_unary_rpc_method_handler(spawn),
             "GetAgent": grpc.unary_unary_rpc_method_handler(get),
         }
-        return grpc.method_handlers_generic_handler("federation.v1.HubService", methods)
+        return grpc.method_handlers_generic_handler(name, methods)
 
 
 @pytest.fixture

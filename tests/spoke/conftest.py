@@ -10,14 +10,41 @@ from typing import Any
 
 import grpc
 import pytest
+import redis.asyncio as aioredis
 
 from hubspoke import commands, envelope, keys, policy
 from hubspoke.gen.federation.v1 import command_pb2, spoke_service_pb2, spoke_service_pb2_grpc
 from hubspoke.grpc import open_channel
 from hubspoke.spoke.app import SpokeApp
 from hubspoke.spoke.config import SpokeConfig
+from hubspoke.spoke.model import SpawnRequest
+
+from ..round_trips import RoundTrips, count_round_trips
 
 SPOKE = "spoke-1"
+
+SPAWN_REQUEST = SpawnRequest(
+    agent_id="x",
+    issuer="operator",
+    profile="synthetic",
+    task="x",
+    priority=5,
+    timeout_ms=1000,
+    max_attempts=1,
+    labels={},
+    digest="d",
+    expire_ms=0,
+    envelope=b"e",
+)
+"""A stored spawn for tests that write agents through ``AgentQueue.create`` directly
+(``dataclasses.replace`` it per agent)."""
+
+
+async def command_calls(r: Any, *commands: str) -> int:
+    """Calls of these Redis commands (lower case) the server has run so far, commands run
+    inside scripts included (``INFO commandstats``). ``r`` is a redis-py asyncio client."""
+    stats = await r.info("commandstats")
+    return sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in commands)
 
 
 @dataclass
@@ -216,3 +243,15 @@ async def client(spoke_app: SpokeApp, peers: Peers) -> AsyncIterator[SpokeClient
         yield SpokeClient(channel, peers)
     finally:
         await channel.close()
+
+
+@pytest.fixture
+async def relayed(redis_url: str) -> AsyncIterator[tuple[aioredis.Redis, RoundTrips]]:
+    """A client of the test Redis through a relay that counts round trips (tests/round_trips.py)."""
+    async with count_round_trips(redis_url) as (url, seen):
+        client = aioredis.Redis.from_url(url)
+        await client.ping()
+        try:
+            yield client, seen
+        finally:
+            await client.aclose()

@@ -16,7 +16,7 @@ from hubspoke.gen.federation.v1 import command_pb2
 from hubspoke.grpc import status
 from hubspoke.spoke.app import SpokeApp
 
-from .conftest import SPOKE, SpokeClient
+from .conftest import SPOKE, SpokeClient, command_calls
 
 CALLS = 48
 
@@ -24,9 +24,7 @@ CALLS = 48
 async def _stats(r: aioredis.Redis) -> tuple[int, int]:
     """(connections Redis accepted so far, EVALSHA calls so far)."""
     stats = await r.info("stats")
-    commands = await r.info("commandstats")
-    evalsha = int(commands.get("cmdstat_evalsha", {}).get("calls", 0))
-    return int(stats["total_connections_received"]), evalsha
+    return int(stats["total_connections_received"]), await command_calls(r, "evalsha")
 
 
 async def test_concurrent_spawns_and_statuses_share_one_connection(

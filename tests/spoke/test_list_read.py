@@ -11,7 +11,6 @@ import asyncio
 import hashlib
 import time
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -23,21 +22,10 @@ from hubspoke.spoke.model import AgentState, SpawnRequest
 from hubspoke.spoke.queue import AgentQueue
 from hubspoke.spoke.records import Records
 
-from ..round_trips import RoundTrips, count_round_trips
+from ..round_trips import RoundTrips
 
 SPOKE = "spoke-1"
 AGENTS = 25
-
-
-@pytest.fixture
-async def relayed(redis_url: str) -> AsyncIterator[tuple[aioredis.Redis, RoundTrips]]:
-    async with count_round_trips(redis_url) as (url, seen):
-        client = aioredis.Redis.from_url(url)
-        await client.ping()
-        try:
-            yield client, seen
-        finally:
-            await client.aclose()
 
 
 def _request(n: int) -> SpawnRequest:

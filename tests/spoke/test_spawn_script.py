@@ -19,6 +19,8 @@ from hubspoke.spoke.keys import SpokeKeys
 from hubspoke.spoke.model import AgentState, SpawnRequest
 from hubspoke.spoke.queue import AgentQueue
 
+from .conftest import command_calls
+
 REQ = SpawnRequest(
     agent_id="one-trip-1",
     issuer="operator",
@@ -51,8 +53,7 @@ async def _job_hash(r: aioredis.Redis, keys: SpokeKeys, job_id: str) -> dict[byt
 
 
 async def _evalshas(r: aioredis.Redis) -> int:
-    stats = await r.info("commandstats")
-    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+    return await command_calls(r, "evalsha")
 
 
 async def test_the_job_is_bullmqs_own_and_written_in_one_script(queue: AgentQueue) -> None:

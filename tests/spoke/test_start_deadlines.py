@@ -12,26 +12,16 @@ import pytest
 
 from hubspoke.spoke.backend import now_ms
 from hubspoke.spoke.config import SpokeConfig
-from hubspoke.spoke.model import AgentState, SpawnRequest
+from hubspoke.spoke.model import AgentState
 from hubspoke.spoke.queue import AgentQueue
 from hubspoke.spoke.sweeper import Sweeper
+
+from .conftest import SPAWN_REQUEST, command_calls
 
 S = AgentState
 BACKLOG = 1500
 
-REQ = SpawnRequest(
-    agent_id="x",
-    issuer="operator",
-    profile="synthetic",
-    task="x",
-    priority=5,
-    timeout_ms=1000,
-    max_attempts=1,
-    labels={},
-    digest="d",
-    expire_ms=0,
-    envelope=b"e",
-)
+REQ = SPAWN_REQUEST
 
 
 @pytest.fixture
@@ -45,8 +35,7 @@ async def q(redis_url: str) -> AsyncIterator[AgentQueue]:
 
 
 async def _hmgets(q: AgentQueue) -> int:
-    stats = await q.redis.info("commandstats")
-    return sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("hmget", "hget"))
+    return await command_calls(q.redis, "hmget", "hget")
 
 
 async def _backlog(q: AgentQueue) -> None:

@@ -16,15 +16,14 @@ from hubspoke.spoke.app import SpokeApp
 from hubspoke.spoke.config import SpokeConfigError
 from hubspoke.spoke.keys import SpokeKeys
 
-from .conftest import SPOKE, Peers, SpokeClient, spoke_config
+from .conftest import SPOKE, Peers, SpokeClient, command_calls, spoke_config
 
 READS = ("hgetall", "get")
 """The worker's read of a record (HGETALL) and its signed copies (GET)."""
 
 
 async def _reads(r: aioredis.Redis) -> int:
-    stats = await r.info("commandstats")
-    return sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in READS)
+    return await command_calls(r, *READS)
 
 
 async def _run_one(client: SpokeClient, r: aioredis.Redis) -> None:

@@ -24,32 +24,28 @@ from hubspoke.spoke import held_scan, index_walk, job_pending, start_up_scan
 from hubspoke.spoke.backend import QueueFullError, now_ms
 from hubspoke.spoke.config import SpokeConfigError
 from hubspoke.spoke.keys import SpokeKeys
-from hubspoke.spoke.model import AgentState, SpawnRequest
+from hubspoke.spoke.model import AgentState
 from hubspoke.spoke.queue import AgentQueue
 from hubspoke.spoke.schema import ensure_spoke_schema
 from hubspoke.testing import Federation
 from hubspoke.version import SPOKE_SCHEMA_VERSION
 
-from .conftest import SPOKE, Peers, SpokeClient, spoke_config, spoke_mapping
+from .conftest import (
+    SPAWN_REQUEST,
+    SPOKE,
+    Peers,
+    SpokeClient,
+    command_calls,
+    spoke_config,
+    spoke_mapping,
+)
 from .test_recovery import SpokedProcess, write_spoke_toml
 
 S = AgentState
 BACKLOG = 1500
 PACING = start_up_scan.Pacing(batch=500, pause_s=0.0)
 
-REQ = SpawnRequest(
-    agent_id="x",
-    issuer="operator",
-    profile="synthetic",
-    task="x",
-    priority=5,
-    timeout_ms=1000,
-    max_attempts=1,
-    labels={},
-    digest="d",
-    expire_ms=0,
-    envelope=b"e",
-)
+REQ = SPAWN_REQUEST
 
 
 @pytest.fixture
@@ -65,11 +61,7 @@ async def q(redis_url: str) -> AsyncIterator[AgentQueue]:
 async def _reads(q: AgentQueue, *commands: str) -> int:
     """Calls of these commands (default: the record reads HMGET, HGET, HGETALL) Redis served
     so far, scripts' included."""
-    stats = await q.redis.info("commandstats")
-    return sum(
-        int(stats.get(f"cmdstat_{c}", {}).get("calls", 0))
-        for c in commands or ("hmget", "hget", "hgetall")
-    )
+    return await command_calls(q.redis, *(commands or ("hmget", "hget", "hgetall")))
 
 
 async def _job_exists(q: AgentQueue, agent_id: str) -> bool:

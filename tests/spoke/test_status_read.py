@@ -6,26 +6,13 @@ again after Redis answered is one more.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 import redis.asyncio as aioredis
 
 from hubspoke import errors
 from hubspoke.admission import Admission, NonceClaim, RateLimit
 
-from ..round_trips import RoundTrips, count_round_trips
-
-
-@pytest.fixture
-async def relayed(redis_url: str) -> AsyncIterator[tuple[aioredis.Redis, RoundTrips]]:
-    async with count_round_trips(redis_url) as (url, seen):
-        client = aioredis.Redis.from_url(url)
-        await client.ping()
-        try:
-            yield client, seen
-        finally:
-            await client.aclose()
+from ..round_trips import RoundTrips
 
 
 async def test_admission_and_the_record_read_are_one_round_trip(

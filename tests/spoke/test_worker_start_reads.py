@@ -8,12 +8,11 @@ import redis.asyncio as aioredis
 
 from hubspoke.spoke.app import SpokeApp
 
-from .conftest import SpokeClient
+from .conftest import SpokeClient, command_calls
 
 
 async def _lranges(r: aioredis.Redis) -> int:
-    stats = await r.info("commandstats")
-    return int(stats.get("cmdstat_lrange", {}).get("calls", 0))
+    return await command_calls(r, "lrange")
 
 
 async def test_a_first_attempt_without_messages_reads_no_inbox(
