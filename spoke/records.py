@@ -14,7 +14,6 @@ import json
 import time
 from collections.abc import (
     AsyncGenerator,
-    AsyncIterator,
     Awaitable,
     Callable,
     Iterable,
@@ -593,22 +592,3 @@ class Records:
             if rec is not None:
                 held.append(rec)
         return held
-
-    async def scan_index(
-        self, *fields: str, batch: int = 500
-    ) -> AsyncIterator[list[tuple[str, list[bytes | None]]]]:
-        """Every agent in the index with some of its record's fields, in pipelined batches:
-        a large backlog costs two round trips per ``batch`` agents."""
-        offset = 0
-        while True:
-            ids: list[bytes] = await self.redis.zrange(  # type: ignore[assignment]  # bytes
-                self.keys.agent_index, offset, offset + batch - 1
-            )
-            if not ids:
-                return
-            offset += len(ids)
-            pipe = self.redis.pipeline(transaction=False)
-            for raw in ids:
-                pipe.hmget(self.keys.agent(raw.decode()), *fields)
-            rows = await pipe.execute()
-            yield [(raw.decode(), row) for raw, row in zip(ids, rows, strict=True)]
