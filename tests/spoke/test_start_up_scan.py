@@ -337,7 +337,7 @@ async def test_a_restarted_spoked_reads_no_record_of_its_backlog(tmp_path: Path)
 
 
 async def test_the_walks_read_every_record_once_across_equal_create_times(q: AgentQueue) -> None:
-    """Both walks of the agent index (the full scan's, and the held agents' script) go by
+    """The walk of the agent index (the full scan's, and the held agents') goes by
     create time from a cursor: steps smaller than a run of equal create times still read
     each record once."""
     for n in range(10):
